@@ -1,0 +1,227 @@
+//! The directory of live actors: activation on demand, passivation when idle.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_rt::ArbiterHandle;
+use dialtone_domain::{DomainId, UserId};
+use dialtone_eventlog::SharedStore;
+
+use crate::aggregate::{
+    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Query, UserAggregate, View,
+};
+use crate::{Error, Result};
+
+/// Live actors of one kind, by id.
+pub(crate) struct Registry<A: Aggregate> {
+    live: Mutex<HashMap<A::Id, Addr<AggregateActor<A>>>>,
+}
+
+impl<A: Aggregate> Registry<A> {
+    fn new() -> Self {
+        Registry {
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Removes `addr` for `id`, unless a newer actor has replaced it.
+    pub(crate) fn forget(&self, id: A::Id, addr: &Addr<AggregateActor<A>>) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.get(&id) == Some(addr) {
+            live.remove(&id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// An actor idle this long is stopped (its state stays in the log).
+    pub idle_timeout: Duration,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Finds (activating on demand) the actor of a domain or user.
+#[derive(Clone)]
+pub struct Directory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: SharedStore,
+    arbiters: Vec<ArbiterHandle>,
+    config: DirectoryConfig,
+    domains: Arc<Registry<DomainAggregate>>,
+    users: Arc<Registry<UserAggregate>>,
+}
+
+/// How often a request is retried when it met an actor that was stopping.
+const MAILBOX_RETRIES: usize = 3;
+
+impl Directory {
+    pub fn new(
+        store: SharedStore,
+        arbiters: Vec<ArbiterHandle>,
+        config: DirectoryConfig,
+    ) -> Result<Self> {
+        if arbiters.is_empty() {
+            return Err(Error::Unavailable("no arbiter to run actors on".into()));
+        }
+        Ok(Directory {
+            inner: Arc::new(Inner {
+                store,
+                arbiters,
+                config,
+                domains: Arc::new(Registry::new()),
+                users: Arc::new(Registry::new()),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// Number of live actors (domains, users).
+    pub fn live_actors(&self) -> (usize, usize) {
+        (self.inner.domains.len(), self.inner.users.len())
+    }
+
+    fn activate<A: Aggregate>(
+        &self,
+        registry: &Arc<Registry<A>>,
+        id: A::Id,
+    ) -> Addr<AggregateActor<A>> {
+        let mut live = registry.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(addr) = live.get(&id) {
+            if addr.connected() {
+                return addr.clone();
+            }
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let arbiter = &self.inner.arbiters[(hasher.finish() as usize) % self.inner.arbiters.len()];
+        let store = self.inner.store.clone();
+        let reg = registry.clone();
+        let idle = self.inner.config.idle_timeout;
+        let addr = AggregateActor::<A>::start_in_arbiter(arbiter, move |_ctx| {
+            AggregateActor::new(id, store, reg, idle)
+        });
+        live.insert(id, addr.clone());
+        addr
+    }
+
+    async fn execute<A: Aggregate>(
+        &self,
+        registry: &Arc<Registry<A>>,
+        id: A::Id,
+        command: A::Command,
+        meta: Meta,
+    ) -> Result<View<A::State>>
+    where
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            let addr = self.activate(registry, id);
+            let msg = Execute {
+                command: command.clone(),
+                meta: meta.clone(),
+            };
+            match addr.send(msg).await {
+                Ok(result) => return result,
+                Err(e) => {
+                    registry.forget(id, &addr);
+                    attempt += 1;
+                    if attempt >= MAILBOX_RETRIES {
+                        return Err(Error::Unavailable(format!("{} {id}: {e}", A::KIND)));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn query<A: Aggregate, R: Send + 'static>(
+        &self,
+        registry: &Arc<Registry<A>>,
+        id: A::Id,
+        f: impl Fn(&A::State, Option<u64>, i64) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        let mut attempt = 0;
+        loop {
+            let addr = self.activate(registry, id);
+            match addr.send(Query::<A, R>::new(f.clone())).await {
+                Ok(result) => return result,
+                Err(e) => {
+                    registry.forget(id, &addr);
+                    attempt += 1;
+                    if attempt >= MAILBOX_RETRIES {
+                        return Err(Error::Unavailable(format!("{} {id}: {e}", A::KIND)));
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn execute_domain(
+        &self,
+        id: DomainId,
+        command: dialtone_domain::domain::Command,
+        meta: Meta,
+    ) -> Result<View<dialtone_domain::domain::Domain>> {
+        self.execute(&self.inner.domains, id, command, meta).await
+    }
+
+    pub async fn query_domain<R: Send + 'static>(
+        &self,
+        id: DomainId,
+        f: impl Fn(&dialtone_domain::domain::Domain, Option<u64>, i64) -> R
+            + Send
+            + Sync
+            + Clone
+            + 'static,
+    ) -> Result<R> {
+        self.query(&self.inner.domains, id, f).await
+    }
+
+    pub async fn execute_user(
+        &self,
+        id: UserId,
+        command: dialtone_domain::user::Command,
+        meta: Meta,
+    ) -> Result<View<dialtone_domain::user::User>> {
+        self.execute(&self.inner.users, id, command, meta).await
+    }
+
+    pub async fn query_user<R: Send + 'static>(
+        &self,
+        id: UserId,
+        f: impl Fn(&dialtone_domain::user::User, Option<u64>, i64) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.query(&self.inner.users, id, f).await
+    }
+
+    /// The whole state of a user (small, so a clone is fine).
+    pub async fn user_view(&self, id: UserId) -> Result<View<dialtone_domain::user::User>> {
+        self.query_user(id, |state, version, updated_at| View {
+            state: state.clone(),
+            version,
+            updated_at,
+            replayed: false,
+        })
+        .await
+    }
+}

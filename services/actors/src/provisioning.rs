@@ -1,0 +1,568 @@
+//! Provisioning use cases: domains and users, including the ones that span
+//! two actors (a user's name is claimed in its domain).
+
+use dialtone_domain::credentials::PasswordPolicy;
+use dialtone_domain::domain::{self, Settings, SettingsPatch};
+use dialtone_domain::names::UserAddress;
+use dialtone_domain::user::{self, NewUser, Patch};
+use dialtone_domain::{DomainId, DomainName, Error as DomainError, UserId, UserName};
+
+use crate::aggregate::{Meta, View};
+use crate::directory::Directory;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct ProvisioningConfig {
+    pub password_policy: PasswordPolicy,
+}
+
+/// A domain addressed by id or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainRef {
+    Id(DomainId),
+    Name(DomainName),
+}
+
+impl DomainRef {
+    /// A UUID is an id; anything else must be a valid domain name.
+    pub fn parse(input: &str) -> Result<Self, DomainError> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(DomainError::Invalid {
+                field: "domain",
+                reason: "must not be empty".into(),
+            });
+        }
+        if let Ok(id) = input.parse::<DomainId>() {
+            return Ok(DomainRef::Id(id));
+        }
+        DomainName::parse(input).map(DomainRef::Name)
+    }
+
+    pub fn id(&self) -> DomainId {
+        match self {
+            DomainRef::Id(id) => *id,
+            DomainRef::Name(name) => DomainId::for_name(name),
+        }
+    }
+}
+
+/// A user addressed by id or by `username@domain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    Id(UserId),
+    Address(UserAddress),
+}
+
+impl UserRef {
+    pub fn parse(input: &str) -> Result<Self, DomainError> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(DomainError::Invalid {
+                field: "user",
+                reason: "must not be empty".into(),
+            });
+        }
+        if let Ok(id) = input.parse::<UserId>() {
+            return Ok(UserRef::Id(id));
+        }
+        UserAddress::parse(input).map(UserRef::Address)
+    }
+}
+
+/// What a caller sees of a domain: everything but the (possibly large) map
+/// of user names.
+#[derive(Debug, Clone)]
+pub struct DomainInfo {
+    pub id: DomainId,
+    pub name: Option<DomainName>,
+    pub status: domain::Status,
+    pub settings: Settings,
+    pub suspend_reason: Option<String>,
+    pub user_count: usize,
+    pub created_at: i64,
+    pub version: Option<u64>,
+    pub updated_at: i64,
+}
+
+impl DomainInfo {
+    fn of(id: DomainId, state: &domain::Domain, version: Option<u64>, updated_at: i64) -> Self {
+        DomainInfo {
+            id,
+            name: state.name.clone(),
+            status: state.status,
+            settings: state.settings.clone(),
+            suspend_reason: state.suspend_reason.clone(),
+            user_count: state.users.len(),
+            created_at: state.created_at,
+            version,
+            updated_at,
+        }
+    }
+
+    fn from_view(id: DomainId, view: &View<domain::Domain>) -> Self {
+        Self::of(id, &view.state, view.version, view.updated_at)
+    }
+}
+
+pub struct NewDomain {
+    pub name: DomainName,
+    pub settings: Settings,
+}
+
+pub struct NewUserRequest {
+    pub domain: DomainRef,
+    pub username: UserName,
+    pub password: String,
+    pub display_name: String,
+    pub caller_id: String,
+    pub max_contacts: Option<u32>,
+    pub enabled: bool,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct ListPage<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts, `None` at the end.
+    pub next: Option<String>,
+}
+
+/// The provisioning use cases.
+#[derive(Clone)]
+pub struct Provisioning {
+    directory: Directory,
+    config: ProvisioningConfig,
+}
+
+/// Largest page a listing returns.
+pub const MAX_PAGE: usize = 1000;
+
+impl Provisioning {
+    pub fn new(directory: Directory, config: ProvisioningConfig) -> Self {
+        Provisioning { directory, config }
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    async fn domain_info(&self, id: DomainId) -> Result<DomainInfo> {
+        self.directory
+            .query_domain(id, move |state, version, updated_at| {
+                DomainInfo::of(id, state, version, updated_at)
+            })
+            .await
+    }
+
+    pub async fn create_domain(&self, new: NewDomain, meta: Meta) -> Result<DomainInfo> {
+        let id = DomainId::for_name(&new.name);
+        let view = self
+            .directory
+            .execute_domain(
+                id,
+                domain::Command::Create {
+                    name: new.name,
+                    settings: new.settings,
+                },
+                meta,
+            )
+            .await?;
+        Ok(DomainInfo::from_view(id, &view))
+    }
+
+    /// A domain that exists (active or suspended); deleted ones are not found.
+    pub async fn get_domain(&self, domain: &DomainRef) -> Result<DomainInfo> {
+        let info = self.domain_info(domain.id()).await?;
+        if matches!(
+            info.status,
+            domain::Status::Absent | domain::Status::Deleted
+        ) {
+            return Err(not_found_domain(domain));
+        }
+        Ok(info)
+    }
+
+    pub async fn list_domains(
+        &self,
+        page_size: usize,
+        after: Option<String>,
+        include_deleted: bool,
+    ) -> Result<ListPage<DomainInfo>> {
+        let page_size = page_size.clamp(1, MAX_PAGE);
+        let mut items = Vec::with_capacity(page_size);
+        let mut cursor = after;
+        // Deleted domains are skipped, so a page may need several reads.
+        loop {
+            let streams = self
+                .directory
+                .store()
+                .list_streams(DomainId::STREAM_PREFIX, cursor.as_deref(), page_size + 1)
+                .await?;
+            let exhausted = streams.len() <= page_size - items.len();
+            for stream in &streams {
+                if items.len() == page_size {
+                    return Ok(ListPage {
+                        items,
+                        next: cursor,
+                    });
+                }
+                cursor = Some(stream.stream.clone());
+                let Some(id) = DomainId::from_stream(&stream.stream) else {
+                    continue;
+                };
+                let info = self.domain_info(id).await?;
+                let visible = match info.status {
+                    domain::Status::Absent => false,
+                    domain::Status::Deleted => include_deleted,
+                    _ => true,
+                };
+                if visible {
+                    items.push(info);
+                }
+            }
+            if exhausted || streams.is_empty() {
+                return Ok(ListPage { items, next: None });
+            }
+        }
+    }
+
+    pub async fn update_domain(
+        &self,
+        domain: &DomainRef,
+        patch: SettingsPatch,
+        meta: Meta,
+    ) -> Result<DomainInfo> {
+        self.domain_command(domain, domain::Command::Update { patch }, meta)
+            .await
+    }
+
+    pub async fn suspend_domain(
+        &self,
+        domain: &DomainRef,
+        reason: Option<String>,
+        meta: Meta,
+    ) -> Result<DomainInfo> {
+        self.domain_command(domain, domain::Command::Suspend { reason }, meta)
+            .await
+    }
+
+    pub async fn resume_domain(&self, domain: &DomainRef, meta: Meta) -> Result<DomainInfo> {
+        self.domain_command(domain, domain::Command::Resume, meta)
+            .await
+    }
+
+    pub async fn delete_domain(&self, domain: &DomainRef, meta: Meta) -> Result<DomainInfo> {
+        self.domain_command(domain, domain::Command::Delete, meta)
+            .await
+    }
+
+    async fn domain_command(
+        &self,
+        domain: &DomainRef,
+        command: domain::Command,
+        meta: Meta,
+    ) -> Result<DomainInfo> {
+        let id = domain.id();
+        let view = self
+            .directory
+            .execute_domain(id, command, meta)
+            .await
+            .map_err(|e| name_domain(e, domain))?;
+        Ok(DomainInfo::from_view(id, &view))
+    }
+
+    /// Creates a user in two steps that are each durable:
+    /// 1. the user's own stream gets `UserCreated` (a fresh id, so no clash);
+    /// 2. the domain claims the name for that id (`UserNameClaimed`).
+    ///
+    /// A user is reachable only through its domain's claim, so a crash
+    /// between the steps leaves an orphan stream that nothing points to, never
+    /// a half-created visible user. When the claim fails (name taken, domain
+    /// suspended), the new user is deleted again.
+    pub async fn create_user(&self, new: NewUserRequest, meta: Meta) -> Result<View<user::User>> {
+        let domain_id = new.domain.id();
+        let username = new.username.clone();
+        let lookup_name = username.clone();
+        let info = self
+            .directory
+            .query_domain(domain_id, move |state, version, updated_at| {
+                (
+                    DomainInfo::of(domain_id, state, version, updated_at),
+                    state.users.get(&lookup_name).copied(),
+                )
+            })
+            .await?;
+        let (info, holder) = info;
+        let domain_name = match (&info.status, &info.name) {
+            (domain::Status::Active, Some(name)) => name.clone(),
+            (domain::Status::Suspended, Some(name)) => {
+                return Err(
+                    DomainError::FailedPrecondition(format!("domain {name} is suspended")).into(),
+                )
+            }
+            (domain::Status::Deleted, Some(name)) => {
+                return Err(
+                    DomainError::FailedPrecondition(format!("domain {name} is deleted")).into(),
+                )
+            }
+            _ => return Err(not_found_domain(&new.domain)),
+        };
+        let user_id = match &meta.request_id {
+            Some(request_id) => UserId::for_request(domain_id, request_id),
+            None => UserId(uuid::Uuid::new_v4()),
+        };
+        match holder {
+            // A retry of a create that completed: return the user as it is.
+            Some(holder) if holder == user_id => {
+                let mut view = self.directory.user_view(user_id).await?;
+                view.replayed = true;
+                return Ok(view);
+            }
+            Some(_) => {
+                return Err(
+                    DomainError::AlreadyExists(format!("user {username}@{domain_name}")).into(),
+                )
+            }
+            None => {}
+        }
+        let create = user::Command::Create {
+            user: Box::new(NewUser {
+                user_id,
+                domain_id,
+                domain: domain_name,
+                username: new.username,
+                password: new.password,
+                display_name: new.display_name,
+                caller_id: new.caller_id,
+                max_contacts: new.max_contacts,
+                enabled: new.enabled,
+            }),
+            policy: self.config.password_policy,
+        };
+        let created = self
+            .directory
+            .execute_user(user_id, create, meta.clone())
+            .await?;
+        let claim = domain::Command::ClaimUserName {
+            username: username.clone(),
+            user_id,
+        };
+        let claim_meta = Meta {
+            request_id: meta.request_id.clone(),
+            expected_version: None,
+        };
+        if let Err(e) = self
+            .directory
+            .execute_domain(domain_id, claim, claim_meta)
+            .await
+        {
+            // Undo step 1 so the orphan is visibly dead in its own stream too.
+            let undo = user::Command::Delete {
+                reason: Some(format!("name claim failed: {e}")),
+            };
+            if let Err(undo_err) = self
+                .directory
+                .execute_user(user_id, undo, Meta::default())
+                .await
+            {
+                tracing::warn!(%user_id, error = %undo_err, "could not delete user after failed claim");
+            }
+            return Err(e);
+        }
+        Ok(created)
+    }
+
+    /// Resolves a user reference to the id its domain's claim points to.
+    async fn resolve_user(&self, user: &UserRef) -> Result<UserId> {
+        match user {
+            UserRef::Id(id) => Ok(*id),
+            UserRef::Address(address) => {
+                let domain_id = DomainId::for_name(&address.domain);
+                let name = address.username.clone();
+                let found = self
+                    .directory
+                    .query_domain(domain_id, move |state, _, _| {
+                        if state.exists() {
+                            state.users.get(&name).copied()
+                        } else {
+                            None
+                        }
+                    })
+                    .await?;
+                found.ok_or_else(|| not_found_user(user))
+            }
+        }
+    }
+
+    /// A user that exists and is reachable through its domain.
+    pub async fn get_user(&self, user: &UserRef) -> Result<View<user::User>> {
+        let id = self.resolve_user(user).await?;
+        let view = self.directory.user_view(id).await?;
+        if !view.state.exists() {
+            return Err(not_found_user(user));
+        }
+        // An id is only valid if its domain's claim points to it: this hides
+        // orphans left by a crash in the middle of a create.
+        if let UserRef::Id(_) = user {
+            let (Some(domain_id), Some(name)) = (view.state.domain_id, view.state.username.clone())
+            else {
+                return Err(not_found_user(user));
+            };
+            let holder = self
+                .directory
+                .query_domain(domain_id, move |state, _, _| {
+                    state.users.get(&name).copied()
+                })
+                .await?;
+            if holder != Some(id) {
+                return Err(not_found_user(user));
+            }
+        }
+        Ok(view)
+    }
+
+    pub async fn list_users(
+        &self,
+        domain: &DomainRef,
+        page_size: usize,
+        after: Option<String>,
+    ) -> Result<ListPage<View<user::User>>> {
+        let page_size = page_size.clamp(1, MAX_PAGE);
+        let domain_id = domain.id();
+        let after_name = match after {
+            Some(token) => Some(UserName::parse(&token).map_err(|_| DomainError::Invalid {
+                field: "page_token",
+                reason: "not a token from a previous page".into(),
+            })?),
+            None => None,
+        };
+        let (exists, ids) = self
+            .directory
+            .query_domain(domain_id, move |state, _, _| {
+                let range: Vec<(UserName, UserId)> = match &after_name {
+                    Some(after) => state
+                        .users
+                        .range::<UserName, _>((
+                            std::ops::Bound::Excluded(after),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .take(page_size + 1)
+                        .map(|(n, id)| (n.clone(), *id))
+                        .collect(),
+                    None => state
+                        .users
+                        .iter()
+                        .take(page_size + 1)
+                        .map(|(n, id)| (n.clone(), *id))
+                        .collect(),
+                };
+                (state.exists(), range)
+            })
+            .await?;
+        if !exists {
+            return Err(not_found_domain(domain));
+        }
+        let more = ids.len() > page_size;
+        let mut items = Vec::with_capacity(page_size);
+        let mut last = None;
+        for (name, id) in ids.into_iter().take(page_size) {
+            items.push(self.directory.user_view(id).await?);
+            last = Some(name);
+        }
+        Ok(ListPage {
+            items,
+            next: if more { last.map(String::from) } else { None },
+        })
+    }
+
+    pub async fn update_user(
+        &self,
+        user: &UserRef,
+        patch: Patch,
+        meta: Meta,
+    ) -> Result<View<user::User>> {
+        self.user_command(user, user::Command::Update { patch }, meta)
+            .await
+    }
+
+    pub async fn set_password(
+        &self,
+        user: &UserRef,
+        password: String,
+        meta: Meta,
+    ) -> Result<View<user::User>> {
+        let command = user::Command::SetPassword {
+            password,
+            policy: self.config.password_policy,
+        };
+        self.user_command(user, command, meta).await
+    }
+
+    /// Deletes the user (its stream first), then releases its name. A crash
+    /// in between leaves a claim pointing to a deleted user, which reads as
+    /// not found and is released by the next create of that name.
+    pub async fn delete_user(&self, user: &UserRef, meta: Meta) -> Result<View<user::User>> {
+        let view = self
+            .user_command(user, user::Command::Delete { reason: None }, meta.clone())
+            .await?;
+        if let (Some(domain_id), Some(username), Some(user_id)) = (
+            view.state.domain_id,
+            view.state.username.clone(),
+            view.state.id,
+        ) {
+            let release = domain::Command::ReleaseUserName { username, user_id };
+            self.directory
+                .execute_domain(domain_id, release, meta)
+                .await?;
+        }
+        Ok(view)
+    }
+
+    async fn user_command(
+        &self,
+        user: &UserRef,
+        command: user::Command,
+        meta: Meta,
+    ) -> Result<View<user::User>> {
+        // Resolve through the domain (hides orphans), then run the command.
+        let id = match self.get_user(user).await {
+            Ok(view) => view.state.id.unwrap_or(UserId(uuid::Uuid::nil())),
+            Err(Error::Domain(DomainError::NotFound(_))) if meta.request_id.is_some() => {
+                // A retried delete: the user is gone but the first result
+                // must be returned.
+                self.resolve_user(user).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.directory
+            .execute_user(id, command, meta)
+            .await
+            .map_err(|e| match e {
+                Error::Domain(DomainError::NotFound(_)) => not_found_user(user),
+                other => other,
+            })
+    }
+}
+
+fn not_found_domain(domain: &DomainRef) -> Error {
+    Error::Domain(DomainError::NotFound(match domain {
+        DomainRef::Id(id) => format!("domain {id}"),
+        DomainRef::Name(name) => format!("domain {name}"),
+    }))
+}
+
+fn not_found_user(user: &UserRef) -> Error {
+    Error::Domain(DomainError::NotFound(match user {
+        UserRef::Id(id) => format!("user {id}"),
+        UserRef::Address(address) => format!("user {address}"),
+    }))
+}
+
+/// Names the domain in a not-found error coming from its actor.
+fn name_domain(e: Error, domain: &DomainRef) -> Error {
+    match e {
+        Error::Domain(DomainError::NotFound(_)) => not_found_domain(domain),
+        other => other,
+    }
+}

@@ -1,0 +1,31 @@
+//! Compiles the gRPC contract in `proto/` without a system `protoc`
+//! (protox parses the .proto files in Rust) and keeps the descriptor set for
+//! server reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let dir = root.join("dialtone/v1");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".proto"))
+        .map(|name| format!("dialtone/v1/{name}"))
+        .collect();
+    files.sort();
+    println!("cargo:rerun-if-changed={}", dir.display());
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+    let fds = protox::compile(&files, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("dialtone_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Conversions between the model and protobuf messages.
+
+use dialtone_actors::DomainInfo;
+use dialtone_actors::View;
+use dialtone_domain::{domain, event, user};
+use dialtone_eventlog::RecordedEvent;
+
+use crate::pb;
+
+/// A protobuf timestamp from microseconds since the epoch (`None` for 0).
+pub fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
+    if us == 0 {
+        return None;
+    }
+    Some(prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    })
+}
+
+pub fn domain(info: &DomainInfo) -> pb::Domain {
+    pb::Domain {
+        id: info.id.to_string(),
+        name: info
+            .name
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        status: match info.status {
+            domain::Status::Absent => pb::DomainStatus::Unspecified,
+            domain::Status::Active => pb::DomainStatus::Active,
+            domain::Status::Suspended => pb::DomainStatus::Suspended,
+            domain::Status::Deleted => pb::DomainStatus::Deleted,
+        } as i32,
+        description: info.settings.description.clone(),
+        allow_cross_domain_calls: info.settings.allow_cross_domain_calls,
+        md5_allowed: info.settings.md5_allowed,
+        suspend_reason: info.suspend_reason.clone().unwrap_or_default(),
+        user_count: u32::try_from(info.user_count).unwrap_or(u32::MAX),
+        created_at: timestamp(info.created_at),
+        version: info.version.unwrap_or_default(),
+    }
+}
+
+pub fn user(view: &View<user::User>) -> pb::User {
+    let s = &view.state;
+    pb::User {
+        id: s.id.map(|id| id.to_string()).unwrap_or_default(),
+        domain_id: s.domain_id.map(|id| id.to_string()).unwrap_or_default(),
+        domain: s.domain.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+        username: s
+            .username
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        address: s.address(),
+        display_name: s.display_name.clone(),
+        caller_id: s.caller_id.clone(),
+        max_contacts: s.max_contacts,
+        enabled: s.enabled,
+        deleted: s.status == user::Status::Deleted,
+        created_at: timestamp(s.created_at),
+        password_set_at: s.credentials.as_ref().and_then(|c| timestamp(c.set_at)),
+        version: view.version.unwrap_or_default(),
+    }
+}
+
+/// The envelope of a stored event. Data of an older schema version is
+/// upgraded to the current one, and secrets (HA1 values) are removed; data
+/// that cannot be read is replaced by `{}` rather than shown unredacted.
+pub fn envelope(e: &RecordedEvent) -> pb::EventEnvelope {
+    let data_json = serde_json::from_str(&e.data)
+        .ok()
+        .and_then(|v| event::upcast(&e.event_type, e.schema_version, v).ok())
+        .map(|v| event::redact_secrets(&e.event_type, v))
+        .and_then(|v| serde_json::to_string(&v).ok())
+        .unwrap_or_else(|| "{}".to_owned());
+    pb::EventEnvelope {
+        position: e.position,
+        stream: e.stream.clone(),
+        version: e.version,
+        event_id: e.event_id.to_string(),
+        r#type: e.event_type.clone(),
+        schema_version: event::current_schema_version(&e.event_type).max(e.schema_version),
+        occurred_at: timestamp(e.occurred_at_us),
+        domain_id: e.domain_id.map(|id| id.to_string()).unwrap_or_default(),
+        user_id: e.user_id.map(|id| id.to_string()).unwrap_or_default(),
+        node: e.node.clone(),
+        correlation_id: e.correlation_id.clone().unwrap_or_default(),
+        category: event::category_of(&e.event_type)
+            .map(|c| c.as_str().to_owned())
+            .unwrap_or_default(),
+        data_json,
+    }
+}

@@ -1,0 +1,92 @@
+//! Dialtone's gRPC API (tonic).
+//!
+//! # What it owns
+//! The generated protobuf types and clients ([`pb`], compiled from
+//! `proto/dialtone/v1` by `build.rs`), the service implementations
+//! ([`provisioning::ProvisioningApi`], [`events::EventApi`]), the mapping of
+//! errors to gRPC status codes ([`status`]), and [`serve`], which runs them
+//! with health and reflection on a listener.
+//!
+//! # What it must not do
+//! No business rules (they are in `domain`, run by `actors`); no SQL; no
+//! reading of configuration. It is the only crate that compiles protobuf.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+use std::future::Future;
+
+use dialtone_actors::Provisioning;
+use dialtone_eventlog::SharedStore;
+use tokio::net::TcpListener;
+
+/// Re-exported for clients of [`pb`] (timestamps).
+pub use prost_types;
+
+pub mod convert;
+pub mod events;
+pub mod provisioning;
+pub mod status;
+
+/// Generated protobuf types, servers and clients of `dialtone.v1`.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("dialtone.v1");
+
+    /// The encoded descriptor set of the contract, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/dialtone_descriptor.bin"));
+}
+
+/// Errors of the API crate (serving, not per-request errors: those are
+/// `tonic::Status`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the services need.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub provisioning: Provisioning,
+    pub store: SharedStore,
+}
+
+/// Serves every Dialtone service plus `grpc.health.v1` and reflection on
+/// `listener` until `shutdown` completes; in-flight calls are drained.
+pub async fn serve(
+    listener: TcpListener,
+    context: ApiContext,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::provisioning_service_server::ProvisioningServiceServer<provisioning::ProvisioningApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::event_service_server::EventServiceServer<events::EventApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            pb::provisioning_service_server::ProvisioningServiceServer::new(
+                provisioning::ProvisioningApi::new(context.provisioning.clone()),
+            ),
+        )
+        .add_service(pb::event_service_server::EventServiceServer::new(
+            events::EventApi::new(context.store.clone()),
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

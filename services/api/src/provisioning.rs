@@ -1,0 +1,329 @@
+//! `ProvisioningService`: domains and users.
+
+use dialtone_actors::{DomainRef, Meta, NewDomain, NewUserRequest, Provisioning, UserRef};
+use dialtone_domain::domain::{Settings, SettingsPatch};
+use dialtone_domain::user::Patch;
+use dialtone_domain::{DomainName, UserName};
+use tonic::{Request, Response, Status};
+
+use crate::pb::provisioning_service_server::ProvisioningService;
+use crate::pb::*;
+use crate::{convert, status};
+
+pub struct ProvisioningApi {
+    provisioning: Provisioning,
+}
+
+impl ProvisioningApi {
+    pub fn new(provisioning: Provisioning) -> Self {
+        ProvisioningApi { provisioning }
+    }
+}
+
+/// Longest accepted client request id.
+const MAX_REQUEST_ID_LEN: usize = 128;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+fn meta(request_id: &str, expected_version: Option<u64>) -> Result<Meta, Status> {
+    let request_id = request_id.trim();
+    if request_id.len() > MAX_REQUEST_ID_LEN {
+        return Err(status::invalid(
+            "request_id",
+            format!("at most {MAX_REQUEST_ID_LEN} characters"),
+        ));
+    }
+    if request_id.chars().any(char::is_control) {
+        return Err(status::invalid(
+            "request_id",
+            "must not contain control characters",
+        ));
+    }
+    Ok(Meta {
+        request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
+        expected_version,
+    })
+}
+
+fn domain_ref(input: &str) -> Result<DomainRef, Status> {
+    DomainRef::parse(input).map_err(|e| match e {
+        dialtone_domain::Error::Invalid { reason, .. } => status::invalid("domain", reason),
+        other => status::from_domain(other),
+    })
+}
+
+fn user_ref(input: &str) -> Result<UserRef, Status> {
+    UserRef::parse(input).map_err(|e| match e {
+        dialtone_domain::Error::Invalid {
+            field: "user",
+            reason,
+        } => status::invalid("user", reason),
+        dialtone_domain::Error::Invalid { field, reason } => {
+            status::invalid("user", format!("{field}: {reason}"))
+        }
+        other => status::from_domain(other),
+    })
+}
+
+fn page_size(requested: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE as usize),
+        n if n > MAX_PAGE => Err(status::invalid(
+            "page_size",
+            format!("at most {MAX_PAGE}, got {n}"),
+        )),
+        n => Ok(n as usize),
+    }
+}
+
+fn page_token(token: &str) -> Option<String> {
+    let token = token.trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+#[tonic::async_trait]
+impl ProvisioningService for ProvisioningApi {
+    async fn create_domain(
+        &self,
+        request: Request<CreateDomainRequest>,
+    ) -> Result<Response<Domain>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, None)?;
+        let name = DomainName::parse(&req.name).map_err(|e| match e {
+            dialtone_domain::Error::Invalid { reason, .. } => status::invalid("name", reason),
+            other => status::from_domain(other),
+        })?;
+        let new = NewDomain {
+            name,
+            settings: Settings {
+                description: req.description,
+                allow_cross_domain_calls: req.allow_cross_domain_calls,
+                md5_allowed: req.md5_allowed.unwrap_or(true),
+            },
+        };
+        let info = self
+            .provisioning
+            .create_domain(new, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::domain(&info)))
+    }
+
+    async fn get_domain(
+        &self,
+        request: Request<GetDomainRequest>,
+    ) -> Result<Response<Domain>, Status> {
+        let domain = domain_ref(&request.into_inner().domain)?;
+        let info = self
+            .provisioning
+            .get_domain(&domain)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::domain(&info)))
+    }
+
+    async fn list_domains(
+        &self,
+        request: Request<ListDomainsRequest>,
+    ) -> Result<Response<ListDomainsResponse>, Status> {
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let after = page_token(&req.page_token);
+        if let Some(token) = &after {
+            if dialtone_domain::DomainId::from_stream(token).is_none() {
+                return Err(status::invalid(
+                    "page_token",
+                    "not a token from a previous page",
+                ));
+            }
+        }
+        let page = self
+            .provisioning
+            .list_domains(size, after, req.include_deleted)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(ListDomainsResponse {
+            domains: page.items.iter().map(convert::domain).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_domain(
+        &self,
+        request: Request<UpdateDomainRequest>,
+    ) -> Result<Response<Domain>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let domain = domain_ref(&req.domain)?;
+        let patch = SettingsPatch {
+            description: req.description,
+            allow_cross_domain_calls: req.allow_cross_domain_calls,
+            md5_allowed: req.md5_allowed,
+        };
+        let info = self
+            .provisioning
+            .update_domain(&domain, patch, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::domain(&info)))
+    }
+
+    async fn suspend_domain(
+        &self,
+        request: Request<SuspendDomainRequest>,
+    ) -> Result<Response<Domain>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let domain = domain_ref(&req.domain)?;
+        let reason = (!req.reason.trim().is_empty()).then(|| req.reason.trim().to_owned());
+        let info = self
+            .provisioning
+            .suspend_domain(&domain, reason, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::domain(&info)))
+    }
+
+    async fn resume_domain(
+        &self,
+        request: Request<ResumeDomainRequest>,
+    ) -> Result<Response<Domain>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let domain = domain_ref(&req.domain)?;
+        let info = self
+            .provisioning
+            .resume_domain(&domain, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::domain(&info)))
+    }
+
+    async fn delete_domain(
+        &self,
+        request: Request<DeleteDomainRequest>,
+    ) -> Result<Response<Domain>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let domain = domain_ref(&req.domain)?;
+        let info = self
+            .provisioning
+            .delete_domain(&domain, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::domain(&info)))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, None)?;
+        let domain = domain_ref(&req.domain)?;
+        let username = UserName::parse(req.username.trim()).map_err(|e| match e {
+            dialtone_domain::Error::Invalid { reason, .. } => status::invalid("username", reason),
+            other => status::from_domain(other),
+        })?;
+        if req.password.is_empty() {
+            return Err(status::invalid("password", "must not be empty"));
+        }
+        let new = NewUserRequest {
+            domain,
+            username,
+            password: req.password,
+            display_name: req.display_name,
+            caller_id: req.caller_id,
+            max_contacts: (req.max_contacts != 0).then_some(req.max_contacts),
+            enabled: req.enabled.unwrap_or(true),
+        };
+        let view = self
+            .provisioning
+            .create_user(new, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let user = user_ref(&request.into_inner().user)?;
+        let view = self
+            .provisioning
+            .get_user(&user)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let req = request.into_inner();
+        let domain = domain_ref(&req.domain)?;
+        let size = page_size(req.page_size)?;
+        let page = self
+            .provisioning
+            .list_users(&domain, size, page_token(&req.page_token))
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(ListUsersResponse {
+            users: page.items.iter().map(convert::user).collect(),
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let user = user_ref(&req.user)?;
+        let patch = Patch {
+            display_name: req.display_name,
+            caller_id: req.caller_id,
+            max_contacts: req.max_contacts,
+            enabled: req.enabled,
+        };
+        let view = self
+            .provisioning
+            .update_user(&user, patch, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn set_password(
+        &self,
+        request: Request<SetPasswordRequest>,
+    ) -> Result<Response<User>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let user = user_ref(&req.user)?;
+        if req.password.is_empty() {
+            return Err(status::invalid("password", "must not be empty"));
+        }
+        let view = self
+            .provisioning
+            .set_password(&user, req.password, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let user = user_ref(&req.user)?;
+        let view = self
+            .provisioning
+            .delete_user(&user, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::user(&view)))
+    }
+}

@@ -1,0 +1,64 @@
+//! The pure domain model of Dialtone.
+//!
+//! # What it owns
+//! Identifiers and names ([`ids`], [`names`]), digest credentials
+//! ([`credentials`]), the two aggregates — [`domain::Domain`] (a SIP domain
+//! and the uniqueness of user names inside it) and [`user::User`] (a SIP
+//! user: credentials, settings) — with their commands and events, and the
+//! mapping of events to stored `(type, schema_version, data)` triples
+//! ([`event`]).
+//!
+//! Every aggregate follows the same shape:
+//! `decide(&State, &Command, now) -> Result<Vec<Event>, Error>` says what
+//! happens; `evolve(State, &Event) -> State` applies it. Replaying the events
+//! of a stream through `evolve` rebuilds the state.
+//!
+//! # What it must not do
+//! No IO, no async, no clock, no randomness (time and new ids are passed in),
+//! no SIP wire types, no protobuf, no knowledge of how events are stored.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod credentials;
+pub mod domain;
+pub mod event;
+pub mod ids;
+pub mod names;
+pub mod user;
+
+pub use event::{Event, EventCategory};
+pub use ids::{DomainId, UserId};
+pub use names::{DomainName, UserName};
+
+/// Microseconds since the Unix epoch. The domain never reads the clock: the
+/// caller passes `now` in.
+pub type Timestamp = i64;
+
+/// Why a command was refused. These are normal outcomes of `decide`, not
+/// infrastructure failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A field of the command is invalid; `field` names it.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The thing to create exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The thing addressed does not exist (or is deleted).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The command is valid but the current state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

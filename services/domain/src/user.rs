@@ -1,0 +1,355 @@
+//! The `User` aggregate: a SIP user, its credentials and settings.
+
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::{Credentials, PasswordPolicy};
+use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
+
+/// Default and bounds of the number of simultaneous contacts (registrations).
+pub const DEFAULT_MAX_CONTACTS: u32 = 10;
+pub const MAX_MAX_CONTACTS: u32 = 100;
+pub const MAX_DISPLAY_NAME_LEN: usize = 128;
+pub const MAX_CALLER_ID_LEN: usize = 32;
+/// Longest reason a `Delete` command may give (as for suspending a domain).
+pub const MAX_REASON_LEN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Absent,
+    Active,
+    Deleted,
+}
+
+/// The state of a user, rebuilt by folding its events with [`evolve`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Option<UserId>,
+    pub domain_id: Option<DomainId>,
+    pub domain: Option<DomainName>,
+    pub username: Option<UserName>,
+    pub status: Status,
+    pub display_name: String,
+    pub caller_id: String,
+    pub max_contacts: u32,
+    pub enabled: bool,
+    pub credentials: Option<Credentials>,
+    pub created_at: Timestamp,
+}
+
+impl User {
+    pub fn exists(&self) -> bool {
+        self.status == Status::Active
+    }
+
+    /// `username@domain`, or a placeholder before creation.
+    pub fn address(&self) -> String {
+        match (&self.username, &self.domain) {
+            (Some(u), Some(d)) => format!("{u}@{d}"),
+            _ => "user".to_owned(),
+        }
+    }
+}
+
+/// Fields of a new user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub user_id: UserId,
+    pub domain_id: DomainId,
+    pub domain: DomainName,
+    pub username: UserName,
+    pub password: String,
+    pub display_name: String,
+    pub caller_id: String,
+    /// `None`: [`DEFAULT_MAX_CONTACTS`].
+    pub max_contacts: Option<u32>,
+    pub enabled: bool,
+}
+
+impl std::fmt::Debug for NewUser {
+    // The password is a secret: never print it (commands end up in logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("user_id", &self.user_id)
+            .field("domain_id", &self.domain_id)
+            .field("domain", &self.domain)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("display_name", &self.display_name)
+            .field("caller_id", &self.caller_id)
+            .field("max_contacts", &self.max_contacts)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+/// A partial update: `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patch {
+    pub display_name: Option<String>,
+    pub caller_id: Option<String>,
+    pub max_contacts: Option<u32>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Command {
+    Create {
+        user: Box<NewUser>,
+        policy: PasswordPolicy,
+    },
+    Update {
+        patch: Patch,
+    },
+    SetPassword {
+        password: String,
+        policy: PasswordPolicy,
+    },
+    Delete {
+        reason: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    // As for `NewUser`: a password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Create { user, policy } => f
+                .debug_struct("Create")
+                .field("user", user)
+                .field("policy", policy)
+                .finish(),
+            Command::Update { patch } => f.debug_struct("Update").field("patch", patch).finish(),
+            Command::SetPassword {
+                password: _,
+                policy,
+            } => f
+                .debug_struct("SetPassword")
+                .field("password", &"<redacted>")
+                .field("policy", policy)
+                .finish(),
+            Command::Delete { reason } => f.debug_struct("Delete").field("reason", reason).finish(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    UserCreated {
+        user_id: UserId,
+        domain_id: DomainId,
+        domain: DomainName,
+        username: UserName,
+        display_name: String,
+        caller_id: String,
+        max_contacts: u32,
+        enabled: bool,
+        credentials: Credentials,
+        created_at: Timestamp,
+    },
+    PasswordChanged {
+        credentials: Credentials,
+    },
+    UserUpdated {
+        display_name: String,
+        caller_id: String,
+        max_contacts: u32,
+    },
+    UserEnabled {},
+    UserDisabled {},
+    UserDeleted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+fn validate_display_name(value: &str) -> Result<()> {
+    if value.chars().count() > MAX_DISPLAY_NAME_LEN {
+        return Err(Error::invalid(
+            "display_name",
+            format!("at most {MAX_DISPLAY_NAME_LEN} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "display_name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A caller id is a telephone number: digits with an optional leading `+`
+/// (E.164) and the dial-pad characters `*` and `#`; empty means "none".
+fn validate_caller_id(value: &str) -> Result<()> {
+    if value.len() > MAX_CALLER_ID_LEN {
+        return Err(Error::invalid(
+            "caller_id",
+            format!("at most {MAX_CALLER_ID_LEN} characters"),
+        ));
+    }
+    let digits = value.strip_prefix('+').unwrap_or(value);
+    let bare_plus = digits.is_empty() && !value.is_empty();
+    if bare_plus
+        || digits
+            .chars()
+            .any(|c| !(c.is_ascii_digit() || c == '*' || c == '#'))
+    {
+        return Err(Error::invalid(
+            "caller_id",
+            format!("'{value}' is not a telephone number (digits, optional leading '+', '*', '#')"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_max_contacts(value: u32) -> Result<()> {
+    if value == 0 || value > MAX_MAX_CONTACTS {
+        return Err(Error::invalid(
+            "max_contacts",
+            format!("must be between 1 and {MAX_MAX_CONTACTS}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decides what a command does to a user. `now` is the caller's clock.
+pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Event>> {
+    match command {
+        Command::Create { user, policy } => {
+            if state.status != Status::Absent {
+                // A user stream is never reused: ids are fresh per user.
+                return Err(Error::AlreadyExists(state.address()));
+            }
+            validate_display_name(&user.display_name)?;
+            validate_caller_id(&user.caller_id)?;
+            let max_contacts = user.max_contacts.unwrap_or(DEFAULT_MAX_CONTACTS);
+            validate_max_contacts(max_contacts)?;
+            let credentials =
+                Credentials::derive(&user.username, &user.domain, &user.password, *policy, now)?;
+            Ok(vec![Event::UserCreated {
+                user_id: user.user_id,
+                domain_id: user.domain_id,
+                domain: user.domain.clone(),
+                username: user.username.clone(),
+                display_name: user.display_name.clone(),
+                caller_id: user.caller_id.clone(),
+                max_contacts,
+                enabled: user.enabled,
+                credentials,
+                created_at: now,
+            }])
+        }
+        Command::Update { patch } => {
+            require_exists(state)?;
+            let display_name = patch
+                .display_name
+                .clone()
+                .unwrap_or_else(|| state.display_name.clone());
+            let caller_id = patch
+                .caller_id
+                .clone()
+                .unwrap_or_else(|| state.caller_id.clone());
+            let max_contacts = patch.max_contacts.unwrap_or(state.max_contacts);
+            validate_display_name(&display_name)?;
+            validate_caller_id(&caller_id)?;
+            validate_max_contacts(max_contacts)?;
+            let mut events = Vec::new();
+            if display_name != state.display_name
+                || caller_id != state.caller_id
+                || max_contacts != state.max_contacts
+            {
+                events.push(Event::UserUpdated {
+                    display_name,
+                    caller_id,
+                    max_contacts,
+                });
+            }
+            match patch.enabled {
+                Some(true) if !state.enabled => events.push(Event::UserEnabled {}),
+                Some(false) if state.enabled => events.push(Event::UserDisabled {}),
+                _ => {}
+            }
+            Ok(events)
+        }
+        Command::SetPassword { password, policy } => {
+            require_exists(state)?;
+            let (Some(username), Some(domain)) = (&state.username, &state.domain) else {
+                return Err(Error::NotFound(state.address()));
+            };
+            let credentials = Credentials::derive(username, domain, password, *policy, now)?;
+            Ok(vec![Event::PasswordChanged { credentials }])
+        }
+        Command::Delete { reason } => {
+            require_exists(state)?;
+            if reason
+                .as_ref()
+                .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
+            {
+                return Err(Error::invalid(
+                    "reason",
+                    format!("at most {MAX_REASON_LEN} characters"),
+                ));
+            }
+            Ok(vec![Event::UserDeleted {
+                reason: reason.clone(),
+            }])
+        }
+    }
+}
+
+fn require_exists(state: &User) -> Result<()> {
+    if state.exists() {
+        Ok(())
+    } else {
+        Err(Error::NotFound(state.address()))
+    }
+}
+
+/// Applies one event to the state.
+pub fn evolve(mut state: User, event: &Event) -> User {
+    match event {
+        Event::UserCreated {
+            user_id,
+            domain_id,
+            domain,
+            username,
+            display_name,
+            caller_id,
+            max_contacts,
+            enabled,
+            credentials,
+            created_at,
+        } => {
+            state = User {
+                id: Some(*user_id),
+                domain_id: Some(*domain_id),
+                domain: Some(domain.clone()),
+                username: Some(username.clone()),
+                status: Status::Active,
+                display_name: display_name.clone(),
+                caller_id: caller_id.clone(),
+                max_contacts: *max_contacts,
+                enabled: *enabled,
+                credentials: Some(credentials.clone()),
+                created_at: *created_at,
+            };
+        }
+        Event::PasswordChanged { credentials } => state.credentials = Some(credentials.clone()),
+        Event::UserUpdated {
+            display_name,
+            caller_id,
+            max_contacts,
+        } => {
+            state.display_name = display_name.clone();
+            state.caller_id = caller_id.clone();
+            state.max_contacts = *max_contacts;
+        }
+        Event::UserEnabled {} => state.enabled = true,
+        Event::UserDisabled {} => state.enabled = false,
+        Event::UserDeleted { .. } => state.status = Status::Deleted,
+    }
+    state
+}

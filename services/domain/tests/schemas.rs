@@ -1,0 +1,839 @@
+//! The JSON Schemas in `schemas/` (one per stored event type) against the
+//! code: every type has exactly one schema, every event this crate writes
+//! validates against its schema, and malformed documents do not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use dialtone_domain::credentials::{Credentials, PasswordPolicy};
+use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
+use dialtone_domain::event::{current_schema_version, EVENT_TYPES};
+use dialtone_domain::user::{self, NewUser, Patch, User};
+use dialtone_domain::{DomainId, DomainName, Event, UserId, UserName};
+use jsonschema::Validator;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const T0: i64 = 1_764_150_000_000_000;
+
+fn schema_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+}
+
+/// Every `*.json` file in `schemas/`, by file stem.
+static SCHEMAS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
+    let mut schemas = BTreeMap::new();
+    for entry in std::fs::read_dir(schema_dir()).expect("schemas/ exists") {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let schema: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        schemas.insert(stem, schema);
+    }
+    schemas
+});
+
+/// A validator per schema, with `format` (uuid) asserted.
+static VALIDATORS: LazyLock<BTreeMap<String, Validator>> = LazyLock::new(|| {
+    SCHEMAS
+        .iter()
+        .map(|(name, schema)| {
+            let validator = jsonschema::draft202012::options()
+                .should_validate_formats(true)
+                .build(schema)
+                .unwrap_or_else(|e| panic!("schemas/{name}.json does not compile: {e}"));
+            (name.clone(), validator)
+        })
+        .collect()
+});
+
+fn validator(event_type: &str) -> &'static Validator {
+    VALIDATORS
+        .get(event_type)
+        .unwrap_or_else(|| panic!("no schema for {event_type}"))
+}
+
+/// The errors of `data` against the schema of `event_type` (empty: valid).
+fn errors(event_type: &str, data: &Value) -> Vec<String> {
+    validator(event_type)
+        .iter_errors(data)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect()
+}
+
+#[track_caller]
+fn assert_valid(event: &Event) {
+    let data: Value = serde_json::from_str(&event.to_data().unwrap()).unwrap();
+    let errors = errors(event.event_type(), &data);
+    assert!(
+        errors.is_empty(),
+        "{} {data} is refused by its schema: {errors:#?}",
+        event.event_type()
+    );
+}
+
+#[track_caller]
+fn assert_rejected(event_type: &str, data: Value) {
+    assert!(
+        !validator(event_type).is_valid(&data),
+        "{event_type} schema accepts the invalid document {data}"
+    );
+}
+
+// ================================================================ files
+
+#[test]
+fn every_event_type_has_a_schema_and_every_schema_a_type() {
+    let types: BTreeSet<&str> = EVENT_TYPES.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        types.len(),
+        EVENT_TYPES.len(),
+        "EVENT_TYPES lists a type twice"
+    );
+    let files: BTreeSet<&str> = SCHEMAS.keys().map(String::as_str).collect();
+    let missing: Vec<_> = types.difference(&files).collect();
+    let orphans: Vec<_> = files.difference(&types).collect();
+    assert!(
+        missing.is_empty(),
+        "event types without schemas/<type>.json: {missing:?}"
+    );
+    assert!(
+        orphans.is_empty(),
+        "schemas without an event type: {orphans:?}"
+    );
+}
+
+/// Calls `f` on every subschema that is a JSON object.
+fn walk<'a>(
+    schema: &'a Value,
+    path: &str,
+    f: &mut impl FnMut(&str, &'a serde_json::Map<String, Value>),
+) {
+    match schema {
+        Value::Object(map) => {
+            f(path, map);
+            for (key, value) in map {
+                walk(value, &format!("{path}/{key}"), f);
+            }
+        }
+        Value::Array(items) => {
+            for (i, value) in items.iter().enumerate() {
+                walk(value, &format!("{path}/{i}"), f);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn schemas_are_draft_2020_12_closed_and_versioned() {
+    for (name, schema) in SCHEMAS.iter() {
+        if let Err(e) = jsonschema::draft202012::meta::validate(schema) {
+            panic!("schemas/{name}.json is not a valid draft 2020-12 schema: {e}");
+        }
+        assert_eq!(
+            schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+            "schemas/{name}.json: $schema"
+        );
+        assert_eq!(schema["title"], name.as_str(), "schemas/{name}.json: title");
+        assert_eq!(
+            schema["x-dialtone-schema-version"],
+            current_schema_version(name),
+            "schemas/{name}.json: x-dialtone-schema-version must be the version this build writes"
+        );
+        let stream = if name.starts_with("Domain") || name.starts_with("UserName") {
+            "domain"
+        } else {
+            "user"
+        };
+        assert_eq!(
+            schema["x-dialtone-stream"], stream,
+            "schemas/{name}.json: x-dialtone-stream"
+        );
+        assert_eq!(
+            schema["type"], "object",
+            "schemas/{name}.json: data is an object"
+        );
+
+        walk(schema, "", &mut |path, map| {
+            if map.get("type").and_then(Value::as_str) != Some("object") {
+                return;
+            }
+            assert_eq!(
+                map.get("additionalProperties"),
+                Some(&Value::Bool(false)),
+                "schemas/{name}.json{path}: objects must have additionalProperties: false"
+            );
+            let properties = map
+                .get("properties")
+                .and_then(Value::as_object)
+                .unwrap_or_else(|| panic!("schemas/{name}.json{path}: properties missing"));
+            let required = map
+                .get("required")
+                .and_then(Value::as_array)
+                .unwrap_or_else(|| panic!("schemas/{name}.json{path}: required missing"));
+            for field in required {
+                let field = field.as_str().unwrap();
+                assert!(
+                    properties.contains_key(field),
+                    "schemas/{name}.json{path}: required {field} is not a property"
+                );
+            }
+        });
+    }
+}
+
+#[test]
+fn the_event_catalog_documents_every_type_with_its_stream_and_category() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/events.md");
+    let text = std::fs::read_to_string(&path).expect("docs/events.md exists");
+    let mut documented = BTreeMap::new();
+    let mut stream = "";
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(section) = line.strip_prefix("## ") {
+            stream = if section.contains("`domain-") {
+                "domain"
+            } else if section.contains("`user-") {
+                "user"
+            } else {
+                ""
+            };
+        } else if let Some(name) = line.strip_prefix("### ") {
+            let first = lines.find(|l| !l.trim().is_empty()).unwrap_or_default();
+            let category = first
+                .strip_prefix("Category `")
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or_else(|| {
+                    panic!("docs/events.md: {name} does not start with its category")
+                });
+            documented.insert(name.trim().to_owned(), (stream, category.to_owned()));
+        }
+    }
+    for (event_type, category) in EVENT_TYPES {
+        let Some((stream, documented_category)) = documented.remove(*event_type) else {
+            panic!("docs/events.md does not document {event_type}");
+        };
+        assert_eq!(
+            documented_category,
+            category.as_str(),
+            "docs/events.md: category of {event_type}"
+        );
+        assert_eq!(
+            Some(&json!(stream)),
+            SCHEMAS[*event_type].get("x-dialtone-stream"),
+            "docs/events.md: stream of {event_type}"
+        );
+    }
+    assert!(
+        documented.is_empty(),
+        "docs/events.md documents unknown types: {documented:?}"
+    );
+}
+
+// ================================================================ samples
+
+fn dn(s: &str) -> DomainName {
+    DomainName::parse(s).unwrap()
+}
+
+fn un(s: &str) -> UserName {
+    UserName::parse(s).unwrap()
+}
+
+fn credentials(password: &str, now: i64) -> Credentials {
+    Credentials::derive(
+        &un("alice"),
+        &dn("example.com"),
+        password,
+        PasswordPolicy::default(),
+        now,
+    )
+    .unwrap()
+}
+
+/// Events produced by `decide`, covering every domain variant.
+fn domain_events_from_decide() -> Vec<Event> {
+    use domain::Command as C;
+    let alice = un("alice");
+    let id = UserId(Uuid::from_u128(0xa11ce));
+    let commands = [
+        C::Create {
+            name: dn("Example.COM."),
+            settings: Settings {
+                description: "Büro ✓ \"quoted\"\n".to_owned(),
+                ..Settings::default()
+            },
+        },
+        C::Update {
+            patch: SettingsPatch {
+                allow_cross_domain_calls: Some(true),
+                md5_allowed: Some(false),
+                ..SettingsPatch::default()
+            },
+        },
+        C::Suspend { reason: None },
+        C::Resume,
+        C::Suspend {
+            reason: Some("unpaid invoice".to_owned()),
+        },
+        C::Resume,
+        C::ClaimUserName {
+            username: alice.clone(),
+            user_id: id,
+        },
+        C::ReleaseUserName {
+            username: alice,
+            user_id: id,
+        },
+        C::Delete,
+    ];
+    let mut state = Domain::default();
+    let mut events = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let emitted = domain::decide(&state, command, T0 + i as i64).unwrap();
+        assert!(!emitted.is_empty(), "{command:?} emitted nothing");
+        state = emitted.iter().fold(state, domain::evolve);
+        events.extend(emitted.into_iter().map(Event::Domain));
+    }
+    events
+}
+
+/// Events produced by `decide`, covering every user variant.
+fn user_events_from_decide() -> Vec<Event> {
+    use user::Command as C;
+    let domain = dn("example.com");
+    let create = C::Create {
+        user: Box::new(NewUser {
+            user_id: UserId(Uuid::from_u128(0xa11ce)),
+            domain_id: DomainId::for_name(&domain),
+            domain,
+            username: un("alice"),
+            password: "secret password".to_owned(),
+            display_name: "Alice".to_owned(),
+            caller_id: "+4930123456".to_owned(),
+            max_contacts: None,
+            enabled: true,
+        }),
+        policy: PasswordPolicy::default(),
+    };
+    let commands = [
+        create,
+        C::SetPassword {
+            password: "another password".to_owned(),
+            policy: PasswordPolicy::default(),
+        },
+        C::Update {
+            patch: Patch {
+                display_name: Some("Alice \u{1F600}".to_owned()),
+                caller_id: Some(String::new()),
+                max_contacts: Some(100),
+                enabled: Some(false),
+            },
+        },
+        C::Update {
+            patch: Patch {
+                enabled: Some(true),
+                ..Patch::default()
+            },
+        },
+        C::Delete {
+            reason: Some("left".to_owned()),
+        },
+    ];
+    let mut state = User::default();
+    let mut events = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let emitted = user::decide(&state, command, T0 + i as i64).unwrap();
+        assert!(!emitted.is_empty(), "{command:?} emitted nothing");
+        state = emitted.iter().fold(state, user::evolve);
+        events.extend(emitted.into_iter().map(Event::User));
+    }
+    // A deletion without a reason, on another user.
+    let state = user::evolve(
+        User::default(),
+        match &events[0] {
+            Event::User(e) => e,
+            _ => unreachable!(),
+        },
+    );
+    let emitted = user::decide(&state, &C::Delete { reason: None }, T0 + 10).unwrap();
+    events.extend(emitted.into_iter().map(Event::User));
+    events
+}
+
+/// Hand-made events of every variant, with values on the edges of what is
+/// allowed.
+fn hand_made_events() -> Vec<Event> {
+    use domain::Event as D;
+    use user::Event as U;
+    let longest_domain = dn(&format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    ));
+    assert_eq!(longest_domain.as_str().len(), DomainName::MAX_LEN);
+    let odd_user = un("%41lice.o'neil+1(x)~*!&=$,;?/_-");
+    let longest_user = un(&"z".repeat(UserName::MAX_LEN));
+    let nil = UserId(Uuid::nil());
+    let max = UserId(Uuid::max());
+    vec![
+        D::DomainCreated {
+            domain_id: DomainId::for_name(&longest_domain),
+            name: longest_domain.clone(),
+            settings: Settings {
+                description: "é".repeat(Settings::MAX_DESCRIPTION_LEN),
+                allow_cross_domain_calls: true,
+                md5_allowed: false,
+            },
+            created_at: 0,
+        }
+        .into(),
+        D::DomainCreated {
+            domain_id: DomainId(Uuid::nil()),
+            name: dn("pbx"),
+            settings: Settings::default(),
+            created_at: i64::MAX,
+        }
+        .into(),
+        D::DomainCreated {
+            domain_id: DomainId::for_name(&dn("1.example.com")),
+            name: dn("1-2.3com"),
+            settings: Settings::default(),
+            created_at: T0,
+        }
+        .into(),
+        D::DomainUpdated {
+            settings: Settings::default(),
+        }
+        .into(),
+        D::DomainSuspended { reason: None }.into(),
+        D::DomainSuspended {
+            reason: Some(String::new()),
+        }
+        .into(),
+        D::DomainSuspended {
+            reason: Some("ß".repeat(256)),
+        }
+        .into(),
+        D::DomainResumed {}.into(),
+        D::DomainDeleted {}.into(),
+        D::UserNameClaimed {
+            username: odd_user.clone(),
+            user_id: nil,
+        }
+        .into(),
+        D::UserNameClaimed {
+            username: longest_user.clone(),
+            user_id: max,
+        }
+        .into(),
+        D::UserNameReleased {
+            username: odd_user.clone(),
+            user_id: max,
+        }
+        .into(),
+        D::UserNameReleased {
+            username: un("1"),
+            user_id: nil,
+        }
+        .into(),
+        U::UserCreated {
+            user_id: max,
+            domain_id: DomainId::for_name(&longest_domain),
+            domain: longest_domain,
+            username: longest_user,
+            display_name: "x".repeat(user::MAX_DISPLAY_NAME_LEN),
+            caller_id: "1".repeat(user::MAX_CALLER_ID_LEN),
+            max_contacts: 1,
+            enabled: false,
+            credentials: credentials("edge of the world", 0),
+            created_at: 0,
+        }
+        .into(),
+        U::UserCreated {
+            user_id: nil,
+            domain_id: DomainId(Uuid::nil()),
+            domain: dn("pbx"),
+            username: odd_user,
+            display_name: String::new(),
+            caller_id: String::new(),
+            max_contacts: user::MAX_MAX_CONTACTS,
+            enabled: true,
+            credentials: credentials("another password", i64::MAX),
+            created_at: i64::MAX,
+        }
+        .into(),
+        U::PasswordChanged {
+            credentials: credentials("a new password", T0),
+        }
+        .into(),
+        U::UserUpdated {
+            display_name: "Ådmin «the» 管理员".to_owned(),
+            caller_id: "*31#".to_owned(),
+            max_contacts: 7,
+        }
+        .into(),
+        U::UserUpdated {
+            display_name: String::new(),
+            caller_id: "+1".to_owned(),
+            max_contacts: 1,
+        }
+        .into(),
+        U::UserEnabled {}.into(),
+        U::UserDisabled {}.into(),
+        U::UserDeleted { reason: None }.into(),
+        U::UserDeleted {
+            reason: Some("x".repeat(user::MAX_REASON_LEN)),
+        }
+        .into(),
+    ]
+}
+
+#[test]
+fn events_from_decide_validate() {
+    for event in domain_events_from_decide()
+        .iter()
+        .chain(&user_events_from_decide())
+    {
+        assert_valid(event);
+    }
+}
+
+#[test]
+fn hand_made_events_validate() {
+    for event in hand_made_events() {
+        assert_valid(&event);
+    }
+}
+
+#[test]
+fn samples_cover_every_event_type() {
+    for (name, samples) in [
+        (
+            "decide",
+            [domain_events_from_decide(), user_events_from_decide()].concat(),
+        ),
+        ("hand-made", hand_made_events()),
+    ] {
+        let covered: BTreeSet<&str> = samples.iter().map(Event::event_type).collect();
+        let missing: Vec<&str> = EVENT_TYPES
+            .iter()
+            .map(|(t, _)| *t)
+            .filter(|t| !covered.contains(t))
+            .collect();
+        assert!(missing.is_empty(), "{name} samples miss {missing:?}");
+    }
+}
+
+// ================================================================ invalid
+
+/// The stored data of a valid sample of `event_type`, to be broken.
+fn sample(event_type: &str) -> Value {
+    let event = hand_made_events()
+        .into_iter()
+        .find(|e| e.event_type() == event_type)
+        .unwrap();
+    serde_json::from_str(&event.to_data().unwrap()).unwrap()
+}
+
+fn with(mut data: Value, pointer: &str, value: Value) -> Value {
+    let Some(slot) = data.pointer_mut(pointer) else {
+        panic!("no {pointer} in the sample")
+    };
+    *slot = value;
+    data
+}
+
+fn without(mut data: Value, field: &str) -> Value {
+    data.as_object_mut().unwrap().remove(field).unwrap();
+    data
+}
+
+fn with_extra(mut data: Value, pointer: &str, key: &str, value: Value) -> Value {
+    data.pointer_mut(pointer)
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .insert(key.to_owned(), value);
+    data
+}
+
+#[test]
+fn extra_properties_are_rejected_at_every_level() {
+    for (event_type, _) in EVENT_TYPES {
+        assert_rejected(
+            event_type,
+            with_extra(sample(event_type), "", "extra", json!(1)),
+        );
+    }
+    // The plaintext password has no place in any event.
+    assert_rejected(
+        "UserCreated",
+        with_extra(sample("UserCreated"), "", "password", json!("x")),
+    );
+    assert_rejected(
+        "UserCreated",
+        with_extra(
+            sample("UserCreated"),
+            "/credentials",
+            "password",
+            json!("secret password"),
+        ),
+    );
+    assert_rejected(
+        "DomainCreated",
+        with_extra(sample("DomainCreated"), "/settings", "colour", json!("red")),
+    );
+}
+
+#[test]
+fn missing_required_fields_are_rejected() {
+    for (event_type, field) in [
+        ("DomainCreated", "domain_id"),
+        ("DomainCreated", "created_at"),
+        ("DomainUpdated", "settings"),
+        ("UserNameClaimed", "user_id"),
+        ("UserNameReleased", "username"),
+        ("UserCreated", "credentials"),
+        ("UserCreated", "enabled"),
+        ("PasswordChanged", "credentials"),
+        ("UserUpdated", "max_contacts"),
+    ] {
+        assert_rejected(event_type, without(sample(event_type), field));
+    }
+    let settings = without(sample("DomainCreated")["settings"].clone(), "md5_allowed");
+    assert_rejected("DomainUpdated", json!({ "settings": settings }));
+    let credentials = without(
+        sample("PasswordChanged")["credentials"].clone(),
+        "ha1_sha256",
+    );
+    assert_rejected("PasswordChanged", json!({ "credentials": credentials }));
+}
+
+#[test]
+fn malformed_values_are_rejected() {
+    let bad_uuids = [
+        json!("not-a-uuid"),
+        json!("1234"),
+        json!("00000000-0000-0000-0000-00000000000g"),
+        json!("00000000000000000000000000000000"),
+        json!("{00000000-0000-0000-0000-000000000000}"),
+        json!("6F1C2B8E-5D7A-4C3E-9A41-2F0D8B6E1C57"),
+        json!(42),
+        json!(null),
+    ];
+    for bad in &bad_uuids {
+        assert_rejected(
+            "DomainCreated",
+            with(sample("DomainCreated"), "/domain_id", bad.clone()),
+        );
+        assert_rejected(
+            "UserNameClaimed",
+            with(sample("UserNameClaimed"), "/user_id", bad.clone()),
+        );
+        assert_rejected(
+            "UserCreated",
+            with(sample("UserCreated"), "/domain_id", bad.clone()),
+        );
+    }
+    for bad in [
+        json!(-1),
+        json!(1.5),
+        json!("1764150000000000"),
+        json!(null),
+    ] {
+        assert_rejected(
+            "DomainCreated",
+            with(sample("DomainCreated"), "/created_at", bad.clone()),
+        );
+        assert_rejected(
+            "PasswordChanged",
+            with(
+                sample("PasswordChanged"),
+                "/credentials/set_at",
+                bad.clone(),
+            ),
+        );
+    }
+    let md5 = "0123456789abcdef0123456789abcdef";
+    let sha256 = md5.repeat(2);
+    for bad in [
+        &md5[1..],
+        &format!("{md5}0"),
+        &md5.to_uppercase(),
+        &md5.replace('a', "g"),
+        &sha256,
+    ] {
+        let data = with(
+            sample("PasswordChanged"),
+            "/credentials/ha1_md5",
+            json!(bad),
+        );
+        assert_rejected("PasswordChanged", data);
+    }
+    for bad in [
+        md5,
+        &sha256[1..],
+        &sha256.to_uppercase(),
+        &format!(" {sha256}"),
+    ] {
+        let data = with(
+            sample("PasswordChanged"),
+            "/credentials/ha1_sha256",
+            json!(bad),
+        );
+        assert_rejected("PasswordChanged", data);
+    }
+    for bad in [
+        "",
+        "Example.com",
+        "example.com.",
+        "1.2.3.4",
+        "a..b",
+        "-a.com",
+        "a_b.com",
+        "é.com",
+    ] {
+        assert_rejected(
+            "DomainCreated",
+            with(sample("DomainCreated"), "/name", json!(bad)),
+        );
+        assert_rejected(
+            "UserCreated",
+            with(sample("UserCreated"), "/domain", json!(bad)),
+        );
+    }
+    let too_long = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(62)
+    );
+    assert_rejected(
+        "DomainCreated",
+        with(sample("DomainCreated"), "/name", json!(too_long)),
+    );
+    for bad in [
+        "".to_owned(),
+        "a b".into(),
+        "a@b".into(),
+        "%4".into(),
+        "%zz".into(),
+        "z".repeat(65),
+    ] {
+        assert_rejected(
+            "UserNameClaimed",
+            with(sample("UserNameClaimed"), "/username", json!(bad)),
+        );
+    }
+    for bad in [json!(0), json!(101), json!(-1), json!(1.5), json!("10")] {
+        assert_rejected(
+            "UserUpdated",
+            with(sample("UserUpdated"), "/max_contacts", bad),
+        );
+    }
+    for bad in ["+", "abc", "+49 30", &"1".repeat(33)] {
+        assert_rejected(
+            "UserUpdated",
+            with(sample("UserUpdated"), "/caller_id", json!(bad)),
+        );
+    }
+    for bad in [
+        "tab\there".to_owned(),
+        "nul\u{0}".into(),
+        "c1\u{85}".into(),
+        "x".repeat(129),
+    ] {
+        assert_rejected(
+            "UserUpdated",
+            with(sample("UserUpdated"), "/display_name", json!(bad)),
+        );
+    }
+    assert_rejected(
+        "UserCreated",
+        with(sample("UserCreated"), "/enabled", json!("true")),
+    );
+    assert_rejected("DomainSuspended", json!({ "reason": null }));
+    assert_rejected("DomainSuspended", json!({ "reason": "x".repeat(257) }));
+    assert_rejected("UserDeleted", json!({ "reason": 1 }));
+    assert_rejected("DomainResumed", json!([]));
+    assert_rejected("UserEnabled", json!(null));
+}
+
+// ================================================================ patterns
+
+/// A tiny `UserNameClaimed` whose only variable part is the user name.
+fn claim_with(username: &str) -> Value {
+    json!({ "username": username, "user_id": "00000000-0000-0000-0000-000000000001" })
+}
+
+fn created_with(name: &str) -> Value {
+    with(sample("DomainCreated"), "/name", json!(name))
+}
+
+/// A created user, to try display names and caller ids on.
+static ALICE: LazyLock<User> = LazyLock::new(|| {
+    let Event::User(created) = user_events_from_decide().remove(0) else {
+        unreachable!()
+    };
+    user::evolve(User::default(), &created)
+});
+
+fn domain_name_candidate() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9.-]{1,20}",
+        "[a-zA-Z0-9._ -]{1,12}",
+        proptest::collection::vec("[a-z0-9-]{1,63}", 1..6).prop_map(|labels| labels.join(".")),
+    ]
+}
+
+fn username_candidate() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9%._~!*'()&=+$,;?/@: <>\"-]{1,70}",
+        "(%[0-9a-fA-Fg]{0,2}|[a-z]){1,10}",
+        "\\PC{1,4}",
+    ]
+}
+
+proptest! {
+    /// The domain-name pattern accepts exactly the names `DomainName` writes.
+    #[test]
+    fn domain_name_schema_agrees_with_domain_name(s in domain_name_candidate()) {
+        let written = DomainName::parse(&s).is_ok_and(|n| n.as_str() == s);
+        prop_assert_eq!(validator("DomainCreated").is_valid(&created_with(&s)), written, "{:?}", s);
+    }
+
+    /// The user-name pattern accepts exactly the names `UserName` accepts.
+    #[test]
+    fn username_schema_agrees_with_user_name(s in username_candidate()) {
+        let accepted = UserName::parse(&s).is_ok();
+        prop_assert_eq!(validator("UserNameClaimed").is_valid(&claim_with(&s)), accepted, "{:?}", s);
+    }
+
+    /// The display-name and caller-id schemas accept exactly what an update
+    /// accepts.
+    #[test]
+    fn user_field_schemas_agree_with_decide(
+        display_name in prop_oneof!["\\PC{0,12}", "[\\x00-\\x{a0}]{0,4}", ".{120,130}"],
+        caller_id in prop_oneof!["\\+?[0-9*#]{0,34}", "[0-9+*# a]{0,5}"],
+    ) {
+        let patch = Patch {
+            display_name: Some(display_name.clone()),
+            caller_id: Some(caller_id.clone()),
+            ..Patch::default()
+        };
+        let accepted = user::decide(&ALICE, &user::Command::Update { patch }, T0).is_ok();
+        let data = json!({ "display_name": display_name, "caller_id": caller_id, "max_contacts": 1 });
+        prop_assert_eq!(validator("UserUpdated").is_valid(&data), accepted, "{}", data);
+    }
+}

@@ -1,0 +1,237 @@
+//! Append load test for the SQLite event log.
+//!
+//! N concurrent writers (tokio tasks), each appending 1-event appends to its
+//! own streams with an exact expected version, one append in flight per
+//! writer, against a store in a temp dir on the real disk. Prints events/s,
+//! events per commit and append latency.
+//!
+//! ```text
+//! cargo run -p dialtone-eventlog --release --example append_load -- \
+//!     --writers 64 --seconds 10
+//! ```
+//!
+//! Options: `--writers N` (64), `--seconds S` (10), `--warmup S` (2),
+//! `--streams N` streams per writer (8), `--data-bytes B` (200),
+//! `--dir PATH` (a new temp dir under it; default the system temp dir),
+//! `--max-batch-events N`, `--max-batch-appends N`, `--gather-us N`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
+use dialtone_eventlog::{EventStore, ExpectedVersion, NewEvent};
+use uuid::Uuid;
+
+struct Args {
+    writers: usize,
+    seconds: f64,
+    warmup: f64,
+    streams: usize,
+    data_bytes: usize,
+    dir: Option<PathBuf>,
+    v7_ids: bool,
+    options: SqliteOptions,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        writers: 64,
+        seconds: 10.0,
+        warmup: 2.0,
+        streams: 8,
+        data_bytes: 200,
+        dir: None,
+        v7_ids: false,
+        options: SqliteOptions::new("bench"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--writers" => args.writers = value()?.parse()?,
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--warmup" => args.warmup = value()?.parse()?,
+            "--streams" => args.streams = value()?.parse()?,
+            "--data-bytes" => args.data_bytes = value()?.parse()?,
+            "--dir" => args.dir = Some(value()?.into()),
+            "--v7-ids" => args.v7_ids = true,
+            "--max-batch-events" => args.options.max_batch_events = value()?.parse()?,
+            "--max-batch-appends" => args.options.max_batch_appends = value()?.parse()?,
+            "--gather-us" => {
+                args.options.max_gather_delay = Duration::from_micros(value()?.parse()?)
+            }
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(args)
+}
+
+/// User + system CPU seconds of this process (Linux), to tell CPU-bound from
+/// fsync-bound runs.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5), counted after the name: indexes 11, 12.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Bytes this process caused to be sent to the storage layer (Linux).
+fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes: "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(&base).with_context(|| format!("temp dir in {base:?}"))?;
+    let path = dir.path().join("events.db");
+    let store = Arc::new(SqliteStore::open(&path, args.options.clone())?);
+    println!(
+        "append_load: {} writers x 1-event appends, {} streams each, {} data bytes, \
+         {}s (+{}s warmup), db {}",
+        args.writers,
+        args.streams,
+        args.data_bytes,
+        args.seconds,
+        args.warmup,
+        path.display()
+    );
+    println!(
+        "options: max_batch_events={} max_batch_appends={} max_gather_delay={:?}",
+        args.options.max_batch_events,
+        args.options.max_batch_appends,
+        args.options.max_gather_delay
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let data = format!(
+        r#"{{"pad":"{}"}}"#,
+        "x".repeat(args.data_bytes.saturating_sub(10))
+    );
+    let writers: Vec<_> = (0..args.writers)
+        .map(|w| {
+            let store = store.clone();
+            let stop = stop.clone();
+            let measuring = measuring.clone();
+            let data = data.clone();
+            let v7_ids = args.v7_ids;
+            let streams: Vec<String> = (0..args.streams)
+                .map(|s| {
+                    format!(
+                        "user-{}",
+                        Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{w}-{s}").as_bytes())
+                    )
+                })
+                .collect();
+            tokio::spawn(async move {
+                let mut versions: Vec<Option<u64>> = vec![None; streams.len()];
+                let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 16);
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let s = i % streams.len();
+                    i += 1;
+                    let expected =
+                        versions[s].map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                    let event = NewEvent {
+                        event_id: if v7_ids {
+                            Uuid::now_v7()
+                        } else {
+                            Uuid::new_v4()
+                        },
+                        event_type: "ContactRefreshed".to_owned(),
+                        schema_version: 1,
+                        occurred_at_us: 1_700_000_000_000_000 + i as i64,
+                        domain_id: None,
+                        user_id: None,
+                        correlation_id: None,
+                        data: data.clone(),
+                    };
+                    let started = Instant::now();
+                    let outcome = store.append(&streams[s], expected, vec![event]).await?;
+                    let micros = started.elapsed().as_micros();
+                    versions[s] = Some(outcome.last_version);
+                    if measuring.load(Ordering::Relaxed) {
+                        latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                    }
+                }
+                anyhow::Ok(latencies_us)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    let before = store.stats();
+    let cpu_before = cpu_seconds();
+    let written_before = written_bytes();
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let after = store.stats();
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds();
+    let written_after = written_bytes();
+    stop.store(true, Ordering::Relaxed);
+
+    let mut latencies = Vec::new();
+    for writer in writers {
+        latencies.extend(writer.await??);
+    }
+    store.close().await?;
+    latencies.sort_unstable();
+
+    let events = after.events - before.events;
+    let commits = after.commits - before.commits;
+    println!("events/s:        {:.0}", events as f64 / elapsed);
+    println!(
+        "commits/s:       {:.0} (failed batches: {})",
+        commits as f64 / elapsed,
+        after.failed_batches
+    );
+    println!(
+        "events/commit:   mean {:.1}, max {} (max since open)",
+        events as f64 / commits.max(1) as f64,
+        after.max_batch_events
+    );
+    println!(
+        "append latency:  p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} appends)",
+        f64::from(percentile(&latencies, 0.50)) / 1000.0,
+        f64::from(percentile(&latencies, 0.99)) / 1000.0,
+        f64::from(latencies.last().copied().unwrap_or(0)) / 1000.0,
+        latencies.len()
+    );
+    if let (Some(a), Some(b)) = (written_before, written_after) {
+        println!(
+            "disk writes:     {:.1} MB/s, {:.0} bytes/event",
+            (b - a) as f64 / elapsed / 1e6,
+            (b - a) as f64 / events.max(1) as f64
+        );
+    }
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        println!(
+            "cpu:             {:.2} cores busy on average",
+            (b - a) / elapsed
+        );
+    }
+    Ok(())
+}

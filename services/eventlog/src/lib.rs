@@ -1,0 +1,224 @@
+//! The append-only event log of Dialtone.
+//!
+//! # What it owns
+//! How events are stored: the [`EventStore`] trait with its invariants, the
+//! embedded SQLite backend ([`sqlite::SqliteStore`]) and the conformance suite
+//! ([`conformance`], behind the `conformance` feature) that every backend runs.
+//!
+//! # Main types
+//! - [`NewEvent`]: what a writer hands in (already serialised JSON data).
+//! - [`RecordedEvent`]: the stored envelope (DESIGN section 3): global
+//!   `position`, per-stream `version`, ids, type, schema version, time, data.
+//! - [`ExpectedVersion`]: optimistic concurrency, EventStoreDB semantics.
+//! - [`subscribe_all`]: catch-up from any position, then live, built only on
+//!   [`EventStore::read_all`] and the head watch: no channel that could drop
+//!   events is part of delivery.
+//!
+//! # Invariants every backend keeps (checked by the conformance suite)
+//! 1. An `append` is atomic: all its events are stored or none.
+//! 2. Acknowledged means durable: `append` returns `Ok` only once the events
+//!    are fsynced (SQLite: WAL + `synchronous=FULL`, one commit per batch).
+//! 3. Stream versions are 0-based and gap-free; `ExpectedVersion` is checked
+//!    against the last version under the writer's serialisation, so of N
+//!    concurrent appends expecting the same version exactly one wins.
+//! 4. Global positions start at 1, strictly increase in commit order and have
+//!    no gaps; an event is visible to `read_all` only once every smaller
+//!    position is visible too (a reader never skips an event).
+//! 5. Idempotency: appending events whose ids are already stored, in the same
+//!    stream at consecutive versions, returns the first outcome with
+//!    `deduplicated = true` and stores nothing, whatever the expected version.
+//!
+//! # What it must not do
+//! It knows nothing of Dialtone's event types: `event_type` and `data` are
+//! opaque strings here. It never reads configuration.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub mod sqlite;
+mod subscription;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use subscription::subscribe_all;
+
+/// A global position in the log: 1 for the first event ever appended.
+pub type Position = u64;
+
+/// Errors of the event log. Concurrency conflicts stay apart from storage
+/// failures: the first is a normal outcome for a writer, the second is not.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The stream's current version is not the one the writer expected.
+    #[error(
+        "wrong expected version for stream {stream}: expected {expected:?}, actual {actual:?}"
+    )]
+    WrongExpectedVersion {
+        stream: String,
+        expected: ExpectedVersion,
+        /// The stream's last version, `None` when the stream has no events.
+        actual: Option<u64>,
+    },
+    /// Some, but not all, of the event ids were already stored, or they were
+    /// stored in another stream / order: the retry does not match the original.
+    #[error("event ids of this append were partly stored before (stream {stream})")]
+    IdempotencyConflict { stream: String },
+    /// The request itself is invalid (empty stream name, no events, ...).
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    /// The storage failed (IO error, disk full, read-only file system...).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The store is shut down.
+    #[error("event store is closed")]
+    Closed,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Optimistic concurrency for an append (EventStoreDB semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must have no events.
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+/// An event handed to [`EventStore::append`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Unique id, used for idempotent retries.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// Microseconds since the Unix epoch.
+    pub occurred_at_us: i64,
+    pub domain_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    /// gRPC request id or SIP Call-ID that caused the event.
+    pub correlation_id: Option<String>,
+    /// The event's data, serialised JSON.
+    pub data: String,
+}
+
+/// A stored event: the envelope of DESIGN section 3.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub position: Position,
+    pub stream: String,
+    /// 0-based version inside the stream.
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub occurred_at_us: i64,
+    pub domain_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    /// Name of the node that appended the event.
+    pub node: String,
+    pub correlation_id: Option<String>,
+    pub data: String,
+}
+
+/// What a successful append returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub first_position: Position,
+    pub last_position: Position,
+    /// Version of the last event appended (the stream's new current version).
+    pub last_version: u64,
+    /// True when every event id was already stored and nothing was written.
+    pub deduplicated: bool,
+}
+
+/// A stream and its current (last) version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub stream: String,
+    pub last_version: u64,
+}
+
+/// A snapshot of an aggregate's state at a stream version. The log stays the
+/// truth: a snapshot only shortens recovery and may be dropped at any time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub stream: String,
+    /// Version of the last event folded into `data`.
+    pub version: u64,
+    /// Version of the state's serialised shape, so that old snapshots can be
+    /// ignored after a change of shape.
+    pub schema_version: u32,
+    pub data: String,
+}
+
+/// The event log. See the crate documentation for the invariants.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` atomically to `stream` if its version matches
+    /// `expected`. Returns once the events are durable.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome>;
+
+    /// Events of `stream` with `version >= from_version`, in version order,
+    /// at most `max_count`. An unknown stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// Events with `position >= from_position`, in position order, at most
+    /// `max_count`, never beyond the visible head (invariant 4).
+    async fn read_all(
+        &self,
+        from_position: Position,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// The stream's last version, `None` if it has no events.
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>>;
+
+    /// Streams whose name starts with `prefix`, ordered by name, starting
+    /// strictly after `after`, at most `limit`.
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>>;
+
+    /// The last committed and visible position (0 when the log is empty).
+    fn head_position(&self) -> Position;
+
+    /// Watches the head position; it changes after each commit. Readers use
+    /// it only to wake up, then read the log.
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<Position>;
+
+    /// Stores (replaces) the snapshot of a stream.
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()>;
+
+    /// The latest snapshot of a stream, if any.
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>>;
+
+    /// Stops accepting appends, waits for pending ones to be committed or
+    /// failed, and closes the storage. Later calls return [`Error::Closed`].
+    async fn close(&self) -> Result<()>;
+}
+
+/// A shareable handle to any backend.
+pub type SharedStore = Arc<dyn EventStore>;

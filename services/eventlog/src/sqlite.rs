@@ -1,0 +1,626 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! # Layout
+//! - One dedicated OS thread (the *writer*, see `writer.rs`) owns the only
+//!   read-write connection. Appends reach it through a channel; it commits
+//!   them in groups (group commit): one transaction, hence one fsync, for up to
+//!   [`SqliteOptions::max_batch_events`] events. It alone assigns positions and
+//!   checks expected versions, against an in-memory map of stream versions, so
+//!   the check needs no query in the common case.
+//! - Readers: a small pool of read-only connections used through
+//!   `spawn_blocking`, each with its own cache of prepared statements. WAL lets
+//!   them read while the writer writes.
+//! - The head position is published on a `watch` channel after each commit;
+//!   `read_all` never reads beyond it, so nobody sees a position before every
+//!   smaller one is committed (invariant 4 is trivial with a single writer).
+//!
+//! # What it must not do
+//! Two processes must not open the same file: the writer's version map and
+//! position counter assume it is the only writer. Acknowledgements are never
+//! given before the commit returned, and `synchronous` is never lowered.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+use tokio::sync::{oneshot, watch, Semaphore};
+use uuid::Uuid;
+
+use crate::{
+    AppendOutcome, Error, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, Result,
+    Snapshot, StreamInfo,
+};
+
+mod writer;
+
+use writer::{AppendRequest, Msg};
+
+/// How long a connection waits on a lock before failing. The writer is the only
+/// writer, so this only matters while SQLite recovers a WAL or checkpoints.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options of [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Name of this node, written into every appended event's `node` field.
+    pub node: String,
+    /// A commit holds at most this many events (a single larger append is
+    /// still committed, alone). Bigger batches amortise the fsync further but
+    /// make the slowest request of a batch wait longer.
+    pub max_batch_events: usize,
+    /// A commit holds at most this many append requests.
+    pub max_batch_appends: usize,
+    /// Number of read-only connections (reads run concurrently up to this).
+    pub readers: usize,
+    /// Upper bound of the *gather window*: after a commit, the writer may wait
+    /// this long (and never more than a quarter of the last commit's duration)
+    /// for the writers it just answered to send their next append, so that
+    /// they share the next fsync instead of splitting into two alternating
+    /// half-size batches. The wait ends as soon as they are all back. This is
+    /// PostgreSQL's `commit_delay` idea made adaptive; `Duration::ZERO`
+    /// disables it.
+    pub max_gather_delay: Duration,
+}
+
+impl SqliteOptions {
+    /// Default options with the given node name.
+    pub fn new(node: impl Into<String>) -> Self {
+        Self {
+            node: node.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            node: "local".to_owned(),
+            max_batch_events: 1024,
+            max_batch_appends: 256,
+            readers: 2,
+            max_gather_delay: Duration::from_micros(500),
+        }
+    }
+}
+
+/// Counters of the writer since the store was opened (the same figures also go
+/// to the `metrics` recorder); used by benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Append requests acknowledged as written (deduplicated ones excluded).
+    pub appends: u64,
+    /// Events committed.
+    pub events: u64,
+    /// Largest number of events in one commit.
+    pub max_batch_events: u64,
+    /// Batches rolled back because the storage failed.
+    pub failed_batches: u64,
+}
+
+#[derive(Default)]
+struct StatsCells {
+    commits: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+    max_batch_events: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
+impl StatsCells {
+    fn snapshot(&self) -> BatchStats {
+        BatchStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            max_batch_events: self.max_batch_events.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Metric handles, resolved once at open so that the hot path does no lookup.
+/// They bind to the recorder installed at that time: install it first.
+struct StoreMetrics {
+    append_seconds: metrics::Histogram,
+    appends_total: metrics::Counter,
+    errors_wrong_version: metrics::Counter,
+    errors_idempotency: metrics::Counter,
+    errors_invalid: metrics::Counter,
+    errors_storage: metrics::Counter,
+    errors_closed: metrics::Counter,
+}
+
+impl StoreMetrics {
+    fn new() -> Self {
+        let errors = |kind: &'static str| metrics::counter!("dialtone_eventlog_append_errors_total", "kind" => kind);
+        Self {
+            append_seconds: metrics::histogram!("dialtone_eventlog_append_seconds"),
+            appends_total: metrics::counter!("dialtone_eventlog_appends_total"),
+            errors_wrong_version: errors("wrong_expected_version"),
+            errors_idempotency: errors("idempotency_conflict"),
+            errors_invalid: errors("invalid"),
+            errors_storage: errors("storage"),
+            errors_closed: errors("closed"),
+        }
+    }
+
+    fn record(&self, started: Instant, result: &Result<AppendOutcome>) {
+        self.append_seconds.record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => self.appends_total.increment(1),
+            Err(Error::WrongExpectedVersion { .. }) => self.errors_wrong_version.increment(1),
+            Err(Error::IdempotencyConflict { .. }) => self.errors_idempotency.increment(1),
+            Err(Error::Invalid(_)) => self.errors_invalid.increment(1),
+            Err(Error::Storage(_)) => self.errors_storage.increment(1),
+            Err(Error::Closed) => self.errors_closed.increment(1),
+        }
+    }
+}
+
+/// The SQLite event store. Share it as a [`crate::SharedStore`]
+/// (`Arc::new(store)`).
+///
+/// Dropping it stops the writer thread after it has committed what was already
+/// queued, and joins it (this blocks for at most one commit). Prefer
+/// [`EventStore::close`] in async code.
+pub struct SqliteStore {
+    path: PathBuf,
+    /// `Option` only so that `Drop` can disconnect the writer.
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    head: watch::Receiver<Position>,
+    closed: AtomicBool,
+    readers: Readers,
+    stats: Arc<StatsCells>,
+    metrics: StoreMetrics,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("head", &*self.head.borrow())
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the log at `path` and starts its writer
+    /// thread. Blocking: it sets the file up and reads the last position, so
+    /// call it at startup or from `spawn_blocking`.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
+        let conn = writer::open_writer_connection(path)?;
+        let last_position = writer::last_position(&conn)?;
+        let (head_tx, head_rx) = watch::channel(last_position);
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(StatsCells::default());
+        let writer = writer::Writer::new(
+            conn,
+            rx,
+            head_tx,
+            last_position,
+            &options,
+            Arc::clone(&stats),
+        );
+        let handle = std::thread::Builder::new()
+            .name("eventlog-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        tracing::debug!(path = %path.display(), last_position, "event log opened");
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            tx: Some(tx),
+            writer: Mutex::new(Some(handle)),
+            head: head_rx,
+            closed: AtomicBool::new(false),
+            readers: Readers::new(path, options.readers.max(1)),
+            stats,
+            metrics: StoreMetrics::new(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writer counters since open.
+    pub fn stats(&self) -> BatchStats {
+        self.stats.snapshot()
+    }
+
+    /// Test hook simulating a full disk: caps the database file at `pages`
+    /// pages (`PRAGMA max_page_count`; SQLite never goes below the current
+    /// size, so 0 means "no growth from now on"). Returns the cap in effect.
+    /// Raise it again (e.g. `u32::MAX as u64`) to "free space".
+    #[cfg(any(test, feature = "conformance"))]
+    pub async fn set_max_page_count(&self, pages: u64) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::SetMaxPageCount { pages, reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn send(&self, msg: Msg) -> Result<()> {
+        self.check_open()?;
+        match &self.tx {
+            Some(tx) => tx.send(msg).map_err(|_| Error::Closed),
+            None => Err(Error::Closed),
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.check_open()?;
+        self.readers.run(&self.closed, f).await
+    }
+
+    fn stop_writer(&self) -> Option<JoinHandle<()>> {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.readers.close();
+        // Disconnecting makes the writer commit what is queued, then exit.
+        drop(self.tx.take());
+        let handle = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("event log writer thread panicked");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome> {
+        let started = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        let request = AppendRequest {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        let result = match self.send(Msg::Append(request)) {
+            // A dropped reply means the writer stopped before answering.
+            Ok(()) => rx.await.unwrap_or(Err(Error::Closed)),
+            Err(e) => Err(e),
+        };
+        self.metrics.record(started, &result);
+        result
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        if max_count == 0 {
+            return self.check_open().map(|()| Vec::new());
+        }
+        let stream = stream.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT position, stream, version, event_id, type, schema_version, occurred_at,
+                        domain_id, user_id, node, correlation_id, data
+                 FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![stream, to_i64(from_version), to_i64(max_count as u64)],
+                event_from_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: Position,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        // Read the head before querying: everything up to it is committed, and
+        // anything the query could see beyond it is not yet published.
+        let head = *self.head.borrow();
+        if max_count == 0 || from_position > head {
+            // Caught-up subscribers land here on every wake-up: no query.
+            return self.check_open().map(|()| Vec::new());
+        }
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT position, stream, version, event_id, type, schema_version, occurred_at,
+                        domain_id, user_id, node, correlation_id, data
+                 FROM events WHERE position >= ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![
+                    to_i64(from_position),
+                    to_i64(head),
+                    to_i64(max_count as u64)
+                ],
+                event_from_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        let stream = stream.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT last_version FROM streams WHERE stream = ?1")?
+                .query_row([stream], |row| u64_column(row, 0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>> {
+        let prefix = prefix.to_owned();
+        let after = after.map(str::to_owned);
+        self.read(move |conn| {
+            // Names sharing a prefix are contiguous in SQLite's BINARY order
+            // (bytewise, as Rust orders `str`): seek to the lower bound with the
+            // primary key, then stop at the first name outside the prefix.
+            let mut stmt = match after {
+                Some(_) => conn.prepare_cached(
+                    "SELECT stream, last_version FROM streams
+                     WHERE stream >= ?1 AND stream > ?2 ORDER BY stream",
+                )?,
+                None => conn.prepare_cached(
+                    "SELECT stream, last_version FROM streams WHERE stream >= ?1 ORDER BY stream",
+                )?,
+            };
+            let mut rows = match &after {
+                Some(after) => stmt.query(rusqlite::params![prefix, after])?,
+                None => stmt.query([&prefix])?,
+            };
+            let mut out = Vec::new();
+            while out.len() < limit {
+                let Some(row) = rows.next()? else { break };
+                let stream: String = row.get(0)?;
+                if !stream.starts_with(prefix.as_str()) {
+                    break;
+                }
+                out.push(StreamInfo {
+                    stream,
+                    last_version: u64_column(row, 1)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn head_position(&self) -> Position {
+        *self.head.borrow()
+    }
+
+    fn watch_head(&self) -> watch::Receiver<Position> {
+        let mut head = self.head.clone();
+        // Only commits after this call count as changes.
+        head.mark_unchanged();
+        head
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        // Through the writer: it owns the only read-write connection, and the
+        // snapshot then shares the next group commit.
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::SaveSnapshot { snapshot, reply })?;
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>> {
+        let stream = stream.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT stream, version, schema_version, data FROM snapshots WHERE stream = ?1",
+            )?
+            .query_row([stream], |row| {
+                Ok(Snapshot {
+                    stream: row.get(0)?,
+                    version: u64_column(row, 1)?,
+                    schema_version: row.get(2)?,
+                    data: row.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Readers first, so that the writer's final close can checkpoint and
+        // remove the WAL file.
+        self.readers.close();
+        if let Some(tx) = &self.tx {
+            // Err means the writer is already gone: nothing left to drain.
+            let _ = tx.send(Msg::Shutdown);
+        }
+        if let Some(handle) = self.stop_writer() {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                return Err(Error::Storage(
+                    "the event log writer thread failed while closing".to_owned(),
+                ));
+            }
+        }
+        tracing::debug!(path = %self.path.display(), "event log closed");
+        Ok(())
+    }
+}
+
+/// The pool of read-only connections. Connections are opened lazily, at most
+/// one per permit, and carry their prepared statements with them.
+struct Readers {
+    path: Arc<PathBuf>,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    fn new(path: &Path, size: usize) -> Self {
+        Self {
+            path: Arc::new(path.to_owned()),
+            idle: Mutex::new(Vec::with_capacity(size)),
+            permits: Semaphore::new(size),
+        }
+    }
+
+    fn close(&self) {
+        self.permits.close();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    async fn run<T, F>(&self, closed: &AtomicBool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(|_| Error::Closed)?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let path = Arc::clone(&self.path);
+        let joined = tokio::task::spawn_blocking(move || {
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_reader_connection(&path)?,
+            };
+            let result = f(&conn);
+            Ok::<_, Error>((conn, result))
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("event log read task failed: {e}")))?;
+        let (conn, result) = joined?;
+        if !closed.load(Ordering::Acquire) {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+        }
+        result.map_err(|e| storage_error("read", &e))
+    }
+}
+
+fn open_reader_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| storage_error("open read connection", &e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| storage_error("configure read connection", &e))?;
+    conn.set_prepared_statement_cache_capacity(16);
+    Ok(conn)
+}
+
+/// A storage error with what was being done, so that an operator can act on
+/// it ("disk is full", "readonly database", ...).
+pub(crate) fn storage_error(context: &str, e: &rusqlite::Error) -> Error {
+    Error::Storage(format!("{context}: {e}"))
+}
+
+/// SQLite integers are i64; our positions and versions never come near the
+/// limit, and a caller's "from" beyond it means "nothing", which `i64::MAX`
+/// gives as well.
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(index)?;
+    u64::try_from(value).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Integer,
+            Box::new(e),
+        )
+    })
+}
+
+fn uuid_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<Uuid>> {
+    match row.get_ref(index)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        value => {
+            let bytes = value.as_blob()?;
+            Uuid::from_slice(bytes).map(Some).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    index,
+                    rusqlite::types::Type::Blob,
+                    Box::new(e),
+                )
+            })
+        }
+    }
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
+    Ok(RecordedEvent {
+        position: u64_column(row, 0)?,
+        stream: row.get(1)?,
+        version: u64_column(row, 2)?,
+        event_id: uuid_column(row, 3)?.ok_or(rusqlite::Error::InvalidColumnType(
+            3,
+            "event_id".to_owned(),
+            rusqlite::types::Type::Null,
+        ))?,
+        event_type: row.get(4)?,
+        schema_version: row.get(5)?,
+        occurred_at_us: row.get(6)?,
+        domain_id: uuid_column(row, 7)?,
+        user_id: uuid_column(row, 8)?,
+        node: row.get(9)?,
+        correlation_id: row.get(10)?,
+        data: row.get(11)?,
+    })
+}

@@ -1,0 +1,779 @@
+//! The writer thread: the only read-write connection, group commit.
+//!
+//! One loop iteration is one batch: take every queued message (up to the
+//! limits), maybe wait a little for more (the gather window), run them all in
+//! one transaction, commit (the fsync), publish the new head, answer.
+//!
+//! Requests rejected on their own (wrong expected version, idempotency
+//! conflict, invalid) are answered without disturbing the rest of the batch. A
+//! storage failure rolls the whole batch back and fails every request in it;
+//! the in-memory state is then rebuilt from the database lazily, so the next
+//! batch starts from what is really stored.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use tokio::sync::{oneshot, watch};
+
+use super::{storage_error, to_i64, u64_column, SqliteOptions, StatsCells, BUSY_TIMEOUT};
+use crate::{AppendOutcome, Error, ExpectedVersion, NewEvent, Position, Result, Snapshot};
+
+thread_local! { static EXP: std::cell::RefCell<(Duration, Duration, u32)> = const { std::cell::RefCell::new((Duration::ZERO, Duration::ZERO, 0)) }; }
+/// Bumped when the schema changes; checked at open.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY,
+    stream         TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    event_id       BLOB    NOT NULL UNIQUE,
+    type           TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    occurred_at    INTEGER NOT NULL,
+    domain_id      BLOB,
+    user_id        BLOB,
+    node           TEXT    NOT NULL,
+    correlation_id TEXT,
+    data           TEXT    NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    stream       TEXT    PRIMARY KEY,
+    last_version INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream         TEXT    PRIMARY KEY,
+    version        INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data           TEXT    NOT NULL
+);
+";
+
+const INSERT_EVENT: &str = "INSERT INTO events (position, stream, version, event_id, type,
+    schema_version, occurred_at, domain_id, user_id, node, correlation_id, data)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+const UPSERT_STREAM: &str = "INSERT INTO streams (stream, last_version) VALUES (?1, ?2)
+    ON CONFLICT (stream) DO UPDATE SET last_version = excluded.last_version";
+
+const UPSERT_SNAPSHOT: &str = "INSERT INTO snapshots (stream, version, schema_version, data)
+    VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (stream) DO UPDATE SET version = excluded.version,
+        schema_version = excluded.schema_version, data = excluded.data";
+
+/// Opens the read-write connection and sets the file up. The pragmas are the
+/// durability contract: WAL, and `synchronous=FULL` so that a commit returns
+/// only once the WAL is fsynced.
+pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
+    let ctx = |what: &str| format!("open {}: {what}", path.display());
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| storage_error(&ctx("open"), &e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| storage_error(&ctx("busy_timeout"), &e))?;
+    if let Ok(size) = std::env::var("EXPERIMENT_PAGE_SIZE") {
+        conn.execute_batch(&format!("PRAGMA page_size = {size};"))
+            .map_err(|e| storage_error("x", &e))?;
+    }
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|e| storage_error(&ctx("journal_mode"), &e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Storage(ctx(&format!(
+            "WAL mode refused (journal_mode is {mode})"
+        ))));
+    }
+    // FULL (2): in WAL mode the WAL is synced at every commit.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| storage_error(&ctx("synchronous"), &e))?;
+    let synchronous: i64 = conn
+        .pragma_query_value(None, "synchronous", |row| row.get(0))
+        .map_err(|e| storage_error(&ctx("synchronous"), &e))?;
+    if synchronous != 2 {
+        return Err(Error::Storage(ctx("synchronous=FULL refused")));
+    }
+    // Larger checkpoints, less often: each costs an fsync of the main file,
+    // paid by the batch that triggers it. The WAL file is kept (not
+    // truncated) between checkpoints up to the size limit, so that commits
+    // overwrite allocated blocks instead of growing the file.
+    conn.execute_batch(
+        "PRAGMA wal_autocheckpoint = 4000;
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(|e| storage_error(&ctx("pragmas"), &e))?;
+    conn.set_prepared_statement_cache_capacity(32);
+
+    if let Ok(size) = std::env::var("EXPERIMENT_PAGE_SIZE") {
+        conn.execute_batch(&format!("PRAGMA page_size = {size}; VACUUM;"))
+            .map_err(|e| storage_error("x", &e))?;
+    }
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| storage_error(&ctx("user_version"), &e))?;
+    match version {
+        0 => conn
+            .execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(|e| storage_error(&ctx("create schema"), &e))?,
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(Error::Storage(ctx(&format!(
+                "unknown schema version {other} (this build knows {SCHEMA_VERSION})"
+            ))))
+        }
+    }
+    Ok(conn)
+}
+
+pub(super) fn last_position(conn: &Connection) -> Result<Position> {
+    conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+        u64_column(row, 0)
+    })
+    .map_err(|e| storage_error("read last position", &e))
+}
+
+/// A message to the writer.
+pub(super) enum Msg {
+    Append(AppendRequest),
+    SaveSnapshot {
+        snapshot: Snapshot,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    #[cfg(any(test, feature = "conformance"))]
+    SetMaxPageCount {
+        pages: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Commit what is queued, then stop.
+    Shutdown,
+}
+
+pub(super) struct AppendRequest {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+    pub reply: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+/// An answer waiting for the commit.
+enum Reply {
+    Append(
+        oneshot::Sender<Result<AppendOutcome>>,
+        Result<AppendOutcome>,
+    ),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+    #[cfg(any(test, feature = "conformance"))]
+    Pages(oneshot::Sender<Result<u64>>, Result<u64>),
+}
+
+impl Reply {
+    fn fail(&mut self, message: &str) {
+        match self {
+            Reply::Append(_, r) => *r = Err(Error::Storage(message.to_owned())),
+            Reply::Unit(_, r) => *r = Err(Error::Storage(message.to_owned())),
+            // The pragma is not transactional: it took effect regardless.
+            #[cfg(any(test, feature = "conformance"))]
+            Reply::Pages(..) => {}
+        }
+    }
+
+    /// Sends the answer; true for an append request.
+    fn send(self) -> bool {
+        // A failed send means the caller went away (its future was dropped):
+        // nothing to do, the outcome is stored or not regardless.
+        match self {
+            Reply::Append(tx, r) => {
+                let _ = tx.send(r);
+                true
+            }
+            Reply::Unit(tx, r) => {
+                let _ = tx.send(r);
+                false
+            }
+            #[cfg(any(test, feature = "conformance"))]
+            Reply::Pages(tx, r) => {
+                let _ = tx.send(r);
+                false
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    msgs: Vec<Msg>,
+    events: usize,
+    appends: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+}
+
+/// A failure that aborts the whole batch.
+struct Fatal(String);
+
+impl Fatal {
+    fn new(context: &str, e: &rusqlite::Error) -> Self {
+        match storage_error(context, e) {
+            Error::Storage(message) => Fatal(message),
+            other => Fatal(other.to_string()),
+        }
+    }
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Msg>,
+    head: watch::Sender<Position>,
+    /// Last version of each stream seen since open (`None`: no such stream).
+    /// Filled lazily from the `streams` table; cleared after a failed batch.
+    versions: HashMap<String, Option<u64>>,
+    next_position: Position,
+    node: String,
+    max_events: usize,
+    max_appends: usize,
+    max_gather: Duration,
+    last_commit: Duration,
+    /// Appends written by the current batch (for the stats).
+    batch_appends: u64,
+    /// Set once a `Shutdown` arrived: drain the queue, then stop.
+    stopping: bool,
+    replies: Vec<Reply>,
+    stats: Arc<StatsCells>,
+    batch_events: metrics::Histogram,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        rx: mpsc::Receiver<Msg>,
+        head: watch::Sender<Position>,
+        last_position: Position,
+        options: &SqliteOptions,
+        stats: Arc<StatsCells>,
+    ) -> Self {
+        Self {
+            conn,
+            rx,
+            head,
+            versions: HashMap::new(),
+            next_position: last_position + 1,
+            node: options.node.clone(),
+            max_events: options.max_batch_events.max(1),
+            max_appends: options.max_batch_appends.max(1),
+            max_gather: options.max_gather_delay,
+            last_commit: Duration::ZERO,
+            batch_appends: 0,
+            stopping: false,
+            replies: Vec::new(),
+            stats,
+            batch_events: metrics::histogram!("dialtone_eventlog_batch_events"),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut batch = Batch::default();
+        // How many appends we expect in the next batch: those just answered
+        // (their writers usually come straight back) plus those already queued.
+        let mut expected = 0;
+        loop {
+            if batch.is_empty() {
+                if self.stopping {
+                    // Last drain: appends sent before the senders saw `closed`.
+                    self.fill(&mut batch);
+                    if batch.is_empty() {
+                        break;
+                    }
+                } else {
+                    match self.rx.recv() {
+                        Ok(msg) => self.push(&mut batch, msg),
+                        // Every sender is gone: the store was dropped.
+                        Err(mpsc::RecvError) => break,
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                }
+            }
+            self.fill(&mut batch);
+            self.gather(&mut batch, expected);
+            self.execute(&mut batch);
+            // Take what queued up during the commit *before* answering, so that
+            // `expected` counts those and the ones about to be answered.
+            self.fill(&mut batch);
+            let mut answered = 0;
+            for reply in self.replies.drain(..) {
+                answered += usize::from(reply.send());
+            }
+            expected = answered + batch.appends;
+        }
+        // Closing the connection checkpoints and removes the WAL when no
+        // reader is left; errors here lose nothing (everything is committed).
+        if let Err((_, e)) = self.conn.close() {
+            tracing::warn!(error = %e, "closing the event log connection failed");
+        }
+        EXP.with(|e| {
+            let e = e.borrow();
+            eprintln!(
+                "EXP write {:?} commit {:?} batches {} avg write {:?} avg commit {:?}",
+                e.0,
+                e.1,
+                e.2,
+                e.0 / e.2.max(1),
+                e.1 / e.2.max(1)
+            );
+        });
+        tracing::debug!("event log writer stopped");
+    }
+
+    fn push(&mut self, batch: &mut Batch, msg: Msg) {
+        match &msg {
+            Msg::Append(req) => {
+                batch.events += req.events.len();
+                batch.appends += 1;
+            }
+            Msg::Shutdown => {
+                self.stopping = true;
+                return;
+            }
+            _ => {}
+        }
+        batch.msgs.push(msg);
+    }
+
+    fn is_full(&self, batch: &Batch) -> bool {
+        batch.events >= self.max_events || batch.appends >= self.max_appends
+    }
+
+    /// Takes queued messages without waiting.
+    fn fill(&mut self, batch: &mut Batch) {
+        while !self.is_full(batch) {
+            match self.rx.try_recv() {
+                Ok(msg) => self.push(batch, msg),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The gather window: waits briefly for the writers we expect back.
+    fn gather(&mut self, batch: &mut Batch, expected: usize) {
+        if self.stopping || batch.appends >= expected || self.max_gather.is_zero() {
+            return;
+        }
+        let window = self.max_gather.min(self.last_commit / 4);
+        let deadline = Instant::now() + window;
+        while batch.appends < expected && !self.is_full(batch) && !self.stopping {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match self.rx.recv_timeout(left) {
+                Ok(msg) => {
+                    self.push(batch, msg);
+                    self.fill(batch);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Runs the batch in one transaction and leaves the answers in
+    /// `self.replies`.
+    fn execute(&mut self, batch: &mut Batch) {
+        let started = Instant::now();
+        let first_position = self.next_position;
+        self.batch_appends = 0;
+        let msgs = std::mem::take(&mut batch.msgs);
+        batch.events = 0;
+        batch.appends = 0;
+
+        let mut outcome = self.begin();
+        for msg in msgs {
+            match outcome {
+                Ok(()) => outcome = self.apply(msg),
+                // Every request still gets its answer (the failure, below).
+                Err(_) => self.skip(msg),
+            }
+        }
+        let t_write = started.elapsed();
+        if outcome.is_ok() {
+            outcome = self.commit();
+        }
+        EXP.with(|e| {
+            let mut e = e.borrow_mut();
+            e.0 += t_write;
+            e.1 += started.elapsed() - t_write;
+            e.2 += 1;
+        });
+        // Keep the allocation for the next batch.
+        batch.msgs = Vec::with_capacity(self.max_appends.min(64));
+
+        match outcome {
+            Ok(()) => {
+                let committed = self.next_position - first_position;
+                self.last_commit = started.elapsed();
+                if committed > 0 {
+                    let head = self.next_position - 1;
+                    self.head.send_replace(head);
+                    self.batch_events.record(committed as f64);
+                    self.stats.events.fetch_add(committed, Ordering::Relaxed);
+                    self.stats
+                        .max_batch_events
+                        .fetch_max(committed, Ordering::Relaxed);
+                }
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .appends
+                    .fetch_add(self.batch_appends, Ordering::Relaxed);
+                tracing::debug!(
+                    events = committed,
+                    requests = self.replies.len(),
+                    micros = self.last_commit.as_micros() as u64,
+                    "batch committed"
+                );
+            }
+            Err(Fatal(message)) => {
+                self.rollback();
+                // The database is the truth again: forget what this batch did.
+                self.next_position = first_position;
+                self.versions.clear();
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %message, requests = self.replies.len(),
+                    "event log batch rolled back");
+                for reply in &mut self.replies {
+                    reply.fail(&message);
+                }
+            }
+        }
+    }
+
+    fn begin(&mut self) -> Result<(), Fatal> {
+        self.conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut stmt| stmt.execute([]))
+            .map(drop)
+            .map_err(|e| Fatal::new("begin transaction", &e))
+    }
+
+    fn commit(&mut self) -> Result<(), Fatal> {
+        self.conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut stmt| stmt.execute([]))
+            .map(drop)
+            .map_err(|e| Fatal::new("commit", &e))
+    }
+
+    fn rollback(&mut self) {
+        // SQLite may already have rolled back by itself (disk full, IO error).
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "event log rollback failed");
+            }
+        }
+    }
+
+    /// Applies one message inside the open transaction; queues its answer.
+    /// An `Err` aborts the batch (the answers queued so far get replaced).
+    fn apply(&mut self, msg: Msg) -> Result<(), Fatal> {
+        match msg {
+            Msg::Append(req) => {
+                let result = self.append(&req);
+                self.answer(result, |answer| Reply::Append(req.reply, answer))
+            }
+            Msg::SaveSnapshot { snapshot, reply } => {
+                let result = self.save_snapshot(&snapshot);
+                self.answer(result, |answer| Reply::Unit(reply, answer))
+            }
+            #[cfg(any(test, feature = "conformance"))]
+            Msg::SetMaxPageCount { pages, reply } => {
+                let answer = self
+                    .conn
+                    // SQLite reads 0 as "just tell me"; 1 is raised to the
+                    // current size, which is what 0 means to our caller.
+                    .pragma_update_and_check(None, "max_page_count", to_i64(pages.max(1)), |row| {
+                        u64_column(row, 0)
+                    })
+                    .map_err(|e| storage_error("max_page_count", &e));
+                self.replies.push(Reply::Pages(reply, answer));
+                Ok(())
+            }
+            // Handled in `push`; never queued in a batch.
+            Msg::Shutdown => Ok(()),
+        }
+    }
+
+    /// Queues an answer for a request not run because the batch already
+    /// failed; `fail` fills in the error.
+    fn skip(&mut self, msg: Msg) {
+        let failed = || Error::Storage(String::new());
+        match msg {
+            Msg::Append(req) => self.replies.push(Reply::Append(req.reply, Err(failed()))),
+            Msg::SaveSnapshot { reply, .. } => self.replies.push(Reply::Unit(reply, Err(failed()))),
+            // Not transactional: run it anyway.
+            #[cfg(any(test, feature = "conformance"))]
+            msg @ Msg::SetMaxPageCount { .. } => {
+                let _ = self.apply(msg);
+            }
+            Msg::Shutdown => {}
+        }
+    }
+
+    /// Queues the answer of one request; a storage failure is also returned,
+    /// to abort the batch.
+    fn answer<T>(
+        &mut self,
+        result: Result<T, AppendFailure>,
+        reply: impl FnOnce(Result<T>) -> Reply,
+    ) -> Result<(), Fatal> {
+        let (answer, fatal) = match result {
+            Ok(value) => (Ok(value), None),
+            Err(AppendFailure::Rejected(e)) => (Err(e), None),
+            Err(AppendFailure::Fatal(message)) => {
+                (Err(Error::Storage(message.clone())), Some(Fatal(message)))
+            }
+        };
+        self.replies.push(reply(answer));
+        fatal.map_or(Ok(()), Err)
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), AppendFailure> {
+        if snapshot.stream.is_empty() {
+            return Err(AppendFailure::Rejected(Error::Invalid(
+                "snapshot of an empty stream name".to_owned(),
+            )));
+        }
+        self.conn
+            .prepare_cached(UPSERT_SNAPSHOT)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    snapshot.stream,
+                    to_i64(snapshot.version),
+                    snapshot.schema_version,
+                    snapshot.data
+                ])
+            })
+            .map(drop)
+            .map_err(|e| AppendFailure::fatal("save snapshot", &e))
+    }
+
+    fn current_version(&mut self, stream: &str) -> Result<Option<u64>, AppendFailure> {
+        if let Some(version) = self.versions.get(stream) {
+            return Ok(*version);
+        }
+        let version = self
+            .conn
+            .prepare_cached("SELECT last_version FROM streams WHERE stream = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([stream], |row| u64_column(row, 0))
+                    .optional()
+            })
+            .map_err(|e| AppendFailure::fatal("read stream version", &e))?;
+        self.versions.insert(stream.to_owned(), version);
+        Ok(version)
+    }
+
+    fn append(&mut self, req: &AppendRequest) -> Result<AppendOutcome, AppendFailure> {
+        validate(req).map_err(AppendFailure::Rejected)?;
+        let current = self.current_version(&req.stream)?;
+        let version_ok = match req.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current.is_none(),
+            ExpectedVersion::StreamExists => current.is_some(),
+            ExpectedVersion::Exact(v) => current == Some(v),
+        };
+        if !version_ok {
+            // A retry of an append that went through carries an expected
+            // version that no longer matches: idempotency comes first.
+            return match self.find_duplicate(req)? {
+                Some(result) => result,
+                None => Err(AppendFailure::Rejected(Error::WrongExpectedVersion {
+                    stream: req.stream.clone(),
+                    expected: req.expected,
+                    actual: current,
+                })),
+            };
+        }
+
+        let first_position = self.next_position;
+        let first_version = current.map_or(0, |v| v + 1);
+        // The fast path does not look the event ids up: the UNIQUE index does
+        // it while inserting, and only a violation sends us to the slow path.
+        let mut violation = None;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached(INSERT_EVENT)
+                .map_err(|e| AppendFailure::fatal("prepare insert", &e))?;
+            for (i, ev) in req.events.iter().enumerate() {
+                let offset = i as u64;
+                let inserted = stmt.execute(params![
+                    to_i64(first_position + offset),
+                    req.stream,
+                    to_i64(first_version + offset),
+                    ev.event_id.as_bytes().as_slice(),
+                    ev.event_type,
+                    ev.schema_version,
+                    ev.occurred_at_us,
+                    ev.domain_id.as_ref().map(|id| id.as_bytes().as_slice()),
+                    ev.user_id.as_ref().map(|id| id.as_bytes().as_slice()),
+                    self.node,
+                    ev.correlation_id,
+                    ev.data,
+                ]);
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_constraint_violation(&e) => {
+                        violation = Some((i, e));
+                        break;
+                    }
+                    Err(e) => return Err(AppendFailure::fatal("insert event", &e)),
+                }
+            }
+        }
+        if let Some((inserted, error)) = violation {
+            if inserted > 0 {
+                // Undo this request's rows; earlier requests of the batch stay.
+                self.conn
+                    .prepare_cached("DELETE FROM events WHERE position >= ?1")
+                    .and_then(|mut stmt| stmt.execute([to_i64(first_position)]))
+                    .map_err(|e| AppendFailure::fatal("undo partial insert", &e))?;
+            }
+            return match self.find_duplicate(req)? {
+                Some(result) => result,
+                // Not an event id: (stream, version) disagrees with our map,
+                // which means the file changed under us. Fail the batch; the
+                // map is reloaded afterwards.
+                None => Err(AppendFailure::fatal("insert event", &error)),
+            };
+        }
+
+        let count = req.events.len() as u64;
+        let last_version = first_version + count - 1;
+        self.conn
+            .prepare_cached(UPSERT_STREAM)
+            .and_then(|mut stmt| stmt.execute(params![req.stream, to_i64(last_version)]))
+            .map_err(|e| AppendFailure::fatal("update stream version", &e))?;
+        if let Some(slot) = self.versions.get_mut(req.stream.as_str()) {
+            *slot = Some(last_version);
+        }
+        self.next_position += count;
+        self.batch_appends += 1;
+        Ok(AppendOutcome {
+            first_position,
+            last_position: first_position + count - 1,
+            last_version,
+            deduplicated: false,
+        })
+    }
+
+    /// Invariant 5. `None`: none of the ids is stored. Otherwise either the
+    /// original outcome (every id stored, in this stream, at consecutive
+    /// versions, in this order) or an idempotency conflict.
+    fn find_duplicate(
+        &self,
+        req: &AppendRequest,
+    ) -> Result<Option<Result<AppendOutcome, AppendFailure>>, AppendFailure> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT position, stream, version FROM events WHERE event_id = ?1")
+            .map_err(|e| AppendFailure::fatal("look up event id", &e))?;
+        let mut missing = 0usize;
+        // (first position, last position, last version) of the stored ids.
+        let mut found: Option<(u64, u64, u64)> = None;
+        let mut consistent = true;
+        for ev in &req.events {
+            let row = stmt
+                .query_row([ev.event_id.as_bytes().as_slice()], |row| {
+                    let same_stream = matches!(
+                        row.get_ref(1)?,
+                        rusqlite::types::ValueRef::Text(name) if name == req.stream.as_bytes()
+                    );
+                    Ok((u64_column(row, 0)?, same_stream, u64_column(row, 2)?))
+                })
+                .optional()
+                .map_err(|e| AppendFailure::fatal("look up event id", &e))?;
+            match (row, found) {
+                (None, _) => missing += 1,
+                (Some((position, same_stream, version)), None) => {
+                    consistent &= same_stream && missing == 0;
+                    found = Some((position, position, version));
+                }
+                (Some((position, same_stream, version)), Some((first, _, previous))) => {
+                    consistent &= same_stream && version == previous + 1;
+                    found = Some((first, position, version));
+                }
+            }
+        }
+        Ok(match found {
+            None => None,
+            Some((first_position, last_position, last_version)) if consistent && missing == 0 => {
+                Some(Ok(AppendOutcome {
+                    first_position,
+                    last_position,
+                    last_version,
+                    deduplicated: true,
+                }))
+            }
+            Some(_) => Some(Err(AppendFailure::Rejected(Error::IdempotencyConflict {
+                stream: req.stream.clone(),
+            }))),
+        })
+    }
+}
+
+/// Why one append was not written: rejected on its own, or a storage failure
+/// that aborts the batch.
+enum AppendFailure {
+    Rejected(Error),
+    Fatal(String),
+}
+
+impl AppendFailure {
+    fn fatal(context: &str, e: &rusqlite::Error) -> Self {
+        AppendFailure::Fatal(Fatal::new(context, e).0)
+    }
+}
+
+fn validate(req: &AppendRequest) -> Result<()> {
+    if req.stream.is_empty() {
+        return Err(Error::Invalid("stream name is empty".to_owned()));
+    }
+    if req.events.is_empty() {
+        return Err(Error::Invalid(format!(
+            "no events to append to {}",
+            req.stream
+        )));
+    }
+    // Two events with one id can never both be stored; say so instead of
+    // reporting it as an idempotency conflict. Most appends hold one event.
+    if req.events.len() > 1 {
+        let mut seen = std::collections::HashSet::with_capacity(req.events.len());
+        for ev in &req.events {
+            if !seen.insert(ev.event_id) {
+                return Err(Error::Invalid(format!(
+                    "event id {} appears twice in one append",
+                    ev.event_id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_constraint_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}

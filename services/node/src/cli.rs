@@ -1,0 +1,596 @@
+//! The CLI client: `dialtone domain|user|history ...` over gRPC.
+
+use anyhow::Context as _;
+use dialtone_api::pb;
+use dialtone_api::pb::event_service_client::EventServiceClient;
+use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Manage SIP domains.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Manage SIP users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print the event history of a user or domain.
+    #[command(subcommand)]
+    History(HistoryCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DomainCommand {
+    /// Create a domain (its name is also the SIP realm).
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Allow calls to and from other domains.
+        #[arg(long)]
+        allow_cross_domain_calls: bool,
+        /// Do not offer MD5 digest authentication (SHA-256 only).
+        #[arg(long)]
+        no_md5: bool,
+        /// Idempotency key: a retry with the same id does nothing twice.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Show a domain.
+    Get { name: String },
+    /// List domains.
+    List {
+        /// Include deleted domains.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Change a domain's settings.
+    Update {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        allow_cross_domain_calls: Option<bool>,
+        #[arg(long)]
+        md5_allowed: Option<bool>,
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Suspend a domain: its users can no longer register or call.
+    Suspend {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume a suspended domain.
+    Resume { name: String },
+    /// Delete a domain (it must have no users).
+    Delete { name: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user: `dialtone user create alice@example.com --password ...`.
+    Create {
+        /// username@domain
+        user: String,
+        #[arg(long, env = "DIALTONE_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long, default_value = "")]
+        caller_id: String,
+        /// Maximum simultaneous registrations (default 10).
+        #[arg(long)]
+        max_contacts: Option<u32>,
+        /// Create the user disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Show a user (by username@domain or id).
+    Get { user: String },
+    /// List the users of a domain.
+    List {
+        #[arg(long)]
+        domain: String,
+    },
+    /// Change a user's settings.
+    Update {
+        user: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        caller_id: Option<String>,
+        #[arg(long)]
+        max_contacts: Option<u32>,
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Set a user's SIP password.
+    SetPassword {
+        user: String,
+        #[arg(long, env = "DIALTONE_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Disable a user: it can no longer register or call.
+    Disable { user: String },
+    /// Enable a disabled user.
+    Enable { user: String },
+    /// Delete a user.
+    Delete { user: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum HistoryCommand {
+    /// The event stream of a user.
+    User { user: String },
+    /// The event stream of a domain.
+    Domain { name: String },
+}
+
+struct Clients {
+    provisioning: ProvisioningServiceClient<Channel>,
+    events: EventServiceClient<Channel>,
+}
+
+async fn connect(server: &str) -> anyhow::Result<Clients> {
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("invalid server address '{server}'"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    Ok(Clients {
+        provisioning: ProvisioningServiceClient::new(channel.clone()),
+        events: EventServiceClient::new(channel),
+    })
+}
+
+/// Turns a gRPC error into a message that names the code.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+pub async fn run(server: &str, json_output: bool, command: ClientCommand) -> anyhow::Result<()> {
+    let mut clients = connect(server).await?;
+    let out = Output { json: json_output };
+    match command {
+        ClientCommand::Domain(cmd) => domain(&mut clients, &out, cmd).await,
+        ClientCommand::User(cmd) => user(&mut clients, &out, cmd).await,
+        ClientCommand::History(cmd) => history(&mut clients, &out, cmd).await,
+    }
+}
+
+async fn domain(c: &mut Clients, out: &Output, cmd: DomainCommand) -> anyhow::Result<()> {
+    let p = &mut c.provisioning;
+    let result = match cmd {
+        DomainCommand::Create {
+            name,
+            description,
+            allow_cross_domain_calls,
+            no_md5,
+            request_id,
+        } => {
+            p.create_domain(pb::CreateDomainRequest {
+                name,
+                description,
+                allow_cross_domain_calls,
+                md5_allowed: Some(!no_md5),
+                request_id,
+            })
+            .await
+        }
+        DomainCommand::Get { name } => p.get_domain(pb::GetDomainRequest { domain: name }).await,
+        DomainCommand::List { include_deleted } => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = p
+                    .list_domains(pb::ListDomainsRequest {
+                        page_size: 500,
+                        page_token: page_token.clone(),
+                        include_deleted,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                all.extend(page.domains);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.list(all.iter().map(domain_json).collect(), domain_line);
+            return Ok(());
+        }
+        DomainCommand::Update {
+            name,
+            description,
+            allow_cross_domain_calls,
+            md5_allowed,
+            expected_version,
+        } => {
+            p.update_domain(pb::UpdateDomainRequest {
+                domain: name,
+                description,
+                allow_cross_domain_calls,
+                md5_allowed,
+                request_id: String::new(),
+                expected_version,
+            })
+            .await
+        }
+        DomainCommand::Suspend { name, reason } => {
+            p.suspend_domain(pb::SuspendDomainRequest {
+                domain: name,
+                reason,
+                ..Default::default()
+            })
+            .await
+        }
+        DomainCommand::Resume { name } => {
+            p.resume_domain(pb::ResumeDomainRequest {
+                domain: name,
+                ..Default::default()
+            })
+            .await
+        }
+        DomainCommand::Delete { name } => {
+            p.delete_domain(pb::DeleteDomainRequest {
+                domain: name,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let domain = result.map_err(status_error)?.into_inner();
+    out.one(domain_json(&domain), domain_details);
+    Ok(())
+}
+
+async fn user(c: &mut Clients, out: &Output, cmd: UserCommand) -> anyhow::Result<()> {
+    let p = &mut c.provisioning;
+    let result = match cmd {
+        UserCommand::Create {
+            user,
+            password,
+            display_name,
+            caller_id,
+            max_contacts,
+            disabled,
+            request_id,
+        } => {
+            let (username, domain) = user
+                .rsplit_once('@')
+                .with_context(|| format!("'{user}' is not username@domain"))?;
+            p.create_user(pb::CreateUserRequest {
+                domain: domain.to_owned(),
+                username: username.to_owned(),
+                password,
+                display_name,
+                caller_id,
+                max_contacts: max_contacts.unwrap_or(0),
+                enabled: Some(!disabled),
+                request_id,
+            })
+            .await
+        }
+        UserCommand::Get { user } => p.get_user(pb::GetUserRequest { user }).await,
+        UserCommand::List { domain } => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = p
+                    .list_users(pb::ListUsersRequest {
+                        domain: domain.clone(),
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                all.extend(page.users);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.list(all.iter().map(user_json).collect(), user_line);
+            return Ok(());
+        }
+        UserCommand::Update {
+            user,
+            display_name,
+            caller_id,
+            max_contacts,
+            expected_version,
+        } => {
+            p.update_user(pb::UpdateUserRequest {
+                user,
+                display_name,
+                caller_id,
+                max_contacts,
+                enabled: None,
+                request_id: String::new(),
+                expected_version,
+            })
+            .await
+        }
+        UserCommand::SetPassword { user, password } => {
+            p.set_password(pb::SetPasswordRequest {
+                user,
+                password,
+                ..Default::default()
+            })
+            .await
+        }
+        UserCommand::Disable { user } => {
+            p.update_user(pb::UpdateUserRequest {
+                user,
+                enabled: Some(false),
+                ..Default::default()
+            })
+            .await
+        }
+        UserCommand::Enable { user } => {
+            p.update_user(pb::UpdateUserRequest {
+                user,
+                enabled: Some(true),
+                ..Default::default()
+            })
+            .await
+        }
+        UserCommand::Delete { user } => {
+            p.delete_user(pb::DeleteUserRequest {
+                user,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let user = result.map_err(status_error)?.into_inner();
+    out.one(user_json(&user), user_details);
+    Ok(())
+}
+
+async fn history(c: &mut Clients, out: &Output, cmd: HistoryCommand) -> anyhow::Result<()> {
+    let stream = match cmd {
+        HistoryCommand::User { user } => {
+            let user = c
+                .provisioning
+                .get_user(pb::GetUserRequest { user })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            format!("user-{}", user.id)
+        }
+        HistoryCommand::Domain { name } => {
+            let domain = c
+                .provisioning
+                .get_domain(pb::GetDomainRequest { domain: name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            format!("domain-{}", domain.id)
+        }
+    };
+    let mut from_version = 0;
+    let mut events = Vec::new();
+    loop {
+        let page = c
+            .events
+            .read_stream(pb::ReadStreamRequest {
+                stream: stream.clone(),
+                from_version,
+                max_count: 1000,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        events.extend(page.events);
+        if page.end_of_stream {
+            break;
+        }
+        from_version = page.next_version;
+    }
+    out.list(events.iter().map(envelope_json).collect(), |v| {
+        event_line(v)
+    });
+    Ok(())
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn one(&self, value: Value, human: impl Fn(&Value) -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{}", human(&value));
+        }
+    }
+
+    fn list(&self, values: Vec<Value>, human: impl Fn(&Value) -> String) {
+        if self.json {
+            println!("{}", Value::Array(values));
+        } else if values.is_empty() {
+            println!("(none)");
+        } else {
+            for value in &values {
+                println!("{}", human(value));
+            }
+        }
+    }
+}
+
+fn time(ts: &Option<dialtone_api::prost_types::Timestamp>) -> Value {
+    match ts {
+        Some(ts) => {
+            let us = ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1000;
+            Value::String(format_time(us))
+        }
+        None => Value::Null,
+    }
+}
+
+/// RFC 3339 UTC with microseconds.
+fn format_time(us: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| us.to_string())
+}
+
+fn domain_status(status: i32) -> &'static str {
+    match pb::DomainStatus::try_from(status) {
+        Ok(pb::DomainStatus::Active) => "active",
+        Ok(pb::DomainStatus::Suspended) => "suspended",
+        Ok(pb::DomainStatus::Deleted) => "deleted",
+        _ => "unknown",
+    }
+}
+
+fn domain_json(d: &pb::Domain) -> Value {
+    json!({
+        "id": d.id,
+        "name": d.name,
+        "status": domain_status(d.status),
+        "description": d.description,
+        "allow_cross_domain_calls": d.allow_cross_domain_calls,
+        "md5_allowed": d.md5_allowed,
+        "suspend_reason": d.suspend_reason,
+        "user_count": d.user_count,
+        "created_at": time(&d.created_at),
+        "version": d.version,
+    })
+}
+
+fn user_json(u: &pb::User) -> Value {
+    json!({
+        "id": u.id,
+        "address": u.address,
+        "username": u.username,
+        "domain": u.domain,
+        "domain_id": u.domain_id,
+        "display_name": u.display_name,
+        "caller_id": u.caller_id,
+        "max_contacts": u.max_contacts,
+        "enabled": u.enabled,
+        "deleted": u.deleted,
+        "created_at": time(&u.created_at),
+        "password_set_at": time(&u.password_set_at),
+        "version": u.version,
+    })
+}
+
+fn envelope_json(e: &pb::EventEnvelope) -> Value {
+    json!({
+        "position": e.position,
+        "stream": e.stream,
+        "version": e.version,
+        "event_id": e.event_id,
+        "type": e.r#type,
+        "schema_version": e.schema_version,
+        "occurred_at": time(&e.occurred_at),
+        "domain_id": e.domain_id,
+        "user_id": e.user_id,
+        "node": e.node,
+        "correlation_id": e.correlation_id,
+        "category": e.category,
+        "data": serde_json::from_str::<Value>(&e.data_json).unwrap_or(Value::String(e.data_json.clone())),
+    })
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn domain_line(v: &Value) -> String {
+    format!(
+        "{:<40} {:<10} users={:<6} version={}",
+        s(v, "name"),
+        s(v, "status"),
+        s(v, "user_count"),
+        s(v, "version")
+    )
+}
+
+fn domain_details(v: &Value) -> String {
+    let mut text = format!(
+        "domain   {}\nid       {}\nstatus   {}\nusers    {}\ncreated  {}\nversion  {}\nmd5      {}\ncross-domain calls {}",
+        s(v, "name"),
+        s(v, "id"),
+        s(v, "status"),
+        s(v, "user_count"),
+        s(v, "created_at"),
+        s(v, "version"),
+        s(v, "md5_allowed"),
+        s(v, "allow_cross_domain_calls"),
+    );
+    if !s(v, "description").is_empty() {
+        text.push_str(&format!("\ndescription {}", s(v, "description")));
+    }
+    if !s(v, "suspend_reason").is_empty() {
+        text.push_str(&format!("\nsuspended because {}", s(v, "suspend_reason")));
+    }
+    text
+}
+
+fn user_line(v: &Value) -> String {
+    format!(
+        "{:<48} {:<8} {:<24} version={}",
+        s(v, "address"),
+        if v["enabled"] == Value::Bool(true) {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        s(v, "display_name"),
+        s(v, "version")
+    )
+}
+
+fn user_details(v: &Value) -> String {
+    format!(
+        "user          {}\nid            {}\nstatus        {}\ndisplay name  {}\ncaller id     {}\nmax contacts  {}\ncreated       {}\npassword set  {}\nversion       {}",
+        s(v, "address"),
+        s(v, "id"),
+        if v["deleted"] == Value::Bool(true) {
+            "deleted"
+        } else if v["enabled"] == Value::Bool(true) {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        s(v, "display_name"),
+        s(v, "caller_id"),
+        s(v, "max_contacts"),
+        s(v, "created_at"),
+        s(v, "password_set_at"),
+        s(v, "version"),
+    )
+}
+
+fn event_line(v: &Value) -> String {
+    format!(
+        "#{:<6} v{:<4} {}  {:<18} {}",
+        s(v, "position"),
+        s(v, "version"),
+        s(v, "occurred_at"),
+        s(v, "type"),
+        v["data"]
+    )
+}

@@ -1,0 +1,215 @@
+//! Configuration of `dialtone serve`: defaults, then a TOML file, then
+//! `DIALTONE_*` environment variables, then command-line flags (clap reads
+//! flags and env together; a flag wins over its variable).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The effective configuration of a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub node_name: String,
+    pub min_password_length: usize,
+    /// Seconds an idle actor stays in memory.
+    pub actor_idle_secs: u64,
+    /// Arbiter threads for actors (0: one per core).
+    pub actor_threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            node_name: default_node_name(),
+            min_password_length: 8,
+            actor_idle_secs: 120,
+            actor_threads: 0,
+        }
+    }
+}
+
+fn default_node_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node-1".to_owned())
+}
+
+/// The TOML file: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_addr: Option<SocketAddr>,
+    /// "off" disables the metrics endpoint.
+    pub metrics_addr: Option<String>,
+    pub node_name: Option<String>,
+    pub min_password_length: Option<usize>,
+    pub actor_idle_secs: Option<u64>,
+    pub actor_threads: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// Values given by flags or environment variables.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file (keys as the long flags, with '_' for '-').
+    #[arg(long, env = "DIALTONE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded event log [default: ./data].
+    #[arg(long, env = "DIALTONE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "DIALTONE_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Prometheus metrics listen address, or "off" [default: 127.0.0.1:9464].
+    #[arg(long, env = "DIALTONE_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Name of this node, recorded on every event it appends [default: $HOSTNAME or node-1].
+    #[arg(long, env = "DIALTONE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Minimum length of SIP passwords [default: 8].
+    #[arg(long, env = "DIALTONE_MIN_PASSWORD_LENGTH")]
+    pub min_password_length: Option<usize>,
+    /// Seconds an idle domain/user actor stays in memory [default: 120].
+    #[arg(long, env = "DIALTONE_ACTOR_IDLE_SECS")]
+    pub actor_idle_secs: Option<u64>,
+    /// Actor threads; 0 means one per core [default: 0].
+    #[arg(long, env = "DIALTONE_ACTOR_THREADS")]
+    pub actor_threads: Option<usize>,
+}
+
+fn metrics_addr(value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("invalid metrics address '{value}' (host:port or off)"))
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the overrides.
+    pub fn resolve(overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut config = Config::default();
+        if let Some(path) = &overrides.config {
+            let file = FileConfig::load(path)?;
+            config.apply_file(file)?;
+        }
+        config.apply_overrides(overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, file: FileConfig) -> anyhow::Result<()> {
+        if let Some(v) = file.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = file.grpc_addr {
+            self.grpc_addr = v;
+        }
+        if let Some(v) = file.metrics_addr {
+            self.metrics_addr = metrics_addr(&v)?;
+        }
+        if let Some(v) = file.node_name {
+            self.node_name = v;
+        }
+        if let Some(v) = file.min_password_length {
+            self.min_password_length = v;
+        }
+        if let Some(v) = file.actor_idle_secs {
+            self.actor_idle_secs = v;
+        }
+        if let Some(v) = file.actor_threads {
+            self.actor_threads = v;
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: &Overrides) -> anyhow::Result<()> {
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = o.grpc_addr {
+            self.grpc_addr = v;
+        }
+        if let Some(v) = &o.metrics_addr {
+            self.metrics_addr = metrics_addr(v)?;
+        }
+        if let Some(v) = &o.node_name {
+            self.node_name = v.clone();
+        }
+        if let Some(v) = o.min_password_length {
+            self.min_password_length = v;
+        }
+        if let Some(v) = o.actor_idle_secs {
+            self.actor_idle_secs = v;
+        }
+        if let Some(v) = o.actor_threads {
+            self.actor_threads = v;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=256).contains(&self.min_password_length),
+            "min_password_length must be between 1 and 256"
+        );
+        anyhow::ensure!(
+            self.actor_idle_secs >= 1,
+            "actor_idle_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.node_name.trim().is_empty(),
+            "node_name must not be empty"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("dialtone-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dialtone.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/dialtone\"\ngrpc_addr = \"127.0.0.1:6000\"\nmetrics_addr = \"off\"\nmin_password_length = 12\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            config: Some(path.clone()),
+            grpc_addr: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/dialtone"));
+        assert_eq!(config.grpc_addr, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.min_password_length, 12);
+        std::fs::write(&path, "unknown_key = 1\n").unwrap();
+        assert!(Config::resolve(&overrides).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

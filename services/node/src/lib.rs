@@ -1,0 +1,94 @@
+//! The `dialtone` program: `dialtone serve` runs a node; every other
+//! subcommand is a gRPC client of a running node.
+//!
+//! # What it owns
+//! Configuration ([`config`]: defaults, TOML file, `DIALTONE_*` variables,
+//! flags), the wiring of a node ([`server`]: event log, actor system, gRPC,
+//! metrics, shutdown in order), the demo provisioning and the CLI client
+//! ([`cli`]). The binary's `main` only calls [`main`] here, so that the
+//! black-box tests can build the same program under another name.
+//!
+//! # What it must not do
+//! No business rules and no protobuf definitions of its own: it wires the
+//! other crates and calls the API's generated client.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod server;
+
+use clap::{Parser, Subcommand};
+
+/// Dialtone: an event-sourced SIP telephony backend.
+#[derive(Parser, Debug)]
+#[command(name = "dialtone", version, about, long_about = None)]
+struct Args {
+    /// gRPC address of the node (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "DIALTONE_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Print JSON instead of human-readable text (client commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: event log, actors, gRPC API, metrics.
+    Serve {
+        #[command(flatten)]
+        overrides: config::Overrides,
+        /// Provision a demo domain with two users and print their credentials.
+        #[arg(long)]
+        demo: bool,
+    },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+/// The whole program: parses the command line and runs it.
+pub fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match args.command {
+        Command::Serve { overrides, demo } => {
+            init_tracing();
+            config::Config::resolve(&overrides)
+                .and_then(|config| runtime.block_on(server::run(config, demo)))
+        }
+        Command::Client(command) => runtime.block_on(cli::run(&args.server, args.json, command)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DIALTONE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,716 @@
+//! The gateway's request handling, independent of sockets: bytes in, bytes
+//! (and where to send them) out. The transports in [`crate::gateway`] call
+//! [`Core::handle`] for every received message.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tracing::Instrument as _;
+
+use crate::backend::{
+    BackendError, CurrentContact, Lookup, RegisterOutcome, RegisterRequest, Registry, Transport,
+    UserCredentials,
+};
+use crate::digest::{write_challenge, Algorithm, Credentials, DigestError};
+use crate::gateway::GatewayConfig;
+use crate::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
+use crate::nonce::{NcCheck, NonceCheck, Nonces};
+use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
+use crate::response::{self, http_date, random_tag, status_label, Response, Source};
+use crate::transaction::{Disposition, Key, ServerTransactions};
+
+/// Methods this server handles itself (the `Allow` header).
+pub const ALLOW: &str = "REGISTER, OPTIONS";
+/// Methods we recognise but do not handle yet: 405 rather than 501.
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "PRACK",
+    "UPDATE",
+    "INFO",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "MESSAGE",
+    "PUBLISH",
+];
+/// Retry-After for 503 answers (seconds).
+const RETRY_AFTER_SECS: &str = "5";
+const TRANSACTION_SHARDS: usize = 16;
+
+/// Metric names (`dialtone_<area>_<what>_<unit>`).
+pub mod metric {
+    pub const REQUESTS: &str = "dialtone_sip_requests_total";
+    pub const RESPONSES: &str = "dialtone_sip_responses_total";
+    pub const AUTH_FAILURES: &str = "dialtone_sip_auth_failures_total";
+    pub const PARSE_ERRORS: &str = "dialtone_sip_parse_errors_total";
+    pub const DROPPED: &str = "dialtone_sip_dropped_total";
+    pub const RETRANSMISSIONS: &str = "dialtone_sip_retransmissions_total";
+    pub const REGISTER_SECONDS: &str = "dialtone_sip_register_seconds";
+}
+
+/// A response to send and, for UDP, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Bytes,
+    /// The UDP destination (RFC 3261 s.18.2.2 / RFC 3581); ignored on TCP,
+    /// where the response goes back on the same connection.
+    pub dest: SocketAddr,
+}
+
+/// Request handling shared by every transport task.
+pub struct Core {
+    cfg: GatewayConfig,
+    registry: Arc<dyn Registry>,
+    nonces: Nonces,
+    transactions: Vec<Mutex<ServerTransactions>>,
+    /// Stand-in credentials for unknown users: the digest is computed against
+    /// them so that the time taken does not reveal whether a user exists.
+    dummy: UserCredentials,
+    dummy_md5: String,
+    policy: ExpiresPolicy,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    pub fn new(cfg: GatewayConfig, registry: Arc<dyn Registry>) -> Core {
+        let nonces = Nonces::new(&cfg.secret, cfg.nonce_lifetime, cfg.nonce_table_capacity);
+        let per_shard_entries = (cfg.transaction_capacity / TRANSACTION_SHARDS).max(1);
+        let per_shard_bytes = cfg.transaction_memory / TRANSACTION_SHARDS;
+        let transactions = (0..TRANSACTION_SHARDS)
+            .map(|_| Mutex::new(ServerTransactions::new(per_shard_entries, per_shard_bytes)))
+            .collect();
+        let dummy_md5 = hex::encode(rand::random::<[u8; 16]>());
+        let dummy = UserCredentials {
+            ha1_md5: Some(dummy_md5.clone()),
+            ha1_sha256: hex::encode(rand::random::<[u8; 32]>()),
+            disabled: false,
+        };
+        let policy = ExpiresPolicy {
+            min: cfg.min_expires,
+            max: cfg.max_expires,
+            default: cfg.default_expires,
+        };
+        Core {
+            cfg,
+            registry,
+            nonces,
+            transactions,
+            dummy,
+            dummy_md5,
+            policy,
+        }
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    fn shard(&self, key: &Key) -> &Mutex<ServerTransactions> {
+        use std::hash::{Hash, Hasher};
+        let mut h = FixedHasher::default();
+        key.hash(&mut h);
+        &self.transactions[(h.finish() as usize) % TRANSACTION_SHARDS]
+    }
+
+    /// Expires transactions whose timers fired (called periodically).
+    pub fn tick(&self, now: Instant) {
+        for t in &self.transactions {
+            if let Ok(mut t) = t.lock() {
+                t.handle_timeout(now);
+            }
+        }
+    }
+
+    /// Number of live server transactions (tests, metrics).
+    pub fn transaction_count(&self) -> usize {
+        self.transactions
+            .iter()
+            .map(|t| t.lock().map(|t| t.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Handles one received message. Returns the response to send, if any.
+    pub async fn handle(&self, raw: &[u8], source: Source, transport: Transport) -> Option<Reply> {
+        let start = raw
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        let raw = &raw[start..];
+        if raw.is_empty() {
+            return None; // keep-alive
+        }
+        if raw.len() > self.cfg.max_message_size {
+            metrics::counter!(metric::PARSE_ERRORS).increment(1);
+            return self.stateless(raw, source, 513, "Message Too Large");
+        }
+        let msg = match Message::parse(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                metrics::counter!(metric::PARSE_ERRORS).increment(1);
+                tracing::debug!(error = %e, peer = %source.addr, "unparsable SIP message");
+                return self.stateless(raw, source, 400, bad_request_reason(&e));
+            }
+        };
+        let StartLine::Request {
+            method,
+            method_text,
+            ..
+        } = msg.start
+        else {
+            // No client transactions yet: a response is not for us.
+            metrics::counter!(metric::DROPPED, "reason" => "response").increment(1);
+            return None;
+        };
+        metrics::counter!(metric::REQUESTS, "method" => method.label()).increment(1);
+        let Ok(via) = msg.top_via() else {
+            metrics::counter!(metric::PARSE_ERRORS).increment(1);
+            metrics::counter!(metric::DROPPED, "reason" => "unaddressable").increment(1);
+            return None;
+        };
+        let dest = if source.reliable {
+            source.addr
+        } else {
+            response::udp_destination(&via, source.addr)
+        };
+        let addressable = [Name::From, Name::To, Name::CallId, Name::CSeq]
+            .iter()
+            .all(|n| msg.header(*n).is_some());
+        if !addressable {
+            metrics::counter!(metric::PARSE_ERRORS).increment(1);
+            metrics::counter!(metric::DROPPED, "reason" => "unaddressable").increment(1);
+            return None;
+        }
+        if method == Method::Ack {
+            // ACK never gets a response (RFC 3261 s.17.2.1); with no INVITE
+            // server transactions yet there is nothing to match.
+            return None;
+        }
+        if let Err(e) = validate(&msg, method_text) {
+            metrics::counter!(metric::PARSE_ERRORS).increment(1);
+            return Some(self.reply_now(&msg, source, dest, 400, bad_request_reason(&e), |_| {}));
+        }
+        let key = match Key::from_request(&msg) {
+            Ok(k) => k,
+            Err(e) => {
+                metrics::counter!(metric::PARSE_ERRORS).increment(1);
+                return Some(self.reply_now(
+                    &msg,
+                    source,
+                    dest,
+                    400,
+                    bad_request_reason(&e),
+                    |_| {},
+                ));
+            }
+        };
+        let disposition = match self.shard(&key).lock() {
+            Ok(mut t) => t.handle_request(&key, Instant::now()),
+            Err(_) => Disposition::Overloaded,
+        };
+        match disposition {
+            Disposition::New => {}
+            Disposition::Absorb => {
+                metrics::counter!(metric::RETRANSMISSIONS).increment(1);
+                return None;
+            }
+            Disposition::Retransmit(bytes) => {
+                metrics::counter!(metric::RETRANSMISSIONS).increment(1);
+                return Some(Reply { bytes, dest });
+            }
+            Disposition::Overloaded => {
+                return Some(
+                    self.reply_now(&msg, source, dest, 503, "Service Unavailable", |r| {
+                        r.header("Retry-After", RETRY_AFTER_SECS);
+                    }),
+                );
+            }
+        }
+        let span = tracing::info_span!(
+            "sip_transaction",
+            branch = via.branch().unwrap_or(""),
+            method = method_text
+        );
+        let (code, bytes) = self
+            .process(&msg, method, method_text, source, transport)
+            .instrument(span)
+            .await;
+        metrics::counter!(metric::RESPONSES, "status" => status_label(code)).increment(1);
+        if let Ok(mut t) = self.shard(&key).lock() {
+            t.respond(&key, code, bytes.clone(), source.reliable, Instant::now());
+        }
+        Some(Reply { bytes, dest })
+    }
+
+    /// A response outside any transaction (malformed requests, overload).
+    fn reply_now(
+        &self,
+        msg: &Message<'_>,
+        source: Source,
+        dest: SocketAddr,
+        code: u16,
+        reason: &str,
+        extra: impl FnOnce(&mut Response),
+    ) -> Reply {
+        metrics::counter!(metric::RESPONSES, "status" => status_label(code)).increment(1);
+        let mut r = Response::with_reason(msg, &source, code, reason, &random_tag());
+        self.common_headers(&mut r);
+        extra(&mut r);
+        Reply {
+            bytes: r.finish(),
+            dest,
+        }
+    }
+
+    /// Answers an unparsable message with `code` when Via, From, To, Call-ID
+    /// and CSeq can still be read from it; otherwise drops it.
+    fn stateless(&self, raw: &[u8], source: Source, code: u16, reason: &str) -> Option<Reply> {
+        let Some(msg) = salvage(raw) else {
+            metrics::counter!(metric::DROPPED, "reason" => "unaddressable").increment(1);
+            return None;
+        };
+        let via = msg.top_via().ok()?;
+        let dest = if source.reliable {
+            source.addr
+        } else {
+            response::udp_destination(&via, source.addr)
+        };
+        Some(self.reply_now(&msg, source, dest, code, reason, |_| {}))
+    }
+
+    fn common_headers(&self, r: &mut Response) {
+        if let Some(s) = &self.cfg.server_header {
+            r.header("Server", s);
+        }
+    }
+
+    fn respond(
+        &self,
+        msg: &Message<'_>,
+        source: Source,
+        code: u16,
+        reason: &str,
+        extra: impl FnOnce(&mut Response),
+    ) -> (u16, Bytes) {
+        let mut r = Response::with_reason(msg, &source, code, reason, &random_tag());
+        self.common_headers(&mut r);
+        extra(&mut r);
+        (code, r.finish())
+    }
+
+    async fn process(
+        &self,
+        msg: &Message<'_>,
+        method: Method,
+        method_text: &str,
+        source: Source,
+        transport: Transport,
+    ) -> (u16, Bytes) {
+        let max_forwards = match msg.max_forwards() {
+            Ok(m) => m,
+            Err(_) => return self.respond(msg, source, 400, "Bad Max-Forwards", |_| {}),
+        };
+        if method != Method::Cancel {
+            // RFC 3261 s.8.2.2.3: we support no extension a client may require.
+            let required: Vec<&str> = msg.list(Name::Require).collect();
+            if !required.is_empty() {
+                let unsupported = required.join(", ");
+                return self.respond(msg, source, 420, "Bad Extension", |r| {
+                    r.header("Unsupported", &unsupported);
+                });
+            }
+        }
+        match method {
+            Method::Register => {
+                let started = Instant::now();
+                let out = self.register(msg, method_text, source, transport).await;
+                metrics::histogram!(metric::REGISTER_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                out
+            }
+            Method::Options => self.respond(msg, source, 200, "OK", |r| {
+                r.header("Allow", ALLOW)
+                    .header("Accept", "application/sdp")
+                    .header("Accept-Encoding", "identity")
+                    .header("Accept-Language", "en")
+                    .header("Supported", "");
+            }),
+            // No INVITE transactions yet: nothing to cancel (RFC 3261 s.9.2).
+            Method::Cancel => self.respond(msg, source, 481, response::reason(481), |_| {}),
+            _ => {
+                if max_forwards == Some(0) {
+                    // We would have to forward it (RFC 3261 s.16.3 step 3).
+                    return self.respond(msg, source, 483, response::reason(483), |_| {});
+                }
+                let known = KNOWN_METHODS.contains(&method_text);
+                let code = if known { 405 } else { 501 };
+                self.respond(msg, source, code, response::reason(code), |r| {
+                    r.header("Allow", ALLOW);
+                })
+            }
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.cfg.backend_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Unavailable("backend timed out".into())),
+        }
+    }
+
+    fn backend_failure(&self, msg: &Message<'_>, source: Source, e: &BackendError) -> (u16, Bytes) {
+        tracing::warn!(error = %e, "registry backend failed");
+        match e {
+            BackendError::Unavailable(_) => {
+                self.respond(msg, source, 503, response::reason(503), |r| {
+                    r.header("Retry-After", RETRY_AFTER_SECS);
+                })
+            }
+            BackendError::Internal(_) => {
+                self.respond(msg, source, 500, response::reason(500), |_| {})
+            }
+        }
+    }
+
+    fn challenge(
+        &self,
+        msg: &Message<'_>,
+        source: Source,
+        realm: &str,
+        offer_md5: bool,
+        stale: bool,
+    ) -> (u16, Bytes) {
+        let nonce = self.nonces.issue(realm, now_ms());
+        let opaque = self.nonces.opaque();
+        self.respond(msg, source, 401, response::reason(401), |r| {
+            // RFC 8760 s.2.4: the preferred (strongest) algorithm first,
+            // unless configured for clients that read only the first one.
+            let order: &[Algorithm] = match (offer_md5, self.cfg.challenge_md5_first) {
+                (false, _) => &[Algorithm::Sha256],
+                (true, false) => &[Algorithm::Sha256, Algorithm::Md5],
+                (true, true) => &[Algorithm::Md5, Algorithm::Sha256],
+            };
+            for alg in order {
+                r.header_with("WWW-Authenticate", |b| {
+                    write_challenge(b, realm, &nonce, opaque, *alg, stale)
+                });
+            }
+        })
+    }
+
+    fn forbidden(&self, msg: &Message<'_>, source: Source) -> (u16, Bytes) {
+        // One response for wrong password, unknown user, wrong username and
+        // disabled user: nothing to tell them apart.
+        self.respond(msg, source, 403, response::reason(403), |_| {})
+    }
+
+    async fn register(
+        &self,
+        msg: &Message<'_>,
+        method_text: &str,
+        source: Source,
+        transport: Transport,
+    ) -> (u16, Bytes) {
+        let StartLine::Request { uri, .. } = msg.start else {
+            return self.respond(msg, source, 400, "Bad Request", |_| {});
+        };
+        let Some(ruri) = Uri::parse(uri) else {
+            return self.respond(msg, source, 416, response::reason(416), |_| {});
+        };
+        let domain = ruri.host.to_ascii_lowercase();
+        let to = match msg.to() {
+            Ok(t) => t,
+            Err(_) => return self.respond(msg, source, 400, "Bad To", |_| {}),
+        };
+        let Some(to_uri) = Uri::parse(to.uri) else {
+            return self.respond(msg, source, 400, "Bad To URI", |_| {});
+        };
+        let Some(user) = to_uri.user else {
+            return self.respond(msg, source, 400, "No user in To", |_| {});
+        };
+        // RFC 3261 s.10.3 step 3: the address-of-record must belong to the
+        // Request-URI's domain.
+        if !to_uri.host.eq_ignore_ascii_case(&domain) {
+            return self.respond(msg, source, 404, response::reason(404), |_| {});
+        }
+        let lookup = match self.call(self.registry.credentials(&domain, user)).await {
+            Ok(l) => l,
+            Err(e) => return self.backend_failure(msg, source, &e),
+        };
+        let (creds, known) = match lookup {
+            Lookup::UnknownDomain => {
+                return self.respond(msg, source, 404, response::reason(404), |_| {})
+            }
+            Lookup::DomainSuspended => return self.forbidden(msg, source),
+            Lookup::UnknownUser => (&self.dummy, false),
+            Lookup::Found(ref c) => (c, true),
+        };
+        // Unknown users are offered what a default user is offered.
+        let offer_md5 = creds.ha1_md5.is_some();
+
+        let mut given = None;
+        for h in msg.headers(Name::Authorization) {
+            match Credentials::parse(h) {
+                Ok(c) if c.realm.eq_ignore_ascii_case(&domain) => {
+                    given = Some(c);
+                    break;
+                }
+                Ok(_) | Err(DigestError::NotDigest) => {}
+                Err(_) => return self.respond(msg, source, 400, "Bad Authorization", |_| {}),
+            }
+        }
+        let Some(c) = given else {
+            return self.challenge(msg, source, &domain, offer_md5, false);
+        };
+        let acceptable = c.algorithm.is_some()
+            && c.qop
+                .as_deref()
+                .is_some_and(|q| q.eq_ignore_ascii_case("auth"))
+            && c.cnonce.is_some()
+            && c.nc.is_some();
+        if !acceptable {
+            metrics::counter!(metric::AUTH_FAILURES, "reason" => "unsupported").increment(1);
+            return self.challenge(msg, source, &domain, offer_md5, false);
+        }
+        let now = now_ms();
+        let nonce = self.nonces.check(&c.nonce, &domain, now);
+        if nonce == NonceCheck::Invalid {
+            // Not ours (or from before a secret change): a fresh challenge.
+            metrics::counter!(metric::AUTH_FAILURES, "reason" => "nonce").increment(1);
+            return self.challenge(msg, source, &domain, offer_md5, false);
+        }
+        let alg = c.algorithm.unwrap_or(Algorithm::Md5);
+        let ha1 = match alg {
+            Algorithm::Md5 => creds.ha1_md5.as_deref().unwrap_or(&self.dummy_md5),
+            Algorithm::Sha256 => creds.ha1_sha256.as_str(),
+        };
+        // Always compute the digest, whoever the user is (timing).
+        let digest_ok = c.verify(ha1, method_text);
+        let md5_refused = alg == Algorithm::Md5 && creds.ha1_md5.is_none();
+        let ok = digest_ok && known && !md5_refused && c.username == user;
+        if !ok {
+            metrics::counter!(metric::AUTH_FAILURES, "reason" => "credentials").increment(1);
+            return self.forbidden(msg, source);
+        }
+        let id = match nonce {
+            NonceCheck::Fresh(id) => id,
+            _ => return self.challenge(msg, source, &domain, offer_md5, true),
+        };
+        let nc = c.nc.as_ref().map_or(0, |n| n.1);
+        match self.nonces.use_nc(id, nc, now) {
+            NcCheck::Ok => {}
+            NcCheck::Replay | NcCheck::Forgotten => {
+                metrics::counter!(metric::AUTH_FAILURES, "reason" => "replay").increment(1);
+                return self.challenge(msg, source, &domain, offer_md5, true);
+            }
+        }
+        if creds.disabled {
+            return self.forbidden(msg, source);
+        }
+
+        let plan = match registrar::plan(msg, &self.policy) {
+            Ok(p) => p,
+            Err(Reject::BadRequest(reason)) => {
+                return self.respond(msg, source, 400, reason, |_| {})
+            }
+            Err(Reject::IntervalTooBrief { min_expires }) => {
+                return self.respond(msg, source, 423, response::reason(423), |r| {
+                    r.header("Min-Expires", &min_expires.to_string());
+                })
+            }
+        };
+        let contacts = match plan {
+            Plan::Query => match self.call(self.registry.contacts(&domain, user)).await {
+                Ok(c) => c,
+                Err(e) => return self.backend_failure(msg, source, &e),
+            },
+            Plan::RemoveAll | Plan::Update(_) => {
+                let (changes, remove_all) = match plan {
+                    Plan::Update(c) => (c, false),
+                    _ => (Vec::new(), true),
+                };
+                let (call_id, cseq) = match (msg.call_id(), msg.cseq()) {
+                    (Ok(c), Ok(s)) => (c, s.seq),
+                    _ => return self.respond(msg, source, 400, "Bad Request", |_| {}),
+                };
+                let request = RegisterRequest {
+                    domain: domain.clone(),
+                    user: user.to_owned(),
+                    call_id: call_id.to_owned(),
+                    cseq,
+                    changes,
+                    remove_all,
+                    source: source.addr,
+                    transport,
+                    user_agent: msg.header(Name::UserAgent).map(str::to_owned),
+                    received_at: SystemTime::now(),
+                };
+                match self.call(self.registry.register(request)).await {
+                    Ok(RegisterOutcome::Ok { contacts }) => contacts,
+                    Ok(RegisterOutcome::CSeqOutOfOrder) => {
+                        return self.respond(msg, source, 500, "CSeq Out Of Order", |_| {})
+                    }
+                    Err(e) => return self.backend_failure(msg, source, &e),
+                }
+            }
+        };
+        let date = http_date(now / 1000);
+        self.respond(msg, source, 200, "OK", |r| {
+            write_contacts(r, &contacts);
+            r.header("Date", &date);
+        })
+    }
+}
+
+fn write_contacts(r: &mut Response, contacts: &[CurrentContact]) {
+    for c in contacts {
+        r.header_with("Contact", |b| {
+            b.push(b'<');
+            b.extend_from_slice(c.uri.as_bytes());
+            b.extend_from_slice(b">;expires=");
+            b.extend_from_slice(c.expires_in_secs.to_string().as_bytes());
+            if let Some(q) = c.q {
+                b.extend_from_slice(b";q=");
+                b.extend_from_slice(registrar::format_q(q).as_bytes());
+            }
+        });
+    }
+}
+
+/// Checks the headers every request needs (RFC 3261 s.8.1.1) beyond being
+/// addressable.
+fn validate(msg: &Message<'_>, method_text: &str) -> Result<(), ParseError> {
+    msg.call_id()?;
+    msg.from()?;
+    msg.to()?;
+    let cseq = msg.cseq()?;
+    if cseq.method != method_text {
+        return Err(ParseError::Header("CSeq"));
+    }
+    if let StartLine::Request { uri, .. } = msg.start {
+        // A URI needs a scheme; other schemes than sip(s) are 416 later
+        // where they matter.
+        if !uri.contains(':') || uri.contains(['<', '>', '"']) {
+            return Err(ParseError::RequestUri);
+        }
+    }
+    Ok(())
+}
+
+fn bad_request_reason(e: &ParseError) -> &'static str {
+    match e {
+        ParseError::Header("Via") => "Bad Via",
+        ParseError::Header("From") => "Bad From",
+        ParseError::Header("To") => "Bad To",
+        ParseError::Header("Call-ID") => "Bad Call-ID",
+        ParseError::Header("CSeq") => "Bad CSeq",
+        ParseError::Header("Content-Length") => "Bad Content-Length",
+        ParseError::Missing(_) => "Missing Header",
+        ParseError::ShortBody => "Body Shorter Than Content-Length",
+        ParseError::RequestUri => "Bad Request-URI",
+        ParseError::Version => "Version Not Supported",
+        _ => "Bad Request",
+    }
+}
+
+/// Reads what a response needs from a message that failed to parse: the
+/// start line must be a request line, and Via, From, To, Call-ID and CSeq
+/// must be found among the header lines that can be read.
+pub fn salvage(raw: &[u8]) -> Option<Message<'_>> {
+    let end = header_end(raw).unwrap_or(raw.len());
+    let mut lines = raw[..end]
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = std::str::from_utf8(lines.next()?).ok()?;
+    if first.starts_with("SIP/") {
+        return None;
+    }
+    let mut parts = first.split(' ');
+    let method_text = parts.next().filter(|m| !m.is_empty())?;
+    let uri = parts.next().unwrap_or("");
+    let mut headers = Vec::with_capacity(8);
+    for line in lines {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let n = Name::from_str_ci(name.trim());
+        if matches!(
+            n,
+            Name::Via | Name::From | Name::To | Name::CallId | Name::CSeq
+        ) {
+            headers.push(crate::message::Header {
+                name: n,
+                raw_name: name,
+                value: std::borrow::Cow::Borrowed(value.trim()),
+            });
+        }
+    }
+    let msg = Message {
+        start: StartLine::Request {
+            method: Method::parse(method_text),
+            method_text,
+            uri,
+        },
+        headers,
+        body: &[],
+    };
+    let via_ok = msg
+        .list(Name::Via)
+        .next()
+        .is_some_and(|v| Via::parse(v).is_ok());
+    let all = [Name::From, Name::To, Name::CallId, Name::CSeq]
+        .iter()
+        .all(|n| msg.header(*n).is_some());
+    if via_ok && all && Method::parse(method_text) != Method::Ack {
+        Some(msg)
+    } else {
+        None
+    }
+}
+
+/// FNV-1a: a fixed, fast hasher to pick a transaction shard.
+#[derive(Default)]
+struct FixedHasher(u64);
+
+impl std::hash::Hasher for FixedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Core>();
+}

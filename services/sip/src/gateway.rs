@@ -1,0 +1,450 @@
+//! The thin tokio layer: UDP and TCP listeners feeding [`Core::handle`].
+//!
+//! UDP: several receive tasks share one socket per address (so both cores
+//! work even when all traffic comes from one peer, as with SIPp, where
+//! SO_REUSEPORT would hash everything to one socket); each datagram is handled
+//! in its own task because REGISTER waits for the backend.
+//! TCP: one reader task per connection frames messages (see [`crate::frame`])
+//! and handles each in its own task (a single connection may carry thousands
+//! of concurrent REGISTERs); a writer task sends the responses back on the
+//! same connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::backend::{Registry, Transport};
+use crate::core::{metric, salvage, Core};
+use crate::frame::{self, Frame, FrameError};
+use crate::nonce;
+use crate::response::{Response, Source};
+use crate::{Error, Result};
+
+/// The largest UDP payload (IPv4: 65535 - 20 - 8).
+pub const UDP_MAX_DATAGRAM: usize = 65_507;
+
+/// Gateway settings. `Default` serves a single machine; `node` fills it from
+/// its configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Addresses to listen on, each for both UDP and TCP (port 0: any free
+    /// port, the same for UDP and TCP).
+    pub listen: Vec<SocketAddr>,
+    /// `host[:port]` this server puts in Via/Record-Route/Contact (for the
+    /// proxy, later). `None`: the first listen address.
+    pub advertised: Option<String>,
+    /// Below this (and above 0) a REGISTER gets 423 with Min-Expires.
+    pub min_expires: u32,
+    /// Longer requested expiries are clamped to this.
+    pub max_expires: u32,
+    /// Expiry when the REGISTER gives none.
+    pub default_expires: u32,
+    /// How long a nonce is accepted (then 401 with stale=true).
+    pub nonce_lifetime: Duration,
+    /// How many used nonces the nc replay table remembers.
+    pub nonce_table_capacity: usize,
+    /// Server secret for nonces. Give the same secret to every node (and
+    /// keep it across restarts) so that nonces stay valid.
+    pub secret: Vec<u8>,
+    /// Largest message accepted on TCP (and on UDP, capped at the datagram
+    /// limit); larger ones get 513 or are dropped.
+    pub max_message_size: usize,
+    /// UDP receive tasks per socket.
+    pub udp_receivers: usize,
+    /// UDP socket receive buffer (SO_RCVBUF) to absorb bursts.
+    pub udp_recv_buffer: usize,
+    /// Time allowed for one backend call before 503.
+    pub backend_timeout: Duration,
+    /// Bound on live server transactions.
+    pub transaction_capacity: usize,
+    /// Bound on bytes of responses kept for retransmissions.
+    pub transaction_memory: usize,
+    /// Put the MD5 challenge before the SHA-256 one. RFC 8760 s.2.4 wants
+    /// the preferred algorithm first (the default, SHA-256), but some
+    /// clients only read the first challenge: SIPp 3.6.1 then fails with
+    /// "authentication must use MD5 or AKAv1-MD5". Set this for them.
+    pub challenge_md5_first: bool,
+    /// `Server` header value (None: no header).
+    pub server_header: Option<String>,
+    /// A TCP connection idle this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Connections beyond this are closed at once.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            advertised: None,
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            nonce_lifetime: nonce::DEFAULT_LIFETIME,
+            nonce_table_capacity: nonce::DEFAULT_TABLE_CAPACITY,
+            secret: rand::random::<[u8; 32]>().to_vec(),
+            max_message_size: 64 * 1024,
+            udp_receivers: 2,
+            udp_recv_buffer: 4 * 1024 * 1024,
+            backend_timeout: Duration::from_secs(5),
+            transaction_capacity: 200_000,
+            transaction_memory: 64 * 1024 * 1024,
+            challenge_md5_first: false,
+            server_header: Some("Dialtone".to_owned()),
+            tcp_idle_timeout: Duration::from_secs(600),
+            max_tcp_connections: 10_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    fn validate(&self) -> Result<()> {
+        if self.listen.is_empty() {
+            return Err(Error::Config("no listen address".into()));
+        }
+        if self.min_expires > self.max_expires {
+            return Err(Error::Config("min_expires > max_expires".into()));
+        }
+        if self.default_expires < self.min_expires || self.default_expires > self.max_expires {
+            return Err(Error::Config(
+                "default_expires outside [min_expires, max_expires]".into(),
+            ));
+        }
+        if self.secret.len() < 16 {
+            return Err(Error::Config("secret shorter than 16 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Counts tasks still handling a message, for a graceful shutdown.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Entry point: see [`Gateway::start`].
+pub struct Gateway;
+
+/// A running gateway.
+pub struct GatewayHandle {
+    local_addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    in_flight: Arc<InFlight>,
+    core: Arc<Core>,
+}
+
+impl Gateway {
+    /// Binds every listen address (UDP and TCP on the same port) and starts
+    /// serving on the current tokio runtime (use a multi-thread runtime to
+    /// use several cores).
+    pub async fn start(
+        config: GatewayConfig,
+        registry: Arc<dyn Registry>,
+    ) -> Result<GatewayHandle> {
+        config.validate()?;
+        let core = Arc::new(Core::new(config.clone(), registry));
+        let (shutdown, rx) = watch::channel(false);
+        let in_flight = Arc::new(InFlight::default());
+        let mut tasks = Vec::new();
+        let mut local_addrs = Vec::new();
+        let conns = Arc::new(Semaphore::new(config.max_tcp_connections));
+        for addr in &config.listen {
+            let (udp, tcp) = bind_pair(*addr, config.udp_recv_buffer).await?;
+            let local = udp.local_addr().map_err(Error::Io)?;
+            local_addrs.push(local);
+            let udp = Arc::new(udp);
+            for _ in 0..config.udp_receivers.max(1) {
+                tasks.push(tokio::spawn(udp_loop(
+                    core.clone(),
+                    udp.clone(),
+                    rx.clone(),
+                    in_flight.clone(),
+                )));
+            }
+            tasks.push(tokio::spawn(tcp_accept_loop(
+                core.clone(),
+                tcp,
+                rx.clone(),
+                in_flight.clone(),
+                conns.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(timer_loop(core.clone(), rx.clone())));
+        tracing::info!(addrs = ?local_addrs, "SIP gateway listening (UDP+TCP)");
+        Ok(GatewayHandle {
+            local_addrs,
+            shutdown,
+            tasks,
+            in_flight,
+            core,
+        })
+    }
+}
+
+impl GatewayHandle {
+    /// The bound addresses, one per configured listen address (UDP and TCP
+    /// share the port).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Live server transactions (tests, metrics).
+    pub fn transaction_count(&self) -> usize {
+        self.core.transaction_count()
+    }
+
+    /// Stops receiving, then waits (up to the backend timeout plus a
+    /// second) for messages being handled to be answered.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let deadline = self.core.config().backend_timeout + Duration::from_secs(1);
+        let wait = async {
+            loop {
+                let notified = self.in_flight.idle.notified();
+                if self.in_flight.count.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+    }
+}
+
+/// Binds UDP and TCP on the same address. With port 0, retries until both
+/// get the same free port.
+async fn bind_pair(addr: SocketAddr, recv_buffer: usize) -> Result<(UdpSocket, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let udp = match bind_udp(addr, recv_buffer) {
+            Ok(u) => u,
+            Err(e) => return Err(Error::Bind { addr, source: e }),
+        };
+        let local = udp.local_addr().map_err(Error::Io)?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last_err = Some(e),
+            Err(e) => return Err(Error::Bind { addr, source: e }),
+        }
+    }
+    Err(Error::Bind {
+        addr,
+        source: last_err.unwrap_or_else(|| std::io::Error::other("no common free port")),
+    })
+}
+
+fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(recv_buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+async fn udp_loop(
+    core: Arc<Core>,
+    socket: Arc<UdpSocket>,
+    mut shutdown: watch::Receiver<bool>,
+    in_flight: Arc<InFlight>,
+) {
+    // Larger than any datagram (the size limit is applied in Core::handle).
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (n, peer) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP port unreachable from an earlier send shows up here on
+                // some systems; nothing to do but go on.
+                tracing::debug!(error = %e, "UDP receive error");
+                continue;
+            }
+        };
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        let core = core.clone();
+        let socket = socket.clone();
+        let guard = in_flight.enter();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let source = Source {
+                addr: peer,
+                reliable: false,
+            };
+            if let Some(reply) = core.handle(&data, source, Transport::Udp).await {
+                if let Err(e) = socket.send_to(&reply.bytes, reply.dest).await {
+                    tracing::debug!(error = %e, dest = %reply.dest, "UDP send failed");
+                }
+            }
+        });
+    }
+}
+
+async fn tcp_accept_loop(
+    core: Arc<Core>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    in_flight: Arc<InFlight>,
+    conns: Arc<Semaphore>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "TCP accept failed");
+                // e.g. EMFILE: back off a little instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            metrics::counter!(metric::DROPPED, "reason" => "tcp_connections").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let core = core.clone();
+        let shutdown = shutdown.clone();
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            tcp_connection(core, stream, peer, shutdown, in_flight).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_connection(
+    core: Arc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    in_flight: Arc<InFlight>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    let writer_task = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if writer.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let max = core.config().max_message_size;
+    let idle = core.config().tcp_idle_timeout;
+    let source = Source {
+        addr: peer,
+        reliable: true,
+    };
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    'conn: loop {
+        // Take every whole message out of the buffer.
+        loop {
+            match frame::check(&buf, max) {
+                Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
+                Ok(Some(Frame::Message(n))) => {
+                    let data = buf.split_to(n).freeze();
+                    let core = core.clone();
+                    let tx = tx.clone();
+                    let guard = in_flight.enter();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Some(reply) = core.handle(&data, source, Transport::Tcp).await {
+                            let _ = tx.send(reply.bytes).await;
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(FrameError::TooLarge {
+                    header_len: Some(h),
+                }) => {
+                    metrics::counter!(metric::PARSE_ERRORS).increment(1);
+                    // Answer 513 if we can, then close: skipping the body
+                    // of an oversize message is not worth it.
+                    if let Some(msg) = salvage(&buf[..h]) {
+                        let mut r = Response::with_reason(
+                            &msg,
+                            &source,
+                            513,
+                            "Message Too Large",
+                            &crate::response::random_tag(),
+                        );
+                        if let Some(s) = &core.config().server_header {
+                            r.header("Server", s);
+                        }
+                        let _ = tx.send(r.finish()).await;
+                    }
+                    break 'conn;
+                }
+                Err(_) => {
+                    metrics::counter!(metric::PARSE_ERRORS).increment(1);
+                    metrics::counter!(metric::DROPPED, "reason" => "tcp_garbage").increment(1);
+                    break 'conn;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8 * 1024);
+        }
+        let read = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = tokio::time::timeout(idle, reader.read_buf(&mut buf)) => r,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+        }
+    }
+    drop(tx);
+    let _ = writer_task.await;
+}
+
+async fn timer_loop(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    // Transactions also expire on access; this sweeps idle shards so that
+    // memory is released when traffic stops.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => core.tick(Instant::now()),
+        }
+    }
+}

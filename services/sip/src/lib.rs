@@ -1,0 +1,74 @@
+//! Dialtone's SIP gateway: everything that knows the SIP wire format.
+//!
+//! # What it owns
+//! - the codec ([`message`]): a small zero-copy parser and response writer
+//!   (RFC 3261 s.7, s.20; compact headers, folded lines, header lists, IPv6);
+//! - digest authentication ([`digest`], [`nonce`]): RFC 7616/8760 with MD5 and
+//!   SHA-256, qop=auth, stateless HMAC nonces and a bounded nonce-count
+//!   replay table;
+//! - the sans-IO non-INVITE server transaction layer ([`transaction`], RFC
+//!   3261 s.17.2.2, timers as named constants);
+//! - the registrar's SIP side ([`registrar`]): contacts, expiry policy, `*`;
+//! - UDP and TCP transports ([`gateway`], [`frame`]) with RFC 3581
+//!   `rport`/`received`.
+//!
+//! # Main types
+//! [`Gateway::start`] takes a [`GatewayConfig`] and an `Arc<dyn` [`Registry`]`>`
+//! and returns a [`GatewayHandle`] (`local_addrs()`, `shutdown().await`).
+//! [`Registry`] is the only way to the rest of the system: credentials
+//! ([`Lookup`]), durable binding changes ([`RegisterRequest`] ->
+//! [`RegisterOutcome`]) and contact queries ([`CurrentContact`]).
+//! With the `test-ua` feature, [`test_ua`] is a tiny SIP client for
+//! black-box tests.
+//!
+//! # What it must not do
+//! It does not know actors, protobuf, events or how anything is stored, and
+//! it does not decide binding rules (maximum contacts, CSeq ordering,
+//! refresh versus new): the [`Registry`] implementation does. It depends on
+//! no other Dialtone crate. It never reads configuration files: `node` builds
+//! the [`GatewayConfig`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod backend;
+pub mod core;
+pub mod digest;
+pub mod frame;
+pub mod gateway;
+pub mod message;
+pub mod nonce;
+pub mod registrar;
+pub mod response;
+#[cfg(feature = "test-ua")]
+pub mod test_ua;
+pub mod transaction;
+
+pub use backend::{
+    BackendError, ContactChange, CurrentContact, Lookup, RegisterOutcome, RegisterRequest,
+    Registry, Transport, UserCredentials,
+};
+pub use gateway::{Gateway, GatewayConfig, GatewayHandle};
+
+/// Errors of this crate's public API (starting the gateway, the test UA).
+/// Malformed SIP input is not an `Error`: it becomes a 400 or is dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid gateway configuration: {0}")]
+    Config(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("SIP parse error: {0}")]
+    Parse(#[from] message::ParseError),
+    #[error("digest error: {0}")]
+    Digest(#[from] digest::DigestError),
+    #[error("timed out")]
+    Timeout,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

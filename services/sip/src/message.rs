@@ -1,0 +1,898 @@
+//! SIP message codec: a small zero-copy parser over a received buffer.
+//!
+//! Parsing borrows from the buffer: a [`Message`] is a start line, a list of
+//! `(name, value)` header spans and a body slice. Typed views of the headers
+//! the gateway needs ([`Via`], [`NameAddr`], [`Uri`], [`CSeq`]) are parsed on
+//! demand, also without copying. Only folded (multi-line) header values are
+//! copied, to unfold them.
+//!
+//! Parsing never panics: malformed input becomes [`ParseError`]. See
+//! `docs/adr/0002-sip-codec-and-transactions.md` for why this is our own code
+//! and not `rsipstack::sip`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+/// Why a buffer is not a SIP message we can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("no empty line ends the header section")]
+    Incomplete,
+    #[error("header section is not UTF-8")]
+    NotUtf8,
+    #[error("bad start line")]
+    StartLine,
+    #[error("unsupported SIP version")]
+    Version,
+    #[error("bad header line")]
+    HeaderLine,
+    #[error("bad {0} header")]
+    Header(&'static str),
+    #[error("missing {0} header")]
+    Missing(&'static str),
+    #[error("body shorter than Content-Length")]
+    ShortBody,
+    #[error("bad Request-URI")]
+    RequestUri,
+}
+
+/// Header names the gateway looks at. Everything else is [`Name::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Name {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    Contact,
+    Expires,
+    MinExpires,
+    MaxForwards,
+    ContentLength,
+    ContentType,
+    Authorization,
+    ProxyAuthorization,
+    WwwAuthenticate,
+    ProxyAuthenticate,
+    UserAgent,
+    Route,
+    RecordRoute,
+    Supported,
+    Require,
+    ProxyRequire,
+    Allow,
+    Accept,
+    Date,
+    Server,
+    RetryAfter,
+    Other,
+}
+
+impl Name {
+    /// Maps a header name (full or RFC 3261 s.7.3.3 compact form) to a [`Name`].
+    pub fn from_str_ci(name: &str) -> Name {
+        if name.len() == 1 {
+            return match name.as_bytes()[0].to_ascii_lowercase() {
+                b'v' => Name::Via,
+                b'f' => Name::From,
+                b't' => Name::To,
+                b'i' => Name::CallId,
+                b'm' => Name::Contact,
+                b'l' => Name::ContentLength,
+                b'c' => Name::ContentType,
+                b'k' => Name::Supported,
+                _ => Name::Other,
+            };
+        }
+        const TABLE: &[(&str, Name)] = &[
+            ("via", Name::Via),
+            ("from", Name::From),
+            ("to", Name::To),
+            ("call-id", Name::CallId),
+            ("cseq", Name::CSeq),
+            ("contact", Name::Contact),
+            ("expires", Name::Expires),
+            ("min-expires", Name::MinExpires),
+            ("max-forwards", Name::MaxForwards),
+            ("content-length", Name::ContentLength),
+            ("content-type", Name::ContentType),
+            ("authorization", Name::Authorization),
+            ("proxy-authorization", Name::ProxyAuthorization),
+            ("www-authenticate", Name::WwwAuthenticate),
+            ("proxy-authenticate", Name::ProxyAuthenticate),
+            ("user-agent", Name::UserAgent),
+            ("route", Name::Route),
+            ("record-route", Name::RecordRoute),
+            ("supported", Name::Supported),
+            ("require", Name::Require),
+            ("proxy-require", Name::ProxyRequire),
+            ("allow", Name::Allow),
+            ("accept", Name::Accept),
+            ("date", Name::Date),
+            ("server", Name::Server),
+            ("retry-after", Name::RetryAfter),
+        ];
+        for (n, v) in TABLE {
+            if n.len() == name.len() && n.eq_ignore_ascii_case(name) {
+                return *v;
+            }
+        }
+        Name::Other
+    }
+}
+
+/// Request methods. Unknown methods keep their text in [`StartLine::Request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Register,
+    Options,
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Other,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Method {
+        // Method names are case-sensitive (RFC 3261 s.7.1).
+        match s {
+            "REGISTER" => Method::Register,
+            "OPTIONS" => Method::Options,
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            _ => Method::Other,
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Register => "REGISTER",
+            Method::Options => "OPTIONS",
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    Request {
+        method: Method,
+        method_text: &'a str,
+        uri: &'a str,
+    },
+    Response {
+        code: u16,
+        reason: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: Name,
+    pub raw_name: &'a str,
+    pub value: Cow<'a, str>,
+}
+
+/// A parsed SIP message borrowing from its buffer.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    pub start: StartLine<'a>,
+    pub headers: Vec<Header<'a>>,
+    pub body: &'a [u8],
+}
+
+/// Finds the end of the header section: the index just past the empty line.
+/// Accepts CRLF (RFC 3261) and, leniently, bare LF line ends.
+pub fn header_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+        let nl = from + i;
+        let rest = &buf[nl + 1..];
+        if rest.starts_with(b"\r\n") {
+            return Some(nl + 3);
+        }
+        if rest.starts_with(b"\n") {
+            return Some(nl + 2);
+        }
+        from = nl + 1;
+    }
+    None
+}
+
+fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_token_char)
+}
+
+impl<'a> Message<'a> {
+    /// Parses one whole message. `buf` may hold more bytes than the message
+    /// (a UDP datagram with trailing bytes): the body is cut at
+    /// Content-Length. A body shorter than Content-Length is an error.
+    pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        let end = header_end(buf).ok_or(ParseError::Incomplete)?;
+        let head = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError::NotUtf8)?;
+        let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+        let first = lines.next().ok_or(ParseError::StartLine)?;
+        let start = parse_start_line(first)?;
+        let mut headers: Vec<Header<'a>> = Vec::with_capacity(16);
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            let b = line.as_bytes()[0];
+            if b == b' ' || b == b'\t' {
+                // Folded continuation (RFC 3261 s.7.3.1): unfold into one value
+                // joined by a single space.
+                let last = headers.last_mut().ok_or(ParseError::HeaderLine)?;
+                let cont = line.trim();
+                if !cont.is_empty() {
+                    let v = last.value.to_mut();
+                    if !v.is_empty() {
+                        v.push(' ');
+                    }
+                    v.push_str(cont);
+                }
+                continue;
+            }
+            let colon = line.find(':').ok_or(ParseError::HeaderLine)?;
+            let raw_name = line[..colon].trim_end_matches([' ', '\t']);
+            if !is_token(raw_name) {
+                return Err(ParseError::HeaderLine);
+            }
+            let value = line[colon + 1..].trim_matches([' ', '\t']);
+            headers.push(Header {
+                name: Name::from_str_ci(raw_name),
+                raw_name,
+                value: Cow::Borrowed(value),
+            });
+        }
+        let rest = &buf[end..];
+        let body = match headers.iter().find(|h| h.name == Name::ContentLength) {
+            Some(h) => {
+                let len = parse_u32(&h.value).ok_or(ParseError::Header("Content-Length"))? as usize;
+                if rest.len() < len {
+                    return Err(ParseError::ShortBody);
+                }
+                &rest[..len]
+            }
+            None => rest,
+        };
+        Ok(Message {
+            start,
+            headers,
+            body,
+        })
+    }
+
+    pub fn method(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    /// The first value of a header, if any.
+    pub fn header(&self, name: Name) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_ref())
+    }
+
+    /// Every header line of a name, in order.
+    pub fn headers(&self, name: Name) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| h.value.as_ref())
+    }
+
+    /// Every comma-separated element of every header line of a name, in
+    /// order (for Via, Contact, Route, ...).
+    pub fn list(&self, name: Name) -> impl Iterator<Item = &str> {
+        self.headers(name).flat_map(split_list)
+    }
+
+    /// The top-most Via element.
+    pub fn top_via(&self) -> Result<Via<'_>, ParseError> {
+        let v = self
+            .list(Name::Via)
+            .next()
+            .ok_or(ParseError::Missing("Via"))?;
+        Via::parse(v)
+    }
+
+    pub fn call_id(&self) -> Result<&str, ParseError> {
+        let v = self
+            .header(Name::CallId)
+            .ok_or(ParseError::Missing("Call-ID"))?;
+        if v.is_empty() || v.contains([' ', '\t']) {
+            return Err(ParseError::Header("Call-ID"));
+        }
+        Ok(v)
+    }
+
+    pub fn cseq(&self) -> Result<CSeq<'_>, ParseError> {
+        CSeq::parse(self.header(Name::CSeq).ok_or(ParseError::Missing("CSeq"))?)
+    }
+
+    pub fn from(&self) -> Result<NameAddr<'_>, ParseError> {
+        NameAddr::parse(self.header(Name::From).ok_or(ParseError::Missing("From"))?)
+            .ok_or(ParseError::Header("From"))
+    }
+
+    pub fn to(&self) -> Result<NameAddr<'_>, ParseError> {
+        NameAddr::parse(self.header(Name::To).ok_or(ParseError::Missing("To"))?)
+            .ok_or(ParseError::Header("To"))
+    }
+
+    /// Max-Forwards as a number, `Ok(None)` when absent.
+    pub fn max_forwards(&self) -> Result<Option<u32>, ParseError> {
+        match self.header(Name::MaxForwards) {
+            None => Ok(None),
+            Some(v) => parse_u32(v)
+                .filter(|n| *n <= 255)
+                .map(Some)
+                .ok_or(ParseError::Header("Max-Forwards")),
+        }
+    }
+}
+
+fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
+    if let Some(rest) = line.strip_prefix("SIP/") {
+        let mut it = rest.splitn(3, ' ');
+        let ver = it.next().ok_or(ParseError::StartLine)?;
+        if ver != "2.0" {
+            return Err(ParseError::Version);
+        }
+        let code = it.next().ok_or(ParseError::StartLine)?;
+        if code.len() != 3 {
+            return Err(ParseError::StartLine);
+        }
+        let code: u16 = code.parse().map_err(|_| ParseError::StartLine)?;
+        if !(100..700).contains(&code) {
+            return Err(ParseError::StartLine);
+        }
+        return Ok(StartLine::Response {
+            code,
+            reason: it.next().unwrap_or(""),
+        });
+    }
+    let mut it = line.split(' ');
+    let method = it.next().ok_or(ParseError::StartLine)?;
+    let uri = it.next().ok_or(ParseError::StartLine)?;
+    let ver = it.next().ok_or(ParseError::StartLine)?;
+    if it.next().is_some() || !is_token(method) || uri.is_empty() {
+        return Err(ParseError::StartLine);
+    }
+    if ver != "SIP/2.0" {
+        return Err(ParseError::Version);
+    }
+    Ok(StartLine::Request {
+        method: Method::parse(method),
+        method_text: method,
+        uri,
+    })
+}
+
+/// Parses a decimal u32 with no sign and no surrounding garbage.
+pub fn parse_u32(s: &str) -> Option<u32> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Splits a header value at commas that are not inside a quoted string or
+/// `<...>` (RFC 3261 s.7.3.1: several values may share one header line).
+pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = value;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let bytes = rest.as_bytes();
+        let mut i = 0;
+        let mut in_quotes = false;
+        let mut in_angle = false;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if in_quotes => i += 1,
+                b'"' => in_quotes = !in_quotes,
+                b'<' if !in_quotes => in_angle = true,
+                b'>' if !in_quotes => in_angle = false,
+                b',' if !in_quotes && !in_angle => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        let i = i.min(bytes.len());
+        let item = rest[..i].trim();
+        rest = if i < bytes.len() { &rest[i + 1..] } else { "" };
+        if !item.is_empty() {
+            return Some(item);
+        }
+    })
+}
+
+/// Iterates `;name[=value]` parameters. Quoted values keep their quotes.
+pub fn params(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    let mut rest = s;
+    std::iter::from_fn(move || loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        if rest.is_empty() {
+            return None;
+        }
+        let bytes = rest.as_bytes();
+        let mut i = 0;
+        let mut in_quotes = false;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' if in_quotes => i += 1,
+                b'"' => in_quotes = !in_quotes,
+                b';' if !in_quotes => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        let i = i.min(bytes.len());
+        let item = rest[..i].trim();
+        rest = &rest[i..];
+        if item.is_empty() {
+            continue;
+        }
+        return Some(match item.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (item, None),
+        });
+    })
+}
+
+/// Finds a parameter by case-insensitive name: `Some(None)` for a flag.
+pub fn param<'s>(s: &'s str, name: &str) -> Option<Option<&'s str>> {
+    params(s)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// A host: a name or IPv4 as written, or an IPv6 reference in brackets.
+fn parse_host(s: &str) -> Option<(&str, &str)> {
+    // Returns (host, rest after host).
+    if s.starts_with('[') {
+        let close = s.find(']')?;
+        let inner = &s[1..close];
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        return Some((&s[..=close], &s[close + 1..]));
+    }
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'))
+        .unwrap_or(s.len());
+    if end == 0 {
+        return None;
+    }
+    Some((&s[..end], &s[end..]))
+}
+
+fn parse_port(s: &str) -> Option<(Option<u16>, &str)> {
+    if let Some(r) = s.strip_prefix(':') {
+        let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+        if end == 0 || end > 5 {
+            return None;
+        }
+        let port: u16 = r[..end].parse().ok()?;
+        return Some((Some(port), &r[end..]));
+    }
+    Some((None, s))
+}
+
+/// A host name or IP address as an `IpAddr`, if it is one.
+pub fn host_ip(host: &str) -> Option<IpAddr> {
+    let h = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    h.parse().ok()
+}
+
+/// One Via element (RFC 3261 s.20.42).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via<'a> {
+    pub transport: &'a str,
+    pub host: &'a str,
+    pub port: Option<u16>,
+    /// The raw `;param...` part.
+    pub params: &'a str,
+    /// Everything up to the parameters, e.g. `SIP/2.0/UDP host:port`.
+    pub head: &'a str,
+}
+
+impl<'a> Via<'a> {
+    pub fn parse(s: &'a str) -> Result<Via<'a>, ParseError> {
+        const E: ParseError = ParseError::Header("Via");
+        let s = s.trim();
+        // sent-protocol = "SIP" SLASH "2.0" SLASH transport, LWS allowed
+        // around the slashes.
+        let mut parts = s.splitn(3, '/');
+        let name = parts.next().ok_or(E)?.trim();
+        let ver = parts.next().ok_or(E)?.trim();
+        let rest = parts.next().ok_or(E)?.trim_start();
+        if !name.eq_ignore_ascii_case("SIP") || ver != "2.0" {
+            return Err(E);
+        }
+        let tend = rest.find([' ', '\t']).ok_or(E)?;
+        let transport = &rest[..tend];
+        if !is_token(transport) {
+            return Err(E);
+        }
+        let after = rest[tend..].trim_start();
+        let (host, r) = parse_host(after).ok_or(E)?;
+        let r = r.trim_start();
+        let (port, r) = parse_port(r).ok_or(E)?;
+        let r = r.trim_start();
+        if !(r.is_empty() || r.starts_with(';')) {
+            return Err(E);
+        }
+        let head_len = s.len() - r.len();
+        Ok(Via {
+            transport,
+            host,
+            port,
+            params: r,
+            head: s[..head_len].trim_end(),
+        })
+    }
+
+    pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
+        param(self.params, name)
+    }
+
+    pub fn branch(&self) -> Option<&'a str> {
+        self.param("branch").flatten()
+    }
+
+    /// `sent-by` as written (lower-cased host, with port when given): part of
+    /// the transaction key (RFC 3261 s.17.2.3).
+    pub fn sent_by(&self) -> String {
+        let mut s = self.host.to_ascii_lowercase();
+        if let Some(p) = self.port {
+            s.push(':');
+            s.push_str(&p.to_string());
+        }
+        s
+    }
+}
+
+/// `name-addr` / `addr-spec` with header parameters, as in From, To and
+/// Contact (RFC 3261 s.20.10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    pub display: Option<&'a str>,
+    pub uri: &'a str,
+    /// The raw `;param...` part after the URI.
+    pub params: &'a str,
+}
+
+impl<'a> NameAddr<'a> {
+    pub fn parse(s: &'a str) -> Option<NameAddr<'a>> {
+        let s = s.trim();
+        if s.is_empty() {
+            return None;
+        }
+        let (display, rest) = if s.starts_with('"') {
+            let end = quoted_end(s)?;
+            (Some(&s[..end]), s[end..].trim_start())
+        } else if let Some(lt) = s.find('<') {
+            let d = s[..lt].trim();
+            (if d.is_empty() { None } else { Some(d) }, &s[lt..])
+        } else {
+            (None, s)
+        };
+        if let Some(r) = rest.strip_prefix('<') {
+            let gt = r.find('>')?;
+            let uri = r[..gt].trim();
+            let params = r[gt + 1..].trim();
+            if uri.is_empty() || !(params.is_empty() || params.starts_with(';')) {
+                return None;
+            }
+            return Some(NameAddr {
+                display,
+                uri,
+                params,
+            });
+        }
+        if display.is_some() {
+            return None;
+        }
+        // addr-spec without brackets: parameters after the first ';' belong
+        // to the header, not the URI (RFC 3261 s.20).
+        let (uri, params) = match rest.find(';') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if uri.is_empty() || uri.contains([' ', '\t', ',', '<', '>', '"']) {
+            return None;
+        }
+        Some(NameAddr {
+            display,
+            uri: uri.trim(),
+            params,
+        })
+    }
+
+    pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
+        param(self.params, name)
+    }
+
+    pub fn tag(&self) -> Option<&'a str> {
+        self.param("tag").flatten()
+    }
+}
+
+/// Index just past the closing quote of a quoted string starting at 0.
+fn quoted_end(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// A SIP/SIPS URI (RFC 3261 s.19.1), borrowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uri<'a> {
+    pub scheme: &'a str,
+    pub user: Option<&'a str>,
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub params: &'a str,
+}
+
+impl<'a> Uri<'a> {
+    /// Parses `sip:` and `sips:` URIs; other schemes are `None`.
+    pub fn parse(s: &'a str) -> Option<Uri<'a>> {
+        let s = s.trim();
+        let colon = s.find(':')?;
+        let scheme = &s[..colon];
+        if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+            return None;
+        }
+        let rest = &s[colon + 1..];
+        // userinfo ends at the last '@' before any ';' or '?' of the host part
+        // ('@' may not appear unescaped in a user part, but be lenient).
+        let (user, hostpart) = match rest.rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let user = userinfo.split(':').next().unwrap_or(userinfo);
+                if user.is_empty() || user.contains([' ', '\t', '<', '>', '"']) {
+                    return None;
+                }
+                (Some(user), &rest[at + 1..])
+            }
+            None => (None, rest),
+        };
+        let (host, r) = parse_host(hostpart)?;
+        let (port, r) = parse_port(r)?;
+        if !(r.is_empty() || r.starts_with(';') || r.starts_with('?')) {
+            return None;
+        }
+        if r.contains([' ', '\t', '<', '>']) {
+            return None;
+        }
+        Some(Uri {
+            scheme,
+            user,
+            host,
+            port,
+            params: r,
+        })
+    }
+}
+
+/// CSeq: sequence number and method (RFC 3261 s.20.16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CSeq<'a> {
+    pub seq: u32,
+    pub method: &'a str,
+}
+
+impl<'a> CSeq<'a> {
+    pub fn parse(s: &'a str) -> Result<CSeq<'a>, ParseError> {
+        const E: ParseError = ParseError::Header("CSeq");
+        let mut it = s.split_ascii_whitespace();
+        let seq = parse_u32(it.next().ok_or(E)?).ok_or(E)?;
+        // RFC 3261 s.8.1.1.5: less than 2**31.
+        if seq >= 1 << 31 {
+            return Err(E);
+        }
+        let method = it.next().ok_or(E)?;
+        if it.next().is_some() || !is_token(method) {
+            return Err(E);
+        }
+        Ok(CSeq { seq, method })
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REG: &str = "REGISTER sip:example.test SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@example.test>;tag=abc\r\n\
+To: <sip:alice@example.test>\r\n\
+Call-ID: 1-2@127.0.0.1\r\n\
+CSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@127.0.0.1:5090>\r\n\
+Expires: 3600\r\n\
+Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn parses_a_register() {
+        let m = Message::parse(REG.as_bytes()).unwrap();
+        assert_eq!(m.method(), Some(Method::Register));
+        let via = m.top_via().unwrap();
+        assert_eq!(via.transport, "UDP");
+        assert_eq!(via.host, "127.0.0.1");
+        assert_eq!(via.port, Some(5061));
+        assert_eq!(via.branch(), Some("z9hG4bK-1"));
+        assert_eq!(via.param("rport"), Some(None));
+        assert_eq!(m.call_id().unwrap(), "1-2@127.0.0.1");
+        assert_eq!(
+            m.cseq().unwrap(),
+            CSeq {
+                seq: 1,
+                method: "REGISTER"
+            }
+        );
+        assert_eq!(m.from().unwrap().tag(), Some("abc"));
+        assert_eq!(m.to().unwrap().tag(), None);
+        assert_eq!(m.max_forwards().unwrap(), Some(70));
+        assert!(m.body.is_empty());
+    }
+
+    #[test]
+    fn compact_headers() {
+        let raw =
+            "REGISTER sip:example.test SIP/2.0\r\nv: SIP/2.0/TCP h.example;branch=z9hG4bKx\r\n\
+f: Alice <sip:a@example.test>;tag=1\r\nt: sip:a@example.test\r\ni: cid\r\nCSeq: 2 REGISTER\r\n\
+m: <sip:a@10.0.0.1>;expires=60\r\nk: path\r\nc: text/plain\r\nl: 4\r\n\r\nbodyEXTRA";
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.top_via().unwrap().host, "h.example");
+        assert_eq!(m.from().unwrap().display, Some("Alice"));
+        assert_eq!(m.to().unwrap().uri, "sip:a@example.test");
+        assert_eq!(m.call_id().unwrap(), "cid");
+        assert_eq!(m.list(Name::Contact).count(), 1);
+        assert_eq!(m.header(Name::Supported), Some("path"));
+        assert_eq!(m.header(Name::ContentType), Some("text/plain"));
+        assert_eq!(m.body, b"body");
+    }
+
+    #[test]
+    fn several_contacts_in_one_line_and_ipv6() {
+        let raw = "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::1]:5061;branch=z9hG4bK1, SIP/2.0/UDP p.example\r\n\
+From: <sip:a@example.test>;tag=1\r\nTo: <sip:a@example.test>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:a@1.2.3.4:5060>;expires=60, \"Bob, \\\"Jr\\\"\" <sip:b@[2001:db8::1]:5070;transport=tcp>;q=0.5, sip:c@example.org;expires=10\r\n\
+Content-Length: 0\r\n\r\n";
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        let vias: Vec<_> = m.list(Name::Via).collect();
+        assert_eq!(vias.len(), 2);
+        let v = m.top_via().unwrap();
+        assert_eq!((v.host, v.port), ("[2001:db8::1]", Some(5061)));
+        assert_eq!(host_ip(v.host), Some("2001:db8::1".parse().unwrap()));
+        let c: Vec<_> = m
+            .list(Name::Contact)
+            .map(|c| NameAddr::parse(c).unwrap())
+            .collect();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].param("expires"), Some(Some("60")));
+        assert_eq!(c[1].display, Some("\"Bob, \\\"Jr\\\"\""));
+        let u = Uri::parse(c[1].uri).unwrap();
+        assert_eq!(
+            (u.user, u.host, u.port),
+            (Some("b"), "[2001:db8::1]", Some(5070))
+        );
+        assert_eq!(u.params, ";transport=tcp");
+        assert_eq!(c[2].uri, "sip:c@example.org");
+        assert_eq!(c[2].param("expires"), Some(Some("10")));
+    }
+
+    #[test]
+    fn folded_headers_are_unfolded() {
+        let raw = "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061\r\n ;branch=z9hG4bK-1\r\n\
+From: <sip:a@example.test>\r\n\t;tag=1\r\nTo: <sip:a@example.test>\r\nCall-ID: abc\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:a@1.2.3.4>,\r\n <sip:b@1.2.3.5>\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK-1"));
+        assert_eq!(m.from().unwrap().tag(), Some("1"));
+        assert_eq!(m.list(Name::Contact).count(), 2);
+    }
+
+    #[test]
+    fn errors_are_values() {
+        for raw in [
+            "",
+            "REGISTER sip:x SIP/2.0\r\n",
+            "REGISTER sip:x SIP/3.0\r\n\r\n",
+            "REGISTER  SIP/2.0\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\nNoColon\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\n folded-first\r\n\r\n",
+            "REGISTER sip:x SIP/2.0\r\nContent-Length: 10\r\n\r\nshort",
+            "REGISTER sip:x SIP/2.0\r\nContent-Length: -1\r\n\r\n",
+            "SIP/2.0 99 Too Small\r\n\r\n",
+        ] {
+            assert!(Message::parse(raw.as_bytes()).is_err(), "{raw:?}");
+        }
+        assert!(Message::parse(b"REGISTER sip:x SIP/2.0\r\nX: \xff\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn typed_header_errors() {
+        assert!(Via::parse("SIP/2.0/UDP").is_err());
+        assert!(Via::parse("SIP/2.0/UDP [::1").is_err());
+        assert!(Via::parse("SIP/2.0/UDP host:99999").is_err());
+        assert!(Via::parse("SIP / 2.0 / UDP host:5060 ;branch=z9hG4bK1").is_ok());
+        assert!(CSeq::parse("x REGISTER").is_err());
+        assert!(CSeq::parse("4294967296 REGISTER").is_err());
+        assert!(CSeq::parse("1 REGISTER extra").is_err());
+        assert!(NameAddr::parse("<sip:a@b").is_none());
+        assert!(NameAddr::parse("\"unterminated <sip:a@b>").is_none());
+        assert!(Uri::parse("http://x").is_none());
+        assert!(Uri::parse("sip:").is_none());
+        assert!(Uri::parse("sip:a@[::1]:5060;transport=tcp").is_some());
+        assert_eq!(
+            Uri::parse("SIP:Bob@Example.COM").unwrap().host,
+            "Example.COM"
+        );
+    }
+
+    #[test]
+    fn responses_parse() {
+        let raw = "SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 0\r\n\r\n";
+        let m = Message::parse(raw.as_bytes()).unwrap();
+        assert_eq!(
+            m.start,
+            StartLine::Response {
+                code: 401,
+                reason: "Unauthorized"
+            }
+        );
+    }
+
+    #[test]
+    fn params_respect_quotes() {
+        let p: Vec<_> = params(";a=1;b=\"x;y\";flag").collect();
+        assert_eq!(
+            p,
+            vec![("a", Some("1")), ("b", Some("\"x;y\"")), ("flag", None)]
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! Test support: a real `dialtone` node process on ephemeral loopback ports
+//! in a temporary data directory, and gRPC clients for it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use dialtone_api::pb::event_service_client::EventServiceClient;
+use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// Path of the program under test (the `dialtone` program, built by this
+/// package under another name).
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dialtone-under-test"))
+}
+
+/// A running node process.
+pub struct TestNode {
+    child: Child,
+    pub grpc_url: String,
+    pub data_dir: PathBuf,
+}
+
+impl TestNode {
+    /// Starts a node on `data_dir` with gRPC on an ephemeral port and waits
+    /// until it prints its ready line.
+    pub async fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("node.log"))?;
+        let mut child = Command::new(binary())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--metrics-addr", "off"])
+            .args(extra_args)
+            .env("DIALTONE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the node")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(rest) = line.strip_prefix("dialtone ready ") {
+                    return Ok::<_, anyhow::Error>(rest.to_owned());
+                }
+            }
+            bail!(
+                "node exited before it was ready (see {}/node.log)",
+                data_dir.display()
+            )
+        })
+        .await
+        .context("node not ready within 30 s")??;
+        // Keep draining stdout so the node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let grpc = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("grpc="))
+            .context("ready line without grpc=")?;
+        Ok(TestNode {
+            child,
+            grpc_url: format!("http://{grpc}"),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.grpc_url.clone())?
+            .connect()
+            .await?)
+    }
+
+    pub async fn provisioning(&self) -> anyhow::Result<ProvisioningServiceClient<Channel>> {
+        Ok(ProvisioningServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn events(&self) -> anyhow::Result<EventServiceClient<Channel>> {
+        Ok(EventServiceClient::new(self.channel().await?))
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("node already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .context("node did not stop within 20 s of SIGTERM")??;
+        anyhow::ensure!(exit.success(), "node exited with {exit}");
+        Ok(())
+    }
+
+    /// Runs the CLI against this node.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(binary())
+            .args(["--server", &self.grpc_url])
+            .args(args)
+            .output()
+            .await?)
+    }
+}
+
+/// Reads the whole log through `ReadAll`.
+pub async fn read_all(node: &TestNode) -> anyhow::Result<Vec<dialtone_api::pb::EventEnvelope>> {
+    let mut client = node.events().await?;
+    let mut from = 1;
+    let mut all = Vec::new();
+    loop {
+        let page = client
+            .read_all(dialtone_api::pb::ReadAllRequest {
+                from_position: from,
+                max_count: 5000,
+            })
+            .await?
+            .into_inner();
+        if page.events.is_empty() {
+            return Ok(all);
+        }
+        from = page.next_position;
+        all.extend(page.events);
+    }
+}
