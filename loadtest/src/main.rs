@@ -1,1 +1,216 @@
-fn main() {}
+//! `dialtone-load`: load tools for a running node.
+//!
+//! - `create-users`: N `CreateUser` calls over C concurrent gRPC clients;
+//!   prints the rate, latency percentiles and failures.
+//! - `provision-csv`: creates the users of a SIPp users CSV (the format of
+//!   `shared/bench/sipp/gen-users.sh`), idempotently: the provisioning hook
+//!   for the SIP benchmarks.
+
+mod seed;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
+use dialtone_api::pb::{CreateDomainRequest, CreateUserRequest};
+use tonic::transport::Channel;
+use tonic::Code;
+
+#[derive(Parser)]
+#[command(
+    name = "dialtone-load",
+    about = "Load tools for a running Dialtone node"
+)]
+struct Args {
+    /// gRPC address of the node.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create users as fast as possible and report the rate.
+    CreateUsers {
+        #[arg(long, default_value = "load.example.com")]
+        domain: String,
+        #[arg(long, default_value_t = 20_000)]
+        users: usize,
+        /// Concurrent clients (each with its own HTTP/2 connection).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Prefix of the generated user names (change it between runs).
+        #[arg(long, default_value = "u")]
+        prefix: String,
+    },
+    /// Write a large history straight into a data directory's event log
+    /// (the node must not be running): one domain, N users, each with
+    /// `events_per_user` events. For recovery and memory benchmarks.
+    SeedLog {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        #[arg(long, default_value = "seed.example.com")]
+        domain: String,
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Events in each user's stream (UserCreated + updates).
+        #[arg(long, default_value_t = 9)]
+        events_per_user: usize,
+    },
+    /// Create the users of a SIPp users CSV (`user;password;callee`).
+    ProvisionCsv {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        csv: std::path::PathBuf,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::CreateUsers {
+            domain,
+            users,
+            concurrency,
+            prefix,
+        } => {
+            let names: Vec<(String, String)> = (0..users)
+                .map(|i| (format!("{prefix}{i:07}"), format!("password-{i:07}")))
+                .collect();
+            run(&args.server, &domain, names, concurrency, true).await
+        }
+        Command::SeedLog {
+            data_dir,
+            domain,
+            users,
+            events_per_user,
+        } => seed::run(&data_dir, &domain, users, events_per_user).await,
+        Command::ProvisionCsv {
+            domain,
+            csv,
+            concurrency,
+        } => {
+            let text = std::fs::read_to_string(&csv)
+                .with_context(|| format!("cannot read {}", csv.display()))?;
+            let names: Vec<(String, String)> = text
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let mut fields = line.split(';');
+                    Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+                })
+                .filter(|(user, _)| !user.is_empty())
+                .collect();
+            run(&args.server, &domain, names, concurrency, false).await
+        }
+    }
+}
+
+async fn connect(server: &str) -> anyhow::Result<ProvisioningServiceClient<Channel>> {
+    let channel = Channel::from_shared(server.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    Ok(ProvisioningServiceClient::new(channel))
+}
+
+async fn run(
+    server: &str,
+    domain: &str,
+    users: Vec<(String, String)>,
+    concurrency: usize,
+    report: bool,
+) -> anyhow::Result<()> {
+    let mut client = connect(server).await?;
+    match client
+        .create_domain(CreateDomainRequest {
+            name: domain.to_owned(),
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code() == Code::AlreadyExists => {}
+        Err(e) => anyhow::bail!("cannot create domain {domain}: {e}"),
+    }
+    let total = users.len();
+    let concurrency = concurrency.max(1);
+    let chunks: Vec<Vec<(String, String)>> = {
+        let mut chunks = vec![Vec::new(); concurrency];
+        for (i, user) in users.into_iter().enumerate() {
+            chunks[i % concurrency].push(user);
+        }
+        chunks
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let mut client = connect(server).await?;
+        let domain = domain.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(chunk.len());
+            let (mut failed, mut existed) = (0usize, 0usize);
+            for (username, password) in chunk {
+                let t = Instant::now();
+                let result = client
+                    .create_user(CreateUserRequest {
+                        domain: domain.clone(),
+                        request_id: format!("load-{domain}-{username}"),
+                        username,
+                        password,
+                        ..Default::default()
+                    })
+                    .await;
+                latencies.push(t.elapsed());
+                match result {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Code::AlreadyExists => existed += 1,
+                    Err(e) => {
+                        failed += 1;
+                        if failed <= 3 {
+                            eprintln!("create failed: {e}");
+                        }
+                    }
+                }
+            }
+            (latencies, failed, existed)
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::with_capacity(total);
+    let (mut failed, mut existed) = (0, 0);
+    for task in tasks {
+        let (l, f, e) = task.await?;
+        latencies.extend(l);
+        failed += f;
+        existed += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    let rate = total as f64 / elapsed.as_secs_f64();
+    if report {
+        println!(
+            "create_users total={total} concurrency={concurrency} elapsed_s={:.2} rate_per_s={rate:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} already_existed={existed} failed={failed}",
+            elapsed.as_secs_f64(),
+            pct(0.50),
+            pct(0.99),
+            pct(1.0)
+        );
+    } else {
+        println!("provisioned {total} users in {domain} ({existed} existed already, {failed} failed) in {:.1} s", elapsed.as_secs_f64());
+    }
+    anyhow::ensure!(failed == 0, "{failed} creates failed");
+    Ok(())
+}

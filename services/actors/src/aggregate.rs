@@ -19,8 +19,8 @@ use crate::{now_us, Error, Result};
 pub trait Aggregate: Sized + Unpin + 'static {
     type Id: Copy + Eq + std::hash::Hash + Send + Sync + Unpin + std::fmt::Display + 'static;
     type State: Default + Clone + Serialize + DeserializeOwned + Send + Unpin + 'static;
-    type Command: Send + 'static;
-    type Event: Clone + Send + Into<model::Event> + 'static;
+    type Command: Clone + Send + Unpin + 'static;
+    type Event: Clone + Send + Unpin + Into<model::Event> + 'static;
 
     /// Bump when the serialised `State` changes shape: older snapshots are
     /// then ignored and the state is rebuilt from the log.
@@ -41,6 +41,18 @@ pub trait Aggregate: Sized + Unpin + 'static {
     fn envelope_ids(id: Self::Id, state: &Self::State) -> (Option<Uuid>, Option<Uuid>);
     /// Take a snapshot once this many events were folded since the last one.
     fn snapshot_interval(state: &Self::State) -> u64;
+
+    /// When something must happen to this aggregate without a caller (a
+    /// contact expires): the actor runs [`Aggregate::deadline_command`] at
+    /// that time, and stays in memory while a deadline is pending.
+    fn next_deadline(_state: &Self::State) -> Option<Timestamp> {
+        None
+    }
+
+    /// The command run when the deadline passes.
+    fn deadline_command() -> Option<Self::Command> {
+        None
+    }
 }
 
 /// The [`model::domain`] aggregate.
@@ -129,6 +141,9 @@ pub struct Meta {
     pub request_id: Option<String>,
     /// The stream version the client expects (`None`: no check).
     pub expected_version: Option<u64>,
+    /// What caused the command when it has no request id (a SIP Call-ID):
+    /// recorded on the events, not used for de-duplication.
+    pub correlation_id: Option<String>,
 }
 
 /// The state of an aggregate with its stream version and last change time.
@@ -143,31 +158,77 @@ pub struct View<S> {
     pub replayed: bool,
 }
 
-/// Run a command against the aggregate.
-pub struct Execute<A: Aggregate> {
+/// What a reply is computed from: the durable state right after the command.
+pub struct Reply<'a, S> {
+    pub state: &'a S,
+    pub version: Option<u64>,
+    pub updated_at: Timestamp,
+    /// True when the command was a retry of an earlier request id.
+    pub replayed: bool,
+}
+
+impl<S: Clone> Reply<'_, S> {
+    /// The whole state as a [`View`] (for small states).
+    pub fn view(&self) -> View<S> {
+        View {
+            state: self.state.clone(),
+            version: self.version,
+            updated_at: self.updated_at,
+            replayed: self.replayed,
+        }
+    }
+}
+
+/// Computes a caller's result from a reply (so that callers take only what
+/// they need instead of cloning a large state).
+pub type Projection<S, R> = Box<dyn for<'a> FnOnce(Reply<'a, S>) -> R + Send>;
+
+/// Run a command against the aggregate. The reply comes once its events are
+/// durable.
+pub struct Execute<A: Aggregate, R> {
     pub command: A::Command,
     pub meta: Meta,
+    pub project: Projection<A::State, R>,
 }
 
-impl<A: Aggregate> Message for Execute<A> {
-    type Result = Result<View<A::State>>;
+impl<A: Aggregate, R: Send + 'static> Message for Execute<A, R> {
+    type Result = Result<R>;
 }
 
-/// Run a read-only function over the current state (so that callers take
-/// only what they need instead of cloning a large state).
+/// Run a read-only function over the durable state.
 pub struct Query<A: Aggregate, R> {
-    #[allow(clippy::type_complexity)]
-    pub f: Box<dyn FnOnce(&A::State, Option<u64>, Timestamp) -> R + Send>,
-}
-
-impl<A: Aggregate, R> Query<A, R> {
-    pub fn new(f: impl FnOnce(&A::State, Option<u64>, Timestamp) -> R + Send + 'static) -> Self {
-        Query { f: Box::new(f) }
-    }
+    pub project: Projection<A::State, R>,
 }
 
 impl<A: Aggregate, R: Send + 'static> Message for Query<A, R> {
     type Result = Result<R>;
+}
+
+/// Delivers the outcome of one queued command or deferred query.
+type Finish<S> = Box<dyn for<'a> FnOnce(Result<Reply<'a, S>>) + Send>;
+
+fn finisher<S: 'static, R: Send + 'static>(
+    project: Projection<S, R>,
+    reply: tokio::sync::oneshot::Sender<Result<R>>,
+) -> Finish<S> {
+    Box::new(move |outcome: Result<Reply<'_, S>>| {
+        let _ = reply.send(outcome.map(project));
+    })
+}
+
+async fn await_reply<R>(rx: tokio::sync::oneshot::Receiver<Result<R>>) -> Result<R> {
+    rx.await.unwrap_or_else(|_| {
+        Err(Error::Unavailable(
+            "the actor stopped before replying".into(),
+        ))
+    })
+}
+
+/// A command waiting for the next batch.
+struct Pending<A: Aggregate> {
+    command: A::Command,
+    meta: Meta,
+    finish: Finish<A::State>,
 }
 
 /// How many client request ids an aggregate remembers for de-duplication.
@@ -223,6 +284,14 @@ struct Loaded<S> {
 const LOAD_PAGE: usize = 1000;
 
 /// One live aggregate instance.
+///
+/// Commands are handled in batches: while one append is in flight, new
+/// commands queue up; when it completes, all queued commands are decided one
+/// after the other (each sees the effects of the ones before) and their
+/// events go to the log in one append. This keeps one writer per stream and
+/// yet lets a busy aggregate (a domain receiving many user creations) do many
+/// commands per fsync. Queries are answered from durable state only: while an
+/// append is in flight they wait for it.
 pub struct AggregateActor<A: Aggregate> {
     id: A::Id,
     stream: String,
@@ -233,6 +302,11 @@ pub struct AggregateActor<A: Aggregate> {
     /// gets the error and the actor stops).
     loaded: Option<std::result::Result<Loaded<A::State>, String>>,
     last_active: Instant,
+    queue: Vec<Pending<A>>,
+    deferred: Vec<Finish<A::State>>,
+    in_flight: bool,
+    /// The timer of the next deadline and the time it fires for.
+    deadline: Option<(Timestamp, SpawnHandle)>,
 }
 
 impl<A: Aggregate> AggregateActor<A> {
@@ -250,29 +324,20 @@ impl<A: Aggregate> AggregateActor<A> {
             idle_timeout,
             loaded: None,
             last_active: Instant::now(),
+            queue: Vec::new(),
+            deferred: Vec::new(),
+            in_flight: false,
+            deadline: None,
         }
     }
 
-    fn loaded(&mut self) -> Result<&mut Loaded<A::State>> {
-        match &mut self.loaded {
-            Some(Ok(loaded)) => Ok(loaded),
-            Some(Err(reason)) => Err(Error::Corrupt {
+    fn unavailable(&self) -> Error {
+        match &self.loaded {
+            Some(Err(reason)) => Error::Corrupt {
                 stream: self.stream.clone(),
                 reason: reason.clone(),
-            }),
-            None => Err(Error::Unavailable(format!(
-                "{} is still loading",
-                self.stream
-            ))),
-        }
-    }
-
-    fn view(loaded: &Loaded<A::State>, replayed: bool) -> View<A::State> {
-        View {
-            state: loaded.state.clone(),
-            version: loaded.version,
-            updated_at: loaded.updated_at,
-            replayed,
+            },
+            _ => Error::Unavailable(format!("{} is not loaded", self.stream)),
         }
     }
 }
@@ -356,7 +421,10 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         ctx.set_mailbox_capacity(1024);
         let fut = load::<A>(self.store.clone(), self.stream.clone());
         ctx.wait(fut.into_actor(self).map(|result, act, ctx| match result {
-            Ok(loaded) => act.loaded = Some(Ok(loaded)),
+            Ok(loaded) => {
+                act.loaded = Some(Ok(loaded));
+                act.schedule_deadline(ctx);
+            }
             Err(e) => {
                 tracing::error!(stream = %act.stream, error = %e, "cannot load aggregate");
                 act.loaded = Some(Err(e.to_string()));
@@ -365,7 +433,11 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         }));
         let check = (self.idle_timeout / 4).max(Duration::from_millis(50));
         ctx.run_interval(check, |act, ctx| {
-            if act.last_active.elapsed() >= act.idle_timeout {
+            let busy = act.in_flight
+                || !act.queue.is_empty()
+                || !act.deferred.is_empty()
+                || act.deadline.is_some();
+            if !busy && act.last_active.elapsed() >= act.idle_timeout {
                 ctx.stop();
             }
         });
@@ -425,159 +497,331 @@ fn save_snapshot_later<A: Aggregate>(store: &SharedStore, stream: &str, loaded: 
 }
 
 impl<A: Aggregate, R: Send + 'static> Handler<Query<A, R>> for AggregateActor<A> {
-    type Result = Result<R>;
+    type Result = ResponseFuture<Result<R>>;
 
     fn handle(&mut self, msg: Query<A, R>, _ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
-        let loaded = self.loaded()?;
-        Ok((msg.f)(&loaded.state, loaded.version, loaded.updated_at))
-    }
-}
-
-impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
-    type Result = AtomicResponse<Self, Result<View<A::State>>>;
-
-    fn handle(&mut self, msg: Execute<A>, _ctx: &mut Self::Context) -> Self::Result {
-        self.last_active = Instant::now();
-        let prepared = self.prepare(msg);
-        let (events, appended) = match prepared {
-            Prepared::Done(result) => return AtomicResponse::new(Box::pin(fut::ready(result))),
-            Prepared::Append {
-                events,
-                new_events,
-                expected,
-            } => {
-                let store = self.store.clone();
-                let stream = self.stream.clone();
-                (events, async move {
-                    store.append(&stream, expected, new_events).await
-                })
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let finish = finisher(msg.project, tx);
+        if self.in_flight {
+            self.deferred.push(finish);
+        } else {
+            match &self.loaded {
+                Some(Ok(loaded)) => finish(Ok(reply_of(loaded, false))),
+                _ => finish(Err(self.unavailable())),
             }
-        };
-        AtomicResponse::new(Box::pin(appended.into_actor(self).map(
-            move |result, act, ctx| {
-                let outcome = match result {
-                    Ok(outcome) => outcome,
-                    Err(e) => {
-                        if matches!(e, dialtone_eventlog::Error::WrongExpectedVersion { .. }) {
-                            // Someone else wrote this stream (another node):
-                            // our state is stale. Stop; the next caller reloads.
-                            ctx.stop();
-                        }
-                        return Err(e.into());
-                    }
-                };
-                let (store, stream) = (act.store.clone(), act.stream.clone());
-                let loaded = act.loaded()?;
-                let mut state = std::mem::take(&mut loaded.state);
-                for event in &events.events {
-                    state = A::evolve(state, event);
-                }
-                loaded.state = state;
-                loaded.version = Some(outcome.last_version);
-                loaded.updated_at = events.occurred_at;
-                loaded.folded_since_snapshot += events.events.len() as u64;
-                if let Some(id) = &events.request_id {
-                    loaded.requests.remember(id);
-                }
-                let view = Self::view(loaded, false);
-                if loaded.folded_since_snapshot >= A::snapshot_interval(&loaded.state) {
-                    save_snapshot_later::<A>(&store, &stream, loaded);
-                    loaded.folded_since_snapshot = 0;
-                }
-                Ok(view)
-            },
-        )))
+        }
+        Box::pin(await_reply(rx))
     }
 }
 
-/// Events decided for one command, waiting for their append.
-struct Decided<E> {
-    events: Vec<E>,
-    occurred_at: Timestamp,
-    request_id: Option<String>,
+impl<A: Aggregate, R: Send + 'static> Handler<Execute<A, R>> for AggregateActor<A> {
+    type Result = ResponseFuture<Result<R>>;
+
+    fn handle(&mut self, msg: Execute<A, R>, ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue.push(Pending {
+            command: msg.command,
+            meta: msg.meta,
+            finish: finisher(msg.project, tx),
+        });
+        self.flush(ctx);
+        Box::pin(await_reply(rx))
+    }
 }
 
-enum Prepared<A: Aggregate> {
-    Done(Result<View<A::State>>),
-    Append {
-        events: Decided<A::Event>,
-        new_events: Vec<NewEvent>,
-        expected: ExpectedVersion,
-    },
+fn reply_of<S>(loaded: &Loaded<S>, replayed: bool) -> Reply<'_, S> {
+    Reply {
+        state: &loaded.state,
+        version: loaded.version,
+        updated_at: loaded.updated_at,
+        replayed,
+    }
+}
+
+/// An event decided in a batch, with what its envelope needs.
+struct DecidedEvent<E> {
+    event: E,
+    request_id: Option<String>,
+    correlation_id: Option<String>,
+    index: usize,
 }
 
 impl<A: Aggregate> AggregateActor<A> {
-    /// Everything before the append: checks, decide, encoding.
-    fn prepare(&mut self, msg: Execute<A>) -> Prepared<A> {
-        let id = self.id;
-        let stream = self.stream.clone();
-        let loaded = match self.loaded() {
-            Ok(loaded) => loaded,
-            Err(e) => return Prepared::Done(Err(e)),
-        };
-        if let Some(request_id) = &msg.meta.request_id {
-            if loaded.requests.contains(request_id) {
-                return Prepared::Done(Ok(Self::view(loaded, true)));
-            }
+    /// Decides every queued command and appends their events in one go.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.queue.is_empty() {
+            return;
         }
-        if let Some(expected) = msg.meta.expected_version {
-            if loaded.version != Some(expected) {
-                return Prepared::Done(Err(Error::WrongVersion {
-                    expected,
-                    current: loaded.version,
-                }));
-            }
-        }
-        let now = now_us();
-        let events = match A::decide(&loaded.state, &msg.command, now) {
-            Ok(events) => events,
-            Err(e) => return Prepared::Done(Err(Error::Domain(e))),
-        };
-        if events.is_empty() {
-            return Prepared::Done(Ok(Self::view(loaded, false)));
-        }
-        // The envelope ids come from the state after the events (a create
-        // sets the domain id).
-        let after = events.iter().fold(loaded.state.clone(), A::evolve);
-        let (domain_id, user_id) = A::envelope_ids(id, &after);
-        let mut new_events = Vec::with_capacity(events.len());
-        for (index, event) in events.iter().enumerate() {
-            let event: model::Event = event.clone().into();
-            let data = match event.to_data() {
-                Ok(data) => data,
-                Err(e) => {
-                    return Prepared::Done(Err(Error::Corrupt {
-                        stream,
-                        reason: format!("cannot encode {}: {e}", event.event_type()),
-                    }))
+        let batch = std::mem::take(&mut self.queue);
+        let loaded = match &mut self.loaded {
+            Some(Ok(loaded)) => loaded,
+            _ => {
+                for pending in batch {
+                    (pending.finish)(Err(self.unavailable()));
                 }
+                return;
+            }
+        };
+        let now = now_us();
+        let base_version = loaded.version;
+        let mut decided: Vec<DecidedEvent<A::Event>> = Vec::new();
+        let mut waiting: Vec<(Finish<A::State>, bool)> = Vec::new();
+        let mut batch_requests: Vec<String> = Vec::new();
+        for pending in batch {
+            let Pending {
+                command,
+                meta,
+                finish,
+            } = pending;
+            if let Some(request_id) = &meta.request_id {
+                if loaded.requests.contains(request_id) || batch_requests.contains(request_id) {
+                    waiting.push((finish, true));
+                    continue;
+                }
+            }
+            let tentative = match (base_version, decided.len() as u64) {
+                (version, 0) => version,
+                (Some(v), n) => Some(v + n),
+                (None, n) => Some(n - 1),
             };
-            new_events.push(NewEvent {
-                event_id: event_id(&stream, msg.meta.request_id.as_deref(), index),
+            if let Some(expected) = meta.expected_version {
+                if tentative != Some(expected) {
+                    finish(Err(Error::WrongVersion {
+                        expected,
+                        current: tentative,
+                    }));
+                    continue;
+                }
+            }
+            match A::decide(&loaded.state, &command, now) {
+                Err(e) => finish(Err(Error::Domain(e))),
+                Ok(events) => {
+                    for (index, event) in events.into_iter().enumerate() {
+                        let state = std::mem::take(&mut loaded.state);
+                        loaded.state = A::evolve(state, &event);
+                        decided.push(DecidedEvent {
+                            event,
+                            request_id: meta.request_id.clone(),
+                            correlation_id: meta
+                                .request_id
+                                .clone()
+                                .or_else(|| meta.correlation_id.clone()),
+                            index,
+                        });
+                    }
+                    if let Some(request_id) = meta.request_id {
+                        batch_requests.push(request_id);
+                    }
+                    waiting.push((finish, false));
+                }
+            }
+        }
+        if decided.is_empty() {
+            for (finish, replayed) in waiting {
+                finish(Ok(reply_of(loaded, replayed)));
+            }
+            return;
+        }
+        let new_events = match encode::<A>(self.id, &self.stream, &loaded.state, &decided, now) {
+            Ok(events) => events,
+            Err(e) => {
+                // Nothing was written, but the state was evolved: reload.
+                let reason = e.to_string();
+                for (finish, _) in waiting {
+                    finish(Err(Error::Corrupt {
+                        stream: self.stream.clone(),
+                        reason: reason.clone(),
+                    }));
+                }
+                self.loaded = None;
+                ctx.stop();
+                return;
+            }
+        };
+        let expected = match base_version {
+            Some(v) => ExpectedVersion::Exact(v),
+            None => ExpectedVersion::NoStream,
+        };
+        self.in_flight = true;
+        let store = self.store.clone();
+        let stream = self.stream.clone();
+        let count = decided.len() as u64;
+        let append = async move { store.append(&stream, expected, new_events).await };
+        ctx.spawn(append.into_actor(self).map(move |result, act, ctx| {
+            act.in_flight = false;
+            act.last_active = Instant::now();
+            match result {
+                Ok(outcome) if outcome.deduplicated => {
+                    // Every event id was stored before: a request older than
+                    // the remembered ids was retried. The log is right and
+                    // our tentative state is not: reload.
+                    let error = dialtone_eventlog::Error::Invalid(
+                        "this request was already processed; retry to read its result".into(),
+                    );
+                    act.failed(error, waiting, ctx);
+                }
+                Ok(outcome) => {
+                    act.committed(outcome.last_version, now, count, batch_requests, waiting);
+                    act.schedule_deadline(ctx);
+                }
+                Err(e) => act.failed(e, waiting, ctx),
+            }
+            act.flush(ctx);
+        }));
+    }
+
+    fn committed(
+        &mut self,
+        last_version: u64,
+        now: Timestamp,
+        count: u64,
+        requests: Vec<String>,
+        waiting: Vec<(Finish<A::State>, bool)>,
+    ) {
+        let (store, stream) = (self.store.clone(), self.stream.clone());
+        let Some(Ok(loaded)) = &mut self.loaded else {
+            return;
+        };
+        loaded.version = Some(last_version);
+        loaded.updated_at = now;
+        loaded.folded_since_snapshot += count;
+        for request_id in &requests {
+            loaded.requests.remember(request_id);
+        }
+        for (finish, replayed) in waiting {
+            finish(Ok(reply_of(loaded, replayed)));
+        }
+        for finish in std::mem::take(&mut self.deferred) {
+            finish(Ok(reply_of(loaded, false)));
+        }
+        if loaded.folded_since_snapshot >= A::snapshot_interval(&loaded.state) {
+            save_snapshot_later::<A>(&store, &stream, loaded);
+            loaded.folded_since_snapshot = 0;
+        }
+    }
+
+    /// The append failed: nothing of the batch is acknowledged. The state
+    /// was evolved ahead of the log, so the actor stops and the next caller
+    /// gets a fresh one rebuilt from the log.
+    fn failed(
+        &mut self,
+        error: dialtone_eventlog::Error,
+        waiting: Vec<(Finish<A::State>, bool)>,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::warn!(stream = %self.stream, %error, "append failed; reloading the aggregate");
+        for (finish, _) in waiting {
+            finish(Err(Error::Store(copy_store_error(&error))));
+        }
+        for finish in std::mem::take(&mut self.deferred) {
+            finish(Err(Error::Unavailable(format!(
+                "{} is reloading after a failed append",
+                self.stream
+            ))));
+        }
+        for pending in std::mem::take(&mut self.queue) {
+            (pending.finish)(Err(Error::Store(copy_store_error(&error))));
+        }
+        self.loaded = None;
+        ctx.stop();
+    }
+}
+
+impl<A: Aggregate> AggregateActor<A> {
+    /// (Re)arms the timer for the state's next deadline.
+    fn schedule_deadline(&mut self, ctx: &mut Context<Self>) {
+        let next = match &self.loaded {
+            Some(Ok(loaded)) => A::next_deadline(&loaded.state),
+            _ => None,
+        };
+        match (next, &self.deadline) {
+            (Some(at), Some((armed, _))) if *armed == at => return,
+            _ => {}
+        }
+        if let Some((_, handle)) = self.deadline.take() {
+            ctx.cancel_future(handle);
+        }
+        let Some(at) = next else { return };
+        let delay_us = u64::try_from(at.saturating_sub(now_us())).unwrap_or(0);
+        // A little after the deadline, so that `now >= deadline` holds.
+        let delay = Duration::from_micros(delay_us) + Duration::from_millis(1);
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.deadline = None;
+            let Some(command) = A::deadline_command() else {
+                return;
+            };
+            act.queue.push(Pending {
+                command,
+                meta: Meta::default(),
+                finish: Box::new(|outcome| {
+                    if let Err(e) = outcome {
+                        tracing::warn!(error = %e, "deadline command failed");
+                    }
+                }),
+            });
+            act.flush(ctx);
+            // Nothing to decide (or the command failed): look again later.
+            if act.deadline.is_none() && !act.in_flight {
+                act.schedule_deadline(ctx);
+            }
+        });
+        self.deadline = Some((at, handle));
+    }
+}
+
+/// The error for each waiting caller (the store's error is not `Clone`).
+fn copy_store_error(error: &dialtone_eventlog::Error) -> dialtone_eventlog::Error {
+    use dialtone_eventlog::Error as E;
+    match error {
+        E::WrongExpectedVersion {
+            stream,
+            expected,
+            actual,
+        } => E::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected: *expected,
+            actual: *actual,
+        },
+        E::IdempotencyConflict { stream } => E::IdempotencyConflict {
+            stream: stream.clone(),
+        },
+        E::Invalid(m) => E::Invalid(m.clone()),
+        E::Storage(m) => E::Storage(m.clone()),
+        E::Closed => E::Closed,
+    }
+}
+
+/// The stored form of a batch's events.
+fn encode<A: Aggregate>(
+    id: A::Id,
+    stream: &str,
+    state_after: &A::State,
+    decided: &[DecidedEvent<A::Event>],
+    now: Timestamp,
+) -> Result<Vec<NewEvent>> {
+    let (domain_id, user_id) = A::envelope_ids(id, state_after);
+    decided
+        .iter()
+        .map(|d| {
+            let event: model::Event = d.event.clone().into();
+            let data = event.to_data().map_err(|e| Error::Corrupt {
+                stream: stream.to_owned(),
+                reason: format!("cannot encode {}: {e}", event.event_type()),
+            })?;
+            Ok(NewEvent {
+                event_id: event_id(stream, d.request_id.as_deref(), d.index),
                 event_type: event.event_type().to_owned(),
                 schema_version: event.schema_version(),
                 occurred_at_us: now,
                 domain_id,
                 user_id,
-                correlation_id: msg.meta.request_id.clone(),
+                correlation_id: d.correlation_id.clone(),
                 data,
-            });
-        }
-        let expected = match loaded.version {
-            Some(v) => ExpectedVersion::Exact(v),
-            None => ExpectedVersion::NoStream,
-        };
-        Prepared::Append {
-            events: Decided {
-                events,
-                occurred_at: now,
-                request_id: msg.meta.request_id,
-            },
-            new_events,
-            expected,
-        }
-    }
+            })
+        })
+        .collect()
 }
 
 /// Event ids are derived from the request id when there is one, so that a

@@ -11,9 +11,10 @@ use dialtone_domain::{DomainId, UserId};
 use dialtone_eventlog::SharedStore;
 
 use crate::aggregate::{
-    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Query, UserAggregate, View,
+    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Query, Reply, UserAggregate, View,
 };
 use crate::{Error, Result};
+use dialtone_domain as model;
 
 /// Live actors of one kind, by id.
 pub(crate) struct Registry<A: Aggregate> {
@@ -124,22 +125,24 @@ impl Directory {
         addr
     }
 
-    async fn execute<A: Aggregate>(
+    async fn execute<A: Aggregate, R: Send + 'static>(
         &self,
         registry: &Arc<Registry<A>>,
         id: A::Id,
         command: A::Command,
         meta: Meta,
-    ) -> Result<View<A::State>>
+        project: impl for<'a> Fn(Reply<'a, A::State>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R>
     where
         A::Command: Clone,
     {
         let mut attempt = 0;
         loop {
             let addr = self.activate(registry, id);
-            let msg = Execute {
+            let msg = Execute::<A, R> {
                 command: command.clone(),
                 meta: meta.clone(),
+                project: Box::new(project.clone()),
             };
             match addr.send(msg).await {
                 Ok(result) => return result,
@@ -158,12 +161,15 @@ impl Directory {
         &self,
         registry: &Arc<Registry<A>>,
         id: A::Id,
-        f: impl Fn(&A::State, Option<u64>, i64) -> R + Send + Sync + Clone + 'static,
+        project: impl for<'a> Fn(Reply<'a, A::State>) -> R + Send + Sync + Clone + 'static,
     ) -> Result<R> {
         let mut attempt = 0;
         loop {
             let addr = self.activate(registry, id);
-            match addr.send(Query::<A, R>::new(f.clone())).await {
+            let msg = Query::<A, R> {
+                project: Box::new(project.clone()),
+            };
+            match addr.send(msg).await {
                 Ok(result) => return result,
                 Err(e) => {
                     registry.forget(id, &addr);
@@ -176,52 +182,48 @@ impl Directory {
         }
     }
 
-    pub async fn execute_domain(
+    /// Runs a command on a domain; `project` computes the result from the
+    /// durable state right after it.
+    pub async fn execute_domain<R: Send + 'static>(
         &self,
         id: DomainId,
-        command: dialtone_domain::domain::Command,
+        command: model::domain::Command,
         meta: Meta,
-    ) -> Result<View<dialtone_domain::domain::Domain>> {
-        self.execute(&self.inner.domains, id, command, meta).await
+        project: impl for<'a> Fn(Reply<'a, model::domain::Domain>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.execute(&self.inner.domains, id, command, meta, project)
+            .await
     }
 
     pub async fn query_domain<R: Send + 'static>(
         &self,
         id: DomainId,
-        f: impl Fn(&dialtone_domain::domain::Domain, Option<u64>, i64) -> R
-            + Send
-            + Sync
-            + Clone
-            + 'static,
+        project: impl for<'a> Fn(Reply<'a, model::domain::Domain>) -> R + Send + Sync + Clone + 'static,
     ) -> Result<R> {
-        self.query(&self.inner.domains, id, f).await
+        self.query(&self.inner.domains, id, project).await
     }
 
+    /// Runs a command on a user and returns its whole (small) state.
     pub async fn execute_user(
         &self,
         id: UserId,
-        command: dialtone_domain::user::Command,
+        command: model::user::Command,
         meta: Meta,
-    ) -> Result<View<dialtone_domain::user::User>> {
-        self.execute(&self.inner.users, id, command, meta).await
+    ) -> Result<View<model::user::User>> {
+        self.execute(&self.inner.users, id, command, meta, |reply| reply.view())
+            .await
     }
 
     pub async fn query_user<R: Send + 'static>(
         &self,
         id: UserId,
-        f: impl Fn(&dialtone_domain::user::User, Option<u64>, i64) -> R + Send + Sync + Clone + 'static,
+        project: impl for<'a> Fn(Reply<'a, model::user::User>) -> R + Send + Sync + Clone + 'static,
     ) -> Result<R> {
-        self.query(&self.inner.users, id, f).await
+        self.query(&self.inner.users, id, project).await
     }
 
-    /// The whole state of a user (small, so a clone is fine).
-    pub async fn user_view(&self, id: UserId) -> Result<View<dialtone_domain::user::User>> {
-        self.query_user(id, |state, version, updated_at| View {
-            state: state.clone(),
-            version,
-            updated_at,
-            replayed: false,
-        })
-        .await
+    /// The whole state of a user.
+    pub async fn user_view(&self, id: UserId) -> Result<View<model::user::User>> {
+        self.query_user(id, |reply| reply.view()).await
     }
 }

@@ -24,16 +24,19 @@
 mod aggregate;
 mod directory;
 mod provisioning;
+mod registrations;
 mod system;
 
 pub use aggregate::{
-    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Query, UserAggregate, View,
+    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Projection, Query, Reply,
+    UserAggregate, View,
 };
 pub use directory::{Directory, DirectoryConfig};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewUserRequest, Provisioning, ProvisioningConfig,
     UserRef,
 };
+pub use registrations::RegistrationIndex;
 pub use system::ActorSystem;
 
 /// Errors of the actor layer. Domain refusals stay apart from

@@ -99,10 +99,6 @@ impl DomainInfo {
             updated_at,
         }
     }
-
-    fn from_view(id: DomainId, view: &View<domain::Domain>) -> Self {
-        Self::of(id, &view.state, view.version, view.updated_at)
-    }
 }
 
 pub struct NewDomain {
@@ -149,26 +145,23 @@ impl Provisioning {
 
     async fn domain_info(&self, id: DomainId) -> Result<DomainInfo> {
         self.directory
-            .query_domain(id, move |state, version, updated_at| {
-                DomainInfo::of(id, state, version, updated_at)
+            .query_domain(id, move |r| {
+                DomainInfo::of(id, r.state, r.version, r.updated_at)
             })
             .await
     }
 
     pub async fn create_domain(&self, new: NewDomain, meta: Meta) -> Result<DomainInfo> {
         let id = DomainId::for_name(&new.name);
-        let view = self
-            .directory
-            .execute_domain(
-                id,
-                domain::Command::Create {
-                    name: new.name,
-                    settings: new.settings,
-                },
-                meta,
-            )
-            .await?;
-        Ok(DomainInfo::from_view(id, &view))
+        let command = domain::Command::Create {
+            name: new.name,
+            settings: new.settings,
+        };
+        self.directory
+            .execute_domain(id, command, meta, move |r| {
+                DomainInfo::of(id, r.state, r.version, r.updated_at)
+            })
+            .await
     }
 
     /// A domain that exists (active or suspended); deleted ones are not found.
@@ -264,12 +257,12 @@ impl Provisioning {
         meta: Meta,
     ) -> Result<DomainInfo> {
         let id = domain.id();
-        let view = self
-            .directory
-            .execute_domain(id, command, meta)
+        self.directory
+            .execute_domain(id, command, meta, move |r| {
+                DomainInfo::of(id, r.state, r.version, r.updated_at)
+            })
             .await
-            .map_err(|e| name_domain(e, domain))?;
-        Ok(DomainInfo::from_view(id, &view))
+            .map_err(|e| name_domain(e, domain))
     }
 
     /// Creates a user in two steps that are each durable:
@@ -286,10 +279,10 @@ impl Provisioning {
         let lookup_name = username.clone();
         let info = self
             .directory
-            .query_domain(domain_id, move |state, version, updated_at| {
+            .query_domain(domain_id, move |r| {
                 (
-                    DomainInfo::of(domain_id, state, version, updated_at),
-                    state.users.get(&lookup_name).copied(),
+                    DomainInfo::of(domain_id, r.state, r.version, r.updated_at),
+                    r.state.users.get(&lookup_name).copied(),
                 )
             })
             .await?;
@@ -350,11 +343,11 @@ impl Provisioning {
         };
         let claim_meta = Meta {
             request_id: meta.request_id.clone(),
-            expected_version: None,
+            ..Meta::default()
         };
         if let Err(e) = self
             .directory
-            .execute_domain(domain_id, claim, claim_meta)
+            .execute_domain(domain_id, claim, claim_meta, |_| ())
             .await
         {
             // Undo step 1 so the orphan is visibly dead in its own stream too.
@@ -382,9 +375,9 @@ impl Provisioning {
                 let name = address.username.clone();
                 let found = self
                     .directory
-                    .query_domain(domain_id, move |state, _, _| {
-                        if state.exists() {
-                            state.users.get(&name).copied()
+                    .query_domain(domain_id, move |r| {
+                        if r.state.exists() {
+                            r.state.users.get(&name).copied()
                         } else {
                             None
                         }
@@ -411,9 +404,7 @@ impl Provisioning {
             };
             let holder = self
                 .directory
-                .query_domain(domain_id, move |state, _, _| {
-                    state.users.get(&name).copied()
-                })
+                .query_domain(domain_id, move |r| r.state.users.get(&name).copied())
                 .await?;
             if holder != Some(id) {
                 return Err(not_found_user(user));
@@ -439,7 +430,8 @@ impl Provisioning {
         };
         let (exists, ids) = self
             .directory
-            .query_domain(domain_id, move |state, _, _| {
+            .query_domain(domain_id, move |r| {
+                let state = r.state;
                 let range: Vec<(UserName, UserId)> = match &after_name {
                     Some(after) => state
                         .users
@@ -513,7 +505,7 @@ impl Provisioning {
         ) {
             let release = domain::Command::ReleaseUserName { username, user_id };
             self.directory
-                .execute_domain(domain_id, release, meta)
+                .execute_domain(domain_id, release, meta, |_| ())
                 .await?;
         }
         Ok(view)

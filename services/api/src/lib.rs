@@ -15,7 +15,7 @@
 
 use std::future::Future;
 
-use dialtone_actors::Provisioning;
+use dialtone_actors::{Provisioning, RegistrationIndex};
 use dialtone_eventlog::SharedStore;
 use tokio::net::TcpListener;
 
@@ -26,6 +26,7 @@ pub mod convert;
 pub mod events;
 pub mod provisioning;
 pub mod status;
+pub mod status_api;
 
 /// Generated protobuf types, servers and clients of `dialtone.v1`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -54,6 +55,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct ApiContext {
     pub provisioning: Provisioning,
     pub store: SharedStore,
+    pub registrations: RegistrationIndex,
 }
 
 /// Serves every Dialtone service plus `grpc.health.v1` and reflection on
@@ -70,6 +72,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<pb::event_service_server::EventServiceServer<events::EventApi>>()
         .await;
+    health_reporter
+        .set_serving::<pb::status_service_server::StatusServiceServer<status_api::StatusApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -85,6 +90,9 @@ pub async fn serve(
         )
         .add_service(pb::event_service_server::EventServiceServer::new(
             events::EventApi::new(context.store.clone()),
+        ))
+        .add_service(pb::status_service_server::StatusServiceServer::new(
+            status_api::StatusApi::new(context.provisioning.clone(), context.registrations.clone()),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

@@ -42,6 +42,7 @@ fn meta(request_id: &str, expected_version: Option<u64>) -> Result<Meta, Status>
     Ok(Meta {
         request_id: (!request_id.is_empty()).then(|| request_id.to_owned()),
         expected_version,
+        correlation_id: None,
     })
 }
 

@@ -88,6 +88,24 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("UserEnabled", EventCategory::Provisioning),
     ("UserDisabled", EventCategory::Provisioning),
     ("UserDeleted", EventCategory::Provisioning),
+    ("ContactRegistered", EventCategory::Registration),
+    ("ContactRefreshed", EventCategory::Registration),
+    ("ContactRemoved", EventCategory::Registration),
+    ("ContactExpired", EventCategory::Registration),
+    ("ContactReplaced", EventCategory::Registration),
+    ("PresenceChanged", EventCategory::Presence),
+];
+
+/// The event types of the domain stream (`domain-{uuid}`); every other type
+/// in [`EVENT_TYPES`] belongs to a user stream.
+pub const DOMAIN_EVENT_TYPES: &[&str] = &[
+    "DomainCreated",
+    "DomainUpdated",
+    "DomainSuspended",
+    "DomainResumed",
+    "DomainDeleted",
+    "UserNameClaimed",
+    "UserNameReleased",
 ];
 
 /// The schema version this build writes for `event_type`.
@@ -138,6 +156,12 @@ impl Event {
                 user::Event::UserEnabled { .. } => "UserEnabled",
                 user::Event::UserDisabled { .. } => "UserDisabled",
                 user::Event::UserDeleted { .. } => "UserDeleted",
+                user::Event::ContactRegistered { .. } => "ContactRegistered",
+                user::Event::ContactRefreshed { .. } => "ContactRefreshed",
+                user::Event::ContactRemoved { .. } => "ContactRemoved",
+                user::Event::ContactExpired { .. } => "ContactExpired",
+                user::Event::ContactReplaced { .. } => "ContactReplaced",
+                user::Event::PresenceChanged { .. } => "PresenceChanged",
             },
         }
     }
@@ -183,7 +207,7 @@ impl Event {
         let data: Value = serde_json::from_str(data).map_err(json_err)?;
         let data = upcast(event_type, schema_version, data)?;
         let tagged = serde_json::json!({ "type": event_type, "data": data });
-        if event_type.starts_with("Domain") || event_type.starts_with("UserName") {
+        if DOMAIN_EVENT_TYPES.contains(&event_type) {
             return serde_json::from_value(tagged)
                 .map(Event::Domain)
                 .map_err(json_err);
@@ -238,6 +262,23 @@ mod tests {
         assert!(matches!(err, DecodeError::Json { .. }));
         let err = Event::from_stored("DomainResumed", 1, "not json").unwrap_err();
         assert!(matches!(err, DecodeError::Json { .. }));
+    }
+
+    #[test]
+    fn domain_types_are_listed_types_and_route_to_the_domain_enum() {
+        for event_type in DOMAIN_EVENT_TYPES {
+            assert!(category_of(event_type).is_some(), "{event_type}");
+        }
+        let event = Event::from_stored("DomainResumed", 1, "{}").unwrap();
+        assert!(matches!(event, Event::Domain(_)));
+        let data = r#"{"presence":"online","previous":"offline"}"#;
+        let event = Event::from_stored("PresenceChanged", 1, data).unwrap();
+        assert_eq!(event.category(), EventCategory::Presence);
+        assert!(matches!(event, Event::User(_)));
+        let data = r#"{"uri":"sip:a@b","reason":"unregistered"}"#;
+        let event = Event::from_stored("ContactRemoved", 1, data).unwrap();
+        assert_eq!(event.category(), EventCategory::Registration);
+        assert!(matches!(event, Event::User(_)));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Identifiers and names ([`ids`], [`names`]), digest credentials
 //! ([`credentials`]), the two aggregates — [`domain::Domain`] (a SIP domain
 //! and the uniqueness of user names inside it) and [`user::User`] (a SIP
-//! user: credentials, settings) — with their commands and events, and the
+//! user: credentials, settings, registered contacts and presence, with the
+//! registrar's binding rules in [`registration`]) — with their commands and
+//! events, and the
 //! mapping of events to stored `(type, schema_version, data)` triples
 //! ([`event`]).
 //!
@@ -24,6 +26,7 @@ pub mod domain;
 pub mod event;
 pub mod ids;
 pub mod names;
+pub mod registration;
 pub mod user;
 
 pub use event::{Event, EventCategory};
@@ -50,6 +53,11 @@ pub enum Error {
     /// The command is valid but the current state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A REGISTER arrived out of order: same Call-ID as a binding it
+    /// addresses, with a CSeq not above the one stored (RFC 3261 s.10.3
+    /// step 7). Nothing was changed; the message says which binding.
+    #[error("{0}")]
+    OutOfOrder(String),
 }
 
 impl Error {

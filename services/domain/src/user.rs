@@ -1,8 +1,11 @@
-//! The `User` aggregate: a SIP user, its credentials and settings.
+//! The `User` aggregate: a SIP user, its credentials and settings, its
+//! registered contacts (bindings) and its presence. The binding rules live
+//! in [`crate::registration`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{Credentials, PasswordPolicy};
+use crate::registration::{self, Binding, Key, Register};
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
 
 /// Default and bounds of the number of simultaneous contacts (registrations).
@@ -12,6 +15,8 @@ pub const MAX_DISPLAY_NAME_LEN: usize = 128;
 pub const MAX_CALLER_ID_LEN: usize = 32;
 /// Longest reason a `Delete` command may give (as for suspending a domain).
 pub const MAX_REASON_LEN: usize = 256;
+
+pub use crate::registration::Presence;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -36,6 +41,14 @@ pub struct User {
     pub enabled: bool,
     pub credentials: Option<Credentials>,
     pub created_at: Timestamp,
+    /// Registered contacts, oldest registered first; at most one per
+    /// [`Key`]. (`default`: snapshots from before registration load.)
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+    /// Offline exactly when `bindings` is empty (see
+    /// [`crate::registration`]).
+    #[serde(default)]
+    pub presence: Presence,
 }
 
 impl User {
@@ -49,6 +62,21 @@ impl User {
             (Some(u), Some(d)) => format!("{u}@{d}"),
             _ => "user".to_owned(),
         }
+    }
+
+    /// The binding with identity `key`, if registered.
+    pub fn binding(&self, key: &Key) -> Option<&Binding> {
+        self.bindings.iter().find(|b| b.key() == *key)
+    }
+
+    /// The contacts still valid at `now` (`expires_at > now`, even before an
+    /// `ExpireContacts` has run) with their whole seconds left, rounded up
+    /// (so at least 1): the list a `200 OK` to REGISTER carries.
+    pub fn contacts_at(&self, now: Timestamp) -> impl Iterator<Item = (&Binding, u32)> + '_ {
+        self.bindings
+            .iter()
+            .filter(move |b| !b.is_expired(now))
+            .map(move |b| (b, b.seconds_left(now)))
     }
 }
 
@@ -109,6 +137,16 @@ pub enum Command {
     Delete {
         reason: Option<String>,
     },
+    /// An authenticated REGISTER (RFC 3261 s.10.3 steps 6–8): registers,
+    /// refreshes and removes bindings; see [`crate::registration`].
+    /// Refused with [`Error::OutOfOrder`] (nothing changes) when a binding
+    /// it addresses was last written by the same Call-ID with a CSeq at or
+    /// above the request's; with [`Error::FailedPrecondition`] for a
+    /// disabled or deleted user.
+    Register(Box<Register>),
+    /// Expires every binding with `expires_at <= now`. Never refused; emits
+    /// nothing when nothing has expired.
+    ExpireContacts,
 }
 
 impl std::fmt::Debug for Command {
@@ -130,6 +168,8 @@ impl std::fmt::Debug for Command {
                 .field("policy", policy)
                 .finish(),
             Command::Delete { reason } => f.debug_struct("Delete").field("reason", reason).finish(),
+            Command::Register(register) => f.debug_tuple("Register").field(register).finish(),
+            Command::ExpireContacts => f.write_str("ExpireContacts"),
         }
     }
 }
@@ -162,6 +202,57 @@ pub enum Event {
     UserDeleted {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// A new binding.
+    ContactRegistered {
+        binding: Binding,
+    },
+    /// The binding with key `Key::of(uri, instance)` was refreshed: every
+    /// field but `registered_at` takes the new value (`uri` too: a binding
+    /// keyed by instance may come back from another address).
+    ContactRefreshed {
+        uri: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+        call_id: String,
+        cseq: u32,
+        source: String,
+        transport: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_agent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        q: Option<u16>,
+        params: String,
+        refreshed_at: Timestamp,
+        expires_at: Timestamp,
+    },
+    /// The binding `Key::of(uri, instance)` was removed; `reason` is one of
+    /// [`registration::reason`].
+    ContactRemoved {
+        uri: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+        reason: String,
+    },
+    /// The binding `Key::of(uri, instance)` ran out of time at `expired_at`
+    /// (its `expires_at`).
+    ContactExpired {
+        uri: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+        expired_at: Timestamp,
+    },
+    /// The binding `Key::of(uri, instance)`, the oldest, made room for the
+    /// new contact `replaced_by` (max contacts reached).
+    ContactReplaced {
+        uri: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+        replaced_by: String,
+    },
+    PresenceChanged {
+        presence: Presence,
+        previous: Presence,
     },
 }
 
@@ -269,7 +360,13 @@ pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Eve
             }
             match patch.enabled {
                 Some(true) if !state.enabled => events.push(Event::UserEnabled {}),
-                Some(false) if state.enabled => events.push(Event::UserDisabled {}),
+                Some(false) if state.enabled => {
+                    events.push(Event::UserDisabled {});
+                    events.extend(registration::drop_all(
+                        state,
+                        registration::reason::USER_DISABLED,
+                    ));
+                }
                 _ => {}
             }
             Ok(events)
@@ -293,10 +390,17 @@ pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Eve
                     format!("at most {MAX_REASON_LEN} characters"),
                 ));
             }
-            Ok(vec![Event::UserDeleted {
+            let mut events = vec![Event::UserDeleted {
                 reason: reason.clone(),
-            }])
+            }];
+            events.extend(registration::drop_all(
+                state,
+                registration::reason::USER_DELETED,
+            ));
+            Ok(events)
         }
+        Command::Register(register) => registration::decide_register(state, register, now),
+        Command::ExpireContacts => Ok(registration::decide_expire(state, now)),
     }
 }
 
@@ -335,6 +439,8 @@ pub fn evolve(mut state: User, event: &Event) -> User {
                 enabled: *enabled,
                 credentials: Some(credentials.clone()),
                 created_at: *created_at,
+                bindings: Vec::new(),
+                presence: Presence::Offline,
             };
         }
         Event::PasswordChanged { credentials } => state.credentials = Some(credentials.clone()),
@@ -350,6 +456,12 @@ pub fn evolve(mut state: User, event: &Event) -> User {
         Event::UserEnabled {} => state.enabled = true,
         Event::UserDisabled {} => state.enabled = false,
         Event::UserDeleted { .. } => state.status = Status::Deleted,
+        Event::ContactRegistered { .. }
+        | Event::ContactRefreshed { .. }
+        | Event::ContactRemoved { .. }
+        | Event::ContactExpired { .. }
+        | Event::ContactReplaced { .. } => registration::apply(&mut state.bindings, event),
+        Event::PresenceChanged { presence, .. } => state.presence = *presence,
     }
     state
 }

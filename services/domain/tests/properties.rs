@@ -6,10 +6,13 @@
 //! When proptest finds and shrinks a failure, keep the shrunk case as a plain
 //! regression test at the end of this file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
+use dialtone_domain::registration::{
+    self, ContactChange, Key, Presence, Register, MAX_Q, MICROS_PER_SEC,
+};
 use dialtone_domain::user::{self, NewUser, Patch, User, MAX_MAX_CONTACTS};
 use dialtone_domain::{DomainId, DomainName, Error, Event, UserId, UserName};
 use proptest::collection::vec;
@@ -381,6 +384,7 @@ fn caller_id() -> impl Strategy<Value = String> {
 fn max_contacts() -> impl Strategy<Value = u32> {
     prop_oneof![
         4 => 1u32..=MAX_MAX_CONTACTS,
+        4 => 1u32..=3,
         1 => Just(0u32),
         1 => Just(MAX_MAX_CONTACTS + 1),
         1 => any::<u32>(),
@@ -446,7 +450,276 @@ fn user_command() -> impl Strategy<Value = user::Command> {
         4 => user_patch().prop_map(|patch| C::Update { patch }),
         3 => (password(), policy()).prop_map(|(password, policy)| C::SetPassword { password, policy }),
         1 => option::of(text(user::MAX_REASON_LEN)).prop_map(|reason| C::Delete { reason }),
+        6 => register().prop_map(|r| C::Register(Box::new(r))),
+        2 => Just(C::ExpireContacts),
     ]
+}
+
+// ---------------------------------------------------------------- registration
+
+/// Contact URIs from a small pool: some are the same binding spelled
+/// differently (case of scheme and host), some differ only in the user part.
+fn contact_uri() -> impl Strategy<Value = String> {
+    select(
+        &[
+            "sip:alice@192.0.2.10:5060",
+            "SIP:alice@192.0.2.10:5060",
+            "sip:ALICE@192.0.2.10:5060",
+            "sip:alice@198.51.100.7:40123;transport=tcp",
+            "sip:alice@Phone.Example.COM",
+            "sip:alice@phone.example.com",
+            "sips:alice@203.0.113.5",
+            " ",
+        ][..],
+    )
+    .prop_map(str::to_owned)
+}
+
+fn contact_params() -> impl Strategy<Value = String> {
+    select(
+        &[
+            "",
+            "",
+            ";expires=30",
+            ";+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-00000000000a>\";reg-id=1",
+            ";reg-id=2;+SIP.INSTANCE=\"<URN:UUID:00000000-0000-0000-0000-00000000000A>\"",
+            ";+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-00000000000b>\"",
+        ][..],
+    )
+    .prop_map(str::to_owned)
+}
+
+fn contact_change() -> impl Strategy<Value = ContactChange> {
+    (
+        contact_uri(),
+        prop_oneof![2 => Just(0u32), 6 => 1u32..600, 1 => Just(u32::MAX)],
+        prop_oneof![6 => Just(None), 3 => (0..=MAX_Q).prop_map(Some), 1 => Just(Some(MAX_Q + 1))],
+        contact_params(),
+    )
+        .prop_map(|(uri, expires_secs, q, params)| ContactChange {
+            uri,
+            expires_secs,
+            q,
+            params,
+        })
+}
+
+fn register() -> impl Strategy<Value = Register> {
+    (
+        prop_oneof![8 => select(&["a", "b", "c"][..]), 1 => Just("")],
+        0u32..5,
+        vec(contact_change(), 0..4),
+        prop_oneof![7 => Just(false), 1 => Just(true)],
+        select(&["192.0.2.10:5060", "[2001:db8::1]:5060"][..]),
+        select(&["UDP", "TCP"][..]),
+        option::of(select(&["Linphone/5.2", "Yealink SIP-T46U"][..])),
+    )
+        .prop_map(
+            |(call_id, cseq, changes, remove_all, source, transport, user_agent)| Register {
+                call_id: call_id.to_owned(),
+                cseq,
+                // `*` usually comes alone.
+                changes: if remove_all && cseq % 2 == 0 {
+                    vec![]
+                } else {
+                    changes
+                },
+                remove_all,
+                source: source.to_owned(),
+                transport: transport.to_owned(),
+                user_agent: user_agent.map(str::to_owned),
+            },
+        )
+}
+
+/// A created, enabled user then mostly registration commands; `now` moves
+/// by up to 5 s per step, sometimes by up to 10 min (so that contacts
+/// expire).
+fn registration_steps() -> impl Strategy<Value = Vec<(user::Command, i64)>> {
+    use user::Command as C;
+    let command = prop_oneof![
+        12 => register().prop_map(|r| C::Register(Box::new(r))),
+        4 => Just(C::ExpireContacts),
+        1 => (option::of(1u32..=4), option::of(any::<bool>())).prop_map(|(max_contacts, enabled)| {
+            C::Update { patch: Patch { max_contacts, enabled, ..Patch::default() } }
+        }),
+        1 => Just(C::Delete { reason: None }),
+    ];
+    let delta = prop_oneof![4 => 0i64..5_000_000, 1 => 0i64..600_000_000];
+    (1u32..=4, vec((command, delta), 0..60)).prop_map(|(max_contacts, steps)| {
+        let domain = DomainName::parse("example.com").unwrap();
+        let create = C::Create {
+            user: Box::new(NewUser {
+                user_id: UserId(Uuid::from_u128(1)),
+                domain_id: DomainId::for_name(&domain),
+                domain,
+                username: UserName::parse("alice").unwrap(),
+                password: "pw:a good password".to_owned(),
+                display_name: String::new(),
+                caller_id: String::new(),
+                max_contacts: Some(max_contacts),
+                enabled: true,
+            }),
+            policy: PasswordPolicy::default(),
+        };
+        let mut now = T0;
+        let mut out = vec![(create, now)];
+        for (command, delta) in steps {
+            now += delta;
+            out.push((command, now));
+        }
+        out
+    })
+}
+
+fn register_valid(request: &Register) -> bool {
+    !request.call_id.trim().is_empty()
+        && (!request.remove_all || request.changes.is_empty())
+        && request
+            .changes
+            .iter()
+            .all(|c| !c.uri.trim().is_empty() && c.q.is_none_or(|q| q <= MAX_Q))
+}
+
+/// The changes of a request by binding key, the last one of a key winning.
+fn addressed(request: &Register) -> BTreeMap<Key, &ContactChange> {
+    request.changes.iter().map(|c| (c.key(), c)).collect()
+}
+
+/// Whether RFC 3261 s.10.3 step 7 refuses `request` on `state`.
+fn out_of_order(state: &User, request: &Register) -> bool {
+    let stale = |key: &Key| {
+        state
+            .binding(key)
+            .is_some_and(|b| b.call_id == request.call_id && request.cseq <= b.cseq)
+    };
+    if request.remove_all {
+        state.bindings.iter().any(|b| stale(&b.key()))
+    } else {
+        addressed(request).keys().any(stale)
+    }
+}
+
+fn replaced_keys(events: &[user::Event]) -> BTreeSet<Key> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            user::Event::ContactReplaced { uri, instance, .. } => {
+                Some(Key::of(uri, instance.as_deref()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Postconditions of an accepted `Register`.
+fn check_register(
+    before: &User,
+    after: &User,
+    request: &Register,
+    now: i64,
+    events: &[user::Event],
+) {
+    use user::Event as E;
+    let replaced = replaced_keys(events);
+    if request.remove_all {
+        assert!(after.bindings.is_empty(), "* left {:?}", after.bindings);
+    }
+    let addressed = addressed(request);
+    for (key, change) in &addressed {
+        let binding = after.binding(key);
+        if change.expires_secs == 0 {
+            assert!(binding.is_none(), "{key:?} not removed");
+            continue;
+        }
+        let Some(binding) = binding else {
+            // Registered, then made room for a later new contact.
+            assert!(
+                replaced.contains(key),
+                "{key:?} neither registered nor replaced"
+            );
+            continue;
+        };
+        assert_eq!(&binding.uri, &change.uri);
+        assert_eq!(&binding.params, &change.params);
+        assert_eq!(binding.q, change.q);
+        assert_eq!(binding.instance, registration::instance_of(&change.params));
+        assert_eq!(binding.call_id, request.call_id);
+        assert_eq!(binding.cseq, request.cseq);
+        assert_eq!(binding.source, request.source);
+        assert_eq!(binding.transport, request.transport);
+        assert_eq!(binding.user_agent, request.user_agent);
+        assert_eq!(binding.refreshed_at, now);
+        assert_eq!(
+            binding.expires_at,
+            now + i64::from(change.expires_secs) * MICROS_PER_SEC
+        );
+        let registered_at = before.binding(key).map_or(now, |b| b.registered_at);
+        assert_eq!(binding.registered_at, registered_at);
+    }
+    // Bindings the request does not address are kept as they were, unless
+    // replaced to make room.
+    for old in &before.bindings {
+        let key = old.key();
+        if request.remove_all || addressed.contains_key(&key) {
+            continue;
+        }
+        match after.binding(&key) {
+            Some(now_) => assert_eq!(now_, old, "an unaddressed binding changed"),
+            None => assert!(replaced.contains(&key), "{key:?} vanished"),
+        }
+    }
+    let max = after.max_contacts as usize;
+    assert!(
+        after.bindings.len() <= max.max(before.bindings.len()),
+        "{} bindings, max {max}, before {}",
+        after.bindings.len(),
+        before.bindings.len()
+    );
+    if events
+        .iter()
+        .any(|e| matches!(e, E::ContactRegistered { .. }))
+    {
+        assert!(
+            after.bindings.len() <= max,
+            "a new binding beyond max_contacts"
+        );
+    }
+    if !replaced.is_empty() {
+        assert_eq!(after.bindings.len(), max, "replaced while there was room");
+    }
+    // Each replaced binding was the oldest registered at that point.
+    let mut state = before.clone();
+    for event in events {
+        if let E::ContactReplaced { uri, instance, .. } = event {
+            let victim = state
+                .binding(&Key::of(uri, instance.as_deref()))
+                .expect("a replaced binding exists");
+            let oldest = state.bindings.iter().map(|b| b.registered_at).min();
+            assert_eq!(
+                Some(victim.registered_at),
+                oldest,
+                "not the oldest replaced"
+            );
+        }
+        state = user::evolve(state, event);
+    }
+}
+
+/// Presence events: at most one, last, exactly when the binding set became
+/// empty or non-empty.
+fn check_presence_events(before: &User, after: &User, events: &[user::Event]) {
+    let changes: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, user::Event::PresenceChanged { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let flipped = before.bindings.is_empty() != after.bindings.is_empty();
+    assert_eq!(changes.len(), usize::from(flipped), "{events:?}");
+    if let Some(i) = changes.first() {
+        assert_eq!(*i, events.len() - 1, "PresenceChanged is not last");
+    }
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -487,6 +760,41 @@ fn check_user_state(state: &User) {
     assert!(state.caller_id.len() <= user::MAX_CALLER_ID_LEN);
     assert_ne!(state.caller_id, "+");
     let _ = username;
+
+    // Registration and presence.
+    if state.status != S::Active || !state.enabled {
+        assert!(
+            state.bindings.is_empty(),
+            "bindings of a {:?}/disabled user",
+            state.status
+        );
+    }
+    assert_eq!(
+        state.presence == Presence::Offline,
+        state.bindings.is_empty(),
+        "presence {:?} with {} bindings",
+        state.presence,
+        state.bindings.len()
+    );
+    assert!(matches!(
+        state.presence,
+        Presence::Offline | Presence::Online
+    ));
+    let keys: BTreeSet<Key> = state.bindings.iter().map(|b| b.key()).collect();
+    assert_eq!(
+        keys.len(),
+        state.bindings.len(),
+        "two bindings with one key"
+    );
+    for binding in &state.bindings {
+        assert!(binding.registered_at <= binding.refreshed_at);
+        assert!(
+            binding.expires_at > binding.refreshed_at,
+            "a binding expiring when it was written: {binding:?}"
+        );
+        assert_eq!(binding.instance, registration::instance_of(&binding.params));
+        assert!(!binding.uri.trim().is_empty() && !binding.call_id.trim().is_empty());
+    }
 }
 
 /// Runs `commands` from the empty state, checking every step; returns the
@@ -504,6 +812,30 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
         );
 
         match (state.status, command, &result) {
+            (S::Absent | S::Deleted, C::ExpireContacts, r) => assert_eq!(r, &Ok(vec![])),
+            (S::Active, C::ExpireContacts, r) => assert!(r.is_ok(), "{r:?}"),
+            (S::Deleted, C::Register(_), r) => {
+                assert!(matches!(r, Err(Error::FailedPrecondition(_))), "{r:?}")
+            }
+            (S::Active, C::Register(request), r) => {
+                let expected = if !state.enabled {
+                    "failed precondition"
+                } else if !register_valid(request) {
+                    "invalid"
+                } else if out_of_order(&state, request) {
+                    "out of order"
+                } else {
+                    "ok"
+                };
+                let got = match r {
+                    Ok(_) => "ok",
+                    Err(Error::FailedPrecondition(_)) => "failed precondition",
+                    Err(Error::Invalid { .. }) => "invalid",
+                    Err(Error::OutOfOrder(_)) => "out of order",
+                    Err(_) => "other",
+                };
+                assert_eq!(got, expected, "{command:?} on {state:?} gave {r:?}");
+            }
             (S::Deleted, _, Ok(events)) => panic!("deleted user accepted {command:?}: {events:?}"),
             (S::Absent, C::Create { .. }, _) => {}
             (S::Absent, _, r) => assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}"),
@@ -519,6 +851,8 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 C::Update { .. } => &["display_name", "caller_id", "max_contacts"],
                 C::SetPassword { .. } => &["password"],
                 C::Delete { .. } => &["reason"],
+                C::Register(_) => &["call_id", "contact", "q"],
+                C::ExpireContacts => &[],
             };
             assert!(
                 expected.contains(field),
@@ -582,7 +916,10 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 assert_eq!(state.enabled, patch.enabled.unwrap_or(before.enabled));
                 assert_eq!(state.credentials, before.credentials);
                 assert_eq!(events.is_empty(), state == before, "{events:?}");
-                assert!(events.len() <= 2);
+                if state.enabled {
+                    assert_eq!(state.bindings, before.bindings);
+                    assert!(events.len() <= 2);
+                }
             }
             C::SetPassword { password, policy } => {
                 let (username, domain) = (before.username.as_ref(), before.domain.as_ref());
@@ -598,6 +935,24 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 assert_eq!(expected.set_at, *now);
             }
             C::Delete { .. } => assert_eq!(state.status, S::Deleted),
+            C::Register(request) => check_register(&before, &state, request, *now, &events),
+            C::ExpireContacts => {
+                assert!(state.bindings.iter().all(|b| b.expires_at > *now));
+                let live: Vec<_> = before
+                    .bindings
+                    .iter()
+                    .filter(|b| b.expires_at > *now)
+                    .collect();
+                assert_eq!(state.bindings.iter().collect::<Vec<_>>(), live);
+                assert!(events.iter().all(|e| matches!(
+                    e,
+                    user::Event::ContactExpired { .. } | user::Event::PresenceChanged { .. }
+                )));
+            }
+        }
+        let registration_changed = before.bindings != state.bindings;
+        if registration_changed || matches!(command, C::Register(_) | C::ExpireContacts) {
+            check_presence_events(&before, &state, &events);
         }
         all.extend(events);
     }
@@ -626,6 +981,14 @@ proptest! {
 
     #[test]
     fn user_invariants_hold_and_replay_rebuilds_the_state(commands in steps(user_command())) {
+        let (state, events) = run_user(&commands);
+        check_user_replay(&state, &events);
+    }
+
+    #[test]
+    fn registration_invariants_hold_and_replay_rebuilds_the_state(
+        commands in registration_steps(),
+    ) {
         let (state, events) = run_user(&commands);
         check_user_replay(&state, &events);
     }

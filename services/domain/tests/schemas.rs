@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{current_schema_version, EVENT_TYPES};
+use dialtone_domain::registration::{Binding, ContactChange, Presence, Register};
 use dialtone_domain::user::{self, NewUser, Patch, User};
 use dialtone_domain::{DomainId, DomainName, Event, UserId, UserName};
 use jsonschema::Validator;
@@ -365,7 +366,125 @@ fn user_events_from_decide() -> Vec<Event> {
     );
     let emitted = user::decide(&state, &C::Delete { reason: None }, T0 + 10).unwrap();
     events.extend(emitted.into_iter().map(Event::User));
+    events.extend(registration_events_from_decide(&state));
     events
+}
+
+/// Registration and presence events produced by `decide` for `created` (an
+/// enabled user with the default max_contacts), covering every variant.
+fn registration_events_from_decide(created: &User) -> Vec<Event> {
+    use user::Command as C;
+    let sec = 1_000_000;
+    let contact = |uri: &str, expires_secs, q, params: &str| ContactChange {
+        uri: uri.to_owned(),
+        expires_secs,
+        q,
+        params: params.to_owned(),
+    };
+    let register = |call_id: &str, cseq, changes, remove_all, user_agent: Option<&str>| {
+        C::Register(Box::new(Register {
+            call_id: call_id.to_owned(),
+            cseq,
+            changes,
+            remove_all,
+            source: "192.0.2.10:5060".to_owned(),
+            transport: "TCP".to_owned(),
+            user_agent: user_agent.map(str::to_owned),
+        }))
+    };
+    let instance = ";+sip.instance=\"<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>\";reg-id=1";
+    let desk = "sip:alice@192.0.2.10:5060";
+    let mobile = "sip:alice@198.51.100.7:40123;transport=tcp";
+    let commands = [
+        register(
+            "reg-1@192.0.2.10",
+            1,
+            vec![
+                contact(desk, 3600, Some(1000), ""),
+                contact(mobile, 60, None, instance),
+            ],
+            false,
+            Some("Yealink SIP-T46U 66.86.0.15"),
+        ),
+        register(
+            "reg-1@192.0.2.10",
+            2,
+            vec![contact(desk, 600, Some(0), "")],
+            false,
+            None,
+        ),
+        register(
+            "other",
+            1,
+            vec![contact("sip:x@10.1.1.1", 0, None, instance)],
+            false,
+            None,
+        ),
+        C::Update {
+            patch: Patch {
+                max_contacts: Some(1),
+                ..Patch::default()
+            },
+        },
+        register(
+            "laptop",
+            u32::MAX,
+            vec![contact(mobile, 30, None, "")],
+            false,
+            None,
+        ),
+        C::ExpireContacts,
+        register("again", 0, vec![contact(desk, 60, None, "")], false, None),
+        register("again", 1, vec![], true, None),
+        register("again", 2, vec![contact(desk, 60, None, "")], false, None),
+        C::Update {
+            patch: Patch {
+                enabled: Some(false),
+                ..Patch::default()
+            },
+        },
+        C::Update {
+            patch: Patch {
+                enabled: Some(true),
+                ..Patch::default()
+            },
+        },
+        register("again", 3, vec![contact(desk, 60, None, "")], false, None),
+        C::Delete { reason: None },
+    ];
+    let mut state = created.clone();
+    let mut now = T0 + 100 * sec;
+    let mut events = Vec::new();
+    for command in commands {
+        if matches!(command, C::ExpireContacts) {
+            now += 3600 * sec;
+        }
+        let emitted = user::decide(&state, &command, now).unwrap();
+        assert!(!emitted.is_empty(), "{command:?} emitted nothing");
+        state = emitted.iter().fold(state, user::evolve);
+        events.extend(emitted.into_iter().map(Event::User));
+        now += sec;
+    }
+    events
+}
+
+fn binding(instance: Option<&str>) -> Binding {
+    Binding {
+        uri: "sip:alice@[2001:db8::1]:5060;transport=tls;ob".to_owned(),
+        params: instance
+            .map(|i| format!(";+sip.instance=\"{i}\";reg-id=1;expires=3600"))
+            .unwrap_or_default(),
+        q: Some(user::MAX_MAX_CONTACTS as u16 * 10),
+        instance: instance.map(str::to_owned),
+        call_id: "a84b4c76e66710@pc33.atlanta.example.com".to_owned(),
+        cseq: u32::MAX,
+        source: "[2001:db8::1]:5060".to_owned(),
+        transport: "TLS".to_owned(),
+        user_agent: Some("Zoiper rv2.10 \"quoted\" ✓".to_owned()),
+        registered_at: T0,
+        refreshed_at: T0 + 1,
+        expires_at: i64::MAX,
+    }
 }
 
 /// Hand-made events of every variant, with values on the edges of what is
@@ -495,6 +614,112 @@ fn hand_made_events() -> Vec<Event> {
             reason: Some("x".repeat(user::MAX_REASON_LEN)),
         }
         .into(),
+        U::ContactRegistered {
+            binding: binding(Some("<urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6>")),
+        }
+        .into(),
+        U::ContactRegistered {
+            binding: Binding {
+                uri: "x".to_owned(),
+                params: String::new(),
+                q: Some(0),
+                instance: None,
+                call_id: "1".to_owned(),
+                cseq: 0,
+                source: String::new(),
+                transport: String::new(),
+                user_agent: None,
+                registered_at: 0,
+                refreshed_at: 0,
+                expires_at: 1,
+            },
+        }
+        .into(),
+        U::ContactRefreshed {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: Some("<urn:uuid:1>".to_owned()),
+            call_id: "c".to_owned(),
+            cseq: u32::MAX,
+            source: "192.0.2.10:5060".to_owned(),
+            transport: "UDP".to_owned(),
+            user_agent: Some(String::new()),
+            q: Some(1000),
+            params: ";+sip.instance=\"<urn:uuid:1>\"".to_owned(),
+            refreshed_at: T0,
+            expires_at: T0 + 1,
+        }
+        .into(),
+        U::ContactRefreshed {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: None,
+            call_id: "c".to_owned(),
+            cseq: 0,
+            source: String::new(),
+            transport: String::new(),
+            user_agent: None,
+            q: None,
+            params: String::new(),
+            refreshed_at: 0,
+            expires_at: i64::MAX,
+        }
+        .into(),
+        U::ContactRemoved {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: None,
+            reason: "unregistered".to_owned(),
+        }
+        .into(),
+        U::ContactRemoved {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: Some("<urn:uuid:1>".to_owned()),
+            reason: "user_disabled".to_owned(),
+        }
+        .into(),
+        U::ContactRemoved {
+            uri: "s".to_owned(),
+            instance: None,
+            reason: "user_deleted".to_owned(),
+        }
+        .into(),
+        U::ContactExpired {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: None,
+            expired_at: T0,
+        }
+        .into(),
+        U::ContactExpired {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: Some("<urn:uuid:1>".to_owned()),
+            expired_at: 0,
+        }
+        .into(),
+        U::ContactReplaced {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: None,
+            replaced_by: "sip:alice@192.0.2.11".to_owned(),
+        }
+        .into(),
+        U::ContactReplaced {
+            uri: "sip:alice@192.0.2.10".to_owned(),
+            instance: Some("<urn:uuid:1>".to_owned()),
+            replaced_by: "sips:alice@example.com".to_owned(),
+        }
+        .into(),
+        U::PresenceChanged {
+            presence: Presence::Online,
+            previous: Presence::Offline,
+        }
+        .into(),
+        U::PresenceChanged {
+            presence: Presence::OnCall,
+            previous: Presence::Ringing,
+        }
+        .into(),
+        U::PresenceChanged {
+            presence: Presence::Offline,
+            previous: Presence::Dnd,
+        }
+        .into(),
     ]
 }
 
@@ -593,6 +818,15 @@ fn extra_properties_are_rejected_at_every_level() {
         "DomainCreated",
         with_extra(sample("DomainCreated"), "/settings", "colour", json!("red")),
     );
+    assert_rejected(
+        "ContactRegistered",
+        with_extra(
+            sample("ContactRegistered"),
+            "/binding",
+            "expires",
+            json!(60),
+        ),
+    );
 }
 
 #[test]
@@ -607,11 +841,36 @@ fn missing_required_fields_are_rejected() {
         ("UserCreated", "enabled"),
         ("PasswordChanged", "credentials"),
         ("UserUpdated", "max_contacts"),
+        ("ContactRegistered", "binding"),
+        ("ContactRefreshed", "uri"),
+        ("ContactRefreshed", "call_id"),
+        ("ContactRefreshed", "cseq"),
+        ("ContactRefreshed", "params"),
+        ("ContactRefreshed", "expires_at"),
+        ("ContactRemoved", "uri"),
+        ("ContactRemoved", "reason"),
+        ("ContactExpired", "expired_at"),
+        ("ContactReplaced", "replaced_by"),
+        ("PresenceChanged", "previous"),
     ] {
         assert_rejected(event_type, without(sample(event_type), field));
     }
     let settings = without(sample("DomainCreated")["settings"].clone(), "md5_allowed");
     assert_rejected("DomainUpdated", json!({ "settings": settings }));
+    for field in [
+        "uri",
+        "params",
+        "call_id",
+        "cseq",
+        "source",
+        "transport",
+        "registered_at",
+        "refreshed_at",
+        "expires_at",
+    ] {
+        let binding = without(sample("ContactRegistered")["binding"].clone(), field);
+        assert_rejected("ContactRegistered", json!({ "binding": binding }));
+    }
     let credentials = without(
         sample("PasswordChanged")["credentials"].clone(),
         "ha1_sha256",
@@ -768,6 +1027,72 @@ fn malformed_values_are_rejected() {
     assert_rejected("UserDeleted", json!({ "reason": 1 }));
     assert_rejected("DomainResumed", json!([]));
     assert_rejected("UserEnabled", json!(null));
+
+    // Registration and presence.
+    for bad in [json!(-1), json!(4_294_967_296_u64), json!(1.5), json!("1")] {
+        assert_rejected(
+            "ContactRefreshed",
+            with(sample("ContactRefreshed"), "/cseq", bad.clone()),
+        );
+        assert_rejected(
+            "ContactRegistered",
+            with(sample("ContactRegistered"), "/binding/cseq", bad),
+        );
+    }
+    for bad in [json!(1001), json!(-1), json!(0.5), json!(null)] {
+        assert_rejected(
+            "ContactRefreshed",
+            with(sample("ContactRefreshed"), "/q", bad.clone()),
+        );
+        assert_rejected(
+            "ContactRegistered",
+            with(sample("ContactRegistered"), "/binding/q", bad),
+        );
+    }
+    for bad in [json!(""), json!(null), json!(1)] {
+        assert_rejected(
+            "ContactRemoved",
+            with(sample("ContactRemoved"), "/uri", bad.clone()),
+        );
+        assert_rejected(
+            "ContactRegistered",
+            with(sample("ContactRegistered"), "/binding/call_id", bad.clone()),
+        );
+        assert_rejected(
+            "ContactReplaced",
+            with_extra(sample("ContactReplaced"), "", "instance", bad),
+        );
+    }
+    for bad in [json!(-1), json!("0"), json!(null)] {
+        assert_rejected(
+            "ContactExpired",
+            with(sample("ContactExpired"), "/expired_at", bad.clone()),
+        );
+        assert_rejected(
+            "ContactRegistered",
+            with(sample("ContactRegistered"), "/binding/expires_at", bad),
+        );
+    }
+    for bad in ["expired", "", "Unregistered"] {
+        assert_rejected(
+            "ContactRemoved",
+            with(sample("ContactRemoved"), "/reason", json!(bad)),
+        );
+    }
+    for bad in ["away", "OnCall", "on-call", "Online", ""] {
+        assert_rejected(
+            "PresenceChanged",
+            with(sample("PresenceChanged"), "/presence", json!(bad)),
+        );
+    }
+    assert_rejected(
+        "ContactRegistered",
+        with(
+            sample("ContactRegistered"),
+            "/binding/user_agent",
+            json!(null),
+        ),
+    );
 }
 
 // ================================================================ patterns

@@ -220,6 +220,14 @@ async fn main() -> anyhow::Result<()> {
         f64::from(latencies.last().copied().unwrap_or(0)) / 1000.0,
         latencies.len()
     );
+    let share = |d: Duration| 100.0 * d.as_secs_f64() / elapsed;
+    println!(
+        "writer thread:   {:.0}% inserting, {:.0}% committing (WAL write + fsync), \
+         {:.0}% checkpointing, rest waiting for appends",
+        share(after.write_time - before.write_time),
+        share(after.commit_time - before.commit_time),
+        share(after.checkpoint_time - before.checkpoint_time)
+    );
     if let (Some(a), Some(b)) = (written_before, written_after) {
         println!(
             "disk writes:     {:.1} MB/s, {:.0} bytes/event",

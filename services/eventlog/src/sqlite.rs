@@ -91,6 +91,7 @@ impl Default for SqliteOptions {
 /// Counters of the writer since the store was opened (the same figures also go
 /// to the `metrics` recorder); used by benchmarks and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchStats {
     /// Transactions committed.
     pub commits: u64,
@@ -102,6 +103,13 @@ pub struct BatchStats {
     pub max_batch_events: u64,
     /// Batches rolled back because the storage failed.
     pub failed_batches: u64,
+    /// Time the writer spent running batches up to their COMMIT.
+    pub write_time: Duration,
+    /// Time the writer spent in COMMIT (writing the WAL and the fsync).
+    pub commit_time: Duration,
+    /// Time the writer itself spent checkpointing (the background
+    /// checkpoints are not counted: they do not stop the writer).
+    pub checkpoint_time: Duration,
 }
 
 #[derive(Default)]
@@ -111,6 +119,9 @@ struct StatsCells {
     events: AtomicU64,
     max_batch_events: AtomicU64,
     failed_batches: AtomicU64,
+    write_nanos: AtomicU64,
+    commit_nanos: AtomicU64,
+    checkpoint_nanos: AtomicU64,
 }
 
 impl StatsCells {
@@ -121,6 +132,9 @@ impl StatsCells {
             events: self.events.load(Ordering::Relaxed),
             max_batch_events: self.max_batch_events.load(Ordering::Relaxed),
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            write_time: Duration::from_nanos(self.write_nanos.load(Ordering::Relaxed)),
+            commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
+            checkpoint_time: Duration::from_nanos(self.checkpoint_nanos.load(Ordering::Relaxed)),
         }
     }
 }
@@ -204,6 +218,7 @@ impl SqliteStore {
         let stats = Arc::new(StatsCells::default());
         let writer = writer::Writer::new(
             conn,
+            path,
             rx,
             head_tx,
             last_position,

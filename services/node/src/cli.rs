@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use dialtone_api::pb;
 use dialtone_api::pb::event_service_client::EventServiceClient;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
+use dialtone_api::pb::status_service_client::StatusServiceClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
@@ -18,6 +19,16 @@ pub enum ClientCommand {
     /// Print the event history of a user or domain.
     #[command(subcommand)]
     History(HistoryCommand),
+    /// Show a user's registrations (contacts) and presence.
+    Status {
+        /// username@domain or user id
+        user: String,
+    },
+    /// List the users of a domain that are registered now.
+    Online {
+        /// Domain name or id
+        domain: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -134,6 +145,7 @@ pub enum HistoryCommand {
 struct Clients {
     provisioning: ProvisioningServiceClient<Channel>,
     events: EventServiceClient<Channel>,
+    status: StatusServiceClient<Channel>,
 }
 
 async fn connect(server: &str) -> anyhow::Result<Clients> {
@@ -146,7 +158,8 @@ async fn connect(server: &str) -> anyhow::Result<Clients> {
         .with_context(|| format!("cannot connect to {server}"))?;
     Ok(Clients {
         provisioning: ProvisioningServiceClient::new(channel.clone()),
-        events: EventServiceClient::new(channel),
+        events: EventServiceClient::new(channel.clone()),
+        status: StatusServiceClient::new(channel),
     })
 }
 
@@ -162,7 +175,102 @@ pub async fn run(server: &str, json_output: bool, command: ClientCommand) -> any
         ClientCommand::Domain(cmd) => domain(&mut clients, &out, cmd).await,
         ClientCommand::User(cmd) => user(&mut clients, &out, cmd).await,
         ClientCommand::History(cmd) => history(&mut clients, &out, cmd).await,
+        ClientCommand::Status { user } => status(&mut clients, &out, user).await,
+        ClientCommand::Online { domain } => online(&mut clients, &out, domain).await,
     }
+}
+
+fn presence_name(state: i32) -> &'static str {
+    match pb::PresenceState::try_from(state) {
+        Ok(pb::PresenceState::Offline) => "offline",
+        Ok(pb::PresenceState::Online) => "online",
+        Ok(pb::PresenceState::Ringing) => "ringing",
+        Ok(pb::PresenceState::OnCall) => "on_call",
+        Ok(pb::PresenceState::Dnd) => "dnd",
+        _ => "unknown",
+    }
+}
+
+async fn status(c: &mut Clients, out: &Output, user: String) -> anyhow::Result<()> {
+    let reply = c
+        .status
+        .get_registrations(pb::GetRegistrationsRequest { user })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let contacts: Vec<Value> = reply
+        .contacts
+        .iter()
+        .map(|k| {
+            json!({
+                "uri": k.uri,
+                "source": k.source,
+                "transport": k.transport,
+                "user_agent": k.user_agent,
+                "registered_at": time(&k.registered_at),
+                "refreshed_at": time(&k.refreshed_at),
+                "expires_at": time(&k.expires_at),
+                "instance": k.instance,
+                "call_id": k.call_id,
+                "cseq": k.cseq,
+            })
+        })
+        .collect();
+    let value = json!({
+        "user": reply.user,
+        "presence": presence_name(reply.presence),
+        "contacts": contacts,
+    });
+    out.one(value, |v| {
+        let mut text = format!("{}  presence: {}", s(v, "user"), s(v, "presence"));
+        match v["contacts"].as_array() {
+            Some(contacts) if !contacts.is_empty() => {
+                for k in contacts {
+                    text.push_str(&format!(
+                        "\n  {}  via {} from {}  expires {}  ({})",
+                        s(k, "uri"),
+                        s(k, "transport"),
+                        s(k, "source"),
+                        s(k, "expires_at"),
+                        s(k, "user_agent")
+                    ));
+                }
+            }
+            _ => text.push_str("\n  no registered contacts"),
+        }
+        text
+    });
+    Ok(())
+}
+
+async fn online(c: &mut Clients, out: &Output, domain: String) -> anyhow::Result<()> {
+    let reply = c
+        .status
+        .list_online(pb::ListOnlineRequest { domain })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let users: Vec<Value> = reply
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "user_id": u.user_id,
+                "address": u.address,
+                "presence": presence_name(u.presence),
+                "contacts": u.contacts,
+            })
+        })
+        .collect();
+    out.list(users, |v| {
+        format!(
+            "{:<48} {:<8} contacts={}",
+            s(v, "address"),
+            s(v, "presence"),
+            s(v, "contacts")
+        )
+    });
+    Ok(())
 }
 
 async fn domain(c: &mut Clients, out: &Output, cmd: DomainCommand) -> anyhow::Result<()> {

@@ -20,6 +20,17 @@ pub struct Config {
     pub actor_idle_secs: u64,
     /// Arbiter threads for actors (0: one per core).
     pub actor_threads: usize,
+    /// SIP listen addresses (UDP and TCP each); empty: no SIP.
+    pub sip_addrs: Vec<SocketAddr>,
+    /// host[:port] put in Via/Record-Route/Contact; default: the first SIP address.
+    pub sip_advertised: Option<String>,
+    pub sip_min_expires: u32,
+    pub sip_max_expires: u32,
+    pub sip_default_expires: u32,
+    pub sip_nonce_lifetime_secs: u64,
+    /// Offer the MD5 challenge before SHA-256 (for clients that read only
+    /// the first challenge, such as SIPp 3.6).
+    pub sip_challenge_md5_first: bool,
 }
 
 impl Default for Config {
@@ -32,6 +43,13 @@ impl Default for Config {
             min_password_length: 8,
             actor_idle_secs: 120,
             actor_threads: 0,
+            sip_addrs: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
+            sip_advertised: None,
+            sip_min_expires: 60,
+            sip_max_expires: 3600,
+            sip_default_expires: 3600,
+            sip_nonce_lifetime_secs: 300,
+            sip_challenge_md5_first: false,
         }
     }
 }
@@ -55,6 +73,14 @@ pub struct FileConfig {
     pub min_password_length: Option<usize>,
     pub actor_idle_secs: Option<u64>,
     pub actor_threads: Option<usize>,
+    /// SIP listen addresses, or ["off"].
+    pub sip_addrs: Option<Vec<String>>,
+    pub sip_advertised: Option<String>,
+    pub sip_min_expires: Option<u32>,
+    pub sip_max_expires: Option<u32>,
+    pub sip_default_expires: Option<u32>,
+    pub sip_nonce_lifetime_secs: Option<u64>,
+    pub sip_challenge_md5_first: Option<bool>,
 }
 
 impl FileConfig {
@@ -92,6 +118,41 @@ pub struct Overrides {
     /// Actor threads; 0 means one per core [default: 0].
     #[arg(long, env = "DIALTONE_ACTOR_THREADS")]
     pub actor_threads: Option<usize>,
+    /// SIP listen address, UDP and TCP (repeat for several; "off" for no SIP) [default: 0.0.0.0:5060].
+    #[arg(long = "sip-addr", env = "DIALTONE_SIP_ADDR", value_delimiter = ',')]
+    pub sip_addrs: Vec<String>,
+    /// host[:port] the server puts in Via/Record-Route/Contact [default: the first SIP address].
+    #[arg(long, env = "DIALTONE_SIP_ADVERTISED")]
+    pub sip_advertised: Option<String>,
+    /// Shortest registration accepted, seconds; shorter gets 423 [default: 60].
+    #[arg(long, env = "DIALTONE_SIP_MIN_EXPIRES")]
+    pub sip_min_expires: Option<u32>,
+    /// Longest registration granted, seconds; longer is clamped [default: 3600].
+    #[arg(long, env = "DIALTONE_SIP_MAX_EXPIRES")]
+    pub sip_max_expires: Option<u32>,
+    /// Registration time when the phone asks for none, seconds [default: 3600].
+    #[arg(long, env = "DIALTONE_SIP_DEFAULT_EXPIRES")]
+    pub sip_default_expires: Option<u32>,
+    /// How long a digest nonce stays valid, seconds [default: 300].
+    #[arg(long, env = "DIALTONE_SIP_NONCE_LIFETIME_SECS")]
+    pub sip_nonce_lifetime_secs: Option<u64>,
+    /// Offer the MD5 challenge before SHA-256, for clients that read only the first (SIPp 3.6).
+    #[arg(long, env = "DIALTONE_SIP_CHALLENGE_MD5_FIRST")]
+    pub sip_challenge_md5_first: bool,
+}
+
+fn sip_addrs(values: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    if values.len() == 1 && values[0].eq_ignore_ascii_case("off") {
+        return Ok(Vec::new());
+    }
+    values
+        .iter()
+        .map(|v| {
+            v.trim()
+                .parse()
+                .with_context(|| format!("invalid SIP address '{v}' (ip:port or off)"))
+        })
+        .collect()
 }
 
 fn metrics_addr(value: &str) -> anyhow::Result<Option<SocketAddr>> {
@@ -139,6 +200,27 @@ impl Config {
         if let Some(v) = file.actor_threads {
             self.actor_threads = v;
         }
+        if let Some(v) = file.sip_addrs {
+            self.sip_addrs = sip_addrs(&v)?;
+        }
+        if let Some(v) = file.sip_advertised {
+            self.sip_advertised = Some(v);
+        }
+        if let Some(v) = file.sip_min_expires {
+            self.sip_min_expires = v;
+        }
+        if let Some(v) = file.sip_max_expires {
+            self.sip_max_expires = v;
+        }
+        if let Some(v) = file.sip_default_expires {
+            self.sip_default_expires = v;
+        }
+        if let Some(v) = file.sip_nonce_lifetime_secs {
+            self.sip_nonce_lifetime_secs = v;
+        }
+        if let Some(v) = file.sip_challenge_md5_first {
+            self.sip_challenge_md5_first = v;
+        }
         Ok(())
     }
 
@@ -163,6 +245,27 @@ impl Config {
         }
         if let Some(v) = o.actor_threads {
             self.actor_threads = v;
+        }
+        if !o.sip_addrs.is_empty() {
+            self.sip_addrs = sip_addrs(&o.sip_addrs)?;
+        }
+        if let Some(v) = &o.sip_advertised {
+            self.sip_advertised = Some(v.clone());
+        }
+        if let Some(v) = o.sip_min_expires {
+            self.sip_min_expires = v;
+        }
+        if let Some(v) = o.sip_max_expires {
+            self.sip_max_expires = v;
+        }
+        if let Some(v) = o.sip_default_expires {
+            self.sip_default_expires = v;
+        }
+        if let Some(v) = o.sip_nonce_lifetime_secs {
+            self.sip_nonce_lifetime_secs = v;
+        }
+        if o.sip_challenge_md5_first {
+            self.sip_challenge_md5_first = true;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod server;
+pub mod sip_bridge;
 
 use clap::{Parser, Subcommand};
 

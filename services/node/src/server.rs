@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dialtone_actors::{ActorSystem, Directory, DirectoryConfig, Provisioning, ProvisioningConfig};
+use dialtone_actors::{
+    ActorSystem, Directory, DirectoryConfig, Provisioning, ProvisioningConfig, RegistrationIndex,
+};
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
 use dialtone_eventlog::SharedStore;
@@ -73,6 +75,41 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         },
     );
 
+    let registrations = RegistrationIndex::start(store.clone(), directory.clone()).await?;
+
+    let sip = if config.sip_addrs.is_empty() {
+        None
+    } else {
+        let gateway_config = dialtone_sip::GatewayConfig {
+            listen: config.sip_addrs.clone(),
+            advertised: config.sip_advertised.clone(),
+            min_expires: config.sip_min_expires,
+            max_expires: config.sip_max_expires,
+            default_expires: config.sip_default_expires,
+            nonce_lifetime: Duration::from_secs(config.sip_nonce_lifetime_secs),
+            secret: sip_secret(&config.data_dir)?,
+            challenge_md5_first: config.sip_challenge_md5_first,
+            server_header: Some(format!("Dialtone/{}", env!("CARGO_PKG_VERSION"))),
+            ..dialtone_sip::GatewayConfig::default()
+        };
+        let registry = Arc::new(crate::sip_bridge::ActorRegistry::new(provisioning.clone()));
+        Some(
+            dialtone_sip::Gateway::start(gateway_config, registry)
+                .await
+                .context("cannot start the SIP gateway")?,
+        )
+    };
+    let sip_addrs = sip
+        .as_ref()
+        .map(|g| {
+            g.local_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| "off".into());
+
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
@@ -86,6 +123,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     let context = dialtone_api::ApiContext {
         provisioning: provisioning.clone(),
         store: store.clone(),
+        registrations: registrations.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
     let grpc = tokio::spawn(dialtone_api::serve(listener, context, async move {
@@ -94,7 +132,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
 
     // The line tests and scripts wait for; keep its format stable.
     println!(
-        "dialtone ready grpc={grpc_addr} metrics={} data_dir={} startup_ms={}",
+        "dialtone ready grpc={grpc_addr} sip={sip_addrs} metrics={} data_dir={} startup_ms={}",
         config
             .metrics_addr
             .map(|a| a.to_string())
@@ -104,7 +142,10 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     );
 
     shutdown_signal().await;
-    tracing::info!("shutting down: draining gRPC calls");
+    tracing::info!("shutting down: draining SIP and gRPC");
+    if let Some(sip) = sip {
+        sip.shutdown().await;
+    }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(10), grpc).await {
         Ok(Ok(Ok(()))) => {}
@@ -140,4 +181,37 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+/// The secret SIP nonces are signed with: kept in the data directory (0600)
+/// so that nonces stay valid across restarts; created on first start.
+fn sip_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let path = data_dir.join("sip.secret");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => return Ok(secret),
+        Ok(_) => anyhow::bail!(
+            "{} is too short: delete it to make a new one",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut secret = Vec::with_capacity(64);
+    for _ in 0..4 {
+        secret.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(&secret)?;
+    file.sync_all()?;
+    Ok(secret)
 }

@@ -113,6 +113,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = GatewayConfig {
             listen: vec![listen],
             challenge_md5_first: std::env::var_os("MD5_FIRST").is_some(),
+            udp_receivers: std::env::var("UDP_RECEIVERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
             ..GatewayConfig::default()
         };
         let gw = Gateway::start(cfg, registry).await?;

@@ -236,6 +236,12 @@ impl Core {
                 );
             }
         }
+        // If this future is dropped before answering (shutdown), forget the
+        // transaction instead of absorbing its retransmissions forever.
+        let mut guard = AbandonOnDrop {
+            core: self,
+            key: Some(&key),
+        };
         let span = tracing::info_span!(
             "sip_transaction",
             branch = via.branch().unwrap_or(""),
@@ -246,6 +252,7 @@ impl Core {
             .instrument(span)
             .await;
         metrics::counter!(metric::RESPONSES, "status" => status_label(code)).increment(1);
+        guard.key = None;
         if let Ok(mut t) = self.shard(&key).lock() {
             t.respond(&key, code, bytes.clone(), source.reliable, Instant::now());
         }
@@ -430,7 +437,6 @@ impl Core {
         let Some(ruri) = Uri::parse(uri) else {
             return self.respond(msg, source, 416, response::reason(416), |_| {});
         };
-        let domain = ruri.host.to_ascii_lowercase();
         let to = match msg.to() {
             Ok(t) => t,
             Err(_) => return self.respond(msg, source, 400, "Bad To", |_| {}),
@@ -441,8 +447,16 @@ impl Core {
         let Some(user) = to_uri.user else {
             return self.respond(msg, source, 400, "No user in To", |_| {});
         };
+        // The domain is the Request-URI's (RFC 3261 s.10.3 step 1). Phones
+        // configured with the registrar's IP address put that IP there: then
+        // the address-of-record's domain is the one meant.
+        let domain = if crate::message::host_ip(ruri.host).is_some() {
+            to_uri.host.to_ascii_lowercase()
+        } else {
+            ruri.host.to_ascii_lowercase()
+        };
         // RFC 3261 s.10.3 step 3: the address-of-record must belong to the
-        // Request-URI's domain.
+        // domain.
         if !to_uri.host.eq_ignore_ascii_case(&domain) {
             return self.respond(msg, source, 404, response::reason(404), |_| {});
         }
@@ -684,6 +698,21 @@ pub fn salvage(raw: &[u8]) -> Option<Message<'_>> {
         Some(msg)
     } else {
         None
+    }
+}
+
+struct AbandonOnDrop<'a> {
+    core: &'a Core,
+    key: Option<&'a Key>,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            if let Ok(mut t) = self.core.shard(key).lock() {
+                t.abandon(key);
+            }
+        }
     }
 }
 

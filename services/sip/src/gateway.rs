@@ -77,6 +77,12 @@ pub struct GatewayConfig {
     pub tcp_idle_timeout: Duration,
     /// Connections beyond this are closed at once.
     pub max_tcp_connections: usize,
+    /// Messages being handled at once over all UDP sockets; beyond it the
+    /// receive loops wait (the kernel buffer then fills and drops, and UDP
+    /// clients retransmit): backpressure instead of unbounded tasks.
+    pub max_udp_in_flight: usize,
+    /// The same per TCP connection (reading pauses).
+    pub max_tcp_in_flight_per_connection: usize,
 }
 
 impl Default for GatewayConfig {
@@ -100,6 +106,8 @@ impl Default for GatewayConfig {
             server_header: Some("Dialtone".to_owned()),
             tcp_idle_timeout: Duration::from_secs(600),
             max_tcp_connections: 10_000,
+            max_udp_in_flight: 65_536,
+            max_tcp_in_flight_per_connection: 1_024,
         }
     }
 }
@@ -175,6 +183,7 @@ impl Gateway {
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
         let conns = Arc::new(Semaphore::new(config.max_tcp_connections));
+        let udp_permits = Arc::new(Semaphore::new(config.max_udp_in_flight.max(1)));
         for addr in &config.listen {
             let (udp, tcp) = bind_pair(*addr, config.udp_recv_buffer).await?;
             let local = udp.local_addr().map_err(Error::Io)?;
@@ -186,6 +195,7 @@ impl Gateway {
                     udp.clone(),
                     rx.clone(),
                     in_flight.clone(),
+                    udp_permits.clone(),
                 )));
             }
             tasks.push(tokio::spawn(tcp_accept_loop(
@@ -278,6 +288,7 @@ async fn udp_loop(
     socket: Arc<UdpSocket>,
     mut shutdown: watch::Receiver<bool>,
     in_flight: Arc<InFlight>,
+    permits: Arc<Semaphore>,
 ) {
     // Larger than any datagram (the size limit is applied in Core::handle).
     let mut buf = vec![0u8; 65_536];
@@ -295,12 +306,16 @@ async fn udp_loop(
                 continue;
             }
         };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break; // closed: shutting down
+        };
         let data = Bytes::copy_from_slice(&buf[..n]);
         let core = core.clone();
         let socket = socket.clone();
         let guard = in_flight.enter();
         tokio::spawn(async move {
             let _guard = guard;
+            let _permit = permit;
             let source = Source {
                 addr: peer,
                 reliable: false,
@@ -374,6 +389,9 @@ async fn tcp_connection(
         addr: peer,
         reliable: true,
     };
+    let permits = Arc::new(Semaphore::new(
+        core.config().max_tcp_in_flight_per_connection.max(1),
+    ));
     let mut buf = BytesMut::with_capacity(8 * 1024);
     'conn: loop {
         // Take every whole message out of the buffer.
@@ -381,12 +399,17 @@ async fn tcp_connection(
             match frame::check(&buf, max) {
                 Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
                 Ok(Some(Frame::Message(n))) => {
+                    // Backpressure: stop reading while too many are in flight.
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break 'conn;
+                    };
                     let data = buf.split_to(n).freeze();
                     let core = core.clone();
                     let tx = tx.clone();
                     let guard = in_flight.enter();
                     tokio::spawn(async move {
                         let _guard = guard;
+                        let _permit = permit;
                         if let Some(reply) = core.handle(&data, source, Transport::Tcp).await {
                             let _ = tx.send(reply.bytes).await;
                         }

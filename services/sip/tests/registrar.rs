@@ -147,6 +147,17 @@ async fn unknown_domain_disabled_user_suspended_domain() {
     assert_eq!(f.code, 403);
     let r = Register::new("carol", "suspended.test").password("carol-pw");
     assert_eq!(ua.register_once(&r).await.unwrap().code, 403);
+    // A Request-URI with the server's IP: the To domain is the realm.
+    let text = ua
+        .register_text(&Register::new("alice", DOMAIN), &TestUa::branch(), None)
+        .replace(
+            &format!("REGISTER sip:{DOMAIN} "),
+            "REGISTER sip:127.0.0.1 ",
+        );
+    ua.send_raw(text.as_bytes()).await.unwrap();
+    let ch = ua.expect(T).await.unwrap();
+    assert_eq!(ch.code, 401);
+    assert_eq!(ch.challenges()[0].realm, DOMAIN);
     gw.shutdown().await;
 }
 

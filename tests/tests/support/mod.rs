@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sip;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,6 +26,8 @@ pub fn binary() -> PathBuf {
 pub struct TestNode {
     child: Child,
     pub grpc_url: String,
+    /// The SIP addresses (UDP and TCP share each port); empty when off.
+    pub sip_addrs: Vec<std::net::SocketAddr>,
     pub data_dir: PathBuf,
 }
 
@@ -39,7 +43,17 @@ impl TestNode {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--metrics-addr", "off"])
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(if extra_args.contains(&"--metrics-addr") {
+                &[][..]
+            } else {
+                &["--metrics-addr", "off"][..]
+            })
+            .args(if extra_args.contains(&"--sip-addr") {
+                &[][..]
+            } else {
+                &["--sip-addr", "127.0.0.1:0"][..]
+            })
             .args(extra_args)
             .env("DIALTONE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -68,9 +82,16 @@ impl TestNode {
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix("grpc="))
             .context("ready line without grpc=")?;
+        let sip_addrs = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("sip="))
+            .filter(|v| *v != "off")
+            .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default();
         Ok(TestNode {
             child,
             grpc_url: format!("http://{grpc}"),
+            sip_addrs,
             data_dir: data_dir.to_owned(),
         })
     }
@@ -81,12 +102,37 @@ impl TestNode {
             .await?)
     }
 
+    /// The first SIP address.
+    pub fn sip_addr(&self) -> std::net::SocketAddr {
+        self.sip_addrs[0]
+    }
+
+    /// The node's process id (for `kill -9` from a script).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub async fn status(
+        &self,
+    ) -> anyhow::Result<dialtone_api::pb::status_service_client::StatusServiceClient<Channel>> {
+        Ok(
+            dialtone_api::pb::status_service_client::StatusServiceClient::new(
+                self.channel().await?,
+            ),
+        )
+    }
+
     pub async fn provisioning(&self) -> anyhow::Result<ProvisioningServiceClient<Channel>> {
         Ok(ProvisioningServiceClient::new(self.channel().await?))
     }
 
     pub async fn events(&self) -> anyhow::Result<EventServiceClient<Channel>> {
         Ok(EventServiceClient::new(self.channel().await?))
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// `kill -9`: no chance to flush anything.

@@ -22,7 +22,30 @@ use tokio::sync::{oneshot, watch};
 use super::{storage_error, to_i64, u64_column, SqliteOptions, StatsCells, BUSY_TIMEOUT};
 use crate::{AppendOutcome, Error, ExpectedVersion, NewEvent, Position, Result, Snapshot};
 
-thread_local! { static EXP: std::cell::RefCell<(Duration, Duration, u32)> = const { std::cell::RefCell::new((Duration::ZERO, Duration::ZERO, 0)) }; }
+/// Checkpoints. Copying WAL frames into the database file (and fsyncing it)
+/// takes tens of milliseconds; done by the writer it would stall every append
+/// queued meanwhile. So a helper thread with its own connection checkpoints
+/// in the background (PASSIVE: it never blocks the writer) whenever the WAL
+/// holds `CHECKPOINT_SOFT_FRAMES` frames. Under sustained load the WAL cannot
+/// start over (that needs a moment where everything is copied and nobody
+/// writes), so once it reaches `CHECKPOINT_HARD_FRAMES` the writer runs a
+/// RESTART checkpoint itself, after answering its batch; by then most frames
+/// are already copied, so the stall is short.
+const CHECKPOINT_SOFT_FRAMES: i32 = 1024;
+const CHECKPOINT_HARD_FRAMES: i32 = 16384;
+
+thread_local! {
+    /// Frames in the WAL after the last commit on this thread, reported by
+    /// SQLite's WAL hook (a plain `fn`, hence a thread-local: the writer
+    /// connection only ever commits on the writer thread).
+    static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+fn record_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|cell| cell.set(frames));
+    Ok(())
+}
+
 /// Bumped when the schema changes; checked at open.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -80,10 +103,6 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
     .map_err(|e| storage_error(&ctx("open"), &e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| storage_error(&ctx("busy_timeout"), &e))?;
-    if let Ok(size) = std::env::var("EXPERIMENT_PAGE_SIZE") {
-        conn.execute_batch(&format!("PRAGMA page_size = {size};"))
-            .map_err(|e| storage_error("x", &e))?;
-    }
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| storage_error(&ctx("journal_mode"), &e))?;
@@ -101,23 +120,20 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
     if synchronous != 2 {
         return Err(Error::Storage(ctx("synchronous=FULL refused")));
     }
-    // Larger checkpoints, less often: each costs an fsync of the main file,
-    // paid by the batch that triggers it. The WAL file is kept (not
-    // truncated) between checkpoints up to the size limit, so that commits
-    // overwrite allocated blocks instead of growing the file.
+    // The writer checkpoints by itself, after answering (see `Writer::run`),
+    // so SQLite's automatic checkpoint inside COMMIT is off. The WAL file is
+    // kept (not truncated) up to the size limit, so that commits overwrite
+    // allocated blocks instead of growing the file. A modest page cache: SQLite
+    // walks it at the end of every transaction, and the OS caches the rest.
     conn.execute_batch(
-        "PRAGMA wal_autocheckpoint = 4000;
+        "PRAGMA wal_autocheckpoint = 0;
          PRAGMA journal_size_limit = 67108864;
-         PRAGMA cache_size = -65536;
+         PRAGMA cache_size = -8192;
          PRAGMA temp_store = MEMORY;",
     )
     .map_err(|e| storage_error(&ctx("pragmas"), &e))?;
     conn.set_prepared_statement_cache_capacity(32);
 
-    if let Ok(size) = std::env::var("EXPERIMENT_PAGE_SIZE") {
-        conn.execute_batch(&format!("PRAGMA page_size = {size}; VACUUM;"))
-            .map_err(|e| storage_error("x", &e))?;
-    }
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(|e| storage_error(&ctx("user_version"), &e))?;
@@ -236,8 +252,64 @@ impl Fatal {
     }
 }
 
+/// The background checkpoint thread; stops when `nudge` is dropped.
+struct Checkpointer {
+    nudge: mpsc::SyncSender<()>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| storage_error("open checkpoint connection", &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| storage_error("open checkpoint connection", &e))?;
+        // One pending nudge is enough: a checkpoint copies everything there is.
+        let (nudge, rx) = mpsc::sync_channel::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("eventlog-checkpoint".to_owned())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = checkpoint(&conn, "PASSIVE") {
+                        tracing::warn!(error = %e, "background checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self { nudge, handle })
+    }
+
+    fn stop(self) {
+        drop(self.nudge);
+        if self.handle.join().is_err() {
+            tracing::error!("event log checkpoint thread panicked");
+        }
+    }
+}
+
+/// Runs a checkpoint; returns whether every WAL frame is now in the database.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<bool> {
+    let started = Instant::now();
+    let (frames, copied) =
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        })?;
+    tracing::debug!(
+        mode,
+        frames,
+        copied,
+        micros = started.elapsed().as_micros() as u64,
+        "checkpoint"
+    );
+    Ok(copied >= frames)
+}
+
 pub(super) struct Writer {
     conn: Connection,
+    path: std::path::PathBuf,
     rx: mpsc::Receiver<Msg>,
     head: watch::Sender<Position>,
     /// Last version of each stream seen since open (`None`: no such stream).
@@ -256,11 +328,13 @@ pub(super) struct Writer {
     replies: Vec<Reply>,
     stats: Arc<StatsCells>,
     batch_events: metrics::Histogram,
+    commit_seconds: metrics::Histogram,
 }
 
 impl Writer {
     pub(super) fn new(
         conn: Connection,
+        path: &Path,
         rx: mpsc::Receiver<Msg>,
         head: watch::Sender<Position>,
         last_position: Position,
@@ -269,6 +343,7 @@ impl Writer {
     ) -> Self {
         Self {
             conn,
+            path: path.to_owned(),
             rx,
             head,
             versions: HashMap::new(),
@@ -283,10 +358,19 @@ impl Writer {
             replies: Vec::new(),
             stats,
             batch_events: metrics::histogram!("dialtone_eventlog_batch_events"),
+            commit_seconds: metrics::histogram!("dialtone_eventlog_commit_seconds"),
         }
     }
 
     pub(super) fn run(mut self) {
+        self.conn.wal_hook(Some(record_wal_frames));
+        let checkpointer = match Checkpointer::spawn(&self.path) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no background checkpoints; the writer will do them");
+                None
+            }
+        };
         let mut batch = Batch::default();
         // How many appends we expect in the next batch: those just answered
         // (their writers usually come straight back) plus those already queued.
@@ -321,24 +405,49 @@ impl Writer {
                 answered += usize::from(reply.send());
             }
             expected = answered + batch.appends;
+            // After answering, so that no acknowledgement waits for it.
+            self.maybe_checkpoint(checkpointer.as_ref());
+        }
+        // The checkpoint connection goes first, so that the writer's is the
+        // last one and its close can checkpoint and remove the WAL.
+        if let Some(checkpointer) = checkpointer {
+            checkpointer.stop();
         }
         // Closing the connection checkpoints and removes the WAL when no
         // reader is left; errors here lose nothing (everything is committed).
         if let Err((_, e)) = self.conn.close() {
             tracing::warn!(error = %e, "closing the event log connection failed");
         }
-        EXP.with(|e| {
-            let e = e.borrow();
-            eprintln!(
-                "EXP write {:?} commit {:?} batches {} avg write {:?} avg commit {:?}",
-                e.0,
-                e.1,
-                e.2,
-                e.0 / e.2.max(1),
-                e.1 / e.2.max(1)
-            );
-        });
         tracing::debug!("event log writer stopped");
+    }
+
+    /// After a commit: nudges the background checkpointer, or, once the WAL
+    /// is too long (or without a checkpointer), checkpoints here. A failure
+    /// loses nothing (the frames stay in the WAL) and is retried later.
+    fn maybe_checkpoint(&mut self, checkpointer: Option<&Checkpointer>) {
+        let frames = WAL_FRAMES.with(std::cell::Cell::get);
+        if frames < CHECKPOINT_SOFT_FRAMES {
+            return;
+        }
+        let mode = match checkpointer {
+            Some(_) if frames >= CHECKPOINT_HARD_FRAMES => "RESTART",
+            Some(c) => {
+                // Full means a nudge is already pending: nothing to add.
+                let _ = c.nudge.try_send(());
+                return;
+            }
+            None => "PASSIVE",
+        };
+        let started = Instant::now();
+        match checkpoint(&self.conn, mode) {
+            // The next commit starts the WAL over; until then, don't retry.
+            Ok(true) => WAL_FRAMES.with(|cell| cell.set(0)),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, mode, "event log checkpoint failed"),
+        }
+        self.stats
+            .checkpoint_nanos
+            .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
     }
 
     fn push(&mut self, batch: &mut Batch, msg: Msg) {
@@ -409,23 +518,25 @@ impl Writer {
                 Err(_) => self.skip(msg),
             }
         }
-        let t_write = started.elapsed();
+        let written = started.elapsed();
         if outcome.is_ok() {
             outcome = self.commit();
         }
-        EXP.with(|e| {
-            let mut e = e.borrow_mut();
-            e.0 += t_write;
-            e.1 += started.elapsed() - t_write;
-            e.2 += 1;
-        });
+        let done = started.elapsed();
+        self.stats
+            .write_nanos
+            .fetch_add(nanos(written), Ordering::Relaxed);
+        self.stats
+            .commit_nanos
+            .fetch_add(nanos(done - written), Ordering::Relaxed);
+        self.commit_seconds.record((done - written).as_secs_f64());
         // Keep the allocation for the next batch.
         batch.msgs = Vec::with_capacity(self.max_appends.min(64));
 
         match outcome {
             Ok(()) => {
                 let committed = self.next_position - first_position;
-                self.last_commit = started.elapsed();
+                self.last_commit = done;
                 if committed > 0 {
                     let head = self.next_position - 1;
                     self.head.send_replace(head);
@@ -776,4 +887,8 @@ fn validate(req: &AppendRequest) -> Result<()> {
 
 fn is_constraint_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

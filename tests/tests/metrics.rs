@@ -1,0 +1,55 @@
+//! The Prometheus endpoint of a real node.
+
+mod support;
+
+use dialtone_api::pb::CreateDomainRequest;
+use support::TestNode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn scrape(addr: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test]
+async fn metrics_endpoint_reports_event_log_and_actor_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let node = TestNode::start(dir.path(), &["--metrics-addr", &addr])
+        .await
+        .unwrap();
+    let mut p = node.provisioning().await.unwrap();
+    p.create_domain(CreateDomainRequest {
+        name: "example.com".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let text = scrape(&addr).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for metric in [
+        "dialtone_eventlog_appends_total",
+        "dialtone_eventlog_append_seconds",
+        "dialtone_actors_live",
+    ] {
+        assert!(text.contains(metric), "missing {metric} in:\n{text}");
+    }
+    node.stop().await.unwrap();
+}
