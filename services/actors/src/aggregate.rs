@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::directory::Registry;
+use crate::facts::Facts;
 use crate::{now_us, Error, Result};
 
 /// How one kind of aggregate plugs into [`AggregateActor`].
@@ -52,6 +53,17 @@ pub trait Aggregate: Sized + Unpin + 'static {
     /// The command run when the deadline passes.
     fn deadline_command() -> Option<Self::Command> {
         None
+    }
+
+    /// Publishes what hot paths read without a message to the actor:
+    /// after loading (`events` is `None`) and after each commit (the
+    /// committed events).
+    fn publish(
+        _id: Self::Id,
+        _state: &Self::State,
+        _events: Option<&[Self::Event]>,
+        _facts: &Facts,
+    ) {
     }
 }
 
@@ -93,6 +105,12 @@ impl Aggregate for DomainAggregate {
         // grows so that snapshot writes stay a small share of the log.
         (state.users.len() as u64 / 4).max(200)
     }
+    fn publish(id: DomainId, state: &Self::State, events: Option<&[Self::Event]>, facts: &Facts) {
+        match events {
+            None => facts.publish_domain(id, state),
+            Some(events) => facts.apply_domain_events(id, state, events),
+        }
+    }
 }
 
 /// The [`model::user`] aggregate.
@@ -130,6 +148,15 @@ impl Aggregate for UserAggregate {
     }
     fn snapshot_interval(_state: &Self::State) -> u64 {
         100
+    }
+    fn next_deadline(state: &Self::State) -> Option<Timestamp> {
+        model::registration::next_expiry(state)
+    }
+    fn deadline_command() -> Option<Self::Command> {
+        Some(model::user::Command::ExpireContacts)
+    }
+    fn publish(id: UserId, state: &Self::State, _events: Option<&[Self::Event]>, facts: &Facts) {
+        facts.publish_user(id, state);
     }
 }
 
@@ -297,6 +324,7 @@ pub struct AggregateActor<A: Aggregate> {
     stream: String,
     store: SharedStore,
     registry: Arc<Registry<A>>,
+    facts: Arc<Facts>,
     idle_timeout: Duration,
     /// `None` until loaded; `Err` when loading failed (then every request
     /// gets the error and the actor stops).
@@ -314,6 +342,7 @@ impl<A: Aggregate> AggregateActor<A> {
         id: A::Id,
         store: SharedStore,
         registry: Arc<Registry<A>>,
+        facts: Arc<Facts>,
         idle_timeout: Duration,
     ) -> Self {
         AggregateActor {
@@ -321,6 +350,7 @@ impl<A: Aggregate> AggregateActor<A> {
             stream: A::stream(id),
             store,
             registry,
+            facts,
             idle_timeout,
             loaded: None,
             last_active: Instant::now(),
@@ -422,6 +452,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         let fut = load::<A>(self.store.clone(), self.stream.clone());
         ctx.wait(fut.into_actor(self).map(|result, act, ctx| match result {
             Ok(loaded) => {
+                A::publish(act.id, &loaded.state, None, &act.facts);
                 act.loaded = Some(Ok(loaded));
                 act.schedule_deadline(ctx);
             }
@@ -461,29 +492,32 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     }
 }
 
-fn save_snapshot_later<A: Aggregate>(store: &SharedStore, stream: &str, loaded: &Loaded<A::State>) {
-    let Some(version) = loaded.version else {
-        return;
-    };
+fn snapshot_of<A: Aggregate>(stream: &str, loaded: &Loaded<A::State>) -> Option<Snapshot> {
+    let version = loaded.version?;
     let data = SnapshotData {
         state: &loaded.state,
         updated_at: loaded.updated_at,
         requests: loaded.requests.clone(),
     };
-    let data = match serde_json::to_string(&data) {
-        Ok(data) => data,
+    match serde_json::to_string(&data) {
+        Ok(data) => Some(Snapshot {
+            stream: stream.to_owned(),
+            version,
+            schema_version: A::SNAPSHOT_SCHEMA,
+            data,
+        }),
         Err(e) => {
             tracing::warn!(%stream, error = %e, "cannot serialise snapshot");
-            return;
+            None
         }
+    }
+}
+
+fn save_snapshot_later<A: Aggregate>(store: &SharedStore, stream: &str, loaded: &Loaded<A::State>) {
+    let Some(snapshot) = snapshot_of::<A>(stream, loaded) else {
+        return;
     };
     let store = store.clone();
-    let snapshot = Snapshot {
-        stream: stream.to_owned(),
-        version,
-        schema_version: A::SNAPSHOT_SCHEMA,
-        data,
-    };
     // Fire and forget: a lost snapshot only makes the next load longer.
     // While the actor system shuts down there is no runtime left to run it.
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -494,6 +528,46 @@ fn save_snapshot_later<A: Aggregate>(store: &SharedStore, stream: &str, loaded: 
             tracing::warn!(error = %e, "cannot save snapshot");
         }
     });
+}
+
+/// Stop now (shutdown): finish what is in flight, save a snapshot if the
+/// state moved since the last one, then stop.
+pub struct Passivate;
+
+impl Message for Passivate {
+    type Result = ();
+}
+
+impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: Passivate, _ctx: &mut Self::Context) -> Self::Result {
+        let snapshot = match &mut self.loaded {
+            Some(Ok(loaded)) if loaded.folded_since_snapshot > 0 && !self.in_flight => {
+                loaded.folded_since_snapshot = 0;
+                snapshot_of::<A>(&self.stream, loaded)
+            }
+            _ => None,
+        };
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                if let Some(snapshot) = snapshot {
+                    if let Err(e) = store.save_snapshot(snapshot).await {
+                        tracing::warn!(error = %e, "cannot save snapshot at shutdown");
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                // Nothing more to save in `stopping`.
+                if let Some(Ok(loaded)) = &mut act.loaded {
+                    loaded.folded_since_snapshot = 0;
+                }
+                ctx.stop();
+            }),
+        )
+    }
 }
 
 impl<A: Aggregate, R: Send + 'static> Handler<Query<A, R>> for AggregateActor<A> {
@@ -648,6 +722,7 @@ impl<A: Aggregate> AggregateActor<A> {
         let store = self.store.clone();
         let stream = self.stream.clone();
         let count = decided.len() as u64;
+        let committed_events: Vec<A::Event> = decided.into_iter().map(|d| d.event).collect();
         let append = async move { store.append(&stream, expected, new_events).await };
         ctx.spawn(append.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
@@ -663,7 +738,14 @@ impl<A: Aggregate> AggregateActor<A> {
                     act.failed(error, waiting, ctx);
                 }
                 Ok(outcome) => {
-                    act.committed(outcome.last_version, now, count, batch_requests, waiting);
+                    act.committed(
+                        outcome.last_version,
+                        now,
+                        count,
+                        batch_requests,
+                        waiting,
+                        &committed_events,
+                    );
                     act.schedule_deadline(ctx);
                 }
                 Err(e) => act.failed(e, waiting, ctx),
@@ -679,11 +761,15 @@ impl<A: Aggregate> AggregateActor<A> {
         count: u64,
         requests: Vec<String>,
         waiting: Vec<(Finish<A::State>, bool)>,
+        events: &[A::Event],
     ) {
         let (store, stream) = (self.store.clone(), self.stream.clone());
         let Some(Ok(loaded)) = &mut self.loaded else {
             return;
         };
+        // Publish before replying: whoever got a reply reads facts at least
+        // this new.
+        A::publish(self.id, &loaded.state, Some(events), &self.facts);
         loaded.version = Some(last_version);
         loaded.updated_at = now;
         loaded.folded_since_snapshot += count;

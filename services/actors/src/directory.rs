@@ -11,8 +11,10 @@ use dialtone_domain::{DomainId, UserId};
 use dialtone_eventlog::SharedStore;
 
 use crate::aggregate::{
-    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Query, Reply, UserAggregate, View,
+    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Passivate, Query, Reply,
+    UserAggregate, View,
 };
+use crate::facts::Facts;
 use crate::{Error, Result};
 use dialtone_domain as model;
 
@@ -67,6 +69,7 @@ struct Inner {
     config: DirectoryConfig,
     domains: Arc<Registry<DomainAggregate>>,
     users: Arc<Registry<UserAggregate>>,
+    facts: Arc<Facts>,
 }
 
 /// How often a request is retried when it met an actor that was stopping.
@@ -88,12 +91,49 @@ impl Directory {
                 config,
                 domains: Arc::new(Registry::new()),
                 users: Arc::new(Registry::new()),
+                facts: Arc::new(Facts::default()),
             }),
         })
     }
 
     pub fn store(&self) -> &SharedStore {
         &self.inner.store
+    }
+
+    /// Stops every live actor after it saved a snapshot (shutdown), so that
+    /// the next start loads quickly. Waits at most `timeout`.
+    pub async fn passivate_all(&self, timeout: Duration) {
+        let domains: Vec<_> = self
+            .inner
+            .domains
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let users: Vec<_> = self
+            .inner
+            .users
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let all = async {
+            let domain_stops = futures::future::join_all(domains.iter().map(|a| a.send(Passivate)));
+            let user_stops = futures::future::join_all(users.iter().map(|a| a.send(Passivate)));
+            futures::join!(domain_stops, user_stops);
+        };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!("some actors did not stop in time");
+        }
+    }
+
+    /// Facts published by the actors (see [`Facts`]).
+    pub fn facts(&self) -> &Facts {
+        &self.inner.facts
     }
 
     /// Number of live actors (domains, users).
@@ -118,8 +158,9 @@ impl Directory {
         let store = self.inner.store.clone();
         let reg = registry.clone();
         let idle = self.inner.config.idle_timeout;
+        let facts = self.inner.facts.clone();
         let addr = AggregateActor::<A>::start_in_arbiter(arbiter, move |_ctx| {
-            AggregateActor::new(id, store, reg, idle)
+            AggregateActor::new(id, store, reg, facts, idle)
         });
         live.insert(id, addr.clone());
         addr

@@ -23,6 +23,7 @@
 
 mod aggregate;
 mod directory;
+mod facts;
 mod provisioning;
 mod registrations;
 mod system;
@@ -32,6 +33,7 @@ pub use aggregate::{
     UserAggregate, View,
 };
 pub use directory::{Directory, DirectoryConfig};
+pub use facts::{DomainFacts, Facts, UserFacts};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewUserRequest, Provisioning, ProvisioningConfig,
     UserRef,

@@ -78,6 +78,7 @@ impl RegistrationIndex {
         }
         // Catch up to the head now, so that start-up knows every user.
         let head = store.head_position();
+        let from = state.position;
         while state.position < head {
             let page = store.read_all(state.position + 1, 10_000).await?;
             if page.is_empty() {
@@ -86,6 +87,10 @@ impl RegistrationIndex {
             for event in &page {
                 state.fold(event);
             }
+        }
+        if state.position - from >= CHECKPOINT_EVENTS {
+            // A long catch-up: save it, so that the next start is quick.
+            save_checkpoint(&store, &state).await;
         }
         let to_wake: Vec<UserId> = state.users.keys().copied().collect();
         let index = RegistrationIndex {
@@ -113,26 +118,18 @@ impl RegistrationIndex {
                         continue;
                     }
                 };
-                let snapshot = {
+                let due_state = {
                     let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
                     guard.fold(&event);
                     since_checkpoint += 1;
                     let due = since_checkpoint >= CHECKPOINT_EVENTS
                         || (since_checkpoint > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
-                    due.then(|| serde_json::to_string(&*guard).map(|data| (guard.position, data)))
+                    due.then(|| guard.clone())
                 };
-                if let Some(Ok((position, data))) = snapshot {
+                if let Some(snapshot) = due_state {
                     since_checkpoint = 0;
                     last_checkpoint = Instant::now();
-                    let snapshot = Snapshot {
-                        stream: CHECKPOINT_STREAM.to_owned(),
-                        version: position,
-                        schema_version: CHECKPOINT_SCHEMA,
-                        data,
-                    };
-                    if let Err(e) = store.save_snapshot(snapshot).await {
-                        tracing::warn!(error = %e, "cannot save registrations checkpoint");
-                    }
+                    save_checkpoint(&store, &snapshot).await;
                 }
             }
         });
@@ -155,9 +152,35 @@ impl RegistrationIndex {
         users
     }
 
+    /// Saves a checkpoint now (at shutdown, so that the next start reads
+    /// little of the log).
+    pub async fn checkpoint(&self, store: &SharedStore) {
+        let state = self.read().clone();
+        save_checkpoint(store, &state).await;
+    }
+
     /// Number of users with contacts, all domains.
     pub fn registered_users(&self) -> usize {
         self.read().users.len()
+    }
+}
+
+async fn save_checkpoint(store: &SharedStore, state: &State) {
+    let data = match serde_json::to_string(state) {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serialise registrations checkpoint");
+            return;
+        }
+    };
+    let snapshot = Snapshot {
+        stream: CHECKPOINT_STREAM.to_owned(),
+        version: state.position,
+        schema_version: CHECKPOINT_SCHEMA,
+        data,
+    };
+    if let Err(e) = store.save_snapshot(snapshot).await {
+        tracing::warn!(error = %e, "cannot save registrations checkpoint");
     }
 }
 

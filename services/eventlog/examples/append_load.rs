@@ -90,6 +90,32 @@ fn written_bytes() -> Option<u64> {
         .ok()
 }
 
+/// The disk's own durable-write latency at the same place, for context:
+/// 200 times, overwrite 4 KiB and fsync (what a 1-page commit costs at least).
+fn probe_fsync(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(&vec![0u8; 1 << 20])?;
+    file.sync_all()?;
+    let block = vec![7u8; 4096];
+    let mut micros = Vec::with_capacity(200);
+    for i in 0..200u64 {
+        let started = Instant::now();
+        file.seek(SeekFrom::Start((i % 256) * 4096))?;
+        file.write_all(&block)?;
+        file.sync_all()?;
+        micros.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    micros.sort_unstable();
+    Ok((
+        f64::from(percentile(&micros, 0.5)) / 1000.0,
+        f64::from(percentile(&micros, 0.99)) / 1000.0,
+    ))
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -104,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(&base).with_context(|| format!("temp dir in {base:?}"))?;
     let path = dir.path().join("events.db");
+    let (fsync_p50, fsync_p99) = probe_fsync(dir.path())?;
     let store = Arc::new(SqliteStore::open(&path, args.options.clone())?);
     println!(
         "append_load: {} writers x 1-event appends, {} streams each, {} data bytes, \
@@ -114,6 +141,14 @@ async fn main() -> anyhow::Result<()> {
         args.seconds,
         args.warmup,
         path.display()
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "disk: 4 KiB write + fsync p50 {fsync_p50:.2} ms, p99 {fsync_p99:.2} ms; load average {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "options: max_batch_events={} max_batch_appends={} max_gather_delay={:?}",

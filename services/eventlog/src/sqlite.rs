@@ -398,9 +398,8 @@ impl EventStore for SqliteStore {
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
         let stream = stream.to_owned();
         self.read(move |conn| {
-            conn.prepare_cached("SELECT last_version FROM streams WHERE stream = ?1")?
-                .query_row([stream], |row| u64_column(row, 0))
-                .optional()
+            conn.prepare_cached(writer::STREAM_VERSION)?
+                .query_row([stream], |row| optional_u64_column(row, 0))
         })
         .await
     }
@@ -416,14 +415,16 @@ impl EventStore for SqliteStore {
         self.read(move |conn| {
             // Names sharing a prefix are contiguous in SQLite's BINARY order
             // (bytewise, as Rust orders `str`): seek to the lower bound with the
-            // primary key, then stop at the first name outside the prefix.
+            // primary key, then stop at the first name outside the prefix. The
+            // last version is one index seek per row, done as rows are read.
             let mut stmt = match after {
                 Some(_) => conn.prepare_cached(
-                    "SELECT stream, last_version FROM streams
-                     WHERE stream >= ?1 AND stream > ?2 ORDER BY stream",
+                    "SELECT stream, (SELECT MAX(version) FROM events e WHERE e.stream = s.stream)
+                     FROM streams s WHERE stream >= ?1 AND stream > ?2 ORDER BY stream",
                 )?,
                 None => conn.prepare_cached(
-                    "SELECT stream, last_version FROM streams WHERE stream >= ?1 ORDER BY stream",
+                    "SELECT stream, (SELECT MAX(version) FROM events e WHERE e.stream = s.stream)
+                     FROM streams s WHERE stream >= ?1 ORDER BY stream",
                 )?,
             };
             let mut rows = match &after {
@@ -592,6 +593,13 @@ pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+pub(crate) fn optional_u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
+    match row.get::<_, Option<i64>>(index)? {
+        None => Ok(None),
+        Some(_) => u64_column(row, index).map(Some),
+    }
+}
+
 pub(crate) fn u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
     let value: i64 = row.get(index)?;
     u64::try_from(value).map_err(|e| {
@@ -638,4 +646,38 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
         correlation_id: row.get(10)?,
         data: row.get(11)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_i64_saturates() {
+        assert_eq!(to_i64(5), 5);
+        assert_eq!(to_i64(u64::MAX), i64::MAX);
+    }
+
+    /// The whole conformance suite once, so that a plain `cargo test` (without
+    /// the `conformance` feature, hence without the integration tests) runs it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_suite() {
+        struct Sqlite;
+
+        #[async_trait]
+        impl crate::conformance::Backend for Sqlite {
+            type Location = tempfile::TempDir;
+
+            async fn create(&self) -> tempfile::TempDir {
+                tempfile::tempdir().unwrap()
+            }
+
+            async fn open(&self, dir: &tempfile::TempDir) -> crate::SharedStore {
+                let path = dir.path().join("events.db");
+                Arc::new(SqliteStore::open(&path, SqliteOptions::new("unit")).unwrap())
+            }
+        }
+
+        crate::conformance::run_all(&Sqlite).await;
+    }
 }

@@ -58,11 +58,6 @@ mod tiny_batches {
     }));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_all_in_one_go() {
-    dialtone_eventlog::conformance::run_all(&Sqlite::new(SqliteOptions::default())).await;
-}
-
 /// A full disk (simulated with `PRAGMA max_page_count`) fails the batch with
 /// `Storage`, loses nothing acknowledged, and the writer carries on once
 /// space is back.
@@ -209,5 +204,66 @@ async fn concurrent_appends_share_commits() {
         stats.commits < stats.appends / 4,
         "expected group commits, got {stats:?}"
     );
+    store.close().await.unwrap();
+}
+
+/// Under sustained appends the WAL is checkpointed (in the background, then
+/// by the writer at the hard limit) and its file stays bounded; nothing is
+/// lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_is_checkpointed_and_stays_bounded() {
+    const WRITERS: usize = 32;
+    const APPENDS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&db_path(&dir), SqliteOptions::new("n")).unwrap());
+    let data = format!(r#"{{"pad":"{}"}}"#, "y".repeat(3000));
+    let wal = dir.path().join("events.db-wal");
+    let mut largest_wal = 0;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            let data = data.clone();
+            tokio::spawn(async move {
+                for i in 0..APPENDS {
+                    store
+                        .append(
+                            &format!("wal-{w}-{}", i % 7),
+                            ExpectedVersion::Any,
+                            vec![new_event("T", &data)],
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        while !task.is_finished() {
+            largest_wal = largest_wal.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.await.unwrap();
+    }
+    let total = (WRITERS * APPENDS) as u64;
+    let stats = store.stats();
+    assert_eq!(stats.events, total);
+    assert!(
+        stats.checkpoint_time > Duration::ZERO,
+        "the writer never had to checkpoint: {stats:?}"
+    );
+    assert!(largest_wal < 100 << 20, "WAL grew to {largest_wal} bytes");
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(&db_path(&dir), SqliteOptions::new("n")).unwrap();
+    assert_eq!(store.head_position(), total);
+    let mut position = 1;
+    loop {
+        let page = store.read_all(position, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.iter().all(|e| e.data == data));
+        position = last.position + 1;
+    }
+    assert_eq!(position, total + 1);
     store.close().await.unwrap();
 }

@@ -153,7 +153,9 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC task failed"),
         Err(_) => tracing::warn!("gRPC calls still running after 10 s; closing anyway"),
     }
-    tracing::info!("stopping actors");
+    registrations.checkpoint(&store).await;
+    tracing::info!("stopping actors (saving snapshots)");
+    directory.passivate_all(Duration::from_secs(10)).await;
     tokio::task::spawn_blocking(move || system.shutdown()).await?;
     tracing::info!("closing the event log");
     store.close().await.context("closing the event log")?;

@@ -1,11 +1,9 @@
 //! The SIP gateway's view of Dialtone: `dialtone_sip::Registry` implemented
 //! over the domain and user actors.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dialtone_actors::{Meta, Provisioning};
+use dialtone_actors::{Meta, Provisioning, UserFacts};
 use dialtone_domain::registration::{ContactChange, Register};
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
 use dialtone_sip::backend::{
@@ -13,23 +11,16 @@ use dialtone_sip::backend::{
     UserCredentials,
 };
 
-/// Resolves `user@domain` to user ids (cached: a claim never points
-/// elsewhere while it exists; a deleted user is found out through its actor
-/// and evicted) and runs REGISTERs on the user actors.
+/// Resolves `user@domain` and reads credentials from the facts the actors
+/// publish (no actor message on the hot path once an aggregate was loaded),
+/// and runs REGISTERs on the user actors.
 pub struct ActorRegistry {
     provisioning: Provisioning,
-    ids: RwLock<HashMap<(String, String), UserId>>,
 }
-
-/// Cached ids beyond this are dropped all at once (simple bound).
-const ID_CACHE_CAPACITY: usize = 1_000_000;
 
 impl ActorRegistry {
     pub fn new(provisioning: Provisioning) -> Self {
-        ActorRegistry {
-            provisioning,
-            ids: RwLock::new(HashMap::new()),
-        }
+        ActorRegistry { provisioning }
     }
 
     /// The domain's status and MD5 setting, and the id of `user` in it.
@@ -37,64 +28,51 @@ impl ActorRegistry {
         let Ok(domain_name) = DomainName::parse(domain) else {
             return Ok(Resolved::UnknownDomain);
         };
-        let Ok(username) = UserName::parse(user) else {
-            return Ok(Resolved::DomainOnly(self.domain_state(&domain_name).await?));
-        };
-        let key = (domain_name.as_str().to_owned(), user.to_owned());
-        let cached = self
-            .ids
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .copied();
+        let username = UserName::parse(user).ok();
         let domain_id = DomainId::for_name(&domain_name);
-        let (state, id) = self
-            .provisioning
-            .directory()
-            .query_domain(domain_id, move |r| {
-                let state = DomainState {
-                    status: r.state.status,
-                    md5_allowed: r.state.settings.md5_allowed,
-                };
-                let id = match cached {
-                    Some(id) => Some(id),
-                    None => r.state.users.get(&username).copied(),
-                };
-                (state, id)
-            })
+        let directory = self.provisioning.directory();
+        let facts = match directory
+            .facts()
+            .domain_and_user(domain_id, username.as_ref())
+        {
+            Some(facts) => Some(facts),
+            None => {
+                // Not loaded on this node yet: loading publishes the facts.
+                directory
+                    .query_domain(domain_id, |_| ())
+                    .await
+                    .map_err(unavailable)?;
+                directory
+                    .facts()
+                    .domain_and_user(domain_id, username.as_ref())
+            }
+        };
+        let Some((status, md5_allowed, _cross_domain, id)) = facts else {
+            return Ok(Resolved::UnknownDomain);
+        };
+        let state = DomainState {
+            status,
+            md5_allowed,
+        };
+        Ok(match id {
+            Some(id) => Resolved::User(state, id),
+            None => Resolved::DomainOnly(state),
+        })
+    }
+
+    async fn user_facts(
+        &self,
+        id: UserId,
+    ) -> Result<Option<std::sync::Arc<UserFacts>>, BackendError> {
+        let directory = self.provisioning.directory();
+        if let Some(facts) = directory.facts().user(id) {
+            return Ok(Some(facts));
+        }
+        directory
+            .query_user(id, |_| ())
             .await
             .map_err(unavailable)?;
-        match id {
-            Some(id) => {
-                if cached.is_none() {
-                    let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
-                    if ids.len() >= ID_CACHE_CAPACITY {
-                        ids.clear();
-                    }
-                    ids.insert(key, id);
-                }
-                Ok(Resolved::User(state, id))
-            }
-            None => Ok(Resolved::DomainOnly(state)),
-        }
-    }
-
-    async fn domain_state(&self, name: &DomainName) -> Result<DomainState, BackendError> {
-        self.provisioning
-            .directory()
-            .query_domain(DomainId::for_name(name), |r| DomainState {
-                status: r.state.status,
-                md5_allowed: r.state.settings.md5_allowed,
-            })
-            .await
-            .map_err(unavailable)
-    }
-
-    fn evict(&self, domain: &str, user: &str) {
-        self.ids
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(domain.to_ascii_lowercase(), user.to_owned()));
+        Ok(directory.facts().user(id))
     }
 }
 
@@ -149,28 +127,15 @@ impl Registry for ActorRegistry {
         let Some(id) = id else {
             return Ok(Lookup::UnknownUser);
         };
-        let found = self
-            .provisioning
-            .directory()
-            .query_user(id, move |r| {
-                let u = r.state;
-                match (&u.credentials, u.exists()) {
-                    (Some(c), true) => Some(UserCredentials {
-                        ha1_md5: state.md5_allowed.then(|| c.ha1_md5.clone()),
-                        ha1_sha256: c.ha1_sha256.clone(),
-                        disabled: !u.enabled,
-                    }),
-                    _ => None,
-                }
-            })
-            .await
-            .map_err(unavailable)?;
-        match found {
-            Some(credentials) => Ok(Lookup::Found(credentials)),
-            None => {
-                self.evict(domain, user);
-                Ok(Lookup::UnknownUser)
+        match self.user_facts(id).await? {
+            Some(user) if user.exists && !user.ha1_sha256.is_empty() => {
+                Ok(Lookup::Found(UserCredentials {
+                    ha1_md5: state.md5_allowed.then(|| user.ha1_md5.clone()),
+                    ha1_sha256: user.ha1_sha256.clone(),
+                    disabled: !user.enabled,
+                }))
             }
+            _ => Ok(Lookup::UnknownUser),
         }
     }
 
@@ -220,10 +185,7 @@ impl Registry for ActorRegistry {
             Err(dialtone_actors::Error::Domain(dialtone_domain::Error::OutOfOrder(_))) => {
                 Ok(RegisterOutcome::CSeqOutOfOrder)
             }
-            Err(dialtone_actors::Error::Domain(e)) => {
-                self.evict(&request.domain, &request.user);
-                Err(BackendError::Internal(e.to_string()))
-            }
+            Err(dialtone_actors::Error::Domain(e)) => Err(BackendError::Internal(e.to_string())),
             Err(e) => Err(unavailable(e)),
         }
     }

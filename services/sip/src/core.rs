@@ -2,23 +2,27 @@
 //! (and where to send them) out. The transports in [`crate::gateway`] call
 //! [`Core::handle`] for every received message.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use metrics::{Counter, Histogram};
 use tracing::Instrument as _;
 
 use crate::backend::{
     BackendError, CurrentContact, Lookup, RegisterOutcome, RegisterRequest, Registry, Transport,
     UserCredentials,
 };
-use crate::digest::{write_challenge, Algorithm, Credentials, DigestError};
+use crate::digest::{write_challenge, Algorithm, CredentialsRef, DigestError};
 use crate::gateway::GatewayConfig;
 use crate::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
-use crate::nonce::{NcCheck, NonceCheck, Nonces};
+use crate::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
 use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
-use crate::response::{self, http_date, random_tag, status_label, Response, Source};
+use crate::response::{
+    self, random_tag_bytes, status_label, write_http_date, write_u64, Response, Source,
+};
 use crate::transaction::{Disposition, Key, ServerTransactions};
 
 /// Methods this server handles itself (the `Allow` header).
@@ -53,6 +57,109 @@ pub mod metric {
     pub const REGISTER_SECONDS: &str = "dialtone_sip_register_seconds";
 }
 
+/// Status codes with their own `status` label (see [`status_label`]); the
+/// last slot is "other".
+const STATUS_CODES: [u16; 18] = [
+    100, 200, 400, 401, 403, 404, 405, 407, 416, 420, 423, 481, 483, 500, 501, 503, 505, 513,
+];
+const METHODS: [Method; 7] = [
+    Method::Register,
+    Method::Options,
+    Method::Invite,
+    Method::Ack,
+    Method::Bye,
+    Method::Cancel,
+    Method::Other,
+];
+const AUTH_FAILURE_REASONS: [&str; 4] = ["unsupported", "nonce", "credentials", "replay"];
+
+/// Metric handles, registered on first use and then reused: the `metrics`
+/// macros build the key (and a label vector) and look it up in the recorder
+/// on every call. The series and their labels are the macros' own.
+#[derive(Default)]
+struct Metrics {
+    requests: [OnceLock<Counter>; METHODS.len()],
+    responses: [OnceLock<Counter>; STATUS_CODES.len() + 1],
+    auth_failures: [OnceLock<Counter>; AUTH_FAILURE_REASONS.len()],
+    parse_errors: OnceLock<Counter>,
+    dropped_response: OnceLock<Counter>,
+    dropped_unaddressable: OnceLock<Counter>,
+    retransmissions: OnceLock<Counter>,
+    register_seconds: OnceLock<Histogram>,
+}
+
+impl Metrics {
+    fn request(&self, method: Method) {
+        let i = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(METHODS.len() - 1);
+        self.requests[i]
+            .get_or_init(|| metrics::counter!(metric::REQUESTS, "method" => method.label()))
+            .increment(1);
+    }
+
+    fn response(&self, code: u16) {
+        let i = STATUS_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(STATUS_CODES.len());
+        self.responses[i]
+            .get_or_init(|| metrics::counter!(metric::RESPONSES, "status" => status_label(code)))
+            .increment(1);
+    }
+
+    /// `reason` is one of [`AUTH_FAILURE_REASONS`].
+    fn auth_failure(&self, reason: &'static str) {
+        let i = AUTH_FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.auth_failures[i]
+            .get_or_init(|| metrics::counter!(metric::AUTH_FAILURES, "reason" => reason))
+            .increment(1);
+    }
+
+    fn parse_error(&self) {
+        self.parse_errors
+            .get_or_init(|| metrics::counter!(metric::PARSE_ERRORS))
+            .increment(1);
+    }
+
+    fn dropped_response(&self) {
+        self.dropped_response
+            .get_or_init(|| metrics::counter!(metric::DROPPED, "reason" => "response"))
+            .increment(1);
+    }
+
+    fn dropped_unaddressable(&self) {
+        self.dropped_unaddressable
+            .get_or_init(|| metrics::counter!(metric::DROPPED, "reason" => "unaddressable"))
+            .increment(1);
+    }
+
+    fn retransmission(&self) {
+        self.retransmissions
+            .get_or_init(|| metrics::counter!(metric::RETRANSMISSIONS))
+            .increment(1);
+    }
+
+    fn register_seconds(&self, secs: f64) {
+        self.register_seconds
+            .get_or_init(|| metrics::histogram!(metric::REGISTER_SECONDS))
+            .record(secs);
+    }
+}
+
+/// The request being answered: what every response needs.
+#[derive(Clone, Copy)]
+struct Cx<'r> {
+    msg: &'r Message<'r>,
+    /// The top Via of `msg`, parsed once.
+    via: &'r Via<'r>,
+    source: Source,
+}
+
 /// A response to send and, for UDP, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -73,6 +180,7 @@ pub struct Core {
     dummy: UserCredentials,
     dummy_md5: String,
     policy: ExpiresPolicy,
+    metrics: Metrics,
 }
 
 fn now_ms() -> u64 {
@@ -109,6 +217,7 @@ impl Core {
             dummy,
             dummy_md5,
             policy,
+            metrics: Metrics::default(),
         }
     }
 
@@ -117,10 +226,8 @@ impl Core {
     }
 
     fn shard(&self, key: &Key) -> &Mutex<ServerTransactions> {
-        use std::hash::{Hash, Hasher};
-        let mut h = FixedHasher::default();
-        key.hash(&mut h);
-        &self.transactions[(h.finish() as usize) % TRANSACTION_SHARDS]
+        // The high bits: the table's buckets use the low ones.
+        &self.transactions[((key.hash_value() >> 40) as usize) % TRANSACTION_SHARDS]
     }
 
     /// Expires transactions whose timers fired (called periodically).
@@ -151,13 +258,13 @@ impl Core {
             return None; // keep-alive
         }
         if raw.len() > self.cfg.max_message_size {
-            metrics::counter!(metric::PARSE_ERRORS).increment(1);
+            self.metrics.parse_error();
             return self.stateless(raw, source, 513, "Message Too Large");
         }
         let msg = match Message::parse(raw) {
             Ok(m) => m,
             Err(e) => {
-                metrics::counter!(metric::PARSE_ERRORS).increment(1);
+                self.metrics.parse_error();
                 tracing::debug!(error = %e, peer = %source.addr, "unparsable SIP message");
                 return self.stateless(raw, source, 400, bad_request_reason(&e));
             }
@@ -169,13 +276,13 @@ impl Core {
         } = msg.start
         else {
             // No client transactions yet: a response is not for us.
-            metrics::counter!(metric::DROPPED, "reason" => "response").increment(1);
+            self.metrics.dropped_response();
             return None;
         };
-        metrics::counter!(metric::REQUESTS, "method" => method.label()).increment(1);
+        self.metrics.request(method);
         let Ok(via) = msg.top_via() else {
-            metrics::counter!(metric::PARSE_ERRORS).increment(1);
-            metrics::counter!(metric::DROPPED, "reason" => "unaddressable").increment(1);
+            self.metrics.parse_error();
+            self.metrics.dropped_unaddressable();
             return None;
         };
         let dest = if source.reliable {
@@ -187,8 +294,8 @@ impl Core {
             .iter()
             .all(|n| msg.header(*n).is_some());
         if !addressable {
-            metrics::counter!(metric::PARSE_ERRORS).increment(1);
-            metrics::counter!(metric::DROPPED, "reason" => "unaddressable").increment(1);
+            self.metrics.parse_error();
+            self.metrics.dropped_unaddressable();
             return None;
         }
         if method == Method::Ack {
@@ -196,22 +303,20 @@ impl Core {
             // server transactions yet there is nothing to match.
             return None;
         }
+        let cx = Cx {
+            msg: &msg,
+            via: &via,
+            source,
+        };
         if let Err(e) = validate(&msg, method_text) {
-            metrics::counter!(metric::PARSE_ERRORS).increment(1);
-            return Some(self.reply_now(&msg, source, dest, 400, bad_request_reason(&e), |_| {}));
+            self.metrics.parse_error();
+            return Some(self.reply_now(cx, dest, 400, bad_request_reason(&e), |_| {}));
         }
-        let key = match Key::from_request(&msg) {
+        let key = match Key::from_request_via(&msg, &via) {
             Ok(k) => k,
             Err(e) => {
-                metrics::counter!(metric::PARSE_ERRORS).increment(1);
-                return Some(self.reply_now(
-                    &msg,
-                    source,
-                    dest,
-                    400,
-                    bad_request_reason(&e),
-                    |_| {},
-                ));
+                self.metrics.parse_error();
+                return Some(self.reply_now(cx, dest, 400, bad_request_reason(&e), |_| {}));
             }
         };
         let disposition = match self.shard(&key).lock() {
@@ -221,19 +326,17 @@ impl Core {
         match disposition {
             Disposition::New => {}
             Disposition::Absorb => {
-                metrics::counter!(metric::RETRANSMISSIONS).increment(1);
+                self.metrics.retransmission();
                 return None;
             }
             Disposition::Retransmit(bytes) => {
-                metrics::counter!(metric::RETRANSMISSIONS).increment(1);
+                self.metrics.retransmission();
                 return Some(Reply { bytes, dest });
             }
             Disposition::Overloaded => {
-                return Some(
-                    self.reply_now(&msg, source, dest, 503, "Service Unavailable", |r| {
-                        r.header("Retry-After", RETRY_AFTER_SECS);
-                    }),
-                );
+                return Some(self.reply_now(cx, dest, 503, "Service Unavailable", |r| {
+                    r.header("Retry-After", RETRY_AFTER_SECS);
+                }));
             }
         }
         // If this future is dropped before answering (shutdown), forget the
@@ -242,16 +345,18 @@ impl Core {
             core: self,
             key: Some(&key),
         };
-        let span = tracing::info_span!(
+        // A debug span: at the usual `info` level it is disabled and costs
+        // one check, instead of a span (with formatted fields) per request.
+        let span = tracing::debug_span!(
             "sip_transaction",
             branch = via.branch().unwrap_or(""),
             method = method_text
         );
         let (code, bytes) = self
-            .process(&msg, method, method_text, source, transport)
+            .process(cx, method, method_text, transport)
             .instrument(span)
             .await;
-        metrics::counter!(metric::RESPONSES, "status" => status_label(code)).increment(1);
+        self.metrics.response(code);
         guard.key = None;
         if let Ok(mut t) = self.shard(&key).lock() {
             t.respond(&key, code, bytes.clone(), source.reliable, Instant::now());
@@ -262,28 +367,22 @@ impl Core {
     /// A response outside any transaction (malformed requests, overload).
     fn reply_now(
         &self,
-        msg: &Message<'_>,
-        source: Source,
+        cx: Cx<'_>,
         dest: SocketAddr,
         code: u16,
         reason: &str,
         extra: impl FnOnce(&mut Response),
     ) -> Reply {
-        metrics::counter!(metric::RESPONSES, "status" => status_label(code)).increment(1);
-        let mut r = Response::with_reason(msg, &source, code, reason, &random_tag());
-        self.common_headers(&mut r);
-        extra(&mut r);
-        Reply {
-            bytes: r.finish(),
-            dest,
-        }
+        let (_, bytes) = self.respond_sized(cx, code, reason, 0, extra);
+        self.metrics.response(code);
+        Reply { bytes, dest }
     }
 
     /// Answers an unparsable message with `code` when Via, From, To, Call-ID
     /// and CSeq can still be read from it; otherwise drops it.
     fn stateless(&self, raw: &[u8], source: Source, code: u16, reason: &str) -> Option<Reply> {
         let Some(msg) = salvage(raw) else {
-            metrics::counter!(metric::DROPPED, "reason" => "unaddressable").increment(1);
+            self.metrics.dropped_unaddressable();
             return None;
         };
         let via = msg.top_via().ok()?;
@@ -292,47 +391,68 @@ impl Core {
         } else {
             response::udp_destination(&via, source.addr)
         };
-        Some(self.reply_now(&msg, source, dest, code, reason, |_| {}))
-    }
-
-    fn common_headers(&self, r: &mut Response) {
-        if let Some(s) = &self.cfg.server_header {
-            r.header("Server", s);
-        }
+        let cx = Cx {
+            msg: &msg,
+            via: &via,
+            source,
+        };
+        Some(self.reply_now(cx, dest, code, reason, |_| {}))
     }
 
     fn respond(
         &self,
-        msg: &Message<'_>,
-        source: Source,
+        cx: Cx<'_>,
         code: u16,
         reason: &str,
         extra: impl FnOnce(&mut Response),
     ) -> (u16, Bytes) {
-        let mut r = Response::with_reason(msg, &source, code, reason, &random_tag());
-        self.common_headers(&mut r);
+        self.respond_sized(cx, code, reason, 0, extra)
+    }
+
+    /// [`Self::respond`] with room for `extra_len` bytes of `extra` headers.
+    fn respond_sized(
+        &self,
+        cx: Cx<'_>,
+        code: u16,
+        reason: &str,
+        extra_len: usize,
+        extra: impl FnOnce(&mut Response),
+    ) -> (u16, Bytes) {
+        let server_len = self.cfg.server_header.as_ref().map_or(0, |s| s.len() + 10);
+        let mut r = Response::start(
+            cx.msg,
+            Some(cx.via),
+            &cx.source,
+            code,
+            reason,
+            &random_tag_bytes(),
+            server_len + extra_len,
+        );
+        if let Some(s) = &self.cfg.server_header {
+            r.header("Server", s);
+        }
         extra(&mut r);
         (code, r.finish())
     }
 
     async fn process(
         &self,
-        msg: &Message<'_>,
+        cx: Cx<'_>,
         method: Method,
         method_text: &str,
-        source: Source,
         transport: Transport,
     ) -> (u16, Bytes) {
+        let msg = cx.msg;
         let max_forwards = match msg.max_forwards() {
             Ok(m) => m,
-            Err(_) => return self.respond(msg, source, 400, "Bad Max-Forwards", |_| {}),
+            Err(_) => return self.respond(cx, 400, "Bad Max-Forwards", |_| {}),
         };
         if method != Method::Cancel {
             // RFC 3261 s.8.2.2.3: we support no extension a client may require.
             let required: Vec<&str> = msg.list(Name::Require).collect();
             if !required.is_empty() {
                 let unsupported = required.join(", ");
-                return self.respond(msg, source, 420, "Bad Extension", |r| {
+                return self.respond(cx, 420, "Bad Extension", |r| {
                     r.header("Unsupported", &unsupported);
                 });
             }
@@ -340,12 +460,12 @@ impl Core {
         match method {
             Method::Register => {
                 let started = Instant::now();
-                let out = self.register(msg, method_text, source, transport).await;
-                metrics::histogram!(metric::REGISTER_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
+                let out = self.register(cx, method_text, transport).await;
+                self.metrics
+                    .register_seconds(started.elapsed().as_secs_f64());
                 out
             }
-            Method::Options => self.respond(msg, source, 200, "OK", |r| {
+            Method::Options => self.respond(cx, 200, "OK", |r| {
                 r.header("Allow", ALLOW)
                     .header("Accept", "application/sdp")
                     .header("Accept-Encoding", "identity")
@@ -353,15 +473,15 @@ impl Core {
                     .header("Supported", "");
             }),
             // No INVITE transactions yet: nothing to cancel (RFC 3261 s.9.2).
-            Method::Cancel => self.respond(msg, source, 481, response::reason(481), |_| {}),
+            Method::Cancel => self.respond(cx, 481, response::reason(481), |_| {}),
             _ => {
                 if max_forwards == Some(0) {
                     // We would have to forward it (RFC 3261 s.16.3 step 3).
-                    return self.respond(msg, source, 483, response::reason(483), |_| {});
+                    return self.respond(cx, 483, response::reason(483), |_| {});
                 }
                 let known = KNOWN_METHODS.contains(&method_text);
                 let code = if known { 405 } else { 501 };
-                self.respond(msg, source, code, response::reason(code), |r| {
+                self.respond(cx, code, response::reason(code), |r| {
                     r.header("Allow", ALLOW);
                 })
             }
@@ -378,97 +498,82 @@ impl Core {
         }
     }
 
-    fn backend_failure(&self, msg: &Message<'_>, source: Source, e: &BackendError) -> (u16, Bytes) {
+    fn backend_failure(&self, cx: Cx<'_>, e: &BackendError) -> (u16, Bytes) {
         tracing::warn!(error = %e, "registry backend failed");
         match e {
-            BackendError::Unavailable(_) => {
-                self.respond(msg, source, 503, response::reason(503), |r| {
-                    r.header("Retry-After", RETRY_AFTER_SECS);
-                })
-            }
-            BackendError::Internal(_) => {
-                self.respond(msg, source, 500, response::reason(500), |_| {})
-            }
+            BackendError::Unavailable(_) => self.respond(cx, 503, response::reason(503), |r| {
+                r.header("Retry-After", RETRY_AFTER_SECS);
+            }),
+            BackendError::Internal(_) => self.respond(cx, 500, response::reason(500), |_| {}),
         }
     }
 
-    fn challenge(
-        &self,
-        msg: &Message<'_>,
-        source: Source,
-        realm: &str,
-        offer_md5: bool,
-        stale: bool,
-    ) -> (u16, Bytes) {
-        let nonce = self.nonces.issue(realm, now_ms());
+    fn challenge(&self, cx: Cx<'_>, realm: &str, offer_md5: bool, stale: bool) -> (u16, Bytes) {
+        let mut nonce = [0u8; NONCE_LEN];
+        let nonce = self.nonces.issue_into(realm, now_ms(), &mut nonce);
         let opaque = self.nonces.opaque();
-        self.respond(msg, source, 401, response::reason(401), |r| {
-            // RFC 8760 s.2.4: the preferred (strongest) algorithm first,
-            // unless configured for clients that read only the first one.
-            let order: &[Algorithm] = match (offer_md5, self.cfg.challenge_md5_first) {
-                (false, _) => &[Algorithm::Sha256],
-                (true, false) => &[Algorithm::Sha256, Algorithm::Md5],
-                (true, true) => &[Algorithm::Md5, Algorithm::Sha256],
-            };
+        // RFC 8760 s.2.4: the preferred (strongest) algorithm first,
+        // unless configured for clients that read only the first one.
+        let order: &[Algorithm] = match (offer_md5, self.cfg.challenge_md5_first) {
+            (false, _) => &[Algorithm::Sha256],
+            (true, false) => &[Algorithm::Sha256, Algorithm::Md5],
+            (true, true) => &[Algorithm::Md5, Algorithm::Sha256],
+        };
+        let each = 96 + realm.len() + nonce.len() + opaque.len();
+        self.respond_sized(cx, 401, response::reason(401), order.len() * each, |r| {
             for alg in order {
                 r.header_with("WWW-Authenticate", |b| {
-                    write_challenge(b, realm, &nonce, opaque, *alg, stale)
+                    write_challenge(b, realm, nonce, opaque, *alg, stale)
                 });
             }
         })
     }
 
-    fn forbidden(&self, msg: &Message<'_>, source: Source) -> (u16, Bytes) {
+    fn forbidden(&self, cx: Cx<'_>) -> (u16, Bytes) {
         // One response for wrong password, unknown user, wrong username and
         // disabled user: nothing to tell them apart.
-        self.respond(msg, source, 403, response::reason(403), |_| {})
+        self.respond(cx, 403, response::reason(403), |_| {})
     }
 
-    async fn register(
-        &self,
-        msg: &Message<'_>,
-        method_text: &str,
-        source: Source,
-        transport: Transport,
-    ) -> (u16, Bytes) {
+    async fn register(&self, cx: Cx<'_>, method_text: &str, transport: Transport) -> (u16, Bytes) {
+        let (msg, source) = (cx.msg, cx.source);
         let StartLine::Request { uri, .. } = msg.start else {
-            return self.respond(msg, source, 400, "Bad Request", |_| {});
+            return self.respond(cx, 400, "Bad Request", |_| {});
         };
         let Some(ruri) = Uri::parse(uri) else {
-            return self.respond(msg, source, 416, response::reason(416), |_| {});
+            return self.respond(cx, 416, response::reason(416), |_| {});
         };
         let to = match msg.to() {
             Ok(t) => t,
-            Err(_) => return self.respond(msg, source, 400, "Bad To", |_| {}),
+            Err(_) => return self.respond(cx, 400, "Bad To", |_| {}),
         };
         let Some(to_uri) = Uri::parse(to.uri) else {
-            return self.respond(msg, source, 400, "Bad To URI", |_| {});
+            return self.respond(cx, 400, "Bad To URI", |_| {});
         };
         let Some(user) = to_uri.user else {
-            return self.respond(msg, source, 400, "No user in To", |_| {});
+            return self.respond(cx, 400, "No user in To", |_| {});
         };
         // The domain is the Request-URI's (RFC 3261 s.10.3 step 1). Phones
         // configured with the registrar's IP address put that IP there: then
         // the address-of-record's domain is the one meant.
-        let domain = if crate::message::host_ip(ruri.host).is_some() {
-            to_uri.host.to_ascii_lowercase()
+        let domain = lowercase(if crate::message::host_ip(ruri.host).is_some() {
+            to_uri.host
         } else {
-            ruri.host.to_ascii_lowercase()
-        };
+            ruri.host
+        });
+        let domain = domain.as_ref();
         // RFC 3261 s.10.3 step 3: the address-of-record must belong to the
         // domain.
-        if !to_uri.host.eq_ignore_ascii_case(&domain) {
-            return self.respond(msg, source, 404, response::reason(404), |_| {});
+        if !to_uri.host.eq_ignore_ascii_case(domain) {
+            return self.respond(cx, 404, response::reason(404), |_| {});
         }
-        let lookup = match self.call(self.registry.credentials(&domain, user)).await {
+        let lookup = match self.call(self.registry.credentials(domain, user)).await {
             Ok(l) => l,
-            Err(e) => return self.backend_failure(msg, source, &e),
+            Err(e) => return self.backend_failure(cx, &e),
         };
         let (creds, known) = match lookup {
-            Lookup::UnknownDomain => {
-                return self.respond(msg, source, 404, response::reason(404), |_| {})
-            }
-            Lookup::DomainSuspended => return self.forbidden(msg, source),
+            Lookup::UnknownDomain => return self.respond(cx, 404, response::reason(404), |_| {}),
+            Lookup::DomainSuspended => return self.forbidden(cx),
             Lookup::UnknownUser => (&self.dummy, false),
             Lookup::Found(ref c) => (c, true),
         };
@@ -477,17 +582,17 @@ impl Core {
 
         let mut given = None;
         for h in msg.headers(Name::Authorization) {
-            match Credentials::parse(h) {
-                Ok(c) if c.realm.eq_ignore_ascii_case(&domain) => {
+            match CredentialsRef::parse(h) {
+                Ok(c) if c.realm.eq_ignore_ascii_case(domain) => {
                     given = Some(c);
                     break;
                 }
                 Ok(_) | Err(DigestError::NotDigest) => {}
-                Err(_) => return self.respond(msg, source, 400, "Bad Authorization", |_| {}),
+                Err(_) => return self.respond(cx, 400, "Bad Authorization", |_| {}),
             }
         }
         let Some(c) = given else {
-            return self.challenge(msg, source, &domain, offer_md5, false);
+            return self.challenge(cx, domain, offer_md5, false);
         };
         let acceptable = c.algorithm.is_some()
             && c.qop
@@ -496,15 +601,15 @@ impl Core {
             && c.cnonce.is_some()
             && c.nc.is_some();
         if !acceptable {
-            metrics::counter!(metric::AUTH_FAILURES, "reason" => "unsupported").increment(1);
-            return self.challenge(msg, source, &domain, offer_md5, false);
+            self.metrics.auth_failure("unsupported");
+            return self.challenge(cx, domain, offer_md5, false);
         }
         let now = now_ms();
-        let nonce = self.nonces.check(&c.nonce, &domain, now);
+        let nonce = self.nonces.check(&c.nonce, domain, now);
         if nonce == NonceCheck::Invalid {
             // Not ours (or from before a secret change): a fresh challenge.
-            metrics::counter!(metric::AUTH_FAILURES, "reason" => "nonce").increment(1);
-            return self.challenge(msg, source, &domain, offer_md5, false);
+            self.metrics.auth_failure("nonce");
+            return self.challenge(cx, domain, offer_md5, false);
         }
         let alg = c.algorithm.unwrap_or(Algorithm::Md5);
         let ha1 = match alg {
@@ -516,40 +621,38 @@ impl Core {
         let md5_refused = alg == Algorithm::Md5 && creds.ha1_md5.is_none();
         let ok = digest_ok && known && !md5_refused && c.username == user;
         if !ok {
-            metrics::counter!(metric::AUTH_FAILURES, "reason" => "credentials").increment(1);
-            return self.forbidden(msg, source);
+            self.metrics.auth_failure("credentials");
+            return self.forbidden(cx);
         }
         let id = match nonce {
             NonceCheck::Fresh(id) => id,
-            _ => return self.challenge(msg, source, &domain, offer_md5, true),
+            _ => return self.challenge(cx, domain, offer_md5, true),
         };
         let nc = c.nc.as_ref().map_or(0, |n| n.1);
         match self.nonces.use_nc(id, nc, now) {
             NcCheck::Ok => {}
             NcCheck::Replay | NcCheck::Forgotten => {
-                metrics::counter!(metric::AUTH_FAILURES, "reason" => "replay").increment(1);
-                return self.challenge(msg, source, &domain, offer_md5, true);
+                self.metrics.auth_failure("replay");
+                return self.challenge(cx, domain, offer_md5, true);
             }
         }
         if creds.disabled {
-            return self.forbidden(msg, source);
+            return self.forbidden(cx);
         }
 
         let plan = match registrar::plan(msg, &self.policy) {
             Ok(p) => p,
-            Err(Reject::BadRequest(reason)) => {
-                return self.respond(msg, source, 400, reason, |_| {})
-            }
+            Err(Reject::BadRequest(reason)) => return self.respond(cx, 400, reason, |_| {}),
             Err(Reject::IntervalTooBrief { min_expires }) => {
-                return self.respond(msg, source, 423, response::reason(423), |r| {
-                    r.header("Min-Expires", &min_expires.to_string());
+                return self.respond(cx, 423, response::reason(423), |r| {
+                    r.header_with("Min-Expires", |b| write_u64(b, u64::from(min_expires)));
                 })
             }
         };
         let contacts = match plan {
-            Plan::Query => match self.call(self.registry.contacts(&domain, user)).await {
+            Plan::Query => match self.call(self.registry.contacts(domain, user)).await {
                 Ok(c) => c,
-                Err(e) => return self.backend_failure(msg, source, &e),
+                Err(e) => return self.backend_failure(cx, &e),
             },
             Plan::RemoveAll | Plan::Update(_) => {
                 let (changes, remove_all) = match plan {
@@ -558,10 +661,10 @@ impl Core {
                 };
                 let (call_id, cseq) = match (msg.call_id(), msg.cseq()) {
                     (Ok(c), Ok(s)) => (c, s.seq),
-                    _ => return self.respond(msg, source, 400, "Bad Request", |_| {}),
+                    _ => return self.respond(cx, 400, "Bad Request", |_| {}),
                 };
                 let request = RegisterRequest {
-                    domain: domain.clone(),
+                    domain: domain.to_owned(),
                     user: user.to_owned(),
                     call_id: call_id.to_owned(),
                     cseq,
@@ -575,16 +678,16 @@ impl Core {
                 match self.call(self.registry.register(request)).await {
                     Ok(RegisterOutcome::Ok { contacts }) => contacts,
                     Ok(RegisterOutcome::CSeqOutOfOrder) => {
-                        return self.respond(msg, source, 500, "CSeq Out Of Order", |_| {})
+                        return self.respond(cx, 500, "CSeq Out Of Order", |_| {})
                     }
-                    Err(e) => return self.backend_failure(msg, source, &e),
+                    Err(e) => return self.backend_failure(cx, &e),
                 }
             }
         };
-        let date = http_date(now / 1000);
-        self.respond(msg, source, 200, "OK", |r| {
+        let contacts_len: usize = contacts.iter().map(|c| c.uri.len() + 40).sum();
+        self.respond_sized(cx, 200, "OK", contacts_len + 40, |r| {
             write_contacts(r, &contacts);
-            r.header("Date", &date);
+            r.header_with("Date", |b| write_http_date(b, now / 1000));
         })
     }
 }
@@ -595,7 +698,7 @@ fn write_contacts(r: &mut Response, contacts: &[CurrentContact]) {
             b.push(b'<');
             b.extend_from_slice(c.uri.as_bytes());
             b.extend_from_slice(b">;expires=");
-            b.extend_from_slice(c.expires_in_secs.to_string().as_bytes());
+            write_u64(b, u64::from(c.expires_in_secs));
             if let Some(q) = c.q {
                 b.extend_from_slice(b";q=");
                 b.extend_from_slice(registrar::format_q(q).as_bytes());
@@ -716,25 +819,12 @@ impl Drop for AbandonOnDrop<'_> {
     }
 }
 
-/// FNV-1a: a fixed, fast hasher to pick a transaction shard.
-#[derive(Default)]
-struct FixedHasher(u64);
-
-impl std::hash::Hasher for FixedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
+/// ASCII lower case, borrowed when it already is.
+fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 

@@ -151,6 +151,18 @@ pub type Params<'a> = Vec<(&'a str, Cow<'a, str>)>;
 /// and empty list elements; names are returned as written (compare them
 /// case-insensitively).
 pub fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
+    let mut out = Vec::with_capacity(10);
+    let scheme = scan_params(value, |name, v| out.push((name, v)))?;
+    Ok((scheme, out))
+}
+
+/// The scanner behind [`parse_params`]: calls `f` for every parameter in
+/// order and returns the scheme. No allocation unless a quoted value has
+/// escapes.
+fn scan_params<'a>(
+    value: &'a str,
+    mut f: impl FnMut(&'a str, Cow<'a, str>),
+) -> Result<&'a str, DigestError> {
     let value = value.trim_start();
     let scheme_end = value.find([' ', '\t']).unwrap_or(value.len());
     let scheme = &value[..scheme_end];
@@ -159,7 +171,6 @@ pub fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
     }
     let b = value.as_bytes();
     let mut i = scheme_end;
-    let mut out = Vec::with_capacity(10);
     loop {
         while i < b.len() && matches!(b[i], b' ' | b'\t' | b',' | b'\r' | b'\n') {
             i += 1;
@@ -223,7 +234,7 @@ pub fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
             } else {
                 Cow::Borrowed(raw)
             };
-            out.push((name, v));
+            f(name, v);
         } else {
             let vs = i;
             while i < b.len() && !matches!(b[i], b',' | b' ' | b'\t') {
@@ -232,7 +243,7 @@ pub fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
             if vs == i || value[vs..i].contains('"') {
                 return Err(DigestError::Syntax);
             }
-            out.push((name, Cow::Borrowed(&value[vs..i])));
+            f(name, Cow::Borrowed(&value[vs..i]));
         }
         // After a value: only whitespace, then a comma or the end.
         while i < b.len() && matches!(b[i], b' ' | b'\t') {
@@ -242,7 +253,7 @@ pub fn parse_params(value: &str) -> Result<(&str, Params<'_>), DigestError> {
             return Err(DigestError::Syntax);
         }
     }
-    Ok((scheme, out))
+    Ok(scheme)
 }
 
 fn get<'p>(params: &'p [(&str, Cow<'_, str>)], name: &str) -> Option<&'p str> {
@@ -273,40 +284,19 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn parse(value: &str) -> Result<Credentials, DigestError> {
-        let (scheme, p) = parse_params(value)?;
-        if !scheme.eq_ignore_ascii_case("Digest") {
-            return Err(DigestError::NotDigest);
-        }
-        let req = |n: &'static str| get(&p, n).map(str::to_owned).ok_or(DigestError::Missing(n));
-        let (algorithm, unsupported_algorithm) = match get(&p, "algorithm") {
-            None => (Some(Algorithm::Md5), false),
-            Some(a) => match Algorithm::parse(a) {
-                Some(a) => (Some(a), false),
-                None => (None, true),
-            },
-        };
-        let nc = match get(&p, "nc") {
-            None => None,
-            Some(s) => {
-                if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(DigestError::NonceCount);
-                }
-                let n = u32::from_str_radix(s, 16).map_err(|_| DigestError::NonceCount)?;
-                Some((s.to_owned(), n))
-            }
-        };
+        let c = CredentialsRef::parse(value)?;
         Ok(Credentials {
-            username: req("username")?,
-            realm: req("realm")?,
-            nonce: req("nonce")?,
-            uri: req("uri")?,
-            response: req("response")?,
-            algorithm,
-            unsupported_algorithm,
-            cnonce: get(&p, "cnonce").map(str::to_owned),
-            nc,
-            qop: get(&p, "qop").map(str::to_owned),
-            opaque: get(&p, "opaque").map(str::to_owned),
+            username: c.username.into_owned(),
+            realm: c.realm.into_owned(),
+            nonce: c.nonce.into_owned(),
+            uri: c.uri.into_owned(),
+            response: c.response.into_owned(),
+            algorithm: c.algorithm,
+            unsupported_algorithm: c.unsupported_algorithm,
+            cnonce: c.cnonce.map(Cow::into_owned),
+            nc: c.nc.map(|(s, n)| (s.into_owned(), n)),
+            qop: c.qop.map(Cow::into_owned),
+            opaque: c.opaque.map(Cow::into_owned),
         })
     }
 
@@ -315,37 +305,147 @@ impl Credentials {
     /// SIPp and some phones put the proxy's address there). Requires
     /// qop=auth with nc and cnonce. Constant-time comparison.
     pub fn verify(&self, ha1: &str, method: &str) -> bool {
-        let Some(alg) = self.algorithm else {
-            return false;
-        };
-        let (Some(qop), Some(cnonce), Some((nc, _))) = (&self.qop, &self.cnonce, &self.nc) else {
-            return false;
-        };
-        if !qop.eq_ignore_ascii_case("auth") {
-            return false;
-        }
-        let mut out = [0u8; 64];
-        let expected = response_into(
-            alg,
-            ha1,
+        verify(
+            self.algorithm,
+            self.qop.as_deref(),
+            self.cnonce.as_deref(),
+            self.nc.as_ref().map(|(s, _)| s.as_str()),
             &self.nonce,
-            nc,
-            cnonce,
-            "auth",
-            method,
             &self.uri,
-            &mut out,
-        );
-        let given = self.response.as_bytes();
-        if given.len() != expected.len() {
-            return false;
-        }
-        let mut lower = [0u8; 64];
-        for (d, s) in lower.iter_mut().zip(given) {
-            *d = s.to_ascii_lowercase();
-        }
-        bool::from(lower[..given.len()].ct_eq(expected))
+            &self.response,
+            ha1,
+            method,
+        )
     }
+}
+
+/// [`Credentials`] borrowing from the header value: what the gateway parses
+/// for every authenticated request (no heap unless a quoted value has
+/// escapes). Same rules as [`Credentials::parse`]: the first occurrence of a
+/// parameter counts, names are case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsRef<'a> {
+    pub username: Cow<'a, str>,
+    pub realm: Cow<'a, str>,
+    pub nonce: Cow<'a, str>,
+    pub uri: Cow<'a, str>,
+    pub response: Cow<'a, str>,
+    /// Absent algorithm means MD5 (RFC 7616 s.3.4).
+    pub algorithm: Option<Algorithm>,
+    pub unsupported_algorithm: bool,
+    pub cnonce: Option<Cow<'a, str>>,
+    /// The nonce count as sent (8 hex digits) and its value.
+    pub nc: Option<(Cow<'a, str>, u32)>,
+    pub qop: Option<Cow<'a, str>>,
+    pub opaque: Option<Cow<'a, str>>,
+}
+
+impl<'a> CredentialsRef<'a> {
+    pub fn parse(value: &'a str) -> Result<CredentialsRef<'a>, DigestError> {
+        const NAMES: [&str; 10] = [
+            "username",
+            "realm",
+            "nonce",
+            "uri",
+            "response",
+            "algorithm",
+            "nc",
+            "cnonce",
+            "qop",
+            "opaque",
+        ];
+        let mut f: [Option<Cow<'a, str>>; 10] = Default::default();
+        let scheme = scan_params(value, |name, v| {
+            if let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) {
+                if f[i].is_none() {
+                    f[i] = Some(v);
+                }
+            }
+        })?;
+        if !scheme.eq_ignore_ascii_case("Digest") {
+            return Err(DigestError::NotDigest);
+        }
+        let [username, realm, nonce, uri, response, algorithm, nc, cnonce, qop, opaque] = f;
+        let (algorithm, unsupported_algorithm) = match algorithm.as_deref() {
+            None => (Some(Algorithm::Md5), false),
+            Some(a) => match Algorithm::parse(a) {
+                Some(a) => (Some(a), false),
+                None => (None, true),
+            },
+        };
+        let nc = match nc {
+            None => None,
+            Some(s) => {
+                if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(DigestError::NonceCount);
+                }
+                let n = u32::from_str_radix(&s, 16).map_err(|_| DigestError::NonceCount)?;
+                Some((s, n))
+            }
+        };
+        Ok(CredentialsRef {
+            username: username.ok_or(DigestError::Missing("username"))?,
+            realm: realm.ok_or(DigestError::Missing("realm"))?,
+            nonce: nonce.ok_or(DigestError::Missing("nonce"))?,
+            uri: uri.ok_or(DigestError::Missing("uri"))?,
+            response: response.ok_or(DigestError::Missing("response"))?,
+            algorithm,
+            unsupported_algorithm,
+            cnonce,
+            nc,
+            qop,
+            opaque,
+        })
+    }
+
+    /// See [`Credentials::verify`].
+    pub fn verify(&self, ha1: &str, method: &str) -> bool {
+        verify(
+            self.algorithm,
+            self.qop.as_deref(),
+            self.cnonce.as_deref(),
+            self.nc.as_ref().map(|(s, _)| s.as_ref()),
+            &self.nonce,
+            &self.uri,
+            &self.response,
+            ha1,
+            method,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verify(
+    alg: Option<Algorithm>,
+    qop: Option<&str>,
+    cnonce: Option<&str>,
+    nc: Option<&str>,
+    nonce: &str,
+    uri: &str,
+    response: &str,
+    ha1: &str,
+    method: &str,
+) -> bool {
+    let Some(alg) = alg else {
+        return false;
+    };
+    let (Some(qop), Some(cnonce), Some(nc)) = (qop, cnonce, nc) else {
+        return false;
+    };
+    if !qop.eq_ignore_ascii_case("auth") {
+        return false;
+    }
+    let mut out = [0u8; 64];
+    let expected = response_into(alg, ha1, nonce, nc, cnonce, "auth", method, uri, &mut out);
+    let given = response.as_bytes();
+    if given.len() != expected.len() {
+        return false;
+    }
+    let mut lower = [0u8; 64];
+    for (d, s) in lower.iter_mut().zip(given) {
+        *d = s.to_ascii_lowercase();
+    }
+    bool::from(lower[..given.len()].ct_eq(expected))
 }
 
 /// A challenge from a `WWW-Authenticate` / `Proxy-Authenticate` value (used
@@ -632,6 +732,27 @@ mod tests {
             prop_assert!(c.verify(&ha1(alg, &user, &realm, &pass), "REGISTER"));
             let other = format!("{pass}x");
             prop_assert!(!c.verify(&ha1(alg, &user, &realm, &other), "REGISTER"));
+        }
+
+        #[test]
+        fn borrowed_parse_agrees_with_the_params_list(s in "(Digest|digest|Basic)? ?((username|realm|nonce|uri|response|algorithm|nc|cnonce|qop|opaque|NC|Realm)=(\"[a-z\\\\\", ]{0,6}\"|[0-9a-fA-F]{0,9}|MD5|SHA-256|x)[ ,]{0,2}){0,12}") {
+            // The first occurrence of each name wins, as `get` finds it.
+            let reference = parse_params(&s).map(|(scheme, p)| {
+                (scheme.to_owned(), ["username", "realm", "nonce", "uri", "response", "cnonce", "qop", "opaque"]
+                    .map(|n| get(&p, n).map(str::to_owned)))
+            });
+            match (reference, CredentialsRef::parse(&s)) {
+                (Err(e), r) => prop_assert_eq!(Err(e), r.map(|_| ())),
+                (Ok((scheme, fields)), r) => {
+                    if !scheme.eq_ignore_ascii_case("Digest") {
+                        prop_assert_eq!(r, Err(DigestError::NotDigest));
+                    } else if let Ok(c) = r {
+                        let got = [Some(&c.username), Some(&c.realm), Some(&c.nonce), Some(&c.uri), Some(&c.response), c.cnonce.as_ref(), c.qop.as_ref(), c.opaque.as_ref()]
+                            .map(|v| v.map(|v| v.to_string()));
+                        prop_assert_eq!(got, fields);
+                    }
+                }
+            }
         }
 
         #[test]

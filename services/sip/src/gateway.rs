@@ -2,10 +2,13 @@
 //!
 //! UDP: several receive tasks share one socket per address (so both cores
 //! work even when all traffic comes from one peer, as with SIPp, where
-//! SO_REUSEPORT would hash everything to one socket); each datagram is handled
-//! in its own task because REGISTER waits for the backend.
+//! SO_REUSEPORT would hash everything to one socket). A receive task polls
+//! [`Core::handle`] once itself: what completes at once (a 401 challenge, a
+//! retransmission, OPTIONS, a registry answering from memory) is answered
+//! right there, with no task and no hop to another thread; what waits for
+//! the backend (a REGISTER being made durable) goes on in its own task.
 //! TCP: one reader task per connection frames messages (see [`crate::frame`])
-//! and handles each in its own task (a single connection may carry thousands
+//! and handles them the same way (a single connection may carry thousands
 //! of concurrent REGISTERs); a writer task sends the responses back on the
 //! same connection.
 
@@ -21,7 +24,7 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::backend::{Registry, Transport};
-use crate::core::{metric, salvage, Core};
+use crate::core::{metric, salvage, Core, Reply};
 use crate::frame::{self, Frame, FrameError};
 use crate::nonce;
 use crate::response::{Response, Source};
@@ -283,6 +286,10 @@ fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> 
     UdpSocket::from_std(socket.into())
 }
 
+/// How many queued datagrams a receive loop takes before it looks at the
+/// shutdown signal again.
+const UDP_DRAIN_BATCH: usize = 64;
+
 async fn udp_loop(
     core: Arc<Core>,
     socket: Arc<UdpSocket>,
@@ -292,40 +299,88 @@ async fn udp_loop(
 ) {
     // Larger than any datagram (the size limit is applied in Core::handle).
     let mut buf = vec![0u8; 65_536];
-    loop {
+    'recv: loop {
         let received = tokio::select! {
+            biased;
             _ = shutdown.changed() => break,
             r = socket.recv_from(&mut buf) => r,
         };
-        let (n, peer) = match received {
-            Ok(x) => x,
-            Err(e) => {
-                // ICMP port unreachable from an earlier send shows up here on
-                // some systems; nothing to do but go on.
-                tracing::debug!(error = %e, "UDP receive error");
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break; // closed: shutting down
-        };
-        let data = Bytes::copy_from_slice(&buf[..n]);
-        let core = core.clone();
-        let socket = socket.clone();
-        let guard = in_flight.enter();
-        tokio::spawn(async move {
-            let _guard = guard;
-            let _permit = permit;
+        let mut received = Some(received);
+        // Then whatever is already queued, without going through `select!`.
+        for _ in 0..UDP_DRAIN_BATCH {
+            let r = match received.take() {
+                Some(r) => r,
+                None => match socket.try_recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    r => r,
+                },
+            };
+            let (n, peer) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP port unreachable from an earlier send shows up here
+                    // on some systems; nothing to do but go on.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            };
             let source = Source {
                 addr: peer,
                 reliable: false,
             };
-            if let Some(reply) = core.handle(&data, source, Transport::Udp).await {
-                if let Err(e) = socket.send_to(&reply.bytes, reply.dest).await {
-                    tracing::debug!(error = %e, dest = %reply.dest, "UDP send failed");
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            let c = core.clone();
+            let mut fut = Box::pin(async move { c.handle(&data, source, Transport::Udp).await });
+            // Fast path: most requests (challenges, OPTIONS, retransmissions,
+            // a registry answering from memory) complete without waiting;
+            // answer them here, without a task and a hop to another thread.
+            match poll_once(fut.as_mut()) {
+                std::task::Poll::Ready(reply) => {
+                    if let Some(reply) = reply {
+                        udp_send(&socket, &reply).await;
+                    }
+                }
+                std::task::Poll::Pending => {
+                    // Waiting for the backend: go on in a task (polled again
+                    // there with its own waker). Backpressure on the permits.
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break 'recv; // closed: shutting down
+                    };
+                    let guard = in_flight.enter();
+                    let socket = socket.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        let _permit = permit;
+                        if let Some(reply) = fut.await {
+                            udp_send(&socket, &reply).await;
+                        }
+                    });
                 }
             }
-        });
+        }
+    }
+}
+
+/// Polls `fut` once with a waker that does nothing. If it is pending, the
+/// caller must poll it again with a real waker (spawn it): every future
+/// registers the waker of its latest poll.
+fn poll_once<F: std::future::Future + ?Sized>(
+    fut: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+/// Sends a response without a wake-up when the socket can take it (almost
+/// always for UDP), else waits for it.
+async fn udp_send(socket: &UdpSocket, reply: &Reply) {
+    let sent = match socket.try_send_to(&reply.bytes, reply.dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            socket.send_to(&reply.bytes, reply.dest).await
+        }
+        r => r,
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, dest = %reply.dest, "UDP send failed");
     }
 }
 
@@ -404,16 +459,29 @@ async fn tcp_connection(
                         break 'conn;
                     };
                     let data = buf.split_to(n).freeze();
-                    let core = core.clone();
-                    let tx = tx.clone();
-                    let guard = in_flight.enter();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        let _permit = permit;
-                        if let Some(reply) = core.handle(&data, source, Transport::Tcp).await {
-                            let _ = tx.send(reply.bytes).await;
+                    let c = core.clone();
+                    let mut fut =
+                        Box::pin(async move { c.handle(&data, source, Transport::Tcp).await });
+                    // As for UDP: answer here what completes at once.
+                    match poll_once(fut.as_mut()) {
+                        std::task::Poll::Ready(reply) => {
+                            drop(permit);
+                            if let Some(reply) = reply {
+                                let _ = tx.send(reply.bytes).await;
+                            }
                         }
-                    });
+                        std::task::Poll::Pending => {
+                            let tx = tx.clone();
+                            let guard = in_flight.enter();
+                            tokio::spawn(async move {
+                                let _guard = guard;
+                                let _permit = permit;
+                                if let Some(reply) = fut.await {
+                                    let _ = tx.send(reply.bytes).await;
+                                }
+                            });
+                        }
+                    }
                 }
                 Ok(None) => break,
                 Err(FrameError::TooLarge {

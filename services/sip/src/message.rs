@@ -85,36 +85,46 @@ impl Name {
                 _ => Name::Other,
             };
         }
-        const TABLE: &[(&str, Name)] = &[
-            ("via", Name::Via),
-            ("from", Name::From),
-            ("to", Name::To),
-            ("call-id", Name::CallId),
-            ("cseq", Name::CSeq),
-            ("contact", Name::Contact),
-            ("expires", Name::Expires),
-            ("min-expires", Name::MinExpires),
-            ("max-forwards", Name::MaxForwards),
-            ("content-length", Name::ContentLength),
-            ("content-type", Name::ContentType),
-            ("authorization", Name::Authorization),
-            ("proxy-authorization", Name::ProxyAuthorization),
-            ("www-authenticate", Name::WwwAuthenticate),
-            ("proxy-authenticate", Name::ProxyAuthenticate),
-            ("user-agent", Name::UserAgent),
-            ("route", Name::Route),
-            ("record-route", Name::RecordRoute),
-            ("supported", Name::Supported),
-            ("require", Name::Require),
-            ("proxy-require", Name::ProxyRequire),
-            ("allow", Name::Allow),
-            ("accept", Name::Accept),
-            ("date", Name::Date),
-            ("server", Name::Server),
-            ("retry-after", Name::RetryAfter),
-        ];
-        for (n, v) in TABLE {
-            if n.len() == name.len() && n.eq_ignore_ascii_case(name) {
+        // Candidates by length first: one or two comparisons per header.
+        let candidates: &[(&str, Name)] = match name.len() {
+            2 => &[("to", Name::To)],
+            3 => &[("via", Name::Via)],
+            4 => &[
+                ("from", Name::From),
+                ("cseq", Name::CSeq),
+                ("date", Name::Date),
+            ],
+            5 => &[("allow", Name::Allow), ("route", Name::Route)],
+            6 => &[("accept", Name::Accept), ("server", Name::Server)],
+            7 => &[
+                ("call-id", Name::CallId),
+                ("contact", Name::Contact),
+                ("expires", Name::Expires),
+                ("require", Name::Require),
+            ],
+            9 => &[("supported", Name::Supported)],
+            10 => &[("user-agent", Name::UserAgent)],
+            11 => &[
+                ("min-expires", Name::MinExpires),
+                ("retry-after", Name::RetryAfter),
+            ],
+            12 => &[
+                ("max-forwards", Name::MaxForwards),
+                ("content-type", Name::ContentType),
+                ("record-route", Name::RecordRoute),
+            ],
+            13 => &[
+                ("authorization", Name::Authorization),
+                ("proxy-require", Name::ProxyRequire),
+            ],
+            14 => &[("content-length", Name::ContentLength)],
+            16 => &[("www-authenticate", Name::WwwAuthenticate)],
+            18 => &[("proxy-authenticate", Name::ProxyAuthenticate)],
+            19 => &[("proxy-authorization", Name::ProxyAuthorization)],
+            _ => &[],
+        };
+        for (n, v) in candidates {
+            if n.eq_ignore_ascii_case(name) {
                 return *v;
             }
         }
@@ -216,6 +226,26 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_char)
 }
 
+/// `s` without trailing SP/HT (ASCII, so the cut is a char boundary).
+fn trim_sp_end(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut e = b.len();
+    while e > 0 && matches!(b[e - 1], b' ' | b'\t') {
+        e -= 1;
+    }
+    &s[..e]
+}
+
+/// `s` without leading and trailing SP/HT.
+fn trim_sp(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && matches!(b[i], b' ' | b'\t') {
+        i += 1;
+    }
+    trim_sp_end(&s[i..])
+}
+
 impl<'a> Message<'a> {
     /// Parses one whole message. `buf` may hold more bytes than the message
     /// (a UDP datagram with trailing bytes): the body is cut at
@@ -223,11 +253,28 @@ impl<'a> Message<'a> {
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, ParseError> {
         let end = header_end(buf).ok_or(ParseError::Incomplete)?;
         let head = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError::NotUtf8)?;
-        let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-        let first = lines.next().ok_or(ParseError::StartLine)?;
+        // Lines end at '\n' (an optional '\r' before it is dropped); the
+        // header section ends at the first empty line.
+        let mut rest = head;
+        let mut next_line = move || -> Option<&'a str> {
+            if rest.is_empty() {
+                return None;
+            }
+            let line = match memchr::memchr(b'\n', rest.as_bytes()) {
+                Some(i) => {
+                    let l = &rest[..i];
+                    rest = &rest[i + 1..];
+                    l
+                }
+                None => std::mem::take(&mut rest),
+            };
+            Some(line.strip_suffix('\r').unwrap_or(line))
+        };
+        let first = next_line().unwrap_or("");
         let start = parse_start_line(first)?;
         let mut headers: Vec<Header<'a>> = Vec::with_capacity(16);
-        for line in lines {
+        let mut content_length = None;
+        while let Some(line) = next_line() {
             if line.is_empty() {
                 break;
             }
@@ -246,22 +293,28 @@ impl<'a> Message<'a> {
                 }
                 continue;
             }
-            let colon = line.find(':').ok_or(ParseError::HeaderLine)?;
-            let raw_name = line[..colon].trim_end_matches([' ', '\t']);
+            let colon = memchr::memchr(b':', line.as_bytes()).ok_or(ParseError::HeaderLine)?;
+            let raw_name = trim_sp_end(&line[..colon]);
             if !is_token(raw_name) {
                 return Err(ParseError::HeaderLine);
             }
-            let value = line[colon + 1..].trim_matches([' ', '\t']);
+            let value = trim_sp(&line[colon + 1..]);
+            let name = Name::from_str_ci(raw_name);
+            if name == Name::ContentLength && content_length.is_none() {
+                content_length = Some(headers.len());
+            }
             headers.push(Header {
-                name: Name::from_str_ci(raw_name),
+                name,
                 raw_name,
                 value: Cow::Borrowed(value),
             });
         }
         let rest = &buf[end..];
-        let body = match headers.iter().find(|h| h.name == Name::ContentLength) {
-            Some(h) => {
-                let len = parse_u32(&h.value).ok_or(ParseError::Header("Content-Length"))? as usize;
+        let body = match content_length {
+            Some(i) => {
+                let len = parse_u32(&headers[i].value)
+                    .ok_or(ParseError::Header("Content-Length"))?
+                    as usize;
                 if rest.len() < len {
                     return Err(ParseError::ShortBody);
                 }
@@ -436,7 +489,12 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
 pub fn params(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
     let mut rest = s;
     std::iter::from_fn(move || loop {
-        rest = rest.trim_start_matches([' ', '\t', ';']);
+        let b = rest.as_bytes();
+        let mut i = 0;
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b';') {
+            i += 1;
+        }
+        rest = &rest[i..];
         if rest.is_empty() {
             return None;
         }
@@ -458,8 +516,8 @@ pub fn params(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
         if item.is_empty() {
             continue;
         }
-        return Some(match item.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim())),
+        return Some(match memchr::memchr(b'=', item.as_bytes()) {
+            Some(eq) => (item[..eq].trim(), Some(item[eq + 1..].trim())),
             None => (item, None),
         });
     })

@@ -32,6 +32,28 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 pub const DEFAULT_TABLE_CAPACITY: usize = 262_144;
 const SHARDS: usize = 16;
 const RAW_LEN: usize = 8 + 8 + 16;
+/// Length of a nonce (hex of its raw bytes).
+pub const NONCE_LEN: usize = RAW_LEN * 2;
+
+/// Hashes a [`NonceId`] cheaply: ids reach the table only after their HMAC
+/// was checked, so their random part is ours and a plain multiplicative mix
+/// is enough (no flooding by chosen keys).
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7cc1_b727_220a_95);
+    }
+}
 
 /// Identifies a nonce in the nc table: its issue time and random part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,7 +86,7 @@ pub enum NcCheck {
 #[derive(Default)]
 struct Shard {
     /// nonce -> (highest nc, issued_ms)
-    map: HashMap<NonceId, u32>,
+    map: HashMap<NonceId, u32, std::hash::BuildHasherDefault<IdHasher>>,
     /// First-use order, for time-based and capacity eviction.
     order: VecDeque<NonceId>,
     watermark_ms: u64,
@@ -125,12 +147,36 @@ impl Nonces {
         self.issue_with(realm, now_ms, rand::random())
     }
 
+    /// [`Nonces::issue`] into a stack buffer (no heap): the nonce is the
+    /// returned text.
+    pub fn issue_into<'o>(
+        &self,
+        realm: &str,
+        now_ms: u64,
+        out: &'o mut [u8; NONCE_LEN],
+    ) -> &'o str {
+        self.issue_raw(realm, now_ms, rand::random(), out)
+    }
+
     fn issue_with(&self, realm: &str, now_ms: u64, random: u64) -> String {
+        let mut out = [0u8; NONCE_LEN];
+        self.issue_raw(realm, now_ms, random, &mut out).to_owned()
+    }
+
+    fn issue_raw<'o>(
+        &self,
+        realm: &str,
+        now_ms: u64,
+        random: u64,
+        out: &'o mut [u8; NONCE_LEN],
+    ) -> &'o str {
         let mut raw = [0u8; RAW_LEN];
         raw[..8].copy_from_slice(&now_ms.to_be_bytes());
         raw[8..16].copy_from_slice(&random.to_be_bytes());
         raw[16..].copy_from_slice(&self.tag(realm, now_ms, random));
-        hex::encode(raw)
+        // Lengths match (2 hex digits per byte), and hex is ASCII.
+        let _ = hex::encode_to_slice(raw, &mut out[..]);
+        std::str::from_utf8(&out[..]).unwrap_or_default()
     }
 
     /// Checks that `nonce` was issued by us for `realm` and is not expired.

@@ -77,13 +77,15 @@ pub fn udp_destination(via: &Via<'_>, source: SocketAddr) -> SocketAddr {
 
 fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, source: &Source) {
     out.extend_from_slice(via.head.as_bytes());
-    let wants_rport = via.param("rport").is_some();
+    let mut wants_rport = false;
     for (name, value) in crate::message::params(via.params) {
         if name.eq_ignore_ascii_case("received") {
             continue; // rewritten below
         }
         if name.eq_ignore_ascii_case("rport") {
-            let _ = write!(out, ";rport={}", source.addr.port());
+            wants_rport = true;
+            out.extend_from_slice(b";rport=");
+            write_u64(out, u64::from(source.addr.port()));
             continue;
         }
         out.push(b';');
@@ -97,7 +99,40 @@ fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, source: &Source) {
     if wants_rport || !same_host {
         // IPv6 in `received` is written without brackets (RFC 3261 s.20.42
         // grammar: via-received = "received" EQUAL (IPv4address / IPv6address)).
-        let _ = write!(out, ";received={}", canonical_ip(source.addr.ip()));
+        out.extend_from_slice(b";received=");
+        write_ip(out, canonical_ip(source.addr.ip()));
+    }
+}
+
+/// Writes `v` in decimal (no `fmt` machinery).
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut b = [0u8; 20];
+    let mut i = b.len();
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&b[i..]);
+}
+
+/// Writes an IP address as `Display` does.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                write_u64(out, u64::from(*o));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -134,13 +169,56 @@ impl Response {
         reason: &str,
         to_tag: &str,
     ) -> Response {
-        let mut buf = Vec::with_capacity(512);
-        let _ = write!(buf, "SIP/2.0 {code} {reason}\r\n");
+        Response::start(req, None, source, code, reason, to_tag.as_bytes(), 0)
+    }
+
+    /// [`Response::with_reason`] with the request's top Via already parsed
+    /// (`top`, which must be the first Via element of `req`) and room for
+    /// `extra` more bytes of headers.
+    pub(crate) fn start(
+        req: &Message<'_>,
+        top: Option<&Via<'_>>,
+        source: &Source,
+        code: u16,
+        reason: &str,
+        to_tag: &[u8],
+        extra: usize,
+    ) -> Response {
+        // Copied headers, the status line, Content-Length and some slack.
+        let copied: usize = req
+            .headers
+            .iter()
+            .filter(|h| {
+                matches!(
+                    h.name,
+                    Name::Via | Name::From | Name::To | Name::CallId | Name::CSeq
+                )
+            })
+            .map(|h| h.value.len() + 16)
+            .sum();
+        let mut buf = Vec::with_capacity(copied + reason.len() + to_tag.len() + extra + 96);
+        buf.extend_from_slice(b"SIP/2.0 ");
+        write_u64(&mut buf, u64::from(code));
+        buf.push(b' ');
+        buf.extend_from_slice(reason.as_bytes());
+        buf.extend_from_slice(b"\r\n");
         for (i, v) in req.list(Name::Via).enumerate() {
             buf.extend_from_slice(b"Via: ");
-            match (i, Via::parse(v)) {
-                (0, Ok(via)) => write_top_via(&mut buf, &via, source),
-                _ => buf.extend_from_slice(v.as_bytes()),
+            if i == 0 {
+                let parsed;
+                let via = match top {
+                    Some(t) => Ok(t),
+                    None => {
+                        parsed = Via::parse(v);
+                        parsed.as_ref()
+                    }
+                };
+                match via {
+                    Ok(via) => write_top_via(&mut buf, via, source),
+                    Err(_) => buf.extend_from_slice(v.as_bytes()),
+                }
+            } else {
+                buf.extend_from_slice(v.as_bytes());
             }
             buf.extend_from_slice(b"\r\n");
         }
@@ -153,7 +231,7 @@ impl Response {
             let has_tag = NameAddr::parse(t).is_some_and(|n| n.tag().is_some());
             if !has_tag && !to_tag.is_empty() {
                 buf.extend_from_slice(b";tag=");
-                buf.extend_from_slice(to_tag.as_bytes());
+                buf.extend_from_slice(to_tag);
             }
             buf.extend_from_slice(b"\r\n");
         }
@@ -197,16 +275,34 @@ fn header(buf: &mut Vec<u8>, name: &str, value: &str) {
 
 /// A random To tag / token: 16 hex digits.
 pub fn random_tag() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    String::from_utf8_lossy(&random_tag_bytes()).into_owned()
+}
+
+/// [`random_tag`] without the heap.
+pub(crate) fn random_tag_bytes() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let _ = hex::encode_to_slice(rand::random::<u64>().to_be_bytes(), &mut out);
+    out
 }
 
 /// An RFC 1123 date (`Sun, 06 Nov 1994 08:49:37 GMT`) for the Date header
 /// (RFC 3261 s.20.17), from Unix seconds.
 pub fn http_date(unix_secs: u64) -> String {
+    let mut out = Vec::with_capacity(29);
+    write_http_date(&mut out, unix_secs);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`http_date`] appended to `out`.
+pub(crate) fn write_http_date(out: &mut Vec<u8>, unix_secs: u64) {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    fn two(out: &mut Vec<u8>, v: u64) {
+        out.push(b'0' + (v / 10 % 10) as u8);
+        out.push(b'0' + (v % 10) as u8);
+    }
     let days = unix_secs / 86_400;
     let secs = unix_secs % 86_400;
     let weekday = DAYS[(days % 7) as usize];
@@ -220,13 +316,25 @@ pub fn http_date(unix_secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
+    out.extend_from_slice(weekday.as_bytes());
+    out.extend_from_slice(b", ");
+    two(out, day as u64);
+    out.push(b' ');
+    out.extend_from_slice(MONTHS[(month - 1) as usize].as_bytes());
+    out.push(b' ');
+    if (0..10_000).contains(&year) {
+        // {year} pads nothing: years below 1000 are written as they are.
+        write_u64(out, year as u64);
+    } else {
+        let _ = write!(out, "{year}");
+    }
+    out.push(b' ');
+    two(out, secs / 3600);
+    out.push(b':');
+    two(out, (secs / 60) % 60);
+    out.push(b':');
+    two(out, secs % 60);
+    out.extend_from_slice(b" GMT");
 }
 
 #[cfg(test)]
@@ -239,6 +347,28 @@ mod tests {
         assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(http_date(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
+        assert_eq!(random_tag().len(), 16);
+    }
+
+    #[test]
+    fn numbers_and_addresses_as_display_writes_them() {
+        for v in [0u64, 7, 10, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+        for ip in [
+            "0.0.0.0",
+            "192.0.2.7",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
     }
 
     fn respond(req: &str, src: &str) -> String {

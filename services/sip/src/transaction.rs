@@ -13,13 +13,15 @@
 //! processed again, which the registrar tolerates: REGISTER is idempotent
 //! within a Call-ID/CSeq, and a challenge is simply re-issued).
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::hash::{BuildHasher as _, BuildHasherDefault, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::message::{Message, Method, ParseError, StartLine};
+use crate::message::{Message, Method, ParseError, StartLine, Via};
 
 /// RTT estimate (RFC 3261 s.17.1.1.1).
 pub const T1: Duration = Duration::from_millis(500);
@@ -37,13 +39,52 @@ pub const TIMER_J_RELIABLE: Duration = Duration::ZERO;
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
 
 /// Identifies a server transaction (RFC 3261 s.17.2.3; RFC 2543 fallback).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key(Arc<str>);
+///
+/// The text is hashed once, when the key is built, with a per-process
+/// random SipHash key (HashDoS resistance: branches come from the network);
+/// the table and the shard choice reuse that hash.
+#[derive(Debug, Clone)]
+pub struct Key {
+    hash: u64,
+    text: Arc<str>,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Longest key assembled on the stack (longer ones take a detour via a String).
+const KEY_STACK: usize = 192;
 
 impl Key {
+    fn new(text: &str) -> Key {
+        static SEED: OnceLock<RandomState> = OnceLock::new();
+        let hash = SEED.get_or_init(RandomState::new).hash_one(text);
+        Key {
+            hash,
+            text: Arc::from(text),
+        }
+    }
+
     /// The key for a request. For ACK the method is INVITE (an ACK matches
     /// the INVITE transaction it acknowledges).
     pub fn from_request(msg: &Message<'_>) -> Result<Key, ParseError> {
+        let via = msg.top_via()?;
+        Key::from_request_via(msg, &via)
+    }
+
+    /// [`Key::from_request`] with the top Via already parsed.
+    pub fn from_request_via(msg: &Message<'_>, via: &Via<'_>) -> Result<Key, ParseError> {
         let StartLine::Request {
             method,
             method_text,
@@ -57,16 +98,61 @@ impl Key {
         } else {
             method_text
         };
-        let via = msg.top_via()?;
         match via.branch() {
             Some(b) if b.starts_with(MAGIC_COOKIE) => {
-                let mut s = String::with_capacity(m.len() + b.len() + via.host.len() + 10);
-                s.push_str(m);
-                s.push('\u{0}');
-                s.push_str(b);
-                s.push('\u{0}');
-                s.push_str(&via.sent_by());
-                Ok(Key(s.into()))
+                // method NUL branch NUL sent-by (lower-case host[:port]).
+                let mut buf = [0u8; KEY_STACK];
+                let mut port = [0u8; 5];
+                let port = match via.port {
+                    Some(p) => {
+                        let mut i = port.len();
+                        let mut v = p;
+                        loop {
+                            i -= 1;
+                            port[i] = b'0' + (v % 10) as u8;
+                            v /= 10;
+                            if v == 0 {
+                                break;
+                            }
+                        }
+                        &port[i..]
+                    }
+                    None => &[][..],
+                };
+                let len = m.len()
+                    + b.len()
+                    + via.host.len()
+                    + 2
+                    + port.len()
+                    + usize::from(via.port.is_some());
+                if len > KEY_STACK {
+                    let mut s = String::with_capacity(len);
+                    s.push_str(m);
+                    s.push('\u{0}');
+                    s.push_str(b);
+                    s.push('\u{0}');
+                    s.push_str(&via.sent_by());
+                    return Ok(Key::new(&s));
+                }
+                fn put(buf: &mut [u8], n: &mut usize, bytes: &[u8]) {
+                    buf[*n..*n + bytes.len()].copy_from_slice(bytes);
+                    *n += bytes.len();
+                }
+                let mut n = 0;
+                put(&mut buf, &mut n, m.as_bytes());
+                put(&mut buf, &mut n, &[0]);
+                put(&mut buf, &mut n, b.as_bytes());
+                put(&mut buf, &mut n, &[0]);
+                let host_at = n;
+                put(&mut buf, &mut n, via.host.as_bytes());
+                buf[host_at..n].make_ascii_lowercase();
+                if via.port.is_some() {
+                    put(&mut buf, &mut n, b":");
+                    put(&mut buf, &mut n, port);
+                }
+                // Built from &strs and ASCII: always UTF-8.
+                let text = std::str::from_utf8(&buf[..n]).map_err(|_| ParseError::Header("Via"))?;
+                Ok(Key::new(text))
             }
             _ => {
                 // RFC 2543 (s.17.2.3, last paragraphs): Request-URI, To tag,
@@ -81,16 +167,42 @@ impl Key {
                     msg.call_id()?,
                     cseq.seq,
                 );
-                Ok(Key(s.into()))
+                Ok(Key::new(&s))
             }
         }
     }
 
     /// The branch (or a stand-in) for tracing.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The key's hash (also used to pick a shard of the table).
+    pub fn hash_value(&self) -> u64 {
+        self.hash
     }
 }
+
+/// Passes a [`Key`]'s precomputed hash through.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `Key`; a plain FNV-1a for completeness.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
 /// What to do with a received request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +235,7 @@ struct Entry {
 
 /// The non-INVITE server transaction table.
 pub struct ServerTransactions {
-    map: HashMap<Key, Entry>,
+    map: KeyMap<Entry>,
     expiries: VecDeque<(Instant, Key, u64)>,
     stored_bytes: usize,
     max_entries: usize,
@@ -134,7 +246,7 @@ pub struct ServerTransactions {
 impl ServerTransactions {
     pub fn new(max_entries: usize, max_bytes: usize) -> ServerTransactions {
         ServerTransactions {
-            map: HashMap::new(),
+            map: KeyMap::default(),
             expiries: VecDeque::new(),
             stored_bytes: 0,
             max_entries: max_entries.max(1),

@@ -371,7 +371,11 @@ impl Sipp {
                 .args(["-auth_uri", DOMAIN])
                 .args(["-t", if self.tcp { "t1" } else { "u1" }])
                 .arg("-nostdin")
-                .args(["-timeout", &format!("{}s", self.timeout_secs), "-timeout_error"])
+                .args([
+                    "-timeout",
+                    &format!("{}s", self.timeout_secs),
+                    "-timeout_error",
+                ])
                 .args(["-recv_timeout", "5000"])
                 .arg("-trace_stat")
                 .arg("-stf")
@@ -387,13 +391,11 @@ impl Sipp {
             for (k, v) in &self.keys {
                 cmd.args(["-key", k, v]);
             }
-            let out = tokio::time::timeout(
-                Duration::from_secs(self.timeout_secs + 15),
-                cmd.output(),
-            )
-            .await
-            .context("SIPp did not exit in time")?
-            .context("running sipp (is sip-tester installed?)")?;
+            let out =
+                tokio::time::timeout(Duration::from_secs(self.timeout_secs + 15), cmd.output())
+                    .await
+                    .context("SIPp did not exit in time")?
+                    .context("running sipp (is sip-tester installed?)")?;
             let output = format!(
                 "{}\n{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -442,8 +444,10 @@ fn rand_u32() -> u32 {
 fn read_stat(path: &Path) -> anyhow::Result<(u64, u64)> {
     let text = std::fs::read_to_string(path)?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next().context("empty statistics file")?.split(';').collect();
-    let last: Vec<&str> = lines.last().context("no statistics row")?.split(';').collect();
+    let header_line = lines.next().context("empty statistics file")?;
+    let last_line = lines.next_back().context("no statistics row")?;
+    let header: Vec<&str> = header_line.split(';').collect();
+    let last: Vec<&str> = last_line.split(';').collect();
     let column = |name: &str| -> anyhow::Result<u64> {
         let i = header
             .iter()
