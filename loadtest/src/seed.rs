@@ -21,7 +21,7 @@ fn encode(
     now: i64,
 ) -> anyhow::Result<NewEvent> {
     Ok(NewEvent {
-        event_id: uuid::Uuid::new_v4(),
+        event_id: uuid::Uuid::now_v7(),
         event_type: event.event_type().to_owned(),
         schema_version: event.schema_version(),
         occurred_at_us: now,

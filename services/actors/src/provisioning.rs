@@ -303,7 +303,8 @@ impl Provisioning {
         };
         let user_id = match &meta.request_id {
             Some(request_id) => UserId::for_request(domain_id, request_id),
-            None => UserId(uuid::Uuid::new_v4()),
+            // Time-ordered: new streams land at the end of the log's indexes.
+            None => UserId(uuid::Uuid::now_v7()),
         };
         match holder {
             // A retry of a create that completed: return the user as it is.

@@ -14,6 +14,18 @@
 //!   [`EventStore::read_all`] and the head watch: no channel that could drop
 //!   events is part of delivery.
 //!
+//! # Layout
+//! - `lib.rs`: the contract (this trait, its types and invariants).
+//! - `sqlite.rs`, `sqlite/writer.rs`: the SQLite backend. One writer thread
+//!   owns the only read-write connection and group-commits appends (one
+//!   transaction and one fsync for many appends, see [`sqlite::SqliteOptions`]);
+//!   reads go through a small pool of read-only connections; a helper thread
+//!   checkpoints the WAL in the background. `docs/adr/0001-event-store.md`
+//!   says why, and `docs/performance.md` what it does on our machine.
+//! - `subscription.rs`: [`subscribe_all`], for any backend.
+//! - `conformance.rs`: the suite, with `conformance::Backend` as the hook a
+//!   backend implements and `conformance_tests!` to run it.
+//!
 //! # Invariants every backend keeps (checked by the conformance suite)
 //! 1. An `append` is atomic: all its events are stored or none.
 //! 2. Acknowledged means durable: `append` returns `Ok` only once the events

@@ -10,6 +10,9 @@
 //! - Readers: a small pool of read-only connections used through
 //!   `spawn_blocking`, each with its own cache of prepared statements. WAL lets
 //!   them read while the writer writes.
+//! - A helper thread with its own connection checkpoints the WAL in the
+//!   background, so that copying pages into the database file does not stall
+//!   commits (see `writer.rs` for when).
 //! - The head position is published on a `watch` channel after each commit;
 //!   `read_all` never reads beyond it, so nobody sees a position before every
 //!   smaller one is committed (invariant 4 is trivial with a single writer).
