@@ -3,7 +3,7 @@
 # harness (../shared/bench/run-sip-bench.sh), in the same way the Kamailio
 # anchor figures were measured, so that the two can be compared in one run.
 #
-#   loadtest/sip-bench.sh [--users N] [--out DIR] [--kamailio] [-- run-sip-bench.sh options]
+#   loadtest/sip-bench.sh [--users N] [--port P] [--out DIR] [--kamailio] [-- run-sip-bench.sh options]
 #
 # It builds the release binaries (if needed), starts a fresh node on
 # 127.0.0.1:5070 (data in a temp dir, durable log as always), provisions the
@@ -16,12 +16,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 bench=${DIALTONE_BENCH_DIR:-$(cd "$root/../shared/bench" && pwd)}
-users=10000; out=""; kamailio=0
+users=10000; out=""; kamailio=0; port=5070
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) users=$2; shift 2;;
     --out) out=$2; shift 2;;
     --kamailio) kamailio=1; shift;;
+    --port) port=$2; shift 2;;
     --) shift; break;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2;;
   esac
@@ -30,13 +31,13 @@ out=${out:-${TMPDIR:-/tmp}/sip-bench-results/dialtone-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 
 command -v sipp >/dev/null || { echo "sipp missing: apt-get install -y sip-tester" >&2; exit 1; }
-(cd "$root" && cargo build --release -q -p dialtone-node -p dialtone-loadtest)
+[ "${DIALTONE_BENCH_NO_BUILD:-0}" = 1 ] || (cd "$root" && cargo build --release -q -p dialtone-node -p dialtone-loadtest)
 bin="$root/target/release"
 
 data=$(mktemp -d "${TMPDIR:-/tmp}/dialtone-bench-XXXXXX")
 grpc=127.0.0.1:50651
 "$bin/dialtone" serve --data-dir "$data" --grpc-addr "$grpc" --metrics-addr 127.0.0.1:9465 \
-  --sip-addr 127.0.0.1:5070 --sip-challenge-md5-first > "$out/node.out" 2> "$out/node.log" &
+  --sip-addr 127.0.0.1:$port --sip-challenge-md5-first > "$out/node.out" 2> "$out/node.log" &
 node=$!
 trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do grep -q "dialtone ready" "$out/node.out" && break; sleep 0.1; done
@@ -44,7 +45,7 @@ grep -q "dialtone ready" "$out/node.out" || { echo "node did not start; see $out
 
 "$bench/sipp/gen-users.sh" "$users" > "$out/users.csv"
 { "$bin/dialtone" --version; echo "node pid=$node data=$data"; nproc; lscpu | grep 'Model name'; } > "$out/dialtone-info.txt"
-"$bench/run-sip-bench.sh" --target 127.0.0.1:5070 --domain example.test --users "$out/users.csv" \
+"$bench/run-sip-bench.sh" --target 127.0.0.1:$port --domain example.test --users "$out/users.csv" \
   --provision-cmd "$bin/dialtone-load --server http://$grpc provision-csv --domain \"\$DOMAIN\" --csv \"\$USERS_CSV\"" \
   --server-pids "$node" --out "$out" \
   --hook-cmd "curl -s http://127.0.0.1:9465/metrics > \"\$OUT/metrics-\$PHASE-\$TEST.txt\" || true" \
@@ -53,6 +54,6 @@ grep -q "dialtone ready" "$out/node.out" || { echo "node did not start; see $out
 if [ "$kamailio" = 1 ]; then
   kill -TERM $node; wait $node 2>/dev/null || true
   "$bench/kamailio/bench-kamailio.sh" --workers "$(nproc)" --kam-cpu none --sipp-cpus none \
-    --users "$users" --out "$out/kamailio" -- "$@" | tee "$out/kamailio-console.log"
+    --users "$users" --port "$port" --out "$out/kamailio" -- "$@" | tee "$out/kamailio-console.log"
 fi
 echo "results in $out"

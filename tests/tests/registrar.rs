@@ -376,6 +376,37 @@ fn expiry_lags(events: &[EventEnvelope]) -> Vec<i64> {
         .collect()
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_contact_of_a_passivated_user_still_expires_on_time() {
+    bounded(60, async {
+        // Actors idle for 1 s are passivated; the contact lives 4 s, so the
+        // user's actor is gone when the contact expires.
+        let (_dir, node) = node(&["--sip-min-expires", "1", "--actor-idle-secs", "1"]).await;
+        let user = "sleeper";
+        let u = create_user(&node, DOMAIN, user, PASSWORD, 0).await.unwrap();
+        let mut ua = connect(&node, TRANSPORTS[0]).await;
+        let c = contact(user, "10.0.0.7:5060");
+        let r = ua.register(&reg(user).contact(&c).expires(4)).await.unwrap();
+        assert_code(&r, 200);
+        let events = events_when(&node, &u.id, Duration::from_secs(8), "ContactExpired", |e| e.len() >= 4).await;
+        assert_eq!(
+            events,
+            [
+                format!("ContactRegistered {c}"),
+                "PresenceChanged offline->online".into(),
+                format!("ContactExpired {c}"),
+                "PresenceChanged online->offline".into(),
+            ]
+        );
+        let all = stream_events(&node, &format!("user-{}", u.id)).await.unwrap();
+        let lags = expiry_lags(&all);
+        assert_eq!(lags.len(), 1);
+        assert!((0..=1_000_000).contains(&lags[0]), "ContactExpired {} µs late", lags[0]);
+        node.stop().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_contact_expires_by_timer_and_the_user_goes_offline() {
     bounded(60, async {

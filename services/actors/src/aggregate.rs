@@ -18,7 +18,7 @@ use crate::{now_us, Error, Result};
 
 /// How one kind of aggregate plugs into [`AggregateActor`].
 pub trait Aggregate: Sized + Unpin + 'static {
-    type Id: Copy + Eq + std::hash::Hash + Send + Sync + Unpin + std::fmt::Display + 'static;
+    type Id: Copy + Ord + std::hash::Hash + Send + Sync + Unpin + std::fmt::Display + 'static;
     type State: Default + Clone + Serialize + DeserializeOwned + Send + Unpin + 'static;
     type Command: Clone + Send + Unpin + 'static;
     type Event: Clone + Send + Unpin + Into<model::Event> + 'static;
@@ -44,8 +44,8 @@ pub trait Aggregate: Sized + Unpin + 'static {
     fn snapshot_interval(state: &Self::State) -> u64;
 
     /// When something must happen to this aggregate without a caller (a
-    /// contact expires): the actor runs [`Aggregate::deadline_command`] at
-    /// that time, and stays in memory while a deadline is pending.
+    /// contact expires): [`Aggregate::deadline_command`] is run at that time
+    /// by the node's deadline queue, which activates the actor if needed.
     fn next_deadline(_state: &Self::State) -> Option<Timestamp> {
         None
     }
@@ -333,8 +333,6 @@ pub struct AggregateActor<A: Aggregate> {
     queue: Vec<Pending<A>>,
     deferred: Vec<Finish<A::State>>,
     in_flight: bool,
-    /// The timer of the next deadline and the time it fires for.
-    deadline: Option<(Timestamp, SpawnHandle)>,
 }
 
 impl<A: Aggregate> AggregateActor<A> {
@@ -357,7 +355,6 @@ impl<A: Aggregate> AggregateActor<A> {
             queue: Vec::new(),
             deferred: Vec::new(),
             in_flight: false,
-            deadline: None,
         }
     }
 
@@ -466,8 +463,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         ctx.run_interval(check, |act, ctx| {
             let busy = act.in_flight
                 || !act.queue.is_empty()
-                || !act.deferred.is_empty()
-                || act.deadline.is_some();
+                || !act.deferred.is_empty();
             if !busy && act.last_active.elapsed() >= act.idle_timeout {
                 ctx.stop();
             }
@@ -696,6 +692,9 @@ impl<A: Aggregate> AggregateActor<A> {
             for (finish, replayed) in waiting {
                 finish(Ok(reply_of(loaded, replayed)));
             }
+            // The deadline queue forgets a deadline once it fired: set it
+            // again even when nothing changed.
+            self.schedule_deadline(ctx);
             return;
         }
         let new_events = match encode::<A>(self.id, &self.stream, &loaded.state, &decided, now) {
@@ -816,44 +815,13 @@ impl<A: Aggregate> AggregateActor<A> {
 }
 
 impl<A: Aggregate> AggregateActor<A> {
-    /// (Re)arms the timer for the state's next deadline.
-    fn schedule_deadline(&mut self, ctx: &mut Context<Self>) {
+    /// Registers the state's next deadline with the node's deadline queue.
+    fn schedule_deadline(&mut self, _ctx: &mut Context<Self>) {
         let next = match &self.loaded {
             Some(Ok(loaded)) => A::next_deadline(&loaded.state),
             _ => None,
         };
-        match (next, &self.deadline) {
-            (Some(at), Some((armed, _))) if *armed == at => return,
-            _ => {}
-        }
-        if let Some((_, handle)) = self.deadline.take() {
-            ctx.cancel_future(handle);
-        }
-        let Some(at) = next else { return };
-        let delay_us = u64::try_from(at.saturating_sub(now_us())).unwrap_or(0);
-        // A little after the deadline, so that `now >= deadline` holds.
-        let delay = Duration::from_micros(delay_us) + Duration::from_millis(1);
-        let handle = ctx.run_later(delay, |act, ctx| {
-            act.deadline = None;
-            let Some(command) = A::deadline_command() else {
-                return;
-            };
-            act.queue.push(Pending {
-                command,
-                meta: Meta::default(),
-                finish: Box::new(|outcome| {
-                    if let Err(e) = outcome {
-                        tracing::warn!(error = %e, "deadline command failed");
-                    }
-                }),
-            });
-            act.flush(ctx);
-            // Nothing to decide (or the command failed): look again later.
-            if act.deadline.is_none() && !act.in_flight {
-                act.schedule_deadline(ctx);
-            }
-        });
-        self.deadline = Some((at, handle));
+        self.registry.deadlines.set(self.id, next);
     }
 }
 

@@ -14,6 +14,7 @@ use crate::aggregate::{
     Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Passivate, Query, Reply,
     UserAggregate, View,
 };
+use crate::deadlines::{self, Deadlines};
 use crate::facts::Facts;
 use crate::{Error, Result};
 use dialtone_domain as model;
@@ -21,12 +22,14 @@ use dialtone_domain as model;
 /// Live actors of one kind, by id.
 pub(crate) struct Registry<A: Aggregate> {
     live: Mutex<HashMap<A::Id, Addr<AggregateActor<A>>>>,
+    pub(crate) deadlines: Deadlines<A::Id>,
 }
 
 impl<A: Aggregate> Registry<A> {
     fn new() -> Self {
         Registry {
             live: Mutex::new(HashMap::new()),
+            deadlines: Deadlines::new(),
         }
     }
 
@@ -84,7 +87,7 @@ impl Directory {
         if arbiters.is_empty() {
             return Err(Error::Unavailable("no arbiter to run actors on".into()));
         }
-        Ok(Directory {
+        let directory = Directory {
             inner: Arc::new(Inner {
                 store,
                 arbiters,
@@ -93,7 +96,13 @@ impl Directory {
                 users: Arc::new(Registry::new()),
                 facts: Arc::new(Facts::default()),
             }),
-        })
+        };
+        // Only users have deadlines (contact expiry) today.
+        tokio::spawn(deadlines::run::<UserAggregate>(
+            directory.clone(),
+            directory.inner.users.clone(),
+        ));
+        Ok(directory)
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -136,6 +145,11 @@ impl Directory {
         &self.inner.facts
     }
 
+    /// Number of users with a pending deadline (contacts to expire).
+    pub fn pending_deadlines(&self) -> usize {
+        self.inner.users.deadlines.len()
+    }
+
     /// Number of live actors (domains, users).
     pub fn live_actors(&self) -> (usize, usize) {
         (self.inner.domains.len(), self.inner.users.len())
@@ -166,7 +180,7 @@ impl Directory {
         addr
     }
 
-    async fn execute<A: Aggregate, R: Send + 'static>(
+    pub(crate) async fn execute<A: Aggregate, R: Send + 'static>(
         &self,
         registry: &Arc<Registry<A>>,
         id: A::Id,

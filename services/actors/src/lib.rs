@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod aggregate;
+mod deadlines;
 mod directory;
 mod facts;
 mod provisioning;
