@@ -31,6 +31,16 @@ struct State {
     position: Position,
     /// Users with at least one contact: their domain and number of contacts.
     users: HashMap<UserId, (DomainId, u32)>,
+    /// Contacts over all users.
+    #[serde(default)]
+    contacts: i64,
+}
+
+impl State {
+    fn report(&self) {
+        metrics::gauge!("dialtone_registrations_active").set(self.contacts as f64);
+        metrics::gauge!("dialtone_registered_users").set(self.users.len() as f64);
+    }
 }
 
 impl State {
@@ -46,11 +56,14 @@ impl State {
         };
         let key = UserId(user);
         let entry = self.users.entry(key).or_insert((DomainId(domain), 0));
+        let before = entry.1;
         let count = (i64::from(entry.1) + delta).max(0);
         entry.1 = u32::try_from(count).unwrap_or(u32::MAX);
-        if entry.1 == 0 {
+        let after = entry.1;
+        if after == 0 {
             self.users.remove(&key);
         }
+        self.contacts = (self.contacts + i64::from(after) - i64::from(before)).max(0);
     }
 }
 
@@ -92,6 +105,7 @@ impl RegistrationIndex {
             // A long catch-up: save it, so that the next start is quick.
             save_checkpoint(&store, &state).await;
         }
+        state.report();
         let to_wake: Vec<UserId> = state.users.keys().copied().collect();
         let index = RegistrationIndex {
             state: Arc::new(RwLock::new(state)),
@@ -121,6 +135,7 @@ impl RegistrationIndex {
                 let due_state = {
                     let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
                     guard.fold(&event);
+                    guard.report();
                     since_checkpoint += 1;
                     let due = since_checkpoint >= CHECKPOINT_EVENTS
                         || (since_checkpoint > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);

@@ -5,6 +5,10 @@
 //! serves users `user000000`.. with passwords `pw000000x`.. (the format of
 //! `shared/bench/sipp/gen-users.sh`).
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

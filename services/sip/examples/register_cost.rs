@@ -9,6 +9,10 @@
 //! `valgrind --tool=callgrind --toggle-collect='*Core*handle*' target/release/examples/register_cost 20000`
 //! (the client side, building the requests and the digest, is then left out).
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;

@@ -356,10 +356,22 @@ impl<'a> CredentialsRef<'a> {
         ];
         let mut f: [Option<Cow<'a, str>>; 10] = Default::default();
         let scheme = scan_params(value, |name, v| {
-            if let Some(i) = NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)) {
-                if f[i].is_none() {
-                    f[i] = Some(v);
-                }
+            // By length first: one comparison per parameter.
+            let i = match name.len() {
+                8 if name.eq_ignore_ascii_case(NAMES[0]) => 0,
+                5 if name.eq_ignore_ascii_case(NAMES[1]) => 1,
+                5 if name.eq_ignore_ascii_case(NAMES[2]) => 2,
+                3 if name.eq_ignore_ascii_case(NAMES[3]) => 3,
+                8 if name.eq_ignore_ascii_case(NAMES[4]) => 4,
+                9 if name.eq_ignore_ascii_case(NAMES[5]) => 5,
+                2 if name.eq_ignore_ascii_case(NAMES[6]) => 6,
+                6 if name.eq_ignore_ascii_case(NAMES[7]) => 7,
+                3 if name.eq_ignore_ascii_case(NAMES[8]) => 8,
+                6 if name.eq_ignore_ascii_case(NAMES[9]) => 9,
+                _ => return,
+            };
+            if f[i].is_none() {
+                f[i] = Some(v);
             }
         })?;
         if !scheme.eq_ignore_ascii_case("Digest") {
@@ -510,6 +522,10 @@ pub fn write_challenge(
 }
 
 fn write_quoted_inner(out: &mut Vec<u8>, s: &str) {
+    if !s.bytes().any(|b| b == b'"' || b == b'\\') {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
     for b in s.bytes() {
         if b == b'"' || b == b'\\' {
             out.push(b'\\');

@@ -123,8 +123,15 @@ impl Name {
             19 => &[("proxy-authorization", Name::ProxyAuthorization)],
             _ => &[],
         };
+        // The table's names are lower case: fold only the input.
+        let eq = |n: &str| {
+            n.len() == name.len()
+                && n.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b.to_ascii_lowercase())
+        };
         for (n, v) in candidates {
-            if n.eq_ignore_ascii_case(name) {
+            if eq(n) {
                 return *v;
             }
         }
@@ -218,12 +225,88 @@ pub fn header_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// RFC 3261 `token` characters: alphanumerics and `-.!%*_+`'~`.
+static TOKEN_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    t
+};
+
 fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    TOKEN_CHARS[usize::from(c)]
+}
+
+/// First index of the ASCII byte `b` in `s` (short strings: a plain loop
+/// beats a vectorised search's set-up).
+fn find_byte(s: &str, b: u8) -> Option<usize> {
+    s.bytes().position(|c| c == b)
 }
 
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(is_token_char)
+}
+
+/// Whitespace as `char::is_whitespace` sees it, in ASCII.
+fn is_ascii_ws(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ')
+}
+
+/// `str::trim`, fast for ASCII: when what is left starts or ends with a
+/// non-ASCII byte (maybe Unicode whitespace), std decides.
+pub(crate) fn trim(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && is_ascii_ws(b[i]) {
+        i += 1;
+    }
+    let mut j = b.len();
+    while j > i && is_ascii_ws(b[j - 1]) {
+        j -= 1;
+    }
+    if i < j && (b[i] >= 0x80 || b[j - 1] >= 0x80) {
+        return s.trim();
+    }
+    &s[i..j]
+}
+
+/// `str::trim_start`, fast for ASCII.
+fn trim_start(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && is_ascii_ws(b[i]) {
+        i += 1;
+    }
+    if i < b.len() && b[i] >= 0x80 {
+        return s.trim_start();
+    }
+    &s[i..]
+}
+
+/// `str::trim_end`, fast for ASCII.
+fn trim_end(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut j = b.len();
+    while j > 0 && is_ascii_ws(b[j - 1]) {
+        j -= 1;
+    }
+    if j > 0 && b[j - 1] >= 0x80 {
+        return s.trim_end();
+    }
+    &s[..j]
+}
+
+/// Whether `s` contains any of the ASCII bytes in `set`.
+fn has_any(s: &str, set: &[u8]) -> bool {
+    s.bytes().any(|b| set.contains(&b))
 }
 
 /// `s` without trailing SP/HT (ASCII, so the cut is a char boundary).
@@ -293,7 +376,7 @@ impl<'a> Message<'a> {
                 }
                 continue;
             }
-            let colon = memchr::memchr(b':', line.as_bytes()).ok_or(ParseError::HeaderLine)?;
+            let colon = find_byte(line, b':').ok_or(ParseError::HeaderLine)?;
             let raw_name = trim_sp_end(&line[..colon]);
             if !is_token(raw_name) {
                 return Err(ParseError::HeaderLine);
@@ -375,7 +458,7 @@ impl<'a> Message<'a> {
         let v = self
             .header(Name::CallId)
             .ok_or(ParseError::Missing("Call-ID"))?;
-        if v.is_empty() || v.contains([' ', '\t']) {
+        if v.is_empty() || has_any(v, b" \t") {
             return Err(ParseError::Header("Call-ID"));
         }
         Ok(v)
@@ -446,7 +529,7 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
 
 /// Parses a decimal u32 with no sign and no surrounding garbage.
 pub fn parse_u32(s: &str) -> Option<u32> {
-    let s = s.trim();
+    let s = trim(s);
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -477,7 +560,7 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
             i += 1;
         }
         let i = i.min(bytes.len());
-        let item = rest[..i].trim();
+        let item = trim(&rest[..i]);
         rest = if i < bytes.len() { &rest[i + 1..] } else { "" };
         if !item.is_empty() {
             return Some(item);
@@ -511,13 +594,13 @@ pub fn params(s: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
             i += 1;
         }
         let i = i.min(bytes.len());
-        let item = rest[..i].trim();
+        let item = trim(&rest[..i]);
         rest = &rest[i..];
         if item.is_empty() {
             continue;
         }
         return Some(match memchr::memchr(b'=', item.as_bytes()) {
-            Some(eq) => (item[..eq].trim(), Some(item[eq + 1..].trim())),
+            Some(eq) => (trim(&item[..eq]), Some(trim(&item[eq + 1..]))),
             None => (item, None),
         });
     })
@@ -540,7 +623,8 @@ fn parse_host(s: &str) -> Option<(&str, &str)> {
         return Some((&s[..=close], &s[close + 1..]));
     }
     let end = s
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'))
+        .bytes()
+        .position(|c| !(c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_'))
         .unwrap_or(s.len());
     if end == 0 {
         return None;
@@ -550,7 +634,10 @@ fn parse_host(s: &str) -> Option<(&str, &str)> {
 
 fn parse_port(s: &str) -> Option<(Option<u16>, &str)> {
     if let Some(r) = s.strip_prefix(':') {
-        let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+        let end = r
+            .bytes()
+            .position(|c| !c.is_ascii_digit())
+            .unwrap_or(r.len());
         if end == 0 || end > 5 {
             return None;
         }
@@ -584,26 +671,29 @@ pub struct Via<'a> {
 impl<'a> Via<'a> {
     pub fn parse(s: &'a str) -> Result<Via<'a>, ParseError> {
         const E: ParseError = ParseError::Header("Via");
-        let s = s.trim();
+        let s = trim(s);
         // sent-protocol = "SIP" SLASH "2.0" SLASH transport, LWS allowed
         // around the slashes.
         let mut parts = s.splitn(3, '/');
-        let name = parts.next().ok_or(E)?.trim();
-        let ver = parts.next().ok_or(E)?.trim();
-        let rest = parts.next().ok_or(E)?.trim_start();
+        let name = trim(parts.next().ok_or(E)?);
+        let ver = trim(parts.next().ok_or(E)?);
+        let rest = trim_start(parts.next().ok_or(E)?);
         if !name.eq_ignore_ascii_case("SIP") || ver != "2.0" {
             return Err(E);
         }
-        let tend = rest.find([' ', '\t']).ok_or(E)?;
+        let tend = rest
+            .bytes()
+            .position(|b| b == b' ' || b == b'\t')
+            .ok_or(E)?;
         let transport = &rest[..tend];
         if !is_token(transport) {
             return Err(E);
         }
-        let after = rest[tend..].trim_start();
+        let after = trim_start(&rest[tend..]);
         let (host, r) = parse_host(after).ok_or(E)?;
-        let r = r.trim_start();
+        let r = trim_start(r);
         let (port, r) = parse_port(r).ok_or(E)?;
-        let r = r.trim_start();
+        let r = trim_start(r);
         if !(r.is_empty() || r.starts_with(';')) {
             return Err(E);
         }
@@ -613,7 +703,7 @@ impl<'a> Via<'a> {
             host,
             port,
             params: r,
-            head: s[..head_len].trim_end(),
+            head: trim_end(&s[..head_len]),
         })
     }
 
@@ -649,23 +739,23 @@ pub struct NameAddr<'a> {
 
 impl<'a> NameAddr<'a> {
     pub fn parse(s: &'a str) -> Option<NameAddr<'a>> {
-        let s = s.trim();
+        let s = trim(s);
         if s.is_empty() {
             return None;
         }
         let (display, rest) = if s.starts_with('"') {
             let end = quoted_end(s)?;
-            (Some(&s[..end]), s[end..].trim_start())
-        } else if let Some(lt) = s.find('<') {
-            let d = s[..lt].trim();
+            (Some(&s[..end]), trim_start(&s[end..]))
+        } else if let Some(lt) = find_byte(s, b'<') {
+            let d = trim(&s[..lt]);
             (if d.is_empty() { None } else { Some(d) }, &s[lt..])
         } else {
             (None, s)
         };
         if let Some(r) = rest.strip_prefix('<') {
-            let gt = r.find('>')?;
-            let uri = r[..gt].trim();
-            let params = r[gt + 1..].trim();
+            let gt = find_byte(r, b'>')?;
+            let uri = trim(&r[..gt]);
+            let params = trim(&r[gt + 1..]);
             if uri.is_empty() || !(params.is_empty() || params.starts_with(';')) {
                 return None;
             }
@@ -680,16 +770,16 @@ impl<'a> NameAddr<'a> {
         }
         // addr-spec without brackets: parameters after the first ';' belong
         // to the header, not the URI (RFC 3261 s.20).
-        let (uri, params) = match rest.find(';') {
+        let (uri, params) = match find_byte(rest, b';') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        if uri.is_empty() || uri.contains([' ', '\t', ',', '<', '>', '"']) {
+        if uri.is_empty() || has_any(uri, b" \t,<>\"") {
             return None;
         }
         Some(NameAddr {
             display,
-            uri: uri.trim(),
+            uri: trim(uri),
             params,
         })
     }
@@ -730,8 +820,8 @@ pub struct Uri<'a> {
 impl<'a> Uri<'a> {
     /// Parses `sip:` and `sips:` URIs; other schemes are `None`.
     pub fn parse(s: &'a str) -> Option<Uri<'a>> {
-        let s = s.trim();
-        let colon = s.find(':')?;
+        let s = trim(s);
+        let colon = find_byte(s, b':')?;
         let scheme = &s[..colon];
         if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
             return None;
@@ -739,11 +829,11 @@ impl<'a> Uri<'a> {
         let rest = &s[colon + 1..];
         // userinfo ends at the last '@' before any ';' or '?' of the host part
         // ('@' may not appear unescaped in a user part, but be lenient).
-        let (user, hostpart) = match rest.rfind('@') {
+        let (user, hostpart) = match rest.bytes().rposition(|c| c == b'@') {
             Some(at) => {
                 let userinfo = &rest[..at];
-                let user = userinfo.split(':').next().unwrap_or(userinfo);
-                if user.is_empty() || user.contains([' ', '\t', '<', '>', '"']) {
+                let user = &userinfo[..find_byte(userinfo, b':').unwrap_or(userinfo.len())];
+                if user.is_empty() || has_any(user, b" \t<>\"") {
                     return None;
                 }
                 (Some(user), &rest[at + 1..])
@@ -755,7 +845,7 @@ impl<'a> Uri<'a> {
         if !(r.is_empty() || r.starts_with(';') || r.starts_with('?')) {
             return None;
         }
-        if r.contains([' ', '\t', '<', '>']) {
+        if has_any(r, b" \t<>") {
             return None;
         }
         Some(Uri {
@@ -943,6 +1033,157 @@ Contact: <sip:a@1.2.3.4>,\r\n <sip:b@1.2.3.5>\r\nContent-Length: 0\r\n\r\n";
                 reason: "Unauthorized"
             }
         );
+    }
+
+    /// The parser as it was before it was tuned (`str::split`, `find`,
+    /// `trim_matches`, a linear name table): the reference for
+    /// `parse_agrees_with_the_reference`.
+    fn reference_parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+        fn name(name: &str) -> Name {
+            const TABLE: &[(&str, Name)] = &[
+                ("via", Name::Via),
+                ("from", Name::From),
+                ("to", Name::To),
+                ("call-id", Name::CallId),
+                ("cseq", Name::CSeq),
+                ("contact", Name::Contact),
+                ("expires", Name::Expires),
+                ("min-expires", Name::MinExpires),
+                ("max-forwards", Name::MaxForwards),
+                ("content-length", Name::ContentLength),
+                ("content-type", Name::ContentType),
+                ("authorization", Name::Authorization),
+                ("proxy-authorization", Name::ProxyAuthorization),
+                ("www-authenticate", Name::WwwAuthenticate),
+                ("proxy-authenticate", Name::ProxyAuthenticate),
+                ("user-agent", Name::UserAgent),
+                ("route", Name::Route),
+                ("record-route", Name::RecordRoute),
+                ("supported", Name::Supported),
+                ("require", Name::Require),
+                ("proxy-require", Name::ProxyRequire),
+                ("allow", Name::Allow),
+                ("accept", Name::Accept),
+                ("date", Name::Date),
+                ("server", Name::Server),
+                ("retry-after", Name::RetryAfter),
+            ];
+            if name.len() == 1 {
+                return Name::from_str_ci(name);
+            }
+            for (n, v) in TABLE {
+                if n.len() == name.len() && n.eq_ignore_ascii_case(name) {
+                    return *v;
+                }
+            }
+            Name::Other
+        }
+        let end = header_end(buf).ok_or(ParseError::Incomplete)?;
+        let head = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError::NotUtf8)?;
+        let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+        let first = lines.next().ok_or(ParseError::StartLine)?;
+        let start = parse_start_line(first)?;
+        let mut headers: Vec<Header<'_>> = Vec::with_capacity(16);
+        for line in lines {
+            if line.is_empty() {
+                break;
+            }
+            let b = line.as_bytes()[0];
+            if b == b' ' || b == b'\t' {
+                let last = headers.last_mut().ok_or(ParseError::HeaderLine)?;
+                let cont = line.trim();
+                if !cont.is_empty() {
+                    let v = last.value.to_mut();
+                    if !v.is_empty() {
+                        v.push(' ');
+                    }
+                    v.push_str(cont);
+                }
+                continue;
+            }
+            let colon = line.find(':').ok_or(ParseError::HeaderLine)?;
+            let raw_name = line[..colon].trim_end_matches([' ', '\t']);
+            if !is_token(raw_name) {
+                return Err(ParseError::HeaderLine);
+            }
+            let value = line[colon + 1..].trim_matches([' ', '\t']);
+            headers.push(Header {
+                name: name(raw_name),
+                raw_name,
+                value: Cow::Borrowed(value),
+            });
+        }
+        let rest = &buf[end..];
+        let body = match headers.iter().find(|h| h.name == Name::ContentLength) {
+            Some(h) => {
+                let len = h.value.trim().parse::<u32>().ok().filter(|_| {
+                    let t = h.value.trim();
+                    !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit())
+                });
+                let len = len.ok_or(ParseError::Header("Content-Length"))? as usize;
+                if rest.len() < len {
+                    return Err(ParseError::ShortBody);
+                }
+                &rest[..len]
+            }
+            None => rest,
+        };
+        Ok(Message {
+            start,
+            headers,
+            body,
+        })
+    }
+
+    fn same(a: &Result<Message<'_>, ParseError>, b: &Result<Message<'_>, ParseError>) -> bool {
+        match (a, b) {
+            (Ok(a), Ok(b)) => a.start == b.start && a.headers == b.headers && a.body == b.body,
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_agrees_with_the_reference(
+            lines in proptest::collection::vec(
+                "(v|f|t|i|m|l|Via|VIA|from|To|Call-ID|CSeq|Contact|Content-Length|Expires|X-a|x b|\\PC{0,3})[ \t]{0,2}:?[ \t]{0,2}[ -~\t]{0,12}(\u{a0}|\u{2003})?",
+                0..8,
+            ),
+            folds in proptest::collection::vec(proptest::bool::ANY, 8),
+            lf_only in proptest::bool::ANY,
+            body in "[a-z]{0,6}",
+        ) {
+            let eol = if lf_only { "\n" } else { "\r\n" };
+            let mut raw = format!("REGISTER sip:example.test SIP/2.0{eol}");
+            for (i, l) in lines.iter().enumerate() {
+                if folds[i] {
+                    raw.push(' ');
+                }
+                raw.push_str(l);
+                raw.push_str(eol);
+            }
+            raw.push_str(eol);
+            raw.push_str(&body);
+            let a = Message::parse(raw.as_bytes());
+            let b = reference_parse(raw.as_bytes());
+            proptest::prop_assert!(same(&a, &b), "{raw:?}: {a:?} vs {b:?}");
+        }
+
+        #[test]
+        fn fast_trims_agree_with_std(s in "[ \t\r\n\u{b}\u{c}\u{85}\u{a0}\u{2003}a-c;é]{0,8}") {
+            proptest::prop_assert_eq!(trim(&s), s.trim());
+            proptest::prop_assert_eq!(trim_start(&s), s.trim_start());
+            proptest::prop_assert_eq!(trim_end(&s), s.trim_end());
+        }
+
+        #[test]
+        fn names_agree_with_the_table(n in "(?i)(via|from|to|call-id|cseq|contact|expires|min-expires|max-forwards|content-length|content-type|authorization|proxy-authorization|www-authenticate|proxy-authenticate|user-agent|route|record-route|supported|require|proxy-require|allow|accept|date|server|retry-after|[a-z-]{1,19}|\\PC{1,4})") {
+            let raw = format!("OPTIONS sip:x SIP/2.0\r\n{n}: 1\r\n\r\n");
+            if let Ok(m) = reference_parse(raw.as_bytes()) {
+                proptest::prop_assert_eq!(Name::from_str_ci(&n), m.headers[0].name);
+            }
+        }
     }
 
     #[test]
