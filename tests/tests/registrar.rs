@@ -386,9 +386,19 @@ async fn a_contact_of_a_passivated_user_still_expires_on_time() {
         let u = create_user(&node, DOMAIN, user, PASSWORD, 0).await.unwrap();
         let mut ua = connect(&node, TRANSPORTS[0]).await;
         let c = contact(user, "10.0.0.7:5060");
-        let r = ua.register(&reg(user).contact(&c).expires(4)).await.unwrap();
+        let r = ua
+            .register(&reg(user).contact(&c).expires(4))
+            .await
+            .unwrap();
         assert_code(&r, 200);
-        let events = events_when(&node, &u.id, Duration::from_secs(8), "ContactExpired", |e| e.len() >= 4).await;
+        let events = events_when(
+            &node,
+            &u.id,
+            Duration::from_secs(8),
+            "ContactExpired",
+            |e| e.len() >= 4,
+        )
+        .await;
         assert_eq!(
             events,
             [
@@ -398,10 +408,16 @@ async fn a_contact_of_a_passivated_user_still_expires_on_time() {
                 "PresenceChanged online->offline".into(),
             ]
         );
-        let all = stream_events(&node, &format!("user-{}", u.id)).await.unwrap();
+        let all = stream_events(&node, &format!("user-{}", u.id))
+            .await
+            .unwrap();
         let lags = expiry_lags(&all);
         assert_eq!(lags.len(), 1);
-        assert!((0..=1_000_000).contains(&lags[0]), "ContactExpired {} µs late", lags[0]);
+        assert!(
+            (0..=1_000_000).contains(&lags[0]),
+            "ContactExpired {} µs late",
+            lags[0]
+        );
         node.stop().await.unwrap();
     })
     .await;

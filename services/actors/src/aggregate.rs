@@ -461,9 +461,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         }));
         let check = (self.idle_timeout / 4).max(Duration::from_millis(50));
         ctx.run_interval(check, |act, ctx| {
-            let busy = act.in_flight
-                || !act.queue.is_empty()
-                || !act.deferred.is_empty();
+            let busy = act.in_flight || !act.queue.is_empty() || !act.deferred.is_empty();
             if !busy && act.last_active.elapsed() >= act.idle_timeout {
                 ctx.stop();
             }

@@ -78,7 +78,11 @@ impl<Id: Copy + Ord + Hash> Deadlines<Id> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).by_id.len()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .len()
     }
 }
 
@@ -88,12 +92,18 @@ pub(crate) async fn run<A: Aggregate>(directory: Directory, registry: Arc<Regist
     loop {
         let (due, next) = registry.deadlines.take_due(now_us());
         for id in due {
-            let Some(command) = A::deadline_command() else { continue };
-            let Ok(permit) = limit.clone().acquire_owned().await else { return };
+            let Some(command) = A::deadline_command() else {
+                continue;
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
             let directory = directory.clone();
             let registry = registry.clone();
             tokio::spawn(async move {
-                let result = directory.execute(&registry, id, command, Meta::default(), |_| ()).await;
+                let result = directory
+                    .execute(&registry, id, command, Meta::default(), |_| ())
+                    .await;
                 if let Err(e) = result {
                     tracing::warn!(%id, error = %e, "deadline command failed; retrying in 1 s");
                     let retry_at = now_us() + 1_000_000;
@@ -105,7 +115,8 @@ pub(crate) async fn run<A: Aggregate>(directory: Directory, registry: Arc<Regist
         match next {
             Some(at) => {
                 // A little after the deadline, so that `now >= deadline` holds.
-                let wait = Duration::from_micros(u64::try_from(at - now_us()).unwrap_or(0)) + Duration::from_millis(1);
+                let wait = Duration::from_micros(u64::try_from(at - now_us()).unwrap_or(0))
+                    + Duration::from_millis(1);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = registry.deadlines.wake.notified() => {}

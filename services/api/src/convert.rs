@@ -5,7 +5,7 @@ use dialtone_actors::View;
 use dialtone_domain::{domain, event, user};
 use dialtone_eventlog::RecordedEvent;
 
-use crate::pb;
+use crate::{payload, pb};
 
 /// A protobuf timestamp from microseconds since the epoch (`None` for 0).
 pub fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
@@ -69,27 +69,90 @@ pub fn user(view: &View<user::User>) -> pb::User {
 /// upgraded to the current one, and secrets (HA1 values) are removed; data
 /// that cannot be read is replaced by `{}` rather than shown unredacted.
 pub fn envelope(e: &RecordedEvent) -> pb::EventEnvelope {
-    let data_json = serde_json::from_str(&e.data)
-        .ok()
-        .and_then(|v| event::upcast(&e.event_type, e.schema_version, v).ok())
-        .map(|v| event::redact_secrets(&e.event_type, v))
-        .and_then(|v| serde_json::to_string(&v).ok())
-        .unwrap_or_else(|| "{}".to_owned());
-    pb::EventEnvelope {
+    envelope_with(e, event::Upcasters::builtin())
+}
+
+/// As [`envelope`], upcasting with `upcasters`.
+pub fn envelope_with(e: &RecordedEvent, upcasters: &event::Upcasters) -> pb::EventEnvelope {
+    subscribed_event(e.clone(), upcasters, true, false)
+        .envelope
+        .unwrap_or_default()
+}
+
+/// Whether the stored data of `event_type` holds secrets to remove before
+/// showing it (see [`event::redact_secrets`]).
+fn has_secrets(event_type: &str) -> bool {
+    matches!(event_type, "UserCreated" | "PasswordChanged")
+}
+
+/// The envelope of a stored event with its data as JSON (`json`) and/or as
+/// a typed payload (`typed`), both upgraded to the current schema version
+/// with `upcasters`. Data that cannot be read gives `{}` and no payload.
+/// Takes the event so that its strings move into the message.
+pub fn subscribed_event(
+    e: RecordedEvent,
+    upcasters: &event::Upcasters,
+    json: bool,
+    typed: bool,
+) -> pb::SubscribedEvent {
+    let current = upcasters.current_version(&e.event_type);
+    let mut payload = None;
+    let mut data_json = String::new();
+    if e.schema_version >= current && !has_secrets(&e.event_type) {
+        // Current data without secrets (the common case): decode it once
+        // for the payload and show the stored JSON as it is.
+        if typed {
+            payload = upcasters
+                .decode(&e.event_type, e.schema_version, &e.data)
+                .ok()
+                .map(payload::into_payload);
+        }
+        if json {
+            let valid =
+                payload.is_some() || serde_json::from_str::<serde::de::IgnoredAny>(&e.data).is_ok();
+            if valid && e.schema_version == current {
+                data_json = e.data;
+            } else {
+                data_json = "{}".to_owned();
+            }
+        }
+    } else {
+        let value = serde_json::from_str(&e.data)
+            .ok()
+            .and_then(|v| upcasters.upcast(&e.event_type, e.schema_version, v).ok());
+        if typed {
+            payload = value
+                .clone()
+                .and_then(|v| upcasters.decode_value(&e.event_type, current, v).ok())
+                .map(payload::into_payload);
+        }
+        if json {
+            data_json = value
+                .map(|v| event::redact_secrets(&e.event_type, v))
+                .and_then(|v| serde_json::to_string(&v).ok())
+                .unwrap_or_else(|| "{}".to_owned());
+        }
+    }
+    let category = event::category_of(&e.event_type)
+        .map(|c| c.as_str().to_owned())
+        .unwrap_or_default();
+    let envelope = pb::EventEnvelope {
         position: e.position,
-        stream: e.stream.clone(),
+        stream: e.stream,
         version: e.version,
         event_id: e.event_id.to_string(),
-        r#type: e.event_type.clone(),
-        schema_version: event::current_schema_version(&e.event_type).max(e.schema_version),
+        schema_version: current.max(e.schema_version),
+        r#type: e.event_type,
         occurred_at: timestamp(e.occurred_at_us),
         domain_id: e.domain_id.map(|id| id.to_string()).unwrap_or_default(),
         user_id: e.user_id.map(|id| id.to_string()).unwrap_or_default(),
-        node: e.node.clone(),
-        correlation_id: e.correlation_id.clone().unwrap_or_default(),
-        category: event::category_of(&e.event_type)
-            .map(|c| c.as_str().to_owned())
-            .unwrap_or_default(),
+        node: e.node,
+        correlation_id: e.correlation_id.unwrap_or_default(),
+        category,
         data_json,
+    };
+    pb::SubscribedEvent {
+        envelope: Some(envelope),
+        payload,
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The stored `data` is the JSON object of the variant's fields; the type
 //! name is the variant's name. Reading accepts older schema versions and
-//! upgrades them ([`upcast`]) before decoding.
+//! upgrades them before decoding, with the upcasting steps registered in
+//! [`Upcasters`] (keyed by type and version; see [`Upcasters::builtin`]).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -64,6 +65,13 @@ pub enum DecodeError {
         found: u32,
         known: u32,
     },
+    /// An upcasting step is missing or refused the stored data.
+    #[error("event {event_type} at schema version {from_version}: {reason}")]
+    Upcast {
+        event_type: String,
+        from_version: u32,
+        reason: String,
+    },
     #[error("event {event_type}: {source}")]
     Json {
         event_type: String,
@@ -108,9 +116,11 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "UserNameReleased",
 ];
 
-/// The schema version this build writes for `event_type`.
-pub fn current_schema_version(_event_type: &str) -> u32 {
-    1
+/// The schema version this build writes for `event_type`: one more than
+/// the last upcasting step registered for it in [`Upcasters::builtin`]
+/// (1 when it has none).
+pub fn current_schema_version(event_type: &str) -> u32 {
+    Upcasters::builtin().current_version(event_type)
 }
 
 /// The category of a stored event type (`None` for unknown types).
@@ -121,19 +131,189 @@ pub fn category_of(event_type: &str) -> Option<EventCategory> {
         .map(|(_, c)| *c)
 }
 
-/// Upgrades stored data of an older schema version to the current one.
-/// Each step upgrades by one version; there are none yet, as every type is
-/// at version 1.
+/// Upgrades stored data of an older schema version to the current one with
+/// the built-in upcasters ([`Upcasters::builtin`]).
 pub fn upcast(event_type: &str, schema_version: u32, data: Value) -> Result<Value, DecodeError> {
-    let known = current_schema_version(event_type);
-    if schema_version > known {
-        return Err(DecodeError::FutureSchema {
-            event_type: event_type.to_owned(),
-            found: schema_version,
-            known,
-        });
+    Upcasters::builtin().upcast(event_type, schema_version, data)
+}
+
+/// One upcasting step: the data of an event at schema version `n` becomes
+/// its data at version `n + 1`. A step is a plain function of the JSON
+/// data; it fails with a message when the data is not of the old shape.
+pub type UpcastStep = fn(Value) -> Result<Value, String>;
+
+/// The upcasting steps this build knows: `(event type, from version, step)`.
+///
+/// Changing the stored shape of an event type means: bump nothing by hand,
+/// add the step from the old version here (the type's current version is
+/// then one more), give the new shape its JSON Schema in `schemas/`, and
+/// keep the step forever — old events stay in the log as they were written.
+/// Every type is at version 1 so far, so the list is empty.
+const BUILTIN_STEPS: &[(&str, u32, UpcastStep)] = &[];
+
+/// A registry of upcasting steps keyed by `(event type, from version)`.
+///
+/// Reading an event of an older schema version runs its steps in order, one
+/// version at a time, up to the type's current version (one more than its
+/// highest step). [`Upcasters::builtin`] holds the steps of this build
+/// (`BUILTIN_STEPS` in this module) and is what [`Event::from_stored`], [`upcast`] and
+/// [`current_schema_version`] use; other registries (e.g. tests that pretend
+/// a type has a newer shape) are built with [`Upcasters::register`].
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    steps: std::collections::HashMap<(String, u32), UpcastStep>,
+    /// Current version per type that has steps: highest `from` + 1.
+    current: std::collections::HashMap<String, u32>,
+}
+
+/// Whether `data` looks like one JSON object, so that it can be embedded in
+/// a larger document as it is: the parse of that document checks the rest
+/// (stored data is what `Event::to_data` wrote).
+fn is_json_object(data: &str) -> bool {
+    let data = data.trim();
+    data.starts_with('{') && data.ends_with('}')
+}
+
+impl std::fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<_> = self.steps.keys().collect();
+        keys.sort();
+        f.debug_struct("Upcasters").field("steps", &keys).finish()
     }
-    Ok(data)
+}
+
+impl Upcasters {
+    /// No steps: every type is at version 1.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The steps of this build.
+    pub fn builtin() -> &'static Upcasters {
+        static BUILTIN: std::sync::LazyLock<Upcasters> = std::sync::LazyLock::new(|| {
+            let mut upcasters = Upcasters::new();
+            for (event_type, from, step) in BUILTIN_STEPS {
+                upcasters.register(event_type, *from, *step);
+            }
+            upcasters
+        });
+        &BUILTIN
+    }
+
+    /// Adds (or replaces) the step that upgrades `event_type` from
+    /// `from_version` to `from_version + 1`. The type's current version
+    /// becomes at least `from_version + 1`; a missing step in between makes
+    /// reading the versions before it fail with [`DecodeError::Upcast`].
+    pub fn register(&mut self, event_type: &str, from_version: u32, step: UpcastStep) -> &mut Self {
+        self.steps
+            .insert((event_type.to_owned(), from_version), step);
+        let to = from_version.saturating_add(1);
+        let current = self.current.entry(event_type.to_owned()).or_insert(1);
+        *current = (*current).max(to);
+        self
+    }
+
+    /// The schema version written for `event_type` (1 without steps).
+    pub fn current_version(&self, event_type: &str) -> u32 {
+        self.current.get(event_type).copied().unwrap_or(1)
+    }
+
+    /// Upgrades `data`, stored at `schema_version`, to the current version
+    /// of `event_type`. Data already current is returned as it is; data from
+    /// a newer version than this registry knows is refused.
+    pub fn upcast(
+        &self,
+        event_type: &str,
+        schema_version: u32,
+        mut data: Value,
+    ) -> Result<Value, DecodeError> {
+        let known = self.current_version(event_type);
+        if schema_version > known {
+            return Err(DecodeError::FutureSchema {
+                event_type: event_type.to_owned(),
+                found: schema_version,
+                known,
+            });
+        }
+        let mut version = schema_version;
+        while version < known {
+            let Some(step) = self.steps.get(&(event_type.to_owned(), version)) else {
+                return Err(DecodeError::Upcast {
+                    event_type: event_type.to_owned(),
+                    from_version: version,
+                    reason: format!("no upcaster from version {version} to {}", version + 1),
+                });
+            };
+            data = step(data).map_err(|reason| DecodeError::Upcast {
+                event_type: event_type.to_owned(),
+                from_version: version,
+                reason,
+            })?;
+            version += 1;
+        }
+        Ok(data)
+    }
+
+    /// Decodes a stored event with this registry's steps: the data is
+    /// upcast to the current version, then read as that version's shape.
+    pub fn decode(
+        &self,
+        event_type: &str,
+        schema_version: u32,
+        data: &str,
+    ) -> Result<Event, DecodeError> {
+        let json_err = |source| DecodeError::Json {
+            event_type: event_type.to_owned(),
+            source,
+        };
+        // Unknown types are refused before anything else, so that they are
+        // reported as such (not as a JSON or schema-version error).
+        if category_of(event_type).is_none() {
+            return Err(DecodeError::UnknownType(event_type.to_owned()));
+        }
+        if schema_version == self.current_version(event_type) && is_json_object(data) {
+            // Nothing to upcast: read the variant straight from the text
+            // (the type tag first, so serde needs no intermediate value).
+            let tagged = format!(r#"{{"type":"{event_type}","data":{data}}}"#);
+            return if DOMAIN_EVENT_TYPES.contains(&event_type) {
+                serde_json::from_str(&tagged)
+                    .map(Event::Domain)
+                    .map_err(json_err)
+            } else {
+                serde_json::from_str(&tagged)
+                    .map(Event::User)
+                    .map_err(json_err)
+            };
+        }
+        let data: Value = serde_json::from_str(data).map_err(json_err)?;
+        self.decode_value(event_type, schema_version, data)
+    }
+
+    /// As [`Upcasters::decode`], for data already parsed.
+    pub fn decode_value(
+        &self,
+        event_type: &str,
+        schema_version: u32,
+        data: Value,
+    ) -> Result<Event, DecodeError> {
+        let json_err = |source| DecodeError::Json {
+            event_type: event_type.to_owned(),
+            source,
+        };
+        if category_of(event_type).is_none() {
+            return Err(DecodeError::UnknownType(event_type.to_owned()));
+        }
+        let data = self.upcast(event_type, schema_version, data)?;
+        let tagged = serde_json::json!({ "type": event_type, "data": data });
+        if DOMAIN_EVENT_TYPES.contains(&event_type) {
+            return serde_json::from_value(tagged)
+                .map(Event::Domain)
+                .map_err(json_err);
+        }
+        serde_json::from_value(tagged)
+            .map(Event::User)
+            .map_err(json_err)
+    }
 }
 
 impl Event {
@@ -189,32 +369,14 @@ impl Event {
         serde_json::to_string(&data)
     }
 
-    /// Decodes a stored event, upcasting older schema versions.
+    /// Decodes a stored event, upcasting older schema versions with the
+    /// built-in steps ([`Upcasters::builtin`]).
     pub fn from_stored(
         event_type: &str,
         schema_version: u32,
         data: &str,
     ) -> Result<Self, DecodeError> {
-        let json_err = |source| DecodeError::Json {
-            event_type: event_type.to_owned(),
-            source,
-        };
-        // Unknown types are refused before anything else, so that they are
-        // reported as such (not as a JSON or schema-version error).
-        if category_of(event_type).is_none() {
-            return Err(DecodeError::UnknownType(event_type.to_owned()));
-        }
-        let data: Value = serde_json::from_str(data).map_err(json_err)?;
-        let data = upcast(event_type, schema_version, data)?;
-        let tagged = serde_json::json!({ "type": event_type, "data": data });
-        if DOMAIN_EVENT_TYPES.contains(&event_type) {
-            return serde_json::from_value(tagged)
-                .map(Event::Domain)
-                .map_err(json_err);
-        }
-        serde_json::from_value(tagged)
-            .map(Event::User)
-            .map_err(json_err)
+        Upcasters::builtin().decode(event_type, schema_version, data)
     }
 }
 
@@ -305,6 +467,96 @@ pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
         }
     }
     data
+}
+
+#[cfg(test)]
+mod upcaster_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rename_name(mut data: Value) -> Result<Value, String> {
+        let map = data.as_object_mut().ok_or("data is not an object")?;
+        let name = map.remove("name").ok_or("no name")?;
+        map.insert("display_name".into(), name);
+        Ok(data)
+    }
+
+    fn add_max_contacts(mut data: Value) -> Result<Value, String> {
+        let map = data.as_object_mut().ok_or("data is not an object")?;
+        map.entry("max_contacts").or_insert(json!(10));
+        Ok(data)
+    }
+
+    #[test]
+    fn builtin_registry_has_every_type_at_version_1() {
+        for (event_type, _) in EVENT_TYPES {
+            assert_eq!(current_schema_version(event_type), 1, "{event_type}");
+        }
+        let data = json!({"x": 1});
+        assert_eq!(upcast("UserEnabled", 1, data.clone()).unwrap(), data);
+    }
+
+    #[test]
+    fn steps_run_in_order_up_to_the_current_version() {
+        let mut upcasters = Upcasters::new();
+        upcasters
+            .register("UserUpdated", 2, add_max_contacts)
+            .register("UserUpdated", 1, rename_name);
+        assert_eq!(upcasters.current_version("UserUpdated"), 3);
+        assert_eq!(upcasters.current_version("UserEnabled"), 1);
+        let v1 = json!({"name": "Alice", "caller_id": ""});
+        let event = upcasters.decode("UserUpdated", 1, &v1.to_string()).unwrap();
+        assert_eq!(
+            event,
+            Event::User(user::Event::UserUpdated {
+                display_name: "Alice".into(),
+                caller_id: String::new(),
+                max_contacts: 10,
+            })
+        );
+        // Version 2 data only goes through the second step.
+        let v2 = json!({"display_name": "Bob", "caller_id": "+1"});
+        let data = upcasters.upcast("UserUpdated", 2, v2).unwrap();
+        assert_eq!(
+            data,
+            json!({"display_name": "Bob", "caller_id": "+1", "max_contacts": 10})
+        );
+        // Current data is left alone; future data is refused.
+        let v3 = json!({"display_name": "C", "caller_id": "", "max_contacts": 2});
+        assert_eq!(upcasters.upcast("UserUpdated", 3, v3.clone()).unwrap(), v3);
+        assert!(matches!(
+            upcasters.upcast("UserUpdated", 4, v3),
+            Err(DecodeError::FutureSchema {
+                found: 4,
+                known: 3,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_missing_or_failing_step_is_an_upcast_error() {
+        let mut upcasters = Upcasters::new();
+        upcasters.register("UserUpdated", 2, add_max_contacts);
+        let err = upcasters
+            .upcast("UserUpdated", 1, json!({"name": "A"}))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Upcast {
+                    from_version: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        upcasters.register("UserUpdated", 1, rename_name);
+        let err = upcasters
+            .upcast("UserUpdated", 1, json!({"display_name": "A"}))
+            .unwrap_err();
+        assert!(err.to_string().contains("no name"), "{err}");
+    }
 }
 
 #[cfg(test)]

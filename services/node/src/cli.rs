@@ -1,7 +1,9 @@
-//! The CLI client: `dialtone domain|user|history ...` over gRPC.
+//! The CLI client: `dialtone domain|user|history|events|audit|replay ...`
+//! over gRPC.
 
 use anyhow::Context as _;
 use dialtone_api::pb;
+use dialtone_api::pb::audit_service_client::AuditServiceClient;
 use dialtone_api::pb::event_service_client::EventServiceClient;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
 use dialtone_api::pb::status_service_client::StatusServiceClient;
@@ -29,6 +31,81 @@ pub enum ClientCommand {
         /// Domain name or id
         domain: String,
     },
+    /// Follow the event log.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// The state of a user or domain at a version or a moment, with the
+    /// history that led to it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Export the events between two positions (JSON lines with --json):
+    /// `dialtone replay --from 1 --to 5000 --json > events.jsonl`.
+    Replay {
+        /// First position (inclusive).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last position (inclusive); default: the head when the export
+        /// starts.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Print events as they are committed (history first with --from);
+    /// Ctrl-C ends and prints, on stderr, the position to resume from.
+    Tail {
+        /// `now` (default), `start`, or the first position to print (to
+        /// resume, the position printed on exit).
+        #[arg(long, default_value = "now")]
+        from: String,
+        /// Only events of this domain (name or id); may be repeated.
+        #[arg(long)]
+        domain: Vec<String>,
+        /// Only events of this user (username@domain or id); may be repeated.
+        #[arg(long)]
+        user: Vec<String>,
+        /// Only events of this type (e.g. PresenceChanged); may be repeated.
+        #[arg(long = "type")]
+        event_type: Vec<String>,
+        /// Only events of this category (provisioning, registration,
+        /// presence, call, security); may be repeated.
+        #[arg(long)]
+        category: Vec<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCommand {
+    /// A user's history and the state it implied.
+    User {
+        /// username@domain or user id
+        user: String,
+        #[command(flatten)]
+        at: AuditAt,
+    },
+    /// A domain's history and the state it implied.
+    Domain {
+        /// Domain name or id
+        name: String,
+        #[command(flatten)]
+        at: AuditAt,
+        /// Also list the user names claimed at that point.
+        #[arg(long)]
+        users: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AuditAt {
+    /// A moment (RFC 3339, e.g. 2026-11-26T10:00:00Z): the state after the
+    /// events that occurred at or before it.
+    #[arg(long, conflicts_with = "version")]
+    at: Option<String>,
+    /// A stream version: the state right after that event.
+    #[arg(long)]
+    version: Option<u64>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -146,6 +223,7 @@ struct Clients {
     provisioning: ProvisioningServiceClient<Channel>,
     events: EventServiceClient<Channel>,
     status: StatusServiceClient<Channel>,
+    audit: AuditServiceClient<Channel>,
 }
 
 async fn connect(server: &str) -> anyhow::Result<Clients> {
@@ -159,7 +237,8 @@ async fn connect(server: &str) -> anyhow::Result<Clients> {
     Ok(Clients {
         provisioning: ProvisioningServiceClient::new(channel.clone()),
         events: EventServiceClient::new(channel.clone()),
-        status: StatusServiceClient::new(channel),
+        status: StatusServiceClient::new(channel.clone()),
+        audit: AuditServiceClient::new(channel),
     })
 }
 
@@ -177,7 +256,417 @@ pub async fn run(server: &str, json_output: bool, command: ClientCommand) -> any
         ClientCommand::History(cmd) => history(&mut clients, &out, cmd).await,
         ClientCommand::Status { user } => status(&mut clients, &out, user).await,
         ClientCommand::Online { domain } => online(&mut clients, &out, domain).await,
+        ClientCommand::Events(EventsCommand::Tail {
+            from,
+            domain,
+            user,
+            event_type,
+            category,
+        }) => {
+            let filter = pb::EventFilter {
+                domains: domain,
+                users: user,
+                event_types: event_type,
+                categories: category,
+            };
+            tail(&mut clients, &out, &from, filter).await
+        }
+        ClientCommand::Audit(cmd) => audit(&mut clients, &out, cmd).await,
+        ClientCommand::Replay { from, to } => replay(&mut clients, &out, from, to).await,
     }
+}
+
+/// How `events tail` ended.
+enum TailEnd {
+    Interrupted,
+    Failed(tonic::Status),
+    Closed,
+}
+
+async fn tail(
+    c: &mut Clients,
+    out: &Output,
+    from: &str,
+    filter: pb::EventFilter,
+) -> anyhow::Result<()> {
+    use pb::subscribe_request::Start;
+    use pb::subscribe_response::Message;
+    let start = match from.trim() {
+        "now" => Some(Start::FromNow(true)),
+        "start" | "0" => None,
+        position => Some(Start::FromPosition(position.parse().with_context(
+            || format!("--from must be now, start or a position, not '{position}'"),
+        )?)),
+    };
+    let request = pb::SubscribeRequest {
+        start,
+        filter: Some(filter),
+        // Printing needs the envelope and its JSON data only.
+        payload: pb::PayloadFormat::Json as i32,
+        checkpoint_interval_ms: 0,
+    };
+    let mut stream = c
+        .events
+        .subscribe(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    // The last position seen (event or checkpoint): everything up to it
+    // was printed if it matched.
+    let mut last: Option<u64> = None;
+    let interrupted = interrupted();
+    tokio::pin!(interrupted);
+    let end = loop {
+        let message = tokio::select! {
+            () = &mut interrupted => break TailEnd::Interrupted,
+            message = stream.message() => message,
+        };
+        match message {
+            Ok(Some(pb::SubscribeResponse {
+                message: Some(Message::Event(event)),
+            })) => {
+                let Some(envelope) = event.envelope else {
+                    continue;
+                };
+                last = Some(envelope.position);
+                let value = envelope_json(&envelope);
+                if out.json {
+                    println!("{value}");
+                } else {
+                    println!("{}", event_line(&value));
+                }
+            }
+            Ok(Some(pb::SubscribeResponse {
+                message: Some(Message::Checkpoint(checkpoint)),
+            })) => last = Some(checkpoint.position),
+            Ok(Some(_)) => {}
+            Ok(None) => break TailEnd::Closed,
+            Err(status) => break TailEnd::Failed(status),
+        }
+    };
+    match last {
+        Some(position) => eprintln!(
+            "last position {position}; resume with --from {}",
+            position + 1
+        ),
+        None => eprintln!("no position reached; resume with the same --from"),
+    }
+    match end {
+        TailEnd::Interrupted => Ok(()),
+        TailEnd::Closed => Err(anyhow::anyhow!("the server ended the subscription")),
+        TailEnd::Failed(status) => Err(status_error(status)),
+    }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn replay(c: &mut Clients, out: &Output, from: u64, to: Option<u64>) -> anyhow::Result<()> {
+    let mut next = from.max(1);
+    let mut to = to;
+    loop {
+        let page = c
+            .events
+            .read_all(pb::ReadAllRequest {
+                from_position: next,
+                max_count: 5000,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        // Without --to, stop at the head seen by the first page.
+        let to = *to.get_or_insert(page.head_position);
+        let mut done = page.events.is_empty();
+        for envelope in &page.events {
+            if envelope.position > to {
+                done = true;
+                break;
+            }
+            let value = envelope_json(envelope);
+            if out.json {
+                println!("{value}");
+            } else {
+                println!("{}", event_line(&value));
+            }
+        }
+        if done || page.next_position > to {
+            return Ok(());
+        }
+        next = page.next_position;
+    }
+}
+
+/// An RFC 3339 time as a protobuf timestamp.
+fn parse_time(input: &str) -> anyhow::Result<dialtone_api::prost_types::Timestamp> {
+    let t = time::OffsetDateTime::parse(input, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("--at must be an RFC 3339 time such as 2026-11-26T10:00:00Z, not '{input}'")
+        })?;
+    Ok(dialtone_api::prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: i32::try_from(t.nanosecond()).unwrap_or(0),
+    })
+}
+
+fn point_json(at: &Option<pb::StatePoint>) -> Value {
+    let Some(at) = at else {
+        return Value::Null;
+    };
+    json!({
+        "stream": at.stream,
+        "has_events": at.has_events,
+        "version": at.has_events.then_some(at.version),
+        "position": at.has_events.then_some(at.position),
+        "occurred_at": time(&at.occurred_at),
+        "current_version": at.current_version,
+    })
+}
+
+fn binding_json(b: &pb::Binding) -> Value {
+    json!({
+        "uri": b.uri,
+        "source": b.source,
+        "transport": b.transport,
+        "user_agent": b.user_agent,
+        "instance": b.instance,
+        "registered_at": time(&b.registered_at),
+        "refreshed_at": time(&b.refreshed_at),
+        "expires_at": time(&b.expires_at),
+    })
+}
+
+fn user_status(status: i32) -> &'static str {
+    match pb::UserStatus::try_from(status) {
+        Ok(pb::UserStatus::Absent) => "absent",
+        Ok(pb::UserStatus::Active) => "active",
+        Ok(pb::UserStatus::Deleted) => "deleted",
+        _ => "unknown",
+    }
+}
+
+/// The events of `stream` from version 0 through `through`.
+async fn stream_prefix(
+    c: &mut Clients,
+    stream: &str,
+    through: Option<u64>,
+) -> anyhow::Result<Vec<Value>> {
+    let Some(through) = through else {
+        return Ok(Vec::new());
+    };
+    let mut history = Vec::new();
+    let mut from_version = 0;
+    loop {
+        let page = c
+            .events
+            .read_stream(pb::ReadStreamRequest {
+                stream: stream.to_owned(),
+                from_version,
+                max_count: 1000,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        for envelope in &page.events {
+            if envelope.version > through {
+                return Ok(history);
+            }
+            history.push(envelope_json(envelope));
+        }
+        if page.end_of_stream || page.events.is_empty() {
+            return Ok(history);
+        }
+        from_version = page.next_version;
+    }
+}
+
+async fn audit(c: &mut Clients, out: &Output, cmd: AuditCommand) -> anyhow::Result<()> {
+    let (at_arg, version_arg) = match &cmd {
+        AuditCommand::User { at, .. } | AuditCommand::Domain { at, .. } => {
+            (at.at.clone(), at.version)
+        }
+    };
+    let time_at = at_arg.as_deref().map(parse_time).transpose()?;
+    let (point, state) = match cmd {
+        AuditCommand::User { user, .. } => {
+            use pb::get_user_state_at_request::At;
+            let at = match (version_arg, time_at) {
+                (Some(v), _) => Some(At::Version(v)),
+                (None, Some(t)) => Some(At::Time(t)),
+                (None, None) => None,
+            };
+            let reply = c
+                .audit
+                .get_user_state_at(pb::GetUserStateAtRequest { user, at })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let s = reply.state.unwrap_or_default();
+            let state = json!({
+                "kind": "user",
+                "user_id": s.user_id,
+                "address": s.address,
+                "domain_id": s.domain_id,
+                "status": user_status(s.status),
+                "display_name": s.display_name,
+                "caller_id": s.caller_id,
+                "max_contacts": s.max_contacts,
+                "enabled": s.enabled,
+                "created_at": time(&s.created_at),
+                "password_set_at": time(&s.password_set_at),
+                "presence": presence_name(s.presence),
+                "contacts": s.contacts.iter().map(binding_json).collect::<Vec<_>>(),
+            });
+            (reply.at, state)
+        }
+        AuditCommand::Domain { name, users, .. } => {
+            use pb::get_domain_state_at_request::At;
+            let at = match (version_arg, time_at) {
+                (Some(v), _) => Some(At::Version(v)),
+                (None, Some(t)) => Some(At::Time(t)),
+                (None, None) => None,
+            };
+            let reply = c
+                .audit
+                .get_domain_state_at(pb::GetDomainStateAtRequest {
+                    domain: name,
+                    at,
+                    include_users: users,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let s = reply.state.unwrap_or_default();
+            let settings = s.settings.unwrap_or_default();
+            let state = json!({
+                "kind": "domain",
+                "domain_id": s.domain_id,
+                "name": s.name,
+                "status": match domain_status(s.status) { "unknown" => "absent", other => other },
+                "description": settings.description,
+                "allow_cross_domain_calls": settings.allow_cross_domain_calls,
+                "md5_allowed": settings.md5_allowed,
+                "suspend_reason": s.suspend_reason,
+                "created_at": time(&s.created_at),
+                "user_count": s.user_count,
+                "users": users.then(|| s.users.iter().map(|u| json!({"username": u.username, "user_id": u.user_id})).collect::<Vec<_>>()),
+                "users_truncated": s.users_truncated,
+            });
+            (reply.at, state)
+        }
+    };
+    let stream = point.as_ref().map(|p| p.stream.clone()).unwrap_or_default();
+    let through = point
+        .as_ref()
+        .and_then(|p| p.has_events.then_some(p.version));
+    let history = stream_prefix(c, &stream, through).await?;
+    let value = json!({
+        "at": point_json(&point),
+        "state": state,
+        "history": history,
+    });
+    out.one(value, audit_text);
+    Ok(())
+}
+
+fn audit_text(v: &Value) -> String {
+    let mut text = format!("history of {}", s(&v["at"], "stream"));
+    match v["history"].as_array() {
+        Some(events) if !events.is_empty() => {
+            for event in events {
+                text.push_str(&format!("\n  {}", event_line(event)));
+            }
+        }
+        _ => text.push_str("\n  (no events at that point)"),
+    }
+    let at = &v["at"];
+    if at["has_events"] == Value::Bool(true) {
+        text.push_str(&format!(
+            "\nstate at version {} (position {}, {}); the stream is now at version {}",
+            s(at, "version"),
+            s(at, "position"),
+            s(at, "occurred_at"),
+            s(at, "current_version")
+        ));
+    } else {
+        text.push_str("\nstate before the first event");
+    }
+    let state = &v["state"];
+    if state["kind"] == "user" {
+        text.push_str(&format!(
+            "\n  user          {}\n  id            {}\n  status        {}{}\n  display name  {}\n  caller id     {}\n  max contacts  {}\n  created       {}\n  password set  {}\n  presence      {}",
+            s(state, "address"),
+            s(state, "user_id"),
+            s(state, "status"),
+            if state["enabled"] == Value::Bool(false) && state["status"] == "active" {
+                " (disabled)"
+            } else {
+                ""
+            },
+            s(state, "display_name"),
+            s(state, "caller_id"),
+            s(state, "max_contacts"),
+            s(state, "created_at"),
+            s(state, "password_set_at"),
+            s(state, "presence"),
+        ));
+        match state["contacts"].as_array() {
+            Some(contacts) if !contacts.is_empty() => {
+                text.push_str("\n  contacts");
+                for k in contacts {
+                    text.push_str(&format!(
+                        "\n    {}  via {} from {}  expires {}",
+                        s(k, "uri"),
+                        s(k, "transport"),
+                        s(k, "source"),
+                        s(k, "expires_at")
+                    ));
+                }
+            }
+            _ => text.push_str("\n  contacts      none"),
+        }
+    } else {
+        text.push_str(&format!(
+            "\n  domain        {}\n  id            {}\n  status        {}\n  users         {}\n  created       {}\n  md5           {}\n  cross-domain  {}",
+            s(state, "name"),
+            s(state, "domain_id"),
+            s(state, "status"),
+            s(state, "user_count"),
+            s(state, "created_at"),
+            s(state, "md5_allowed"),
+            s(state, "allow_cross_domain_calls"),
+        ));
+        if !s(state, "suspend_reason").is_empty() {
+            text.push_str(&format!(
+                "\n  suspended because {}",
+                s(state, "suspend_reason")
+            ));
+        }
+        if let Some(users) = state["users"].as_array() {
+            for u in users {
+                text.push_str(&format!("\n    {}  {}", s(u, "username"), s(u, "user_id")));
+            }
+        }
+    }
+    text
 }
 
 fn presence_name(state: i32) -> &'static str {

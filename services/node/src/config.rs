@@ -31,6 +31,8 @@ pub struct Config {
     /// Offer the MD5 challenge before SHA-256 (for clients that read only
     /// the first challenge, such as SIPp 3.6).
     pub sip_challenge_md5_first: bool,
+    /// A live subscriber this many events behind the head is ended (0: never).
+    pub subscription_max_lag: u64,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             sip_default_expires: 3600,
             sip_nonce_lifetime_secs: 300,
             sip_challenge_md5_first: false,
+            subscription_max_lag: 1_000_000,
         }
     }
 }
@@ -81,6 +84,7 @@ pub struct FileConfig {
     pub sip_default_expires: Option<u32>,
     pub sip_nonce_lifetime_secs: Option<u64>,
     pub sip_challenge_md5_first: Option<bool>,
+    pub subscription_max_lag: Option<u64>,
 }
 
 impl FileConfig {
@@ -139,6 +143,9 @@ pub struct Overrides {
     /// Offer the MD5 challenge before SHA-256, for clients that read only the first (SIPp 3.6).
     #[arg(long, env = "DIALTONE_SIP_CHALLENGE_MD5_FIRST")]
     pub sip_challenge_md5_first: bool,
+    /// A live event subscriber this many events behind the head is ended with RESOURCE_EXHAUSTED and the position to resume from; 0 = never [default: 1000000].
+    #[arg(long, env = "DIALTONE_SUBSCRIPTION_MAX_LAG")]
+    pub subscription_max_lag: Option<u64>,
 }
 
 fn sip_addrs(values: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -221,6 +228,9 @@ impl Config {
         if let Some(v) = file.sip_challenge_md5_first {
             self.sip_challenge_md5_first = v;
         }
+        if let Some(v) = file.subscription_max_lag {
+            self.subscription_max_lag = v;
+        }
         Ok(())
     }
 
@@ -266,6 +276,9 @@ impl Config {
         }
         if o.sip_challenge_md5_first {
             self.sip_challenge_md5_first = true;
+        }
+        if let Some(v) = o.subscription_max_lag {
+            self.subscription_max_lag = v;
         }
         Ok(())
     }

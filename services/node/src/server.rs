@@ -126,9 +126,20 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         registrations: registrations.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
-    let grpc = tokio::spawn(dialtone_api::serve(listener, context, async move {
-        let _ = grpc_stop.wait_for(|stop| *stop).await;
-    }));
+    let options = dialtone_api::ServeOptions {
+        subscriptions: dialtone_api::subscription::SubscriptionConfig {
+            max_lag: config.subscription_max_lag,
+            ..Default::default()
+        },
+    };
+    let grpc = tokio::spawn(dialtone_api::serve_with(
+        listener,
+        context,
+        options,
+        async move {
+            let _ = grpc_stop.wait_for(|stop| *stop).await;
+        },
+    ));
 
     // The line tests and scripts wait for; keep its format stable.
     println!(

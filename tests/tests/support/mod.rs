@@ -130,6 +130,12 @@ impl TestNode {
         Ok(EventServiceClient::new(self.channel().await?))
     }
 
+    pub async fn audit(
+        &self,
+    ) -> anyhow::Result<dialtone_api::pb::audit_service_client::AuditServiceClient<Channel>> {
+        Ok(dialtone_api::pb::audit_service_client::AuditServiceClient::new(self.channel().await?))
+    }
+
     /// Whether the process is still running (it has not exited or crashed).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1,0 +1,314 @@
+//! `AuditService`: the state of a user or domain at a version or a moment,
+//! rebuilt by replaying its stream from the start with the aggregate's own
+//! `evolve` (the log is the truth; snapshots are not used, as they only
+//! hold the latest state).
+//!
+//! Call detail records (`ListCalls`) arrive with the call features.
+
+use std::sync::Arc;
+
+use dialtone_actors::Provisioning;
+use dialtone_domain::event::Upcasters;
+use dialtone_domain::{domain, user, Event};
+use dialtone_eventlog::{RecordedEvent, SharedStore};
+use tonic::{Request, Response, Status};
+
+use crate::convert::timestamp;
+use crate::payload::{binding, settings};
+use crate::pb::audit_service_server::AuditService;
+use crate::pb::{
+    self, get_domain_state_at_request, get_user_state_at_request, DomainStateAt,
+    GetDomainStateAtRequest, GetUserStateAtRequest, UserStateAt,
+};
+use crate::status_api::presence;
+use crate::{lookup, status};
+
+/// Events read per call while replaying.
+const REPLAY_PAGE: usize = 1000;
+/// Most user names listed with a domain's state.
+pub const MAX_LISTED_USERS: usize = 10_000;
+
+pub struct AuditApi {
+    store: SharedStore,
+    provisioning: Option<Provisioning>,
+    upcasters: Arc<Upcasters>,
+}
+
+impl AuditApi {
+    pub fn new(store: SharedStore) -> Self {
+        AuditApi {
+            store,
+            provisioning: None,
+            upcasters: Arc::new(Upcasters::builtin().clone()),
+        }
+    }
+
+    /// Resolves user addresses through the domain actors (without it, from
+    /// the log).
+    pub fn with_provisioning(mut self, provisioning: Provisioning) -> Self {
+        self.provisioning = Some(provisioning);
+        self
+    }
+
+    pub fn with_upcasters(mut self, upcasters: Arc<Upcasters>) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+}
+
+/// Up to where a replay goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Latest,
+    /// Through the event with this stream version.
+    Version(u64),
+    /// Through the events that occurred at or before this time (µs): the
+    /// replay stops at the first event after it.
+    Time(i64),
+}
+
+/// The last event folded into a replayed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Folded {
+    pub version: u64,
+    pub position: u64,
+    pub occurred_at_us: i64,
+}
+
+/// Replays `stream` from its first event up to `until`, decoding each event
+/// with `upcasters` and folding it with `fold`. Returns the state and the
+/// last event folded (`None` when none was). A version the stream has not
+/// reached is `OUT_OF_RANGE`.
+pub async fn replay<S: Default>(
+    store: &SharedStore,
+    upcasters: &Upcasters,
+    stream: &str,
+    until: Until,
+    mut fold: impl FnMut(S, Event, &RecordedEvent) -> Result<S, Status>,
+) -> Result<(S, Option<Folded>), Status> {
+    let mut state = S::default();
+    let mut folded = None;
+    let mut from = 0;
+    'replay: loop {
+        let page = store
+            .read_stream(stream, from, REPLAY_PAGE)
+            .await
+            .map_err(status::from_store)?;
+        for e in &page {
+            let past = match until {
+                Until::Latest => false,
+                Until::Version(v) => e.version > v,
+                Until::Time(t) => e.occurred_at_us > t,
+            };
+            if past {
+                break 'replay;
+            }
+            let event = upcasters
+                .decode(&e.event_type, e.schema_version, &e.data)
+                .map_err(|err| {
+                    Status::internal(format!(
+                        "stream {stream}: the event at version {} (position {}) cannot be \
+                         read: {err}",
+                        e.version, e.position
+                    ))
+                })?;
+            state = fold(state, event, e)?;
+            folded = Some(Folded {
+                version: e.version,
+                position: e.position,
+                occurred_at_us: e.occurred_at_us,
+            });
+        }
+        match page.last() {
+            Some(last) if page.len() == REPLAY_PAGE => from = last.version + 1,
+            _ => break,
+        }
+    }
+    if let Until::Version(v) = until {
+        if folded.map(|f| f.version) != Some(v) {
+            let last = match folded {
+                Some(f) => format!("its last version is {}", f.version),
+                None => "it has no events".to_owned(),
+            };
+            return Err(Status::out_of_range(format!(
+                "invalid version: stream {stream} has no version {v} ({last})"
+            )));
+        }
+    }
+    Ok((state, folded))
+}
+
+fn wrong_stream(stream: &str, e: &RecordedEvent) -> Status {
+    Status::internal(format!(
+        "stream {stream}: the event at version {} ({}) does not belong to this kind of stream",
+        e.version, e.event_type
+    ))
+}
+
+fn time_us(field: &str, ts: &prost_types::Timestamp) -> Result<i64, Status> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(status::invalid(
+            field,
+            format!("nanos must be between 0 and 999999999, got {}", ts.nanos),
+        ));
+    }
+    ts.seconds
+        .checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(i64::from(ts.nanos / 1000)))
+        .ok_or_else(|| status::invalid(field, "out of range"))
+}
+
+fn point(stream: String, folded: Option<Folded>, current_version: Option<u64>) -> pb::StatePoint {
+    pb::StatePoint {
+        stream,
+        has_events: folded.is_some(),
+        version: folded.map(|f| f.version).unwrap_or_default(),
+        position: folded.map(|f| f.position).unwrap_or_default(),
+        occurred_at: folded.and_then(|f| timestamp(f.occurred_at_us)),
+        current_version,
+    }
+}
+
+/// A user's state as shown by the audit: credentials only as the time they
+/// were set.
+pub fn user_state(u: &user::User) -> pb::UserState {
+    let status = match u.status {
+        user::Status::Absent => pb::UserStatus::Absent,
+        user::Status::Active => pb::UserStatus::Active,
+        user::Status::Deleted => pb::UserStatus::Deleted,
+    };
+    pb::UserState {
+        user_id: u.id.map(|id| id.to_string()).unwrap_or_default(),
+        domain_id: u.domain_id.map(|id| id.to_string()).unwrap_or_default(),
+        domain: u.domain.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+        username: u
+            .username
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        address: if u.username.is_some() {
+            u.address()
+        } else {
+            String::new()
+        },
+        status: status as i32,
+        display_name: u.display_name.clone(),
+        caller_id: u.caller_id.clone(),
+        max_contacts: u.max_contacts,
+        enabled: u.enabled,
+        created_at: timestamp(u.created_at),
+        password_set_at: u.credentials.as_ref().and_then(|c| timestamp(c.set_at)),
+        contacts: u.bindings.iter().map(binding).collect(),
+        presence: presence(u.presence) as i32,
+    }
+}
+
+pub fn domain_state(d: &domain::Domain, include_users: bool) -> pb::DomainState {
+    let status = match d.status {
+        domain::Status::Absent => pb::DomainStatus::Unspecified,
+        domain::Status::Active => pb::DomainStatus::Active,
+        domain::Status::Suspended => pb::DomainStatus::Suspended,
+        domain::Status::Deleted => pb::DomainStatus::Deleted,
+    };
+    let users = if include_users {
+        d.users
+            .iter()
+            .take(MAX_LISTED_USERS)
+            .map(|(name, id)| pb::UserNameHolder {
+                username: name.to_string(),
+                user_id: id.to_string(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    pb::DomainState {
+        domain_id: d.id.map(|id| id.to_string()).unwrap_or_default(),
+        name: d.name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+        status: status as i32,
+        settings: Some(settings(&d.settings)),
+        suspend_reason: d.suspend_reason.clone().unwrap_or_default(),
+        created_at: timestamp(d.created_at),
+        user_count: u32::try_from(d.users.len()).unwrap_or(u32::MAX),
+        users,
+        users_truncated: include_users && d.users.len() > MAX_LISTED_USERS,
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn get_user_state_at(
+        &self,
+        request: Request<GetUserStateAtRequest>,
+    ) -> Result<Response<UserStateAt>, Status> {
+        let req = request.into_inner();
+        let until = match &req.at {
+            None => Until::Latest,
+            Some(get_user_state_at_request::At::Version(v)) => Until::Version(*v),
+            Some(get_user_state_at_request::At::Time(t)) => Until::Time(time_us("time", t)?),
+        };
+        let id =
+            lookup::user_id(self.provisioning.as_ref(), &self.store, "user", &req.user).await?;
+        let stream = id.stream();
+        let (state, folded) = replay(
+            &self.store,
+            &self.upcasters,
+            &stream,
+            until,
+            |state: user::User, event, e| match event {
+                Event::User(event) => Ok(user::evolve(state, &event)),
+                Event::Domain(_) => Err(wrong_stream(&stream, e)),
+            },
+        )
+        .await?;
+        let current = self
+            .store
+            .stream_version(&stream)
+            .await
+            .map_err(status::from_store)?;
+        Ok(Response::new(UserStateAt {
+            at: Some(point(stream, folded, current)),
+            state: Some(user_state(&state)),
+        }))
+    }
+
+    async fn get_domain_state_at(
+        &self,
+        request: Request<GetDomainStateAtRequest>,
+    ) -> Result<Response<DomainStateAt>, Status> {
+        let req = request.into_inner();
+        let until = match &req.at {
+            None => Until::Latest,
+            Some(get_domain_state_at_request::At::Version(v)) => Until::Version(*v),
+            Some(get_domain_state_at_request::At::Time(t)) => Until::Time(time_us("time", t)?),
+        };
+        let id = lookup::domain_id("domain", &req.domain)?;
+        let stream = id.stream();
+        let current = self
+            .store
+            .stream_version(&stream)
+            .await
+            .map_err(status::from_store)?;
+        if current.is_none() {
+            return Err(Status::not_found(format!(
+                "domain {} not found",
+                req.domain.trim()
+            )));
+        }
+        let (state, folded) = replay(
+            &self.store,
+            &self.upcasters,
+            &stream,
+            until,
+            |state: domain::Domain, event, e| match event {
+                Event::Domain(event) => Ok(domain::evolve(state, &event)),
+                Event::User(_) => Err(wrong_stream(&stream, e)),
+            },
+        )
+        .await?;
+        Ok(Response::new(DomainStateAt {
+            at: Some(point(stream, folded, current)),
+            state: Some(domain_state(&state, req.include_users)),
+        }))
+    }
+}

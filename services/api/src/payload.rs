@@ -1,0 +1,285 @@
+//! Typed protobuf payloads of events (`EventPayload`), mapped from the
+//! domain's events by exhaustive matches: adding an event type to the
+//! domain without a mapping here fails to compile.
+
+use dialtone_domain::registration::Binding;
+use dialtone_domain::{domain, user, Event};
+
+use crate::convert::timestamp;
+use crate::pb;
+use crate::pb::event_payload::Event as P;
+use crate::status_api::presence;
+
+/// The typed payload of `event`. Credentials become the time they were set:
+/// HA1 values never leave the node.
+pub fn payload(event: &Event) -> pb::EventPayload {
+    into_payload(event.clone())
+}
+
+/// As [`payload`], taking the event (its strings move into the message).
+pub fn into_payload(event: Event) -> pb::EventPayload {
+    let event = match event {
+        Event::Domain(e) => domain_payload(e),
+        Event::User(e) => user_payload(e),
+    };
+    pb::EventPayload { event: Some(event) }
+}
+
+pub fn settings(s: &domain::Settings) -> pb::DomainSettings {
+    into_settings(s.clone())
+}
+
+fn into_settings(s: domain::Settings) -> pb::DomainSettings {
+    pb::DomainSettings {
+        description: s.description,
+        allow_cross_domain_calls: s.allow_cross_domain_calls,
+        md5_allowed: s.md5_allowed,
+    }
+}
+
+pub fn binding(b: &Binding) -> pb::Binding {
+    into_binding(b.clone())
+}
+
+fn into_binding(b: Binding) -> pb::Binding {
+    pb::Binding {
+        uri: b.uri,
+        params: b.params,
+        q: b.q.map(u32::from),
+        instance: b.instance.unwrap_or_default(),
+        call_id: b.call_id,
+        cseq: b.cseq,
+        source: b.source,
+        transport: b.transport,
+        user_agent: b.user_agent.unwrap_or_default(),
+        registered_at: timestamp(b.registered_at),
+        refreshed_at: timestamp(b.refreshed_at),
+        expires_at: timestamp(b.expires_at),
+    }
+}
+
+fn domain_payload(e: domain::Event) -> P {
+    use domain::Event as E;
+    match e {
+        E::DomainCreated {
+            domain_id,
+            name,
+            settings: s,
+            created_at,
+        } => P::DomainCreated(pb::DomainCreated {
+            domain_id: domain_id.to_string(),
+            name: name.to_string(),
+            settings: Some(into_settings(s)),
+            created_at: timestamp(created_at),
+        }),
+        E::DomainUpdated { settings: s } => P::DomainUpdated(pb::DomainUpdated {
+            settings: Some(into_settings(s)),
+        }),
+        E::DomainSuspended { reason } => P::DomainSuspended(pb::DomainSuspended {
+            reason: reason.unwrap_or_default(),
+        }),
+        E::DomainResumed {} => P::DomainResumed(pb::DomainResumed {}),
+        E::DomainDeleted {} => P::DomainDeleted(pb::DomainDeleted {}),
+        E::UserNameClaimed { username, user_id } => P::UserNameClaimed(pb::UserNameClaimed {
+            username: username.to_string(),
+            user_id: user_id.to_string(),
+        }),
+        E::UserNameReleased { username, user_id } => P::UserNameReleased(pb::UserNameReleased {
+            username: username.to_string(),
+            user_id: user_id.to_string(),
+        }),
+    }
+}
+
+fn user_payload(e: user::Event) -> P {
+    use user::Event as E;
+    match e {
+        E::UserCreated {
+            user_id,
+            domain_id,
+            domain,
+            username,
+            display_name,
+            caller_id,
+            max_contacts,
+            enabled,
+            credentials,
+            created_at,
+        } => P::UserCreated(pb::UserCreated {
+            user_id: user_id.to_string(),
+            domain_id: domain_id.to_string(),
+            domain: domain.to_string(),
+            username: username.to_string(),
+            display_name,
+            caller_id,
+            max_contacts,
+            enabled,
+            password_set_at: timestamp(credentials.set_at),
+            created_at: timestamp(created_at),
+        }),
+        E::PasswordChanged { credentials } => P::PasswordChanged(pb::PasswordChanged {
+            password_set_at: timestamp(credentials.set_at),
+        }),
+        E::UserUpdated {
+            display_name,
+            caller_id,
+            max_contacts,
+        } => P::UserUpdated(pb::UserUpdated {
+            display_name,
+            caller_id,
+            max_contacts,
+        }),
+        E::UserEnabled {} => P::UserEnabled(pb::UserEnabled {}),
+        E::UserDisabled {} => P::UserDisabled(pb::UserDisabled {}),
+        E::UserDeleted { reason } => P::UserDeleted(pb::UserDeleted {
+            reason: reason.unwrap_or_default(),
+        }),
+        E::ContactRegistered { binding: b } => P::ContactRegistered(pb::ContactRegistered {
+            binding: Some(into_binding(b)),
+        }),
+        E::ContactRefreshed {
+            uri,
+            instance,
+            call_id,
+            cseq,
+            source,
+            transport,
+            user_agent,
+            q,
+            params,
+            refreshed_at,
+            expires_at,
+        } => P::ContactRefreshed(pb::ContactRefreshed {
+            uri,
+            instance: instance.unwrap_or_default(),
+            call_id,
+            cseq,
+            source,
+            transport,
+            user_agent: user_agent.unwrap_or_default(),
+            q: q.map(u32::from),
+            params,
+            refreshed_at: timestamp(refreshed_at),
+            expires_at: timestamp(expires_at),
+        }),
+        E::ContactRemoved {
+            uri,
+            instance,
+            reason,
+        } => P::ContactRemoved(pb::ContactRemoved {
+            uri,
+            instance: instance.unwrap_or_default(),
+            reason,
+        }),
+        E::ContactExpired {
+            uri,
+            instance,
+            expired_at,
+        } => P::ContactExpired(pb::ContactExpired {
+            uri,
+            instance: instance.unwrap_or_default(),
+            expired_at: timestamp(expired_at),
+        }),
+        E::ContactReplaced {
+            uri,
+            instance,
+            replaced_by,
+        } => P::ContactReplaced(pb::ContactReplaced {
+            uri,
+            instance: instance.unwrap_or_default(),
+            replaced_by,
+        }),
+        E::PresenceChanged {
+            presence: now,
+            previous,
+        } => P::PresenceChanged(pb::PresenceChanged {
+            presence: presence(now) as i32,
+            previous: presence(previous) as i32,
+        }),
+    }
+}
+
+/// The variant name of a payload, which is the stored type name of the
+/// event it was mapped from.
+pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
+    Some(match payload.event.as_ref()? {
+        P::DomainCreated(_) => "DomainCreated",
+        P::DomainUpdated(_) => "DomainUpdated",
+        P::DomainSuspended(_) => "DomainSuspended",
+        P::DomainResumed(_) => "DomainResumed",
+        P::DomainDeleted(_) => "DomainDeleted",
+        P::UserNameClaimed(_) => "UserNameClaimed",
+        P::UserNameReleased(_) => "UserNameReleased",
+        P::UserCreated(_) => "UserCreated",
+        P::PasswordChanged(_) => "PasswordChanged",
+        P::UserUpdated(_) => "UserUpdated",
+        P::UserEnabled(_) => "UserEnabled",
+        P::UserDisabled(_) => "UserDisabled",
+        P::UserDeleted(_) => "UserDeleted",
+        P::ContactRegistered(_) => "ContactRegistered",
+        P::ContactRefreshed(_) => "ContactRefreshed",
+        P::ContactRemoved(_) => "ContactRemoved",
+        P::ContactExpired(_) => "ContactExpired",
+        P::ContactReplaced(_) => "ContactReplaced",
+        P::PresenceChanged(_) => "PresenceChanged",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use dialtone_domain::event::EVENT_TYPES;
+    use prost::Message as _;
+
+    fn snake_case(name: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() {
+                if i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The exhaustive matches above cover every domain event; this checks
+    /// the contract side: `EventPayload` has a field (and a message) named
+    /// after every stored type, and nothing else.
+    #[test]
+    fn every_event_type_has_a_payload_field_and_message() {
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let events = set
+            .file
+            .iter()
+            .find(|f| f.name() == "dialtone/v1/events.proto")
+            .unwrap();
+        let payload = events
+            .message_type
+            .iter()
+            .find(|m| m.name() == "EventPayload")
+            .unwrap();
+        let mut fields: Vec<(String, String)> = payload
+            .field
+            .iter()
+            .map(|f| (f.name().to_owned(), f.type_name().to_owned()))
+            .collect();
+        fields.sort();
+        let mut expected: Vec<(String, String)> = EVENT_TYPES
+            .iter()
+            .map(|(t, _)| (snake_case(t), format!(".dialtone.v1.{t}")))
+            .collect();
+        expected.sort();
+        assert_eq!(fields, expected);
+    }
+
+    #[test]
+    fn type_names_match_the_stored_names() {
+        use dialtone_domain::{domain, Event};
+        let event = Event::Domain(domain::Event::DomainResumed {});
+        let payload = super::payload(&event);
+        assert_eq!(super::type_name(&payload), Some(event.event_type()));
+    }
+}
