@@ -46,14 +46,16 @@ fn meta(request_id: &str, expected_version: Option<u64>) -> Result<Meta, Status>
     })
 }
 
-fn domain_ref(input: &str) -> Result<DomainRef, Status> {
+/// A domain id or name, or INVALID_ARGUMENT naming `domain`.
+pub(crate) fn domain_ref(input: &str) -> Result<DomainRef, Status> {
     DomainRef::parse(input).map_err(|e| match e {
         dialtone_domain::Error::Invalid { reason, .. } => status::invalid("domain", reason),
         other => status::from_domain(other),
     })
 }
 
-fn user_ref(input: &str) -> Result<UserRef, Status> {
+/// A user id or `username@domain`, or INVALID_ARGUMENT naming `user`.
+pub(crate) fn user_ref(input: &str) -> Result<UserRef, Status> {
     UserRef::parse(input).map_err(|e| match e {
         dialtone_domain::Error::Invalid {
             field: "user",

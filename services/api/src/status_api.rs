@@ -1,6 +1,6 @@
 //! `StatusService`: registrations and presence, now.
 
-use dialtone_actors::{DomainRef, Provisioning, RegistrationIndex, UserRef};
+use dialtone_actors::{Provisioning, RegistrationIndex};
 use dialtone_domain::registration::Presence;
 use tonic::{Request, Response, Status};
 
@@ -9,6 +9,7 @@ use crate::pb::{
     Contact, GetPresenceRequest, GetRegistrationsRequest, GetRegistrationsResponse,
     ListOnlineRequest, ListOnlineResponse, OnlineUser, PresenceState,
 };
+use crate::provisioning::{domain_ref, user_ref};
 use crate::{convert, status};
 
 pub struct StatusApi {
@@ -33,10 +34,6 @@ pub fn presence(p: Presence) -> PresenceState {
         Presence::OnCall => PresenceState::OnCall,
         Presence::Dnd => PresenceState::Dnd,
     }
-}
-
-fn user_ref(input: &str) -> Result<UserRef, Status> {
-    UserRef::parse(input).map_err(|e| status::invalid("user", e))
 }
 
 #[tonic::async_trait]
@@ -80,8 +77,7 @@ impl StatusService for StatusApi {
         &self,
         request: Request<ListOnlineRequest>,
     ) -> Result<Response<ListOnlineResponse>, Status> {
-        let domain = DomainRef::parse(&request.into_inner().domain)
-            .map_err(|e| status::invalid("domain", e))?;
+        let domain = domain_ref(&request.into_inner().domain)?;
         // Fails with NOT_FOUND for an unknown domain.
         let info = self
             .provisioning

@@ -360,24 +360,7 @@ async fn tail(
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.
 async fn interrupted() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    crate::server::shutdown_signal().await;
 }
 
 async fn replay(c: &mut Clients, out: &Output, from: u64, to: Option<u64>) -> anyhow::Result<()> {
@@ -975,25 +958,7 @@ async fn history(c: &mut Clients, out: &Output, cmd: HistoryCommand) -> anyhow::
             format!("domain-{}", domain.id)
         }
     };
-    let mut from_version = 0;
-    let mut events = Vec::new();
-    loop {
-        let page = c
-            .events
-            .read_stream(pb::ReadStreamRequest {
-                stream: stream.clone(),
-                from_version,
-                max_count: 1000,
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        events.extend(page.events);
-        if page.end_of_stream {
-            break;
-        }
-        from_version = page.next_version;
-    }
+    let events = read_whole_stream(c, &stream).await?;
     out.list(events.iter().map(envelope_json).collect(), |v| {
         event_line(v)
     });
@@ -1190,4 +1155,30 @@ fn event_line(v: &Value) -> String {
         s(v, "type"),
         v["data"]
     )
+}
+
+/// Every event of a stream, page by page.
+async fn read_whole_stream(
+    c: &mut Clients,
+    stream: &str,
+) -> anyhow::Result<Vec<pb::EventEnvelope>> {
+    let mut from_version = 0;
+    let mut events = Vec::new();
+    loop {
+        let page = c
+            .events
+            .read_stream(pb::ReadStreamRequest {
+                stream: stream.to_owned(),
+                from_version,
+                max_count: 1000,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        events.extend(page.events);
+        if page.end_of_stream {
+            return Ok(events);
+        }
+        from_version = page.next_version;
+    }
 }
