@@ -156,3 +156,20 @@ pub fn subscribed_event(
         payload,
     }
 }
+
+/// A registered contact as the status API shows it.
+pub fn contact(b: &dialtone_domain::registration::Binding) -> pb::Contact {
+    pb::Contact {
+        uri: b.uri.clone(),
+        source: b.source.clone(),
+        transport: b.transport.clone(),
+        user_agent: b.user_agent.clone().unwrap_or_default(),
+        registered_at: timestamp(b.registered_at),
+        refreshed_at: timestamp(b.refreshed_at),
+        expires_at: timestamp(b.expires_at),
+        instance: b.instance.clone().unwrap_or_default(),
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+        q: b.q.map(u32::from).unwrap_or_default(),
+    }
+}

@@ -1,13 +1,14 @@
 //! `StatusService`: registrations and presence, now.
 
-use dialtone_actors::{Provisioning, RegistrationIndex};
+use dialtone_actors::{Provisioning, RegistrationIndex, View};
 use dialtone_domain::registration::Presence;
+use dialtone_domain::user::User;
 use tonic::{Request, Response, Status};
 
 use crate::pb::status_service_server::StatusService;
 use crate::pb::{
-    Contact, GetPresenceRequest, GetRegistrationsRequest, GetRegistrationsResponse,
-    ListOnlineRequest, ListOnlineResponse, OnlineUser, PresenceState,
+    GetPresenceRequest, GetRegistrationsRequest, GetRegistrationsResponse, ListOnlineRequest,
+    ListOnlineResponse, OnlineUser, PresenceState,
 };
 use crate::provisioning::{domain_ref, user_ref};
 use crate::{convert, status};
@@ -36,36 +37,26 @@ pub fn presence(p: Presence) -> PresenceState {
     }
 }
 
+impl StatusApi {
+    /// The user addressed by id or `username@domain`, or the status to
+    /// answer with.
+    async fn user(&self, input: &str) -> Result<View<User>, Status> {
+        let user = user_ref(input)?;
+        self.provisioning
+            .get_user(&user)
+            .await
+            .map_err(status::from_actor)
+    }
+}
+
 #[tonic::async_trait]
 impl StatusService for StatusApi {
     async fn get_registrations(
         &self,
         request: Request<GetRegistrationsRequest>,
     ) -> Result<Response<GetRegistrationsResponse>, Status> {
-        let user = user_ref(&request.into_inner().user)?;
-        let view = self
-            .provisioning
-            .get_user(&user)
-            .await
-            .map_err(status::from_actor)?;
-        let contacts = view
-            .state
-            .bindings
-            .iter()
-            .map(|b| Contact {
-                uri: b.uri.clone(),
-                source: b.source.clone(),
-                transport: b.transport.clone(),
-                user_agent: b.user_agent.clone().unwrap_or_default(),
-                registered_at: convert::timestamp(b.registered_at),
-                refreshed_at: convert::timestamp(b.refreshed_at),
-                expires_at: convert::timestamp(b.expires_at),
-                instance: b.instance.clone().unwrap_or_default(),
-                call_id: b.call_id.clone(),
-                cseq: b.cseq,
-                q: b.q.map(u32::from).unwrap_or_default(),
-            })
-            .collect();
+        let view = self.user(&request.into_inner().user).await?;
+        let contacts = view.state.bindings.iter().map(convert::contact).collect();
         Ok(Response::new(GetRegistrationsResponse {
             user: view.state.address(),
             contacts,
@@ -109,12 +100,7 @@ impl StatusService for StatusApi {
         &self,
         request: Request<GetPresenceRequest>,
     ) -> Result<Response<crate::pb::Presence>, Status> {
-        let user = user_ref(&request.into_inner().user)?;
-        let view = self
-            .provisioning
-            .get_user(&user)
-            .await
-            .map_err(status::from_actor)?;
+        let view = self.user(&request.into_inner().user).await?;
         Ok(Response::new(crate::pb::Presence {
             user: view.state.address(),
             state: presence(view.state.presence) as i32,

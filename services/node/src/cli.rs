@@ -455,30 +455,11 @@ async fn stream_prefix(
     let Some(through) = through else {
         return Ok(Vec::new());
     };
-    let mut history = Vec::new();
-    let mut from_version = 0;
-    loop {
-        let page = c
-            .events
-            .read_stream(pb::ReadStreamRequest {
-                stream: stream.to_owned(),
-                from_version,
-                max_count: 1000,
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        for envelope in &page.events {
-            if envelope.version > through {
-                return Ok(history);
-            }
-            history.push(envelope_json(envelope));
-        }
-        if page.end_of_stream || page.events.is_empty() {
-            return Ok(history);
-        }
-        from_version = page.next_version;
-    }
+    Ok(read_stream_through(c, stream, Some(through))
+        .await?
+        .iter()
+        .map(envelope_json)
+        .collect())
 }
 
 async fn audit(c: &mut Clients, out: &Output, cmd: AuditCommand) -> anyhow::Result<()> {
@@ -958,7 +939,7 @@ async fn history(c: &mut Clients, out: &Output, cmd: HistoryCommand) -> anyhow::
             format!("domain-{}", domain.id)
         }
     };
-    let events = read_whole_stream(c, &stream).await?;
+    let events = read_stream_through(c, &stream, None).await?;
     out.list(events.iter().map(envelope_json).collect(), |v| {
         event_line(v)
     });
@@ -1157,10 +1138,12 @@ fn event_line(v: &Value) -> String {
     )
 }
 
-/// Every event of a stream, page by page.
-async fn read_whole_stream(
+/// The events of a stream up to version `through` (all when `None`), page
+/// by page.
+async fn read_stream_through(
     c: &mut Clients,
     stream: &str,
+    through: Option<u64>,
 ) -> anyhow::Result<Vec<pb::EventEnvelope>> {
     let mut from_version = 0;
     let mut events = Vec::new();
@@ -1175,8 +1158,13 @@ async fn read_whole_stream(
             .await
             .map_err(status_error)?
             .into_inner();
-        events.extend(page.events);
-        if page.end_of_stream {
+        for envelope in page.events.iter() {
+            if through.is_some_and(|t| envelope.version > t) {
+                return Ok(events);
+            }
+            events.push(envelope.clone());
+        }
+        if page.end_of_stream || page.events.is_empty() {
             return Ok(events);
         }
         from_version = page.next_version;
