@@ -31,6 +31,10 @@ pub struct Config {
     /// Offer the MD5 challenge before SHA-256 (for clients that read only
     /// the first challenge, such as SIPp 3.6).
     pub sip_challenge_md5_first: bool,
+    /// An unanswered call is given up after this many seconds (480).
+    pub sip_no_answer_secs: u64,
+    /// An answered call is ended by the proxy after this many seconds.
+    pub sip_max_call_secs: u64,
     /// A live subscriber this many events behind the head is ended (0: never).
     pub subscription_max_lag: u64,
 }
@@ -52,6 +56,8 @@ impl Default for Config {
             sip_default_expires: 3600,
             sip_nonce_lifetime_secs: 300,
             sip_challenge_md5_first: false,
+            sip_no_answer_secs: 60,
+            sip_max_call_secs: 4 * 3600,
             subscription_max_lag: 1_000_000,
         }
     }
@@ -84,6 +90,8 @@ pub struct FileConfig {
     pub sip_default_expires: Option<u32>,
     pub sip_nonce_lifetime_secs: Option<u64>,
     pub sip_challenge_md5_first: Option<bool>,
+    pub sip_no_answer_secs: Option<u64>,
+    pub sip_max_call_secs: Option<u64>,
     pub subscription_max_lag: Option<u64>,
 }
 
@@ -143,6 +151,12 @@ pub struct Overrides {
     /// Offer the MD5 challenge before SHA-256, for clients that read only the first (SIPp 3.6).
     #[arg(long, env = "DIALTONE_SIP_CHALLENGE_MD5_FIRST")]
     pub sip_challenge_md5_first: bool,
+    /// An unanswered call is given up after this many seconds: 480, cause no_answer [default: 60].
+    #[arg(long, env = "DIALTONE_SIP_NO_ANSWER_SECS")]
+    pub sip_no_answer_secs: Option<u64>,
+    /// An answered call still up after this many seconds is ended by the proxy (BYE both ways, cause timeout) [default: 14400].
+    #[arg(long, env = "DIALTONE_SIP_MAX_CALL_SECS")]
+    pub sip_max_call_secs: Option<u64>,
     /// A live event subscriber this many events behind the head is ended with RESOURCE_EXHAUSTED and the position to resume from; 0 = never [default: 1000000].
     #[arg(long, env = "DIALTONE_SUBSCRIPTION_MAX_LAG")]
     pub subscription_max_lag: Option<u64>,
@@ -228,6 +242,12 @@ impl Config {
         if let Some(v) = file.sip_challenge_md5_first {
             self.sip_challenge_md5_first = v;
         }
+        if let Some(v) = file.sip_no_answer_secs {
+            self.sip_no_answer_secs = v;
+        }
+        if let Some(v) = file.sip_max_call_secs {
+            self.sip_max_call_secs = v;
+        }
         if let Some(v) = file.subscription_max_lag {
             self.subscription_max_lag = v;
         }
@@ -273,6 +293,12 @@ impl Config {
         }
         if let Some(v) = o.sip_nonce_lifetime_secs {
             self.sip_nonce_lifetime_secs = v;
+        }
+        if let Some(v) = o.sip_no_answer_secs {
+            self.sip_no_answer_secs = v;
+        }
+        if let Some(v) = o.sip_max_call_secs {
+            self.sip_max_call_secs = v;
         }
         if o.sip_challenge_md5_first {
             self.sip_challenge_md5_first = true;

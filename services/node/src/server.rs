@@ -89,6 +89,8 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             nonce_lifetime: Duration::from_secs(config.sip_nonce_lifetime_secs),
             secret: sip_secret(&config.data_dir)?,
             challenge_md5_first: config.sip_challenge_md5_first,
+            no_answer_timeout: Duration::from_secs(config.sip_no_answer_secs.max(1)),
+            max_call_duration: Duration::from_secs(config.sip_max_call_secs.max(1)),
             server_header: Some(format!("Dialtone/{}", env!("CARGO_PKG_VERSION"))),
             ..dialtone_sip::GatewayConfig::default()
         };

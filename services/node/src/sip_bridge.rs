@@ -7,8 +7,8 @@ use dialtone_actors::{Meta, Provisioning, UserFacts};
 use dialtone_domain::registration::{ContactChange, Register};
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
 use dialtone_sip::backend::{
-    BackendError, CurrentContact, Lookup, RegisterOutcome, RegisterRequest, Registry,
-    UserCredentials,
+    BackendError, CallRoute, CurrentContact, Lookup, RegisterOutcome, RegisterRequest, Registry,
+    RouteTarget, Transport, UserCredentials,
 };
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
@@ -47,12 +47,13 @@ impl ActorRegistry {
                     .domain_and_user(domain_id, username.as_ref())
             }
         };
-        let Some((status, md5_allowed, _cross_domain, id)) = facts else {
+        let Some((status, md5_allowed, cross_domain_calls, id)) = facts else {
             return Ok(Resolved::UnknownDomain);
         };
         let state = DomainState {
             status,
             md5_allowed,
+            cross_domain_calls,
         };
         Ok(match id {
             Some(id) => Resolved::User(state, id),
@@ -80,6 +81,7 @@ impl ActorRegistry {
 struct DomainState {
     status: domain::Status,
     md5_allowed: bool,
+    cross_domain_calls: bool,
 }
 
 enum Resolved {
@@ -101,6 +103,25 @@ fn contacts_of(state: &user::User, now: i64) -> Vec<CurrentContact> {
             uri: b.uri.clone(),
             expires_in_secs: b.seconds_left(now),
             q: b.q,
+        })
+        .collect()
+}
+
+/// The contacts of `state` a call is forked to (unexpired; the address the
+/// REGISTER came from, so that NAT and TCP connections are honoured).
+fn route_targets(state: &user::User, now: i64) -> Vec<RouteTarget> {
+    state
+        .bindings
+        .iter()
+        .filter(|b| !b.is_expired(now))
+        .filter_map(|b| {
+            let source = b.source.parse().ok()?;
+            let transport = if b.transport.eq_ignore_ascii_case("TCP") {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            };
+            Some(RouteTarget::for_binding(&b.uri, source, transport))
         })
         .collect()
 }
@@ -188,6 +209,59 @@ impl Registry for ActorRegistry {
             Err(dialtone_actors::Error::Domain(e)) => Err(BackendError::Internal(e.to_string())),
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    async fn route_call(
+        &self,
+        caller_domain: &str,
+        callee_domain: &str,
+        callee_user: &str,
+    ) -> Result<CallRoute, BackendError> {
+        let (state, id) = match self.resolve(callee_domain, callee_user).await? {
+            Resolved::UnknownDomain => return Ok(CallRoute::UnknownDomain),
+            Resolved::DomainOnly(state) => (state, None),
+            Resolved::User(state, id) => (state, Some(id)),
+        };
+        match state.status {
+            domain::Status::Absent | domain::Status::Deleted => {
+                return Ok(CallRoute::UnknownDomain)
+            }
+            domain::Status::Suspended => return Ok(CallRoute::Unavailable),
+            domain::Status::Active => {}
+        }
+        if !caller_domain.eq_ignore_ascii_case(callee_domain) {
+            // The caller's domain decides whether its users may call out
+            // of it (off by default).
+            let allowed = match self.resolve(caller_domain, "").await? {
+                Resolved::DomainOnly(s) | Resolved::User(s, _) => s.cross_domain_calls,
+                Resolved::UnknownDomain => false,
+            };
+            if !allowed {
+                return Ok(CallRoute::CrossDomainForbidden);
+            }
+        }
+        let Some(id) = id else {
+            return Ok(CallRoute::UnknownUser);
+        };
+        match self.user_facts(id).await? {
+            Some(user) if user.exists => {
+                if !user.enabled {
+                    return Ok(CallRoute::Unavailable);
+                }
+            }
+            _ => return Ok(CallRoute::UnknownUser),
+        }
+        let targets = self
+            .provisioning
+            .directory()
+            .query_user(id, |r| route_targets(r.state, micros(SystemTime::now())))
+            .await
+            .map_err(unavailable)?;
+        Ok(if targets.is_empty() {
+            CallRoute::NotRegistered
+        } else {
+            CallRoute::Contacts(targets)
+        })
     }
 
     async fn contacts(

@@ -124,6 +124,142 @@ pub enum BackendError {
     Internal(String),
 }
 
+/// Where an INVITE for a user goes, as the backend decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallRoute {
+    /// The callee's domain is not served here: 404.
+    UnknownDomain,
+    /// No such user in the callee's domain: 404.
+    UnknownUser,
+    /// The callee is in another domain than the caller and the caller's
+    /// domain does not allow cross-domain calls: 403.
+    CrossDomainForbidden,
+    /// The callee is disabled or its domain suspended: 480.
+    Unavailable,
+    /// The callee exists but has no contact: 480.
+    NotRegistered,
+    /// Fork to every one of these contacts in parallel.
+    Contacts(Vec<RouteTarget>),
+}
+
+/// One registered contact of a callee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    /// The contact URI (the forwarded INVITE's Request-URI).
+    pub uri: String,
+    /// Where the INVITE is sent: see [`RouteTarget::for_binding`].
+    pub dest: SocketAddr,
+    pub transport: Transport,
+}
+
+impl RouteTarget {
+    /// Where to reach a contact registered from `source` over `transport`:
+    /// - TCP: the connection the REGISTER came on (`source`), which is the
+    ///   only way to a phone behind NAT and what RFC 5626 asks;
+    /// - UDP: the contact URI's address when it names the same IP address
+    ///   as the REGISTER came from (not NATed: a device may register a
+    ///   contact on another port than it sends from), otherwise `source`
+    ///   (NAT: the private address in the contact is unreachable, the
+    ///   source address and port are the pinhole; what Kamailio's
+    ///   `fix_nated_contact` does).
+    pub fn for_binding(uri: &str, source: SocketAddr, transport: Transport) -> RouteTarget {
+        let dest = match transport {
+            Transport::Tcp => source,
+            Transport::Udp => match crate::wire::uri_destination(uri) {
+                Some((_, d)) if d.ip() == source.ip() => d,
+                _ => source,
+            },
+        };
+        RouteTarget {
+            uri: uri.to_owned(),
+            dest,
+            transport,
+        }
+    }
+}
+
+/// Which leg of a call a step is recorded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallDirection {
+    /// The caller's leg.
+    Outbound,
+    /// The callee's leg.
+    Inbound,
+}
+
+/// Who ended an answered call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangupSide {
+    Caller,
+    Callee,
+    /// The proxy (maximum call duration).
+    System,
+}
+
+/// Why a call ended or failed (DESIGN section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallCause {
+    NormalClearing,
+    OriginatorCancel,
+    UserBusy,
+    NoAnswer,
+    CallRejected,
+    NotFound,
+    Unavailable,
+    Timeout,
+}
+
+impl CallCause {
+    /// The cause of a final failure response from the callee's side.
+    pub fn for_status(status: u16) -> CallCause {
+        match status {
+            404 | 604 => CallCause::NotFound,
+            408 => CallCause::Timeout,
+            480 => CallCause::Unavailable,
+            486 | 600 => CallCause::UserBusy,
+            487 => CallCause::OriginatorCancel,
+            500..=599 => CallCause::Unavailable,
+            _ => CallCause::CallRejected,
+        }
+    }
+}
+
+/// One step of one leg of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallStep {
+    Start {
+        direction: CallDirection,
+        /// `user@domain` of the caller and of the callee.
+        from: String,
+        to: String,
+        sip_call_id: String,
+    },
+    Ringing,
+    Answer {
+        /// The contact that answered.
+        contact: String,
+    },
+    End {
+        cause: CallCause,
+        side: HangupSide,
+    },
+    Fail {
+        sip_status: u16,
+        cause: CallCause,
+    },
+}
+
+/// A step to record for the leg of `user@domain` in call `call_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// Shared by both legs of one call (a UUID made by the proxy).
+    pub call_id: String,
+    pub domain: String,
+    pub user: String,
+    pub step: CallStep,
+    pub sip_call_id: String,
+}
+
 /// What the gateway needs from the rest of the system. Implementations must
 /// be cheap to call concurrently: the gateway calls them from many tasks.
 ///
@@ -145,4 +281,25 @@ pub trait Registry: Send + Sync + 'static {
     /// Contact: a query, RFC 3261 s.10.2.3).
     async fn contacts(&self, domain: &str, user: &str)
         -> Result<Vec<CurrentContact>, BackendError>;
+
+    /// Where an authenticated INVITE from a user of `caller_domain` to
+    /// `callee_user@callee_domain` goes. The default serves no calls (404).
+    async fn route_call(
+        &self,
+        caller_domain: &str,
+        callee_domain: &str,
+        callee_user: &str,
+    ) -> Result<CallRoute, BackendError> {
+        let _ = (caller_domain, callee_domain, callee_user);
+        Ok(CallRoute::UnknownUser)
+    }
+
+    /// Records call steps durably (returns when they are). The steps of one
+    /// call come in order, one batch at a time (the proxy waits for a batch
+    /// before it hands over the next); the records of one batch are for
+    /// different legs and may be written concurrently.
+    async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
+        let _ = records;
+        Ok(())
+    }
 }

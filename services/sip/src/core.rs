@@ -12,13 +12,14 @@ use metrics::{Counter, Histogram};
 use tracing::Instrument as _;
 
 use crate::backend::{
-    BackendError, CurrentContact, Lookup, RegisterOutcome, RegisterRequest, Registry, Transport,
-    UserCredentials,
+    BackendError, CallCause, CallRoute, CurrentContact, Lookup, RegisterOutcome, RegisterRequest,
+    Registry, Transport, UserCredentials,
 };
 use crate::digest::{write_challenge, Algorithm, CredentialsRef, DigestError};
 use crate::gateway::GatewayConfig;
 use crate::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
 use crate::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
+use crate::proxy::{self, CallInput, Legs, NewCall, Outbound, Proxy, ProxySettings, Recorder};
 use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
 use crate::response::{
     self, random_tag_bytes, status_label, write_http_date, write_u64, Response, Source,
@@ -26,13 +27,10 @@ use crate::response::{
 use crate::transaction::{Disposition, Key, ServerTransactions};
 
 /// Methods this server handles itself (the `Allow` header).
-pub const ALLOW: &str = "REGISTER, OPTIONS";
-/// Methods we recognise but do not handle yet: 405 rather than 501.
+pub const ALLOW: &str = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE";
+/// Methods we recognise but do not handle outside a dialog: 405 rather
+/// than 501 (inside a dialog every method is forwarded).
 const KNOWN_METHODS: &[&str] = &[
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
     "PRACK",
     "UPDATE",
     "INFO",
@@ -160,6 +158,17 @@ struct Cx<'r> {
     source: Source,
 }
 
+/// Where the request being handled came from, for the proxy.
+#[derive(Clone, Copy)]
+struct Upstream<'r> {
+    raw: &'r [u8],
+    key: &'r Key,
+    /// Where responses go (UDP: by Via and RFC 3581; TCP: the connection).
+    dest: SocketAddr,
+    transport: Transport,
+    received_at: Instant,
+}
+
 /// A response to send and, for UDP, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -181,7 +190,28 @@ pub struct Core {
     dummy_md5: String,
     policy: ExpiresPolicy,
     metrics: Metrics,
+    proxy: Arc<Proxy>,
 }
+
+/// Which challenge a request gets: `401`/`WWW-Authenticate` for REGISTER,
+/// `407`/`Proxy-Authenticate` for requests to proxy (RFC 3261 s.22.3).
+#[derive(Clone, Copy)]
+struct Challenge {
+    code: u16,
+    header: &'static str,
+    credentials: Name,
+}
+
+const REGISTRAR: Challenge = Challenge {
+    code: 401,
+    header: "WWW-Authenticate",
+    credentials: Name::Authorization,
+};
+const PROXY: Challenge = Challenge {
+    code: 407,
+    header: "Proxy-Authenticate",
+    credentials: Name::ProxyAuthorization,
+};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -191,7 +221,46 @@ fn now_ms() -> u64 {
 }
 
 impl Core {
+    /// A core whose proxy sends nothing (benchmarks and tests of the
+    /// registrar); [`Core::with_outbound`] is the real one.
     pub fn new(cfg: GatewayConfig, registry: Arc<dyn Registry>) -> Core {
+        let local = cfg.listen.clone();
+        Core::with_outbound(cfg, registry, Arc::new(proxy::Nowhere), local)
+    }
+
+    /// A core that sends proxied requests and responses through `out`;
+    /// `local` are the bound addresses (the first one is advertised in Via
+    /// and Record-Route unless the configuration names another).
+    pub fn with_outbound(
+        cfg: GatewayConfig,
+        registry: Arc<dyn Registry>,
+        out: Arc<dyn Outbound>,
+        local: Vec<SocketAddr>,
+    ) -> Core {
+        let advertised = cfg.advertised.clone().unwrap_or_else(|| {
+            let first = local
+                .first()
+                .copied()
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
+            let ip = if first.ip().is_unspecified() {
+                // Listening on every interface: without an advertised
+                // address, loopback is the only address sure to be ours.
+                tracing::warn!("SIP listens on an unspecified address and no advertised address is configured: using 127.0.0.1 in Via and Record-Route");
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                first.ip()
+            };
+            SocketAddr::new(ip, first.port()).to_string()
+        });
+        let proxy = Arc::new(Proxy::new(
+            ProxySettings {
+                advertised,
+                local,
+                no_answer_timeout: cfg.no_answer_timeout,
+                max_call_duration: cfg.max_call_duration,
+            },
+            out,
+        ));
         let nonces = Nonces::new(&cfg.secret, cfg.nonce_lifetime, cfg.nonce_table_capacity);
         let per_shard_entries = (cfg.transaction_capacity / TRANSACTION_SHARDS).max(1);
         let per_shard_bytes = cfg.transaction_memory / TRANSACTION_SHARDS;
@@ -218,7 +287,13 @@ impl Core {
             dummy_md5,
             policy,
             metrics: Metrics::default(),
+            proxy,
         }
+    }
+
+    /// The proxy's tables (calls being set up, answered calls).
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -237,6 +312,7 @@ impl Core {
                 t.handle_timeout(now);
             }
         }
+        self.proxy.tick(now);
     }
 
     /// Number of live server transactions (tests, metrics).
@@ -275,10 +351,13 @@ impl Core {
             ..
         } = msg.start
         else {
-            // No client transactions yet: a response is not for us.
-            self.metrics.dropped_response();
+            // A response to a request the proxy forwarded.
+            if !self.proxy.on_response(&msg, raw) {
+                self.metrics.dropped_response();
+            }
             return None;
         };
+        let received_at = Instant::now();
         self.metrics.request(method);
         let Ok(via) = msg.top_via() else {
             self.metrics.parse_error();
@@ -298,11 +377,6 @@ impl Core {
             self.metrics.dropped_unaddressable();
             return None;
         }
-        if method == Method::Ack {
-            // ACK never gets a response (RFC 3261 s.17.2.1); with no INVITE
-            // server transactions yet there is nothing to match.
-            return None;
-        }
         let cx = Cx {
             msg: &msg,
             via: &via,
@@ -316,9 +390,40 @@ impl Core {
             Ok(k) => k,
             Err(e) => {
                 self.metrics.parse_error();
+                if method == Method::Ack {
+                    return None;
+                }
                 return Some(self.reply_now(cx, dest, 400, bad_request_reason(&e), |_| {}));
             }
         };
+        // The proxy's INVITE server transactions: an ACK for a non-2xx
+        // final response and INVITE retransmissions go to the call task.
+        match method {
+            Method::Ack if self.proxy.to_call(&key, CallInput::Ack) => return None,
+            Method::Invite if self.proxy.to_call(&key, CallInput::InviteAgain) => {
+                self.metrics.retransmission();
+                return None;
+            }
+            _ => {}
+        }
+        let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
+        if method == Method::Ack
+            || (in_dialog && !matches!(method, Method::Register | Method::Cancel))
+        {
+            // Inside a dialog (or an ACK for a 2xx): forwarded without
+            // transaction state (RFC 3261 s.16.11). An ACK of a final
+            // response we made ourselves (407, 404, ...) has no To tag of a
+            // dialog we know and nowhere to go: dropped.
+            if method == Method::Ack && !in_dialog {
+                return None;
+            }
+            let refused = self
+                .proxy
+                .in_dialog(&msg, source, method == Method::Ack, method == Method::Bye)
+                .await;
+            let (code, reason) = refused?;
+            return Some(self.reply_now(cx, dest, code, reason, |_| {}));
+        }
         let disposition = match self.shard(&key).lock() {
             Ok(mut t) => t.handle_request(&key, Instant::now()),
             Err(_) => Disposition::Overloaded,
@@ -352,14 +457,26 @@ impl Core {
             branch = via.branch().unwrap_or(""),
             method = method_text
         );
+        let upstream = Upstream {
+            raw,
+            key: &key,
+            dest,
+            transport,
+            received_at,
+        };
         let (code, bytes) = self
-            .process(cx, method, method_text, transport)
+            .process(cx, method, method_text, upstream)
             .instrument(span)
             .await;
         self.metrics.response(code);
         guard.key = None;
         if let Ok(mut t) = self.shard(&key).lock() {
-            t.respond(&key, code, bytes.clone(), source.reliable, Instant::now());
+            if method == Method::Invite && code == 100 {
+                // Proxied: the call task owns the INVITE transaction now.
+                t.abandon(&key);
+            } else {
+                t.respond(&key, code, bytes.clone(), source.reliable, Instant::now());
+            }
         }
         Some(Reply { bytes, dest })
     }
@@ -440,8 +557,9 @@ impl Core {
         cx: Cx<'_>,
         method: Method,
         method_text: &str,
-        transport: Transport,
+        upstream: Upstream<'_>,
     ) -> (u16, Bytes) {
+        let transport = upstream.transport;
         let msg = cx.msg;
         let max_forwards = match msg.max_forwards() {
             Ok(m) => m,
@@ -472,8 +590,26 @@ impl Core {
                     .header("Accept-Language", "en")
                     .header("Supported", "");
             }),
-            // No INVITE transactions yet: nothing to cancel (RFC 3261 s.9.2).
-            Method::Cancel => self.respond(cx, 481, response::reason(481), |_| {}),
+            Method::Invite => {
+                if max_forwards == Some(0) {
+                    return self.respond(cx, 483, response::reason(483), |_| {});
+                }
+                self.invite(cx, method_text, upstream, max_forwards).await
+            }
+            // Not in a dialog we know (those are forwarded before they get
+            // here): RFC 3261 s.15.1.2.
+            Method::Bye => self.respond(cx, 481, response::reason(481), |_| {}),
+            Method::Cancel => {
+                // RFC 3261 s.9.2: the CANCEL matches the INVITE with the
+                // same branch; answered 200 here, the INVITE gets 487.
+                let cancelled = Key::invite_of_cancel(cx.msg, cx.via)
+                    .is_ok_and(|k| self.proxy.to_call(&k, CallInput::Cancel));
+                if cancelled {
+                    self.respond(cx, 200, "OK", |_| {})
+                } else {
+                    self.respond(cx, 481, response::reason(481), |_| {})
+                }
+            }
             _ => {
                 if max_forwards == Some(0) {
                     // We would have to forward it (RFC 3261 s.16.3 step 3).
@@ -516,7 +652,14 @@ impl Core {
         }
     }
 
-    fn challenge(&self, cx: Cx<'_>, realm: &str, offer_md5: bool, stale: bool) -> (u16, Bytes) {
+    fn challenge_with(
+        &self,
+        cx: Cx<'_>,
+        kind: Challenge,
+        realm: &str,
+        offer_md5: bool,
+        stale: bool,
+    ) -> (u16, Bytes) {
         let mut nonce = [0u8; NONCE_LEN];
         let nonce = self.nonces.issue_into(realm, now_ms(), &mut nonce);
         let opaque = self.nonces.opaque();
@@ -528,19 +671,233 @@ impl Core {
             (true, true) => &[Algorithm::Md5, Algorithm::Sha256],
         };
         let each = 96 + realm.len() + nonce.len() + opaque.len();
-        self.respond_sized(cx, 401, response::reason(401), order.len() * each, |r| {
-            for alg in order {
-                r.header_with("WWW-Authenticate", |b| {
-                    write_challenge(b, realm, nonce, opaque, *alg, stale)
-                });
-            }
-        })
+        self.respond_sized(
+            cx,
+            kind.code,
+            response::reason(kind.code),
+            order.len() * each,
+            |r| {
+                for alg in order {
+                    r.header_with(kind.header, |b| {
+                        write_challenge(b, realm, nonce, opaque, *alg, stale)
+                    });
+                }
+            },
+        )
     }
 
     fn forbidden(&self, cx: Cx<'_>) -> (u16, Bytes) {
         // One response for wrong password, unknown user, wrong username and
         // disabled user: nothing to tell them apart.
         self.respond(cx, 403, response::reason(403), |_| {})
+    }
+
+    /// Checks the digest credentials of `user@domain` in `cx` (RFC 7616,
+    /// qop=auth, stateless nonce, nonce-count replay). `None`: the request
+    /// is authenticated (and the user enabled); otherwise the response to
+    /// send (a challenge, or 403 for wrong credentials, unknown users and
+    /// disabled users alike).
+    #[allow(clippy::too_many_arguments)]
+    fn authenticate(
+        &self,
+        cx: Cx<'_>,
+        kind: Challenge,
+        domain: &str,
+        user: &str,
+        creds: &UserCredentials,
+        known: bool,
+        method_text: &str,
+    ) -> Option<(u16, Bytes)> {
+        // Unknown users are offered what a default user is offered.
+        let offer_md5 = creds.ha1_md5.is_some();
+
+        let mut given = None;
+        for h in cx.msg.headers(kind.credentials) {
+            match CredentialsRef::parse(h) {
+                Ok(c) if c.realm.eq_ignore_ascii_case(domain) => {
+                    given = Some(c);
+                    break;
+                }
+                Ok(_) | Err(DigestError::NotDigest) => {}
+                Err(_) => return Some(self.respond(cx, 400, "Bad Authorization", |_| {})),
+            }
+        }
+        let Some(c) = given else {
+            return Some(self.challenge_with(cx, kind, domain, offer_md5, false));
+        };
+        let acceptable = c.algorithm.is_some()
+            && c.qop
+                .as_deref()
+                .is_some_and(|q| q.eq_ignore_ascii_case("auth"))
+            && c.cnonce.is_some()
+            && c.nc.is_some();
+        if !acceptable {
+            self.metrics.auth_failure("unsupported");
+            return Some(self.challenge_with(cx, kind, domain, offer_md5, false));
+        }
+        let now = now_ms();
+        let nonce = self.nonces.check(&c.nonce, domain, now);
+        if nonce == NonceCheck::Invalid {
+            // Not ours (or from before a secret change): a fresh challenge.
+            self.metrics.auth_failure("nonce");
+            return Some(self.challenge_with(cx, kind, domain, offer_md5, false));
+        }
+        let alg = c.algorithm.unwrap_or(Algorithm::Md5);
+        let ha1 = match alg {
+            Algorithm::Md5 => creds.ha1_md5.as_deref().unwrap_or(&self.dummy_md5),
+            Algorithm::Sha256 => creds.ha1_sha256.as_str(),
+        };
+        // Always compute the digest, whoever the user is (timing).
+        let digest_ok = c.verify(ha1, method_text);
+        let md5_refused = alg == Algorithm::Md5 && creds.ha1_md5.is_none();
+        let ok = digest_ok && known && !md5_refused && c.username == user;
+        if !ok {
+            self.metrics.auth_failure("credentials");
+            return Some(self.forbidden(cx));
+        }
+        let id = match nonce {
+            NonceCheck::Fresh(id) => id,
+            _ => return Some(self.challenge_with(cx, kind, domain, offer_md5, true)),
+        };
+        let nc = c.nc.as_ref().map_or(0, |n| n.1);
+        match self.nonces.use_nc(id, nc, now) {
+            NcCheck::Ok => {}
+            NcCheck::Replay | NcCheck::Forgotten => {
+                self.metrics.auth_failure("replay");
+                return Some(self.challenge_with(cx, kind, domain, offer_md5, true));
+            }
+        }
+        if creds.disabled {
+            return Some(self.forbidden(cx));
+        }
+
+        None
+    }
+
+    /// An initial INVITE (no To tag): authenticate the caller (407), ask
+    /// the backend where the callee is, then fork (100 Trying here, the
+    /// rest from the call task) or refuse with the leg(s) recorded.
+    async fn invite(
+        &self,
+        cx: Cx<'_>,
+        method_text: &str,
+        upstream: Upstream<'_>,
+        max_forwards: Option<u32>,
+    ) -> (u16, Bytes) {
+        let msg = cx.msg;
+        let StartLine::Request { uri, .. } = msg.start else {
+            return self.respond(cx, 400, "Bad Request", |_| {});
+        };
+        let Some(ruri) = Uri::parse(uri) else {
+            return self.respond(cx, 416, response::reason(416), |_| {});
+        };
+        let (Ok(from), Ok(to)) = (msg.from(), msg.to()) else {
+            return self.respond(cx, 400, "Bad Request", |_| {});
+        };
+        let (Some(from_uri), Some(to_uri)) = (Uri::parse(from.uri), Uri::parse(to.uri)) else {
+            return self.respond(cx, 400, "Bad From or To URI", |_| {});
+        };
+        let Some(caller_user) = from_uri.user else {
+            return self.forbidden(cx);
+        };
+        let caller_domain = lowercase(from_uri.host);
+        let caller_domain = caller_domain.as_ref();
+        // The callee: the Request-URI, or the To URI when the phone put
+        // our address in the Request-URI.
+        let (callee_user, callee_host) = match ruri.user {
+            Some(u) if crate::message::host_ip(ruri.host).is_none() => (u, ruri.host),
+            Some(u) => (u, to_uri.host),
+            None => match to_uri.user {
+                Some(u) => (u, to_uri.host),
+                None => return self.respond(cx, 404, response::reason(404), |_| {}),
+            },
+        };
+        let callee_domain = lowercase(callee_host);
+        let callee_domain = callee_domain.as_ref();
+
+        let lookup = match self
+            .call(self.registry.credentials(caller_domain, caller_user))
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => return self.backend_failure(cx, &e),
+        };
+        let (creds, known) = match lookup {
+            // Not a domain of ours: we relay for no one.
+            Lookup::UnknownDomain | Lookup::DomainSuspended => return self.forbidden(cx),
+            Lookup::UnknownUser => (&self.dummy, false),
+            Lookup::Found(ref c) => (c, true),
+        };
+        if let Some(refused) = self.authenticate(
+            cx,
+            PROXY,
+            caller_domain,
+            caller_user,
+            creds,
+            known,
+            method_text,
+        ) {
+            return refused;
+        }
+        let route = match self
+            .call(
+                self.registry
+                    .route_call(caller_domain, callee_domain, callee_user),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.backend_failure(cx, &e),
+        };
+        let sip_call_id = msg.call_id().unwrap_or("").to_owned();
+        let caller = (caller_domain.to_owned(), caller_user.to_owned());
+        let callee = Some((callee_domain.to_owned(), callee_user.to_owned()));
+        let mut legs = Legs {
+            call_id: proxy::new_call_id(),
+            sip_call_id,
+            caller,
+            callee,
+        };
+        let (code, cause) = match route {
+            CallRoute::Contacts(targets) if !targets.is_empty() => {
+                let recorder = Recorder::spawn(self.registry.clone());
+                recorder.record(legs.start());
+                self.proxy.start_call(NewCall {
+                    msg,
+                    raw: Bytes::copy_from_slice(upstream.raw),
+                    key: upstream.key.clone(),
+                    source: cx.source,
+                    transport: upstream.transport,
+                    upstream: upstream.dest,
+                    legs,
+                    recorder,
+                    targets,
+                    pop_routes: self.proxy.our_routes(msg),
+                    max_forwards: max_forwards.map_or(70, |m| m.saturating_sub(1)),
+                    received_at: upstream.received_at,
+                });
+                return self.respond(cx, 100, "Trying", |_| {});
+            }
+            CallRoute::UnknownDomain | CallRoute::UnknownUser => {
+                // The callee has no leg: only the caller's is recorded.
+                legs.callee = None;
+                (404, CallCause::NotFound)
+            }
+            CallRoute::CrossDomainForbidden => {
+                legs.callee = None;
+                (403, CallCause::CallRejected)
+            }
+            CallRoute::Unavailable | CallRoute::NotRegistered | CallRoute::Contacts(_) => {
+                (480, CallCause::Unavailable)
+            }
+        };
+        // Both steps durable before the response that reports them.
+        let recorder = Recorder::spawn(self.registry.clone());
+        recorder.record(legs.start());
+        if let Err(e) = recorder.record_durable(legs.fail(code, cause)).await {
+            return self.backend_failure(cx, &e);
+        }
+        self.respond(cx, code, response::reason(code), |_| {})
     }
 
     async fn register(&self, cx: Cx<'_>, method_text: &str, transport: Transport) -> (u16, Bytes) {
@@ -585,68 +942,12 @@ impl Core {
             Lookup::UnknownUser => (&self.dummy, false),
             Lookup::Found(ref c) => (c, true),
         };
-        // Unknown users are offered what a default user is offered.
-        let offer_md5 = creds.ha1_md5.is_some();
-
-        let mut given = None;
-        for h in msg.headers(Name::Authorization) {
-            match CredentialsRef::parse(h) {
-                Ok(c) if c.realm.eq_ignore_ascii_case(domain) => {
-                    given = Some(c);
-                    break;
-                }
-                Ok(_) | Err(DigestError::NotDigest) => {}
-                Err(_) => return self.respond(cx, 400, "Bad Authorization", |_| {}),
-            }
-        }
-        let Some(c) = given else {
-            return self.challenge(cx, domain, offer_md5, false);
-        };
-        let acceptable = c.algorithm.is_some()
-            && c.qop
-                .as_deref()
-                .is_some_and(|q| q.eq_ignore_ascii_case("auth"))
-            && c.cnonce.is_some()
-            && c.nc.is_some();
-        if !acceptable {
-            self.metrics.auth_failure("unsupported");
-            return self.challenge(cx, domain, offer_md5, false);
+        if let Some(refused) =
+            self.authenticate(cx, REGISTRAR, domain, user, creds, known, method_text)
+        {
+            return refused;
         }
         let now = now_ms();
-        let nonce = self.nonces.check(&c.nonce, domain, now);
-        if nonce == NonceCheck::Invalid {
-            // Not ours (or from before a secret change): a fresh challenge.
-            self.metrics.auth_failure("nonce");
-            return self.challenge(cx, domain, offer_md5, false);
-        }
-        let alg = c.algorithm.unwrap_or(Algorithm::Md5);
-        let ha1 = match alg {
-            Algorithm::Md5 => creds.ha1_md5.as_deref().unwrap_or(&self.dummy_md5),
-            Algorithm::Sha256 => creds.ha1_sha256.as_str(),
-        };
-        // Always compute the digest, whoever the user is (timing).
-        let digest_ok = c.verify(ha1, method_text);
-        let md5_refused = alg == Algorithm::Md5 && creds.ha1_md5.is_none();
-        let ok = digest_ok && known && !md5_refused && c.username == user;
-        if !ok {
-            self.metrics.auth_failure("credentials");
-            return self.forbidden(cx);
-        }
-        let id = match nonce {
-            NonceCheck::Fresh(id) => id,
-            _ => return self.challenge(cx, domain, offer_md5, true),
-        };
-        let nc = c.nc.as_ref().map_or(0, |n| n.1);
-        match self.nonces.use_nc(id, nc, now) {
-            NcCheck::Ok => {}
-            NcCheck::Replay | NcCheck::Forgotten => {
-                self.metrics.auth_failure("replay");
-                return self.challenge(cx, domain, offer_md5, true);
-            }
-        }
-        if creds.disabled {
-            return self.forbidden(cx);
-        }
 
         let plan = match registrar::plan(msg, &self.policy) {
             Ok(p) => p,

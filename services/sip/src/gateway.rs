@@ -86,6 +86,12 @@ pub struct GatewayConfig {
     pub max_udp_in_flight: usize,
     /// The same per TCP connection (reading pauses).
     pub max_tcp_in_flight_per_connection: usize,
+    /// A call nobody answers is given up after this: `480`, cause
+    /// `no_answer` (the proxy's Timer C).
+    pub no_answer_timeout: Duration,
+    /// An answered call still up after this is ended by the proxy (BYE to
+    /// both sides, cause `timeout`): phones that vanish leave no call open.
+    pub max_call_duration: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -111,6 +117,8 @@ impl Default for GatewayConfig {
             max_tcp_connections: 10_000,
             max_udp_in_flight: 65_536,
             max_tcp_in_flight_per_connection: 1_024,
+            no_answer_timeout: Duration::from_secs(60),
+            max_call_duration: Duration::from_secs(4 * 3600),
         }
     }
 }
@@ -180,18 +188,34 @@ impl Gateway {
         registry: Arc<dyn Registry>,
     ) -> Result<GatewayHandle> {
         config.validate()?;
-        let core = Arc::new(Core::new(config.clone(), registry));
         let (shutdown, rx) = watch::channel(false);
         let in_flight = Arc::new(InFlight::default());
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
-        let conns = Arc::new(Semaphore::new(config.max_tcp_connections));
-        let udp_permits = Arc::new(Semaphore::new(config.max_udp_in_flight.max(1)));
+        let mut bound = Vec::new();
         for addr in &config.listen {
             let (udp, tcp) = bind_pair(*addr, config.udp_recv_buffer).await?;
-            let local = udp.local_addr().map_err(Error::Io)?;
-            local_addrs.push(local);
-            let udp = Arc::new(udp);
+            local_addrs.push(udp.local_addr().map_err(Error::Io)?);
+            bound.push((Arc::new(udp), tcp));
+        }
+        let transports = Arc::new_cyclic(|me| Transports {
+            udp: bound.iter().map(|(u, _)| u.clone()).collect(),
+            tcp: std::sync::Mutex::new(std::collections::HashMap::new()),
+            core: std::sync::OnceLock::new(),
+            shutdown: rx.clone(),
+            in_flight: in_flight.clone(),
+            me: me.clone(),
+        });
+        let core = Arc::new(Core::with_outbound(
+            config.clone(),
+            registry,
+            transports.clone(),
+            local_addrs.clone(),
+        ));
+        let _ = transports.core.set(Arc::downgrade(&core));
+        let conns = Arc::new(Semaphore::new(config.max_tcp_connections));
+        let udp_permits = Arc::new(Semaphore::new(config.max_udp_in_flight.max(1)));
+        for (udp, tcp) in bound {
             for _ in 0..config.udp_receivers.max(1) {
                 tasks.push(tokio::spawn(udp_loop(
                     core.clone(),
@@ -207,6 +231,7 @@ impl Gateway {
                 rx.clone(),
                 in_flight.clone(),
                 conns.clone(),
+                transports.clone(),
             )));
         }
         tasks.push(tokio::spawn(timer_loop(core.clone(), rx.clone())));
@@ -390,6 +415,7 @@ async fn tcp_accept_loop(
     mut shutdown: watch::Receiver<bool>,
     in_flight: Arc<InFlight>,
     conns: Arc<Semaphore>,
+    transports: Arc<Transports>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -414,8 +440,9 @@ async fn tcp_accept_loop(
         let core = core.clone();
         let shutdown = shutdown.clone();
         let in_flight = in_flight.clone();
+        let transports = transports.clone();
         tokio::spawn(async move {
-            tcp_connection(core, stream, peer, shutdown, in_flight).await;
+            tcp_connection(core, stream, peer, shutdown, in_flight, transports).await;
             drop(permit);
         });
     }
@@ -427,9 +454,15 @@ async fn tcp_connection(
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
     in_flight: Arc<InFlight>,
+    transports: Arc<Transports>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    // The proxy sends requests and relayed responses for this peer on
+    // this connection (a phone registered over TCP is reached on it).
+    if let Ok(mut map) = transports.tcp.lock() {
+        map.insert(peer, tx.clone());
+    }
     let writer_task = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             if writer.write_all(&b).await.is_err() {
@@ -524,8 +557,100 @@ async fn tcp_connection(
             Ok(Ok(_)) => {}
         }
     }
+    if let Ok(mut map) = transports.tcp.lock() {
+        if map.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
+            map.remove(&peer);
+        }
+    }
     drop(tx);
     let _ = writer_task.await;
+}
+
+/// The proxy's way out: the first UDP socket, and the TCP connection to a
+/// peer (opened when there is none).
+struct Transports {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp: std::sync::Mutex<std::collections::HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    core: std::sync::OnceLock<std::sync::Weak<Core>>,
+    shutdown: watch::Receiver<bool>,
+    in_flight: Arc<InFlight>,
+    me: std::sync::Weak<Transports>,
+}
+
+impl crate::proxy::Outbound for Transports {
+    fn send(&self, transport: Transport, dest: SocketAddr, bytes: Bytes) {
+        match transport {
+            Transport::Udp => {
+                let Some(socket) = self.udp.first() else {
+                    return;
+                };
+                match socket.try_send_to(&bytes, dest) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let socket = socket.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = socket.send_to(&bytes, dest).await {
+                                tracing::debug!(error = %e, %dest, "UDP send failed");
+                            }
+                        });
+                    }
+                    Err(e) => tracing::debug!(error = %e, %dest, "UDP send failed"),
+                }
+            }
+            Transport::Tcp => {
+                let existing = self.tcp.lock().ok().and_then(|m| m.get(&dest).cloned());
+                if let Some(tx) = existing {
+                    if let Err(mpsc::error::TrySendError::Full(bytes)) = tx.try_send(bytes) {
+                        tokio::spawn(async move {
+                            let _ = tx.send(bytes).await;
+                        });
+                    }
+                    return;
+                }
+                let Some(core) = self.core.get().and_then(std::sync::Weak::upgrade) else {
+                    return;
+                };
+                let shutdown = self.shutdown.clone();
+                let in_flight = self.in_flight.clone();
+                let Some(transports) = self.me.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        TcpStream::connect(dest),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        _ => {
+                            tracing::debug!(%dest, "TCP connect failed");
+                            return;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    // The connection task registers its sender before it
+                    // first waits; then the message goes on it.
+                    let t2 = transports.clone();
+                    tokio::spawn(async move {
+                        tcp_connection(core, stream, dest, shutdown, in_flight, t2).await;
+                    });
+                    for _ in 0..100 {
+                        let tx = transports
+                            .tcp
+                            .lock()
+                            .ok()
+                            .and_then(|m| m.get(&dest).cloned());
+                        if let Some(tx) = tx {
+                            let _ = tx.send(bytes).await;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                });
+            }
+        }
+    }
 }
 
 async fn timer_loop(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {

@@ -36,15 +36,18 @@ pub mod frame;
 pub mod gateway;
 pub mod message;
 pub mod nonce;
+pub mod proxy;
 pub mod registrar;
 pub mod response;
 #[cfg(feature = "test-ua")]
 pub mod test_ua;
 pub mod transaction;
+mod wire;
 
 pub use backend::{
-    BackendError, ContactChange, CurrentContact, Lookup, RegisterOutcome, RegisterRequest,
-    Registry, Transport, UserCredentials,
+    BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContactChange,
+    CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RouteTarget,
+    Transport, UserCredentials,
 };
 pub use gateway::{Gateway, GatewayConfig, GatewayHandle};
 

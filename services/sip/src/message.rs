@@ -1179,6 +1179,9 @@ Contact: <sip:a@1.2.3.4>,\r\n <sip:b@1.2.3.5>\r\nContent-Length: 0\r\n\r\n";
 
         #[test]
         fn names_agree_with_the_table(n in "(?i)(via|from|to|call-id|cseq|contact|expires|min-expires|max-forwards|content-length|content-type|authorization|proxy-authorization|www-authenticate|proxy-authenticate|user-agent|route|record-route|supported|require|proxy-require|allow|accept|date|server|retry-after|[a-z-]{1,19}|\\PC{1,4})") {
+            // A ':' in the generated name ends the name early in the
+            // message: not the same name any more.
+            proptest::prop_assume!(!n.contains(':'));
             let raw = format!("OPTIONS sip:x SIP/2.0\r\n{n}: 1\r\n\r\n");
             if let Ok(m) = reference_parse(raw.as_bytes()) {
                 proptest::prop_assert_eq!(Name::from_str_ci(&n), m.headers[0].name);

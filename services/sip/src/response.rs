@@ -26,11 +26,15 @@ pub fn reason(code: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
         416 => "Unsupported URI Scheme",
         420 => "Bad Extension",
         423 => "Interval Too Brief",
         481 => "Call/Transaction Does Not Exist",
+        480 => "Temporarily Unavailable",
         483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
         500 => "Server Internal Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
@@ -75,7 +79,7 @@ pub fn udp_destination(via: &Via<'_>, source: SocketAddr) -> SocketAddr {
     SocketAddr::new(source.ip(), via.port.unwrap_or(5060))
 }
 
-fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, source: &Source) {
+pub(crate) fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, source: &Source) {
     out.extend_from_slice(via.head.as_bytes());
     let mut wants_rport = false;
     for (name, value) in crate::message::params(via.params) {

@@ -172,6 +172,23 @@ impl Key {
         }
     }
 
+    /// The key of the INVITE transaction a CANCEL cancels (RFC 3261 s.9.2:
+    /// same branch and sent-by; RFC 2543 clients: same Call-ID, tags, CSeq
+    /// number and top Via).
+    pub fn invite_of_cancel(msg: &Message<'_>, via: &Via<'_>) -> Result<Key, ParseError> {
+        let mut invite = msg.clone();
+        if let StartLine::Request {
+            method,
+            method_text,
+            ..
+        } = &mut invite.start
+        {
+            *method = Method::Invite;
+            *method_text = "INVITE";
+        }
+        Key::from_request_via(&invite, via)
+    }
+
     /// The branch (or a stand-in) for tracing.
     pub fn as_str(&self) -> &str {
         &self.text

@@ -430,19 +430,26 @@ async fn options_and_other_methods() {
     ua.send_raw(req("OPTIONS", "").as_bytes()).await.unwrap();
     let r = ua.expect(T).await.unwrap();
     assert_eq!(r.code, 200);
-    assert_eq!(r.header("Allow"), Some("REGISTER, OPTIONS"));
+    assert_eq!(
+        r.header("Allow"),
+        Some("REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE")
+    );
     assert!(r.header("Accept").is_some());
     assert!(r.header("Supported").is_some());
-    for (m, code) in [
-        ("INVITE", 405),
-        ("BYE", 405),
-        ("SUBSCRIBE", 405),
-        ("FOO", 501),
-    ] {
+    // An INVITE for the domain itself names no one to call; a BYE outside
+    // any dialog has no dialog to end (RFC 3261 s.15.1.2).
+    for (m, code) in [("INVITE", 404), ("BYE", 481)] {
+        ua.send_raw(req(m, "").as_bytes()).await.unwrap();
+        assert_eq!(ua.expect(T).await.unwrap().code, code, "{m}");
+    }
+    for (m, code) in [("SUBSCRIBE", 405), ("FOO", 501)] {
         ua.send_raw(req(m, "").as_bytes()).await.unwrap();
         let r = ua.expect(T).await.unwrap();
         assert_eq!(r.code, code, "{m}");
-        assert_eq!(r.header("Allow"), Some("REGISTER, OPTIONS"));
+        assert_eq!(
+            r.header("Allow"),
+            Some("REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE")
+        );
     }
     ua.send_raw(req("CANCEL", "").as_bytes()).await.unwrap();
     assert_eq!(ua.expect(T).await.unwrap().code, 481);

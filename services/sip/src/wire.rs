@@ -1,0 +1,408 @@
+//! Building the messages a proxy sends: forwarded requests (RFC 3261
+//! s.16.6), relayed responses (s.16.7), and the ACK and CANCEL a proxy
+//! makes itself (s.17.1.1.3, s.9.1). Everything writes bytes straight from
+//! a parsed [`Message`], copying the headers it does not touch verbatim.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+
+use crate::backend::Transport;
+use crate::message::{host_ip, params, split_list, Message, Name, StartLine, Uri, Via};
+use crate::response::{write_top_via, write_u64, Source};
+
+/// How a request is rewritten when forwarded.
+pub(crate) struct Forward<'a> {
+    /// The new Request-URI (`None`: keep it).
+    pub ruri: Option<&'a str>,
+    /// The value of our own Via, put on top.
+    pub via: &'a str,
+    /// A Record-Route value to add first (initial INVITEs).
+    pub record_route: Option<&'a str>,
+    /// Where the request came from: the previous hop's Via gets `received`
+    /// and `rport` so that responses can be relayed without state.
+    pub source: Source,
+    /// The decremented Max-Forwards.
+    pub max_forwards: u32,
+    /// How many leading Route elements are ours and are removed
+    /// (loose routing, RFC 3261 s.16.4).
+    pub pop_routes: usize,
+    /// Drop Proxy-Authorization (credentials for our realm, consumed here).
+    pub drop_proxy_authorization: bool,
+}
+
+/// Writes the forwarded copy of request `msg`.
+pub(crate) fn forward_request(msg: &Message<'_>, f: &Forward<'_>) -> Bytes {
+    let StartLine::Request {
+        method_text, uri, ..
+    } = msg.start
+    else {
+        return Bytes::new();
+    };
+    let size: usize = msg
+        .headers
+        .iter()
+        .map(|h| h.raw_name.len() + h.value.len() + 4)
+        .sum::<usize>()
+        + msg.body.len()
+        + 256
+        + f.via.len()
+        + f.record_route.map_or(0, str::len);
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(method_text.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(f.ruri.unwrap_or(uri).as_bytes());
+    out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+    out.extend_from_slice(f.via.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(rr) = f.record_route {
+        out.extend_from_slice(b"Record-Route: ");
+        out.extend_from_slice(rr.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut first_via = true;
+    let mut routes_to_pop = f.pop_routes;
+    let mut wrote_max_forwards = false;
+    for h in &msg.headers {
+        match h.name {
+            Name::Via if first_via => {
+                first_via = false;
+                let mut elements = split_list(&h.value);
+                out.extend_from_slice(b"Via: ");
+                if let Some(top) = elements.next() {
+                    match Via::parse(top) {
+                        Ok(v) => write_top_via(&mut out, &v, &f.source),
+                        Err(_) => out.extend_from_slice(top.as_bytes()),
+                    }
+                }
+                for e in elements {
+                    out.extend_from_slice(b", ");
+                    out.extend_from_slice(e.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            Name::Route if routes_to_pop > 0 => {
+                let mut kept = Vec::new();
+                for e in split_list(&h.value) {
+                    if routes_to_pop > 0 {
+                        routes_to_pop -= 1;
+                    } else {
+                        kept.push(e);
+                    }
+                }
+                if !kept.is_empty() {
+                    out.extend_from_slice(b"Route: ");
+                    out.extend_from_slice(kept.join(", ").as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            Name::MaxForwards => {
+                if !wrote_max_forwards {
+                    wrote_max_forwards = true;
+                    out.extend_from_slice(b"Max-Forwards: ");
+                    write_u64(&mut out, u64::from(f.max_forwards));
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            Name::ProxyAuthorization if f.drop_proxy_authorization => {}
+            Name::ContentLength => {}
+            _ => {
+                out.extend_from_slice(h.raw_name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if !wrote_max_forwards {
+        out.extend_from_slice(b"Max-Forwards: ");
+        write_u64(&mut out, u64::from(f.max_forwards));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Content-Length: ");
+    write_u64(&mut out, msg.body.len() as u64);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(msg.body);
+    Bytes::from(out)
+}
+
+/// Writes response `msg` without its top Via element (ours), for the
+/// previous hop. `None` when there is no Via left (a response to a request
+/// we made ourselves).
+pub(crate) fn strip_top_via(msg: &Message<'_>) -> Option<Bytes> {
+    let StartLine::Response { code, reason } = msg.start else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(
+        msg.headers
+            .iter()
+            .map(|h| h.raw_name.len() + h.value.len() + 4)
+            .sum::<usize>()
+            + msg.body.len()
+            + 64,
+    );
+    out.extend_from_slice(b"SIP/2.0 ");
+    write_u64(&mut out, u64::from(code));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut stripped = false;
+    let mut vias_left = false;
+    for h in &msg.headers {
+        match h.name {
+            Name::Via if !stripped => {
+                stripped = true;
+                let rest: Vec<&str> = split_list(&h.value).skip(1).collect();
+                if !rest.is_empty() {
+                    vias_left = true;
+                    out.extend_from_slice(b"Via: ");
+                    out.extend_from_slice(rest.join(", ").as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            Name::ContentLength => {}
+            _ => {
+                if h.name == Name::Via {
+                    vias_left = true;
+                }
+                out.extend_from_slice(h.raw_name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if !vias_left {
+        return None;
+    }
+    out.extend_from_slice(b"Content-Length: ");
+    write_u64(&mut out, msg.body.len() as u64);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(msg.body);
+    Some(Bytes::from(out))
+}
+
+/// Where a response goes by Via `via` (the one below ours): `received` and
+/// `rport` when present (we add them when forwarding), else sent-by
+/// (RFC 3261 s.18.2.2). `None` for a host name without `received`.
+pub(crate) fn response_destination(via: &Via<'_>) -> Option<(Transport, SocketAddr)> {
+    let transport = if via.transport.eq_ignore_ascii_case("TCP") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    let mut ip: Option<IpAddr> = host_ip(via.host);
+    let mut port = via.port.unwrap_or(5060);
+    for (name, value) in params(via.params) {
+        if name.eq_ignore_ascii_case("received") {
+            if let Some(v) = value.and_then(|v| v.parse().ok()) {
+                ip = Some(v);
+            }
+        } else if name.eq_ignore_ascii_case("rport") {
+            if let Some(p) = value.and_then(|v| v.parse().ok()) {
+                port = p;
+            }
+        }
+    }
+    ip.map(|ip| (transport, SocketAddr::new(ip, port)))
+}
+
+/// The address and transport a SIP URI with an IP-literal host points to
+/// (no DNS: contacts and Record-Routes of phones carry addresses).
+pub(crate) fn uri_destination(uri: &str) -> Option<(Transport, SocketAddr)> {
+    let u = Uri::parse(uri)?;
+    let ip = host_ip(u.host)?;
+    let transport = match crate::message::param(u.params, "transport").flatten() {
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    Some((transport, SocketAddr::new(ip, u.port.unwrap_or(5060))))
+}
+
+/// What a proxy needs to repeat about the INVITE it forwarded on a branch
+/// to build that branch's ACK and CANCEL.
+#[derive(Debug, Clone)]
+pub(crate) struct SentInvite {
+    pub ruri: String,
+    pub via: String,
+    pub from: String,
+    pub to: String,
+    pub call_id: String,
+    pub cseq: u32,
+}
+
+/// The ACK for a non-2xx final response `to_header` (its To, with the
+/// tag) on a branch (RFC 3261 s.17.1.1.3).
+pub(crate) fn ack_for(sent: &SentInvite, to_header: &str) -> Bytes {
+    in_transaction_request("ACK", sent, to_header)
+}
+
+/// The CANCEL of a branch (RFC 3261 s.9.1): the same Request-URI, Via
+/// branch, From, To (without a tag), Call-ID and CSeq number.
+pub(crate) fn cancel_for(sent: &SentInvite) -> Bytes {
+    in_transaction_request("CANCEL", sent, &sent.to)
+}
+
+fn in_transaction_request(method: &str, sent: &SentInvite, to: &str) -> Bytes {
+    let mut out = Vec::with_capacity(256 + sent.ruri.len() + sent.via.len() + sent.from.len());
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(sent.ruri.as_bytes());
+    out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+    out.extend_from_slice(sent.via.as_bytes());
+    out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: ");
+    out.extend_from_slice(sent.from.as_bytes());
+    out.extend_from_slice(b"\r\nTo: ");
+    out.extend_from_slice(to.as_bytes());
+    out.extend_from_slice(b"\r\nCall-ID: ");
+    out.extend_from_slice(sent.call_id.as_bytes());
+    out.extend_from_slice(b"\r\nCSeq: ");
+    write_u64(&mut out, u64::from(sent.cseq));
+    out.push(b' ');
+    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+    Bytes::from(out)
+}
+
+/// A BYE the proxy sends itself (maximum call duration) inside a dialog.
+pub(crate) struct OwnBye<'a> {
+    pub ruri: &'a str,
+    pub via: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    pub route: Option<&'a str>,
+}
+
+pub(crate) fn bye(b: &OwnBye<'_>) -> Bytes {
+    let mut out = Vec::with_capacity(320 + b.ruri.len() + b.from.len() + b.to.len());
+    out.extend_from_slice(b"BYE ");
+    out.extend_from_slice(b.ruri.as_bytes());
+    out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+    out.extend_from_slice(b.via.as_bytes());
+    out.extend_from_slice(b"\r\nMax-Forwards: 70\r\nFrom: ");
+    out.extend_from_slice(b.from.as_bytes());
+    out.extend_from_slice(b"\r\nTo: ");
+    out.extend_from_slice(b.to.as_bytes());
+    out.extend_from_slice(b"\r\nCall-ID: ");
+    out.extend_from_slice(b.call_id.as_bytes());
+    out.extend_from_slice(b"\r\nCSeq: ");
+    write_u64(&mut out, u64::from(b.cseq));
+    out.extend_from_slice(b" BYE\r\n");
+    if let Some(r) = b.route {
+        out.extend_from_slice(b"Route: ");
+        out.extend_from_slice(r.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Reason: SIP;cause=408;text=\"Maximum call duration\"\r\n");
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKabc;rport, SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKold\r\n\
+Route: <sip:192.0.2.1:5060;lr>, <sip:192.0.2.7;lr>\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@example.com>;tag=a1\r\n\
+To: <sip:bob@example.com>\r\n\
+Call-ID: c1\r\n\
+CSeq: 2 INVITE\r\n\
+Proxy-Authorization: Digest username=\"alice\"\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\
+\r\n\
+v=0\n";
+
+    #[test]
+    fn forwarded_invite_is_rewritten_and_parses() {
+        let msg = Message::parse(INVITE.as_bytes()).unwrap();
+        let out = forward_request(
+            &msg,
+            &Forward {
+                ruri: Some("sip:bob@10.0.0.2:5070"),
+                via: "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-dtx",
+                record_route: Some("<sip:192.0.2.1:5060;lr>"),
+                source: Source {
+                    addr: "203.0.113.5:40000".parse().unwrap(),
+                    reliable: false,
+                },
+                max_forwards: 69,
+                pop_routes: 1,
+                drop_proxy_authorization: true,
+            },
+        );
+        let text = std::str::from_utf8(&out).unwrap();
+        let fwd = Message::parse(&out).unwrap();
+        assert!(text.starts_with("INVITE sip:bob@10.0.0.2:5070 SIP/2.0\r\n"));
+        let vias: Vec<&str> = fwd.list(Name::Via).collect();
+        assert_eq!(vias.len(), 3);
+        assert!(vias[0].contains("z9hG4bK-dtx"));
+        assert!(vias[1].contains("received=203.0.113.5"), "{}", vias[1]);
+        assert!(vias[1].contains("rport=40000"), "{}", vias[1]);
+        assert_eq!(
+            fwd.list(Name::Route).collect::<Vec<_>>(),
+            ["<sip:192.0.2.7;lr>"]
+        );
+        assert_eq!(fwd.max_forwards().unwrap(), Some(69));
+        assert!(fwd.header(Name::ProxyAuthorization).is_none());
+        assert_eq!(
+            fwd.header(Name::RecordRoute),
+            Some("<sip:192.0.2.1:5060;lr>")
+        );
+        assert_eq!(fwd.body, b"v=0\n");
+    }
+
+    #[test]
+    fn relayed_response_loses_the_top_via_and_finds_the_next_hop() {
+        let resp = "SIP/2.0 180 Ringing\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-dtx, SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKabc;rport=40000;received=203.0.113.5\r\n\
+From: <sip:alice@example.com>;tag=a1\r\n\
+To: <sip:bob@example.com>;tag=b1\r\n\
+Call-ID: c1\r\n\
+CSeq: 2 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+        let msg = Message::parse(resp.as_bytes()).unwrap();
+        let out = strip_top_via(&msg).unwrap();
+        let relayed = Message::parse(&out).unwrap();
+        let top = relayed.top_via().unwrap();
+        assert_eq!(top.branch(), Some("z9hG4bKabc"));
+        assert_eq!(
+            response_destination(&top),
+            Some((Transport::Udp, "203.0.113.5:40000".parse().unwrap()))
+        );
+        // A response to our own request has nowhere to go.
+        let own = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-ds1\r\n\
+From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+        assert!(strip_top_via(&Message::parse(own.as_bytes()).unwrap()).is_none());
+    }
+
+    #[test]
+    fn ack_and_cancel_repeat_the_branch() {
+        let sent = SentInvite {
+            ruri: "sip:bob@10.0.0.2:5070".into(),
+            via: "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-dtx".into(),
+            from: "<sip:alice@example.com>;tag=a1".into(),
+            to: "<sip:bob@example.com>".into(),
+            call_id: "c1".into(),
+            cseq: 2,
+        };
+        let cancel = cancel_for(&sent);
+        let m = Message::parse(&cancel).unwrap();
+        assert_eq!(m.cseq().unwrap().method, "CANCEL");
+        assert_eq!(m.top_via().unwrap().branch(), Some("z9hG4bK-dtx"));
+        let ack = ack_for(&sent, "<sip:bob@example.com>;tag=b9");
+        let m = Message::parse(&ack).unwrap();
+        assert_eq!(m.to().unwrap().tag(), Some("b9"));
+        assert_eq!(m.cseq().unwrap().seq, 2);
+        assert_eq!(
+            uri_destination("sip:bob@10.0.0.2:5070;transport=tcp"),
+            Some((Transport::Tcp, "10.0.0.2:5070".parse().unwrap()))
+        );
+        assert_eq!(uri_destination("sip:bob@example.com"), None);
+    }
+}
