@@ -400,6 +400,16 @@ impl Core {
         // final response and INVITE retransmissions go to the call task.
         match method {
             Method::Ack if self.proxy.to_call(&key, CallInput::Ack) => return None,
+            Method::Ack
+                if self
+                    .shard(&key)
+                    .lock()
+                    .map(|t| t.contains(&key))
+                    .unwrap_or(false) =>
+            {
+                // The ACK of a final response we made (407, 404, 480, ...).
+                return None;
+            }
             Method::Invite if self.proxy.to_call(&key, CallInput::InviteAgain) => {
                 self.metrics.retransmission();
                 return None;

@@ -547,6 +547,10 @@ impl Proxy {
                 (None, StartLine::Request { uri, .. }) => uri,
                 _ => return None,
             };
+            // Never to ourselves (an ACK for a 407 we sent names us).
+            if self.is_ours(uri) {
+                return None;
+            }
             wire::uri_destination(uri)
         });
         let Some((transport, dest)) = target else {

@@ -342,6 +342,12 @@ impl ServerTransactions {
         }
     }
 
+    /// Whether a transaction with this key is live (an ACK for a final
+    /// response we sent to an INVITE matches it and is absorbed).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.map.contains_key(key)
+    }
+
     /// The transaction user gave up without a response (e.g. it dropped the
     /// request): forget the transaction.
     pub fn abandon(&mut self, key: &Key) {
