@@ -2,6 +2,7 @@
 //! domain's events by exhaustive matches: adding an event type to the
 //! domain without a mapping here fails to compile.
 
+use dialtone_domain::call::{Cause, Direction, HangupSide};
 use dialtone_domain::registration::Binding;
 use dialtone_domain::{domain, user, Event};
 
@@ -196,6 +197,84 @@ fn user_payload(e: user::Event) -> P {
             presence: presence(now) as i32,
             previous: presence(previous) as i32,
         }),
+        E::CallStarted {
+            call_id,
+            direction: d,
+            from,
+            to,
+            sip_call_id,
+            started_at,
+        } => P::CallStarted(pb::CallStarted {
+            call_id,
+            direction: direction(d) as i32,
+            from,
+            to,
+            sip_call_id,
+            started_at: timestamp(started_at),
+        }),
+        E::CallRinging { call_id } => P::CallRinging(pb::CallRinging { call_id }),
+        E::CallAnswered {
+            call_id,
+            contact,
+            answered_at,
+        } => P::CallAnswered(pb::CallAnswered {
+            call_id,
+            contact,
+            answered_at: timestamp(answered_at),
+        }),
+        E::CallEnded {
+            call_id,
+            cause: c,
+            hangup_side: side,
+            duration_ms,
+            ended_at,
+        } => P::CallEnded(pb::CallEnded {
+            call_id,
+            cause: cause(c) as i32,
+            hangup_side: hangup_side(side) as i32,
+            duration_ms,
+            ended_at: timestamp(ended_at),
+        }),
+        E::CallFailed {
+            call_id,
+            sip_status,
+            cause: c,
+            failed_at,
+        } => P::CallFailed(pb::CallFailed {
+            call_id,
+            sip_status: u32::from(sip_status),
+            cause: cause(c) as i32,
+            failed_at: timestamp(failed_at),
+        }),
+    }
+}
+
+pub fn direction(d: Direction) -> pb::CallDirection {
+    match d {
+        Direction::Outbound => pb::CallDirection::Outbound,
+        Direction::Inbound => pb::CallDirection::Inbound,
+    }
+}
+
+pub fn cause(c: Cause) -> pb::CallCause {
+    match c {
+        Cause::NormalClearing => pb::CallCause::NormalClearing,
+        Cause::OriginatorCancel => pb::CallCause::OriginatorCancel,
+        Cause::UserBusy => pb::CallCause::UserBusy,
+        Cause::NoAnswer => pb::CallCause::NoAnswer,
+        Cause::CallRejected => pb::CallCause::CallRejected,
+        Cause::NotFound => pb::CallCause::NotFound,
+        Cause::Unavailable => pb::CallCause::Unavailable,
+        Cause::Timeout => pb::CallCause::Timeout,
+        Cause::NodeRestart => pb::CallCause::NodeRestart,
+    }
+}
+
+pub fn hangup_side(side: HangupSide) -> pb::HangupSide {
+    match side {
+        HangupSide::Caller => pb::HangupSide::Caller,
+        HangupSide::Callee => pb::HangupSide::Callee,
+        HangupSide::System => pb::HangupSide::System,
     }
 }
 
@@ -222,6 +301,11 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::ContactExpired(_) => "ContactExpired",
         P::ContactReplaced(_) => "ContactReplaced",
         P::PresenceChanged(_) => "PresenceChanged",
+        P::CallStarted(_) => "CallStarted",
+        P::CallRinging(_) => "CallRinging",
+        P::CallAnswered(_) => "CallAnswered",
+        P::CallEnded(_) => "CallEnded",
+        P::CallFailed(_) => "CallFailed",
     })
 }
 

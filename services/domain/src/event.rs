@@ -102,6 +102,11 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("ContactExpired", EventCategory::Registration),
     ("ContactReplaced", EventCategory::Registration),
     ("PresenceChanged", EventCategory::Presence),
+    ("CallStarted", EventCategory::Call),
+    ("CallRinging", EventCategory::Call),
+    ("CallAnswered", EventCategory::Call),
+    ("CallEnded", EventCategory::Call),
+    ("CallFailed", EventCategory::Call),
 ];
 
 /// The event types of the domain stream (`domain-{uuid}`); every other type
@@ -342,6 +347,11 @@ impl Event {
                 user::Event::ContactExpired { .. } => "ContactExpired",
                 user::Event::ContactReplaced { .. } => "ContactReplaced",
                 user::Event::PresenceChanged { .. } => "PresenceChanged",
+                user::Event::CallStarted { .. } => "CallStarted",
+                user::Event::CallRinging { .. } => "CallRinging",
+                user::Event::CallAnswered { .. } => "CallAnswered",
+                user::Event::CallEnded { .. } => "CallEnded",
+                user::Event::CallFailed { .. } => "CallFailed",
             },
         }
     }

@@ -4,9 +4,9 @@
 //! Identifiers and names ([`ids`], [`names`]), digest credentials
 //! ([`credentials`]), the two aggregates — [`domain::Domain`] (a SIP domain
 //! and the uniqueness of user names inside it) and [`user::User`] (a SIP
-//! user: credentials, settings, registered contacts and presence, with the
-//! registrar's binding rules in [`registration`]) — with their commands and
-//! events, and the
+//! user: credentials, settings, registered contacts, call legs and presence,
+//! with the registrar's binding rules in [`registration`] and the call-leg
+//! rules in [`call`]) — with their commands and events, and the
 //! mapping of events to stored `(type, schema_version, data)` triples
 //! ([`event`]).
 //!
@@ -21,6 +21,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod call;
 pub mod credentials;
 pub mod domain;
 pub mod event;

@@ -63,14 +63,18 @@
 //!
 //! # Presence
 //!
-//! Presence follows the binding set: it becomes [`Presence::Online`] when
-//! the first binding appears (only from [`Presence::Offline`]) and
-//! [`Presence::Offline`] when the last one goes, in the same decision as the
-//! binding change. So `presence == Offline` exactly when there is no
-//! binding. `Ringing`, `OnCall` and `Dnd` are for the call features.
+//! Presence is a function of the bindings and the call legs in progress,
+//! [`presence_of`], and every decision that changes either appends a
+//! [`Event::PresenceChanged`] when the result changes. Without calls it
+//! follows the binding set: [`Presence::Online`] when the first binding
+//! appears and [`Presence::Offline`] when the last one goes, so
+//! `presence == Offline` exactly when there is no binding and no call in
+//! progress. `Ringing` and `OnCall` come from the legs ([`crate::call`]);
+//! `Dnd` is reserved.
 
 use serde::{Deserialize, Serialize};
 
+use crate::call::{Direction, LegState, Legs};
 use crate::user::{Event, Status, User};
 use crate::{Error, Result, Timestamp};
 
@@ -531,22 +535,40 @@ impl Decision {
         self.events.push(event);
     }
 
-    /// The events, plus `PresenceChanged` when the binding set went from
-    /// empty to non-empty or back.
+    /// The events, plus `PresenceChanged` when the bindings they lead to
+    /// (with the user's legs) give another presence.
     fn finish(mut self, state: &User) -> Vec<Event> {
-        let (had, has) = (!state.bindings.is_empty(), !self.bindings.is_empty());
-        let next = match state.presence {
-            Presence::Offline if has && !had => Some(Presence::Online),
-            current if had && !has && current != Presence::Offline => Some(Presence::Offline),
-            _ => None,
-        };
-        if let Some(presence) = next {
+        let presence = presence_of(&self.bindings, &state.calls);
+        if presence != state.presence {
             self.events.push(Event::PresenceChanged {
                 presence,
                 previous: state.presence,
             });
         }
         self.events
+    }
+}
+
+/// A user's presence, as a function of its bindings and its legs in
+/// progress (the one place this is decided, for registrations and calls
+/// alike): [`Presence::OnCall`] while any leg is answered,
+/// [`Presence::Ringing`] while an inbound leg rings and none is answered,
+/// otherwise [`Presence::Online`] with a binding and [`Presence::Offline`]
+/// without. A contact that expires during a call therefore leaves the user
+/// on the call, and the user goes offline only when the call ends.
+pub fn presence_of(bindings: &[Binding], calls: &Legs) -> Presence {
+    let legs = &calls.in_progress;
+    if legs.iter().any(|l| l.state == LegState::Answered) {
+        Presence::OnCall
+    } else if legs
+        .iter()
+        .any(|l| l.direction == Direction::Inbound && l.state == LegState::Ringing)
+    {
+        Presence::Ringing
+    } else if bindings.is_empty() {
+        Presence::Offline
+    } else {
+        Presence::Online
     }
 }
 

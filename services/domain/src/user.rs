@@ -1,9 +1,11 @@
 //! The `User` aggregate: a SIP user, its credentials and settings, its
-//! registered contacts (bindings) and its presence. The binding rules live
-//! in [`crate::registration`].
+//! registered contacts (bindings), its call legs and its presence. The
+//! binding rules live in [`crate::registration`], the call-leg rules in
+//! [`crate::call`].
 
 use serde::{Deserialize, Serialize};
 
+use crate::call::{self, CallStep, Cause, Direction, HangupSide, Legs};
 use crate::credentials::{Credentials, PasswordPolicy};
 use crate::registration::{self, Binding, Key, Register};
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
@@ -45,10 +47,13 @@ pub struct User {
     /// [`Key`]. (`default`: snapshots from before registration load.)
     #[serde(default)]
     pub bindings: Vec<Binding>,
-    /// Offline exactly when `bindings` is empty (see
-    /// [`crate::registration`]).
+    /// Always [`registration::presence_of`] the bindings and the legs.
     #[serde(default)]
     pub presence: Presence,
+    /// Call legs in progress (and the last finished `call_id`s).
+    /// (`default`: snapshots from before calls load.)
+    #[serde(default)]
+    pub calls: Legs,
 }
 
 impl User {
@@ -147,6 +152,9 @@ pub enum Command {
     /// Expires every binding with `expires_at <= now`. Never refused; emits
     /// nothing when nothing has expired.
     ExpireContacts,
+    /// A step of one of the user's call legs, from the SIP proxy; see
+    /// [`crate::call`] for the rules (repeated steps emit nothing).
+    Call(Box<CallStep>),
 }
 
 impl std::fmt::Debug for Command {
@@ -170,6 +178,7 @@ impl std::fmt::Debug for Command {
             Command::Delete { reason } => f.debug_struct("Delete").field("reason", reason).finish(),
             Command::Register(register) => f.debug_tuple("Register").field(register).finish(),
             Command::ExpireContacts => f.write_str("ExpireContacts"),
+            Command::Call(step) => f.debug_tuple("Call").field(step).finish(),
         }
     }
 }
@@ -253,6 +262,42 @@ pub enum Event {
     PresenceChanged {
         presence: Presence,
         previous: Presence,
+    },
+    /// A call leg began (see [`crate::call`]).
+    CallStarted {
+        call_id: String,
+        direction: Direction,
+        from: String,
+        to: String,
+        sip_call_id: String,
+        started_at: Timestamp,
+    },
+    /// The callee of the leg's call alerts.
+    CallRinging {
+        call_id: String,
+    },
+    /// The leg's call was answered by `contact`.
+    CallAnswered {
+        call_id: String,
+        contact: String,
+        answered_at: Timestamp,
+    },
+    /// The leg ended; `duration_ms` runs from answer to end (0 if never
+    /// answered).
+    CallEnded {
+        call_id: String,
+        cause: Cause,
+        hangup_side: HangupSide,
+        duration_ms: u64,
+        ended_at: Timestamp,
+    },
+    /// The leg failed with a final non-2xx status (0: none, e.g. a leg
+    /// closed at start-up).
+    CallFailed {
+        call_id: String,
+        sip_status: u16,
+        cause: Cause,
+        failed_at: Timestamp,
     },
 }
 
@@ -401,6 +446,7 @@ pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Eve
         }
         Command::Register(register) => registration::decide_register(state, register, now),
         Command::ExpireContacts => Ok(registration::decide_expire(state, now)),
+        Command::Call(step) => call::decide(state, step, now),
     }
 }
 
@@ -441,6 +487,7 @@ pub fn evolve(mut state: User, event: &Event) -> User {
                 created_at: *created_at,
                 bindings: Vec::new(),
                 presence: Presence::Offline,
+                calls: Legs::default(),
             };
         }
         Event::PasswordChanged { credentials } => state.credentials = Some(credentials.clone()),
@@ -462,6 +509,11 @@ pub fn evolve(mut state: User, event: &Event) -> User {
         | Event::ContactExpired { .. }
         | Event::ContactReplaced { .. } => registration::apply(&mut state.bindings, event),
         Event::PresenceChanged { presence, .. } => state.presence = *presence,
+        Event::CallStarted { .. }
+        | Event::CallRinging { .. }
+        | Event::CallAnswered { .. }
+        | Event::CallEnded { .. }
+        | Event::CallFailed { .. } => state.calls.apply(event),
     }
     state
 }

@@ -8,6 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dialtone_domain::call::{
+    CallStep, Cause, Direction, HangupSide, LegState, MAX_LEGS_IN_PROGRESS,
+};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::registration::{
@@ -452,7 +455,157 @@ fn user_command() -> impl Strategy<Value = user::Command> {
         1 => option::of(text(user::MAX_REASON_LEN)).prop_map(|reason| C::Delete { reason }),
         6 => register().prop_map(|r| C::Register(Box::new(r))),
         2 => Just(C::ExpireContacts),
+        4 => call_step().prop_map(|s| C::Call(Box::new(s))),
     ]
+}
+
+// ---------------------------------------------------------------- calls
+
+/// Call steps over a small pool of call ids, so that steps meet the same
+/// legs again (repetitions, steps after the end, out of order).
+fn call_step() -> impl Strategy<Value = CallStep> {
+    let call_id = prop_oneof![8 => select(&["c1", "c2", "c3", "c4"][..]), 1 => Just(" ")]
+        .prop_map(str::to_owned);
+    let cause = select(&Cause::ALL[..]);
+    let side = select(&[HangupSide::Caller, HangupSide::Callee, HangupSide::System][..]);
+    prop_oneof![
+        3 => (call_id.clone(), any::<bool>(), select(&["sip-1", "sip-2", ""][..])).prop_map(
+            |(call_id, inbound, sip_call_id)| CallStep::Start {
+                call_id,
+                direction: if inbound { Direction::Inbound } else { Direction::Outbound },
+                from: "alice@example.com".to_owned(),
+                to: "bob@example.com".to_owned(),
+                sip_call_id: sip_call_id.to_owned(),
+            }
+        ),
+        2 => call_id.clone().prop_map(|call_id| CallStep::Ringing { call_id }),
+        2 => (call_id.clone(), select(&["sip:bob@192.0.2.20", "", "a\nb"][..]))
+            .prop_map(|(call_id, contact)| CallStep::Answer {
+                call_id,
+                contact: contact.to_owned(),
+            }),
+        2 => (call_id.clone(), cause.clone(), side).prop_map(|(call_id, cause, side)| {
+            CallStep::End { call_id, cause, side }
+        }),
+        2 => (call_id, prop_oneof![Just(0u16), 300u16..700, Just(700u16)], cause).prop_map(
+            |(call_id, sip_status, cause)| CallStep::Fail { call_id, sip_status, cause }
+        ),
+    ]
+}
+
+fn call_step_valid(step: &CallStep) -> bool {
+    let ok = |s: &str| !s.trim().is_empty() && !s.chars().any(char::is_control);
+    ok(step.call_id())
+        && match step {
+            CallStep::Start {
+                from,
+                to,
+                sip_call_id,
+                ..
+            } => ok(from) && ok(to) && ok(sip_call_id),
+            CallStep::Answer { contact, .. } => !contact.chars().any(char::is_control),
+            CallStep::Fail { sip_status, .. } => *sip_status <= 699,
+            _ => true,
+        }
+}
+
+/// Checks the events of a call step against the leg it addressed.
+fn check_call_step(before: &User, after: &User, step: &CallStep, now: i64, events: &[user::Event]) {
+    use user::Event as E;
+    let call_events: Vec<&user::Event> = events
+        .iter()
+        .filter(|e| !matches!(e, E::PresenceChanged { .. }))
+        .collect();
+    assert!(call_events.len() <= 1, "{events:?}");
+    let leg = before.calls.get(step.call_id());
+    let expected = match (step, leg) {
+        (CallStep::Start { .. }, None) if !before.calls.is_finished(step.call_id()) => {
+            before.calls.in_progress.len() < MAX_LEGS_IN_PROGRESS
+        }
+        (CallStep::Ringing { .. }, Some(leg)) => leg.state == LegState::Trying,
+        (CallStep::Answer { .. }, Some(leg)) => leg.state != LegState::Answered,
+        (CallStep::End { .. } | CallStep::Fail { .. }, Some(_)) => true,
+        _ => false,
+    };
+    assert_eq!(
+        call_events.len(),
+        usize::from(expected),
+        "{step:?} on {:?}: {events:?}",
+        before.calls
+    );
+    if let (
+        CallStep::End { .. },
+        Some(leg),
+        Some(E::CallEnded {
+            duration_ms,
+            ended_at,
+            ..
+        }),
+    ) = (step, leg, call_events.first())
+    {
+        let expected_ms = leg
+            .answered_at
+            .map(|at| ((now - at) / 1000) as u64)
+            .unwrap_or(0);
+        assert_eq!(*duration_ms, expected_ms);
+        assert_eq!(*ended_at, now);
+    }
+    if matches!(step, CallStep::End { .. } | CallStep::Fail { .. }) && expected {
+        assert!(after.calls.get(step.call_id()).is_none());
+        assert!(after.calls.is_finished(step.call_id()));
+    }
+    assert_eq!(after.bindings, before.bindings);
+}
+
+/// Over all the events of a stream: every call event is for a leg started
+/// before and not yet finished, each leg rings and answers at most once
+/// (never ringing after the answer), and ends at most once.
+fn check_call_history(events: &[user::Event]) {
+    use user::Event as E;
+    #[derive(Default)]
+    struct Seen {
+        rang: bool,
+        answered: bool,
+        finished: bool,
+    }
+    let mut legs: BTreeMap<String, Seen> = BTreeMap::new();
+    for event in events {
+        let (call_id, seen_ok): (&str, fn(&mut Seen) -> bool) = match event {
+            E::UserCreated { .. } => {
+                legs.clear();
+                continue;
+            }
+            E::CallStarted { call_id, .. } => {
+                assert!(!legs.contains_key(call_id), "{call_id} started twice");
+                legs.insert(call_id.clone(), Seen::default());
+                continue;
+            }
+            E::CallRinging { call_id } => (call_id, |s| {
+                let ok = !s.rang && !s.answered;
+                s.rang = true;
+                ok
+            }),
+            E::CallAnswered { call_id, .. } => (call_id, |s| {
+                let ok = !s.answered;
+                s.answered = true;
+                ok
+            }),
+            E::CallEnded { call_id, .. } | E::CallFailed { call_id, .. } => (call_id, |s| {
+                let ok = !s.finished;
+                s.finished = true;
+                ok
+            }),
+            _ => continue,
+        };
+        let seen = legs
+            .get_mut(call_id)
+            .unwrap_or_else(|| panic!("{event:?} for a leg never started"));
+        assert!(
+            !seen.finished || matches!(event, E::CallEnded { .. } | E::CallFailed { .. }),
+            "{event:?} after the leg finished"
+        );
+        assert!(seen_ok(seen), "{event:?} repeats a step of its leg");
+    }
 }
 
 // ---------------------------------------------------------------- registration
@@ -544,6 +697,7 @@ fn registration_steps() -> impl Strategy<Value = Vec<(user::Command, i64)>> {
             C::Update { patch: Patch { max_contacts, enabled, ..Patch::default() } }
         }),
         1 => Just(C::Delete { reason: None }),
+        10 => call_step().prop_map(|s| C::Call(Box::new(s))),
     ];
     let delta = prop_oneof![4 => 0i64..5_000_000, 1 => 0i64..600_000_000];
     (1u32..=4, vec((command, delta), 0..60)).prop_map(|(max_contacts, steps)| {
@@ -706,8 +860,8 @@ fn check_register(
     }
 }
 
-/// Presence events: at most one, last, exactly when the binding set became
-/// empty or non-empty.
+/// Presence events: at most one, last, exactly when the presence computed
+/// from bindings and legs changed.
 fn check_presence_events(before: &User, after: &User, events: &[user::Event]) {
     let changes: Vec<usize> = events
         .iter()
@@ -715,8 +869,15 @@ fn check_presence_events(before: &User, after: &User, events: &[user::Event]) {
         .filter(|(_, e)| matches!(e, user::Event::PresenceChanged { .. }))
         .map(|(i, _)| i)
         .collect();
-    let flipped = before.bindings.is_empty() != after.bindings.is_empty();
-    assert_eq!(changes.len(), usize::from(flipped), "{events:?}");
+    let changed = before.presence != after.presence;
+    assert_eq!(changes.len(), usize::from(changed), "{events:?}");
+    if before.calls.is_empty() && after.calls.is_empty() {
+        let flipped = before.bindings.is_empty() != after.bindings.is_empty();
+        assert_eq!(
+            changed, flipped,
+            "without calls, presence follows the bindings"
+        );
+    }
     if let Some(i) = changes.first() {
         assert_eq!(*i, events.len() - 1, "PresenceChanged is not last");
     }
@@ -770,16 +931,50 @@ fn check_user_state(state: &User) {
         );
     }
     assert_eq!(
-        state.presence == Presence::Offline,
-        state.bindings.is_empty(),
-        "presence {:?} with {} bindings",
         state.presence,
-        state.bindings.len()
+        registration::presence_of(&state.bindings, &state.calls),
+        "presence is not the function of bindings and legs: {state:?}"
     );
-    assert!(matches!(
+    assert_eq!(
+        state.presence == Presence::Offline,
+        state.bindings.is_empty()
+            && !state.calls.in_progress.iter().any(|l| {
+                l.state == LegState::Answered
+                    || (l.state == LegState::Ringing && l.direction == Direction::Inbound)
+            }),
+        "presence {:?} with {} bindings and legs {:?}",
         state.presence,
-        Presence::Offline | Presence::Online
-    ));
+        state.bindings.len(),
+        state.calls.in_progress
+    );
+    assert_ne!(state.presence, Presence::Dnd);
+
+    // Calls.
+    assert!(state.calls.in_progress.len() <= MAX_LEGS_IN_PROGRESS);
+    let ids: BTreeSet<&str> = state
+        .calls
+        .in_progress
+        .iter()
+        .map(|l| l.call_id.as_str())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        state.calls.in_progress.len(),
+        "two legs with one call_id"
+    );
+    for leg in &state.calls.in_progress {
+        assert!(
+            !state.calls.is_finished(&leg.call_id),
+            "finished leg in progress: {leg:?}"
+        );
+        assert_eq!(
+            leg.state == LegState::Answered,
+            leg.answered_at.is_some(),
+            "{leg:?}"
+        );
+        assert_eq!(leg.answered_at.is_some(), leg.contact.is_some(), "{leg:?}");
+        assert!(leg.answered_at.is_none_or(|at| at >= leg.started_at));
+    }
     let keys: BTreeSet<Key> = state.bindings.iter().map(|b| b.key()).collect();
     assert_eq!(
         keys.len(),
@@ -836,6 +1031,27 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 };
                 assert_eq!(got, expected, "{command:?} on {state:?} gave {r:?}");
             }
+            (S::Absent, C::Call(_), r) => assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}"),
+            (S::Active | S::Deleted, C::Call(step), r) => {
+                let expected = if !call_step_valid(step) {
+                    "invalid"
+                } else if state.status == S::Deleted
+                    && matches!(**step, CallStep::Start { .. })
+                    && state.calls.get(step.call_id()).is_none()
+                    && !state.calls.is_finished(step.call_id())
+                {
+                    "failed precondition"
+                } else {
+                    "ok"
+                };
+                let got = match r {
+                    Ok(_) => "ok",
+                    Err(Error::FailedPrecondition(_)) => "failed precondition",
+                    Err(Error::Invalid { .. }) => "invalid",
+                    Err(_) => "other",
+                };
+                assert_eq!(got, expected, "{command:?} on {state:?} gave {r:?}");
+            }
             (S::Deleted, _, Ok(events)) => panic!("deleted user accepted {command:?}: {events:?}"),
             (S::Absent, C::Create { .. }, _) => {}
             (S::Absent, _, r) => assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}"),
@@ -853,6 +1069,14 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 C::Delete { .. } => &["reason"],
                 C::Register(_) => &["call_id", "contact", "q"],
                 C::ExpireContacts => &[],
+                C::Call(_) => &[
+                    "call_id",
+                    "from",
+                    "to",
+                    "sip_call_id",
+                    "contact",
+                    "sip_status",
+                ],
             };
             assert!(
                 expected.contains(field),
@@ -934,7 +1158,14 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 assert_eq!(state.credentials.as_ref(), Some(&expected));
                 assert_eq!(expected.set_at, *now);
             }
-            C::Delete { .. } => assert_eq!(state.status, S::Deleted),
+            C::Delete { .. } => {
+                assert_eq!(state.status, S::Deleted);
+                assert_eq!(
+                    state.calls, before.calls,
+                    "deleting leaves legs to the proxy"
+                );
+            }
+            C::Call(step) => check_call_step(&before, &state, step, *now, &events),
             C::Register(request) => check_register(&before, &state, request, *now, &events),
             C::ExpireContacts => {
                 assert!(state.bindings.iter().all(|b| b.expires_at > *now));
@@ -951,11 +1182,14 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
             }
         }
         let registration_changed = before.bindings != state.bindings;
-        if registration_changed || matches!(command, C::Register(_) | C::ExpireContacts) {
+        if registration_changed
+            || matches!(command, C::Register(_) | C::ExpireContacts | C::Call(_))
+        {
             check_presence_events(&before, &state, &events);
         }
         all.extend(events);
     }
+    check_call_history(&all);
     (state, all)
 }
 

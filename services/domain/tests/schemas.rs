@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
+use dialtone_domain::call::{CallStep, Cause, Direction, HangupSide};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{current_schema_version, EVENT_TYPES};
@@ -367,6 +368,68 @@ fn user_events_from_decide() -> Vec<Event> {
     let emitted = user::decide(&state, &C::Delete { reason: None }, T0 + 10).unwrap();
     events.extend(emitted.into_iter().map(Event::User));
     events.extend(registration_events_from_decide(&state));
+    events.extend(call_events_from_decide(&state));
+    events
+}
+
+/// Call-leg and presence events produced by `decide` for `created`,
+/// covering every call variant, cause and hang-up side.
+fn call_events_from_decide(created: &User) -> Vec<Event> {
+    use user::Command as C;
+    let sec = 1_000_000;
+    let step = |s: CallStep| C::Call(Box::new(s));
+    let start = |call_id: &str, direction| {
+        step(CallStep::Start {
+            call_id: call_id.to_owned(),
+            direction,
+            from: "alice@example.com".to_owned(),
+            to: "bob@example.com".to_owned(),
+            sip_call_id: format!("{call_id}@192.0.2.10"),
+        })
+    };
+    let mut commands = vec![
+        start("6f1c2b8e-5d7a-4c3e-9a41-2f0d8b6e1c57", Direction::Inbound),
+        step(CallStep::Ringing {
+            call_id: "6f1c2b8e-5d7a-4c3e-9a41-2f0d8b6e1c57".to_owned(),
+        }),
+        step(CallStep::Answer {
+            call_id: "6f1c2b8e-5d7a-4c3e-9a41-2f0d8b6e1c57".to_owned(),
+            contact: "sip:alice@192.0.2.10:5060".to_owned(),
+        }),
+        step(CallStep::End {
+            call_id: "6f1c2b8e-5d7a-4c3e-9a41-2f0d8b6e1c57".to_owned(),
+            cause: Cause::NormalClearing,
+            side: HangupSide::Callee,
+        }),
+    ];
+    let sides = [HangupSide::Caller, HangupSide::Callee, HangupSide::System];
+    for (i, cause) in Cause::ALL.into_iter().enumerate() {
+        let call_id = format!("call-{i}");
+        commands.push(start(&call_id, Direction::Outbound));
+        commands.push(if i % 2 == 0 {
+            step(CallStep::End {
+                call_id,
+                cause,
+                side: sides[i % 3],
+            })
+        } else {
+            step(CallStep::Fail {
+                call_id,
+                sip_status: if i == 1 { 0 } else { 400 + i as u16 },
+                cause,
+            })
+        });
+    }
+    let mut state = created.clone();
+    let mut now = T0 + 10_000 * sec;
+    let mut events = Vec::new();
+    for command in commands {
+        let emitted = user::decide(&state, &command, now).unwrap();
+        assert!(!emitted.is_empty(), "{command:?} emitted nothing");
+        state = emitted.iter().fold(state, user::evolve);
+        events.extend(emitted.into_iter().map(Event::User));
+        now += sec;
+    }
     events
 }
 
@@ -720,6 +783,70 @@ fn hand_made_events() -> Vec<Event> {
             previous: Presence::Dnd,
         }
         .into(),
+        U::CallStarted {
+            call_id: "6f1c2b8e-5d7a-4c3e-9a41-2f0d8b6e1c57".to_owned(),
+            direction: Direction::Outbound,
+            from: "%41lice@pbx".to_owned(),
+            to: "+4930123456@example.com".to_owned(),
+            sip_call_id: "a84b4c76e66710@pc33.atlanta.example.com".to_owned(),
+            started_at: 0,
+        }
+        .into(),
+        U::CallStarted {
+            call_id: "x".repeat(1024),
+            direction: Direction::Inbound,
+            from: "é".repeat(1024),
+            to: "b@c".to_owned(),
+            sip_call_id: "1".to_owned(),
+            started_at: i64::MAX,
+        }
+        .into(),
+        U::CallRinging {
+            call_id: "c".to_owned(),
+        }
+        .into(),
+        U::CallAnswered {
+            call_id: "c".to_owned(),
+            contact: String::new(),
+            answered_at: T0,
+        }
+        .into(),
+        U::CallAnswered {
+            call_id: "c".to_owned(),
+            contact: "sip:bob@[2001:db8::1]:5060;transport=tls;ob".to_owned(),
+            answered_at: 0,
+        }
+        .into(),
+        U::CallEnded {
+            call_id: "c".to_owned(),
+            cause: Cause::NodeRestart,
+            hangup_side: HangupSide::System,
+            duration_ms: 0,
+            ended_at: T0,
+        }
+        .into(),
+        U::CallEnded {
+            call_id: "c".to_owned(),
+            cause: Cause::NormalClearing,
+            hangup_side: HangupSide::Caller,
+            duration_ms: u64::MAX,
+            ended_at: i64::MAX,
+        }
+        .into(),
+        U::CallFailed {
+            call_id: "c".to_owned(),
+            sip_status: 0,
+            cause: Cause::NodeRestart,
+            failed_at: T0,
+        }
+        .into(),
+        U::CallFailed {
+            call_id: "c".to_owned(),
+            sip_status: 699,
+            cause: Cause::CallRejected,
+            failed_at: 0,
+        }
+        .into(),
     ]
 }
 
@@ -852,6 +979,16 @@ fn missing_required_fields_are_rejected() {
         ("ContactExpired", "expired_at"),
         ("ContactReplaced", "replaced_by"),
         ("PresenceChanged", "previous"),
+        ("CallStarted", "direction"),
+        ("CallStarted", "sip_call_id"),
+        ("CallStarted", "started_at"),
+        ("CallRinging", "call_id"),
+        ("CallAnswered", "answered_at"),
+        ("CallEnded", "cause"),
+        ("CallEnded", "hangup_side"),
+        ("CallEnded", "duration_ms"),
+        ("CallFailed", "sip_status"),
+        ("CallFailed", "failed_at"),
     ] {
         assert_rejected(event_type, without(sample(event_type), field));
     }
@@ -1092,6 +1229,33 @@ fn malformed_values_are_rejected() {
             "/binding/user_agent",
             json!(null),
         ),
+    );
+    for bad in ["NormalClearing", "busy", "", "node-restart"] {
+        assert_rejected("CallEnded", with(sample("CallEnded"), "/cause", json!(bad)));
+        assert_rejected(
+            "CallFailed",
+            with(sample("CallFailed"), "/cause", json!(bad)),
+        );
+    }
+    assert_rejected(
+        "CallStarted",
+        with(sample("CallStarted"), "/direction", json!("in")),
+    );
+    assert_rejected(
+        "CallStarted",
+        with(sample("CallStarted"), "/call_id", json!("")),
+    );
+    assert_rejected(
+        "CallEnded",
+        with(sample("CallEnded"), "/hangup_side", json!("both")),
+    );
+    assert_rejected(
+        "CallEnded",
+        with(sample("CallEnded"), "/duration_ms", json!(-1)),
+    );
+    assert_rejected(
+        "CallFailed",
+        with(sample("CallFailed"), "/sip_status", json!(700)),
     );
 }
 
