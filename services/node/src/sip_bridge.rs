@@ -4,11 +4,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dialtone_actors::{Meta, Provisioning, UserFacts};
+use dialtone_domain::call::{self, CallStep as Step};
 use dialtone_domain::registration::{ContactChange, Register};
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
 use dialtone_sip::backend::{
-    BackendError, CallRoute, CurrentContact, Lookup, RegisterOutcome, RegisterRequest, Registry,
-    RouteTarget, Transport, UserCredentials,
+    BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, CurrentContact,
+    HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RouteTarget, Transport,
+    UserCredentials,
 };
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
@@ -74,6 +76,85 @@ impl ActorRegistry {
             .await
             .map_err(unavailable)?;
         Ok(directory.facts().user(id))
+    }
+}
+
+impl ActorRegistry {
+    /// Records one step of one leg on the user's actor (durable when it
+    /// returns). A user deleted meanwhile has no leg to record.
+    async fn record_leg(&self, record: CallRecord) -> Result<(), BackendError> {
+        let Resolved::User(_, id) = self.resolve(&record.domain, &record.user).await? else {
+            return Ok(());
+        };
+        let call_id = record.call_id;
+        let step = match record.step {
+            CallStep::Start {
+                direction,
+                from,
+                to,
+                sip_call_id,
+            } => Step::Start {
+                call_id,
+                direction: match direction {
+                    CallDirection::Outbound => call::Direction::Outbound,
+                    CallDirection::Inbound => call::Direction::Inbound,
+                },
+                from,
+                to,
+                sip_call_id,
+            },
+            CallStep::Ringing => Step::Ringing { call_id },
+            CallStep::Answer { contact } => Step::Answer { call_id, contact },
+            CallStep::End { cause, side } => Step::End {
+                call_id,
+                cause: cause_of(cause),
+                side: match side {
+                    HangupSide::Caller => call::HangupSide::Caller,
+                    HangupSide::Callee => call::HangupSide::Callee,
+                    HangupSide::System => call::HangupSide::System,
+                },
+            },
+            CallStep::Fail { sip_status, cause } => Step::Fail {
+                call_id,
+                sip_status,
+                cause: cause_of(cause),
+            },
+        };
+        let result = self
+            .provisioning
+            .directory()
+            .execute_user(
+                id,
+                user::Command::Call(Box::new(step)),
+                Meta {
+                    correlation_id: Some(record.sip_call_id),
+                    ..Meta::default()
+                },
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // The user was deleted (or hit a domain limit) meanwhile: the
+            // call goes on, its leg is not recorded, and that is logged.
+            Err(dialtone_actors::Error::Domain(e)) => {
+                tracing::warn!(error = %e, "call step not recorded");
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+fn cause_of(cause: CallCause) -> call::Cause {
+    match cause {
+        CallCause::NormalClearing => call::Cause::NormalClearing,
+        CallCause::OriginatorCancel => call::Cause::OriginatorCancel,
+        CallCause::UserBusy => call::Cause::UserBusy,
+        CallCause::NoAnswer => call::Cause::NoAnswer,
+        CallCause::CallRejected => call::Cause::CallRejected,
+        CallCause::NotFound => call::Cause::NotFound,
+        CallCause::Unavailable => call::Cause::Unavailable,
+        CallCause::Timeout => call::Cause::Timeout,
     }
 }
 
@@ -262,6 +343,24 @@ impl Registry for ActorRegistry {
         } else {
             CallRoute::Contacts(targets)
         })
+    }
+
+    async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
+        // The legs of one step go to two actors: concurrently.
+        let mut records = records.into_iter();
+        match (records.next(), records.next()) {
+            (Some(a), Some(b)) => {
+                let (ra, rb) = tokio::join!(self.record_leg(a), self.record_leg(b));
+                ra?;
+                rb?;
+            }
+            (Some(a), None) => self.record_leg(a).await?,
+            _ => {}
+        }
+        for more in records {
+            self.record_leg(more).await?;
+        }
+        Ok(())
     }
 
     async fn contacts(
