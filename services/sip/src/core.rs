@@ -867,6 +867,7 @@ impl Core {
             sip_call_id,
             caller,
             callee,
+            dialled: format!("{callee_user}@{callee_domain}"),
         };
         let (code, cause) = match route {
             CallRoute::Contacts(targets) if !targets.is_empty() => {

@@ -80,8 +80,11 @@ pub(crate) struct Legs {
     pub sip_call_id: String,
     /// `(domain, user)` of the caller.
     pub caller: (String, String),
-    /// `(domain, user)` of the callee, when the callee is a user here.
+    /// `(domain, user)` of the callee, when the callee's leg is recorded
+    /// (a user here).
     pub callee: Option<(String, String)>,
+    /// `user@domain` dialled (the callee, also when it has no leg).
+    pub dialled: String,
 }
 
 impl Legs {
@@ -105,11 +108,7 @@ impl Legs {
 
     pub fn start(&self) -> Vec<CallRecord> {
         let from = format!("{}@{}", self.caller.1, self.caller.0);
-        let to = self
-            .callee
-            .as_ref()
-            .map(|(d, u)| format!("{u}@{d}"))
-            .unwrap_or_default();
+        let to = self.dialled.clone();
         self.records(|direction| CallStep::Start {
             direction,
             from: from.clone(),

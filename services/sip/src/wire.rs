@@ -55,15 +55,24 @@ pub(crate) fn forward_request(msg: &Message<'_>, f: &Forward<'_>) -> Bytes {
     out.extend_from_slice(b" SIP/2.0\r\nVia: ");
     out.extend_from_slice(f.via.as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(rr) = f.record_route {
-        out.extend_from_slice(b"Record-Route: ");
-        out.extend_from_slice(rr.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    // Our Record-Route goes after the Via block (some UAs expect the Via
+    // lines together) and before any other Record-Route (ours is the top
+    // one, RFC 3261 s.16.6 step 4).
+    let mut record_route = f.record_route;
+    let mut write_record_route = |out: &mut Vec<u8>| {
+        if let Some(rr) = record_route.take() {
+            out.extend_from_slice(b"Record-Route: ");
+            out.extend_from_slice(rr.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    };
     let mut first_via = true;
     let mut routes_to_pop = f.pop_routes;
     let mut wrote_max_forwards = false;
     for h in &msg.headers {
+        if h.name != Name::Via {
+            write_record_route(&mut out);
+        }
         match h.name {
             Name::Via if first_via => {
                 first_via = false;
@@ -114,6 +123,7 @@ pub(crate) fn forward_request(msg: &Message<'_>, f: &Forward<'_>) -> Bytes {
             }
         }
     }
+    write_record_route(&mut out);
     if !wrote_max_forwards {
         out.extend_from_slice(b"Max-Forwards: ");
         write_u64(&mut out, u64::from(f.max_forwards));

@@ -265,6 +265,7 @@ pub struct Sipp {
     calls: usize,
     rate: u32,
     timeout_secs: u64,
+    local_port: Option<u16>,
 }
 
 /// What a SIPp run reported.
@@ -314,6 +315,7 @@ impl Sipp {
             calls: 1,
             rate: 1000,
             timeout_secs: 30,
+            local_port: None,
         }
     }
 
@@ -343,6 +345,24 @@ impl Sipp {
         self
     }
 
+    /// `-p port`: binds this local port instead of a free one picked for
+    /// each attempt (a UAS on the port a registered contact points at).
+    pub fn local_port(mut self, port: u16) -> Self {
+        self.local_port = Some(port);
+        self
+    }
+
+    /// `-timeout`: the whole run fails after `secs` (default 30).
+    pub fn timeout_secs(mut self, secs: u64) -> Self {
+        self.timeout_secs = secs;
+        self
+    }
+
+    /// [`Sipp::run`] in the background (a UAS waiting for calls).
+    pub fn spawn(self) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
+        tokio::spawn(self.run())
+    }
+
     pub async fn run(self) -> anyhow::Result<SippRun> {
         std::fs::create_dir_all(&self.work_dir)?;
         let stamp = format!("{:08x}", rand_u32());
@@ -355,7 +375,10 @@ impl Sipp {
         // A port picked now may be taken by the time SIPp binds it: retry.
         let mut last = None;
         for _attempt in 0..3 {
-            let port = free_port()?;
+            let port = match self.local_port {
+                Some(port) => port,
+                None => free_port()?,
+            };
             let stat = self.work_dir.join(format!("stat-{stamp}-{port}.csv"));
             let messages = self.work_dir.join(format!("messages-{stamp}-{port}.log"));
             let mut cmd = Command::new("sipp");

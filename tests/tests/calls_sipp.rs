@@ -1,0 +1,722 @@
+//! Calls through the stateful forking proxy, black box: a real node
+//! process, users provisioned over gRPC, SIPp as the caller (a UAC run
+//! against the node) and as the callee (a UAS in server mode on the port
+//! that the callee's registered contact points at). Each test asserts what
+//! SIPp saw (its exit code and statistics, and the message trace), then
+//! the call events in both users' streams.
+//!
+//! SIPp 3.6.1 reads only the first `Proxy-Authenticate`, so the node offers
+//! MD5 first (`--sip-challenge-md5-first`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use dialtone_api::pb::User;
+use serde_json::{json, Value};
+use support::sip::{
+    bounded, create_domain, create_user, eventually, free_port, stream_events, Sipp, SippRun,
+    DOMAIN, PASSWORD,
+};
+use support::TestNode;
+
+/// A second domain, for the cross-domain call.
+const OTHER_DOMAIN: &str = "other.test";
+
+/// A node with [`DOMAIN`], the caller alice and the callee bob.
+struct Calls {
+    dir: tempfile::TempDir,
+    node: TestNode,
+    alice: User,
+    bob: User,
+}
+
+impl Calls {
+    async fn start(extra_args: &[&str]) -> Calls {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--sip-challenge-md5-first"];
+        args.extend_from_slice(extra_args);
+        let node = TestNode::start(dir.path(), &args).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let alice = create_user(&node, DOMAIN, "alice", PASSWORD, 0)
+            .await
+            .unwrap();
+        let bob = create_user(&node, DOMAIN, "bob", PASSWORD, 0)
+            .await
+            .unwrap();
+        Calls {
+            dir,
+            node,
+            alice,
+            bob,
+        }
+    }
+
+    /// Registers `user@domain` with a contact on `127.0.0.1:port`.
+    async fn register(&self, user: &str, domain: &str, port: u16) {
+        Sipp::new("register_auth.xml", self.node.sip_addr(), self.dir.path())
+            .users(&[(user.into(), PASSWORD.into())])
+            .key("domain", domain)
+            .key("contact_hostport", &format!("127.0.0.1:{port}"))
+            .run()
+            .await
+            .unwrap()
+            .assert_all_successful(1);
+    }
+
+    /// Starts a SIPp UAS running `scenario` once (`-m 1`) on a free port
+    /// and waits until it listens.
+    async fn uas(&self, scenario: &str) -> Uas {
+        let port = free_port().unwrap();
+        let run = Sipp::new(scenario, self.node.sip_addr(), self.dir.path())
+            .users(&[("bob".into(), PASSWORD.into())])
+            .local_port(port)
+            .timeout_secs(20)
+            .spawn();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !udp_bound(port) {
+            if run.is_finished() {
+                panic!(
+                    "SIPp UAS {scenario} exited before it listened: {:#?}",
+                    run.await
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIPp UAS {scenario} not listening on {port} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Uas { port, run }
+    }
+
+    /// Starts a SIPp UAS, registered as bob's (only) contact.
+    async fn callee(&self, scenario: &str) -> Uas {
+        let uas = self.uas(scenario).await;
+        self.register("bob", DOMAIN, uas.port).await;
+        uas
+    }
+
+    /// alice calls `callee@callee_domain` with the UAC `scenario`.
+    async fn call(&self, scenario: &str, callee: &str, callee_domain: &str) -> SippRun {
+        Sipp::new(scenario, self.node.sip_addr(), self.dir.path())
+            .users(&[("alice".into(), PASSWORD.into())])
+            .key("callee", callee)
+            .key("callee_domain", callee_domain)
+            .timeout_secs(20)
+            .run()
+            .await
+            .unwrap()
+    }
+
+    /// alice calls bob.
+    async fn call_bob(&self, scenario: &str) -> SippRun {
+        self.call(scenario, "bob", DOMAIN).await
+    }
+}
+
+/// A SIPp UAS running in the background.
+struct Uas {
+    port: u16,
+    run: tokio::task::JoinHandle<anyhow::Result<SippRun>>,
+}
+
+impl Uas {
+    /// Waits for the UAS to exit (it does after its one call, or fails at
+    /// its `-timeout`) and checks that its call succeeded.
+    async fn finish(self) -> SippRun {
+        let run = self.run.await.unwrap().unwrap();
+        assert!(
+            run.exit_code == Some(0) && run.successful == 1,
+            "SIPp UAS failed; received {:#?}\n{}",
+            run.received,
+            run.output
+        );
+        run
+    }
+}
+
+/// Whether something listens on UDP `127.0.0.1:port` (read from
+/// `/proc/net/udp`, so that probing does not race SIPp's own bind).
+fn udp_bound(port: u16) -> bool {
+    let wanted = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .any(|l| l.split_whitespace().nth(1) == Some(wanted.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// The messages SIPp received, one word each: a response as
+/// `"<status> <CSeq method>"`, a request as its method. `100 Trying` is left
+/// out and retransmissions (the same message twice in a row) appear once.
+fn summary(run: &SippRun) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut previous: Option<&String> = None;
+    for m in &run.received {
+        if previous.replace(m) == Some(m) {
+            continue;
+        }
+        let first = m.lines().next().unwrap_or_default();
+        let item = match first.strip_prefix("SIP/2.0 ") {
+            Some(rest) => {
+                let code = rest.split_whitespace().next().unwrap_or_default();
+                if code == "100" {
+                    continue;
+                }
+                let method = m
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CSeq:"))
+                    .and_then(|c| c.split_whitespace().nth(1))
+                    .unwrap_or("?");
+                format!("{code} {method}")
+            }
+            None => first
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        out.push(item);
+    }
+    out
+}
+
+/// How many Via headers `message` has.
+fn vias(message: &str) -> usize {
+    message.lines().filter(|l| l.starts_with("Via:")).count()
+}
+
+/// The first received message that starts with `start_line`.
+fn received<'a>(run: &'a SippRun, start_line: &str) -> &'a str {
+    run.received
+        .iter()
+        .find(|m| m.starts_with(start_line))
+        .unwrap_or_else(|| panic!("no {start_line} in {:#?}", run.received))
+}
+
+// --- Call events -----------------------------------------------------------
+
+/// One expected call event: its type (with a trailing `?` when it may be
+/// missing) and fields its JSON data must have.
+type Expected = (&'static str, Value);
+
+fn started(direction: &str) -> Expected {
+    ("CallStarted", json!({ "direction": direction }))
+}
+
+fn ringing() -> Expected {
+    ("CallRinging", json!({}))
+}
+
+fn maybe_ringing() -> Expected {
+    ("CallRinging?", json!({}))
+}
+
+fn answered() -> Expected {
+    ("CallAnswered", json!({}))
+}
+
+/// Answered by the contact `contact`.
+fn answered_by(contact: &str) -> Expected {
+    ("CallAnswered", json!({ "contact": contact }))
+}
+
+fn ended(hangup_side: &str) -> Expected {
+    (
+        "CallEnded",
+        json!({ "cause": "normal_clearing", "hangup_side": hangup_side }),
+    )
+}
+
+fn failed(sip_status: u16, cause: &str) -> Expected {
+    (
+        "CallFailed",
+        json!({ "sip_status": sip_status, "cause": cause }),
+    )
+}
+
+/// The events of `user-{id}` whose type starts with `Call`, as
+/// `(type, data)`.
+async fn call_events(node: &TestNode, user_id: &str) -> Vec<(String, Value)> {
+    stream_events(node, &format!("user-{user_id}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.r#type.starts_with("Call"))
+        .map(|e| {
+            let data = serde_json::from_str(&e.data_json).unwrap_or(Value::Null);
+            (e.r#type, data)
+        })
+        .collect()
+}
+
+/// Whether `actual` is `expected` in order (optional entries may be
+/// missing), each with at least the expected data fields.
+fn matches(actual: &[(String, Value)], expected: &[Expected]) -> bool {
+    let mut i = 0;
+    for (ty, fields) in expected {
+        let (ty, optional) = match ty.strip_suffix('?') {
+            Some(t) => (t, true),
+            None => (*ty, false),
+        };
+        let hit = actual.get(i).is_some_and(|(t, data)| {
+            t == ty
+                && fields
+                    .as_object()
+                    .is_some_and(|f| f.iter().all(|(k, v)| data.get(k) == Some(v)))
+        });
+        if hit {
+            i += 1;
+        } else if !optional {
+            return false;
+        }
+    }
+    i == actual.len()
+}
+
+/// Asserts the call events of each `(user id, expected)` leg, waiting for
+/// asynchronously appended ones, and that all of them share one `call_id`.
+/// An empty expectation means that the stream gets no call event at all.
+async fn assert_call_events(node: &TestNode, legs: &[(&str, Vec<Expected>)]) {
+    for (user_id, expected) in legs {
+        if expected.is_empty() {
+            // Nothing should come: give a wrong event a moment to arrive.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let found = eventually(
+            Duration::from_secs(5),
+            &format!("the call events of user-{user_id}"),
+            || async { Ok(matches(&call_events(node, user_id).await, expected).then_some(())) },
+        )
+        .await;
+        if found.is_err() {
+            panic!(
+                "user-{user_id}: expected call events {expected:#?}\nfound {:#?}",
+                call_events(node, user_id).await
+            );
+        }
+    }
+    let mut ids = Vec::new();
+    for (user_id, _) in legs {
+        for (ty, data) in call_events(node, user_id).await {
+            ids.push((ty, data["call_id"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    if let Some((_, first)) = ids.first() {
+        assert!(
+            !first.is_empty() && ids.iter().all(|(_, id)| id == first),
+            "the legs do not share one call_id: {ids:#?}"
+        );
+    }
+}
+
+// --- Tests -----------------------------------------------------------------
+
+#[tokio::test]
+async fn answered_call_hung_up_by_the_caller() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+        let uas = t.callee("call_uas.xml").await;
+
+        let caller = t.call_bob("call_uac.xml").await;
+        caller.assert_all_successful(1);
+        assert_eq!(
+            summary(&caller),
+            ["407 INVITE", "180 INVITE", "200 INVITE", "200 BYE"]
+        );
+        let callee = uas.finish().await;
+        assert_eq!(summary(&callee), ["INVITE", "ACK", "BYE"]);
+        // The proxy stays in the dialog: the ACK and BYE came through it.
+        for request in ["ACK ", "BYE "] {
+            assert_eq!(
+                vias(received(&callee, request)),
+                2,
+                "{:#?}",
+                callee.received
+            );
+        }
+
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![started("outbound"), ringing(), answered(), ended("caller")],
+                ),
+                (
+                    &t.bob.id,
+                    vec![started("inbound"), ringing(), answered(), ended("caller")],
+                ),
+            ],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn answered_call_hung_up_by_the_callee() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+        let uas = t.callee("call_uas_hangs_up.xml").await;
+
+        let caller = t.call_bob("call_uac_callee_hangs_up.xml").await;
+        caller.assert_all_successful(1);
+        assert_eq!(
+            summary(&caller),
+            ["407 INVITE", "180 INVITE", "200 INVITE", "BYE"]
+        );
+        // The callee's BYE reached the caller through the proxy, which
+        // popped its own Route.
+        let bye = received(&caller, "BYE ");
+        assert!(!bye.contains("\nRoute:"), "{bye}");
+        let callee = uas.finish().await;
+        assert_eq!(summary(&callee), ["INVITE", "ACK", "200 BYE"]);
+
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![started("outbound"), ringing(), answered(), ended("callee")],
+                ),
+                (
+                    &t.bob.id,
+                    vec![started("inbound"), ringing(), answered(), ended("callee")],
+                ),
+            ],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+/// The callee (`scenario`) answers `status reason`: the caller sees that
+/// status (and ACKs it), the callee gets the proxy's ACK; then the events.
+async fn rejected_call(scenario: &str, status: u16, reason: &str, cause: &str) {
+    let t = Calls::start(&[]).await;
+    let uas = t.callee(scenario).await;
+
+    let caller = t.call_bob("call_uac_fails.xml").await;
+    caller.assert_all_successful(1);
+    assert_eq!(
+        summary(&caller),
+        ["407 INVITE".to_owned(), format!("{status} INVITE")]
+    );
+    assert!(
+        received(&caller, &format!("SIP/2.0 {status} {reason}")).contains(";tag="),
+        "{:#?}",
+        caller.received
+    );
+    let callee = uas.finish().await;
+    assert_eq!(summary(&callee), ["INVITE", "ACK"]);
+
+    assert_call_events(
+        &t.node,
+        &[
+            (
+                &t.alice.id,
+                vec![started("outbound"), maybe_ringing(), failed(status, cause)],
+            ),
+            (
+                &t.bob.id,
+                vec![started("inbound"), maybe_ringing(), failed(status, cause)],
+            ),
+        ],
+    )
+    .await;
+    t.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn busy_callee_486() {
+    bounded(
+        60,
+        rejected_call("call_uas_busy.xml", 486, "Busy Here", "user_busy"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callee_declines_603() {
+    bounded(
+        60,
+        rejected_call("call_uas_declines.xml", 603, "Decline", "call_rejected"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn caller_cancels_while_ringing_487() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+        let uas = t.callee("call_uas_rings.xml").await;
+
+        let caller = t.call_bob("call_uac_cancel.xml").await;
+        caller.assert_all_successful(1);
+        assert_eq!(
+            summary(&caller),
+            ["407 INVITE", "180 INVITE", "200 CANCEL", "487 INVITE"]
+        );
+        let callee = uas.finish().await;
+        assert_eq!(summary(&callee), ["INVITE", "CANCEL", "ACK"]);
+
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![
+                        started("outbound"),
+                        ringing(),
+                        failed(487, "originator_cancel"),
+                    ],
+                ),
+                (
+                    &t.bob.id,
+                    vec![
+                        started("inbound"),
+                        ringing(),
+                        failed(487, "originator_cancel"),
+                    ],
+                ),
+            ],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn no_answer_times_out_with_480_and_cancels_the_callee() {
+    bounded(60, async {
+        let t = Calls::start(&["--sip-no-answer-secs", "2"]).await;
+        let uas = t.callee("call_uas_rings.xml").await;
+
+        let began = Instant::now();
+        let caller = t.call_bob("call_uac_fails.xml").await;
+        // The run: the auth round trip, 2 s ringing, then 0.5 s of the
+        // scenario's timewait after the ACK.
+        let took = began.elapsed();
+        caller.assert_all_successful(1);
+        assert_eq!(summary(&caller), ["407 INVITE", "180 INVITE", "480 INVITE"]);
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_millis(4000),
+            "480 after {took:?}"
+        );
+        let callee = uas.finish().await;
+        assert_eq!(summary(&callee), ["INVITE", "CANCEL", "ACK"]);
+
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![started("outbound"), ringing(), failed(480, "no_answer")],
+                ),
+                (
+                    &t.bob.id,
+                    vec![started("inbound"), ringing(), failed(480, "no_answer")],
+                ),
+            ],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unknown_callee_404() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+
+        let caller = t.call("call_uac_fails.xml", "nobody", DOMAIN).await;
+        caller.assert_all_successful(1);
+        assert_eq!(summary(&caller), ["407 INVITE", "404 INVITE"]);
+
+        assert_call_events(
+            &t.node,
+            &[(
+                &t.alice.id,
+                vec![started("outbound"), failed(404, "not_found")],
+            )],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unregistered_callee_480() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+
+        let caller = t.call_bob("call_uac_fails.xml").await;
+        caller.assert_all_successful(1);
+        assert_eq!(summary(&caller), ["407 INVITE", "480 INVITE"]);
+
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![started("outbound"), failed(480, "unavailable")],
+                ),
+                (
+                    &t.bob.id,
+                    vec![started("inbound"), failed(480, "unavailable")],
+                ),
+            ],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cross_domain_call_403() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+        create_domain(&t.node, OTHER_DOMAIN).await.unwrap();
+        let carol = create_user(&t.node, OTHER_DOMAIN, "carol", PASSWORD, 0)
+            .await
+            .unwrap();
+        // carol is reachable: only the domain boundary refuses the call.
+        t.register("carol", OTHER_DOMAIN, free_port().unwrap())
+            .await;
+
+        let caller = t.call("call_uac_fails.xml", "carol", OTHER_DOMAIN).await;
+        caller.assert_all_successful(1);
+        assert_eq!(summary(&caller), ["407 INVITE", "403 INVITE"]);
+
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![started("outbound"), failed(403, "call_rejected")],
+                ),
+                (&carol.id, vec![]),
+            ],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn forked_call_answered_by_one_contact_cancels_the_other() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+        // bob has two contacts: one rings forever, the other answers
+        // after 300 ms.
+        let ringer = t.uas("call_uas_rings.xml").await;
+        let answerer = t.uas("call_uas.xml").await;
+        t.register("bob", DOMAIN, ringer.port).await;
+        t.register("bob", DOMAIN, answerer.port).await;
+
+        let caller = t.call_bob("call_uac.xml").await;
+        caller.assert_all_successful(1);
+        let seen = summary(&caller);
+        // A 180 from each branch (or one), then the answer, then the BYE's.
+        assert_eq!(seen.first().map(String::as_str), Some("407 INVITE"));
+        assert!(
+            seen.len() >= 4
+                && seen[1..seen.len() - 2].iter().all(|s| s == "180 INVITE")
+                && seen[seen.len() - 2..] == ["200 INVITE", "200 BYE"],
+            "{seen:?}"
+        );
+        // The answer is the answering branch's.
+        let ok = received(&caller, "SIP/2.0 200 OK");
+        assert!(
+            ok.contains(&format!("Contact: <sip:127.0.0.1:{};", answerer.port)),
+            "{ok}"
+        );
+
+        let answerer_port = answerer.port;
+        let answering = answerer.finish().await;
+        assert_eq!(summary(&answering), ["INVITE", "ACK", "BYE"]);
+        // The other branch was cancelled, and its 487 ACKed by the proxy.
+        let cancelled = ringer.finish().await;
+        assert_eq!(summary(&cancelled), ["INVITE", "CANCEL", "ACK"]);
+
+        // Recorded as answered by the contact that answered.
+        let contact = format!("sip:bob@127.0.0.1:{answerer_port}");
+        let leg = |direction| {
+            vec![
+                started(direction),
+                ringing(),
+                maybe_ringing(),
+                answered_by(&contact),
+                ended("caller"),
+            ]
+        };
+        assert_call_events(
+            &t.node,
+            &[(&t.alice.id, leg("outbound")), (&t.bob.id, leg("inbound"))],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn re_invite_passes_through_the_proxy() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+        let uas = t.callee("call_uas_reinvite.xml").await;
+
+        let caller = t.call_bob("call_uac_reinvite.xml").await;
+        caller.assert_all_successful(1);
+        assert_eq!(
+            summary(&caller),
+            [
+                "407 INVITE",
+                "180 INVITE",
+                "200 INVITE",
+                "200 INVITE",
+                "200 BYE"
+            ]
+        );
+        let callee = uas.finish().await;
+        assert_eq!(summary(&callee), ["INVITE", "ACK", "INVITE", "ACK", "BYE"]);
+        // The re-INVITE is the caller's CSeq 3, routed by the dialog.
+        let reinvite = callee
+            .received
+            .iter()
+            .filter(|m| m.starts_with("INVITE "))
+            .nth(1)
+            .unwrap();
+        assert!(reinvite.contains("CSeq: 3 INVITE"), "{reinvite}");
+
+        // The re-INVITE changes nothing in the call's record.
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![started("outbound"), ringing(), answered(), ended("caller")],
+                ),
+                (
+                    &t.bob.id,
+                    vec![started("inbound"), ringing(), answered(), ended("caller")],
+                ),
+            ],
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
