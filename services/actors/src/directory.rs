@@ -269,6 +269,19 @@ impl Directory {
             .await
     }
 
+    /// Runs a command on a user; `project` takes what the caller needs from
+    /// the durable state (no clone of the whole state on a hot path).
+    pub async fn execute_user_with<R: Send + 'static>(
+        &self,
+        id: UserId,
+        command: model::user::Command,
+        meta: Meta,
+        project: impl for<'a> Fn(Reply<'a, model::user::User>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.execute(&self.inner.users, id, command, meta, project)
+            .await
+    }
+
     pub async fn query_user<R: Send + 'static>(
         &self,
         id: UserId,

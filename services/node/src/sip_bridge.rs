@@ -123,13 +123,14 @@ impl ActorRegistry {
         let result = self
             .provisioning
             .directory()
-            .execute_user(
+            .execute_user_with(
                 id,
                 user::Command::Call(Box::new(step)),
                 Meta {
                     correlation_id: Some(record.sip_call_id),
                     ..Meta::default()
                 },
+                |_| (),
             )
             .await;
         match result {
@@ -271,19 +272,18 @@ impl Registry for ActorRegistry {
         let result = self
             .provisioning
             .directory()
-            .execute_user(
+            .execute_user_with(
                 id,
                 command,
                 Meta {
                     correlation_id: Some(request.call_id),
                     ..Meta::default()
                 },
+                |reply| contacts_of(reply.state, micros(SystemTime::now())),
             )
             .await;
         match result {
-            Ok(view) => Ok(RegisterOutcome::Ok {
-                contacts: contacts_of(&view.state, micros(SystemTime::now())),
-            }),
+            Ok(contacts) => Ok(RegisterOutcome::Ok { contacts }),
             Err(dialtone_actors::Error::Domain(dialtone_domain::Error::OutOfOrder(_))) => {
                 Ok(RegisterOutcome::CSeqOutOfOrder)
             }
