@@ -128,6 +128,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         provisioning: provisioning.clone(),
         store: store.clone(),
         registrations: registrations.clone(),
+        calls: calls.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
     let options = dialtone_api::ServeOptions {
