@@ -151,3 +151,69 @@ async fn help_documents_every_serve_option() {
         assert!(help.contains(option), "serve --help lacks {option}");
     }
 }
+
+#[tokio::test]
+async fn cli_lists_calls_and_refuses_unknown_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).await.unwrap();
+    let out = node
+        .cli(&["domain", "create", "example.com"])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A fresh domain has no calls, in progress or recorded.
+    for args in [
+        &["calls", "example.com"][..],
+        &["calls", "example.com", "--active"][..],
+    ] {
+        let out = node.cli(args).await.unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), "(none)", "{args:?}");
+        let json_args: Vec<&str> = std::iter::once("--json")
+            .chain(args.iter().copied())
+            .collect();
+        let out = node.cli(&json_args).await.unwrap();
+        assert!(out.status.success(), "{json_args:?}: {}", stderr(&out));
+        let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(list, serde_json::json!([]), "{json_args:?}");
+    }
+    let out = node
+        .cli(&[
+            "calls",
+            "example.com",
+            "--from",
+            "2026-11-26T00:00:00Z",
+            "--to",
+            "2026-11-27T00:00:00Z",
+        ])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Errors: non-zero exit with a message saying what is wrong.
+    for (args, says) in [
+        (&["calls", "nowhere.example"][..], "NotFound"),
+        (&["calls", "nowhere.example", "--active"][..], "NotFound"),
+        (
+            &["calls", "example.com", "--from", "yesterday"][..],
+            "--from",
+        ),
+        (
+            &[
+                "calls",
+                "example.com",
+                "--from",
+                "2026-11-27T00:00:00Z",
+                "--to",
+                "2026-11-26T00:00:00Z",
+            ][..],
+            "from_time",
+        ),
+    ] {
+        let out = node.cli(args).await.unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    node.stop().await.unwrap();
+}

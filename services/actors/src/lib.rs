@@ -14,6 +14,9 @@
 //!   creation claims its name in the domain), written so that a crash between
 //!   steps never leaves a half-created user visible.
 //! - [`ActorSystem`]: the actix system and its arbiters, one per core.
+//! - Projections of the log with a checkpoint: [`RegistrationIndex`] (users
+//!   with contacts) and [`CallIndex`] (call legs in progress; closes those
+//!   a previous run left open).
 //!
 //! # What it must not do
 //! No protobuf, no SIP wire formats, no configuration files, no knowledge of
@@ -22,6 +25,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod aggregate;
+mod calls;
 mod deadlines;
 mod directory;
 mod facts;
@@ -33,6 +37,7 @@ pub use aggregate::{
     Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Projection, Query, Reply,
     UserAggregate, View,
 };
+pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
 pub use facts::{DomainFacts, Facts, UserFacts};
 pub use provisioning::{

@@ -3,7 +3,8 @@
 //! `evolve` (the log is the truth; snapshots are not used, as they only
 //! hold the latest state).
 //!
-//! Call detail records (`ListCalls`) arrive with the call features.
+//! Call detail records (`ListCalls`) are read from the log too; see
+//! [`crate::cdr`].
 
 use std::sync::Arc;
 
@@ -18,10 +19,11 @@ use crate::payload::{binding, settings};
 use crate::pb::audit_service_server::AuditService;
 use crate::pb::{
     self, get_domain_state_at_request, get_user_state_at_request, DomainStateAt,
-    GetDomainStateAtRequest, GetUserStateAtRequest, UserStateAt,
+    GetDomainStateAtRequest, GetUserStateAtRequest, ListCallsRequest, ListCallsResponse,
+    UserStateAt,
 };
 use crate::status_api::presence;
-use crate::{lookup, status};
+use crate::{cdr, lookup, status};
 
 /// Events read per call while replaying.
 const REPLAY_PAGE: usize = 1000;
@@ -309,6 +311,78 @@ impl AuditService for AuditApi {
         Ok(Response::new(DomainStateAt {
             at: Some(point(stream, folded, current)),
             state: Some(domain_state(&state, req.include_users)),
+        }))
+    }
+
+    async fn list_calls(
+        &self,
+        request: Request<ListCallsRequest>,
+    ) -> Result<Response<ListCallsResponse>, Status> {
+        let req = request.into_inner();
+        let domain = lookup::domain_id("domain", &req.domain)?;
+        let from = match &req.from_time {
+            Some(t) => time_us("from_time", t)?,
+            None => 0,
+        };
+        let to = match &req.to_time {
+            Some(t) => time_us("to_time", t)?,
+            None => i64::MAX,
+        };
+        if from > to {
+            return Err(status::invalid(
+                "from_time",
+                "must not be after to_time (the range is [from_time, to_time))",
+            ));
+        }
+        let page_size = match usize::try_from(req.page_size).unwrap_or(usize::MAX) {
+            0 => cdr::DEFAULT_PAGE_SIZE,
+            n if n > cdr::MAX_PAGE_SIZE => {
+                return Err(status::invalid(
+                    "page_size",
+                    format!("at most {}, got {n}", cdr::MAX_PAGE_SIZE),
+                ))
+            }
+            n => n,
+        };
+        let token = req.page_token.trim();
+        let resume_at = if token.is_empty() {
+            None
+        } else {
+            match token.parse::<u64>() {
+                Ok(position) if position > 0 => Some(position),
+                _ => {
+                    return Err(status::invalid(
+                        "page_token",
+                        "not a token from a previous ListCalls response",
+                    ))
+                }
+            }
+        };
+        // Records of a deleted domain stay listable: the domain must only
+        // have existed.
+        let exists = self
+            .store
+            .stream_version(&domain.stream())
+            .await
+            .map_err(status::from_store)?
+            .is_some();
+        if !exists {
+            return Err(Status::not_found(format!(
+                "domain {} not found",
+                req.domain.trim()
+            )));
+        }
+        let query = cdr::Query {
+            domain,
+            from,
+            to,
+            page_size,
+            resume_at,
+        };
+        let page = cdr::list(&self.store, &self.upcasters, &query).await?;
+        Ok(Response::new(ListCallsResponse {
+            calls: page.calls,
+            next_page_token: page.next.map(|p| p.to_string()).unwrap_or_default(),
         }))
     }
 }

@@ -18,7 +18,7 @@
 
 use std::future::Future;
 
-use dialtone_actors::{Provisioning, RegistrationIndex};
+use dialtone_actors::{CallIndex, Provisioning, RegistrationIndex};
 use dialtone_eventlog::SharedStore;
 use tokio::net::TcpListener;
 
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 pub use prost_types;
 
 pub mod audit;
+pub mod cdr;
 pub mod convert;
 pub mod events;
 pub mod lookup;
@@ -63,6 +64,7 @@ pub struct ApiContext {
     pub provisioning: Provisioning,
     pub store: SharedStore,
     pub registrations: RegistrationIndex,
+    pub calls: CallIndex,
 }
 
 /// Settings of the services (the node fills them from its configuration).
@@ -135,7 +137,11 @@ pub async fn serve_with(
                 .with_provisioning(context.provisioning.clone()),
         ))
         .add_service(pb::status_service_server::StatusServiceServer::new(
-            status_api::StatusApi::new(context.provisioning.clone(), context.registrations.clone()),
+            status_api::StatusApi::new(
+                context.provisioning.clone(),
+                context.registrations.clone(),
+                context.calls.clone(),
+            ),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

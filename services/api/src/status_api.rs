@@ -1,13 +1,17 @@
-//! `StatusService`: registrations and presence, now.
+//! `StatusService`: registrations, presence and calls in progress, now.
 
-use dialtone_actors::{Provisioning, RegistrationIndex, View};
+use dialtone_actors::{ActiveLeg, CallIndex, Provisioning, RegistrationIndex, View};
+use dialtone_domain::call::{Direction, LegState};
 use dialtone_domain::registration::Presence;
 use dialtone_domain::user::User;
 use tonic::{Request, Response, Status};
 
+use crate::convert::timestamp;
+use crate::payload::direction;
 use crate::pb::status_service_server::StatusService;
 use crate::pb::{
-    GetPresenceRequest, GetRegistrationsRequest, GetRegistrationsResponse, ListOnlineRequest,
+    ActiveCall, ActiveCallLeg, CallState, GetPresenceRequest, GetRegistrationsRequest,
+    GetRegistrationsResponse, ListActiveCallsRequest, ListActiveCallsResponse, ListOnlineRequest,
     ListOnlineResponse, OnlineUser, PresenceState,
 };
 use crate::provisioning::{domain_ref, user_ref};
@@ -16,15 +20,77 @@ use crate::{convert, status};
 pub struct StatusApi {
     provisioning: Provisioning,
     registrations: RegistrationIndex,
+    calls: CallIndex,
 }
 
 impl StatusApi {
-    pub fn new(provisioning: Provisioning, registrations: RegistrationIndex) -> Self {
+    pub fn new(
+        provisioning: Provisioning,
+        registrations: RegistrationIndex,
+        calls: CallIndex,
+    ) -> Self {
         StatusApi {
             provisioning,
             registrations,
+            calls,
         }
     }
+}
+
+fn call_state(state: LegState) -> CallState {
+    match state {
+        LegState::Trying => CallState::Trying,
+        LegState::Ringing => CallState::Ringing,
+        LegState::Answered => CallState::Answered,
+    }
+}
+
+/// One call in progress from its legs (as `CallIndex::active_in` groups
+/// them: never empty, the earliest first).
+fn active_call(legs: &[ActiveLeg]) -> Option<ActiveCall> {
+    let first = legs.first()?;
+    // The caller's leg knows the call best; the first leg stands in for it.
+    let caller = legs
+        .iter()
+        .find(|l| l.direction == Direction::Outbound)
+        .unwrap_or(first);
+    let furthest = legs
+        .iter()
+        .map(|l| l.state)
+        .max_by_key(|s| match s {
+            LegState::Trying => 0,
+            LegState::Ringing => 1,
+            LegState::Answered => 2,
+        })
+        .unwrap_or(LegState::Trying);
+    Some(ActiveCall {
+        call_id: first.call_id.clone(),
+        caller: caller.from.clone(),
+        callee: caller.to.clone(),
+        state: call_state(furthest) as i32,
+        started_at: timestamp(legs.iter().map(|l| l.started_at).min().unwrap_or_default()),
+        answered_at: legs
+            .iter()
+            .filter_map(|l| l.answered_at)
+            .min()
+            .and_then(timestamp),
+        sip_call_id: caller.sip_call_id.clone(),
+        legs: std::iter::once(caller)
+            .chain(legs.iter().filter(|l| !std::ptr::eq(*l, caller)))
+            .map(|l| ActiveCallLeg {
+                user_id: l.user_id.to_string(),
+                address: match l.direction {
+                    Direction::Outbound => l.from.clone(),
+                    Direction::Inbound => l.to.clone(),
+                },
+                direction: direction(l.direction) as i32,
+                state: call_state(l.state) as i32,
+                started_at: timestamp(l.started_at),
+                answered_at: l.answered_at.and_then(timestamp),
+                contact: l.contact.clone().unwrap_or_default(),
+            })
+            .collect(),
+    })
 }
 
 pub fn presence(p: Presence) -> PresenceState {
@@ -105,5 +171,25 @@ impl StatusService for StatusApi {
             user: view.state.address(),
             state: presence(view.state.presence) as i32,
         }))
+    }
+
+    async fn list_active_calls(
+        &self,
+        request: Request<ListActiveCallsRequest>,
+    ) -> Result<Response<ListActiveCallsResponse>, Status> {
+        let domain = domain_ref(&request.into_inner().domain)?;
+        // Fails with NOT_FOUND for an unknown domain.
+        let info = self
+            .provisioning
+            .get_domain(&domain)
+            .await
+            .map_err(status::from_actor)?;
+        let calls = self
+            .calls
+            .active_in(info.id)
+            .iter()
+            .filter_map(|legs| active_call(legs))
+            .collect();
+        Ok(Response::new(ListActiveCallsResponse { calls }))
     }
 }

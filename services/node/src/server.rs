@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use dialtone_actors::{
-    ActorSystem, Directory, DirectoryConfig, Provisioning, ProvisioningConfig, RegistrationIndex,
+    ActorSystem, CallIndex, Directory, DirectoryConfig, Provisioning, ProvisioningConfig,
+    RegistrationIndex,
 };
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
@@ -76,6 +77,9 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     );
 
     let registrations = RegistrationIndex::start(store.clone(), directory.clone()).await?;
+    // Before the SIP gateway starts: closes the call legs a previous run
+    // left in progress (their dialogs died with it), and only those.
+    let calls = CallIndex::start(store.clone(), directory.clone()).await?;
 
     let sip = if config.sip_addrs.is_empty() {
         None
@@ -126,6 +130,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         provisioning: provisioning.clone(),
         store: store.clone(),
         registrations: registrations.clone(),
+        calls: calls.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
     let options = dialtone_api::ServeOptions {
@@ -167,6 +172,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("gRPC calls still running after 10 s; closing anyway"),
     }
     registrations.checkpoint(&store).await;
+    calls.checkpoint(&store).await;
     tracing::info!("stopping actors (saving snapshots)");
     directory.passivate_all(Duration::from_secs(10)).await;
     tokio::task::spawn_blocking(move || system.shutdown()).await?;

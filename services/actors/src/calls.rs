@@ -1,0 +1,388 @@
+//! Which call legs are in progress: a projection of the log's `call`
+//! events with a checkpoint (`$projection-calls`), in the style of
+//! [`RegistrationIndex`](crate::RegistrationIndex).
+//!
+//! It answers "which calls are in progress in a domain" without loading
+//! every user, and at start-up it closes the legs the log still shows in
+//! progress: the SIP proxy keeps its dialogs in memory, so after a restart
+//! (a crash or not) nobody will ever end those legs. Each is closed through
+//! its user actor with cause `node_restart` and hang-up side `system`
+//! (`CallEnded` if it was answered, else `CallFailed` with SIP status 0).
+//! Only legs in progress before the start are closed: the list is taken
+//! when the index has caught up with the log, before the SIP gateway runs,
+//! and a leg is addressed by its `call_id`, fresh for every call.
+//!
+//! One node per log (the single-node deployment): a second node sharing
+//! the log would close the first one's live legs at its start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dialtone_domain::call::{CallStep, Cause, Direction, HangupSide, LegState};
+use dialtone_domain::event::{category_of, EventCategory};
+use dialtone_domain::{user, DomainId, Event, Timestamp, UserId};
+use dialtone_eventlog::{subscribe_all, Position, RecordedEvent, SharedStore, Snapshot};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Meta;
+use crate::directory::Directory;
+use crate::Result;
+
+/// The snapshot stream of this projection (not an event stream).
+const CHECKPOINT_STREAM: &str = "$projection-calls";
+const CHECKPOINT_SCHEMA: u32 = 1;
+/// Save a checkpoint at most this often...
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+/// ...and once this many events were folded since the last one.
+const CHECKPOINT_EVENTS: u64 = 50_000;
+/// Legs closed at the same time at start-up.
+const CLOSE_CONCURRENCY: usize = 64;
+
+/// A leg in progress, as the log shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveLeg {
+    pub user_id: UserId,
+    pub domain_id: DomainId,
+    pub call_id: String,
+    pub direction: Direction,
+    /// The caller, `user@domain`.
+    pub from: String,
+    /// The callee, `user@domain`.
+    pub to: String,
+    pub sip_call_id: String,
+    pub state: LegState,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+}
+
+impl ActiveLeg {
+    /// The step that closes this leg after a restart.
+    fn closing_step(&self) -> CallStep {
+        if self.state == LegState::Answered {
+            CallStep::End {
+                call_id: self.call_id.clone(),
+                cause: Cause::NodeRestart,
+                side: HangupSide::System,
+            }
+        } else {
+            CallStep::Fail {
+                call_id: self.call_id.clone(),
+                sip_status: 0,
+                cause: Cause::NodeRestart,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct State {
+    /// Last position folded in.
+    position: Position,
+    /// Legs in progress by user.
+    legs: HashMap<UserId, Vec<ActiveLeg>>,
+    /// Legs in progress by `call_id` (for the gauge of calls, which counts
+    /// a call with two legs once). Rebuilt from `legs` after loading.
+    #[serde(skip)]
+    calls: HashMap<String, u32>,
+}
+
+impl State {
+    fn report(&self) {
+        metrics::gauge!("dialtone_calls_active").set(self.calls.len() as f64);
+    }
+
+    fn rebuild_calls(&mut self) {
+        self.calls.clear();
+        for leg in self.legs.values().flatten() {
+            *self.calls.entry(leg.call_id.clone()).or_default() += 1;
+        }
+    }
+
+    fn fold(&mut self, recorded: &RecordedEvent) {
+        self.position = recorded.position;
+        if category_of(&recorded.event_type) != Some(EventCategory::Call) {
+            return;
+        }
+        let (Some(user), Some(domain)) = (recorded.user_id, recorded.domain_id) else {
+            return;
+        };
+        let event = match Event::from_stored(
+            &recorded.event_type,
+            recorded.schema_version,
+            &recorded.data,
+        ) {
+            Ok(Event::User(event)) => event,
+            Ok(Event::Domain(_)) => return,
+            Err(e) => {
+                tracing::warn!(position = recorded.position, error = %e, "calls projection: unreadable event skipped");
+                return;
+            }
+        };
+        let user = UserId(user);
+        match event {
+            user::Event::CallStarted {
+                call_id,
+                direction,
+                from,
+                to,
+                sip_call_id,
+                started_at,
+            } => {
+                let legs = self.legs.entry(user).or_default();
+                if !legs.iter().any(|l| l.call_id == call_id) {
+                    *self.calls.entry(call_id.clone()).or_default() += 1;
+                    legs.push(ActiveLeg {
+                        user_id: user,
+                        domain_id: DomainId(domain),
+                        call_id,
+                        direction,
+                        from,
+                        to,
+                        sip_call_id,
+                        state: LegState::Trying,
+                        started_at,
+                        answered_at: None,
+                        contact: None,
+                    });
+                }
+            }
+            user::Event::CallRinging { call_id } => {
+                if let Some(leg) = self.leg_mut(user, &call_id) {
+                    if leg.state == LegState::Trying {
+                        leg.state = LegState::Ringing;
+                    }
+                }
+            }
+            user::Event::CallAnswered {
+                call_id,
+                contact,
+                answered_at,
+            } => {
+                if let Some(leg) = self.leg_mut(user, &call_id) {
+                    leg.state = LegState::Answered;
+                    leg.answered_at = Some(answered_at);
+                    leg.contact = Some(contact);
+                }
+            }
+            user::Event::CallEnded { call_id, .. } | user::Event::CallFailed { call_id, .. } => {
+                self.remove(user, &call_id)
+            }
+            _ => {}
+        }
+    }
+
+    fn leg_mut(&mut self, user: UserId, call_id: &str) -> Option<&mut ActiveLeg> {
+        self.legs
+            .get_mut(&user)?
+            .iter_mut()
+            .find(|l| l.call_id == call_id)
+    }
+
+    fn remove(&mut self, user: UserId, call_id: &str) {
+        let Some(legs) = self.legs.get_mut(&user) else {
+            return;
+        };
+        let before = legs.len();
+        legs.retain(|l| l.call_id != call_id);
+        if legs.len() < before {
+            if let Some(count) = self.calls.get_mut(call_id) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.calls.remove(call_id);
+                }
+            }
+        }
+        if legs.is_empty() {
+            self.legs.remove(&user);
+        }
+    }
+}
+
+/// The live projection. Cheap to clone.
+#[derive(Clone)]
+pub struct CallIndex {
+    state: Arc<RwLock<State>>,
+}
+
+impl CallIndex {
+    /// Loads the checkpoint, catches up with the log, keeps following it in
+    /// the background, then closes every leg that was in progress (see the
+    /// module documentation) and returns once they are closed. Run it
+    /// before the SIP gateway starts.
+    pub async fn start(store: SharedStore, directory: Directory) -> Result<Self> {
+        let mut state = State::default();
+        if let Some(snapshot) = store.load_snapshot(CHECKPOINT_STREAM).await? {
+            if snapshot.schema_version == CHECKPOINT_SCHEMA {
+                match serde_json::from_str::<State>(&snapshot.data) {
+                    Ok(loaded) => state = loaded,
+                    Err(e) => tracing::warn!(error = %e, "ignoring unreadable calls checkpoint"),
+                }
+            }
+        }
+        state.rebuild_calls();
+        let head = store.head_position();
+        let from = state.position;
+        while state.position < head {
+            let page = store.read_all(state.position + 1, 10_000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for event in &page {
+                state.fold(event);
+            }
+        }
+        if state.position - from >= CHECKPOINT_EVENTS {
+            save_checkpoint(&store, &state).await;
+        }
+        state.report();
+        let stale: Vec<ActiveLeg> = state.legs.values().flatten().cloned().collect();
+        let index = CallIndex {
+            state: Arc::new(RwLock::new(state)),
+        };
+        index.follow(store);
+        close_stale(&directory, stale).await;
+        Ok(index)
+    }
+
+    fn follow(&self, store: SharedStore) {
+        let state = self.state.clone();
+        let from = self.read().position + 1;
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(subscribe_all(store.clone(), from));
+            let mut last_checkpoint = Instant::now();
+            let mut since_checkpoint = 0u64;
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(dialtone_eventlog::Error::Closed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "calls projection: read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let due_state = {
+                    let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
+                    guard.fold(&event);
+                    guard.report();
+                    since_checkpoint += 1;
+                    let due = since_checkpoint >= CHECKPOINT_EVENTS
+                        || (since_checkpoint > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
+                    due.then(|| guard.clone())
+                };
+                if let Some(snapshot) = due_state {
+                    since_checkpoint = 0;
+                    last_checkpoint = Instant::now();
+                    save_checkpoint(&store, &snapshot).await;
+                }
+            }
+        });
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The calls in progress with a leg in `domain`, each with all its legs
+    /// in progress (a cross-domain call's other leg included), ordered by
+    /// start (then `call_id`); legs of a call by start.
+    pub fn active_in(&self, domain: DomainId) -> Vec<Vec<ActiveLeg>> {
+        let state = self.read();
+        let mut calls: HashMap<&str, Vec<ActiveLeg>> = HashMap::new();
+        for leg in state.legs.values().flatten() {
+            if leg.domain_id == domain {
+                calls.entry(leg.call_id.as_str()).or_default();
+            }
+        }
+        for leg in state.legs.values().flatten() {
+            if let Some(legs) = calls.get_mut(leg.call_id.as_str()) {
+                legs.push(leg.clone());
+            }
+        }
+        let mut calls: Vec<Vec<ActiveLeg>> = calls
+            .into_values()
+            .map(|mut legs| {
+                legs.sort_by_key(|l| (l.started_at, l.direction == Direction::Inbound));
+                legs
+            })
+            .collect();
+        calls.sort_by(|a, b| {
+            let key = |legs: &[ActiveLeg]| {
+                legs.first()
+                    .map(|l| (l.started_at, l.call_id.clone()))
+                    .unwrap_or_default()
+            };
+            key(a).cmp(&key(b))
+        });
+        calls
+    }
+
+    /// Number of calls in progress (all domains; a call counts once).
+    pub fn calls_in_progress(&self) -> usize {
+        self.read().calls.len()
+    }
+
+    /// The position the index has folded up to.
+    pub fn position(&self) -> Position {
+        self.read().position
+    }
+
+    /// Saves a checkpoint now (at shutdown).
+    pub async fn checkpoint(&self, store: &SharedStore) {
+        let state = self.read().clone();
+        save_checkpoint(store, &state).await;
+    }
+}
+
+async fn save_checkpoint(store: &SharedStore, state: &State) {
+    let data = match serde_json::to_string(state) {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot serialise calls checkpoint");
+            return;
+        }
+    };
+    let snapshot = Snapshot {
+        stream: CHECKPOINT_STREAM.to_owned(),
+        version: state.position,
+        schema_version: CHECKPOINT_SCHEMA,
+        data,
+    };
+    if let Err(e) = store.save_snapshot(snapshot).await {
+        tracing::warn!(error = %e, "cannot save calls checkpoint");
+    }
+}
+
+/// Closes the legs left in progress by the previous run, a few at a time,
+/// through their user actors (which write nothing for a leg they no longer
+/// have in progress).
+async fn close_stale(directory: &Directory, legs: Vec<ActiveLeg>) {
+    if legs.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let count = legs.len();
+    futures::stream::iter(legs)
+        .for_each_concurrent(CLOSE_CONCURRENCY, |leg| async move {
+            let command = user::Command::Call(Box::new(leg.closing_step()));
+            let meta = Meta {
+                correlation_id: Some(leg.sip_call_id.clone()),
+                ..Meta::default()
+            };
+            if let Err(e) = directory.execute_user(leg.user_id, command, meta).await {
+                tracing::warn!(user = %leg.user_id, call_id = %leg.call_id, error = %e,
+                    "cannot close a call leg left in progress by the previous run");
+            }
+        })
+        .await;
+    tracing::info!(
+        count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "closed call legs left in progress by the previous run (cause node_restart)"
+    );
+}

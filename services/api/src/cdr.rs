@@ -1,0 +1,454 @@
+//! Call detail records, read from the log (the log is the truth; no
+//! projection of finished calls is kept).
+//!
+//! A call is anchored on its caller's leg: the `CallStarted` with direction
+//! `outbound`. Its other legs (`inbound`, one per callee user) share its
+//! `call_id` and are started while the proxy routes the caller's INVITE, so
+//! they are found in the log within [`JOIN_WINDOW_US`] of the anchor (before
+//! or after it: two actors' appends commit in either order). A call belongs
+//! to a domain when any of its legs' users does.
+//!
+//! # Reading a page
+//!
+//! 1. Where to start: the page token (a log position), else the first
+//!    position whose event occurred at or after `from - JOIN_WINDOW_US`,
+//!    found by binary search over positions (`occurred_at` follows commit
+//!    order up to the small skew between actors deciding and committing,
+//!    which the window covers): O(log n) one-event reads.
+//! 2. A page after the first also reads the [`LOOKBACK_EVENTS`] events
+//!    before its start, for callee legs committed just before their
+//!    caller's leg.
+//! 3. The log is scanned forward (every event is read; only `CallStarted`
+//!    is decoded). An anchor is settled once the scan is past its window;
+//!    settled anchors of the domain become records until the page is full.
+//!    The scan stops at the head, past `to + JOIN_WINDOW_US`, or after
+//!    [`SCAN_BUDGET`] events (the page is then returned, possibly short or
+//!    empty, with a token to go on).
+//! 4. Each leg's outcome is read from its user's stream, from its
+//!    `CallStarted` onwards up to its `CallEnded`/`CallFailed` (at most
+//!    [`LEG_READ_MAX`] events: a leg not finished by then is shown in
+//!    progress).
+//!
+//! The next page token is the position after the page's last anchor, so
+//! pages never repeat or skip a call, however the log grows meanwhile.
+//! Cost: one page reads about every event of the time span its calls cover
+//! (bounded by the budget) plus a few events per leg from user streams.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dialtone_domain::call::{Cause, Direction, HangupSide};
+use dialtone_domain::event::Upcasters;
+use dialtone_domain::{user, DomainId, Event, Timestamp};
+use dialtone_eventlog::{Position, RecordedEvent, SharedStore};
+use tonic::Status;
+
+use crate::convert::timestamp;
+use crate::payload::{cause, direction, hangup_side};
+use crate::{pb, status};
+
+/// The legs of one call are started within this time of each other.
+pub const JOIN_WINDOW_US: i64 = 2_000_000;
+/// Events read before a page's start, for callee legs committed before
+/// their caller's leg.
+pub const LOOKBACK_EVENTS: u64 = 5_000;
+/// Events scanned at most per page.
+pub const SCAN_BUDGET: usize = 200_000;
+/// Events read from a user's stream at most to find a leg's outcome.
+pub const LEG_READ_MAX: usize = 5_000;
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+const READ_BATCH: usize = 1000;
+
+/// What to list.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub domain: DomainId,
+    /// Inclusive, µs.
+    pub from: Timestamp,
+    /// Exclusive, µs.
+    pub to: Timestamp,
+    pub page_size: usize,
+    /// The page token: where the scan resumes.
+    pub resume_at: Option<Position>,
+}
+
+/// A `CallStarted` as found in the log.
+#[derive(Debug, Clone)]
+struct LegStart {
+    position: Position,
+    stream: String,
+    version: u64,
+    user_id: String,
+    domain_id: Option<DomainId>,
+    call_id: String,
+    direction: Direction,
+    from: String,
+    to: String,
+    sip_call_id: String,
+    started_at: Timestamp,
+}
+
+#[derive(Debug)]
+struct Anchor {
+    caller: LegStart,
+    callees: Vec<LegStart>,
+}
+
+impl Anchor {
+    fn in_domain(&self, domain: DomainId) -> bool {
+        std::iter::once(&self.caller)
+            .chain(&self.callees)
+            .any(|l| l.domain_id == Some(domain))
+    }
+}
+
+/// A page of records.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub calls: Vec<pb::CallRecord>,
+    pub next: Option<Position>,
+}
+
+/// Decodes a `CallStarted` (other events: `None`).
+fn leg_start(upcasters: &Upcasters, e: &RecordedEvent) -> Result<Option<LegStart>, Status> {
+    if e.event_type != "CallStarted" {
+        return Ok(None);
+    }
+    let event = upcasters
+        .decode(&e.event_type, e.schema_version, &e.data)
+        .map_err(|err| Status::internal(format!("event at position {}: {err}", e.position)))?;
+    let Event::User(user::Event::CallStarted {
+        call_id,
+        direction,
+        from,
+        to,
+        sip_call_id,
+        started_at,
+    }) = event
+    else {
+        return Ok(None);
+    };
+    Ok(Some(LegStart {
+        position: e.position,
+        stream: e.stream.clone(),
+        version: e.version,
+        user_id: e.user_id.map(|u| u.to_string()).unwrap_or_default(),
+        domain_id: e.domain_id.map(DomainId),
+        call_id,
+        direction,
+        from,
+        to,
+        sip_call_id,
+        started_at,
+    }))
+}
+
+/// The first position whose event occurred at or after `at` (one past the
+/// head when none did).
+async fn first_position_at(store: &SharedStore, at: Timestamp) -> Result<Position, Status> {
+    let head = store.head_position();
+    let (mut low, mut high) = (1, head + 1);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let events = store
+            .read_all(middle, 1)
+            .await
+            .map_err(status::from_store)?;
+        match events.first() {
+            Some(e) if e.occurred_at_us < at => low = e.position + 1,
+            _ => high = middle,
+        }
+    }
+    Ok(low)
+}
+
+/// One page of call detail records.
+pub async fn list(
+    store: &SharedStore,
+    upcasters: &Arc<Upcasters>,
+    query: &Query,
+) -> Result<Page, Status> {
+    let head = store.head_position();
+    let start = match query.resume_at {
+        Some(position) => position,
+        None => first_position_at(store, query.from.saturating_sub(JOIN_WINDOW_US)).await?,
+    };
+    // Callee legs waiting for their caller's leg, by call_id.
+    let mut waiting: HashMap<String, Vec<LegStart>> = HashMap::new();
+    if query.resume_at.is_some() && start > 1 {
+        let mut position = start.saturating_sub(LOOKBACK_EVENTS).max(1);
+        while position < start {
+            let want = usize::try_from(start - position).unwrap_or(READ_BATCH);
+            let events = store
+                .read_all(position, want.min(READ_BATCH))
+                .await
+                .map_err(status::from_store)?;
+            let Some(last) = events.last() else { break };
+            position = last.position + 1;
+            for e in events.iter().filter(|e| e.position < start) {
+                if let Some(leg) = leg_start(upcasters, e)? {
+                    if leg.direction == Direction::Inbound {
+                        waiting.entry(leg.call_id.clone()).or_default().push(leg);
+                    }
+                }
+            }
+        }
+    }
+
+    let stop_after = query.to.saturating_add(JOIN_WINDOW_US);
+    let mut anchors: Vec<Anchor> = Vec::new();
+    let mut anchor_of: HashMap<String, usize> = HashMap::new();
+    let mut settled = 0usize;
+    // Indices into `anchors` of the page's records.
+    let mut records: Vec<usize> = Vec::new();
+    let mut next: Option<Position> = None;
+    let mut position = start;
+    let mut scanned = 0usize;
+    let mut reached_end = false;
+    'scan: loop {
+        if position > head || scanned >= SCAN_BUDGET {
+            reached_end = position > head;
+            break;
+        }
+        let events = store
+            .read_all(position, READ_BATCH)
+            .await
+            .map_err(status::from_store)?;
+        if events.is_empty() {
+            reached_end = true;
+            break;
+        }
+        for e in &events {
+            position = e.position + 1;
+            scanned += 1;
+            if let Some(leg) = leg_start(upcasters, e)? {
+                match leg.direction {
+                    Direction::Outbound => {
+                        let in_range = (query.from..query.to).contains(&leg.started_at);
+                        if in_range && !anchor_of.contains_key(&leg.call_id) {
+                            let callees = waiting.remove(&leg.call_id).unwrap_or_default();
+                            anchor_of.insert(leg.call_id.clone(), anchors.len());
+                            anchors.push(Anchor {
+                                caller: leg,
+                                callees,
+                            });
+                        }
+                    }
+                    Direction::Inbound => match anchor_of.get(&leg.call_id) {
+                        Some(&i) => anchors[i].callees.push(leg),
+                        None => waiting.entry(leg.call_id.clone()).or_default().push(leg),
+                    },
+                }
+            }
+            // Settle the anchors whose window is behind the scan.
+            while let Some(anchor) = anchors.get(settled) {
+                if e.occurred_at_us <= anchor.caller.started_at.saturating_add(JOIN_WINDOW_US) {
+                    break;
+                }
+                settled += 1;
+                if anchor.in_domain(query.domain) {
+                    records.push(settled - 1);
+                    if records.len() >= query.page_size {
+                        next = Some(anchor.caller.position + 1);
+                        break 'scan;
+                    }
+                }
+            }
+            if e.occurred_at_us > stop_after {
+                reached_end = true;
+                break 'scan;
+            }
+        }
+    }
+    if next.is_none() {
+        // Past the range or at the head: what is left is settled as is
+        // (at the head, a callee leg not started yet is not shown).
+        if reached_end {
+            while let Some(anchor) = anchors.get(settled) {
+                settled += 1;
+                if anchor.in_domain(query.domain) {
+                    records.push(settled - 1);
+                    if records.len() >= query.page_size {
+                        if anchors.len() > settled {
+                            next = Some(anchor.caller.position + 1);
+                        }
+                        break;
+                    }
+                }
+            }
+        } else {
+            // Out of budget: resume at the first anchor not settled, or
+            // where the scan stopped.
+            next = Some(
+                anchors
+                    .get(settled)
+                    .map(|a| a.caller.position)
+                    .unwrap_or(position),
+            );
+        }
+    }
+    let mut calls = Vec::with_capacity(records.len());
+    for i in records {
+        calls.push(record(store, upcasters, &anchors[i]).await?);
+    }
+    Ok(Page { calls, next })
+}
+
+/// What a leg's stream says after its `CallStarted`.
+#[derive(Debug, Default)]
+struct Outcome {
+    answered_at: Option<Timestamp>,
+    contact: Option<String>,
+    ended_at: Option<Timestamp>,
+    cause: Option<Cause>,
+    sip_status: u16,
+    hangup_side: Option<HangupSide>,
+    duration_ms: u64,
+}
+
+async fn outcome(
+    store: &SharedStore,
+    upcasters: &Upcasters,
+    leg: &LegStart,
+) -> Result<Outcome, Status> {
+    let mut outcome = Outcome::default();
+    let mut version = leg.version + 1;
+    let mut read = 0usize;
+    while read < LEG_READ_MAX {
+        let events = store
+            .read_stream(&leg.stream, version, 500)
+            .await
+            .map_err(status::from_store)?;
+        let Some(last) = events.last() else { break };
+        version = last.version + 1;
+        read += events.len();
+        for e in &events {
+            if !e.event_type.starts_with("Call") || e.event_type == "CallStarted" {
+                continue;
+            }
+            let event = upcasters
+                .decode(&e.event_type, e.schema_version, &e.data)
+                .map_err(|err| {
+                    Status::internal(format!("event {} v{}: {err}", e.stream, e.version))
+                })?;
+            match event {
+                Event::User(user::Event::CallAnswered {
+                    call_id,
+                    contact,
+                    answered_at,
+                }) if call_id == leg.call_id => {
+                    outcome.answered_at = Some(answered_at);
+                    outcome.contact = Some(contact);
+                }
+                Event::User(user::Event::CallEnded {
+                    call_id,
+                    cause,
+                    hangup_side,
+                    duration_ms,
+                    ended_at,
+                }) if call_id == leg.call_id => {
+                    outcome.ended_at = Some(ended_at);
+                    outcome.cause = Some(cause);
+                    outcome.hangup_side = Some(hangup_side);
+                    outcome.duration_ms = duration_ms;
+                    outcome.sip_status = if outcome.answered_at.is_some() {
+                        200
+                    } else {
+                        0
+                    };
+                    return Ok(outcome);
+                }
+                Event::User(user::Event::CallFailed {
+                    call_id,
+                    sip_status,
+                    cause,
+                    failed_at,
+                }) if call_id == leg.call_id => {
+                    outcome.ended_at = Some(failed_at);
+                    outcome.cause = Some(cause);
+                    outcome.sip_status = sip_status;
+                    return Ok(outcome);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+fn leg_record(leg: &LegStart, outcome: &Outcome) -> pb::CallLegRecord {
+    pb::CallLegRecord {
+        user_id: leg.user_id.clone(),
+        domain_id: leg.domain_id.map(|d| d.to_string()).unwrap_or_default(),
+        direction: direction(leg.direction) as i32,
+        started_at: timestamp(leg.started_at),
+        answered_at: outcome.answered_at.and_then(timestamp),
+        ended_at: outcome.ended_at.and_then(timestamp),
+        duration_ms: outcome.duration_ms,
+        cause: outcome.cause.map(|c| cause(c) as i32).unwrap_or_default(),
+        sip_status: u32::from(outcome.sip_status),
+        hangup_side: outcome
+            .hangup_side
+            .map(|s| hangup_side(s) as i32)
+            .unwrap_or_default(),
+        contact: outcome.contact.clone().unwrap_or_default(),
+        in_progress: outcome.ended_at.is_none(),
+        position: leg.position,
+    }
+}
+
+/// The record of a call: the caller's leg says how the call went; a callee
+/// leg fills in what the caller's leg does not know (yet).
+async fn record(
+    store: &SharedStore,
+    upcasters: &Upcasters,
+    anchor: &Anchor,
+) -> Result<pb::CallRecord, Status> {
+    let caller = outcome(store, upcasters, &anchor.caller).await?;
+    let mut legs = vec![leg_record(&anchor.caller, &caller)];
+    let mut callees = Vec::with_capacity(anchor.callees.len());
+    for leg in &anchor.callees {
+        let outcome = outcome(store, upcasters, leg).await?;
+        legs.push(leg_record(leg, &outcome));
+        callees.push(outcome);
+    }
+    let answered = callees.iter().find(|o| o.answered_at.is_some());
+    let ended = callees.iter().find(|o| o.ended_at.is_some());
+    let result = if caller.ended_at.is_some() {
+        Some(&caller)
+    } else {
+        ended
+    };
+    let in_progress = caller.ended_at.is_none() || callees.iter().any(|o| o.ended_at.is_none());
+    let c = &anchor.caller;
+    Ok(pb::CallRecord {
+        call_id: c.call_id.clone(),
+        caller: c.from.clone(),
+        callee: c.to.clone(),
+        sip_call_id: c.sip_call_id.clone(),
+        started_at: timestamp(c.started_at),
+        answered_at: caller
+            .answered_at
+            .or(answered.and_then(|o| o.answered_at))
+            .and_then(timestamp),
+        ended_at: result.and_then(|o| o.ended_at).and_then(timestamp),
+        duration_ms: result.map(|o| o.duration_ms).unwrap_or_default(),
+        cause: result
+            .and_then(|o| o.cause)
+            .map(|x| cause(x) as i32)
+            .unwrap_or_default(),
+        sip_status: result.map(|o| u32::from(o.sip_status)).unwrap_or_default(),
+        hangup_side: result
+            .and_then(|o| o.hangup_side)
+            .map(|s| hangup_side(s) as i32)
+            .unwrap_or_default(),
+        answered_contact: caller
+            .contact
+            .clone()
+            .or_else(|| answered.and_then(|o| o.contact.clone()))
+            .unwrap_or_default(),
+        in_progress,
+        legs,
+    })
+}
