@@ -1,0 +1,210 @@
+//! `kill -9` while 100 calls are in progress (issue 4): after the restart no
+//! call leg is left "in progress" forever. The proxy's dialog state died
+//! with the process, so every leg that was started and not ended in the
+//! log is closed at start-up with a recorded cause (`node_restart`).
+//!
+//! Real processes only: the node binary, SIPp as 100 callers (one UAC run,
+//! each call held for a minute) and SIPp as the UAS every callee is
+//! registered at.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::sip::{
+    bounded, create_domain, create_users, eventually, free_port, sipp_dir, Sipp, DOMAIN, PASSWORD,
+};
+use support::{read_all, TestNode};
+use tokio::process::Command;
+
+const SIPP_ARGS: &[&str] = &["--sip-challenge-md5-first"];
+const CALLS: usize = 100;
+
+/// Per call leg (`stream`, `call_id`): the call event types, in order.
+async fn legs(node: &TestNode) -> BTreeMap<(String, String), Vec<(String, serde_json::Value)>> {
+    let mut legs: BTreeMap<(String, String), Vec<(String, serde_json::Value)>> = BTreeMap::new();
+    for e in read_all(node).await.unwrap() {
+        if e.category != "call" {
+            continue;
+        }
+        let data: serde_json::Value = serde_json::from_str(&e.data_json).unwrap();
+        let call_id = data["call_id"].as_str().unwrap_or_default().to_owned();
+        legs.entry((e.stream.clone(), call_id))
+            .or_default()
+            .push((e.r#type.clone(), data));
+    }
+    legs
+}
+
+/// `dialtone calls DOMAIN [--active] --json`: the rows.
+async fn cli_calls(node: &TestNode, active: bool) -> Vec<serde_json::Value> {
+    let mut args = vec!["calls", DOMAIN, "--json"];
+    if active {
+        args.push("--active");
+    }
+    let out = node.cli(&args).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .flat_map(
+            |l| match serde_json::from_str::<serde_json::Value>(l).unwrap() {
+                serde_json::Value::Array(rows) => rows,
+                row => vec![row],
+            },
+        )
+        .collect()
+}
+
+fn is_terminal(event_type: &str) -> bool {
+    event_type == "CallEnded" || event_type == "CallFailed"
+}
+
+#[tokio::test]
+async fn kill_9_during_100_calls_leaves_no_leg_in_progress() {
+    bounded(150, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), SIPP_ARGS).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let callers: Vec<String> = (0..CALLS).map(|i| format!("caller{i:03}")).collect();
+        let callees: Vec<String> = (0..CALLS).map(|i| format!("callee{i:03}")).collect();
+        create_users(&node, DOMAIN, &callers, PASSWORD, 8)
+            .await
+            .unwrap();
+        create_users(&node, DOMAIN, &callees, PASSWORD, 8)
+            .await
+            .unwrap();
+
+        // Every callee's contact is the one UAS.
+        let uas_port = free_port().unwrap();
+        let contact = format!("127.0.0.1:{uas_port}");
+        let credentials: Vec<(String, String)> = callees
+            .iter()
+            .map(|u| (u.clone(), PASSWORD.to_owned()))
+            .collect();
+        Sipp::new("register_auth.xml", node.sip_addr(), dir.path())
+            .users(&credentials)
+            .key("contact_hostport", &contact)
+            .run()
+            .await
+            .unwrap()
+            .assert_all_successful(CALLS as u64);
+
+        let work = dir.path().join("sipp");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut uas = Command::new("sipp")
+            .current_dir(&work)
+            .arg("-sf")
+            .arg(sipp_dir().join("load_uas.xml"))
+            .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
+            .args(["-m", &CALLS.to_string(), "-nostdin", "-timeout", "120s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Caller i calls callee i and holds the call for a minute.
+        let mut csv = String::from("SEQUENTIAL\n");
+        for i in 0..CALLS {
+            csv.push_str(&format!("{};{PASSWORD};{}\n", callers[i], callees[i]));
+        }
+        let inf = work.join("calls.csv");
+        std::fs::write(&inf, csv).unwrap();
+        let uac_port = free_port().unwrap();
+        let mut uac = Command::new("sipp")
+            .current_dir(&work)
+            .arg(node.sip_addr().to_string())
+            .arg("-sf")
+            .arg(sipp_dir().join("load_uac_auth.xml"))
+            .arg("-inf")
+            .arg(&inf)
+            .args(["-key", "domain", DOMAIN, "-auth_uri", DOMAIN])
+            .args(["-i", "127.0.0.1", "-p", &uac_port.to_string()])
+            .args(["-m", &CALLS.to_string(), "-r", "50", "-d", "60000"])
+            .args(["-nostdin", "-timeout", "120s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+
+        // Wait until (nearly) every call is answered, then kill the node.
+        eventually(Duration::from_secs(30), "calls answered", || async {
+            let answered = legs(&node)
+                .await
+                .values()
+                .filter(|l| l.iter().any(|(t, _)| t == "CallAnswered"))
+                .count();
+            Ok((answered >= CALLS * 2 * 9 / 10).then_some(()))
+        })
+        .await
+        .unwrap();
+        let before = legs(&node).await;
+        let in_progress = before
+            .values()
+            .filter(|l| !l.iter().any(|(t, _)| is_terminal(t)))
+            .count();
+        assert!(in_progress >= CALLS, "{in_progress} legs in progress");
+        let active = cli_calls(&node, true).await;
+        assert!(
+            active.len() >= CALLS * 9 / 10,
+            "{} active calls",
+            active.len()
+        );
+        node.kill9().await.unwrap();
+        let _ = uac.start_kill();
+        let _ = uas.start_kill();
+
+        let node = TestNode::start(dir.path(), SIPP_ARGS).await.unwrap();
+        let after = eventually(Duration::from_secs(20), "every leg closed", || async {
+            let legs = legs(&node).await;
+            let open = legs
+                .values()
+                .filter(|l| !l.iter().any(|(t, _)| is_terminal(t)))
+                .count();
+            Ok((open == 0).then_some(legs))
+        })
+        .await
+        .unwrap();
+        // Every leg seen before the kill is still there (more may have been
+        // appended between that read and the kill), each closed exactly
+        // once; those that were in progress with cause node_restart.
+        assert!(before.keys().all(|leg| after.contains_key(leg)));
+        let mut restarted = 0;
+        for (leg, events) in &after {
+            let terminal: Vec<_> = events.iter().filter(|(t, _)| is_terminal(t)).collect();
+            assert_eq!(terminal.len(), 1, "{leg:?}: {events:?}");
+            let was_open = before
+                .get(leg)
+                .is_some_and(|b| !b.iter().any(|(t, _)| is_terminal(t)));
+            if was_open {
+                assert_eq!(
+                    terminal[0].1["cause"], "node_restart",
+                    "{leg:?}: {events:?}"
+                );
+            }
+            if terminal[0].1["cause"] == "node_restart" {
+                restarted += 1;
+            }
+        }
+        assert!(restarted >= in_progress, "{restarted} < {in_progress}");
+        // Nothing listed as in progress any more; the records of the calls
+        // cut by the crash say so.
+        assert_eq!(
+            cli_calls(&node, true).await,
+            Vec::<serde_json::Value>::new()
+        );
+        let records = cli_calls(&node, false).await;
+        assert!(records.len() >= active.len(), "{} records", records.len());
+        assert!(
+            records.iter().all(|r| r["cause"] == "node_restart"),
+            "{records:?}"
+        );
+        node.stop().await.unwrap();
+    })
+    .await;
+}
