@@ -243,10 +243,13 @@ impl Core {
                 .copied()
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5060)));
             let ip = if first.ip().is_unspecified() {
-                // Listening on every interface: without an advertised
-                // address, loopback is the only address sure to be ours.
-                tracing::warn!("SIP listens on an unspecified address and no advertised address is configured: using 127.0.0.1 in Via and Record-Route");
-                std::net::IpAddr::from([127, 0, 0, 1])
+                // Listening on every interface: advertise the address of
+                // the interface of the default route (found by "connecting"
+                // a UDP socket, which sends nothing), else loopback.
+                let ip = primary_ip(first.is_ipv6())
+                    .unwrap_or_else(|| std::net::IpAddr::from([127, 0, 0, 1]));
+                tracing::warn!(%ip, "SIP listens on an unspecified address and no advertised address is configured: advertising {ip} in Via and Record-Route (set --sip-advertised)");
+                ip
             } else {
                 first.ip()
             };
@@ -1137,6 +1140,19 @@ impl Drop for AbandonOnDrop<'_> {
             }
         }
     }
+}
+
+/// The local address of the default route's interface, if there is one.
+fn primary_ip(v6: bool) -> Option<std::net::IpAddr> {
+    let (bind, probe): (SocketAddr, SocketAddr) = if v6 {
+        ("[::]:0".parse().ok()?, "[2001:db8::1]:9".parse().ok()?)
+    } else {
+        ("0.0.0.0:0".parse().ok()?, "192.0.2.1:9".parse().ok()?)
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(probe).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// ASCII lower case, borrowed when it already is.
