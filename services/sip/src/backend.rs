@@ -302,4 +302,11 @@ pub trait Registry: Send + Sync + 'static {
         let _ = records;
         Ok(())
     }
+
+    /// A source was locked out after failed digest authentications (at most
+    /// once per lock, and rate-limited by the gateway): record it as a
+    /// security event. Must not block (spawn the work).
+    fn lockout(&self, lockout: crate::guard::Lockout) {
+        let _ = lockout;
+    }
 }

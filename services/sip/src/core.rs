@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use metrics::{Counter, Histogram};
@@ -18,6 +18,7 @@ use crate::backend::{
 use crate::digest::{write_challenge, Algorithm, CredentialsRef, DigestError};
 use crate::gateway::GatewayConfig;
 use crate::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
+use crate::guard::{Guard, LockScope, Lockout};
 use crate::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
 use crate::proxy::{self, CallInput, Legs, NewCall, Outbound, Proxy, ProxySettings, Recorder};
 use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
@@ -53,6 +54,8 @@ pub mod metric {
     pub const DROPPED: &str = "dialtone_sip_dropped_total";
     pub const RETRANSMISSIONS: &str = "dialtone_sip_retransmissions_total";
     pub const REGISTER_SECONDS: &str = "dialtone_sip_register_seconds";
+    pub const LOCKOUTS: &str = "dialtone_sip_lockouts_total";
+    pub const LOCKED_OUT: &str = "dialtone_sip_locked_out";
 }
 
 /// Status codes with their own `status` label (see [`status_label`]); the
@@ -69,7 +72,13 @@ const METHODS: [Method; 7] = [
     Method::Cancel,
     Method::Other,
 ];
-const AUTH_FAILURE_REASONS: [&str; 4] = ["unsupported", "nonce", "credentials", "replay"];
+const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "unsupported",
+    "nonce",
+    "credentials",
+    "replay",
+    "locked_out",
+];
 
 /// Metric handles, registered on first use and then reused: the `metrics`
 /// macros build the key (and a label vector) and look it up in the recorder
@@ -191,7 +200,16 @@ pub struct Core {
     policy: ExpiresPolicy,
     metrics: Metrics,
     proxy: Arc<Proxy>,
+    guard: Guard,
+    /// Lock-outs reported to the backend in the current second (a cap, so
+    /// that an attack from many addresses cannot flood the log).
+    lockouts_reported: Mutex<(u64, u32)>,
+    last_guard_sweep: Mutex<Option<Instant>>,
 }
+
+/// At most this many lock-outs per second become security events; the
+/// others are counted in metrics only.
+const MAX_LOCKOUT_EVENTS_PER_SEC: u32 = 20;
 
 /// Which challenge a request gets: `401`/`WWW-Authenticate` for REGISTER,
 /// `407`/`Proxy-Authenticate` for requests to proxy (RFC 3261 s.22.3).
@@ -255,6 +273,7 @@ impl Core {
             };
             SocketAddr::new(ip, first.port()).to_string()
         });
+        let guard_config = cfg.guard.clone();
         let proxy = Arc::new(Proxy::new(
             ProxySettings {
                 advertised,
@@ -291,6 +310,9 @@ impl Core {
             policy,
             metrics: Metrics::default(),
             proxy,
+            guard: Guard::new(guard_config),
+            lockouts_reported: Mutex::new((0, 0)),
+            last_guard_sweep: Mutex::new(None),
         }
     }
 
@@ -316,6 +338,17 @@ impl Core {
             }
         }
         self.proxy.tick(now);
+        let sweep = match self.last_guard_sweep.lock() {
+            Ok(mut last) if last.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(10)) => {
+                *last = Some(now);
+                true
+            }
+            _ => false,
+        };
+        if sweep {
+            self.guard.sweep(now);
+            metrics::gauge!(metric::LOCKED_OUT).set(self.guard.locked_count(now) as f64);
+        }
     }
 
     /// Number of live server transactions (tests, metrics).
@@ -335,6 +368,10 @@ impl Core {
         let raw = &raw[start..];
         if raw.is_empty() {
             return None; // keep-alive
+        }
+        if !self.guard.admit(source.addr.ip(), Instant::now()) {
+            metrics::counter!(metric::DROPPED, "reason" => "rate_limited").increment(1);
+            return None;
         }
         if raw.len() > self.cfg.max_message_size {
             self.metrics.parse_error();
@@ -723,6 +760,11 @@ impl Core {
     ) -> Option<(u16, Bytes)> {
         // Unknown users are offered what a default user is offered.
         let offer_md5 = creds.ha1_md5.is_some();
+        let ip = cx.source.addr.ip();
+        if self.guard.locked(ip, domain, user, Instant::now()) {
+            self.metrics.auth_failure("locked_out");
+            return Some(self.forbidden(cx));
+        }
 
         let mut given = None;
         for h in cx.msg.headers(kind.credentials) {
@@ -766,6 +808,9 @@ impl Core {
         let ok = digest_ok && known && !md5_refused && c.username == user;
         if !ok {
             self.metrics.auth_failure("credentials");
+            if let Some(lockout) = self.guard.failure(ip, domain, user, Instant::now()) {
+                self.report_lockout(lockout);
+            }
             return Some(self.forbidden(cx));
         }
         let id = match nonce {
@@ -912,6 +957,31 @@ impl Core {
             return self.backend_failure(cx, &e);
         }
         self.respond(cx, code, response::reason(code), |_| {})
+    }
+
+    fn report_lockout(&self, lockout: Lockout) {
+        let scope = match lockout.scope {
+            LockScope::Source => "source",
+            LockScope::User { .. } => "user",
+        };
+        metrics::counter!(metric::LOCKOUTS, "scope" => scope).increment(1);
+        tracing::warn!(source = %lockout.source, realm = %lockout.realm, scope, failures = lockout.failures, "locked out after failed authentications");
+        let second = now_ms() / 1000;
+        let report = match self.lockouts_reported.lock() {
+            Ok(mut r) => {
+                if r.0 != second {
+                    *r = (second, 0);
+                }
+                r.1 += 1;
+                r.1 <= MAX_LOCKOUT_EVENTS_PER_SEC
+            }
+            Err(_) => false,
+        };
+        if report {
+            self.registry.lockout(lockout);
+        } else {
+            metrics::counter!(metric::DROPPED, "reason" => "lockout_event_rate").increment(1);
+        }
     }
 
     async fn register(&self, cx: Cx<'_>, method_text: &str, transport: Transport) -> (u16, Bytes) {

@@ -92,6 +92,8 @@ pub struct GatewayConfig {
     /// An answered call still up after this is ended by the proxy (BYE to
     /// both sides, cause `timeout`): phones that vanish leave no call open.
     pub max_call_duration: Duration,
+    /// Per-source rate limit and lock-outs after failed authentications.
+    pub guard: crate::guard::GuardConfig,
 }
 
 impl Default for GatewayConfig {
@@ -119,6 +121,7 @@ impl Default for GatewayConfig {
             max_tcp_in_flight_per_connection: 1_024,
             no_answer_timeout: Duration::from_secs(60),
             max_call_duration: Duration::from_secs(4 * 3600),
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod core;
 pub mod digest;
 pub mod frame;
 pub mod gateway;
+pub mod guard;
 pub mod message;
 pub mod nonce;
 pub mod proxy;
