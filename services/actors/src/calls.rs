@@ -386,3 +386,97 @@ async fn close_stale(directory: &Directory, legs: Vec<ActiveLeg>) {
         "closed call legs left in progress by the previous run (cause node_restart)"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn recorded(position: Position, user: Uuid, event: user::Event) -> RecordedEvent {
+        let event = Event::User(event);
+        RecordedEvent {
+            position,
+            stream: format!("user-{user}"),
+            version: position - 1,
+            event_id: Uuid::new_v4(),
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            occurred_at_us: 1,
+            domain_id: Some(Uuid::from_u128(9)),
+            user_id: Some(user),
+            node: "n".to_owned(),
+            correlation_id: None,
+            data: event.to_data().unwrap(),
+        }
+    }
+
+    fn started(call_id: &str) -> user::Event {
+        user::Event::CallStarted {
+            call_id: call_id.to_owned(),
+            direction: Direction::Outbound,
+            from: "a@example.com".to_owned(),
+            to: "b@example.com".to_owned(),
+            sip_call_id: "s".to_owned(),
+            started_at: 1,
+        }
+    }
+
+    #[test]
+    fn folds_legs_and_survives_its_checkpoint() {
+        let (alice, bob) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut state = State::default();
+        state.fold(&recorded(1, alice, started("c1")));
+        state.fold(&recorded(2, bob, started("c1")));
+        state.fold(&recorded(
+            3,
+            bob,
+            user::Event::CallAnswered {
+                call_id: "c1".to_owned(),
+                contact: "sip:b@h".to_owned(),
+                answered_at: 2,
+            },
+        ));
+        state.fold(&recorded(4, alice, started("c2")));
+        state.fold(&recorded(
+            5,
+            alice,
+            user::Event::CallFailed {
+                call_id: "c2".to_owned(),
+                sip_status: 486,
+                cause: Cause::UserBusy,
+                failed_at: 3,
+            },
+        ));
+        assert_eq!(state.position, 5);
+        assert_eq!(state.calls.len(), 1, "{:?}", state.calls);
+        assert_eq!(state.legs.values().flatten().count(), 2);
+
+        let json = serde_json::to_string(&state).unwrap();
+        let mut loaded: State = serde_json::from_str(&json).unwrap();
+        loaded.rebuild_calls();
+        assert_eq!(loaded.legs, state.legs);
+        assert_eq!(loaded.calls, state.calls);
+        let bob_leg = &loaded.legs[&UserId(bob)][0];
+        assert_eq!(bob_leg.state, LegState::Answered);
+        assert!(matches!(bob_leg.closing_step(), CallStep::End { .. }));
+        let alice_leg = &loaded.legs[&UserId(alice)][0];
+        assert!(matches!(
+            alice_leg.closing_step(),
+            CallStep::Fail { sip_status: 0, .. }
+        ));
+
+        loaded.fold(&recorded(
+            6,
+            alice,
+            user::Event::CallEnded {
+                call_id: "c1".to_owned(),
+                cause: Cause::NormalClearing,
+                hangup_side: HangupSide::Caller,
+                duration_ms: 5,
+                ended_at: 4,
+            },
+        ));
+        assert_eq!(loaded.calls.len(), 1, "bob's leg is still in progress");
+        assert!(!loaded.legs.contains_key(&UserId(alice)));
+    }
+}

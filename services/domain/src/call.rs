@@ -337,10 +337,14 @@ fn validate(step: &CallStep) -> Result<()> {
             validate_text("sip_call_id", sip_call_id, false)
         }
         CallStep::Answer { contact, .. } => validate_text("contact", contact, true),
-        CallStep::Fail { sip_status, .. } if *sip_status > 699 => Err(Error::invalid(
-            "sip_status",
-            format!("{sip_status} is not a SIP status (0, or 100 to 699)"),
-        )),
+        CallStep::Fail { sip_status, .. }
+            if *sip_status != 0 && !(300..=699).contains(sip_status) =>
+        {
+            Err(Error::invalid(
+                "sip_status",
+                format!("{sip_status} is not a final failure status (300 to 699, or 0 for none)"),
+            ))
+        }
         _ => Ok(()),
     }
 }

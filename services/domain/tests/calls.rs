@@ -412,6 +412,7 @@ fn malformed_steps_are_invalid() {
             "sip_call_id",
         ),
         (fail(CALL, 700, Cause::CallRejected), "sip_status"),
+        (fail(CALL, 200, Cause::CallRejected), "sip_status"),
         (
             call(CallStep::Answer {
                 call_id: CALL.to_owned(),

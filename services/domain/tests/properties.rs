@@ -487,7 +487,7 @@ fn call_step() -> impl Strategy<Value = CallStep> {
         2 => (call_id.clone(), cause.clone(), side).prop_map(|(call_id, cause, side)| {
             CallStep::End { call_id, cause, side }
         }),
-        2 => (call_id, prop_oneof![Just(0u16), 300u16..700, Just(700u16)], cause).prop_map(
+        2 => (call_id, prop_oneof![Just(0u16), 300u16..700, Just(700u16), 100u16..300], cause).prop_map(
             |(call_id, sip_status, cause)| CallStep::Fail { call_id, sip_status, cause }
         ),
     ]
@@ -504,7 +504,9 @@ fn call_step_valid(step: &CallStep) -> bool {
                 ..
             } => ok(from) && ok(to) && ok(sip_call_id),
             CallStep::Answer { contact, .. } => !contact.chars().any(char::is_control),
-            CallStep::Fail { sip_status, .. } => *sip_status <= 699,
+            CallStep::Fail { sip_status, .. } => {
+                *sip_status == 0 || (300..=699).contains(sip_status)
+            }
             _ => true,
         }
 }

@@ -1253,10 +1253,12 @@ fn malformed_values_are_rejected() {
         "CallEnded",
         with(sample("CallEnded"), "/duration_ms", json!(-1)),
     );
-    assert_rejected(
-        "CallFailed",
-        with(sample("CallFailed"), "/sip_status", json!(700)),
-    );
+    for bad in [700, 200, 180, 1] {
+        assert_rejected(
+            "CallFailed",
+            with(sample("CallFailed"), "/sip_status", json!(bad)),
+        );
+    }
 }
 
 // ================================================================ patterns
