@@ -6,7 +6,8 @@
 #   loadtest/sip-bench.sh [--users N] [--port P] [--out DIR] [--kamailio] [-- run-sip-bench.sh options]
 #
 # It builds the release binaries (if needed), starts a fresh node on
-# 127.0.0.1:5070 (data in a temp dir, durable log as always), provisions the
+# 127.0.0.1:5070 (data in a temp dir, durable log as always; no per-source
+# rate limit: SIPp sends everything from one address), provisions the
 # users CSV through gRPC (dialtone-load provision-csv), runs the harness with
 # the node's PID (CPU and memory per step), and stops the node. With
 # --kamailio it then runs the Kamailio anchor (children=2, unpinned, the
@@ -37,7 +38,7 @@ bin="$root/target/release"
 data=$(mktemp -d "${TMPDIR:-/tmp}/dialtone-bench-XXXXXX")
 grpc=127.0.0.1:50651
 "$bin/dialtone" serve --data-dir "$data" --grpc-addr "$grpc" --metrics-addr 127.0.0.1:9465 \
-  --sip-addr 127.0.0.1:$port --sip-challenge-md5-first > "$out/node.out" 2> "$out/node.log" &
+  --sip-addr 127.0.0.1:$port --sip-challenge-md5-first --sip-source-rate 0 > "$out/node.out" 2> "$out/node.log" &
 node=$!
 trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do grep -q "dialtone ready" "$out/node.out" && break; sleep 0.1; done

@@ -89,6 +89,24 @@ fn domain_payload(e: domain::Event) -> P {
             username: username.to_string(),
             user_id: user_id.to_string(),
         }),
+        E::SourceLockedOut {
+            source,
+            scope,
+            username,
+            failures,
+            locked_at,
+            locked_until,
+        } => P::SourceLockedOut(pb::SourceLockedOut {
+            source,
+            scope: match scope {
+                domain::LockoutScope::User => pb::LockoutScope::User,
+                domain::LockoutScope::Source => pb::LockoutScope::Source,
+            } as i32,
+            username: username.unwrap_or_default(),
+            failures,
+            locked_at: timestamp(locked_at),
+            locked_until: timestamp(locked_until),
+        }),
     }
 }
 
@@ -289,6 +307,7 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::DomainDeleted(_) => "DomainDeleted",
         P::UserNameClaimed(_) => "UserNameClaimed",
         P::UserNameReleased(_) => "UserNameReleased",
+        P::SourceLockedOut(_) => "SourceLockedOut",
         P::UserCreated(_) => "UserCreated",
         P::PasswordChanged(_) => "PasswordChanged",
         P::UserUpdated(_) => "UserUpdated",

@@ -134,7 +134,38 @@ pub enum Command {
         username: UserName,
         user_id: UserId,
     },
+    /// The SIP gateway locked a source address out after failed digest
+    /// authentications against this domain (a security event).
+    RecordLockout(Lockout),
 }
+
+/// What a lock-out covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockoutScope {
+    /// One user name from one source address.
+    User,
+    /// Every request from the source address.
+    Source,
+}
+
+/// A lock-out of a source address by the SIP gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockout {
+    /// The source IP address, as text.
+    pub source: String,
+    pub scope: LockoutScope,
+    /// The user name tried (for [`LockoutScope::User`]); as sent, it need
+    /// not be a user of the domain (a scanner's guess).
+    pub username: Option<String>,
+    /// Failures counted in the gateway's window.
+    pub failures: u32,
+    /// How long the source is refused.
+    pub duration_secs: u32,
+}
+
+/// Longest user name recorded in a lock-out (longer guesses are cut).
+pub const MAX_LOCKOUT_USERNAME_LEN: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -161,6 +192,17 @@ pub enum Event {
     UserNameReleased {
         username: UserName,
         user_id: UserId,
+    },
+    /// A source address is refused by the SIP gateway until `locked_until`
+    /// after `failures` failed authentications (category `security`).
+    SourceLockedOut {
+        source: String,
+        scope: LockoutScope,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        failures: u32,
+        locked_at: Timestamp,
+        locked_until: Timestamp,
     },
 }
 
@@ -256,6 +298,28 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
             }]),
             _ => Ok(vec![]),
         },
+        C::RecordLockout(lockout) => {
+            require_exists(state)?;
+            if lockout.source.parse::<std::net::IpAddr>().is_err() {
+                return Err(Error::invalid("source", "must be an IP address"));
+            }
+            // The user name comes from the network: keep it short and
+            // printable.
+            let username = lockout.username.as_ref().map(|u| {
+                u.chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_LOCKOUT_USERNAME_LEN)
+                    .collect::<String>()
+            });
+            Ok(vec![Event::SourceLockedOut {
+                source: lockout.source.clone(),
+                scope: lockout.scope,
+                username,
+                failures: lockout.failures,
+                locked_at: now,
+                locked_until: now + i64::from(lockout.duration_secs) * 1_000_000,
+            }])
+        }
     }
 }
 
@@ -306,6 +370,8 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
                 state.users.remove(username);
             }
         }
+        // A record for audits; the domain's state does not change.
+        Event::SourceLockedOut { .. } => {}
     }
     state
 }

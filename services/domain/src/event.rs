@@ -107,6 +107,7 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("CallAnswered", EventCategory::Call),
     ("CallEnded", EventCategory::Call),
     ("CallFailed", EventCategory::Call),
+    ("SourceLockedOut", EventCategory::Security),
 ];
 
 /// The event types of the domain stream (`domain-{uuid}`); every other type
@@ -119,6 +120,7 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "DomainDeleted",
     "UserNameClaimed",
     "UserNameReleased",
+    "SourceLockedOut",
 ];
 
 /// The schema version this build writes for `event_type`: one more than
@@ -333,6 +335,7 @@ impl Event {
                 domain::Event::DomainDeleted { .. } => "DomainDeleted",
                 domain::Event::UserNameClaimed { .. } => "UserNameClaimed",
                 domain::Event::UserNameReleased { .. } => "UserNameReleased",
+                domain::Event::SourceLockedOut { .. } => "SourceLockedOut",
             },
             Event::User(e) => match e {
                 user::Event::UserCreated { .. } => "UserCreated",

@@ -119,6 +119,26 @@ fn domain_command() -> impl Strategy<Value = domain::Command> {
             .prop_map(|(username, user_id)| C::ClaimUserName { username, user_id }),
         4 => (username(), user_id())
             .prop_map(|(username, user_id)| C::ReleaseUserName { username, user_id }),
+        1 => (
+            select(&["192.0.2.1", "2001:db8::7", "not an address"][..]),
+            any::<bool>(),
+            option::of(text(100)),
+            any::<u32>(),
+            0u32..=86_400,
+        )
+            .prop_map(|(source, whole_source, username, failures, duration_secs)| {
+                C::RecordLockout(domain::Lockout {
+                    source: source.to_owned(),
+                    scope: if whole_source {
+                        domain::LockoutScope::Source
+                    } else {
+                        domain::LockoutScope::User
+                    },
+                    username,
+                    failures,
+                    duration_secs,
+                })
+            }),
     ]
 }
 
@@ -238,6 +258,9 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                         .is_none_or(|holder| holder == user_id)
             }
             C::ReleaseUserName { .. } => true,
+            C::RecordLockout(lockout) => {
+                state.exists() && lockout.source.parse::<std::net::IpAddr>().is_ok()
+            }
         };
         assert_eq!(
             result.is_ok(),
@@ -292,6 +315,30 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                 users.insert(username.clone(), *user_id);
                 // A repeated claim is a no-op.
                 assert_eq!(domain::decide(&state, command, *now), Ok(vec![]));
+            }
+            C::RecordLockout(lockout) => {
+                // Recorded, and nothing else changes.
+                assert_eq!(state, before);
+                match events.as_slice() {
+                    [domain::Event::SourceLockedOut {
+                        source,
+                        username,
+                        locked_at,
+                        locked_until,
+                        ..
+                    }] => {
+                        assert_eq!(source, &lockout.source);
+                        assert!(username.as_ref().is_none_or(
+                            |u| u.chars().count() <= 64 && !u.chars().any(char::is_control)
+                        ));
+                        assert_eq!(*locked_at, *now);
+                        assert_eq!(
+                            *locked_until,
+                            *now + i64::from(lockout.duration_secs) * 1_000_000
+                        );
+                    }
+                    other => panic!("{other:?}"),
+                }
             }
             C::ReleaseUserName { username, user_id } => {
                 assert_ne!(state.users.get(username), Some(user_id));

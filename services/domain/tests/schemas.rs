@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use dialtone_domain::call::{CallStep, Cause, Direction, HangupSide};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
-use dialtone_domain::event::{current_schema_version, EVENT_TYPES};
+use dialtone_domain::event::{current_schema_version, DOMAIN_EVENT_TYPES, EVENT_TYPES};
 use dialtone_domain::registration::{Binding, ContactChange, Presence, Register};
 use dialtone_domain::user::{self, NewUser, Patch, User};
 use dialtone_domain::{DomainId, DomainName, Event, UserId, UserName};
@@ -149,7 +149,7 @@ fn schemas_are_draft_2020_12_closed_and_versioned() {
             current_schema_version(name),
             "schemas/{name}.json: x-dialtone-schema-version must be the version this build writes"
         );
-        let stream = if name.starts_with("Domain") || name.starts_with("UserName") {
+        let stream = if DOMAIN_EVENT_TYPES.contains(&name.as_str()) {
             "domain"
         } else {
             "user"
@@ -294,6 +294,13 @@ fn domain_events_from_decide() -> Vec<Event> {
             username: alice,
             user_id: id,
         },
+        C::RecordLockout(domain::Lockout {
+            source: "198.51.100.7".to_owned(),
+            scope: domain::LockoutScope::User,
+            username: Some("100\u{7}\"<scan>".to_owned()),
+            failures: 5,
+            duration_secs: 300,
+        }),
         C::Delete,
     ];
     let mut state = Domain::default();
@@ -626,6 +633,24 @@ fn hand_made_events() -> Vec<Event> {
         D::UserNameReleased {
             username: un("1"),
             user_id: nil,
+        }
+        .into(),
+        D::SourceLockedOut {
+            source: "2001:db8::1".into(),
+            scope: domain::LockoutScope::User,
+            username: Some("ß".repeat(64)),
+            failures: 5,
+            locked_at: 0,
+            locked_until: 300_000_000,
+        }
+        .into(),
+        D::SourceLockedOut {
+            source: "192.0.2.1".into(),
+            scope: domain::LockoutScope::Source,
+            username: None,
+            failures: u32::MAX,
+            locked_at: i64::MAX - 1,
+            locked_until: i64::MAX,
         }
         .into(),
         U::UserCreated {
@@ -964,6 +989,8 @@ fn missing_required_fields_are_rejected() {
         ("DomainUpdated", "settings"),
         ("UserNameClaimed", "user_id"),
         ("UserNameReleased", "username"),
+        ("SourceLockedOut", "source"),
+        ("SourceLockedOut", "locked_until"),
         ("UserCreated", "credentials"),
         ("UserCreated", "enabled"),
         ("PasswordChanged", "credentials"),

@@ -35,6 +35,16 @@ pub struct Config {
     pub sip_no_answer_secs: u64,
     /// An answered call is ended by the proxy after this many seconds.
     pub sip_max_call_secs: u64,
+    /// Failed authentications of one user from one address that lock it out there (0: never).
+    pub sip_lockout_user_failures: u32,
+    /// Failed authentications from one address that lock the address out (0: never).
+    pub sip_lockout_source_failures: u32,
+    /// Window of the failure counts, seconds.
+    pub sip_lockout_window_secs: u64,
+    /// Cooling-off of a lock-out, seconds.
+    pub sip_lockout_secs: u64,
+    /// Messages per second per source address (0: no limit).
+    pub sip_source_rate: u32,
     /// A live subscriber this many events behind the head is ended (0: never).
     pub subscription_max_lag: u64,
 }
@@ -58,6 +68,11 @@ impl Default for Config {
             sip_challenge_md5_first: false,
             sip_no_answer_secs: 60,
             sip_max_call_secs: 4 * 3600,
+            sip_lockout_user_failures: 5,
+            sip_lockout_source_failures: 20,
+            sip_lockout_window_secs: 60,
+            sip_lockout_secs: 300,
+            sip_source_rate: 5000,
             subscription_max_lag: 1_000_000,
         }
     }
@@ -92,6 +107,11 @@ pub struct FileConfig {
     pub sip_challenge_md5_first: Option<bool>,
     pub sip_no_answer_secs: Option<u64>,
     pub sip_max_call_secs: Option<u64>,
+    pub sip_lockout_user_failures: Option<u32>,
+    pub sip_lockout_source_failures: Option<u32>,
+    pub sip_lockout_window_secs: Option<u64>,
+    pub sip_lockout_secs: Option<u64>,
+    pub sip_source_rate: Option<u32>,
     pub subscription_max_lag: Option<u64>,
 }
 
@@ -157,6 +177,21 @@ pub struct Overrides {
     /// An answered call still up after this many seconds is ended by the proxy (BYE both ways, cause timeout) [default: 14400].
     #[arg(long, env = "DIALTONE_SIP_MAX_CALL_SECS")]
     pub sip_max_call_secs: Option<u64>,
+    /// Failed digest authentications of one user from one address (in the window) that lock that user out for that address; 0 = never [default: 5].
+    #[arg(long, env = "DIALTONE_SIP_LOCKOUT_USER_FAILURES")]
+    pub sip_lockout_user_failures: Option<u32>,
+    /// Failed digest authentications from one address, any users (in the window), that lock the whole address out; 0 = never [default: 20].
+    #[arg(long, env = "DIALTONE_SIP_LOCKOUT_SOURCE_FAILURES")]
+    pub sip_lockout_source_failures: Option<u32>,
+    /// Window in which failed authentications are counted, seconds [default: 60].
+    #[arg(long, env = "DIALTONE_SIP_LOCKOUT_WINDOW_SECS")]
+    pub sip_lockout_window_secs: Option<u64>,
+    /// How long a locked-out address is refused (403), seconds [default: 300].
+    #[arg(long, env = "DIALTONE_SIP_LOCKOUT_SECS")]
+    pub sip_lockout_secs: Option<u64>,
+    /// SIP messages per second one source address may send (bursts of twice that); more are dropped; 0 = no limit [default: 5000].
+    #[arg(long, env = "DIALTONE_SIP_SOURCE_RATE")]
+    pub sip_source_rate: Option<u32>,
     /// A live event subscriber this many events behind the head is ended with RESOURCE_EXHAUSTED and the position to resume from; 0 = never [default: 1000000].
     #[arg(long, env = "DIALTONE_SUBSCRIPTION_MAX_LAG")]
     pub subscription_max_lag: Option<u64>,
@@ -248,6 +283,21 @@ impl Config {
         if let Some(v) = file.sip_max_call_secs {
             self.sip_max_call_secs = v;
         }
+        if let Some(v) = file.sip_lockout_user_failures {
+            self.sip_lockout_user_failures = v;
+        }
+        if let Some(v) = file.sip_lockout_source_failures {
+            self.sip_lockout_source_failures = v;
+        }
+        if let Some(v) = file.sip_lockout_window_secs {
+            self.sip_lockout_window_secs = v;
+        }
+        if let Some(v) = file.sip_lockout_secs {
+            self.sip_lockout_secs = v;
+        }
+        if let Some(v) = file.sip_source_rate {
+            self.sip_source_rate = v;
+        }
         if let Some(v) = file.subscription_max_lag {
             self.subscription_max_lag = v;
         }
@@ -299,6 +349,21 @@ impl Config {
         }
         if let Some(v) = o.sip_max_call_secs {
             self.sip_max_call_secs = v;
+        }
+        if let Some(v) = o.sip_lockout_user_failures {
+            self.sip_lockout_user_failures = v;
+        }
+        if let Some(v) = o.sip_lockout_source_failures {
+            self.sip_lockout_source_failures = v;
+        }
+        if let Some(v) = o.sip_lockout_window_secs {
+            self.sip_lockout_window_secs = v;
+        }
+        if let Some(v) = o.sip_lockout_secs {
+            self.sip_lockout_secs = v;
+        }
+        if let Some(v) = o.sip_source_rate {
+            self.sip_source_rate = v;
         }
         if o.sip_challenge_md5_first {
             self.sip_challenge_md5_first = true;

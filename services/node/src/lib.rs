@@ -45,8 +45,9 @@ struct Args {
 enum Command {
     /// Run a node: event log, actors, gRPC API, metrics.
     Serve {
+        // Boxed: the settings are many times larger than any client command.
         #[command(flatten)]
-        overrides: config::Overrides,
+        overrides: Box<config::Overrides>,
         /// Provision a demo domain with two users and print their credentials.
         #[arg(long)]
         demo: bool,

@@ -95,6 +95,15 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             challenge_md5_first: config.sip_challenge_md5_first,
             no_answer_timeout: Duration::from_secs(config.sip_no_answer_secs.max(1)),
             max_call_duration: Duration::from_secs(config.sip_max_call_secs.max(1)),
+            guard: dialtone_sip::guard::GuardConfig {
+                user_source_threshold: config.sip_lockout_user_failures,
+                source_threshold: config.sip_lockout_source_failures,
+                window: Duration::from_secs(config.sip_lockout_window_secs.max(1)),
+                lockout: Duration::from_secs(config.sip_lockout_secs),
+                source_rate: config.sip_source_rate,
+                source_burst: config.sip_source_rate.saturating_mul(2),
+                ..dialtone_sip::guard::GuardConfig::default()
+            },
             server_header: Some(format!("Dialtone/{}", env!("CARGO_PKG_VERSION"))),
             ..dialtone_sip::GatewayConfig::default()
         };

@@ -345,6 +345,35 @@ impl Registry for ActorRegistry {
         })
     }
 
+    fn lockout(&self, lockout: dialtone_sip::guard::Lockout) {
+        let Ok(name) = DomainName::parse(&lockout.realm) else {
+            return;
+        };
+        let id = DomainId::for_name(&name);
+        let (scope, username) = match lockout.scope {
+            dialtone_sip::guard::LockScope::User { user, .. } => {
+                (domain::LockoutScope::User, Some(user))
+            }
+            dialtone_sip::guard::LockScope::Source => (domain::LockoutScope::Source, None),
+        };
+        let command = domain::Command::RecordLockout(domain::Lockout {
+            source: lockout.source.to_string(),
+            scope,
+            username,
+            failures: lockout.failures,
+            duration_secs: u32::try_from(lockout.duration.as_secs()).unwrap_or(u32::MAX),
+        });
+        let directory = self.provisioning.directory().clone();
+        tokio::spawn(async move {
+            if let Err(e) = directory
+                .execute_domain(id, command, Meta::default(), |_| ())
+                .await
+            {
+                tracing::warn!(error = %e, "recording a SIP lock-out failed");
+            }
+        });
+    }
+
     async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
         // The legs of one step go to two actors: concurrently.
         let mut records = records.into_iter();

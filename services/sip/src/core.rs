@@ -17,8 +17,8 @@ use crate::backend::{
 };
 use crate::digest::{write_challenge, Algorithm, CredentialsRef, DigestError};
 use crate::gateway::GatewayConfig;
-use crate::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
 use crate::guard::{Guard, LockScope, Lockout};
+use crate::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
 use crate::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
 use crate::proxy::{self, CallInput, Legs, NewCall, Outbound, Proxy, ProxySettings, Recorder};
 use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
@@ -339,7 +339,9 @@ impl Core {
         }
         self.proxy.tick(now);
         let sweep = match self.last_guard_sweep.lock() {
-            Ok(mut last) if last.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(10)) => {
+            Ok(mut last)
+                if last.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(10)) =>
+            {
                 *last = Some(now);
                 true
             }

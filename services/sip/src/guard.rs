@@ -18,7 +18,7 @@
 //! family; beyond that the oldest (expired first) are dropped.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -124,9 +124,7 @@ impl Guard {
     }
 
     fn shard(&self, ip: IpAddr) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
     }
 
     fn per_shard_limit(&self) -> usize {
@@ -145,9 +143,9 @@ impl Guard {
         let burst = f64::from(self.cfg.source_burst.max(self.cfg.source_rate));
         if !shard.buckets.contains_key(&ip) && shard.buckets.len() >= self.per_shard_limit() {
             // Full buckets are worth nothing: forget those.
-            shard.buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst
-            });
+            shard
+                .buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
             if shard.buckets.len() >= self.per_shard_limit() {
                 return true; // too many sources to track: fail open
             }
@@ -216,8 +214,7 @@ impl Guard {
             && per_source >= self.cfg.source_threshold
         {
             (Key::Source(ip), LockScope::Source, per_source)
-        } else if self.cfg.user_source_threshold > 0 && per_user >= self.cfg.user_source_threshold
-        {
+        } else if self.cfg.user_source_threshold > 0 && per_user >= self.cfg.user_source_threshold {
             (
                 user_key,
                 LockScope::User {
