@@ -353,10 +353,14 @@ impl EventStore for SqliteStore {
         }
         let stream = stream.to_owned();
         self.read(move |conn| {
+            // The stream's id from its name, then the (stream_id, version)
+            // index from `from_version` on.
             let mut stmt = conn.prepare_cached(
-                "SELECT position, stream, version, event_id, type, schema_version, occurred_at,
-                        domain_id, user_id, node, correlation_id, data
-                 FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3",
+                "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,
+                        e.occurred_at, e.domain_id, e.user_id, e.node, e.correlation_id, e.data
+                 FROM streams s CROSS JOIN events e
+                 WHERE s.name = ?1 AND e.stream_id = s.id AND e.version >= ?2
+                 ORDER BY e.version LIMIT ?3",
             )?;
             let rows = stmt.query_map(
                 rusqlite::params![stream, to_i64(from_version), to_i64(max_count as u64)],
@@ -380,10 +384,14 @@ impl EventStore for SqliteStore {
             return self.check_open().map(|()| Vec::new());
         }
         self.read(move |conn| {
+            // Position order first (CROSS JOIN fixes the loop order), each
+            // stream's name by its id.
             let mut stmt = conn.prepare_cached(
-                "SELECT position, stream, version, event_id, type, schema_version, occurred_at,
-                        domain_id, user_id, node, correlation_id, data
-                 FROM events WHERE position >= ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
+                "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,
+                        e.occurred_at, e.domain_id, e.user_id, e.node, e.correlation_id, e.data
+                 FROM events e CROSS JOIN streams s
+                 WHERE e.position >= ?1 AND e.position <= ?2 AND s.id = e.stream_id
+                 ORDER BY e.position LIMIT ?3",
             )?;
             let rows = stmt.query_map(
                 rusqlite::params![
@@ -418,16 +426,16 @@ impl EventStore for SqliteStore {
         self.read(move |conn| {
             // Names sharing a prefix are contiguous in SQLite's BINARY order
             // (bytewise, as Rust orders `str`): seek to the lower bound with the
-            // primary key, then stop at the first name outside the prefix. The
+            // name index, then stop at the first name outside the prefix. The
             // last version is one index seek per row, done as rows are read.
             let mut stmt = match after {
                 Some(_) => conn.prepare_cached(
-                    "SELECT stream, (SELECT MAX(version) FROM events e WHERE e.stream = s.stream)
-                     FROM streams s WHERE stream >= ?1 AND stream > ?2 ORDER BY stream",
+                    "SELECT name, (SELECT MAX(version) FROM events e WHERE e.stream_id = s.id)
+                     FROM streams s WHERE name >= ?1 AND name > ?2 ORDER BY name",
                 )?,
                 None => conn.prepare_cached(
-                    "SELECT stream, (SELECT MAX(version) FROM events e WHERE e.stream = s.stream)
-                     FROM streams s WHERE stream >= ?1 ORDER BY stream",
+                    "SELECT name, (SELECT MAX(version) FROM events e WHERE e.stream_id = s.id)
+                     FROM streams s WHERE name >= ?1 ORDER BY name",
                 )?,
             };
             let mut rows = match &after {
