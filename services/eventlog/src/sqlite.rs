@@ -113,6 +113,10 @@ pub struct BatchStats {
     /// Time the writer itself spent checkpointing (the background
     /// checkpoints are not counted: they do not stop the writer).
     pub checkpoint_time: Duration,
+    /// WAL frames (one page each) written by commits.
+    pub wal_frames: u64,
+    /// The database's page size in bytes (a WAL frame is that plus 24).
+    pub page_size: u64,
 }
 
 #[derive(Default)]
@@ -125,6 +129,8 @@ struct StatsCells {
     write_nanos: AtomicU64,
     commit_nanos: AtomicU64,
     checkpoint_nanos: AtomicU64,
+    wal_frames: AtomicU64,
+    page_size: AtomicU64,
 }
 
 impl StatsCells {
@@ -138,6 +144,8 @@ impl StatsCells {
             write_time: Duration::from_nanos(self.write_nanos.load(Ordering::Relaxed)),
             commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
             checkpoint_time: Duration::from_nanos(self.checkpoint_nanos.load(Ordering::Relaxed)),
+            wal_frames: self.wal_frames.load(Ordering::Relaxed),
+            page_size: self.page_size.load(Ordering::Relaxed),
         }
     }
 }
@@ -219,6 +227,12 @@ impl SqliteStore {
         let (head_tx, head_rx) = watch::channel(last_position);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(StatsCells::default());
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))
+            .map_err(|e| storage_error("read page_size", &e))?;
+        stats
+            .page_size
+            .store(u64::try_from(page_size).unwrap_or(0), Ordering::Relaxed);
         let writer = writer::Writer::new(
             conn,
             path,

@@ -50,10 +50,19 @@ thread_local! {
     /// SQLite's WAL hook (a plain `fn`, hence a thread-local: the writer
     /// connection only ever commits on the writer thread).
     static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    /// Frames appended to the WAL since open (for the stats).
+    static WAL_APPENDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn record_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.with(|cell| cell.set(frames));
+    let before = WAL_FRAMES.with(|cell| cell.replace(frames));
+    // Fewer frames than before: the WAL started over with this commit.
+    let appended = if frames >= before {
+        frames - before
+    } else {
+        frames
+    };
+    WAL_APPENDED.with(|cell| cell.set(cell.get() + u64::try_from(appended).unwrap_or(0)));
     Ok(())
 }
 
@@ -658,6 +667,9 @@ impl Writer {
                         .fetch_max(committed, Ordering::Relaxed);
                 }
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .wal_frames
+                    .store(WAL_APPENDED.with(std::cell::Cell::get), Ordering::Relaxed);
                 self.stats
                     .appends
                     .fetch_add(self.batch_appends, Ordering::Relaxed);
