@@ -19,10 +19,19 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
+use super::tail::{SharedTail, Tail};
 use super::{
     optional_u64_column, storage_error, to_i64, u64_column, SqliteOptions, StatsCells, BUSY_TIMEOUT,
 };
 use crate::{AppendOutcome, Error, ExpectedVersion, NewEvent, Position, Result, Snapshot};
+
+/// A committed event not yet in `stream_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct IndexEntry {
+    stream_id: i64,
+    version: u64,
+    position: Position,
+}
 
 /// Checkpoints. Copying WAL frames into the database file (and fsyncing it)
 /// takes tens of milliseconds; done by the writer it would stall every append
@@ -70,12 +79,14 @@ fn record_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusql
 const SCHEMA_VERSION: i64 = 3;
 
 /// Schema 3. What an append writes is what limits throughput (disk write
-/// bandwidth, see ADR 0008), so every per-event structure is small:
+/// bandwidth and one `pwrite` per WAL page, see ADR 0008), so a commit
+/// should dirty as few pages as possible:
 /// - `events` is ordered by position (the rowid): a batch appends to the
-///   table's last pages.
-/// - Streams are named once, in `streams`; events carry the integer id. The
-///   `(stream_id, version)` index, whose leaf of each stream an append
-///   dirties, holds ~10-byte entries instead of ~55-byte ones (the name).
+///   table's last pages. Events carry their stream's integer id, named once
+///   in `streams`.
+/// - `stream_index` (stream id, version → position) is not written by the
+///   commit of the events but later, in large sorted chunks (see `tail.rs`);
+///   `meta.indexed_through` says how far it is complete.
 /// - `event_id` stays `UNIQUE`: idempotency (invariant 5) must recognise ids
 ///   stored in any stream. With time-ordered (v7) ids it appends too.
 const SCHEMA: &str = "
@@ -97,8 +108,18 @@ CREATE TABLE IF NOT EXISTS events (
     correlation_id TEXT,
     data           TEXT    NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, version);
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
+CREATE TABLE IF NOT EXISTS stream_index (
+    stream_id INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('indexed_through', 0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS snapshots (
     stream         TEXT    PRIMARY KEY,
     version        INTEGER NOT NULL,
@@ -114,16 +135,25 @@ const INSERT_EVENT: &str = "INSERT INTO events (position, stream_id, version, ev
 /// A new stream gets the next id (SQLite's rowid: max + 1).
 const INSERT_STREAM: &str = "INSERT INTO streams (name) VALUES (?1) RETURNING id";
 
-/// A stream's id and last version (`NULL` without events); no row for an
-/// unknown stream. The last version comes from the `(stream_id, version)`
-/// index, which every append updates anyway: one seek. (Keeping it in
-/// `streams` would dirty one more random page per append.)
-const STREAM_STATE: &str = "SELECT id, (SELECT MAX(version) FROM events WHERE stream_id = s.id)
+/// A stream's id and last *indexed* version (`NULL` if none); no row for an
+/// unknown stream. The unindexed tail may hold later versions.
+const STREAM_STATE: &str =
+    "SELECT id, (SELECT MAX(version) FROM stream_index WHERE stream_id = s.id)
     FROM streams s WHERE name = ?1";
 
-/// Last version of a stream by name, `NULL` without events.
-pub(super) const STREAM_VERSION: &str = "SELECT MAX(version) FROM events
+/// Last indexed version of a stream by name, `NULL` if none.
+pub(super) const STREAM_VERSION: &str = "SELECT MAX(version) FROM stream_index
     WHERE stream_id = (SELECT id FROM streams WHERE name = ?1)";
+
+const INSERT_INDEX: &str =
+    "INSERT INTO stream_index (stream_id, version, position) VALUES (?1, ?2, ?3)";
+
+const SET_INDEXED_THROUGH: &str = "UPDATE meta SET value = ?1 WHERE key = 'indexed_through'";
+
+/// The tail is indexed in chunks of this many events (sorted by stream, so
+/// that a stream's entries share its leaf), once it holds twice as many: a
+/// chunk costs one commit, and its leaves are written once for many events.
+pub(super) const DEFAULT_INDEX_CHUNK: usize = 4096;
 
 /// Schema 1 kept `last_version` in `streams` (files made by early builds).
 const MIGRATE_1_TO_2: &str = "
@@ -166,8 +196,21 @@ DROP TABLE events;
 DROP TABLE streams;
 ALTER TABLE streams_v3 RENAME TO streams;
 ALTER TABLE events_v3 RENAME TO events;
-CREATE UNIQUE INDEX events_by_stream ON events (stream_id, version);
 CREATE UNIQUE INDEX events_by_id ON events (event_id);
+CREATE TABLE stream_index (
+    stream_id INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, version)
+) WITHOUT ROWID;
+INSERT INTO stream_index (stream_id, version, position)
+    SELECT stream_id, version, position FROM events ORDER BY stream_id, version;
+CREATE TABLE meta (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value)
+    VALUES ('indexed_through', (SELECT COALESCE(MAX(position), 0) FROM events));
 ";
 
 const UPSERT_SNAPSHOT: &str = "INSERT INTO snapshots (stream, version, schema_version, data)
@@ -256,6 +299,52 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
         }
     }
     Ok(conn)
+}
+
+/// Rebuilds the unindexed tail: the events after `meta.indexed_through`.
+/// Returns it with the same events as `(stream id, version, position)`.
+pub(super) fn load_tail(conn: &Connection) -> Result<(Tail, Vec<IndexEntry>)> {
+    let through = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'indexed_through'",
+            [],
+            |row| u64_column(row, 0),
+        )
+        .map_err(|e| storage_error("read indexed_through", &e))?;
+    let mut tail = Tail::new(through);
+    let mut entries = Vec::new();
+    let mut stmt = conn
+        .prepare(
+            "SELECT e.position, e.stream_id, e.version, s.name
+             FROM events e CROSS JOIN streams s
+             WHERE e.position > ?1 AND s.id = e.stream_id ORDER BY e.position",
+        )
+        .map_err(|e| storage_error("read the unindexed tail", &e))?;
+    let mut rows = stmt
+        .query([to_i64(through)])
+        .map_err(|e| storage_error("read the unindexed tail", &e))?;
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| storage_error("read the unindexed tail", &e))?
+    {
+        let read = || -> rusqlite::Result<_> {
+            Ok((
+                u64_column(row, 0)?,
+                row.get::<_, i64>(1)?,
+                u64_column(row, 2)?,
+                row.get_ref(3)?.as_str()?.to_owned(),
+            ))
+        };
+        let (position, stream_id, version, name) =
+            read().map_err(|e| storage_error("read the unindexed tail", &e))?;
+        tail.push(&name, version, position, 1);
+        entries.push(IndexEntry {
+            stream_id,
+            version,
+            position,
+        });
+    }
+    Ok((tail, entries))
 }
 
 pub(super) fn last_position(conn: &Connection) -> Result<Position> {
@@ -424,6 +513,14 @@ pub(super) struct Writer {
     /// Id and last version of each stream seen since open. Filled lazily
     /// from the database; cleared after a failed batch.
     streams: HashMap<String, StreamState>,
+    /// Committed events not yet in `stream_index`, in position order, and
+    /// the same shared with the readers by stream name.
+    unindexed: Vec<IndexEntry>,
+    tail: SharedTail,
+    /// Appends of the current batch: (stream, id, first version, first
+    /// position, count); they join the tail once committed.
+    batch_written: Vec<(String, i64, u64, Position, u64)>,
+    index_chunk: usize,
     next_position: Position,
     node: String,
     max_events: usize,
@@ -448,7 +545,8 @@ impl Writer {
         path: &Path,
         rx: mpsc::Receiver<Msg>,
         head: watch::Sender<Position>,
-        last_position: Position,
+        // What the log holds: its last position and unindexed tail.
+        (last_position, tail, unindexed): (Position, SharedTail, Vec<IndexEntry>),
         options: &SqliteOptions,
         stats: Arc<StatsCells>,
     ) -> Self {
@@ -458,6 +556,10 @@ impl Writer {
             rx,
             head,
             streams: HashMap::new(),
+            unindexed,
+            tail,
+            batch_written: Vec::new(),
+            index_chunk: options.index_chunk_events.max(1),
             next_position: last_position + 1,
             node: options.node.clone(),
             max_events: options.max_batch_events.max(1),
@@ -517,8 +619,17 @@ impl Writer {
                 answered += usize::from(reply.send());
             }
             expected = answered + batch.appends;
-            // After answering, so that no acknowledgement waits for it.
+            // After answering, so that no acknowledgement waits for them.
+            if self.unindexed.len() >= 2 * self.index_chunk {
+                self.index_chunk();
+            }
             self.maybe_checkpoint(checkpointer.as_ref());
+        }
+        // Index what is left, so that the next open has no tail to rebuild.
+        while !self.unindexed.is_empty() {
+            if !self.index_chunk() {
+                break;
+            }
         }
         // The checkpoint connection goes first, so that the writer's is the
         // last one and its close can checkpoint and remove the WAL.
@@ -531,6 +642,52 @@ impl Writer {
             tracing::warn!(error = %e, "closing the event log connection failed");
         }
         tracing::debug!("event log writer stopped");
+    }
+
+    /// Writes the oldest chunk of the tail into `stream_index`, sorted by
+    /// stream, in one transaction; then trims the tail. A failure loses
+    /// nothing (the tail stays, the events are stored) and is retried later.
+    fn index_chunk(&mut self) -> bool {
+        let started = Instant::now();
+        let n = self.unindexed.len().min(self.index_chunk);
+        let Some(last) = n.checked_sub(1).map(|i| self.unindexed[i]) else {
+            return true;
+        };
+        let mut chunk = self.unindexed[..n].to_vec();
+        chunk.sort_unstable();
+        let written = (|| -> rusqlite::Result<()> {
+            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            {
+                let mut insert = self.conn.prepare_cached(INSERT_INDEX)?;
+                for entry in &chunk {
+                    insert.execute(params![
+                        entry.stream_id,
+                        to_i64(entry.version),
+                        to_i64(entry.position)
+                    ])?;
+                }
+            }
+            self.conn
+                .prepare_cached(SET_INDEXED_THROUGH)?
+                .execute([to_i64(last.position)])?;
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(())
+        })();
+        self.stats
+            .index_nanos
+            .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
+        match written {
+            Ok(()) => {
+                self.unindexed.drain(..n);
+                self.tail.write(|tail| tail.indexed(last.position));
+                true
+            }
+            Err(e) => {
+                self.rollback();
+                tracing::warn!(error = %e, "indexing the event log tail failed");
+                false
+            }
+        }
     }
 
     /// After a commit: nudges the background checkpointer, or, once the WAL
@@ -626,6 +783,7 @@ impl Writer {
         let started = Instant::now();
         let first_position = self.next_position;
         self.batch_appends = 0;
+        self.batch_written.clear();
         let msgs = std::mem::take(&mut batch.msgs);
         batch.events = 0;
         batch.appends = 0;
@@ -658,6 +816,22 @@ impl Writer {
                 let committed = self.next_position - first_position;
                 self.last_commit = done;
                 if committed > 0 {
+                    // The tail first: a reader who sees the new head must
+                    // find these events in the tail or in the index.
+                    let written = std::mem::take(&mut self.batch_written);
+                    self.tail.write(|tail| {
+                        for (stream, _, version, position, count) in &written {
+                            tail.push(stream, *version, *position, *count);
+                        }
+                    });
+                    for (_, stream_id, version, position, count) in &written {
+                        self.unindexed.extend((0..*count).map(|i| IndexEntry {
+                            stream_id: *stream_id,
+                            version: version + i,
+                            position: position + i,
+                        }));
+                    }
+                    self.batch_written = written;
                     let head = self.next_position - 1;
                     self.head.send_replace(head);
                     self.batch_events.record(committed as f64);
@@ -822,6 +996,13 @@ impl Writer {
             })
             .map_err(|e| AppendFailure::fatal("read stream version", &e))?
             .unwrap_or_default();
+        let state = StreamState {
+            last: self
+                .tail
+                .read(|tail| tail.last_version(stream))
+                .or(state.last),
+            ..state
+        };
         self.streams.insert(stream.to_owned(), state);
         Ok(state)
     }
@@ -929,6 +1110,13 @@ impl Writer {
                 last: Some(last_version),
             };
         }
+        self.batch_written.push((
+            req.stream.clone(),
+            stream_id,
+            first_version,
+            first_position,
+            count,
+        ));
         self.next_position += count;
         self.batch_appends += 1;
         Ok(AppendOutcome {
@@ -1232,7 +1420,20 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(indexes, vec!["events_by_id", "events_by_stream"]);
+        assert_eq!(indexes, vec!["events_by_id"]);
+        // Every migrated event is indexed: no tail to rebuild.
+        let (tail, unindexed) = load_tail(&conn).unwrap();
+        assert!(unindexed.is_empty());
+        assert_eq!(tail.last_version("user-b"), None);
+        let index: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT stream_id, version, position FROM stream_index")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        // user-a is stream 1, user-b stream 2 (ids in name order).
+        assert_eq!(index, vec![(1, 0, 2), (2, 0, 1), (2, 1, 3)]);
         // Reopening a migrated file changes nothing.
         drop(conn);
         let conn = open_writer_connection(&path).unwrap();
@@ -1351,6 +1552,91 @@ mod tests {
         assert_eq!(store.stream_version("user-c").await.unwrap(), Some(0));
         assert_eq!(store.read_all(1, 10).await.unwrap().len(), 5);
         store.close().await.unwrap();
+    }
+
+    /// A crash between committing events and indexing them leaves events
+    /// after `indexed_through`: the next open rebuilds the tail from them,
+    /// and every read and append sees them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unindexed_events_are_found_after_reopen() {
+        use crate::sqlite::{SqliteOptions, SqliteStore};
+        use crate::{EventStore, StreamInfo};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(&path, SqliteOptions::new("n")).unwrap();
+        for i in 0..5u64 {
+            for s in ["s-a", "s-b"] {
+                let expected = i
+                    .checked_sub(1)
+                    .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                store
+                    .append(s, expected, vec![new_event("T", "{}")])
+                    .await
+                    .unwrap();
+            }
+        }
+        store.close().await.unwrap();
+        drop(store);
+        // Undo part of the indexing, as if the process died before it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM stream_index WHERE position > 3;
+             UPDATE meta SET value = 3 WHERE key = 'indexed_through';",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path, SqliteOptions::new("n")).unwrap();
+        assert_eq!(store.stream_version("s-a").await.unwrap(), Some(4));
+        let a = store.read_stream("s-a", 0, 100).await.unwrap();
+        assert_eq!(
+            a.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            a.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![1, 3, 5, 7, 9]
+        );
+        let b = store.read_stream("s-b", 1, 2).await.unwrap();
+        assert_eq!(b.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            store.list_streams("s-", None, 10).await.unwrap(),
+            vec![
+                StreamInfo {
+                    stream: "s-a".into(),
+                    last_version: 4
+                },
+                StreamInfo {
+                    stream: "s-b".into(),
+                    last_version: 4
+                },
+            ]
+        );
+        let stale = store
+            .append("s-b", ExpectedVersion::Exact(3), vec![new_event("T", "{}")])
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(Error::WrongExpectedVersion {
+                    actual: Some(4),
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        let o = store
+            .append("s-b", ExpectedVersion::Exact(4), vec![new_event("T", "{}")])
+            .await
+            .unwrap();
+        assert_eq!((o.first_position, o.last_version), (11, 5));
+        store.close().await.unwrap();
+        drop(store);
+        // Closing indexed everything.
+        let conn = Connection::open(&path).unwrap();
+        let (_, unindexed) = load_tail(&conn).unwrap();
+        assert!(unindexed.is_empty());
     }
 
     #[test]
