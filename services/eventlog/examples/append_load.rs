@@ -270,11 +270,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let share = |d: Duration| 100.0 * d.as_secs_f64() / elapsed;
     println!(
-        "writer thread:   {:.0}% inserting, {:.0}% committing (WAL write + fsync), \
-         {:.0}% indexing, {:.0}% checkpointing, rest waiting for appends",
+        "writer thread:   {:.0}% inserting (of which {:.0}% indexing), {:.0}% committing \
+         (WAL write + fsync), {:.0}% checkpointing, rest waiting for appends",
         share(after.write_time - before.write_time),
-        share(after.commit_time - before.commit_time),
         share(after.index_time - before.index_time),
+        share(after.commit_time - before.commit_time),
         share(after.checkpoint_time - before.checkpoint_time)
     );
     if let (Some(a), Some(b)) = (written_before, written_after) {

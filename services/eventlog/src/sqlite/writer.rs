@@ -146,13 +146,13 @@ pub(super) const STREAM_VERSION: &str = "SELECT MAX(version) FROM stream_index
     WHERE stream_id = (SELECT id FROM streams WHERE name = ?1)";
 
 const INSERT_INDEX: &str =
-    "INSERT INTO stream_index (stream_id, version, position) VALUES (?1, ?2, ?3)";
+    "INSERT OR REPLACE INTO stream_index (stream_id, version, position) VALUES (?1, ?2, ?3)";
 
 const SET_INDEXED_THROUGH: &str = "UPDATE meta SET value = ?1 WHERE key = 'indexed_through'";
 
 /// The tail is indexed in chunks of this many events (sorted by stream, so
-/// that a stream's entries share its leaf), once it holds twice as many: a
-/// chunk costs one commit, and its leaves are written once for many events.
+/// that a stream's entries share its leaf), once it holds twice as many; a
+/// chunk rides along with a batch's commit.
 pub(super) const DEFAULT_INDEX_CHUNK: usize = 4096;
 
 /// Schema 1 kept `last_version` in `streams` (files made by early builds).
@@ -619,18 +619,10 @@ impl Writer {
                 answered += usize::from(reply.send());
             }
             expected = answered + batch.appends;
-            // After answering, so that no acknowledgement waits for them.
-            if self.unindexed.len() >= 2 * self.index_chunk {
-                self.index_chunk();
-            }
+            // After answering, so that no acknowledgement waits for it.
             self.maybe_checkpoint(checkpointer.as_ref());
         }
-        // Index what is left, so that the next open has no tail to rebuild.
-        while !self.unindexed.is_empty() {
-            if !self.index_chunk() {
-                break;
-            }
-        }
+        self.index_everything();
         // The checkpoint connection goes first, so that the writer's is the
         // last one and its close can checkpoint and remove the WAL.
         if let Some(checkpointer) = checkpointer {
@@ -644,48 +636,62 @@ impl Writer {
         tracing::debug!("event log writer stopped");
     }
 
-    /// Writes the oldest chunk of the tail into `stream_index`, sorted by
-    /// stream, in one transaction; then trims the tail. A failure loses
-    /// nothing (the tail stays, the events are stored) and is retried later.
-    fn index_chunk(&mut self) -> bool {
+    /// Inserts the oldest chunk of the tail into `stream_index`, sorted by
+    /// stream, inside the open transaction, so that it shares the batch's
+    /// commit (and fsync). Returns what to trim from the tail once that
+    /// commit succeeded: (entries, last position). `INSERT OR REPLACE`: the
+    /// rows are a pure function of the events, writing one twice is harmless.
+    fn write_index_chunk(&mut self) -> rusqlite::Result<Option<(usize, Position)>> {
         let started = Instant::now();
         let n = self.unindexed.len().min(self.index_chunk);
-        let Some(last) = n.checked_sub(1).map(|i| self.unindexed[i]) else {
-            return true;
+        let Some(last) = n.checked_sub(1).map(|i| self.unindexed[i].position) else {
+            return Ok(None);
         };
         let mut chunk = self.unindexed[..n].to_vec();
         chunk.sort_unstable();
-        let written = (|| -> rusqlite::Result<()> {
-            self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-            {
-                let mut insert = self.conn.prepare_cached(INSERT_INDEX)?;
-                for entry in &chunk {
-                    insert.execute(params![
-                        entry.stream_id,
-                        to_i64(entry.version),
-                        to_i64(entry.position)
-                    ])?;
-                }
+        {
+            let mut insert = self.conn.prepare_cached(INSERT_INDEX)?;
+            for entry in &chunk {
+                insert.execute(params![
+                    entry.stream_id,
+                    to_i64(entry.version),
+                    to_i64(entry.position)
+                ])?;
             }
-            self.conn
-                .prepare_cached(SET_INDEXED_THROUGH)?
-                .execute([to_i64(last.position)])?;
-            self.conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(())
-        })();
+        }
+        self.conn
+            .prepare_cached(SET_INDEXED_THROUGH)?
+            .execute([to_i64(last)])?;
         self.stats
             .index_nanos
             .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
-        match written {
-            Ok(()) => {
-                self.unindexed.drain(..n);
-                self.tail.write(|tail| tail.indexed(last.position));
-                true
-            }
-            Err(e) => {
-                self.rollback();
-                tracing::warn!(error = %e, "indexing the event log tail failed");
-                false
+        Ok(Some((n, last)))
+    }
+
+    /// The chunk written by `write_index_chunk` is committed.
+    fn index_committed(&mut self, (n, last): (usize, Position)) {
+        self.unindexed.drain(..n);
+        self.tail.write(|tail| tail.indexed(last));
+    }
+
+    /// At close: indexes the whole tail (own transactions), so that the next
+    /// open has nothing to rebuild. A failure loses nothing.
+    fn index_everything(&mut self) {
+        while !self.unindexed.is_empty() {
+            let written = (|| -> rusqlite::Result<_> {
+                self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+                let chunk = self.write_index_chunk()?;
+                self.conn.prepare_cached("COMMIT")?.execute([])?;
+                Ok(chunk)
+            })();
+            match written {
+                Ok(Some(chunk)) => self.index_committed(chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    self.rollback();
+                    tracing::warn!(error = %e, "indexing the event log tail failed");
+                    break;
+                }
             }
         }
     }
@@ -796,6 +802,14 @@ impl Writer {
                 Err(_) => self.skip(msg),
             }
         }
+        // A chunk of the tail joins this commit once enough waits.
+        let mut indexed = None;
+        if outcome.is_ok() && self.unindexed.len() >= 2 * self.index_chunk {
+            match self.write_index_chunk() {
+                Ok(chunk) => indexed = chunk,
+                Err(e) => outcome = Err(Fatal::new("index the tail", &e)),
+            }
+        }
         let written = started.elapsed();
         if outcome.is_ok() {
             outcome = self.commit();
@@ -813,6 +827,9 @@ impl Writer {
 
         match outcome {
             Ok(()) => {
+                if let Some(chunk) = indexed {
+                    self.index_committed(chunk);
+                }
                 let committed = self.next_position - first_position;
                 self.last_commit = done;
                 if committed > 0 {
