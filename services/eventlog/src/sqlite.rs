@@ -7,6 +7,10 @@
 //!   [`SqliteOptions::max_batch_events`] events. It alone assigns positions and
 //!   checks expected versions, against an in-memory map of stream versions, so
 //!   the check needs no query in the common case.
+//! - The commit of a batch writes the events (position order) and nothing
+//!   per stream: the per-stream index is written later, in sorted chunks
+//!   that ride along with a later commit; meanwhile the readers find recent
+//!   events through the in-memory tail (`tail.rs`, ADR 0008).
 //! - Readers: a small pool of read-only connections used through
 //!   `spawn_blocking`, each with its own cache of prepared statements. WAL lets
 //!   them read while the writer writes.
@@ -62,7 +66,7 @@ pub struct SqliteOptions {
     /// Number of read-only connections (reads run concurrently up to this).
     pub readers: usize,
     /// Upper bound of the *gather window*: after a commit, the writer may wait
-    /// this long (and never more than a quarter of the last commit's duration)
+    /// this long (and never more than half of the last batch's duration)
     /// for the writers it just answered to send their next append, so that
     /// they share the next fsync instead of splitting into two alternating
     /// half-size batches. The wait ends as soon as they are all back. This is

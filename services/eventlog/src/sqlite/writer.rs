@@ -767,7 +767,7 @@ impl Writer {
         if self.stopping || batch.appends >= expected || self.max_gather.is_zero() {
             return;
         }
-        let window = self.max_gather.min(self.last_commit / 4);
+        let window = self.max_gather.min(self.last_commit / 2);
         let deadline = Instant::now() + window;
         while batch.appends < expected && !self.is_full(batch) && !self.stopping {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
