@@ -145,8 +145,11 @@ const STREAM_STATE: &str =
 pub(super) const STREAM_VERSION: &str = "SELECT MAX(version) FROM stream_index
     WHERE stream_id = (SELECT id FROM streams WHERE name = ?1)";
 
+/// A plain INSERT: the events table no longer has a `(stream, version)`
+/// constraint, so this is where a duplicate version (a bug in the writer's
+/// version map) would show up, and it must not be papered over.
 const INSERT_INDEX: &str =
-    "INSERT OR REPLACE INTO stream_index (stream_id, version, position) VALUES (?1, ?2, ?3)";
+    "INSERT INTO stream_index (stream_id, version, position) VALUES (?1, ?2, ?3)";
 
 const SET_INDEXED_THROUGH: &str = "UPDATE meta SET value = ?1 WHERE key = 'indexed_through'";
 
@@ -639,8 +642,9 @@ impl Writer {
     /// Inserts the oldest chunk of the tail into `stream_index`, sorted by
     /// stream, inside the open transaction, so that it shares the batch's
     /// commit (and fsync). Returns what to trim from the tail once that
-    /// commit succeeded: (entries, last position). `INSERT OR REPLACE`: the
-    /// rows are a pure function of the events, writing one twice is harmless.
+    /// commit succeeded: (entries, last position). Each event is indexed
+    /// exactly once: the tail only holds events after `indexed_through`,
+    /// which moves in the same transaction as the rows.
     fn write_index_chunk(&mut self) -> rusqlite::Result<Option<(usize, Position)>> {
         let started = Instant::now();
         let n = self.unindexed.len().min(self.index_chunk);
@@ -1112,9 +1116,9 @@ impl Writer {
             }
             return match self.find_duplicate(req, state.id)? {
                 Some(result) => result,
-                // Not an event id: (stream, version) disagrees with our map,
-                // which means the file changed under us. Fail the batch; the
-                // map is reloaded afterwards.
+                // Not an event id: a position already taken, which means the
+                // file changed under us. Fail the batch; the map is reloaded
+                // afterwards.
                 None => Err(AppendFailure::fatal("insert event", &error)),
             };
         }
