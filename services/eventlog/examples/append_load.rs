@@ -1,7 +1,7 @@
 //! Append load test for the SQLite event log.
 //!
-//! N concurrent writers (tokio tasks), each appending 1-event appends to its
-//! own streams with an exact expected version, one append in flight per
+//! N concurrent writers (tokio tasks), each appending K-event appends (1 by
+//! default) to its own streams with an exact expected version, one append in flight per
 //! writer, against a store in a temp dir on the real disk. Prints events/s,
 //! events per commit and append latency.
 //!
@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Options: `--writers N` (64), `--seconds S` (10), `--warmup S` (2),
-//! `--streams N` streams per writer (8), `--data-bytes B` (200),
+//! `--streams N` streams per writer (8), `--events-per-append K` (1),
+//! `--v7-ids` (time-ordered event ids, as the actors use), `--data-bytes B` (200),
 //! `--dir PATH` (a new temp dir under it; default the system temp dir),
 //! `--max-batch-events N`, `--max-batch-appends N`, `--gather-us N`.
 
@@ -30,6 +31,7 @@ struct Args {
     seconds: f64,
     warmup: f64,
     streams: usize,
+    events_per_append: usize,
     data_bytes: usize,
     dir: Option<PathBuf>,
     v7_ids: bool,
@@ -42,6 +44,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seconds: 10.0,
         warmup: 2.0,
         streams: 8,
+        events_per_append: 1,
         data_bytes: 200,
         dir: None,
         v7_ids: false,
@@ -55,6 +58,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => args.seconds = value()?.parse()?,
             "--warmup" => args.warmup = value()?.parse()?,
             "--streams" => args.streams = value()?.parse()?,
+            "--events-per-append" => args.events_per_append = value()?.parse::<usize>()?.max(1),
             "--data-bytes" => args.data_bytes = value()?.parse()?,
             "--dir" => args.dir = Some(value()?.into()),
             "--v7-ids" => args.v7_ids = true,
@@ -133,9 +137,11 @@ async fn main() -> anyhow::Result<()> {
     let (fsync_p50, fsync_p99) = probe_fsync(dir.path())?;
     let store = Arc::new(SqliteStore::open(&path, args.options.clone())?);
     println!(
-        "append_load: {} writers x 1-event appends, {} streams each, {} data bytes, \
+        "append_load: {} writers x {}-event appends ({} ids), {} streams each, {} data bytes, \
          {}s (+{}s warmup), db {}",
         args.writers,
+        args.events_per_append,
+        if args.v7_ids { "v7" } else { "v4" },
         args.streams,
         args.data_bytes,
         args.seconds,
@@ -170,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
             let measuring = measuring.clone();
             let data = data.clone();
             let v7_ids = args.v7_ids;
+            let per_append = args.events_per_append;
             let streams: Vec<String> = (0..args.streams)
                 .map(|s| {
                     format!(
@@ -187,22 +194,24 @@ async fn main() -> anyhow::Result<()> {
                     i += 1;
                     let expected =
                         versions[s].map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                    let event = NewEvent {
-                        event_id: if v7_ids {
-                            Uuid::now_v7()
-                        } else {
-                            Uuid::new_v4()
-                        },
-                        event_type: "ContactRefreshed".to_owned(),
-                        schema_version: 1,
-                        occurred_at_us: 1_700_000_000_000_000 + i as i64,
-                        domain_id: None,
-                        user_id: None,
-                        correlation_id: None,
-                        data: data.clone(),
-                    };
+                    let batch: Vec<NewEvent> = (0..per_append)
+                        .map(|_| NewEvent {
+                            event_id: if v7_ids {
+                                Uuid::now_v7()
+                            } else {
+                                Uuid::new_v4()
+                            },
+                            event_type: "ContactRefreshed".to_owned(),
+                            schema_version: 1,
+                            occurred_at_us: 1_700_000_000_000_000 + i as i64,
+                            domain_id: None,
+                            user_id: None,
+                            correlation_id: None,
+                            data: data.clone(),
+                        })
+                        .collect();
                     let started = Instant::now();
-                    let outcome = store.append(&streams[s], expected, vec![event]).await?;
+                    let outcome = store.append(&streams[s], expected, batch).await?;
                     let micros = started.elapsed().as_micros();
                     versions[s] = Some(outcome.last_version);
                     if measuring.load(Ordering::Relaxed) {
@@ -237,7 +246,11 @@ async fn main() -> anyhow::Result<()> {
 
     let events = after.events - before.events;
     let commits = after.commits - before.commits;
-    println!("events/s:        {:.0}", events as f64 / elapsed);
+    println!(
+        "events/s:        {:.0} ({:.0} appends/s)",
+        events as f64 / elapsed,
+        (after.appends - before.appends) as f64 / elapsed
+    );
     println!(
         "commits/s:       {:.0} (failed batches: {})",
         commits as f64 / elapsed,
@@ -257,9 +270,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let share = |d: Duration| 100.0 * d.as_secs_f64() / elapsed;
     println!(
-        "writer thread:   {:.0}% inserting, {:.0}% committing (WAL write + fsync), \
-         {:.0}% checkpointing, rest waiting for appends",
+        "writer thread:   {:.0}% inserting (of which {:.0}% indexing), {:.0}% committing \
+         (WAL write + fsync), {:.0}% checkpointing, rest waiting for appends",
         share(after.write_time - before.write_time),
+        share(after.index_time - before.index_time),
         share(after.commit_time - before.commit_time),
         share(after.checkpoint_time - before.checkpoint_time)
     );
@@ -270,6 +284,13 @@ async fn main() -> anyhow::Result<()> {
             (b - a) as f64 / events.max(1) as f64
         );
     }
+    let wal_bytes = (after.wal_frames - before.wal_frames) * (after.page_size + 24);
+    println!(
+        "WAL writes:      {:.0} bytes/event, {:.1} pages/commit ({} B pages)",
+        wal_bytes as f64 / events.max(1) as f64,
+        (after.wal_frames - before.wal_frames) as f64 / commits.max(1) as f64,
+        after.page_size
+    );
     if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
         println!(
             "cpu:             {:.2} cores busy on average",

@@ -20,8 +20,10 @@
 //!   owns the only read-write connection and group-commits appends (one
 //!   transaction and one fsync for many appends, see [`sqlite::SqliteOptions`]);
 //!   reads go through a small pool of read-only connections; a helper thread
-//!   checkpoints the WAL in the background. `docs/adr/0001-event-store.md`
-//!   says why, and `docs/performance.md` what it does on our machine.
+//!   checkpoints the WAL in the background. `sqlite/tail.rs`: recent events
+//!   not yet in the per-stream index, shared by writer and readers.
+//!   `docs/adr/0001-event-store.md` and `docs/adr/0008-event-log-schema-v3.md`
+//!   say why, and `docs/performance.md` what it does on our machine.
 //! - `subscription.rs`: [`subscribe_all`], for any backend.
 //! - `conformance.rs`: the suite, with `conformance::Backend` as the hook a
 //!   backend implements and `conformance_tests!` to run it.

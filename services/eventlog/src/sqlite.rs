@@ -7,6 +7,10 @@
 //!   [`SqliteOptions::max_batch_events`] events. It alone assigns positions and
 //!   checks expected versions, against an in-memory map of stream versions, so
 //!   the check needs no query in the common case.
+//! - The commit of a batch writes the events (position order) and nothing
+//!   per stream: the per-stream index is written later, in sorted chunks
+//!   that ride along with a later commit; meanwhile the readers find recent
+//!   events through the in-memory tail (`tail.rs`, ADR 0008).
 //! - Readers: a small pool of read-only connections used through
 //!   `spawn_blocking`, each with its own cache of prepared statements. WAL lets
 //!   them read while the writer writes.
@@ -38,8 +42,10 @@ use crate::{
     Snapshot, StreamInfo,
 };
 
+mod tail;
 mod writer;
 
+use tail::SharedTail;
 use writer::{AppendRequest, Msg};
 
 /// How long a connection waits on a lock before failing. The writer is the only
@@ -60,13 +66,19 @@ pub struct SqliteOptions {
     /// Number of read-only connections (reads run concurrently up to this).
     pub readers: usize,
     /// Upper bound of the *gather window*: after a commit, the writer may wait
-    /// this long (and never more than a quarter of the last commit's duration)
+    /// this long (and never more than half of the last batch's duration)
     /// for the writers it just answered to send their next append, so that
     /// they share the next fsync instead of splitting into two alternating
     /// half-size batches. The wait ends as soon as they are all back. This is
     /// PostgreSQL's `commit_delay` idea made adaptive; `Duration::ZERO`
     /// disables it.
     pub max_gather_delay: Duration,
+    /// Events are added to the per-stream index after their commit, this
+    /// many at a time (sorted by stream), once twice as many wait; until
+    /// then readers find them through an in-memory map. Bigger chunks write
+    /// each index page once for more events; smaller ones keep that map and
+    /// the rebuild at open small.
+    pub index_chunk_events: usize,
 }
 
 impl SqliteOptions {
@@ -87,6 +99,7 @@ impl Default for SqliteOptions {
             max_batch_appends: 256,
             readers: 2,
             max_gather_delay: Duration::from_micros(500),
+            index_chunk_events: writer::DEFAULT_INDEX_CHUNK,
         }
     }
 }
@@ -113,6 +126,12 @@ pub struct BatchStats {
     /// Time the writer itself spent checkpointing (the background
     /// checkpoints are not counted: they do not stop the writer).
     pub checkpoint_time: Duration,
+    /// Time the writer spent adding committed events to the stream index.
+    pub index_time: Duration,
+    /// WAL frames (one page each) written by commits.
+    pub wal_frames: u64,
+    /// The database's page size in bytes (a WAL frame is that plus 24).
+    pub page_size: u64,
 }
 
 #[derive(Default)]
@@ -125,6 +144,9 @@ struct StatsCells {
     write_nanos: AtomicU64,
     commit_nanos: AtomicU64,
     checkpoint_nanos: AtomicU64,
+    index_nanos: AtomicU64,
+    wal_frames: AtomicU64,
+    page_size: AtomicU64,
 }
 
 impl StatsCells {
@@ -138,6 +160,9 @@ impl StatsCells {
             write_time: Duration::from_nanos(self.write_nanos.load(Ordering::Relaxed)),
             commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
             checkpoint_time: Duration::from_nanos(self.checkpoint_nanos.load(Ordering::Relaxed)),
+            index_time: Duration::from_nanos(self.index_nanos.load(Ordering::Relaxed)),
+            wal_frames: self.wal_frames.load(Ordering::Relaxed),
+            page_size: self.page_size.load(Ordering::Relaxed),
         }
     }
 }
@@ -195,6 +220,8 @@ pub struct SqliteStore {
     head: watch::Receiver<Position>,
     closed: AtomicBool,
     readers: Readers,
+    /// Recent events not yet in `stream_index` (see `tail.rs`).
+    tail: SharedTail,
     stats: Arc<StatsCells>,
     metrics: StoreMetrics,
 }
@@ -216,15 +243,23 @@ impl SqliteStore {
     pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
         let conn = writer::open_writer_connection(path)?;
         let last_position = writer::last_position(&conn)?;
+        let (tail, unindexed) = writer::load_tail(&conn)?;
+        let tail = SharedTail::new(tail);
         let (head_tx, head_rx) = watch::channel(last_position);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(StatsCells::default());
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))
+            .map_err(|e| storage_error("read page_size", &e))?;
+        stats
+            .page_size
+            .store(u64::try_from(page_size).unwrap_or(0), Ordering::Relaxed);
         let writer = writer::Writer::new(
             conn,
             path,
             rx,
             head_tx,
-            last_position,
+            (last_position, tail.clone(), unindexed),
             &options,
             Arc::clone(&stats),
         );
@@ -240,6 +275,7 @@ impl SqliteStore {
             head: head_rx,
             closed: AtomicBool::new(false),
             readers: Readers::new(path, options.readers.max(1)),
+            tail,
             stats,
             metrics: StoreMetrics::new(),
         })
@@ -352,17 +388,47 @@ impl EventStore for SqliteStore {
             return self.check_open().map(|()| Vec::new());
         }
         let stream = stream.to_owned();
+        let tail = self.tail.clone();
         self.read(move |conn| {
+            // The tail first (see `tail.rs`): whatever the database then
+            // shows is indexed at least up to where this copy starts.
+            let recent = tail.read(|t| t.events_from(&stream, from_version, max_count));
+            let mut out = Vec::with_capacity(max_count.min(1024));
+            // All wanted events are recent (a live actor's usual read):
+            // no index lookup.
+            let from_tail = recent.first().is_some_and(|&(v, _)| v == from_version);
+            if !from_tail {
+                // The stream's id from its name, then the index from
+                // `from_version` on, each event by its position.
+                let mut stmt = conn.prepare_cached(
+                    "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,
+                            e.occurred_at, e.domain_id, e.user_id, e.node, e.correlation_id, e.data
+                     FROM streams s CROSS JOIN stream_index i CROSS JOIN events e
+                     WHERE s.name = ?1 AND i.stream_id = s.id AND i.version >= ?2
+                       AND e.position = i.position
+                     ORDER BY i.version LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(
+                    rusqlite::params![stream, to_i64(from_version), to_i64(max_count as u64)],
+                    event_from_row,
+                )?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            let next = out.last().map_or(from_version, |e| e.version + 1);
             let mut stmt = conn.prepare_cached(
-                "SELECT position, stream, version, event_id, type, schema_version, occurred_at,
-                        domain_id, user_id, node, correlation_id, data
-                 FROM events WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3",
+                "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,
+                        e.occurred_at, e.domain_id, e.user_id, e.node, e.correlation_id, e.data
+                 FROM events e CROSS JOIN streams s WHERE e.position = ?1 AND s.id = e.stream_id",
             )?;
-            let rows = stmt.query_map(
-                rusqlite::params![stream, to_i64(from_version), to_i64(max_count as u64)],
-                event_from_row,
-            )?;
-            rows.collect()
+            for &(_, position) in recent.iter().filter(|&&(v, _)| v >= next) {
+                if out.len() >= max_count {
+                    break;
+                }
+                out.push(stmt.query_row([to_i64(position)], event_from_row)?);
+            }
+            Ok(out)
         })
         .await
     }
@@ -380,10 +446,14 @@ impl EventStore for SqliteStore {
             return self.check_open().map(|()| Vec::new());
         }
         self.read(move |conn| {
+            // Position order first (CROSS JOIN fixes the loop order), each
+            // stream's name by its id.
             let mut stmt = conn.prepare_cached(
-                "SELECT position, stream, version, event_id, type, schema_version, occurred_at,
-                        domain_id, user_id, node, correlation_id, data
-                 FROM events WHERE position >= ?1 AND position <= ?2 ORDER BY position LIMIT ?3",
+                "SELECT e.position, s.name, e.version, e.event_id, e.type, e.schema_version,
+                        e.occurred_at, e.domain_id, e.user_id, e.node, e.correlation_id, e.data
+                 FROM events e CROSS JOIN streams s
+                 WHERE e.position >= ?1 AND e.position <= ?2 AND s.id = e.stream_id
+                 ORDER BY e.position LIMIT ?3",
             )?;
             let rows = stmt.query_map(
                 rusqlite::params![
@@ -399,10 +469,18 @@ impl EventStore for SqliteStore {
     }
 
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        if let Some(last) = self.tail.read(|t| t.last_version(stream)) {
+            return self.check_open().map(|()| Some(last));
+        }
         let stream = stream.to_owned();
+        let tail = self.tail.clone();
         self.read(move |conn| {
-            conn.prepare_cached(writer::STREAM_VERSION)?
-                .query_row([stream], |row| optional_u64_column(row, 0))
+            let indexed = conn
+                .prepare_cached(writer::STREAM_VERSION)?
+                .query_row([&stream], |row| optional_u64_column(row, 0))?;
+            // Events committed since the check above are in the tail or
+            // (indexed since) already counted.
+            Ok(tail.read(|t| t.last_version(&stream)).max(indexed))
         })
         .await
     }
@@ -415,19 +493,23 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<StreamInfo>> {
         let prefix = prefix.to_owned();
         let after = after.map(str::to_owned);
+        let tail = self.tail.clone();
         self.read(move |conn| {
+            // Unindexed last versions come from the tail, copied before the
+            // database is read (see `tail.rs`).
+            let tail = tail.read(|t| t.last_versions());
             // Names sharing a prefix are contiguous in SQLite's BINARY order
             // (bytewise, as Rust orders `str`): seek to the lower bound with the
-            // primary key, then stop at the first name outside the prefix. The
+            // name index, then stop at the first name outside the prefix. The
             // last version is one index seek per row, done as rows are read.
             let mut stmt = match after {
                 Some(_) => conn.prepare_cached(
-                    "SELECT stream, (SELECT MAX(version) FROM events e WHERE e.stream = s.stream)
-                     FROM streams s WHERE stream >= ?1 AND stream > ?2 ORDER BY stream",
+                    "SELECT name, (SELECT MAX(version) FROM stream_index i WHERE i.stream_id = s.id)
+                     FROM streams s WHERE name >= ?1 AND name > ?2 ORDER BY name",
                 )?,
                 None => conn.prepare_cached(
-                    "SELECT stream, (SELECT MAX(version) FROM events e WHERE e.stream = s.stream)
-                     FROM streams s WHERE stream >= ?1 ORDER BY stream",
+                    "SELECT name, (SELECT MAX(version) FROM stream_index i WHERE i.stream_id = s.id)
+                     FROM streams s WHERE name >= ?1 ORDER BY name",
                 )?,
             };
             let mut rows = match &after {
@@ -441,9 +523,14 @@ impl EventStore for SqliteStore {
                 if !stream.starts_with(prefix.as_str()) {
                     break;
                 }
+                let indexed = optional_u64_column(row, 1)?;
+                // Neither: a stream named after the tail was copied.
+                let Some(last_version) = tail.get(&stream).copied().max(indexed) else {
+                    continue;
+                };
                 out.push(StreamInfo {
                     stream,
-                    last_version: u64_column(row, 1)?,
+                    last_version,
                 });
             }
             Ok(out)

@@ -19,10 +19,19 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
+use super::tail::{SharedTail, Tail};
 use super::{
     optional_u64_column, storage_error, to_i64, u64_column, SqliteOptions, StatsCells, BUSY_TIMEOUT,
 };
 use crate::{AppendOutcome, Error, ExpectedVersion, NewEvent, Position, Result, Snapshot};
+
+/// A committed event not yet in `stream_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct IndexEntry {
+    stream_id: i64,
+    version: u64,
+    position: Position,
+}
 
 /// Checkpoints. Copying WAL frames into the database file (and fsyncing it)
 /// takes tens of milliseconds; done by the writer it would stall every append
@@ -50,22 +59,46 @@ thread_local! {
     /// SQLite's WAL hook (a plain `fn`, hence a thread-local: the writer
     /// connection only ever commits on the writer thread).
     static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    /// Frames appended to the WAL since open (for the stats).
+    static WAL_APPENDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 fn record_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.with(|cell| cell.set(frames));
+    let before = WAL_FRAMES.with(|cell| cell.replace(frames));
+    // Fewer frames than before: the WAL started over with this commit.
+    let appended = if frames >= before {
+        frames - before
+    } else {
+        frames
+    };
+    WAL_APPENDED.with(|cell| cell.set(cell.get() + u64::try_from(appended).unwrap_or(0)));
     Ok(())
 }
 
 /// Bumped when the schema changes; checked at open.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
+/// Schema 3. What an append writes is what limits throughput (disk write
+/// bandwidth and one `pwrite` per WAL page, see ADR 0008), so a commit
+/// should dirty as few pages as possible:
+/// - `events` is ordered by position (the rowid): a batch appends to the
+///   table's last pages. Events carry their stream's integer id, named once
+///   in `streams`.
+/// - `stream_index` (stream id, version → position) is not written by the
+///   commit of the events but later, in large sorted chunks (see `tail.rs`);
+///   `meta.indexed_through` says how far it is complete.
+/// - `event_id` stays `UNIQUE`: idempotency (invariant 5) must recognise ids
+///   stored in any stream. With time-ordered (v7) ids it appends too.
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS streams (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS events (
     position       INTEGER PRIMARY KEY,
-    stream         TEXT    NOT NULL,
+    stream_id      INTEGER NOT NULL,
     version        INTEGER NOT NULL,
-    event_id       BLOB    NOT NULL UNIQUE,
+    event_id       BLOB    NOT NULL,
     type           TEXT    NOT NULL,
     schema_version INTEGER NOT NULL,
     occurred_at    INTEGER NOT NULL,
@@ -73,12 +106,20 @@ CREATE TABLE IF NOT EXISTS events (
     user_id        BLOB,
     node           TEXT    NOT NULL,
     correlation_id TEXT,
-    data           TEXT    NOT NULL,
-    UNIQUE (stream, version)
+    data           TEXT    NOT NULL
 );
-CREATE TABLE IF NOT EXISTS streams (
-    stream TEXT PRIMARY KEY
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (event_id);
+CREATE TABLE IF NOT EXISTS stream_index (
+    stream_id INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, version)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('indexed_through', 0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS snapshots (
     stream         TEXT    PRIMARY KEY,
     version        INTEGER NOT NULL,
@@ -87,20 +128,35 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 ";
 
-const INSERT_EVENT: &str = "INSERT INTO events (position, stream, version, event_id, type,
+const INSERT_EVENT: &str = "INSERT INTO events (position, stream_id, version, event_id, type,
     schema_version, occurred_at, domain_id, user_id, node, correlation_id, data)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
-/// The `streams` table only names the streams (for `list_streams`); a
-/// stream's last version comes from the `(stream, version)` index, which
-/// every append updates anyway. Keeping a `last_version` column up to date
-/// would dirty one more random page per append (measured: about 3 KiB of
-/// disk writes per event and a quarter of the throughput with 32k streams).
-const INSERT_STREAM: &str = "INSERT INTO streams (stream) VALUES (?1) ON CONFLICT DO NOTHING";
+/// A new stream gets the next id (SQLite's rowid: max + 1).
+const INSERT_STREAM: &str = "INSERT INTO streams (name) VALUES (?1) RETURNING id";
 
-/// Last version of a stream, `NULL` without events. Served by the UNIQUE
-/// (stream, version) index: one seek.
-pub(super) const STREAM_VERSION: &str = "SELECT MAX(version) FROM events WHERE stream = ?1";
+/// A stream's id and last *indexed* version (`NULL` if none); no row for an
+/// unknown stream. The unindexed tail may hold later versions.
+const STREAM_STATE: &str =
+    "SELECT id, (SELECT MAX(version) FROM stream_index WHERE stream_id = s.id)
+    FROM streams s WHERE name = ?1";
+
+/// Last indexed version of a stream by name, `NULL` if none.
+pub(super) const STREAM_VERSION: &str = "SELECT MAX(version) FROM stream_index
+    WHERE stream_id = (SELECT id FROM streams WHERE name = ?1)";
+
+/// A plain INSERT: the events table no longer has a `(stream, version)`
+/// constraint, so this is where a duplicate version (a bug in the writer's
+/// version map) would show up, and it must not be papered over.
+const INSERT_INDEX: &str =
+    "INSERT INTO stream_index (stream_id, version, position) VALUES (?1, ?2, ?3)";
+
+const SET_INDEXED_THROUGH: &str = "UPDATE meta SET value = ?1 WHERE key = 'indexed_through'";
+
+/// The tail is indexed in chunks of this many events (sorted by stream, so
+/// that a stream's entries share its leaf), once it holds twice as many; a
+/// chunk rides along with a batch's commit.
+pub(super) const DEFAULT_INDEX_CHUNK: usize = 4096;
 
 /// Schema 1 kept `last_version` in `streams` (files made by early builds).
 const MIGRATE_1_TO_2: &str = "
@@ -108,6 +164,56 @@ CREATE TABLE streams_v2 (stream TEXT PRIMARY KEY) WITHOUT ROWID;
 INSERT INTO streams_v2 (stream) SELECT stream FROM streams;
 DROP TABLE streams;
 ALTER TABLE streams_v2 RENAME TO streams;
+";
+
+/// Schema 2 stored each event's stream name (text) in `events`, indexed with
+/// the version. Streams get ids in name order; the events are copied in
+/// position order, so positions, versions and ids stay as they were.
+const MIGRATE_2_TO_3: &str = "
+CREATE TABLE streams_v3 (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
+);
+INSERT INTO streams_v3 (name)
+    SELECT stream FROM streams UNION SELECT DISTINCT stream FROM events ORDER BY 1;
+CREATE TABLE events_v3 (
+    position       INTEGER PRIMARY KEY,
+    stream_id      INTEGER NOT NULL,
+    version        INTEGER NOT NULL,
+    event_id       BLOB    NOT NULL,
+    type           TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    occurred_at    INTEGER NOT NULL,
+    domain_id      BLOB,
+    user_id        BLOB,
+    node           TEXT    NOT NULL,
+    correlation_id TEXT,
+    data           TEXT    NOT NULL
+);
+INSERT INTO events_v3 (position, stream_id, version, event_id, type, schema_version,
+        occurred_at, domain_id, user_id, node, correlation_id, data)
+    SELECT e.position, s.id, e.version, e.event_id, e.type, e.schema_version,
+        e.occurred_at, e.domain_id, e.user_id, e.node, e.correlation_id, e.data
+    FROM events e JOIN streams_v3 s ON s.name = e.stream ORDER BY e.position;
+DROP TABLE events;
+DROP TABLE streams;
+ALTER TABLE streams_v3 RENAME TO streams;
+ALTER TABLE events_v3 RENAME TO events;
+CREATE UNIQUE INDEX events_by_id ON events (event_id);
+CREATE TABLE stream_index (
+    stream_id INTEGER NOT NULL,
+    version   INTEGER NOT NULL,
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, version)
+) WITHOUT ROWID;
+INSERT INTO stream_index (stream_id, version, position)
+    SELECT stream_id, version, position FROM events ORDER BY stream_id, version;
+CREATE TABLE meta (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value)
+    VALUES ('indexed_through', (SELECT COALESCE(MAX(position), 0) FROM events));
 ";
 
 const UPSERT_SNAPSHOT: &str = "INSERT INTO snapshots (stream, version, schema_version, data)
@@ -170,11 +276,25 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
             ))
             .map_err(|e| storage_error(&ctx("create schema"), &e))?,
         SCHEMA_VERSION => {}
-        1 => conn
-            .execute_batch(&format!(
-                "BEGIN; {MIGRATE_1_TO_2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        1 | 2 => {
+            let started = Instant::now();
+            tracing::info!(path = %path.display(), from = version, to = SCHEMA_VERSION,
+                "migrating the event log schema (copies every event once)");
+            let steps = if version == 1 { MIGRATE_1_TO_2 } else { "" };
+            conn.execute_batch(&format!(
+                "BEGIN; {steps} {MIGRATE_2_TO_3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             ))
-            .map_err(|e| storage_error(&ctx("migrate schema 1 to 2"), &e))?,
+            .map_err(|e| {
+                // Nothing was changed: the transaction is rolled back.
+                let _ = conn.execute_batch("ROLLBACK");
+                storage_error(
+                    &ctx(&format!("migrate schema {version} to {SCHEMA_VERSION}")),
+                    &e,
+                )
+            })?;
+            tracing::info!(path = %path.display(),
+                millis = started.elapsed().as_millis() as u64, "event log schema migrated");
+        }
         other => {
             return Err(Error::Storage(ctx(&format!(
                 "unknown schema version {other} (this build knows {SCHEMA_VERSION})"
@@ -182,6 +302,52 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
         }
     }
     Ok(conn)
+}
+
+/// Rebuilds the unindexed tail: the events after `meta.indexed_through`.
+/// Returns it with the same events as `(stream id, version, position)`.
+pub(super) fn load_tail(conn: &Connection) -> Result<(Tail, Vec<IndexEntry>)> {
+    let through = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'indexed_through'",
+            [],
+            |row| u64_column(row, 0),
+        )
+        .map_err(|e| storage_error("read indexed_through", &e))?;
+    let mut tail = Tail::new(through);
+    let mut entries = Vec::new();
+    let mut stmt = conn
+        .prepare(
+            "SELECT e.position, e.stream_id, e.version, s.name
+             FROM events e CROSS JOIN streams s
+             WHERE e.position > ?1 AND s.id = e.stream_id ORDER BY e.position",
+        )
+        .map_err(|e| storage_error("read the unindexed tail", &e))?;
+    let mut rows = stmt
+        .query([to_i64(through)])
+        .map_err(|e| storage_error("read the unindexed tail", &e))?;
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| storage_error("read the unindexed tail", &e))?
+    {
+        let read = || -> rusqlite::Result<_> {
+            Ok((
+                u64_column(row, 0)?,
+                row.get::<_, i64>(1)?,
+                u64_column(row, 2)?,
+                row.get_ref(3)?.as_str()?.to_owned(),
+            ))
+        };
+        let (position, stream_id, version, name) =
+            read().map_err(|e| storage_error("read the unindexed tail", &e))?;
+        tail.push(&name, version, position, 1);
+        entries.push(IndexEntry {
+            stream_id,
+            version,
+            position,
+        });
+    }
+    Ok((tail, entries))
 }
 
 pub(super) fn last_position(conn: &Connection) -> Result<Position> {
@@ -347,9 +513,17 @@ pub(super) struct Writer {
     path: std::path::PathBuf,
     rx: mpsc::Receiver<Msg>,
     head: watch::Sender<Position>,
-    /// Last version of each stream seen since open (`None`: no such stream).
-    /// Filled lazily from the `streams` table; cleared after a failed batch.
-    versions: HashMap<String, Option<u64>>,
+    /// Id and last version of each stream seen since open. Filled lazily
+    /// from the database; cleared after a failed batch.
+    streams: HashMap<String, StreamState>,
+    /// Committed events not yet in `stream_index`, in position order, and
+    /// the same shared with the readers by stream name.
+    unindexed: Vec<IndexEntry>,
+    tail: SharedTail,
+    /// Appends of the current batch: (stream, id, first version, first
+    /// position, count); they join the tail once committed.
+    batch_written: Vec<(String, i64, u64, Position, u64)>,
+    index_chunk: usize,
     next_position: Position,
     node: String,
     max_events: usize,
@@ -374,7 +548,8 @@ impl Writer {
         path: &Path,
         rx: mpsc::Receiver<Msg>,
         head: watch::Sender<Position>,
-        last_position: Position,
+        // What the log holds: its last position and unindexed tail.
+        (last_position, tail, unindexed): (Position, SharedTail, Vec<IndexEntry>),
         options: &SqliteOptions,
         stats: Arc<StatsCells>,
     ) -> Self {
@@ -383,7 +558,11 @@ impl Writer {
             path: path.to_owned(),
             rx,
             head,
-            versions: HashMap::new(),
+            streams: HashMap::new(),
+            unindexed,
+            tail,
+            batch_written: Vec::new(),
+            index_chunk: options.index_chunk_events.max(1),
             next_position: last_position + 1,
             node: options.node.clone(),
             max_events: options.max_batch_events.max(1),
@@ -446,6 +625,7 @@ impl Writer {
             // After answering, so that no acknowledgement waits for it.
             self.maybe_checkpoint(checkpointer.as_ref());
         }
+        self.index_everything();
         // The checkpoint connection goes first, so that the writer's is the
         // last one and its close can checkpoint and remove the WAL.
         if let Some(checkpointer) = checkpointer {
@@ -457,6 +637,67 @@ impl Writer {
             tracing::warn!(error = %e, "closing the event log connection failed");
         }
         tracing::debug!("event log writer stopped");
+    }
+
+    /// Inserts the oldest chunk of the tail into `stream_index`, sorted by
+    /// stream, inside the open transaction, so that it shares the batch's
+    /// commit (and fsync). Returns what to trim from the tail once that
+    /// commit succeeded: (entries, last position). Each event is indexed
+    /// exactly once: the tail only holds events after `indexed_through`,
+    /// which moves in the same transaction as the rows.
+    fn write_index_chunk(&mut self) -> rusqlite::Result<Option<(usize, Position)>> {
+        let started = Instant::now();
+        let n = self.unindexed.len().min(self.index_chunk);
+        let Some(last) = n.checked_sub(1).map(|i| self.unindexed[i].position) else {
+            return Ok(None);
+        };
+        let mut chunk = self.unindexed[..n].to_vec();
+        chunk.sort_unstable();
+        {
+            let mut insert = self.conn.prepare_cached(INSERT_INDEX)?;
+            for entry in &chunk {
+                insert.execute(params![
+                    entry.stream_id,
+                    to_i64(entry.version),
+                    to_i64(entry.position)
+                ])?;
+            }
+        }
+        self.conn
+            .prepare_cached(SET_INDEXED_THROUGH)?
+            .execute([to_i64(last)])?;
+        self.stats
+            .index_nanos
+            .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
+        Ok(Some((n, last)))
+    }
+
+    /// The chunk written by `write_index_chunk` is committed.
+    fn index_committed(&mut self, (n, last): (usize, Position)) {
+        self.unindexed.drain(..n);
+        self.tail.write(|tail| tail.indexed(last));
+    }
+
+    /// At close: indexes the whole tail (own transactions), so that the next
+    /// open has nothing to rebuild. A failure loses nothing.
+    fn index_everything(&mut self) {
+        while !self.unindexed.is_empty() {
+            let written = (|| -> rusqlite::Result<_> {
+                self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+                let chunk = self.write_index_chunk()?;
+                self.conn.prepare_cached("COMMIT")?.execute([])?;
+                Ok(chunk)
+            })();
+            match written {
+                Ok(Some(chunk)) => self.index_committed(chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    self.rollback();
+                    tracing::warn!(error = %e, "indexing the event log tail failed");
+                    break;
+                }
+            }
+        }
     }
 
     /// After a commit: nudges the background checkpointer, or, once the WAL
@@ -530,7 +771,7 @@ impl Writer {
         if self.stopping || batch.appends >= expected || self.max_gather.is_zero() {
             return;
         }
-        let window = self.max_gather.min(self.last_commit / 4);
+        let window = self.max_gather.min(self.last_commit / 2);
         let deadline = Instant::now() + window;
         while batch.appends < expected && !self.is_full(batch) && !self.stopping {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -552,6 +793,7 @@ impl Writer {
         let started = Instant::now();
         let first_position = self.next_position;
         self.batch_appends = 0;
+        self.batch_written.clear();
         let msgs = std::mem::take(&mut batch.msgs);
         batch.events = 0;
         batch.appends = 0;
@@ -562,6 +804,14 @@ impl Writer {
                 Ok(()) => outcome = self.apply(msg),
                 // Every request still gets its answer (the failure, below).
                 Err(_) => self.skip(msg),
+            }
+        }
+        // A chunk of the tail joins this commit once enough waits.
+        let mut indexed = None;
+        if outcome.is_ok() && self.unindexed.len() >= 2 * self.index_chunk {
+            match self.write_index_chunk() {
+                Ok(chunk) => indexed = chunk,
+                Err(e) => outcome = Err(Fatal::new("index the tail", &e)),
             }
         }
         let written = started.elapsed();
@@ -581,9 +831,28 @@ impl Writer {
 
         match outcome {
             Ok(()) => {
+                if let Some(chunk) = indexed {
+                    self.index_committed(chunk);
+                }
                 let committed = self.next_position - first_position;
                 self.last_commit = done;
                 if committed > 0 {
+                    // The tail first: a reader who sees the new head must
+                    // find these events in the tail or in the index.
+                    let written = std::mem::take(&mut self.batch_written);
+                    self.tail.write(|tail| {
+                        for (stream, _, version, position, count) in &written {
+                            tail.push(stream, *version, *position, *count);
+                        }
+                    });
+                    for (_, stream_id, version, position, count) in &written {
+                        self.unindexed.extend((0..*count).map(|i| IndexEntry {
+                            stream_id: *stream_id,
+                            version: version + i,
+                            position: position + i,
+                        }));
+                    }
+                    self.batch_written = written;
                     let head = self.next_position - 1;
                     self.head.send_replace(head);
                     self.batch_events.record(committed as f64);
@@ -593,6 +862,9 @@ impl Writer {
                         .fetch_max(committed, Ordering::Relaxed);
                 }
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .wal_frames
+                    .store(WAL_APPENDED.with(std::cell::Cell::get), Ordering::Relaxed);
                 self.stats
                     .appends
                     .fetch_add(self.batch_appends, Ordering::Relaxed);
@@ -607,7 +879,7 @@ impl Writer {
                 self.rollback();
                 // The database is the truth again: forget what this batch did.
                 self.next_position = first_position;
-                self.versions.clear();
+                self.streams.clear();
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %message, requests = self.replies.len(),
                     "event log batch rolled back");
@@ -727,22 +999,39 @@ impl Writer {
             .map_err(|e| AppendFailure::fatal("save snapshot", &e))
     }
 
-    fn current_version(&mut self, stream: &str) -> Result<Option<u64>, AppendFailure> {
-        if let Some(version) = self.versions.get(stream) {
-            return Ok(*version);
+    fn stream_state(&mut self, stream: &str) -> Result<StreamState, AppendFailure> {
+        if let Some(state) = self.streams.get(stream) {
+            return Ok(*state);
         }
-        let version = self
+        let state = self
             .conn
-            .prepare_cached(STREAM_VERSION)
-            .and_then(|mut stmt| stmt.query_row([stream], |row| optional_u64_column(row, 0)))
-            .map_err(|e| AppendFailure::fatal("read stream version", &e))?;
-        self.versions.insert(stream.to_owned(), version);
-        Ok(version)
+            .prepare_cached(STREAM_STATE)
+            .and_then(|mut stmt| {
+                stmt.query_row([stream], |row| {
+                    Ok(StreamState {
+                        id: Some(row.get(0)?),
+                        last: optional_u64_column(row, 1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| AppendFailure::fatal("read stream version", &e))?
+            .unwrap_or_default();
+        let state = StreamState {
+            last: self
+                .tail
+                .read(|tail| tail.last_version(stream))
+                .or(state.last),
+            ..state
+        };
+        self.streams.insert(stream.to_owned(), state);
+        Ok(state)
     }
 
     fn append(&mut self, req: &AppendRequest) -> Result<AppendOutcome, AppendFailure> {
         validate(req).map_err(AppendFailure::Rejected)?;
-        let current = self.current_version(&req.stream)?;
+        let state = self.stream_state(&req.stream)?;
+        let current = state.last;
         let version_ok = match req.expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => current.is_none(),
@@ -752,7 +1041,7 @@ impl Writer {
         if !version_ok {
             // A retry of an append that went through carries an expected
             // version that no longer matches: idempotency comes first.
-            return match self.find_duplicate(req)? {
+            return match self.find_duplicate(req, state.id)? {
                 Some(result) => result,
                 None => Err(AppendFailure::Rejected(Error::WrongExpectedVersion {
                     stream: req.stream.clone(),
@@ -762,6 +1051,19 @@ impl Writer {
             };
         }
 
+        // A new stream is named first (its id is needed by every row); the
+        // name is removed again if the events turn out to be duplicates.
+        let (stream_id, new_stream) = match state.id {
+            Some(id) => (id, false),
+            None => {
+                let id = self
+                    .conn
+                    .prepare_cached(INSERT_STREAM)
+                    .and_then(|mut stmt| stmt.query_row([&req.stream], |row| row.get::<_, i64>(0)))
+                    .map_err(|e| AppendFailure::fatal("record new stream", &e))?;
+                (id, true)
+            }
+        };
         let first_position = self.next_position;
         let first_version = current.map_or(0, |v| v + 1);
         // The fast path does not look the event ids up: the UNIQUE index does
@@ -776,7 +1078,7 @@ impl Writer {
                 let offset = i as u64;
                 let inserted = stmt.execute(params![
                     to_i64(first_position + offset),
-                    req.stream,
+                    stream_id,
                     to_i64(first_version + offset),
                     ev.event_id.as_bytes().as_slice(),
                     ev.event_type,
@@ -806,26 +1108,36 @@ impl Writer {
                     .and_then(|mut stmt| stmt.execute([to_i64(first_position)]))
                     .map_err(|e| AppendFailure::fatal("undo partial insert", &e))?;
             }
-            return match self.find_duplicate(req)? {
+            if new_stream {
+                self.conn
+                    .prepare_cached("DELETE FROM streams WHERE id = ?1")
+                    .and_then(|mut stmt| stmt.execute([stream_id]))
+                    .map_err(|e| AppendFailure::fatal("undo new stream", &e))?;
+            }
+            return match self.find_duplicate(req, state.id)? {
                 Some(result) => result,
-                // Not an event id: (stream, version) disagrees with our map,
-                // which means the file changed under us. Fail the batch; the
-                // map is reloaded afterwards.
+                // Not an event id: a position already taken, which means the
+                // file changed under us. Fail the batch; the map is reloaded
+                // afterwards.
                 None => Err(AppendFailure::fatal("insert event", &error)),
             };
         }
 
         let count = req.events.len() as u64;
         let last_version = first_version + count - 1;
-        if current.is_none() {
-            self.conn
-                .prepare_cached(INSERT_STREAM)
-                .and_then(|mut stmt| stmt.execute([&req.stream]))
-                .map_err(|e| AppendFailure::fatal("record new stream", &e))?;
+        if let Some(slot) = self.streams.get_mut(req.stream.as_str()) {
+            *slot = StreamState {
+                id: Some(stream_id),
+                last: Some(last_version),
+            };
         }
-        if let Some(slot) = self.versions.get_mut(req.stream.as_str()) {
-            *slot = Some(last_version);
-        }
+        self.batch_written.push((
+            req.stream.clone(),
+            stream_id,
+            first_version,
+            first_position,
+            count,
+        ));
         self.next_position += count;
         self.batch_appends += 1;
         Ok(AppendOutcome {
@@ -839,13 +1151,15 @@ impl Writer {
     /// Invariant 5. `None`: none of the ids is stored. Otherwise either the
     /// original outcome (every id stored, in this stream, at consecutive
     /// versions, in this order) or an idempotency conflict.
+    /// `stream_id`: the request's stream, `None` if it has no id yet.
     fn find_duplicate(
         &self,
         req: &AppendRequest,
+        stream_id: Option<i64>,
     ) -> Result<Option<Result<AppendOutcome, AppendFailure>>, AppendFailure> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT position, stream, version FROM events WHERE event_id = ?1")
+            .prepare_cached("SELECT position, stream_id, version FROM events WHERE event_id = ?1")
             .map_err(|e| AppendFailure::fatal("look up event id", &e))?;
         let mut missing = 0usize;
         // (first position, last position, last version) of the stored ids.
@@ -854,10 +1168,7 @@ impl Writer {
         for ev in &req.events {
             let row = stmt
                 .query_row([ev.event_id.as_bytes().as_slice()], |row| {
-                    let same_stream = matches!(
-                        row.get_ref(1)?,
-                        rusqlite::types::ValueRef::Text(name) if name == req.stream.as_bytes()
-                    );
+                    let same_stream = Some(row.get::<_, i64>(1)?) == stream_id;
                     Ok((u64_column(row, 0)?, same_stream, u64_column(row, 2)?))
                 })
                 .optional()
@@ -889,6 +1200,14 @@ impl Writer {
             }))),
         })
     }
+}
+
+/// What the writer knows of a stream. `id: None`: no such stream yet.
+#[derive(Debug, Clone, Copy, Default)]
+struct StreamState {
+    id: Option<i64>,
+    /// Last version, `None` without events.
+    last: Option<u64>,
 }
 
 /// Why one append was not written: rejected on its own, or a storage failure
@@ -989,16 +1308,69 @@ mod tests {
         );
     }
 
+    /// Schema 2, as the builds before schema 3 created it.
+    const SCHEMA_2: &str = "
+        CREATE TABLE events (
+            position       INTEGER PRIMARY KEY,
+            stream         TEXT    NOT NULL,
+            version        INTEGER NOT NULL,
+            event_id       BLOB    NOT NULL UNIQUE,
+            type           TEXT    NOT NULL,
+            schema_version INTEGER NOT NULL,
+            occurred_at    INTEGER NOT NULL,
+            domain_id      BLOB,
+            user_id        BLOB,
+            node           TEXT    NOT NULL,
+            correlation_id TEXT,
+            data           TEXT    NOT NULL,
+            UNIQUE (stream, version)
+        );
+        CREATE TABLE streams (
+            stream TEXT PRIMARY KEY
+        ) WITHOUT ROWID;
+        CREATE TABLE snapshots (
+            stream         TEXT    PRIMARY KEY,
+            version        INTEGER NOT NULL,
+            schema_version INTEGER NOT NULL,
+            data           TEXT    NOT NULL
+        );
+    ";
+
+    /// Events of two streams, interleaved, and a snapshot, in the old layout.
+    const OLD_ROWS: &str = "
+        INSERT INTO events VALUES (1, 'user-b', 0, x'00000000000000000000000000000001', 'T', 1,
+            10, NULL, NULL, 'n', NULL, '{\"i\":1}');
+        INSERT INTO events VALUES (2, 'user-a', 0, x'00000000000000000000000000000002', 'T', 1,
+            20, x'0000000000000000000000000000000d', NULL, 'n', 'corr', '{\"i\":2}');
+        INSERT INTO events VALUES (3, 'user-b', 1, x'00000000000000000000000000000003', 'U', 2,
+            30, NULL, x'0000000000000000000000000000000e', 'm', NULL, '{\"i\":3}');
+        INSERT INTO snapshots VALUES ('user-b', 1, 1, '{}');
+    ";
+
+    fn names(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT name FROM streams ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    fn user_version(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn schema_1_files_are_migrated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
         let old = Connection::open(&path).unwrap();
-        let schema_1 = SCHEMA.replace(
-            "stream TEXT PRIMARY KEY\n) WITHOUT ROWID;",
-            "stream TEXT PRIMARY KEY, last_version INTEGER NOT NULL\n) WITHOUT ROWID;",
+        let schema_1 = SCHEMA_2.replace(
+            "stream TEXT PRIMARY KEY\n        ) WITHOUT ROWID;",
+            "stream TEXT PRIMARY KEY, last_version INTEGER NOT NULL\n        ) WITHOUT ROWID;",
         );
-        assert_ne!(schema_1, SCHEMA);
+        assert_ne!(schema_1, SCHEMA_2);
         old.execute_batch(&schema_1).unwrap();
         old.execute_batch(
             "INSERT INTO events VALUES (1, 's', 0, x'00112233445566778899aabbccddeeff', 'T', 1, 0,
@@ -1010,22 +1382,282 @@ mod tests {
         drop(old);
 
         let conn = open_writer_connection(&path).unwrap();
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        assert_eq!(names(&conn), vec!["s".to_owned()]);
+        let last: Option<u64> = conn
+            .query_row(STREAM_VERSION, ["s"], |r| optional_u64_column(r, 0))
             .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-        let streams: Vec<String> = conn
-            .prepare("SELECT stream FROM streams")
+        assert_eq!(last, Some(0));
+    }
+
+    #[test]
+    fn schema_2_files_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        old.execute_batch(SCHEMA_2).unwrap();
+        old.execute_batch(OLD_ROWS).unwrap();
+        old.execute_batch("PRAGMA user_version = 2;").unwrap();
+        drop(old);
+
+        let conn = open_writer_connection(&path).unwrap();
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        assert_eq!(names(&conn), vec!["user-a".to_owned(), "user-b".to_owned()]);
+        assert_eq!(last_position(&conn).unwrap(), 3);
+        let rows: Vec<(i64, String, i64, Vec<u8>, String)> = conn
+            .prepare(
+                "SELECT e.position, s.name, e.version, e.event_id, e.data
+                 FROM events e JOIN streams s ON s.id = e.stream_id ORDER BY e.position",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let id = |n: u8| {
+            let mut bytes = vec![0u8; 16];
+            bytes[15] = n;
+            bytes
+        };
+        assert_eq!(
+            rows,
+            vec![
+                (1, "user-b".into(), 0, id(1), r#"{"i":1}"#.into()),
+                (2, "user-a".into(), 0, id(2), r#"{"i":2}"#.into()),
+                (3, "user-b".into(), 1, id(3), r#"{"i":3}"#.into()),
+            ]
+        );
+        let last: Option<u64> = conn
+            .query_row(STREAM_VERSION, ["user-b"], |r| optional_u64_column(r, 0))
+            .unwrap();
+        assert_eq!(last, Some(1));
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(streams, vec!["s".to_owned()]);
-        let last: Option<u64> = conn
-            .query_row(STREAM_VERSION, ["s"], |r| optional_u64_column(r, 0))
+        assert_eq!(indexes, vec!["events_by_id"]);
+        // Every migrated event is indexed: no tail to rebuild.
+        let (tail, unindexed) = load_tail(&conn).unwrap();
+        assert!(unindexed.is_empty());
+        assert_eq!(tail.last_version("user-b"), None);
+        let index: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT stream_id, version, position FROM stream_index")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(last, Some(0));
+        // user-a is stream 1, user-b stream 2 (ids in name order).
+        assert_eq!(index, vec![(1, 0, 2), (2, 0, 1), (2, 1, 3)]);
+        // Reopening a migrated file changes nothing.
+        drop(conn);
+        let conn = open_writer_connection(&path).unwrap();
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        assert_eq!(last_position(&conn).unwrap(), 3);
+    }
+
+    /// A v2 file behind the whole store: reads, list, snapshots, idempotent
+    /// retry of an old event, and appends that continue its positions and
+    /// versions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn store_opens_a_schema_2_file() {
+        use crate::sqlite::{SqliteOptions, SqliteStore};
+        use crate::EventStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        old.execute_batch(SCHEMA_2).unwrap();
+        old.execute_batch(OLD_ROWS).unwrap();
+        old.execute_batch("PRAGMA user_version = 2;").unwrap();
+        drop(old);
+
+        let store = SqliteStore::open(&path, SqliteOptions::new("new-node")).unwrap();
+        assert_eq!(store.head_position(), 3);
+        let b = store.read_stream("user-b", 0, 10).await.unwrap();
+        assert_eq!(
+            b.iter()
+                .map(|e| (
+                    e.position,
+                    e.version,
+                    e.event_type.as_str(),
+                    e.node.as_str()
+                ))
+                .collect::<Vec<_>>(),
+            vec![(1, 0, "T", "n"), (3, 1, "U", "m")]
+        );
+        assert_eq!(b[1].schema_version, 2);
+        assert_eq!(b[1].user_id, Some(uuid::Uuid::from_u128(0xe)));
+        let all = store.read_all(1, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>(),
+            vec!["user-b", "user-a", "user-b"]
+        );
+        assert_eq!(all[1].domain_id, Some(uuid::Uuid::from_u128(0xd)));
+        assert_eq!(all[1].correlation_id.as_deref(), Some("corr"));
+        assert_eq!(
+            store.list_streams("user-", None, 10).await.unwrap(),
+            vec![
+                crate::StreamInfo {
+                    stream: "user-a".into(),
+                    last_version: 0
+                },
+                crate::StreamInfo {
+                    stream: "user-b".into(),
+                    last_version: 1
+                },
+            ]
+        );
+        assert_eq!(store.stream_version("user-b").await.unwrap(), Some(1));
+        assert_eq!(
+            store
+                .load_snapshot("user-b")
+                .await
+                .unwrap()
+                .map(|s| s.version),
+            Some(1)
+        );
+
+        // A retry of the old append to user-a is recognised.
+        let mut old_event = new_event("T", r#"{"i":2}"#);
+        old_event.event_id = uuid::Uuid::from_u128(2);
+        let retry = store
+            .append("user-a", ExpectedVersion::NoStream, vec![old_event.clone()])
+            .await
+            .unwrap();
+        assert_eq!((retry.first_position, retry.deduplicated), (2, true));
+        // The same id in another stream is a conflict, and names nothing.
+        let conflict = store
+            .append("user-c", ExpectedVersion::Any, vec![old_event])
+            .await;
+        assert!(
+            matches!(conflict, Err(Error::IdempotencyConflict { .. })),
+            "{conflict:?}"
+        );
+        assert_eq!(store.stream_version("user-c").await.unwrap(), None);
+        assert_eq!(
+            store.list_streams("user-c", None, 10).await.unwrap(),
+            vec![]
+        );
+
+        let next = store
+            .append(
+                "user-b",
+                ExpectedVersion::Exact(1),
+                vec![new_event("T", "{}")],
+            )
+            .await
+            .unwrap();
+        assert_eq!((next.first_position, next.last_version), (4, 2));
+        let new = store
+            .append(
+                "user-c",
+                ExpectedVersion::NoStream,
+                vec![new_event("T", "{}")],
+            )
+            .await
+            .unwrap();
+        assert_eq!((new.first_position, new.last_version), (5, 0));
+        store.close().await.unwrap();
+        drop(store);
+
+        let store = SqliteStore::open(&path, SqliteOptions::new("new-node")).unwrap();
+        assert_eq!(store.head_position(), 5);
+        assert_eq!(store.stream_version("user-c").await.unwrap(), Some(0));
+        assert_eq!(store.read_all(1, 10).await.unwrap().len(), 5);
+        store.close().await.unwrap();
+    }
+
+    /// A crash between committing events and indexing them leaves events
+    /// after `indexed_through`: the next open rebuilds the tail from them,
+    /// and every read and append sees them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unindexed_events_are_found_after_reopen() {
+        use crate::sqlite::{SqliteOptions, SqliteStore};
+        use crate::{EventStore, StreamInfo};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(&path, SqliteOptions::new("n")).unwrap();
+        for i in 0..5u64 {
+            for s in ["s-a", "s-b"] {
+                let expected = i
+                    .checked_sub(1)
+                    .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                store
+                    .append(s, expected, vec![new_event("T", "{}")])
+                    .await
+                    .unwrap();
+            }
+        }
+        store.close().await.unwrap();
+        drop(store);
+        // Undo part of the indexing, as if the process died before it.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM stream_index WHERE position > 3;
+             UPDATE meta SET value = 3 WHERE key = 'indexed_through';",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path, SqliteOptions::new("n")).unwrap();
+        assert_eq!(store.stream_version("s-a").await.unwrap(), Some(4));
+        let a = store.read_stream("s-a", 0, 100).await.unwrap();
+        assert_eq!(
+            a.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            a.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![1, 3, 5, 7, 9]
+        );
+        let b = store.read_stream("s-b", 1, 2).await.unwrap();
+        assert_eq!(b.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            store.list_streams("s-", None, 10).await.unwrap(),
+            vec![
+                StreamInfo {
+                    stream: "s-a".into(),
+                    last_version: 4
+                },
+                StreamInfo {
+                    stream: "s-b".into(),
+                    last_version: 4
+                },
+            ]
+        );
+        let stale = store
+            .append("s-b", ExpectedVersion::Exact(3), vec![new_event("T", "{}")])
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(Error::WrongExpectedVersion {
+                    actual: Some(4),
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        let o = store
+            .append("s-b", ExpectedVersion::Exact(4), vec![new_event("T", "{}")])
+            .await
+            .unwrap();
+        assert_eq!((o.first_position, o.last_version), (11, 5));
+        store.close().await.unwrap();
+        drop(store);
+        // Closing indexed everything.
+        let conn = Connection::open(&path).unwrap();
+        let (_, unindexed) = load_tail(&conn).unwrap();
+        assert!(unindexed.is_empty());
     }
 
     #[test]
