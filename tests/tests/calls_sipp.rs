@@ -3,7 +3,8 @@
 //! against the node) and as the callee (a UAS in server mode on the port
 //! that the callee's registered contact points at). Each test asserts what
 //! SIPp saw (its exit code and statistics, and the message trace), then
-//! the call events in both users' streams.
+//! the call events in both users' streams, then the call detail record
+//! that `AuditService.ListCalls` returns for the call.
 //!
 //! SIPp 3.6.1 reads only the first `Proxy-Authenticate`, so the node offers
 //! MD5 first (`--sip-challenge-md5-first`).
@@ -12,7 +13,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use dialtone_api::pb::User;
+use dialtone_api::pb::{CallCause, CallDirection, CallRecord, HangupSide, ListCallsRequest, User};
+use dialtone_api::prost_types::Timestamp;
 use serde_json::{json, Value};
 use support::sip::{
     bounded, create_domain, create_user, eventually, free_port, stream_events, Sipp, SippRun,
@@ -314,6 +316,215 @@ async fn assert_call_events(node: &TestNode, legs: &[(&str, Vec<Expected>)]) {
     }
 }
 
+// --- Call detail records --------------------------------------------------
+
+/// The SIP Call-ID of the call SIPp `run` made (from the responses it
+/// received).
+fn sip_call_id(run: &SippRun) -> String {
+    run.received
+        .iter()
+        .flat_map(|m| m.lines())
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            let name = name.trim();
+            (name.eq_ignore_ascii_case("Call-ID") || name.eq_ignore_ascii_case("i"))
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Call-ID in {:#?}", run.received))
+}
+
+/// How an answered call must be recorded.
+struct Answer {
+    /// Who hung up.
+    side: HangupSide,
+    /// The contact URI that answered.
+    contact: String,
+    /// How long the scenarios hold the call between answer and BYE.
+    hold: Duration,
+}
+
+/// What the call detail record of a test's call must say.
+struct ExpectedCdr<'a> {
+    /// `user@domain`.
+    caller: String,
+    callee: String,
+    sip_call_id: String,
+    cause: CallCause,
+    sip_status: u32,
+    /// `None`: the call failed before an answer.
+    answer: Option<Answer>,
+    /// The user ids of the legs, the caller's first.
+    legs: Vec<&'a str>,
+}
+
+impl<'a> ExpectedCdr<'a> {
+    /// alice's call (made by SIPp `caller`) to `callee`, answered by
+    /// `contact` and hung up normally by `side` after about `hold`.
+    fn answered(
+        caller: &SippRun,
+        callee: &str,
+        legs: Vec<&'a str>,
+        side: HangupSide,
+        contact: String,
+        hold: Duration,
+    ) -> Self {
+        ExpectedCdr {
+            caller: format!("alice@{DOMAIN}"),
+            callee: callee.to_owned(),
+            sip_call_id: sip_call_id(caller),
+            cause: CallCause::NormalClearing,
+            sip_status: 200,
+            answer: Some(Answer {
+                side,
+                contact,
+                hold,
+            }),
+            legs,
+        }
+    }
+
+    /// alice's call (made by SIPp `caller`) to `callee`, failed with
+    /// `sip_status` and `cause`.
+    fn failed(
+        caller: &SippRun,
+        callee: &str,
+        legs: Vec<&'a str>,
+        sip_status: u32,
+        cause: CallCause,
+    ) -> Self {
+        ExpectedCdr {
+            caller: format!("alice@{DOMAIN}"),
+            callee: callee.to_owned(),
+            sip_call_id: sip_call_id(caller),
+            cause,
+            sip_status,
+            answer: None,
+            legs,
+        }
+    }
+}
+
+/// Every call detail record of `domain`, all pages.
+async fn list_calls(node: &TestNode, domain: &str) -> anyhow::Result<Vec<CallRecord>> {
+    let mut audit = node.audit().await?;
+    let mut calls = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audit
+            .list_calls(ListCallsRequest {
+                domain: domain.to_owned(),
+                from_time: None,
+                to_time: None,
+                page_size: 100,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        calls.extend(page.calls);
+        if page.next_page_token.is_empty() {
+            return Ok(calls);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Microseconds since the epoch of a set timestamp.
+fn micros(what: &str, ts: Option<&Timestamp>) -> i64 {
+    let ts = ts.unwrap_or_else(|| panic!("{what} is not set"));
+    ts.seconds * 1_000_000 + i64::from(ts.nanos / 1000)
+}
+
+/// Asserts that `domain` lists exactly one call detail record, the test's
+/// call, as `expected` says (waiting for the legs' outcomes, which are
+/// appended asynchronously, to be recorded).
+async fn assert_cdr(node: &TestNode, domain: &str, expected: &ExpectedCdr<'_>) {
+    let settled = eventually(
+        Duration::from_secs(5),
+        &format!("one finished call detail record in {domain}"),
+        || async {
+            let calls = list_calls(node, domain).await?;
+            Ok(match calls.as_slice() {
+                [c] if !c.in_progress && c.legs.len() == expected.legs.len() => Some(c.clone()),
+                _ => None,
+            })
+        },
+    )
+    .await;
+    let r = match settled {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "{e}; listed: {:#?}",
+            list_calls(node, domain).await.unwrap()
+        ),
+    };
+    let ctx = format!("{r:#?}");
+    assert!(!r.call_id.is_empty(), "{ctx}");
+    assert_eq!(r.caller, expected.caller, "{ctx}");
+    assert_eq!(r.callee, expected.callee, "{ctx}");
+    assert_eq!(r.sip_call_id, expected.sip_call_id, "{ctx}");
+    assert_eq!(r.cause(), expected.cause, "{ctx}");
+    assert_eq!(r.sip_status, expected.sip_status, "{ctx}");
+    assert!(!r.in_progress, "{ctx}");
+    let started = micros("started_at", r.started_at.as_ref());
+    let ended = micros("ended_at", r.ended_at.as_ref());
+    assert!(ended >= started, "ended before it started: {ctx}");
+    match &expected.answer {
+        Some(a) => {
+            let answered = micros("answered_at", r.answered_at.as_ref());
+            assert!(
+                started <= answered && answered <= ended,
+                "answered outside [started, ended]: {ctx}"
+            );
+            assert_eq!(r.hangup_side(), a.side, "{ctx}");
+            assert_eq!(r.answered_contact, a.contact, "{ctx}");
+            // From answer to end, as the timestamps say (to the ms)...
+            let span_ms = (ended - answered) / 1000;
+            assert!(
+                i64::try_from(r.duration_ms).unwrap().abs_diff(span_ms) <= 1,
+                "duration_ms is not ended_at - answered_at ({span_ms} ms): {ctx}"
+            );
+            // ... and about the time the scenarios hold the call.
+            let duration = Duration::from_millis(r.duration_ms);
+            assert!(
+                duration >= a.hold / 2 && duration <= a.hold + Duration::from_secs(3),
+                "duration {duration:?} for a call held {:?}: {ctx}",
+                a.hold
+            );
+        }
+        None => {
+            assert_eq!(r.answered_at, None, "{ctx}");
+            assert_eq!(r.hangup_side(), HangupSide::Unspecified, "{ctx}");
+            assert_eq!(r.answered_contact, "", "{ctx}");
+            assert_eq!(r.duration_ms, 0, "{ctx}");
+        }
+    }
+    // The legs: the caller's first, then the callee's, each finished with
+    // the call's outcome.
+    let users: Vec<&str> = r.legs.iter().map(|l| l.user_id.as_str()).collect();
+    assert_eq!(users, expected.legs, "{ctx}");
+    for (i, leg) in r.legs.iter().enumerate() {
+        let direction = if i == 0 {
+            CallDirection::Outbound
+        } else {
+            CallDirection::Inbound
+        };
+        assert_eq!(leg.direction(), direction, "leg {i}: {ctx}");
+        assert!(!leg.in_progress, "leg {i}: {ctx}");
+        assert_eq!(leg.cause(), expected.cause, "leg {i}: {ctx}");
+        assert_eq!(leg.sip_status, expected.sip_status, "leg {i}: {ctx}");
+        assert_eq!(
+            leg.answered_at.is_some(),
+            expected.answer.is_some(),
+            "leg {i}: {ctx}"
+        );
+        let side = expected
+            .answer
+            .as_ref()
+            .map_or(HangupSide::Unspecified, |a| a.side);
+        assert_eq!(leg.hangup_side(), side, "leg {i}: {ctx}");
+    }
+}
+
 // --- Tests -----------------------------------------------------------------
 
 #[tokio::test]
@@ -321,6 +532,7 @@ async fn answered_call_hung_up_by_the_caller() {
     bounded(60, async {
         let t = Calls::start(&[]).await;
         let uas = t.callee("call_uas.xml").await;
+        let uas_port = uas.port;
 
         let caller = t.call_bob("call_uac.xml").await;
         caller.assert_all_successful(1);
@@ -354,6 +566,20 @@ async fn answered_call_hung_up_by_the_caller() {
             ],
         )
         .await;
+        // call_uac.xml hangs up 200 ms after its ACK.
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::answered(
+                &caller,
+                &format!("bob@{DOMAIN}"),
+                vec![&t.alice.id, &t.bob.id],
+                HangupSide::Caller,
+                format!("sip:bob@127.0.0.1:{uas_port}"),
+                Duration::from_millis(200),
+            ),
+        )
+        .await;
         t.node.stop().await.unwrap();
     })
     .await
@@ -364,6 +590,7 @@ async fn answered_call_hung_up_by_the_callee() {
     bounded(60, async {
         let t = Calls::start(&[]).await;
         let uas = t.callee("call_uas_hangs_up.xml").await;
+        let uas_port = uas.port;
 
         let caller = t.call_bob("call_uac_callee_hangs_up.xml").await;
         caller.assert_all_successful(1);
@@ -392,6 +619,20 @@ async fn answered_call_hung_up_by_the_callee() {
             ],
         )
         .await;
+        // call_uas_hangs_up.xml hangs up 200 ms after the ACK.
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::answered(
+                &caller,
+                &format!("bob@{DOMAIN}"),
+                vec![&t.alice.id, &t.bob.id],
+                HangupSide::Callee,
+                format!("sip:bob@127.0.0.1:{uas_port}"),
+                Duration::from_millis(200),
+            ),
+        )
+        .await;
         t.node.stop().await.unwrap();
     })
     .await
@@ -399,7 +640,13 @@ async fn answered_call_hung_up_by_the_callee() {
 
 /// The callee (`scenario`) answers `status reason`: the caller sees that
 /// status (and ACKs it), the callee gets the proxy's ACK; then the events.
-async fn rejected_call(scenario: &str, status: u16, reason: &str, cause: &str) {
+async fn rejected_call(
+    scenario: &str,
+    status: u16,
+    reason: &str,
+    cause: &str,
+    cdr_cause: CallCause,
+) {
     let t = Calls::start(&[]).await;
     let uas = t.callee(scenario).await;
 
@@ -431,6 +678,18 @@ async fn rejected_call(scenario: &str, status: u16, reason: &str, cause: &str) {
         ],
     )
     .await;
+    assert_cdr(
+        &t.node,
+        DOMAIN,
+        &ExpectedCdr::failed(
+            &caller,
+            &format!("bob@{DOMAIN}"),
+            vec![&t.alice.id, &t.bob.id],
+            u32::from(status),
+            cdr_cause,
+        ),
+    )
+    .await;
     t.node.stop().await.unwrap();
 }
 
@@ -438,7 +697,13 @@ async fn rejected_call(scenario: &str, status: u16, reason: &str, cause: &str) {
 async fn busy_callee_486() {
     bounded(
         60,
-        rejected_call("call_uas_busy.xml", 486, "Busy Here", "user_busy"),
+        rejected_call(
+            "call_uas_busy.xml",
+            486,
+            "Busy Here",
+            "user_busy",
+            CallCause::UserBusy,
+        ),
     )
     .await
 }
@@ -447,7 +712,13 @@ async fn busy_callee_486() {
 async fn callee_declines_603() {
     bounded(
         60,
-        rejected_call("call_uas_declines.xml", 603, "Decline", "call_rejected"),
+        rejected_call(
+            "call_uas_declines.xml",
+            603,
+            "Decline",
+            "call_rejected",
+            CallCause::CallRejected,
+        ),
     )
     .await
 }
@@ -489,6 +760,18 @@ async fn caller_cancels_while_ringing_487() {
             ],
         )
         .await;
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::failed(
+                &caller,
+                &format!("bob@{DOMAIN}"),
+                vec![&t.alice.id, &t.bob.id],
+                487,
+                CallCause::OriginatorCancel,
+            ),
+        )
+        .await;
         t.node.stop().await.unwrap();
     })
     .await
@@ -528,6 +811,18 @@ async fn no_answer_times_out_with_480_and_cancels_the_callee() {
             ],
         )
         .await;
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::failed(
+                &caller,
+                &format!("bob@{DOMAIN}"),
+                vec![&t.alice.id, &t.bob.id],
+                480,
+                CallCause::NoAnswer,
+            ),
+        )
+        .await;
         t.node.stop().await.unwrap();
     })
     .await
@@ -548,6 +843,19 @@ async fn unknown_callee_404() {
                 &t.alice.id,
                 vec![started("outbound"), failed(404, "not_found")],
             )],
+        )
+        .await;
+        // nobody has no leg.
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::failed(
+                &caller,
+                &format!("nobody@{DOMAIN}"),
+                vec![&t.alice.id],
+                404,
+                CallCause::NotFound,
+            ),
         )
         .await;
         t.node.stop().await.unwrap();
@@ -576,6 +884,18 @@ async fn unregistered_callee_480() {
                     vec![started("inbound"), failed(480, "unavailable")],
                 ),
             ],
+        )
+        .await;
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::failed(
+                &caller,
+                &format!("bob@{DOMAIN}"),
+                vec![&t.alice.id, &t.bob.id],
+                480,
+                CallCause::Unavailable,
+            ),
         )
         .await;
         t.node.stop().await.unwrap();
@@ -610,6 +930,22 @@ async fn cross_domain_call_403() {
             ],
         )
         .await;
+        // The record is the caller's domain's: carol has no leg, so her
+        // domain has no call.
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::failed(
+                &caller,
+                &format!("carol@{OTHER_DOMAIN}"),
+                vec![&t.alice.id],
+                403,
+                CallCause::CallRejected,
+            ),
+        )
+        .await;
+        let theirs = list_calls(&t.node, OTHER_DOMAIN).await.unwrap();
+        assert!(theirs.is_empty(), "{theirs:#?}");
         t.node.stop().await.unwrap();
     })
     .await
@@ -667,6 +1003,22 @@ async fn forked_call_answered_by_one_contact_cancels_the_other() {
             &[(&t.alice.id, leg("outbound")), (&t.bob.id, leg("inbound"))],
         )
         .await;
+        // One record, one leg for bob (not one per branch), answered by
+        // the contact that answered; call_uac.xml hangs up 200 ms after
+        // its ACK.
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::answered(
+                &caller,
+                &format!("bob@{DOMAIN}"),
+                vec![&t.alice.id, &t.bob.id],
+                HangupSide::Caller,
+                contact,
+                Duration::from_millis(200),
+            ),
+        )
+        .await;
         t.node.stop().await.unwrap();
     })
     .await
@@ -677,6 +1029,7 @@ async fn re_invite_passes_through_the_proxy() {
     bounded(60, async {
         let t = Calls::start(&[]).await;
         let uas = t.callee("call_uas_reinvite.xml").await;
+        let uas_port = uas.port;
 
         let caller = t.call_bob("call_uac_reinvite.xml").await;
         caller.assert_all_successful(1);
@@ -714,6 +1067,21 @@ async fn re_invite_passes_through_the_proxy() {
                     vec![started("inbound"), ringing(), answered(), ended("caller")],
                 ),
             ],
+        )
+        .await;
+        // Still one call, answered once; call_uac_reinvite.xml holds it
+        // 100 ms, re-INVITEs, then 100 ms more.
+        assert_cdr(
+            &t.node,
+            DOMAIN,
+            &ExpectedCdr::answered(
+                &caller,
+                &format!("bob@{DOMAIN}"),
+                vec![&t.alice.id, &t.bob.id],
+                HangupSide::Caller,
+                format!("sip:bob@127.0.0.1:{uas_port}"),
+                Duration::from_millis(200),
+            ),
         )
         .await;
         t.node.stop().await.unwrap();
