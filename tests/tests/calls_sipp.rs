@@ -638,6 +638,66 @@ async fn answered_call_hung_up_by_the_callee() {
     .await
 }
 
+#[tokio::test]
+async fn a_call_beyond_the_maximum_duration_is_ended_by_the_proxy() {
+    bounded(60, async {
+        // Both phones wait for the other to hang up, forever: the proxy
+        // ends the call after 2 s with a BYE to each side.
+        let t = Calls::start(&["--sip-max-call-secs", "2"]).await;
+        let uas = t.callee("call_uas.xml").await;
+        let uas_port = uas.port;
+        let began = Instant::now();
+        let caller = t.call_bob("call_uac_callee_hangs_up.xml").await;
+        let took = began.elapsed();
+        caller.assert_all_successful(1);
+        assert_eq!(
+            summary(&caller),
+            ["407 INVITE", "180 INVITE", "200 INVITE", "BYE"]
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+            "ended after {took:?}"
+        );
+        let bye = received(&caller, "BYE ");
+        assert!(bye.contains("Maximum call duration"), "{bye}");
+        let callee = uas.finish().await;
+        assert_eq!(summary(&callee), ["INVITE", "ACK", "BYE"]);
+
+        let timeout = || {
+            (
+                "CallEnded",
+                json!({ "cause": "timeout", "hangup_side": "system" }),
+            )
+        };
+        assert_call_events(
+            &t.node,
+            &[
+                (
+                    &t.alice.id,
+                    vec![started("outbound"), ringing(), answered(), timeout()],
+                ),
+                (
+                    &t.bob.id,
+                    vec![started("inbound"), ringing(), answered(), timeout()],
+                ),
+            ],
+        )
+        .await;
+        let mut expected = ExpectedCdr::answered(
+            &caller,
+            &format!("bob@{DOMAIN}"),
+            vec![&t.alice.id, &t.bob.id],
+            HangupSide::System,
+            format!("sip:bob@127.0.0.1:{uas_port}"),
+            Duration::from_secs(2),
+        );
+        expected.cause = CallCause::Timeout;
+        assert_cdr(&t.node, DOMAIN, &expected).await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
 /// The callee (`scenario`) answers `status reason`: the caller sees that
 /// status (and ACKs it), the callee gets the proxy's ACK; then the events.
 async fn rejected_call(
