@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use dialtone_api::auth::Bearer;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
 use dialtone_api::pb::{CreateDomainRequest, CreateUserRequest};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
+
+type Client = ProvisioningServiceClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +30,9 @@ struct Args {
     /// gRPC address of the node.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// API token (admin, or scoped to the domain used); default: none.
+    #[arg(long, env = "DIALTONE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +80,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let bearer = token(args.token.as_deref())?;
     match args.command {
         Command::CreateUsers {
             domain,
@@ -83,7 +91,15 @@ async fn main() -> anyhow::Result<()> {
             let names: Vec<(String, String)> = (0..users)
                 .map(|i| (format!("{prefix}{i:07}"), format!("password-{i:07}")))
                 .collect();
-            run(&args.server, &domain, names, concurrency, true).await
+            run(
+                &args.server,
+                bearer.clone(),
+                &domain,
+                names,
+                concurrency,
+                true,
+            )
+            .await
         }
         Command::SeedLog {
             data_dir,
@@ -107,27 +123,43 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .filter(|(user, _)| !user.is_empty())
                 .collect();
-            run(&args.server, &domain, names, concurrency, false).await
+            run(
+                &args.server,
+                bearer.clone(),
+                &domain,
+                names,
+                concurrency,
+                false,
+            )
+            .await
         }
     }
 }
 
-async fn connect(server: &str) -> anyhow::Result<ProvisioningServiceClient<Channel>> {
+fn token(token: Option<&str>) -> anyhow::Result<Bearer> {
+    Ok(match token {
+        Some(token) => Bearer::new(token)?,
+        None => Bearer::none(),
+    })
+}
+
+async fn connect(server: &str, token: Bearer) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(server.to_owned())?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
-    Ok(ProvisioningServiceClient::new(channel))
+    Ok(ProvisioningServiceClient::with_interceptor(channel, token))
 }
 
 async fn run(
     server: &str,
+    token: Bearer,
     domain: &str,
     users: Vec<(String, String)>,
     concurrency: usize,
     report: bool,
 ) -> anyhow::Result<()> {
-    let mut client = connect(server).await?;
+    let mut client = connect(server, token.clone()).await?;
     match client
         .create_domain(CreateDomainRequest {
             name: domain.to_owned(),
@@ -151,7 +183,7 @@ async fn run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for chunk in chunks {
-        let mut client = connect(server).await?;
+        let mut client = connect(server, token.clone()).await?;
         let domain = domain.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(chunk.len());

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 /// The head position of the node's log.
 async fn head(url: &str) -> anyhow::Result<u64> {
-    let mut client = EventServiceClient::connect(url.to_owned()).await?;
+    let mut client = EventServiceClient::new(support::client(url).await?);
     let page = client
         .read_all(ReadAllRequest {
             from_position: 1,
@@ -53,7 +53,10 @@ fn writer(
         let mut n = offset;
         while !stop.load(Ordering::SeqCst) {
             let address = url.borrow().clone();
-            let Ok(mut client) = ProvisioningServiceClient::connect(address).await else {
+            let Ok(mut client) = support::client(&address)
+                .await
+                .map(ProvisioningServiceClient::new)
+            else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -106,7 +109,8 @@ fn subscriber(
                 return seen;
             }
             let address = url.borrow().clone();
-            let Ok(mut client) = EventServiceClient::connect(address).await else {
+            let Ok(mut client) = support::client(&address).await.map(EventServiceClient::new)
+            else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -321,6 +325,7 @@ async fn tail(
     meanwhile: impl std::future::Future<Output = ()>,
 ) -> (Vec<String>, String) {
     let mut child = tokio::process::Command::new(support::binary())
+        .env("DIALTONE_TOKEN", support::ADMIN_TOKEN)
         .args(["--server", &node.grpc_url])
         .args(args)
         .stdout(std::process::Stdio::piped())

@@ -117,7 +117,7 @@ impl State {
             &recorded.data,
         ) {
             Ok(Event::User(event)) => event,
-            Ok(Event::Domain(_)) => return,
+            Ok(Event::Domain(_) | Event::Token(_)) => return,
             Err(e) => {
                 tracing::warn!(position = recorded.position, error = %e, "calls projection: unreadable event skipped");
                 return;

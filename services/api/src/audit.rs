@@ -23,7 +23,7 @@ use crate::pb::{
     UserStateAt,
 };
 use crate::status_api::presence;
-use crate::{cdr, lookup, status};
+use crate::{auth, cdr, lookup, status};
 
 /// Events read per call while replaying.
 const REPLAY_PAGE: usize = 1000;
@@ -243,6 +243,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<GetUserStateAtRequest>,
     ) -> Result<Response<UserStateAt>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let until = match &req.at {
             None => Until::Latest,
@@ -252,6 +253,12 @@ impl AuditService for AuditApi {
         let id =
             lookup::user_id(self.provisioning.as_ref(), &self.store, "user", &req.user).await?;
         let stream = id.stream();
+        if access.domain().is_some()
+            && !access.sees_id(auth::stream_domain(&self.store, &stream).await?)
+        {
+            let user = crate::provisioning::user_ref(&req.user)?;
+            return Err(auth::not_found_user(&user));
+        }
         let (state, folded) = replay(
             &self.store,
             &self.upcasters,
@@ -259,7 +266,7 @@ impl AuditService for AuditApi {
             until,
             |state: user::User, event, e| match event {
                 Event::User(event) => Ok(user::evolve(state, &event)),
-                Event::Domain(_) => Err(wrong_stream(&stream, e)),
+                Event::Domain(_) | Event::Token(_) => Err(wrong_stream(&stream, e)),
             },
         )
         .await?;
@@ -278,6 +285,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<GetDomainStateAtRequest>,
     ) -> Result<Response<DomainStateAt>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let until = match &req.at {
             None => Until::Latest,
@@ -291,7 +299,7 @@ impl AuditService for AuditApi {
             .stream_version(&stream)
             .await
             .map_err(status::from_store)?;
-        if current.is_none() {
+        if current.is_none() || !access.sees(id) {
             return Err(Status::not_found(format!(
                 "domain {} not found",
                 req.domain.trim()
@@ -304,7 +312,7 @@ impl AuditService for AuditApi {
             until,
             |state: domain::Domain, event, e| match event {
                 Event::Domain(event) => Ok(domain::evolve(state, &event)),
-                Event::User(_) => Err(wrong_stream(&stream, e)),
+                Event::User(_) | Event::Token(_) => Err(wrong_stream(&stream, e)),
             },
         )
         .await?;
@@ -318,8 +326,15 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListCallsRequest>,
     ) -> Result<Response<ListCallsResponse>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let domain = lookup::domain_id("domain", &req.domain)?;
+        if !access.sees(domain) {
+            return Err(Status::not_found(format!(
+                "domain {} not found",
+                req.domain.trim()
+            )));
+        }
         let from = match &req.from_time {
             Some(t) => time_us("from_time", t)?,
             None => 0,

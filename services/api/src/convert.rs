@@ -82,7 +82,10 @@ pub fn envelope_with(e: &RecordedEvent, upcasters: &event::Upcasters) -> pb::Eve
 /// Whether the stored data of `event_type` holds secrets to remove before
 /// showing it (see [`event::redact_secrets`]).
 fn has_secrets(event_type: &str) -> bool {
-    matches!(event_type, "UserCreated" | "PasswordChanged")
+    matches!(
+        event_type,
+        "UserCreated" | "PasswordChanged" | "TokenCreated"
+    )
 }
 
 /// The envelope of a stored event with its data as JSON (`json`) and/or as

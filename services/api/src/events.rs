@@ -10,6 +10,7 @@ use dialtone_eventlog::SharedStore;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Access};
 use crate::pb::event_service_server::{EventService, EventServiceServer};
 use crate::pb::subscribe_request::Start;
 use crate::pb::{
@@ -72,9 +73,10 @@ impl EventApi {
     }
 
     /// Validates a subscription and starts its reader; the receiver is the
-    /// response stream.
+    /// response stream. A domain `access` gets only its domain's events.
     pub async fn start_subscription(
         &self,
+        access: Access,
         req: SubscribeRequest,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<Outgoing, Status>>, Status> {
         let format = match PayloadFormat::try_from(req.payload) {
@@ -103,7 +105,7 @@ impl EventApi {
                 ))
             }
         };
-        let filter = self.filter(req.filter).await?;
+        let filter = self.filter(access, req.filter).await?;
         // The start is fixed last, so that "now" is as late as possible.
         let head = self.store.head_position();
         let from = match req.start {
@@ -139,18 +141,39 @@ impl EventApi {
         Ok(subscription.start())
     }
 
-    async fn filter(&self, filter: Option<crate::pb::EventFilter>) -> Result<Filter, Status> {
-        let Some(filter) = filter else {
-            return Ok(Filter::default());
-        };
+    /// The filter asked for; for a domain `access`, also limited to its
+    /// domain (other domains and their users are NOT_FOUND, as if absent).
+    async fn filter(
+        &self,
+        access: Access,
+        filter: Option<crate::pb::EventFilter>,
+    ) -> Result<Filter, Status> {
         let mut out = Filter::default();
+        if let Some(own) = access.domain() {
+            out.domains.insert(own.0);
+        }
+        let Some(filter) = filter else {
+            return Ok(out);
+        };
         for (i, domain) in filter.domains.iter().enumerate() {
             let field = format!("filter.domains[{i}]");
-            out.domains.insert(lookup::domain_id(&field, domain)?.0);
+            let id = lookup::domain_id(&field, domain)?;
+            if !access.sees(id) {
+                return Err(Status::not_found(format!(
+                    "domain {} not found",
+                    domain.trim()
+                )));
+            }
+            out.domains.insert(id.0);
         }
         for (i, user) in filter.users.iter().enumerate() {
             let field = format!("filter.users[{i}]");
             let id = lookup::user_id(self.provisioning.as_ref(), &self.store, &field, user).await?;
+            if access.domain().is_some()
+                && !access.sees_id(auth::stream_domain(&self.store, &id.stream()).await?)
+            {
+                return Err(Status::not_found(format!("user {} not found", user.trim())));
+            }
             out.users.insert(id.0);
         }
         for (i, event_type) in filter.event_types.iter().enumerate() {
@@ -180,6 +203,50 @@ impl EventApi {
             out.categories.insert(parsed);
         }
         Ok(out)
+    }
+}
+
+/// Events a domain token's `ReadAll` scans at most per call: a page of a
+/// quiet domain in a busy log may come back short (even empty) with a
+/// `next_position` to go on from.
+const SCOPED_SCAN_BUDGET: usize = 100_000;
+
+impl EventApi {
+    /// `ReadAll` for a domain access: the next `max` events of its domain
+    /// from `from`, scanning at most [`SCOPED_SCAN_BUDGET`] events; and the
+    /// position to go on from.
+    async fn read_all_of(
+        &self,
+        access: Access,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<dialtone_eventlog::RecordedEvent>, u64), Status> {
+        let mut next = from;
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        while out.len() < max && scanned < SCOPED_SCAN_BUDGET {
+            let page = self
+                .store
+                .read_all(next, ALL_PAGE_MAX as usize)
+                .await
+                .map_err(status::from_store)?;
+            let Some(last) = page.last() else { break };
+            let last = last.position;
+            scanned += page.len();
+            for e in page {
+                if out.len() == max {
+                    break;
+                }
+                next = e.position + 1;
+                if access.sees_id(e.domain_id) {
+                    out.push(e);
+                }
+            }
+            if out.len() < max {
+                next = last + 1;
+            }
+        }
+        Ok((out, next))
     }
 }
 
@@ -217,7 +284,10 @@ impl EventService for EventApi {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         use futures::StreamExt as _;
-        let receiver = self.start_subscription(request.into_inner()).await?;
+        let access = auth::access(&request);
+        let receiver = self
+            .start_subscription(access, request.into_inner())
+            .await?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
             .map(|item| item.and_then(Outgoing::into_message));
         Ok(Response::new(Box::pin(stream)))
@@ -227,6 +297,7 @@ impl EventService for EventApi {
         &self,
         request: Request<ReadStreamRequest>,
     ) -> Result<Response<ReadStreamResponse>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let stream = req.stream.trim();
         if stream.is_empty() {
@@ -234,6 +305,13 @@ impl EventService for EventApi {
                 "stream",
                 "must not be empty (e.g. user-<uuid>)",
             ));
+        }
+        // A domain token reads its domain's streams only; any other stream
+        // (or none) is NOT_FOUND to it.
+        if access.domain().is_some()
+            && !access.sees_id(auth::stream_domain(&self.store, stream).await?)
+        {
+            return Err(auth::not_found_stream(stream));
         }
         let max = page(req.max_count, STREAM_PAGE_DEFAULT, STREAM_PAGE_MAX)?;
         // Read one more than asked to know whether the stream goes on.
@@ -259,16 +337,23 @@ impl EventService for EventApi {
         &self,
         request: Request<ReadAllRequest>,
     ) -> Result<Response<ReadAllResponse>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let max = page(req.max_count, ALL_PAGE_DEFAULT, ALL_PAGE_MAX)?;
         let from = req.from_position.max(1);
         let head_position = self.store.head_position();
-        let events = self
-            .store
-            .read_all(from, max)
-            .await
-            .map_err(status::from_store)?;
-        let next_position = events.last().map_or(from, |e| e.position + 1);
+        let (events, next_position) = match access.domain() {
+            None => {
+                let events = self
+                    .store
+                    .read_all(from, max)
+                    .await
+                    .map_err(status::from_store)?;
+                let next = events.last().map_or(from, |e| e.position + 1);
+                (events, next)
+            }
+            Some(_) => self.read_all_of(access, from, max).await?,
+        };
         Ok(Response::new(ReadAllResponse {
             events: events
                 .iter()
@@ -344,7 +429,8 @@ impl tonic::server::ServerStreamingService<SubscribeRequest> for SubscribeMethod
     fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
         let api = self.0.clone();
         Box::pin(async move {
-            let receiver = api.start_subscription(request.into_inner()).await?;
+            let access = auth::access(&request);
+            let receiver = api.start_subscription(access, request.into_inner()).await?;
             Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
                 receiver,
             )))

@@ -5,10 +5,13 @@
 //! `proto/dialtone/v1` by `build.rs`), the service implementations
 //! ([`provisioning::ProvisioningApi`], [`events::EventApi`] with the
 //! subscription engine in [`subscription`], [`status_api::StatusApi`],
-//! [`audit::AuditApi`]), the typed event payloads ([`payload`], an
-//! exhaustive mapping from the domain's events), the mapping of errors to
-//! gRPC status codes ([`status`]), and [`serve`], which runs them with
-//! health and reflection on a listener.
+//! [`audit::AuditApi`], [`tokens_api::TokenApi`]), authentication and
+//! scoping ([`auth`]: bearer tokens, an interceptor in front of every
+//! Dialtone service, the token table), the typed event payloads
+//! ([`payload`], an exhaustive mapping from the domain's events), the
+//! mapping of errors to gRPC status codes ([`status`]), and [`serve`],
+//! which runs them with health and reflection (both open) on a listener,
+//! optionally over TLS.
 //!
 //! # What it must not do
 //! No business rules (they are in `domain`, run by `actors`); no SQL; no
@@ -26,6 +29,7 @@ use tokio::net::TcpListener;
 pub use prost_types;
 
 pub mod audit;
+pub mod auth;
 pub mod cdr;
 pub mod convert;
 pub mod events;
@@ -35,6 +39,7 @@ pub mod provisioning;
 pub mod status;
 pub mod status_api;
 pub mod subscription;
+pub mod tokens_api;
 
 /// Generated protobuf types, servers and clients of `dialtone.v1`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -54,6 +59,12 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("event log: {0}")]
+    Store(#[from] dialtone_eventlog::Error),
+    #[error("unreadable token stream: {0}")]
+    Corrupt(String),
+    #[error("invalid token: {0}")]
+    Token(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,6 +82,24 @@ pub struct ApiContext {
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
     pub subscriptions: subscription::SubscriptionConfig,
+    /// The admin token (besides the admin tokens of the log). Without one,
+    /// only tokens created earlier (in the log) get in.
+    pub admin_token: Option<String>,
+    /// Serve over TLS with this certificate chain and key (PEM).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A server certificate chain and its private key, PEM-encoded.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
 }
 
 /// Serves every Dialtone service plus `grpc.health.v1` and reflection on
@@ -83,6 +112,12 @@ pub async fn serve(
     serve_with(listener, context, ServeOptions::default(), shutdown).await
 }
 
+/// The token table of `context`'s log with `admin_token`; [`serve_with`]
+/// loads it itself, this is for callers that want it first.
+pub async fn load_tokens(context: &ApiContext, admin_token: Option<&str>) -> Result<auth::Tokens> {
+    auth::Tokens::load(context.store.clone(), admin_token).await
+}
+
 /// As [`serve`], with settings. When `shutdown` completes, subscriptions
 /// end first (UNAVAILABLE, with the position to resume from), then
 /// in-flight calls are drained.
@@ -92,6 +127,8 @@ pub async fn serve_with(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let tokens = load_tokens(&context, options.admin_token.as_deref()).await?;
+    let authenticator = auth::Authenticator::new(tokens.clone());
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -110,6 +147,9 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<pb::audit_service_server::AuditServiceServer<audit::AuditApi>>()
         .await;
+    health_reporter
+        .set_serving::<pb::token_service_server::TokenServiceServer<tokens_api::TokenApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -118,31 +158,55 @@ pub async fn serve_with(
     // small streamed messages wait for Nagle's algorithm: tens of
     // milliseconds added to live subscriptions.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        ))?;
+    }
+    // Health and reflection are open (the contract is public: it is in
+    // `proto/`); every Dialtone service is behind the authenticator.
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            pb::provisioning_service_server::ProvisioningServiceServer::new(
+            pb::provisioning_service_server::ProvisioningServiceServer::with_interceptor(
                 provisioning::ProvisioningApi::new(context.provisioning.clone()),
+                authenticator.clone(),
             ),
         )
-        .add_service(events::EventServer::new(
-            events::EventApi::new(context.store.clone())
-                .with_provisioning(context.provisioning.clone())
-                .with_config(options.subscriptions)
-                .with_stopping(stopping),
-        ))
-        .add_service(pb::audit_service_server::AuditServiceServer::new(
-            audit::AuditApi::new(context.store.clone())
-                .with_provisioning(context.provisioning.clone()),
-        ))
-        .add_service(pb::status_service_server::StatusServiceServer::new(
-            status_api::StatusApi::new(
-                context.provisioning.clone(),
-                context.registrations.clone(),
-                context.calls.clone(),
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            events::EventServer::new(
+                events::EventApi::new(context.store.clone())
+                    .with_provisioning(context.provisioning.clone())
+                    .with_config(options.subscriptions)
+                    .with_stopping(stopping),
             ),
+            authenticator.clone(),
         ))
+        .add_service(
+            pb::audit_service_server::AuditServiceServer::with_interceptor(
+                audit::AuditApi::new(context.store.clone())
+                    .with_provisioning(context.provisioning.clone()),
+                authenticator.clone(),
+            ),
+        )
+        .add_service(
+            pb::status_service_server::StatusServiceServer::with_interceptor(
+                status_api::StatusApi::new(
+                    context.provisioning.clone(),
+                    context.registrations.clone(),
+                    context.calls.clone(),
+                ),
+                authenticator.clone(),
+            ),
+        )
+        .add_service(
+            pb::token_service_server::TokenServiceServer::with_interceptor(
+                tokens_api::TokenApi::new(tokens, context.provisioning.clone()),
+                authenticator.clone(),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -4,7 +4,7 @@
 
 use dialtone_domain::call::{Cause, Direction, HangupSide};
 use dialtone_domain::registration::Binding;
-use dialtone_domain::{domain, user, Event};
+use dialtone_domain::{domain, token, user, Event};
 
 use crate::convert::timestamp;
 use crate::pb;
@@ -22,6 +22,7 @@ pub fn into_payload(event: Event) -> pb::EventPayload {
     let event = match event {
         Event::Domain(e) => domain_payload(e),
         Event::User(e) => user_payload(e),
+        Event::Token(e) => token_payload(e),
     };
     pb::EventPayload { event: Some(event) }
 }
@@ -106,6 +107,40 @@ fn domain_payload(e: domain::Event) -> P {
             failures,
             locked_at: timestamp(locked_at),
             locked_until: timestamp(locked_until),
+        }),
+    }
+}
+
+/// `"admin"` or the domain name, as the API shows a token's scope.
+pub fn scope(scope: &token::Scope) -> String {
+    match scope {
+        token::Scope::Admin => "admin".to_owned(),
+        token::Scope::Domain(name) => name.to_string(),
+    }
+}
+
+/// The hash of the secret is left out: it never leaves the node.
+fn token_payload(e: token::Event) -> P {
+    use token::Event as E;
+    match e {
+        E::TokenCreated {
+            token_id,
+            scope: s,
+            secret_sha256: _,
+            description,
+            created_at,
+        } => P::TokenCreated(pb::TokenCreated {
+            token_id: token_id.to_string(),
+            scope: scope(&s),
+            description,
+            created_at: timestamp(created_at),
+        }),
+        E::TokenRevoked {
+            token_id,
+            revoked_at,
+        } => P::TokenRevoked(pb::TokenRevoked {
+            token_id: token_id.to_string(),
+            revoked_at: timestamp(revoked_at),
         }),
     }
 }
@@ -325,6 +360,8 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::CallAnswered(_) => "CallAnswered",
         P::CallEnded(_) => "CallEnded",
         P::CallFailed(_) => "CallFailed",
+        P::TokenCreated(_) => "TokenCreated",
+        P::TokenRevoked(_) => "TokenRevoked",
     })
 }
 

@@ -6,6 +6,7 @@ use dialtone_domain::user::Patch;
 use dialtone_domain::{DomainName, UserName};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Access};
 use crate::pb::provisioning_service_server::ProvisioningService;
 use crate::pb::*;
 use crate::{convert, status};
@@ -84,12 +85,48 @@ fn page_token(token: &str) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
+impl ProvisioningApi {
+    /// NOT_FOUND (as for a user that does not exist) unless `access` may
+    /// see `user`: a user named by address is judged by its domain, one
+    /// named by id by the domain it belongs to.
+    pub(crate) async fn check_user(&self, access: Access, user: &UserRef) -> Result<(), Status> {
+        check_user(&self.provisioning, access, user).await
+    }
+}
+
+/// See [`ProvisioningApi::check_user`].
+pub(crate) async fn check_user(
+    provisioning: &Provisioning,
+    access: Access,
+    user: &UserRef,
+) -> Result<(), Status> {
+    let Some(domain) = access.domain() else {
+        return Ok(());
+    };
+    let visible = match user {
+        UserRef::Address(address) => dialtone_domain::DomainId::for_name(&address.domain) == domain,
+        UserRef::Id(_) => {
+            let view = provisioning
+                .get_user(user)
+                .await
+                .map_err(status::from_actor)?;
+            view.state.domain_id == Some(domain)
+        }
+    };
+    if visible {
+        Ok(())
+    } else {
+        Err(auth::not_found_user(user))
+    }
+}
+
 #[tonic::async_trait]
 impl ProvisioningService for ProvisioningApi {
     async fn create_domain(
         &self,
         request: Request<CreateDomainRequest>,
     ) -> Result<Response<Domain>, Status> {
+        auth::access(&request).require_admin("creating a domain")?;
         let req = request.into_inner();
         let meta = meta(&req.request_id, None)?;
         let name = DomainName::parse(&req.name).map_err(|e| match e {
@@ -116,7 +153,9 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<GetDomainRequest>,
     ) -> Result<Response<Domain>, Status> {
+        let access = auth::access(&request);
         let domain = domain_ref(&request.into_inner().domain)?;
+        access.check_domain(&domain)?;
         let info = self
             .provisioning
             .get_domain(&domain)
@@ -129,8 +168,32 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<ListDomainsRequest>,
     ) -> Result<Response<ListDomainsResponse>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
+        if let Some(own) = access.domain() {
+            // A domain token's list is its own domain (if it exists), on
+            // one page.
+            let info = match self.provisioning.get_domain(&DomainRef::Id(own)).await {
+                Ok(info) => Some(info),
+                Err(dialtone_actors::Error::Domain(dialtone_domain::Error::NotFound(_))) => None,
+                Err(e) => return Err(status::from_actor(e)),
+            };
+            let domains = info
+                .filter(|info| {
+                    req.page_token.trim().is_empty()
+                        && (req.include_deleted
+                            || info.status != dialtone_domain::domain::Status::Deleted)
+                        && info.status != dialtone_domain::domain::Status::Absent
+                })
+                .map(|info| convert::domain(&info))
+                .into_iter()
+                .collect();
+            return Ok(Response::new(ListDomainsResponse {
+                domains,
+                next_page_token: String::new(),
+            }));
+        }
         let after = page_token(&req.page_token);
         if let Some(token) = &after {
             if dialtone_domain::DomainId::from_stream(token).is_none() {
@@ -155,9 +218,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<UpdateDomainRequest>,
     ) -> Result<Response<Domain>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, req.expected_version)?;
         let domain = domain_ref(&req.domain)?;
+        access.check_domain(&domain)?;
         let patch = SettingsPatch {
             description: req.description,
             allow_cross_domain_calls: req.allow_cross_domain_calls,
@@ -175,9 +240,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<SuspendDomainRequest>,
     ) -> Result<Response<Domain>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, req.expected_version)?;
         let domain = domain_ref(&req.domain)?;
+        access.check_domain(&domain)?;
         let reason = (!req.reason.trim().is_empty()).then(|| req.reason.trim().to_owned());
         let info = self
             .provisioning
@@ -191,9 +258,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<ResumeDomainRequest>,
     ) -> Result<Response<Domain>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, req.expected_version)?;
         let domain = domain_ref(&req.domain)?;
+        access.check_domain(&domain)?;
         let info = self
             .provisioning
             .resume_domain(&domain, meta)
@@ -206,9 +275,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<DeleteDomainRequest>,
     ) -> Result<Response<Domain>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, req.expected_version)?;
         let domain = domain_ref(&req.domain)?;
+        access.check_domain(&domain)?;
         let info = self
             .provisioning
             .delete_domain(&domain, meta)
@@ -221,9 +292,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<User>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, None)?;
         let domain = domain_ref(&req.domain)?;
+        access.check_domain(&domain)?;
         let username = UserName::parse(req.username.trim()).map_err(|e| match e {
             dialtone_domain::Error::Invalid { reason, .. } => status::invalid("username", reason),
             other => status::from_domain(other),
@@ -249,7 +322,9 @@ impl ProvisioningService for ProvisioningApi {
     }
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let access = auth::access(&request);
         let user = user_ref(&request.into_inner().user)?;
+        self.check_user(access, &user).await?;
         let view = self
             .provisioning
             .get_user(&user)
@@ -262,8 +337,10 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let domain = domain_ref(&req.domain)?;
+        access.check_domain(&domain)?;
         let size = page_size(req.page_size)?;
         let page = self
             .provisioning
@@ -280,9 +357,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, req.expected_version)?;
         let user = user_ref(&req.user)?;
+        self.check_user(access, &user).await?;
         let patch = Patch {
             display_name: req.display_name,
             caller_id: req.caller_id,
@@ -301,9 +380,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<SetPasswordRequest>,
     ) -> Result<Response<User>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, req.expected_version)?;
         let user = user_ref(&req.user)?;
+        self.check_user(access, &user).await?;
         if req.password.is_empty() {
             return Err(status::invalid("password", "must not be empty"));
         }
@@ -319,9 +400,11 @@ impl ProvisioningService for ProvisioningApi {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<User>, Status> {
+        let access = auth::access(&request);
         let req = request.into_inner();
         let meta = meta(&req.request_id, req.expected_version)?;
         let user = user_ref(&req.user)?;
+        self.check_user(access, &user).await?;
         let view = self
             .provisioning
             .delete_user(&user, meta)

@@ -6,6 +6,7 @@ use dialtone_domain::registration::Presence;
 use dialtone_domain::user::User;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Access};
 use crate::convert::timestamp;
 use crate::payload::direction;
 use crate::pb::status_service_server::StatusService;
@@ -106,8 +107,9 @@ pub fn presence(p: Presence) -> PresenceState {
 impl StatusApi {
     /// The user addressed by id or `username@domain`, or the status to
     /// answer with.
-    async fn user(&self, input: &str) -> Result<View<User>, Status> {
+    async fn user(&self, access: Access, input: &str) -> Result<View<User>, Status> {
         let user = user_ref(input)?;
+        crate::provisioning::check_user(&self.provisioning, access, &user).await?;
         self.provisioning
             .get_user(&user)
             .await
@@ -121,7 +123,8 @@ impl StatusService for StatusApi {
         &self,
         request: Request<GetRegistrationsRequest>,
     ) -> Result<Response<GetRegistrationsResponse>, Status> {
-        let view = self.user(&request.into_inner().user).await?;
+        let access = auth::access(&request);
+        let view = self.user(access, &request.into_inner().user).await?;
         let contacts = view.state.bindings.iter().map(convert::contact).collect();
         Ok(Response::new(GetRegistrationsResponse {
             user: view.state.address(),
@@ -134,7 +137,9 @@ impl StatusService for StatusApi {
         &self,
         request: Request<ListOnlineRequest>,
     ) -> Result<Response<ListOnlineResponse>, Status> {
+        let access = auth::access(&request);
         let domain = domain_ref(&request.into_inner().domain)?;
+        access.check_domain(&domain)?;
         // Fails with NOT_FOUND for an unknown domain.
         let info = self
             .provisioning
@@ -166,7 +171,8 @@ impl StatusService for StatusApi {
         &self,
         request: Request<GetPresenceRequest>,
     ) -> Result<Response<crate::pb::Presence>, Status> {
-        let view = self.user(&request.into_inner().user).await?;
+        let access = auth::access(&request);
+        let view = self.user(access, &request.into_inner().user).await?;
         Ok(Response::new(crate::pb::Presence {
             user: view.state.address(),
             state: presence(view.state.presence) as i32,
@@ -177,7 +183,9 @@ impl StatusService for StatusApi {
         &self,
         request: Request<ListActiveCallsRequest>,
     ) -> Result<Response<ListActiveCallsResponse>, Status> {
+        let access = auth::access(&request);
         let domain = domain_ref(&request.into_inner().domain)?;
+        access.check_domain(&domain)?;
         // Fails with NOT_FOUND for an unknown domain.
         let info = self
             .provisioning

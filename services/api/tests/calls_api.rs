@@ -11,6 +11,7 @@ use dialtone_actors::{
     ActorSystem, CallIndex, Directory, DirectoryConfig, DomainRef, Meta, NewDomain, NewUserRequest,
     Provisioning, ProvisioningConfig, RegistrationIndex,
 };
+use dialtone_api::auth::Bearer;
 use dialtone_api::pb::audit_service_client::AuditServiceClient;
 use dialtone_api::pb::status_service_client::StatusServiceClient;
 use dialtone_api::pb::{
@@ -23,7 +24,12 @@ use dialtone_domain::{DomainName, UserId, UserName};
 use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
 use dialtone_eventlog::SharedStore;
 use tokio::sync::watch;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+
+/// A channel that sends the test's admin token.
+type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+const ADMIN_TOKEN: &str = "calls-api-test-admin-token";
 use tonic::Code;
 
 struct Node {
@@ -69,9 +75,18 @@ impl Node {
             registrations,
             calls: calls.clone(),
         };
-        tokio::spawn(dialtone_api::serve(listener, context, async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        }));
+        let options = dialtone_api::ServeOptions {
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            ..Default::default()
+        };
+        tokio::spawn(dialtone_api::serve_with(
+            listener,
+            context,
+            options,
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            },
+        ));
         Node {
             store,
             provisioning,
@@ -84,11 +99,12 @@ impl Node {
     }
 
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
+        let channel = tonic::transport::Channel::from_shared(self.url.clone())
             .unwrap()
             .connect()
             .await
-            .unwrap()
+            .unwrap();
+        InterceptedService::new(channel, Bearer::new(ADMIN_TOKEN).unwrap())
     }
 
     async fn domain(&self, name: &str) {

@@ -9,13 +9,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{domain, user};
+use crate::{domain, token, user};
 
 /// Any event of any aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Domain(domain::Event),
     User(user::Event),
+    Token(token::Event),
 }
 
 /// Coarse groups of event types, for subscription filters.
@@ -108,6 +109,8 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("CallEnded", EventCategory::Call),
     ("CallFailed", EventCategory::Call),
     ("SourceLockedOut", EventCategory::Security),
+    ("TokenCreated", EventCategory::Security),
+    ("TokenRevoked", EventCategory::Security),
 ];
 
 /// The event types of the domain stream (`domain-{uuid}`); every other type
@@ -122,6 +125,9 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "UserNameReleased",
     "SourceLockedOut",
 ];
+
+/// The event types of the token stream ([`token::STREAM`]).
+pub const TOKEN_EVENT_TYPES: &[&str] = &["TokenCreated", "TokenRevoked"];
 
 /// The schema version this build writes for `event_type`: one more than
 /// the last upcasting step registered for it in [`Upcasters::builtin`]
@@ -286,6 +292,10 @@ impl Upcasters {
                 serde_json::from_str(&tagged)
                     .map(Event::Domain)
                     .map_err(json_err)
+            } else if TOKEN_EVENT_TYPES.contains(&event_type) {
+                serde_json::from_str(&tagged)
+                    .map(Event::Token)
+                    .map_err(json_err)
             } else {
                 serde_json::from_str(&tagged)
                     .map(Event::User)
@@ -315,6 +325,11 @@ impl Upcasters {
         if DOMAIN_EVENT_TYPES.contains(&event_type) {
             return serde_json::from_value(tagged)
                 .map(Event::Domain)
+                .map_err(json_err);
+        }
+        if TOKEN_EVENT_TYPES.contains(&event_type) {
+            return serde_json::from_value(tagged)
+                .map(Event::Token)
                 .map_err(json_err);
         }
         serde_json::from_value(tagged)
@@ -356,6 +371,10 @@ impl Event {
                 user::Event::CallEnded { .. } => "CallEnded",
                 user::Event::CallFailed { .. } => "CallFailed",
             },
+            Event::Token(e) => match e {
+                token::Event::TokenCreated { .. } => "TokenCreated",
+                token::Event::TokenRevoked { .. } => "TokenRevoked",
+            },
         }
     }
 
@@ -372,6 +391,7 @@ impl Event {
         let tagged = match self {
             Event::Domain(e) => serde_json::to_value(e)?,
             Event::User(e) => serde_json::to_value(e)?,
+            Event::Token(e) => serde_json::to_value(e)?,
         };
         let data = match tagged {
             Value::Object(mut map) => map
@@ -396,6 +416,12 @@ impl Event {
 impl From<domain::Event> for Event {
     fn from(e: domain::Event) -> Self {
         Event::Domain(e)
+    }
+}
+
+impl From<token::Event> for Event {
+    fn from(e: token::Event) -> Self {
+        Event::Token(e)
     }
 }
 
@@ -472,8 +498,14 @@ mod tests {
 
 /// The data of an event as it may be shown outside the node (API, CLI,
 /// exports): digest HA1 values are password equivalents, so `credentials`
-/// keeps only `set_at`. Everything else is unchanged.
+/// keeps only `set_at`; a token's `secret_sha256` is left out (it is not
+/// the secret, but nobody outside needs it). Everything else is unchanged.
 pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
+    if event_type == "TokenCreated" {
+        if let Value::Object(map) = &mut data {
+            map.remove("secret_sha256");
+        }
+    }
     if matches!(event_type, "UserCreated" | "PasswordChanged") {
         if let Some(Value::Object(credentials)) = data.get_mut("credentials") {
             credentials.retain(|key, _| key == "set_at");

@@ -8,7 +8,8 @@
 //! with the registrar's binding rules in [`registration`] and the call-leg
 //! rules in [`call`]) — with their commands and events, and the
 //! mapping of events to stored `(type, schema_version, data)` triples
-//! ([`event`]).
+//! ([`event`]). The API's token table is a third, small aggregate
+//! ([`token::Tokens`], one stream) with the same shape.
 //!
 //! Every aggregate follows the same shape:
 //! `decide(&State, &Command, now) -> Result<Vec<Event>, Error>` says what
@@ -28,6 +29,7 @@ pub mod event;
 pub mod ids;
 pub mod names;
 pub mod registration;
+pub mod token;
 pub mod user;
 
 pub use event::{Event, EventCategory};

@@ -11,6 +11,7 @@ use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{current_schema_version, DOMAIN_EVENT_TYPES, EVENT_TYPES};
 use dialtone_domain::registration::{Binding, ContactChange, Presence, Register};
+use dialtone_domain::token::{self, Scope, Tokens};
 use dialtone_domain::user::{self, NewUser, Patch, User};
 use dialtone_domain::{DomainId, DomainName, Event, UserId, UserName};
 use jsonschema::Validator;
@@ -151,6 +152,8 @@ fn schemas_are_draft_2020_12_closed_and_versioned() {
         );
         let stream = if DOMAIN_EVENT_TYPES.contains(&name.as_str()) {
             "domain"
+        } else if name.starts_with("Token") {
+            "tokens"
         } else {
             "user"
         };
@@ -204,6 +207,8 @@ fn the_event_catalog_documents_every_type_with_its_stream_and_category() {
                 "domain"
             } else if section.contains("`user-") {
                 "user"
+            } else if section.contains("`tokens`") {
+                "tokens"
             } else {
                 ""
             };
@@ -872,7 +877,50 @@ fn hand_made_events() -> Vec<Event> {
             failed_at: 0,
         }
         .into(),
+        token::Event::TokenCreated {
+            token_id: Uuid::max(),
+            scope: Scope::Domain(dn("a.example")),
+            secret_sha256: HASH.into(),
+            description: "é".repeat(token::MAX_DESCRIPTION_LEN),
+            created_at: 0,
+        }
+        .into(),
+        token::Event::TokenRevoked {
+            token_id: Uuid::nil(),
+            revoked_at: i64::MAX,
+        }
+        .into(),
     ]
+}
+
+const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn token_events_from_decide() -> Vec<Event> {
+    let commands = [
+        token::Command::Create {
+            token_id: Uuid::from_u128(1),
+            scope: Scope::Admin,
+            secret_sha256: HASH.into(),
+            description: String::new(),
+        },
+        token::Command::Create {
+            token_id: Uuid::from_u128(2),
+            scope: Scope::Domain(dn("example.com")),
+            secret_sha256: HASH.into(),
+            description: "provisioning robot".into(),
+        },
+        token::Command::Revoke {
+            token_id: Uuid::from_u128(2),
+        },
+    ];
+    let mut state = Tokens::default();
+    let mut events = Vec::new();
+    for command in commands {
+        let emitted = token::decide(&state, &command, T0).unwrap();
+        state = emitted.iter().fold(state, token::evolve);
+        events.extend(emitted.into_iter().map(Event::Token));
+    }
+    events
 }
 
 #[test]
@@ -880,6 +928,7 @@ fn events_from_decide_validate() {
     for event in domain_events_from_decide()
         .iter()
         .chain(&user_events_from_decide())
+        .chain(&token_events_from_decide())
     {
         assert_valid(event);
     }
@@ -897,7 +946,12 @@ fn samples_cover_every_event_type() {
     for (name, samples) in [
         (
             "decide",
-            [domain_events_from_decide(), user_events_from_decide()].concat(),
+            [
+                domain_events_from_decide(),
+                user_events_from_decide(),
+                token_events_from_decide(),
+            ]
+            .concat(),
         ),
         ("hand-made", hand_made_events()),
     ] {
@@ -1016,6 +1070,9 @@ fn missing_required_fields_are_rejected() {
         ("CallEnded", "duration_ms"),
         ("CallFailed", "sip_status"),
         ("CallFailed", "failed_at"),
+        ("TokenCreated", "secret_sha256"),
+        ("TokenCreated", "scope"),
+        ("TokenRevoked", "token_id"),
     ] {
         assert_rejected(event_type, without(sample(event_type), field));
     }
@@ -1353,5 +1410,22 @@ proptest! {
         let accepted = user::decide(&ALICE, &user::Command::Update { patch }, T0).is_ok();
         let data = json!({ "display_name": display_name, "caller_id": caller_id, "max_contacts": 1 });
         prop_assert_eq!(validator("UserUpdated").is_valid(&data), accepted, "{}", data);
+    }
+}
+
+#[test]
+fn token_events_hold_no_secret_and_a_well_formed_scope() {
+    assert_rejected(
+        "TokenCreated",
+        with_extra(sample("TokenCreated"), "", "secret", json!("x")),
+    );
+    for bad in [json!("root"), json!({"domain": "Not A Name"}), json!({})] {
+        assert_rejected("TokenCreated", with(sample("TokenCreated"), "/scope", bad));
+    }
+    for bad in [json!(HASH.to_uppercase()), json!(&HASH[1..]), json!(1)] {
+        assert_rejected(
+            "TokenCreated",
+            with(sample("TokenCreated"), "/secret_sha256", bad),
+        );
     }
 }

@@ -2,13 +2,26 @@
 //! ...` over gRPC.
 
 use anyhow::Context as _;
+use dialtone_api::auth::Bearer;
 use dialtone_api::pb;
 use dialtone_api::pb::audit_service_client::AuditServiceClient;
 use dialtone_api::pb::event_service_client::EventServiceClient;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
 use dialtone_api::pb::status_service_client::StatusServiceClient;
+use dialtone_api::pb::token_service_client::TokenServiceClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+
+/// A connection that sends the token.
+type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Where and as whom the client commands talk.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub server: String,
+    pub token: Option<String>,
+    pub ca_cert: Option<std::path::PathBuf>,
+}
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ClientCommand {
@@ -53,6 +66,9 @@ pub enum ClientCommand {
     /// history that led to it.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage API tokens (admin token needed).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Export the events between two positions (JSON lines with --json):
     /// `dialtone replay --from 1 --to 5000 --json > events.jsonl`.
     Replay {
@@ -64,6 +80,21 @@ pub enum ClientCommand {
         #[arg(long)]
         to: Option<u64>,
     },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (shown only this once).
+    Create {
+        /// `admin`, or the domain the token is limited to.
+        scope: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revoke a token: it is refused from the next call on.
+    Revoke { token_id: String },
+    /// List tokens (never their secrets).
+    List,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -239,31 +270,61 @@ struct Clients {
     events: EventServiceClient<Channel>,
     status: StatusServiceClient<Channel>,
     audit: AuditServiceClient<Channel>,
+    tokens: TokenServiceClient<Channel>,
 }
 
-async fn connect(server: &str) -> anyhow::Result<Clients> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+async fn connect(target: &Target) -> anyhow::Result<Clients> {
+    let server = target.server.as_str();
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
         .with_context(|| format!("invalid server address '{server}'"))?
         .connect_timeout(std::time::Duration::from_secs(5));
+    if server.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &target.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| {
+                    format!("cannot read the CA certificate {}", path.display())
+                })?;
+                tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).context("invalid TLS settings")?;
+    } else if target.ca_cert.is_some() {
+        anyhow::bail!("--ca-cert is for https:// servers; the server is {server}");
+    }
+    let bearer = match &target.token {
+        Some(token) => Bearer::new(token).context("invalid --token / DIALTONE_TOKEN")?,
+        None => Bearer::none(),
+    };
     let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
+    let channel = InterceptedService::new(channel, bearer);
     Ok(Clients {
         provisioning: ProvisioningServiceClient::new(channel.clone()),
         events: EventServiceClient::new(channel.clone()),
         status: StatusServiceClient::new(channel.clone()),
-        audit: AuditServiceClient::new(channel),
+        audit: AuditServiceClient::new(channel.clone()),
+        tokens: TokenServiceClient::new(channel),
     })
 }
 
 /// Turns a gRPC error into a message that names the code.
 fn status_error(status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::Unauthenticated {
+        return anyhow::anyhow!(
+            "{} ({:?}); give a token with --token or DIALTONE_TOKEN",
+            status.message(),
+            status.code()
+        );
+    }
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
-pub async fn run(server: &str, json_output: bool, command: ClientCommand) -> anyhow::Result<()> {
-    let mut clients = connect(server).await?;
+pub async fn run(target: &Target, json_output: bool, command: ClientCommand) -> anyhow::Result<()> {
+    let mut clients = connect(target).await?;
     let out = Output { json: json_output };
     match command {
         ClientCommand::Domain(cmd) => domain(&mut clients, &out, cmd).await,
@@ -306,7 +367,86 @@ pub async fn run(server: &str, json_output: bool, command: ClientCommand) -> any
         }
         ClientCommand::Audit(cmd) => audit(&mut clients, &out, cmd).await,
         ClientCommand::Replay { from, to } => replay(&mut clients, &out, from, to).await,
+        ClientCommand::Token(cmd) => token(&mut clients, &out, cmd).await,
     }
+}
+
+fn token_json(t: &pb::Token) -> Value {
+    json!({
+        "token_id": t.token_id,
+        "scope": t.scope,
+        "description": t.description,
+        "created_at": t.created_at.as_ref().map(rfc3339),
+        "revoked": t.revoked,
+        "revoked_at": t.revoked_at.as_ref().map(rfc3339),
+    })
+}
+
+fn rfc3339(t: &dialtone_api::prost_types::Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.seconds)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+async fn token(c: &mut Clients, out: &Output, cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { scope, description } => {
+            let created = c
+                .tokens
+                .create_token(pb::CreateTokenRequest { scope, description })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let info = created.token.unwrap_or_default();
+            if out.json {
+                let mut value = token_json(&info);
+                value["secret"] = json!(created.secret);
+                println!("{value}");
+            } else {
+                println!("token {} (scope {})", info.token_id, info.scope);
+                println!("secret (shown only now): {}", created.secret);
+            }
+        }
+        TokenCommand::Revoke { token_id } => {
+            let info = c
+                .tokens
+                .revoke_token(pb::RevokeTokenRequest { token_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if out.json {
+                println!("{}", token_json(&info));
+            } else {
+                println!("token {} revoked", info.token_id);
+            }
+        }
+        TokenCommand::List => {
+            let list = c
+                .tokens
+                .list_tokens(pb::ListTokensRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for t in &list.tokens {
+                if out.json {
+                    println!("{}", token_json(t));
+                } else {
+                    println!(
+                        "{}  {:<24} {}{}",
+                        t.token_id,
+                        t.scope,
+                        t.created_at.as_ref().map(rfc3339).unwrap_or_default(),
+                        if t.revoked { "  revoked" } else { "" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How `events tail` ended.

@@ -47,7 +47,27 @@ pub struct Config {
     pub sip_source_rate: u32,
     /// A live subscriber this many events behind the head is ended (0: never).
     pub subscription_max_lag: u64,
+    /// The API's admin token; `None`: the one in `<data_dir>/admin.token`,
+    /// made on first start.
+    pub admin_token: Option<Secret>,
+    /// Serve gRPC over TLS with this certificate chain (PEM) ...
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// ... and this private key (PEM).
+    pub grpc_tls_key: Option<PathBuf>,
 }
+
+/// A secret setting: compared and used, never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Shortest admin token accepted from the configuration.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 impl Default for Config {
     fn default() -> Self {
@@ -74,6 +94,9 @@ impl Default for Config {
             sip_lockout_secs: 300,
             sip_source_rate: 5000,
             subscription_max_lag: 1_000_000,
+            admin_token: None,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
         }
     }
 }
@@ -113,6 +136,9 @@ pub struct FileConfig {
     pub sip_lockout_secs: Option<u64>,
     pub sip_source_rate: Option<u32>,
     pub subscription_max_lag: Option<u64>,
+    pub admin_token: Option<String>,
+    pub grpc_tls_cert: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -195,6 +221,15 @@ pub struct Overrides {
     /// A live event subscriber this many events behind the head is ended with RESOURCE_EXHAUSTED and the position to resume from; 0 = never [default: 1000000].
     #[arg(long, env = "DIALTONE_SUBSCRIPTION_MAX_LAG")]
     pub subscription_max_lag: Option<u64>,
+    /// The gRPC API's admin token (at least 16 printable characters) [default: <data-dir>/admin.token, made and printed once on first start].
+    #[arg(long, env = "DIALTONE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --grpc-tls-key [default: plaintext].
+    #[arg(long, env = "DIALTONE_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --grpc-tls-cert.
+    #[arg(long, env = "DIALTONE_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
 }
 
 fn sip_addrs(values: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -301,6 +336,15 @@ impl Config {
         if let Some(v) = file.subscription_max_lag {
             self.subscription_max_lag = v;
         }
+        if let Some(v) = file.admin_token {
+            self.admin_token = Some(Secret(v));
+        }
+        if let Some(v) = file.grpc_tls_cert {
+            self.grpc_tls_cert = Some(v);
+        }
+        if let Some(v) = file.grpc_tls_key {
+            self.grpc_tls_key = Some(v);
+        }
         Ok(())
     }
 
@@ -371,6 +415,15 @@ impl Config {
         if let Some(v) = o.subscription_max_lag {
             self.subscription_max_lag = v;
         }
+        if let Some(v) = &o.admin_token {
+            self.admin_token = Some(Secret(v.clone()));
+        }
+        if let Some(v) = &o.grpc_tls_cert {
+            self.grpc_tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &o.grpc_tls_key {
+            self.grpc_tls_key = Some(v.clone());
+        }
         Ok(())
     }
 
@@ -386,6 +439,16 @@ impl Config {
         anyhow::ensure!(
             !self.node_name.trim().is_empty(),
             "node_name must not be empty"
+        );
+        if let Some(Secret(token)) = &self.admin_token {
+            anyhow::ensure!(
+                token.len() >= MIN_ADMIN_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic()),
+                "admin_token must be at least {MIN_ADMIN_TOKEN_LEN} printable ASCII characters without spaces"
+            );
+        }
+        anyhow::ensure!(
+            self.grpc_tls_cert.is_some() == self.grpc_tls_key.is_some(),
+            "grpc_tls_cert and grpc_tls_key go together"
         );
         Ok(())
     }
@@ -415,6 +478,29 @@ mod tests {
         assert_eq!(config.grpc_addr, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(config.metrics_addr, None);
         assert_eq!(config.min_password_length, 12);
+        assert_eq!(config.admin_token, None);
+
+        std::fs::write(&path, "admin_token = \"from-the-file-0123456789\"\n").unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(
+            config.admin_token,
+            Some(Secret("from-the-file-0123456789".into()))
+        );
+        assert!(!format!("{config:?}").contains("from-the-file"));
+        let flagged = Overrides {
+            admin_token: Some("from-the-flag-0123456789".into()),
+            ..overrides.clone()
+        };
+        let config = Config::resolve(&flagged).unwrap();
+        assert_eq!(
+            config.admin_token,
+            Some(Secret("from-the-flag-0123456789".into()))
+        );
+        let short = Overrides {
+            admin_token: Some("short".into()),
+            ..overrides.clone()
+        };
+        assert!(Config::resolve(&short).is_err());
         std::fs::write(&path, "unknown_key = 1\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -37,6 +37,14 @@ struct Args {
     /// Print JSON instead of human-readable text (client commands).
     #[arg(long, global = true)]
     json: bool,
+    /// API token (client commands): the node's admin token (in
+    /// <data-dir>/admin.token) or one from `dialtone token create`.
+    #[arg(long, global = true, env = "DIALTONE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to verify an https:// server with, e.g. its own
+    /// self-signed certificate [default: the system's roots].
+    #[arg(long, global = true, env = "DIALTONE_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,7 +83,14 @@ pub fn main() -> std::process::ExitCode {
             config::Config::resolve(&overrides)
                 .and_then(|config| runtime.block_on(server::run(config, demo)))
         }
-        Command::Client(command) => runtime.block_on(cli::run(&args.server, args.json, command)),
+        Command::Client(command) => {
+            let target = cli::Target {
+                server: args.server,
+                token: args.token,
+                ca_cert: args.ca_cert,
+            };
+            runtime.block_on(cli::run(&target, args.json, command))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,10 @@
 //! Test support: a real `dialtone` node process on ephemeral loopback ports
 //! in a temporary data directory, and gRPC clients for it.
+//!
+//! The API needs a token: [`TestNode::start`] starts the node with
+//! `--admin-token` [`ADMIN_TOKEN`] (unless the test gives its own
+//! `--admin-token`), and every client made here ([`TestNode::channel`],
+//! the service clients, [`TestNode::cli`], [`client`]) sends it.
 
 #![allow(dead_code)]
 
@@ -10,11 +15,35 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use dialtone_api::auth::Bearer;
 use dialtone_api::pb::event_service_client::EventServiceClient;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+
+/// The admin token test nodes are started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// A connection that sends a bearer token.
+pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// A connection to `url` that sends `token` (none: `None`).
+pub async fn channel_with(url: &str, token: Option<&str>) -> anyhow::Result<Channel> {
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    let bearer = match token {
+        Some(token) => Bearer::new(token)?,
+        None => Bearer::none(),
+    };
+    Ok(InterceptedService::new(channel, bearer))
+}
+
+/// A connection to a test node at `url` with the admin token.
+pub async fn client(url: &str) -> anyhow::Result<Channel> {
+    channel_with(url, Some(ADMIN_TOKEN)).await
+}
 
 /// Path of the program under test (the `dialtone` program, built by this
 /// package under another name).
@@ -29,12 +58,64 @@ pub struct TestNode {
     /// The SIP addresses (UDP and TCP share each port); empty when off.
     pub sip_addrs: Vec<std::net::SocketAddr>,
     pub data_dir: PathBuf,
+    /// The admin token its clients send.
+    pub token: Option<String>,
+    /// What the node printed on stdout before its ready line.
+    pub stdout: Vec<String>,
 }
 
 impl TestNode {
     /// Starts a node on `data_dir` with gRPC on an ephemeral port and waits
-    /// until it prints its ready line.
+    /// until it prints its ready line. Its admin token is [`ADMIN_TOKEN`],
+    /// or the one given with `--admin-token` in `extra_args`.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let given = extra_args
+            .iter()
+            .position(|a| *a == "--admin-token")
+            .and_then(|i| extra_args.get(i + 1));
+        match given {
+            Some(token) => {
+                let token = (*token).to_owned();
+                Self::spawn(data_dir, extra_args, Some(token), &[]).await
+            }
+            None => {
+                let mut args = vec!["--admin-token", ADMIN_TOKEN];
+                args.extend_from_slice(extra_args);
+                Self::spawn(data_dir, &args, Some(ADMIN_TOKEN.to_owned()), &[]).await
+            }
+        }
+    }
+
+    /// Starts a node without `--admin-token`: unless `extra_args` configure
+    /// one otherwise (then set `token`), it uses (or makes and prints)
+    /// `<data_dir>/admin.token`, which the clients made here then send.
+    pub async fn start_with_token_file(
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_with_env(data_dir, extra_args, &[]).await
+    }
+
+    /// As [`TestNode::start_with_token_file`], with environment variables
+    /// for the node process.
+    pub async fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut node = Self::spawn(data_dir, extra_args, None, env).await?;
+        node.token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_owned());
+        Ok(node)
+    }
+
+    async fn spawn(
+        data_dir: &Path,
+        extra_args: &[&str],
+        token: Option<String>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -56,6 +137,8 @@ impl TestNode {
             })
             .args(extra_args)
             .env("DIALTONE_LOG", "warn")
+            .env_remove("DIALTONE_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -63,11 +146,13 @@ impl TestNode {
             .context("spawning the node")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut printed = Vec::new();
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(rest) = line.strip_prefix("dialtone ready ") {
                     return Ok::<_, anyhow::Error>(rest.to_owned());
                 }
+                printed.push(line);
             }
             bail!(
                 "node exited before it was ready (see {}/node.log)",
@@ -93,13 +178,14 @@ impl TestNode {
             grpc_url: format!("http://{grpc}"),
             sip_addrs,
             data_dir: data_dir.to_owned(),
+            token,
+            stdout: printed,
         })
     }
 
+    /// A connection that sends the node's admin token.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.grpc_url.clone())?
-            .connect()
-            .await?)
+        channel_with(&self.grpc_url, self.token.as_deref()).await
     }
 
     /// The first SIP address.
@@ -164,7 +250,11 @@ impl TestNode {
 
     /// Runs the CLI against this node.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        Ok(Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(token) = &self.token {
+            command.env("DIALTONE_TOKEN", token);
+        }
+        Ok(command
             .args(["--server", &self.grpc_url])
             .args(args)
             .output()
