@@ -32,6 +32,21 @@ pub struct UserFacts {
     pub username: Option<UserName>,
     pub ha1_md5: String,
     pub ha1_sha256: String,
+    /// The registered contacts, for routing a call without a message to
+    /// the actor (post-dial delay). May include contacts that expired since
+    /// the last commit: readers check `expires_at`.
+    pub contacts: Vec<ContactFact>,
+}
+
+/// Where a registered contact is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactFact {
+    pub uri: String,
+    /// `ip:port` the REGISTER came from.
+    pub source: String,
+    /// `UDP`, `TCP`.
+    pub transport: String,
+    pub expires_at: dialtone_domain::Timestamp,
 }
 
 impl UserFacts {
@@ -51,6 +66,16 @@ impl UserFacts {
                 .as_ref()
                 .map(|c| c.ha1_sha256.clone())
                 .unwrap_or_default(),
+            contacts: state
+                .bindings
+                .iter()
+                .map(|b| ContactFact {
+                    uri: b.uri.clone(),
+                    source: b.source.clone(),
+                    transport: b.transport.clone(),
+                    expires_at: b.expires_at,
+                })
+                .collect(),
         }
     }
 }

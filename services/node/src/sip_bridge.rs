@@ -189,23 +189,12 @@ fn contacts_of(state: &user::User, now: i64) -> Vec<CurrentContact> {
         .collect()
 }
 
-/// The contacts of `state` a call is forked to (unexpired; the address the
-/// REGISTER came from, so that NAT and TCP connections are honoured).
-fn route_targets(state: &user::User, now: i64) -> Vec<RouteTarget> {
-    state
-        .bindings
-        .iter()
-        .filter(|b| !b.is_expired(now))
-        .filter_map(|b| {
-            let source = b.source.parse().ok()?;
-            let transport = if b.transport.eq_ignore_ascii_case("TCP") {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            };
-            Some(RouteTarget::for_binding(&b.uri, source, transport))
-        })
-        .collect()
+fn transport_of(name: &str) -> Transport {
+    if name.eq_ignore_ascii_case("TCP") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
 }
 
 fn micros(t: SystemTime) -> i64 {
@@ -324,20 +313,29 @@ impl Registry for ActorRegistry {
         let Some(id) = id else {
             return Ok(CallRoute::UnknownUser);
         };
-        match self.user_facts(id).await? {
+        // The contacts come from the facts the user's actor published at
+        // its last commit: no message to the actor on the call path.
+        let now = micros(SystemTime::now());
+        let targets = match self.user_facts(id).await? {
             Some(user) if user.exists => {
                 if !user.enabled {
                     return Ok(CallRoute::Unavailable);
                 }
+                user.contacts
+                    .iter()
+                    .filter(|c| c.expires_at > now)
+                    .filter_map(|c| {
+                        let source = c.source.parse().ok()?;
+                        Some(RouteTarget::for_binding(
+                            &c.uri,
+                            source,
+                            transport_of(&c.transport),
+                        ))
+                    })
+                    .collect::<Vec<_>>()
             }
             _ => return Ok(CallRoute::UnknownUser),
-        }
-        let targets = self
-            .provisioning
-            .directory()
-            .query_user(id, |r| route_targets(r.state, micros(SystemTime::now())))
-            .await
-            .map_err(unavailable)?;
+        };
         Ok(if targets.is_empty() {
             CallRoute::NotRegistered
         } else {
