@@ -60,8 +60,9 @@ pub mod metric {
 
 /// Status codes with their own `status` label (see [`status_label`]); the
 /// last slot is "other".
-const STATUS_CODES: [u16; 18] = [
-    100, 200, 400, 401, 403, 404, 405, 407, 416, 420, 423, 481, 483, 500, 501, 503, 505, 513,
+const STATUS_CODES: [u16; 24] = [
+    100, 200, 400, 401, 403, 404, 405, 407, 408, 416, 420, 423, 480, 481, 483, 486, 487, 500, 501,
+    503, 505, 513, 600, 603,
 ];
 const METHODS: [Method; 7] = [
     Method::Register,
@@ -952,6 +953,7 @@ impl Core {
                 (480, CallCause::Unavailable)
             }
         };
+        proxy::call_attempt(code);
         // Both steps durable before the response that reports them.
         let recorder = Recorder::spawn(self.registry.clone());
         recorder.record(legs.start());
@@ -1240,4 +1242,19 @@ fn lowercase(s: &str) -> Cow<'_, str> {
 fn assert_send_sync() {
     fn f<T: Send + Sync>() {}
     f::<Core>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counted_status_has_its_own_label() {
+        // A code in STATUS_CODES shares no metric slot with another one, so
+        // its label must be its own (not "other").
+        let labels: std::collections::HashSet<&str> =
+            STATUS_CODES.iter().map(|c| status_label(*c)).collect();
+        assert_eq!(labels.len(), STATUS_CODES.len());
+        assert!(!labels.contains("other"));
+    }
 }

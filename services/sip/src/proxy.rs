@@ -54,6 +54,19 @@ impl Outbound for Nowhere {
     fn send(&self, _: Transport, _: SocketAddr, _: Bytes) {}
 }
 
+/// Answered calls' durations, answer to end (seconds).
+const CALL_DURATION: &str = "dialtone_sip_call_duration_seconds";
+
+/// Counts a call attempt by the final status the caller got (bounded
+/// labels: the status codes a proxy relays).
+pub(crate) fn call_attempt(status: u16) {
+    metrics::counter!(
+        "dialtone_sip_call_attempts_total",
+        "status" => crate::response::status_label(status)
+    )
+    .increment(1);
+}
+
 /// Timer B / F / H (64 * T1).
 const TIMER_64T1: Duration = Duration::from_millis(64 * 500);
 /// How long a dialog that is being torn down is remembered (BYE
@@ -514,6 +527,8 @@ impl Proxy {
                     }
                     if method_is_bye && d.ending_since.is_none() {
                         d.ending_since = Some(Instant::now());
+                        metrics::histogram!(CALL_DURATION)
+                            .record(d.answered_at.elapsed().as_secs_f64());
                         let side = if from_caller {
                             HangupSide::Caller
                         } else {
@@ -599,6 +614,8 @@ impl Proxy {
                     && now.duration_since(d.answered_at) >= self.settings.max_call_duration
                 {
                     d.ending_since = Some(now);
+                    metrics::histogram!(CALL_DURATION)
+                        .record(now.duration_since(d.answered_at).as_secs_f64());
                     to_end.push((
                         call_id.to_string(),
                         self.own_byes(call_id, d),
@@ -1032,6 +1049,7 @@ impl CallTask {
                 };
                 self.send_up(up.clone());
                 if first_on_branch && matches!(self.upstream_state, Upstream::Proceeding) {
+                    call_attempt(code);
                     self.upstream_state = Upstream::Accepted;
                     self.last_response = Some(up);
                     let contact = self.branches[i].target.uri.clone();
@@ -1128,6 +1146,7 @@ impl CallTask {
     /// Sends the final non-2xx response upstream after recording the
     /// failure durably.
     async fn reject(&mut self, code: u16, relayed: Option<Bytes>, cause: CallCause) {
+        call_attempt(code);
         let bytes = match relayed {
             Some(b) => Some(b),
             None => self.own_response(code, crate::response::reason(code)),
