@@ -128,6 +128,22 @@ async fn a_password_guesser_is_locked_out_long_before_100_guesses() {
         assert_eq!(e["failures"], 5);
         let locked_for = e["locked_until"].as_i64().unwrap() - e["locked_at"].as_i64().unwrap();
         assert_eq!(locked_for, 300_000_000);
+        // The operator's view: `dialtone security DOMAIN`.
+        let out = node.cli(&["security", DOMAIN, "--json"]).await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = listed.as_array().unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0]["source"], "127.0.0.1");
+        assert_eq!(listed[0]["scope"], "user");
+        assert_eq!(listed[0]["username"], "alice");
+        assert!(listed[0]["locked_until"].as_str().unwrap().ends_with('Z'));
+        let human = node.cli(&["security", DOMAIN]).await.unwrap();
+        let text = String::from_utf8(human.stdout).unwrap();
+        assert!(
+            text.contains("127.0.0.1") && text.contains("alice"),
+            "{text}"
+        );
         node.stop().await.unwrap();
     })
     .await

@@ -59,6 +59,12 @@ pub enum ClientCommand {
         #[arg(long, conflicts_with = "active")]
         to: Option<String>,
     },
+    /// The SIP lock-outs of a domain (sources refused after failed digest
+    /// authentications), oldest first.
+    Security {
+        /// Domain name or id
+        domain: String,
+    },
     /// Follow the event log.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -332,6 +338,7 @@ pub async fn run(target: &Target, json_output: bool, command: ClientCommand) -> 
         ClientCommand::History(cmd) => history(&mut clients, &out, cmd).await,
         ClientCommand::Status { user } => status(&mut clients, &out, user).await,
         ClientCommand::Online { domain } => online(&mut clients, &out, domain).await,
+        ClientCommand::Security { domain } => security(&mut clients, &out, domain).await,
         ClientCommand::Calls {
             domain,
             active: true,
@@ -1299,6 +1306,59 @@ async fn history(c: &mut Clients, out: &Output, cmd: HistoryCommand) -> anyhow::
         event_line(v)
     });
     Ok(())
+}
+
+/// The SourceLockedOut events of a domain's stream.
+async fn security(c: &mut Clients, out: &Output, domain: String) -> anyhow::Result<()> {
+    let domain = c
+        .provisioning
+        .get_domain(pb::GetDomainRequest { domain })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let events = read_stream_through(c, &format!("domain-{}", domain.id), None).await?;
+    let lockouts: Vec<Value> = events
+        .iter()
+        .filter(|e| e.category == "security")
+        .map(|e| {
+            let data: Value = serde_json::from_str(&e.data_json).unwrap_or(Value::Null);
+            json!({
+                "position": e.position,
+                "type": e.r#type,
+                "source": data["source"],
+                "scope": data["scope"],
+                "username": data["username"],
+                "failures": data["failures"],
+                "locked_at": micros_text(&data["locked_at"]),
+                "locked_until": micros_text(&data["locked_until"]),
+            })
+        })
+        .collect();
+    if !out.json && !lockouts.is_empty() {
+        println!(
+            "{:<27} {:<27} {:<40} {:<7} {:>8} USER",
+            "LOCKED AT", "UNTIL", "SOURCE", "SCOPE", "FAILURES"
+        );
+    }
+    out.list(lockouts, |v| {
+        format!(
+            "{:<27} {:<27} {:<40} {:<7} {:>8} {}",
+            s(v, "locked_at"),
+            s(v, "locked_until"),
+            s(v, "source"),
+            s(v, "scope"),
+            s(v, "failures"),
+            s(v, "username")
+        )
+    });
+    Ok(())
+}
+
+/// A µs timestamp as RFC 3339 text (null when absent).
+fn micros_text(v: &Value) -> Value {
+    v.as_i64()
+        .map(|us| Value::String(format_time(us)))
+        .unwrap_or(Value::Null)
 }
 
 struct Output {
