@@ -548,25 +548,10 @@ impl Proxy {
             }
         }
         let pop_routes = self.our_routes(msg);
-        let target = target.or_else(|| {
-            // No dialog (e.g. after a restart): route by the remaining
-            // Route set, else by the Request-URI, when they hold addresses.
-            let next_route = msg
-                .list(Name::Route)
-                .nth(pop_routes)
-                .and_then(NameAddr::parse)
-                .map(|n| n.uri);
-            let uri = match (next_route, msg.start.clone()) {
-                (Some(r), _) => r,
-                (None, StartLine::Request { uri, .. }) => uri,
-                _ => return None,
-            };
-            // Never to ourselves (an ACK for a 407 we sent names us).
-            if self.is_ours(uri) {
-                return None;
-            }
-            wire::uri_destination(uri)
-        });
+        // No dialog we know (never answered here, ended, or lost in a
+        // restart): 481. Routing such a request by its own Route or
+        // Request-URI would make the proxy an open relay for anyone who
+        // adds a To tag.
         let Some((transport, dest)) = target else {
             return (!method_is_ack).then_some((481, "Call/Transaction Does Not Exist"));
         };
