@@ -636,6 +636,10 @@ impl Core {
                     .register_seconds(started.elapsed().as_secs_f64());
                 out
             }
+            Method::Options if !sip_request_uri(msg) => {
+                // RFC 3261 s.8.2.2.1; RFC 4475 s.3.3.2 and s.3.3.3.
+                self.respond(cx, 416, response::reason(416), |_| {})
+            }
             Method::Options => self.respond(cx, 200, "OK", |r| {
                 r.header("Allow", ALLOW)
                     .header("Accept", "application/sdp")
@@ -1114,14 +1118,53 @@ fn validate(msg: &Message<'_>, method_text: &str) -> Result<(), ParseError> {
     if cseq.method != method_text {
         return Err(ParseError::Header("CSeq"));
     }
+    // Single-valued header fields given more than once (RFC 4475 s.3.3.8).
+    for (name, label) in [
+        (Name::CallId, "Call-ID"),
+        (Name::From, "From"),
+        (Name::To, "To"),
+        (Name::CSeq, "CSeq"),
+        (Name::MaxForwards, "Max-Forwards"),
+    ] {
+        if msg.headers(name).nth(1).is_some() {
+            return Err(ParseError::Header(label));
+        }
+    }
+    // Empty Via values or parameters, `192.0.2.15;;,;,,` (RFC 4475 s.3.1.2.1).
+    for value in msg.headers(Name::Via) {
+        if !via_value_ok(value) {
+            return Err(ParseError::Header("Via"));
+        }
+    }
     if let StartLine::Request { uri, .. } = msg.start {
         // A URI needs a scheme; other schemes than sip(s) are 416 later
         // where they matter.
         if !uri.bytes().any(|b| b == b':') || uri.bytes().any(|b| matches!(b, b'<' | b'>' | b'"')) {
             return Err(ParseError::RequestUri);
         }
+        // Headers are not allowed in a SIP Request-URI (RFC 3261 s.19.1.1
+        // table 1; RFC 4475 s.3.1.2.11).
+        if Uri::parse(uri).is_some_and(|u| u.params.contains('?')) {
+            return Err(ParseError::RequestUri);
+        }
     }
     Ok(())
+}
+
+/// A Via header line: comma-separated values, none empty, each parsing,
+/// with no empty `;` parameter.
+fn via_value_ok(value: &str) -> bool {
+    value.split(',').all(|v| {
+        let Ok(via) = Via::parse(v) else {
+            return false;
+        };
+        via.params.split(';').skip(1).all(|p| !p.trim().is_empty())
+    })
+}
+
+/// Whether the Request-URI is a SIP or SIPS URI.
+fn sip_request_uri(msg: &Message<'_>) -> bool {
+    matches!(msg.start, StartLine::Request { uri, .. } if Uri::parse(uri).is_some())
 }
 
 fn bad_request_reason(e: &ParseError) -> &'static str {
@@ -1256,5 +1299,65 @@ mod tests {
             STATUS_CODES.iter().map(|c| status_label(*c)).collect();
         assert_eq!(labels.len(), STATUS_CODES.len());
         assert!(!labels.contains("other"));
+    }
+
+    const OPTIONS: &str = "OPTIONS sip:a@example.test SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+From: <sip:b@example.test>;tag=1\r\n\
+To: <sip:a@example.test>\r\n\
+Call-ID: c1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn check(raw: &str) -> Result<(), ParseError> {
+        let msg = Message::parse(raw.as_bytes()).unwrap();
+        validate(&msg, "OPTIONS")
+    }
+
+    /// RFC 4475 s.3.1.2.1, s.3.1.2.11 and s.3.3.8.
+    #[test]
+    fn validate_refuses_torture_cases() {
+        assert_eq!(check(OPTIONS), Ok(()));
+        let folded = OPTIONS.replace(
+            "branch=z9hG4bK1",
+            "branch=z9hG4bK1 ,\r\n SIP / 2.0 / TCP h2 ; branch = z9hG4bK2",
+        );
+        assert_eq!(check(&folded), Ok(()));
+        for (from, to, err) in [
+            (
+                "192.0.2.1;branch=z9hG4bK1",
+                "192.0.2.15;;,;,,",
+                ParseError::Header("Via"),
+            ),
+            (
+                "192.0.2.1;branch=z9hG4bK1",
+                "192.0.2.1;branch=z9hG4bK1;",
+                ParseError::Header("Via"),
+            ),
+            (
+                "Call-ID: c1\r\n",
+                "Call-ID: c1\r\nCall-ID: c2\r\n",
+                ParseError::Header("Call-ID"),
+            ),
+            (
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nMax-Forwards: 5\r\n",
+                ParseError::Header("Max-Forwards"),
+            ),
+            (
+                "To: <sip:a@example.test>\r\n",
+                "To: <sip:a@example.test>\r\nt: sip:c@example.net\r\n",
+                ParseError::Header("To"),
+            ),
+            (
+                "OPTIONS sip:a@example.test SIP",
+                "OPTIONS sip:a@example.test?Route=%3Csip:x%3E SIP",
+                ParseError::RequestUri,
+            ),
+        ] {
+            let raw = OPTIONS.replace(from, to);
+            assert_eq!(check(&raw), Err(err), "{raw}");
+        }
     }
 }

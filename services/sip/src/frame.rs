@@ -60,20 +60,26 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
 /// (RFC 3261 s.18.3 requires it on streams, but an absent one can only mean
 /// an empty body).
 fn content_length(head: &[u8]) -> Result<usize, FrameError> {
+    let mut found = None;
     for line in head.split(|b| *b == b'\n').skip(1) {
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
         };
         let name = trim(&line[..colon]);
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+            // Two lengths make the framing ambiguous (RFC 4475 s.3.1.2.7,
+            // "mcl01"): the stream cannot be trusted any more.
+            if found.is_some() {
+                return Err(FrameError::BadContentLength);
+            }
             let v = trim(&line[colon + 1..]);
             if v.is_empty() || v.len() > 9 || !v.iter().all(u8::is_ascii_digit) {
                 return Err(FrameError::BadContentLength);
             }
-            return Ok(v.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0')));
+            found = Some(v.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0')));
         }
     }
-    Ok(0)
+    Ok(found.unwrap_or(0))
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -89,6 +95,12 @@ mod tests {
     use proptest::prelude::*;
 
     const MSG: &[u8] = b"OPTIONS sip:h SIP/2.0\r\nl: 3\r\n\r\nabc";
+
+    #[test]
+    fn two_content_lengths_are_refused() {
+        let msg = b"OPTIONS sip:h SIP/2.0\r\nl: 3\r\nContent-Length: 5\r\n\r\nabcde";
+        assert_eq!(check(msg, 1000), Err(FrameError::BadContentLength));
+    }
 
     #[test]
     fn whole_partial_keepalive() {

@@ -357,6 +357,7 @@ impl<'a> Message<'a> {
         let start = parse_start_line(first)?;
         let mut headers: Vec<Header<'a>> = Vec::with_capacity(16);
         let mut content_length = None;
+        let mut several_lengths = false;
         while let Some(line) = next_line() {
             if line.is_empty() {
                 break;
@@ -383,14 +384,22 @@ impl<'a> Message<'a> {
             }
             let value = trim_sp(&line[colon + 1..]);
             let name = Name::from_str_ci(raw_name);
-            if name == Name::ContentLength && content_length.is_none() {
-                content_length = Some(headers.len());
+            if name == Name::ContentLength {
+                if content_length.is_some() {
+                    several_lengths = true;
+                }
+                content_length = content_length.or(Some(headers.len()));
             }
             headers.push(Header {
                 name,
                 raw_name,
                 value: Cow::Borrowed(value),
             });
+        }
+        if several_lengths {
+            // Several Content-Length values leave the framing ambiguous
+            // (RFC 4475 s.3.3.9): an error, even when they agree.
+            return Err(ParseError::Header("Content-Length"));
         }
         let rest = &buf[end..];
         let body = match content_length {
@@ -771,7 +780,8 @@ impl<'a> NameAddr<'a> {
         // addr-spec without brackets: parameters after the first ';' belong
         // to the header, not the URI (RFC 3261 s.20).
         let (uri, params) = match find_byte(rest, b';') {
-            Some(i) => (&rest[..i], &rest[i..]),
+            // LWS may precede the ';' (RFC 3261 s.25.1 SEMI = SWS ";" SWS).
+            Some(i) => (trim_end(&rest[..i]), &rest[i..]),
             None => (rest, ""),
         };
         if uri.is_empty() || has_any(uri, b" \t,<>\"") {
@@ -1014,6 +1024,19 @@ Contact: <sip:a@1.2.3.4>,\r\n <sip:b@1.2.3.5>\r\nContent-Length: 0\r\n\r\n";
         assert!(NameAddr::parse("<sip:a@b").is_none());
         assert!(NameAddr::parse("\"unterminated <sip:a@b>").is_none());
         assert!(Uri::parse("http://x").is_none());
+        // RFC 4475 wsinv: LWS before the ';' of an addr-spec's parameters.
+        let to =
+            NameAddr::parse("sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        assert_eq!(to.uri, "sip:vivekg@chair-dnrc.example.com");
+        assert_eq!(to.tag(), Some("1918181833n"));
+        // RFC 4475 mcl01: several Content-Length values, even equal ones.
+        for cl in ["l: 0\r\nContent-Length: 5", "l: 0\r\nl: 0"] {
+            let raw = format!("OPTIONS sip:a@b SIP/2.0\r\n{cl}\r\n\r\nhello");
+            assert_eq!(
+                Message::parse(raw.as_bytes()).err(),
+                Some(ParseError::Header("Content-Length"))
+            );
+        }
         assert!(Uri::parse("sip:").is_none());
         assert!(Uri::parse("sip:a@[::1]:5060;transport=tcp").is_some());
         assert_eq!(
@@ -1112,6 +1135,14 @@ Contact: <sip:a@1.2.3.4>,\r\n <sip:b@1.2.3.5>\r\nContent-Length: 0\r\n\r\n";
                 raw_name,
                 value: Cow::Borrowed(value),
             });
+        }
+        if headers
+            .iter()
+            .filter(|h| h.name == Name::ContentLength)
+            .count()
+            > 1
+        {
+            return Err(ParseError::Header("Content-Length"));
         }
         let rest = &buf[end..];
         let body = match headers.iter().find(|h| h.name == Name::ContentLength) {
