@@ -1,25 +1,33 @@
 //! Crash tolerance under load (issue 6, part 4): 20 cycles of `kill -9` at
-//! a random moment while SIPp registers users and gRPC clients create users,
-//! then a restart on the same data directory. After every restart:
+//! a random moment while SIPp registers users, SIPp makes calls (to callees
+//! registered at a SIPp UAS) and gRPC clients create users, then a restart
+//! on the same data directory. After every restart:
 //! - the log opens without manual repair (the node starts);
 //! - every REGISTER that got a `200 OK` is in the log exactly once (one
 //!   ContactRegistered/ContactRefreshed whose correlation id is its Call-ID);
 //! - every acknowledged CreateUser is there exactly once (one UserCreated);
 //! - global positions run 1..N without a gap and every stream's versions
-//!   run 0..n without a gap.
+//!   run 0..n without a gap;
+//! - no call leg has two ends, and none stays in progress (the legs cut by
+//!   the crash are closed at start-up).
 
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialtone_api::pb::CreateUserRequest;
-use support::sip::{bounded, create_domain, create_users, Sipp, DOMAIN, PASSWORD};
+use support::sip::{
+    bounded, create_domain, create_users, eventually, free_port, sipp_dir, Sipp, DOMAIN, PASSWORD,
+};
 use support::{read_all, TestNode};
+use tokio::process::Command;
 
 const CYCLES: usize = 20;
 const SIPP_USERS: usize = 200;
+const CALL_PAIRS: usize = 100;
 
 /// Call-IDs of the REGISTERs SIPp saw a `200 OK` for.
 fn acknowledged_registrations(received: &[String]) -> Vec<String> {
@@ -60,6 +68,36 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
             .map(|u| (u.clone(), PASSWORD.to_owned()))
             .collect();
 
+        // Callers and callees; every callee's contact is the one UAS.
+        let callers: Vec<String> = (0..CALL_PAIRS).map(|i| format!("caller{i:03}")).collect();
+        let callees: Vec<String> = (0..CALL_PAIRS).map(|i| format!("callee{i:03}")).collect();
+        create_users(&node, DOMAIN, &callers, PASSWORD, 8)
+            .await
+            .unwrap();
+        create_users(&node, DOMAIN, &callees, PASSWORD, 8)
+            .await
+            .unwrap();
+        let uas_port = free_port().unwrap();
+        let callee_credentials: Vec<(String, String)> = callees
+            .iter()
+            .map(|u| (u.clone(), PASSWORD.to_owned()))
+            .collect();
+        Sipp::new("register_auth.xml", node.sip_addr(), dir.path())
+            .users(&callee_credentials)
+            .key("contact_hostport", &format!("127.0.0.1:{uas_port}"))
+            .run()
+            .await
+            .unwrap()
+            .assert_all_successful(CALL_PAIRS as u64);
+        let work = dir.path().join("calls");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut csv = String::from("SEQUENTIAL\n");
+        for i in 0..CALL_PAIRS {
+            csv.push_str(&format!("{};{PASSWORD};{}\n", callers[i], callees[i]));
+        }
+        std::fs::write(work.join("calls.csv"), csv).unwrap();
+
+        let mut legs = 0;
         let mut registered: Vec<String> = Vec::new();
         let mut created: Vec<String> = Vec::new();
         for cycle in 0..CYCLES {
@@ -70,6 +108,30 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
                 .rate(300)
                 .timeout_secs(6)
                 .spawn();
+            // Calls: 100/s, each held 300 ms.
+            let uas = sipp_process(&work, &["-sf", "load_uas.xml", "-p", &uas_port.to_string()]);
+            let uac_port = free_port().unwrap().to_string();
+            let uac = sipp_process(
+                &work,
+                &[
+                    &node.sip_addr().to_string(),
+                    "-sf",
+                    "load_uac_auth.xml",
+                    "-inf",
+                    "calls.csv",
+                    "-key",
+                    "domain",
+                    DOMAIN,
+                    "-auth_uri",
+                    DOMAIN,
+                    "-p",
+                    &uac_port,
+                    "-r",
+                    "100",
+                    "-d",
+                    "300",
+                ],
+            );
             let acked = Arc::new(Mutex::new(Vec::new()));
             let mut creators = Vec::new();
             for client in 0..4 {
@@ -99,6 +161,7 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
                 let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
             }
             let run = sipp.await.unwrap().unwrap();
+            drop((uas, uac)); // killed
             registered.extend(acknowledged_registrations(&run.received));
             created.extend(acked.lock().unwrap().drain(..));
 
@@ -106,7 +169,7 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
             node = TestNode::start(dir.path(), &args).await.unwrap_or_else(|e| {
                 panic!("cycle {cycle}: the node did not start after kill -9: {e:#}")
             });
-            check(&node, cycle, &registered, &created).await;
+            legs = check(&node, cycle, &registered, &created).await;
         }
         assert!(
             registered.len() > CYCLES * 20,
@@ -114,8 +177,9 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
             registered.len()
         );
         assert!(created.len() > CYCLES * 5, "too few creates: {}", created.len());
+        assert!(legs > CYCLES * 10, "too few call legs: {legs}");
         eprintln!(
-            "{CYCLES} kill -9 cycles: {} acknowledged REGISTERs and {} acknowledged creates, all in the log exactly once",
+            "{CYCLES} kill -9 cycles: {} acknowledged REGISTERs and {} acknowledged creates, all in the log exactly once; {legs} call legs, each ended exactly once",
             registered.len(),
             created.len()
         );
@@ -124,7 +188,60 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
     .await
 }
 
-async fn check(node: &TestNode, cycle: usize, registered: &[String], created: &[String]) {
+/// A SIPp process in `work` (scenarios from `tests/sipp`), killed when
+/// dropped, bounded by `-timeout`.
+fn sipp_process(work: &std::path::Path, args: &[&str]) -> tokio::process::Child {
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| match *a {
+            "load_uas.xml" | "load_uac_auth.xml" => sipp_dir().join(a).display().to_string(),
+            _ => (*a).to_owned(),
+        })
+        .collect();
+    Command::new("sipp")
+        .current_dir(work)
+        .args(&args)
+        .args(["-i", "127.0.0.1", "-nostdin", "-timeout", "8s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// No leg ended twice; after the start-up clean-up, none in progress.
+/// Returns the number of legs.
+async fn check_call_legs(node: &TestNode, cycle: usize) -> usize {
+    let closed = eventually(Duration::from_secs(10), "call legs closed", || async {
+        let mut legs: HashMap<(String, String), (bool, usize)> = HashMap::new();
+        for e in read_all(node).await? {
+            if e.category != "call" {
+                continue;
+            }
+            let data: serde_json::Value = serde_json::from_str(&e.data_json)?;
+            let call_id = data["call_id"].as_str().unwrap_or_default().to_owned();
+            let leg = legs.entry((e.stream.clone(), call_id)).or_default();
+            match e.r#type.as_str() {
+                "CallStarted" => leg.0 = true,
+                "CallEnded" | "CallFailed" => leg.1 += 1,
+                _ => {}
+            }
+        }
+        let twice = legs.iter().find(|(_, (_, ends))| *ends > 1);
+        assert!(
+            twice.is_none(),
+            "cycle {cycle}: a leg ended twice: {twice:?}"
+        );
+        let open = legs.values().filter(|(_, ends)| *ends == 0).count();
+        Ok((open == 0).then_some(legs.len()))
+    })
+    .await;
+    closed.unwrap_or_else(|e| panic!("cycle {cycle}: {e:#}"))
+}
+
+async fn check(node: &TestNode, cycle: usize, registered: &[String], created: &[String]) -> usize {
+    let legs = check_call_legs(node, cycle).await;
     let events = read_all(node).await.unwrap();
     // Positions 1..N, no gap; versions 0..n per stream, no gap.
     for (i, e) in events.iter().enumerate() {
@@ -172,4 +289,5 @@ async fn check(node: &TestNode, cycle: usize, registered: &[String], created: &[
             "cycle {cycle}: {name} was acknowledged but is not in the log exactly once"
         );
     }
+    legs
 }
