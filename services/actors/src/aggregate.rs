@@ -328,7 +328,7 @@ pub struct AggregateActor<A: Aggregate> {
     idle_timeout: Duration,
     /// `None` until loaded; `Err` when loading failed (then every request
     /// gets the error and the actor stops).
-    loaded: Option<std::result::Result<Loaded<A::State>, String>>,
+    loaded: Option<std::result::Result<Loaded<A::State>, LoadFailure>>,
     last_active: Instant,
     queue: Vec<Pending<A>>,
     deferred: Vec<Finish<A::State>>,
@@ -360,13 +360,26 @@ impl<A: Aggregate> AggregateActor<A> {
 
     fn unavailable(&self) -> Error {
         match &self.loaded {
-            Some(Err(reason)) => Error::Corrupt {
+            Some(Err(LoadFailure {
+                corrupt: true,
+                reason,
+            })) => Error::Corrupt {
                 stream: self.stream.clone(),
                 reason: reason.clone(),
             },
+            Some(Err(LoadFailure { reason, .. })) => {
+                Error::Unavailable(format!("cannot load {}: {reason}", self.stream))
+            }
             _ => Error::Unavailable(format!("{} is not loaded", self.stream)),
         }
     }
+}
+
+/// Why an actor could not load its aggregate: a stream that cannot be
+/// folded (corrupt) or a store that cannot be read now (e.g. a full disk).
+struct LoadFailure {
+    corrupt: bool,
+    reason: String,
 }
 
 /// Loads the state: the latest usable snapshot, then the stream's tail.
@@ -455,8 +468,14 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             }
             Err(e) => {
                 tracing::error!(stream = %act.stream, error = %e, "cannot load aggregate");
-                act.loaded = Some(Err(e.to_string()));
-                ctx.stop();
+                act.loaded = Some(Err(LoadFailure {
+                    corrupt: matches!(e, Error::Corrupt { .. }),
+                    reason: e.to_string(),
+                }));
+                // Answer what is already in the mailbox with the reason
+                // (instead of dropping it), then make room for a fresh
+                // actor that tries again.
+                ctx.run_later(Duration::from_millis(100), |_, ctx| ctx.stop());
             }
         }));
         let check = (self.idle_timeout / 4).max(Duration::from_millis(50));

@@ -107,5 +107,10 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log that cannot be written (stderr on a full disk) must not
+        // take the node down: by default the subscriber reports such errors
+        // with `eprintln!`, which panics when stderr fails, killing the
+        // thread that logged (the event-log writer, an actor arbiter).
+        .log_internal_errors(false)
         .init();
 }
