@@ -17,12 +17,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dialtone_domain::call::{CallStep, Cause, Direction, HangupSide, LegState};
 use dialtone_domain::event::{category_of, EventCategory};
 use dialtone_domain::{user, DomainId, Event, Timestamp, UserId};
-use dialtone_eventlog::{subscribe_all, Position, RecordedEvent, SharedStore, Snapshot};
+use dialtone_eventlog::{Position, RecordedEvent, SharedStore};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -33,10 +33,6 @@ use crate::Result;
 /// The snapshot stream of this projection (not an event stream).
 const CHECKPOINT_STREAM: &str = "$projection-calls";
 const CHECKPOINT_SCHEMA: u32 = 1;
-/// Save a checkpoint at most this often...
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
-/// ...and once this many events were folded since the last one.
-const CHECKPOINT_EVENTS: u64 = 50_000;
 /// Legs closed at the same time at start-up.
 const CLOSE_CONCURRENCY: usize = 64;
 
@@ -236,52 +232,17 @@ impl CallIndex {
                 state.fold(event);
             }
         }
-        if state.position - from >= CHECKPOINT_EVENTS {
-            save_checkpoint(&store, &state).await;
+        if state.position - from >= crate::projection::CHECKPOINT_EVENTS {
+            crate::projection::save_checkpoint(&store, &state).await;
         }
         state.report();
         let stale: Vec<ActiveLeg> = state.legs.values().flatten().cloned().collect();
         let index = CallIndex {
             state: Arc::new(RwLock::new(state)),
         };
-        index.follow(store);
+        crate::projection::follow(index.state.clone(), store);
         close_stale(&directory, stale).await;
         Ok(index)
-    }
-
-    fn follow(&self, store: SharedStore) {
-        let state = self.state.clone();
-        let from = self.read().position + 1;
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(subscribe_all(store.clone(), from));
-            let mut last_checkpoint = Instant::now();
-            let mut since_checkpoint = 0u64;
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(dialtone_eventlog::Error::Closed) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "calls projection: read failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                let due_state = {
-                    let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
-                    guard.fold(&event);
-                    guard.report();
-                    since_checkpoint += 1;
-                    let due = since_checkpoint >= CHECKPOINT_EVENTS
-                        || (since_checkpoint > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
-                    due.then(|| guard.clone())
-                };
-                if let Some(snapshot) = due_state {
-                    since_checkpoint = 0;
-                    last_checkpoint = Instant::now();
-                    save_checkpoint(&store, &snapshot).await;
-                }
-            }
-        });
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -335,26 +296,7 @@ impl CallIndex {
     /// Saves a checkpoint now (at shutdown).
     pub async fn checkpoint(&self, store: &SharedStore) {
         let state = self.read().clone();
-        save_checkpoint(store, &state).await;
-    }
-}
-
-async fn save_checkpoint(store: &SharedStore, state: &State) {
-    let data = match serde_json::to_string(state) {
-        Ok(data) => data,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot serialise calls checkpoint");
-            return;
-        }
-    };
-    let snapshot = Snapshot {
-        stream: CHECKPOINT_STREAM.to_owned(),
-        version: state.position,
-        schema_version: CHECKPOINT_SCHEMA,
-        data,
-    };
-    if let Err(e) = store.save_snapshot(snapshot).await {
-        tracing::warn!(error = %e, "cannot save calls checkpoint");
+        crate::projection::save_checkpoint(store, &state).await;
     }
 }
 
@@ -385,6 +327,24 @@ async fn close_stale(directory: &Directory, legs: Vec<ActiveLeg>) {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "closed call legs left in progress by the previous run (cause node_restart)"
     );
+}
+
+impl crate::projection::Projected for State {
+    const NAME: &'static str = "calls";
+    const CHECKPOINT_STREAM: &'static str = CHECKPOINT_STREAM;
+    const CHECKPOINT_SCHEMA: u32 = CHECKPOINT_SCHEMA;
+
+    fn position(&self) -> Position {
+        self.position
+    }
+
+    fn fold(&mut self, recorded: &RecordedEvent) {
+        State::fold(self, recorded);
+    }
+
+    fn report(&self) {
+        State::report(self);
+    }
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dialtone_domain::{DomainId, UserId};
-use dialtone_eventlog::{subscribe_all, Position, RecordedEvent, SharedStore, Snapshot};
+use dialtone_eventlog::{Position, RecordedEvent, SharedStore};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -18,10 +18,6 @@ use crate::Result;
 /// The snapshot stream of this projection (not an event stream).
 const CHECKPOINT_STREAM: &str = "$projection-registrations";
 const CHECKPOINT_SCHEMA: u32 = 1;
-/// Save a checkpoint at most this often...
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
-/// ...and once this many events were folded since the last one.
-const CHECKPOINT_EVENTS: u64 = 50_000;
 /// User actors woken at the same time at start-up.
 const WAKE_CONCURRENCY: usize = 64;
 
@@ -101,53 +97,18 @@ impl RegistrationIndex {
                 state.fold(event);
             }
         }
-        if state.position - from >= CHECKPOINT_EVENTS {
+        if state.position - from >= crate::projection::CHECKPOINT_EVENTS {
             // A long catch-up: save it, so that the next start is quick.
-            save_checkpoint(&store, &state).await;
+            crate::projection::save_checkpoint(&store, &state).await;
         }
         state.report();
         let to_wake: Vec<UserId> = state.users.keys().copied().collect();
         let index = RegistrationIndex {
             state: Arc::new(RwLock::new(state)),
         };
-        index.follow(store.clone());
+        crate::projection::follow(index.state.clone(), store.clone());
         wake(directory, to_wake);
         Ok(index)
-    }
-
-    fn follow(&self, store: SharedStore) {
-        let state = self.state.clone();
-        let from = self.read().position + 1;
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(subscribe_all(store.clone(), from));
-            let mut last_checkpoint = Instant::now();
-            let mut since_checkpoint = 0u64;
-            while let Some(event) = events.next().await {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(dialtone_eventlog::Error::Closed) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "registrations projection: read failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                let due_state = {
-                    let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
-                    guard.fold(&event);
-                    guard.report();
-                    since_checkpoint += 1;
-                    let due = since_checkpoint >= CHECKPOINT_EVENTS
-                        || (since_checkpoint > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
-                    due.then(|| guard.clone())
-                };
-                if let Some(snapshot) = due_state {
-                    since_checkpoint = 0;
-                    last_checkpoint = Instant::now();
-                    save_checkpoint(&store, &snapshot).await;
-                }
-            }
-        });
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -171,31 +132,12 @@ impl RegistrationIndex {
     /// little of the log).
     pub async fn checkpoint(&self, store: &SharedStore) {
         let state = self.read().clone();
-        save_checkpoint(store, &state).await;
+        crate::projection::save_checkpoint(store, &state).await;
     }
 
     /// Number of users with contacts, all domains.
     pub fn registered_users(&self) -> usize {
         self.read().users.len()
-    }
-}
-
-async fn save_checkpoint(store: &SharedStore, state: &State) {
-    let data = match serde_json::to_string(state) {
-        Ok(data) => data,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot serialise registrations checkpoint");
-            return;
-        }
-    };
-    let snapshot = Snapshot {
-        stream: CHECKPOINT_STREAM.to_owned(),
-        version: state.position,
-        schema_version: CHECKPOINT_SCHEMA,
-        data,
-    };
-    if let Err(e) = store.save_snapshot(snapshot).await {
-        tracing::warn!(error = %e, "cannot save registrations checkpoint");
     }
 }
 
@@ -223,4 +165,22 @@ fn wake(directory: Directory, users: Vec<UserId>) {
             "woke users with contacts"
         );
     });
+}
+
+impl crate::projection::Projected for State {
+    const NAME: &'static str = "registrations";
+    const CHECKPOINT_STREAM: &'static str = CHECKPOINT_STREAM;
+    const CHECKPOINT_SCHEMA: u32 = CHECKPOINT_SCHEMA;
+
+    fn position(&self) -> Position {
+        self.position
+    }
+
+    fn fold(&mut self, recorded: &RecordedEvent) {
+        State::fold(self, recorded);
+    }
+
+    fn report(&self) {
+        State::report(self);
+    }
 }
