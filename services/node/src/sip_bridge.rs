@@ -373,21 +373,11 @@ impl Registry for ActorRegistry {
     }
 
     async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
-        // The legs of one step go to two actors: concurrently.
-        let mut records = records.into_iter();
-        match (records.next(), records.next()) {
-            (Some(a), Some(b)) => {
-                let (ra, rb) = tokio::join!(self.record_leg(a), self.record_leg(b));
-                ra?;
-                rb?;
-            }
-            (Some(a), None) => self.record_leg(a).await?,
-            _ => {}
-        }
-        for more in records {
-            self.record_leg(more).await?;
-        }
-        Ok(())
+        // The legs of one step go to different actors: concurrently, each
+        // awaited; the first failure is reported.
+        let results =
+            futures::future::join_all(records.into_iter().map(|r| self.record_leg(r))).await;
+        results.into_iter().collect()
     }
 
     async fn contacts(
