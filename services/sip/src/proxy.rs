@@ -251,6 +251,9 @@ pub(crate) struct NewCall<'a> {
 pub struct Proxy {
     settings: ProxySettings,
     record_route: String,
+    /// `advertised` split once (host without brackets, port), for
+    /// recognising our own Route entries on every in-dialog request.
+    advertised_host_port: (String, u16),
     out: Arc<dyn Outbound>,
     invites: Mutex<HashMap<Key, CallSender>>,
     branches: Mutex<HashMap<Box<str>, (CallSender, usize)>>,
@@ -263,9 +266,24 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(settings: ProxySettings, out: Arc<dyn Outbound>) -> Proxy {
         let record_route = format!("<sip:{};lr>", settings.advertised);
+        let a = settings.advertised.as_str();
+        let (host, port) = match a.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => match p.parse::<u16>() {
+                Ok(port) => (h, port),
+                Err(_) => (a, 5060),
+            },
+            _ => (a, 5060),
+        };
+        let advertised_host_port = (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        );
         Proxy {
             settings,
             record_route,
+            advertised_host_port,
             out,
             invites: Mutex::new(HashMap::new()),
             branches: Mutex::new(HashMap::new()),
@@ -323,19 +341,8 @@ impl Proxy {
         };
         let port = u.port.unwrap_or(5060);
         let host = u.host.trim_start_matches('[').trim_end_matches(']');
-        let advertised_match = {
-            let a = self.settings.advertised.as_str();
-            let (ah, ap) = match a.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
-                    (h, p.parse::<u16>().unwrap_or(5060))
-                }
-                _ => (a, 5060),
-            };
-            ah.trim_start_matches('[')
-                .trim_end_matches(']')
-                .eq_ignore_ascii_case(host)
-                && ap == port
-        };
+        let (ah, ap) = &self.advertised_host_port;
+        let advertised_match = ah.eq_ignore_ascii_case(host) && *ap == port;
         advertised_match
             || self
                 .settings
