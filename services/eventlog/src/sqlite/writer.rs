@@ -1,8 +1,12 @@
 //! The writer thread: the only read-write connection, group commit.
 //!
-//! One loop iteration is one batch: take every queued message (up to the
-//! limits), maybe wait a little for more (the gather window), run them all in
-//! one transaction, commit (the fsync), publish the new head, answer.
+//! One loop iteration is one batch: open a transaction, run every queued
+//! message in it (up to the limits), keep running those that arrive during a
+//! short wait for the writers just answered (the gather window), commit (the
+//! fsync), publish the new head, answer. Each message is inserted as soon as
+//! it is taken, not after the window: with many writers each waiting for its
+//! answer, the inserts then overlap the time those writers take to come back
+//! instead of adding to it.
 //!
 //! Requests rejected on their own (wrong expected version, idempotency
 //! conflict, invalid) are answered without disturbing the rest of the batch. A
@@ -10,7 +14,7 @@
 //! the in-memory state is then rebuilt from the database lazily, so the next
 //! batch starts from what is really stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -424,17 +428,16 @@ impl Reply {
     }
 }
 
-#[derive(Default)]
+/// The open transaction: what it holds so far.
 struct Batch {
-    msgs: Vec<Msg>,
     events: usize,
     appends: usize,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
-    }
+    /// The first storage failure aborts the batch: later messages are only
+    /// answered (with that failure).
+    outcome: Result<(), Fatal>,
+    first_position: Position,
+    /// Time spent running messages (not waiting for them).
+    insert_time: Duration,
 }
 
 /// A failure that aborts the whole batch.
@@ -588,40 +591,58 @@ impl Writer {
                 None
             }
         };
-        let mut batch = Batch::default();
+        // Messages taken off the queue during a commit, for the next batch.
+        let mut pending: VecDeque<Msg> = VecDeque::new();
         // How many appends we expect in the next batch: those just answered
-        // (their writers usually come straight back) plus those already queued.
+        // (their writers usually come straight back) plus those pending.
         let mut expected = 0;
         loop {
-            if batch.is_empty() {
-                if self.stopping {
-                    // Last drain: appends sent before the senders saw `closed`.
-                    self.fill(&mut batch);
-                    if batch.is_empty() {
-                        break;
-                    }
-                } else {
-                    match self.rx.recv() {
-                        Ok(msg) => self.push(&mut batch, msg),
-                        // Every sender is gone: the store was dropped.
-                        Err(mpsc::RecvError) => break,
-                    }
-                    if batch.is_empty() {
-                        continue;
-                    }
+            let first = match pending.pop_front() {
+                Some(msg) => msg,
+                // Last drain: appends sent before the senders saw `closed`.
+                None if self.stopping => match self.rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(msg) => msg,
+                    // Every sender is gone: the store was dropped.
+                    Err(mpsc::RecvError) => break,
+                },
+            };
+            if self.take_shutdown(&first) {
+                continue;
+            }
+            let mut batch = self.begin_batch();
+            self.add(&mut batch, first);
+            while !self.is_full(&batch) {
+                let Some(msg) = pending.pop_front() else {
+                    break;
+                };
+                if !self.take_shutdown(&msg) {
+                    self.add(&mut batch, msg);
                 }
             }
             self.fill(&mut batch);
             self.gather(&mut batch, expected);
-            self.execute(&mut batch);
+            self.finish_batch(batch);
             // Take what queued up during the commit *before* answering, so that
             // `expected` counts those and the ones about to be answered.
-            self.fill(&mut batch);
+            while pending.len() < self.max_appends {
+                match self.rx.try_recv() {
+                    Ok(msg) => pending.push_back(msg),
+                    Err(_) => break,
+                }
+            }
             let mut answered = 0;
             for reply in self.replies.drain(..) {
                 answered += usize::from(reply.send());
             }
-            expected = answered + batch.appends;
+            let queued = pending
+                .iter()
+                .filter(|msg| matches!(msg, Msg::Append(_)))
+                .count();
+            expected = answered + queued;
             // After answering, so that no acknowledgement waits for it.
             self.maybe_checkpoint(checkpointer.as_ref());
         }
@@ -737,30 +758,46 @@ impl Writer {
             .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
     }
 
-    fn push(&mut self, batch: &mut Batch, msg: Msg) {
-        match &msg {
-            Msg::Append(req) => {
-                batch.events += req.events.len();
-                batch.appends += 1;
-            }
-            Msg::Shutdown => {
-                self.stopping = true;
-                return;
-            }
-            _ => {}
+    /// A `Shutdown` is never part of a batch: it only says to drain the
+    /// queue and stop. True if `msg` was one.
+    fn take_shutdown(&mut self, msg: &Msg) -> bool {
+        if let Msg::Shutdown = msg {
+            self.stopping = true;
+            true
+        } else {
+            false
         }
-        batch.msgs.push(msg);
+    }
+
+    /// Runs one message in the open transaction (or, once the batch failed,
+    /// only queues its answer).
+    fn add(&mut self, batch: &mut Batch, msg: Msg) {
+        if self.take_shutdown(&msg) {
+            return;
+        }
+        if let Msg::Append(req) = &msg {
+            batch.events += req.events.len();
+            batch.appends += 1;
+        }
+        if batch.outcome.is_ok() {
+            let started = Instant::now();
+            batch.outcome = self.apply(msg);
+            batch.insert_time += started.elapsed();
+        } else {
+            // Every request still gets its answer (the failure, at the end).
+            self.skip(msg);
+        }
     }
 
     fn is_full(&self, batch: &Batch) -> bool {
         batch.events >= self.max_events || batch.appends >= self.max_appends
     }
 
-    /// Takes queued messages without waiting.
+    /// Runs queued messages without waiting.
     fn fill(&mut self, batch: &mut Batch) {
         while !self.is_full(batch) {
             match self.rx.try_recv() {
-                Ok(msg) => self.push(batch, msg),
+                Ok(msg) => self.add(batch, msg),
                 Err(_) => break,
             }
         }
@@ -779,7 +816,7 @@ impl Writer {
             };
             match self.rx.recv_timeout(left) {
                 Ok(msg) => {
-                    self.push(batch, msg);
+                    self.add(batch, msg);
                     self.fill(batch);
                 }
                 Err(_) => break,
@@ -787,25 +824,29 @@ impl Writer {
         }
     }
 
-    /// Runs the batch in one transaction and leaves the answers in
-    /// `self.replies`.
-    fn execute(&mut self, batch: &mut Batch) {
-        let started = Instant::now();
-        let first_position = self.next_position;
+    /// Opens the transaction of a new batch.
+    fn begin_batch(&mut self) -> Batch {
         self.batch_appends = 0;
         self.batch_written.clear();
-        let msgs = std::mem::take(&mut batch.msgs);
-        batch.events = 0;
-        batch.appends = 0;
-
-        let mut outcome = self.begin();
-        for msg in msgs {
-            match outcome {
-                Ok(()) => outcome = self.apply(msg),
-                // Every request still gets its answer (the failure, below).
-                Err(_) => self.skip(msg),
-            }
+        Batch {
+            events: 0,
+            appends: 0,
+            outcome: self.begin(),
+            first_position: self.next_position,
+            insert_time: Duration::ZERO,
         }
+    }
+
+    /// Commits the batch (or rolls it back) and leaves the answers in
+    /// `self.replies`.
+    fn finish_batch(&mut self, batch: Batch) {
+        let Batch {
+            mut outcome,
+            first_position,
+            insert_time,
+            ..
+        } = batch;
+        let started = Instant::now();
         // A chunk of the tail joins this commit once enough waits.
         let mut indexed = None;
         if outcome.is_ok() && self.unindexed.len() >= 2 * self.index_chunk {
@@ -814,20 +855,20 @@ impl Writer {
                 Err(e) => outcome = Err(Fatal::new("index the tail", &e)),
             }
         }
-        let written = started.elapsed();
+        let written = insert_time + started.elapsed();
+        let commit_started = Instant::now();
         if outcome.is_ok() {
             outcome = self.commit();
         }
-        let done = started.elapsed();
+        let committing = commit_started.elapsed();
+        let done = written + committing;
         self.stats
             .write_nanos
             .fetch_add(nanos(written), Ordering::Relaxed);
         self.stats
             .commit_nanos
-            .fetch_add(nanos(done - written), Ordering::Relaxed);
-        self.commit_seconds.record((done - written).as_secs_f64());
-        // Keep the allocation for the next batch.
-        batch.msgs = Vec::with_capacity(self.max_appends.min(64));
+            .fetch_add(nanos(committing), Ordering::Relaxed);
+        self.commit_seconds.record(committing.as_secs_f64());
 
         match outcome {
             Ok(()) => {
