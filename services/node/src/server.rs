@@ -25,8 +25,19 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     // One node per data directory: the writer's in-memory stream versions
     // assume it is the only writer of the file.
     let lock_path = config.data_dir.join("dialtone.lock");
-    let lock = File::create(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = File::create(&lock_path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem => "its file system is read-only",
+            std::io::ErrorKind::PermissionDenied => "no permission to write there",
+            _ => "cannot create files there",
+        };
+        anyhow::anyhow!(
+            "data directory {} is not writable ({why}): cannot create {}: {e}; \
+             the node keeps its event log there: make it writable or choose another --data-dir",
+            config.data_dir.display(),
+            lock_path.display()
+        )
+    })?;
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!(
             "data directory {} is in use by another dialtone process",

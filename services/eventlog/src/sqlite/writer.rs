@@ -917,6 +917,7 @@ impl Writer {
                 );
             }
             Err(Fatal(message)) => {
+                let message = explain_storage_failure(&self.path, message);
                 self.rollback();
                 // The database is the truth again: forget what this batch did.
                 self.next_position = first_position;
@@ -1288,6 +1289,26 @@ fn validate(req: &AppendRequest) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// SQLite reports a failed write as "disk I/O error" whatever the cause; an
+/// operator needs to know whether the disk is read-only (a file system
+/// remounted read-only after errors, a wrong mount) or not ours to write.
+/// Opening the log for writing (without writing) tells, and costs nothing
+/// on the success path.
+fn explain_storage_failure(path: &Path, message: String) -> String {
+    if !message.contains("I/O error") {
+        return message;
+    }
+    match std::fs::OpenOptions::new().append(true).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+            format!("{message} (the data directory's file system is read-only: {e})")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            format!("{message} (no permission to write the event log: {e})")
+        }
+        _ => message,
+    }
 }
 
 fn is_constraint_violation(e: &rusqlite::Error) -> bool {
