@@ -391,24 +391,38 @@ async fn load<A: Aggregate>(store: SharedStore, stream: String) -> Result<Loaded
         requests: RequestLog::default(),
         folded_since_snapshot: 0,
     };
-    if let Some(snapshot) = store.load_snapshot(&stream).await? {
-        if snapshot.schema_version == A::SNAPSHOT_SCHEMA {
-            match serde_json::from_str::<SnapshotData<A::State>>(&snapshot.data) {
-                Ok(data) => {
-                    loaded.state = data.state;
-                    loaded.updated_at = data.updated_at;
-                    loaded.requests = data.requests;
-                    loaded.requests.rebuild_index();
-                    loaded.version = Some(snapshot.version);
-                }
-                // A snapshot is only a shortcut: rebuild from the log.
-                Err(e) => tracing::warn!(%stream, error = %e, "ignoring unreadable snapshot"),
+    // One read for the snapshot and the events after it. Those events are
+    // only of use if the snapshot is; otherwise the log is read from 0.
+    let (snapshot, first_page) = store.load_stream(&stream, LOAD_PAGE).await?;
+    let mut next_page = Some(first_page);
+    if let Some(snapshot) = snapshot {
+        let data = (snapshot.schema_version == A::SNAPSHOT_SCHEMA)
+            .then(|| serde_json::from_str::<SnapshotData<A::State>>(&snapshot.data));
+        match data {
+            Some(Ok(data)) => {
+                loaded.state = data.state;
+                loaded.updated_at = data.updated_at;
+                loaded.requests = data.requests;
+                loaded.requests.rebuild_index();
+                loaded.version = Some(snapshot.version);
             }
+            // A snapshot is only a shortcut: rebuild from the log.
+            Some(Err(e)) => {
+                tracing::warn!(%stream, error = %e, "ignoring unreadable snapshot");
+                next_page = None;
+            }
+            // Written by an older build: rebuild from the log.
+            None => next_page = None,
         }
     }
     loop {
-        let from = loaded.version.map_or(0, |v| v + 1);
-        let page = store.read_stream(&stream, from, LOAD_PAGE).await?;
+        let page = match next_page.take() {
+            Some(page) => page,
+            None => {
+                let from = loaded.version.map_or(0, |v| v + 1);
+                store.read_stream(&stream, from, LOAD_PAGE).await?
+            }
+        };
         let n = page.len();
         for recorded in &page {
             fold::<A>(&mut loaded, recorded)?;

@@ -747,6 +747,41 @@ pub async fn snapshots<B: Backend>(backend: &B) {
     assert_eq!(store.load_snapshot("user-2").await.unwrap(), Some(other));
     // Snapshots are not events.
     assert_eq!(store.head_position(), 0);
+
+    // `load_stream`: the snapshot and the events after it, in one call.
+    let versions = |events: &[RecordedEvent]| events.iter().map(|e| e.version).collect::<Vec<_>>();
+    let (none, empty) = store.load_stream("user-3", 10).await.unwrap();
+    assert_eq!((none, empty.len()), (None, 0), "unknown stream");
+    store
+        .append("user-3", ExpectedVersion::NoStream, events(6))
+        .await
+        .unwrap();
+    let (none, all) = store.load_stream("user-3", 10).await.unwrap();
+    assert_eq!(none, None);
+    assert_eq!(
+        versions(&all),
+        [0, 1, 2, 3, 4, 5],
+        "no snapshot: from version 0"
+    );
+    let (_, first) = store.load_stream("user-3", 4).await.unwrap();
+    assert_eq!(versions(&first), [0, 1, 2, 3], "at most max_count");
+    let at_3 = Snapshot {
+        stream: "user-3".to_owned(),
+        version: 3,
+        schema_version: 1,
+        data: "{}".to_owned(),
+    };
+    store.save_snapshot(at_3.clone()).await.unwrap();
+    let (snapshot, after) = store.load_stream("user-3", 10).await.unwrap();
+    assert_eq!(snapshot, Some(at_3));
+    assert_eq!(versions(&after), [4, 5], "the events after the snapshot");
+    assert!(after.iter().all(|e| e.stream == "user-3"));
+    let (snapshot, none_after) = store.load_stream("user-1", 10).await.unwrap();
+    assert_eq!(snapshot.map(|s| s.version), Some(70));
+    assert!(
+        none_after.is_empty(),
+        "a snapshot ahead of the (empty) stream"
+    );
     store.close().await.unwrap();
 }
 

@@ -229,6 +229,21 @@ pub trait EventStore: Send + Sync + 'static {
     /// The latest snapshot of a stream, if any.
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>>;
 
+    /// What an actor reads to activate: the stream's latest snapshot and the
+    /// first `max_count` events after it (after version `snapshot.version`,
+    /// or from version 0 without a snapshot). Backends that can answer both
+    /// in one round trip override this.
+    async fn load_stream(
+        &self,
+        stream: &str,
+        max_count: usize,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>)> {
+        let snapshot = self.load_snapshot(stream).await?;
+        let from = snapshot.as_ref().map_or(0, |s| s.version + 1);
+        let events = self.read_stream(stream, from, max_count).await?;
+        Ok((snapshot, events))
+    }
+
     /// Stops accepting appends, waits for pending ones to be committed or
     /// failed, and closes the storage. Later calls return [`Error::Closed`].
     async fn close(&self) -> Result<()>;

@@ -239,6 +239,7 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
     .map_err(|e| storage_error(&ctx("open"), &e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| storage_error(&ctx("busy_timeout"), &e))?;
+    super::fix_query_plans(&conn).map_err(|e| storage_error(&ctx("query planner"), &e))?;
     let mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| storage_error(&ctx("journal_mode"), &e))?;
