@@ -19,7 +19,8 @@
 //! ([`Lookup`]), durable binding changes ([`RegisterRequest`] ->
 //! [`RegisterOutcome`]) and contact queries ([`CurrentContact`]).
 //! With the `test-ua` feature, [`test_ua`] is a tiny SIP client for
-//! black-box tests.
+//! black-box tests; with the `fuzzing` feature, [`fuzzing`] holds the fuzz
+//! target bodies (cargo-fuzz in `fuzz/`, and `tests/fuzz_smoke.rs`).
 //!
 //! # What it must not do
 //! It does not know actors, protobuf, events or how anything is stored, and
@@ -33,6 +34,8 @@ pub mod backend;
 pub mod core;
 pub mod digest;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gateway;
 pub mod guard;
 pub mod message;
