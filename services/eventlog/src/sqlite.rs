@@ -817,3 +817,36 @@ mod tests {
         crate::conformance::run_all(&Sqlite).await;
     }
 }
+
+#[cfg(test)]
+mod query_plan_tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    /// The readers' statements are prepared once: re-running them with new
+    /// values (a new LIMIT, a new range) must not re-parse the SQL.
+    #[test]
+    fn reader_statements_are_not_re_prepared_for_new_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        drop(writer::open_writer_connection(&path).unwrap());
+        let conn = open_reader_connection(&path).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT e.position FROM events e CROSS JOIN streams s
+                 WHERE e.position >= ?1 AND e.position <= ?2 AND s.id = e.stream_id
+                 ORDER BY e.position LIMIT ?3",
+            )
+            .unwrap();
+        for (from, to, limit) in [(1, 10, 5), (3, 90, 7), (10, 11, 500), (1, 2, 1)] {
+            let rows: Vec<i64> = stmt
+                .query_map([from, to, limit], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(rows.is_empty());
+        }
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+    }
+}
