@@ -137,8 +137,9 @@ wait "$calls_pid" 2>/dev/null || true
 # Let timers run out (idle actors passivate, finished dialogs are forgotten).
 sleep 40
 final_rss=$(( $(rss_kb) / 1024 ))
+final_dialogs=$(metric dialtone_sip_dialogs); final_calls=$(metric dialtone_calls_active)
 printf 'after the load + 40 s: rss_mb=%s actors_live=%s dialogs=%s calls_active=%s\n' "$final_rss" \
-  "$(metric dialtone_actors_live)" "$(metric dialtone_sip_dialogs)" "$(metric dialtone_calls_active)" | tee "$out/after.txt"
+  "$(metric dialtone_actors_live)" "$final_dialogs" "$final_calls" | tee "$out/after.txt"
 
 stat_field() { # last value of a column of a SIPp -trace_stat file
   awk -F';' -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next } END { print $c }' "$1"
@@ -153,6 +154,8 @@ verdict=pass
 awk -v g="$growth" -v max="$max_growth" 'BEGIN { exit !(g == "na" || g >= max) }' && verdict=fail
 awk -v f="$reg_failed" -v o="$reg_ok" 'BEGIN { exit !(o == 0 || f * 100 > o) }' && verdict=fail
 awk -v f="$calls_failed" -v o="$calls_ok" 'BEGIN { exit !(o == 0 || f * 100 > o) }' && verdict=fail
+# Leaks: every call ended by then, every dialog forgotten (32 s after its end).
+[ "$final_dialogs" = 0 ] && [ "$final_calls" = 0 ] || verdict=fail
 summary="soak $duration reg_rate=$reg_rate cps=$cps registrations_ok=$reg_ok failed=$reg_failed calls_ok=$calls_ok failed=$calls_failed rss_mb_warm=$warm rss_mb_end=$last growth_pct=$growth rss_mb_after=$final_rss verdict=$verdict"
 echo "$summary" | tee "$out/summary.txt"
 echo "results in $out"
