@@ -6,6 +6,7 @@
 //!   `shared/bench/sipp/gen-users.sh`), idempotently: the provisioning hook
 //!   for the SIP benchmarks.
 
+mod register;
 mod seed;
 
 use std::time::{Duration, Instant};
@@ -66,6 +67,31 @@ enum Command {
         #[arg(long, default_value_t = 9)]
         events_per_user: usize,
     },
+    /// REGISTER response times seen by a client, to the microsecond: UDP
+    /// clients register the users of a SIPp users CSV (REGISTER, 401,
+    /// REGISTER with credentials, 200) at a fixed rate. The users must exist
+    /// (`provision-csv`). Does not use `--server`.
+    RegisterLatency {
+        /// The node's SIP address (UDP).
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        domain: String,
+        /// Users CSV (`user;password...`, first line skipped).
+        #[arg(long)]
+        csv: std::path::PathBuf,
+        /// Registrations started per second.
+        #[arg(long, default_value_t = 8_000)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// Concurrent UDP clients (each one registration at a time).
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Answer the MD5 challenge (as SIPp does) instead of SHA-256.
+        #[arg(long)]
+        md5: bool,
+    },
     /// Create the users of a SIPp users CSV (`user;password;callee`).
     ProvisionCsv {
         #[arg(long)]
@@ -107,22 +133,33 @@ async fn main() -> anyhow::Result<()> {
             users,
             events_per_user,
         } => seed::run(&data_dir, &domain, users, events_per_user).await,
+        Command::RegisterLatency {
+            target,
+            domain,
+            csv,
+            rate,
+            seconds,
+            clients,
+            md5,
+        } => {
+            let users = read_users_csv(&csv)?;
+            register::run(register::Options {
+                target,
+                domain,
+                users,
+                rate,
+                seconds,
+                uas: clients,
+                md5,
+            })
+            .await
+        }
         Command::ProvisionCsv {
             domain,
             csv,
             concurrency,
         } => {
-            let text = std::fs::read_to_string(&csv)
-                .with_context(|| format!("cannot read {}", csv.display()))?;
-            let names: Vec<(String, String)> = text
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let mut fields = line.split(';');
-                    Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
-                })
-                .filter(|(user, _)| !user.is_empty())
-                .collect();
+            let names = read_users_csv(&csv)?;
             run(
                 &args.server,
                 bearer.clone(),
@@ -245,4 +282,20 @@ async fn run(
     }
     anyhow::ensure!(failed == 0, "{failed} creates failed");
     Ok(())
+}
+
+/// (user, password) pairs of a SIPp users CSV (the first line is SIPp's
+/// `SEQUENTIAL`/`RANDOM` header).
+fn read_users_csv(csv: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split(';');
+            Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+        })
+        .filter(|(user, _)| !user.is_empty())
+        .collect())
 }
