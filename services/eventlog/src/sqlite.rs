@@ -368,6 +368,7 @@ impl EventStore for SqliteStore {
             expected,
             events,
             reply,
+            sent: started,
         };
         let result = match self.send(Msg::Append(request)) {
             // A dropped reply means the writer stopped before answering.

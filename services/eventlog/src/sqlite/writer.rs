@@ -387,6 +387,9 @@ pub(super) struct AppendRequest {
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
     pub reply: oneshot::Sender<Result<AppendOutcome>>,
+    /// When the caller sent it: the time until the writer takes it is the
+    /// queue wait (`dialtone_eventlog_queue_seconds`).
+    pub sent: Instant,
 }
 
 /// An answer waiting for the commit.
@@ -548,6 +551,7 @@ pub(super) struct Writer {
     stats: Arc<StatsCells>,
     batch_events: metrics::Histogram,
     commit_seconds: metrics::Histogram,
+    queue_seconds: metrics::Histogram,
 }
 
 impl Writer {
@@ -584,6 +588,7 @@ impl Writer {
             stats,
             batch_events: metrics::histogram!("dialtone_eventlog_batch_events"),
             commit_seconds: metrics::histogram!("dialtone_eventlog_commit_seconds"),
+            queue_seconds: metrics::histogram!("dialtone_eventlog_queue_seconds"),
         }
     }
 
@@ -783,6 +788,7 @@ impl Writer {
         if let Msg::Append(req) = &msg {
             batch.events += req.events.len();
             batch.appends += 1;
+            self.queue_seconds.record(req.sent.elapsed().as_secs_f64());
         }
         if batch.outcome.is_ok() {
             let started = Instant::now();
@@ -1335,6 +1341,7 @@ mod tests {
             expected: ExpectedVersion::Any,
             events,
             reply: oneshot::channel().0,
+            sent: Instant::now(),
         }
     }
 
