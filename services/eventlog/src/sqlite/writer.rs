@@ -93,8 +93,10 @@ const SCHEMA_VERSION: i64 = 3;
 ///   table's last pages. Events carry their stream's integer id, named once
 ///   in `streams`.
 /// - `stream_index` (stream id, version → position) is not written by the
-///   commit of the events but later, in large sorted chunks (see `tail.rs`);
-///   `meta.indexed_through` says how far it is complete.
+///   commit of the events but later, in large sorted chunks (see `tail.rs`),
+///   each written in slices over several batches; `meta.indexed_through`
+///   says how far it is complete, `meta.index_partial` that a chunk's
+///   slices are only partly written.
 /// - `event_id` stays `UNIQUE`: idempotency (invariant 5) must recognise ids
 ///   stored in any stream. With time-ordered (v7) ids it appends too.
 const SCHEMA: &str = "
@@ -128,6 +130,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT INTO meta (key, value) VALUES ('indexed_through', 0) ON CONFLICT DO NOTHING;
+INSERT INTO meta (key, value) VALUES ('index_partial', 0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS snapshots (
     stream         TEXT    PRIMARY KEY,
     version        INTEGER NOT NULL,
@@ -160,6 +163,19 @@ const INSERT_INDEX: &str =
     "INSERT INTO stream_index (stream_id, version, position) VALUES (?1, ?2, ?3)";
 
 const SET_INDEXED_THROUGH: &str = "UPDATE meta SET value = ?1 WHERE key = 'indexed_through'";
+
+/// 1 while a chunk is partly written (some of its slices committed), 0 once
+/// it is whole. An upsert: files made before this row existed lack it.
+const SET_INDEX_PARTIAL: &str = "INSERT INTO meta (key, value) VALUES ('index_partial', ?1)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// A chunk is written in this many slices, one per batch: a slice of the
+/// sorted chunk covers a range of streams, so the slices together dirty
+/// about as many index pages as the whole chunk at once, while no single
+/// commit carries it all (with 4,096 entries spread over many streams that
+/// one commit stalled every append queued behind it for milliseconds: the
+/// p99 of REGISTERs, docs/performance.md session 3).
+const INDEX_SLICES: usize = 8;
 
 /// The tail is indexed in chunks of this many events (sorted by stream, so
 /// that a stream's entries share its leaf), once it holds twice as many; a
@@ -313,9 +329,36 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// After a crash in the middle of a chunk's slices, `stream_index` holds
+/// rows beyond `indexed_through`: they go, and the chunk is written again
+/// from the tail (rows are never inserted twice: `INSERT_INDEX` must fail
+/// on a duplicate). Only then does `stream_index` need a full scan, as there
+/// is no index by position.
+fn drop_partial_chunk(conn: &Connection) -> rusqlite::Result<()> {
+    let partial: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'index_partial'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if partial == 0 {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         DELETE FROM stream_index
+             WHERE position > (SELECT value FROM meta WHERE key = 'indexed_through');
+         UPDATE meta SET value = 0 WHERE key = 'index_partial';
+         COMMIT;",
+    )
+}
+
 /// Rebuilds the unindexed tail: the events after `meta.indexed_through`.
 /// Returns it with the same events as `(stream id, version, position)`.
 pub(super) fn load_tail(conn: &Connection) -> Result<(Tail, Vec<IndexEntry>)> {
+    drop_partial_chunk(conn).map_err(|e| storage_error("drop a partly written index chunk", &e))?;
     let through = conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'indexed_through'",
@@ -535,6 +578,12 @@ pub(super) struct Writer {
     /// position, count); they join the tail once committed.
     batch_written: Vec<(String, i64, u64, Position, u64)>,
     index_chunk: usize,
+    /// The chunk being written in slices: sorted, with the position that
+    /// `indexed_through` takes once all of it is committed, and how many
+    /// entries are committed so far.
+    chunk: Vec<IndexEntry>,
+    chunk_last: Position,
+    chunk_done: usize,
     next_position: Position,
     node: String,
     max_events: usize,
@@ -575,6 +624,9 @@ impl Writer {
             tail,
             batch_written: Vec::new(),
             index_chunk: options.index_chunk_events.max(1),
+            chunk: Vec::new(),
+            chunk_last: 0,
+            chunk_done: 0,
             next_position: last_position + 1,
             node: options.node.clone(),
             max_events: options.max_batch_events.max(1),
@@ -670,23 +722,36 @@ impl Writer {
         tracing::debug!("event log writer stopped");
     }
 
-    /// Inserts the oldest chunk of the tail into `stream_index`, sorted by
-    /// stream, inside the open transaction, so that it shares the batch's
-    /// commit (and fsync). Returns what to trim from the tail once that
-    /// commit succeeded: (entries, last position). Each event is indexed
-    /// exactly once: the tail only holds events after `indexed_through`,
-    /// which moves in the same transaction as the rows.
-    fn write_index_chunk(&mut self) -> rusqlite::Result<Option<(usize, Position)>> {
+    /// Inserts the next slice of the chunk being indexed into `stream_index`
+    /// inside the open transaction, so that it shares the batch's commit (and
+    /// fsync); with `all`, the rest of the chunk. A chunk is the oldest
+    /// `index_chunk` entries of the tail, sorted by stream; `indexed_through`
+    /// moves past it in the transaction of its last slice. Returns how much
+    /// of the chunk is written once that commit succeeds. Each event is
+    /// indexed exactly once: the tail only holds events after
+    /// `indexed_through`, and a chunk cut short by a crash is removed at the
+    /// next open (`drop_partial_chunk`) before it is written again.
+    fn write_index_slice(&mut self, all: bool) -> rusqlite::Result<Option<usize>> {
         let started = Instant::now();
-        let n = self.unindexed.len().min(self.index_chunk);
-        let Some(last) = n.checked_sub(1).map(|i| self.unindexed[i].position) else {
-            return Ok(None);
+        if self.chunk.is_empty() {
+            let n = self.unindexed.len().min(self.index_chunk);
+            let Some(last) = n.checked_sub(1).map(|i| self.unindexed[i].position) else {
+                return Ok(None);
+            };
+            self.chunk = self.unindexed[..n].to_vec();
+            self.chunk.sort_unstable();
+            self.chunk_last = last;
+            self.chunk_done = 0;
+        }
+        let slice = if all {
+            self.chunk.len()
+        } else {
+            self.index_chunk.div_ceil(INDEX_SLICES)
         };
-        let mut chunk = self.unindexed[..n].to_vec();
-        chunk.sort_unstable();
+        let upto = (self.chunk_done + slice).min(self.chunk.len());
         {
             let mut insert = self.conn.prepare_cached(INSERT_INDEX)?;
-            for entry in &chunk {
+            for entry in &self.chunk[self.chunk_done..upto] {
                 insert.execute(params![
                     entry.stream_id,
                     to_i64(entry.version),
@@ -694,19 +759,32 @@ impl Writer {
                 ])?;
             }
         }
-        self.conn
-            .prepare_cached(SET_INDEXED_THROUGH)?
-            .execute([to_i64(last)])?;
+        if upto == self.chunk.len() {
+            self.conn
+                .prepare_cached(SET_INDEXED_THROUGH)?
+                .execute([to_i64(self.chunk_last)])?;
+            if self.chunk_done > 0 {
+                self.conn.prepare_cached(SET_INDEX_PARTIAL)?.execute([0])?;
+            }
+        } else if self.chunk_done == 0 {
+            self.conn.prepare_cached(SET_INDEX_PARTIAL)?.execute([1])?;
+        }
         self.stats
             .index_nanos
             .fetch_add(nanos(started.elapsed()), Ordering::Relaxed);
-        Ok(Some((n, last)))
+        Ok(Some(upto))
     }
 
-    /// The chunk written by `write_index_chunk` is committed.
-    fn index_committed(&mut self, (n, last): (usize, Position)) {
-        self.unindexed.drain(..n);
-        self.tail.write(|tail| tail.indexed(last));
+    /// The slice written by `write_index_slice` is committed.
+    fn index_committed(&mut self, upto: usize) {
+        self.chunk_done = upto;
+        if upto == self.chunk.len() {
+            self.unindexed.drain(..self.chunk.len());
+            let last = self.chunk_last;
+            self.tail.write(|tail| tail.indexed(last));
+            self.chunk.clear();
+            self.chunk_done = 0;
+        }
     }
 
     /// At close: indexes the whole tail (own transactions), so that the next
@@ -715,12 +793,12 @@ impl Writer {
         while !self.unindexed.is_empty() {
             let written = (|| -> rusqlite::Result<_> {
                 self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-                let chunk = self.write_index_chunk()?;
+                let written = self.write_index_slice(true)?;
                 self.conn.prepare_cached("COMMIT")?.execute([])?;
-                Ok(chunk)
+                Ok(written)
             })();
             match written {
-                Ok(Some(chunk)) => self.index_committed(chunk),
+                Ok(Some(upto)) => self.index_committed(upto),
                 Ok(None) => break,
                 Err(e) => {
                     self.rollback();
@@ -858,11 +936,13 @@ impl Writer {
             ..
         } = batch;
         let started = Instant::now();
-        // A chunk of the tail joins this commit once enough waits.
+        // A slice of a chunk of the tail joins this commit once enough waits.
         let mut indexed = None;
-        if outcome.is_ok() && self.unindexed.len() >= 2 * self.index_chunk {
-            match self.write_index_chunk() {
-                Ok(chunk) => indexed = chunk,
+        if outcome.is_ok()
+            && (!self.chunk.is_empty() || self.unindexed.len() >= 2 * self.index_chunk)
+        {
+            match self.write_index_slice(false) {
+                Ok(upto) => indexed = upto,
                 Err(e) => outcome = Err(Fatal::new("index the tail", &e)),
             }
         }
@@ -883,8 +963,8 @@ impl Writer {
 
         match outcome {
             Ok(()) => {
-                if let Some(chunk) = indexed {
-                    self.index_committed(chunk);
+                if let Some(upto) = indexed {
+                    self.index_committed(upto);
                 }
                 let committed = self.next_position - first_position;
                 self.last_commit = done;
@@ -1732,6 +1812,115 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let (_, unindexed) = load_tail(&conn).unwrap();
         assert!(unindexed.is_empty());
+    }
+
+    /// A crash between two slices of a chunk leaves index rows beyond
+    /// `indexed_through` (and `index_partial` set): the next open removes
+    /// them, reads are right, the chunk is written again without a
+    /// duplicate, and every event ends up indexed exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_cut_short_by_a_crash_is_written_again() {
+        use crate::sqlite::{SqliteOptions, SqliteStore};
+        use crate::EventStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let options = SqliteOptions {
+            index_chunk_events: 8,
+            max_gather_delay: Duration::ZERO,
+            ..SqliteOptions::new("n")
+        };
+        let store = SqliteStore::open(&path, options.clone()).unwrap();
+        // One event per batch: a chunk of 8 starts once 16 wait, and is
+        // written one slice of 1 per batch.
+        for i in 0..20u64 {
+            store
+                .append(
+                    &format!("s-{}", i % 3),
+                    ExpectedVersion::Any,
+                    vec![new_event("T", "{}")],
+                )
+                .await
+                .unwrap();
+        }
+        // Mid-chunk now: some of its rows are in the index, not all.
+        let conn = Connection::open(&path).unwrap();
+        let partial: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'index_partial'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let through: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'indexed_through'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let beyond: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM stream_index WHERE position > ?1",
+                [through],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(partial, 1, "a chunk is being written in slices");
+        assert!(beyond > 0, "slices committed beyond indexed_through");
+        // The crash: the state as it is now, without the clean close (which
+        // would finish the chunk). Copy the files while the store is open:
+        // the WAL holds the commits.
+        let crashed = dir.path().join("crashed");
+        std::fs::create_dir(&crashed).unwrap();
+        conn.execute_batch(&format!(
+            "VACUUM INTO '{}'",
+            crashed.join("events.db").display()
+        ))
+        .unwrap();
+        drop(conn);
+        store.close().await.unwrap();
+        drop(store);
+
+        let path = crashed.join("events.db");
+        let store = SqliteStore::open(&path, options.clone()).unwrap();
+        for s in 0..3 {
+            let events = store.read_stream(&format!("s-{s}"), 0, 100).await.unwrap();
+            let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+            let want: Vec<u64> = (0..(20u64 - s).div_ceil(3)).collect();
+            assert_eq!(versions, want, "stream s-{s}");
+        }
+        for _ in 0..20 {
+            store
+                .append("s-0", ExpectedVersion::Any, vec![new_event("T", "{}")])
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let (rows, distinct, events): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM stream_index),
+                        (SELECT COUNT(DISTINCT position) FROM stream_index),
+                        (SELECT COUNT(*) FROM events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (rows, distinct),
+            (events, events),
+            "every event indexed once"
+        );
+        let partial: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'index_partial'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(partial, 0);
     }
 
     #[test]
