@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Meta;
 use crate::directory::Directory;
+use crate::projection::Projected;
 use crate::Result;
 
 /// The snapshot stream of this projection (not an event stream).
@@ -88,87 +89,10 @@ struct State {
 }
 
 impl State {
-    fn report(&self) {
-        metrics::gauge!("dialtone_calls_active").set(self.calls.len() as f64);
-    }
-
     fn rebuild_calls(&mut self) {
         self.calls.clear();
         for leg in self.legs.values().flatten() {
             *self.calls.entry(leg.call_id.clone()).or_default() += 1;
-        }
-    }
-
-    fn fold(&mut self, recorded: &RecordedEvent) {
-        self.position = recorded.position;
-        if category_of(&recorded.event_type) != Some(EventCategory::Call) {
-            return;
-        }
-        let (Some(user), Some(domain)) = (recorded.user_id, recorded.domain_id) else {
-            return;
-        };
-        let event = match Event::from_stored(
-            &recorded.event_type,
-            recorded.schema_version,
-            &recorded.data,
-        ) {
-            Ok(Event::User(event)) => event,
-            Ok(Event::Domain(_) | Event::Token(_)) => return,
-            Err(e) => {
-                tracing::warn!(position = recorded.position, error = %e, "calls projection: unreadable event skipped");
-                return;
-            }
-        };
-        let user = UserId(user);
-        match event {
-            user::Event::CallStarted {
-                call_id,
-                direction,
-                from,
-                to,
-                sip_call_id,
-                started_at,
-            } => {
-                let legs = self.legs.entry(user).or_default();
-                if !legs.iter().any(|l| l.call_id == call_id) {
-                    *self.calls.entry(call_id.clone()).or_default() += 1;
-                    legs.push(ActiveLeg {
-                        user_id: user,
-                        domain_id: DomainId(domain),
-                        call_id,
-                        direction,
-                        from,
-                        to,
-                        sip_call_id,
-                        state: LegState::Trying,
-                        started_at,
-                        answered_at: None,
-                        contact: None,
-                    });
-                }
-            }
-            user::Event::CallRinging { call_id } => {
-                if let Some(leg) = self.leg_mut(user, &call_id) {
-                    if leg.state == LegState::Trying {
-                        leg.state = LegState::Ringing;
-                    }
-                }
-            }
-            user::Event::CallAnswered {
-                call_id,
-                contact,
-                answered_at,
-            } => {
-                if let Some(leg) = self.leg_mut(user, &call_id) {
-                    leg.state = LegState::Answered;
-                    leg.answered_at = Some(answered_at);
-                    leg.contact = Some(contact);
-                }
-            }
-            user::Event::CallEnded { call_id, .. } | user::Event::CallFailed { call_id, .. } => {
-                self.remove(user, &call_id)
-            }
-            _ => {}
         }
     }
 
@@ -211,31 +135,7 @@ impl CallIndex {
     /// module documentation) and returns once they are closed. Run it
     /// before the SIP gateway starts.
     pub async fn start(store: SharedStore, directory: Directory) -> Result<Self> {
-        let mut state = State::default();
-        if let Some(snapshot) = store.load_snapshot(CHECKPOINT_STREAM).await? {
-            if snapshot.schema_version == CHECKPOINT_SCHEMA {
-                match serde_json::from_str::<State>(&snapshot.data) {
-                    Ok(loaded) => state = loaded,
-                    Err(e) => tracing::warn!(error = %e, "ignoring unreadable calls checkpoint"),
-                }
-            }
-        }
-        state.rebuild_calls();
-        let head = store.head_position();
-        let from = state.position;
-        while state.position < head {
-            let page = store.read_all(state.position + 1, 10_000).await?;
-            if page.is_empty() {
-                break;
-            }
-            for event in &page {
-                state.fold(event);
-            }
-        }
-        if state.position - from >= crate::projection::CHECKPOINT_EVENTS {
-            crate::projection::save_checkpoint(&store, &state).await;
-        }
-        state.report();
+        let state: State = crate::projection::catch_up(&store).await?;
         let stale: Vec<ActiveLeg> = state.legs.values().flatten().cloned().collect();
         let index = CallIndex {
             state: Arc::new(RwLock::new(state)),
@@ -329,7 +229,7 @@ async fn close_stale(directory: &Directory, legs: Vec<ActiveLeg>) {
     );
 }
 
-impl crate::projection::Projected for State {
+impl Projected for State {
     const NAME: &'static str = "calls";
     const CHECKPOINT_STREAM: &'static str = CHECKPOINT_STREAM;
     const CHECKPOINT_SCHEMA: u32 = CHECKPOINT_SCHEMA;
@@ -339,11 +239,84 @@ impl crate::projection::Projected for State {
     }
 
     fn fold(&mut self, recorded: &RecordedEvent) {
-        State::fold(self, recorded);
+        self.position = recorded.position;
+        if category_of(&recorded.event_type) != Some(EventCategory::Call) {
+            return;
+        }
+        let (Some(user), Some(domain)) = (recorded.user_id, recorded.domain_id) else {
+            return;
+        };
+        let event = match Event::from_stored(
+            &recorded.event_type,
+            recorded.schema_version,
+            &recorded.data,
+        ) {
+            Ok(Event::User(event)) => event,
+            Ok(Event::Domain(_) | Event::Token(_)) => return,
+            Err(e) => {
+                tracing::warn!(position = recorded.position, error = %e, "calls projection: unreadable event skipped");
+                return;
+            }
+        };
+        let user = UserId(user);
+        match event {
+            user::Event::CallStarted {
+                call_id,
+                direction,
+                from,
+                to,
+                sip_call_id,
+                started_at,
+            } => {
+                let legs = self.legs.entry(user).or_default();
+                if !legs.iter().any(|l| l.call_id == call_id) {
+                    *self.calls.entry(call_id.clone()).or_default() += 1;
+                    legs.push(ActiveLeg {
+                        user_id: user,
+                        domain_id: DomainId(domain),
+                        call_id,
+                        direction,
+                        from,
+                        to,
+                        sip_call_id,
+                        state: LegState::Trying,
+                        started_at,
+                        answered_at: None,
+                        contact: None,
+                    });
+                }
+            }
+            user::Event::CallRinging { call_id } => {
+                if let Some(leg) = self.leg_mut(user, &call_id) {
+                    if leg.state == LegState::Trying {
+                        leg.state = LegState::Ringing;
+                    }
+                }
+            }
+            user::Event::CallAnswered {
+                call_id,
+                contact,
+                answered_at,
+            } => {
+                if let Some(leg) = self.leg_mut(user, &call_id) {
+                    leg.state = LegState::Answered;
+                    leg.answered_at = Some(answered_at);
+                    leg.contact = Some(contact);
+                }
+            }
+            user::Event::CallEnded { call_id, .. } | user::Event::CallFailed { call_id, .. } => {
+                self.remove(user, &call_id)
+            }
+            _ => {}
+        }
     }
 
     fn report(&self) {
-        State::report(self);
+        metrics::gauge!("dialtone_calls_active").set(self.calls.len() as f64);
+    }
+
+    fn loaded(&mut self) {
+        self.rebuild_calls();
     }
 }
 

@@ -7,15 +7,22 @@ use std::time::{Duration, Instant};
 
 use dialtone_eventlog::{subscribe_all, Position, RecordedEvent, SharedStore, Snapshot};
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::Result;
 
 /// Save a checkpoint at most this often...
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 /// ...and once this many events were folded since the last one.
-pub(crate) const CHECKPOINT_EVENTS: u64 = 50_000;
+const CHECKPOINT_EVENTS: u64 = 50_000;
+/// Events read per page while catching up at start.
+const CATCH_UP_PAGE: usize = 10_000;
 
 /// The state of a projection.
-pub(crate) trait Projected: Clone + Serialize + Send + Sync + 'static {
+pub(crate) trait Projected:
+    Clone + Default + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// For logs ("registrations", "calls").
     const NAME: &'static str;
     /// The snapshot stream of the checkpoints (not an event stream).
@@ -26,6 +33,43 @@ pub(crate) trait Projected: Clone + Serialize + Send + Sync + 'static {
     fn fold(&mut self, recorded: &RecordedEvent);
     /// Publishes the projection's gauges.
     fn report(&self);
+    /// Rebuilds what the checkpoint does not store, after loading it.
+    fn loaded(&mut self) {}
+}
+
+/// Loads the projection's checkpoint (one unreadable or of another schema is
+/// ignored: the log is the truth) and folds the log in up to its current
+/// head, so that start-up sees the whole log; a long catch-up is saved as a
+/// checkpoint, so that the next start is quick.
+pub(crate) async fn catch_up<S: Projected>(store: &SharedStore) -> Result<S> {
+    let mut state = S::default();
+    if let Some(snapshot) = store.load_snapshot(S::CHECKPOINT_STREAM).await? {
+        if snapshot.schema_version == S::CHECKPOINT_SCHEMA {
+            match serde_json::from_str::<S>(&snapshot.data) {
+                Ok(loaded) => state = loaded,
+                Err(e) => {
+                    tracing::warn!(error = %e, projection = S::NAME, "ignoring unreadable checkpoint")
+                }
+            }
+        }
+    }
+    state.loaded();
+    let head = store.head_position();
+    let from = state.position();
+    while state.position() < head {
+        let page = store.read_all(state.position() + 1, CATCH_UP_PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        for event in &page {
+            state.fold(event);
+        }
+    }
+    if state.position() - from >= CHECKPOINT_EVENTS {
+        save_checkpoint(store, &state).await;
+    }
+    state.report();
+    Ok(state)
 }
 
 /// Folds every event after the state's position into it, for ever (until

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::directory::Directory;
+use crate::projection::Projected;
 use crate::Result;
 
 /// The snapshot stream of this projection (not an event stream).
@@ -32,37 +33,6 @@ struct State {
     contacts: i64,
 }
 
-impl State {
-    fn report(&self) {
-        metrics::gauge!("dialtone_registrations_active").set(self.contacts as f64);
-        metrics::gauge!("dialtone_registered_users").set(self.users.len() as f64);
-    }
-}
-
-impl State {
-    fn fold(&mut self, event: &RecordedEvent) {
-        self.position = event.position;
-        let delta: i64 = match event.event_type.as_str() {
-            "ContactRegistered" => 1,
-            "ContactRemoved" | "ContactExpired" | "ContactReplaced" => -1,
-            _ => return,
-        };
-        let (Some(user), Some(domain)) = (event.user_id, event.domain_id) else {
-            return;
-        };
-        let key = UserId(user);
-        let entry = self.users.entry(key).or_insert((DomainId(domain), 0));
-        let before = entry.1;
-        let count = (i64::from(entry.1) + delta).max(0);
-        entry.1 = u32::try_from(count).unwrap_or(u32::MAX);
-        let after = entry.1;
-        if after == 0 {
-            self.users.remove(&key);
-        }
-        self.contacts = (self.contacts + i64::from(after) - i64::from(before)).max(0);
-    }
-}
-
 /// The live projection. Cheap to clone.
 #[derive(Clone)]
 pub struct RegistrationIndex {
@@ -74,34 +44,7 @@ impl RegistrationIndex {
     /// the background, and wakes every user that has contacts (their actors
     /// expire overdue contacts on load and arm expiry timers).
     pub async fn start(store: SharedStore, directory: Directory) -> Result<Self> {
-        let mut state = State::default();
-        if let Some(snapshot) = store.load_snapshot(CHECKPOINT_STREAM).await? {
-            if snapshot.schema_version == CHECKPOINT_SCHEMA {
-                match serde_json::from_str::<State>(&snapshot.data) {
-                    Ok(loaded) => state = loaded,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ignoring unreadable registrations checkpoint")
-                    }
-                }
-            }
-        }
-        // Catch up to the head now, so that start-up knows every user.
-        let head = store.head_position();
-        let from = state.position;
-        while state.position < head {
-            let page = store.read_all(state.position + 1, 10_000).await?;
-            if page.is_empty() {
-                break;
-            }
-            for event in &page {
-                state.fold(event);
-            }
-        }
-        if state.position - from >= crate::projection::CHECKPOINT_EVENTS {
-            // A long catch-up: save it, so that the next start is quick.
-            crate::projection::save_checkpoint(&store, &state).await;
-        }
-        state.report();
+        let state: State = crate::projection::catch_up(&store).await?;
         let to_wake: Vec<UserId> = state.users.keys().copied().collect();
         let index = RegistrationIndex {
             state: Arc::new(RwLock::new(state)),
@@ -167,7 +110,7 @@ fn wake(directory: Directory, users: Vec<UserId>) {
     });
 }
 
-impl crate::projection::Projected for State {
+impl Projected for State {
     const NAME: &'static str = "registrations";
     const CHECKPOINT_STREAM: &'static str = CHECKPOINT_STREAM;
     const CHECKPOINT_SCHEMA: u32 = CHECKPOINT_SCHEMA;
@@ -176,11 +119,30 @@ impl crate::projection::Projected for State {
         self.position
     }
 
-    fn fold(&mut self, recorded: &RecordedEvent) {
-        State::fold(self, recorded);
+    fn fold(&mut self, event: &RecordedEvent) {
+        self.position = event.position;
+        let delta: i64 = match event.event_type.as_str() {
+            "ContactRegistered" => 1,
+            "ContactRemoved" | "ContactExpired" | "ContactReplaced" => -1,
+            _ => return,
+        };
+        let (Some(user), Some(domain)) = (event.user_id, event.domain_id) else {
+            return;
+        };
+        let key = UserId(user);
+        let entry = self.users.entry(key).or_insert((DomainId(domain), 0));
+        let before = entry.1;
+        let count = (i64::from(entry.1) + delta).max(0);
+        entry.1 = u32::try_from(count).unwrap_or(u32::MAX);
+        let after = entry.1;
+        if after == 0 {
+            self.users.remove(&key);
+        }
+        self.contacts = (self.contacts + i64::from(after) - i64::from(before)).max(0);
     }
 
     fn report(&self) {
-        State::report(self);
+        metrics::gauge!("dialtone_registrations_active").set(self.contacts as f64);
+        metrics::gauge!("dialtone_registered_users").set(self.users.len() as f64);
     }
 }

@@ -681,9 +681,7 @@ impl Writer {
                 let Some(msg) = pending.pop_front() else {
                     break;
                 };
-                if !self.take_shutdown(&msg) {
-                    self.add(&mut batch, msg);
-                }
+                self.add(&mut batch, msg);
             }
             self.fill(&mut batch);
             self.gather(&mut batch, expected);
