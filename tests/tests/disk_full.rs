@@ -48,6 +48,59 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A domain with alice and bob; alice registered from the returned UA.
+async fn alice_registered_bob_provisioned(node: &TestNode) -> TestUa {
+    create_domain(node, DOMAIN).await.unwrap();
+    create_user(node, DOMAIN, "alice", PASSWORD, 0)
+        .await
+        .unwrap();
+    create_user(node, DOMAIN, "bob", PASSWORD, 0).await.unwrap();
+    let mut ua = TestUa::udp(node.sip_addr()).await.unwrap();
+    let alice = Register::new("alice", DOMAIN).password(PASSWORD);
+    assert_eq!(ua.register(&alice).await.unwrap().code, 200);
+    ua
+}
+
+/// While the disk cannot be written: creates fail with UNAVAILABLE and a
+/// message containing `reason`, bob's REGISTER gets 500 or 503 (with
+/// Retry-After), never 200.
+async fn changes_are_refused(node: &TestNode, ua: &mut TestUa, reason: &str) {
+    let mut provisioning = node.provisioning().await.unwrap();
+    for i in 0..3 {
+        let err = provisioning
+            .create_user(CreateUserRequest {
+                domain: DOMAIN.into(),
+                username: format!("refused{i}"),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(err.message().contains(reason), "{}", err.message());
+    }
+    let bob = Register::new("bob", DOMAIN).password(PASSWORD);
+    let refused = ua.register(&bob).await.unwrap();
+    assert!(
+        matches!(refused.code, 500 | 503),
+        "REGISTER ({reason}) got {}",
+        refused.code
+    );
+    if refused.code == 503 {
+        assert!(refused.header("Retry-After").is_some());
+    }
+}
+
+/// Once the disk can be written again: carol is created and bob registers,
+/// without a restart.
+async fn service_resumes(node: &TestNode, ua: &mut TestUa) {
+    create_user(node, DOMAIN, "carol", PASSWORD, 0)
+        .await
+        .unwrap();
+    let bob = Register::new("bob", DOMAIN).password(PASSWORD);
+    assert_eq!(ua.register(&bob).await.unwrap().code, 200);
+}
+
 /// Fills the file system of `dir` with `filler` until writes fail.
 fn fill(filler: &Path) {
     let mut f = std::fs::File::create(filler).unwrap();
@@ -72,72 +125,22 @@ async fn a_full_disk_refuses_changes_clearly_and_service_resumes_when_space_retu
         // The node's log (stderr) is in the data directory, on the same
         // full disk: logging must not fail the node either.
         let node = TestNode::start(&data, &[]).await.unwrap();
-        create_domain(&node, DOMAIN).await.unwrap();
-        create_user(&node, DOMAIN, "alice", PASSWORD, 0)
-            .await
-            .unwrap();
-        create_user(&node, DOMAIN, "bob", PASSWORD, 0)
-            .await
-            .unwrap();
-        let mut ua = TestUa::udp(node.sip_addr()).await.unwrap();
-        let alice = Register::new("alice", DOMAIN).password(PASSWORD);
-        assert_eq!(ua.register(&alice).await.unwrap().code, 200);
+        let mut ua = alice_registered_bob_provisioned(&node).await;
 
         // The disk fills up.
         let filler = mnt.0.join("filler");
         fill(&filler);
-        let mut provisioning = node.provisioning().await.unwrap();
-        for i in 0..3 {
-            let err = provisioning
-                .create_user(CreateUserRequest {
-                    domain: DOMAIN.into(),
-                    username: format!("refused{i}"),
-                    password: PASSWORD.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-            assert!(err.message().contains("disk is full"), "{}", err.message());
-        }
-        let bob = Register::new("bob", DOMAIN).password(PASSWORD);
-        let refused = ua.register(&bob).await.unwrap();
-        assert!(
-            matches!(refused.code, 500 | 503),
-            "REGISTER with a full disk got {}",
-            refused.code
-        );
-        if refused.code == 503 {
-            assert!(refused.header("Retry-After").is_some());
-        }
+        changes_are_refused(&node, &mut ua, "disk is full").await;
 
         // Space returns: service resumes without a restart.
         std::fs::remove_file(&filler).unwrap();
-        create_user(&node, DOMAIN, "carol", PASSWORD, 0)
-            .await
-            .unwrap();
-        assert_eq!(ua.register(&bob).await.unwrap().code, 200);
+        service_resumes(&node, &mut ua).await;
 
         // After a restart: everything acknowledged, nothing refused, no gap.
         node.stop().await.unwrap();
         let node = TestNode::start(&data, &[]).await.unwrap();
-        let events = read_all(&node).await.unwrap();
-        for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.position, i as u64 + 1, "position gap");
-        }
-        let created: Vec<String> = events
-            .iter()
-            .filter(|e| e.r#type == "UserCreated")
-            .map(|e| {
-                let v: serde_json::Value = serde_json::from_str(&e.data_json).unwrap();
-                v["username"].as_str().unwrap().to_owned()
-            })
-            .collect();
+        let (created, registered) = created_and_registered(&node).await;
         assert_eq!(created, ["alice", "bob", "carol"]);
-        let registered = events
-            .iter()
-            .filter(|e| e.r#type == "ContactRegistered")
-            .count();
         assert_eq!(registered, 2, "alice's and bob's (after space returned)");
         node.stop().await.unwrap();
         drop(mnt);
@@ -202,47 +205,15 @@ async fn a_read_only_data_dir_refuses_changes_clearly_and_service_resumes_when_w
             .await
             .unwrap();
         node.token = Some(ADMIN_TOKEN.to_owned());
-        create_domain(&node, DOMAIN).await.unwrap();
-        create_user(&node, DOMAIN, "alice", PASSWORD, 0)
-            .await
-            .unwrap();
-        create_user(&node, DOMAIN, "bob", PASSWORD, 0)
-            .await
-            .unwrap();
-        let mut ua = TestUa::udp(node.sip_addr()).await.unwrap();
-        let alice = Register::new("alice", DOMAIN).password(PASSWORD);
-        assert_eq!(ua.register(&alice).await.unwrap().code, 200);
+        let mut ua = alice_registered_bob_provisioned(&node).await;
 
         // The file system goes read-only under the running node.
         std::fs::write(&flag, b"").unwrap();
-        let mut provisioning = node.provisioning().await.unwrap();
-        for i in 0..3 {
-            let err = provisioning
-                .create_user(CreateUserRequest {
-                    domain: DOMAIN.into(),
-                    username: format!("refused{i}"),
-                    password: PASSWORD.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-            assert!(err.message().contains("read-only"), "{}", err.message());
-        }
-        let bob = Register::new("bob", DOMAIN).password(PASSWORD);
-        let refused = ua.register(&bob).await.unwrap();
-        assert!(
-            matches!(refused.code, 500 | 503),
-            "REGISTER on a read-only disk got {}",
-            refused.code
-        );
+        changes_are_refused(&node, &mut ua, "read-only").await;
 
         // Writable again: service resumes without a restart.
         std::fs::remove_file(&flag).unwrap();
-        create_user(&node, DOMAIN, "carol", PASSWORD, 0)
-            .await
-            .unwrap();
-        assert_eq!(ua.register(&bob).await.unwrap().code, 200);
+        service_resumes(&node, &mut ua).await;
         node.stop().await.unwrap();
 
         // Read-only at start: the node refuses to run and says why.

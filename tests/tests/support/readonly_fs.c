@@ -67,122 +67,52 @@ static int refused_open(const char *path, int flags) {
         real_##name = (__typeof__(name) *)dlsym(RTLD_NEXT, #name);                       \
     }
 
-#define REFUSE_FD(fd)                                                                    \
-    if (refused_fd(fd)) {                                                                \
-        errno = EROFS;                                                                   \
-        return -1;                                                                       \
+/* A wrapper of a call on a file descriptor: refused with EROFS under the
+ * flag, otherwise passed on to the real one. */
+#define WRAP_FD(ret, name, params, args)                                                 \
+    ret name params {                                                                    \
+        REAL(name);                                                                      \
+        if (refused_fd(fd)) {                                                            \
+            errno = EROFS;                                                               \
+            return -1;                                                                   \
+        }                                                                                \
+        return real_##name args;                                                         \
     }
 
-ssize_t write(int fd, const void *buf, size_t count) {
-    REAL(write);
-    REFUSE_FD(fd);
-    return real_write(fd, buf, count);
-}
-
-ssize_t writev(int fd, const struct iovec *iov, int iovcnt) {
-    REAL(writev);
-    REFUSE_FD(fd);
-    return real_writev(fd, iov, iovcnt);
-}
-
-ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
-    REAL(pwrite);
-    REFUSE_FD(fd);
-    return real_pwrite(fd, buf, count, offset);
-}
-
-ssize_t pwrite64(int fd, const void *buf, size_t count, off64_t offset) {
-    REAL(pwrite64);
-    REFUSE_FD(fd);
-    return real_pwrite64(fd, buf, count, offset);
-}
-
-int fsync(int fd) {
-    REAL(fsync);
-    REFUSE_FD(fd);
-    return real_fsync(fd);
-}
-
-int fdatasync(int fd) {
-    REAL(fdatasync);
-    REFUSE_FD(fd);
-    return real_fdatasync(fd);
-}
-
-int ftruncate(int fd, off_t length) {
-    REAL(ftruncate);
-    REFUSE_FD(fd);
-    return real_ftruncate(fd, length);
-}
-
-int ftruncate64(int fd, off64_t length) {
-    REAL(ftruncate64);
-    REFUSE_FD(fd);
-    return real_ftruncate64(fd, length);
-}
-
-int fallocate(int fd, int mode, off_t offset, off_t len) {
-    REAL(fallocate);
-    REFUSE_FD(fd);
-    return real_fallocate(fd, mode, offset, len);
-}
+WRAP_FD(ssize_t, write, (int fd, const void *buf, size_t count), (fd, buf, count))
+WRAP_FD(ssize_t, writev, (int fd, const struct iovec *iov, int iovcnt), (fd, iov, iovcnt))
+WRAP_FD(ssize_t, pwrite, (int fd, const void *buf, size_t count, off_t offset),
+        (fd, buf, count, offset))
+WRAP_FD(ssize_t, pwrite64, (int fd, const void *buf, size_t count, off64_t offset),
+        (fd, buf, count, offset))
+WRAP_FD(int, fsync, (int fd), (fd))
+WRAP_FD(int, fdatasync, (int fd), (fd))
+WRAP_FD(int, ftruncate, (int fd, off_t length), (fd, length))
+WRAP_FD(int, ftruncate64, (int fd, off64_t length), (fd, length))
+WRAP_FD(int, fallocate, (int fd, int mode, off_t offset, off_t len), (fd, mode, offset, len))
 
 static mode_t mode_arg(int flags, va_list ap) {
     return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
 }
 
-int open(const char *path, int flags, ...) {
-    va_list ap;
-    mode_t mode;
-    REAL(open);
-    va_start(ap, flags);
-    mode = mode_arg(flags, ap);
-    va_end(ap);
-    if (refused_open(path, flags)) {
-        errno = EROFS;
-        return -1;
+/* A wrapper of an open call (its mode argument is variadic): opening for
+ * writing under the flag is refused with EROFS. */
+#define WRAP_OPEN(name, params, args)                                                    \
+    int name params {                                                                    \
+        va_list ap;                                                                      \
+        mode_t mode;                                                                     \
+        REAL(name);                                                                      \
+        va_start(ap, flags);                                                             \
+        mode = mode_arg(flags, ap);                                                      \
+        va_end(ap);                                                                      \
+        if (refused_open(path, flags)) {                                                 \
+            errno = EROFS;                                                               \
+            return -1;                                                                   \
+        }                                                                                \
+        return real_##name args;                                                         \
     }
-    return real_open(path, flags, mode);
-}
 
-int open64(const char *path, int flags, ...) {
-    va_list ap;
-    mode_t mode;
-    REAL(open64);
-    va_start(ap, flags);
-    mode = mode_arg(flags, ap);
-    va_end(ap);
-    if (refused_open(path, flags)) {
-        errno = EROFS;
-        return -1;
-    }
-    return real_open64(path, flags, mode);
-}
-
-int openat(int dirfd, const char *path, int flags, ...) {
-    va_list ap;
-    mode_t mode;
-    REAL(openat);
-    va_start(ap, flags);
-    mode = mode_arg(flags, ap);
-    va_end(ap);
-    if (refused_open(path, flags)) {
-        errno = EROFS;
-        return -1;
-    }
-    return real_openat(dirfd, path, flags, mode);
-}
-
-int openat64(int dirfd, const char *path, int flags, ...) {
-    va_list ap;
-    mode_t mode;
-    REAL(openat64);
-    va_start(ap, flags);
-    mode = mode_arg(flags, ap);
-    va_end(ap);
-    if (refused_open(path, flags)) {
-        errno = EROFS;
-        return -1;
-    }
-    return real_openat64(dirfd, path, flags, mode);
-}
+WRAP_OPEN(open, (const char *path, int flags, ...), (path, flags, mode))
+WRAP_OPEN(open64, (const char *path, int flags, ...), (path, flags, mode))
+WRAP_OPEN(openat, (int dirfd, const char *path, int flags, ...), (dirfd, path, flags, mode))
+WRAP_OPEN(openat64, (int dirfd, const char *path, int flags, ...), (dirfd, path, flags, mode))
