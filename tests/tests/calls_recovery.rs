@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::sip::{
-    bounded, create_domain, create_users, eventually, free_port, sipp_dir, Sipp, DOMAIN, PASSWORD,
-};
+use support::sip::{bounded, create_domain, eventually, free_port, sipp_dir, CallPairs, DOMAIN};
 use support::{read_all, TestNode};
 use tokio::process::Command;
 
@@ -68,32 +66,10 @@ async fn kill_9_during_100_calls_leaves_no_leg_in_progress() {
         let dir = tempfile::tempdir().unwrap();
         let node = TestNode::start(dir.path(), SIPP_ARGS).await.unwrap();
         create_domain(&node, DOMAIN).await.unwrap();
-        let callers: Vec<String> = (0..CALLS).map(|i| format!("caller{i:03}")).collect();
-        let callees: Vec<String> = (0..CALLS).map(|i| format!("callee{i:03}")).collect();
-        create_users(&node, DOMAIN, &callers, PASSWORD, 8)
-            .await
-            .unwrap();
-        create_users(&node, DOMAIN, &callees, PASSWORD, 8)
-            .await
-            .unwrap();
-
         // Every callee's contact is the one UAS.
-        let uas_port = free_port().unwrap();
-        let contact = format!("127.0.0.1:{uas_port}");
-        let credentials: Vec<(String, String)> = callees
-            .iter()
-            .map(|u| (u.clone(), PASSWORD.to_owned()))
-            .collect();
-        Sipp::new("register_auth.xml", node.sip_addr(), dir.path())
-            .users(&credentials)
-            .key("contact_hostport", &contact)
-            .run()
-            .await
-            .unwrap()
-            .assert_all_successful(CALLS as u64);
-
         let work = dir.path().join("sipp");
-        std::fs::create_dir_all(&work).unwrap();
+        let pairs = CallPairs::provision(&node, CALLS, &work).await.unwrap();
+        let uas_port = pairs.uas_port;
         let mut uas = Command::new("sipp")
             .current_dir(&work)
             .arg("-sf")
@@ -106,13 +82,8 @@ async fn kill_9_during_100_calls_leaves_no_leg_in_progress() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        // Caller i calls callee i and holds the call for a minute.
-        let mut csv = String::from("SEQUENTIAL\n");
-        for i in 0..CALLS {
-            csv.push_str(&format!("{};{PASSWORD};{}\n", callers[i], callees[i]));
-        }
+        // Caller i calls callee i (`calls.csv`) and holds the call for a minute.
         let inf = work.join("calls.csv");
-        std::fs::write(&inf, csv).unwrap();
         let uac_port = free_port().unwrap();
         let mut uac = Command::new("sipp")
             .current_dir(&work)

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use dialtone_api::pb::CreateUserRequest;
 use support::sip::{
-    bounded, create_domain, create_users, eventually, free_port, sipp_dir, Sipp, DOMAIN, PASSWORD,
+    bounded, create_domain, create_users, eventually, free_port, sipp_dir, with_password,
+    CallPairs, Sipp, DOMAIN, PASSWORD,
 };
 use support::{read_all, TestNode};
 use tokio::process::Command;
@@ -63,39 +64,12 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
         create_users(&node, DOMAIN, &names, PASSWORD, 8)
             .await
             .unwrap();
-        let credentials: Vec<(String, String)> = names
-            .iter()
-            .map(|u| (u.clone(), PASSWORD.to_owned()))
-            .collect();
+        let credentials = with_password(&names);
 
         // Callers and callees; every callee's contact is the one UAS.
-        let callers: Vec<String> = (0..CALL_PAIRS).map(|i| format!("caller{i:03}")).collect();
-        let callees: Vec<String> = (0..CALL_PAIRS).map(|i| format!("callee{i:03}")).collect();
-        create_users(&node, DOMAIN, &callers, PASSWORD, 8)
-            .await
-            .unwrap();
-        create_users(&node, DOMAIN, &callees, PASSWORD, 8)
-            .await
-            .unwrap();
-        let uas_port = free_port().unwrap();
-        let callee_credentials: Vec<(String, String)> = callees
-            .iter()
-            .map(|u| (u.clone(), PASSWORD.to_owned()))
-            .collect();
-        Sipp::new("register_auth.xml", node.sip_addr(), dir.path())
-            .users(&callee_credentials)
-            .key("contact_hostport", &format!("127.0.0.1:{uas_port}"))
-            .run()
-            .await
-            .unwrap()
-            .assert_all_successful(CALL_PAIRS as u64);
         let work = dir.path().join("calls");
-        std::fs::create_dir_all(&work).unwrap();
-        let mut csv = String::from("SEQUENTIAL\n");
-        for i in 0..CALL_PAIRS {
-            csv.push_str(&format!("{};{PASSWORD};{}\n", callers[i], callees[i]));
-        }
-        std::fs::write(work.join("calls.csv"), csv).unwrap();
+        let pairs = CallPairs::provision(&node, CALL_PAIRS, &work).await.unwrap();
+        let uas_port = pairs.uas_port;
 
         let mut legs = 0;
         let mut registered: Vec<String> = Vec::new();

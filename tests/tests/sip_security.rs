@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use dialtone_sip::test_ua::{Register, TestResponse, TestUa};
 use support::sip::{
-    bounded, create_domain, create_user, create_users, eventually, free_port, sipp_dir, Sipp,
-    DOMAIN, PASSWORD,
+    bounded, create_domain, create_user, create_users, eventually, free_port, sipp_dir,
+    with_password, Sipp, DOMAIN, PASSWORD,
 };
 use support::{read_all, TestNode};
 use tokio::process::Command;
@@ -255,10 +255,7 @@ async fn a_flooding_address_does_not_stop_registrations_from_another() {
         );
 
         // Meanwhile 200 registrations from 127.0.0.1 (100/s).
-        let credentials: Vec<(String, String)> = names
-            .iter()
-            .map(|u| (u.clone(), PASSWORD.to_owned()))
-            .collect();
+        let credentials = with_password(&names);
         let started = Instant::now();
         let run = Sipp::new("register_auth.xml", node.sip_addr(), dir.path())
             .users(&credentials)

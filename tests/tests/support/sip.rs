@@ -249,6 +249,52 @@ pub fn normalize_response(text: &str, user: &str, call_id: &str) -> String {
     out.trim().to_owned()
 }
 
+/// `names` with the shared test password: a SIPp users list.
+pub fn with_password(names: &[String]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|u| (u.clone(), PASSWORD.to_owned()))
+        .collect()
+}
+
+/// `n` callers (`caller000`…) and `n` callees (`callee000`…) provisioned,
+/// every callee registered (by SIPp) with its contact at one UAS port, and
+/// `<work_dir>/calls.csv`: the SIPp injection file in which caller i calls
+/// callee i.
+pub struct CallPairs {
+    pub callers: Vec<String>,
+    pub callees: Vec<String>,
+    /// Where the callees' UAS (SIPp `load_uas.xml`) must listen.
+    pub uas_port: u16,
+}
+
+impl CallPairs {
+    pub async fn provision(node: &TestNode, n: usize, work_dir: &Path) -> anyhow::Result<Self> {
+        let callers: Vec<String> = (0..n).map(|i| format!("caller{i:03}")).collect();
+        let callees: Vec<String> = (0..n).map(|i| format!("callee{i:03}")).collect();
+        create_users(node, DOMAIN, &callers, PASSWORD, 8).await?;
+        create_users(node, DOMAIN, &callees, PASSWORD, 8).await?;
+        let uas_port = free_port()?;
+        std::fs::create_dir_all(work_dir)?;
+        Sipp::new("register_auth.xml", node.sip_addr(), work_dir)
+            .users(&with_password(&callees))
+            .key("contact_hostport", &format!("127.0.0.1:{uas_port}"))
+            .run()
+            .await?
+            .assert_all_successful(n as u64);
+        let mut csv = String::from("SEQUENTIAL\n");
+        for (caller, callee) in callers.iter().zip(&callees) {
+            csv.push_str(&format!("{caller};{PASSWORD};{callee}\n"));
+        }
+        std::fs::write(work_dir.join("calls.csv"), csv)?;
+        Ok(CallPairs {
+            callers,
+            callees,
+            uas_port,
+        })
+    }
+}
+
 /// The directory of this package's SIPp scenarios (`tests/sipp`).
 pub fn sipp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp")
