@@ -261,13 +261,7 @@ async fn run(
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&latencies, p);
     let rate = total as f64 / elapsed.as_secs_f64();
     if report {
         println!(
@@ -298,4 +292,14 @@ fn read_users_csv(csv: &std::path::Path) -> anyhow::Result<Vec<(String, String)>
         })
         .filter(|(user, _)| !user.is_empty())
         .collect())
+}
+
+/// The `p` quantile (nearest rank) of sorted latencies, in milliseconds; 0
+/// for none.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
 }

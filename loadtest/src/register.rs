@@ -17,12 +17,12 @@ use anyhow::Context as _;
 use dialtone_sip::digest::Algorithm;
 use dialtone_sip::test_ua::{Register, TestUa};
 
-/// What one client measured (microseconds).
+/// What one client measured.
 #[derive(Default)]
 struct Measured {
-    challenge: Vec<u32>,
-    authenticated: Vec<u32>,
-    whole: Vec<u32>,
+    challenge: Vec<Duration>,
+    authenticated: Vec<Duration>,
+    whole: Vec<Duration>,
     failed: u64,
     late_starts: u64,
 }
@@ -92,11 +92,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 .await;
                 match outcome {
                     Ok((challenged, done)) => {
-                        measured.challenge.push(micros(challenged - sent));
-                        measured.authenticated.push(micros(done - challenged));
-                        measured
-                            .whole
-                            .push(micros(done - scheduled.into_std().min(sent)));
+                        measured.challenge.push(challenged - sent);
+                        measured.authenticated.push(done - challenged);
+                        measured.whole.push(done - scheduled.into_std().min(sent));
                     }
                     Err(e) => {
                         if measured.failed < 3 {
@@ -153,19 +151,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn micros(d: Duration) -> u32 {
-    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
-}
-
-fn summary(values: &mut [u32]) -> String {
+fn summary(values: &mut [Duration]) -> String {
     if values.is_empty() {
         return "no samples".to_owned();
     }
     values.sort_unstable();
-    let at = |p: f64| {
-        let i = ((values.len() - 1) as f64 * p).round() as usize;
-        f64::from(values[i]) / 1000.0
-    };
+    let at = |p: f64| crate::percentile_ms(values, p);
     format!(
         "n={} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.3} ms",
         values.len(),
