@@ -24,6 +24,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/node.sh"
 rate=8000; seconds=20; users=10000; port=5780; out=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,14 +44,9 @@ bin="$root/target/release"
 data=$(mktemp -d "${TMPDIR:-/tmp}/dialtone-reg-latency-XXXXXX")
 grpc=127.0.0.1:$((port + 10)); metrics=127.0.0.1:$((port + 11))
 domain=example.test
-"$bin/dialtone" serve --data-dir "$data" --grpc-addr "$grpc" --metrics-addr "$metrics" \
-  --sip-addr "127.0.0.1:$port" --sip-challenge-md5-first --sip-source-rate 0 \
-  > "$out/node.out" 2> "$out/node.log" &
-node=$!
-trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do grep -q "dialtone ready" "$out/node.out" && break; sleep 0.1; done
-grep -q "dialtone ready" "$out/node.out" || { echo "node did not start; see $out/node.log" >&2; exit 1; }
-DIALTONE_TOKEN=$(cat "$data/admin.token"); export DIALTONE_TOKEN
+trap '[ -n "${node:-}" ] && { kill -TERM "$node" 2>/dev/null; wait "$node" 2>/dev/null; }; rm -rf "$data"' EXIT
+start_node "$bin/dialtone" "$data" "$out" --grpc-addr "$grpc" --metrics-addr "$metrics" \
+  --sip-addr "127.0.0.1:$port" --sip-challenge-md5-first --sip-source-rate 0
 
 { echo SEQUENTIAL; for i in $(seq 0 $((users - 1))); do printf 'user%06d;pw%06dx\n' "$i" "$i"; done; } > "$out/users.csv"
 "$bin/dialtone-load" --server "http://$grpc" provision-csv --domain "$domain" --csv "$out/users.csv" > "$out/provision.txt"

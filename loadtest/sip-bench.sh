@@ -16,6 +16,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/node.sh"
 bench=${DIALTONE_BENCH_DIR:-$(cd "$root/../shared/bench" && pwd)}
 users=10000; out=""; kamailio=0; port=5070
 while [ $# -gt 0 ]; do
@@ -37,15 +38,9 @@ bin="$root/target/release"
 
 data=$(mktemp -d "${TMPDIR:-/tmp}/dialtone-bench-XXXXXX")
 grpc=127.0.0.1:50651
-# The API needs a token: the node writes a fresh admin token to
-# $data/admin.token on first start; dialtone-load reads DIALTONE_TOKEN.
-"$bin/dialtone" serve --data-dir "$data" --grpc-addr "$grpc" --metrics-addr 127.0.0.1:9465 \
-  --sip-addr 127.0.0.1:$port --sip-challenge-md5-first --sip-source-rate 0 > "$out/node.out" 2> "$out/node.log" &
-node=$!
-trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do grep -q "dialtone ready" "$out/node.out" && break; sleep 0.1; done
-grep -q "dialtone ready" "$out/node.out" || { echo "node did not start; see $out/node.log" >&2; exit 1; }
-DIALTONE_TOKEN=$(cat "$data/admin.token"); export DIALTONE_TOKEN
+trap '[ -n "${node:-}" ] && { kill -TERM "$node" 2>/dev/null; wait "$node" 2>/dev/null; }; rm -rf "$data"' EXIT
+start_node "$bin/dialtone" "$data" "$out" --grpc-addr "$grpc" --metrics-addr 127.0.0.1:9465 \
+  --sip-addr 127.0.0.1:$port --sip-challenge-md5-first --sip-source-rate 0
 
 "$bench/sipp/gen-users.sh" "$users" > "$out/users.csv"
 { "$bin/dialtone" --version; echo "node pid=$node data=$data"; nproc; lscpu | grep 'Model name'; } > "$out/dialtone-info.txt"

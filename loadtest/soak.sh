@@ -30,6 +30,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/node.sh"
 scen="$root/tests/sipp"
 minutes=10; seconds=""; reg_rate=4000; cps=800; users=2000; port=5690; out=""
 node_bin=""; load_bin=""; max_growth=5; warm_up=""; sample_secs=10
@@ -79,13 +80,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$node_bin" serve --data-dir "$data" --grpc-addr "$grpc" --metrics-addr "$metrics" \
-  --sip-addr "127.0.0.1:$port" --sip-challenge-md5-first --sip-source-rate 0 \
-  > "$out/node.out" 2> "$out/node.log" &
-node=$!
-for _ in $(seq 100); do grep -q "dialtone ready" "$out/node.out" && break; sleep 0.1; done
-grep -q "dialtone ready" "$out/node.out" || { echo "node did not start; see $out/node.log" >&2; exit 1; }
-DIALTONE_TOKEN=$(cat "$data/admin.token"); export DIALTONE_TOKEN
+start_node "$node_bin" "$data" "$out" --grpc-addr "$grpc" --metrics-addr "$metrics" \
+  --sip-addr "127.0.0.1:$port" --sip-challenge-md5-first --sip-source-rate 0
 
 # Users: phones (re-register only), callers and callees.
 { echo SEQUENTIAL; for i in $(seq 0 $((users - 1))); do printf 'phone%06d;pw%06dx\n' "$i" "$i"; done; } > "$out/phones.csv"
