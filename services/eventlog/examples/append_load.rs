@@ -14,7 +14,8 @@
 //! `--streams N` streams per writer (8), `--events-per-append K` (1),
 //! `--v7-ids` (time-ordered event ids, as the actors use), `--data-bytes B` (200),
 //! `--dir PATH` (a new temp dir under it; default the system temp dir),
-//! `--max-batch-events N`, `--max-batch-appends N`, `--gather-us N`.
+//! `--max-batch-events N`, `--max-batch-appends N`, `--gather-us N`,
+//! `--index-chunk N` (events per stream-index chunk).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--gather-us" => {
                 args.options.max_gather_delay = Duration::from_micros(value()?.parse()?)
             }
+            "--index-chunk" => args.options.index_chunk_events = value()?.parse()?,
             other => bail!("unknown option {other}"),
         }
     }

@@ -169,18 +169,24 @@ const SET_INDEXED_THROUGH: &str = "UPDATE meta SET value = ?1 WHERE key = 'index
 const SET_INDEX_PARTIAL: &str = "INSERT INTO meta (key, value) VALUES ('index_partial', ?1)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-/// A chunk is written in this many slices, one per batch: a slice of the
-/// sorted chunk covers a range of streams, so the slices together dirty
-/// about as many index pages as the whole chunk at once, while no single
-/// commit carries it all (with 4,096 entries spread over many streams that
-/// one commit stalled every append queued behind it for milliseconds: the
-/// p99 of REGISTERs, docs/performance.md session 3).
-const INDEX_SLICES: usize = 8;
+/// A chunk is written in slices of at most this many entries, one slice per
+/// batch: a slice of the sorted chunk covers a range of streams, so the
+/// slices together dirty about as many index pages as the whole chunk at
+/// once, while no single commit carries it all (with 4,096 entries spread
+/// over many streams that one commit stalled every append queued behind it
+/// for milliseconds: the p99 of REGISTERs, docs/performance.md session 3).
+const INDEX_SLICE_ENTRIES: usize = 512;
+/// ... and in at least this many slices (small chunks, in tests).
+const MIN_INDEX_SLICES: usize = 8;
 
 /// The tail is indexed in chunks of this many events (sorted by stream, so
-/// that a stream's entries share its leaf), once it holds twice as many; a
-/// chunk rides along with a batch's commit.
-pub(super) const DEFAULT_INDEX_CHUNK: usize = 4096;
+/// that a stream's entries share its leaf), once it holds twice as many.
+/// Larger chunks dirty fewer index pages per event: a stream's entries in a
+/// chunk land on one leaf whether it has 2 or 32 of them. 16,384 instead of
+/// 4,096 cut the WAL bytes per event by a third and raised the append bench
+/// by about a tenth (docs/performance.md session 4); the price is a larger
+/// in-memory tail (up to twice this many entries) and more to re-read at open.
+pub(super) const DEFAULT_INDEX_CHUNK: usize = 16_384;
 
 /// Schema 1 kept `last_version` in `streams` (files made by early builds).
 const MIGRATE_1_TO_2: &str = "
@@ -744,7 +750,9 @@ impl Writer {
         let slice = if all {
             self.chunk.len()
         } else {
-            self.index_chunk.div_ceil(INDEX_SLICES)
+            self.index_chunk
+                .div_ceil(MIN_INDEX_SLICES)
+                .min(INDEX_SLICE_ENTRIES)
         };
         let upto = (self.chunk_done + slice).min(self.chunk.len());
         {
