@@ -375,6 +375,22 @@ impl ServerTransactions {
             }
             self.evict_one();
         }
+        self.shrink_if_sparse();
+    }
+
+    /// Gives back the memory of a burst once it is over: a hash map keeps
+    /// the capacity of its largest size, so after 100,000 registrations in
+    /// a minute the empty tables held ~25 MB (heaptrack, docs/performance.md
+    /// session 4). Shrinking when a quarter full costs one rehash of what is
+    /// left, at most once per halving.
+    fn shrink_if_sparse(&mut self) {
+        const KEEP: usize = 1024;
+        if self.map.capacity() > KEEP && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to((self.map.len() * 2).max(KEEP));
+        }
+        if self.expiries.capacity() > KEEP && self.expiries.len() < self.expiries.capacity() / 4 {
+            self.expiries.shrink_to((self.expiries.len() * 2).max(KEEP));
+        }
     }
 
     /// Removes the completed transaction that expires first. Returns false
@@ -508,6 +524,31 @@ mod tests {
             assert!(t.stored_bytes() <= 100);
         }
         assert!(t.len() <= 4);
+    }
+
+    #[test]
+    fn a_burst_gives_its_memory_back_once_it_expired() {
+        let now = Instant::now();
+        let mut t = ServerTransactions::new(100_000, 1 << 30);
+        for i in 0..20_000 {
+            let k = key(&req(&format!("z9hG4bK{i}"), "REGISTER", "h"));
+            assert_eq!(t.handle_request(&k, now), Disposition::New);
+            t.respond(&k, 200, Bytes::from_static(b"ok"), false, now);
+        }
+        assert!(t.map.capacity() >= 20_000);
+        // One transaction of the quiet time after the burst.
+        let later = now + TIMER_J_UNRELIABLE;
+        let k = key(&req("z9hG4bKquiet", "REGISTER", "h"));
+        assert_eq!(t.handle_request(&k, later), Disposition::New);
+        assert_eq!(t.len(), 1);
+        assert!(t.map.capacity() <= 4096, "{}", t.map.capacity());
+        assert!(t.expiries.capacity() <= 4096, "{}", t.expiries.capacity());
+        // Still a working table.
+        t.respond(&k, 200, Bytes::from_static(b"ok"), false, later);
+        assert_eq!(
+            t.handle_request(&k, later),
+            Disposition::Retransmit(Bytes::from_static(b"ok"))
+        );
     }
 
     #[test]
