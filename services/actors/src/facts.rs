@@ -7,7 +7,9 @@
 //! actor changes the aggregate, so they stay true); a reader that finds none
 //! asks the actor, which loads and publishes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
@@ -23,60 +25,86 @@ pub struct DomainFacts {
     pub users: HashMap<UserName, UserId>,
 }
 
-/// What the SIP path needs of a user.
+/// What the SIP path needs of a user. One is kept for every user loaded
+/// since start (they outlive passivation), so it is kept small and in few
+/// allocations: with 100,000 registered users these were ~36 MB in eight
+/// small allocations per user, which also pinned the pages of the actors
+/// freed around them (heaptrack, docs/performance.md session 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserFacts {
     pub exists: bool,
     pub enabled: bool,
     pub domain_id: Option<DomainId>,
     pub username: Option<UserName>,
-    pub ha1_md5: String,
-    pub ha1_sha256: String,
+    /// The MD5 HA1 then the SHA-256 HA1, hex, in one string.
+    ha1: Box<str>,
+    md5_len: usize,
     /// The registered contacts, for routing a call without a message to
     /// the actor (post-dial delay). May include contacts that expired since
     /// the last commit: readers check `expires_at`.
-    pub contacts: Vec<ContactFact>,
+    pub contacts: Box<[ContactFact]>,
 }
 
 /// Where a registered contact is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactFact {
-    pub uri: String,
-    /// `ip:port` the REGISTER came from.
-    pub source: String,
+    pub uri: Box<str>,
+    /// Where the REGISTER came from.
+    pub source: SocketAddr,
     /// `UDP`, `TCP`.
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     pub expires_at: dialtone_domain::Timestamp,
 }
 
 impl UserFacts {
     pub fn of(state: &user::User) -> Self {
+        let (ha1, md5_len) = match &state.credentials {
+            Some(c) => (
+                [c.ha1_md5.as_str(), c.ha1_sha256.as_str()].concat().into(),
+                c.ha1_md5.len(),
+            ),
+            None => (Box::default(), 0),
+        };
         UserFacts {
             exists: state.exists(),
             enabled: state.enabled,
             domain_id: state.domain_id,
             username: state.username.clone(),
-            ha1_md5: state
-                .credentials
-                .as_ref()
-                .map(|c| c.ha1_md5.clone())
-                .unwrap_or_default(),
-            ha1_sha256: state
-                .credentials
-                .as_ref()
-                .map(|c| c.ha1_sha256.clone())
-                .unwrap_or_default(),
+            ha1,
+            md5_len,
             contacts: state
                 .bindings
                 .iter()
-                .map(|b| ContactFact {
-                    uri: b.uri.clone(),
-                    source: b.source.clone(),
-                    transport: b.transport.clone(),
-                    expires_at: b.expires_at,
+                // A source that is not an address cannot be called back.
+                .filter_map(|b| {
+                    Some(ContactFact {
+                        uri: b.uri.as_str().into(),
+                        source: b.source.parse().ok()?,
+                        transport: transport_name(&b.transport),
+                        expires_at: b.expires_at,
+                    })
                 })
                 .collect(),
         }
+    }
+
+    /// The MD5 HA1 (hex); empty without credentials.
+    pub fn ha1_md5(&self) -> &str {
+        self.ha1.get(..self.md5_len).unwrap_or_default()
+    }
+
+    /// The SHA-256 HA1 (hex); empty without credentials.
+    pub fn ha1_sha256(&self) -> &str {
+        self.ha1.get(self.md5_len..).unwrap_or_default()
+    }
+}
+
+/// The transports a binding can name, without an allocation each.
+fn transport_name(name: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 6] = ["UDP", "TCP", "TLS", "SCTP", "WS", "WSS"];
+    match KNOWN.iter().find(|known| known.eq_ignore_ascii_case(name)) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name.to_owned()),
     }
 }
 
@@ -176,5 +204,81 @@ impl Facts {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(uri: &str, source: &str, transport: &str) -> serde_json::Value {
+        serde_json::json!({
+            "uri": uri, "params": "", "call_id": "c@test", "cseq": 2, "source": source,
+            "transport": transport, "user_agent": "ua", "registered_at": 1,
+            "refreshed_at": 1, "expires_at": 3_600_000_001_i64
+        })
+    }
+
+    fn user(credentials: serde_json::Value, bindings: Vec<serde_json::Value>) -> user::User {
+        serde_json::from_value(serde_json::json!({
+            "id": "e057188e-bb25-53d1-a900-7b7d0907b95a",
+            "domain_id": "82c231fa-213e-576a-b946-a3c28f72d65f",
+            "domain": "example.test", "username": "alice", "status": "active",
+            "display_name": "", "caller_id": "", "max_contacts": 10, "enabled": true,
+            "credentials": credentials, "created_at": 1, "bindings": bindings,
+            "presence": "online", "calls": {"in_progress": [], "finished": []}
+        }))
+        .expect("a user state")
+    }
+
+    #[test]
+    fn user_facts_keep_both_ha1_and_every_reachable_contact() {
+        let md5 = "4496fba5e8edb311940c3d28ae197fb7";
+        let sha = "0897c8205518d6d5de0e77f71e7fabc2845ee82ae2e8b21cc0ba717551546435";
+        let state = user(
+            serde_json::json!({"ha1_md5": md5, "ha1_sha256": sha, "set_at": 1}),
+            vec![
+                binding("sip:alice@192.0.2.1:5060", "192.0.2.1:5060", "udp"),
+                binding("sip:alice@[2001:db8::1]", "[2001:db8::1]:5070", "TCP"),
+                binding("sip:alice@phone.invalid", "not an address", "UDP"),
+                binding("sip:alice@192.0.2.2;transport=foo", "192.0.2.2:5060", "FOO"),
+            ],
+        );
+        let facts = UserFacts::of(&state);
+        assert_eq!(facts.ha1_md5(), md5);
+        assert_eq!(facts.ha1_sha256(), sha);
+        let contacts: Vec<_> = facts
+            .contacts
+            .iter()
+            .map(|c| (&*c.uri, c.source.to_string(), &*c.transport))
+            .collect();
+        assert_eq!(
+            contacts,
+            [
+                (
+                    "sip:alice@192.0.2.1:5060",
+                    "192.0.2.1:5060".to_owned(),
+                    "UDP"
+                ),
+                (
+                    "sip:alice@[2001:db8::1]",
+                    "[2001:db8::1]:5070".to_owned(),
+                    "TCP"
+                ),
+                (
+                    "sip:alice@192.0.2.2;transport=foo",
+                    "192.0.2.2:5060".to_owned(),
+                    "FOO"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_user_without_credentials_has_empty_ha1() {
+        let facts = UserFacts::of(&user(serde_json::Value::Null, vec![]));
+        assert_eq!(facts.ha1_md5(), "");
+        assert_eq!(facts.ha1_sha256(), "");
+        assert!(facts.contacts.is_empty());
     }
 }

@@ -220,10 +220,10 @@ impl Registry for ActorRegistry {
             return Ok(Lookup::UnknownUser);
         };
         match self.user_facts(id).await? {
-            Some(user) if user.exists && !user.ha1_sha256.is_empty() => {
+            Some(user) if user.exists && !user.ha1_sha256().is_empty() => {
                 Ok(Lookup::Found(UserCredentials {
-                    ha1_md5: state.md5_allowed.then(|| user.ha1_md5.clone()),
-                    ha1_sha256: user.ha1_sha256.clone(),
+                    ha1_md5: state.md5_allowed.then(|| user.ha1_md5().to_owned()),
+                    ha1_sha256: user.ha1_sha256().to_owned(),
                     disabled: !user.enabled,
                 }))
             }
@@ -324,14 +324,7 @@ impl Registry for ActorRegistry {
                 user.contacts
                     .iter()
                     .filter(|c| c.expires_at > now)
-                    .filter_map(|c| {
-                        let source = c.source.parse().ok()?;
-                        Some(RouteTarget::for_binding(
-                            &c.uri,
-                            source,
-                            transport_of(&c.transport),
-                        ))
-                    })
+                    .map(|c| RouteTarget::for_binding(&c.uri, c.source, transport_of(&c.transport)))
                     .collect::<Vec<_>>()
             }
             _ => return Ok(CallRoute::UnknownUser),
