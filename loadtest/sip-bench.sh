@@ -52,6 +52,10 @@ start_node "$bin/dialtone" "$data" "$out" --grpc-addr "$grpc" --metrics-addr 127
 
 if [ "$kamailio" = 1 ]; then
   kill -TERM $node; wait $node 2>/dev/null || true
+  # The harness's provisioning hook writes to bench/run/kamailio.sqlite unless
+  # told otherwise, while start-kamailio.sh serves the DB in its run
+  # directory: without this every authenticated REGISTER gets a fresh 401.
+  export KAMAILIO_DB=${KAMAILIO_DB:-${KAMAILIO_RUNDIR:-${TMPDIR:-/tmp}/kamailio-bench-run}/kamailio.sqlite}
   "$bench/kamailio/bench-kamailio.sh" --workers "$(nproc)" --kam-cpu none --sipp-cpus none \
     --users "$users" --port "$port" --out "$out/kamailio" -- "$@" | tee "$out/kamailio-console.log"
 fi
