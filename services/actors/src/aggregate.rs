@@ -507,7 +507,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         // actor instead of sending to this stopping one.
         self.registry.forget(self.id, &ctx.address());
         if let Some(Ok(loaded)) = &self.loaded {
-            if loaded.folded_since_snapshot > 0 {
+            if loaded.folded_since_snapshot >= IDLE_SNAPSHOT_MIN_EVENTS {
                 save_snapshot_later::<A>(&self.store, &self.stream, loaded);
             }
         }
@@ -518,6 +518,16 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         metrics::gauge!("dialtone_actors_live", "kind" => A::KIND).decrement(1.0);
     }
 }
+
+/// An actor stopping because it was idle saves a snapshot only when this
+/// many events were folded since the last one. A user's typical visit is
+/// one event (a registration refresh, every few minutes to an hour, long
+/// after its actor passivated): a snapshot per visit wrote a ~1 KB state
+/// for a ~250-byte event, while reading a handful of events after an older
+/// snapshot at the next activation costs less than that write (see
+/// docs/performance.md, session 4). Shutdown (`Passivate`) still saves
+/// whatever moved, so that a restart loads quickly.
+const IDLE_SNAPSHOT_MIN_EVENTS: u64 = 8;
 
 fn snapshot_of<A: Aggregate>(stream: &str, loaded: &Loaded<A::State>) -> Option<Snapshot> {
     let version = loaded.version?;
