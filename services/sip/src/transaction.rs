@@ -369,13 +369,16 @@ impl ServerTransactions {
 
     /// Terminates the transactions whose Timer J fired.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut evicted = false;
         while let Some((t, _, _)) = self.expiries.front() {
             if *t > now {
                 break;
             }
-            self.evict_one();
+            evicted |= self.evict_one();
         }
-        self.shrink_if_sparse();
+        if evicted {
+            self.shrink_if_sparse();
+        }
     }
 
     /// Gives back the memory of a burst once it is over: a hash map keeps

@@ -335,21 +335,22 @@ pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// A value of the `meta` table; `None` when the row is missing (files made
+/// before it existed).
+fn meta_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+        u64_column(row, 0)
+    })
+    .optional()
+}
+
 /// After a crash in the middle of a chunk's slices, `stream_index` holds
 /// rows beyond `indexed_through`: they go, and the chunk is written again
 /// from the tail (rows are never inserted twice: `INSERT_INDEX` must fail
 /// on a duplicate). Only then does `stream_index` need a full scan, as there
 /// is no index by position.
 fn drop_partial_chunk(conn: &Connection) -> rusqlite::Result<()> {
-    let partial: i64 = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'index_partial'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    if partial == 0 {
+    if meta_value(conn, "index_partial")?.unwrap_or(0) == 0 {
         return Ok(());
     }
     conn.execute_batch(
@@ -365,12 +366,8 @@ fn drop_partial_chunk(conn: &Connection) -> rusqlite::Result<()> {
 /// Returns it with the same events as `(stream id, version, position)`.
 pub(super) fn load_tail(conn: &Connection) -> Result<(Tail, Vec<IndexEntry>)> {
     drop_partial_chunk(conn).map_err(|e| storage_error("drop a partly written index chunk", &e))?;
-    let through = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'indexed_through'",
-            [],
-            |row| u64_column(row, 0),
-        )
+    let through = meta_value(conn, "indexed_through")
+        .and_then(|value| value.ok_or(rusqlite::Error::QueryReturnedNoRows))
         .map_err(|e| storage_error("read indexed_through", &e))?;
     let mut tail = Tail::new(through);
     let mut entries = Vec::new();
@@ -584,11 +581,10 @@ pub(super) struct Writer {
     /// position, count); they join the tail once committed.
     batch_written: Vec<(String, i64, u64, Position, u64)>,
     index_chunk: usize,
-    /// The chunk being written in slices: sorted, with the position that
-    /// `indexed_through` takes once all of it is committed, and how many
-    /// entries are committed so far.
+    /// The chunk being written in slices (the first `chunk.len()` entries of
+    /// `unindexed`, sorted by stream), and how many of its entries are
+    /// committed so far.
     chunk: Vec<IndexEntry>,
-    chunk_last: Position,
     chunk_done: usize,
     next_position: Position,
     node: String,
@@ -631,7 +627,6 @@ impl Writer {
             batch_written: Vec::new(),
             index_chunk: options.index_chunk_events.max(1),
             chunk: Vec::new(),
-            chunk_last: 0,
             chunk_done: 0,
             next_position: last_position + 1,
             node: options.node.clone(),
@@ -739,12 +734,11 @@ impl Writer {
         let started = Instant::now();
         if self.chunk.is_empty() {
             let n = self.unindexed.len().min(self.index_chunk);
-            let Some(last) = n.checked_sub(1).map(|i| self.unindexed[i].position) else {
+            if n == 0 {
                 return Ok(None);
-            };
+            }
             self.chunk = self.unindexed[..n].to_vec();
             self.chunk.sort_unstable();
-            self.chunk_last = last;
             self.chunk_done = 0;
         }
         let slice = if all {
@@ -768,7 +762,7 @@ impl Writer {
         if upto == self.chunk.len() {
             self.conn
                 .prepare_cached(SET_INDEXED_THROUGH)?
-                .execute([to_i64(self.chunk_last)])?;
+                .execute([to_i64(self.chunk_last_position())])?;
             if self.chunk_done > 0 {
                 self.conn.prepare_cached(SET_INDEX_PARTIAL)?.execute([0])?;
             }
@@ -781,12 +775,22 @@ impl Writer {
         Ok(Some(upto))
     }
 
+    /// The position `indexed_through` takes once the chunk is whole: that of
+    /// its last entry in log order (the chunk is a prefix of `unindexed`,
+    /// which only grows at its end until the chunk is drained).
+    fn chunk_last_position(&self) -> Position {
+        self.chunk
+            .len()
+            .checked_sub(1)
+            .map_or(0, |i| self.unindexed[i].position)
+    }
+
     /// The slice written by `write_index_slice` is committed.
     fn index_committed(&mut self, upto: usize) {
         self.chunk_done = upto;
         if upto == self.chunk.len() {
+            let last = self.chunk_last_position();
             self.unindexed.drain(..self.chunk.len());
-            let last = self.chunk_last;
             self.tail.write(|tail| tail.indexed(last));
             self.chunk.clear();
             self.chunk_done = 0;
@@ -1851,28 +1855,16 @@ mod tests {
         }
         // Mid-chunk now: some of its rows are in the index, not all.
         let conn = Connection::open(&path).unwrap();
-        let partial: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'index_partial'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let through: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'indexed_through'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let partial = meta_value(&conn, "index_partial").unwrap();
+        let through = meta_value(&conn, "indexed_through").unwrap().unwrap();
         let beyond: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM stream_index WHERE position > ?1",
-                [through],
+                [to_i64(through)],
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(partial, 1, "a chunk is being written in slices");
+        assert_eq!(partial, Some(1), "a chunk is being written in slices");
         assert!(beyond > 0, "slices committed beyond indexed_through");
         // The crash: the state as it is now, without the clean close (which
         // would finish the chunk). Copy the files while the store is open:
@@ -1919,14 +1911,7 @@ mod tests {
             (events, events),
             "every event indexed once"
         );
-        let partial: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'index_partial'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(partial, 0);
+        assert_eq!(meta_value(&conn, "index_partial").unwrap(), Some(0));
     }
 
     #[test]
