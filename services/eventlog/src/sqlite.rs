@@ -42,9 +42,11 @@ use crate::{
     Snapshot, StreamInfo,
 };
 
+mod recent;
 mod tail;
 mod writer;
 
+use recent::SharedRecent;
 use tail::SharedTail;
 use writer::{AppendRequest, Msg};
 
@@ -222,6 +224,8 @@ pub struct SqliteStore {
     readers: Readers,
     /// Recent events not yet in `stream_index` (see `tail.rs`).
     tail: SharedTail,
+    /// The last committed events (see `recent`).
+    recent: SharedRecent,
     stats: Arc<StatsCells>,
     metrics: StoreMetrics,
 }
@@ -245,6 +249,7 @@ impl SqliteStore {
         let last_position = writer::last_position(&conn)?;
         let (tail, unindexed) = writer::load_tail(&conn)?;
         let tail = SharedTail::new(tail);
+        let recent = SharedRecent::default();
         let (head_tx, head_rx) = watch::channel(last_position);
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(StatsCells::default());
@@ -259,7 +264,7 @@ impl SqliteStore {
             path,
             rx,
             head_tx,
-            (last_position, tail.clone(), unindexed),
+            (last_position, tail.clone(), unindexed, recent.clone()),
             &options,
             Arc::clone(&stats),
         );
@@ -276,6 +281,7 @@ impl SqliteStore {
             closed: AtomicBool::new(false),
             readers: Readers::new(path, options.readers.max(1)),
             tail,
+            recent,
             stats,
             metrics: StoreMetrics::new(),
         })
@@ -426,6 +432,10 @@ impl EventStore for SqliteStore {
         if max_count == 0 || from_position > head {
             // Caught-up subscribers land here on every wake-up: no query.
             return self.check_open().map(|()| Vec::new());
+        }
+        // A follower of the head: from memory, no query.
+        if let Some(events) = self.recent.read(from_position, max_count, head) {
+            return self.check_open().map(|()| events);
         }
         self.read(move |conn| {
             // Position order first (CROSS JOIN fixes the loop order), each
@@ -816,6 +826,74 @@ mod tests {
         }
 
         crate::conformance::run_all(&Sqlite).await;
+    }
+
+    /// `read_all` near the head is served from the writer's last commits
+    /// (`recent`); it must return exactly what the database returns for the
+    /// same positions: every envelope field, across streams, multi-event
+    /// appends, a deduplicated retry and a rejected append in between.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_near_the_head_match_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteStore::open(&path, SqliteOptions::new("node-a")).unwrap();
+        let event = |i: u32| NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: format!("Type{}", i % 3),
+            schema_version: 1 + i % 2,
+            occurred_at_us: 1_700_000_000_000_000 + i64::from(i),
+            domain_id: i.is_multiple_of(2).then(Uuid::new_v4),
+            user_id: i.is_multiple_of(3).then(Uuid::new_v4),
+            correlation_id: (!i.is_multiple_of(4)).then(|| format!("call-{i}")),
+            data: format!(r#"{{"i":{i},"text":"é\"x"}}"#),
+        };
+        let mut i = 0;
+        for round in 0..20u32 {
+            let stream = format!("user-{}", round % 4);
+            let batch: Vec<NewEvent> = (0..=round % 3)
+                .map(|_| {
+                    i += 1;
+                    event(i)
+                })
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Any, batch.clone())
+                .await
+                .unwrap();
+            if round % 5 == 0 {
+                // A retry of the same append writes nothing.
+                let again = store
+                    .append(&stream, ExpectedVersion::Any, batch)
+                    .await
+                    .unwrap();
+                assert!(again.deduplicated);
+                // A rejected append writes nothing either.
+                let rejected = store
+                    .append(&stream, ExpectedVersion::NoStream, vec![event(999)])
+                    .await;
+                assert!(rejected.is_err());
+            }
+        }
+        let head = store.head_position();
+        let ranges = [(1, 1000), (1, 3), (7, 5), (head, 10)];
+        let mut from_memory = Vec::new();
+        for (from, max) in ranges {
+            from_memory.push(store.read_all(from, max).await.unwrap());
+        }
+        assert_eq!(from_memory[0].len() as u64, head);
+        assert!(
+            store.recent.read(1, 1, head).is_some(),
+            "the first reads came from memory"
+        );
+        store.close().await.unwrap();
+
+        // Reopened: nothing held in memory, everything from the database.
+        let store = SqliteStore::open(&path, SqliteOptions::new("node-b")).unwrap();
+        assert!(store.recent.read(1, 1, head).is_none());
+        for ((from, max), expected) in ranges.into_iter().zip(&from_memory) {
+            assert_eq!(&store.read_all(from, max).await.unwrap(), expected);
+        }
+        store.close().await.unwrap();
     }
 }
 

@@ -23,11 +23,14 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
+use super::recent::SharedRecent;
 use super::tail::{SharedTail, Tail};
 use super::{
     optional_u64_column, storage_error, to_i64, u64_column, SqliteOptions, StatsCells, BUSY_TIMEOUT,
 };
-use crate::{AppendOutcome, Error, ExpectedVersion, NewEvent, Position, Result, Snapshot};
+use crate::{
+    AppendOutcome, Error, ExpectedVersion, NewEvent, Position, RecordedEvent, Result, Snapshot,
+};
 
 /// A committed event not yet in `stream_index`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -588,6 +591,10 @@ pub(super) struct Writer {
     chunk_done: usize,
     next_position: Position,
     node: String,
+    /// The last committed events, for readers following the head.
+    recent: SharedRecent,
+    /// The events of the open batch, for `recent` once committed.
+    batch_recent: Vec<RecordedEvent>,
     max_events: usize,
     max_appends: usize,
     max_gather: Duration,
@@ -611,8 +618,14 @@ impl Writer {
         path: &Path,
         rx: mpsc::Receiver<Msg>,
         head: watch::Sender<Position>,
-        // What the log holds: its last position and unindexed tail.
-        (last_position, tail, unindexed): (Position, SharedTail, Vec<IndexEntry>),
+        // What the log holds: its last position and unindexed tail; and
+        // the last committed events, shared with the readers.
+        (last_position, tail, unindexed, recent): (
+            Position,
+            SharedTail,
+            Vec<IndexEntry>,
+            SharedRecent,
+        ),
         options: &SqliteOptions,
         stats: Arc<StatsCells>,
     ) -> Self {
@@ -625,6 +638,8 @@ impl Writer {
             unindexed,
             tail,
             batch_written: Vec::new(),
+            recent,
+            batch_recent: Vec::new(),
             index_chunk: options.index_chunk_events.max(1),
             chunk: Vec::new(),
             chunk_done: 0,
@@ -927,6 +942,7 @@ impl Writer {
     fn begin_batch(&mut self) -> Batch {
         self.batch_appends = 0;
         self.batch_written.clear();
+        self.batch_recent.clear();
         Batch {
             events: 0,
             appends: 0,
@@ -995,6 +1011,8 @@ impl Writer {
                         }));
                     }
                     self.batch_written = written;
+                    // Before the head moves, like the tail.
+                    self.recent.push(self.batch_recent.drain(..));
                     let head = self.next_position - 1;
                     self.head.send_replace(head);
                     self.batch_events.record(committed as f64);
@@ -1021,6 +1039,7 @@ impl Writer {
                 let message = explain_storage_failure(&self.path, message);
                 self.rollback();
                 // The database is the truth again: forget what this batch did.
+                self.batch_recent.clear();
                 self.next_position = first_position;
                 self.streams.clear();
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
@@ -1064,6 +1083,11 @@ impl Writer {
         match msg {
             Msg::Append(req) => {
                 let result = self.append(&req);
+                if let Ok(outcome) = &result {
+                    if !outcome.deduplicated {
+                        self.hold_recent(req.stream, req.events, outcome);
+                    }
+                }
                 self.answer(result, |answer| Reply::Append(req.reply, answer))
             }
             Msg::SaveSnapshot { snapshot, reply } => {
@@ -1106,6 +1130,28 @@ impl Writer {
 
     /// Queues the answer of one request; a storage failure is also returned,
     /// to abort the batch.
+    /// Keeps the events of an append that went into the open batch, moved
+    /// out of its request, for `recent` once the batch commits.
+    fn hold_recent(&mut self, stream: String, events: Vec<NewEvent>, outcome: &AppendOutcome) {
+        let first_version = outcome.last_version + 1 - events.len() as u64;
+        let node = &self.node;
+        self.batch_recent
+            .extend(events.into_iter().enumerate().map(|(i, ev)| RecordedEvent {
+                position: outcome.first_position + i as u64,
+                stream: stream.clone(),
+                version: first_version + i as u64,
+                event_id: ev.event_id,
+                event_type: ev.event_type,
+                schema_version: ev.schema_version,
+                occurred_at_us: ev.occurred_at_us,
+                domain_id: ev.domain_id,
+                user_id: ev.user_id,
+                node: node.clone(),
+                correlation_id: ev.correlation_id,
+                data: ev.data,
+            }));
+    }
+
     fn answer<T>(
         &mut self,
         result: Result<T, AppendFailure>,
