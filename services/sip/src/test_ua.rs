@@ -15,7 +15,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -141,6 +141,14 @@ pub struct TestUa {
     server: SocketAddr,
     local: SocketAddr,
     nc: u32,
+    /// Reused for every UDP receive.
+    rx_buf: Vec<u8>,
+    /// Kernel receive timestamps are on (see [`TestUa::kernel_timestamps`]).
+    timestamps: bool,
+    /// When the last request was handed to the kernel.
+    sent_at: Option<SystemTime>,
+    /// When the kernel queued the last response for us.
+    received_at: Option<SystemTime>,
 }
 
 /// A REGISTER to build. Defaults: one Contact at the UA's address, no
@@ -236,12 +244,7 @@ impl TestUa {
         };
         let s = UdpSocket::bind(bind).await?;
         let local = s.local_addr()?;
-        Ok(TestUa {
-            conn: Conn::Udp(s),
-            server,
-            local,
-            nc: 0,
-        })
+        Ok(TestUa::new(Conn::Udp(s), server, local))
     }
 
     /// A TCP client connected to `server`.
@@ -249,15 +252,48 @@ impl TestUa {
         let stream = TcpStream::connect(server).await?;
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr()?;
-        Ok(TestUa {
-            conn: Conn::Tcp {
+        Ok(TestUa::new(
+            Conn::Tcp {
                 stream,
                 buf: BytesMut::new(),
             },
             server,
             local,
+        ))
+    }
+
+    fn new(conn: Conn, server: SocketAddr, local: SocketAddr) -> TestUa {
+        TestUa {
+            conn,
+            server,
+            local,
             nc: 0,
-        })
+            rx_buf: Vec::new(),
+            timestamps: false,
+            sent_at: None,
+            received_at: None,
+        }
+    }
+
+    /// Asks the kernel to stamp every datagram this (UDP) client receives
+    /// with the time it was queued (SO_TIMESTAMPNS). On loopback that is
+    /// the moment the server sent it, so [`TestUa::wire_time`] is the
+    /// server's response time without this client's own scheduling delay,
+    /// as a packet capture would show it.
+    pub fn kernel_timestamps(&mut self) -> Result<()> {
+        let Conn::Udp(s) = &self.conn else {
+            return Err(Error::Protocol("kernel timestamps need UDP".into()));
+        };
+        nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+            .map_err(std::io::Error::from)?;
+        self.timestamps = true;
+        Ok(())
+    }
+
+    /// From the last request's send to the kernel's receive timestamp of
+    /// the last response (`None` without [`TestUa::kernel_timestamps`]).
+    pub fn wire_time(&self) -> Option<Duration> {
+        self.received_at?.duration_since(self.sent_at?).ok()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -279,6 +315,7 @@ impl TestUa {
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         match &mut self.conn {
             Conn::Udp(s) => {
+                self.sent_at = Some(SystemTime::now());
                 s.send_to(bytes, self.server).await?;
             }
             Conn::Tcp { stream, .. } => {
@@ -305,9 +342,20 @@ impl TestUa {
     async fn recv_inner(&mut self) -> Result<TestResponse> {
         match &mut self.conn {
             Conn::Udp(s) => {
-                let mut buf = vec![0u8; 65_536];
+                let buf = &mut self.rx_buf;
+                buf.resize(65_536, 0);
                 loop {
-                    let (n, _) = s.recv_from(&mut buf).await?;
+                    let n = if self.timestamps {
+                        use std::os::fd::AsRawFd as _;
+                        let fd = s.as_raw_fd();
+                        let (n, at) = s
+                            .async_io(tokio::io::Interest::READABLE, || recv_timestamped(fd, buf))
+                            .await?;
+                        self.received_at = at;
+                        n
+                    } else {
+                        s.recv_from(buf).await?.0
+                    };
                     if let Ok(r) = TestResponse::parse(&buf[..n]) {
                         return Ok(r);
                     }
@@ -457,4 +505,27 @@ impl TestUa {
         self.send_raw(text.as_bytes()).await?;
         self.expect(DEFAULT_TIMEOUT).await
     }
+}
+
+/// One datagram and its kernel receive timestamp (SO_TIMESTAMPNS).
+fn recv_timestamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SystemTime>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::MSG_DONTWAIT)
+        .map_err(std::io::Error::from)?;
+    let mut at = None;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = c {
+            let since_epoch = Duration::new(
+                u64::try_from(ts.tv_sec()).unwrap_or(0),
+                u32::try_from(ts.tv_nsec()).unwrap_or(0),
+            );
+            at = SystemTime::UNIX_EPOCH.checked_add(since_epoch);
+        }
+    }
+    Ok((msg.bytes, at))
 }
