@@ -179,6 +179,10 @@ struct StoreMetrics {
     errors_invalid: metrics::Counter,
     errors_storage: metrics::Counter,
     errors_closed: metrics::Counter,
+    /// `read_all` calls answered from the last commits in memory...
+    reads_from_memory: metrics::Counter,
+    /// ...and from the database (behind the held events, or none held).
+    reads_from_database: metrics::Counter,
 }
 
 impl StoreMetrics {
@@ -192,6 +196,8 @@ impl StoreMetrics {
             errors_invalid: errors("invalid"),
             errors_storage: errors("storage"),
             errors_closed: errors("closed"),
+            reads_from_memory: metrics::counter!("dialtone_eventlog_read_all_total", "source" => "memory"),
+            reads_from_database: metrics::counter!("dialtone_eventlog_read_all_total", "source" => "database"),
         }
     }
 
@@ -435,8 +441,10 @@ impl EventStore for SqliteStore {
         }
         // A follower of the head: from memory, no query.
         if let Some(events) = self.recent.read(from_position, max_count, head) {
+            self.metrics.reads_from_memory.increment(1);
             return self.check_open().map(|()| events);
         }
+        self.metrics.reads_from_database.increment(1);
         self.read(move |conn| {
             // Position order first (CROSS JOIN fixes the loop order), each
             // stream's name by its id.
