@@ -1128,8 +1128,6 @@ impl Writer {
         }
     }
 
-    /// Queues the answer of one request; a storage failure is also returned,
-    /// to abort the batch.
     /// Keeps the events of an append that went into the open batch, moved
     /// out of its request, for `recent` once the batch commits.
     fn hold_recent(&mut self, stream: String, events: Vec<NewEvent>, outcome: &AppendOutcome) {
@@ -1152,6 +1150,8 @@ impl Writer {
             }));
     }
 
+    /// Queues the answer of one request; a storage failure is also returned,
+    /// to abort the batch.
     fn answer<T>(
         &mut self,
         result: Result<T, AppendFailure>,
