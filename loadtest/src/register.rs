@@ -152,10 +152,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         all.whole.len() as f64 / elapsed,
         all.late_starts
     );
-    let mut every = all.challenge.clone();
-    every.extend_from_slice(&all.authenticated);
-    let mut every_wire = all.challenge_wire.clone();
-    every_wire.extend_from_slice(&all.authenticated_wire);
+    let mut every = [&all.challenge[..], &all.authenticated[..]].concat();
+    let mut every_wire = [&all.challenge_wire[..], &all.authenticated_wire[..]].concat();
     for (label, values) in [
         ("challenge (REGISTER -> 401)", &mut all.challenge),
         ("authenticated (REGISTER -> 200)", &mut all.authenticated),

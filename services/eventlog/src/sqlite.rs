@@ -28,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,31 @@ mod writer;
 use recent::SharedRecent;
 use tail::SharedTail;
 use writer::{AppendRequest, Msg};
+
+/// In-memory state the writer changes and the readers read (the tail, the
+/// recent events).
+#[derive(Debug, Default)]
+pub(crate) struct Shared<T>(Arc<RwLock<T>>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(Arc::new(RwLock::new(value)))
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 /// How long a connection waits on a lock before failing. The writer is the only
 /// writer, so this only matters while SQLite recovers a WAL or checkpoints.
@@ -440,7 +465,7 @@ impl EventStore for SqliteStore {
             return self.check_open().map(|()| Vec::new());
         }
         // A follower of the head: from memory, no query.
-        if let Some(events) = self.recent.read(from_position, max_count, head) {
+        if let Some(events) = self.recent.read(|r| r.read(from_position, max_count, head)) {
             self.metrics.reads_from_memory.increment(1);
             return self.check_open().map(|()| events);
         }
@@ -890,14 +915,14 @@ mod tests {
         }
         assert_eq!(from_memory[0].len() as u64, head);
         assert!(
-            store.recent.read(1, 1, head).is_some(),
+            store.recent.read(|r| r.read(1, 1, head)).is_some(),
             "the first reads came from memory"
         );
         store.close().await.unwrap();
 
         // Reopened: nothing held in memory, everything from the database.
         let store = SqliteStore::open(&path, SqliteOptions::new("node-b")).unwrap();
-        assert!(store.recent.read(1, 1, head).is_none());
+        assert!(store.recent.read(|r| r.read(1, 1, head)).is_none());
         for ((from, max), expected) in ranges.into_iter().zip(&from_memory) {
             assert_eq!(&store.read_all(from, max).await.unwrap(), expected);
         }

@@ -17,7 +17,6 @@
 //! crash: it starts empty at each open.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::{Position, RecordedEvent};
 
@@ -99,29 +98,7 @@ impl Recent {
 }
 
 /// [`Recent`] shared by the writer (which pushes) and the readers.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SharedRecent(Arc<RwLock<Recent>>);
-
-impl SharedRecent {
-    pub(crate) fn push(&self, committed: impl IntoIterator<Item = RecordedEvent>) {
-        self.0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(committed);
-    }
-
-    pub(crate) fn read(
-        &self,
-        from: Position,
-        max: usize,
-        head: Position,
-    ) -> Option<Vec<RecordedEvent>> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .read(from, max, head)
-    }
-}
+pub(crate) type SharedRecent = super::Shared<Recent>;
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,6 @@
 //! event up to the head the reader could know of.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::Position;
 
@@ -96,22 +95,7 @@ impl Tail {
 }
 
 /// The tail shared by the writer (the only one to change it) and readers.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SharedTail(Arc<RwLock<Tail>>);
-
-impl SharedTail {
-    pub(crate) fn new(tail: Tail) -> Self {
-        Self(Arc::new(RwLock::new(tail)))
-    }
-
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Tail) -> T) -> T {
-        f(&self.0.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut Tail) -> T) -> T {
-        f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
-    }
-}
+pub(crate) type SharedTail = super::Shared<Tail>;
 
 #[cfg(test)]
 mod tests {

@@ -1012,7 +1012,7 @@ impl Writer {
                     }
                     self.batch_written = written;
                     // Before the head moves, like the tail.
-                    self.recent.push(self.batch_recent.drain(..));
+                    self.recent.write(|r| r.push(self.batch_recent.drain(..)));
                     let head = self.next_position - 1;
                     self.head.send_replace(head);
                     self.batch_events.record(committed as f64);
