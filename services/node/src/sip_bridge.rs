@@ -9,8 +9,8 @@ use dialtone_domain::registration::{ContactChange, Register};
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
 use dialtone_sip::backend::{
     BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, CurrentContact,
-    HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RouteTarget, Transport,
-    UserCredentials,
+    HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RoutePlan, RouteTarget,
+    Transport, UserCredentials,
 };
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
@@ -332,7 +332,7 @@ impl Registry for ActorRegistry {
         Ok(if targets.is_empty() {
             CallRoute::NotRegistered
         } else {
-            CallRoute::Contacts(targets)
+            CallRoute::Plan(RoutePlan::parallel(targets))
         })
     }
 

@@ -138,8 +138,70 @@ pub enum CallRoute {
     Unavailable,
     /// The callee exists but has no contact: 480.
     NotRegistered,
-    /// Fork to every one of these contacts in parallel.
-    Contacts(Vec<RouteTarget>),
+    /// Ring the callee as this plan says.
+    Plan(RoutePlan),
+}
+
+/// How a call to a user is rung: steps tried one after the other, each
+/// forking to its targets in parallel. The first 2xx of any step answers
+/// the call. When every target of a step has given a final response, or
+/// the step's ring timeout passed, the step's outcome decides whether the
+/// next step is tried (see [`ContinueOn`]); otherwise the caller gets the
+/// best response of the steps tried (RFC 3261 s.16.7 step 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePlan {
+    pub steps: Vec<RouteStep>,
+}
+
+impl RoutePlan {
+    /// One step ringing `targets` together until the call's no-answer
+    /// timeout: the plan for a user without forwarding rules.
+    pub fn parallel(targets: Vec<RouteTarget>) -> RoutePlan {
+        RoutePlan {
+            steps: vec![RouteStep {
+                targets,
+                ring_timeout: None,
+                continue_on: ContinueOn::NEVER,
+            }],
+        }
+    }
+
+    /// True when no step has a target (nothing to ring: 480).
+    pub fn is_empty(&self) -> bool {
+        self.steps.iter().all(|s| s.targets.is_empty())
+    }
+}
+
+/// One step of a [`RoutePlan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteStep {
+    /// Rung together (parallel forking).
+    pub targets: Vec<RouteTarget>,
+    /// How long the step rings before it counts as not answered; `None`:
+    /// until the call's no-answer timeout.
+    pub ring_timeout: Option<std::time::Duration>,
+    /// Which outcomes of this step move the call on to the next step.
+    pub continue_on: ContinueOn,
+}
+
+/// The outcomes of a routing step after which the next step is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContinueOn {
+    /// Every target answered busy (486, 600).
+    pub busy: bool,
+    /// The step's ring timeout passed, or a target answered 408/480.
+    pub no_answer: bool,
+    /// Anything else that is not an answer (404, 5xx, other 4xx).
+    pub unavailable: bool,
+}
+
+impl ContinueOn {
+    /// The last step: whatever happens, the call ends with it.
+    pub const NEVER: ContinueOn = ContinueOn {
+        busy: false,
+        no_answer: false,
+        unavailable: false,
+    };
 }
 
 /// One registered contact of a callee.
@@ -196,7 +258,7 @@ pub enum HangupSide {
     System,
 }
 
-/// Why a call ended or failed (DESIGN section 3).
+/// Why a call ended or failed (the causes of `docs/events.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallCause {
     NormalClearing,

@@ -925,7 +925,9 @@ impl Core {
             dialled: format!("{callee_user}@{callee_domain}"),
         };
         let (code, cause) = match route {
-            CallRoute::Contacts(targets) if !targets.is_empty() => {
+            CallRoute::Plan(plan) if !plan.is_empty() => {
+                // TODO(call engine): every step of the plan.
+                let targets = plan.steps.into_iter().flat_map(|s| s.targets).collect();
                 let recorder = Recorder::spawn(self.registry.clone());
                 recorder.record(legs.start());
                 self.proxy.start_call(NewCall {
@@ -953,7 +955,7 @@ impl Core {
                 legs.callee = None;
                 (403, CallCause::CallRejected)
             }
-            CallRoute::Unavailable | CallRoute::NotRegistered | CallRoute::Contacts(_) => {
+            CallRoute::Unavailable | CallRoute::NotRegistered | CallRoute::Plan(_) => {
                 (480, CallCause::Unavailable)
             }
         };

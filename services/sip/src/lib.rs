@@ -50,8 +50,8 @@ mod wire;
 
 pub use backend::{
     BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContactChange,
-    CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RouteTarget,
-    Transport, UserCredentials,
+    ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry,
+    RoutePlan, RouteStep, RouteTarget, Transport, UserCredentials,
 };
 pub use gateway::{Gateway, GatewayConfig, GatewayHandle};
 
