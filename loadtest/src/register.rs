@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dialtone_sip::digest::Algorithm;
+use dialtone_sip::auth::digest::Algorithm;
 use dialtone_sip::test_ua::{Register, TestUa};
 
 /// What one client measured.

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use dialtone_sip::auth::digest::{self, ha1, Algorithm, Credentials};
 use dialtone_sip::core::Core;
-use dialtone_sip::digest::{self, ha1, Algorithm, Credentials};
-use dialtone_sip::message::{Message, Name, NameAddr};
-use dialtone_sip::response::Source;
+use dialtone_sip::wire::message::{Message, Name, NameAddr};
+use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
     Registry, Transport, UserCredentials,
@@ -52,6 +52,28 @@ impl Registry for One {
     }
     async fn contacts(&self, _d: &str, _u: &str) -> Result<Vec<CurrentContact>, BackendError> {
         Ok(Vec::new())
+    }
+
+    async fn route_call(
+        &self,
+        _caller_domain: &str,
+        _callee_domain: &str,
+        _callee_user: &str,
+    ) -> Result<dialtone_sip::CallRoute, dialtone_sip::BackendError> {
+        // A registrar benchmark: it serves no calls.
+        Ok(dialtone_sip::CallRoute::UnknownUser)
+    }
+
+    async fn record_call(
+        &self,
+        _records: Vec<dialtone_sip::CallRecord>,
+    ) -> Result<(), dialtone_sip::BackendError> {
+        // Nothing to record: no call is ever set up here.
+        Ok(())
+    }
+
+    fn lockout(&self, _lockout: dialtone_sip::guard::Lockout) {
+        // The benchmark counts no security events.
     }
 }
 

@@ -2,9 +2,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use dialtone_sip::auth::digest::{ha1, Algorithm};
 use dialtone_sip::core::Core;
-use dialtone_sip::digest::{ha1, Algorithm};
-use dialtone_sip::response::Source;
+use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
     Registry, Transport, UserCredentials,
@@ -22,6 +22,28 @@ impl Registry for One {
     }
     async fn contacts(&self, _d: &str, _u: &str) -> Result<Vec<CurrentContact>, BackendError> {
         Ok(vec![])
+    }
+
+    async fn route_call(
+        &self,
+        _caller_domain: &str,
+        _callee_domain: &str,
+        _callee_user: &str,
+    ) -> Result<dialtone_sip::CallRoute, dialtone_sip::BackendError> {
+        // Timing the registrar only: no calls.
+        Ok(dialtone_sip::CallRoute::UnknownUser)
+    }
+
+    async fn record_call(
+        &self,
+        _records: Vec<dialtone_sip::CallRecord>,
+    ) -> Result<(), dialtone_sip::BackendError> {
+        // Nothing to record: no call is ever set up here.
+        Ok(())
+    }
+
+    fn lockout(&self, _lockout: dialtone_sip::guard::Lockout) {
+        // Timing only: no security log.
     }
 }
 

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dialtone_sip::digest::{ha1, Algorithm};
+use dialtone_sip::auth::digest::{ha1, Algorithm};
 use dialtone_sip::{
     BackendError, CurrentContact, Gateway, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
     Registry, UserCredentials,
@@ -84,6 +84,28 @@ impl Registry for Memory {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn route_call(
+        &self,
+        _caller_domain: &str,
+        _callee_domain: &str,
+        _callee_user: &str,
+    ) -> Result<dialtone_sip::CallRoute, dialtone_sip::BackendError> {
+        // This example is a registrar only: every call gets 404.
+        Ok(dialtone_sip::CallRoute::UnknownUser)
+    }
+
+    async fn record_call(
+        &self,
+        _records: Vec<dialtone_sip::CallRecord>,
+    ) -> Result<(), dialtone_sip::BackendError> {
+        // Nothing to record: no call is ever set up here.
+        Ok(())
+    }
+
+    fn lockout(&self, _lockout: dialtone_sip::guard::Lockout) {
+        // This example keeps no security log; the gateway still counts lock-outs in its metrics.
     }
 }
 

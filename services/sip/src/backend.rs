@@ -9,26 +9,7 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-/// The transport a request arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-        }
-    }
-
-    /// Reliable transports do not retransmit (RFC 3261 s.17).
-    pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
-    }
-}
+pub use crate::transport::Transport;
 
 /// Stored digest credentials of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +208,7 @@ impl RouteTarget {
     pub fn for_binding(uri: &str, source: SocketAddr, transport: Transport) -> RouteTarget {
         let dest = match transport {
             Transport::Tcp => source,
-            Transport::Udp => match crate::wire::uri_destination(uri) {
+            Transport::Udp => match crate::transport::uri_destination(uri) {
                 Some((_, d)) if d.ip() == source.ip() => d,
                 _ => source,
             },
@@ -345,30 +326,24 @@ pub trait Registry: Send + Sync + 'static {
         -> Result<Vec<CurrentContact>, BackendError>;
 
     /// Where an authenticated INVITE from a user of `caller_domain` to
-    /// `callee_user@callee_domain` goes. The default serves no calls (404).
+    /// `callee_user@callee_domain` goes.
     async fn route_call(
         &self,
         caller_domain: &str,
         callee_domain: &str,
         callee_user: &str,
-    ) -> Result<CallRoute, BackendError> {
-        let _ = (caller_domain, callee_domain, callee_user);
-        Ok(CallRoute::UnknownUser)
-    }
+    ) -> Result<CallRoute, BackendError>;
 
     /// Records call steps durably (returns when they are). The steps of one
     /// call come in order, one batch at a time (the proxy waits for a batch
     /// before it hands over the next); the records of one batch are for
     /// different legs and may be written concurrently.
-    async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
-        let _ = records;
-        Ok(())
-    }
+    /// Required: a backend that drops these silently would answer calls
+    /// whose history is lost.
+    async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError>;
 
     /// A source was locked out after failed digest authentications (at most
     /// once per lock, and rate-limited by the gateway): record it as a
     /// security event. Must not block (spawn the work).
-    fn lockout(&self, lockout: crate::guard::Lockout) {
-        let _ = lockout;
-    }
+    fn lockout(&self, lockout: crate::guard::Lockout);
 }

@@ -8,13 +8,13 @@
 //! panic on purpose. Behind the `fuzzing` feature: production builds don't
 //! carry this module.
 
+use crate::auth::digest::{parse_params, Challenge, Credentials};
 use crate::core::salvage;
-use crate::digest::{parse_params, Challenge, Credentials};
-use crate::frame::{check, Frame};
-use crate::message::{Message, Name, NameAddr, Uri};
 use crate::registrar::{plan, ExpiresPolicy};
-use crate::response::{Response, Source};
 use crate::transaction::Key;
+use crate::wire::frame::{check, Frame};
+use crate::wire::message::{Message, Name, NameAddr, Uri};
+use crate::wire::response::{Response, Source};
 
 /// The SIP message parser and everything the gateway derives from a parsed
 /// request without IO: typed headers, the transaction key, the registrar's

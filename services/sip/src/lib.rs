@@ -30,30 +30,29 @@
 //! the [`GatewayConfig`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod auth;
 pub mod backend;
+pub mod config;
 pub mod core;
-pub mod digest;
-pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod gateway;
 pub mod guard;
-pub mod message;
-pub mod nonce;
 pub mod proxy;
 pub mod registrar;
-pub mod response;
 #[cfg(feature = "test-ua")]
 pub mod test_ua;
 pub mod transaction;
-mod wire;
+pub mod transport;
+pub mod wire;
 
 pub use backend::{
     BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContactChange,
     ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry,
-    RoutePlan, RouteStep, RouteTarget, Transport, UserCredentials,
+    RoutePlan, RouteStep, RouteTarget, UserCredentials,
 };
-pub use gateway::{Gateway, GatewayConfig, GatewayHandle};
+pub use config::GatewayConfig;
+pub use transport::gateway::{Gateway, GatewayHandle};
+pub use transport::{Flow, Transport};
 
 /// Errors of this crate's public API (starting the gateway, the test UA).
 /// Malformed SIP input is not an `Error`: it becomes a 400 or is dropped.
@@ -69,9 +68,9 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("SIP parse error: {0}")]
-    Parse(#[from] message::ParseError),
+    Parse(#[from] wire::message::ParseError),
     #[error("digest error: {0}")]
-    Digest(#[from] digest::DigestError),
+    Digest(#[from] auth::digest::DigestError),
     #[error("timed out")]
     Timeout,
     #[error("protocol error: {0}")]

@@ -3,7 +3,7 @@
 //! "remove all", 400 and 423. Pure: no IO, no clock.
 
 use crate::backend::ContactChange;
-use crate::message::{params, parse_u32, Message, Name, NameAddr, Uri};
+use crate::wire::message::{params, parse_u32, Message, Name, NameAddr, Uri};
 
 /// Expiry policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,10 +21,10 @@ use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UdpSocket};
 
+use crate::auth::digest::{self, Algorithm, Challenge};
 use crate::backend::Transport;
-use crate::digest::{self, Algorithm, Challenge};
-use crate::frame::{self, Frame};
-use crate::message::{Message, Name, StartLine};
+use crate::wire::frame::{self, Frame};
+use crate::wire::message::{Message, Name, StartLine};
 use crate::{Error, Result};
 
 /// Default wait for a response.
@@ -92,13 +92,13 @@ impl TestResponse {
     pub fn contacts(&self) -> Vec<(String, Option<u32>)> {
         self.all("Contact")
             .into_iter()
-            .flat_map(crate::message::split_list)
-            .filter_map(crate::message::NameAddr::parse)
+            .flat_map(crate::wire::message::split_list)
+            .filter_map(crate::wire::message::NameAddr::parse)
             .map(|c| {
                 let e = c
                     .param("expires")
                     .flatten()
-                    .and_then(crate::message::parse_u32);
+                    .and_then(crate::wire::message::parse_u32);
                 (c.uri.to_owned(), e)
             })
             .collect()
@@ -410,7 +410,7 @@ impl TestUa {
              CSeq: {cseq} REGISTER\r\n",
             domain = r.domain,
             user = r.user,
-            tag = crate::response::random_tag(),
+            tag = crate::wire::response::random_tag(),
             cid = r.call_id,
             cseq = r.cseq,
         );

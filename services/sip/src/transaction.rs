@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::message::{Message, Method, ParseError, StartLine, Via};
+use crate::wire::message::{Message, Method, ParseError, StartLine, Via};
 
 /// RTT estimate (RFC 3261 s.17.1.1.1).
 pub const T1: Duration = Duration::from_millis(500);
@@ -160,7 +160,10 @@ impl Key {
                 let to_tag = msg.to()?.tag().unwrap_or("");
                 let from_tag = msg.from()?.tag().unwrap_or("");
                 let cseq = msg.cseq()?;
-                let top = msg.list(crate::message::Name::Via).next().unwrap_or("");
+                let top = msg
+                    .list(crate::wire::message::Name::Via)
+                    .next()
+                    .unwrap_or("");
                 let uri = if *method == Method::Ack { "" } else { uri };
                 let s = format!(
                     "2543\u{0}{m}\u{0}{uri}\u{0}{to_tag}\u{0}{from_tag}\u{0}{}\u{0}{}\u{0}{top}",

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use common::{config, start, FakeRegistry, DOMAIN};
 use dialtone_sip::core::Core;
-use dialtone_sip::message::Message;
-use dialtone_sip::response::Source;
 use dialtone_sip::test_ua::{TestResponse, TestUa};
+use dialtone_sip::wire::message::Message;
+use dialtone_sip::wire::response::Source;
 use dialtone_sip::Transport;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;

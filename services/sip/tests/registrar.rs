@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{config, start, DOMAIN};
-use dialtone_sip::digest::{self, Algorithm};
+use dialtone_sip::auth::digest::{self, Algorithm};
 use dialtone_sip::test_ua::{Register, TestResponse, TestUa};
 
 const T: Duration = Duration::from_secs(5);

@@ -77,8 +77,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{config, start, DOMAIN};
-use dialtone_sip::message::Message;
 use dialtone_sip::test_ua::{TestResponse, TestUa};
+use dialtone_sip::wire::message::Message;
 use tokio::net::UdpSocket;
 
 /// How long to wait for a response that should come.

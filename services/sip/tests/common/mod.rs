@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dialtone_sip::digest::{ha1, Algorithm};
+use dialtone_sip::auth::digest::{ha1, Algorithm};
 use dialtone_sip::{
     BackendError, CurrentContact, Gateway, GatewayConfig, GatewayHandle, Lookup, RegisterOutcome,
     RegisterRequest, Registry, UserCredentials,
@@ -40,6 +40,10 @@ pub struct FakeRegistry {
     pub last_request: Mutex<Option<RegisterRequest>>,
     pub fail: AtomicBool,
     pub delay: Mutex<Duration>,
+    /// Call steps recorded, in order.
+    pub calls: Mutex<Vec<dialtone_sip::CallRecord>>,
+    /// Lock-outs reported.
+    pub lockouts: Mutex<Vec<dialtone_sip::guard::Lockout>>,
 }
 
 impl FakeRegistry {
@@ -160,6 +164,29 @@ impl Registry for FakeRegistry {
             return Err(BackendError::Unavailable("store down".into()));
         }
         Ok(self.current(&(domain.to_owned(), user.to_owned())))
+    }
+
+    async fn route_call(
+        &self,
+        _caller_domain: &str,
+        _callee_domain: &str,
+        _callee_user: &str,
+    ) -> Result<dialtone_sip::CallRoute, BackendError> {
+        // The gateway tests here cover the registrar and dialog refusals;
+        // calls are tested end to end through the node (tests/calls_sipp).
+        Ok(dialtone_sip::CallRoute::UnknownUser)
+    }
+
+    async fn record_call(
+        &self,
+        records: Vec<dialtone_sip::CallRecord>,
+    ) -> Result<(), BackendError> {
+        self.calls.lock().unwrap().extend(records);
+        Ok(())
+    }
+
+    fn lockout(&self, lockout: dialtone_sip::guard::Lockout) {
+        self.lockouts.lock().unwrap().push(lockout);
     }
 }
 

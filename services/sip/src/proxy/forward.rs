@@ -3,13 +3,10 @@
 //! makes itself (s.17.1.1.3, s.9.1). Everything writes bytes straight from
 //! a parsed [`Message`], copying the headers it does not touch verbatim.
 
-use std::net::{IpAddr, SocketAddr};
-
 use bytes::Bytes;
 
-use crate::backend::Transport;
-use crate::message::{host_ip, params, split_list, Message, Name, StartLine, Uri, Via};
-use crate::response::{write_top_via, write_u64, Source};
+use crate::wire::message::{split_list, Message, Name, StartLine, Via};
+use crate::wire::response::{write_top_via, write_u64, Source};
 
 /// How a request is rewritten when forwarded.
 pub(crate) struct Forward<'a> {
@@ -192,43 +189,6 @@ pub(crate) fn strip_top_via(msg: &Message<'_>) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-/// Where a response goes by Via `via` (the one below ours): `received` and
-/// `rport` when present (we add them when forwarding), else sent-by
-/// (RFC 3261 s.18.2.2). `None` for a host name without `received`.
-pub(crate) fn response_destination(via: &Via<'_>) -> Option<(Transport, SocketAddr)> {
-    let transport = if via.transport.eq_ignore_ascii_case("TCP") {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    };
-    let mut ip: Option<IpAddr> = host_ip(via.host);
-    let mut port = via.port.unwrap_or(5060);
-    for (name, value) in params(via.params) {
-        if name.eq_ignore_ascii_case("received") {
-            if let Some(v) = value.and_then(|v| v.parse().ok()) {
-                ip = Some(v);
-            }
-        } else if name.eq_ignore_ascii_case("rport") {
-            if let Some(p) = value.and_then(|v| v.parse().ok()) {
-                port = p;
-            }
-        }
-    }
-    ip.map(|ip| (transport, SocketAddr::new(ip, port)))
-}
-
-/// The address and transport a SIP URI with an IP-literal host points to
-/// (no DNS: contacts and Record-Routes of phones carry addresses).
-pub(crate) fn uri_destination(uri: &str) -> Option<(Transport, SocketAddr)> {
-    let u = Uri::parse(uri)?;
-    let ip = host_ip(u.host)?;
-    let transport = match crate::message::param(u.params, "transport").flatten() {
-        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-        _ => Transport::Udp,
-    };
-    Some((transport, SocketAddr::new(ip, u.port.unwrap_or(5060))))
-}
-
 /// What a proxy needs to repeat about the INVITE it forwarded on a branch
 /// to build that branch's ACK and CANCEL.
 #[derive(Debug, Clone)]
@@ -313,6 +273,7 @@ pub(crate) fn bye(b: &OwnBye<'_>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{response_destination, uri_destination, Transport};
 
     const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKabc;rport, SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKold\r\n\

@@ -1,5 +1,5 @@
 //! The gateway's request handling, independent of sockets: bytes in, bytes
-//! (and where to send them) out. The transports in [`crate::gateway`] call
+//! (and where to send them) out. The transports in [`crate::transport::gateway`] call
 //! [`Core::handle`] for every received message.
 
 use std::borrow::Cow;
@@ -11,21 +11,22 @@ use bytes::Bytes;
 use metrics::{Counter, Histogram};
 use tracing::Instrument as _;
 
+use crate::auth::digest::{write_challenge, Algorithm, CredentialsRef, DigestError};
+use crate::auth::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
 use crate::backend::{
     BackendError, CallCause, CallRoute, CurrentContact, Lookup, RegisterOutcome, RegisterRequest,
     Registry, Transport, UserCredentials,
 };
-use crate::digest::{write_challenge, Algorithm, CredentialsRef, DigestError};
-use crate::gateway::GatewayConfig;
+use crate::config::GatewayConfig;
 use crate::guard::{Guard, LockScope, Lockout};
-use crate::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
-use crate::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
-use crate::proxy::{self, CallInput, Legs, NewCall, Outbound, Proxy, ProxySettings, Recorder};
+use crate::proxy::{self, CallInput, Legs, NewCall, Outbound, Proxy, ProxySettings};
 use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
-use crate::response::{
+use crate::transaction::{Disposition, Key, ServerTransactions};
+use crate::transport::Flow;
+use crate::wire::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
+use crate::wire::response::{
     self, random_tag_bytes, status_label, write_http_date, write_u64, Response, Source,
 };
-use crate::transaction::{Disposition, Key, ServerTransactions};
 
 /// Methods this server handles itself (the `Allow` header).
 pub const ALLOW: &str = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE";
@@ -283,6 +284,7 @@ impl Core {
                 max_call_duration: cfg.max_call_duration,
             },
             out,
+            registry.clone(),
         ));
         let nonces = Nonces::new(&cfg.secret, cfg.nonce_lifetime, cfg.nonce_table_capacity);
         let per_shard_entries = (cfg.transaction_capacity / TRANSACTION_SHARDS).max(1);
@@ -338,7 +340,6 @@ impl Core {
                 t.handle_timeout(now);
             }
         }
-        self.proxy.tick(now);
         let sweep = match self.last_guard_sweep.lock() {
             Ok(mut last)
                 if last.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(10)) =>
@@ -395,7 +396,7 @@ impl Core {
         } = msg.start
         else {
             // A response to a request the proxy forwarded.
-            if !self.proxy.on_response(&msg, raw) {
+            if !self.proxy.on_response(&msg) {
                 self.metrics.dropped_response();
             }
             return None;
@@ -439,10 +440,11 @@ impl Core {
                 return Some(self.reply_now(cx, dest, 400, bad_request_reason(&e), |_| {}));
             }
         };
+        let call_id = msg.call_id().unwrap_or("");
         // The proxy's INVITE server transactions: an ACK for a non-2xx
         // final response and INVITE retransmissions go to the call task.
         match method {
-            Method::Ack if self.proxy.to_call(&key, CallInput::Ack) => return None,
+            Method::Ack if self.proxy.to_call(call_id, &key, CallInput::Ack) => return None,
             Method::Ack
                 if self
                     .shard(&key)
@@ -453,7 +455,7 @@ impl Core {
                 // The ACK of a final response we made (407, 404, 480, ...).
                 return None;
             }
-            Method::Invite if self.proxy.to_call(&key, CallInput::InviteAgain) => {
+            Method::Invite if self.proxy.to_call(call_id, &key, CallInput::InviteAgain) => {
                 self.metrics.retransmission();
                 return None;
             }
@@ -470,11 +472,7 @@ impl Core {
             if method == Method::Ack && !in_dialog {
                 return None;
             }
-            let refused = self
-                .proxy
-                .in_dialog(&msg, source, method == Method::Ack, method == Method::Bye)
-                .await;
-            let (code, reason) = refused?;
+            let (code, reason) = self.proxy.in_dialog(&msg, source)?;
             return Some(self.reply_now(cx, dest, code, reason, |_| {}));
         }
         let disposition = match self.shard(&key).lock() {
@@ -659,8 +657,9 @@ impl Core {
             Method::Cancel => {
                 // RFC 3261 s.9.2: the CANCEL matches the INVITE with the
                 // same branch; answered 200 here, the INVITE gets 487.
+                let call_id = cx.msg.call_id().unwrap_or("");
                 let cancelled = Key::invite_of_cancel(cx.msg, cx.via)
-                    .is_ok_and(|k| self.proxy.to_call(&k, CallInput::Cancel));
+                    .is_ok_and(|k| self.proxy.to_call(call_id, &k, CallInput::Cancel));
                 if cancelled {
                     self.respond(cx, 200, "OK", |_| {})
                 } else {
@@ -870,7 +869,7 @@ impl Core {
         // The callee: the Request-URI, or the To URI when the phone put
         // our address in the Request-URI.
         let (callee_user, callee_host) = match ruri.user {
-            Some(u) if crate::message::host_ip(ruri.host).is_none() => (u, ruri.host),
+            Some(u) if crate::wire::message::host_ip(ruri.host).is_none() => (u, ruri.host),
             Some(u) => (u, to_uri.host),
             None => match to_uri.user {
                 Some(u) => (u, to_uri.host),
@@ -926,24 +925,20 @@ impl Core {
         };
         let (code, cause) = match route {
             CallRoute::Plan(plan) if !plan.is_empty() => {
-                // TODO(call engine): every step of the plan.
-                let targets = plan.steps.into_iter().flat_map(|s| s.targets).collect();
-                let recorder = Recorder::spawn(self.registry.clone());
-                recorder.record(legs.start());
-                self.proxy.start_call(NewCall {
-                    msg,
-                    raw: Bytes::copy_from_slice(upstream.raw),
-                    key: upstream.key.clone(),
-                    source: cx.source,
-                    transport: upstream.transport,
-                    upstream: upstream.dest,
-                    legs,
-                    recorder,
-                    targets,
-                    pop_routes: self.proxy.our_routes(msg),
-                    max_forwards: max_forwards.map_or(70, |m| m.saturating_sub(1)),
-                    received_at: upstream.received_at,
-                });
+                self.proxy.start_call(
+                    NewCall {
+                        msg,
+                        raw: Bytes::copy_from_slice(upstream.raw),
+                        key: upstream.key.clone(),
+                        source: cx.source,
+                        upstream: Flow::new(upstream.transport, upstream.dest),
+                        legs,
+                        plan,
+                        pop_routes: self.proxy.our_routes(msg),
+                        max_forwards: max_forwards.map_or(70, |m| m.saturating_sub(1)),
+                    },
+                    upstream.received_at,
+                );
                 return self.respond(cx, 100, "Trying", |_| {});
             }
             CallRoute::UnknownDomain | CallRoute::UnknownUser => {
@@ -961,7 +956,7 @@ impl Core {
         };
         proxy::call_attempt(code);
         // Both steps durable before the response that reports them.
-        let recorder = Recorder::spawn(self.registry.clone());
+        let recorder = self.proxy.recorder();
         recorder.record(legs.start());
         if let Err(e) = recorder.record_durable(legs.fail(code, cause)).await {
             return self.backend_failure(cx, &e);
@@ -1015,7 +1010,7 @@ impl Core {
         // The domain is the Request-URI's (RFC 3261 s.10.3 step 1). Phones
         // configured with the registrar's IP address put that IP there: then
         // the address-of-record's domain is the one meant.
-        let domain = lowercase(if crate::message::host_ip(ruri.host).is_some() {
+        let domain = lowercase(if crate::wire::message::host_ip(ruri.host).is_some() {
             to_uri.host
         } else {
             ruri.host
@@ -1216,7 +1211,7 @@ pub fn salvage(raw: &[u8]) -> Option<Message<'_>> {
             n,
             Name::Via | Name::From | Name::To | Name::CallId | Name::CSeq
         ) {
-            headers.push(crate::message::Header {
+            headers.push(crate::wire::message::Header {
                 name: n,
                 raw_name: name,
                 value: std::borrow::Cow::Borrowed(value.trim()),

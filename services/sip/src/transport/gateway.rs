@@ -7,7 +7,7 @@
 //! retransmission, OPTIONS, a registry answering from memory) is answered
 //! right there, with no task and no hop to another thread; what waits for
 //! the backend (a REGISTER being made durable) goes on in its own task.
-//! TCP: one reader task per connection frames messages (see [`crate::frame`])
+//! TCP: one reader task per connection frames messages (see [`crate::wire::frame`])
 //! and handles them the same way (a single connection may carry thousands
 //! of concurrent REGISTERs); a writer task sends the responses back on the
 //! same connection.
@@ -24,127 +24,14 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::backend::{Registry, Transport};
+use crate::config::GatewayConfig;
 use crate::core::{metric, salvage, Core, Reply};
-use crate::frame::{self, Frame, FrameError};
-use crate::nonce;
-use crate::response::{Response, Source};
+use crate::wire::frame::{self, Frame, FrameError};
+use crate::wire::response::{Response, Source};
 use crate::{Error, Result};
 
 /// The largest UDP payload (IPv4: 65535 - 20 - 8).
 pub const UDP_MAX_DATAGRAM: usize = 65_507;
-
-/// Gateway settings. `Default` serves a single machine; `node` fills it from
-/// its configuration.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    /// Addresses to listen on, each for both UDP and TCP (port 0: any free
-    /// port, the same for UDP and TCP).
-    pub listen: Vec<SocketAddr>,
-    /// `host[:port]` this server puts in Via/Record-Route/Contact (for the
-    /// proxy, later). `None`: the first listen address.
-    pub advertised: Option<String>,
-    /// Below this (and above 0) a REGISTER gets 423 with Min-Expires.
-    pub min_expires: u32,
-    /// Longer requested expiries are clamped to this.
-    pub max_expires: u32,
-    /// Expiry when the REGISTER gives none.
-    pub default_expires: u32,
-    /// How long a nonce is accepted (then 401 with stale=true).
-    pub nonce_lifetime: Duration,
-    /// How many used nonces the nc replay table remembers.
-    pub nonce_table_capacity: usize,
-    /// Server secret for nonces. Give the same secret to every node (and
-    /// keep it across restarts) so that nonces stay valid.
-    pub secret: Vec<u8>,
-    /// Largest message accepted on TCP (and on UDP, capped at the datagram
-    /// limit); larger ones get 513 or are dropped.
-    pub max_message_size: usize,
-    /// UDP receive tasks per socket.
-    pub udp_receivers: usize,
-    /// UDP socket receive buffer (SO_RCVBUF) to absorb bursts.
-    pub udp_recv_buffer: usize,
-    /// Time allowed for one backend call before 503.
-    pub backend_timeout: Duration,
-    /// Bound on live server transactions.
-    pub transaction_capacity: usize,
-    /// Bound on bytes of responses kept for retransmissions.
-    pub transaction_memory: usize,
-    /// Put the MD5 challenge before the SHA-256 one. RFC 8760 s.2.4 wants
-    /// the preferred algorithm first (the default, SHA-256), but some
-    /// clients only read the first challenge: SIPp 3.6.1 then fails with
-    /// "authentication must use MD5 or AKAv1-MD5". Set this for them.
-    pub challenge_md5_first: bool,
-    /// `Server` header value (None: no header).
-    pub server_header: Option<String>,
-    /// A TCP connection idle this long is closed.
-    pub tcp_idle_timeout: Duration,
-    /// Connections beyond this are closed at once.
-    pub max_tcp_connections: usize,
-    /// Messages being handled at once over all UDP sockets; beyond it the
-    /// receive loops wait (the kernel buffer then fills and drops, and UDP
-    /// clients retransmit): backpressure instead of unbounded tasks.
-    pub max_udp_in_flight: usize,
-    /// The same per TCP connection (reading pauses).
-    pub max_tcp_in_flight_per_connection: usize,
-    /// A call nobody answers is given up after this: `480`, cause
-    /// `no_answer` (the proxy's Timer C).
-    pub no_answer_timeout: Duration,
-    /// An answered call still up after this is ended by the proxy (BYE to
-    /// both sides, cause `timeout`): phones that vanish leave no call open.
-    pub max_call_duration: Duration,
-    /// Per-source rate limit and lock-outs after failed authentications.
-    pub guard: crate::guard::GuardConfig,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        GatewayConfig {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 5060))],
-            advertised: None,
-            min_expires: 60,
-            max_expires: 3600,
-            default_expires: 3600,
-            nonce_lifetime: nonce::DEFAULT_LIFETIME,
-            nonce_table_capacity: nonce::DEFAULT_TABLE_CAPACITY,
-            secret: rand::random::<[u8; 32]>().to_vec(),
-            max_message_size: 64 * 1024,
-            udp_receivers: 2,
-            udp_recv_buffer: 4 * 1024 * 1024,
-            backend_timeout: Duration::from_secs(5),
-            transaction_capacity: 200_000,
-            transaction_memory: 64 * 1024 * 1024,
-            challenge_md5_first: false,
-            server_header: Some("Dialtone".to_owned()),
-            tcp_idle_timeout: Duration::from_secs(600),
-            max_tcp_connections: 10_000,
-            max_udp_in_flight: 65_536,
-            max_tcp_in_flight_per_connection: 1_024,
-            no_answer_timeout: Duration::from_secs(60),
-            max_call_duration: Duration::from_secs(4 * 3600),
-            guard: crate::guard::GuardConfig::default(),
-        }
-    }
-}
-
-impl GatewayConfig {
-    fn validate(&self) -> Result<()> {
-        if self.listen.is_empty() {
-            return Err(Error::Config("no listen address".into()));
-        }
-        if self.min_expires > self.max_expires {
-            return Err(Error::Config("min_expires > max_expires".into()));
-        }
-        if self.default_expires < self.min_expires || self.default_expires > self.max_expires {
-            return Err(Error::Config(
-                "default_expires outside [min_expires, max_expires]".into(),
-            ));
-        }
-        if self.secret.len() < 16 {
-            return Err(Error::Config("secret shorter than 16 bytes".into()));
-        }
-        Ok(())
-    }
-}
 
 /// Counts tasks still handling a message, for a graceful shutdown.
 #[derive(Default)]
@@ -444,23 +331,39 @@ async fn tcp_accept_loop(
         let shutdown = shutdown.clone();
         let in_flight = in_flight.clone();
         let transports = transports.clone();
+        let (tx, rx) = mpsc::channel::<Bytes>(TCP_SEND_QUEUE);
         tokio::spawn(async move {
-            tcp_connection(core, stream, peer, shutdown, in_flight, transports).await;
+            tcp_connection(
+                core,
+                stream,
+                peer,
+                (tx, rx),
+                shutdown,
+                in_flight,
+                transports,
+            )
+            .await;
             drop(permit);
         });
     }
 }
 
+/// How many messages may wait to be written on one TCP connection.
+const TCP_SEND_QUEUE: usize = 1024;
+
+/// Serves one TCP connection. `(tx, rx)` is its send queue: the caller
+/// made it, so that a connection we open ourselves can be given its first
+/// message before the connection task runs.
 async fn tcp_connection(
     core: Arc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
+    (tx, mut rx): (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
     mut shutdown: watch::Receiver<bool>,
     in_flight: Arc<InFlight>,
     transports: Arc<Transports>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
     // The proxy sends requests and relayed responses for this peer on
     // this connection (a phone registered over TCP is reached on it).
     if let Ok(mut map) = transports.tcp.lock() {
@@ -532,7 +435,7 @@ async fn tcp_connection(
                             &source,
                             513,
                             "Message Too Large",
-                            &crate::response::random_tag(),
+                            &crate::wire::response::random_tag(),
                         );
                         if let Some(s) = &core.config().server_header {
                             r.header("Server", s);
@@ -581,8 +484,9 @@ struct Transports {
 }
 
 impl crate::proxy::Outbound for Transports {
-    fn send(&self, transport: Transport, dest: SocketAddr, bytes: Bytes) {
-        match transport {
+    fn send(&self, flow: crate::transport::Flow, bytes: Bytes) {
+        let dest = flow.remote;
+        match flow.transport {
             Transport::Udp => {
                 let Some(socket) = self.udp.first() else {
                     return;
@@ -632,24 +536,24 @@ impl crate::proxy::Outbound for Transports {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    // The connection task registers its sender before it
-                    // first waits; then the message goes on it.
-                    let t2 = transports.clone();
-                    tokio::spawn(async move {
-                        tcp_connection(core, stream, dest, shutdown, in_flight, t2).await;
-                    });
-                    for _ in 0..100 {
-                        let tx = transports
-                            .tcp
-                            .lock()
-                            .ok()
-                            .and_then(|m| m.get(&dest).cloned());
-                        if let Some(tx) = tx {
-                            let _ = tx.send(bytes).await;
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    // The message is queued before the connection task
+                    // starts: it is the first thing written on it.
+                    let (tx, rx) = mpsc::channel::<Bytes>(TCP_SEND_QUEUE);
+                    if tx.try_send(bytes).is_err() {
+                        tracing::debug!(%dest, "TCP send queue refused the first message");
                     }
+                    tokio::spawn(async move {
+                        tcp_connection(
+                            core,
+                            stream,
+                            dest,
+                            (tx, rx),
+                            shutdown,
+                            in_flight,
+                            transports,
+                        )
+                        .await;
+                    });
                 });
             }
         }

@@ -3,7 +3,7 @@
 //! message is buffered (headers, then Content-Length bytes of body); the
 //! caller parses it afterwards from exactly those bytes.
 
-use crate::message::header_end;
+use crate::wire::message::header_end;
 
 /// What the start of the buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

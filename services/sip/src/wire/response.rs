@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-use crate::message::{host_ip, Message, Name, NameAddr, Via};
+use crate::wire::message::{host_ip, Message, Name, NameAddr, Via};
 
 /// How the transport saw the request: used for Via `received`/`rport`
 /// (RFC 3261 s.18.2.1, RFC 3581) and to route the response.
@@ -88,7 +88,7 @@ pub fn udp_destination(via: &Via<'_>, source: SocketAddr) -> SocketAddr {
 pub(crate) fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, source: &Source) {
     out.extend_from_slice(via.head.as_bytes());
     let mut wants_rport = false;
-    for (name, value) in crate::message::params(via.params) {
+    for (name, value) in crate::wire::message::params(via.params) {
         if name.eq_ignore_ascii_case("received") {
             continue; // rewritten below
         }

@@ -1,0 +1,759 @@
+//! The call engine: every call being set up and every answered dialog of
+//! one shard of the proxy, as a sans-IO state machine (the quinn-proto
+//! shape).
+//!
+//! Inputs are parsed messages, timer expiries and "these call steps are
+//! durable" notices, each with `now`; outputs are [`Action`]s the shell
+//! polls ([`Engine::poll_action`]) and the next instant it must be woken at
+//! ([`Engine::poll_timeout`]). It never reads the clock, never sleeps,
+//! never sends and has no randomness of its own (branch ids and tags come
+//! from a seeded generator), so a simulation can drive it
+//! deterministically (`tests/call_simulation.rs`).
+//!
+//! Durability: a step that a message reports (a failure before the final
+//! response, the end of a call before the BYE is forwarded) is handed out
+//! as [`Action::Record`] with a [`RecordToken`]; what depends on it is
+//! parked until the shell calls [`Engine::record_done`].
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::backend::{CallCause, CallRecord, HangupSide, RoutePlan};
+use crate::proxy::forward::{self, Forward};
+use crate::transaction::Key;
+use crate::transport::Flow;
+use crate::wire::message::{Message, Method, Name, StartLine};
+use crate::wire::response::Source;
+
+use super::call::{via, CallSetup, Effect, ProxyCall};
+use super::legs::Legs;
+use super::ProxySettings;
+
+/// How long a dialog that is being torn down is remembered (BYE
+/// retransmissions still find it).
+pub(crate) const DIALOG_LINGER: Duration = Duration::from_secs(32);
+/// How often answered dialogs are checked for their maximum duration and
+/// forgotten after their linger.
+const DIALOG_SWEEP: Duration = Duration::from_secs(1);
+
+/// Answered calls' durations, answer to end (seconds).
+const CALL_DURATION: &str = "dialtone_sip_call_duration_seconds";
+
+/// Names a durable recording the engine waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordToken(u64);
+
+/// What the engine asks the shell to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send `bytes` on `flow`.
+    Send(Flow, Bytes),
+    /// Record call steps after every earlier step of the same call (by
+    /// `call_id`). With `done`, call [`Engine::record_done`] once they are
+    /// durable (or failed: the call goes on either way). `last`: the call
+    /// records nothing after this.
+    Record {
+        call_id: String,
+        records: Vec<CallRecord>,
+        done: Option<RecordToken>,
+        last: bool,
+    },
+}
+
+/// What the gateway hands to a call being set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallInput {
+    /// The caller retransmitted its INVITE.
+    InviteAgain,
+    /// The caller cancelled (the CANCEL itself is answered by the caller
+    /// of [`Engine::to_call`]).
+    Cancel,
+    /// The caller acknowledged our non-2xx final response.
+    Ack,
+}
+
+/// A new proxied INVITE (see [`Engine::start_call`]).
+pub struct NewCall<'a> {
+    pub msg: &'a Message<'a>,
+    pub raw: Bytes,
+    pub key: Key,
+    pub source: Source,
+    /// Where responses to the caller go.
+    pub upstream: Flow,
+    pub legs: Legs,
+    pub plan: RoutePlan,
+    /// How many of the INVITE's leading Route elements are ours.
+    pub pop_routes: usize,
+    pub max_forwards: u32,
+}
+
+/// Counters a simulation checks (and the shell may export).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Calls started.
+    pub calls: u64,
+    /// Timer expiries handled for calls (one per call per expiry).
+    pub call_wakeups: u64,
+    /// Expiries after which the call still had a timer at or before
+    /// `now`: a call that would spin. Always 0 unless there is a bug.
+    pub stuck_timers: u64,
+}
+
+/// The parties of an answered call, for routing requests inside it.
+pub(crate) struct DialogParties {
+    pub caller_tag: String,
+    pub callee_tag: String,
+    pub caller: Flow,
+    pub callee: Flow,
+    pub caller_contact: String,
+    pub callee_contact: String,
+    /// From (caller, with tag) and To (callee, with tag) as in the INVITE
+    /// and its 2xx, for the BYEs the proxy may send itself.
+    pub from: String,
+    pub to: String,
+    pub caller_cseq: u32,
+}
+
+/// An answered call. Once it ends only what routes a retransmitted BYE is
+/// kept (the rest is `live`), so that the 32 s of lingering cost ~150 bytes
+/// a call, not ~1 KB.
+pub(crate) struct Dialog {
+    live: Option<Box<LiveDialog>>,
+    caller_tag: String,
+    callee_tag: String,
+    caller: Flow,
+    callee: Flow,
+    caller_cseq: u32,
+    callee_cseq: u32,
+    answered_at: Instant,
+    /// Set once a BYE passed (or the proxy ended the call).
+    ending_since: Option<Instant>,
+    /// The recording of the call's end: until it is durable, every
+    /// request of the dialog waits with the BYE that ended it (the other
+    /// side's own BYE crossing ours must not arrive first either).
+    ending_token: Option<RecordToken>,
+    /// Other phones that answered the forked INVITE too (their To tag and
+    /// flow): requests between them and the caller are routed, and record
+    /// nothing (the call was answered by the first).
+    others: Vec<(String, Flow)>,
+}
+
+/// What an answered call needs until it ends.
+struct LiveDialog {
+    legs: Legs,
+    caller_contact: String,
+    callee_contact: String,
+    from: String,
+    to: String,
+}
+
+impl Dialog {
+    pub(crate) fn new(legs: Legs, p: DialogParties, now: Instant) -> Dialog {
+        Dialog {
+            live: Some(Box::new(LiveDialog {
+                legs,
+                caller_contact: p.caller_contact,
+                callee_contact: p.callee_contact,
+                from: p.from,
+                to: p.to,
+            })),
+            caller_tag: p.caller_tag,
+            callee_tag: p.callee_tag,
+            caller: p.caller,
+            callee: p.callee,
+            caller_cseq: p.caller_cseq,
+            callee_cseq: 0,
+            answered_at: now,
+            ending_since: None,
+            ending_token: None,
+            others: Vec::new(),
+        }
+    }
+}
+
+/// What waits for a durable recording.
+enum Parked {
+    /// A call's final response.
+    Call(u64),
+    /// Messages to send (a BYE to forward, the proxy's own BYEs).
+    Sends(Vec<(Flow, Bytes)>),
+}
+
+/// SplitMix64: branch ids and BYE branches, seeded by the shell (random)
+/// or by a simulation (its seed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// One shard of the proxy's state.
+pub struct Engine {
+    settings: ProxySettings,
+    record_route: String,
+    rng: Rng,
+    branch_salt: u64,
+    next_call: u64,
+    calls: HashMap<u64, ProxyCall>,
+    invites: HashMap<Key, u64>,
+    /// INVITEs answered with a 2xx whose call is forgotten: their
+    /// retransmissions are absorbed until the instant (Timer L, RFC 6026
+    /// s.7.1) instead of starting a second call.
+    accepted: HashMap<Key, Instant>,
+    branches: HashMap<Box<str>, (u64, usize)>,
+    /// Each call's next deadline, ordered.
+    timers: BTreeSet<(Instant, u64)>,
+    scheduled: HashMap<u64, Instant>,
+    dialogs: HashMap<Box<str>, Dialog>,
+    next_sweep: Option<Instant>,
+    parked: HashMap<RecordToken, Parked>,
+    next_token: u64,
+    actions: VecDeque<Action>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// An engine whose branch ids and tags derive from `seed`.
+    pub fn new(settings: ProxySettings, seed: u64) -> Engine {
+        let mut rng = Rng(seed);
+        let branch_salt = rng.next();
+        Engine {
+            record_route: format!("<sip:{};lr>", settings.advertised),
+            settings,
+            rng,
+            branch_salt,
+            next_call: 1,
+            calls: HashMap::new(),
+            invites: HashMap::new(),
+            accepted: HashMap::new(),
+            branches: HashMap::new(),
+            timers: BTreeSet::new(),
+            scheduled: HashMap::new(),
+            dialogs: HashMap::new(),
+            next_sweep: None,
+            parked: HashMap::new(),
+            next_token: 1,
+            actions: VecDeque::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// Calls being set up and answered calls (including those lingering
+    /// after their BYE).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.calls.len(), self.dialogs.len())
+    }
+
+    /// Is anything at all still held: calls, dialogs, branches, answered
+    /// INVITEs' tombstones, recordings waited for, timers?
+    pub fn is_idle(&self) -> bool {
+        self.calls.is_empty()
+            && self.dialogs.is_empty()
+            && self.invites.is_empty()
+            && self.accepted.is_empty()
+            && self.branches.is_empty()
+            && self.timers.is_empty()
+            && self.scheduled.is_empty()
+            && self.parked.is_empty()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Recordings the engine still waits for.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The next action for the shell.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let call = self.timers.first().map(|(t, _)| *t);
+        match (call, self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Forks a new INVITE as its routing plan says. The caller's `Start`
+    /// step is recorded first.
+    pub fn start_call(&mut self, call: NewCall<'_>, now: Instant) {
+        let handle = self.next_call;
+        self.next_call += 1;
+        self.stats.calls += 1;
+        let to_tag = format!("{:016x}", self.rng.next());
+        let setup = CallSetup {
+            key: call.key.clone(),
+            invite: call.raw,
+            source: call.source,
+            upstream: call.upstream,
+            to_tag,
+            legs: call.legs,
+            steps: call.plan.steps,
+            pop_routes: call.pop_routes,
+            max_forwards: call.max_forwards,
+            advertised: self.settings.advertised.clone(),
+            record_route: self.record_route.clone(),
+            no_answer_timeout: self.settings.no_answer_timeout,
+        };
+        let salt = self.branch_salt ^ self.rng.next();
+        let mut fx = Vec::new();
+        let proxy_call = ProxyCall::start(setup, call.msg, salt, now, &mut fx);
+        self.invites.insert(call.key, handle);
+        self.calls.insert(handle, proxy_call);
+        self.apply(handle, fx, now);
+    }
+
+    /// A retransmitted INVITE, CANCEL or ACK of a call being set up. False
+    /// when no call has this key.
+    pub fn to_call(&mut self, key: &Key, input: CallInput, now: Instant) -> bool {
+        let Some(&handle) = self.invites.get(key) else {
+            // An answered INVITE's retransmission is absorbed; its ACK and
+            // CANCEL are not ours (the ACK of a 2xx is routed in the dialog).
+            return input == CallInput::InviteAgain && self.accepted.contains_key(key);
+        };
+        let Some(call) = self.calls.get_mut(&handle) else {
+            return false;
+        };
+        let mut fx = Vec::new();
+        match input {
+            CallInput::InviteAgain => call.on_invite_again(&mut fx),
+            CallInput::Cancel => call.on_cancel(now, &mut fx),
+            CallInput::Ack => call.on_ack(now),
+        }
+        self.apply(handle, fx, now);
+        true
+    }
+
+    /// A response arrived: to its call (a branch we keep state for), or
+    /// relayed by its Via (a request forwarded without state, or a 2xx
+    /// retransmission after the call was forgotten). False when it is not
+    /// for us (dropped).
+    pub fn on_response(&mut self, msg: &Message<'_>, now: Instant) -> bool {
+        let Ok(top) = msg.top_via() else {
+            return false;
+        };
+        let Some(branch) = top.branch() else {
+            return false;
+        };
+        if branch.starts_with("z9hG4bK-dt") {
+            if let Some(&(handle, i)) = self.branches.get(branch) {
+                let mut fx = Vec::new();
+                if let Some(call) = self.calls.get_mut(&handle) {
+                    call.on_response(msg, i, now, &mut fx);
+                }
+                self.apply(handle, fx, now);
+                return true;
+            }
+            // The call is forgotten: only 2xx retransmissions still matter.
+            let StartLine::Response { code, .. } = msg.start else {
+                return false;
+            };
+            if !(200..300).contains(&code) {
+                return true;
+            }
+        } else if !branch.starts_with("z9hG4bK-ds") {
+            return false; // not ours
+        }
+        self.relay_response(msg);
+        true
+    }
+
+    fn relay_response(&mut self, msg: &Message<'_>) {
+        let Some(bytes) = forward::strip_top_via(msg) else {
+            return;
+        };
+        let Some(next) = msg.list(Name::Via).nth(1) else {
+            return;
+        };
+        let Ok(next) = crate::wire::message::Via::parse(next) else {
+            return;
+        };
+        if let Some((transport, dest)) = crate::transport::response_destination(&next) {
+            self.actions
+                .push_back(Action::Send(Flow::new(transport, dest), bytes));
+        }
+    }
+
+    /// Forwards a request inside a dialog (it has a To tag) to the other
+    /// side; for the first BYE, only once the end of the call is durable.
+    /// Returns a response to send back when the request cannot be
+    /// forwarded.
+    pub fn in_dialog(
+        &mut self,
+        msg: &Message<'_>,
+        source: Source,
+        pop_routes: usize,
+        now: Instant,
+    ) -> Option<(u16, &'static str)> {
+        let method_is_ack = matches!(
+            msg.start,
+            StartLine::Request {
+                method: Method::Ack,
+                ..
+            }
+        );
+        let method_is_bye = matches!(
+            msg.start,
+            StartLine::Request {
+                method: Method::Bye,
+                ..
+            }
+        );
+        let call_id = msg.call_id().ok()?;
+        let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or("");
+        let to_tag = msg.to().ok().and_then(|t| t.tag()).unwrap_or("");
+        let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+        let mut ending = None;
+        let mut target = None;
+        let mut waits_for = None;
+        if let Some(d) = self.dialogs.get_mut(call_id) {
+            waits_for = d.ending_token;
+            let from_caller = from_tag == d.caller_tag && to_tag == d.callee_tag;
+            let from_callee = from_tag == d.callee_tag && to_tag == d.caller_tag;
+            if from_caller || from_callee {
+                if from_caller {
+                    d.caller_cseq = d.caller_cseq.max(cseq);
+                    target = Some(d.callee);
+                } else {
+                    d.callee_cseq = d.callee_cseq.max(cseq);
+                    target = Some(d.caller);
+                }
+                if method_is_bye && d.ending_since.is_none() {
+                    d.ending_since = Some(now);
+                    metrics::histogram!(CALL_DURATION)
+                        .record(now.duration_since(d.answered_at).as_secs_f64());
+                    let side = if from_caller {
+                        HangupSide::Caller
+                    } else {
+                        HangupSide::Callee
+                    };
+                    ending = d.live.take().map(|live| {
+                        let records = live.legs.end(CallCause::NormalClearing, side);
+                        (live.legs.call_id, records)
+                    });
+                }
+            } else if from_tag == d.caller_tag {
+                // To another phone that answered the same forked INVITE:
+                // the caller ends that dialog (RFC 3261 s.13.2.2.4).
+                target = d
+                    .others
+                    .iter()
+                    .find(|(tag, _)| tag == to_tag)
+                    .map(|(_, f)| *f);
+            } else if to_tag == d.caller_tag && d.others.iter().any(|(tag, _)| tag == from_tag) {
+                target = Some(d.caller);
+            }
+        }
+        // What to send, and what to answer instead when it cannot be
+        // forwarded. No dialog we know (never answered here, ended, or lost
+        // in a restart): 481. Routing such a request by its own Route or
+        // Request-URI would make the proxy an open relay for anyone who
+        // adds a To tag.
+        let mut sends = Vec::new();
+        let refusal = match target {
+            None => (!method_is_ack).then_some((481, "Call/Transaction Does Not Exist")),
+            Some(flow) => match msg.max_forwards() {
+                Ok(Some(0)) => (!method_is_ack).then_some((483, "Too Many Hops")),
+                Err(_) => (!method_is_ack).then_some((400, "Bad Max-Forwards")),
+                Ok(max) => {
+                    let branch = self.stateless_branch(msg);
+                    let via = via(&self.settings.advertised, flow.transport, &branch);
+                    let bytes = forward::forward_request(
+                        msg,
+                        &Forward {
+                            ruri: None,
+                            via: &via,
+                            record_route: None,
+                            source,
+                            max_forwards: max.map_or(70, |n| n - 1),
+                            pop_routes,
+                            drop_proxy_authorization: false,
+                        },
+                    );
+                    sends.push((flow, bytes));
+                    None
+                }
+            },
+        };
+        if let Some((sip_call_id, (legs_call_id, records))) = ending.map(|e| (call_id, e)) {
+            let token = self.record_then_send(legs_call_id, records, sends);
+            if let Some(d) = self.dialogs.get_mut(sip_call_id) {
+                d.ending_token = Some(token);
+            }
+        } else {
+            match waits_for.and_then(|t| self.parked.get_mut(&t)) {
+                Some(Parked::Sends(waiting)) => waiting.extend(sends),
+                _ => {
+                    for (flow, bytes) in sends {
+                        self.actions.push_back(Action::Send(flow, bytes));
+                    }
+                }
+            }
+        }
+        self.schedule_sweep(now);
+        refusal
+    }
+
+    /// A branch for a request forwarded without state: the same for a
+    /// retransmission, different for another request (RFC 3261 s.16.11).
+    fn stateless_branch(&self, msg: &Message<'_>) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.branch_salt.hash(&mut h);
+        msg.list(Name::Via).next().unwrap_or("").hash(&mut h);
+        msg.header(Name::CSeq).unwrap_or("").hash(&mut h);
+        if let StartLine::Request { uri, .. } = msg.start {
+            uri.hash(&mut h);
+        }
+        format!("z9hG4bK-ds{:016x}", h.finish())
+    }
+
+    /// Records `records` durably, then sends `sends`.
+    fn record_then_send(
+        &mut self,
+        call_id: String,
+        records: Vec<CallRecord>,
+        sends: Vec<(Flow, Bytes)>,
+    ) -> RecordToken {
+        let token = self.token();
+        self.parked.insert(token, Parked::Sends(sends));
+        self.actions.push_back(Action::Record {
+            call_id,
+            records,
+            done: Some(token),
+            last: true,
+        });
+        token
+    }
+
+    fn token(&mut self) -> RecordToken {
+        let t = RecordToken(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    /// Recording `token` finished (durably, or it failed and was logged:
+    /// the call goes on either way, as a phone would).
+    pub fn record_done(&mut self, token: RecordToken, now: Instant) {
+        match self.parked.remove(&token) {
+            Some(Parked::Call(handle)) => {
+                let mut fx = Vec::new();
+                if let Some(call) = self.calls.get_mut(&handle) {
+                    call.on_recorded(now, &mut fx);
+                }
+                self.apply(handle, fx, now);
+            }
+            Some(Parked::Sends(sends)) => {
+                for (flow, bytes) in sends {
+                    self.actions.push_back(Action::Send(flow, bytes));
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, h)| *h)
+            .collect();
+        for handle in due {
+            self.stats.call_wakeups += 1;
+            let mut fx = Vec::new();
+            if let Some(call) = self.calls.get_mut(&handle) {
+                call.on_timer(now, &mut fx);
+                if call.next_deadline().is_some_and(|t| t <= now) && !call.is_done() {
+                    self.stats.stuck_timers += 1;
+                    tracing::error!("a call kept a timer in the past: not rescheduled at once");
+                }
+            }
+            self.apply(handle, fx, now);
+        }
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            self.next_sweep = None;
+            self.sweep_dialogs(now);
+            self.schedule_sweep(now);
+        }
+    }
+
+    fn schedule_sweep(&mut self, now: Instant) {
+        if self.next_sweep.is_none() && !(self.dialogs.is_empty() && self.accepted.is_empty()) {
+            self.next_sweep = Some(now + DIALOG_SWEEP);
+        }
+    }
+
+    /// Forgets dialogs that ended, ends calls that went on beyond the
+    /// maximum call duration.
+    fn sweep_dialogs(&mut self, now: Instant) {
+        self.accepted.retain(|_, until| *until > now);
+        self.dialogs.retain(|_, d| match d.ending_since {
+            Some(since) => now.duration_since(since) < DIALOG_LINGER,
+            None => true,
+        });
+        let max = self.settings.max_call_duration;
+        let expired: Vec<Box<str>> = self
+            .dialogs
+            .iter()
+            .filter(|(_, d)| d.ending_since.is_none() && now.duration_since(d.answered_at) >= max)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for call_id in expired {
+            let Some(d) = self.dialogs.get_mut(&call_id) else {
+                continue;
+            };
+            d.ending_since = Some(now);
+            metrics::histogram!(CALL_DURATION)
+                .record(now.duration_since(d.answered_at).as_secs_f64());
+            let Some(live) = d.live.take() else {
+                continue;
+            };
+            tracing::info!(sip_call_id = %call_id, "maximum call duration reached: ending the call");
+            let byes = own_byes(&self.settings.advertised, &mut self.rng, &call_id, d, &live);
+            let records = live.legs.end(CallCause::Timeout, HangupSide::System);
+            let token = self.record_then_send(live.legs.call_id, records, byes);
+            if let Some(d) = self.dialogs.get_mut(&call_id) {
+                d.ending_token = Some(token);
+            }
+        }
+    }
+
+    /// Applies a call's effects, then forgets the call if it is done or
+    /// reschedules its timer.
+    fn apply(&mut self, handle: u64, fx: Vec<Effect>, now: Instant) {
+        for effect in fx {
+            match effect {
+                Effect::Send(flow, bytes) => self.actions.push_back(Action::Send(flow, bytes)),
+                Effect::Record(records) => {
+                    if let Some(call) = self.calls.get(&handle) {
+                        self.actions.push_back(Action::Record {
+                            call_id: call.legs().call_id.clone(),
+                            records,
+                            done: None,
+                            last: false,
+                        });
+                    }
+                }
+                Effect::RecordDurable(records) => {
+                    let token = self.token();
+                    self.parked.insert(token, Parked::Call(handle));
+                    if let Some(call) = self.calls.get(&handle) {
+                        self.actions.push_back(Action::Record {
+                            call_id: call.legs().call_id.clone(),
+                            records,
+                            done: Some(token),
+                            last: true,
+                        });
+                    }
+                }
+                Effect::NewBranch(id, i) => {
+                    self.branches.insert(id, (handle, i));
+                }
+                Effect::OpenDialog(call_id, dialog) => {
+                    self.dialogs.insert(call_id, dialog);
+                    self.schedule_sweep(now);
+                }
+                Effect::AlsoAnswered(call_id, tag, flow) => {
+                    if let Some(d) = self.dialogs.get_mut(&call_id) {
+                        if !d.others.iter().any(|(t, _)| *t == tag) {
+                            d.others.push((tag, flow));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(old) = self.scheduled.remove(&handle) {
+            self.timers.remove(&(old, handle));
+        }
+        let Some(call) = self.calls.get(&handle) else {
+            return;
+        };
+        if call.is_done() {
+            if let Some(call) = self.calls.remove(&handle) {
+                if call.was_answered() {
+                    self.accepted
+                        .insert(call.key().clone(), now + super::call::TIMER_64T1);
+                    self.schedule_sweep(now);
+                }
+                self.invites.remove(call.key());
+                for id in call.branch_ids() {
+                    self.branches.remove(id);
+                }
+            }
+            return;
+        }
+        if let Some(at) = call.next_deadline() {
+            // Never in the past: a timer the call failed to consume is
+            // retried a millisecond later instead of at once.
+            let at = if at <= now {
+                now + Duration::from_millis(1)
+            } else {
+                at
+            };
+            self.timers.insert((at, handle));
+            self.scheduled.insert(handle, at);
+        }
+    }
+}
+
+/// The BYEs that end dialog `d` on both sides.
+fn own_byes(
+    advertised: &str,
+    rng: &mut Rng,
+    call_id: &str,
+    d: &Dialog,
+    live: &LiveDialog,
+) -> Vec<(Flow, Bytes)> {
+    let mut out = Vec::with_capacity(2);
+    let callee_via = via(
+        advertised,
+        d.callee.transport,
+        &format!("z9hG4bK-ds{:016x}", rng.next()),
+    );
+    out.push((
+        d.callee,
+        forward::bye(&forward::OwnBye {
+            ruri: &live.callee_contact,
+            via: &callee_via,
+            from: &live.from,
+            to: &live.to,
+            call_id,
+            cseq: d.caller_cseq.saturating_add(1),
+            route: None,
+        }),
+    ));
+    let caller_via = via(
+        advertised,
+        d.caller.transport,
+        &format!("z9hG4bK-ds{:016x}", rng.next()),
+    );
+    out.push((
+        d.caller,
+        forward::bye(&forward::OwnBye {
+            ruri: &live.caller_contact,
+            via: &caller_via,
+            from: &live.to,
+            to: &live.from,
+            call_id,
+            cseq: d.callee_cseq.saturating_add(1),
+            route: None,
+        }),
+    ));
+    out
+}

@@ -1,0 +1,451 @@
+//! The stateful forking proxy for calls between users (RFC 3261 s.16).
+//!
+//! The logic is the sans-IO call [`engine`]: an authenticated initial
+//! INVITE becomes a [`call::ProxyCall`] that owns the INVITE server
+//! transaction towards the caller and one INVITE client transaction per
+//! target of the routing plan (parallel forking within a step, steps one
+//! after the other), with their timers (A, B, D, G, H, I, the no-answer
+//! timeout and the steps' ring timeouts). After the first 2xx the engine
+//! keeps a *dialog* entry (Call-ID, tags and the flow of each side) so
+//! that requests inside the dialog, which the phones send to us because of
+//! our Record-Route, are forwarded to the other side without transaction
+//! state (RFC 3261 s.16.11). Responses to those come back through our Via
+//! and are relayed by it.
+//!
+//! This module is the thin async shell around it: [`Proxy`] splits the
+//! calls over shards by Call-ID (every message of a call, responses and
+//! in-dialog requests included, carries it), runs each shard's engine under
+//! a mutex, executes the actions it returns (sends through [`Outbound`],
+//! call steps through a [`Recorder`] per call) and wakes each shard at the
+//! instant its engine asks for. Terminal call steps (failed, ended) are
+//! durable before the response or BYE they describe is forwarded (ADR
+//! 0007): the engine parks that message until the shell reports the
+//! recording done.
+
+pub(crate) mod call;
+pub mod engine;
+pub(crate) mod forward;
+pub mod legs;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::backend::{BackendError, CallRecord, Registry};
+use crate::transaction::Key;
+use crate::transport::Flow;
+use crate::wire::message::{Message, NameAddr, Uri};
+use crate::wire::response::Source;
+
+pub use engine::{Action, CallInput, Engine, EngineStats, NewCall, RecordToken};
+pub use legs::Legs;
+
+/// Sends bytes to a peer: what the proxy needs from the transports.
+pub trait Outbound: Send + Sync + 'static {
+    /// Sends `bytes` on `flow` (TCP: on the connection to the flow's
+    /// remote address, opening one when there is none). Never blocks;
+    /// failures are logged (SIP over UDP is lossy anyway and the timers
+    /// cover it).
+    fn send(&self, flow: Flow, bytes: Bytes);
+}
+
+/// An [`Outbound`] that sends nothing (a core without transports: tests).
+pub struct Nowhere;
+
+impl Outbound for Nowhere {
+    fn send(&self, _: Flow, _: Bytes) {}
+}
+
+/// Counts a call attempt by the final status the caller got (bounded
+/// labels: the status codes a proxy relays).
+pub(crate) fn call_attempt(status: u16) {
+    metrics::counter!(
+        "dialtone_sip_call_attempts_total",
+        "status" => crate::wire::response::status_label(status)
+    )
+    .increment(1);
+}
+
+/// Proxy settings, from the gateway's configuration.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// `host:port` of our Via and Record-Route.
+    pub advertised: String,
+    /// Every address we listen on (to recognise our own Route entries).
+    pub local: Vec<SocketAddr>,
+    /// An unanswered call is given up after this (`480`, cause `no_answer`).
+    pub no_answer_timeout: Duration,
+    /// An answered call is ended by the proxy after this (cause `timeout`).
+    pub max_call_duration: Duration,
+}
+
+/// How a recording job reports back.
+enum Done {
+    /// Nobody waits.
+    None,
+    /// A task awaits it.
+    Oneshot(oneshot::Sender<Result<(), BackendError>>),
+    /// The engine of shard `usize` waits for `RecordToken`.
+    Engine(Weak<Shared>, usize, RecordToken),
+}
+
+type RecordJob = (Vec<CallRecord>, Done);
+
+/// Hands a call's steps to the backend one batch at a time, in order.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    tx: mpsc::UnboundedSender<RecordJob>,
+}
+
+impl Recorder {
+    pub fn spawn(registry: Arc<dyn Registry>) -> Recorder {
+        let (tx, mut rx) = mpsc::unbounded_channel::<RecordJob>();
+        tokio::spawn(async move {
+            while let Some((records, done)) = rx.recv().await {
+                let result = registry.record_call(records).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "recording a call step failed");
+                    metrics::counter!("dialtone_sip_call_record_failures_total").increment(1);
+                }
+                match done {
+                    Done::None => {}
+                    Done::Oneshot(ack) => {
+                        let _ = ack.send(result);
+                    }
+                    Done::Engine(shared, shard, token) => {
+                        if let Some(shared) = shared.upgrade() {
+                            shared.run(shard, |engine, now| engine.record_done(token, now));
+                        }
+                    }
+                }
+            }
+        });
+        Recorder { tx }
+    }
+
+    /// Queues steps and waits until they (and every step queued before
+    /// them) are durable.
+    pub async fn record_durable(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((records, Done::Oneshot(ack)))
+            .map_err(|_| BackendError::Internal("call recorder stopped".into()))?;
+        done.await
+            .map_err(|_| BackendError::Internal("call recorder stopped".into()))?
+    }
+
+    /// Queues steps without waiting for them.
+    pub fn record(&self, records: Vec<CallRecord>) {
+        self.send(records, Done::None);
+    }
+
+    fn send(&self, records: Vec<CallRecord>, done: Done) {
+        let _ = self.tx.send((records, done));
+    }
+}
+
+/// How many engines the calls are spread over (by Call-ID): enough that
+/// the tokio workers rarely wait for each other's lock.
+const SHARDS: usize = 16;
+
+/// A shard's longest sleep: also how soon its timer task notices that the
+/// proxy is gone.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+struct Shard {
+    engine: Mutex<ShardState>,
+    wake: Notify,
+}
+
+struct ShardState {
+    engine: Engine,
+    /// The instant the shard's timer task sleeps until.
+    armed: Option<Instant>,
+}
+
+struct Shared {
+    shards: Vec<Shard>,
+    out: Arc<dyn Outbound>,
+    registry: Arc<dyn Registry>,
+    /// The recorder of every call that may still record a step.
+    recorders: Mutex<HashMap<String, Recorder>>,
+    timers_started: OnceLock<()>,
+}
+
+impl Shared {
+    /// Runs `f` on shard `i`'s engine, then executes what it asked for
+    /// and wakes the shard's timer task if its next deadline moved closer.
+    fn run<R>(self: &Arc<Self>, i: usize, f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
+        let now = Instant::now();
+        let (result, actions, wake) = {
+            // A panic while holding the lock left the engine as it was
+            // before the failed input: carry on with it.
+            let mut state = self.shards[i]
+                .engine
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let result = f(&mut state.engine, now);
+            let mut actions = Vec::new();
+            while let Some(a) = state.engine.poll_action() {
+                actions.push(a);
+            }
+            let next = state.engine.poll_timeout();
+            let wake = next.is_some_and(|t| state.armed.is_none_or(|armed| t < armed));
+            (result, actions, wake)
+        };
+        if wake {
+            self.shards[i].wake.notify_one();
+        }
+        for action in actions {
+            self.execute(i, action);
+        }
+        result
+    }
+
+    fn execute(self: &Arc<Self>, shard: usize, action: Action) {
+        match action {
+            Action::Send(flow, bytes) => self.out.send(flow, bytes),
+            Action::Record {
+                call_id,
+                records,
+                done,
+                last,
+            } => {
+                let recorder = {
+                    let Ok(mut map) = self.recorders.lock() else {
+                        return;
+                    };
+                    let recorder = map
+                        .entry(call_id.clone())
+                        .or_insert_with(|| Recorder::spawn(self.registry.clone()))
+                        .clone();
+                    if last {
+                        map.remove(&call_id);
+                    }
+                    recorder
+                };
+                let done = match done {
+                    Some(token) => Done::Engine(Arc::downgrade(self), shard, token),
+                    None => Done::None,
+                };
+                recorder.send(records, done);
+            }
+        }
+    }
+
+    fn start_timers(self: &Arc<Self>) {
+        self.timers_started.get_or_init(|| {
+            for i in 0..self.shards.len() {
+                tokio::spawn(shard_timer(Arc::downgrade(self), i));
+            }
+        });
+    }
+}
+
+/// Wakes shard `i` when its engine asks for it.
+async fn shard_timer(shared: Weak<Shared>, i: usize) {
+    loop {
+        let Some(s) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let sleep_until = {
+            let Ok(mut state) = s.shards[i].engine.lock() else {
+                return;
+            };
+            let until = state
+                .engine
+                .poll_timeout()
+                .map_or(now + MAX_SLEEP, |t| t.min(now + MAX_SLEEP));
+            state.armed = Some(until);
+            until
+        };
+        tokio::select! {
+            _ = s.shards[i].wake.notified() => {}
+            _ = tokio::time::sleep_until(sleep_until.into()) => {}
+        }
+        s.run(i, |engine, now| engine.handle_timeout(now));
+        if i == 0 {
+            let dialogs: usize = s
+                .shards
+                .iter()
+                .filter_map(|sh| sh.engine.lock().ok().map(|st| st.engine.counts().1))
+                .sum();
+            metrics::gauge!("dialtone_sip_dialogs").set(dialogs as f64);
+        }
+    }
+}
+
+/// The proxy: the call engines and what connects them to the network and
+/// the backend.
+pub struct Proxy {
+    settings: ProxySettings,
+    /// `advertised` split once (host without brackets, port), for
+    /// recognising our own Route entries on every in-dialog request.
+    advertised_host_port: (String, u16),
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    pub fn new(
+        settings: ProxySettings,
+        out: Arc<dyn Outbound>,
+        registry: Arc<dyn Registry>,
+    ) -> Proxy {
+        let a = settings.advertised.as_str();
+        let (host, port) = match a.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => match p.parse::<u16>() {
+                Ok(port) => (h, port),
+                Err(_) => (a, 5060),
+            },
+            _ => (a, 5060),
+        };
+        let advertised_host_port = (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        );
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                engine: Mutex::new(ShardState {
+                    engine: Engine::new(settings.clone(), rand::random()),
+                    armed: None,
+                }),
+                wake: Notify::new(),
+            })
+            .collect();
+        Proxy {
+            settings,
+            advertised_host_port,
+            shared: Arc::new(Shared {
+                shards,
+                out,
+                registry,
+                recorders: Mutex::new(HashMap::new()),
+                timers_started: OnceLock::new(),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &ProxySettings {
+        &self.settings
+    }
+
+    /// Calls being set up and calls answered (metrics, tests).
+    pub fn counts(&self) -> (usize, usize) {
+        self.shared
+            .shards
+            .iter()
+            .filter_map(|s| s.engine.lock().ok().map(|st| st.engine.counts()))
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+
+    /// Is this URI (a Route entry) one of our addresses?
+    pub fn is_ours(&self, uri: &str) -> bool {
+        let Some(u) = Uri::parse(uri) else {
+            return false;
+        };
+        let port = u.port.unwrap_or(5060);
+        let host = u.host.trim_start_matches('[').trim_end_matches(']');
+        let (ah, ap) = &self.advertised_host_port;
+        let advertised_match = ah.eq_ignore_ascii_case(host) && *ap == port;
+        advertised_match
+            || self
+                .settings
+                .local
+                .iter()
+                .any(|l| l.port() == port && host.parse::<std::net::IpAddr>().ok() == Some(l.ip()))
+    }
+
+    /// How many leading Route elements of `msg` are ours.
+    pub fn our_routes(&self, msg: &Message<'_>) -> usize {
+        msg.list(crate::wire::message::Name::Route)
+            .take_while(|r| NameAddr::parse(r).is_some_and(|n| self.is_ours(n.uri)))
+            .count()
+    }
+
+    fn shard_of(&self, call_id: &str) -> usize {
+        // FNV-1a: cheap, and stable for every message of a call.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in call_id.as_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % SHARDS as u64) as usize
+    }
+
+    /// A retransmitted INVITE, CANCEL or ACK of a call being set up:
+    /// handed to its call. False when no call has this key.
+    pub(crate) fn to_call(&self, call_id: &str, key: &Key, input: CallInput) -> bool {
+        let shard = self.shard_of(call_id);
+        self.shared
+            .run(shard, |engine, now| engine.to_call(key, input, now))
+    }
+
+    /// Forks an authenticated INVITE as its routing plan says.
+    pub(crate) fn start_call(&self, call: NewCall<'_>, received_at: Instant) {
+        self.shared.start_timers();
+        let call_id = call.legs.sip_call_id.clone();
+        let span =
+            tracing::debug_span!("call", sip_call_id = %call_id, call_id = %call.legs.call_id);
+        let _entered = span.enter();
+        let shard = self.shard_of(&call_id);
+        self.shared
+            .run(shard, |engine, now| engine.start_call(call, now));
+        metrics::histogram!("dialtone_sip_invite_forward_seconds")
+            .record(received_at.elapsed().as_secs_f64());
+    }
+
+    /// A response arrived. False when it is not for us (dropped).
+    pub(crate) fn on_response(&self, msg: &Message<'_>) -> bool {
+        let Ok(call_id) = msg.call_id() else {
+            return false;
+        };
+        let shard = self.shard_of(call_id);
+        self.shared
+            .run(shard, |engine, now| engine.on_response(msg, now))
+    }
+
+    /// Forwards a request inside a dialog (it has a To tag) to the other
+    /// side. Returns a response to send back when the request cannot be
+    /// forwarded.
+    pub(crate) fn in_dialog(
+        &self,
+        msg: &Message<'_>,
+        source: Source,
+    ) -> Option<(u16, &'static str)> {
+        let call_id = msg.call_id().ok()?;
+        let shard = self.shard_of(call_id);
+        let pop_routes = self.our_routes(msg);
+        self.shared.run(shard, |engine, now| {
+            engine.in_dialog(msg, source, pop_routes, now)
+        })
+    }
+
+    /// A recorder for steps of a call the proxy does not set up (refused
+    /// before forking: 403, 404, 480).
+    pub(crate) fn recorder(&self) -> Recorder {
+        Recorder::spawn(self.shared.registry.clone())
+    }
+}
+
+/// A fresh random UUID (version 4) as text: the `call_id` shared by the
+/// legs of one call.
+pub(crate) fn new_call_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

@@ -1,0 +1,8 @@
+//! The SIP wire format: parsing and writing messages (RFC 3261 s.7, s.20,
+//! s.25), stream framing for connection-oriented transports, and the
+//! responses this server writes. Knows nothing of transactions, calls or
+//! sockets.
+
+pub mod frame;
+pub mod message;
+pub mod response;
