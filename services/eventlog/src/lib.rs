@@ -7,8 +7,9 @@
 //!
 //! # Main types
 //! - [`NewEvent`]: what a writer hands in (already serialised JSON data).
-//! - [`RecordedEvent`]: the stored envelope (DESIGN section 3): global
-//!   `position`, per-stream `version`, ids, type, schema version, time, data.
+//! - [`RecordedEvent`]: the stored envelope (fields described in
+//!   `docs/events.md`): global `position`, per-stream `version`, ids, type,
+//!   schema version, time, node, correlation id, data.
 //! - [`ExpectedVersion`]: optimistic concurrency, EventStoreDB semantics.
 //! - [`subscribe_all`]: catch-up from any position, then live, built only on
 //!   [`EventStore::read_all`] and the head watch: no channel that could drop
@@ -125,7 +126,7 @@ pub struct NewEvent {
     pub data: String,
 }
 
-/// A stored event: the envelope of DESIGN section 3.
+/// A stored event: its envelope and its data (`docs/events.md`, "Stored form").
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedEvent {
     pub position: Position,
