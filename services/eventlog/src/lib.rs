@@ -6,6 +6,10 @@
 //! ([`conformance`], behind the `conformance` feature) that every backend runs.
 //!
 //! # Main types
+//! - [`EventStore`] (shared as [`SharedStore`]): append with an expected
+//!   version, read a stream, read all by position, list streams, snapshots,
+//!   the head position and its watch, and `load_stream` (the latest
+//!   snapshot plus the events after it: what an actor reads to activate).
 //! - [`NewEvent`]: what a writer hands in (already serialised JSON data).
 //! - [`RecordedEvent`]: the stored envelope (fields described in
 //!   `docs/events.md`): global `position`, per-stream `version`, ids, type,
@@ -23,6 +27,8 @@
 //!   reads go through a small pool of read-only connections; a helper thread
 //!   checkpoints the WAL in the background. `sqlite/tail.rs`: recent events
 //!   not yet in the per-stream index, shared by writer and readers.
+//!   `sqlite/recent.rs`: the events of the last commits, kept in memory so
+//!   that `read_all` near the head (every live follower) needs no query.
 //!   `docs/adr/0001-event-store.md` and `docs/adr/0008-event-log-schema-v3.md`
 //!   say why, and `docs/performance.md` what it does on our machine.
 //! - `subscription.rs`: [`subscribe_all`], for any backend.
@@ -45,7 +51,8 @@
 //!
 //! # What it must not do
 //! It knows nothing of Dialtone's event types: `event_type` and `data` are
-//! opaque strings here. It never reads configuration.
+//! opaque strings here. It never reads configuration. No other crate writes
+//! SQL or touches the database file: this crate is the only way in.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
