@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# REGISTER response time seen by the client (issue 3: "p99 REGISTER response
-# time under half that load < 5 ms"), with exact percentiles instead of
-# SIPp's coarse repartition buckets.
+# REGISTER response time seen by the client (the target: p99 REGISTER
+# response time under half the maximum load < 5 ms), with exact percentiles
+# instead of SIPp's coarse repartition buckets.
 #
 #   loadtest/register-latency.sh [--rate R] [--seconds S] [--users N] [--port P] [--out DIR]
 #

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# SIP benchmark of a Dialtone node with the shared, target-agnostic SIPp
-# harness (../shared/bench/run-sip-bench.sh), in the same way the Kamailio
-# anchor figures were measured, so that the two can be compared in one run.
+# SIP benchmark of a Dialtone node with the target-agnostic SIPp harness
+# (its run-sip-bench.sh, in $DIALTONE_BENCH_DIR; described at the top of
+# docs/performance.md), in the same way the Kamailio anchor figures were
+# measured, so that the two can be compared in one run.
 #
 #   loadtest/sip-bench.sh [--users N] [--port P] [--out DIR] [--kamailio] [-- run-sip-bench.sh options]
 #

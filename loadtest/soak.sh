@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak run (issue 6): registrations and calls together at fixed rates for a
+# Soak run: registrations and calls together at fixed rates for a
 # long time against a fresh release node, sampling its memory and live
 # objects, then judging: RSS growth after warm-up < 5 %, no failed
 # registrations or calls beyond SIPp's own retransmission noise, no leaked

@@ -3,8 +3,8 @@
 //! - `create-users`: N `CreateUser` calls over C concurrent gRPC clients;
 //!   prints the rate, latency percentiles and failures.
 //! - `provision-csv`: creates the users of a SIPp users CSV (the format of
-//!   `shared/bench/sipp/gen-users.sh`), idempotently: the provisioning hook
-//!   for the SIP benchmarks.
+//!   the benchmark harness's `sipp/gen-users.sh`, see `docs/performance.md`),
+//!   idempotently: the provisioning hook for the SIP benchmarks.
 
 mod register;
 mod seed;

@@ -1,26 +1,37 @@
-//! actix actors hosting Dialtone's aggregates.
+//! actix actors hosting Dialtone's aggregates: where commands become durable
+//! events, and where the clock is read ([`now_us`]) and passed to `domain`.
 //!
 //! # What it owns
-//! - [`AggregateActor`]: one actor per aggregate instance (a domain or a
-//!   user). It rebuilds its state from the latest snapshot plus the tail of
-//!   its stream, then handles commands one at a time: expected-version check,
-//!   request-id de-duplication, `decide`, append (durable), `evolve`, reply.
-//!   Only this actor appends to its stream; the stream's expected version
-//!   makes that single-writer rule hold even across nodes.
-//! - [`Directory`]: finds the live actor of a domain or user, activating it on
-//!   demand (on an arbiter chosen by id) and forgetting it when it passivates
-//!   after being idle.
+//! - [`AggregateActor`]: one actor per aggregate instance, generic over an
+//!   [`Aggregate`] ([`DomainAggregate`], [`UserAggregate`]). It activates
+//!   from the latest snapshot plus the tail of its stream, then handles
+//!   commands in batches (one append in flight; commands arriving meanwhile
+//!   are decided one after the other and appended together): request-id
+//!   de-duplication, `decide`, append with the expected version (durable),
+//!   `evolve`, reply. Queries ([`Query`]) see durable state only. Idle
+//!   actors passivate, saving a snapshot when enough was folded since the
+//!   last one.
+//! - [`Directory`]: finds or activates the actor of a domain or user (on an
+//!   arbiter of the [`ActorSystem`] chosen by id), and runs aggregates'
+//!   deadlines ([`Aggregate::next_deadline`], contact expiry) from a
+//!   node-level queue, activating passivated actors on time.
+//! - [`Facts`]: what actors publish after each commit for lock-light reads
+//!   on the SIP hot path (domain status and names, user credentials).
 //! - [`Provisioning`]: the use cases that span several actors (a user's
-//!   creation claims its name in the domain), written so that a crash between
-//!   steps never leaves a half-created user visible.
-//! - [`ActorSystem`]: the actix system and its arbiters, one per core.
-//! - Projections of the log with a checkpoint: [`RegistrationIndex`] (users
-//!   with contacts) and [`CallIndex`] (call legs in progress; closes those
-//!   a previous run left open).
+//!   creation claims its name in the domain), crash-safe between steps.
+//! - Checkpointed projections of the whole log: [`RegistrationIndex`]
+//!   (users with contacts: woken at start-up, "who is online") and
+//!   [`CallIndex`] (call legs in progress; at start-up it closes those a
+//!   previous run left open).
+//! - [`Error`]: domain refusals, version conflicts, event-log failures,
+//!   corrupt data, unreachable actors, kept apart for the API's status codes.
 //!
 //! # What it must not do
 //! No protobuf, no SIP wire formats, no configuration files, no knowledge of
-//! how events are stored beyond the `EventStore` trait.
+//! how events are stored beyond the `EventStore` trait. Nothing but an
+//! aggregate's own actor appends to its stream, and never without an
+//! expected version (which would also fence a stale actor if two nodes
+//! ever activated the same aggregate: its append fails and it reloads).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

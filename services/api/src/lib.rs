@@ -1,21 +1,33 @@
-//! Dialtone's gRPC API (tonic).
+//! Dialtone's gRPC API (tonic): the only crate that compiles protobuf.
 //!
 //! # What it owns
-//! The generated protobuf types and clients ([`pb`], compiled from
-//! `proto/dialtone/v1` by `build.rs`), the service implementations
-//! ([`provisioning::ProvisioningApi`], [`events::EventApi`] with the
-//! subscription engine in [`subscription`], [`status_api::StatusApi`],
-//! [`audit::AuditApi`], [`tokens_api::TokenApi`]), authentication and
-//! scoping ([`auth`]: bearer tokens, an interceptor in front of every
-//! Dialtone service, the token table), the typed event payloads
-//! ([`payload`], an exhaustive mapping from the domain's events), the
-//! mapping of errors to gRPC status codes ([`status`]), and [`serve`],
-//! which runs them with health and reflection (both open) on a listener,
-//! optionally over TLS.
+//! - The generated types, servers and clients ([`pb`], compiled from
+//!   `proto/dialtone/v1` by `build.rs` with `protox`).
+//! - The services: [`provisioning::ProvisioningApi`] (domains, users),
+//!   [`events::EventApi`] (`ReadAll`, `ReadStream`, `Subscribe`, delivered by
+//!   the engine in [`subscription`]), [`status_api::StatusApi`]
+//!   (registrations, presence, calls in progress), [`audit::AuditApi`]
+//!   (state at a version or time; call detail records read from the log by
+//!   [`cdr`]) and [`tokens_api::TokenApi`].
+//! - Authentication and scoping ([`auth`]): bearer tokens checked by an
+//!   interceptor in front of every Dialtone service, the token table, a
+//!   domain token kept to its domain.
+//! - Conversions to protobuf ([`convert`]; [`payload`]: typed event
+//!   payloads by an exhaustive match over the domain's events), name-to-
+//!   stream lookups for the log readers ([`lookup`]), and the mapping of
+//!   errors to gRPC status codes ([`status`]).
+//!
+//! # Main types
+//! [`serve`] / [`serve_with`] run every service plus `grpc.health.v1` and
+//! reflection (both open) on a listener, optionally over TLS
+//! ([`ServeOptions`]), from an [`ApiContext`] (provisioning, the event log,
+//! the two indexes). [`Error`] is for serving only; a request's errors are
+//! `tonic::Status` values made by [`status`].
 //!
 //! # What it must not do
 //! No business rules (they are in `domain`, run by `actors`); no SQL; no
-//! reading of configuration. It is the only crate that compiles protobuf.
+//! reading of configuration (the node passes [`ServeOptions`]). Only this
+//! crate sees protobuf types.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -99,7 +99,7 @@ impl HangupSide {
     }
 }
 
-/// Why a leg ended or failed (DESIGN section 3, plus `node_restart`).
+/// Why a leg ended or failed; `docs/events.md` says when each is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {

@@ -1,24 +1,32 @@
-//! The pure domain model of Dialtone.
+//! The pure domain model of Dialtone: what each command means, as events.
 //!
 //! # What it owns
-//! Identifiers and names ([`ids`], [`names`]), digest credentials
-//! ([`credentials`]), the two aggregates — [`domain::Domain`] (a SIP domain
-//! and the uniqueness of user names inside it) and [`user::User`] (a SIP
-//! user: credentials, settings, registered contacts, call legs and presence,
-//! with the registrar's binding rules in [`registration`] and the call-leg
-//! rules in [`call`]) — with their commands and events, and the
-//! mapping of events to stored `(type, schema_version, data)` triples
-//! ([`event`]). The API's token table is a third, small aggregate
-//! ([`token::Tokens`], one stream) with the same shape.
+//! - Identifiers and names ([`ids`], [`names`]): [`DomainId`] derived from
+//!   the domain name, [`UserId`]s chosen by the caller (random, or derived
+//!   from a request id); validated
+//!   [`DomainName`], [`UserName`] and addresses.
+//! - Digest credentials ([`credentials`]): HA1 values only, never a password.
+//! - The aggregates, each with its `Command`, `Event`, `decide` and `evolve`:
+//!   [`domain::Domain`] (settings, status, the uniqueness of user names in
+//!   it; its stream also records SIP lock-outs), [`user::User`] (credentials, settings, contacts
+//!   with the binding rules of [`registration`], call legs with the rules of
+//!   [`call`], presence) and [`token::Tokens`] (the API's token table).
+//! - The stored form of events ([`event`]): type names, categories, schema
+//!   versions and upcasters, JSON `data`, redaction of secrets for display.
+//!   The JSON Schemas of `schemas/` describe that form (checked by tests).
 //!
-//! Every aggregate follows the same shape:
-//! `decide(&State, &Command, now) -> Result<Vec<Event>, Error>` says what
-//! happens; `evolve(State, &Event) -> State` applies it. Replaying the events
-//! of a stream through `evolve` rebuilds the state.
+//! # Main types
+//! `decide(&State, &Command, now) -> Result<Vec<Event>>` says what happens;
+//! `evolve(State, &Event) -> State` applies it; replaying a stream through
+//! `evolve` rebuilds the state. [`Event`] is the union of every aggregate's
+//! events; [`Error`] holds refusals only (invalid, already exists, not
+//! found, failed precondition, out of order), never infrastructure errors.
+//! [`Timestamp`] is microseconds since the Unix epoch.
 //!
 //! # What it must not do
-//! No IO, no async, no clock, no randomness (time and new ids are passed in),
-//! no SIP wire types, no protobuf, no knowledge of how events are stored.
+//! No IO, no async, no clock, no randomness (time and new ids are passed
+//! in), no SIP wire types, no protobuf, no knowledge of how or where events
+//! are stored (only of their stored `(type, schema_version, data)` form).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -6,9 +6,14 @@
 //! ([`conformance`], behind the `conformance` feature) that every backend runs.
 //!
 //! # Main types
+//! - [`EventStore`] (shared as [`SharedStore`]): append with an expected
+//!   version, read a stream, read all by position, list streams, snapshots,
+//!   the head position and its watch, and `load_stream` (the latest
+//!   snapshot plus the events after it: what an actor reads to activate).
 //! - [`NewEvent`]: what a writer hands in (already serialised JSON data).
-//! - [`RecordedEvent`]: the stored envelope (DESIGN section 3): global
-//!   `position`, per-stream `version`, ids, type, schema version, time, data.
+//! - [`RecordedEvent`]: the stored envelope (fields described in
+//!   `docs/events.md`): global `position`, per-stream `version`, ids, type,
+//!   schema version, time, node, correlation id, data.
 //! - [`ExpectedVersion`]: optimistic concurrency, EventStoreDB semantics.
 //! - [`subscribe_all`]: catch-up from any position, then live, built only on
 //!   [`EventStore::read_all`] and the head watch: no channel that could drop
@@ -22,6 +27,8 @@
 //!   reads go through a small pool of read-only connections; a helper thread
 //!   checkpoints the WAL in the background. `sqlite/tail.rs`: recent events
 //!   not yet in the per-stream index, shared by writer and readers.
+//!   `sqlite/recent.rs`: the events of the last commits, kept in memory so
+//!   that `read_all` near the head (every live follower) needs no query.
 //!   `docs/adr/0001-event-store.md` and `docs/adr/0008-event-log-schema-v3.md`
 //!   say why, and `docs/performance.md` what it does on our machine.
 //! - `subscription.rs`: [`subscribe_all`], for any backend.
@@ -44,7 +51,8 @@
 //!
 //! # What it must not do
 //! It knows nothing of Dialtone's event types: `event_type` and `data` are
-//! opaque strings here. It never reads configuration.
+//! opaque strings here. It never reads configuration. No other crate writes
+//! SQL or touches the database file: this crate is the only way in.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -125,7 +133,7 @@ pub struct NewEvent {
     pub data: String,
 }
 
-/// A stored event: the envelope of DESIGN section 3.
+/// A stored event: its envelope and its data (`docs/events.md`, "Stored form").
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedEvent {
     pub position: Position,

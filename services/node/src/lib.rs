@@ -2,11 +2,22 @@
 //! subcommand is a gRPC client of a running node.
 //!
 //! # What it owns
-//! Configuration ([`config`]: defaults, TOML file, `DIALTONE_*` variables,
-//! flags), the wiring of a node ([`server`]: event log, actor system, gRPC,
-//! metrics, shutdown in order), the demo provisioning and the CLI client
-//! ([`cli`]). The binary's `main` only calls [`main`] here, so that the
-//! black-box tests can build the same program under another name.
+//! - Configuration ([`config`]: defaults < TOML file < `DIALTONE_*`
+//!   variables < flags), the only place where settings and listening
+//!   addresses are read.
+//! - The wiring of a node ([`server`]): event log, actor system, projections,
+//!   SIP gateway, gRPC API, Prometheus metrics exporter, the admin token
+//!   (configured, or made once into `<data-dir>/admin.token`), and shutdown
+//!   in order.
+//! - [`sip_bridge`]: the SIP gateway's `Registry` implemented over the
+//!   actors (credentials, REGISTER as user commands, call routing, call
+//!   steps recorded in both users' streams, lock-outs as domain events).
+//! - The CLI client ([`cli`]) and the demo provisioning ([`demo`]).
+//!
+//! # Main types
+//! [`main`] is the whole program; the binary's `main` only calls it, so
+//! that the black-box tests can build the same program under another name.
+//! Errors here are `anyhow` (this is the binary), reported once by [`main`].
 //!
 //! # What it must not do
 //! No business rules and no protobuf definitions of its own: it wires the
