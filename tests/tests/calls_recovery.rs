@@ -10,12 +10,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use support::sip::{bounded, create_domain, eventually, free_port, sipp_dir, CallPairs, DOMAIN};
+use support::sip::{bounded, create_domain, eventually, sipp_dir, spawn_sipp, CallPairs, DOMAIN};
 use support::{read_all, TestNode};
-use tokio::process::Command;
 
 const SIPP_ARGS: &[&str] = &["--sip-challenge-md5-first"];
 const CALLS: usize = 100;
@@ -68,40 +68,26 @@ async fn kill_9_during_100_calls_leaves_no_leg_in_progress() {
         create_domain(&node, DOMAIN).await.unwrap();
         // Every callee's contact is the one UAS.
         let work = dir.path().join("sipp");
-        let pairs = CallPairs::provision(&node, CALLS, &work).await.unwrap();
-        let uas_port = pairs.uas_port;
-        let mut uas = Command::new("sipp")
-            .current_dir(&work)
-            .arg("-sf")
-            .arg(sipp_dir().join("load_uas.xml"))
-            .args(["-i", "127.0.0.1", "-p", &uas_port.to_string()])
-            .args(["-m", &CALLS.to_string(), "-nostdin", "-timeout", "120s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+        let calls = CALLS.to_string();
+        let uas_args = ["-m", calls.as_str(), "-nostdin", "-timeout", "120s"];
+        let mut pairs = CallPairs::provision(&node, CALLS, &work, &uas_args)
+            .await
             .unwrap();
         // Caller i calls callee i (`calls.csv`) and holds the call for a minute.
-        let inf = work.join("calls.csv");
-        let uac_port = free_port().unwrap();
-        let mut uac = Command::new("sipp")
-            .current_dir(&work)
-            .arg(node.sip_addr().to_string())
-            .arg("-sf")
-            .arg(sipp_dir().join("load_uac_auth.xml"))
-            .arg("-inf")
-            .arg(&inf)
-            .args(["-key", "domain", DOMAIN, "-auth_uri", DOMAIN])
-            .args(["-i", "127.0.0.1", "-p", &uac_port.to_string()])
-            .args(["-m", &CALLS.to_string(), "-r", "50", "-d", "60000"])
-            .args(["-nostdin", "-timeout", "120s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let target = node.sip_addr().to_string();
+        let mut uac = spawn_sipp(&work, Ipv4Addr::LOCALHOST, |_| {
+            let scenario = sipp_dir().join("load_uac_auth.xml");
+            let mut args: Vec<OsString> =
+                vec![target.clone().into(), "-sf".into(), scenario.into()];
+            args.extend(["-inf", "calls.csv", "-key", "domain", DOMAIN].map(OsString::from));
+            args.extend(
+                ["-auth_uri", DOMAIN, "-m", calls.as_str(), "-r", "50"].map(OsString::from),
+            );
+            args.extend(["-d", "60000", "-nostdin", "-timeout", "120s"].map(OsString::from));
+            args
+        })
+        .await
+        .unwrap();
 
         // Wait until (nearly) every call is answered, then kill the node.
         eventually(Duration::from_secs(30), "calls answered", || async {
@@ -127,8 +113,8 @@ async fn kill_9_during_100_calls_leaves_no_leg_in_progress() {
             active.len()
         );
         node.kill9().await.unwrap();
-        let _ = uac.start_kill();
-        let _ = uas.start_kill();
+        uac.kill();
+        pairs.uas.kill();
 
         let node = TestNode::start(dir.path(), SIPP_ARGS).await.unwrap();
         let after = eventually(Duration::from_secs(20), "every leg closed", || async {

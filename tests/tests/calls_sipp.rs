@@ -17,8 +17,7 @@ use dialtone_api::pb::{CallCause, CallDirection, CallRecord, HangupSide, ListCal
 use dialtone_api::prost_types::Timestamp;
 use serde_json::{json, Value};
 use support::sip::{
-    bounded, create_domain, create_user, eventually, free_port, stream_events, Sipp, SippRun,
-    DOMAIN, PASSWORD,
+    bounded, create_domain, create_user, eventually, stream_events, Sipp, SippRun, DOMAIN, PASSWORD,
 };
 use support::TestNode;
 
@@ -66,30 +65,25 @@ impl Calls {
             .assert_all_successful(1);
     }
 
-    /// Starts a SIPp UAS running `scenario` once (`-m 1`) on a free port
+    /// Starts a SIPp UAS running `scenario` once (`-m 1`) on a fresh port
     /// and waits until it listens.
     async fn uas(&self, scenario: &str) -> Uas {
-        let port = free_port().unwrap();
-        let run = Sipp::new(scenario, self.node.sip_addr(), self.dir.path())
+        let mut uas = Sipp::new(scenario, self.node.sip_addr(), self.dir.path())
             .users(&[("bob".into(), PASSWORD.into())])
-            .local_port(port)
             .timeout_secs(20)
-            .spawn();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !udp_bound(port) {
-            if run.is_finished() {
-                panic!(
-                    "SIPp UAS {scenario} exited before it listened: {:#?}",
-                    run.await
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "SIPp UAS {scenario} not listening on {port} within 10 s"
+            .start()
+            .await
+            .unwrap();
+        if !uas.is_running() {
+            panic!(
+                "SIPp UAS {scenario} exited before it listened: {:#?}",
+                uas.finish().await
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Uas { port, run }
+        Uas {
+            port: uas.port(),
+            run: tokio::spawn(uas.finish()),
+        }
     }
 
     /// Starts a SIPp UAS, registered as bob's (only) contact.
@@ -136,20 +130,6 @@ impl Uas {
         );
         run
     }
-}
-
-/// Whether something listens on UDP `127.0.0.1:port` (read from
-/// `/proc/net/udp`, so that probing does not race SIPp's own bind).
-fn udp_bound(port: u16) -> bool {
-    let wanted = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/udp")
-        .map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .any(|l| l.split_whitespace().nth(1) == Some(wanted.as_str()))
-        })
-        .unwrap_or(false)
 }
 
 /// The messages SIPp received, one word each: a response as
@@ -971,9 +951,11 @@ async fn cross_domain_call_403() {
         let carol = create_user(&t.node, OTHER_DOMAIN, "carol", PASSWORD, 0)
             .await
             .unwrap();
-        // carol is reachable: only the domain boundary refuses the call.
-        t.register("carol", OTHER_DOMAIN, free_port().unwrap())
-            .await;
+        // carol is reachable (her contact's port is held for the test): only
+        // the domain boundary refuses the call.
+        let carol_phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let carol_port = carol_phone.local_addr().unwrap().port();
+        t.register("carol", OTHER_DOMAIN, carol_port).await;
 
         let caller = t.call("call_uac_fails.xml", "carol", OTHER_DOMAIN).await;
         caller.assert_all_successful(1);
@@ -1007,6 +989,7 @@ async fn cross_domain_call_403() {
         let theirs = list_calls(&t.node, OTHER_DOMAIN).await.unwrap();
         assert!(theirs.is_empty(), "{theirs:#?}");
         t.node.stop().await.unwrap();
+        drop(carol_phone);
     })
     .await
 }

@@ -14,17 +14,17 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::Stdio;
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialtone_api::pb::CreateUserRequest;
 use support::sip::{
-    bounded, create_domain, create_users, eventually, free_port, sipp_dir, with_password,
+    bounded, create_domain, create_users, eventually, sipp_dir, spawn_sipp, with_password,
     CallPairs, Sipp, DOMAIN, PASSWORD,
 };
 use support::{read_all, TestNode};
-use tokio::process::Command;
 
 const CYCLES: usize = 20;
 const SIPP_USERS: usize = 200;
@@ -66,10 +66,14 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
             .unwrap();
         let credentials = with_password(&names);
 
-        // Callers and callees; every callee's contact is the one UAS.
+        // Callers and callees; every callee's contact is the one UAS, which
+        // runs through every cycle (killed when the test ends), so that its
+        // port is never free for another process to take.
         let work = dir.path().join("calls");
-        let pairs = CallPairs::provision(&node, CALL_PAIRS, &work).await.unwrap();
-        let uas_port = pairs.uas_port;
+        let uas_args = ["-nostdin", "-timeout", "450s"];
+        let pairs = CallPairs::provision(&node, CALL_PAIRS, &work, &uas_args)
+            .await
+            .unwrap();
 
         let mut legs = 0;
         let mut registered: Vec<String> = Vec::new();
@@ -83,29 +87,18 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
                 .timeout_secs(6)
                 .spawn();
             // Calls: 100/s, each held 300 ms.
-            let uas = sipp_process(&work, &["-sf", "load_uas.xml", "-p", &uas_port.to_string()]);
-            let uac_port = free_port().unwrap().to_string();
-            let uac = sipp_process(
-                &work,
-                &[
-                    &node.sip_addr().to_string(),
-                    "-sf",
-                    "load_uac_auth.xml",
-                    "-inf",
-                    "calls.csv",
-                    "-key",
-                    "domain",
-                    DOMAIN,
-                    "-auth_uri",
-                    DOMAIN,
-                    "-p",
-                    &uac_port,
-                    "-r",
-                    "100",
-                    "-d",
-                    "300",
-                ],
-            );
+            let target = node.sip_addr().to_string();
+            let uac = spawn_sipp(&work, Ipv4Addr::LOCALHOST, |_| {
+                let scenario = sipp_dir().join("load_uac_auth.xml");
+                let mut args: Vec<OsString> =
+                    vec![target.clone().into(), "-sf".into(), scenario.into()];
+                args.extend(["-inf", "calls.csv", "-key", "domain", DOMAIN].map(OsString::from));
+                args.extend(["-auth_uri", DOMAIN, "-r", "100", "-d", "300"].map(OsString::from));
+                args.extend(["-nostdin", "-timeout", "8s"].map(OsString::from));
+                args
+            })
+            .await
+            .unwrap();
             let acked = Arc::new(Mutex::new(Vec::new()));
             let mut creators = Vec::new();
             for client in 0..4 {
@@ -135,7 +128,7 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
                 let _ = tokio::time::timeout(Duration::from_secs(10), c).await;
             }
             let run = sipp.await.unwrap().unwrap();
-            drop((uas, uac)); // killed
+            drop(uac); // killed
             registered.extend(acknowledged_registrations(&run.received));
             created.extend(acked.lock().unwrap().drain(..));
 
@@ -158,30 +151,9 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
             created.len()
         );
         node.stop().await.unwrap();
+        drop(pairs); // kills the UAS
     })
     .await
-}
-
-/// A SIPp process in `work` (scenarios from `tests/sipp`), killed when
-/// dropped, bounded by `-timeout`.
-fn sipp_process(work: &std::path::Path, args: &[&str]) -> tokio::process::Child {
-    let args: Vec<String> = args
-        .iter()
-        .map(|a| match *a {
-            "load_uas.xml" | "load_uac_auth.xml" => sipp_dir().join(a).display().to_string(),
-            _ => (*a).to_owned(),
-        })
-        .collect();
-    Command::new("sipp")
-        .current_dir(work)
-        .args(&args)
-        .args(["-i", "127.0.0.1", "-nostdin", "-timeout", "8s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 /// No leg ended twice; after the start-up clean-up, none in progress.

@@ -1,11 +1,16 @@
-//! Disk full (issue 6, part 4): the node's data directory is on a small
-//! tmpfs; once it is full, gRPC changes fail with UNAVAILABLE and a clear
-//! message and REGISTERs get 503 (never 200); nothing acknowledged before is
-//! lost; when space returns, service resumes without a restart, and after a
-//! restart everything acknowledged is there and the log has no gap.
+//! Disk full (issue 6, part 4): the node's data directory fills up under
+//! the running node; while it is full, gRPC changes fail with UNAVAILABLE
+//! and a clear message and REGISTERs get 503 (never 200); nothing
+//! acknowledged before is lost; when space returns, service resumes without
+//! a restart, and after a restart everything acknowledged is there and the
+//! log has no gap. The node's log (stderr) is in the data directory, on the
+//! same full disk: logging must not fail the node either.
 //!
-//! Needs permission to mount a tmpfs (root in the CI container); where that
-//! is refused the test says so and does nothing (see docs/security.md).
+//! The disk is filled by an LD_PRELOAD shim (`support/fs_faults.c`) that
+//! fails the node's writes, syncs and allocations under its data directory
+//! with ENOSPC while a flag file exists, which runs everywhere. Where a
+//! tmpfs can be mounted (root, as in the CI container), the same test then
+//! runs once more on a real 16 MB tmpfs filled with a file.
 //!
 //! Read-only data directory (same part of issue 6): at start, the node
 //! refuses to run and says the directory is read-only; while running (a file
@@ -13,8 +18,8 @@
 //! saying so and REGISTERs get 500/503; once writable again, service resumes
 //! and nothing acknowledged is lost. The kernel will not remount a file
 //! system read-only while files on it are open for writing, so the running
-//! case uses an LD_PRELOAD shim (`support/readonly_fs.c`) that fails the
-//! node's writes under its data directory with EROFS, as the kernel would.
+//! case uses the same shim, failing the node's writes under its data
+//! directory with EROFS, as the kernel would.
 
 mod support;
 
@@ -112,47 +117,96 @@ fn fill(filler: &Path) {
     let _ = f.sync_all();
 }
 
+/// What fills the data directory's disk under the running node, and frees it.
+enum FullDisk {
+    /// The shim, switched by its flag file.
+    Shim { flag: PathBuf },
+    /// A real tmpfs (holding the data directory), filled with `filler`.
+    Tmpfs { filler: PathBuf },
+}
+
+impl FullDisk {
+    fn fill(&self) {
+        match self {
+            FullDisk::Shim { flag } => std::fs::write(flag, b"").unwrap(),
+            FullDisk::Tmpfs { filler } => fill(filler),
+        }
+    }
+
+    fn free(&self) {
+        match self {
+            FullDisk::Shim { flag } => std::fs::remove_file(flag).unwrap(),
+            FullDisk::Tmpfs { filler } => std::fs::remove_file(filler).unwrap(),
+        }
+    }
+}
+
+/// The full-disk scenario on a node over `data` (started with `env`), with
+/// `disk` filled and freed under it.
+async fn full_disk_refuses_changes_and_resumes(data: &Path, env: &[(&str, &str)], disk: FullDisk) {
+    let mut node = TestNode::start_with_env(data, &["--admin-token", ADMIN_TOKEN], env)
+        .await
+        .unwrap();
+    node.token = Some(ADMIN_TOKEN.to_owned());
+    let mut ua = alice_registered_bob_provisioned(&node).await;
+
+    // The disk fills up.
+    disk.fill();
+    changes_are_refused(&node, &mut ua, "disk is full").await;
+
+    // Space returns: service resumes without a restart.
+    disk.free();
+    service_resumes(&node, &mut ua).await;
+
+    // After a restart: everything acknowledged, nothing refused, no gap.
+    node.stop().await.unwrap();
+    let node = TestNode::start(data, &[]).await.unwrap();
+    let (created, registered) = created_and_registered(&node).await;
+    assert_eq!(created, ["alice", "bob", "carol"]);
+    assert_eq!(registered, 2, "alice's and bob's (after space returned)");
+    node.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_changes_clearly_and_service_resumes_when_space_returns() {
-    bounded(120, async {
+    bounded(180, async {
+        // Everywhere: the shim fills the disk.
         let dir = tempfile::tempdir().unwrap();
+        let shim = build_fault_shim(dir.path());
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let data = data.canonicalize().unwrap();
+        let flag = dir.path().join("disk-full-now");
+        let env = [
+            ("LD_PRELOAD", shim.to_str().unwrap()),
+            ("DIALTONE_TEST_FAULT", "full"),
+            ("DIALTONE_TEST_FAULT_DIR", data.to_str().unwrap()),
+            ("DIALTONE_TEST_FAULT_FLAG", flag.to_str().unwrap()),
+        ];
+        let disk = FullDisk::Shim { flag: flag.clone() };
+        full_disk_refuses_changes_and_resumes(&data, &env, disk).await;
+
+        // Where a tmpfs can be mounted: a real full file system as well.
         let Some(mnt) = Tmpfs::mount(&dir.path().join("mnt"), 16) else {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)");
+            eprintln!(
+                "no tmpfs (needs root / CAP_SYS_ADMIN): the disk was filled by the shim only"
+            );
             return;
         };
         let data = mnt.0.join("data");
         std::fs::create_dir_all(&data).unwrap();
-        // The node's log (stderr) is in the data directory, on the same
-        // full disk: logging must not fail the node either.
-        let node = TestNode::start(&data, &[]).await.unwrap();
-        let mut ua = alice_registered_bob_provisioned(&node).await;
-
-        // The disk fills up.
         let filler = mnt.0.join("filler");
-        fill(&filler);
-        changes_are_refused(&node, &mut ua, "disk is full").await;
-
-        // Space returns: service resumes without a restart.
-        std::fs::remove_file(&filler).unwrap();
-        service_resumes(&node, &mut ua).await;
-
-        // After a restart: everything acknowledged, nothing refused, no gap.
-        node.stop().await.unwrap();
-        let node = TestNode::start(&data, &[]).await.unwrap();
-        let (created, registered) = created_and_registered(&node).await;
-        assert_eq!(created, ["alice", "bob", "carol"]);
-        assert_eq!(registered, 2, "alice's and bob's (after space returned)");
-        node.stop().await.unwrap();
+        full_disk_refuses_changes_and_resumes(&data, &[], FullDisk::Tmpfs { filler }).await;
         drop(mnt);
     })
     .await
 }
 
-/// Builds the read-only shim (`support/readonly_fs.c`) into `dir`. A C
-/// compiler is always there: the bundled SQLite needs one to build.
-fn build_readonly_shim(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/readonly_fs.c");
-    let shim = dir.join("readonly_fs.so");
+/// Builds the file-system fault shim (`support/fs_faults.c`) into `dir`. A
+/// C compiler is always there: the bundled SQLite needs one to build.
+fn build_fault_shim(dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fs_faults.c");
+    let shim = dir.join("fs_faults.so");
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".to_owned()))
         .args(["-shared", "-fPIC", "-O2", "-o"])
         .arg(&shim)
@@ -190,7 +244,7 @@ async fn created_and_registered(node: &TestNode) -> (Vec<String>, usize) {
 async fn a_read_only_data_dir_refuses_changes_clearly_and_service_resumes_when_writable() {
     bounded(120, async {
         let dir = tempfile::tempdir().unwrap();
-        let shim = build_readonly_shim(dir.path());
+        let shim = build_fault_shim(dir.path());
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let data = data.canonicalize().unwrap();
@@ -198,8 +252,9 @@ async fn a_read_only_data_dir_refuses_changes_clearly_and_service_resumes_when_w
         let data_str = data.to_str().unwrap().to_owned();
         let env = [
             ("LD_PRELOAD", shim.to_str().unwrap()),
-            ("DIALTONE_TEST_READONLY_DIR", data_str.as_str()),
-            ("DIALTONE_TEST_READONLY_FLAG", flag.to_str().unwrap()),
+            ("DIALTONE_TEST_FAULT", "read-only"),
+            ("DIALTONE_TEST_FAULT_DIR", data_str.as_str()),
+            ("DIALTONE_TEST_FAULT_FLAG", flag.to_str().unwrap()),
         ];
         let mut node = TestNode::start_with_env(&data, &["--admin-token", ADMIN_TOKEN], &env)
             .await

@@ -6,14 +6,6 @@ use dialtone_api::pb::CreateDomainRequest;
 use support::TestNode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn scrape(addr: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -31,10 +23,7 @@ async fn scrape(addr: &str) -> String {
 #[tokio::test]
 async fn metrics_endpoint_reports_event_log_and_actor_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let node = TestNode::start(dir.path(), &["--metrics-addr", &addr])
-        .await
-        .unwrap();
+    let (node, addr) = TestNode::start_with_metrics(dir.path(), &[]).await.unwrap();
     let mut p = node.provisioning().await.unwrap();
     p.create_domain(CreateDomainRequest {
         name: "example.com".into(),

@@ -6,16 +6,16 @@
 
 mod support;
 
-use std::process::Stdio;
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use dialtone_sip::test_ua::{Register, TestResponse, TestUa};
 use support::sip::{
-    bounded, create_domain, create_user, create_users, eventually, free_port, sipp_dir,
+    bounded, create_domain, create_user, create_users, eventually, sipp_dir, spawn_sipp,
     with_password, Sipp, DOMAIN, PASSWORD,
 };
 use support::{read_all, TestNode};
-use tokio::process::Command;
 
 async fn node(args: &[&str]) -> (tempfile::TempDir, TestNode) {
     let dir = tempfile::tempdir().unwrap();
@@ -217,15 +217,12 @@ async fn an_extension_scanner_learns_nothing_and_is_locked_out() {
 async fn a_flooding_address_does_not_stop_registrations_from_another() {
     bounded(120, async {
         // 500 messages/s per address; the flood sends 5,000 INVITE/s.
-        let metrics = format!("127.0.0.1:{}", free_port().unwrap());
-        let (dir, node) = node(&[
-            "--sip-source-rate",
-            "500",
-            "--sip-challenge-md5-first",
-            "--metrics-addr",
-            &metrics,
-        ])
-        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let args = ["--sip-source-rate", "500", "--sip-challenge-md5-first"];
+        let (node, metrics) = TestNode::start_with_metrics(dir.path(), &args)
+            .await
+            .unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
         let names: Vec<String> = (0..200).map(|i| format!("legit{i:03}")).collect();
         create_users(&node, DOMAIN, &names, PASSWORD, 8)
             .await
@@ -233,26 +230,21 @@ async fn a_flooding_address_does_not_stop_registrations_from_another() {
 
         let work = dir.path().join("flood");
         std::fs::create_dir_all(&work).unwrap();
-        let flood_port = free_port().unwrap();
-        let mut flood = Command::new("sipp")
-            .current_dir(&work)
-            .arg(node.sip_addr().to_string())
-            .arg("-sf")
-            .arg(sipp_dir().join("flood_invite.xml"))
-            .args(["-key", "domain", DOMAIN])
-            .args(["-i", "127.0.0.2", "-p", &flood_port.to_string()])
-            .args(["-r", "5000", "-m", "40000", "-nostdin", "-timeout", "20s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let flooder = Ipv4Addr::new(127, 0, 0, 2);
+        let target = node.sip_addr().to_string();
+        let mut flood = spawn_sipp(&work, flooder, |_| {
+            let scenario = sipp_dir().join("flood_invite.xml");
+            let mut args: Vec<OsString> =
+                vec![target.clone().into(), "-sf".into(), scenario.into()];
+            let rest = ["-key", "domain", DOMAIN, "-r", "5000", "-m", "40000"];
+            args.extend(rest.map(OsString::from));
+            args.extend(["-nostdin", "-timeout", "20s"].map(OsString::from));
+            args
+        })
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(
-            flood.try_wait().unwrap().is_none(),
-            "the flood did not start"
-        );
+        assert!(flood.is_running(), "the flood did not start");
 
         // Meanwhile 200 registrations from 127.0.0.1 (100/s).
         let credentials = with_password(&names);
@@ -263,8 +255,8 @@ async fn a_flooding_address_does_not_stop_registrations_from_another() {
             .run()
             .await
             .unwrap();
-        let during_flood = flood.try_wait().unwrap().is_none();
-        let _ = flood.start_kill();
+        let during_flood = flood.is_running();
+        flood.kill();
         assert!(during_flood, "the flood ended before the registrations");
         // At least 99% succeed (here: all, no retransmission needed).
         assert!(

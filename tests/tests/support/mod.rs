@@ -86,6 +86,38 @@ impl TestNode {
         }
     }
 
+    /// Starts a node as [`TestNode::start`] does, serving metrics on a
+    /// loopback port; returns it and the metrics address.
+    ///
+    /// The metrics exporter listens on the address it is given and cannot
+    /// report a port the kernel picked, so the port is one found free; when
+    /// another process takes it first, the node exits saying it cannot serve
+    /// metrics there, and it is started again on another port.
+    pub async fn start_with_metrics(
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Self, String)> {
+        let log = data_dir.join("node.log");
+        for _attempt in 0..10 {
+            let addr = format!("127.0.0.1:{}", sip::free_port()?);
+            let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
+            let mut args = vec!["--metrics-addr", addr.as_str()];
+            args.extend_from_slice(extra_args);
+            match Self::start(data_dir, &args).await {
+                Ok(node) => return Ok((node, addr)),
+                Err(e) => {
+                    let said = std::fs::read(&log).unwrap_or_default();
+                    let said =
+                        String::from_utf8_lossy(said.get(logged as usize..).unwrap_or_default());
+                    if !said.contains("cannot serve metrics on") {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        bail!("no free port for metrics in 10 attempts")
+    }
+
     /// Starts a node without `--admin-token`: unless `extra_args` configure
     /// one otherwise (then set `token`), it uses (or makes and prints)
     /// `<data_dir>/admin.token`, which the clients made here then send.

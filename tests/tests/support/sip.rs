@@ -2,15 +2,18 @@
 //! user's registration and presence events, polling for a condition, and
 //! running SIPp as an independent client.
 
-use std::net::SocketAddr;
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use dialtone_api::pb::*;
 use futures::StreamExt as _;
-use tokio::process::Command;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 use super::TestNode;
 
@@ -207,8 +210,12 @@ pub async fn bounded<T>(secs: u64, fut: impl std::future::Future<Output = T>) ->
     }
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 (at the time of asking).
-pub fn free_port() -> anyhow::Result<u16> {
+/// A port free for both UDP and TCP on 127.0.0.1 at the time of asking: a
+/// candidate only, as another process may take it before it is bound again.
+/// Used only where a program must be given its port and the caller starts
+/// it again on another one when the bind fails ([`spawn_sipp`],
+/// [`super::TestNode::start_with_metrics`]).
+pub(super) fn free_port() -> anyhow::Result<u16> {
     for _ in 0..100 {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let port = udp.local_addr()?.port();
@@ -258,27 +265,40 @@ pub fn with_password(names: &[String]) -> Vec<(String, String)> {
 }
 
 /// `n` callers (`caller000`…) and `n` callees (`callee000`…) provisioned,
-/// every callee registered (by SIPp) with its contact at one UAS port, and
-/// `<work_dir>/calls.csv`: the SIPp injection file in which caller i calls
-/// callee i.
+/// a SIPp UAS (`load_uas.xml`) listening, every callee registered (by
+/// SIPp) with its contact at that UAS, and `<work_dir>/calls.csv`: the SIPp
+/// injection file in which caller i calls callee i.
 pub struct CallPairs {
     pub callers: Vec<String>,
     pub callees: Vec<String>,
-    /// Where the callees' UAS (SIPp `load_uas.xml`) must listen.
-    pub uas_port: u16,
+    /// The callees' UAS, started with the `uas_args` given to
+    /// [`CallPairs::provision`]; killed when dropped.
+    pub uas: SippProcess,
 }
 
 impl CallPairs {
-    pub async fn provision(node: &TestNode, n: usize, work_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn provision(
+        node: &TestNode,
+        n: usize,
+        work_dir: &Path,
+        uas_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let callers: Vec<String> = (0..n).map(|i| format!("caller{i:03}")).collect();
         let callees: Vec<String> = (0..n).map(|i| format!("callee{i:03}")).collect();
         create_users(node, DOMAIN, &callers, PASSWORD, 8).await?;
         create_users(node, DOMAIN, &callees, PASSWORD, 8).await?;
-        let uas_port = free_port()?;
         std::fs::create_dir_all(work_dir)?;
+        // The UAS first: the contacts name the port it holds.
+        let uas = spawn_sipp(work_dir, Ipv4Addr::LOCALHOST, |_| {
+            let mut args: Vec<OsString> =
+                vec!["-sf".into(), sipp_dir().join("load_uas.xml").into()];
+            args.extend(uas_args.iter().map(OsString::from));
+            args
+        })
+        .await?;
         Sipp::new("register_auth.xml", node.sip_addr(), work_dir)
             .users(&with_password(&callees))
-            .key("contact_hostport", &format!("127.0.0.1:{uas_port}"))
+            .key("contact_hostport", &format!("127.0.0.1:{}", uas.port))
             .run()
             .await?
             .assert_all_successful(n as u64);
@@ -290,9 +310,150 @@ impl CallPairs {
         Ok(CallPairs {
             callers,
             callees,
-            uas_port,
+            uas,
         })
     }
+}
+
+/// A SIPp process started by [`spawn_sipp`], holding its local port;
+/// killed when dropped.
+pub struct SippProcess {
+    /// The local SIP port it holds (`-p`).
+    pub port: u16,
+    child: Child,
+    /// Its stdout and stderr, read to the end while it runs (so that it never
+    /// blocks on a full pipe).
+    output: JoinHandle<String>,
+}
+
+impl SippProcess {
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills it (without waiting).
+    pub fn kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
+    /// Waits at most `limit` for it to exit; its exit code and output.
+    pub async fn wait(mut self, limit: Duration) -> anyhow::Result<(Option<i32>, String)> {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .context("SIPp did not exit in time")??;
+        let output = (&mut self.output).await?;
+        Ok((status.code(), output))
+    }
+}
+
+/// Starts `sipp` in `work_dir` with the arguments `args(port)` and
+/// `-i ip -p port` on a fresh local port, and returns once the process holds
+/// that port (or has already run to its end).
+///
+/// SIPp has to be given its port: a UAS's is the one the contacts
+/// registered for it name, and SIPp does not report a port it picked
+/// itself. A port found free may be taken by another process before SIPp
+/// binds it; SIPp then exits saying it cannot bind, and it is started again
+/// on another port.
+pub async fn spawn_sipp(
+    work_dir: &Path,
+    ip: Ipv4Addr,
+    args: impl Fn(u16) -> Vec<OsString>,
+) -> anyhow::Result<SippProcess> {
+    let mut refused = String::new();
+    for _attempt in 0..10 {
+        let port = free_port()?;
+        let mut child = Command::new("sipp")
+            .current_dir(work_dir)
+            .args(args(port))
+            .args(["-i", &ip.to_string(), "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("running sipp (is sip-tester installed?)")?;
+        let pid = child.id().context("SIPp has no process id")?;
+        let output = read_output(&mut child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if holds_port(pid, ip, port) {
+                return Ok(SippProcess {
+                    port,
+                    child,
+                    output,
+                });
+            }
+            if child.try_wait()?.is_some() {
+                let text = output.await?;
+                if text.contains("Unable to bind") || text.contains("Address already in use") {
+                    refused = text;
+                    break;
+                }
+                // It ran to its end (a short client run) or failed for
+                // another reason, which its exit code and output tell.
+                return Ok(SippProcess {
+                    port,
+                    child,
+                    output: tokio::spawn(async move { text }),
+                });
+            }
+            if Instant::now() >= deadline {
+                bail!("SIPp neither bound {ip}:{port} nor exited within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    bail!("SIPp could not bind a local port in 10 attempts: {refused}")
+}
+
+/// stdout and stderr of `child`, read to the end in the background.
+fn read_output(child: &mut Child) -> JoinHandle<String> {
+    async fn read(pipe: Option<impl AsyncRead + Unpin>) -> String {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes).await;
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    tokio::spawn(async move {
+        let (out, err) = tokio::join!(read(stdout), read(stderr));
+        format!("{out}\n{err}")
+    })
+}
+
+/// Whether process `pid` holds a UDP or TCP socket bound to `ip:port`: the
+/// socket's inode (from `/proc/net/{udp,tcp}`) among its open files.
+fn holds_port(pid: u32, ip: Ipv4Addr, port: u16) -> bool {
+    // The kernel prints the address as the u32 in memory, network order.
+    let local = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+    let sockets: Vec<String> = ["/proc/net/udp", "/proc/net/tcp"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    (fields.get(1) == Some(&local.as_str()))
+                        .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if sockets.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
 }
 
 /// The directory of this package's SIPp scenarios (`tests/sipp`).
@@ -311,7 +472,6 @@ pub struct Sipp {
     calls: usize,
     rate: u32,
     timeout_secs: u64,
-    local_port: Option<u16>,
 }
 
 /// What a SIPp run reported.
@@ -361,7 +521,6 @@ impl Sipp {
             calls: 1,
             rate: 1000,
             timeout_secs: 30,
-            local_port: None,
         }
     }
 
@@ -391,25 +550,26 @@ impl Sipp {
         self
     }
 
-    /// `-p port`: binds this local port instead of a free one picked for
-    /// each attempt (a UAS on the port a registered contact points at).
-    pub fn local_port(mut self, port: u16) -> Self {
-        self.local_port = Some(port);
-        self
-    }
-
     /// `-timeout`: the whole run fails after `secs` (default 30).
     pub fn timeout_secs(mut self, secs: u64) -> Self {
         self.timeout_secs = secs;
         self
     }
 
-    /// [`Sipp::run`] in the background (a UAS waiting for calls).
-    pub fn spawn(self) -> tokio::task::JoinHandle<anyhow::Result<SippRun>> {
+    /// [`Sipp::run`] in the background.
+    pub fn spawn(self) -> JoinHandle<anyhow::Result<SippRun>> {
         tokio::spawn(self.run())
     }
 
+    /// Runs SIPp to its end.
     pub async fn run(self) -> anyhow::Result<SippRun> {
+        self.start().await?.finish().await
+    }
+
+    /// Starts SIPp on a fresh local port (see [`spawn_sipp`]) and returns
+    /// once it holds it: a UAS is then ready for calls on
+    /// [`RunningSipp::port`].
+    pub async fn start(self) -> anyhow::Result<RunningSipp> {
         std::fs::create_dir_all(&self.work_dir)?;
         let stamp = format!("{:08x}", rand_u32());
         let inf = self.work_dir.join(format!("users-{stamp}.csv"));
@@ -418,81 +578,100 @@ impl Sipp {
             csv.push_str(&format!("{user};{password};x\n"));
         }
         std::fs::write(&inf, csv)?;
-        // A port picked now may be taken by the time SIPp binds it: retry.
-        let mut last = None;
-        for _attempt in 0..3 {
-            let port = match self.local_port {
-                Some(port) => port,
-                None => free_port()?,
-            };
-            let stat = self.work_dir.join(format!("stat-{stamp}-{port}.csv"));
-            let messages = self.work_dir.join(format!("messages-{stamp}-{port}.log"));
-            let mut cmd = Command::new("sipp");
-            cmd.current_dir(&self.work_dir)
-                .arg(self.target.to_string())
-                .arg("-sf")
-                .arg(&self.scenario)
-                .arg("-inf")
-                .arg(&inf)
-                .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-m", &self.calls.to_string()])
-                .args(["-r", &self.rate.to_string(), "-rp", "1000"])
-                .args(["-auth_uri", DOMAIN])
-                .args(["-t", if self.tcp { "t1" } else { "u1" }])
-                .arg("-nostdin")
-                .args([
-                    "-timeout",
-                    &format!("{}s", self.timeout_secs),
-                    "-timeout_error",
-                ])
-                .args(["-recv_timeout", "5000"])
-                .arg("-trace_stat")
-                .arg("-stf")
-                .arg(&stat)
-                .args(["-fd", "1"])
-                .arg("-trace_msg")
-                .arg("-message_file")
-                .arg(&messages)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            for (k, v) in &self.keys {
-                cmd.args(["-key", k, v]);
-            }
-            let out =
-                tokio::time::timeout(Duration::from_secs(self.timeout_secs + 15), cmd.output())
-                    .await
-                    .context("SIPp did not exit in time")?
-                    .context("running sipp (is sip-tester installed?)")?;
-            let output = format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let bind_failed = !stat.exists()
-                && (output.contains("bind") || output.contains("Address already in use"));
-            if bind_failed {
-                last = Some(output);
-                continue;
-            }
-            let (successful, failed) = read_stat(&stat)
-                .with_context(|| format!("reading SIPp statistics; output:\n{output}"))?;
-            let received = std::fs::read_to_string(&messages)
-                .map(|log| received_messages(&log))
-                .unwrap_or_default();
-            return Ok(SippRun {
-                exit_code: out.status.code(),
-                successful,
-                failed,
-                received,
-                output,
-            });
+        let stat = |port: u16| self.work_dir.join(format!("stat-{stamp}-{port}.csv"));
+        let messages = |port: u16| self.work_dir.join(format!("messages-{stamp}-{port}.log"));
+        let process = spawn_sipp(&self.work_dir, Ipv4Addr::LOCALHOST, |port| {
+            self.args(&inf, &stat(port), &messages(port))
+        })
+        .await?;
+        Ok(RunningSipp {
+            stat: stat(process.port),
+            messages: messages(process.port),
+            process,
+            limit: Duration::from_secs(self.timeout_secs + 15),
+        })
+    }
+
+    /// The arguments but `-i` and `-p`.
+    fn args(&self, inf: &Path, stat: &Path, messages: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            self.target.to_string().into(),
+            "-sf".into(),
+            self.scenario.clone().into(),
+            "-inf".into(),
+            inf.into(),
+        ];
+        let calls = self.calls.to_string();
+        let rate = self.rate.to_string();
+        let timeout = format!("{}s", self.timeout_secs);
+        args.extend(
+            [
+                "-m",
+                &calls,
+                "-r",
+                &rate,
+                "-rp",
+                "1000",
+                "-auth_uri",
+                DOMAIN,
+                "-t",
+                if self.tcp { "t1" } else { "u1" },
+                "-nostdin",
+                "-timeout",
+                &timeout,
+                "-timeout_error",
+                "-recv_timeout",
+                "5000",
+                "-trace_stat",
+                "-stf",
+            ]
+            .map(OsString::from),
+        );
+        args.push(stat.into());
+        args.extend(["-fd", "1", "-trace_msg", "-message_file"].map(OsString::from));
+        args.push(messages.into());
+        for (k, v) in &self.keys {
+            args.extend(["-key", k.as_str(), v.as_str()].map(OsString::from));
         }
-        bail!(
-            "SIPp could not bind a local port: {}",
-            last.unwrap_or_default()
-        )
+        args
+    }
+}
+
+/// A SIPp run started by [`Sipp::start`].
+pub struct RunningSipp {
+    process: SippProcess,
+    stat: PathBuf,
+    messages: PathBuf,
+    /// How long it may take to exit: its `-timeout` and a margin.
+    limit: Duration,
+}
+
+impl RunningSipp {
+    /// The local port it holds.
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Waits for it to exit; what it reported.
+    pub async fn finish(self) -> anyhow::Result<SippRun> {
+        let (exit_code, output) = self.process.wait(self.limit).await?;
+        let (successful, failed) = read_stat(&self.stat)
+            .with_context(|| format!("reading SIPp statistics; output:\n{output}"))?;
+        let received = std::fs::read_to_string(&self.messages)
+            .map(|log| received_messages(&log))
+            .unwrap_or_default();
+        Ok(SippRun {
+            exit_code,
+            successful,
+            failed,
+            received,
+            output,
+        })
     }
 }
 
