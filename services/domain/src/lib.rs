@@ -9,7 +9,9 @@
 //! rules in [`call`]) — with their commands and events, and the
 //! mapping of events to stored `(type, schema_version, data)` triples
 //! ([`event`]). The API's token table is a third, small aggregate
-//! ([`token::Tokens`], one stream) with the same shape.
+//! ([`token::Tokens`], one stream) with the same shape. Who is rung when
+//! a user is called is decided by [`routing::route`], a pure function of
+//! the call, what is known of the callee and `now`.
 //!
 //! Every aggregate follows the same shape:
 //! `decide(&State, &Command, now) -> Result<Vec<Event>, Error>` says what
@@ -29,6 +31,7 @@ pub mod event;
 pub mod ids;
 pub mod names;
 pub mod registration;
+pub mod routing;
 pub mod token;
 pub mod user;
 
