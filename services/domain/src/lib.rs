@@ -11,6 +11,9 @@
 //!   it; its stream also records SIP lock-outs), [`user::User`] (credentials, settings, contacts
 //!   with the binding rules of [`registration`], call legs with the rules of
 //!   [`call`], presence) and [`token::Tokens`] (the API's token table).
+//! - Who is rung when a user is called ([`routing`]): [`routing::route`], a
+//!   pure function of the call, what is known of the callee and `now`,
+//!   returning a refusal or a plan of steps.
 //! - The stored form of events ([`event`]): type names, categories, schema
 //!   versions and upcasters, JSON `data`, redaction of secrets for display.
 //!   The JSON Schemas of `schemas/` describe that form (checked by tests).
@@ -37,6 +40,7 @@ pub mod event;
 pub mod ids;
 pub mod names;
 pub mod registration;
+pub mod routing;
 pub mod token;
 pub mod user;
 

@@ -1,16 +1,17 @@
 //! The SIP gateway's view of Dialtone: `dialtone_sip::Registry` implemented
 //! over the domain and user actors.
 
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dialtone_actors::{Meta, Provisioning, UserFacts};
 use dialtone_domain::call::{self, CallStep as Step};
 use dialtone_domain::registration::{ContactChange, Register};
-use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
+use dialtone_domain::{domain, routing, user, DomainId, DomainName, UserId, UserName};
 use dialtone_sip::backend::{
-    BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, CurrentContact,
-    HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RoutePlan, RouteTarget,
-    Transport, UserCredentials,
+    BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContinueOn,
+    CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RoutePlan,
+    RouteStep, RouteTarget, Transport, UserCredentials,
 };
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
@@ -197,6 +198,60 @@ fn transport_of(name: &str) -> Transport {
     }
 }
 
+/// How a callee's binding is reached, as the user's facts hold it: what
+/// the domain's routing passes through to each target.
+#[derive(Debug, Clone, Copy)]
+struct Reach<'a> {
+    /// Where the REGISTER came from.
+    source: SocketAddr,
+    /// `UDP`, `TCP`.
+    transport: &'a str,
+}
+
+/// The SIP gateway's form of the domain's plan: each target's destination
+/// by `RouteTarget::for_binding`, as for any binding.
+fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan {
+    RoutePlan {
+        steps: plan
+            .steps
+            .into_iter()
+            .map(|step| RouteStep {
+                targets: step
+                    .targets
+                    .into_iter()
+                    .map(|t| {
+                        RouteTarget::for_binding(
+                            t.uri,
+                            t.reach.source,
+                            transport_of(t.reach.transport),
+                        )
+                    })
+                    .collect(),
+                ring_timeout: step.ring_timeout,
+                continue_on: ContinueOn {
+                    busy: step.continue_on.busy,
+                    no_answer: step.continue_on.no_answer,
+                    unavailable: step.continue_on.unavailable,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// The SIP gateway's form of a refusal; the statuses it answers with are
+/// the ones `Refusal::sip_status` names.
+fn call_route_of(refusal: routing::Refusal) -> CallRoute {
+    match refusal {
+        routing::Refusal::UnknownDomain => CallRoute::UnknownDomain,
+        routing::Refusal::UnknownUser => CallRoute::UnknownUser,
+        routing::Refusal::CrossDomainForbidden => CallRoute::CrossDomainForbidden,
+        routing::Refusal::DomainSuspended | routing::Refusal::UserDisabled => {
+            CallRoute::Unavailable
+        }
+        routing::Refusal::NotRegistered => CallRoute::NotRegistered,
+    }
+}
+
 fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -287,53 +342,66 @@ impl Registry for ActorRegistry {
         callee_domain: &str,
         callee_user: &str,
     ) -> Result<CallRoute, BackendError> {
-        let (state, id) = match self.resolve(callee_domain, callee_user).await? {
-            Resolved::UnknownDomain => return Ok(CallRoute::UnknownDomain),
-            Resolved::DomainOnly(state) => (state, None),
-            Resolved::User(state, id) => (state, Some(id)),
+        // The rules are the domain's (`routing::route`); this gathers what
+        // they read, from the facts the actors publish: no message to an
+        // actor on the call path once the aggregates are loaded.
+        let (status, id) = match self.resolve(callee_domain, callee_user).await? {
+            Resolved::UnknownDomain => (domain::Status::Absent, None),
+            Resolved::DomainOnly(state) => (state.status, None),
+            Resolved::User(state, id) => (state.status, Some(id)),
         };
-        match state.status {
-            domain::Status::Absent | domain::Status::Deleted => {
-                return Ok(CallRoute::UnknownDomain)
-            }
-            domain::Status::Suspended => return Ok(CallRoute::Unavailable),
-            domain::Status::Active => {}
-        }
-        if !caller_domain.eq_ignore_ascii_case(callee_domain) {
-            // The caller's domain decides whether its users may call out
-            // of it (off by default).
-            let allowed = match self.resolve(caller_domain, "").await? {
+        let mut call = routing::Call {
+            caller_domain,
+            caller_may_call_other_domains: false,
+            callee_domain,
+            callee_user,
+        };
+        // The caller's domain setting is read only when it can decide: the
+        // call crosses domains into one that takes calls.
+        let if_allowed = routing::Call {
+            caller_may_call_other_domains: true,
+            ..call
+        };
+        if call.crosses_domains() && routing::admit(&if_allowed, status).is_ok() {
+            call.caller_may_call_other_domains = match self.resolve(caller_domain, "").await? {
                 Resolved::DomainOnly(s) | Resolved::User(s, _) => s.cross_domain_calls,
                 Resolved::UnknownDomain => false,
             };
-            if !allowed {
-                return Ok(CallRoute::CrossDomainForbidden);
-            }
         }
-        let Some(id) = id else {
-            return Ok(CallRoute::UnknownUser);
-        };
-        // The contacts come from the facts the user's actor published at
-        // its last commit: no message to the actor on the call path.
-        let now = micros(SystemTime::now());
-        let targets = match self.user_facts(id).await? {
-            Some(user) if user.exists => {
-                if !user.enabled {
-                    return Ok(CallRoute::Unavailable);
-                }
-                user.contacts
-                    .iter()
-                    .filter(|c| c.expires_at > now)
-                    .map(|c| RouteTarget::for_binding(&c.uri, c.source, transport_of(&c.transport)))
-                    .collect::<Vec<_>>()
+        // Nor is the user read when the domains refuse the call.
+        let user = match id {
+            Some(id) if routing::admit(&call, status).is_ok() => {
+                self.user_facts(id).await?.filter(|user| user.exists)
             }
-            _ => return Ok(CallRoute::UnknownUser),
+            _ => None,
         };
-        Ok(if targets.is_empty() {
-            CallRoute::NotRegistered
-        } else {
-            CallRoute::Plan(RoutePlan::parallel(targets))
-        })
+        let callee = routing::Callee {
+            domain: status,
+            user: user.as_deref().map(|user| routing::CalleeUser {
+                enabled: user.enabled,
+                // Not in the facts; no rule reads them yet.
+                presence: None,
+                bindings: user
+                    .contacts
+                    .iter()
+                    .map(|c| routing::CalleeBinding {
+                        uri: &c.uri,
+                        q: None,
+                        expires_at: c.expires_at,
+                        reach: Reach {
+                            source: c.source,
+                            transport: &c.transport,
+                        },
+                    })
+                    .collect(),
+            }),
+        };
+        Ok(
+            match routing::route(&call, &callee, micros(SystemTime::now())) {
+                Ok(plan) => CallRoute::Plan(route_plan(plan)),
+                Err(refusal) => call_route_of(refusal),
+            },
+        )
     }
 
     fn lockout(&self, lockout: dialtone_sip::guard::Lockout) {
