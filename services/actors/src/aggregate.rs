@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::directory::Registry;
 use crate::facts::Facts;
+use crate::live::LiveActors;
 use crate::{now_us, Error, Result};
 
 /// How one kind of aggregate plugs into [`AggregateActor`].
@@ -159,6 +159,9 @@ impl Aggregate for UserAggregate {
         facts.publish_user(id, state);
     }
 }
+
+/// The live actors of one kind of aggregate (see [`LiveActors`]).
+pub(crate) type Live<A> = LiveActors<<A as Aggregate>::Id, Addr<AggregateActor<A>>>;
 
 /// Per-command metadata from the caller.
 #[derive(Debug, Clone, Default)]
@@ -323,7 +326,7 @@ pub struct AggregateActor<A: Aggregate> {
     id: A::Id,
     stream: String,
     store: SharedStore,
-    registry: Arc<Registry<A>>,
+    live: Arc<Live<A>>,
     facts: Arc<Facts>,
     idle_timeout: Duration,
     /// `None` until loaded; `Err` when loading failed (then every request
@@ -339,7 +342,7 @@ impl<A: Aggregate> AggregateActor<A> {
     pub(crate) fn new(
         id: A::Id,
         store: SharedStore,
-        registry: Arc<Registry<A>>,
+        live: Arc<Live<A>>,
         facts: Arc<Facts>,
         idle_timeout: Duration,
     ) -> Self {
@@ -347,7 +350,7 @@ impl<A: Aggregate> AggregateActor<A> {
             id,
             stream: A::stream(id),
             store,
-            registry,
+            live,
             facts,
             idle_timeout,
             loaded: None,
@@ -505,7 +508,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
         // Forget this address first, so that new callers activate a fresh
         // actor instead of sending to this stopping one.
-        self.registry.forget(self.id, &ctx.address());
+        self.live.forget(self.id, &ctx.address());
         if let Some(Ok(loaded)) = &self.loaded {
             if loaded.folded_since_snapshot >= IDLE_SNAPSHOT_MIN_EVENTS {
                 save_snapshot_later::<A>(&self.store, &self.stream, loaded);
@@ -862,7 +865,7 @@ impl<A: Aggregate> AggregateActor<A> {
             Some(Ok(loaded)) => A::next_deadline(&loaded.state),
             _ => None,
         };
-        self.registry.deadlines.set(self.id, next);
+        self.live.deadlines.set(self.id, next);
     }
 }
 

@@ -29,6 +29,7 @@ mod calls;
 mod deadlines;
 mod directory;
 mod facts;
+mod live;
 mod projection;
 mod provisioning;
 mod registrations;
