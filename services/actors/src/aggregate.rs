@@ -160,6 +160,67 @@ impl Aggregate for UserAggregate {
     }
 }
 
+/// The id of the node's one token table, whose stream is
+/// [`model::token::STREAM`]: the table is a single aggregate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenTableId;
+
+impl std::fmt::Display for TokenTableId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(model::token::STREAM)
+    }
+}
+
+/// The [`model::token`] aggregate: the API tokens. Its actor is the only
+/// writer of the `tokens` stream; after loading and after each commit it
+/// publishes the table authentication reads ([`Facts::token`]).
+pub struct TokensAggregate;
+
+impl Aggregate for TokensAggregate {
+    type Id = TokenTableId;
+    type State = model::token::Tokens;
+    type Command = model::token::Command;
+    type Event = model::token::Event;
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    const KIND: &'static str = "token";
+
+    fn stream(_id: TokenTableId) -> String {
+        model::token::STREAM.to_owned()
+    }
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+        now: Timestamp,
+    ) -> model::Result<Vec<Self::Event>> {
+        model::token::decide(state, command, now)
+    }
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State {
+        model::token::evolve(state, event)
+    }
+    fn accept(event: model::Event) -> Option<Self::Event> {
+        match event {
+            model::Event::Token(e) => Some(e),
+            _ => None,
+        }
+    }
+    fn envelope_ids(_id: TokenTableId, _state: &Self::State) -> (Option<Uuid>, Option<Uuid>) {
+        // Tokens belong to no domain: their events are for admins only.
+        (None, None)
+    }
+    fn snapshot_interval(_state: &Self::State) -> u64 {
+        100
+    }
+    fn publish(
+        _id: TokenTableId,
+        state: &Self::State,
+        _events: Option<&[Self::Event]>,
+        facts: &Facts,
+    ) {
+        // The table is small and changes rarely: publish it whole.
+        facts.publish_tokens(state);
+    }
+}
+
 /// The live actors of one kind of aggregate (see [`LiveActors`]).
 pub(crate) type Live<A> = LiveActors<<A as Aggregate>::Id, Addr<AggregateActor<A>>>;
 

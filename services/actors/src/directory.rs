@@ -11,7 +11,7 @@ use dialtone_eventlog::SharedStore;
 
 use crate::aggregate::{
     Aggregate, AggregateActor, DomainAggregate, Execute, Live, Meta, Passivate, Query, Reply,
-    UserAggregate, View,
+    TokenTableId, TokensAggregate, UserAggregate, View,
 };
 use crate::deadlines;
 use crate::facts::Facts;
@@ -45,6 +45,8 @@ struct Inner {
     config: DirectoryConfig,
     domains: Arc<Live<DomainAggregate>>,
     users: Arc<Live<UserAggregate>>,
+    /// At most one: the node's token table.
+    tokens: Arc<Live<TokensAggregate>>,
     facts: Arc<Facts>,
 }
 
@@ -67,6 +69,7 @@ impl Directory {
                 config,
                 domains: Arc::new(LiveActors::new()),
                 users: Arc::new(LiveActors::new()),
+                tokens: Arc::new(LiveActors::new()),
                 facts: Arc::new(Facts::default()),
             }),
         };
@@ -102,10 +105,12 @@ impl Directory {
     pub async fn passivate_all(&self, timeout: Duration) {
         let domains = self.inner.domains.all();
         let users = self.inner.users.all();
+        let tokens = self.inner.tokens.all();
         let all = async {
             let domain_stops = futures::future::join_all(domains.iter().map(|a| a.send(Passivate)));
             let user_stops = futures::future::join_all(users.iter().map(|a| a.send(Passivate)));
-            futures::join!(domain_stops, user_stops);
+            let token_stops = futures::future::join_all(tokens.iter().map(|a| a.send(Passivate)));
+            futures::join!(domain_stops, user_stops, token_stops);
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::warn!("some actors did not stop in time");
@@ -256,5 +261,25 @@ impl Directory {
     /// The whole state of a user.
     pub async fn user_view(&self, id: UserId) -> Result<View<model::user::User>> {
         self.query_user(id, |reply| reply.view()).await
+    }
+
+    /// Runs a command on the token table (its actor is the `tokens`
+    /// stream's only writer); `project` computes the result from the
+    /// durable state right after it.
+    pub(crate) async fn execute_tokens<R: Send + 'static>(
+        &self,
+        command: model::token::Command,
+        meta: Meta,
+        project: impl for<'a> Fn(Reply<'a, model::token::Tokens>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.execute(&self.inner.tokens, TokenTableId, command, meta, project)
+            .await
+    }
+
+    pub(crate) async fn query_tokens<R: Send + 'static>(
+        &self,
+        project: impl for<'a> Fn(Reply<'a, model::token::Tokens>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.query(&self.inner.tokens, TokenTableId, project).await
     }
 }

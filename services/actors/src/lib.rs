@@ -1,18 +1,22 @@
 //! actix actors hosting Dialtone's aggregates.
 //!
 //! # What it owns
-//! - [`AggregateActor`]: one actor per aggregate instance (a domain or a
-//!   user). It rebuilds its state from the latest snapshot plus the tail of
+//! - [`AggregateActor`]: one actor per aggregate instance (a domain, a
+//!   user, or the node's one token table). It rebuilds its state from the latest snapshot plus the tail of
 //!   its stream, then handles commands one at a time: expected-version check,
 //!   request-id de-duplication, `decide`, append (durable), `evolve`, reply.
 //!   Only this actor appends to its stream; the stream's expected version
 //!   makes that single-writer rule hold even across nodes.
-//! - [`Directory`]: finds the live actor of a domain or user, activating it on
-//!   demand (on an arbiter chosen by id) and forgetting it when it passivates
-//!   after being idle.
-//! - [`Provisioning`]: the use cases that span several actors (a user's
-//!   creation claims its name in the domain), written so that a crash between
-//!   steps never leaves a half-created user visible.
+//! - [`Directory`]: finds the live actor of a domain, a user or the token
+//!   table, activating it on demand (on an arbiter chosen by id) and
+//!   forgetting it when it passivates after being idle.
+//! - [`Provisioning`]: the use cases, notably those that span several
+//!   actors (a user's creation claims its name in the domain), written so
+//!   that a crash between steps never leaves a half-created user visible;
+//!   and the API tokens' create, revoke and list.
+//! - [`Facts`]: what actors publish after each commit for lock-light reads
+//!   on hot paths (SIP credentials, the token table API authentication
+//!   reads on every call).
 //! - [`ActorSystem`]: the actix system and its arbiters, one per core.
 //! - Projections of the log with a checkpoint: [`RegistrationIndex`] (users
 //!   with contacts) and [`CallIndex`] (call legs in progress; closes those
@@ -37,14 +41,14 @@ mod system;
 
 pub use aggregate::{
     Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Projection, Query, Reply,
-    UserAggregate, View,
+    TokenTableId, TokensAggregate, UserAggregate, View,
 };
 pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
-pub use facts::{DomainFacts, Facts, UserFacts};
+pub use facts::{DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts};
 pub use provisioning::{
-    DomainInfo, DomainRef, ListPage, NewDomain, NewUserRequest, Provisioning, ProvisioningConfig,
-    UserRef,
+    DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,
+    ProvisioningConfig, TokenInfo, UserRef,
 };
 pub use registrations::RegistrationIndex;
 pub use system::ActorSystem;
