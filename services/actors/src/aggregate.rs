@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::directory::Registry;
 use crate::facts::Facts;
+use crate::live::LiveActors;
 use crate::{now_us, Error, Result};
 
 /// How one kind of aggregate plugs into [`AggregateActor`].
@@ -159,6 +159,70 @@ impl Aggregate for UserAggregate {
         facts.publish_user(id, state);
     }
 }
+
+/// The id of the node's one token table, whose stream is
+/// [`model::token::STREAM`]: the table is a single aggregate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenTableId;
+
+impl std::fmt::Display for TokenTableId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(model::token::STREAM)
+    }
+}
+
+/// The [`model::token`] aggregate: the API tokens. Its actor is the only
+/// writer of the `tokens` stream; after loading and after each commit it
+/// publishes the table authentication reads ([`Facts::token`]).
+pub struct TokensAggregate;
+
+impl Aggregate for TokensAggregate {
+    type Id = TokenTableId;
+    type State = model::token::Tokens;
+    type Command = model::token::Command;
+    type Event = model::token::Event;
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    const KIND: &'static str = "token";
+
+    fn stream(_id: TokenTableId) -> String {
+        model::token::STREAM.to_owned()
+    }
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+        now: Timestamp,
+    ) -> model::Result<Vec<Self::Event>> {
+        model::token::decide(state, command, now)
+    }
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State {
+        model::token::evolve(state, event)
+    }
+    fn accept(event: model::Event) -> Option<Self::Event> {
+        match event {
+            model::Event::Token(e) => Some(e),
+            _ => None,
+        }
+    }
+    fn envelope_ids(_id: TokenTableId, _state: &Self::State) -> (Option<Uuid>, Option<Uuid>) {
+        // Tokens belong to no domain: their events are for admins only.
+        (None, None)
+    }
+    fn snapshot_interval(_state: &Self::State) -> u64 {
+        100
+    }
+    fn publish(
+        _id: TokenTableId,
+        state: &Self::State,
+        _events: Option<&[Self::Event]>,
+        facts: &Facts,
+    ) {
+        // The table is small and changes rarely: publish it whole.
+        facts.publish_tokens(state);
+    }
+}
+
+/// The live actors of one kind of aggregate (see [`LiveActors`]).
+pub(crate) type Live<A> = LiveActors<<A as Aggregate>::Id, Addr<AggregateActor<A>>>;
 
 /// Per-command metadata from the caller.
 #[derive(Debug, Clone, Default)]
@@ -323,7 +387,7 @@ pub struct AggregateActor<A: Aggregate> {
     id: A::Id,
     stream: String,
     store: SharedStore,
-    registry: Arc<Registry<A>>,
+    live: Arc<Live<A>>,
     facts: Arc<Facts>,
     idle_timeout: Duration,
     /// `None` until loaded; `Err` when loading failed (then every request
@@ -339,7 +403,7 @@ impl<A: Aggregate> AggregateActor<A> {
     pub(crate) fn new(
         id: A::Id,
         store: SharedStore,
-        registry: Arc<Registry<A>>,
+        live: Arc<Live<A>>,
         facts: Arc<Facts>,
         idle_timeout: Duration,
     ) -> Self {
@@ -347,7 +411,7 @@ impl<A: Aggregate> AggregateActor<A> {
             id,
             stream: A::stream(id),
             store,
-            registry,
+            live,
             facts,
             idle_timeout,
             loaded: None,
@@ -505,7 +569,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
         // Forget this address first, so that new callers activate a fresh
         // actor instead of sending to this stopping one.
-        self.registry.forget(self.id, &ctx.address());
+        self.live.forget(self.id, &ctx.address());
         if let Some(Ok(loaded)) = &self.loaded {
             if loaded.folded_since_snapshot >= IDLE_SNAPSHOT_MIN_EVENTS {
                 save_snapshot_later::<A>(&self.store, &self.stream, loaded);
@@ -862,7 +926,7 @@ impl<A: Aggregate> AggregateActor<A> {
             Some(Ok(loaded)) => A::next_deadline(&loaded.state),
             _ => None,
         };
-        self.registry.deadlines.set(self.id, next);
+        self.live.deadlines.set(self.id, next);
     }
 }
 

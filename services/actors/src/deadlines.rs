@@ -2,17 +2,21 @@
 //! queue. A user with contacts does not need a live actor to have them
 //! expired on time: its actor registers its next deadline here, may then be
 //! passivated, and is activated again when the deadline passes.
+//!
+//! This module knows nothing of actors: [`run`] is given what to do when a
+//! deadline passes (the `Directory` runs the aggregate's deadline command),
+//! so that the actors and the directory depend on it, never the reverse.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::aggregate::{Aggregate, Meta};
-use crate::directory::{Directory, Registry};
-use crate::now_us;
+use crate::{now_us, Result};
 use dialtone_domain::Timestamp;
 
 /// How many deadline commands run at once (e.g. at start-up, when many
@@ -86,28 +90,28 @@ impl<Id: Copy + Ord + Hash> Deadlines<Id> {
     }
 }
 
-/// Runs the deadline commands of one kind of aggregate, forever.
-pub(crate) async fn run<A: Aggregate>(directory: Directory, registry: Arc<Registry<A>>) {
+/// Runs `fire` for each id whose deadline passes, forever. A failed run
+/// is tried again a second later.
+pub(crate) async fn run<Id, Fire, Done>(deadlines: Arc<Deadlines<Id>>, fire: Fire)
+where
+    Id: Copy + Ord + Hash + Display + Send + Sync + 'static,
+    Fire: Fn(Id) -> Done,
+    Done: Future<Output = Result<()>> + Send + 'static,
+{
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
     loop {
-        let (due, next) = registry.deadlines.take_due(now_us());
+        let (due, next) = deadlines.take_due(now_us());
         for id in due {
-            let Some(command) = A::deadline_command() else {
-                continue;
-            };
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 return;
             };
-            let directory = directory.clone();
-            let registry = registry.clone();
+            let done = fire(id);
+            let deadlines = deadlines.clone();
             tokio::spawn(async move {
-                let result = directory
-                    .execute(&registry, id, command, Meta::default(), |_| ())
-                    .await;
-                if let Err(e) = result {
+                if let Err(e) = done.await {
                     tracing::warn!(%id, error = %e, "deadline command failed; retrying in 1 s");
                     let retry_at = now_us() + 1_000_000;
-                    registry.deadlines.set(id, Some(retry_at));
+                    deadlines.set(id, Some(retry_at));
                 }
                 drop(permit);
             });
@@ -119,10 +123,10 @@ pub(crate) async fn run<A: Aggregate>(directory: Directory, registry: Arc<Regist
                     + Duration::from_millis(1);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = registry.deadlines.wake.notified() => {}
+                    _ = deadlines.wake.notified() => {}
                 }
             }
-            None => registry.deadlines.wake.notified().await,
+            None => deadlines.wake.notified().await,
         }
     }
 }

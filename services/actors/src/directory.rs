@@ -1,8 +1,7 @@
 //! The directory of live actors: activation on demand, passivation when idle.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -11,40 +10,14 @@ use dialtone_domain::{DomainId, UserId};
 use dialtone_eventlog::SharedStore;
 
 use crate::aggregate::{
-    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Passivate, Query, Reply,
-    UserAggregate, View,
+    Aggregate, AggregateActor, DomainAggregate, Execute, Live, Meta, Passivate, Query, Reply,
+    TokenTableId, TokensAggregate, UserAggregate, View,
 };
-use crate::deadlines::{self, Deadlines};
+use crate::deadlines;
 use crate::facts::Facts;
+use crate::live::LiveActors;
 use crate::{Error, Result};
 use dialtone_domain as model;
-
-/// Live actors of one kind, by id.
-pub(crate) struct Registry<A: Aggregate> {
-    live: Mutex<HashMap<A::Id, Addr<AggregateActor<A>>>>,
-    pub(crate) deadlines: Deadlines<A::Id>,
-}
-
-impl<A: Aggregate> Registry<A> {
-    fn new() -> Self {
-        Registry {
-            live: Mutex::new(HashMap::new()),
-            deadlines: Deadlines::new(),
-        }
-    }
-
-    /// Removes `addr` for `id`, unless a newer actor has replaced it.
-    pub(crate) fn forget(&self, id: A::Id, addr: &Addr<AggregateActor<A>>) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.get(&id) == Some(addr) {
-            live.remove(&id);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct DirectoryConfig {
@@ -70,8 +43,10 @@ struct Inner {
     store: SharedStore,
     arbiters: Vec<ArbiterHandle>,
     config: DirectoryConfig,
-    domains: Arc<Registry<DomainAggregate>>,
-    users: Arc<Registry<UserAggregate>>,
+    domains: Arc<Live<DomainAggregate>>,
+    users: Arc<Live<UserAggregate>>,
+    /// At most one: the node's token table.
+    tokens: Arc<Live<TokensAggregate>>,
     facts: Arc<Facts>,
 }
 
@@ -92,17 +67,33 @@ impl Directory {
                 store,
                 arbiters,
                 config,
-                domains: Arc::new(Registry::new()),
-                users: Arc::new(Registry::new()),
+                domains: Arc::new(LiveActors::new()),
+                users: Arc::new(LiveActors::new()),
+                tokens: Arc::new(LiveActors::new()),
                 facts: Arc::new(Facts::default()),
             }),
         };
         // Only users have deadlines (contact expiry) today.
-        tokio::spawn(deadlines::run::<UserAggregate>(
-            directory.clone(),
-            directory.inner.users.clone(),
-        ));
+        directory.run_deadlines(&directory.inner.users);
         Ok(directory)
+    }
+
+    /// Runs `A`'s deadline command for each of its deadlines as it passes
+    /// (activating the actor if it was passivated).
+    fn run_deadlines<A: Aggregate>(&self, live: &Arc<Live<A>>) {
+        let Some(command) = A::deadline_command() else {
+            return;
+        };
+        let directory = self.clone();
+        let target = live.clone();
+        tokio::spawn(deadlines::run(live.deadlines.clone(), move |id| {
+            let (directory, target, command) = (directory.clone(), target.clone(), command.clone());
+            async move {
+                directory
+                    .execute(&target, id, command, Meta::default(), |_| ())
+                    .await
+            }
+        }));
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -112,28 +103,14 @@ impl Directory {
     /// Stops every live actor after it saved a snapshot (shutdown), so that
     /// the next start loads quickly. Waits at most `timeout`.
     pub async fn passivate_all(&self, timeout: Duration) {
-        let domains: Vec<_> = self
-            .inner
-            .domains
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let users: Vec<_> = self
-            .inner
-            .users
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let domains = self.inner.domains.all();
+        let users = self.inner.users.all();
+        let tokens = self.inner.tokens.all();
         let all = async {
             let domain_stops = futures::future::join_all(domains.iter().map(|a| a.send(Passivate)));
             let user_stops = futures::future::join_all(users.iter().map(|a| a.send(Passivate)));
-            futures::join!(domain_stops, user_stops);
+            let token_stops = futures::future::join_all(tokens.iter().map(|a| a.send(Passivate)));
+            futures::join!(domain_stops, user_stops, token_stops);
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::warn!("some actors did not stop in time");
@@ -155,34 +132,25 @@ impl Directory {
         (self.inner.domains.len(), self.inner.users.len())
     }
 
-    fn activate<A: Aggregate>(
-        &self,
-        registry: &Arc<Registry<A>>,
-        id: A::Id,
-    ) -> Addr<AggregateActor<A>> {
-        let mut live = registry.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(addr) = live.get(&id) {
-            if addr.connected() {
-                return addr.clone();
-            }
-        }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut hasher);
-        let arbiter = &self.inner.arbiters[(hasher.finish() as usize) % self.inner.arbiters.len()];
-        let store = self.inner.store.clone();
-        let reg = registry.clone();
-        let idle = self.inner.config.idle_timeout;
-        let facts = self.inner.facts.clone();
-        let addr = AggregateActor::<A>::start_in_arbiter(arbiter, move |_ctx| {
-            AggregateActor::new(id, store, reg, facts, idle)
-        });
-        live.insert(id, addr.clone());
-        addr
+    fn activate<A: Aggregate>(&self, live: &Arc<Live<A>>, id: A::Id) -> Addr<AggregateActor<A>> {
+        live.get_or_start(id, Addr::connected, || {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            id.hash(&mut hasher);
+            let arbiter =
+                &self.inner.arbiters[(hasher.finish() as usize) % self.inner.arbiters.len()];
+            let store = self.inner.store.clone();
+            let home = live.clone();
+            let idle = self.inner.config.idle_timeout;
+            let facts = self.inner.facts.clone();
+            AggregateActor::<A>::start_in_arbiter(arbiter, move |_ctx| {
+                AggregateActor::new(id, store, home, facts, idle)
+            })
+        })
     }
 
     pub(crate) async fn execute<A: Aggregate, R: Send + 'static>(
         &self,
-        registry: &Arc<Registry<A>>,
+        live: &Arc<Live<A>>,
         id: A::Id,
         command: A::Command,
         meta: Meta,
@@ -193,7 +161,7 @@ impl Directory {
     {
         let mut attempt = 0;
         loop {
-            let addr = self.activate(registry, id);
+            let addr = self.activate(live, id);
             let msg = Execute::<A, R> {
                 command: command.clone(),
                 meta: meta.clone(),
@@ -202,7 +170,7 @@ impl Directory {
             match addr.send(msg).await {
                 Ok(result) => return result,
                 Err(e) => {
-                    registry.forget(id, &addr);
+                    live.forget(id, &addr);
                     attempt += 1;
                     if attempt >= MAILBOX_RETRIES {
                         return Err(Error::Unavailable(format!("{} {id}: {e}", A::KIND)));
@@ -214,20 +182,20 @@ impl Directory {
 
     async fn query<A: Aggregate, R: Send + 'static>(
         &self,
-        registry: &Arc<Registry<A>>,
+        live: &Arc<Live<A>>,
         id: A::Id,
         project: impl for<'a> Fn(Reply<'a, A::State>) -> R + Send + Sync + Clone + 'static,
     ) -> Result<R> {
         let mut attempt = 0;
         loop {
-            let addr = self.activate(registry, id);
+            let addr = self.activate(live, id);
             let msg = Query::<A, R> {
                 project: Box::new(project.clone()),
             };
             match addr.send(msg).await {
                 Ok(result) => return result,
                 Err(e) => {
-                    registry.forget(id, &addr);
+                    live.forget(id, &addr);
                     attempt += 1;
                     if attempt >= MAILBOX_RETRIES {
                         return Err(Error::Unavailable(format!("{} {id}: {e}", A::KIND)));
@@ -293,5 +261,25 @@ impl Directory {
     /// The whole state of a user.
     pub async fn user_view(&self, id: UserId) -> Result<View<model::user::User>> {
         self.query_user(id, |reply| reply.view()).await
+    }
+
+    /// Runs a command on the token table (its actor is the `tokens`
+    /// stream's only writer); `project` computes the result from the
+    /// durable state right after it.
+    pub(crate) async fn execute_tokens<R: Send + 'static>(
+        &self,
+        command: model::token::Command,
+        meta: Meta,
+        project: impl for<'a> Fn(Reply<'a, model::token::Tokens>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.execute(&self.inner.tokens, TokenTableId, command, meta, project)
+            .await
+    }
+
+    pub(crate) async fn query_tokens<R: Send + 'static>(
+        &self,
+        project: impl for<'a> Fn(Reply<'a, model::token::Tokens>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.query(&self.inner.tokens, TokenTableId, project).await
     }
 }

@@ -1,5 +1,6 @@
 //! Facts that actors publish for fast, lock-light reads on hot paths (the
-//! SIP gateway asks for a user's credentials twice per registration).
+//! SIP gateway asks for a user's credentials twice per registration; the
+//! API authenticates every call against the token table).
 //!
 //! Only an aggregate's own actor writes its facts, right after loading and
 //! right after each commit, before replying: a caller that got a reply reads
@@ -12,7 +13,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use dialtone_domain::token::{self, Scope};
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
+use uuid::Uuid;
 
 /// What the SIP path needs of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,11 +111,48 @@ fn transport_name(name: &str) -> Cow<'static, str> {
     }
 }
 
+/// What authentication needs of an API token that is not revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// SHA-256 of the token's secret.
+    pub secret_sha256: [u8; 32],
+    pub access: TokenAccess,
+}
+
+/// What a token gives access to, with a domain's id computed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAccess {
+    Admin,
+    Domain(DomainId),
+}
+
+/// 64 lower-case hex digits (as `token::decide` accepts them) as bytes.
+fn sha256_from_hex(hex: &str) -> Option<[u8; 32]> {
+    fn digit(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        }
+    }
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 /// The published facts of every aggregate that was loaded on this node.
 #[derive(Default)]
 pub struct Facts {
     domains: RwLock<HashMap<DomainId, DomainFacts>>,
     users: RwLock<HashMap<UserId, Arc<UserFacts>>>,
+    /// The tokens that are not revoked, by id.
+    tokens: RwLock<HashMap<Uuid, TokenFacts>>,
 }
 
 impl Facts {
@@ -205,6 +245,47 @@ impl Facts {
             .get(&id)
             .cloned()
     }
+
+    /// Publishes the token table (after loading and after each commit):
+    /// the tokens that are not revoked, replacing what was published.
+    pub fn publish_tokens(&self, state: &token::Tokens) {
+        let live: HashMap<Uuid, TokenFacts> = state
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.revoked_at.is_none())
+            .filter_map(|(id, t)| {
+                let access = match &t.scope {
+                    Scope::Admin => TokenAccess::Admin,
+                    Scope::Domain(name) => TokenAccess::Domain(DomainId::for_name(name)),
+                };
+                let secret_sha256 = sha256_from_hex(&t.secret_sha256);
+                if secret_sha256.is_none() {
+                    // `decide` refuses such a hash: only a hand-edited log
+                    // could hold one. The token then lets nobody in.
+                    tracing::warn!(token_id = %id, "token with an unreadable hash ignored");
+                }
+                Some((
+                    *id,
+                    TokenFacts {
+                        secret_sha256: secret_sha256?,
+                        access,
+                    },
+                ))
+            })
+            .collect();
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = live;
+    }
+
+    /// The token `id` if it exists and is not revoked, as the token actor
+    /// last published it. Nothing is published before the actor loaded
+    /// (`Provisioning::load_tokens`).
+    pub fn token(&self, id: Uuid) -> Option<TokenFacts> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +353,43 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn token_facts_keep_live_tokens_with_their_hash_as_bytes() {
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let name = DomainName::parse("example.com").unwrap();
+        let create = |id: u128, scope: Scope| token::Command::Create {
+            token_id: Uuid::from_u128(id),
+            scope,
+            secret_sha256: hash.into(),
+            description: String::new(),
+        };
+        let mut state = token::Tokens::default();
+        for command in [
+            create(1, Scope::Admin),
+            create(2, Scope::Domain(name.clone())),
+            create(3, Scope::Admin),
+            token::Command::Revoke {
+                token_id: Uuid::from_u128(3),
+            },
+        ] {
+            let events = token::decide(&state, &command, 1).unwrap();
+            state = events.iter().fold(state, token::evolve);
+        }
+        let facts = Facts::default();
+        facts.publish_tokens(&state);
+        let admin = facts.token(Uuid::from_u128(1)).unwrap();
+        assert_eq!(admin.access, TokenAccess::Admin);
+        assert_eq!(admin.secret_sha256[..2], [0x9f, 0x86]);
+        assert_eq!(admin.secret_sha256[31], 0x08);
+        assert_eq!(
+            facts.token(Uuid::from_u128(2)).unwrap().access,
+            TokenAccess::Domain(DomainId::for_name(&name))
+        );
+        assert_eq!(facts.token(Uuid::from_u128(3)), None);
+        assert_eq!(sha256_from_hex(&hash.to_uppercase()), None);
+        assert_eq!(sha256_from_hex(&hash[1..]), None);
     }
 
     #[test]

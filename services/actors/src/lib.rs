@@ -3,7 +3,9 @@
 //!
 //! # What it owns
 //! - [`AggregateActor`]: one actor per aggregate instance, generic over an
-//!   [`Aggregate`] ([`DomainAggregate`], [`UserAggregate`]). It activates
+//!   [`Aggregate`] ([`DomainAggregate`], [`UserAggregate`], and the node's
+//!   one token table, [`TokensAggregate`]). Only this actor appends to its
+//!   stream; the expected version makes that hold across nodes. It activates
 //!   from the latest snapshot plus the tail of its stream, then handles
 //!   commands in batches (one append in flight; commands arriving meanwhile
 //!   are decided one after the other and appended together): request-id
@@ -11,14 +13,17 @@
 //!   `evolve`, reply. Queries ([`Query`]) see durable state only. Idle
 //!   actors passivate, saving a snapshot when enough was folded since the
 //!   last one.
-//! - [`Directory`]: finds or activates the actor of a domain or user (on an
+//! - [`Directory`]: finds or activates the actor of a domain, a user or the
+//!   token table (on an
 //!   arbiter of the [`ActorSystem`] chosen by id), and runs aggregates'
 //!   deadlines ([`Aggregate::next_deadline`], contact expiry) from a
 //!   node-level queue, activating passivated actors on time.
 //! - [`Facts`]: what actors publish after each commit for lock-light reads
-//!   on the SIP hot path (domain status and names, user credentials).
+//!   on hot paths (domain status and names, user credentials, the token
+//!   table API authentication reads on every call).
 //! - [`Provisioning`]: the use cases that span several actors (a user's
-//!   creation claims its name in the domain), crash-safe between steps.
+//!   creation claims its name in the domain), crash-safe between steps;
+//!   and the API tokens' create, revoke and list.
 //! - Checkpointed projections of the whole log: [`RegistrationIndex`]
 //!   (users with contacts: woken at start-up, "who is online") and
 //!   [`CallIndex`] (call legs in progress; at start-up it closes those a
@@ -40,6 +45,7 @@ mod calls;
 mod deadlines;
 mod directory;
 mod facts;
+mod live;
 mod projection;
 mod provisioning;
 mod registrations;
@@ -47,14 +53,14 @@ mod system;
 
 pub use aggregate::{
     Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Projection, Query, Reply,
-    UserAggregate, View,
+    TokenTableId, TokensAggregate, UserAggregate, View,
 };
 pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
-pub use facts::{DomainFacts, Facts, UserFacts};
+pub use facts::{DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts};
 pub use provisioning::{
-    DomainInfo, DomainRef, ListPage, NewDomain, NewUserRequest, Provisioning, ProvisioningConfig,
-    UserRef,
+    DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,
+    ProvisioningConfig, TokenInfo, UserRef,
 };
 pub use registrations::RegistrationIndex;
 pub use system::ActorSystem;

@@ -1,11 +1,13 @@
 //! Provisioning use cases: domains and users, including the ones that span
-//! two actors (a user's name is claimed in its domain).
+//! two actors (a user's name is claimed in its domain), and the API tokens.
 
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_domain::domain::{self, Settings, SettingsPatch};
 use dialtone_domain::names::UserAddress;
+use dialtone_domain::token::{self, Scope};
 use dialtone_domain::user::{self, NewUser, Patch};
-use dialtone_domain::{DomainId, DomainName, Error as DomainError, UserId, UserName};
+use dialtone_domain::{DomainId, DomainName, Error as DomainError, Timestamp, UserId, UserName};
+use uuid::Uuid;
 
 use crate::aggregate::{Meta, View};
 use crate::directory::Directory;
@@ -114,6 +116,48 @@ pub struct NewUserRequest {
     pub caller_id: String,
     pub max_contacts: Option<u32>,
     pub enabled: bool,
+}
+
+/// A token to create. The caller makes the id and the secret (the actors
+/// have no business with randomness nor with the secret): only the secret's
+/// SHA-256 comes here, and only it is recorded.
+pub struct NewToken {
+    pub token_id: Uuid,
+    pub scope: Scope,
+    /// SHA-256 of the secret, 64 lower-case hex digits.
+    pub secret_sha256: String,
+    pub description: String,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("token_id", &self.token_id)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token as it may be shown: never its secret or hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub scope: Scope,
+    pub description: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl TokenInfo {
+    fn of(state: &token::Tokens, id: Uuid) -> Option<Self> {
+        state.tokens.get(&id).map(|t| TokenInfo {
+            id,
+            scope: t.scope.clone(),
+            description: t.description.clone(),
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+        })
+    }
 }
 
 /// One page of a listing.
@@ -536,6 +580,61 @@ impl Provisioning {
                 other => other,
             })
     }
+}
+
+/// The API tokens: every change goes through the token table's actor, the
+/// `tokens` stream's only writer, which publishes the table authentication
+/// reads ([`crate::Facts::token`]) before it replies.
+impl Provisioning {
+    /// Loads the token table (at start-up, before the API serves), so that
+    /// its actor publishes it for authentication.
+    pub async fn load_tokens(&self) -> Result<()> {
+        self.directory.query_tokens(|_| ()).await
+    }
+
+    pub async fn create_token(&self, new: NewToken, meta: Meta) -> Result<TokenInfo> {
+        let id = new.token_id;
+        let command = token::Command::Create {
+            token_id: id,
+            scope: new.scope,
+            secret_sha256: new.secret_sha256,
+            description: new.description,
+        };
+        self.directory
+            .execute_tokens(command, meta, move |r| TokenInfo::of(r.state, id))
+            .await?
+            .ok_or_else(|| not_found_token(id))
+    }
+
+    /// Revokes a token; a revoked one stays as it is (nothing is written).
+    pub async fn revoke_token(&self, id: Uuid, meta: Meta) -> Result<TokenInfo> {
+        self.directory
+            .execute_tokens(token::Command::Revoke { token_id: id }, meta, move |r| {
+                TokenInfo::of(r.state, id)
+            })
+            .await?
+            .ok_or_else(|| not_found_token(id))
+    }
+
+    /// Every token, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        let mut tokens = self
+            .directory
+            .query_tokens(|r| {
+                r.state
+                    .tokens
+                    .keys()
+                    .filter_map(|id| TokenInfo::of(r.state, *id))
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        tokens.sort_by_key(|t| (t.created_at, t.id));
+        Ok(tokens)
+    }
+}
+
+fn not_found_token(id: Uuid) -> Error {
+    Error::Domain(DomainError::NotFound(format!("token {id}")))
 }
 
 fn not_found_domain(domain: &DomainRef) -> Error {

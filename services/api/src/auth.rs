@@ -12,16 +12,21 @@
 //! only as its SHA-256) and the tokens of the log's `tokens` stream
 //! (`dialtone_domain::token`): `dt_<id>_<secret>`, where only the SHA-256
 //! of the secret is stored. Comparisons of hashes are constant-time. The
-//! table is rebuilt from the log at start and updated in memory by every
-//! create and revoke, so a revocation holds from the next call on.
+//! stream is the token table's aggregate, written only by its actor in
+//! `dialtone_actors` (create, revoke and list go there); this module makes
+//! the id and the secret and sends only the hash. The actor publishes the
+//! table it loaded from the log and, after every durable create or revoke,
+//! before it replies, the new one ([`dialtone_actors::Facts::token`]): the
+//! interceptor reads that without a message to the actor, and a revocation
+//! holds from the next call on.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use dialtone_actors::{DomainRef, UserRef};
-use dialtone_domain::event::Event;
-use dialtone_domain::token::{self, Scope};
-use dialtone_domain::{DomainId, Timestamp};
-use dialtone_eventlog::{ExpectedVersion, NewEvent, SharedStore};
+pub use dialtone_actors::TokenInfo;
+use dialtone_actors::{DomainRef, Meta, NewToken, Provisioning, TokenAccess, UserRef};
+use dialtone_domain::token::Scope;
+use dialtone_domain::DomainId;
+use dialtone_eventlog::SharedStore;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -146,18 +151,6 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn from_hex(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).ok()?;
-    Some(out)
-}
-
-fn now_us() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
 /// 256 random bits, hex.
 pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -165,38 +158,9 @@ pub fn random_secret() -> String {
     hex::encode(bytes)
 }
 
-/// A token as it may be shown: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenInfo {
-    pub id: Uuid,
-    pub scope: Scope,
-    pub description: String,
-    pub created_at: Timestamp,
-    pub revoked_at: Option<Timestamp>,
-}
-
-fn info(id: Uuid, t: &token::Token) -> TokenInfo {
-    TokenInfo {
-        id,
-        scope: t.scope.clone(),
-        description: t.description.clone(),
-        created_at: t.created_at,
-        revoked_at: t.revoked_at,
-    }
-}
-
-struct Table {
-    state: token::Tokens,
-    /// The `tokens` stream's version the state reflects.
-    version: Option<u64>,
-}
-
 struct Inner {
-    store: SharedStore,
+    provisioning: Provisioning,
     admin: Option<[u8; 32]>,
-    table: RwLock<Table>,
-    /// One create or revoke at a time: the stream has one writer.
-    write: tokio::sync::Mutex<()>,
 }
 
 /// The token table (see the module documentation). Cheap to clone.
@@ -206,21 +170,24 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// The table of the log's `tokens` stream, plus `admin_token` (if any)
-    /// as an admin token that is not in the log.
-    pub async fn load(store: SharedStore, admin_token: Option<&str>) -> crate::Result<Tokens> {
-        let (state, version) = read_table(&store).await?;
+    /// The table of the log's `tokens` stream, as its actor publishes it,
+    /// plus `admin_token` (if any) as an admin token that is not in the
+    /// log. Waits until the actor loaded the table from the log.
+    pub async fn load(
+        provisioning: Provisioning,
+        admin_token: Option<&str>,
+    ) -> crate::Result<Tokens> {
+        provisioning.load_tokens().await?;
         Ok(Tokens {
             inner: Arc::new(Inner {
-                store,
+                provisioning,
                 admin: admin_token.map(|t| sha256(t.as_bytes())),
-                table: RwLock::new(Table { state, version }),
-                write: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
-    /// The access `token` gives, if any.
+    /// The access `token` gives, if any. A map look-up under a read lock
+    /// (the table the token actor published), no message to the actor.
     pub fn authenticate(&self, token: &str) -> Option<Access> {
         let presented = sha256(token.as_bytes());
         if let Some(admin) = &self.inner.admin {
@@ -230,20 +197,18 @@ impl Tokens {
         }
         let (id, secret) = token.strip_prefix(PREFIX)?.split_once('_')?;
         let id = Uuid::try_parse(id).ok()?;
-        let table = self.inner.table.read().ok()?;
-        let entry = table.state.tokens.get(&id)?;
-        let stored = from_hex(&entry.secret_sha256)?;
-        let matches = bool::from(sha256(secret.as_bytes()).ct_eq(&stored));
-        if !matches || entry.revoked_at.is_some() {
+        let entry = self.inner.provisioning.directory().facts().token(id)?;
+        if !bool::from(sha256(secret.as_bytes()).ct_eq(&entry.secret_sha256)) {
             return None;
         }
-        Some(match &entry.scope {
-            Scope::Admin => Access::Admin,
-            Scope::Domain(name) => Access::Domain(DomainId::for_name(name)),
+        Some(match entry.access {
+            TokenAccess::Admin => Access::Admin,
+            TokenAccess::Domain(id) => Access::Domain(id),
         })
     }
 
     /// Creates a token; returns it and its bearer string (shown once).
+    /// Authentication accepts it as soon as this returns.
     pub async fn create(
         &self,
         scope: Scope,
@@ -251,141 +216,38 @@ impl Tokens {
     ) -> Result<(TokenInfo, String), Status> {
         let id = Uuid::new_v4();
         let secret = random_secret();
-        let command = token::Command::Create {
+        let new = NewToken {
             token_id: id,
             scope,
             secret_sha256: hex::encode(sha256(secret.as_bytes())),
             description,
         };
-        let state = self.run(&command).await?;
-        let token = state
-            .tokens
-            .get(&id)
-            .map(|t| info(id, t))
-            .ok_or_else(|| Status::internal("token missing after its creation"))?;
+        let token = self
+            .inner
+            .provisioning
+            .create_token(new, Meta::default())
+            .await
+            .map_err(status::from_actor)?;
         Ok((token, format!("{PREFIX}{}_{secret}", id.simple())))
     }
 
     /// Revokes a token (a revoked one stays revoked; nothing is written).
+    /// Authentication refuses it as soon as this returns.
     pub async fn revoke(&self, id: Uuid) -> Result<TokenInfo, Status> {
-        let state = self.run(&token::Command::Revoke { token_id: id }).await?;
-        state
-            .tokens
-            .get(&id)
-            .map(|t| info(id, t))
-            .ok_or_else(|| Status::not_found(format!("token {id} not found")))
+        self.inner
+            .provisioning
+            .revoke_token(id, Meta::default())
+            .await
+            .map_err(status::from_actor)
     }
 
     /// Every token, oldest first.
-    pub fn list(&self) -> Vec<TokenInfo> {
-        let Ok(table) = self.inner.table.read() else {
-            return Vec::new();
-        };
-        let mut tokens: Vec<TokenInfo> = table
-            .state
-            .tokens
-            .iter()
-            .map(|(id, t)| info(*id, t))
-            .collect();
-        tokens.sort_by_key(|t| (t.created_at, t.id));
-        tokens
-    }
-
-    fn snapshot(&self) -> Result<(token::Tokens, Option<u64>), Status> {
-        let table = self
-            .inner
-            .table
-            .read()
-            .map_err(|_| Status::internal("token table poisoned"))?;
-        Ok((table.state.clone(), table.version))
-    }
-
-    /// Decides `command`, appends its events (durably), then applies them.
-    async fn run(&self, command: &token::Command) -> Result<token::Tokens, Status> {
-        let _writer = self.inner.write.lock().await;
-        let (state, version) = self.snapshot()?;
-        let now = now_us();
-        let events = token::decide(&state, command, now).map_err(status::from_domain)?;
-        if events.is_empty() {
-            return Ok(state);
-        }
-        let mut new = Vec::with_capacity(events.len());
-        for e in &events {
-            let event = Event::Token(e.clone());
-            new.push(NewEvent {
-                event_id: Uuid::new_v4(),
-                event_type: event.event_type().to_owned(),
-                schema_version: event.schema_version(),
-                occurred_at_us: now,
-                domain_id: None,
-                user_id: None,
-                correlation_id: None,
-                data: event
-                    .to_data()
-                    .map_err(|e| Status::internal(format!("cannot encode a token event: {e}")))?,
-            });
-        }
-        let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        let appended = self.inner.store.append(token::STREAM, expected, new).await;
-        let outcome = match appended {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                // Another writer (or a failed append): start again from the log.
-                if let Ok((state, version)) = read_table(&self.inner.store).await {
-                    if let Ok(mut table) = self.inner.table.write() {
-                        *table = Table { state, version };
-                    }
-                }
-                return Err(status::from_store(e));
-            }
-        };
-        let state = events.iter().fold(state, token::evolve);
-        let mut table = self
-            .inner
-            .table
-            .write()
-            .map_err(|_| Status::internal("token table poisoned"))?;
-        *table = Table {
-            state: state.clone(),
-            version: Some(outcome.last_version),
-        };
-        Ok(state)
-    }
-}
-
-/// Reads the `tokens` stream into a table.
-async fn read_table(store: &SharedStore) -> crate::Result<(token::Tokens, Option<u64>)> {
-    const PAGE: usize = 1000;
-    let mut state = token::Tokens::default();
-    let mut version = None;
-    let mut from = 0;
-    loop {
-        let page = store.read_stream(token::STREAM, from, PAGE).await?;
-        for e in &page {
-            match Event::from_stored(&e.event_type, e.schema_version, &e.data) {
-                Ok(Event::Token(event)) => state = token::evolve(state, &event),
-                Ok(_) => {
-                    return Err(crate::Error::Corrupt(format!(
-                        "{} event at version {} of stream {}",
-                        e.event_type,
-                        e.version,
-                        token::STREAM
-                    )))
-                }
-                Err(err) => {
-                    return Err(crate::Error::Corrupt(format!(
-                        "stream {} version {}: {err}",
-                        token::STREAM,
-                        e.version
-                    )))
-                }
-            }
-            version = Some(e.version);
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE => from = last.version + 1,
-            _ => return Ok((state, version)),
-        }
+    pub async fn list(&self) -> Result<Vec<TokenInfo>, Status> {
+        self.inner
+            .provisioning
+            .list_tokens()
+            .await
+            .map_err(status::from_actor)
     }
 }
 
@@ -478,6 +340,7 @@ impl tonic::service::Interceptor for Bearer {
 mod tests {
     use std::sync::Arc;
 
+    use dialtone_actors::{ActorSystem, Directory, DirectoryConfig, ProvisioningConfig};
     use dialtone_domain::DomainName;
     use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
     use tonic::service::Interceptor as _;
@@ -486,6 +349,26 @@ mod tests {
 
     async fn store(dir: &tempfile::TempDir) -> SharedStore {
         Arc::new(SqliteStore::open(&dir.path().join("events.db"), SqliteOptions::new("t")).unwrap())
+    }
+
+    /// The token table of `store` as a (re)started node loads it: fresh
+    /// actors, the table rebuilt from the log. The actor system is kept in
+    /// `systems` to be shut down at the end.
+    async fn load(
+        store: &SharedStore,
+        admin_token: Option<&str>,
+        systems: &mut Vec<ActorSystem>,
+    ) -> Tokens {
+        let system = ActorSystem::start(1).unwrap();
+        let directory = Directory::new(
+            store.clone(),
+            system.arbiters().to_vec(),
+            DirectoryConfig::default(),
+        )
+        .unwrap();
+        systems.push(system);
+        let provisioning = Provisioning::new(directory, ProvisioningConfig::default());
+        Tokens::load(provisioning, admin_token).await.unwrap()
     }
 
     fn call(tokens: &Tokens, header: Option<&str>) -> Result<Access, Status> {
@@ -503,9 +386,8 @@ mod tests {
     async fn admin_token_and_issued_tokens_authenticate_until_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir).await;
-        let tokens = Tokens::load(store.clone(), Some("s3cret-admin"))
-            .await
-            .unwrap();
+        let mut systems = Vec::new();
+        let tokens = load(&store, Some("s3cret-admin"), &mut systems).await;
         assert_eq!(
             call(&tokens, Some("Bearer s3cret-admin")).ok(),
             Some(Access::Admin)
@@ -548,7 +430,7 @@ mod tests {
         assert!(call(&tokens, Some(&format!("Bearer {wrong}"))).is_err());
 
         // Rebuilt from the log: same table, and the secret is not in it.
-        let reloaded = Tokens::load(store.clone(), None).await.unwrap();
+        let reloaded = load(&store, None, &mut systems).await;
         assert_eq!(reloaded.authenticate(&secret), Some(domain));
         assert_eq!(reloaded.authenticate("s3cret-admin"), None);
         let raw = store.read_all(1, 100).await.unwrap();
@@ -564,10 +446,15 @@ mod tests {
             tokens.revoke(Uuid::new_v4()).await.unwrap_err().code(),
             tonic::Code::NotFound
         );
-        let reloaded = Tokens::load(store, None).await.unwrap();
+        let reloaded = load(&store, None, &mut systems).await;
         assert_eq!(reloaded.authenticate(&secret), None);
-        let listed = reloaded.list();
+        let listed = reloaded.list().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert!(listed[0].id == info.id && listed[0].revoked_at.is_some());
+        for system in systems {
+            tokio::task::spawn_blocking(move || system.shutdown())
+                .await
+                .unwrap();
+        }
     }
 }

@@ -73,8 +73,8 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("event log: {0}")]
     Store(#[from] dialtone_eventlog::Error),
-    #[error("unreadable token stream: {0}")]
-    Corrupt(String),
+    #[error("actors: {0}")]
+    Actors(#[from] dialtone_actors::Error),
     #[error("invalid token: {0}")]
     Token(&'static str),
 }
@@ -127,7 +127,7 @@ pub async fn serve(
 /// The token table of `context`'s log with `admin_token`; [`serve_with`]
 /// loads it itself, this is for callers that want it first.
 pub async fn load_tokens(context: &ApiContext, admin_token: Option<&str>) -> Result<auth::Tokens> {
-    auth::Tokens::load(context.store.clone(), admin_token).await
+    auth::Tokens::load(context.provisioning.clone(), admin_token).await
 }
 
 /// As [`serve`], with settings. When `shutdown` completes, subscriptions

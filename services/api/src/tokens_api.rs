@@ -99,7 +99,7 @@ impl TokenService for TokenApi {
     ) -> Result<Response<ListTokensResponse>, Status> {
         auth::access(&request).require_admin(MANAGE)?;
         Ok(Response::new(ListTokensResponse {
-            tokens: self.tokens.list().iter().map(token).collect(),
+            tokens: self.tokens.list().await?.iter().map(token).collect(),
         }))
     }
 }

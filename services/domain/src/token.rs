@@ -31,7 +31,7 @@ pub enum Scope {
 }
 
 /// One token as the table knows it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub scope: Scope,
     /// SHA-256 of the secret, lower-case hex (64 digits).
@@ -52,8 +52,9 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// The token table: every token ever created, by id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The token table: every token ever created, by id. Serialisable for the
+/// actor's snapshots, which hold hashes only, as the stream does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tokens {
     pub tokens: BTreeMap<Uuid, Token>,
 }
