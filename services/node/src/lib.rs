@@ -9,7 +9,7 @@
 //!   SIP gateway, gRPC API, Prometheus metrics exporter, the admin token
 //!   (configured, or made once into `<data-dir>/admin.token`), and shutdown
 //!   in order.
-//! - [`sip_bridge`]: the SIP gateway's `Registry` implemented over the
+//! - [`sip_bridge`]: the SIP gateway's `SipBackend` implemented over the
 //!   actors (credentials, REGISTER as user commands, call routing, call
 //!   steps recorded in both users' streams, lock-outs as domain events).
 //! - The CLI client ([`cli`]) and the demo provisioning ([`demo`]).

@@ -118,7 +118,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             server_header: Some(format!("Dialtone/{}", env!("CARGO_PKG_VERSION"))),
             ..dialtone_sip::GatewayConfig::default()
         };
-        let registry = Arc::new(crate::sip_bridge::ActorRegistry::new(provisioning.clone()));
+        let registry = Arc::new(crate::sip_bridge::ActorBackend::new(provisioning.clone()));
         Some(
             dialtone_sip::Gateway::start(gateway_config, registry)
                 .await

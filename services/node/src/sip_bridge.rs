@@ -1,4 +1,4 @@
-//! The SIP gateway's view of Dialtone: `dialtone_sip::Registry` implemented
+//! The SIP gateway's view of Dialtone: `dialtone_sip::SipBackend` implemented
 //! over the domain and user actors.
 
 use std::net::SocketAddr;
@@ -10,20 +10,20 @@ use dialtone_domain::registration::{ContactChange, Register};
 use dialtone_domain::{domain, routing, user, DomainId, DomainName, UserId, UserName};
 use dialtone_sip::backend::{
     BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContinueOn,
-    CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry, RoutePlan,
-    RouteStep, RouteTarget, Transport, UserCredentials,
+    CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, RoutePlan, RouteStep,
+    RouteTarget, SipBackend, Transport, UserCredentials,
 };
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
 /// publish (no actor message on the hot path once an aggregate was loaded),
 /// and runs REGISTERs on the user actors.
-pub struct ActorRegistry {
+pub struct ActorBackend {
     provisioning: Provisioning,
 }
 
-impl ActorRegistry {
+impl ActorBackend {
     pub fn new(provisioning: Provisioning) -> Self {
-        ActorRegistry { provisioning }
+        ActorBackend { provisioning }
     }
 
     /// The domain's status and MD5 setting, and the id of `user` in it.
@@ -80,7 +80,7 @@ impl ActorRegistry {
     }
 }
 
-impl ActorRegistry {
+impl ActorBackend {
     /// Records one step of one leg on the user's actor (durable when it
     /// returns). A user deleted meanwhile has no leg to record.
     async fn record_leg(&self, record: CallRecord) -> Result<(), BackendError> {
@@ -190,14 +190,6 @@ fn contacts_of(state: &user::User, now: i64) -> Vec<CurrentContact> {
         .collect()
 }
 
-fn transport_of(name: &str) -> Transport {
-    if name.eq_ignore_ascii_case("TCP") {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    }
-}
-
 /// How a callee's binding is reached, as the user's facts hold it: what
 /// the domain's routing passes through to each target.
 #[derive(Debug, Clone, Copy)]
@@ -216,15 +208,14 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
             .steps
             .into_iter()
             .map(|step| RouteStep {
+                // A binding registered over a transport this node does not
+                // serve cannot be rung (it is not taken for UDP).
                 targets: step
                     .targets
                     .into_iter()
-                    .map(|t| {
-                        RouteTarget::for_binding(
-                            t.uri,
-                            t.reach.source,
-                            transport_of(t.reach.transport),
-                        )
+                    .filter_map(|t| {
+                        let transport = Transport::parse(t.reach.transport)?;
+                        Some(RouteTarget::for_binding(t.uri, t.reach.source, transport))
                     })
                     .collect(),
                 ring_timeout: step.ring_timeout,
@@ -259,7 +250,7 @@ fn micros(t: SystemTime) -> i64 {
 }
 
 #[async_trait::async_trait]
-impl Registry for ActorRegistry {
+impl SipBackend for ActorBackend {
     async fn credentials(&self, domain: &str, user: &str) -> Result<Lookup, BackendError> {
         let (state, id) = match self.resolve(domain, user).await? {
             Resolved::UnknownDomain => return Ok(Lookup::UnknownDomain),

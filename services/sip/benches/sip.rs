@@ -12,7 +12,7 @@ use dialtone_sip::wire::message::{Message, Name, NameAddr};
 use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    Registry, Transport, UserCredentials,
+    SipBackend, Transport, UserCredentials,
 };
 
 const SIPP_REGISTER: &str = "REGISTER sip:example.test SIP/2.0\r\n\
@@ -33,7 +33,7 @@ struct One {
 }
 
 #[async_trait::async_trait]
-impl Registry for One {
+impl SipBackend for One {
     async fn credentials(&self, _d: &str, _u: &str) -> Result<Lookup, BackendError> {
         Ok(Lookup::Found(self.creds.clone()))
     }

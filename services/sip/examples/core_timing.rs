@@ -7,13 +7,13 @@ use dialtone_sip::core::Core;
 use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    Registry, Transport, UserCredentials,
+    SipBackend, Transport, UserCredentials,
 };
 
 struct One(UserCredentials);
 
 #[async_trait::async_trait]
-impl Registry for One {
+impl SipBackend for One {
     async fn credentials(&self, _d: &str, _u: &str) -> Result<Lookup, BackendError> {
         Ok(Lookup::Found(self.0.clone()))
     }

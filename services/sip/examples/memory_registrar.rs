@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use dialtone_sip::auth::digest::{ha1, Algorithm};
 use dialtone_sip::{
     BackendError, CurrentContact, Gateway, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    Registry, UserCredentials,
+    SipBackend, UserCredentials,
 };
 
 struct Memory {
@@ -27,7 +27,7 @@ struct Memory {
 }
 
 #[async_trait::async_trait]
-impl Registry for Memory {
+impl SipBackend for Memory {
     async fn credentials(&self, domain: &str, user: &str) -> Result<Lookup, BackendError> {
         if domain != self.domain {
             return Ok(Lookup::UnknownDomain);

@@ -22,7 +22,7 @@ use dialtone_sip::core::Core;
 use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    Registry, Transport, UserCredentials,
+    SipBackend, Transport, UserCredentials,
 };
 
 struct Memory {
@@ -30,7 +30,7 @@ struct Memory {
 }
 
 #[async_trait::async_trait]
-impl Registry for Memory {
+impl SipBackend for Memory {
     async fn credentials(&self, _d: &str, user: &str) -> Result<Lookup, BackendError> {
         Ok(match self.users.get(user) {
             Some(c) => Lookup::Found(c.clone()),

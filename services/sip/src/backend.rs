@@ -1,6 +1,6 @@
 //! The boundary between the SIP gateway and the rest of Dialtone.
 //!
-//! The gateway knows SIP; the implementation of [`Registry`] knows users,
+//! The gateway knows SIP; the implementation of [`SipBackend`] knows users,
 //! bindings and events (the lead implements it over the user actors). The
 //! gateway never decides a binding rule: it parses and normalises a REGISTER
 //! into a [`RegisterRequest`] and turns the [`RegisterOutcome`] into a SIP
@@ -306,9 +306,9 @@ pub struct CallRecord {
 /// What the gateway needs from the rest of the system. Implementations must
 /// be cheap to call concurrently: the gateway calls them from many tasks.
 ///
-/// Used as `Arc<dyn Registry>`.
+/// Used as `Arc<dyn SipBackend>`.
 #[async_trait::async_trait]
-pub trait Registry: Send + Sync + 'static {
+pub trait SipBackend: Send + Sync + 'static {
     /// Digest credentials of `user@domain` (domain = digest realm, lower
     /// case). Called for every REGISTER, also the first one that gets the
     /// 401 (the domain decides between 404 and a challenge).

@@ -13,9 +13,9 @@
 //!   `rport`/`received`.
 //!
 //! # Main types
-//! [`Gateway::start`] takes a [`GatewayConfig`] and an `Arc<dyn` [`Registry`]`>`
+//! [`Gateway::start`] takes a [`GatewayConfig`] and an `Arc<dyn` [`SipBackend`]`>`
 //! and returns a [`GatewayHandle`] (`local_addrs()`, `shutdown().await`).
-//! [`Registry`] is the only way to the rest of the system: credentials
+//! [`SipBackend`] is the only way to the rest of the system: credentials
 //! ([`Lookup`]), durable binding changes ([`RegisterRequest`] ->
 //! [`RegisterOutcome`]) and contact queries ([`CurrentContact`]).
 //! With the `test-ua` feature, [`test_ua`] is a tiny SIP client for
@@ -25,7 +25,7 @@
 //! # What it must not do
 //! It does not know actors, protobuf, events or how anything is stored, and
 //! it does not decide binding rules (maximum contacts, CSeq ordering,
-//! refresh versus new): the [`Registry`] implementation does. It depends on
+//! refresh versus new): the [`SipBackend`] implementation does. It depends on
 //! no other Dialtone crate. It never reads configuration files: `node` builds
 //! the [`GatewayConfig`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -47,8 +47,8 @@ pub mod wire;
 
 pub use backend::{
     BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContactChange,
-    ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, Registry,
-    RoutePlan, RouteStep, RouteTarget, UserCredentials,
+    ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, RoutePlan,
+    RouteStep, RouteTarget, SipBackend, UserCredentials,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};

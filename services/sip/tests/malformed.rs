@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, start, FakeRegistry, DOMAIN};
+use common::{config, start, FakeBackend, DOMAIN};
 use dialtone_sip::core::Core;
 use dialtone_sip::test_ua::{TestResponse, TestUa};
 use dialtone_sip::wire::message::Message;
@@ -77,7 +77,7 @@ fn apply(base: &[u8], ms: &[Mutation]) -> Vec<u8> {
 }
 
 fn core() -> Core {
-    Core::new(config(), FakeRegistry::new())
+    Core::new(config(), FakeBackend::new())
 }
 
 fn check(core: &Core, rt: &tokio::runtime::Runtime, input: &[u8]) -> Result<(), TestCaseError> {

@@ -111,7 +111,7 @@ async fn wrong_password_and_unknown_user_look_the_same() {
     let (c1, f1) = flow(&mut ua1, &r).await;
     gw.shutdown().await;
     // The same request to a server where alice does not exist.
-    let reg = std::sync::Arc::new(common::FakeRegistry::default());
+    let reg = std::sync::Arc::new(common::FakeBackend::default());
     reg.add_domain(DOMAIN, false);
     let gw = dialtone_sip::Gateway::start(config(), reg.clone())
         .await

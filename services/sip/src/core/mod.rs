@@ -15,7 +15,7 @@ use crate::auth::digest::{write_challenge, Algorithm, CredentialsRef, DigestErro
 use crate::auth::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
 use crate::backend::{
     BackendError, CallCause, CallRoute, CurrentContact, Lookup, RegisterOutcome, RegisterRequest,
-    Registry, Transport, UserCredentials,
+    SipBackend, Transport, UserCredentials,
 };
 use crate::config::GatewayConfig;
 use crate::guard::{Guard, LockScope, Lockout};
@@ -192,7 +192,7 @@ pub struct Reply {
 /// Request handling shared by every transport task.
 pub struct Core {
     cfg: GatewayConfig,
-    registry: Arc<dyn Registry>,
+    backend: Arc<dyn SipBackend>,
     nonces: Nonces,
     transactions: Vec<Mutex<ServerTransactions>>,
     /// Stand-in credentials for unknown users: the digest is computed against
@@ -243,9 +243,9 @@ fn now_ms() -> u64 {
 impl Core {
     /// A core whose proxy sends nothing (benchmarks and tests of the
     /// registrar); [`Core::with_outbound`] is the real one.
-    pub fn new(cfg: GatewayConfig, registry: Arc<dyn Registry>) -> Core {
+    pub fn new(cfg: GatewayConfig, backend: Arc<dyn SipBackend>) -> Core {
         let local = cfg.listen.clone();
-        Core::with_outbound(cfg, registry, Arc::new(proxy::Nowhere), local)
+        Core::with_outbound(cfg, backend, Arc::new(proxy::Nowhere), local)
     }
 
     /// A core that sends proxied requests and responses through `out`;
@@ -253,7 +253,7 @@ impl Core {
     /// and Record-Route unless the configuration names another).
     pub fn with_outbound(
         cfg: GatewayConfig,
-        registry: Arc<dyn Registry>,
+        backend: Arc<dyn SipBackend>,
         out: Arc<dyn Outbound>,
         local: Vec<SocketAddr>,
     ) -> Core {
@@ -284,7 +284,7 @@ impl Core {
                 max_call_duration: cfg.max_call_duration,
             },
             out,
-            registry.clone(),
+            backend.clone(),
         ));
         let nonces = Nonces::new(&cfg.secret, cfg.nonce_lifetime, cfg.nonce_table_capacity);
         let per_shard_entries = (cfg.transaction_capacity / TRANSACTION_SHARDS).max(1);
@@ -305,7 +305,7 @@ impl Core {
         };
         Core {
             cfg,
-            registry,
+            backend,
             nonces,
             transactions,
             dummy,
@@ -699,7 +699,7 @@ impl Core {
     }
 
     fn backend_failure(&self, cx: Cx<'_>, e: &BackendError) -> (u16, Bytes) {
-        tracing::warn!(error = %e, "registry backend failed");
+        tracing::warn!(error = %e, "SIP backend failed");
         match e {
             BackendError::Unavailable(_) => self.respond(cx, 503, response::reason(503), |r| {
                 r.header("Retry-After", RETRY_AFTER_SECS);
@@ -880,7 +880,7 @@ impl Core {
         let callee_domain = callee_domain.as_ref();
 
         let lookup = match self
-            .call(self.registry.credentials(caller_domain, caller_user))
+            .call(self.backend.credentials(caller_domain, caller_user))
             .await
         {
             Ok(l) => l,
@@ -905,7 +905,7 @@ impl Core {
         }
         let route = match self
             .call(
-                self.registry
+                self.backend
                     .route_call(caller_domain, callee_domain, callee_user),
             )
             .await
@@ -983,7 +983,7 @@ impl Core {
             Err(_) => false,
         };
         if report {
-            self.registry.lockout(lockout);
+            self.backend.lockout(lockout);
         } else {
             metrics::counter!(metric::DROPPED, "reason" => "lockout_event_rate").increment(1);
         }
@@ -1021,7 +1021,7 @@ impl Core {
         if !to_uri.host.eq_ignore_ascii_case(domain) {
             return self.respond(cx, 404, response::reason(404), |_| {});
         }
-        let lookup = match self.call(self.registry.credentials(domain, user)).await {
+        let lookup = match self.call(self.backend.credentials(domain, user)).await {
             Ok(l) => l,
             Err(e) => return self.backend_failure(cx, &e),
         };
@@ -1048,7 +1048,7 @@ impl Core {
             }
         };
         let contacts = match plan {
-            Plan::Query => match self.call(self.registry.contacts(domain, user)).await {
+            Plan::Query => match self.call(self.backend.contacts(domain, user)).await {
                 Ok(c) => c,
                 Err(e) => return self.backend_failure(cx, &e),
             },
@@ -1073,7 +1073,7 @@ impl Core {
                     user_agent: msg.header(Name::UserAgent).map(str::to_owned),
                     received_at: SystemTime::now(),
                 };
-                match self.call(self.registry.register(request)).await {
+                match self.call(self.backend.register(request)).await {
                     Ok(RegisterOutcome::Ok { contacts }) => contacts,
                     Ok(RegisterOutcome::CSeqOutOfOrder) => {
                         return self.respond(cx, 500, "CSeq Out Of Order", |_| {})

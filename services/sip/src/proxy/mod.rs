@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::backend::{BackendError, CallRecord, Registry};
+use crate::backend::{BackendError, CallRecord, SipBackend};
 use crate::transaction::Key;
 use crate::transport::Flow;
 use crate::wire::message::{Message, NameAddr, Uri};
@@ -102,11 +102,11 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub fn spawn(registry: Arc<dyn Registry>) -> Recorder {
+    pub fn spawn(backend: Arc<dyn SipBackend>) -> Recorder {
         let (tx, mut rx) = mpsc::unbounded_channel::<RecordJob>();
         tokio::spawn(async move {
             while let Some((records, done)) = rx.recv().await {
-                let result = registry.record_call(records).await;
+                let result = backend.record_call(records).await;
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "recording a call step failed");
                     metrics::counter!("dialtone_sip_call_record_failures_total").increment(1);
@@ -170,7 +170,7 @@ struct ShardState {
 struct Shared {
     shards: Vec<Shard>,
     out: Arc<dyn Outbound>,
-    registry: Arc<dyn Registry>,
+    backend: Arc<dyn SipBackend>,
     /// The recorder of every call that may still record a step.
     recorders: Mutex<HashMap<String, Recorder>>,
     timers_started: OnceLock<()>,
@@ -221,7 +221,7 @@ impl Shared {
                     };
                     let recorder = map
                         .entry(call_id.clone())
-                        .or_insert_with(|| Recorder::spawn(self.registry.clone()))
+                        .or_insert_with(|| Recorder::spawn(self.backend.clone()))
                         .clone();
                     if last {
                         map.remove(&call_id);
@@ -294,7 +294,7 @@ impl Proxy {
     pub fn new(
         settings: ProxySettings,
         out: Arc<dyn Outbound>,
-        registry: Arc<dyn Registry>,
+        backend: Arc<dyn SipBackend>,
     ) -> Proxy {
         let a = settings.advertised.as_str();
         let (host, port) = match a.rsplit_once(':') {
@@ -325,7 +325,7 @@ impl Proxy {
             shared: Arc::new(Shared {
                 shards,
                 out,
-                registry,
+                backend,
                 recorders: Mutex::new(HashMap::new()),
                 timers_started: OnceLock::new(),
             }),
@@ -429,7 +429,7 @@ impl Proxy {
     /// A recorder for steps of a call the proxy does not set up (refused
     /// before forking: 403, 404, 480).
     pub(crate) fn recorder(&self) -> Recorder {
-        Recorder::spawn(self.shared.registry.clone())
+        Recorder::spawn(self.shared.backend.clone())
     }
 }
 

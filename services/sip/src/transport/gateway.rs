@@ -4,7 +4,7 @@
 //! work even when all traffic comes from one peer, as with SIPp, where
 //! SO_REUSEPORT would hash everything to one socket). A receive task polls
 //! [`Core::handle`] once itself: what completes at once (a 401 challenge, a
-//! retransmission, OPTIONS, a registry answering from memory) is answered
+//! retransmission, OPTIONS, a backend answering from memory) is answered
 //! right there, with no task and no hop to another thread; what waits for
 //! the backend (a REGISTER being made durable) goes on in its own task.
 //! TCP: one reader task per connection frames messages (see [`crate::wire::frame`])
@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::backend::{Registry, Transport};
+use crate::backend::{SipBackend, Transport};
 use crate::config::GatewayConfig;
 use crate::core::{metric, salvage, Core, Reply};
 use crate::wire::frame::{self, Frame, FrameError};
@@ -75,7 +75,7 @@ impl Gateway {
     /// use several cores).
     pub async fn start(
         config: GatewayConfig,
-        registry: Arc<dyn Registry>,
+        backend: Arc<dyn SipBackend>,
     ) -> Result<GatewayHandle> {
         config.validate()?;
         let (shutdown, rx) = watch::channel(false);
@@ -98,7 +98,7 @@ impl Gateway {
         });
         let core = Arc::new(Core::with_outbound(
             config.clone(),
-            registry,
+            backend,
             transports.clone(),
             local_addrs.clone(),
         ));
@@ -247,7 +247,7 @@ async fn udp_loop(
             let c = core.clone();
             let mut fut = Box::pin(async move { c.handle(&data, source, Transport::Udp).await });
             // Fast path: most requests (challenges, OPTIONS, retransmissions,
-            // a registry answering from memory) complete without waiting;
+            // a backend answering from memory) complete without waiting;
             // answer them here, without a task and a hop to another thread.
             match poll_once(fut.as_mut()) {
                 std::task::Poll::Ready(reply) => {

@@ -1,4 +1,4 @@
-//! An in-memory `Registry` for the gateway tests.
+//! An in-memory `SipBackend` for the gateway tests.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use dialtone_sip::auth::digest::{ha1, Algorithm};
 use dialtone_sip::{
     BackendError, CurrentContact, Gateway, GatewayConfig, GatewayHandle, Lookup, RegisterOutcome,
-    RegisterRequest, Registry, UserCredentials,
+    RegisterRequest, SipBackend, UserCredentials,
 };
 
 pub const DOMAIN: &str = "example.test";
@@ -31,7 +31,7 @@ struct Binding {
 }
 
 #[derive(Default)]
-pub struct FakeRegistry {
+pub struct FakeBackend {
     domains: Mutex<HashMap<String, bool>>, // name -> suspended
     users: Mutex<HashMap<(String, String), User>>,
     bindings: Mutex<HashMap<(String, String), Vec<Binding>>>,
@@ -46,9 +46,9 @@ pub struct FakeRegistry {
     pub lockouts: Mutex<Vec<dialtone_sip::guard::Lockout>>,
 }
 
-impl FakeRegistry {
-    pub fn new() -> Arc<FakeRegistry> {
-        let r = Arc::new(FakeRegistry::default());
+impl FakeBackend {
+    pub fn new() -> Arc<FakeBackend> {
+        let r = Arc::new(FakeBackend::default());
         r.add_domain(DOMAIN, false);
         r.add_user(DOMAIN, "alice", "alice-pw", false, true);
         r.add_user(DOMAIN, "bob", "bob-pw", false, true);
@@ -90,7 +90,7 @@ impl FakeRegistry {
 }
 
 #[async_trait::async_trait]
-impl Registry for FakeRegistry {
+impl SipBackend for FakeBackend {
     async fn credentials(&self, domain: &str, user: &str) -> Result<Lookup, BackendError> {
         self.credential_calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
@@ -198,8 +198,8 @@ pub fn config() -> GatewayConfig {
     }
 }
 
-pub async fn start(cfg: GatewayConfig) -> (GatewayHandle, Arc<FakeRegistry>, SocketAddr) {
-    let reg = FakeRegistry::new();
+pub async fn start(cfg: GatewayConfig) -> (GatewayHandle, Arc<FakeBackend>, SocketAddr) {
+    let reg = FakeBackend::new();
     let gw = Gateway::start(cfg, reg.clone()).await.unwrap();
     let addr = gw.local_addrs()[0];
     (gw, reg, addr)
