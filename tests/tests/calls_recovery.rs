@@ -1,4 +1,4 @@
-//! `kill -9` while 100 calls are in progress (issue 4): after the restart no
+//! `kill -9` while 100 calls are in progress: after the restart no
 //! call leg is left "in progress" forever. The proxy's dialog state died
 //! with the process, so every leg that was started and not ended in the
 //! log is closed at start-up with a recorded cause (`node_restart`).

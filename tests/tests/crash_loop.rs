@@ -1,4 +1,4 @@
-//! Crash tolerance under load (issue 6, part 4): 20 cycles of `kill -9` at
+//! Crash tolerance under load: 20 cycles of `kill -9` at
 //! a random moment while SIPp registers users, SIPp makes calls (to callees
 //! registered at a SIPp UAS) and gRPC clients create users, then a restart
 //! on the same data directory. After every restart:

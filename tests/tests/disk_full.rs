@@ -1,4 +1,4 @@
-//! Disk full (issue 6, part 4): the node's data directory fills up under
+//! Disk full: the node's data directory fills up under
 //! the running node; while it is full, gRPC changes fail with UNAVAILABLE
 //! and a clear message and REGISTERs get 503 (never 200); nothing
 //! acknowledged before is lost; when space returns, service resumes without
@@ -12,7 +12,7 @@
 //! tmpfs can be mounted (root, as in the CI container), the same test then
 //! runs once more on a real 16 MB tmpfs filled with a file.
 //!
-//! Read-only data directory (same part of issue 6): at start, the node
+//! Read-only data directory: at start, the node
 //! refuses to run and says the directory is read-only; while running (a file
 //! system remounted read-only after errors), changes fail with UNAVAILABLE
 //! saying so and REGISTERs get 500/503; once writable again, service resumes

@@ -1,6 +1,6 @@
-//! SIP authentication abuse and floods (issue 6, part 2 and the flood part
-//! of 3), against a real node process: a password guesser and an extension
-//! scanner are locked out (403) and leave one security event each, a
+//! SIP authentication abuse and floods, against a real node process: a
+//! password guesser and an extension scanner are locked out (403) and
+//! leave one security event each, a
 //! locked-out source learns nothing new, and one flooding address does not
 //! stop another address from registering.
 

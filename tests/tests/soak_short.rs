@@ -1,4 +1,4 @@
-//! The short soak (issue 6): `loadtest/soak.sh` in the test suite, for
+//! The short soak: `loadtest/soak.sh` in the test suite, for
 //! [`SECONDS`] s against debug builds, at rates a debug node handles with
 //! room to spare. About 100 s in all (setup, load, then 40 s without load).
 //!

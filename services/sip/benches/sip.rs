@@ -151,7 +151,10 @@ fn register_through_core(c: &mut Criterion) {
             i += 1;
             let first = make(&format!("z9hG4bK-{i}-a"), 1, None);
             let challenge = rt
-                .block_on(core.handle(first.as_bytes(), src, Transport::Udp))
+                .block_on(core.handle(
+                    first.as_bytes(),
+                    dialtone_sip::Flow::new(Transport::Udp, src.addr),
+                ))
                 .unwrap();
             let text = String::from_utf8_lossy(&challenge.bytes);
             let start = text.find("nonce=\"").unwrap() + 7;
@@ -170,7 +173,10 @@ fn register_through_core(c: &mut Criterion) {
             );
             let second = make(&format!("z9hG4bK-{i}-b"), 2, Some(&auth));
             let ok = rt
-                .block_on(core.handle(second.as_bytes(), src, Transport::Udp))
+                .block_on(core.handle(
+                    second.as_bytes(),
+                    dialtone_sip::Flow::new(Transport::Udp, src.addr),
+                ))
                 .unwrap();
             assert!(ok.bytes.starts_with(b"SIP/2.0 200"));
         })

@@ -72,7 +72,10 @@ fn main() {
         rt.block_on(async {
             for m in &msgs {
                 bytes += core
-                    .handle(m.as_bytes(), src, Transport::Udp)
+                    .handle(
+                        m.as_bytes(),
+                        dialtone_sip::Flow::new(Transport::Udp, src.addr),
+                    )
                     .await
                     .unwrap()
                     .bytes

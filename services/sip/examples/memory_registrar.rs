@@ -2,8 +2,9 @@
 //! layer alone (no actors, no event log).
 //!
 //! `cargo run --release -p dialtone-sip --example memory_registrar -- 127.0.0.1:5070 example.test 10000`
-//! serves users `user000000`.. with passwords `pw000000x`.. (the format of
-//! `shared/bench/sipp/gen-users.sh`).
+//! serves users `user000000`.. with passwords `pw000000x`.. (the user
+//! files of the SIPp benchmark harness: "SIPp harness" in
+//! `docs/performance.md`).
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]

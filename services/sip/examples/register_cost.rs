@@ -148,7 +148,10 @@ fn main() {
             let first = request(i, user, 1, None);
             let t0 = Instant::now();
             let challenge = core
-                .handle(first.as_bytes(), src, Transport::Udp)
+                .handle(
+                    first.as_bytes(),
+                    dialtone_sip::Flow::new(Transport::Udp, src.addr),
+                )
                 .await
                 .expect("401");
             in_core += t0.elapsed();
@@ -176,7 +179,10 @@ fn main() {
             let second = request(i, user, 2, Some(&auth));
             let t0 = Instant::now();
             let ok = core
-                .handle(second.as_bytes(), src, Transport::Udp)
+                .handle(
+                    second.as_bytes(),
+                    dialtone_sip::Flow::new(Transport::Udp, src.addr),
+                )
                 .await
                 .expect("200");
             in_core += t0.elapsed();

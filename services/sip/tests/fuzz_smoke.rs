@@ -1,4 +1,4 @@
-//! A short fuzz run on the stable toolchain, inside `cargo test` (issue 6):
+//! A short fuzz run on the stable toolchain, inside `cargo test`:
 //! the suite's version of `scripts/fuzz-smoke`, which needs cargo-fuzz and
 //! libFuzzer and so stays outside `scripts/test`.
 //!

@@ -85,7 +85,7 @@ fn check(core: &Core, rt: &tokio::runtime::Runtime, input: &[u8]) -> Result<(), 
         addr: "127.0.0.1:5061".parse().unwrap(),
         reliable: false,
     };
-    let reply = rt.block_on(core.handle(input, src, Transport::Udp));
+    let reply = rt.block_on(core.handle(input, dialtone_sip::Flow::new(Transport::Udp, src.addr)));
     let parsed = Message::parse(input);
     if let Some(r) = reply {
         let resp = TestResponse::parse(&r.bytes);
@@ -170,7 +170,7 @@ fn addressable_garbage_gets_400() {
     cases.push(utf8);
     for bytes in cases {
         let r = rt
-            .block_on(core.handle(&bytes, src, Transport::Udp))
+            .block_on(core.handle(&bytes, dialtone_sip::Flow::new(Transport::Udp, src.addr)))
             .unwrap();
         let resp = TestResponse::parse(&r.bytes).unwrap();
         assert_eq!(resp.code, 400);
@@ -183,7 +183,10 @@ fn addressable_garbage_gets_400() {
         "",
     );
     assert!(rt
-        .block_on(core.handle(no_via.as_bytes(), src, Transport::Udp))
+        .block_on(core.handle(
+            no_via.as_bytes(),
+            dialtone_sip::Flow::new(Transport::Udp, src.addr)
+        ))
         .is_none());
 }
 

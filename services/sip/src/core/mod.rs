@@ -174,9 +174,9 @@ struct Cx<'r> {
 struct Upstream<'r> {
     raw: &'r [u8],
     key: &'r Key,
-    /// Where responses go (UDP: by Via and RFC 3581; TCP: the connection).
-    dest: SocketAddr,
-    transport: Transport,
+    /// Where responses go: the flow the request came on, with the
+    /// destination Via and RFC 3581 name for UDP.
+    flow: Flow,
     received_at: Instant,
 }
 
@@ -364,7 +364,11 @@ impl Core {
     }
 
     /// Handles one received message. Returns the response to send, if any.
-    pub async fn handle(&self, raw: &[u8], source: Source, transport: Transport) -> Option<Reply> {
+    pub async fn handle(&self, raw: &[u8], flow: Flow) -> Option<Reply> {
+        let source = Source {
+            addr: flow.remote,
+            reliable: flow.is_reliable(),
+        };
         let start = raw
             .iter()
             .take_while(|b| **b == b'\r' || **b == b'\n')
@@ -511,8 +515,10 @@ impl Core {
         let upstream = Upstream {
             raw,
             key: &key,
-            dest,
-            transport,
+            flow: Flow {
+                remote: dest,
+                ..flow
+            },
             received_at,
         };
         let (code, bytes) = self
@@ -610,7 +616,7 @@ impl Core {
         method_text: &str,
         upstream: Upstream<'_>,
     ) -> (u16, Bytes) {
-        let transport = upstream.transport;
+        let transport = upstream.flow.transport;
         let msg = cx.msg;
         let max_forwards = match msg.max_forwards() {
             Ok(m) => m,
@@ -931,7 +937,7 @@ impl Core {
                         raw: Bytes::copy_from_slice(upstream.raw),
                         key: upstream.key.clone(),
                         source: cx.source,
-                        upstream: Flow::new(upstream.transport, upstream.dest),
+                        upstream: upstream.flow,
                         legs,
                         plan,
                         pop_routes: self.proxy.our_routes(msg),

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{SipBackend, Transport};
 use crate::config::GatewayConfig;
 use crate::core::{metric, salvage, Core, Reply};
+use crate::transport::{ConnectionId, Flow};
 use crate::wire::frame::{self, Frame, FrameError};
 use crate::wire::response::{Response, Source};
 use crate::{Error, Result};
@@ -90,7 +91,8 @@ impl Gateway {
         }
         let transports = Arc::new_cyclic(|me| Transports {
             udp: bound.iter().map(|(u, _)| u.clone()).collect(),
-            tcp: std::sync::Mutex::new(std::collections::HashMap::new()),
+            tcp: std::sync::Mutex::new(TcpConnections::default()),
+            next_connection: std::sync::atomic::AtomicU64::new(1),
             core: std::sync::OnceLock::new(),
             shutdown: rx.clone(),
             in_flight: in_flight.clone(),
@@ -214,6 +216,9 @@ async fn udp_loop(
 ) {
     // Larger than any datagram (the size limit is applied in Core::handle).
     let mut buf = vec![0u8; 65_536];
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
     'recv: loop {
         let received = tokio::select! {
             biased;
@@ -239,13 +244,10 @@ async fn udp_loop(
                     continue;
                 }
             };
-            let source = Source {
-                addr: peer,
-                reliable: false,
-            };
+            let flow = Flow::received(Transport::Udp, peer, local, None);
             let data = Bytes::copy_from_slice(&buf[..n]);
             let c = core.clone();
-            let mut fut = Box::pin(async move { c.handle(&data, source, Transport::Udp).await });
+            let mut fut = Box::pin(async move { c.handle(&data, flow).await });
             // Fast path: most requests (challenges, OPTIONS, retransmissions,
             // a backend answering from memory) complete without waiting;
             // answer them here, without a task and a hop to another thread.
@@ -332,12 +334,16 @@ async fn tcp_accept_loop(
         let in_flight = in_flight.clone();
         let transports = transports.clone();
         let (tx, rx) = mpsc::channel::<Bytes>(TCP_SEND_QUEUE);
+        let id = transports.new_connection_id();
         tokio::spawn(async move {
             tcp_connection(
                 core,
-                stream,
-                peer,
-                (tx, rx),
+                NewConnection {
+                    stream,
+                    peer,
+                    id,
+                    queue: (tx, rx),
+                },
                 shutdown,
                 in_flight,
                 transports,
@@ -354,21 +360,36 @@ const TCP_SEND_QUEUE: usize = 1024;
 /// Serves one TCP connection. `(tx, rx)` is its send queue: the caller
 /// made it, so that a connection we open ourselves can be given its first
 /// message before the connection task runs.
-async fn tcp_connection(
-    core: Arc<Core>,
+/// A TCP connection about to be served.
+struct NewConnection {
     stream: TcpStream,
     peer: SocketAddr,
-    (tx, mut rx): (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
+    id: ConnectionId,
+    /// Its send queue.
+    queue: (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
+}
+
+async fn tcp_connection(
+    core: Arc<Core>,
+    NewConnection {
+        stream,
+        peer,
+        id,
+        queue: (tx, mut rx),
+    }: NewConnection,
     mut shutdown: watch::Receiver<bool>,
     in_flight: Arc<InFlight>,
     transports: Arc<Transports>,
 ) {
+    let local = stream.local_addr().unwrap_or(peer);
     let (mut reader, mut writer) = stream.into_split();
     // The proxy sends requests and relayed responses for this peer on
     // this connection (a phone registered over TCP is reached on it).
     if let Ok(mut map) = transports.tcp.lock() {
-        map.insert(peer, tx.clone());
+        map.by_id.insert(id, tx.clone());
+        map.by_remote.insert(peer, id);
     }
+    let flow = Flow::received(Transport::Tcp, peer, local, Some(id));
     let writer_task = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             if writer.write_all(&b).await.is_err() {
@@ -399,8 +420,7 @@ async fn tcp_connection(
                     };
                     let data = buf.split_to(n).freeze();
                     let c = core.clone();
-                    let mut fut =
-                        Box::pin(async move { c.handle(&data, source, Transport::Tcp).await });
+                    let mut fut = Box::pin(async move { c.handle(&data, flow).await });
                     // As for UDP: answer here what completes at once.
                     match poll_once(fut.as_mut()) {
                         std::task::Poll::Ready(reply) => {
@@ -464,31 +484,69 @@ async fn tcp_connection(
         }
     }
     if let Ok(mut map) = transports.tcp.lock() {
-        if map.get(&peer).is_some_and(|t| t.same_channel(&tx)) {
-            map.remove(&peer);
+        map.by_id.remove(&id);
+        if map.by_remote.get(&peer) == Some(&id) {
+            map.by_remote.remove(&peer);
         }
     }
     drop(tx);
     let _ = writer_task.await;
 }
 
-/// The proxy's way out: the first UDP socket, and the TCP connection to a
-/// peer (opened when there is none).
+/// The open TCP connections: by id (the flow a message came on) and by
+/// the peer's address (a flow that names no connection).
+#[derive(Default)]
+struct TcpConnections {
+    by_id: std::collections::HashMap<ConnectionId, mpsc::Sender<Bytes>>,
+    by_remote: std::collections::HashMap<SocketAddr, ConnectionId>,
+}
+
+impl TcpConnections {
+    fn sender(&self, flow: &Flow) -> Option<mpsc::Sender<Bytes>> {
+        flow.connection
+            .and_then(|id| self.by_id.get(&id))
+            .or_else(|| {
+                self.by_remote
+                    .get(&flow.remote)
+                    .and_then(|id| self.by_id.get(id))
+            })
+            .cloned()
+    }
+}
+
+/// The proxy's way out: the UDP socket of the flow's local address (else
+/// the first), and the flow's TCP connection, else one to the peer (opened
+/// when there is none).
 struct Transports {
     udp: Vec<Arc<UdpSocket>>,
-    tcp: std::sync::Mutex<std::collections::HashMap<SocketAddr, mpsc::Sender<Bytes>>>,
+    tcp: std::sync::Mutex<TcpConnections>,
+    next_connection: std::sync::atomic::AtomicU64,
     core: std::sync::OnceLock<std::sync::Weak<Core>>,
     shutdown: watch::Receiver<bool>,
     in_flight: Arc<InFlight>,
     me: std::sync::Weak<Transports>,
 }
 
+impl Transports {
+    fn new_connection_id(&self) -> ConnectionId {
+        ConnectionId(
+            self.next_connection
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
 impl crate::proxy::Outbound for Transports {
-    fn send(&self, flow: crate::transport::Flow, bytes: Bytes) {
+    fn send(&self, flow: Flow, bytes: Bytes) {
         let dest = flow.remote;
         match flow.transport {
             Transport::Udp => {
-                let Some(socket) = self.udp.first() else {
+                let by_local = flow.local.and_then(|local| {
+                    self.udp
+                        .iter()
+                        .find(|s| s.local_addr().is_ok_and(|a| a == local))
+                });
+                let Some(socket) = by_local.or_else(|| self.udp.first()) else {
                     return;
                 };
                 match socket.try_send_to(&bytes, dest) {
@@ -505,7 +563,7 @@ impl crate::proxy::Outbound for Transports {
                 }
             }
             Transport::Tcp => {
-                let existing = self.tcp.lock().ok().and_then(|m| m.get(&dest).cloned());
+                let existing = self.tcp.lock().ok().and_then(|m| m.sender(&flow));
                 if let Some(tx) = existing {
                     if let Err(mpsc::error::TrySendError::Full(bytes)) = tx.try_send(bytes) {
                         tokio::spawn(async move {
@@ -542,12 +600,16 @@ impl crate::proxy::Outbound for Transports {
                     if tx.try_send(bytes).is_err() {
                         tracing::debug!(%dest, "TCP send queue refused the first message");
                     }
+                    let id = transports.new_connection_id();
                     tokio::spawn(async move {
                         tcp_connection(
                             core,
-                            stream,
-                            dest,
-                            (tx, rx),
+                            NewConnection {
+                                stream,
+                                peer: dest,
+                                id,
+                                queue: (tx, rx),
+                            },
                             shutdown,
                             in_flight,
                             transports,

@@ -13,17 +13,51 @@ use crate::wire::message::{host_ip, params, Uri, Via};
 
 pub mod gateway;
 
-/// Where a message goes or came from.
+/// Names one connection of a connection-oriented transport, for as long
+/// as it is open (never reused while the node runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Where a message goes or came from (RFC 5626 s.4.3: a flow is the
+/// transport, the local and the remote address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Flow {
     pub transport: Transport,
     /// The peer's address (after NAT: what the packets came from).
     pub remote: SocketAddr,
+    /// Our address the message came in on (`None`: any of ours).
+    pub local: Option<SocketAddr>,
+    /// The connection it came on, for connection-oriented transports: a
+    /// message sent on this flow goes on that connection while it is open,
+    /// else on any connection to `remote` (opened when there is none).
+    pub connection: Option<ConnectionId>,
 }
 
 impl Flow {
+    /// A flow to `remote` from any local address, on no particular
+    /// connection (what a stored binding or a Via names).
     pub fn new(transport: Transport, remote: SocketAddr) -> Flow {
-        Flow { transport, remote }
+        Flow {
+            transport,
+            remote,
+            local: None,
+            connection: None,
+        }
+    }
+
+    /// The flow a message arrived on.
+    pub fn received(
+        transport: Transport,
+        remote: SocketAddr,
+        local: SocketAddr,
+        connection: Option<ConnectionId>,
+    ) -> Flow {
+        Flow {
+            transport,
+            remote,
+            local: Some(local),
+            connection,
+        }
     }
 
     /// Reliable transports do not retransmit (RFC 3261 s.17).
