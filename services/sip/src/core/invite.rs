@@ -1,0 +1,133 @@
+//! An initial INVITE: authentication (407), the callee from the
+//! Request-URI, the backend's routing plan, and either a call handed to the
+//! proxy (100 Trying) or a refusal recorded durably before it is answered.
+
+use super::*;
+
+impl Core {
+    /// An initial INVITE (no To tag): authenticate the caller (407), ask
+    /// the backend where the callee is, then fork (100 Trying here, the
+    /// rest from the call task) or refuse with the leg(s) recorded.
+    pub(super) async fn invite(
+        &self,
+        cx: Cx<'_>,
+        method_text: &str,
+        upstream: Upstream<'_>,
+        max_forwards: Option<u32>,
+    ) -> (u16, Bytes) {
+        let msg = cx.msg;
+        let StartLine::Request { uri, .. } = msg.start else {
+            return self.respond(cx, 400, "Bad Request", |_| {});
+        };
+        let Some(ruri) = Uri::parse(uri) else {
+            return self.respond(cx, 416, response::reason(416), |_| {});
+        };
+        let (Ok(from), Ok(to)) = (msg.from(), msg.to()) else {
+            return self.respond(cx, 400, "Bad Request", |_| {});
+        };
+        let (Some(from_uri), Some(to_uri)) = (Uri::parse(from.uri), Uri::parse(to.uri)) else {
+            return self.respond(cx, 400, "Bad From or To URI", |_| {});
+        };
+        let Some(caller_user) = from_uri.user else {
+            return self.forbidden(cx);
+        };
+        let caller_domain = lowercase(from_uri.host);
+        let caller_domain = caller_domain.as_ref();
+        // The callee: the Request-URI, or the To URI when the phone put
+        // our address in the Request-URI.
+        let (callee_user, callee_host) = match ruri.user {
+            Some(u) if crate::wire::message::host_ip(ruri.host).is_none() => (u, ruri.host),
+            Some(u) => (u, to_uri.host),
+            None => match to_uri.user {
+                Some(u) => (u, to_uri.host),
+                None => return self.respond(cx, 404, response::reason(404), |_| {}),
+            },
+        };
+        let callee_domain = lowercase(callee_host);
+        let callee_domain = callee_domain.as_ref();
+
+        let lookup = match self
+            .call(self.backend.credentials(caller_domain, caller_user))
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => return self.backend_failure(cx, &e),
+        };
+        let (creds, known) = match lookup {
+            // Not a domain of ours: we relay for no one.
+            Lookup::UnknownDomain | Lookup::DomainSuspended => return self.forbidden(cx),
+            Lookup::UnknownUser => (&self.dummy, false),
+            Lookup::Found(ref c) => (c, true),
+        };
+        if let Some(refused) = self.authenticate(
+            cx,
+            PROXY,
+            caller_domain,
+            caller_user,
+            creds,
+            known,
+            method_text,
+        ) {
+            return refused;
+        }
+        let route = match self
+            .call(
+                self.backend
+                    .route_call(caller_domain, callee_domain, callee_user),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.backend_failure(cx, &e),
+        };
+        let sip_call_id = msg.call_id().unwrap_or("").to_owned();
+        let caller = (caller_domain.to_owned(), caller_user.to_owned());
+        let callee = Some((callee_domain.to_owned(), callee_user.to_owned()));
+        let mut legs = Legs {
+            call_id: proxy::new_call_id(),
+            sip_call_id,
+            caller,
+            callee,
+            dialled: format!("{callee_user}@{callee_domain}"),
+        };
+        let (code, cause) = match route {
+            CallRoute::Plan(plan) if !plan.is_empty() => {
+                self.proxy.start_call(
+                    NewCall {
+                        msg,
+                        raw: Bytes::copy_from_slice(upstream.raw),
+                        key: upstream.key.clone(),
+                        source: cx.source,
+                        upstream: upstream.flow,
+                        legs,
+                        plan,
+                        pop_routes: self.proxy.our_routes(msg),
+                        max_forwards: max_forwards.map_or(70, |m| m.saturating_sub(1)),
+                    },
+                    upstream.received_at,
+                );
+                return self.respond(cx, 100, "Trying", |_| {});
+            }
+            CallRoute::UnknownDomain | CallRoute::UnknownUser => {
+                // The callee has no leg: only the caller's is recorded.
+                legs.callee = None;
+                (404, CallCause::NotFound)
+            }
+            CallRoute::CrossDomainForbidden => {
+                legs.callee = None;
+                (403, CallCause::CallRejected)
+            }
+            CallRoute::Unavailable | CallRoute::NotRegistered | CallRoute::Plan(_) => {
+                (480, CallCause::Unavailable)
+            }
+        };
+        proxy::call_attempt(code);
+        // Both steps durable before the response that reports them.
+        let recorder = self.proxy.recorder();
+        recorder.record(legs.start());
+        if let Err(e) = recorder.record_durable(legs.fail(code, cause)).await {
+            return self.backend_failure(cx, &e);
+        }
+        self.respond(cx, code, response::reason(code), |_| {})
+    }
+}
