@@ -4,9 +4,10 @@
 //! # What it owns
 //! Configuration ([`config`]: defaults, TOML file, `DIALTONE_*` variables,
 //! flags), the wiring of a node ([`server`]: event log, actor system, gRPC,
-//! metrics, shutdown in order), the demo provisioning and the CLI client
-//! ([`cli`]). The binary's `main` only calls [`main`] here, so that the
-//! black-box tests can build the same program under another name.
+//! metrics, shutdown in order), the admin token ([`admin_token`]), the demo
+//! provisioning ([`demo`]) and the CLI client ([`cli`]). The binary's `main`
+//! only calls [`main`] here, so that the black-box tests can build the same
+//! program under another name.
 //!
 //! # What it must not do
 //! No business rules and no protobuf definitions of its own: it wires the
@@ -14,6 +15,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin_token;
 pub mod cli;
 pub mod config;
 pub mod demo;
