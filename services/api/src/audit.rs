@@ -14,15 +14,13 @@ use dialtone_domain::{domain, user, Event};
 use dialtone_eventlog::{RecordedEvent, SharedStore};
 use tonic::{Request, Response, Status};
 
-use crate::convert::timestamp;
-use crate::payload::{binding, settings};
+use crate::payload::{binding, presence, settings, timestamp};
 use crate::pb::audit_service_server::AuditService;
 use crate::pb::{
     self, get_domain_state_at_request, get_user_state_at_request, DomainStateAt,
     GetDomainStateAtRequest, GetUserStateAtRequest, ListCallsRequest, ListCallsResponse,
     UserStateAt,
 };
-use crate::status_api::presence;
 use crate::{auth, cdr, lookup, status};
 
 /// Events read per call while replaying.

@@ -43,8 +43,7 @@ use dialtone_domain::{user, DomainId, Event, Timestamp};
 use dialtone_eventlog::{Position, RecordedEvent, SharedStore};
 use tonic::Status;
 
-use crate::convert::timestamp;
-use crate::payload::{cause, direction, hangup_side};
+use crate::payload::{cause, direction, hangup_side, timestamp};
 use crate::{pb, status};
 
 /// The legs of one call are started within this time of each other.

@@ -5,18 +5,8 @@ use dialtone_actors::View;
 use dialtone_domain::{domain, event, user};
 use dialtone_eventlog::RecordedEvent;
 
+use crate::payload::timestamp;
 use crate::{payload, pb};
-
-/// A protobuf timestamp from microseconds since the epoch (`None` for 0).
-pub fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
-    if us == 0 {
-        return None;
-    }
-    Some(prost_types::Timestamp {
-        seconds: us.div_euclid(1_000_000),
-        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
-    })
-}
 
 pub fn domain(info: &DomainInfo) -> pb::Domain {
     pb::Domain {

@@ -1,15 +1,19 @@
 //! Typed protobuf payloads of events (`EventPayload`), mapped from the
 //! domain's events by exhaustive matches: adding an event type to the
 //! domain without a mapping here fails to compile.
+//!
+//! The mappings of the domain's values the payloads are made of (times,
+//! settings, bindings, presence, call directions and causes) are public:
+//! the services show the same values in their replies, mapped the same way.
+//! This module depends on nothing else of the crate but [`crate::pb`], so
+//! every other module can use it.
 
 use dialtone_domain::call::{Cause, Direction, HangupSide};
-use dialtone_domain::registration::Binding;
+use dialtone_domain::registration::{Binding, Presence};
 use dialtone_domain::{domain, token, user, Event};
 
-use crate::convert::timestamp;
 use crate::pb;
 use crate::pb::event_payload::Event as P;
-use crate::status_api::presence;
 
 /// The typed payload of `event`. Credentials become the time they were set:
 /// HA1 values never leave the node.
@@ -25,6 +29,17 @@ pub fn into_payload(event: Event) -> pb::EventPayload {
         Event::Token(e) => token_payload(e),
     };
     pb::EventPayload { event: Some(event) }
+}
+
+/// A protobuf timestamp from microseconds since the epoch (`None` for 0).
+pub fn timestamp(us: i64) -> Option<prost_types::Timestamp> {
+    if us == 0 {
+        return None;
+    }
+    Some(prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    })
 }
 
 pub fn settings(s: &domain::Settings) -> pb::DomainSettings {
@@ -299,6 +314,16 @@ fn user_payload(e: user::Event) -> P {
             cause: cause(c) as i32,
             failed_at: timestamp(failed_at),
         }),
+    }
+}
+
+pub fn presence(p: Presence) -> pb::PresenceState {
+    match p {
+        Presence::Offline => pb::PresenceState::Offline,
+        Presence::Online => pb::PresenceState::Online,
+        Presence::Ringing => pb::PresenceState::Ringing,
+        Presence::OnCall => pb::PresenceState::OnCall,
+        Presence::Dnd => pb::PresenceState::Dnd,
     }
 }
 

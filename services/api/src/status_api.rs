@@ -2,18 +2,16 @@
 
 use dialtone_actors::{ActiveLeg, CallIndex, Provisioning, RegistrationIndex, View};
 use dialtone_domain::call::{Direction, LegState};
-use dialtone_domain::registration::Presence;
 use dialtone_domain::user::User;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Access};
-use crate::convert::timestamp;
-use crate::payload::direction;
+use crate::payload::{direction, presence, timestamp};
 use crate::pb::status_service_server::StatusService;
 use crate::pb::{
     ActiveCall, ActiveCallLeg, CallState, GetPresenceRequest, GetRegistrationsRequest,
     GetRegistrationsResponse, ListActiveCallsRequest, ListActiveCallsResponse, ListOnlineRequest,
-    ListOnlineResponse, OnlineUser, PresenceState,
+    ListOnlineResponse, OnlineUser,
 };
 use crate::provisioning::{domain_ref, user_ref};
 use crate::{convert, status};
@@ -92,16 +90,6 @@ fn active_call(legs: &[ActiveLeg]) -> Option<ActiveCall> {
             })
             .collect(),
     })
-}
-
-pub fn presence(p: Presence) -> PresenceState {
-    match p {
-        Presence::Offline => PresenceState::Offline,
-        Presence::Online => PresenceState::Online,
-        Presence::Ringing => PresenceState::Ringing,
-        Presence::OnCall => PresenceState::OnCall,
-        Presence::Dnd => PresenceState::Dnd,
-    }
 }
 
 impl StatusApi {

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::auth::{self, TokenInfo, Tokens};
-use crate::convert::timestamp;
 use crate::payload;
+use crate::payload::timestamp;
 use crate::pb::token_service_server::TokenService;
 use crate::pb::{
     CreateTokenRequest, CreateTokenResponse, ListTokensRequest, ListTokensResponse,

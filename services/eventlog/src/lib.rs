@@ -23,12 +23,14 @@
 //! - `lib.rs`: the contract (this trait, its types and invariants).
 //! - `sqlite.rs`, `sqlite/writer.rs`: the SQLite backend. One writer thread
 //!   owns the only read-write connection and group-commits appends (one
-//!   transaction and one fsync for many appends, see [`sqlite::SqliteOptions`]);
-//!   reads go through a small pool of read-only connections; a helper thread
-//!   checkpoints the WAL in the background. `sqlite/tail.rs`: recent events
-//!   not yet in the per-stream index, shared by writer and readers.
-//!   `sqlite/recent.rs`: the events of the last commits, kept in memory so
-//!   that `read_all` near the head (every live follower) needs no query.
+//!   transaction and one fsync for many appends, see [`sqlite::SqliteOptions`];
+//!   one request in it: `sqlite/writer/append.rs`); reads go through a small
+//!   pool of read-only connections; a helper thread checkpoints the WAL in
+//!   the background (`sqlite/checkpoint.rs`). `sqlite/schema.rs`: the file's
+//!   layout and migrations. `sqlite/tail.rs`: recent events not yet in the
+//!   per-stream index, shared by writer and readers; `sqlite/stream_index.rs`
+//!   writes that index behind the commits. `sqlite/recent.rs`: the last
+//!   committed events, in memory, for readers following the head.
 //!   `docs/adr/0001-event-store.md` and `docs/adr/0008-event-log-schema-v3.md`
 //!   say why, and `docs/performance.md` what it does on our machine.
 //! - `subscription.rs`: [`subscribe_all`], for any backend.

@@ -1,8 +1,9 @@
 //! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`.
 //!
 //! # Layout
-//! - One dedicated OS thread (the *writer*, see `writer.rs`) owns the only
-//!   read-write connection. Appends reach it through a channel; it commits
+//! - One dedicated OS thread (the *writer*, see `writer.rs`; one request in
+//!   its transaction: `writer/append.rs`) owns the only read-write
+//!   connection. Appends reach it through a channel; it commits
 //!   them in groups (group commit): one transaction, hence one fsync, for up to
 //!   [`SqliteOptions::max_batch_events`] events. It alone assigns positions and
 //!   checks expected versions, against an in-memory map of stream versions, so
@@ -10,13 +11,19 @@
 //! - The commit of a batch writes the events (position order) and nothing
 //!   per stream: the per-stream index is written later, in sorted chunks
 //!   that ride along with a later commit; meanwhile the readers find recent
-//!   events through the in-memory tail (`tail.rs`, ADR 0008).
+//!   events through the in-memory tail (`tail.rs`, ADR 0008); the writing
+//!   of the chunks is in `stream_index.rs`.
+//! - The file's schema, its migrations and the durable pragmas are in
+//!   `schema.rs`.
 //! - Readers: a small pool of read-only connections used through
 //!   `spawn_blocking`, each with its own cache of prepared statements. WAL lets
 //!   them read while the writer writes.
 //! - A helper thread with its own connection checkpoints the WAL in the
 //!   background, so that copying pages into the database file does not stall
-//!   commits (see `writer.rs` for when).
+//!   commits (see `checkpoint.rs` for when).
+//! - The writer keeps the events of its last commits in memory
+//!   (`recent.rs`), so that followers of the head read them without a
+//!   query.
 //! - The head position is published on a `watch` channel after each commit;
 //!   `read_all` never reads beyond it, so nobody sees a position before every
 //!   smaller one is committed (invariant 4 is trivial with a single writer).
@@ -42,7 +49,10 @@ use crate::{
     Snapshot, StreamInfo,
 };
 
+mod checkpoint;
 mod recent;
+mod schema;
+mod stream_index;
 mod tail;
 mod writer;
 
@@ -126,7 +136,7 @@ impl Default for SqliteOptions {
             max_batch_appends: 256,
             readers: 2,
             max_gather_delay: Duration::from_micros(500),
-            index_chunk_events: writer::DEFAULT_INDEX_CHUNK,
+            index_chunk_events: stream_index::DEFAULT_INDEX_CHUNK,
         }
     }
 }
@@ -276,9 +286,9 @@ impl SqliteStore {
     /// thread. Blocking: it sets the file up and reads the last position, so
     /// call it at startup or from `spawn_blocking`.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
-        let conn = writer::open_writer_connection(path)?;
-        let last_position = writer::last_position(&conn)?;
-        let (tail, unindexed) = writer::load_tail(&conn)?;
+        let conn = schema::open_writer_connection(path)?;
+        let last_position = schema::last_position(&conn)?;
+        let (tail, unindexed) = stream_index::load_tail(&conn)?;
         let tail = SharedTail::new(tail);
         let recent = SharedRecent::default();
         let (head_tx, head_rx) = watch::channel(last_position);
@@ -501,7 +511,7 @@ impl EventStore for SqliteStore {
         let tail = self.tail.clone();
         self.read(move |conn| {
             let indexed = conn
-                .prepare_cached(writer::STREAM_VERSION)?
+                .prepare_cached(schema::STREAM_VERSION)?
                 .query_row([&stream], |row| optional_u64_column(row, 0))?;
             // Events committed since the check above are in the tail or
             // (indexed since) already counted.
@@ -773,6 +783,11 @@ pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// A duration in nanoseconds, for the stats counters (saturating).
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 pub(crate) fn optional_u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
     match row.get::<_, Option<i64>>(index)? {
         None => Ok(None),
@@ -942,7 +957,7 @@ mod query_plan_tests {
     fn reader_statements_are_not_re_prepared_for_new_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
-        drop(writer::open_writer_connection(&path).unwrap());
+        drop(schema::open_writer_connection(&path).unwrap());
         let conn = open_reader_connection(&path).unwrap();
         let mut stmt = conn
             .prepare(

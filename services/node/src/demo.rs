@@ -52,21 +52,3 @@ pub async fn provision(provisioning: &Provisioning) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// How to use the admin token with the CLI (the token itself only when it
-/// is in a file the operator can read anyway).
-pub fn print_token_use(
-    admin: &crate::server::AdminToken,
-    scheme: &str,
-    grpc: std::net::SocketAddr,
-) {
-    match &admin.file {
-        Some(path) => println!(
-            "API: export DIALTONE_TOKEN=$(cat {}); dialtone --server {scheme}://{grpc} domain list",
-            path.display()
-        ),
-        None => println!(
-            "API: export DIALTONE_TOKEN=<the configured admin token>; dialtone --server {scheme}://{grpc} domain list"
-        ),
-    }
-}

@@ -6,13 +6,14 @@
 //!   variables < flags), the only place where settings and listening
 //!   addresses are read.
 //! - The wiring of a node ([`server`]): event log, actor system, projections,
-//!   SIP gateway, gRPC API, Prometheus metrics exporter, the admin token
-//!   (configured, or made once into `<data-dir>/admin.token`), and shutdown
-//!   in order.
+//!   SIP gateway, gRPC API, Prometheus metrics exporter, and shutdown in
+//!   order; the admin token ([`admin_token`]: configured, or made once into
+//!   `<data-dir>/admin.token`).
 //! - [`sip_bridge`]: the SIP gateway's `SipBackend` implemented over the
 //!   actors (credentials, REGISTER as user commands, call routing, call
 //!   steps recorded in both users' streams, lock-outs as domain events).
-//! - The CLI client ([`cli`]) and the demo provisioning ([`demo`]).
+//! - The CLI client ([`cli`], one module per command group) and the demo
+//!   provisioning ([`demo`]).
 //!
 //! # Main types
 //! [`main`] is the whole program; the binary's `main` only calls it, so
@@ -25,6 +26,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin_token;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -15,6 +15,7 @@ use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
 use dialtone_eventlog::SharedStore;
 use tokio::net::TcpListener;
 
+use crate::admin_token;
 use crate::config::Config;
 use crate::demo;
 
@@ -141,7 +142,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
 
-    let admin_token = admin_token(&config)?;
+    let admin_token = admin_token::load_or_create(&config)?;
     let tls = match (&config.grpc_tls_cert, &config.grpc_tls_key) {
         (Some(cert), Some(key)) => Some(dialtone_api::TlsIdentity {
             cert_pem: std::fs::read(cert).with_context(|| {
@@ -156,7 +157,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
 
     if demo_mode {
         demo::provision(&provisioning).await?;
-        demo::print_token_use(&admin_token, grpc_scheme, grpc_addr);
+        admin_token.print_cli_use(grpc_scheme, grpc_addr);
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -239,77 +240,6 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-}
-
-/// The admin token of the API and where it came from.
-pub struct AdminToken {
-    pub token: String,
-    /// `None`: from the configuration; else the file it is kept in.
-    pub file: Option<std::path::PathBuf>,
-}
-
-/// The admin token: the configured one, else `<data-dir>/admin.token`,
-/// made (256 random bits, file mode 0600) and printed once on stdout on
-/// first start. Later starts read it and print nothing.
-fn admin_token(config: &Config) -> anyhow::Result<AdminToken> {
-    use std::io::Write as _;
-    if let Some(token) = &config.admin_token {
-        return Ok(AdminToken {
-            token: token.0.clone(),
-            file: None,
-        });
-    }
-    let path = config.data_dir.join("admin.token");
-    match std::fs::read_to_string(&path) {
-        Ok(token) => {
-            let token = token.trim().to_owned();
-            anyhow::ensure!(
-                token.len() >= crate::config::MIN_ADMIN_TOKEN_LEN,
-                "{} is too short: delete it to make a new one",
-                path.display()
-            );
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        mode = format!("{mode:o}"),
-                        "the admin token file is readable by others; chmod 600 it"
-                    );
-                }
-            }
-            return Ok(AdminToken {
-                token,
-                file: Some(path),
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-    let token = format!("dta_{}", dialtone_api::auth::random_secret());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
-    // Shown this once; later starts read the file and print nothing.
-    println!(
-        "admin token (saved in {}, shown only now): {token}",
-        path.display()
-    );
-    Ok(AdminToken {
-        token,
-        file: Some(path),
-    })
 }
 
 /// The secret SIP nonces are signed with: kept in the data directory (0600)

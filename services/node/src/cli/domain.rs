@@ -1,0 +1,199 @@
+//! `dialtone domain ...`: create, show, list, change, suspend, resume and
+//! delete domains.
+
+use dialtone_api::pb;
+use serde_json::{json, Value};
+
+use super::connection::{status_error, Clients};
+use super::output::{s, time, Output};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DomainCommand {
+    /// Create a domain (its name is also the SIP realm).
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Allow calls to and from other domains.
+        #[arg(long)]
+        allow_cross_domain_calls: bool,
+        /// Do not offer MD5 digest authentication (SHA-256 only).
+        #[arg(long)]
+        no_md5: bool,
+        /// Idempotency key: a retry with the same id does nothing twice.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Show a domain.
+    Get { name: String },
+    /// List domains.
+    List {
+        /// Include deleted domains.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Change a domain's settings.
+    Update {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        allow_cross_domain_calls: Option<bool>,
+        #[arg(long)]
+        md5_allowed: Option<bool>,
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Suspend a domain: its users can no longer register or call.
+    Suspend {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume a suspended domain.
+    Resume { name: String },
+    /// Delete a domain (it must have no users).
+    Delete { name: String },
+}
+
+pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> anyhow::Result<()> {
+    let p = &mut c.provisioning;
+    let result = match cmd {
+        DomainCommand::Create {
+            name,
+            description,
+            allow_cross_domain_calls,
+            no_md5,
+            request_id,
+        } => {
+            p.create_domain(pb::CreateDomainRequest {
+                name,
+                description,
+                allow_cross_domain_calls,
+                md5_allowed: Some(!no_md5),
+                request_id,
+            })
+            .await
+        }
+        DomainCommand::Get { name } => p.get_domain(pb::GetDomainRequest { domain: name }).await,
+        DomainCommand::List { include_deleted } => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = p
+                    .list_domains(pb::ListDomainsRequest {
+                        page_size: 500,
+                        page_token: page_token.clone(),
+                        include_deleted,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                all.extend(page.domains);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.list(all.iter().map(domain_json).collect(), domain_line);
+            return Ok(());
+        }
+        DomainCommand::Update {
+            name,
+            description,
+            allow_cross_domain_calls,
+            md5_allowed,
+            expected_version,
+        } => {
+            p.update_domain(pb::UpdateDomainRequest {
+                domain: name,
+                description,
+                allow_cross_domain_calls,
+                md5_allowed,
+                request_id: String::new(),
+                expected_version,
+            })
+            .await
+        }
+        DomainCommand::Suspend { name, reason } => {
+            p.suspend_domain(pb::SuspendDomainRequest {
+                domain: name,
+                reason,
+                ..Default::default()
+            })
+            .await
+        }
+        DomainCommand::Resume { name } => {
+            p.resume_domain(pb::ResumeDomainRequest {
+                domain: name,
+                ..Default::default()
+            })
+            .await
+        }
+        DomainCommand::Delete { name } => {
+            p.delete_domain(pb::DeleteDomainRequest {
+                domain: name,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let domain = result.map_err(status_error)?.into_inner();
+    out.one(domain_json(&domain), domain_details);
+    Ok(())
+}
+
+pub(super) fn domain_status(status: i32) -> &'static str {
+    match pb::DomainStatus::try_from(status) {
+        Ok(pb::DomainStatus::Active) => "active",
+        Ok(pb::DomainStatus::Suspended) => "suspended",
+        Ok(pb::DomainStatus::Deleted) => "deleted",
+        _ => "unknown",
+    }
+}
+
+fn domain_json(d: &pb::Domain) -> Value {
+    json!({
+        "id": d.id,
+        "name": d.name,
+        "status": domain_status(d.status),
+        "description": d.description,
+        "allow_cross_domain_calls": d.allow_cross_domain_calls,
+        "md5_allowed": d.md5_allowed,
+        "suspend_reason": d.suspend_reason,
+        "user_count": d.user_count,
+        "created_at": time(&d.created_at),
+        "version": d.version,
+    })
+}
+
+fn domain_line(v: &Value) -> String {
+    format!(
+        "{:<40} {:<10} users={:<6} version={}",
+        s(v, "name"),
+        s(v, "status"),
+        s(v, "user_count"),
+        s(v, "version")
+    )
+}
+
+fn domain_details(v: &Value) -> String {
+    let mut text = format!(
+        "domain   {}\nid       {}\nstatus   {}\nusers    {}\ncreated  {}\nversion  {}\nmd5      {}\ncross-domain calls {}",
+        s(v, "name"),
+        s(v, "id"),
+        s(v, "status"),
+        s(v, "user_count"),
+        s(v, "created_at"),
+        s(v, "version"),
+        s(v, "md5_allowed"),
+        s(v, "allow_cross_domain_calls"),
+    );
+    if !s(v, "description").is_empty() {
+        text.push_str(&format!("\ndescription {}", s(v, "description")));
+    }
+    if !s(v, "suspend_reason").is_empty() {
+        text.push_str(&format!("\nsuspended because {}", s(v, "suspend_reason")));
+    }
+    text
+}

@@ -1,0 +1,221 @@
+//! `dialtone user ...`: create, show, list, change, disable, enable and
+//! delete users, and set their SIP passwords.
+
+use anyhow::Context as _;
+use dialtone_api::pb;
+use serde_json::{json, Value};
+
+use super::connection::{status_error, Clients};
+use super::output::{s, time, Output};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user: `dialtone user create alice@example.com --password ...`.
+    Create {
+        /// username@domain
+        user: String,
+        #[arg(long, env = "DIALTONE_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long, default_value = "")]
+        caller_id: String,
+        /// Maximum simultaneous registrations (default 10).
+        #[arg(long)]
+        max_contacts: Option<u32>,
+        /// Create the user disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Show a user (by username@domain or id).
+    Get { user: String },
+    /// List the users of a domain.
+    List {
+        #[arg(long)]
+        domain: String,
+    },
+    /// Change a user's settings.
+    Update {
+        user: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        caller_id: Option<String>,
+        #[arg(long)]
+        max_contacts: Option<u32>,
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Set a user's SIP password.
+    SetPassword {
+        user: String,
+        #[arg(long, env = "DIALTONE_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Disable a user: it can no longer register or call.
+    Disable { user: String },
+    /// Enable a disabled user.
+    Enable { user: String },
+    /// Delete a user.
+    Delete { user: String },
+}
+
+pub(super) async fn run(c: &mut Clients, out: &Output, cmd: UserCommand) -> anyhow::Result<()> {
+    let p = &mut c.provisioning;
+    let result = match cmd {
+        UserCommand::Create {
+            user,
+            password,
+            display_name,
+            caller_id,
+            max_contacts,
+            disabled,
+            request_id,
+        } => {
+            let (username, domain) = user
+                .rsplit_once('@')
+                .with_context(|| format!("'{user}' is not username@domain"))?;
+            p.create_user(pb::CreateUserRequest {
+                domain: domain.to_owned(),
+                username: username.to_owned(),
+                password,
+                display_name,
+                caller_id,
+                max_contacts: max_contacts.unwrap_or(0),
+                enabled: Some(!disabled),
+                request_id,
+            })
+            .await
+        }
+        UserCommand::Get { user } => p.get_user(pb::GetUserRequest { user }).await,
+        UserCommand::List { domain } => {
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = p
+                    .list_users(pb::ListUsersRequest {
+                        domain: domain.clone(),
+                        page_size: 1000,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                all.extend(page.users);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            out.list(all.iter().map(user_json).collect(), user_line);
+            return Ok(());
+        }
+        UserCommand::Update {
+            user,
+            display_name,
+            caller_id,
+            max_contacts,
+            expected_version,
+        } => {
+            p.update_user(pb::UpdateUserRequest {
+                user,
+                display_name,
+                caller_id,
+                max_contacts,
+                enabled: None,
+                request_id: String::new(),
+                expected_version,
+            })
+            .await
+        }
+        UserCommand::SetPassword { user, password } => {
+            p.set_password(pb::SetPasswordRequest {
+                user,
+                password,
+                ..Default::default()
+            })
+            .await
+        }
+        UserCommand::Disable { user } => {
+            p.update_user(pb::UpdateUserRequest {
+                user,
+                enabled: Some(false),
+                ..Default::default()
+            })
+            .await
+        }
+        UserCommand::Enable { user } => {
+            p.update_user(pb::UpdateUserRequest {
+                user,
+                enabled: Some(true),
+                ..Default::default()
+            })
+            .await
+        }
+        UserCommand::Delete { user } => {
+            p.delete_user(pb::DeleteUserRequest {
+                user,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let user = result.map_err(status_error)?.into_inner();
+    out.one(user_json(&user), user_details);
+    Ok(())
+}
+
+fn user_json(u: &pb::User) -> Value {
+    json!({
+        "id": u.id,
+        "address": u.address,
+        "username": u.username,
+        "domain": u.domain,
+        "domain_id": u.domain_id,
+        "display_name": u.display_name,
+        "caller_id": u.caller_id,
+        "max_contacts": u.max_contacts,
+        "enabled": u.enabled,
+        "deleted": u.deleted,
+        "created_at": time(&u.created_at),
+        "password_set_at": time(&u.password_set_at),
+        "version": u.version,
+    })
+}
+
+fn user_line(v: &Value) -> String {
+    format!(
+        "{:<48} {:<8} {:<24} version={}",
+        s(v, "address"),
+        if v["enabled"] == Value::Bool(true) {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        s(v, "display_name"),
+        s(v, "version")
+    )
+}
+
+fn user_details(v: &Value) -> String {
+    format!(
+        "user          {}\nid            {}\nstatus        {}\ndisplay name  {}\ncaller id     {}\nmax contacts  {}\ncreated       {}\npassword set  {}\nversion       {}",
+        s(v, "address"),
+        s(v, "id"),
+        if v["deleted"] == Value::Bool(true) {
+            "deleted"
+        } else if v["enabled"] == Value::Bool(true) {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        s(v, "display_name"),
+        s(v, "caller_id"),
+        s(v, "max_contacts"),
+        s(v, "created_at"),
+        s(v, "password_set_at"),
+        s(v, "version"),
+    )
+}
