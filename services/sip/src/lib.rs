@@ -1,33 +1,45 @@
 //! Dialtone's SIP gateway: everything that knows the SIP wire format.
 //!
-//! # What it owns
-//! - the codec ([`message`]): a small zero-copy parser and response writer
-//!   (RFC 3261 s.7, s.20; compact headers, folded lines, header lists, IPv6);
-//! - digest authentication ([`digest`], [`nonce`]): RFC 7616/8760 with MD5 and
-//!   SHA-256, qop=auth, stateless HMAC nonces and a bounded nonce-count
-//!   replay table;
-//! - the sans-IO non-INVITE server transaction layer ([`transaction`], RFC
+//! # What it owns, layer by layer
+//! Each module uses only the ones above it.
+//! - [`wire`]: the codec — a small zero-copy parser and response writer
+//!   (RFC 3261 s.7, s.20; compact headers, folded lines, header lists,
+//!   IPv6) and Content-Length framing for streams;
+//! - [`auth`]: digest authentication, RFC 7616/8760 with MD5 and SHA-256,
+//!   qop=auth, stateless HMAC nonces and a bounded nonce-count replay table;
+//! - [`transaction`]: the sans-IO non-INVITE server transaction table (RFC
 //!   3261 s.17.2.2, timers as named constants);
-//! - the registrar's SIP side ([`registrar`]): contacts, expiry policy, `*`;
-//! - UDP and TCP transports ([`gateway`], [`frame`]) with RFC 3581
-//!   `rport`/`received`.
+//! - [`transport`]: the seam to sockets — [`Flow`] (transport, local and
+//!   remote address, connection id) and [`Transport`] — and the UDP and TCP
+//!   listeners ([`transport::gateway`]) with RFC 3581 `rport`/`received`;
+//! - [`registrar`] and [`core`]: request handling (validation, the
+//!   [`guard`] against floods and guessers, challenges, the registrar flow:
+//!   contacts, expiry policy, `*`);
+//! - [`proxy`]: the forking proxy as a sans-IO call engine
+//!   ([`proxy::Engine`]: inputs with `now`, actions and a next deadline
+//!   out) in a thin async shell ([`proxy::Proxy`]), executing the backend's
+//!   [`RoutePlan`]s.
 //!
 //! # Main types
 //! [`Gateway::start`] takes a [`GatewayConfig`] and an `Arc<dyn` [`SipBackend`]`>`
 //! and returns a [`GatewayHandle`] (`local_addrs()`, `shutdown().await`).
 //! [`SipBackend`] is the only way to the rest of the system: credentials
 //! ([`Lookup`]), durable binding changes ([`RegisterRequest`] ->
-//! [`RegisterOutcome`]) and contact queries ([`CurrentContact`]).
-//! With the `test-ua` feature, [`test_ua`] is a tiny SIP client for
-//! black-box tests; with the `fuzzing` feature, [`fuzzing`] holds the fuzz
-//! target bodies (cargo-fuzz in `fuzz/`, and `tests/fuzz_smoke.rs`).
+//! [`RegisterOutcome`]), contact queries ([`CurrentContact`]), call routing
+//! ([`CallRoute`], [`RoutePlan`]), call steps ([`CallRecord`]) and
+//! lock-outs. With the `test-ua` feature, [`test_ua`] is a tiny SIP client
+//! for black-box tests; with the `fuzzing` feature, [`fuzzing`] holds the
+//! fuzz target bodies (cargo-fuzz in `fuzz/`, and `tests/fuzz_smoke.rs`).
 //!
 //! # What it must not do
 //! It does not know actors, protobuf, events or how anything is stored, and
 //! it does not decide binding rules (maximum contacts, CSeq ordering,
-//! refresh versus new): the [`SipBackend`] implementation does. It depends on
-//! no other Dialtone crate. It never reads configuration files: `node` builds
-//! the [`GatewayConfig`].
+//! refresh versus new) or who is rung: the [`SipBackend`] implementation
+//! does. It depends on no other Dialtone crate. It never reads
+//! configuration files: `node` builds the [`GatewayConfig`]. Nothing in
+//! `core`, `registrar` or `proxy` touches a socket: they hand bytes to a
+//! [`Flow`]. The call engine and the transaction table take `now` as an
+//! input; only the shells around them read the clock.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;

@@ -467,13 +467,19 @@ impl Core {
         extra: impl FnOnce(&mut Response),
     ) -> (u16, Bytes) {
         let server_len = self.cfg.server_header.as_ref().map_or(0, |s| s.len() + 10);
+        // A 100 (Trying) carries no To tag (RFC 3261 s.8.2.6.2 allows one,
+        // but a proxy's 100 is not the callee's): the caller would take it
+        // for the dialog's remote tag when it arrives after the callee's
+        // 2xx, and its BYE would then name a dialog nobody has (481).
+        let tag = random_tag_bytes();
+        let tag: &[u8] = if code == 100 { &[] } else { &tag };
         let mut r = Response::start(
             cx.msg,
             Some(cx.via),
             &cx.source,
             code,
             reason,
-            &random_tag_bytes(),
+            tag,
             server_len + extra_len,
         );
         if let Some(s) = &self.cfg.server_header {

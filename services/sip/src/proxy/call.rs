@@ -23,7 +23,7 @@ use crate::transport::Flow;
 use crate::wire::message::{Message, Name, NameAddr, StartLine};
 use crate::wire::response::{Response, Source};
 
-use super::engine::Dialog;
+use super::dialog::{Dialog, DialogParties};
 use super::legs::Legs;
 
 /// Timer B / F / H (64 * T1).
@@ -313,8 +313,15 @@ impl ProxyCall {
         next
     }
 
-    /// The caller retransmitted its INVITE.
+    /// The caller retransmitted its INVITE: it gets our last provisional
+    /// or final non-2xx response again. Once a 2xx was relayed the
+    /// retransmission is absorbed (RFC 6026 s.7.1: retransmitting the 2xx
+    /// is the callee's job, and a caller that already has it would see it
+    /// as an unexpected message).
     pub fn on_invite_again(&self, fx: &mut Vec<Effect>) {
+        if matches!(self.upstream, Upstream::Accepted) {
+            return;
+        }
         if let Some(b) = &self.last_response {
             fx.push(Effect::Send(self.setup.upstream, b.clone()));
         }
@@ -539,7 +546,7 @@ impl ProxyCall {
         }
         fx.push(Effect::Send(self.setup.upstream, up.clone()));
         if first_answer {
-            super::call_attempt(200);
+            call_attempt(200);
             self.upstream = Upstream::Accepted;
             self.last_response = Some(up);
             let contact = self.branches[i].target.uri.clone();
@@ -840,7 +847,7 @@ impl ProxyCall {
         cause: CallCause,
         fx: &mut Vec<Effect>,
     ) {
-        super::call_attempt(code);
+        call_attempt(code);
         let bytes = relayed.or_else(|| self.own_response(code));
         self.step_timeout_at = None;
         self.upstream = Upstream::Rejecting(bytes);
@@ -880,7 +887,7 @@ impl ProxyCall {
             .unwrap_or_else(|| target.uri.clone());
         let dialog = Dialog::new(
             self.setup.legs.clone(),
-            super::engine::DialogParties {
+            DialogParties {
                 caller_tag,
                 callee_tag,
                 caller: self.setup.upstream,
@@ -895,6 +902,16 @@ impl ProxyCall {
         );
         Some((call_id.into(), dialog))
     }
+}
+
+/// Counts a call attempt by the final status the caller got (bounded
+/// labels: the status codes a proxy relays).
+pub(crate) fn call_attempt(status: u16) {
+    metrics::counter!(
+        "dialtone_sip_call_attempts_total",
+        "status" => crate::wire::response::status_label(status)
+    )
+    .increment(1);
 }
 
 /// Is final response `new` better than `old` (RFC 3261 s.16.7 step 6)?

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,8 +30,8 @@ use crate::wire::message::{Message, Method, Name, StartLine};
 use crate::wire::response::Source;
 
 use super::call::{via, CallSetup, Effect, ProxyCall};
-use super::legs::Legs;
-use super::ProxySettings;
+use super::dialog::{Dialog, LiveDialog};
+use super::legs::{Legs, RecordToken};
 
 /// How long a dialog that is being torn down is remembered (BYE
 /// retransmissions still find it).
@@ -42,9 +43,18 @@ const DIALOG_SWEEP: Duration = Duration::from_secs(1);
 /// Answered calls' durations, answer to end (seconds).
 const CALL_DURATION: &str = "dialtone_sip_call_duration_seconds";
 
-/// Names a durable recording the engine waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RecordToken(u64);
+/// Proxy settings, from the gateway's configuration.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// `host:port` of our Via and Record-Route.
+    pub advertised: String,
+    /// Every address we listen on (to recognise our own Route entries).
+    pub local: Vec<SocketAddr>,
+    /// An unanswered call is given up after this (`480`, cause `no_answer`).
+    pub no_answer_timeout: Duration,
+    /// An answered call is ended by the proxy after this (cause `timeout`).
+    pub max_call_duration: Duration,
+}
 
 /// What the engine asks the shell to do.
 #[derive(Debug)]
@@ -100,78 +110,6 @@ pub struct EngineStats {
     /// Expiries after which the call still had a timer at or before
     /// `now`: a call that would spin. Always 0 unless there is a bug.
     pub stuck_timers: u64,
-}
-
-/// The parties of an answered call, for routing requests inside it.
-pub(crate) struct DialogParties {
-    pub caller_tag: String,
-    pub callee_tag: String,
-    pub caller: Flow,
-    pub callee: Flow,
-    pub caller_contact: String,
-    pub callee_contact: String,
-    /// From (caller, with tag) and To (callee, with tag) as in the INVITE
-    /// and its 2xx, for the BYEs the proxy may send itself.
-    pub from: String,
-    pub to: String,
-    pub caller_cseq: u32,
-}
-
-/// An answered call. Once it ends only what routes a retransmitted BYE is
-/// kept (the rest is `live`), so that the 32 s of lingering cost ~150 bytes
-/// a call, not ~1 KB.
-pub(crate) struct Dialog {
-    live: Option<Box<LiveDialog>>,
-    caller_tag: String,
-    callee_tag: String,
-    caller: Flow,
-    callee: Flow,
-    caller_cseq: u32,
-    callee_cseq: u32,
-    answered_at: Instant,
-    /// Set once a BYE passed (or the proxy ended the call).
-    ending_since: Option<Instant>,
-    /// The recording of the call's end: until it is durable, every
-    /// request of the dialog waits with the BYE that ended it (the other
-    /// side's own BYE crossing ours must not arrive first either).
-    ending_token: Option<RecordToken>,
-    /// Other phones that answered the forked INVITE too (their To tag and
-    /// flow): requests between them and the caller are routed, and record
-    /// nothing (the call was answered by the first).
-    others: Vec<(String, Flow)>,
-}
-
-/// What an answered call needs until it ends.
-struct LiveDialog {
-    legs: Legs,
-    caller_contact: String,
-    callee_contact: String,
-    from: String,
-    to: String,
-}
-
-impl Dialog {
-    pub(crate) fn new(legs: Legs, p: DialogParties, now: Instant) -> Dialog {
-        Dialog {
-            live: Some(Box::new(LiveDialog {
-                legs,
-                caller_contact: p.caller_contact,
-                callee_contact: p.callee_contact,
-                from: p.from,
-                to: p.to,
-            })),
-            caller_tag: p.caller_tag,
-            callee_tag: p.callee_tag,
-            caller: p.caller,
-            callee: p.callee,
-            caller_cseq: p.caller_cseq,
-            callee_cseq: 0,
-            answered_at: now,
-            ending_since: None,
-            ending_token: None,
-            others: Vec::new(),
-        }
-    }
 }
 
 /// What waits for a durable recording.

@@ -56,3 +56,7 @@ impl Legs {
         self.records(|_| CallStep::End { cause, side })
     }
 }
+
+/// Names a durable recording of call steps that the engine waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordToken(pub(super) u64);

@@ -23,12 +23,12 @@
 //! recording done.
 
 pub(crate) mod call;
+mod dialog;
 pub mod engine;
 pub(crate) mod forward;
 pub mod legs;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,8 @@ use crate::transport::Flow;
 use crate::wire::message::{Message, NameAddr, Uri};
 use crate::wire::response::Source;
 
-pub use engine::{Action, CallInput, Engine, EngineStats, NewCall, RecordToken};
-pub use legs::Legs;
+pub use engine::{Action, CallInput, Engine, EngineStats, NewCall, ProxySettings};
+pub use legs::{Legs, RecordToken};
 
 /// Sends bytes to a peer: what the proxy needs from the transports.
 pub trait Outbound: Send + Sync + 'static {
@@ -60,28 +60,7 @@ impl Outbound for Nowhere {
     fn send(&self, _: Flow, _: Bytes) {}
 }
 
-/// Counts a call attempt by the final status the caller got (bounded
-/// labels: the status codes a proxy relays).
-pub(crate) fn call_attempt(status: u16) {
-    metrics::counter!(
-        "dialtone_sip_call_attempts_total",
-        "status" => crate::wire::response::status_label(status)
-    )
-    .increment(1);
-}
-
-/// Proxy settings, from the gateway's configuration.
-#[derive(Debug, Clone)]
-pub struct ProxySettings {
-    /// `host:port` of our Via and Record-Route.
-    pub advertised: String,
-    /// Every address we listen on (to recognise our own Route entries).
-    pub local: Vec<SocketAddr>,
-    /// An unanswered call is given up after this (`480`, cause `no_answer`).
-    pub no_answer_timeout: Duration,
-    /// An answered call is ended by the proxy after this (cause `timeout`).
-    pub max_call_duration: Duration,
-}
+pub(crate) use call::call_attempt;
 
 /// How a recording job reports back.
 enum Done {
