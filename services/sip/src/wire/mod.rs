@@ -4,5 +4,7 @@
 //! sockets.
 
 pub mod frame;
+mod lexical;
 pub mod message;
 pub mod response;
+mod values;
