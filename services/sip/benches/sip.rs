@@ -12,7 +12,7 @@ use dialtone_sip::wire::message::{Message, Name, NameAddr};
 use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    SipBackend, Transport, UserCredentials,
+    RegistrarBackend, RegistrarOnly, Transport, UserCredentials,
 };
 
 const SIPP_REGISTER: &str = "REGISTER sip:example.test SIP/2.0\r\n\
@@ -33,7 +33,7 @@ struct One {
 }
 
 #[async_trait::async_trait]
-impl SipBackend for One {
+impl RegistrarBackend for One {
     async fn credentials(&self, _d: &str, _u: &str) -> Result<Lookup, BackendError> {
         Ok(Lookup::Found(self.creds.clone()))
     }
@@ -52,28 +52,6 @@ impl SipBackend for One {
     }
     async fn contacts(&self, _d: &str, _u: &str) -> Result<Vec<CurrentContact>, BackendError> {
         Ok(Vec::new())
-    }
-
-    async fn route_call(
-        &self,
-        _caller_domain: &str,
-        _callee_domain: &str,
-        _callee_user: &str,
-    ) -> Result<dialtone_sip::CallRoute, dialtone_sip::BackendError> {
-        // A registrar benchmark: it serves no calls.
-        Ok(dialtone_sip::CallRoute::UnknownUser)
-    }
-
-    async fn record_call(
-        &self,
-        _records: Vec<dialtone_sip::CallRecord>,
-    ) -> Result<(), dialtone_sip::BackendError> {
-        // Nothing to record: no call is ever set up here.
-        Ok(())
-    }
-
-    fn lockout(&self, _lockout: dialtone_sip::guard::Lockout) {
-        // The benchmark counts no security events.
     }
 }
 
@@ -116,13 +94,13 @@ fn register_through_core(c: &mut Criterion) {
         .build()
         .unwrap();
     let (user, realm, pw) = ("user000001", "example.test", "pw000001x");
-    let registry = Arc::new(One {
+    let registry = Arc::new(RegistrarOnly(One {
         creds: UserCredentials {
             ha1_md5: Some(ha1(Algorithm::Md5, user, realm, pw)),
             ha1_sha256: ha1(Algorithm::Sha256, user, realm, pw),
             disabled: false,
         },
-    });
+    }));
     let cfg = GatewayConfig {
         challenge_md5_first: true,
         ..GatewayConfig::default()

@@ -7,13 +7,13 @@ use dialtone_sip::core::Core;
 use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    SipBackend, Transport, UserCredentials,
+    RegistrarBackend, RegistrarOnly, Transport, UserCredentials,
 };
 
 struct One(UserCredentials);
 
 #[async_trait::async_trait]
-impl SipBackend for One {
+impl RegistrarBackend for One {
     async fn credentials(&self, _d: &str, _u: &str) -> Result<Lookup, BackendError> {
         Ok(Lookup::Found(self.0.clone()))
     }
@@ -22,28 +22,6 @@ impl SipBackend for One {
     }
     async fn contacts(&self, _d: &str, _u: &str) -> Result<Vec<CurrentContact>, BackendError> {
         Ok(vec![])
-    }
-
-    async fn route_call(
-        &self,
-        _caller_domain: &str,
-        _callee_domain: &str,
-        _callee_user: &str,
-    ) -> Result<dialtone_sip::CallRoute, dialtone_sip::BackendError> {
-        // Timing the registrar only: no calls.
-        Ok(dialtone_sip::CallRoute::UnknownUser)
-    }
-
-    async fn record_call(
-        &self,
-        _records: Vec<dialtone_sip::CallRecord>,
-    ) -> Result<(), dialtone_sip::BackendError> {
-        // Nothing to record: no call is ever set up here.
-        Ok(())
-    }
-
-    fn lockout(&self, _lockout: dialtone_sip::guard::Lockout) {
-        // Timing only: no security log.
     }
 }
 
@@ -58,7 +36,10 @@ fn main() {
         ha1_sha256: ha1(Algorithm::Sha256, "u", "example.test", "p"),
         disabled: false,
     };
-    let core = Core::new(GatewayConfig::default(), Arc::new(One(creds)));
+    let core = Core::new(
+        GatewayConfig::default(),
+        Arc::new(RegistrarOnly(One(creds))),
+    );
     let src = Source {
         addr: "127.0.0.1:5061".parse().unwrap(),
         reliable: false,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dialtone_sip::auth::digest::{ha1, Algorithm};
 use dialtone_sip::{
     BackendError, CurrentContact, Gateway, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    SipBackend, UserCredentials,
+    RegistrarBackend, RegistrarOnly, UserCredentials,
 };
 
 struct Memory {
@@ -28,7 +28,7 @@ struct Memory {
 }
 
 #[async_trait::async_trait]
-impl SipBackend for Memory {
+impl RegistrarBackend for Memory {
     async fn credentials(&self, domain: &str, user: &str) -> Result<Lookup, BackendError> {
         if domain != self.domain {
             return Ok(Lookup::UnknownDomain);
@@ -86,28 +86,6 @@ impl SipBackend for Memory {
             })
             .unwrap_or_default())
     }
-
-    async fn route_call(
-        &self,
-        _caller_domain: &str,
-        _callee_domain: &str,
-        _callee_user: &str,
-    ) -> Result<dialtone_sip::CallRoute, dialtone_sip::BackendError> {
-        // This example is a registrar only: every call gets 404.
-        Ok(dialtone_sip::CallRoute::UnknownUser)
-    }
-
-    async fn record_call(
-        &self,
-        _records: Vec<dialtone_sip::CallRecord>,
-    ) -> Result<(), dialtone_sip::BackendError> {
-        // Nothing to record: no call is ever set up here.
-        Ok(())
-    }
-
-    fn lockout(&self, _lockout: dialtone_sip::guard::Lockout) {
-        // This example keeps no security log; the gateway still counts lock-outs in its metrics.
-    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -127,11 +105,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (user, c)
         })
         .collect();
-    let registry = Arc::new(Memory {
+    let registry = Arc::new(RegistrarOnly(Memory {
         domain,
         users,
         bindings: Mutex::new(HashMap::new()),
-    });
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -22,7 +22,7 @@ use dialtone_sip::core::Core;
 use dialtone_sip::wire::response::Source;
 use dialtone_sip::{
     BackendError, CurrentContact, GatewayConfig, Lookup, RegisterOutcome, RegisterRequest,
-    SipBackend, Transport, UserCredentials,
+    RegistrarBackend, RegistrarOnly, Transport, UserCredentials,
 };
 
 struct Memory {
@@ -30,7 +30,7 @@ struct Memory {
 }
 
 #[async_trait::async_trait]
-impl SipBackend for Memory {
+impl RegistrarBackend for Memory {
     async fn credentials(&self, _d: &str, user: &str) -> Result<Lookup, BackendError> {
         Ok(match self.users.get(user) {
             Some(c) => Lookup::Found(c.clone()),
@@ -52,28 +52,6 @@ impl SipBackend for Memory {
     }
     async fn contacts(&self, _d: &str, _u: &str) -> Result<Vec<CurrentContact>, BackendError> {
         Ok(Vec::new())
-    }
-
-    async fn route_call(
-        &self,
-        _caller_domain: &str,
-        _callee_domain: &str,
-        _callee_user: &str,
-    ) -> Result<dialtone_sip::CallRoute, dialtone_sip::BackendError> {
-        // Measuring REGISTER only: no calls.
-        Ok(dialtone_sip::CallRoute::UnknownUser)
-    }
-
-    async fn record_call(
-        &self,
-        _records: Vec<dialtone_sip::CallRecord>,
-    ) -> Result<(), dialtone_sip::BackendError> {
-        // Nothing to record: no call is ever set up here.
-        Ok(())
-    }
-
-    fn lockout(&self, _lockout: dialtone_sip::guard::Lockout) {
-        // Measuring only: no security log.
     }
 }
 
@@ -134,7 +112,7 @@ fn main() {
         challenge_md5_first: true,
         ..GatewayConfig::default()
     };
-    let core = Core::new(cfg, Arc::new(Memory { users }));
+    let core = Core::new(cfg, Arc::new(RegistrarOnly(Memory { users })));
     let src = Source {
         addr: "127.0.0.1:5061".parse().expect("addr"),
         reliable: false,

@@ -347,3 +347,52 @@ pub trait SipBackend: Send + Sync + 'static {
     /// security event. Must not block (spawn the work).
     fn lockout(&self, lockout: crate::guard::Lockout);
 }
+
+/// The part of [`SipBackend`] a registrar needs: for tools and benchmarks
+/// that serve registrations only. Wrapped in [`RegistrarOnly`] it is a
+/// [`SipBackend`] that says so explicitly: every call gets 404, nothing
+/// is recorded, lock-outs are only counted in the gateway's metrics.
+#[async_trait::async_trait]
+pub trait RegistrarBackend: Send + Sync + 'static {
+    /// As [`SipBackend::credentials`].
+    async fn credentials(&self, domain: &str, user: &str) -> Result<Lookup, BackendError>;
+    /// As [`SipBackend::register`].
+    async fn register(&self, request: RegisterRequest) -> Result<RegisterOutcome, BackendError>;
+    /// As [`SipBackend::contacts`].
+    async fn contacts(&self, domain: &str, user: &str)
+        -> Result<Vec<CurrentContact>, BackendError>;
+}
+
+/// A [`SipBackend`] that serves registrations only (see
+/// [`RegistrarBackend`]).
+pub struct RegistrarOnly<B>(pub B);
+
+#[async_trait::async_trait]
+impl<B: RegistrarBackend> SipBackend for RegistrarOnly<B> {
+    async fn credentials(&self, domain: &str, user: &str) -> Result<Lookup, BackendError> {
+        self.0.credentials(domain, user).await
+    }
+
+    async fn register(&self, request: RegisterRequest) -> Result<RegisterOutcome, BackendError> {
+        self.0.register(request).await
+    }
+
+    async fn contacts(
+        &self,
+        domain: &str,
+        user: &str,
+    ) -> Result<Vec<CurrentContact>, BackendError> {
+        self.0.contacts(domain, user).await
+    }
+
+    async fn route_call(&self, _: &str, _: &str, _: &str) -> Result<CallRoute, BackendError> {
+        Ok(CallRoute::UnknownUser)
+    }
+
+    async fn record_call(&self, _: Vec<CallRecord>) -> Result<(), BackendError> {
+        // No call is ever set up: route_call refuses every one.
+        Ok(())
+    }
+
+    fn lockout(&self, _: crate::guard::Lockout) {}
+}

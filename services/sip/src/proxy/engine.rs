@@ -443,7 +443,6 @@ impl Engine {
                 }
             }
         }
-        self.schedule_sweep(now);
         refusal
     }
 

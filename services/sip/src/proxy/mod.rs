@@ -227,6 +227,7 @@ impl Shared {
 
 /// Wakes shard `i` when its engine asks for it.
 async fn shard_timer(shared: Weak<Shared>, i: usize) {
+    let mut gauge_at = Instant::now();
     loop {
         let Some(s) = shared.upgrade() else {
             return;
@@ -248,7 +249,10 @@ async fn shard_timer(shared: Weak<Shared>, i: usize) {
             _ = tokio::time::sleep_until(sleep_until.into()) => {}
         }
         s.run(i, |engine, now| engine.handle_timeout(now));
-        if i == 0 {
+        // Shard 0 also reports every shard's dialogs, once a second (it
+        // may wake far more often: every call sets a timer).
+        if i == 0 && gauge_at.elapsed() >= MAX_SLEEP {
+            gauge_at = Instant::now();
             let dialogs: usize = s
                 .shards
                 .iter()
