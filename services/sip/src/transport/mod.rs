@@ -12,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::wire::message::{host_ip, params, Uri, Via};
 
 pub mod gateway;
+mod stream;
+mod udp;
 
 /// Names one connection of a connection-oriented transport, for as long
 /// as it is open (never reused while the node runs).
