@@ -13,13 +13,21 @@
 //! with retransmissions. The routing plans fork in parallel or ring in
 //! steps with ring timeouts.
 //!
+//! Even seeds run the engine as a back-to-back user agent, odd ones as a
+//! proxy (`DIALTONE_SIM_MODE=proxy|b2bua` runs one mode only).
+//!
 //! After every scenario: every call ended and the engine holds nothing
 //! (no call, transaction, dialog, timer or parked message); no call's
 //! timer stayed in the past and no call was woken more than a bound (a
 //! busy loop fails here); each leg's durable steps are well formed; the
 //! steps match what the phones saw (the caller's final response, who
 //! answered); a failure was durable before the caller saw it, and the end
-//! of a call before its BYE reached the other phone.
+//! of a call before its BYE reached the other phone. In B2BUA mode also:
+//! no callee ever sees the caller's address, Call-ID, tag or branch, nor a
+//! caller a callee's (checked on every message the engine sends); the
+//! recorded answer is a target that answered; both dialogs of every
+//! answered call (the caller's with the node, the answering callee's)
+//! ended, and the end was durable before either got its BYE.
 //!
 //! A failing seed is printed; add it to `REGRESSIONS` to keep it.
 //! `DIALTONE_SIM_SCENARIOS=200000 cargo test -p dialtone-sip --test
@@ -33,7 +41,9 @@ use bytes::Bytes;
 use dialtone_sip::backend::{
     CallRecord, CallStep, ContinueOn, HangupSide, RoutePlan, RouteStep, RouteTarget, Transport,
 };
-use dialtone_sip::proxy::{Action, CallInput, Engine, Legs, NewCall, ProxySettings, RecordToken};
+use dialtone_sip::proxy::{
+    Action, CallInput, CallMode, Engine, Legs, NewCall, ProxySettings, RecordToken,
+};
 use dialtone_sip::transaction::Key;
 use dialtone_sip::transport::Flow;
 use dialtone_sip::wire::message::{Message, Method, Name, StartLine};
@@ -170,6 +180,8 @@ struct Phone {
     /// this side's tag, the other side's tag, when), for the durability
     /// check.
     byes_seen: Vec<(String, String, String, Instant)>,
+    /// Re-INVITEs this phone received inside a dialog.
+    reinvites_received: u64,
     seq: u64,
 }
 
@@ -324,6 +336,8 @@ struct Sim {
     failures: Vec<String>,
     /// `DIALTONE_SIM_TRACE=1`: print every delivery and durable step.
     trace: bool,
+    /// How the engine connects calls (chosen per seed).
+    mode: CallMode,
 }
 
 fn trace(sim: &Sim, event: &Event) {
@@ -374,6 +388,9 @@ impl Sim {
             match action {
                 Action::Send(flow, bytes) => {
                     assert_eq!(flow.transport, Transport::Udp);
+                    if self.mode == CallMode::B2bua {
+                        self.check_hidden(flow.remote, &bytes);
+                    }
                     self.send(proxy_addr(), flow.remote, bytes);
                 }
                 Action::Record {
@@ -399,6 +416,42 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    /// Topology hiding (B2BUA): a callee never sees anything of the
+    /// caller's dialog (its address, Call-ID, tag or branch), nor a
+    /// caller anything of a callee's.
+    fn check_hidden(&mut self, to: SocketAddr, bytes: &Bytes) {
+        let Some(p) = self.phones.get(&to) else {
+            return;
+        };
+        let Ok(msg) = Message::parse(bytes) else {
+            self.fail("the engine sent an unparsable message".into());
+            return;
+        };
+        let text = String::from_utf8_lossy(bytes);
+        let call_id = msg.call_id().unwrap_or("");
+        let tags = [
+            msg.from().ok().and_then(|f| f.tag()).unwrap_or(""),
+            msg.to().ok().and_then(|t| t.tag()).unwrap_or(""),
+        ];
+        let leak = match p.role {
+            Role::Callee { .. } => {
+                text.contains("127.0.1.1")
+                    || call_id.starts_with("sim")
+                    || tags.iter().any(|t| t.starts_with("ft"))
+                    || text.contains("z9hG4bK-inv")
+            }
+            Role::Caller { .. } => {
+                text.contains("127.0.2.1")
+                    || !call_id.starts_with("sim")
+                    || tags.iter().any(|t| t.starts_with("tag-"))
+            }
+        };
+        if leak {
+            let who = p.user.clone();
+            self.fail(format!("{who} was shown the other side's dialog:\n{text}"));
         }
     }
 
@@ -743,6 +796,9 @@ impl Sim {
                             self.send(p.addr, proxy_addr(), r);
                             return;
                         };
+                        if method == Method::Invite {
+                            p.reinvites_received += 1;
+                        }
                         let code = if method == Method::Bye {
                             p.dialogs[i].ended = true;
                             let remote = p.dialogs[i].remote_tag.clone();
@@ -1040,15 +1096,30 @@ fn with_tag(uri: &str, tag: &str) -> String {
 
 // -------------------------------------------------------------- scenarios
 
+/// Even seeds run the calls through a back-to-back user agent, odd ones
+/// through the proxy (the seeds kept in `REGRESSIONS` were found in proxy
+/// mode and are odd). `DIALTONE_SIM_MODE=proxy|b2bua` runs every seed in
+/// one mode.
+fn mode_of(seed: u64) -> CallMode {
+    match std::env::var("DIALTONE_SIM_MODE").ok().as_deref() {
+        Some("proxy") => CallMode::Proxy,
+        Some("b2bua") => CallMode::B2bua,
+        _ if seed.is_multiple_of(2) => CallMode::B2bua,
+        _ => CallMode::Proxy,
+    }
+}
+
 fn build(seed: u64) -> Sim {
     let mut rng = Rng(seed);
     let base = Instant::now();
+    let mode = mode_of(seed);
     let max_call = if rng.chance(15) { 20 } else { 300 };
     let settings = ProxySettings {
         advertised: PROXY.into(),
         local: vec![proxy_addr()],
         no_answer_timeout: Duration::from_secs(if rng.chance(50) { 30 } else { 60 }),
         max_call_duration: Duration::from_secs(max_call),
+        call_mode: mode,
     };
     let loss = [0, 0, 5, 10, 20][rng.below(5) as usize];
     let dup = [0, 5, 20][rng.below(3) as usize];
@@ -1070,6 +1141,7 @@ fn build(seed: u64) -> Sim {
         max_delay,
         failures: Vec::new(),
         trace: std::env::var_os("DIALTONE_SIM_TRACE").is_some(),
+        mode,
     };
     let calls = 1 + rng.below(3);
     let mut port = 20_000u16;
@@ -1108,6 +1180,7 @@ fn build(seed: u64) -> Sim {
                     dialogs: Vec::new(),
                     answered: HashMap::new(),
                     byes_seen: Vec::new(),
+                    reinvites_received: 0,
                     seq: 0,
                 },
             );
@@ -1165,6 +1238,7 @@ fn build(seed: u64) -> Sim {
             dialogs: Vec::new(),
             answered: HashMap::new(),
             byes_seen: Vec::new(),
+            reinvites_received: 0,
             seq: 0,
         };
         let invite = request(
@@ -1265,12 +1339,19 @@ struct Coverage {
     reinvites: u64,
     second_step: u64,
     lost_or_duplicated: u64,
+    /// Scenarios run through the back-to-back user agent, and re-INVITEs
+    /// it relayed from one leg to the other.
+    b2bua_scenarios: u64,
+    b2bua_reinvites_relayed: u64,
 }
 
 fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
     let mut sim = build(seed);
     if sim.loss > 0 || sim.dup > 0 {
         cov.lost_or_duplicated += 1;
+    }
+    if sim.mode == CallMode::B2bua {
+        cov.b2bua_scenarios += 1;
     }
     settle(&mut sim);
     check_end(&mut sim);
@@ -1302,6 +1383,13 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
         .flat_map(|p| &p.txs)
         .filter(|t| t.method == "INVITE" && is_reinvite(t))
         .count() as u64;
+    if sim.mode == CallMode::B2bua {
+        cov.b2bua_reinvites_relayed += sim
+            .phones
+            .values()
+            .map(|p| p.reinvites_received)
+            .sum::<u64>();
+    }
     sim.failures
 }
 
@@ -1418,7 +1506,23 @@ fn check_end(sim: &mut Sim) {
                     .map(|c| c.contact())
                     .collect();
                 let raced = answering.len() > 1 && answering.contains(&contact);
-                if !raced && answered_by.as_deref() != Some(contact.as_str()) {
+                if sim.mode == CallMode::B2bua {
+                    // The caller's dialog is with the node; the recorded
+                    // answer must be a target of this call that answered.
+                    let answered_here = sim.phones.values().any(|c| {
+                        c.contact() == contact
+                            && sim.plans[call_id]
+                                .steps
+                                .iter()
+                                .any(|s| s.targets.iter().any(|t| t.dest == c.addr))
+                            && c.incoming.values().any(|i| i.final_code == Some(200))
+                    });
+                    if !answered_here {
+                        failures.push(format!(
+                            "call {call_id}: recorded answer by {contact}, which never answered it"
+                        ));
+                    }
+                } else if !raced && answered_by.as_deref() != Some(contact.as_str()) {
                     failures.push(format!(
                         "call {call_id}: recorded answer by {contact}, the caller's dialog is with {answered_by:?}"
                     ));
@@ -1449,6 +1553,11 @@ fn check_end(sim: &mut Sim) {
             _ => None,
         })
         .collect();
+    if sim.mode == CallMode::B2bua {
+        check_end_b2bua(sim, &mut failures);
+        sim.failures.extend(failures);
+        return;
+    }
     for p in sim.phones.values() {
         for (call_id, local_tag, remote_tag, at) in &p.byes_seen {
             let Some((caller_tag, callee_tag)) = answering.get(call_id) else {
@@ -1476,6 +1585,62 @@ fn check_end(sim: &mut Sim) {
         }
     }
     sim.failures.extend(failures);
+}
+
+/// B2BUA: the end of a call was durable before a BYE reached the caller
+/// or the callee that answered, and both of their dialogs ended.
+fn check_end_b2bua(sim: &Sim, failures: &mut Vec<String>) {
+    for p in sim.phones.values() {
+        let (call_id, is_caller) = match &p.role {
+            Role::Caller { call_id, .. } => (call_id.clone(), true),
+            Role::Callee { .. } => {
+                let Some(call_id) = sim.plans.iter().find_map(|(id, plan)| {
+                    plan.steps
+                        .iter()
+                        .any(|s| s.targets.iter().any(|t| t.dest == p.addr))
+                        .then(|| id.clone())
+                }) else {
+                    continue;
+                };
+                (call_id, false)
+            }
+        };
+        let answer = sim.log.iter().find_map(|(_, r)| match &r.step {
+            CallStep::Answer { contact } if r.sip_call_id == call_id => Some(contact.clone()),
+            _ => None,
+        });
+        let in_call = is_caller || answer.as_deref() == Some(p.contact().as_str());
+        if !in_call {
+            continue;
+        }
+        let end = sim
+            .log
+            .iter()
+            .find(|(_, r)| r.sip_call_id == call_id && matches!(r.step, CallStep::End { .. }));
+        for (_, _, _, at) in &p.byes_seen {
+            match end {
+                Some((durable_at, _)) if durable_at <= at => {}
+                Some(_) => failures.push(format!(
+                    "call {call_id}: a BYE reached {} before the end was durable",
+                    p.user
+                )),
+                None => failures.push(format!(
+                    "call {call_id}: a BYE reached {} and no end was recorded",
+                    p.user
+                )),
+            }
+        }
+        if answer.is_some() {
+            for d in &p.dialogs {
+                if !d.ended {
+                    failures.push(format!(
+                        "call {call_id}: the dialog of {} with {} never ended",
+                        p.user, d.remote_tag
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn scenarios() -> u64 {
@@ -1527,6 +1692,15 @@ fn random_call_scenarios_keep_the_invariants() {
             cov.reinvites > 0 && cov.second_step > 0 && cov.lost_or_duplicated > 0,
             "{cov:?}"
         );
+        if std::env::var_os("DIALTONE_SIM_MODE").is_none() {
+            assert!(
+                cov.b2bua_scenarios > 0 && cov.b2bua_scenarios < n,
+                "both modes run: {cov:?}"
+            );
+        }
+        if cov.b2bua_scenarios > 0 {
+            assert!(cov.b2bua_reinvites_relayed > 0, "{cov:?}");
+        }
     }
 }
 
