@@ -55,6 +55,8 @@ pub(crate) struct B2buaSetup {
     pub advertised: String,
     pub no_answer_timeout: Duration,
     pub max_call_duration: Duration,
+    /// The caller's Max-Forwards, decremented.
+    pub max_forwards: u32,
     /// The low 16 bits of the caller's Call-ID's shard key.
     pub shard_key: u16,
 }
@@ -242,7 +244,9 @@ impl B2buaCall {
                 .to_owned(),
             local: leg::with_own_tag(to, &setup.to_tag),
             remote: from.to_owned(),
-            remote_target: leg::contact_uri(msg).unwrap_or_default(),
+            // No Contact (a broken phone): the address it sent from.
+            remote_target: leg::contact_uri(msg)
+                .unwrap_or_else(|| format!("sip:{}", setup.upstream.remote)),
             // A UAS keeps the Record-Route order (RFC 3261 s.12.1.1).
             route_set: msg.list(Name::RecordRoute).map(str::to_owned).collect(),
             local_cseq: 0,
@@ -592,6 +596,7 @@ impl B2buaCall {
             let contact = leg::own_contact(&self.setup.advertised, flow);
             let invite = leg::request(&leg::Request {
                 method: "INVITE",
+                max_forwards: self.setup.max_forwards,
                 ruri: &target.uri,
                 via: &via,
                 route: &[],
@@ -1666,6 +1671,11 @@ Content-Length: 0\r\n\r\n"
         }
         assert_eq!(header(inv, "Contact"), "<sip:192.0.2.1:5060>");
         assert_eq!(header(inv, "CSeq"), "1 INVITE");
+        assert_eq!(
+            header(inv, "Max-Forwards"),
+            "69",
+            "the caller's, decremented"
+        );
         assert!(header(inv, "From").starts_with("\"Alice\" <sip:alice@example.com>;tag="));
         assert_eq!(
             header(inv, "P-Asserted-Identity"),

@@ -318,6 +318,7 @@ impl Engine {
                 advertised: self.settings.advertised.clone(),
                 no_answer_timeout: self.settings.no_answer_timeout,
                 max_call_duration: self.settings.max_call_duration,
+                max_forwards: call.max_forwards,
             };
             let salt = self.branch_salt ^ self.rng.next();
             let mut fx = Vec::new();

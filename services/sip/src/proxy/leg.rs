@@ -68,6 +68,7 @@ impl LegDialog {
         };
         let bytes = request(&Request {
             method,
+            max_forwards: 70,
             ruri: &self.remote_target,
             via,
             route: &self.route_set,
@@ -86,6 +87,9 @@ impl LegDialog {
 /// A request the node writes as a UA.
 pub(crate) struct Request<'a> {
     pub method: &'a str,
+    /// An initial INVITE carries the caller's, decremented: a contact that
+    /// leads back to the node cannot make legs call each other forever.
+    pub max_forwards: u32,
     pub ruri: &'a str,
     pub via: &'a str,
     pub route: &'a [String],
@@ -111,7 +115,9 @@ pub(crate) fn request(r: &Request<'_>) -> Bytes {
     out.extend_from_slice(r.ruri.as_bytes());
     out.extend_from_slice(b" SIP/2.0\r\n");
     line(&mut out, "Via", r.via);
-    line(&mut out, "Max-Forwards", "70");
+    out.extend_from_slice(b"Max-Forwards: ");
+    write_u64(&mut out, u64::from(r.max_forwards));
+    out.extend_from_slice(b"\r\n");
     for route in r.route {
         line(&mut out, "Route", route);
     }
