@@ -27,7 +27,9 @@
 //! caller a callee's (checked on every message the engine sends); the
 //! recorded answer is a target that answered; both dialogs of every
 //! answered call (the caller's with the node, the answering callee's)
-//! ended, and the end was durable before either got its BYE.
+//! ended, and the end was durable before either got its BYE; session
+//! descriptions (an offer in the INVITE, or a delayed offer: offer in the
+//! 2xx, answer in the ACK) reach the other side unchanged.
 //!
 //! A failing seed is printed; add it to `REGRESSIONS` to keep it.
 //! `DIALTONE_SIM_SCENARIOS=200000 cargo test -p dialtone-sip --test
@@ -182,6 +184,10 @@ struct Phone {
     byes_seen: Vec<(String, String, String, Instant)>,
     /// Re-INVITEs this phone received inside a dialog.
     reinvites_received: u64,
+    /// Session descriptions received: (what carried it, the body) for
+    /// initial INVITEs and ACKs at callees, the 2xx of the INVITE at
+    /// callers.
+    bodies: Vec<(&'static str, String)>,
     seq: u64,
 }
 
@@ -198,6 +204,9 @@ enum Role {
         answered_tag: Option<String>,
         /// A 2xx retransmission must get the same ACK again.
         acks: HashMap<String, Bytes>,
+        /// The INVITE carries an SDP offer; otherwise (a delayed offer)
+        /// the 2xx carries the offer and the ACK the answer.
+        offers: bool,
     },
     Callee {
         script: CalleeScript,
@@ -655,7 +664,7 @@ impl Sim {
                     Some(a) => a,
                     None => {
                         let b = p.branch();
-                        let ack = request(
+                        let mut ack = request(
                             "ACK",
                             &contact,
                             &p.via(&b),
@@ -665,6 +674,10 @@ impl Sim {
                             cseq,
                             None,
                         );
+                        let delayed_offer = matches!(&p.role, Role::Caller { offers: false, .. });
+                        if is_initial && delayed_offer {
+                            ack = with_body(&ack, &sdp(&format!("answer-{call_id}")));
+                        }
                         if let Role::Caller { acks, .. } = &mut p.role {
                             acks.insert(ack_key, ack.clone());
                         }
@@ -675,6 +688,8 @@ impl Sim {
                 if !is_initial {
                     return;
                 }
+                p.bodies
+                    .push(("200 INVITE", String::from_utf8_lossy(msg.body).into_owned()));
                 if first_final {
                     self.caller_saw_final(p, code, &call_id);
                 }
@@ -762,6 +777,8 @@ impl Sim {
                         }
                     }
                     Method::Ack => {
+                        p.bodies
+                            .push(("ACK", String::from_utf8_lossy(msg.body).into_owned()));
                         // Stops the retransmission of a final response:
                         // non-2xx by branch, 2xx by dialog.
                         if let Some(inv) = p.incoming.get_mut(&branch) {
@@ -842,6 +859,8 @@ impl Sim {
         let Role::Callee { script, .. } = p.role else {
             return;
         };
+        p.bodies
+            .push(("INVITE", String::from_utf8_lossy(msg.body).into_owned()));
         let to_tag = format!("tag-{}-{}", p.addr.port(), p.seq);
         p.seq += 1;
         let ringing = respond(msg, p.addr, 180, &to_tag, Some(&p.contact()));
@@ -950,6 +969,7 @@ impl Sim {
             Role::Caller { .. } => None,
         };
         let contact = p.contact();
+        let user = p.user.clone();
         let mut new_dialogs = Vec::new();
         for inv in p.incoming.values_mut() {
             if let Some(r) = &mut inv.retx {
@@ -975,7 +995,10 @@ impl Sim {
                     CalleeScript::Silent | CalleeScript::Dead => continue,
                 };
                 let m = Message::parse(&inv.invite).expect("stored invite");
-                let r = respond(&m, addr, code, &inv.to_tag, Some(&contact));
+                let mut r = respond(&m, addr, code, &inv.to_tag, Some(&contact));
+                if code == 200 {
+                    r = with_body(&r, &sdp(&format!("callee-{user}")));
+                }
                 inv.final_code = Some(code);
                 inv.last = Some(r.clone());
                 inv.retx = Some(ResponseRetx {
@@ -1077,6 +1100,23 @@ fn ack_of(invite: &Bytes, to_header: &str) -> Bytes {
         m.cseq().map(|c| c.seq).unwrap_or(1),
         None,
     )
+}
+
+/// A session description the phones exchange, naming what it is.
+fn sdp(what: &str) -> String {
+    format!("v=0\r\ns={what}\r\n")
+}
+
+/// `message` (written with an empty body) carrying `body`.
+fn with_body(message: &Bytes, body: &str) -> Bytes {
+    let text = String::from_utf8_lossy(message).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    Bytes::from(text)
 }
 
 fn is_reinvite(t: &ClientTx) -> bool {
@@ -1181,6 +1221,7 @@ fn build(seed: u64) -> Sim {
                     answered: HashMap::new(),
                     byes_seen: Vec::new(),
                     reinvites_received: 0,
+                    bodies: Vec::new(),
                     seq: 0,
                 },
             );
@@ -1232,6 +1273,7 @@ fn build(seed: u64) -> Sim {
                 answered_by: None,
                 answered_tag: None,
                 acks: HashMap::new(),
+                offers: c % 2 == 0,
             },
             txs: Vec::new(),
             incoming: HashMap::new(),
@@ -1239,9 +1281,10 @@ fn build(seed: u64) -> Sim {
             answered: HashMap::new(),
             byes_seen: Vec::new(),
             reinvites_received: 0,
+            bodies: Vec::new(),
             seq: 0,
         };
-        let invite = request(
+        let mut invite = request(
             "INVITE",
             &format!("sip:callee-of-{call_id}@{DOMAIN}"),
             &phone.via(&invite_branch),
@@ -1251,6 +1294,9 @@ fn build(seed: u64) -> Sim {
             1,
             Some(&phone.contact()),
         );
+        if c % 2 == 0 {
+            invite = with_body(&invite, &sdp(&format!("offer-{call_id}")));
+        }
         // The INVITE leaves the phone at `start`.
         phone.txs.push(ClientTx::new(
             invite_branch,
@@ -1343,6 +1389,9 @@ struct Coverage {
     /// it relayed from one leg to the other.
     b2bua_scenarios: u64,
     b2bua_reinvites_relayed: u64,
+    /// Delayed offers whose answer (in the caller's ACK) reached the
+    /// callee in the node's ACK.
+    b2bua_delayed_answers: u64,
 }
 
 fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
@@ -1389,6 +1438,12 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
             .values()
             .map(|p| p.reinvites_received)
             .sum::<u64>();
+        cov.b2bua_delayed_answers += sim
+            .phones
+            .values()
+            .flat_map(|p| &p.bodies)
+            .filter(|(what, body)| *what == "ACK" && !body.is_empty())
+            .count() as u64;
     }
     sim.failures
 }
@@ -1605,6 +1660,25 @@ fn check_end_b2bua(sim: &Sim, failures: &mut Vec<String>) {
                 (call_id, false)
             }
         };
+        // Session descriptions crossed the node unchanged, each to the
+        // side it was meant for.
+        let offers = sim.phones.values().any(
+            |c| matches!(&c.role, Role::Caller { call_id: id, offers: true, .. } if *id == call_id),
+        );
+        for (what, body) in &p.bodies {
+            let ok = match *what {
+                "INVITE" if offers => *body == sdp(&format!("offer-{call_id}")),
+                "INVITE" => body.is_empty(),
+                "ACK" => body.is_empty() || *body == sdp(&format!("answer-{call_id}")),
+                _ => body.starts_with("v=0\r\ns=callee-"),
+            };
+            if !ok {
+                failures.push(format!(
+                    "call {call_id}: {} got the session description {body:?} in a {what}",
+                    p.user
+                ));
+            }
+        }
         let answer = sim.log.iter().find_map(|(_, r)| match &r.step {
             CallStep::Answer { contact } if r.sip_call_id == call_id => Some(contact.clone()),
             _ => None,
@@ -1699,7 +1773,10 @@ fn random_call_scenarios_keep_the_invariants() {
             );
         }
         if cov.b2bua_scenarios > 0 {
-            assert!(cov.b2bua_reinvites_relayed > 0, "{cov:?}");
+            assert!(
+                cov.b2bua_reinvites_relayed > 0 && cov.b2bua_delayed_answers > 0,
+                "{cov:?}"
+            );
         }
     }
 }

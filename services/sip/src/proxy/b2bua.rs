@@ -134,6 +134,9 @@ struct CalleeLeg {
     dialog: Option<LegDialog>,
     /// The ACK of its 2xx, sent again for each retransmission of the 2xx.
     ack: Option<Bytes>,
+    /// Its 2xx carries the offer of an offerless INVITE: its ACK waits for
+    /// the caller's, which carries the answer.
+    ack_waits_for_caller: bool,
 }
 
 impl CalleeLeg {
@@ -180,6 +183,11 @@ struct ClientTx {
     /// The final response came; an INVITE's ACK, sent again for each
     /// retransmission of that response until `give_up_at`.
     done: Option<Option<Bytes>>,
+    /// An INVITE without an offer: the ACK of its 2xx waits for the ACK
+    /// (with the answer) of the request it relays.
+    offerless: bool,
+    /// That ACK is due and not sent yet.
+    ack_waits: bool,
 }
 
 /// One back-to-back call.
@@ -210,6 +218,8 @@ pub(crate) struct B2buaCall {
     /// The call ended before the caller acknowledged our 2xx: its BYE
     /// waits for that ACK (RFC 3261 s.15) or for our 2xx to time out.
     bye_caller_after_ack: bool,
+    /// What our BYEs say about why the call ended (a Reason header).
+    bye_headers: Vec<(String, String)>,
     servers: Vec<ServerTx>,
     clients: Vec<ClientTx>,
     /// Sends waiting for a durable recording.
@@ -269,6 +279,7 @@ impl B2buaCall {
             ended: None,
             lingered: false,
             bye_caller_after_ack: false,
+            bye_headers: Vec::new(),
             servers: Vec::new(),
             clients: Vec::new(),
             held: None,
@@ -462,6 +473,8 @@ impl B2buaCall {
             interval: T1,
             give_up_at: now + TIMER_64T1,
             done: None,
+            offerless: method == "INVITE" && body.is_empty(),
+            ack_waits: false,
         });
         self.send(flow, bytes, fx);
         Some(branch)
@@ -635,10 +648,38 @@ impl B2buaCall {
                 counts: true,
                 dialog: None,
                 ack: None,
+                ack_waits_for_caller: false,
             };
             self.send(flow, invite, fx);
             self.callees.push(leg);
         }
+    }
+
+    fn invite_has_no_body(&self) -> bool {
+        Message::parse(&self.setup.invite).is_ok_and(|m| m.body.is_empty())
+    }
+
+    /// ACKs callee leg `i`'s 2xx (with the caller's answer, when the
+    /// INVITE had no offer).
+    fn ack_callee(
+        &mut self,
+        i: usize,
+        carried: &[(String, String)],
+        body: &[u8],
+        fx: &mut Vec<Effect>,
+    ) {
+        self.callees[i].ack_waits_for_caller = false;
+        let branch = self.new_branch(false, fx);
+        let advertised = self.setup.advertised.clone();
+        let cseq = self.callees[i].sent.cseq;
+        let Some(d) = self.callees[i].dialog.as_mut() else {
+            return;
+        };
+        let v = via(&advertised, d.flow.transport, &branch);
+        let (_, ack) = d.request("ACK", &v, Some(cseq), None, carried, body);
+        let flow = d.flow;
+        self.callees[i].ack = Some(ack.clone());
+        self.send(flow, ack, fx);
     }
 
     fn cancel_leg(&mut self, i: usize, now: Instant, fx: &mut Vec<Effect>) {
@@ -806,12 +847,17 @@ impl B2buaCall {
     }
 
     fn on_success(&mut self, msg: &Message<'_>, i: usize, now: Instant, fx: &mut Vec<Effect>) {
-        if let Some(ack) = self.callees[i].ack.clone() {
-            // A retransmission of the 2xx: our ACK was lost.
-            let flow = self.callees[i].flow();
-            self.send(flow, ack, fx);
+        if self.callees[i].dialog.is_some() {
+            // A retransmission of the 2xx: our ACK was lost (or still
+            // waits for the caller's).
+            if let Some(ack) = self.callees[i].ack.clone() {
+                let flow = self.callees[i].flow();
+                self.send(flow, ack, fx);
+            }
             return;
         }
+        let first =
+            self.answered.is_none() && matches!(self.caller_invite, CallerInvite::Proceeding);
         let dialog = {
             let c = &self.callees[i];
             let mut route_set: Vec<String> =
@@ -830,11 +876,6 @@ impl B2buaCall {
                 flow: c.flow(),
             }
         };
-        let mut dialog = dialog;
-        let ack_branch = self.new_branch(false, fx);
-        let ack_via = via(&self.setup.advertised, dialog.flow.transport, &ack_branch);
-        let (_, ack) = dialog.request("ACK", &ack_via, Some(dialog.local_cseq), None, &[], &[]);
-        let flow = dialog.flow;
         {
             let c = &mut self.callees[i];
             c.state = InviteState::Terminated;
@@ -844,11 +885,16 @@ impl B2buaCall {
                 c.cancel = CancelState::Answered;
             }
             c.dialog = Some(dialog);
-            c.ack = Some(ack.clone());
         }
-        self.send(flow, ack, fx);
-        let first =
-            self.answered.is_none() && matches!(self.caller_invite, CallerInvite::Proceeding);
+        // Delayed offer: the caller's INVITE had no SDP, so the 2xx carries
+        // the offer and the caller's ACK the answer, which the callee gets
+        // in ours.
+        let offerless = first && self.invite_has_no_body();
+        if offerless {
+            self.callees[i].ack_waits_for_caller = true;
+        } else {
+            self.ack_callee(i, &[], &[], fx);
+        }
         if !first {
             // Another leg answered first, or the caller already got its
             // final response: this dialog is ended at once (RFC 3261
@@ -948,19 +994,31 @@ impl B2buaCall {
         }
         let branch = self.clients[t].branch.clone();
         let cseq = self.clients[t].cseq;
-        if is_invite {
+        let relays = self
+            .servers
+            .iter()
+            .any(|s| s.relayed_as.as_deref() == Some(&*branch) && s.response.is_none());
+        if is_invite && code < 300 && self.clients[t].offerless && relays {
+            // Its 2xx carries an offer: our ACK waits for the answer in
+            // the ACK of the request we relay (`ack_relayed`).
+            if let Some(target) = leg::contact_uri(msg) {
+                if let Some(d) = self.leg_dialog_mut(leg) {
+                    d.remote_target = target;
+                }
+            }
+            let c = &mut self.clients[t];
+            c.done = Some(None);
+            c.ack_waits = true;
+            c.retransmit_at = None;
+            c.give_up_at = now + TIMER_64T1;
+        } else if is_invite {
             let ack = if code < 300 {
                 if let Some(target) = leg::contact_uri(msg) {
                     if let Some(d) = self.leg_dialog_mut(leg) {
                         d.remote_target = target;
                     }
                 }
-                let ack_branch = self.new_branch(false, fx);
-                let advertised = self.setup.advertised.clone();
-                self.leg_dialog_mut(leg).map(|d| {
-                    let v = via(&advertised, d.flow.transport, &ack_branch);
-                    d.request("ACK", &v, Some(cseq), None, &[], &[]).1
-                })
+                self.dialog_ack(leg, cseq, &[], &[], fx)
             } else {
                 // The ACK of a non-2xx is part of the transaction.
                 let sent = self.leg_dialog(leg).map(|d| SentInvite {
@@ -976,15 +1034,16 @@ impl B2buaCall {
             if let Some(ack) = &ack {
                 self.send(flow, ack.clone(), fx);
             }
-            let c = &mut self.clients[t];
-            c.done = Some(ack);
-            c.retransmit_at = None;
-            // Absorb (and ACK again) retransmissions of the final response.
-            c.give_up_at = if flow.is_reliable() {
-                now
+            if flow.is_reliable() {
+                self.clients.remove(t);
             } else {
-                now + TIMER_64T1
-            };
+                // Absorb (and ACK again) retransmissions of the final
+                // response.
+                let c = &mut self.clients[t];
+                c.done = Some(ack);
+                c.retransmit_at = None;
+                c.give_up_at = now + TIMER_64T1;
+            }
         } else {
             self.clients.remove(t);
         }
@@ -1046,7 +1105,7 @@ impl B2buaCall {
             return (method != "ACK").then_some((481, "Call/Transaction Does Not Exist"));
         };
         if method == "ACK" {
-            self.on_dialog_ack(leg, cseq, now, fx);
+            self.on_dialog_ack(leg, msg, now, fx);
             return None;
         }
         // A retransmission: our response again.
@@ -1104,7 +1163,12 @@ impl B2buaCall {
                     LegId::Caller => HangupSide::Caller,
                     LegId::Callee(_) => HangupSide::Callee,
                 };
-                self.end_call(CallCause::NormalClearing, side, Some(leg), now, fx);
+                // The peer's Reason, if any, goes on to the other side.
+                let reason = leg::carried(msg)
+                    .into_iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("Reason"))
+                    .collect();
+                self.end_call(CallCause::NormalClearing, side, Some(leg), reason, now, fx);
                 self.respond(s, 200, "OK", &[], &[], now, fx);
             }
             "INVITE" if self.invite_pending(s) => {
@@ -1135,8 +1199,15 @@ impl B2buaCall {
     /// Is an INVITE transaction other than server transaction `s` still
     /// open on either leg (a re-INVITE now would be glare: 491)?
     fn invite_pending(&self, s: usize) -> bool {
+        // Open: not answered yet, or a 2xx not acknowledged yet (its ACK
+        // may carry the answer). A non-2xx waiting for its ACK is over.
         let server = self.servers.iter().enumerate().any(|(j, t)| {
-            j != s && t.method == "INVITE" && (t.response.is_none() || t.retransmit_at.is_some())
+            j != s
+                && t.method == "INVITE"
+                && match &t.response {
+                    None => true,
+                    Some(r) => t.retransmit_at.is_some() && r.starts_with(b"SIP/2.0 2"),
+                }
         });
         let client = self
             .clients
@@ -1146,17 +1217,59 @@ impl B2buaCall {
         server || client || unacked
     }
 
+    /// The ACK of a 2xx to our request `cseq` in `leg`'s dialog.
+    fn dialog_ack(
+        &mut self,
+        leg: LegId,
+        cseq: u32,
+        carried: &[(String, String)],
+        body: &[u8],
+        fx: &mut Vec<Effect>,
+    ) -> Option<Bytes> {
+        let branch = self.new_branch(false, fx);
+        let advertised = self.setup.advertised.clone();
+        self.leg_dialog_mut(leg).map(|d| {
+            let v = via(&advertised, d.flow.transport, &branch);
+            d.request("ACK", &v, Some(cseq), None, carried, body).1
+        })
+    }
+
+    /// Sends the ACK that client transaction `c` (an offerless INVITE we
+    /// relayed) waited for, with the answer its requester's ACK carried.
+    fn ack_relayed(
+        &mut self,
+        c: usize,
+        carried: &[(String, String)],
+        body: &[u8],
+        fx: &mut Vec<Effect>,
+    ) {
+        let (leg, cseq) = (self.clients[c].leg, self.clients[c].cseq);
+        self.clients[c].ack_waits = false;
+        let ack = self.dialog_ack(leg, cseq, carried, body, fx);
+        if let (Some(ack), Some(flow)) = (&ack, self.leg_dialog(leg).map(|d| d.flow)) {
+            self.send(flow, ack.clone(), fx);
+        }
+        self.clients[c].done = Some(ack);
+    }
+
     /// The BYE to the caller that waited for its ACK of our 2xx.
     fn bye_caller_after_acknowledgement(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if std::mem::take(&mut self.bye_caller_after_ack) {
-            self.send_in_dialog(LegId::Caller, "BYE", &[], &[], now, fx);
+            let headers = self.bye_headers.clone();
+            self.send_in_dialog(LegId::Caller, "BYE", &headers, &[], now, fx);
         }
     }
 
-    fn on_dialog_ack(&mut self, leg: LegId, cseq: u32, now: Instant, fx: &mut Vec<Effect>) {
+    fn on_dialog_ack(&mut self, leg: LegId, msg: &Message<'_>, now: Instant, fx: &mut Vec<Effect>) {
+        let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
         if leg == LegId::Caller && cseq == self.invite_cseq {
             if let CallerInvite::Accepted { .. } = self.caller_invite {
                 self.caller_invite = CallerInvite::Confirmed;
+                if let Some((winner, _)) = self.answered {
+                    if self.callees[winner].ack_waits_for_caller {
+                        self.ack_callee(winner, &leg::carried(msg), msg.body, fx);
+                    }
+                }
                 self.bye_caller_after_acknowledgement(now, fx);
             }
         }
@@ -1165,6 +1278,16 @@ impl B2buaCall {
             .iter()
             .position(|s| s.leg == leg && s.cseq == cseq && s.method == "INVITE")
         {
+            // An offerless re-INVITE relayed: its 2xx carried the offer,
+            // this ACK the answer, for the other side's ACK.
+            let relayed = self.servers[s].relayed_as.clone();
+            if let Some(c) = self
+                .clients
+                .iter()
+                .position(|c| c.ack_waits && Some(&c.branch) == relayed.as_ref())
+            {
+                self.ack_relayed(c, &leg::carried(msg), msg.body, fx);
+            }
             let t = &mut self.servers[s];
             t.retransmit_at = None;
             t.forget_at = Some(now);
@@ -1201,8 +1324,11 @@ impl B2buaCall {
             // Retransmitted until the ACK (2xx: s.13.3.1.4; others: Timer G).
             t.retransmit_at = (!reliable).then_some(now + T1);
             t.forget_at = Some(now + TIMER_64T1);
+        } else if reliable {
+            // No retransmission to absorb (Timer J is zero).
+            self.servers.remove(s);
         } else {
-            t.forget_at = Some(if reliable { now } else { now + TIMER_64T1 });
+            t.forget_at = Some(now + TIMER_64T1);
         }
         self.send(to, bytes, fx);
     }
@@ -1214,6 +1340,7 @@ impl B2buaCall {
         cause: CallCause,
         side: HangupSide,
         except: Option<LegId>,
+        bye_headers: Vec<(String, String)>,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
@@ -1226,6 +1353,12 @@ impl B2buaCall {
         metrics::histogram!("dialtone_sip_call_duration_seconds")
             .record(now.duration_since(answered_at).as_secs_f64());
         self.ended = Some(now);
+        self.bye_headers = bye_headers;
+        if self.callees[winner].ack_waits_for_caller {
+            // No answer will come from the caller now: the callee's 2xx is
+            // acknowledged as it is, then the BYE follows.
+            self.ack_callee(winner, &[], &[], fx);
+        }
         fx.push(Effect::RecordDurable(self.setup.legs.end(cause, side)));
         self.held.get_or_insert_with(Vec::new);
         for leg in [LegId::Caller, LegId::Callee(winner)] {
@@ -1236,7 +1369,8 @@ impl B2buaCall {
                 self.bye_caller_after_ack = true;
                 continue;
             }
-            self.send_in_dialog(leg, "BYE", &[], &[], now, fx);
+            let headers = self.bye_headers.clone();
+            self.send_in_dialog(leg, "BYE", &headers, &[], now, fx);
         }
     }
 
@@ -1257,7 +1391,15 @@ impl B2buaCall {
         self.caller_invite_timers(now, fx);
         if self.ended.is_none() && self.max_duration_at.is_some_and(|t| now >= t) {
             self.max_duration_at = None;
-            self.end_call(CallCause::Timeout, HangupSide::System, None, now, fx);
+            let reason = reason_header("Maximum call duration");
+            self.end_call(
+                CallCause::Timeout,
+                HangupSide::System,
+                None,
+                reason,
+                now,
+                fx,
+            );
         }
         if self
             .ended
@@ -1318,7 +1460,15 @@ impl B2buaCall {
             if self.ended.is_some() {
                 self.bye_caller_after_acknowledgement(now, fx);
             } else {
-                self.end_call(CallCause::Timeout, HangupSide::System, None, now, fx);
+                let reason = reason_header("No ACK");
+                self.end_call(
+                    CallCause::Timeout,
+                    HangupSide::System,
+                    None,
+                    reason,
+                    now,
+                    fx,
+                );
             }
         }
     }
@@ -1372,8 +1522,11 @@ impl B2buaCall {
     fn dialog_timers(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let mut i = 0;
         while i < self.clients.len() {
-            let c = &mut self.clients[i];
-            if now >= c.give_up_at {
+            if now >= self.clients[i].give_up_at {
+                if self.clients[i].ack_waits {
+                    // The requester never acknowledged: ACK without answer.
+                    self.ack_relayed(i, &[], &[], fx);
+                }
                 let c = self.clients.remove(i);
                 if c.done.is_none() {
                     // Timer B / F: the other side gets a 408 for what we
@@ -1386,6 +1539,7 @@ impl B2buaCall {
                 }
                 continue;
             }
+            let c = &mut self.clients[i];
             if c.retransmit_at.is_some_and(|t| now >= t) {
                 c.interval = if c.method == "INVITE" {
                     c.interval * 2
@@ -1418,6 +1572,14 @@ impl B2buaCall {
             i += 1;
         }
     }
+}
+
+/// A Reason header (RFC 3326) for a BYE the node decides itself.
+fn reason_header(text: &str) -> Vec<(String, String)> {
+    vec![(
+        "Reason".to_owned(),
+        format!("SIP;cause=408;text=\"{text}\""),
+    )]
 }
 
 /// What a response to `msg` is built from (start line, Via, From, To,
@@ -1538,7 +1700,21 @@ Content-Length: {}\r\n\r\n{SDP}",
     }
 
     fn start(e: &mut Engine, targets: Vec<RouteTarget>, now: Instant) -> Out {
-        let raw = invite();
+        start_with(e, targets, &invite(), now)
+    }
+
+    fn start_with(e: &mut Engine, targets: Vec<RouteTarget>, raw: &str, now: Instant) -> Out {
+        start_on(e, targets, raw, Transport::Udp, now)
+    }
+
+    fn start_on(
+        e: &mut Engine,
+        targets: Vec<RouteTarget>,
+        raw: &str,
+        transport: Transport,
+        now: Instant,
+    ) -> Out {
+        let raw = raw.to_owned();
         let msg = Message::parse(raw.as_bytes()).unwrap();
         e.start_call(
             NewCall {
@@ -1547,9 +1723,9 @@ Content-Length: {}\r\n\r\n{SDP}",
                 key: Key::from_request(&msg).unwrap(),
                 source: Source {
                     addr: addr(CALLER),
-                    reliable: false,
+                    reliable: transport.is_reliable(),
                 },
-                upstream: Flow::new(Transport::Udp, addr(CALLER)),
+                upstream: Flow::new(transport, addr(CALLER)),
                 legs: legs(),
                 plan: RoutePlan::parallel(targets),
                 pop_routes: 0,
@@ -1645,6 +1821,17 @@ Call-ID: caller-call-id\r\n\
 CSeq: {cseq} {method}\r\n\
 Contact: <sip:alice@{CALLER}>\r\n\
 Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// `req` (written with an empty body) with an SDP body.
+    fn with_body(req: &str, body: &str) -> String {
+        req.replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
         )
     }
 
@@ -1870,7 +2057,7 @@ Call-ID: {callee_call_id}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n"
         );
         let out = in_dialog(
             &mut e,
-            &caller_request("INVITE", &our_tag, 11, "z9hG4bKr1"),
+            &with_body(&caller_request("INVITE", &our_tag, 11, "z9hG4bKr1"), SDP),
             CALLER,
             now,
         );
@@ -1929,6 +2116,97 @@ Call-ID: {callee_call_id}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(header(ok, "Contact"), "<sip:192.0.2.1:5060>");
         // A retransmitted 200 from the callee gets the same ACK.
         let out = respond_to(&mut e, &reinvite, 200, "", SDP, now);
+        assert_eq!(out.sends[0].1, *ack);
+        in_dialog(
+            &mut e,
+            &caller_request("ACK", &our_tag, 11, "z9hG4bKa11"),
+            CALLER,
+            now,
+        );
+        // An offerless re-INVITE: the callee's 2xx carries the offer, the
+        // caller's ACK the answer, which reaches the callee in our ACK.
+        let out = in_dialog(
+            &mut e,
+            &caller_request("INVITE", &our_tag, 13, "z9hG4bKr3"),
+            CALLER,
+            now,
+        );
+        let reinvite = out
+            .sends
+            .iter()
+            .find(|(f, _)| f.remote.port() == 5070)
+            .unwrap()
+            .1
+            .clone();
+        assert_eq!(header(&reinvite, "CSeq"), "3 INVITE");
+        let out = respond_to(&mut e, &reinvite, 200, "", SDP, now);
+        assert!(
+            out.sends.iter().all(|(f, _)| f.remote == addr(CALLER)),
+            "no ACK before the caller's: {:?}",
+            out.sends
+        );
+        let answer = "v=0\r\no=- 2 2 IN IP4 198.51.100.7\r\n";
+        let out = in_dialog(
+            &mut e,
+            &with_body(&caller_request("ACK", &our_tag, 13, "z9hG4bKa13"), answer),
+            CALLER,
+            now,
+        );
+        let [(flow, ack)] = &out.sends[..] else {
+            panic!("{:?}", out.sends)
+        };
+        assert_eq!(flow.remote.port(), 5070);
+        assert!(
+            ack.starts_with("ACK ") && header(ack, "CSeq") == "3 ACK",
+            "{ack}"
+        );
+        assert!(ack.ends_with(answer), "{ack}");
+        let out = respond_to(&mut e, &reinvite, 200, "", SDP, now);
+        assert_eq!(out.sends[0].1, *ack);
+    }
+
+    #[test]
+    fn a_delayed_offer_is_answered_in_the_callee_legs_ack() {
+        let now = Instant::now();
+        let mut e = engine();
+        let raw = invite()
+            .replace("Content-Type: application/sdp\r\n", "")
+            .replace(
+                &format!("Content-Length: {}\r\n\r\n{SDP}", SDP.len()),
+                "Content-Length: 0\r\n\r\n",
+            );
+        let out = start_with(&mut e, vec![target(2)], &raw, now);
+        let inv = out.sends[0].1.clone();
+        assert!(inv.ends_with("Content-Length: 0\r\n\r\n"), "{inv}");
+        let out = respond_to(&mut e, &inv, 200, "bobtag", SDP, now);
+        let [(flow, ok)] = &out.sends[..] else {
+            panic!("only our 200, no ACK yet: {:?}", out.sends)
+        };
+        assert_eq!(flow.remote, addr(CALLER));
+        assert!(ok.ends_with(SDP), "the offer reaches the caller");
+        let our_tag = tag_of(header(ok, "To")).to_owned();
+        // The callee retransmits its 2xx meanwhile: nothing to send yet.
+        assert!(respond_to(&mut e, &inv, 200, "bobtag", SDP, now)
+            .sends
+            .is_empty());
+        let answer = "v=0\r\no=- 3 3 IN IP4 198.51.100.7\r\n";
+        let out = in_dialog(
+            &mut e,
+            &with_body(&caller_request("ACK", &our_tag, 10, "z9hG4bKa"), answer),
+            CALLER,
+            now,
+        );
+        let [(flow, ack)] = &out.sends[..] else {
+            panic!("{:?}", out.sends)
+        };
+        assert_eq!(flow.remote.port(), 5070);
+        assert!(
+            ack.starts_with("ACK ") && header(ack, "CSeq") == "1 ACK",
+            "{ack}"
+        );
+        assert_eq!(header(ack, "Content-Type"), "application/sdp");
+        assert!(ack.ends_with(answer), "{ack}");
+        let out = respond_to(&mut e, &inv, 200, "bobtag", SDP, now);
         assert_eq!(out.sends[0].1, *ack);
     }
 
@@ -2005,6 +2283,61 @@ Call-ID: {callee_call_id}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(methods, ["ACK", "BYE"]);
         assert!(out.sends.iter().all(|(f, _)| f.remote.port() == 5070));
         assert!(out.records.is_empty());
+    }
+
+    #[test]
+    fn over_tcp_nothing_is_retransmitted_and_nothing_is_left() {
+        let now = Instant::now();
+        let mut e = engine();
+        let tcp_target = RouteTarget {
+            transport: Transport::Tcp,
+            ..target(2)
+        };
+        let raw = invite().replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        let out = start_on(&mut e, vec![tcp_target], &raw, Transport::Tcp, now);
+        let inv = out.sends[0].1.clone();
+        assert!(header(&inv, "Contact").contains("transport=tcp"), "{inv}");
+        let out = respond_to(&mut e, &inv, 200, "bobtag", SDP, now);
+        let ok = &out
+            .sends
+            .iter()
+            .find(|(f, _)| f.remote == addr(CALLER))
+            .unwrap()
+            .1;
+        let our_tag = tag_of(header(ok, "To")).to_owned();
+        // No retransmission of our 2xx over TCP: the next timer is the
+        // give-up (64*T1) at the earliest.
+        assert!(e.poll_timeout().is_some_and(|t| t >= now + TIMER_64T1));
+        let tcp = |req: String| req.replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        let request = |e: &mut Engine, req: String| {
+            let msg = Message::parse(req.as_bytes()).unwrap();
+            let source = Source {
+                addr: addr(CALLER),
+                reliable: true,
+            };
+            assert_eq!(e.in_dialog(&msg, source, 0, now), None);
+            drain(e)
+        };
+        request(&mut e, tcp(caller_request("ACK", &our_tag, 10, "z9hG4bKa")));
+        let out = request(&mut e, tcp(caller_request("BYE", &our_tag, 11, "z9hG4bKb")));
+        e.record_done(out.records[0].1.unwrap(), now);
+        let out = drain(&mut e);
+        let bye = &out
+            .sends
+            .iter()
+            .find(|(f, _)| f.remote.port() == 5070)
+            .unwrap()
+            .1;
+        respond_to(&mut e, bye, 200, "", "", now);
+        let mut wakeups = 0;
+        while let Some(next) = e.poll_timeout() {
+            wakeups += 1;
+            e.handle_timeout(next);
+            drain(&mut e);
+            assert!(wakeups < 10, "{:?}", e.counts());
+        }
+        assert!(e.is_idle());
+        assert_eq!(e.stats().stuck_timers, 0);
     }
 
     #[test]
