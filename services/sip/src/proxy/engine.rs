@@ -593,13 +593,27 @@ impl Engine {
     ) -> RecordToken {
         let token = self.token();
         self.parked.insert(token, Parked::Sends(sends));
+        self.record_call_steps(call_id, records, Some(token), true);
+        token
+    }
+
+    /// Where every call's state changes leave the engine, in both call
+    /// modes: `Start` (trying), `Ringing` (early), `Answer` (confirmed),
+    /// `Fail` and `End` (terminated), as [`Action::Record`]. An observer
+    /// of call state (the dialog event package) taps here.
+    fn record_call_steps(
+        &mut self,
+        call_id: String,
+        records: Vec<CallRecord>,
+        done: Option<RecordToken>,
+        last: bool,
+    ) {
         self.actions.push_back(Action::Record {
             call_id,
             records,
-            done: Some(token),
-            last: true,
+            done,
+            last,
         });
-        token
     }
 
     fn token(&mut self) -> RecordToken {
@@ -712,24 +726,14 @@ impl Engine {
                 Effect::Send(flow, bytes) => self.actions.push_back(Action::Send(flow, bytes)),
                 Effect::Record(records) => {
                     if let Some(call_id) = self.legs_call_id(handle) {
-                        self.actions.push_back(Action::Record {
-                            call_id,
-                            records,
-                            done: None,
-                            last: false,
-                        });
+                        self.record_call_steps(call_id, records, None, false);
                     }
                 }
                 Effect::RecordDurable(records) => {
                     let token = self.token();
                     self.parked.insert(token, Parked::Call(handle));
                     if let Some(call_id) = self.legs_call_id(handle) {
-                        self.actions.push_back(Action::Record {
-                            call_id,
-                            records,
-                            done: Some(token),
-                            last: true,
-                        });
+                        self.record_call_steps(call_id, records, Some(token), true);
                     }
                 }
                 Effect::B2buaBranch(id) => {
