@@ -1128,8 +1128,11 @@ impl B2buaCall {
                 msg.top_via()
                     .map_or(source.addr, |v| response::udp_destination(&v, source.addr))
             };
+            // The leg's connection only if the request came from its peer
+            // address; otherwise the transport finds one to `dest`.
             Flow {
                 remote: dest,
+                connection: flow.connection.filter(|_| dest == flow.remote),
                 ..flow
             }
         };
@@ -1189,8 +1192,12 @@ impl B2buaCall {
                     self.send(reply_to, trying, fx);
                 }
                 let carried = leg::carried(msg);
-                let branch = self.send_in_dialog(other, method, &carried, msg.body, now, fx);
-                self.servers[s].relayed_as = branch;
+                match self.send_in_dialog(other, method, &carried, msg.body, now, fx) {
+                    Some(branch) => self.servers[s].relayed_as = Some(branch),
+                    // Not reachable while joined (both legs have a dialog);
+                    // answered rather than left open.
+                    None => self.respond(s, 481, response::reason(481), &[], &[], now, fx),
+                }
             }
         }
         None
