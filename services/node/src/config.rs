@@ -35,6 +35,8 @@ pub struct Config {
     pub sip_no_answer_secs: u64,
     /// An answered call is ended by the proxy after this many seconds.
     pub sip_max_call_secs: u64,
+    /// How calls are connected: `proxy` (forking proxy) or `b2bua`.
+    pub sip_call_mode: dialtone_sip::proxy::CallMode,
     /// Failed authentications of one user from one address that lock it out there (0: never).
     pub sip_lockout_user_failures: u32,
     /// Failed authentications from one address that lock the address out (0: never).
@@ -88,6 +90,7 @@ impl Default for Config {
             sip_challenge_md5_first: false,
             sip_no_answer_secs: 60,
             sip_max_call_secs: 4 * 3600,
+            sip_call_mode: dialtone_sip::proxy::CallMode::Proxy,
             sip_lockout_user_failures: 5,
             sip_lockout_source_failures: 20,
             sip_lockout_window_secs: 60,
@@ -130,6 +133,7 @@ pub struct FileConfig {
     pub sip_challenge_md5_first: Option<bool>,
     pub sip_no_answer_secs: Option<u64>,
     pub sip_max_call_secs: Option<u64>,
+    pub sip_call_mode: Option<String>,
     pub sip_lockout_user_failures: Option<u32>,
     pub sip_lockout_source_failures: Option<u32>,
     pub sip_lockout_window_secs: Option<u64>,
@@ -203,6 +207,9 @@ pub struct Overrides {
     /// An answered call still up after this many seconds is ended by the proxy (BYE both ways, cause timeout) [default: 14400].
     #[arg(long, env = "DIALTONE_SIP_MAX_CALL_SECS")]
     pub sip_max_call_secs: Option<u64>,
+    /// How calls are connected: `proxy` (a forking proxy: the phones share one dialog) or `b2bua` (a back-to-back user agent: a dialog with each side, neither sees the other's addresses or identifiers) [default: proxy].
+    #[arg(long, env = "DIALTONE_SIP_CALL_MODE")]
+    pub sip_call_mode: Option<String>,
     /// Failed digest authentications of one user from one address (in the window) that lock that user out for that address; 0 = never [default: 5].
     #[arg(long, env = "DIALTONE_SIP_LOCKOUT_USER_FAILURES")]
     pub sip_lockout_user_failures: Option<u32>,
@@ -318,6 +325,9 @@ impl Config {
         if let Some(v) = file.sip_max_call_secs {
             self.sip_max_call_secs = v;
         }
+        if let Some(v) = &file.sip_call_mode {
+            self.sip_call_mode = v.parse().map_err(anyhow::Error::msg)?;
+        }
         if let Some(v) = file.sip_lockout_user_failures {
             self.sip_lockout_user_failures = v;
         }
@@ -393,6 +403,9 @@ impl Config {
         }
         if let Some(v) = o.sip_max_call_secs {
             self.sip_max_call_secs = v;
+        }
+        if let Some(v) = &o.sip_call_mode {
+            self.sip_call_mode = v.parse().map_err(anyhow::Error::msg)?;
         }
         if let Some(v) = o.sip_lockout_user_failures {
             self.sip_lockout_user_failures = v;
@@ -501,6 +514,21 @@ mod tests {
             ..overrides.clone()
         };
         assert!(Config::resolve(&short).is_err());
+        std::fs::write(&path, "sip_call_mode = \"b2bua\"\n").unwrap();
+        assert_eq!(
+            Config::resolve(&overrides).unwrap().sip_call_mode,
+            dialtone_sip::proxy::CallMode::B2bua
+        );
+        let proxy = Overrides {
+            sip_call_mode: Some("proxy".into()),
+            ..overrides.clone()
+        };
+        assert_eq!(
+            Config::resolve(&proxy).unwrap().sip_call_mode,
+            dialtone_sip::proxy::CallMode::Proxy
+        );
+        std::fs::write(&path, "sip_call_mode = \"relay\"\n").unwrap();
+        assert!(Config::resolve(&overrides).is_err());
         std::fs::write(&path, "unknown_key = 1\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -107,6 +107,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             challenge_md5_first: config.sip_challenge_md5_first,
             no_answer_timeout: Duration::from_secs(config.sip_no_answer_secs.max(1)),
             max_call_duration: Duration::from_secs(config.sip_max_call_secs.max(1)),
+            call_mode: config.sip_call_mode,
             guard: dialtone_sip::guard::GuardConfig {
                 user_source_threshold: config.sip_lockout_user_failures,
                 source_threshold: config.sip_lockout_source_failures,

@@ -65,6 +65,9 @@ pub struct GatewayConfig {
     /// An answered call still up after this is ended by the proxy (BYE to
     /// both sides, cause `timeout`): phones that vanish leave no call open.
     pub max_call_duration: Duration,
+    /// How calls are connected: a forking proxy, or a back-to-back user
+    /// agent (the node is a UA in a dialog with each side).
+    pub call_mode: crate::proxy::CallMode,
     /// Per-source rate limit and lock-outs after failed authentications.
     pub guard: crate::guard::GuardConfig,
 }
@@ -94,6 +97,7 @@ impl Default for GatewayConfig {
             max_tcp_in_flight_per_connection: 1_024,
             no_answer_timeout: Duration::from_secs(60),
             max_call_duration: Duration::from_secs(4 * 3600),
+            call_mode: crate::proxy::CallMode::Proxy,
             guard: crate::guard::GuardConfig::default(),
         }
     }

@@ -13,13 +13,23 @@
 //! with retransmissions. The routing plans fork in parallel or ring in
 //! steps with ring timeouts.
 //!
+//! Even seeds run the engine as a back-to-back user agent, odd ones as a
+//! proxy (`DIALTONE_SIM_MODE=proxy|b2bua` runs one mode only).
+//!
 //! After every scenario: every call ended and the engine holds nothing
 //! (no call, transaction, dialog, timer or parked message); no call's
 //! timer stayed in the past and no call was woken more than a bound (a
 //! busy loop fails here); each leg's durable steps are well formed; the
 //! steps match what the phones saw (the caller's final response, who
 //! answered); a failure was durable before the caller saw it, and the end
-//! of a call before its BYE reached the other phone.
+//! of a call before its BYE reached the other phone. In B2BUA mode also:
+//! no callee ever sees the caller's address, Call-ID, tag or branch, nor a
+//! caller a callee's (checked on every message the engine sends); the
+//! recorded answer is a target that answered; both dialogs of every
+//! answered call (the caller's with the node, the answering callee's)
+//! ended, and the end was durable before either got its BYE; session
+//! descriptions (an offer in the INVITE, or a delayed offer: offer in the
+//! 2xx, answer in the ACK) reach the other side unchanged.
 //!
 //! A failing seed is printed; add it to `REGRESSIONS` to keep it.
 //! `DIALTONE_SIM_SCENARIOS=200000 cargo test -p dialtone-sip --test
@@ -33,7 +43,9 @@ use bytes::Bytes;
 use dialtone_sip::backend::{
     CallRecord, CallStep, ContinueOn, HangupSide, RoutePlan, RouteStep, RouteTarget, Transport,
 };
-use dialtone_sip::proxy::{Action, CallInput, Engine, Legs, NewCall, ProxySettings, RecordToken};
+use dialtone_sip::proxy::{
+    Action, CallInput, CallMode, Engine, Legs, NewCall, ProxySettings, RecordToken,
+};
 use dialtone_sip::transaction::Key;
 use dialtone_sip::transport::Flow;
 use dialtone_sip::wire::message::{Message, Method, Name, StartLine};
@@ -170,6 +182,12 @@ struct Phone {
     /// this side's tag, the other side's tag, when), for the durability
     /// check.
     byes_seen: Vec<(String, String, String, Instant)>,
+    /// Re-INVITEs this phone received inside a dialog.
+    reinvites_received: u64,
+    /// Session descriptions received: (what carried it, the body) for
+    /// initial INVITEs and ACKs at callees, the 2xx of the INVITE at
+    /// callers.
+    bodies: Vec<(&'static str, String)>,
     seq: u64,
 }
 
@@ -186,6 +204,9 @@ enum Role {
         answered_tag: Option<String>,
         /// A 2xx retransmission must get the same ACK again.
         acks: HashMap<String, Bytes>,
+        /// The INVITE carries an SDP offer; otherwise (a delayed offer)
+        /// the 2xx carries the offer and the ACK the answer.
+        offers: bool,
     },
     Callee {
         script: CalleeScript,
@@ -324,6 +345,8 @@ struct Sim {
     failures: Vec<String>,
     /// `DIALTONE_SIM_TRACE=1`: print every delivery and durable step.
     trace: bool,
+    /// How the engine connects calls (chosen per seed).
+    mode: CallMode,
 }
 
 fn trace(sim: &Sim, event: &Event) {
@@ -374,6 +397,9 @@ impl Sim {
             match action {
                 Action::Send(flow, bytes) => {
                     assert_eq!(flow.transport, Transport::Udp);
+                    if self.mode == CallMode::B2bua {
+                        self.check_hidden(flow.remote, &bytes);
+                    }
                     self.send(proxy_addr(), flow.remote, bytes);
                 }
                 Action::Record {
@@ -399,6 +425,42 @@ impl Sim {
                     }
                 }
             }
+        }
+    }
+
+    /// Topology hiding (B2BUA): a callee never sees anything of the
+    /// caller's dialog (its address, Call-ID, tag or branch), nor a
+    /// caller anything of a callee's.
+    fn check_hidden(&mut self, to: SocketAddr, bytes: &Bytes) {
+        let Some(p) = self.phones.get(&to) else {
+            return;
+        };
+        let Ok(msg) = Message::parse(bytes) else {
+            self.fail("the engine sent an unparsable message".into());
+            return;
+        };
+        let text = String::from_utf8_lossy(bytes);
+        let call_id = msg.call_id().unwrap_or("");
+        let tags = [
+            msg.from().ok().and_then(|f| f.tag()).unwrap_or(""),
+            msg.to().ok().and_then(|t| t.tag()).unwrap_or(""),
+        ];
+        let leak = match p.role {
+            Role::Callee { .. } => {
+                text.contains("127.0.1.1")
+                    || call_id.starts_with("sim")
+                    || tags.iter().any(|t| t.starts_with("ft"))
+                    || text.contains("z9hG4bK-inv")
+            }
+            Role::Caller { .. } => {
+                text.contains("127.0.2.1")
+                    || !call_id.starts_with("sim")
+                    || tags.iter().any(|t| t.starts_with("tag-"))
+            }
+        };
+        if leak {
+            let who = p.user.clone();
+            self.fail(format!("{who} was shown the other side's dialog:\n{text}"));
         }
     }
 
@@ -602,7 +664,7 @@ impl Sim {
                     Some(a) => a,
                     None => {
                         let b = p.branch();
-                        let ack = request(
+                        let mut ack = request(
                             "ACK",
                             &contact,
                             &p.via(&b),
@@ -612,6 +674,10 @@ impl Sim {
                             cseq,
                             None,
                         );
+                        let delayed_offer = matches!(&p.role, Role::Caller { offers: false, .. });
+                        if is_initial && delayed_offer {
+                            ack = with_body(&ack, &sdp(&format!("answer-{call_id}")));
+                        }
                         if let Role::Caller { acks, .. } = &mut p.role {
                             acks.insert(ack_key, ack.clone());
                         }
@@ -622,6 +688,8 @@ impl Sim {
                 if !is_initial {
                     return;
                 }
+                p.bodies
+                    .push(("200 INVITE", String::from_utf8_lossy(msg.body).into_owned()));
                 if first_final {
                     self.caller_saw_final(p, code, &call_id);
                 }
@@ -709,6 +777,8 @@ impl Sim {
                         }
                     }
                     Method::Ack => {
+                        p.bodies
+                            .push(("ACK", String::from_utf8_lossy(msg.body).into_owned()));
                         // Stops the retransmission of a final response:
                         // non-2xx by branch, 2xx by dialog.
                         if let Some(inv) = p.incoming.get_mut(&branch) {
@@ -743,6 +813,9 @@ impl Sim {
                             self.send(p.addr, proxy_addr(), r);
                             return;
                         };
+                        if method == Method::Invite {
+                            p.reinvites_received += 1;
+                        }
                         let code = if method == Method::Bye {
                             p.dialogs[i].ended = true;
                             let remote = p.dialogs[i].remote_tag.clone();
@@ -786,6 +859,8 @@ impl Sim {
         let Role::Callee { script, .. } = p.role else {
             return;
         };
+        p.bodies
+            .push(("INVITE", String::from_utf8_lossy(msg.body).into_owned()));
         let to_tag = format!("tag-{}-{}", p.addr.port(), p.seq);
         p.seq += 1;
         let ringing = respond(msg, p.addr, 180, &to_tag, Some(&p.contact()));
@@ -894,6 +969,7 @@ impl Sim {
             Role::Caller { .. } => None,
         };
         let contact = p.contact();
+        let user = p.user.clone();
         let mut new_dialogs = Vec::new();
         for inv in p.incoming.values_mut() {
             if let Some(r) = &mut inv.retx {
@@ -919,7 +995,10 @@ impl Sim {
                     CalleeScript::Silent | CalleeScript::Dead => continue,
                 };
                 let m = Message::parse(&inv.invite).expect("stored invite");
-                let r = respond(&m, addr, code, &inv.to_tag, Some(&contact));
+                let mut r = respond(&m, addr, code, &inv.to_tag, Some(&contact));
+                if code == 200 {
+                    r = with_body(&r, &sdp(&format!("callee-{user}")));
+                }
                 inv.final_code = Some(code);
                 inv.last = Some(r.clone());
                 inv.retx = Some(ResponseRetx {
@@ -1023,6 +1102,23 @@ fn ack_of(invite: &Bytes, to_header: &str) -> Bytes {
     )
 }
 
+/// A session description the phones exchange, naming what it is.
+fn sdp(what: &str) -> String {
+    format!("v=0\r\ns={what}\r\n")
+}
+
+/// `message` (written with an empty body) carrying `body`.
+fn with_body(message: &Bytes, body: &str) -> Bytes {
+    let text = String::from_utf8_lossy(message).replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    Bytes::from(text)
+}
+
 fn is_reinvite(t: &ClientTx) -> bool {
     // Our re-INVITEs carry a To tag; the initial INVITE does not.
     Message::parse(&t.bytes)
@@ -1040,15 +1136,30 @@ fn with_tag(uri: &str, tag: &str) -> String {
 
 // -------------------------------------------------------------- scenarios
 
+/// Even seeds run the calls through a back-to-back user agent, odd ones
+/// through the proxy (the seeds kept in `REGRESSIONS` were found in proxy
+/// mode and are odd). `DIALTONE_SIM_MODE=proxy|b2bua` runs every seed in
+/// one mode.
+fn mode_of(seed: u64) -> CallMode {
+    match std::env::var("DIALTONE_SIM_MODE").ok().as_deref() {
+        Some("proxy") => CallMode::Proxy,
+        Some("b2bua") => CallMode::B2bua,
+        _ if seed.is_multiple_of(2) => CallMode::B2bua,
+        _ => CallMode::Proxy,
+    }
+}
+
 fn build(seed: u64) -> Sim {
     let mut rng = Rng(seed);
     let base = Instant::now();
+    let mode = mode_of(seed);
     let max_call = if rng.chance(15) { 20 } else { 300 };
     let settings = ProxySettings {
         advertised: PROXY.into(),
         local: vec![proxy_addr()],
         no_answer_timeout: Duration::from_secs(if rng.chance(50) { 30 } else { 60 }),
         max_call_duration: Duration::from_secs(max_call),
+        call_mode: mode,
     };
     let loss = [0, 0, 5, 10, 20][rng.below(5) as usize];
     let dup = [0, 5, 20][rng.below(3) as usize];
@@ -1070,6 +1181,7 @@ fn build(seed: u64) -> Sim {
         max_delay,
         failures: Vec::new(),
         trace: std::env::var_os("DIALTONE_SIM_TRACE").is_some(),
+        mode,
     };
     let calls = 1 + rng.below(3);
     let mut port = 20_000u16;
@@ -1108,6 +1220,8 @@ fn build(seed: u64) -> Sim {
                     dialogs: Vec::new(),
                     answered: HashMap::new(),
                     byes_seen: Vec::new(),
+                    reinvites_received: 0,
+                    bodies: Vec::new(),
                     seq: 0,
                 },
             );
@@ -1159,15 +1273,18 @@ fn build(seed: u64) -> Sim {
                 answered_by: None,
                 answered_tag: None,
                 acks: HashMap::new(),
+                offers: c % 2 == 0,
             },
             txs: Vec::new(),
             incoming: HashMap::new(),
             dialogs: Vec::new(),
             answered: HashMap::new(),
             byes_seen: Vec::new(),
+            reinvites_received: 0,
+            bodies: Vec::new(),
             seq: 0,
         };
-        let invite = request(
+        let mut invite = request(
             "INVITE",
             &format!("sip:callee-of-{call_id}@{DOMAIN}"),
             &phone.via(&invite_branch),
@@ -1177,6 +1294,9 @@ fn build(seed: u64) -> Sim {
             1,
             Some(&phone.contact()),
         );
+        if c % 2 == 0 {
+            invite = with_body(&invite, &sdp(&format!("offer-{call_id}")));
+        }
         // The INVITE leaves the phone at `start`.
         phone.txs.push(ClientTx::new(
             invite_branch,
@@ -1265,12 +1385,22 @@ struct Coverage {
     reinvites: u64,
     second_step: u64,
     lost_or_duplicated: u64,
+    /// Scenarios run through the back-to-back user agent, and re-INVITEs
+    /// it relayed from one leg to the other.
+    b2bua_scenarios: u64,
+    b2bua_reinvites_relayed: u64,
+    /// Delayed offers whose answer (in the caller's ACK) reached the
+    /// callee in the node's ACK.
+    b2bua_delayed_answers: u64,
 }
 
 fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
     let mut sim = build(seed);
     if sim.loss > 0 || sim.dup > 0 {
         cov.lost_or_duplicated += 1;
+    }
+    if sim.mode == CallMode::B2bua {
+        cov.b2bua_scenarios += 1;
     }
     settle(&mut sim);
     check_end(&mut sim);
@@ -1302,6 +1432,19 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
         .flat_map(|p| &p.txs)
         .filter(|t| t.method == "INVITE" && is_reinvite(t))
         .count() as u64;
+    if sim.mode == CallMode::B2bua {
+        cov.b2bua_reinvites_relayed += sim
+            .phones
+            .values()
+            .map(|p| p.reinvites_received)
+            .sum::<u64>();
+        cov.b2bua_delayed_answers += sim
+            .phones
+            .values()
+            .flat_map(|p| &p.bodies)
+            .filter(|(what, body)| *what == "ACK" && !body.is_empty())
+            .count() as u64;
+    }
     sim.failures
 }
 
@@ -1418,7 +1561,23 @@ fn check_end(sim: &mut Sim) {
                     .map(|c| c.contact())
                     .collect();
                 let raced = answering.len() > 1 && answering.contains(&contact);
-                if !raced && answered_by.as_deref() != Some(contact.as_str()) {
+                if sim.mode == CallMode::B2bua {
+                    // The caller's dialog is with the node; the recorded
+                    // answer must be a target of this call that answered.
+                    let answered_here = sim.phones.values().any(|c| {
+                        c.contact() == contact
+                            && sim.plans[call_id]
+                                .steps
+                                .iter()
+                                .any(|s| s.targets.iter().any(|t| t.dest == c.addr))
+                            && c.incoming.values().any(|i| i.final_code == Some(200))
+                    });
+                    if !answered_here {
+                        failures.push(format!(
+                            "call {call_id}: recorded answer by {contact}, which never answered it"
+                        ));
+                    }
+                } else if !raced && answered_by.as_deref() != Some(contact.as_str()) {
                     failures.push(format!(
                         "call {call_id}: recorded answer by {contact}, the caller's dialog is with {answered_by:?}"
                     ));
@@ -1449,6 +1608,11 @@ fn check_end(sim: &mut Sim) {
             _ => None,
         })
         .collect();
+    if sim.mode == CallMode::B2bua {
+        check_end_b2bua(sim, &mut failures);
+        sim.failures.extend(failures);
+        return;
+    }
     for p in sim.phones.values() {
         for (call_id, local_tag, remote_tag, at) in &p.byes_seen {
             let Some((caller_tag, callee_tag)) = answering.get(call_id) else {
@@ -1476,6 +1640,81 @@ fn check_end(sim: &mut Sim) {
         }
     }
     sim.failures.extend(failures);
+}
+
+/// B2BUA: the end of a call was durable before a BYE reached the caller
+/// or the callee that answered, and both of their dialogs ended.
+fn check_end_b2bua(sim: &Sim, failures: &mut Vec<String>) {
+    for p in sim.phones.values() {
+        let (call_id, is_caller) = match &p.role {
+            Role::Caller { call_id, .. } => (call_id.clone(), true),
+            Role::Callee { .. } => {
+                let Some(call_id) = sim.plans.iter().find_map(|(id, plan)| {
+                    plan.steps
+                        .iter()
+                        .any(|s| s.targets.iter().any(|t| t.dest == p.addr))
+                        .then(|| id.clone())
+                }) else {
+                    continue;
+                };
+                (call_id, false)
+            }
+        };
+        // Session descriptions crossed the node unchanged, each to the
+        // side it was meant for.
+        let offers = sim.phones.values().any(
+            |c| matches!(&c.role, Role::Caller { call_id: id, offers: true, .. } if *id == call_id),
+        );
+        for (what, body) in &p.bodies {
+            let ok = match *what {
+                "INVITE" if offers => *body == sdp(&format!("offer-{call_id}")),
+                "INVITE" => body.is_empty(),
+                "ACK" => body.is_empty() || *body == sdp(&format!("answer-{call_id}")),
+                _ => body.starts_with("v=0\r\ns=callee-"),
+            };
+            if !ok {
+                failures.push(format!(
+                    "call {call_id}: {} got the session description {body:?} in a {what}",
+                    p.user
+                ));
+            }
+        }
+        let answer = sim.log.iter().find_map(|(_, r)| match &r.step {
+            CallStep::Answer { contact } if r.sip_call_id == call_id => Some(contact.clone()),
+            _ => None,
+        });
+        let in_call = is_caller || answer.as_deref() == Some(p.contact().as_str());
+        if !in_call {
+            continue;
+        }
+        let end = sim
+            .log
+            .iter()
+            .find(|(_, r)| r.sip_call_id == call_id && matches!(r.step, CallStep::End { .. }));
+        for (_, _, _, at) in &p.byes_seen {
+            match end {
+                Some((durable_at, _)) if durable_at <= at => {}
+                Some(_) => failures.push(format!(
+                    "call {call_id}: a BYE reached {} before the end was durable",
+                    p.user
+                )),
+                None => failures.push(format!(
+                    "call {call_id}: a BYE reached {} and no end was recorded",
+                    p.user
+                )),
+            }
+        }
+        if answer.is_some() {
+            for d in &p.dialogs {
+                if !d.ended {
+                    failures.push(format!(
+                        "call {call_id}: the dialog of {} with {} never ended",
+                        p.user, d.remote_tag
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn scenarios() -> u64 {
@@ -1527,6 +1766,18 @@ fn random_call_scenarios_keep_the_invariants() {
             cov.reinvites > 0 && cov.second_step > 0 && cov.lost_or_duplicated > 0,
             "{cov:?}"
         );
+        if std::env::var_os("DIALTONE_SIM_MODE").is_none() {
+            assert!(
+                cov.b2bua_scenarios > 0 && cov.b2bua_scenarios < n,
+                "both modes run: {cov:?}"
+            );
+        }
+        if cov.b2bua_scenarios > 0 {
+            assert!(
+                cov.b2bua_reinvites_relayed > 0 && cov.b2bua_delayed_answers > 0,
+                "{cov:?}"
+            );
+        }
     }
 }
 

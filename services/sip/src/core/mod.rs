@@ -156,6 +156,7 @@ impl Core {
                 local,
                 no_answer_timeout: cfg.no_answer_timeout,
                 max_call_duration: cfg.max_call_duration,
+                call_mode: cfg.call_mode,
             },
             out,
             backend.clone(),

@@ -46,6 +46,12 @@ pub(crate) enum Effect {
     OpenDialog(Box<str>, Dialog),
     /// Another branch answered the call too (Call-ID, its To tag, flow).
     AlsoAnswered(Box<str>, String, Flow),
+    /// A back-to-back call sent a request with this Via branch: its
+    /// responses are the call's.
+    B2buaBranch(Box<str>),
+    /// A back-to-back call opened a leg with this Call-ID: requests in
+    /// that dialog are the call's.
+    B2buaCallId(Box<str>),
 }
 
 /// The fixed facts the call needs to build what it sends.
@@ -152,7 +158,7 @@ enum Upstream {
 
 /// How a routing step ended without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StepOutcome {
+pub(crate) enum StepOutcome {
     Busy,
     NoAnswer,
     Unavailable,
@@ -161,7 +167,7 @@ enum StepOutcome {
 }
 
 impl StepOutcome {
-    fn of_status(code: u16) -> StepOutcome {
+    pub(crate) fn of_status(code: u16) -> StepOutcome {
         match code {
             486 | 600 => StepOutcome::Busy,
             408 | 480 => StepOutcome::NoAnswer,
@@ -170,7 +176,7 @@ impl StepOutcome {
         }
     }
 
-    fn continues(self, on: ContinueOn) -> bool {
+    pub(crate) fn continues(self, on: ContinueOn) -> bool {
         match self {
             StepOutcome::Busy => on.busy,
             StepOutcome::NoAnswer => on.no_answer,
@@ -915,7 +921,7 @@ pub(crate) fn call_attempt(status: u16) {
 }
 
 /// Is final response `new` better than `old` (RFC 3261 s.16.7 step 6)?
-fn better(new: u16, old: u16) -> bool {
+pub(crate) fn better(new: u16, old: u16) -> bool {
     let (old_class, new_class) = (old / 100, new / 100);
     if old_class == 6 {
         false

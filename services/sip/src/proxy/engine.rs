@@ -29,6 +29,7 @@ use crate::transport::Flow;
 use crate::wire::message::{Message, Method, Name, StartLine};
 use crate::wire::response::Source;
 
+use super::b2bua::{B2buaCall, B2buaSetup, BRANCH_PREFIX, CALL_ID_PREFIX};
 use super::call::{via, CallSetup, Effect, ProxyCall};
 use super::dialog::{Dialog, LiveDialog};
 use super::legs::{Legs, RecordToken};
@@ -54,6 +55,60 @@ pub struct ProxySettings {
     pub no_answer_timeout: Duration,
     /// An answered call is ended by the proxy after this (cause `timeout`).
     pub max_call_duration: Duration,
+    /// How calls are connected.
+    pub call_mode: CallMode,
+}
+
+/// How the engine connects a caller to the phones it rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallMode {
+    /// A forking proxy (RFC 3261 s.16): the caller's dialog is the
+    /// callee's, the node only record-routes it.
+    #[default]
+    Proxy,
+    /// A back-to-back user agent: the node answers the caller itself and
+    /// calls each target in a dialog of its own, joining the two
+    /// (`b2bua.rs`).
+    B2bua,
+}
+
+impl CallMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallMode::Proxy => "proxy",
+            CallMode::B2bua => "b2bua",
+        }
+    }
+}
+
+impl std::str::FromStr for CallMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CallMode, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "proxy" => Ok(CallMode::Proxy),
+            "b2bua" => Ok(CallMode::B2bua),
+            other => Err(format!("unknown SIP call mode {other:?} (proxy or b2bua)")),
+        }
+    }
+}
+
+/// What the shell shards calls by: every message of one call, on any of
+/// its legs, has the same key. A Call-ID is hashed (FNV-1a), except a
+/// back-to-back callee leg's, which carries the low 16 bits of its
+/// caller's key (`b2bua::CALL_ID_PREFIX`); shard counts that divide
+/// 65,536 therefore route both legs of a call alike.
+pub fn shard_key(call_id: &str) -> u64 {
+    if let Some(rest) = call_id.strip_prefix(CALL_ID_PREFIX) {
+        if let Some(key) = rest.get(..4).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+            return key;
+        }
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in call_id.as_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// What the engine asks the shell to do.
@@ -152,6 +207,11 @@ pub struct Engine {
     timers: BTreeSet<(Instant, u64)>,
     scheduled: HashMap<u64, Instant>,
     dialogs: HashMap<Box<str>, Dialog>,
+    /// Back-to-back calls (set up or answered), by handle; their Via
+    /// branches and their legs' Call-IDs (the caller's included).
+    b2bua: HashMap<u64, B2buaCall>,
+    b2bua_branches: HashMap<Box<str>, u64>,
+    b2bua_call_ids: HashMap<Box<str>, u64>,
     next_sweep: Option<Instant>,
     parked: HashMap<RecordToken, Parked>,
     next_token: u64,
@@ -177,6 +237,9 @@ impl Engine {
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             dialogs: HashMap::new(),
+            b2bua: HashMap::new(),
+            b2bua_branches: HashMap::new(),
+            b2bua_call_ids: HashMap::new(),
             next_sweep: None,
             parked: HashMap::new(),
             next_token: 1,
@@ -188,7 +251,11 @@ impl Engine {
     /// Calls being set up and answered calls (including those lingering
     /// after their BYE).
     pub fn counts(&self) -> (usize, usize) {
-        (self.calls.len(), self.dialogs.len())
+        let answered = self.b2bua.values().filter(|c| c.is_answered()).count();
+        (
+            self.calls.len() + self.b2bua.len() - answered,
+            self.dialogs.len() + answered,
+        )
     }
 
     /// Is anything at all still held: calls, dialogs, branches, answered
@@ -202,6 +269,9 @@ impl Engine {
             && self.timers.is_empty()
             && self.scheduled.is_empty()
             && self.parked.is_empty()
+            && self.b2bua.is_empty()
+            && self.b2bua_branches.is_empty()
+            && self.b2bua_call_ids.is_empty()
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -234,6 +304,31 @@ impl Engine {
         self.next_call += 1;
         self.stats.calls += 1;
         let to_tag = format!("{:016x}", self.rng.next());
+        if self.settings.call_mode == CallMode::B2bua {
+            let call_id: Box<str> = call.legs.sip_call_id.clone().into();
+            let setup = B2buaSetup {
+                key: call.key.clone(),
+                invite: call.raw,
+                source: call.source,
+                upstream: call.upstream,
+                to_tag,
+                shard_key: (shard_key(&call_id) & 0xffff) as u16,
+                legs: call.legs,
+                steps: call.plan.steps,
+                advertised: self.settings.advertised.clone(),
+                no_answer_timeout: self.settings.no_answer_timeout,
+                max_call_duration: self.settings.max_call_duration,
+                max_forwards: call.max_forwards,
+            };
+            let salt = self.branch_salt ^ self.rng.next();
+            let mut fx = Vec::new();
+            let b2bua = B2buaCall::start(setup, call.msg, salt, now, &mut fx);
+            self.invites.insert(call.key, handle);
+            self.b2bua_call_ids.insert(call_id, handle);
+            self.b2bua.insert(handle, b2bua);
+            self.apply(handle, fx, now);
+            return;
+        }
         let setup = CallSetup {
             key: call.key.clone(),
             invite: call.raw,
@@ -264,10 +359,19 @@ impl Engine {
             // CANCEL are not ours (the ACK of a 2xx is routed in the dialog).
             return input == CallInput::InviteAgain && self.accepted.contains_key(key);
         };
+        let mut fx = Vec::new();
+        if let Some(call) = self.b2bua.get_mut(&handle) {
+            match input {
+                CallInput::InviteAgain => call.on_invite_again(&mut fx),
+                CallInput::Cancel => call.on_cancel(now, &mut fx),
+                CallInput::Ack => call.on_ack(now),
+            }
+            self.apply(handle, fx, now);
+            return true;
+        }
         let Some(call) = self.calls.get_mut(&handle) else {
             return false;
         };
-        let mut fx = Vec::new();
         match input {
             CallInput::InviteAgain => call.on_invite_again(&mut fx),
             CallInput::Cancel => call.on_cancel(now, &mut fx),
@@ -288,6 +392,17 @@ impl Engine {
         let Some(branch) = top.branch() else {
             return false;
         };
+        if branch.starts_with(BRANCH_PREFIX) {
+            // A back-to-back call's own request; nothing is relayed.
+            if let Some(&handle) = self.b2bua_branches.get(branch) {
+                let mut fx = Vec::new();
+                if let Some(call) = self.b2bua.get_mut(&handle) {
+                    call.on_response(msg, now, &mut fx);
+                }
+                self.apply(handle, fx, now);
+            }
+            return true;
+        }
         if branch.starts_with("z9hG4bK-dt") {
             if let Some(&(handle, i)) = self.branches.get(branch) {
                 let mut fx = Vec::new();
@@ -353,6 +468,16 @@ impl Engine {
             }
         );
         let call_id = msg.call_id().ok()?;
+        if let Some(&handle) = self.b2bua_call_ids.get(call_id) {
+            // A dialog the node is a UA in: answered here.
+            let mut fx = Vec::new();
+            let refusal = self
+                .b2bua
+                .get_mut(&handle)
+                .and_then(|call| call.on_request(msg, source, now, &mut fx));
+            self.apply(handle, fx, now);
+            return refusal;
+        }
         let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or("");
         let to_tag = msg.to().ok().and_then(|t| t.tag()).unwrap_or("");
         let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
@@ -468,13 +593,27 @@ impl Engine {
     ) -> RecordToken {
         let token = self.token();
         self.parked.insert(token, Parked::Sends(sends));
+        self.record_call_steps(call_id, records, Some(token), true);
+        token
+    }
+
+    /// Where every call's state changes leave the engine, in both call
+    /// modes: `Start` (trying), `Ringing` (early), `Answer` (confirmed),
+    /// `Fail` and `End` (terminated), as [`Action::Record`]. An observer
+    /// of call state (the dialog event package) taps here.
+    fn record_call_steps(
+        &mut self,
+        call_id: String,
+        records: Vec<CallRecord>,
+        done: Option<RecordToken>,
+        last: bool,
+    ) {
         self.actions.push_back(Action::Record {
             call_id,
             records,
-            done: Some(token),
-            last: true,
+            done,
+            last,
         });
-        token
     }
 
     fn token(&mut self) -> RecordToken {
@@ -490,6 +629,8 @@ impl Engine {
             Some(Parked::Call(handle)) => {
                 let mut fx = Vec::new();
                 if let Some(call) = self.calls.get_mut(&handle) {
+                    call.on_recorded(now, &mut fx);
+                } else if let Some(call) = self.b2bua.get_mut(&handle) {
                     call.on_recorded(now, &mut fx);
                 }
                 self.apply(handle, fx, now);
@@ -514,12 +655,18 @@ impl Engine {
         for handle in due {
             self.stats.call_wakeups += 1;
             let mut fx = Vec::new();
-            if let Some(call) = self.calls.get_mut(&handle) {
+            let stuck = if let Some(call) = self.calls.get_mut(&handle) {
                 call.on_timer(now, &mut fx);
-                if call.next_deadline().is_some_and(|t| t <= now) && !call.is_done() {
-                    self.stats.stuck_timers += 1;
-                    tracing::error!("a call kept a timer in the past: not rescheduled at once");
-                }
+                call.next_deadline().is_some_and(|t| t <= now) && !call.is_done()
+            } else if let Some(call) = self.b2bua.get_mut(&handle) {
+                call.on_timer(now, &mut fx);
+                call.next_deadline().is_some_and(|t| t <= now) && !call.is_done()
+            } else {
+                false
+            };
+            if stuck {
+                self.stats.stuck_timers += 1;
+                tracing::error!("a call kept a timer in the past: not rescheduled at once");
             }
             self.apply(handle, fx, now);
         }
@@ -578,26 +725,22 @@ impl Engine {
             match effect {
                 Effect::Send(flow, bytes) => self.actions.push_back(Action::Send(flow, bytes)),
                 Effect::Record(records) => {
-                    if let Some(call) = self.calls.get(&handle) {
-                        self.actions.push_back(Action::Record {
-                            call_id: call.legs().call_id.clone(),
-                            records,
-                            done: None,
-                            last: false,
-                        });
+                    if let Some(call_id) = self.legs_call_id(handle) {
+                        self.record_call_steps(call_id, records, None, false);
                     }
                 }
                 Effect::RecordDurable(records) => {
                     let token = self.token();
                     self.parked.insert(token, Parked::Call(handle));
-                    if let Some(call) = self.calls.get(&handle) {
-                        self.actions.push_back(Action::Record {
-                            call_id: call.legs().call_id.clone(),
-                            records,
-                            done: Some(token),
-                            last: true,
-                        });
+                    if let Some(call_id) = self.legs_call_id(handle) {
+                        self.record_call_steps(call_id, records, Some(token), true);
                     }
+                }
+                Effect::B2buaBranch(id) => {
+                    self.b2bua_branches.insert(id, handle);
+                }
+                Effect::B2buaCallId(id) => {
+                    self.b2bua_call_ids.insert(id, handle);
                 }
                 Effect::NewBranch(id, i) => {
                     self.branches.insert(id, (handle, i));
@@ -618,6 +761,24 @@ impl Engine {
         if let Some(old) = self.scheduled.remove(&handle) {
             self.timers.remove(&(old, handle));
         }
+        if let Some(call) = self.b2bua.get(&handle) {
+            if call.is_done() {
+                if let Some(call) = self.b2bua.remove(&handle) {
+                    self.invites.remove(call.key());
+                    for id in call.branch_ids() {
+                        self.b2bua_branches.remove(id);
+                    }
+                    self.b2bua_call_ids.remove(call.legs().sip_call_id.as_str());
+                    for id in call.call_ids() {
+                        self.b2bua_call_ids.remove(id);
+                    }
+                }
+                return;
+            }
+            let next = call.next_deadline();
+            self.schedule(handle, next, now);
+            return;
+        }
         let Some(call) = self.calls.get(&handle) else {
             return;
         };
@@ -635,7 +796,12 @@ impl Engine {
             }
             return;
         }
-        if let Some(at) = call.next_deadline() {
+        let next = call.next_deadline();
+        self.schedule(handle, next, now);
+    }
+
+    fn schedule(&mut self, handle: u64, at: Option<Instant>, now: Instant) {
+        if let Some(at) = at {
             // Never in the past: a timer the call failed to consume is
             // retried a millisecond later instead of at once.
             let at = if at <= now {
@@ -645,6 +811,14 @@ impl Engine {
             };
             self.timers.insert((at, handle));
             self.scheduled.insert(handle, at);
+        }
+    }
+
+    /// The `call_id` of the legs of call `handle` (either kind).
+    fn legs_call_id(&self, handle: u64) -> Option<String> {
+        match self.calls.get(&handle) {
+            Some(call) => Some(call.legs().call_id.clone()),
+            None => self.b2bua.get(&handle).map(|c| c.legs().call_id.clone()),
         }
     }
 }

@@ -22,10 +22,12 @@
 //! 0007): the engine parks that message until the shell reports the
 //! recording done.
 
+mod b2bua;
 pub(crate) mod call;
 mod dialog;
 pub mod engine;
 pub(crate) mod forward;
+mod leg;
 pub mod legs;
 
 use std::collections::HashMap;
@@ -41,7 +43,9 @@ use crate::transport::Flow;
 use crate::wire::message::{Message, NameAddr, Uri};
 use crate::wire::response::Source;
 
-pub use engine::{Action, CallInput, Engine, EngineStats, NewCall, ProxySettings};
+pub use engine::{
+    shard_key, Action, CallInput, CallMode, Engine, EngineStats, NewCall, ProxySettings,
+};
 pub use legs::{Legs, RecordToken};
 
 /// Sends bytes to a peer: what the proxy needs from the transports.
@@ -353,12 +357,9 @@ impl Proxy {
     }
 
     fn shard_of(&self, call_id: &str) -> usize {
-        // FNV-1a: cheap, and stable for every message of a call.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in call_id.as_bytes() {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % SHARDS as u64) as usize
+        // Stable for every message of a call, on every leg (SHARDS
+        // divides 65,536: see `shard_key`).
+        (shard_key(call_id) % SHARDS as u64) as usize
     }
 
     /// A retransmitted INVITE, CANCEL or ACK of a call being set up:
