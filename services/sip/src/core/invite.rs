@@ -92,6 +92,13 @@ impl Core {
         };
         let (code, cause) = match route {
             CallRoute::Plan(plan) if !plan.is_empty() => {
+                // The 100 goes out before the INVITE is forked: the
+                // callee's 180, relayed by whichever task reads it, must
+                // not overtake it (a caller seeing 180 then 100 may take
+                // the call for not ringing yet, and SIPp's CANCEL
+                // scenario fails that way).
+                let (_, trying) = self.respond(cx, 100, "Trying", |_| {});
+                self.proxy.send(upstream.flow, trying.clone());
                 self.proxy.start_call(
                     NewCall {
                         msg,
@@ -106,7 +113,7 @@ impl Core {
                     },
                     upstream.received_at,
                 );
-                return self.respond(cx, 100, "Trying", |_| {});
+                return (100, trying);
             }
             CallRoute::UnknownDomain | CallRoute::UnknownUser => {
                 // The callee has no leg: only the caller's is recorded.

@@ -87,6 +87,18 @@ pub struct Reply {
     pub dest: SocketAddr,
 }
 
+/// Responses the proxy sends itself, on the request's flow, before what
+/// the call sends next: a proxied INVITE's 100 (else the callee's 180,
+/// relayed by another task, can overtake it) and a matched CANCEL's 200
+/// (else the INVITE's 487 can). The transaction layer only keeps them
+/// for retransmissions.
+fn sent_by_proxy(method: Method, code: u16) -> bool {
+    matches!(
+        (method, code),
+        (Method::Invite, 100) | (Method::Cancel, 200)
+    )
+}
+
 /// Request handling shared by every transport task.
 pub struct Core {
     cfg: GatewayConfig,
@@ -410,7 +422,9 @@ impl Core {
                 t.respond(&key, code, bytes.clone(), source.reliable, Instant::now());
             }
         }
-        Some(Reply { bytes, dest })
+        // The proxy sent these itself, ahead of what the call sends next
+        // (see `sent_by_proxy`).
+        (!sent_by_proxy(method, code)).then_some(Reply { bytes, dest })
     }
 
     /// A response outside any transaction (malformed requests, overload).
@@ -543,12 +557,14 @@ impl Core {
             Method::Bye => self.respond(cx, 481, response::reason(481), |_| {}),
             Method::Cancel => {
                 // RFC 3261 s.9.2: the CANCEL matches the INVITE with the
-                // same branch; answered 200 here, the INVITE gets 487.
+                // same branch; answered 200 here, the INVITE gets 487. The
+                // 200 goes out before the 487 the cancel may send at once.
                 let call_id = cx.msg.call_id().unwrap_or("");
+                let (_, ok) = self.respond(cx, 200, "OK", |_| {});
                 let cancelled = Key::invite_of_cancel(cx.msg, cx.via)
-                    .is_ok_and(|k| self.proxy.to_call(call_id, &k, CallInput::Cancel));
+                    .is_ok_and(|k| self.proxy.cancel(call_id, &k, upstream.flow, ok.clone()));
                 if cancelled {
-                    self.respond(cx, 200, "OK", |_| {})
+                    (200, ok)
                 } else {
                     self.respond(cx, 481, response::reason(481), |_| {})
                 }

@@ -163,6 +163,17 @@ impl Shared {
     /// Runs `f` on shard `i`'s engine, then executes what it asked for
     /// and wakes the shard's timer task if its next deadline moved closer.
     fn run<R>(self: &Arc<Self>, i: usize, f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
+        self.run_then(i, f, |_| {})
+    }
+
+    /// [`Shared::run`], with `first` called on `f`'s result before the
+    /// engine's actions are executed.
+    fn run_then<R>(
+        self: &Arc<Self>,
+        i: usize,
+        f: impl FnOnce(&mut Engine, Instant) -> R,
+        first: impl FnOnce(&R),
+    ) -> R {
         let now = Instant::now();
         let (result, actions, wake) = {
             // A panic while holding the lock left the engine as it was
@@ -183,6 +194,7 @@ impl Shared {
         if wake {
             self.shards[i].wake.notify_one();
         }
+        first(&result);
         for action in actions {
             self.execute(i, action);
         }
@@ -370,6 +382,23 @@ impl Proxy {
             .run(shard, |engine, now| engine.to_call(key, input, now))
     }
 
+    /// A CANCEL of the INVITE `key`. When it matches a call being set up,
+    /// `ok` (the CANCEL's 200) is sent on `flow` before anything the
+    /// cancel makes the call send (RFC 3261 s.9.2: the 200, then the
+    /// INVITE's 487). False when nothing matched.
+    pub(crate) fn cancel(&self, call_id: &str, key: &Key, flow: Flow, ok: Bytes) -> bool {
+        let shard = self.shard_of(call_id);
+        self.shared.run_then(
+            shard,
+            |engine, now| engine.to_call(key, CallInput::Cancel, now),
+            |matched| {
+                if *matched {
+                    self.shared.out.send(flow, ok);
+                }
+            },
+        )
+    }
+
     /// Forks an authenticated INVITE as its routing plan says.
     pub(crate) fn start_call(&self, call: NewCall<'_>, received_at: Instant) {
         self.shared.start_timers();
@@ -412,6 +441,11 @@ impl Proxy {
 
     /// A recorder for steps of a call the proxy does not set up (refused
     /// before forking: 403, 404, 480).
+    /// Sends `bytes` on `flow` (a response the core builds itself).
+    pub(crate) fn send(&self, flow: Flow, bytes: Bytes) {
+        self.shared.out.send(flow, bytes);
+    }
+
     pub(crate) fn recorder(&self) -> Recorder {
         Recorder::spawn(self.shared.backend.clone())
     }
