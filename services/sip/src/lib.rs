@@ -18,7 +18,11 @@
 //! - [`proxy`]: the forking proxy as a sans-IO call engine
 //!   ([`proxy::Engine`]: inputs with `now`, actions and a next deadline
 //!   out) in a thin async shell ([`proxy::Proxy`]), executing the backend's
-//!   [`RoutePlan`]s.
+//!   [`RoutePlan`]s;
+//! - [`subscription`]: SUBSCRIBE/NOTIFY (RFC 6665) for `presence`,
+//!   `dialog` and `message-summary`, a sans-IO table
+//!   ([`subscription::Engine`]) in a thin shell, fed with the watched
+//!   users' recorded changes through [`backend::ResourceWatcher`].
 //!
 //! # Main types
 //! [`Gateway::start`] takes a [`GatewayConfig`] and an `Arc<dyn` [`SipBackend`]`>`
@@ -51,6 +55,7 @@ pub mod fuzzing;
 pub mod guard;
 pub mod proxy;
 pub mod registrar;
+pub mod subscription;
 #[cfg(feature = "test-ua")]
 pub mod test_ua;
 pub mod transaction;
@@ -58,10 +63,11 @@ pub mod transport;
 pub mod wire;
 
 pub use backend::{
-    BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContactChange,
-    ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest,
-    RegistrarBackend, RegistrarOnly, RoutePlan, RouteStep, RouteTarget, SipBackend,
-    UserCredentials,
+    Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
+    CallState, CallStep, ContactChange, ContinueOn, CurrentContact, HangupSide, Lookup,
+    RegisterOutcome, RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange,
+    ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, UserCredentials,
+    Watch,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};
