@@ -618,7 +618,7 @@ async fn refusals_are_clear_and_the_node_keeps_serving() {
             .subscribe(&addr("alice"), "presence", None, PASSWORD)
             .await;
         assert_eq!(r.code(), Some(200), "{}", r.text);
-        assert_eq!(r.header("Expires"), Some("3600"));
+        assert_eq!(r.header("Expires"), Some("600"));
         bob.notify().await;
         node.stop().await.unwrap();
     })

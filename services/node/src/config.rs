@@ -104,7 +104,7 @@ impl Default for Config {
             sip_lockout_secs: 300,
             sip_source_rate: 5000,
             sip_subscribe_min_expires: 60,
-            sip_subscribe_max_expires: 3600,
+            sip_subscribe_max_expires: 600,
             sip_subscribe_max_per_user: 200,
             sip_subscribe_max_per_domain: 20_000,
             sip_subscribe_rate: 50,
@@ -241,7 +241,7 @@ pub struct Overrides {
     /// Shortest SIP subscription accepted, seconds; shorter gets 423 [default: 60].
     #[arg(long, env = "DIALTONE_SIP_SUBSCRIBE_MIN_EXPIRES")]
     pub sip_subscribe_min_expires: Option<u32>,
-    /// Longest SIP subscription granted (and the default), seconds [default: 3600].
+    /// Longest SIP subscription granted (and the default), seconds [default: 600].
     #[arg(long, env = "DIALTONE_SIP_SUBSCRIBE_MAX_EXPIRES")]
     pub sip_subscribe_max_expires: Option<u32>,
     /// Live SIP subscriptions one subscriber may hold; more get 503 with Retry-After [default: 200].

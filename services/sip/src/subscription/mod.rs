@@ -52,10 +52,13 @@ pub mod metric {
 pub struct SubscriptionConfig {
     /// Below this (and above 0) a SUBSCRIBE gets 423 with Min-Expires.
     pub min_expires: u32,
-    /// Longer requested expiries are granted this.
+    /// Longer requested expiries are granted this. Subscriptions live in
+    /// memory (ADR 0014): after a restart a phone learns at its next
+    /// refresh (481) that it must subscribe again, so this bounds how long
+    /// a busy-lamp field can stay stale; 600 s rather than the packages'
+    /// 3600 s default.
     pub max_expires: u32,
-    /// Expiry when the SUBSCRIBE gives none (RFC 3856, 4235 and 3842 all
-    /// name 3600 s).
+    /// Expiry when the SUBSCRIBE gives none.
     pub default_expires: u32,
     /// Live subscriptions one subscriber (`user@domain`) may hold: a desk
     /// phone with a busy-lamp field per colleague needs dozens.
@@ -74,8 +77,8 @@ impl Default for SubscriptionConfig {
     fn default() -> Self {
         SubscriptionConfig {
             min_expires: 60,
-            max_expires: 3600,
-            default_expires: 3600,
+            max_expires: 600,
+            default_expires: 600,
             max_per_subscriber: 200,
             max_per_domain: 20_000,
             max_total: 200_000,
