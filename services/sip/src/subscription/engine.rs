@@ -355,14 +355,18 @@ impl Engine {
         } else {
             self.check_limits(&new.subscriber, &new.domain)
         };
-        // The state: the backend's, with the changes seen meanwhile.
-        {
+        // The state: the backend's, with the changes seen meanwhile. When
+        // it is newer than what the other watchers were shown (the feed
+        // lags behind the actor), they are shown it too: the feed's
+        // changes up to it will be ignored as old.
+        let advanced = {
             let r = self.resources.entry(new.resource.clone()).or_default();
             r.pending = r.pending.saturating_sub(1);
-            let newer = r.known.as_ref().is_some_and(|k| k.version >= state.version);
-            if !newer {
+            let had = r.known.is_some();
+            let keep = r.known.as_ref().is_some_and(|k| k.version >= state.version);
+            if !keep {
                 let mut known = state;
-                for (version, change) in std::mem::take(&mut r.buffered) {
+                for (version, change) in r.buffered.iter().cloned() {
                     apply(&mut known, version, change);
                 }
                 r.known = Some(known);
@@ -370,6 +374,10 @@ impl Engine {
             if r.pending == 0 {
                 r.buffered.clear();
             }
+            had && !keep
+        };
+        if advanced {
+            self.notify_watchers(&new.resource, now);
         }
         if let Err(hit) = limits {
             self.forget_resource_if_unused(&new.resource);
@@ -564,9 +572,17 @@ impl Engine {
             // A SUBSCRIBE may bring an older state: it replays these.
             r.buffered.push((version, change.clone()));
         }
-        if !apply(known, version, change) {
-            return;
+        if apply(known, version, change) {
+            self.notify_watchers(resource, now);
         }
+    }
+
+    /// Queues `resource`'s state for each of its watchers and sends it
+    /// where nothing is in flight.
+    fn notify_watchers(&mut self, resource: &str, now: Instant) {
+        let Some(r) = self.resources.get(resource) else {
+            return;
+        };
         let watchers = r.watchers.clone();
         for id in watchers {
             let Some(sub) = self.subs.get(&id) else {
@@ -1327,6 +1343,57 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_state_from_a_second_subscribe_reaches_the_first_watcher() {
+        let mut e = engine();
+        let now = Instant::now();
+        // bob watches alice (offline, version 1).
+        active(&mut e, 1, "bob@x.test", "alice@x.test", now);
+        // alice registered (version 2); carol's SUBSCRIBE reads it from the
+        // actor before the feed has delivered it.
+        e.begin_watch("alice@x.test");
+        let c = e
+            .subscribe(
+                new_sub(2, "carol@x.test", "alice@x.test", Package::Presence),
+                state(2, Availability::Online),
+                now,
+            )
+            .unwrap();
+        let out = sent(&mut e);
+        assert_eq!(out.len(), 1, "bob is told");
+        assert_eq!(header(&out[0].1, "To"), "<sip:bob@x.test>;tag=rt1");
+        assert!(body(&out[0].1).contains("<basic>open</basic>"));
+        e.release(c.id, now);
+        assert!(body(&sent(&mut e)[0].1).contains("<basic>open</basic>"));
+        // The feed's copy of that change is old news for both.
+        e.changed(
+            "alice@x.test",
+            2,
+            ResourceChange::Availability(Availability::Online),
+            now,
+        );
+        assert!(sent(&mut e).is_empty());
+        e.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_subscription_whose_200_was_never_sent_is_released_after_the_hold_limit() {
+        let mut e = engine();
+        let now = Instant::now();
+        e.begin_watch("alice@x.test");
+        e.subscribe(
+            new_sub(1, "bob@x.test", "alice@x.test", Package::Presence),
+            state(1, Availability::Offline),
+            now,
+        )
+        .unwrap();
+        e.handle_timeout(now + HOLD_LIMIT - Duration::from_millis(1));
+        assert!(sent(&mut e).is_empty());
+        e.handle_timeout(now + HOLD_LIMIT);
+        assert_eq!(sent(&mut e).len(), 1);
+        e.check_invariants().unwrap();
+    }
+
+    #[test]
     fn an_abandoned_watch_leaves_nothing() {
         let mut e = engine();
         let now = Instant::now();
@@ -1488,6 +1555,7 @@ mod tests {
         // (call-id, our tag, their tag, next cseq) of accepted subscriptions.
         let mut dialogs: Vec<(String, String, String, u32)> = vec![];
         let mut in_flight: Vec<String> = vec![];
+        let mut last_body = std::collections::HashMap::new();
         let resources = ["a@x.test", "b@x.test", "c@y.test"];
         for step in 0..300u32 {
             match rng.random_range(0..10) {
@@ -1527,7 +1595,13 @@ mod tests {
                     version += 1;
                     let r = resources[rng.random_range(0..resources.len())];
                     let change = if rng.random_bool(0.5) {
-                        ResourceChange::Availability(Availability::OnThePhone)
+                        ResourceChange::Availability(
+                            [
+                                Availability::Online,
+                                Availability::Offline,
+                                Availability::OnThePhone,
+                            ][rng.random_range(0..3)],
+                        )
                     } else {
                         ResourceChange::Call(CallState {
                             call_id: format!("leg{}", rng.random_range(0..3)),
@@ -1557,10 +1631,39 @@ mod tests {
             while let Some(Action::Send(_, b)) = e.poll_action() {
                 let raw = String::from_utf8(b.to_vec()).unwrap();
                 in_flight.push(branch(&raw));
+                last_body.insert(header(&raw, "Call-ID"), body(&raw));
             }
             if let Err(err) = e.check_invariants() {
                 panic!("seed {seed} step {step}: {err}");
             }
+        }
+        // Every NOTIFY still in flight is answered, and so are the ones
+        // that follows: then each presence subscriber whose NOTIFYs were
+        // not lost has been shown its user's latest state.
+        while let Some(b) = in_flight.pop() {
+            e.on_response(&b, 200, now);
+            while let Some(Action::Send(_, b)) = e.poll_action() {
+                let raw = String::from_utf8(b.to_vec()).unwrap();
+                in_flight.push(branch(&raw));
+                last_body.insert(header(&raw, "Call-ID"), body(&raw));
+            }
+        }
+        for sub in e.subs.values() {
+            if sub.package != Package::Presence
+                || sub.terminating
+                || sub.hold.is_some()
+                || sub.in_flight.is_some()
+            {
+                continue;
+            }
+            let known = e.resources[&sub.resource].known.as_ref().unwrap();
+            assert_eq!(
+                last_body.get(&sub.dialog.0),
+                Some(&pidf::body(&sub.resource, known.availability)),
+                "seed {seed}: {} was not shown {:?}",
+                sub.subscriber,
+                known.availability
+            );
         }
         // Everything expires; NOTIFYs still in flight run into Timer F.
         let end = now + Duration::from_secs(3600) + NOTIFY_TIMEOUT * 2;
