@@ -339,14 +339,24 @@ fn basic(m: &Msg) -> &str {
 async fn sipp_subscribes_to_presence_and_message_summary_then_unsubscribes() {
     bounded(60, async {
         let (dir, node) = node(&[]).await;
-        // bob watches alice, who is offline; alice asks for her voicemail.
-        for (subscriber, watched, event, accept, expect) in [
+        // bob watches alice, who is offline (over UDP, then TCP); alice
+        // asks for her voicemail.
+        for (subscriber, watched, event, accept, expect, tcp) in [
             (
                 "bob",
                 "alice",
                 "presence",
                 "application/pidf+xml",
                 "<basic>closed</basic>",
+                false,
+            ),
+            (
+                "bob",
+                "alice",
+                "presence",
+                "application/pidf+xml",
+                "<basic>closed</basic>",
+                true,
             ),
             (
                 "alice",
@@ -354,17 +364,19 @@ async fn sipp_subscribes_to_presence_and_message_summary_then_unsubscribes() {
                 "message-summary",
                 "application/simple-message-summary",
                 "Messages-Waiting: no",
+                false,
             ),
         ] {
-            let run = Sipp::new("subscribe_unsubscribe.xml", node.sip_addr(), dir.path())
+            let mut sipp = Sipp::new("subscribe_unsubscribe.xml", node.sip_addr(), dir.path())
                 .users(&[(subscriber.into(), PASSWORD.into())])
                 .key("watched", watched)
                 .key("event", event)
                 .key("accept", accept)
-                .key("expect", expect)
-                .run()
-                .await
-                .unwrap();
+                .key("expect", expect);
+            if tcp {
+                sipp = sipp.tcp();
+            }
+            let run = sipp.run().await.unwrap();
             run.assert_all_successful(1);
             let notify = run
                 .received
