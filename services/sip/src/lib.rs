@@ -41,9 +41,11 @@
 //! refresh versus new) or who is rung: the [`SipBackend`] implementation
 //! does. It depends on no other Dialtone crate. It never reads
 //! configuration files: `node` builds the [`GatewayConfig`]. Nothing in
-//! `core`, `registrar` or `proxy` touches a socket: they hand bytes to a
-//! [`Flow`]. The call engine and the transaction table take `now` as an
-//! input; only the shells around them read the clock.
+//! `core`, `registrar`, `proxy` or `subscription` touches a socket: they
+//! hand bytes to a [`Flow`]. The call engine, the subscription table and
+//! the transaction table take `now` as an input; only the shells around
+//! them read the clock. It keeps no subscription across a restart (ADR
+//! 0014).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;

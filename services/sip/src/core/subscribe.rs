@@ -80,7 +80,7 @@ impl Core {
             return match subs.refresh(call_id, local_tag, remote_tag, cseq.seq, expires) {
                 Refresh::Accepted(a) => {
                     let _ = upstream.subscription.set(a.id);
-                    self.subscribe_ok(cx, "", a.expires)
+                    self.subscribe_ok(cx, "", a.expires, upstream.flow.transport)
                 }
                 Refresh::Unknown => self.respond(cx, 481, response::reason(481), |_| {}),
                 Refresh::OutOfOrder => self.respond(cx, 500, "CSeq Out of Order", |_| {}),
@@ -182,7 +182,7 @@ impl Core {
         match subs.subscribe(watch, new, state) {
             Ok(a) => {
                 let _ = upstream.subscription.set(a.id);
-                self.subscribe_ok(cx, &a.local_tag, a.expires)
+                self.subscribe_ok(cx, &a.local_tag, a.expires, upstream.flow.transport)
             }
             Err(hit) => self.over_limit(cx, hit),
         }
@@ -197,7 +197,13 @@ impl Core {
 
     /// The 200 to a SUBSCRIBE: our tag (empty: the To has one already),
     /// the granted Expires and our Contact (RFC 6665 s.4.2.1.1).
-    fn subscribe_ok(&self, cx: Cx<'_>, tag: &str, expires: u32) -> (u16, Bytes) {
+    fn subscribe_ok(
+        &self,
+        cx: Cx<'_>,
+        tag: &str,
+        expires: u32,
+        transport: Transport,
+    ) -> (u16, Bytes) {
         let advertised = &self.proxy.settings().advertised;
         let mut r = Response::start(
             cx.msg,
@@ -215,6 +221,11 @@ impl Core {
         r.header_with("Contact", |b| {
             b.extend_from_slice(b"<sip:");
             b.extend_from_slice(advertised.as_bytes());
+            // Refreshes come back on the SUBSCRIBE's transport.
+            if transport != Transport::Udp {
+                b.extend_from_slice(b";transport=");
+                b.extend_from_slice(transport.as_str().to_ascii_lowercase().as_bytes());
+            }
             b.push(b'>');
         });
         (200, r.finish())
