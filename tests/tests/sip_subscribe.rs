@@ -820,3 +820,79 @@ async fn a_subscriber_that_never_answers_notify_loses_its_subscription() {
     })
     .await
 }
+
+/// The fan-out target (1,000 subscribers of one user notified within
+/// 200 ms) on a debug build of the node: 50 phones hold 20 subscriptions
+/// each to alice's presence (more per socket overflow the test's receive
+/// buffers: a burst of 100 datagrams is more than 208 KiB of kernel
+/// memory on loopback, and the lost ones come 500 ms later by Timer E);
+/// alice registers; every phone receives its 20 NOTIFYs. The bound asserted
+/// is looser than the target (a shared test machine, an unoptimised
+/// binary); the times are printed.
+#[tokio::test]
+async fn a_change_reaches_a_thousand_subscribers() {
+    bounded(120, async {
+        let (_dir, node) = node(&[
+            "--sip-subscribe-rate",
+            "0",
+            "--sip-source-rate",
+            "0",
+            "--sip-subscribe-max-per-user",
+            "1000",
+        ])
+        .await;
+        let mut phones = Vec::new();
+        for _ in 0..50 {
+            let mut p = Phone::new(node.sip_addr(), "bob", DOMAIN).await;
+            for _ in 0..20 {
+                let (ok, _) = p
+                    .subscribe(&addr("alice"), "presence", Some(600), PASSWORD)
+                    .await;
+                assert_eq!(ok.code(), Some(200), "{}", ok.text);
+                p.notify().await;
+            }
+            phones.push(p);
+        }
+        let receivers: Vec<_> = phones
+            .into_iter()
+            .map(|mut p| {
+                tokio::spawn(async move {
+                    let mut at = Vec::new();
+                    for _ in 0..20 {
+                        let n = p.notify().await;
+                        assert_eq!(basic(&n), "open", "{}", n.text);
+                        at.push(n.at);
+                    }
+                    at
+                })
+            })
+            .collect();
+        let mut alice = TestUa::udp(node.sip_addr()).await.unwrap();
+        let reg = Register::new("alice", DOMAIN)
+            .password(PASSWORD)
+            .expires(600);
+        let first = alice.register_once(&reg).await.unwrap();
+        let sent_at = Instant::now();
+        let registered = alice.answer(&reg, &first).await.unwrap();
+        let registered_at = Instant::now();
+        assert_eq!(registered.code, 200);
+        let mut arrivals = Vec::new();
+        for r in receivers {
+            arrivals.extend(r.await.unwrap());
+        }
+        arrivals.sort();
+        let after = |i: usize| arrivals[i].saturating_duration_since(registered_at);
+        let fan_out = after(arrivals.len() - 1);
+        eprintln!(
+            "1,000 NOTIFYs after the REGISTER's 200: first {:?}, 500th {:?}, 990th {:?}, last {fan_out:?} ({:?} after the REGISTER was sent)",
+            after(0),
+            after(499),
+            after(989),
+            arrivals[arrivals.len() - 1].duration_since(sent_at)
+        );
+        assert_eq!(arrivals.len(), 1000);
+        assert!(fan_out < Duration::from_secs(1), "{fan_out:?}");
+        node.stop().await.unwrap();
+    })
+    .await
+}
