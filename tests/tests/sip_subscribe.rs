@@ -492,6 +492,7 @@ async fn the_dialog_package_shows_a_call_to_the_watched_user() {
         let mut states: Vec<String> = Vec::new();
         let mut versions = Vec::new();
         let mut call_id = None;
+        let mut confirmed = String::new();
         while states.last().map(String::as_str) != Some("terminated") {
             let n = carol.notify().await;
             let body = n.body();
@@ -522,6 +523,9 @@ async fn the_dialog_package_shows_a_call_to_the_watched_user() {
                 .and_then(|s| s.split("</state>").next())
                 .unwrap_or("?")
                 .to_owned();
+            if state == "confirmed" {
+                confirmed = dialog.to_owned();
+            }
             if states.last() != Some(&state) {
                 states.push(state);
             }
@@ -551,6 +555,26 @@ async fn the_dialog_package_shows_a_call_to_the_watched_user() {
             .find_map(|l| l.strip_prefix("Call-ID: "))
             .unwrap();
         assert_eq!(call_id.as_deref(), Some(sent_call_id.trim()));
+        // And the dialog's tags, from bob's side: for a pickup.
+        let ok = run
+            .received
+            .iter()
+            .find(|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 2 INVITE"))
+            .unwrap();
+        let tag = |header: &str| {
+            ok.lines()
+                .find_map(|l| l.strip_prefix(header))
+                .and_then(|v| v.split(";tag=").nth(1))
+                .map(|t| t.split(';').next().unwrap_or(t).trim().to_owned())
+                .unwrap()
+        };
+        let (caller_tag, callee_tag) = (tag("From: "), tag("To: "));
+        assert!(
+            confirmed.contains(&format!(
+                "local-tag=\"{callee_tag}\" remote-tag=\"{caller_tag}\""
+            )),
+            "{confirmed}"
+        );
         node.stop().await.unwrap();
     })
     .await

@@ -21,7 +21,7 @@ use crate::config::GatewayConfig;
 use crate::guard::{Guard, LockScope, Lockout};
 use crate::proxy::{self, CallInput, Legs, NewCall, Outbound, Proxy, ProxySettings};
 use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
-use crate::subscription::{SubId, Subscriptions};
+use crate::subscription::{SubId, Subscriptions, TagSide};
 use crate::transaction::{Disposition, Key, ServerTransactions};
 use crate::transport::Flow;
 use crate::wire::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
@@ -283,6 +283,7 @@ impl Core {
         else {
             // A response to one of our NOTIFYs, or to a request the
             // proxy forwarded.
+            self.note_callee_tag(&msg);
             let ours = match (&msg.start, msg.top_via()) {
                 (StartLine::Response { code, .. }, Ok(via)) => via
                     .branch()
@@ -355,6 +356,11 @@ impl Core {
             _ => {}
         }
         let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
+        if method == Method::Invite && !in_dialog && self.subscriptions.dialogs_watched() {
+            if let Some(tag) = msg.from().ok().and_then(|f| f.tag()) {
+                self.subscriptions.note_tag(call_id, TagSide::Caller, tag);
+            }
+        }
         // A SUBSCRIBE inside a dialog refreshes one of our subscriptions:
         // answered here, never forwarded.
         let subscribe = method_text == "SUBSCRIBE";
@@ -435,6 +441,28 @@ impl Core {
             return None;
         }
         Some(Reply { bytes, dest })
+    }
+
+    /// The callee's To tag in a response to an INVITE, for the `dialog`
+    /// package (when anyone watches dialogs).
+    fn note_callee_tag(&self, msg: &Message<'_>) {
+        if !self.subscriptions.dialogs_watched() {
+            return;
+        }
+        let StartLine::Response { code, .. } = msg.start else {
+            return;
+        };
+        let side = match code {
+            101..=199 => TagSide::CalleeEarly,
+            200..=299 => TagSide::CalleeAnswered,
+            _ => return,
+        };
+        let (Ok(cseq), Ok(to), Ok(call_id)) = (msg.cseq(), msg.to(), msg.call_id()) else {
+            return;
+        };
+        if let (true, Some(tag)) = (cseq.method == "INVITE", to.tag()) {
+            self.subscriptions.note_tag(call_id, side, tag);
+        }
     }
 
     /// A response outside any transaction (malformed requests, overload).

@@ -38,6 +38,7 @@ use crate::backend::{Availability, CallPhase, CallState, ResourceChange, Resourc
 use crate::transaction::{MAGIC_COOKIE, T1, T2};
 use crate::transport::Flow;
 
+use super::dialog_info::Tags;
 use super::package::{message_summary_body, Package};
 use super::{dialog_info, pidf};
 
@@ -48,6 +49,9 @@ pub const NOTIFY_TIMEOUT: Duration = Duration::from_millis(64 * 500);
 /// A subscription held for its 200 longer than this (its request was
 /// dropped, e.g. at shutdown) is released anyway: no entry waits forever.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(32);
+
+/// Calls whose dialog tags are remembered (the oldest are forgotten).
+pub const TAGS_CAPACITY: usize = 4096;
 
 /// The table's limits (from the gateway configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,8 +195,19 @@ struct Resource {
 #[derive(Debug, Clone)]
 enum Snapshot {
     Availability(Availability),
-    Calls(Vec<CallState>),
+    Calls(Vec<(CallState, Option<Tags>)>),
     MessageSummary,
+}
+
+/// Which side of a call's dialog a tag is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagSide {
+    /// The From tag of the caller's INVITE.
+    Caller,
+    /// The To tag of a 1xx; a later one replaces it.
+    CalleeEarly,
+    /// The To tag of the 2xx: the dialog's.
+    CalleeAnswered,
 }
 
 #[derive(Debug)]
@@ -249,6 +264,12 @@ pub struct Engine {
     per_subscriber: HashMap<String, usize>,
     per_domain: HashMap<String, usize>,
     active: usize,
+    /// Live subscriptions to the `dialog` package.
+    dialog_watchers: usize,
+    /// Dialog tags by SIP Call-ID, of calls seen while someone watched
+    /// dialogs; `tags_order` forgets the oldest beyond [`TAGS_CAPACITY`].
+    tags: HashMap<String, (Tags, bool)>,
+    tags_order: VecDeque<String>,
     timers: BTreeMap<TimerKey, (SubId, TimerKind)>,
     actions: VecDeque<Action>,
     ended: Vec<Ended>,
@@ -270,6 +291,9 @@ impl Engine {
             per_subscriber: HashMap::new(),
             per_domain: HashMap::new(),
             active: 0,
+            dialog_watchers: 0,
+            tags: HashMap::new(),
+            tags_order: VecDeque::new(),
             timers: BTreeMap::new(),
             actions: VecDeque::new(),
             ended: Vec::new(),
@@ -421,6 +445,9 @@ impl Engine {
                 .or_default() += 1;
             *self.per_domain.entry(sub.domain.clone()).or_default() += 1;
             self.active += 1;
+            if sub.package == Package::Dialog {
+                self.dialog_watchers += 1;
+            }
             self.dialogs.insert(dialog, id);
             if let Some(r) = self.resources.get_mut(&new.resource) {
                 r.watchers.push(id);
@@ -519,6 +546,9 @@ impl Engine {
             sub.domain.clone(),
             sub.resource.clone(),
         );
+        if sub.package == Package::Dialog {
+            self.dialog_watchers -= 1;
+        }
         self.dialogs.remove(&dialog);
         decrement(&mut self.per_subscriber, &subscriber);
         decrement(&mut self.per_domain, &domain);
@@ -553,7 +583,19 @@ impl Engine {
             Package::Presence => {
                 Snapshot::Availability(known.map(|k| k.availability).unwrap_or_default())
             }
-            Package::Dialog => Snapshot::Calls(known.map(|k| k.calls.clone()).unwrap_or_default()),
+            Package::Dialog => Snapshot::Calls(
+                known
+                    .map(|k| {
+                        k.calls
+                            .iter()
+                            .map(|c| {
+                                let tags = self.tags.get(&c.sip_call_id).map(|t| t.0.clone());
+                                (c.clone(), tags)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            ),
             Package::MessageSummary => Snapshot::MessageSummary,
         }
     }
@@ -597,13 +639,21 @@ impl Engine {
             }
             self.send_queued(id, now);
         }
-        // Terminated legs are shown once (above), then forgotten.
+        // Terminated legs are shown once (above), then forgotten, with
+        // their tags.
         if let Some(known) = self
             .resources
             .get_mut(resource)
             .and_then(|r| r.known.as_mut())
         {
-            known.calls.retain(|c| c.phase != CallPhase::Terminated);
+            let tags = &mut self.tags;
+            known.calls.retain(|c| {
+                let ended = c.phase == CallPhase::Terminated;
+                if ended {
+                    tags.remove(&c.sip_call_id);
+                }
+                !ended
+            });
         }
     }
 
@@ -669,6 +719,35 @@ impl Engine {
             self.send_queued(id, now);
         }
         true
+    }
+
+    /// Is anyone subscribed to the `dialog` package (then the tags of
+    /// calls are worth noting)?
+    pub fn watches_dialogs(&self) -> bool {
+        self.dialog_watchers > 0
+    }
+
+    /// A dialog tag of the call with SIP Call-ID `sip_call_id` went
+    /// through the gateway. An early tag does not replace the answered one.
+    pub fn note_tag(&mut self, sip_call_id: &str, side: TagSide, tag: &str) {
+        if !self.tags.contains_key(sip_call_id) {
+            if self.tags_order.len() >= TAGS_CAPACITY {
+                if let Some(oldest) = self.tags_order.pop_front() {
+                    self.tags.remove(&oldest);
+                }
+            }
+            self.tags_order.push_back(sip_call_id.to_owned());
+        }
+        let (tags, answered) = self.tags.entry(sip_call_id.to_owned()).or_default();
+        match side {
+            TagSide::Caller => tags.caller = Some(tag.to_owned()),
+            TagSide::CalleeEarly if !*answered => tags.callee = Some(tag.to_owned()),
+            TagSide::CalleeEarly => {}
+            TagSide::CalleeAnswered => {
+                tags.callee = Some(tag.to_owned());
+                *answered = true;
+            }
+        }
     }
 
     /// The earliest timer, if any.
@@ -804,6 +883,17 @@ impl Engine {
         if self.notifies.len() != self.subs.values().filter(|s| s.in_flight.is_some()).count() {
             return Err("stale NOTIFY entries".into());
         }
+        let dialog_watchers = self
+            .subs
+            .values()
+            .filter(|s| !s.terminating && s.package == Package::Dialog)
+            .count();
+        if dialog_watchers != self.dialog_watchers {
+            return Err("dialog watchers miscounted".into());
+        }
+        if self.tags.len() > TAGS_CAPACITY || self.tags_order.len() > TAGS_CAPACITY {
+            return Err("too many tags kept".into());
+        }
         let counted: usize = self.per_subscriber.values().sum();
         let by_domain: usize = self.per_domain.values().sum();
         if counted != active || by_domain != active {
@@ -863,7 +953,11 @@ fn notify_bytes(
         Snapshot::Calls(calls) => {
             let version = sub.dialog_version;
             sub.dialog_version += 1;
-            dialog_info::body(&sub.resource, version, calls.iter())
+            dialog_info::body(
+                &sub.resource,
+                version,
+                calls.iter().map(|(c, t)| (c, t.as_ref())),
+            )
         }
         Snapshot::MessageSummary => message_summary_body(&sub.resource),
     };
@@ -1464,6 +1558,69 @@ mod tests {
         let b = expect(&mut e, "version=\"5\"", 5);
         assert!(!b.contains("<dialog "));
         e.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn the_dialog_package_gives_the_tags_seen_and_forgets_them_with_the_call() {
+        let mut e = engine();
+        let now = Instant::now();
+        assert!(!e.watches_dialogs());
+        e.begin_watch("alice@x.test");
+        let a = e
+            .subscribe(
+                new_sub(1, "bob@x.test", "alice@x.test", Package::Dialog),
+                state(1, Availability::Online),
+                now,
+            )
+            .unwrap();
+        assert!(e.watches_dialogs());
+        e.release(a.id, now);
+        let next = |e: &mut Engine| {
+            let out = sent(e);
+            assert!(e.on_response(&branch(&out[0].1), 200, now));
+            body(&out[0].1)
+        };
+        next(&mut e);
+        e.note_tag("sip-1", TagSide::Caller, "caller-tag");
+        let call = CallState {
+            call_id: "leg-1".into(),
+            sip_call_id: "sip-1".into(),
+            direction: CallDirection::Inbound,
+            remote: "carol@x.test".into(),
+            phase: CallPhase::Trying,
+        };
+        e.changed("alice@x.test", 2, ResourceChange::Call(call), now);
+        let b = next(&mut e);
+        assert!(
+            b.contains("direction=\"recipient\" remote-tag=\"caller-tag\">"),
+            "{b}"
+        );
+        e.note_tag("sip-1", TagSide::CalleeEarly, "early-tag");
+        e.note_tag("sip-1", TagSide::CalleeAnswered, "answer-tag");
+        e.note_tag("sip-1", TagSide::CalleeEarly, "late-early-tag");
+        let phase = |p| ResourceChange::CallPhase {
+            call_id: "leg-1".into(),
+            phase: p,
+        };
+        e.changed("alice@x.test", 3, phase(CallPhase::Confirmed), now);
+        let b = next(&mut e);
+        assert!(
+            b.contains("local-tag=\"answer-tag\" remote-tag=\"caller-tag\"><state>confirmed"),
+            "{b}"
+        );
+        e.changed("alice@x.test", 4, phase(CallPhase::Terminated), now);
+        next(&mut e);
+        assert!(e.tags.is_empty(), "forgotten with the call");
+        // Bounded however many calls pass.
+        for i in 0..TAGS_CAPACITY + 10 {
+            e.note_tag(&format!("c{i}"), TagSide::Caller, "t");
+        }
+        assert_eq!(e.tags.len(), TAGS_CAPACITY);
+        e.check_invariants().unwrap();
+        // The last dialog watcher gone, tags are no longer worth noting.
+        let tag = e.subs[&a.id].dialog.1.clone();
+        e.refresh("call-1", &tag, "rt1", 2, 0, now);
+        assert!(!e.watches_dialogs());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod package;
 pub mod pidf;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use crate::guard::{Guard, GuardConfig};
 use crate::proxy::Outbound;
 use crate::transport::Flow;
 
-pub use engine::{Accepted, Engine, LimitHit, Limits, NewSubscription, Refresh, SubId};
+pub use engine::{Accepted, Engine, LimitHit, Limits, NewSubscription, Refresh, SubId, TagSide};
 pub use package::{Package, ALLOW_EVENTS};
 
 /// Metric names.
@@ -101,6 +102,9 @@ pub struct Subscriptions {
     /// The SUBSCRIBE rate limit per source (the guard's token buckets;
     /// its lock-out side is not used).
     rate: Guard,
+    /// Someone subscribes to the `dialog` package: the calls' tags are
+    /// noted (one relaxed load per INVITE and INVITE response otherwise).
+    dialogs_watched: AtomicBool,
     this: Weak<Subscriptions>,
 }
 
@@ -129,6 +133,7 @@ impl Subscriptions {
             wake: Notify::new(),
             timer_started: OnceLock::new(),
             rate,
+            dialogs_watched: AtomicBool::new(false),
             this: this.clone(),
         })
     }
@@ -170,6 +175,8 @@ impl Subscriptions {
             {
                 self.wake.notify_one();
             }
+            self.dialogs_watched
+                .store(engine.watches_dialogs(), Ordering::Relaxed);
             (result, actions, engine.counts(), engine.take_ended())
         };
         if let Some((flow, bytes)) = first {
@@ -265,6 +272,20 @@ impl Subscriptions {
             metrics::counter!(metric::NOTIFY_OUTCOMES, "outcome" => "ok").increment(1);
         }
         handled
+    }
+
+    /// Does anyone watch dialogs (see [`Subscriptions::note_tag`])?
+    pub fn dialogs_watched(&self) -> bool {
+        self.dialogs_watched.load(Ordering::Relaxed)
+    }
+
+    /// A dialog tag of a call passed through the gateway (for the
+    /// `dialog` package's `local-tag`/`remote-tag`).
+    pub fn note_tag(&self, sip_call_id: &str, side: TagSide, tag: &str) {
+        self.engine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note_tag(sip_call_id, side, tag);
     }
 
     /// Live subscriptions and other counts (tests, metrics).
