@@ -47,6 +47,16 @@ pub struct Config {
     pub sip_lockout_secs: u64,
     /// Messages per second per source address (0: no limit).
     pub sip_source_rate: u32,
+    /// Shortest SIP subscription accepted, seconds; shorter gets 423.
+    pub sip_subscribe_min_expires: u32,
+    /// Longest SIP subscription granted (and the default), seconds.
+    pub sip_subscribe_max_expires: u32,
+    /// Live SIP subscriptions one subscriber may hold; more get 503 with Retry-After.
+    pub sip_subscribe_max_per_user: usize,
+    /// Live SIP subscriptions in one domain; more get 503 with Retry-After.
+    pub sip_subscribe_max_per_domain: usize,
+    /// SUBSCRIBEs per second one source address may send (bursts of four times that); more get 503 with Retry-After; 0 = no limit.
+    pub sip_subscribe_rate: u32,
     /// A live subscriber this many events behind the head is ended (0: never).
     pub subscription_max_lag: u64,
     /// The API's admin token; `None`: the one in `<data_dir>/admin.token`,
@@ -96,6 +106,11 @@ impl Default for Config {
             sip_lockout_window_secs: 60,
             sip_lockout_secs: 300,
             sip_source_rate: 5000,
+            sip_subscribe_min_expires: 60,
+            sip_subscribe_max_expires: 600,
+            sip_subscribe_max_per_user: 200,
+            sip_subscribe_max_per_domain: 20_000,
+            sip_subscribe_rate: 50,
             subscription_max_lag: 1_000_000,
             admin_token: None,
             grpc_tls_cert: None,
@@ -139,6 +154,11 @@ pub struct FileConfig {
     pub sip_lockout_window_secs: Option<u64>,
     pub sip_lockout_secs: Option<u64>,
     pub sip_source_rate: Option<u32>,
+    pub sip_subscribe_min_expires: Option<u32>,
+    pub sip_subscribe_max_expires: Option<u32>,
+    pub sip_subscribe_max_per_user: Option<usize>,
+    pub sip_subscribe_max_per_domain: Option<usize>,
+    pub sip_subscribe_rate: Option<u32>,
     pub subscription_max_lag: Option<u64>,
     pub admin_token: Option<String>,
     pub grpc_tls_cert: Option<PathBuf>,
@@ -225,6 +245,21 @@ pub struct Overrides {
     /// SIP messages per second one source address may send (bursts of twice that); more are dropped; 0 = no limit [default: 5000].
     #[arg(long, env = "DIALTONE_SIP_SOURCE_RATE")]
     pub sip_source_rate: Option<u32>,
+    /// Shortest SIP subscription accepted, seconds; shorter gets 423 [default: 60].
+    #[arg(long, env = "DIALTONE_SIP_SUBSCRIBE_MIN_EXPIRES")]
+    pub sip_subscribe_min_expires: Option<u32>,
+    /// Longest SIP subscription granted (and the default), seconds [default: 600].
+    #[arg(long, env = "DIALTONE_SIP_SUBSCRIBE_MAX_EXPIRES")]
+    pub sip_subscribe_max_expires: Option<u32>,
+    /// Live SIP subscriptions one subscriber may hold; more get 503 with Retry-After [default: 200].
+    #[arg(long, env = "DIALTONE_SIP_SUBSCRIBE_MAX_PER_USER")]
+    pub sip_subscribe_max_per_user: Option<usize>,
+    /// Live SIP subscriptions in one domain; more get 503 with Retry-After [default: 20000].
+    #[arg(long, env = "DIALTONE_SIP_SUBSCRIBE_MAX_PER_DOMAIN")]
+    pub sip_subscribe_max_per_domain: Option<usize>,
+    /// SUBSCRIBEs per second one source address may send (bursts of four times that); more get 503 with Retry-After; 0 = no limit [default: 50].
+    #[arg(long, env = "DIALTONE_SIP_SUBSCRIBE_RATE")]
+    pub sip_subscribe_rate: Option<u32>,
     /// A live event subscriber this many events behind the head is ended with RESOURCE_EXHAUSTED and the position to resume from; 0 = never [default: 1000000].
     #[arg(long, env = "DIALTONE_SUBSCRIPTION_MAX_LAG")]
     pub subscription_max_lag: Option<u64>,
@@ -343,6 +378,21 @@ impl Config {
         if let Some(v) = file.sip_source_rate {
             self.sip_source_rate = v;
         }
+        if let Some(v) = file.sip_subscribe_min_expires {
+            self.sip_subscribe_min_expires = v;
+        }
+        if let Some(v) = file.sip_subscribe_max_expires {
+            self.sip_subscribe_max_expires = v;
+        }
+        if let Some(v) = file.sip_subscribe_max_per_user {
+            self.sip_subscribe_max_per_user = v;
+        }
+        if let Some(v) = file.sip_subscribe_max_per_domain {
+            self.sip_subscribe_max_per_domain = v;
+        }
+        if let Some(v) = file.sip_subscribe_rate {
+            self.sip_subscribe_rate = v;
+        }
         if let Some(v) = file.subscription_max_lag {
             self.subscription_max_lag = v;
         }
@@ -421,6 +471,21 @@ impl Config {
         }
         if let Some(v) = o.sip_source_rate {
             self.sip_source_rate = v;
+        }
+        if let Some(v) = o.sip_subscribe_min_expires {
+            self.sip_subscribe_min_expires = v;
+        }
+        if let Some(v) = o.sip_subscribe_max_expires {
+            self.sip_subscribe_max_expires = v;
+        }
+        if let Some(v) = o.sip_subscribe_max_per_user {
+            self.sip_subscribe_max_per_user = v;
+        }
+        if let Some(v) = o.sip_subscribe_max_per_domain {
+            self.sip_subscribe_max_per_domain = v;
+        }
+        if let Some(v) = o.sip_subscribe_rate {
+            self.sip_subscribe_rate = v;
         }
         if o.sip_challenge_md5_first {
             self.sip_challenge_md5_first = true;

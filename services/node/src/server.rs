@@ -118,6 +118,16 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
                 ..dialtone_sip::guard::GuardConfig::default()
             },
             server_header: Some(format!("Dialtone/{}", env!("CARGO_PKG_VERSION"))),
+            subscriptions: dialtone_sip::subscription::SubscriptionConfig {
+                min_expires: config.sip_subscribe_min_expires,
+                max_expires: config.sip_subscribe_max_expires,
+                default_expires: config.sip_subscribe_max_expires,
+                max_per_subscriber: config.sip_subscribe_max_per_user,
+                max_per_domain: config.sip_subscribe_max_per_domain,
+                source_rate: config.sip_subscribe_rate,
+                source_burst: config.sip_subscribe_rate.saturating_mul(4),
+                ..dialtone_sip::subscription::SubscriptionConfig::default()
+            },
             ..dialtone_sip::GatewayConfig::default()
         };
         let registry = Arc::new(crate::sip_bridge::ActorBackend::new(provisioning.clone()));

@@ -1,29 +1,55 @@
 //! The SIP gateway's view of Dialtone: `dialtone_sip::SipBackend` implemented
 //! over the domain and user actors.
+//!
+//! It also feeds the gateway's subscriptions (presence, dialog): a task
+//! follows the event log live and hands every recorded `PresenceChanged`
+//! and call step of a watched user to the gateway's `ResourceWatcher`, so
+//! a NOTIFY shows what is recorded, never more.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dialtone_actors::{Meta, Provisioning, UserFacts};
 use dialtone_domain::call::{self, CallStep as Step};
+use dialtone_domain::event::{category_of, EventCategory};
 use dialtone_domain::registration::{ContactChange, Register};
+use dialtone_domain::user::Presence;
 use dialtone_domain::{domain, routing, user, DomainId, DomainName, UserId, UserName};
+use dialtone_eventlog::{RecordedEvent, SharedStore};
 use dialtone_sip::backend::{
-    BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContinueOn,
-    CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest, RoutePlan, RouteStep,
-    RouteTarget, SipBackend, Transport, UserCredentials,
+    Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
+    CallState, CallStep, ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome,
+    RegisterRequest, ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep,
+    RouteTarget, SipBackend, Transport, UserCredentials, Watch,
 };
+use futures::StreamExt;
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
 /// publish (no actor message on the hot path once an aggregate was loaded),
 /// and runs REGISTERs on the user actors.
 pub struct ActorBackend {
     provisioning: Provisioning,
+    watched: Arc<Watched>,
+}
+
+/// The users some SUBSCRIBE asked about, and where their changes go.
+#[derive(Default)]
+struct Watched {
+    watcher: OnceLock<Arc<dyn ResourceWatcher>>,
+    /// `(domain, user)` as the gateway names them, by user id. Kept for
+    /// the node's life: one entry per user ever watched (bounded by the
+    /// users), and a watched user's events are few.
+    users: RwLock<HashMap<UserId, (String, String)>>,
 }
 
 impl ActorBackend {
     pub fn new(provisioning: Provisioning) -> Self {
-        ActorBackend { provisioning }
+        ActorBackend {
+            provisioning,
+            watched: Arc::default(),
+        }
     }
 
     /// The domain's status and MD5 setting, and the id of `user` in it.
@@ -144,6 +170,119 @@ impl ActorBackend {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+}
+
+fn availability_of(p: Presence) -> Availability {
+    match p {
+        Presence::Offline => Availability::Offline,
+        Presence::Online => Availability::Online,
+        Presence::Ringing => Availability::Ringing,
+        Presence::OnCall => Availability::OnThePhone,
+        Presence::Dnd => Availability::DoNotDisturb,
+    }
+}
+
+fn call_state_of(leg: &call::CallLeg) -> CallState {
+    CallState {
+        call_id: leg.call_id.clone(),
+        sip_call_id: leg.sip_call_id.clone(),
+        direction: match leg.direction {
+            call::Direction::Outbound => CallDirection::Outbound,
+            call::Direction::Inbound => CallDirection::Inbound,
+        },
+        remote: match leg.direction {
+            call::Direction::Outbound => leg.to.clone(),
+            call::Direction::Inbound => leg.from.clone(),
+        },
+        phase: match leg.state {
+            call::LegState::Trying => CallPhase::Trying,
+            call::LegState::Ringing => CallPhase::Early,
+            call::LegState::Answered => CallPhase::Confirmed,
+        },
+    }
+}
+
+/// What a recorded event of a user changes for its subscribers.
+fn resource_change(recorded: &RecordedEvent) -> Option<ResourceChange> {
+    if !matches!(
+        category_of(&recorded.event_type),
+        Some(EventCategory::Presence | EventCategory::Call)
+    ) {
+        return None;
+    }
+    let event = dialtone_domain::Event::from_stored(
+        &recorded.event_type,
+        recorded.schema_version,
+        &recorded.data,
+    );
+    let dialtone_domain::Event::User(event) = event.ok()? else {
+        return None;
+    };
+    let phase = |call_id: String, phase| Some(ResourceChange::CallPhase { call_id, phase });
+    match event {
+        user::Event::PresenceChanged { presence, .. } => {
+            Some(ResourceChange::Availability(availability_of(presence)))
+        }
+        user::Event::CallStarted {
+            call_id,
+            direction,
+            from,
+            to,
+            sip_call_id,
+            ..
+        } => Some(ResourceChange::Call(call_state_of(&call::CallLeg {
+            call_id,
+            direction,
+            from,
+            to,
+            sip_call_id,
+            state: call::LegState::Trying,
+            started_at: 0,
+            answered_at: None,
+            contact: None,
+        }))),
+        user::Event::CallRinging { call_id } => phase(call_id, CallPhase::Early),
+        user::Event::CallAnswered { call_id, .. } => phase(call_id, CallPhase::Confirmed),
+        user::Event::CallEnded { call_id, .. } | user::Event::CallFailed { call_id, .. } => {
+            phase(call_id, CallPhase::Terminated)
+        }
+        _ => None,
+    }
+}
+
+/// Follows the log from its head and hands the watched users' changes to
+/// the watcher, in log order (which is each user's stream order).
+async fn follow(store: SharedStore, watched: Arc<Watched>) {
+    let mut next = store.head_position() + 1;
+    loop {
+        let mut events = std::pin::pin!(dialtone_eventlog::subscribe_all(store.clone(), next));
+        while let Some(item) = events.next().await {
+            let recorded = match item {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence feed: reading the log failed, retrying");
+                    break;
+                }
+            };
+            next = recorded.position + 1;
+            let Some(user_id) = recorded.user_id.map(UserId) else {
+                continue;
+            };
+            let name = watched
+                .users
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&user_id)
+                .cloned();
+            let (Some((domain, user)), Some(watcher)) = (name, watched.watcher.get()) else {
+                continue;
+            };
+            if let Some(change) = resource_change(&recorded) {
+                watcher.changed(&domain, &user, recorded.version, change);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -393,6 +532,48 @@ impl SipBackend for ActorBackend {
                 Err(refusal) => call_route_of(refusal),
             },
         )
+    }
+
+    async fn watch(&self, domain: &str, user: &str) -> Result<Watch, BackendError> {
+        let Resolved::User(state, id) = self.resolve(domain, user).await? else {
+            return Ok(Watch::UnknownUser);
+        };
+        if state.status != domain::Status::Active {
+            return Ok(Watch::UnknownUser);
+        }
+        // Changes are forwarded from now on, before the state is read:
+        // none falls in between (the version tells which are included).
+        self.watched
+            .users
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (domain.to_owned(), user.to_owned()));
+        let found = self
+            .provisioning
+            .directory()
+            .query_user(id, |r| {
+                (r.state.exists() && r.state.enabled).then(|| ResourceState {
+                    version: r.version.unwrap_or(0),
+                    availability: availability_of(r.state.presence),
+                    calls: r
+                        .state
+                        .calls
+                        .in_progress
+                        .iter()
+                        .map(call_state_of)
+                        .collect(),
+                })
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map_or(Watch::UnknownUser, Watch::Found))
+    }
+
+    fn set_watcher(&self, watcher: Arc<dyn ResourceWatcher>) {
+        if self.watched.watcher.set(watcher).is_ok() {
+            let store = self.provisioning.directory().store().clone();
+            tokio::spawn(follow(store, self.watched.clone()));
+        }
     }
 
     fn lockout(&self, lockout: dialtone_sip::guard::Lockout) {

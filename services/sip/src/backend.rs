@@ -303,6 +303,94 @@ pub struct CallRecord {
     pub sip_call_id: String,
 }
 
+/// The answer to [`SipBackend::watch`]: what a SUBSCRIBE to
+/// `user@domain` finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watch {
+    /// Not a domain we serve, or no such user: 404.
+    UnknownUser,
+    /// The user's state now, as recorded (durable).
+    Found(ResourceState),
+}
+
+/// What subscribers of a user are told: its availability and its calls in
+/// progress, as of `version` of its recorded history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceState {
+    /// The version (of the user's event stream) this state reflects: a
+    /// [`ResourceChange`] at or below it is already included.
+    pub version: u64,
+    pub availability: Availability,
+    /// The user's call legs in progress, oldest first.
+    pub calls: Vec<CallState>,
+}
+
+/// A user's availability, as the `presence` package shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Availability {
+    /// No registered contact.
+    #[default]
+    Offline,
+    /// Registered, no call.
+    Online,
+    /// An inbound call rings and none is answered.
+    Ringing,
+    /// A call is answered.
+    OnThePhone,
+    /// Registered but taking no calls (not set by anything yet).
+    DoNotDisturb,
+}
+
+/// One call leg of a watched user, as the `dialog` package shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallState {
+    /// The leg's `call_id` (shared by both legs of a call): the dialog id.
+    pub call_id: String,
+    /// The caller's SIP Call-ID.
+    pub sip_call_id: String,
+    /// `Outbound`: the watched user called (`initiator`); `Inbound`: it is
+    /// called (`recipient`).
+    pub direction: CallDirection,
+    /// The other party, `user@domain`.
+    pub remote: String,
+    pub phase: CallPhase,
+}
+
+/// RFC 4235 dialog states, as the recorded call steps give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallPhase {
+    /// Started, not ringing yet.
+    Trying,
+    /// Ringing.
+    Early,
+    /// Answered.
+    Confirmed,
+    /// Ended or failed: reported once, then forgotten.
+    Terminated,
+}
+
+/// A recorded change of a watched user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceChange {
+    Availability(Availability),
+    /// A leg started or moved on. A step for a leg the subscriptions do
+    /// not know (its start was never seen) carries what is known of it.
+    Call(CallState),
+    /// A leg moved to `phase` (the rest of the leg is known from its start).
+    CallPhase {
+        call_id: String,
+        phase: CallPhase,
+    },
+}
+
+/// Where the backend delivers recorded changes of the users a
+/// [`SipBackend::watch`] asked about (the gateway's subscriptions).
+pub trait ResourceWatcher: Send + Sync + 'static {
+    /// `user@domain` changed at `version` of its history. Called in the
+    /// order the changes were recorded; must not block.
+    fn changed(&self, domain: &str, user: &str, version: u64, change: ResourceChange);
+}
+
 /// What the gateway needs from the rest of the system. Implementations must
 /// be cheap to call concurrently: the gateway calls them from many tasks.
 ///
@@ -341,6 +429,17 @@ pub trait SipBackend: Send + Sync + 'static {
     /// Required: a backend that drops these silently would answer calls
     /// whose history is lost.
     async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError>;
+
+    /// The recorded state of `user@domain` for a SUBSCRIBE, and from now
+    /// on its changes delivered to the [`ResourceWatcher`] given to
+    /// [`SipBackend::set_watcher`]. The changes start before the state is
+    /// read, so none is lost in between (the state's `version` tells
+    /// which ones it already includes).
+    async fn watch(&self, domain: &str, user: &str) -> Result<Watch, BackendError>;
+
+    /// Where changes of watched users go (called once, when the gateway
+    /// starts).
+    fn set_watcher(&self, watcher: std::sync::Arc<dyn ResourceWatcher>);
 
     /// A source was locked out after failed digest authentications (at most
     /// once per lock, and rate-limited by the gateway): record it as a
@@ -393,6 +492,13 @@ impl<B: RegistrarBackend> SipBackend for RegistrarOnly<B> {
         // No call is ever set up: route_call refuses every one.
         Ok(())
     }
+
+    async fn watch(&self, _: &str, _: &str) -> Result<Watch, BackendError> {
+        // No user has presence or calls here: subscriptions get 404.
+        Ok(Watch::UnknownUser)
+    }
+
+    fn set_watcher(&self, _: std::sync::Arc<dyn ResourceWatcher>) {}
 
     fn lockout(&self, _: crate::guard::Lockout) {}
 }

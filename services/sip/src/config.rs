@@ -70,6 +70,8 @@ pub struct GatewayConfig {
     pub call_mode: crate::proxy::CallMode,
     /// Per-source rate limit and lock-outs after failed authentications.
     pub guard: crate::guard::GuardConfig,
+    /// SUBSCRIBE/NOTIFY: expiry policy, limits, rate per source.
+    pub subscriptions: crate::subscription::SubscriptionConfig,
 }
 
 impl Default for GatewayConfig {
@@ -99,6 +101,7 @@ impl Default for GatewayConfig {
             max_call_duration: Duration::from_secs(4 * 3600),
             call_mode: crate::proxy::CallMode::Proxy,
             guard: crate::guard::GuardConfig::default(),
+            subscriptions: crate::subscription::SubscriptionConfig::default(),
         }
     }
 }
@@ -114,6 +117,15 @@ impl GatewayConfig {
         if self.default_expires < self.min_expires || self.default_expires > self.max_expires {
             return Err(Error::Config(
                 "default_expires outside [min_expires, max_expires]".into(),
+            ));
+        }
+        let s = &self.subscriptions;
+        if s.min_expires > s.max_expires
+            || s.default_expires < s.min_expires
+            || s.default_expires > s.max_expires
+        {
+            return Err(Error::Config(
+                "subscription expiry: need min <= default <= max".into(),
             ));
         }
         if self.secret.len() < 16 {

@@ -18,7 +18,11 @@
 //! - [`proxy`]: the forking proxy as a sans-IO call engine
 //!   ([`proxy::Engine`]: inputs with `now`, actions and a next deadline
 //!   out) in a thin async shell ([`proxy::Proxy`]), executing the backend's
-//!   [`RoutePlan`]s.
+//!   [`RoutePlan`]s;
+//! - [`subscription`]: SUBSCRIBE/NOTIFY (RFC 6665) for `presence`,
+//!   `dialog` and `message-summary`, a sans-IO table
+//!   ([`subscription::Engine`]) in a thin shell, fed with the watched
+//!   users' recorded changes through [`backend::ResourceWatcher`].
 //!
 //! # Main types
 //! [`Gateway::start`] takes a [`GatewayConfig`] and an `Arc<dyn` [`SipBackend`]`>`
@@ -37,9 +41,11 @@
 //! refresh versus new) or who is rung: the [`SipBackend`] implementation
 //! does. It depends on no other Dialtone crate. It never reads
 //! configuration files: `node` builds the [`GatewayConfig`]. Nothing in
-//! `core`, `registrar` or `proxy` touches a socket: they hand bytes to a
-//! [`Flow`]. The call engine and the transaction table take `now` as an
-//! input; only the shells around them read the clock.
+//! `core`, `registrar`, `proxy` or `subscription` touches a socket: they
+//! hand bytes to a [`Flow`]. The call engine, the subscription table and
+//! the transaction table take `now` as an input; only the shells around
+//! them read the clock. It keeps no subscription across a restart (ADR
+//! 0014).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
@@ -51,6 +57,7 @@ pub mod fuzzing;
 pub mod guard;
 pub mod proxy;
 pub mod registrar;
+pub mod subscription;
 #[cfg(feature = "test-ua")]
 pub mod test_ua;
 pub mod transaction;
@@ -58,10 +65,11 @@ pub mod transport;
 pub mod wire;
 
 pub use backend::{
-    BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContactChange,
-    ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest,
-    RegistrarBackend, RegistrarOnly, RoutePlan, RouteStep, RouteTarget, SipBackend,
-    UserCredentials,
+    Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
+    CallState, CallStep, ContactChange, ContinueOn, CurrentContact, HangupSide, Lookup,
+    RegisterOutcome, RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange,
+    ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, UserCredentials,
+    Watch,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};

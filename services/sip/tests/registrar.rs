@@ -432,7 +432,11 @@ async fn options_and_other_methods() {
     assert_eq!(r.code, 200);
     assert_eq!(
         r.header("Allow"),
-        Some("REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE")
+        Some("REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, SUBSCRIBE")
+    );
+    assert_eq!(
+        r.header("Allow-Events"),
+        Some("presence, dialog, message-summary")
     );
     assert!(r.header("Accept").is_some());
     assert!(r.header("Supported").is_some());
@@ -442,15 +446,24 @@ async fn options_and_other_methods() {
         ua.send_raw(req(m, "").as_bytes()).await.unwrap();
         assert_eq!(ua.expect(T).await.unwrap().code, code, "{m}");
     }
-    for (m, code) in [("SUBSCRIBE", 405), ("FOO", 501)] {
+    // A NOTIFY outside a dialog: we subscribe to no one.
+    for (m, code) in [("NOTIFY", 405), ("FOO", 501)] {
         ua.send_raw(req(m, "").as_bytes()).await.unwrap();
         let r = ua.expect(T).await.unwrap();
         assert_eq!(r.code, code, "{m}");
         assert_eq!(
             r.header("Allow"),
-            Some("REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE")
+            Some("REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, SUBSCRIBE")
         );
     }
+    // A SUBSCRIBE without an Event header names no package we serve.
+    ua.send_raw(req("SUBSCRIBE", "").as_bytes()).await.unwrap();
+    let r = ua.expect(T).await.unwrap();
+    assert_eq!(r.code, 489);
+    assert_eq!(
+        r.header("Allow-Events"),
+        Some("presence, dialog, message-summary")
+    );
     ua.send_raw(req("CANCEL", "").as_bytes()).await.unwrap();
     assert_eq!(ua.expect(T).await.unwrap().code, 481);
     ua.send_raw(

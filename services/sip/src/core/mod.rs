@@ -21,6 +21,7 @@ use crate::config::GatewayConfig;
 use crate::guard::{Guard, LockScope, Lockout};
 use crate::proxy::{self, CallInput, Legs, NewCall, Outbound, Proxy, ProxySettings};
 use crate::registrar::{self, ExpiresPolicy, Plan, Reject};
+use crate::subscription::{SubId, Subscriptions, TagSide};
 use crate::transaction::{Disposition, Key, ServerTransactions};
 use crate::transport::Flow;
 use crate::wire::message::{header_end, Message, Method, Name, ParseError, StartLine, Uri, Via};
@@ -32,6 +33,7 @@ mod auth;
 mod counters;
 mod invite;
 mod register;
+mod subscribe;
 mod validate;
 
 use self::auth::*;
@@ -41,18 +43,11 @@ pub use self::validate::salvage;
 use self::validate::*;
 
 /// Methods this server handles itself (the `Allow` header).
-pub const ALLOW: &str = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE";
+pub const ALLOW: &str = "REGISTER, OPTIONS, INVITE, ACK, CANCEL, BYE, SUBSCRIBE";
 /// Methods we recognise but do not handle outside a dialog: 405 rather
 /// than 501 (inside a dialog every method is forwarded).
 const KNOWN_METHODS: &[&str] = &[
-    "PRACK",
-    "UPDATE",
-    "INFO",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "REFER",
-    "MESSAGE",
-    "PUBLISH",
+    "PRACK", "UPDATE", "INFO", "NOTIFY", "REFER", "MESSAGE", "PUBLISH",
 ];
 /// Retry-After for 503 answers (seconds).
 const RETRY_AFTER_SECS: &str = "5";
@@ -76,6 +71,9 @@ struct Upstream<'r> {
     /// destination Via and RFC 3581 name for UDP.
     flow: Flow,
     received_at: Instant,
+    /// Set by an accepted SUBSCRIBE: its 200 goes out through the
+    /// subscriptions, before the NOTIFY it calls for.
+    subscription: &'r OnceLock<SubId>,
 }
 
 /// A response to send and, for UDP, where.
@@ -112,6 +110,7 @@ pub struct Core {
     policy: ExpiresPolicy,
     metrics: Metrics,
     proxy: Arc<Proxy>,
+    subscriptions: Arc<Subscriptions>,
     guard: Guard,
     /// Lock-outs reported to the backend in the current second (a cap, so
     /// that an attack from many addresses cannot flood the log).
@@ -162,6 +161,9 @@ impl Core {
             SocketAddr::new(ip, first.port()).to_string()
         });
         let guard_config = cfg.guard.clone();
+        let subscriptions =
+            Subscriptions::new(cfg.subscriptions.clone(), advertised.clone(), out.clone());
+        backend.set_watcher(subscriptions.clone());
         let proxy = Arc::new(Proxy::new(
             ProxySettings {
                 advertised,
@@ -200,6 +202,7 @@ impl Core {
             policy,
             metrics: Metrics::default(),
             proxy,
+            subscriptions,
             guard: Guard::new(guard_config),
             lockouts_reported: Mutex::new((0, 0)),
             last_guard_sweep: Mutex::new(None),
@@ -209,6 +212,11 @@ impl Core {
     /// The proxy's tables (calls being set up, answered calls).
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
+    }
+
+    /// The SUBSCRIBE/NOTIFY subscriptions.
+    pub fn subscriptions(&self) -> &Arc<Subscriptions> {
+        &self.subscriptions
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -286,8 +294,16 @@ impl Core {
             ..
         } = msg.start
         else {
-            // A response to a request the proxy forwarded.
-            if !self.proxy.on_response(&msg) {
+            // A response to one of our NOTIFYs, or to a request the
+            // proxy forwarded.
+            self.note_callee_tag(&msg);
+            let ours = match (&msg.start, msg.top_via()) {
+                (StartLine::Response { code, .. }, Ok(via)) => via
+                    .branch()
+                    .is_some_and(|b| self.subscriptions.on_response(b, *code)),
+                _ => false,
+            };
+            if !ours && !self.proxy.on_response(&msg) {
                 self.metrics.dropped_response();
             }
             return None;
@@ -353,8 +369,16 @@ impl Core {
             _ => {}
         }
         let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
+        if method == Method::Invite && !in_dialog && self.subscriptions.dialogs_watched() {
+            if let Some(tag) = msg.from().ok().and_then(|f| f.tag()) {
+                self.subscriptions.note_tag(call_id, TagSide::Caller, tag);
+            }
+        }
+        // A SUBSCRIBE inside a dialog refreshes one of our subscriptions:
+        // answered here, never forwarded.
+        let subscribe = method_text == "SUBSCRIBE";
         if method == Method::Ack
-            || (in_dialog && !matches!(method, Method::Register | Method::Cancel))
+            || (in_dialog && !subscribe && !matches!(method, Method::Register | Method::Cancel))
         {
             // Inside a dialog (or an ACK for a 2xx): forwarded without
             // transaction state (RFC 3261 s.16.11). An ACK of a final
@@ -399,14 +423,17 @@ impl Core {
             branch = via.branch().unwrap_or(""),
             method = method_text
         );
+        let subscription = OnceLock::new();
+        let reply_flow = Flow {
+            remote: dest,
+            ..flow
+        };
         let upstream = Upstream {
             raw,
             key: &key,
-            flow: Flow {
-                remote: dest,
-                ..flow
-            },
+            flow: reply_flow,
             received_at,
+            subscription: &subscription,
         };
         let (code, bytes) = self
             .process(cx, method, method_text, upstream)
@@ -422,9 +449,35 @@ impl Core {
                 t.respond(&key, code, bytes.clone(), source.reliable, Instant::now());
             }
         }
+        if let Some(id) = subscription.get() {
+            self.subscriptions.release(*id, reply_flow, bytes);
+            return None;
+        }
         // The proxy sent these itself, ahead of what the call sends next
         // (see `sent_by_proxy`).
         (!sent_by_proxy(method, code)).then_some(Reply { bytes, dest })
+    }
+
+    /// The callee's To tag in a response to an INVITE, for the `dialog`
+    /// package (when anyone watches dialogs).
+    fn note_callee_tag(&self, msg: &Message<'_>) {
+        if !self.subscriptions.dialogs_watched() {
+            return;
+        }
+        let StartLine::Response { code, .. } = msg.start else {
+            return;
+        };
+        let side = match code {
+            101..=199 => TagSide::CalleeEarly,
+            200..=299 => TagSide::CalleeAnswered,
+            _ => return,
+        };
+        let (Ok(cseq), Ok(to), Ok(call_id)) = (msg.cseq(), msg.to(), msg.call_id()) else {
+            return;
+        };
+        if let (true, Some(tag)) = (cseq.method == "INVITE", to.tag()) {
+            self.subscriptions.note_tag(call_id, side, tag);
+        }
     }
 
     /// A response outside any transaction (malformed requests, overload).
@@ -541,6 +594,7 @@ impl Core {
             }
             Method::Options => self.respond(cx, 200, "OK", |r| {
                 r.header("Allow", ALLOW)
+                    .header("Allow-Events", crate::subscription::ALLOW_EVENTS)
                     .header("Accept", "application/sdp")
                     .header("Accept-Encoding", "identity")
                     .header("Accept-Language", "en")
@@ -568,6 +622,9 @@ impl Core {
                 } else {
                     self.respond(cx, 481, response::reason(481), |_| {})
                 }
+            }
+            Method::Other if method_text == "SUBSCRIBE" => {
+                self.subscribe(cx, method_text, upstream).await
             }
             _ => {
                 if max_forwards == Some(0) {

@@ -91,6 +91,13 @@ impl FakeBackend {
 
 #[async_trait::async_trait]
 impl SipBackend for FakeBackend {
+    async fn watch(&self, _: &str, _: &str) -> Result<dialtone_sip::backend::Watch, BackendError> {
+        // Nobody's presence or calls are kept here.
+        Ok(dialtone_sip::backend::Watch::UnknownUser)
+    }
+
+    fn set_watcher(&self, _: std::sync::Arc<dyn dialtone_sip::backend::ResourceWatcher>) {}
+
     async fn credentials(&self, domain: &str, user: &str) -> Result<Lookup, BackendError> {
         self.credential_calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
