@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use dialtone_domain::domain::DigestAlgorithms;
 use serde::Deserialize;
 
 /// The effective configuration of a node.
@@ -28,8 +29,11 @@ pub struct Config {
     pub sip_max_expires: u32,
     pub sip_default_expires: u32,
     pub sip_nonce_lifetime_secs: u64,
-    /// Offer the MD5 challenge before SHA-256 (for clients that read only
-    /// the first challenge, such as SIPp 3.6).
+    /// The digest algorithms of a new domain whose request names none, in
+    /// challenge order (each domain then has its own).
+    pub sip_digest_algorithms: DigestAlgorithms,
+    /// Deprecated: put the MD5 challenge first for every domain offering
+    /// both MD5 and SHA-256 (each domain's order is its setting now).
     pub sip_challenge_md5_first: bool,
     /// An unanswered call is given up after this many seconds (480).
     pub sip_no_answer_secs: u64,
@@ -85,6 +89,7 @@ impl Default for Config {
             sip_max_expires: 3600,
             sip_default_expires: 3600,
             sip_nonce_lifetime_secs: 300,
+            sip_digest_algorithms: DigestAlgorithms::md5_only(),
             sip_challenge_md5_first: false,
             sip_no_answer_secs: 60,
             sip_max_call_secs: 4 * 3600,
@@ -127,6 +132,8 @@ pub struct FileConfig {
     pub sip_max_expires: Option<u32>,
     pub sip_default_expires: Option<u32>,
     pub sip_nonce_lifetime_secs: Option<u64>,
+    /// `["MD5"]`, `["SHA-256", "MD5"]`, or the same comma-separated.
+    pub sip_digest_algorithms: Option<NameList>,
     pub sip_challenge_md5_first: Option<bool>,
     pub sip_no_answer_secs: Option<u64>,
     pub sip_max_call_secs: Option<u64>,
@@ -139,6 +146,22 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     pub grpc_tls_cert: Option<PathBuf>,
     pub grpc_tls_key: Option<PathBuf>,
+}
+
+/// A list in the file: a TOML array or one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NameList {
+    Text(String),
+    List(Vec<String>),
+}
+
+fn digest_algorithms(names: &NameList) -> anyhow::Result<DigestAlgorithms> {
+    let parsed = match names {
+        NameList::Text(text) => DigestAlgorithms::parse_comma_separated(text),
+        NameList::List(list) => DigestAlgorithms::parse(list),
+    };
+    parsed.map_err(|e| anyhow::anyhow!("sip_digest_algorithms: {e}"))
 }
 
 impl FileConfig {
@@ -194,7 +217,10 @@ pub struct Overrides {
     /// How long a digest nonce stays valid, seconds [default: 300].
     #[arg(long, env = "DIALTONE_SIP_NONCE_LIFETIME_SECS")]
     pub sip_nonce_lifetime_secs: Option<u64>,
-    /// Offer the MD5 challenge before SHA-256, for clients that read only the first (SIPp 3.6).
+    /// Digest algorithms of new domains, in challenge order: md5, sha-256, or both comma-separated (each domain can change its own) [default: md5].
+    #[arg(long, env = "DIALTONE_SIP_DIGEST_ALGORITHMS")]
+    pub sip_digest_algorithms: Option<String>,
+    /// Deprecated (each domain's --digest-algorithms gives the order): put MD5 first for every domain offering MD5 and SHA-256.
     #[arg(long, env = "DIALTONE_SIP_CHALLENGE_MD5_FIRST")]
     pub sip_challenge_md5_first: bool,
     /// An unanswered call is given up after this many seconds: 480, cause no_answer [default: 60].
@@ -309,6 +335,9 @@ impl Config {
         if let Some(v) = file.sip_nonce_lifetime_secs {
             self.sip_nonce_lifetime_secs = v;
         }
+        if let Some(v) = &file.sip_digest_algorithms {
+            self.sip_digest_algorithms = digest_algorithms(v)?;
+        }
         if let Some(v) = file.sip_challenge_md5_first {
             self.sip_challenge_md5_first = v;
         }
@@ -408,6 +437,9 @@ impl Config {
         }
         if let Some(v) = o.sip_source_rate {
             self.sip_source_rate = v;
+        }
+        if let Some(v) = &o.sip_digest_algorithms {
+            self.sip_digest_algorithms = digest_algorithms(&NameList::Text(v.clone()))?;
         }
         if o.sip_challenge_md5_first {
             self.sip_challenge_md5_first = true;

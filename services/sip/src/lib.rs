@@ -59,9 +59,9 @@ pub mod wire;
 
 pub use backend::{
     BackendError, CallCause, CallDirection, CallRecord, CallRoute, CallStep, ContactChange,
-    ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome, RegisterRequest,
-    RegistrarBackend, RegistrarOnly, RoutePlan, RouteStep, RouteTarget, SipBackend,
-    UserCredentials,
+    ContinueOn, CurrentContact, DigestAlgorithms, HangupSide, Lookup, RegisterOutcome,
+    RegisterRequest, RegistrarBackend, RegistrarOnly, RoutePlan, RouteStep, RouteTarget,
+    SipBackend, UserCredentials,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};
