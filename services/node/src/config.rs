@@ -537,4 +537,45 @@ mod tests {
         assert!(Config::resolve(&overrides).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn digest_algorithms_come_from_the_file_or_the_flag() {
+        use dialtone_domain::domain::DigestAlgorithm::{Md5, Sha256};
+        let dir = std::env::temp_dir().join(format!("dialtone-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dialtone.toml");
+        let overrides = Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        };
+        std::fs::write(&path, "").unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Md5]);
+
+        std::fs::write(&path, "sip_digest_algorithms = [\"sha-256\", \"MD5\"]\n").unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Sha256, Md5]);
+        std::fs::write(&path, "sip_digest_algorithms = \"md5, sha-256\"\n").unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Md5, Sha256]);
+
+        let flagged = Overrides {
+            sip_digest_algorithms: Some("SHA-256".into()),
+            ..overrides.clone()
+        };
+        let config = Config::resolve(&flagged).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Sha256]);
+
+        for bad in ["sha-1", "md5,md5", ""] {
+            let flagged = Overrides {
+                sip_digest_algorithms: Some(bad.into()),
+                ..overrides.clone()
+            };
+            let err = Config::resolve(&flagged).unwrap_err().to_string();
+            assert!(err.contains("sip_digest_algorithms"), "{bad:?}: {err}");
+        }
+        std::fs::write(&path, "sip_digest_algorithms = []\n").unwrap();
+        assert!(Config::resolve(&overrides).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

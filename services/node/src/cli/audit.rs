@@ -107,7 +107,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: AuditCommand) -> any
                 "status": match domain_status(s.status) { "unknown" => "absent", other => other },
                 "description": settings.description,
                 "allow_cross_domain_calls": settings.allow_cross_domain_calls,
-                "digest_algorithms": settings.digest_algorithms.join(","),
+                "digest_algorithms": settings.digest_algorithms,
                 "md5_allowed": settings.md5_allowed,
                 "suspend_reason": s.suspend_reason,
                 "created_at": time(&s.created_at),
