@@ -16,7 +16,9 @@
 //!   both recordings must hold a second of audio with non-silent samples.
 //!
 //! The transport is a parameter ([`Transport`]); a failure names the
-//! phone and shows the tail of its log. `scripts/test` installs both
+//! phone and shows the tail of its log. `the_client_matrix_of_adr_0012`
+//! measures which of baresip, linphone and SIPp registers with which list
+//! of digest algorithms (the table of ADR 0012). `scripts/test` installs both
 //! phones; without them these tests fail saying which is missing.
 
 mod support;
@@ -27,8 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dialtone_api::pb::User;
-use support::sip::{bounded, create_domain, create_user, eventually, registrations, stream_events};
+use dialtone_api::pb::{UpdateDomainRequest, User};
+use support::sip::{
+    bounded, create_domain, create_user, eventually, registration_events, registrations,
+    stream_events, Sipp,
+};
 use support::TestNode;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -181,10 +186,10 @@ impl Phone {
         std::fs::write(
             path.join("accounts"),
             format!(
-                "<sip:{}@{DOMAIN};transport={t}>;auth_pass={PASSWORD};\
+                "<sip:{}@{};transport={t}>;auth_pass={PASSWORD};\
                  outbound=\"sip:{sip};transport={t}\";regint=600;answermode=auto;\
                  audio_codecs=PCMU\n",
-                user.username
+                user.username, user.domain
             ),
         )?;
         std::fs::write(path.join("contacts"), "")?;
@@ -231,16 +236,17 @@ impl Phone {
                  [proxy_0]\n\
                  reg_proxy=<sip:{sip};transport={t}>\n\
                  reg_route=<sip:{sip};transport={t}>\n\
-                 reg_identity=<sip:{user}@{DOMAIN}>\n\
+                 reg_identity=<sip:{user}@{domain}>\n\
                  reg_expires=600\n\
                  reg_sendregister=1\n\
-                 realm={DOMAIN}\n\
+                 realm={domain}\n\
                  [auth_info_0]\n\
                  username={user}\n\
                  passwd={PASSWORD}\n\
-                 realm={DOMAIN}\n\
-                 domain={DOMAIN}\n",
-                user = user.username
+                 realm={domain}\n\
+                 domain={domain}\n",
+                user = user.username,
+                domain = user.domain
             ),
         )?;
         let log = path.join("linphone.log");
@@ -525,4 +531,127 @@ async fn baresip_and_linphone_register_and_call_each_other_over_tcp() {
     bounded(90, phones_call_each_other(Transport::Tcp))
         .await
         .unwrap();
+}
+
+/// How many times `user` registered a contact so far.
+async fn registrations_so_far(node: &TestNode, user: &User) -> anyhow::Result<usize> {
+    Ok(registration_events(node, &user.id)
+        .await?
+        .iter()
+        .filter(|e| e.starts_with("ContactRegistered"))
+        .count())
+}
+
+/// Whether baresip, just started, registers (a new `ContactRegistered`
+/// after `before`) or gives up (its `reg:` line says why).
+async fn baresip_registers(
+    node: &TestNode,
+    phone: &Phone,
+    before: usize,
+) -> anyhow::Result<Result<(), String>> {
+    let outcome = eventually(STEP, "registration or refusal", || async {
+        if registrations_so_far(node, &phone.user).await? > before {
+            return Ok(Some(Ok(())));
+        }
+        let output = phone.output.text();
+        Ok(output
+            .lines()
+            .find(|l| l.contains("Register: "))
+            .map(|l| Err(l.to_owned())))
+    })
+    .await;
+    outcome.map_err(|e| phone.fail(e))
+}
+
+/// The client matrix of ADR 0012, measured: which client registers with
+/// which list of digest algorithms. A client that changes its behaviour
+/// makes this fail; then update the ADR (and maybe the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_matrix_of_adr_0012() {
+    bounded(110, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        // SIPp's scenario authenticates for the support module's domain.
+        let domain = support::sip::DOMAIN;
+        create_domain(&node, domain).await.unwrap();
+        let alice = create_user(&node, domain, "alice", PASSWORD, 0)
+            .await
+            .unwrap();
+        let bob = create_user(&node, domain, "bob", PASSWORD, 0)
+            .await
+            .unwrap();
+        create_user(&node, domain, "carol", PASSWORD, 0)
+            .await
+            .unwrap();
+        let lists: [&[&str]; 4] = [
+            &["MD5"],
+            &["SHA-256"],
+            &["SHA-256", "MD5"],
+            &["MD5", "SHA-256"],
+        ];
+        // Rows: baresip, linphone, SIPp; columns: the lists above.
+        let expected = [
+            [true, false, false, false],
+            [true, true, true, true],
+            [true, false, false, true],
+        ];
+        let mut measured = [[false; 4]; 3];
+        let mut notes = Vec::new();
+        for (column, list) in lists.iter().enumerate() {
+            node.provisioning()
+                .await
+                .unwrap()
+                .update_domain(UpdateDomainRequest {
+                    domain: domain.into(),
+                    digest_algorithms: list.iter().map(|a| (*a).to_owned()).collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+
+            let before = registrations_so_far(&node, &alice).await.unwrap();
+            let baresip = Phone::baresip(&alice, &node, Transport::Udp).await.unwrap();
+            match baresip_registers(&node, &baresip, before).await.unwrap() {
+                Ok(()) => measured[0][column] = true,
+                Err(why) => notes.push(format!("baresip {list:?}: {why}")),
+            }
+            baresip.quit().await;
+
+            let tone = dir.path().join("tone.wav");
+            write_tone(&tone).unwrap();
+            let before = registrations_so_far(&node, &bob).await.unwrap();
+            let linphone = Phone::linphone(&bob, &node, Transport::Udp, &tone)
+                .await
+                .unwrap();
+            let registered = eventually(STEP, "linphone's registration", || async {
+                Ok((registrations_so_far(&node, &bob).await? > before).then_some(()))
+            })
+            .await;
+            match registered {
+                Ok(()) => measured[1][column] = true,
+                Err(e) => notes.push(format!("linphone {list:?}: {}", linphone.fail(e))),
+            }
+            linphone.quit().await;
+
+            let run = Sipp::new("register_auth.xml", node.sip_addr(), dir.path())
+                .users(&[("carol".to_owned(), PASSWORD.to_owned())])
+                .timeout_secs(10)
+                .run()
+                .await
+                .unwrap();
+            if run.exit_code == Some(0) && run.successful == 1 {
+                measured[2][column] = true;
+            } else {
+                notes.push(format!("SIPp {list:?}: exit {:?}", run.exit_code));
+            }
+        }
+        assert_eq!(
+            measured,
+            expected,
+            "rows baresip, linphone, SIPp; columns {lists:?}\n{}",
+            notes.join("\n")
+        );
+        node.stop().await.unwrap();
+    })
+    .await;
 }
