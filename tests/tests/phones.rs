@@ -122,15 +122,34 @@ impl Phone {
         format!("{:?} ({})", self.kind, self.user.address)
     }
 
-    /// The end of what the phone printed, for failure messages.
+    /// The end of what the phone printed, for failure messages: its
+    /// console, then its log file without linphone's media engine chatter
+    /// (which buries the SIP story).
     fn log_tail(&self) -> String {
-        let mut text = self.output.text();
+        let mut text = tail(&self.output.text(), 25);
         if let Some(log) = &self.log_file {
-            text.push_str(&String::from_utf8_lossy(
-                &std::fs::read(log).unwrap_or_default(),
-            ));
+            let log = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+            let log: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("mediastreamer-"))
+                .collect();
+            text.push_str("\n--- its log file ---\n");
+            text.push_str(&tail(&log.join("\n"), 40));
         }
-        tail(&text, 40)
+        text
+    }
+
+    /// How many calls the phone itself says are over (released), so that
+    /// the next call starts on an idle phone.
+    fn calls_over(&self) -> usize {
+        match (self.kind, &self.log_file) {
+            (Kind::Linphone, Some(log)) => {
+                String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default())
+                    .matches("to LinphoneCallReleased")
+                    .count()
+            }
+            _ => self.output.text().matches("terminated (duration").count(),
+        }
     }
 
     /// Fails with the phone's log tail attached.
@@ -414,6 +433,7 @@ async fn node_with_two_users() -> anyhow::Result<(tempfile::TempDir, TestNode, U
 /// other; the caller hangs up.
 async fn call(node: &TestNode, caller: &mut Phone, callee: &mut Phone) -> anyhow::Result<()> {
     let before = call_events(node, &callee.user).await?.len();
+    let over_before = [caller.calls_over(), callee.calls_over()];
     let target = format!("sip:{}", callee.user.address);
     match caller.kind {
         Kind::Baresip => caller.command(&format!("dial {target}")).await?,
@@ -466,6 +486,13 @@ async fn call(node: &TestNode, caller: &mut Phone, callee: &mut Phone) -> anyhow
             "{}: {events:?}",
             phone.label()
         );
+    }
+    for (phone, before) in [&*caller, &*callee].into_iter().zip(over_before) {
+        let idle = eventually(STEP, "the phone to release the call", || async {
+            Ok((phone.calls_over() > before).then_some(()))
+        })
+        .await;
+        idle.map_err(|e| phone.fail(format!("call not released: {e}")))?;
     }
     // The recordings are complete once the call is over: what each side
     // heard is the other's tone, not silence.
