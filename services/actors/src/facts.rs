@@ -22,7 +22,8 @@ use uuid::Uuid;
 pub struct DomainFacts {
     pub name: Option<DomainName>,
     pub status: domain::Status,
-    pub md5_allowed: bool,
+    /// The digest algorithms offered, in challenge order.
+    pub digest_algorithms: domain::DigestAlgorithms,
     pub allow_cross_domain_calls: bool,
     /// The user names claimed in the domain.
     pub users: HashMap<UserName, UserId>,
@@ -166,7 +167,7 @@ impl Facts {
         let facts = DomainFacts {
             name: state.name.clone(),
             status: state.status,
-            md5_allowed: state.settings.md5_allowed,
+            digest_algorithms: state.settings.digest_algorithms,
             allow_cross_domain_calls: state.settings.allow_cross_domain_calls,
             users: state.users.iter().map(|(n, u)| (n.clone(), *u)).collect(),
         };
@@ -192,7 +193,7 @@ impl Facts {
         };
         facts.name = state.name.clone();
         facts.status = state.status;
-        facts.md5_allowed = state.settings.md5_allowed;
+        facts.digest_algorithms = state.settings.digest_algorithms;
         facts.allow_cross_domain_calls = state.settings.allow_cross_domain_calls;
         for event in events {
             match event {
@@ -227,12 +228,17 @@ impl Facts {
         &self,
         id: DomainId,
         username: Option<&UserName>,
-    ) -> Option<(domain::Status, bool, bool, Option<UserId>)> {
+    ) -> Option<(
+        domain::Status,
+        domain::DigestAlgorithms,
+        bool,
+        Option<UserId>,
+    )> {
         let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
         let facts = domains.get(&id)?;
         Some((
             facts.status,
-            facts.md5_allowed,
+            facts.digest_algorithms,
             facts.allow_cross_domain_calls,
             username.and_then(|u| facts.users.get(u).copied()),
         ))

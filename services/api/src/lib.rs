@@ -99,6 +99,8 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Serve over TLS with this certificate chain and key (PEM).
     pub tls: Option<TlsIdentity>,
+    /// The digest algorithms of a new domain whose request names none.
+    pub default_digest_algorithms: dialtone_domain::domain::DigestAlgorithms,
 }
 
 /// A server certificate chain and its private key, PEM-encoded.
@@ -183,7 +185,8 @@ pub async fn serve_with(
         .add_service(reflection)
         .add_service(
             pb::provisioning_service_server::ProvisioningServiceServer::with_interceptor(
-                provisioning::ProvisioningApi::new(context.provisioning.clone()),
+                provisioning::ProvisioningApi::new(context.provisioning.clone())
+                    .with_default_digest_algorithms(options.default_digest_algorithms),
                 authenticator.clone(),
             ),
         )

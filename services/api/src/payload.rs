@@ -47,10 +47,12 @@ pub fn settings(s: &domain::Settings) -> pb::DomainSettings {
 }
 
 fn into_settings(s: domain::Settings) -> pb::DomainSettings {
+    let md5_allowed = s.md5_allowed();
     pb::DomainSettings {
         description: s.description,
         allow_cross_domain_calls: s.allow_cross_domain_calls,
-        md5_allowed: s.md5_allowed,
+        md5_allowed,
+        digest_algorithms: s.digest_algorithms.names(),
     }
 }
 

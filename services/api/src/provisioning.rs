@@ -1,7 +1,7 @@
 //! `ProvisioningService`: domains and users.
 
 use dialtone_actors::{DomainRef, Meta, NewDomain, NewUserRequest, Provisioning, UserRef};
-use dialtone_domain::domain::{Settings, SettingsPatch};
+use dialtone_domain::domain::{DigestAlgorithms, Settings, SettingsPatch};
 use dialtone_domain::user::Patch;
 use dialtone_domain::{DomainName, UserName};
 use tonic::{Request, Response, Status};
@@ -13,12 +13,35 @@ use crate::{convert, status};
 
 pub struct ProvisioningApi {
     provisioning: Provisioning,
+    /// What a new domain gets when its request names no digest algorithms
+    /// (the node's `sip_digest_algorithms`).
+    default_digest_algorithms: DigestAlgorithms,
 }
 
 impl ProvisioningApi {
     pub fn new(provisioning: Provisioning) -> Self {
-        ProvisioningApi { provisioning }
+        ProvisioningApi {
+            provisioning,
+            default_digest_algorithms: DigestAlgorithms::default(),
+        }
     }
+
+    /// Sets the digest algorithms of new domains that name none.
+    pub fn with_default_digest_algorithms(mut self, algorithms: DigestAlgorithms) -> Self {
+        self.default_digest_algorithms = algorithms;
+        self
+    }
+}
+
+/// The digest algorithms of a request: `None` for an empty list (not
+/// given); a bad name is INVALID_ARGUMENT naming it.
+fn digest_algorithms(names: &[String]) -> Result<Option<DigestAlgorithms>, Status> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    DigestAlgorithms::parse(names)
+        .map(Some)
+        .map_err(status::from_domain)
 }
 
 /// Longest accepted client request id.
@@ -133,14 +156,19 @@ impl ProvisioningService for ProvisioningApi {
             dialtone_domain::Error::Invalid { reason, .. } => status::invalid("name", reason),
             other => status::from_domain(other),
         })?;
-        let new = NewDomain {
-            name,
-            settings: Settings {
-                description: req.description,
-                allow_cross_domain_calls: req.allow_cross_domain_calls,
-                md5_allowed: req.md5_allowed.unwrap_or(true),
-            },
+        let defaults = Settings {
+            digest_algorithms: self.default_digest_algorithms,
+            ..Settings::default()
         };
+        let settings = SettingsPatch {
+            description: Some(req.description),
+            allow_cross_domain_calls: Some(req.allow_cross_domain_calls),
+            digest_algorithms: digest_algorithms(&req.digest_algorithms)?,
+            md5_allowed: req.md5_allowed,
+        }
+        .over(&defaults)
+        .map_err(status::from_domain)?;
+        let new = NewDomain { name, settings };
         let info = self
             .provisioning
             .create_domain(new, meta)
@@ -226,6 +254,7 @@ impl ProvisioningService for ProvisioningApi {
         let patch = SettingsPatch {
             description: req.description,
             allow_cross_domain_calls: req.allow_cross_domain_calls,
+            digest_algorithms: digest_algorithms(&req.digest_algorithms)?,
             md5_allowed: req.md5_allowed,
         };
         let info = self

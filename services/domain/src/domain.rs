@@ -7,36 +7,285 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
 
+/// A digest algorithm a domain's users may authenticate with (RFC 7616,
+/// RFC 8760).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DigestAlgorithm {
+    #[serde(rename = "SHA-256")]
+    Sha256,
+    #[serde(rename = "MD5")]
+    Md5,
+}
+
+impl DigestAlgorithm {
+    /// Every algorithm, in the order the names are listed in messages.
+    pub const ALL: [DigestAlgorithm; 2] = [DigestAlgorithm::Sha256, DigestAlgorithm::Md5];
+
+    /// The canonical name, as in the `algorithm` parameter of a challenge.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Sha256 => "SHA-256",
+            DigestAlgorithm::Md5 => "MD5",
+        }
+    }
+
+    /// Parses a name, case-insensitively (`sha-256`, `MD5`, ...).
+    pub fn parse(name: &str) -> Result<Self> {
+        let name = name.trim();
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "digest_algorithms",
+                    format!("unknown digest algorithm {name:?} (known: SHA-256, MD5)"),
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for DigestAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The digest algorithms a domain offers, in challenge order: the SIP
+/// gateway sends one challenge per algorithm in this order and accepts
+/// answers with these algorithms only. Never empty, no algorithm twice
+/// (so it fits in an array: a `Copy` value for the SIP path's reads).
+#[derive(Clone, Copy, Serialize, Deserialize)]
+#[serde(try_from = "Vec<DigestAlgorithm>", into = "Vec<DigestAlgorithm>")]
+pub struct DigestAlgorithms {
+    list: [DigestAlgorithm; DigestAlgorithm::ALL.len()],
+    len: usize,
+}
+
+impl DigestAlgorithms {
+    /// Checks a list: not empty, no algorithm twice.
+    pub fn new(list: &[DigestAlgorithm]) -> Result<Self> {
+        let mut checked = DigestAlgorithms {
+            list: DigestAlgorithm::ALL,
+            len: 0,
+        };
+        for a in list {
+            if checked.contains(*a) {
+                return Err(Error::invalid(
+                    "digest_algorithms",
+                    format!("{a} is listed twice"),
+                ));
+            }
+            // Without duplicates there are at most `ALL.len()` of them.
+            if let Some(slot) = checked.list.get_mut(checked.len) {
+                *slot = *a;
+                checked.len += 1;
+            }
+        }
+        if checked.len == 0 {
+            return Err(Error::invalid(
+                "digest_algorithms",
+                "must name at least one algorithm (SHA-256, MD5)",
+            ));
+        }
+        Ok(checked)
+    }
+
+    /// Parses names (case-insensitive, as an operator types them) into a
+    /// checked list.
+    pub fn parse<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<Self> {
+        let list = names
+            .into_iter()
+            .map(|n| DigestAlgorithm::parse(n.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(&list)
+    }
+
+    /// Parses a comma-separated list (`sha-256,md5`), as in the CLI and the
+    /// configuration file.
+    pub fn parse_comma_separated(text: &str) -> Result<Self> {
+        Self::parse(text.split(','))
+    }
+
+    fn of(list: &[DigestAlgorithm]) -> Self {
+        // Only called with constant lists that are valid.
+        Self::new(list).unwrap_or(DigestAlgorithms {
+            list: DigestAlgorithm::ALL,
+            len: 1,
+        })
+    }
+
+    /// MD5 only: the default of a new domain, because every common SIP
+    /// client answers an MD5 challenge while several refuse a 401 that
+    /// also carries a SHA-256 one (ADR 0012).
+    pub fn md5_only() -> Self {
+        Self::of(&[DigestAlgorithm::Md5])
+    }
+
+    /// What a domain offered before the list existed, from its
+    /// `md5_allowed` flag: SHA-256, then MD5 when allowed.
+    pub fn from_md5_allowed(md5_allowed: bool) -> Self {
+        if md5_allowed {
+            Self::of(&[DigestAlgorithm::Sha256, DigestAlgorithm::Md5])
+        } else {
+            Self::of(&[DigestAlgorithm::Sha256])
+        }
+    }
+
+    /// This list with MD5 allowed or not (the meaning of the deprecated
+    /// `md5_allowed` setting): allowing adds MD5 at the end when missing;
+    /// refusing removes it, leaving SHA-256 if nothing else remains.
+    pub fn with_md5_allowed(&self, allowed: bool) -> Self {
+        let mut list = self.as_slice().to_vec();
+        if allowed {
+            if !list.contains(&DigestAlgorithm::Md5) {
+                list.push(DigestAlgorithm::Md5);
+            }
+        } else {
+            list.retain(|a| *a != DigestAlgorithm::Md5);
+            if list.is_empty() {
+                list.push(DigestAlgorithm::Sha256);
+            }
+        }
+        Self::of(&list)
+    }
+
+    pub fn contains(&self, algorithm: DigestAlgorithm) -> bool {
+        self.as_slice().contains(&algorithm)
+    }
+
+    pub fn as_slice(&self) -> &[DigestAlgorithm] {
+        self.list.get(..self.len).unwrap_or_default()
+    }
+
+    /// The canonical names in order (`["SHA-256", "MD5"]`).
+    pub fn names(&self) -> Vec<String> {
+        self.as_slice()
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect()
+    }
+}
+
+// Equal lists are equal whatever the unused slots of the array hold.
+impl PartialEq for DigestAlgorithms {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for DigestAlgorithms {}
+
+impl std::hash::Hash for DigestAlgorithms {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl std::fmt::Debug for DigestAlgorithms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl Default for DigestAlgorithms {
+    fn default() -> Self {
+        Self::md5_only()
+    }
+}
+
+impl TryFrom<Vec<DigestAlgorithm>> for DigestAlgorithms {
+    type Error = Error;
+
+    fn try_from(list: Vec<DigestAlgorithm>) -> Result<Self> {
+        Self::new(&list)
+    }
+}
+
+impl From<DigestAlgorithms> for Vec<DigestAlgorithm> {
+    fn from(list: DigestAlgorithms) -> Self {
+        list.as_slice().to_vec()
+    }
+}
+
+impl std::fmt::Display for DigestAlgorithms {
+    /// Comma-separated canonical names (`SHA-256,MD5`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, a) in self.as_slice().iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(a.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 /// Settings an operator can change on a domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredSettings", into = "StoredSettings")]
 pub struct Settings {
     /// Free text for operators.
-    #[serde(default)]
     pub description: String,
     /// Whether users of this domain may call users of other domains.
-    #[serde(default)]
     pub allow_cross_domain_calls: bool,
-    /// Whether MD5 digest authentication is offered (SHA-256 always is).
+    /// The digest algorithms offered to this domain's users, in challenge
+    /// order.
+    pub digest_algorithms: DigestAlgorithms,
+}
+
+/// The stored form of [`Settings`] (events and snapshots). `md5_allowed`
+/// is what settings held before `digest_algorithms` existed; it is still
+/// written (whether MD5 is in the list) for readers that know only it.
+/// Settings stored without `digest_algorithms` read as what the node
+/// offered such a domain then: SHA-256, then MD5 when `md5_allowed` (true
+/// when absent too).
+#[derive(Serialize, Deserialize)]
+struct StoredSettings {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    allow_cross_domain_calls: bool,
     #[serde(default = "default_true")]
-    pub md5_allowed: bool,
+    md5_allowed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    digest_algorithms: Option<DigestAlgorithms>,
 }
 
 fn default_true() -> bool {
     true
 }
 
-impl Default for Settings {
-    fn default() -> Self {
+impl From<StoredSettings> for Settings {
+    fn from(stored: StoredSettings) -> Self {
         Settings {
-            description: String::new(),
-            allow_cross_domain_calls: false,
-            md5_allowed: true,
+            description: stored.description,
+            allow_cross_domain_calls: stored.allow_cross_domain_calls,
+            digest_algorithms: stored
+                .digest_algorithms
+                .unwrap_or_else(|| DigestAlgorithms::from_md5_allowed(stored.md5_allowed)),
+        }
+    }
+}
+
+impl From<Settings> for StoredSettings {
+    fn from(settings: Settings) -> Self {
+        StoredSettings {
+            description: settings.description,
+            allow_cross_domain_calls: settings.allow_cross_domain_calls,
+            md5_allowed: settings.digest_algorithms.contains(DigestAlgorithm::Md5),
+            digest_algorithms: Some(settings.digest_algorithms),
         }
     }
 }
 
 impl Settings {
     pub const MAX_DESCRIPTION_LEN: usize = 1024;
+
+    /// Whether MD5 is among the digest algorithms (the deprecated
+    /// `md5_allowed` setting, as the API still reports it).
+    pub fn md5_allowed(&self) -> bool {
+        self.digest_algorithms.contains(DigestAlgorithm::Md5)
+    }
 
     fn validate(&self) -> Result<()> {
         if self.description.chars().count() > Self::MAX_DESCRIPTION_LEN {
@@ -54,12 +303,33 @@ impl Settings {
 pub struct SettingsPatch {
     pub description: Option<String>,
     pub allow_cross_domain_calls: Option<bool>,
+    /// The new list of digest algorithms.
+    pub digest_algorithms: Option<DigestAlgorithms>,
+    /// Deprecated form of `digest_algorithms`: adds MD5 to the list (at
+    /// the end) or removes it (see [`DigestAlgorithms::with_md5_allowed`]).
+    /// Applied after `digest_algorithms`; giving both with different
+    /// answers on MD5 is refused.
     pub md5_allowed: Option<bool>,
 }
 
 impl SettingsPatch {
-    fn apply(&self, current: &Settings) -> Settings {
-        Settings {
+    fn apply(&self, current: &Settings) -> Result<Settings> {
+        let mut digest_algorithms = self.digest_algorithms.unwrap_or(current.digest_algorithms);
+        if let Some(md5_allowed) = self.md5_allowed {
+            if self.digest_algorithms.is_some()
+                && digest_algorithms.contains(DigestAlgorithm::Md5) != md5_allowed
+            {
+                return Err(Error::invalid(
+                    "md5_allowed",
+                    format!(
+                        "md5_allowed={md5_allowed} contradicts digest_algorithms {digest_algorithms}; \
+                         give digest_algorithms only (md5_allowed is deprecated)"
+                    ),
+                ));
+            }
+            digest_algorithms = digest_algorithms.with_md5_allowed(md5_allowed);
+        }
+        Ok(Settings {
             description: self
                 .description
                 .clone()
@@ -67,8 +337,14 @@ impl SettingsPatch {
             allow_cross_domain_calls: self
                 .allow_cross_domain_calls
                 .unwrap_or(current.allow_cross_domain_calls),
-            md5_allowed: self.md5_allowed.unwrap_or(current.md5_allowed),
-        }
+            digest_algorithms,
+        })
+    }
+
+    /// The settings of a new domain: this patch over `defaults` (the
+    /// node's defaults for new domains).
+    pub fn over(&self, defaults: &Settings) -> Result<Settings> {
+        self.apply(defaults)
     }
 }
 
@@ -224,7 +500,7 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
         }
         C::Update { patch } => {
             require_exists(state)?;
-            let settings = patch.apply(&state.settings);
+            let settings = patch.apply(&state.settings)?;
             settings.validate()?;
             if settings == state.settings {
                 return Ok(vec![]);

@@ -12,7 +12,9 @@ use dialtone_domain::call::{
     CallStep, Cause, Direction, HangupSide, LegState, MAX_LEGS_IN_PROGRESS,
 };
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
-use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
+use dialtone_domain::domain::{
+    self, DigestAlgorithm, DigestAlgorithms, Domain, Settings, SettingsPatch,
+};
 use dialtone_domain::registration::{
     self, ContactChange, Key, Presence, Register, MAX_Q, MICROS_PER_SEC,
 };
@@ -77,17 +79,29 @@ fn domain_name() -> impl Strategy<Value = DomainName> {
 
 // ================================================================ domain
 
+/// Every valid list of digest algorithms.
+fn digest_algorithms() -> impl Strategy<Value = DigestAlgorithms> {
+    use DigestAlgorithm::{Md5, Sha256};
+    select(vec![
+        vec![Md5],
+        vec![Sha256],
+        vec![Sha256, Md5],
+        vec![Md5, Sha256],
+    ])
+    .prop_map(|list| DigestAlgorithms::new(&list).unwrap())
+}
+
 fn settings() -> impl Strategy<Value = Settings> {
     (
         text(Settings::MAX_DESCRIPTION_LEN),
         any::<bool>(),
-        any::<bool>(),
+        digest_algorithms(),
     )
         .prop_map(
-            |(description, allow_cross_domain_calls, md5_allowed)| Settings {
+            |(description, allow_cross_domain_calls, digest_algorithms)| Settings {
                 description,
                 allow_cross_domain_calls,
-                md5_allowed,
+                digest_algorithms,
             },
         )
 }
@@ -96,13 +110,17 @@ fn settings_patch() -> impl Strategy<Value = SettingsPatch> {
     (
         option::of(text(Settings::MAX_DESCRIPTION_LEN)),
         option::of(any::<bool>()),
+        option::of(digest_algorithms()),
         option::of(any::<bool>()),
     )
         .prop_map(
-            |(description, allow_cross_domain_calls, md5_allowed)| SettingsPatch {
-                description,
-                allow_cross_domain_calls,
-                md5_allowed,
+            |(description, allow_cross_domain_calls, digest_algorithms, md5_allowed)| {
+                SettingsPatch {
+                    description,
+                    allow_cross_domain_calls,
+                    digest_algorithms,
+                    md5_allowed,
+                }
             },
         )
 }
@@ -142,8 +160,30 @@ fn domain_command() -> impl Strategy<Value = domain::Command> {
     ]
 }
 
-fn apply_patch(patch: &SettingsPatch, current: &Settings) -> Settings {
-    Settings {
+/// The model of a patch: `None` when it contradicts itself (a list and
+/// the deprecated `md5_allowed` disagreeing on MD5).
+fn apply_patch(patch: &SettingsPatch, current: &Settings) -> Option<Settings> {
+    let mut list = patch
+        .digest_algorithms
+        .unwrap_or(current.digest_algorithms)
+        .as_slice()
+        .to_vec();
+    if let Some(md5) = patch.md5_allowed {
+        let has_md5 = list.contains(&DigestAlgorithm::Md5);
+        if patch.digest_algorithms.is_some() && has_md5 != md5 {
+            return None;
+        }
+        if md5 && !has_md5 {
+            list.push(DigestAlgorithm::Md5);
+        }
+        if !md5 {
+            list.retain(|a| *a != DigestAlgorithm::Md5);
+        }
+        if list.is_empty() {
+            list.push(DigestAlgorithm::Sha256);
+        }
+    }
+    Some(Settings {
         description: patch
             .description
             .clone()
@@ -151,12 +191,15 @@ fn apply_patch(patch: &SettingsPatch, current: &Settings) -> Settings {
         allow_cross_domain_calls: patch
             .allow_cross_domain_calls
             .unwrap_or(current.allow_cross_domain_calls),
-        md5_allowed: patch.md5_allowed.unwrap_or(current.md5_allowed),
-    }
+        digest_algorithms: DigestAlgorithms::new(&list).unwrap(),
+    })
 }
 
 fn settings_valid(settings: &Settings) -> bool {
+    let list = settings.digest_algorithms.as_slice();
     settings.description.chars().count() <= Settings::MAX_DESCRIPTION_LEN
+        && !list.is_empty()
+        && list.iter().collect::<BTreeSet<_>>().len() == list.len()
 }
 
 /// Invariants of one event applied to `before`.
@@ -214,7 +257,10 @@ fn check_domain_state(state: &Domain) {
         state.suspend_reason.is_none() || state.status == S::Suspended,
         "a suspend reason outside of suspension"
     );
-    assert!(settings_valid(&state.settings), "description too long");
+    assert!(
+        settings_valid(&state.settings),
+        "description too long, or digest algorithms empty or repeated"
+    );
     assert!(state
         .suspend_reason
         .as_ref()
@@ -241,7 +287,8 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
         let must_succeed = match command {
             C::Create { settings, .. } => !state.exists() && settings_valid(settings),
             C::Update { patch } => {
-                state.exists() && settings_valid(&apply_patch(patch, &state.settings))
+                state.exists()
+                    && apply_patch(patch, &state.settings).is_some_and(|s| settings_valid(&s))
             }
             C::Suspend { reason } => {
                 state.exists()
@@ -303,7 +350,10 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                 users.clear();
             }
             C::Update { patch } => {
-                assert_eq!(state.settings, apply_patch(patch, &before.settings));
+                assert_eq!(
+                    Some(&state.settings),
+                    apply_patch(patch, &before.settings).as_ref()
+                );
                 assert_eq!(state.status, before.status);
                 assert_eq!(events.is_empty(), state.settings == before.settings);
             }
@@ -390,6 +440,134 @@ proptest! {
         prop_assert_eq!(
             domain::decide(&state, &command, now),
             domain::decide(&state.clone(), &command.clone(), now)
+        );
+    }
+}
+
+// ================================================== digest algorithm lists
+
+/// Names as an operator may type them: the known ones in any case and with
+/// spaces around, near misses and unknown ones.
+fn algorithm_name() -> impl Strategy<Value = String> {
+    (
+        select(
+            &[
+                "SHA-256",
+                "MD5",
+                "sha256",
+                "SHA-512-256",
+                "",
+                "MD-5",
+                "md5 sha-256",
+            ][..],
+        ),
+        vec(any::<bool>(), 16),
+        any::<bool>(),
+    )
+        .prop_map(|(name, upper, padded)| {
+            let cased: String = name
+                .chars()
+                .zip(upper.iter().cycle())
+                .map(|(c, up)| {
+                    if *up {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect();
+            if padded {
+                format!(" {cased} ")
+            } else {
+                cased
+            }
+        })
+}
+
+/// The rule, written independently: each name is SHA-256 or MD5 in any
+/// case (spaces around ignored), the list is not empty and names no
+/// algorithm twice.
+fn expected_list(names: &[String]) -> Result<Vec<DigestAlgorithm>, String> {
+    let mut known = Vec::new();
+    for name in names {
+        known.push(match name.trim().to_ascii_uppercase().as_str() {
+            "SHA-256" => DigestAlgorithm::Sha256,
+            "MD5" => DigestAlgorithm::Md5,
+            _ => return Err(name.trim().to_owned()),
+        });
+    }
+    let mut list = Vec::new();
+    for algorithm in known {
+        if list.contains(&algorithm) {
+            return Err(algorithm.as_str().to_owned());
+        }
+        list.push(algorithm);
+    }
+    if list.is_empty() {
+        return Err("at least one".to_owned());
+    }
+    Ok(list)
+}
+
+proptest! {
+    #[test]
+    fn digest_algorithm_lists_follow_the_rule(names in vec(algorithm_name(), 0..4)) {
+        let parsed = DigestAlgorithms::parse(&names);
+        match (expected_list(&names), parsed) {
+            (Ok(expected), Ok(list)) => {
+                prop_assert_eq!(list.as_slice(), expected.as_slice());
+                // Canonical output, whatever the input's case.
+                let canonical: Vec<String> =
+                    expected.iter().map(|a| a.as_str().to_owned()).collect();
+                prop_assert_eq!(list.names(), canonical.clone());
+                prop_assert_eq!(list.to_string(), canonical.join(","));
+                prop_assert_eq!(
+                    DigestAlgorithms::parse_comma_separated(&list.to_string()),
+                    Ok(list)
+                );
+                let json = serde_json::to_value(list).unwrap();
+                prop_assert_eq!(&json, &serde_json::json!(canonical));
+                prop_assert_eq!(serde_json::from_value::<DigestAlgorithms>(json).unwrap(), list);
+            }
+            (Err(bad), Err(Error::Invalid { field, reason })) => {
+                prop_assert_eq!(field, "digest_algorithms");
+                // The message names what is wrong.
+                prop_assert!(reason.contains(&bad), "{reason:?} does not name {bad:?}");
+            }
+            (expected, parsed) => {
+                prop_assert!(false, "{names:?}: expected {expected:?}, parsed {parsed:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn settings_stored_before_the_list_read_as_the_node_offered_them(
+        md5_allowed in option::of(any::<bool>()),
+        stored_list in option::of(digest_algorithms()),
+    ) {
+        let mut data = serde_json::json!({"description": "d", "allow_cross_domain_calls": true});
+        if let Some(md5) = md5_allowed {
+            data["md5_allowed"] = serde_json::json!(md5);
+        }
+        if let Some(list) = stored_list {
+            data["digest_algorithms"] = serde_json::to_value(list).unwrap();
+        }
+        let settings: Settings = serde_json::from_value(data).unwrap();
+        // The list wins; without it, SHA-256 then MD5 unless MD5 was refused.
+        let expected = stored_list.unwrap_or_else(|| {
+            if md5_allowed.unwrap_or(true) {
+                DigestAlgorithms::new(&[DigestAlgorithm::Sha256, DigestAlgorithm::Md5]).unwrap()
+            } else {
+                DigestAlgorithms::new(&[DigestAlgorithm::Sha256]).unwrap()
+            }
+        });
+        prop_assert_eq!(settings.digest_algorithms, expected);
+        // Written back: the list, and md5_allowed for readers that know only it.
+        let written = serde_json::to_value(&settings).unwrap();
+        prop_assert_eq!(&written["digest_algorithms"], &serde_json::to_value(expected).unwrap());
+        prop_assert_eq!(
+            &written["md5_allowed"],
+            &serde_json::json!(expected.contains(DigestAlgorithm::Md5))
         );
     }
 }

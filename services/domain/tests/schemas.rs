@@ -586,7 +586,11 @@ fn hand_made_events() -> Vec<Event> {
             settings: Settings {
                 description: "é".repeat(Settings::MAX_DESCRIPTION_LEN),
                 allow_cross_domain_calls: true,
-                md5_allowed: false,
+                digest_algorithms: domain::DigestAlgorithms::new(&[
+                    domain::DigestAlgorithm::Md5,
+                    domain::DigestAlgorithm::Sha256,
+                ])
+                .unwrap(),
             },
             created_at: 0,
         }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use dialtone_domain::domain::DigestAlgorithms;
 use serde::Deserialize;
 
 /// The effective configuration of a node.
@@ -28,8 +29,11 @@ pub struct Config {
     pub sip_max_expires: u32,
     pub sip_default_expires: u32,
     pub sip_nonce_lifetime_secs: u64,
-    /// Offer the MD5 challenge before SHA-256 (for clients that read only
-    /// the first challenge, such as SIPp 3.6).
+    /// The digest algorithms of a new domain whose request names none, in
+    /// challenge order (each domain then has its own).
+    pub sip_digest_algorithms: DigestAlgorithms,
+    /// Deprecated: put the MD5 challenge first for every domain offering
+    /// both MD5 and SHA-256 (each domain's order is its setting now).
     pub sip_challenge_md5_first: bool,
     /// An unanswered call is given up after this many seconds (480).
     pub sip_no_answer_secs: u64,
@@ -97,6 +101,7 @@ impl Default for Config {
             sip_max_expires: 3600,
             sip_default_expires: 3600,
             sip_nonce_lifetime_secs: 300,
+            sip_digest_algorithms: DigestAlgorithms::md5_only(),
             sip_challenge_md5_first: false,
             sip_no_answer_secs: 60,
             sip_max_call_secs: 4 * 3600,
@@ -145,6 +150,8 @@ pub struct FileConfig {
     pub sip_max_expires: Option<u32>,
     pub sip_default_expires: Option<u32>,
     pub sip_nonce_lifetime_secs: Option<u64>,
+    /// `["MD5"]`, `["SHA-256", "MD5"]`, or the same comma-separated.
+    pub sip_digest_algorithms: Option<NameList>,
     pub sip_challenge_md5_first: Option<bool>,
     pub sip_no_answer_secs: Option<u64>,
     pub sip_max_call_secs: Option<u64>,
@@ -163,6 +170,22 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     pub grpc_tls_cert: Option<PathBuf>,
     pub grpc_tls_key: Option<PathBuf>,
+}
+
+/// A list in the file: a TOML array or one comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NameList {
+    Text(String),
+    List(Vec<String>),
+}
+
+fn digest_algorithms(names: &NameList) -> anyhow::Result<DigestAlgorithms> {
+    let parsed = match names {
+        NameList::Text(text) => DigestAlgorithms::parse_comma_separated(text),
+        NameList::List(list) => DigestAlgorithms::parse(list),
+    };
+    parsed.map_err(|e| anyhow::anyhow!("sip_digest_algorithms: {e}"))
 }
 
 impl FileConfig {
@@ -218,7 +241,10 @@ pub struct Overrides {
     /// How long a digest nonce stays valid, seconds [default: 300].
     #[arg(long, env = "DIALTONE_SIP_NONCE_LIFETIME_SECS")]
     pub sip_nonce_lifetime_secs: Option<u64>,
-    /// Offer the MD5 challenge before SHA-256, for clients that read only the first (SIPp 3.6).
+    /// Digest algorithms of new domains, in challenge order: md5, sha-256, or both comma-separated (each domain can change its own) [default: md5].
+    #[arg(long, env = "DIALTONE_SIP_DIGEST_ALGORITHMS")]
+    pub sip_digest_algorithms: Option<String>,
+    /// Deprecated (each domain's --digest-algorithms gives the order): put MD5 first for every domain offering MD5 and SHA-256.
     #[arg(long, env = "DIALTONE_SIP_CHALLENGE_MD5_FIRST")]
     pub sip_challenge_md5_first: bool,
     /// An unanswered call is given up after this many seconds: 480, cause no_answer [default: 60].
@@ -350,6 +376,9 @@ impl Config {
         }
         if let Some(v) = file.sip_nonce_lifetime_secs {
             self.sip_nonce_lifetime_secs = v;
+        }
+        if let Some(v) = &file.sip_digest_algorithms {
+            self.sip_digest_algorithms = digest_algorithms(v)?;
         }
         if let Some(v) = file.sip_challenge_md5_first {
             self.sip_challenge_md5_first = v;
@@ -487,6 +516,9 @@ impl Config {
         if let Some(v) = o.sip_subscribe_rate {
             self.sip_subscribe_rate = v;
         }
+        if let Some(v) = &o.sip_digest_algorithms {
+            self.sip_digest_algorithms = digest_algorithms(&NameList::Text(v.clone()))?;
+        }
         if o.sip_challenge_md5_first {
             self.sip_challenge_md5_first = true;
         }
@@ -595,6 +627,47 @@ mod tests {
         std::fs::write(&path, "sip_call_mode = \"relay\"\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
         std::fs::write(&path, "unknown_key = 1\n").unwrap();
+        assert!(Config::resolve(&overrides).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn digest_algorithms_come_from_the_file_or_the_flag() {
+        use dialtone_domain::domain::DigestAlgorithm::{Md5, Sha256};
+        let dir = std::env::temp_dir().join(format!("dialtone-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dialtone.toml");
+        let overrides = Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        };
+        std::fs::write(&path, "").unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Md5]);
+
+        std::fs::write(&path, "sip_digest_algorithms = [\"sha-256\", \"MD5\"]\n").unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Sha256, Md5]);
+        std::fs::write(&path, "sip_digest_algorithms = \"md5, sha-256\"\n").unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Md5, Sha256]);
+
+        let flagged = Overrides {
+            sip_digest_algorithms: Some("SHA-256".into()),
+            ..overrides.clone()
+        };
+        let config = Config::resolve(&flagged).unwrap();
+        assert_eq!(config.sip_digest_algorithms.as_slice(), [Sha256]);
+
+        for bad in ["sha-1", "md5,md5", ""] {
+            let flagged = Overrides {
+                sip_digest_algorithms: Some(bad.into()),
+                ..overrides.clone()
+            };
+            let err = Config::resolve(&flagged).unwrap_err().to_string();
+            assert!(err.contains("sip_digest_algorithms"), "{bad:?}: {err}");
+        }
+        std::fs::write(&path, "sip_digest_algorithms = []\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

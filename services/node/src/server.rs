@@ -93,6 +93,14 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     // left in progress (their dialogs died with it), and only those.
     let calls = CallIndex::start(store.clone(), directory.clone()).await?;
 
+    if config.sip_challenge_md5_first {
+        tracing::warn!(
+            "sip_challenge_md5_first (--sip-challenge-md5-first) is deprecated: each domain's \
+             digest algorithms give the challenge order (`dialtone domain update NAME \
+             --digest-algorithms md5,sha-256`; new domains get --sip-digest-algorithms, MD5 \
+             by default). It still puts MD5 first for domains offering both."
+        );
+    }
     let sip = if config.sip_addrs.is_empty() {
         None
     } else {
@@ -186,6 +194,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         },
         admin_token: Some(admin_token.token.clone()),
         tls,
+        default_digest_algorithms: config.sip_digest_algorithms,
     };
     let grpc = tokio::spawn(dialtone_api::serve_with(
         listener,

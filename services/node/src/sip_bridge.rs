@@ -18,11 +18,12 @@ use dialtone_domain::registration::{ContactChange, Register};
 use dialtone_domain::user::Presence;
 use dialtone_domain::{domain, routing, user, DomainId, DomainName, UserId, UserName};
 use dialtone_eventlog::{RecordedEvent, SharedStore};
+use dialtone_sip::auth::digest::Algorithm;
 use dialtone_sip::backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
-    CallState, CallStep, ContinueOn, CurrentContact, HangupSide, Lookup, RegisterOutcome,
-    RegisterRequest, ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep,
-    RouteTarget, SipBackend, Transport, UserCredentials, Watch,
+    CallState, CallStep, ContinueOn, CurrentContact, DigestAlgorithms, HangupSide, Lookup,
+    RegisterOutcome, RegisterRequest, ResourceChange, ResourceState, ResourceWatcher, RoutePlan,
+    RouteStep, RouteTarget, SipBackend, Transport, UserCredentials, Watch,
 };
 use futures::StreamExt;
 
@@ -52,7 +53,7 @@ impl ActorBackend {
         }
     }
 
-    /// The domain's status and MD5 setting, and the id of `user` in it.
+    /// The domain's status and settings, and the id of `user` in it.
     async fn resolve(&self, domain: &str, user: &str) -> Result<Resolved, BackendError> {
         let Ok(domain_name) = DomainName::parse(domain) else {
             return Ok(Resolved::UnknownDomain);
@@ -76,12 +77,12 @@ impl ActorBackend {
                     .domain_and_user(domain_id, username.as_ref())
             }
         };
-        let Some((status, md5_allowed, cross_domain_calls, id)) = facts else {
+        let Some((status, digest_algorithms, cross_domain_calls, id)) = facts else {
             return Ok(Resolved::UnknownDomain);
         };
         let state = DomainState {
             status,
-            md5_allowed,
+            digest_algorithms,
             cross_domain_calls,
         };
         Ok(match id {
@@ -286,6 +287,23 @@ async fn follow(store: SharedStore, watched: Arc<Watched>) {
     }
 }
 
+/// The SIP gateway's form of a domain's digest algorithms.
+fn digest_algorithms(list: domain::DigestAlgorithms) -> DigestAlgorithms {
+    // No allocation: this runs twice per registration.
+    let mut gateway = [Algorithm::Md5; 2];
+    let mut len = 0;
+    for (slot, a) in gateway.iter_mut().zip(list.as_slice()) {
+        *slot = match a {
+            domain::DigestAlgorithm::Md5 => Algorithm::Md5,
+            domain::DigestAlgorithm::Sha256 => Algorithm::Sha256,
+        };
+        len += 1;
+    }
+    // The domain's list is checked (not empty, no duplicates) as the
+    // gateway's is; MD5 only is the domain's default too.
+    DigestAlgorithms::new(gateway.get(..len).unwrap_or_default()).unwrap_or_default()
+}
+
 fn cause_of(cause: CallCause) -> call::Cause {
     match cause {
         CallCause::NormalClearing => call::Cause::NormalClearing,
@@ -302,7 +320,7 @@ fn cause_of(cause: CallCause) -> call::Cause {
 #[derive(Debug, Clone, Copy)]
 struct DomainState {
     status: domain::Status,
-    md5_allowed: bool,
+    digest_algorithms: domain::DigestAlgorithms,
     cross_domain_calls: bool,
 }
 
@@ -401,18 +419,22 @@ impl SipBackend for ActorBackend {
             domain::Status::Suspended => return Ok(Lookup::DomainSuspended),
             domain::Status::Active => {}
         }
+        let algorithms = digest_algorithms(state.digest_algorithms);
         let Some(id) = id else {
-            return Ok(Lookup::UnknownUser);
+            return Ok(Lookup::UnknownUser(algorithms));
         };
         match self.user_facts(id).await? {
+            // Every user keeps both HA1 values, so a domain can turn MD5 on
+            // or off at any time without its users setting passwords again.
             Some(user) if user.exists && !user.ha1_sha256().is_empty() => {
                 Ok(Lookup::Found(UserCredentials {
-                    ha1_md5: state.md5_allowed.then(|| user.ha1_md5().to_owned()),
+                    algorithms,
+                    ha1_md5: (!user.ha1_md5().is_empty()).then(|| user.ha1_md5().to_owned()),
                     ha1_sha256: user.ha1_sha256().to_owned(),
                     disabled: !user.enabled,
                 }))
             }
-            _ => Ok(Lookup::UnknownUser),
+            _ => Ok(Lookup::UnknownUser(algorithms)),
         }
     }
 

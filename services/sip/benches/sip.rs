@@ -96,6 +96,7 @@ fn register_through_core(c: &mut Criterion) {
     let (user, realm, pw) = ("user000001", "example.test", "pw000001x");
     let registry = Arc::new(RegistrarOnly(One {
         creds: UserCredentials {
+            algorithms: dialtone_sip::DigestAlgorithms::SHA256_MD5,
             ha1_md5: Some(ha1(Algorithm::Md5, user, realm, pw)),
             ha1_sha256: ha1(Algorithm::Sha256, user, realm, pw),
             disabled: false,

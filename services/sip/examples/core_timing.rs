@@ -32,6 +32,7 @@ fn main() {
         .build()
         .unwrap();
     let creds = UserCredentials {
+        algorithms: dialtone_sip::DigestAlgorithms::SHA256_MD5,
         ha1_md5: Some(ha1(Algorithm::Md5, "u", "example.test", "p")),
         ha1_sha256: ha1(Algorithm::Sha256, "u", "example.test", "p"),
         disabled: false,

@@ -35,7 +35,7 @@ impl RegistrarBackend for Memory {
         }
         Ok(match self.users.get(user) {
             Some(c) => Lookup::Found(c.clone()),
-            None => Lookup::UnknownUser,
+            None => Lookup::UnknownUser(dialtone_sip::DigestAlgorithms::SHA256_MD5),
         })
     }
 
@@ -98,6 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let user = format!("user{i:06}");
             let pw = format!("pw{i:06}x");
             let c = UserCredentials {
+                algorithms: dialtone_sip::DigestAlgorithms::SHA256_MD5,
                 ha1_md5: Some(ha1(Algorithm::Md5, &user, &domain, &pw)),
                 ha1_sha256: ha1(Algorithm::Sha256, &user, &domain, &pw),
                 disabled: false,

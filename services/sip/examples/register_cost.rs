@@ -34,7 +34,7 @@ impl RegistrarBackend for Memory {
     async fn credentials(&self, _d: &str, user: &str) -> Result<Lookup, BackendError> {
         Ok(match self.users.get(user) {
             Some(c) => Lookup::Found(c.clone()),
-            None => Lookup::UnknownUser,
+            None => Lookup::UnknownUser(dialtone_sip::DigestAlgorithms::SHA256_MD5),
         })
     }
     async fn register(&self, r: RegisterRequest) -> Result<RegisterOutcome, BackendError> {
@@ -97,6 +97,7 @@ fn main() {
             (
                 u.clone(),
                 UserCredentials {
+                    algorithms: dialtone_sip::DigestAlgorithms::SHA256_MD5,
                     ha1_md5: Some(ha1s[i].clone()),
                     ha1_sha256: ha1(Algorithm::Sha256, u, REALM, &pw),
                     disabled: false,

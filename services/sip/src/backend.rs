@@ -11,12 +11,98 @@ use std::time::SystemTime;
 
 pub use crate::transport::Transport;
 
+use crate::auth::digest::Algorithm;
+
+/// The digest algorithms a domain offers, in challenge order: the gateway
+/// sends one challenge per algorithm, in this order, and refuses answers
+/// with any other algorithm. Never empty, no algorithm twice.
+#[derive(Clone, Copy)]
+pub struct DigestAlgorithms {
+    list: [Algorithm; 2],
+    len: usize,
+}
+
+impl DigestAlgorithms {
+    /// MD5 only: what every common client answers.
+    pub const MD5: DigestAlgorithms = DigestAlgorithms {
+        list: [Algorithm::Md5, Algorithm::Sha256],
+        len: 1,
+    };
+    /// SHA-256 only.
+    pub const SHA256: DigestAlgorithms = DigestAlgorithms {
+        list: [Algorithm::Sha256, Algorithm::Md5],
+        len: 1,
+    };
+    /// SHA-256, then MD5 (RFC 8760 s.2.4: the preferred one first).
+    pub const SHA256_MD5: DigestAlgorithms = DigestAlgorithms {
+        list: [Algorithm::Sha256, Algorithm::Md5],
+        len: 2,
+    };
+    /// MD5, then SHA-256.
+    pub const MD5_SHA256: DigestAlgorithms = DigestAlgorithms {
+        list: [Algorithm::Md5, Algorithm::Sha256],
+        len: 2,
+    };
+
+    /// `None` for an empty list or one naming an algorithm twice.
+    pub fn new(list: &[Algorithm]) -> Option<Self> {
+        match list {
+            [Algorithm::Md5] => Some(Self::MD5),
+            [Algorithm::Sha256] => Some(Self::SHA256),
+            [Algorithm::Sha256, Algorithm::Md5] => Some(Self::SHA256_MD5),
+            [Algorithm::Md5, Algorithm::Sha256] => Some(Self::MD5_SHA256),
+            _ => None,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Algorithm] {
+        self.list.get(..self.len).unwrap_or_default()
+    }
+
+    pub fn contains(&self, algorithm: Algorithm) -> bool {
+        self.as_slice().contains(&algorithm)
+    }
+
+    /// This list with MD5 moved to the front when it is in it (the
+    /// deprecated `GatewayConfig::challenge_md5_first`).
+    pub fn md5_first(self) -> Self {
+        if self == Self::SHA256_MD5 {
+            Self::MD5_SHA256
+        } else {
+            self
+        }
+    }
+}
+
+impl Default for DigestAlgorithms {
+    fn default() -> Self {
+        Self::MD5
+    }
+}
+
+impl PartialEq for DigestAlgorithms {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for DigestAlgorithms {}
+
+impl std::fmt::Debug for DigestAlgorithms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.as_slice().iter().map(|a| a.name()))
+            .finish()
+    }
+}
+
 /// Stored digest credentials of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserCredentials {
-    /// HA1 = MD5(user:realm:password), lower-case hex. `None` when MD5 is not
-    /// allowed for this user: the challenge then offers SHA-256 only and an
-    /// MD5 answer is refused.
+    /// The algorithms the user's domain offers, in challenge order.
+    pub algorithms: DigestAlgorithms,
+    /// HA1 = MD5(user:realm:password), lower-case hex. `None` when the user
+    /// has no MD5 HA1: an MD5 answer is then refused even if MD5 is listed.
     pub ha1_md5: Option<String>,
     /// HA1 = SHA-256(user:realm:password), lower-case hex.
     pub ha1_sha256: String,
@@ -33,8 +119,9 @@ pub enum Lookup {
     /// The domain is suspended: 403 for everyone in it.
     DomainSuspended,
     /// No such user in a served domain: handled exactly like a wrong
-    /// password (no user enumeration).
-    UnknownUser,
+    /// password (no user enumeration), so it carries the domain's digest
+    /// algorithms: an unknown user is challenged as a known one would be.
+    UnknownUser(DigestAlgorithms),
     Found(UserCredentials),
 }
 

@@ -42,10 +42,10 @@ pub struct GatewayConfig {
     pub transaction_capacity: usize,
     /// Bound on bytes of responses kept for retransmissions.
     pub transaction_memory: usize,
-    /// Put the MD5 challenge before the SHA-256 one. RFC 8760 s.2.4 wants
-    /// the preferred algorithm first (the default, SHA-256), but some
-    /// clients only read the first challenge: SIPp 3.6.1 then fails with
-    /// "authentication must use MD5 or AKAv1-MD5". Set this for them.
+    /// Deprecated: put the MD5 challenge first for every domain that
+    /// offers both MD5 and SHA-256, whatever the domain's order. The order
+    /// is now each domain's setting (its digest algorithms, in challenge
+    /// order); this stays for nodes configured before it existed.
     pub challenge_md5_first: bool,
     /// `Server` header value (None: no header).
     pub server_header: Option<String>,

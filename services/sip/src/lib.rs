@@ -66,8 +66,8 @@ pub mod wire;
 
 pub use backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
-    CallState, CallStep, ContactChange, ContinueOn, CurrentContact, HangupSide, Lookup,
-    RegisterOutcome, RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange,
+    CallState, CallStep, ContactChange, ContinueOn, CurrentContact, DigestAlgorithms, HangupSide,
+    Lookup, RegisterOutcome, RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange,
     ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, UserCredentials,
     Watch,
 };

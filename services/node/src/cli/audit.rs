@@ -107,6 +107,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: AuditCommand) -> any
                 "status": match domain_status(s.status) { "unknown" => "absent", other => other },
                 "description": settings.description,
                 "allow_cross_domain_calls": settings.allow_cross_domain_calls,
+                "digest_algorithms": settings.digest_algorithms,
                 "md5_allowed": settings.md5_allowed,
                 "suspend_reason": s.suspend_reason,
                 "created_at": time(&s.created_at),
@@ -246,13 +247,13 @@ fn audit_text(v: &Value) -> String {
         }
     } else {
         text.push_str(&format!(
-            "\n  domain        {}\n  id            {}\n  status        {}\n  users         {}\n  created       {}\n  md5           {}\n  cross-domain  {}",
+            "\n  domain        {}\n  id            {}\n  status        {}\n  users         {}\n  created       {}\n  digest        {}\n  cross-domain  {}",
             s(state, "name"),
             s(state, "domain_id"),
             s(state, "status"),
             s(state, "user_count"),
             s(state, "created_at"),
-            s(state, "md5_allowed"),
+            s(state, "digest_algorithms"),
             s(state, "allow_cross_domain_calls"),
         ));
         if !s(state, "suspend_reason").is_empty() {

@@ -17,7 +17,11 @@ pub enum DomainCommand {
         /// Allow calls to and from other domains.
         #[arg(long)]
         allow_cross_domain_calls: bool,
-        /// Do not offer MD5 digest authentication (SHA-256 only).
+        /// Digest algorithms offered, in challenge order: md5, sha-256, or both
+        /// comma-separated [default: the node's --sip-digest-algorithms, md5 unless set].
+        #[arg(long, value_delimiter = ',')]
+        digest_algorithms: Vec<String>,
+        /// Deprecated (use --digest-algorithms): remove MD5 from the node's default.
         #[arg(long)]
         no_md5: bool,
         /// Idempotency key: a retry with the same id does nothing twice.
@@ -39,6 +43,12 @@ pub enum DomainCommand {
         description: Option<String>,
         #[arg(long)]
         allow_cross_domain_calls: Option<bool>,
+        /// Digest algorithms offered, in challenge order: md5, sha-256, or both
+        /// comma-separated (e.g. sha-256,md5).
+        #[arg(long, value_delimiter = ',')]
+        digest_algorithms: Vec<String>,
+        /// Deprecated (use --digest-algorithms): true adds MD5 at the end of the
+        /// domain's list, false removes it.
         #[arg(long)]
         md5_allowed: Option<bool>,
         #[arg(long)]
@@ -63,15 +73,20 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
             name,
             description,
             allow_cross_domain_calls,
+            digest_algorithms,
             no_md5,
             request_id,
         } => {
+            if no_md5 {
+                deprecated("--no-md5");
+            }
             p.create_domain(pb::CreateDomainRequest {
                 name,
                 description,
                 allow_cross_domain_calls,
-                md5_allowed: Some(!no_md5),
+                md5_allowed: no_md5.then_some(false),
                 request_id,
+                digest_algorithms,
             })
             .await
         }
@@ -102,9 +117,13 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
             name,
             description,
             allow_cross_domain_calls,
+            digest_algorithms,
             md5_allowed,
             expected_version,
         } => {
+            if md5_allowed.is_some() {
+                deprecated("--md5-allowed");
+            }
             p.update_domain(pb::UpdateDomainRequest {
                 domain: name,
                 description,
@@ -112,6 +131,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 md5_allowed,
                 request_id: String::new(),
                 expected_version,
+                digest_algorithms,
             })
             .await
         }
@@ -143,6 +163,14 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
     Ok(())
 }
 
+/// Says on stderr that a flag is deprecated (it still works).
+fn deprecated(flag: &str) {
+    eprintln!(
+        "warning: {flag} is deprecated; use --digest-algorithms (md5, sha-256, or both in \
+         challenge order, e.g. --digest-algorithms sha-256,md5)"
+    );
+}
+
 pub(super) fn domain_status(status: i32) -> &'static str {
     match pb::DomainStatus::try_from(status) {
         Ok(pb::DomainStatus::Active) => "active",
@@ -159,6 +187,7 @@ fn domain_json(d: &pb::Domain) -> Value {
         "status": domain_status(d.status),
         "description": d.description,
         "allow_cross_domain_calls": d.allow_cross_domain_calls,
+        "digest_algorithms": d.digest_algorithms,
         "md5_allowed": d.md5_allowed,
         "suspend_reason": d.suspend_reason,
         "user_count": d.user_count,
@@ -179,14 +208,14 @@ fn domain_line(v: &Value) -> String {
 
 fn domain_details(v: &Value) -> String {
     let mut text = format!(
-        "domain   {}\nid       {}\nstatus   {}\nusers    {}\ncreated  {}\nversion  {}\nmd5      {}\ncross-domain calls {}",
+        "domain   {}\nid       {}\nstatus   {}\nusers    {}\ncreated  {}\nversion  {}\ndigest   {}\ncross-domain calls {}",
         s(v, "name"),
         s(v, "id"),
         s(v, "status"),
         s(v, "user_count"),
         s(v, "created_at"),
         s(v, "version"),
-        s(v, "md5_allowed"),
+        names(v, "digest_algorithms"),
         s(v, "allow_cross_domain_calls"),
     );
     if !s(v, "description").is_empty() {
@@ -196,4 +225,16 @@ fn domain_details(v: &Value) -> String {
         text.push_str(&format!("\nsuspended because {}", s(v, "suspend_reason")));
     }
     text
+}
+
+/// A list of names as `A,B` (`-` when absent).
+fn names(v: &Value, key: &str) -> String {
+    match v[key].as_array() {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .map(|n| n.as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "-".into(),
+    }
 }

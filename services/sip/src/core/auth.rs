@@ -3,6 +3,7 @@
 //! lock-outs after failed attempts and their reporting.
 
 use super::*;
+use crate::backend::DigestAlgorithms;
 
 /// At most this many lock-outs per second become security events; the
 /// others are counted in metrics only.
@@ -35,19 +36,23 @@ impl Core {
         cx: Cx<'_>,
         kind: Challenge,
         realm: &str,
-        offer_md5: bool,
+        algorithms: DigestAlgorithms,
         stale: bool,
     ) -> (u16, Bytes) {
         let mut nonce = [0u8; NONCE_LEN];
         let nonce = self.nonces.issue_into(realm, now_ms(), &mut nonce);
         let opaque = self.nonces.opaque();
-        // RFC 8760 s.2.4: the preferred (strongest) algorithm first,
-        // unless configured for clients that read only the first one.
-        let order: &[Algorithm] = match (offer_md5, self.cfg.challenge_md5_first) {
-            (false, _) => &[Algorithm::Sha256],
-            (true, false) => &[Algorithm::Sha256, Algorithm::Md5],
-            (true, true) => &[Algorithm::Md5, Algorithm::Sha256],
+        // One challenge per algorithm of the domain, in the domain's order
+        // (RFC 8760 s.2.4 wants the preferred one first; clients that read
+        // only the first challenge, or refuse the whole response when one
+        // names an algorithm they do not know, are why the order and the
+        // list are the domain's choice: ADR 0012).
+        let algorithms = if self.cfg.challenge_md5_first {
+            algorithms.md5_first()
+        } else {
+            algorithms
         };
+        let order = algorithms.as_slice();
         let each = 96 + realm.len() + nonce.len() + opaque.len();
         self.respond_sized(
             cx,
@@ -82,12 +87,13 @@ impl Core {
         kind: Challenge,
         domain: &str,
         user: &str,
+        algorithms: DigestAlgorithms,
         creds: &UserCredentials,
         known: bool,
         method_text: &str,
     ) -> Option<(u16, Bytes)> {
-        // Unknown users are offered what a default user is offered.
-        let offer_md5 = creds.ha1_md5.is_some();
+        // `algorithms` is the domain's list, for unknown users too: their
+        // challenge is a known user's.
         let ip = cx.source.addr.ip();
         if self.guard.locked(ip, domain, user, Instant::now()) {
             self.metrics.auth_failure("locked_out");
@@ -106,7 +112,7 @@ impl Core {
             }
         }
         let Some(c) = given else {
-            return Some(self.challenge_with(cx, kind, domain, offer_md5, false));
+            return Some(self.challenge_with(cx, kind, domain, algorithms, false));
         };
         let acceptable = c.algorithm.is_some()
             && c.qop
@@ -116,14 +122,14 @@ impl Core {
             && c.nc.is_some();
         if !acceptable {
             self.metrics.auth_failure("unsupported");
-            return Some(self.challenge_with(cx, kind, domain, offer_md5, false));
+            return Some(self.challenge_with(cx, kind, domain, algorithms, false));
         }
         let now = now_ms();
         let nonce = self.nonces.check(&c.nonce, domain, now);
         if nonce == NonceCheck::Invalid {
             // Not ours (or from before a secret change): a fresh challenge.
             self.metrics.auth_failure("nonce");
-            return Some(self.challenge_with(cx, kind, domain, offer_md5, false));
+            return Some(self.challenge_with(cx, kind, domain, algorithms, false));
         }
         let alg = c.algorithm.unwrap_or(Algorithm::Md5);
         let ha1 = match alg {
@@ -132,8 +138,12 @@ impl Core {
         };
         // Always compute the digest, whoever the user is (timing).
         let digest_ok = c.verify(ha1, method_text);
-        let md5_refused = alg == Algorithm::Md5 && creds.ha1_md5.is_none();
-        let ok = digest_ok && known && !md5_refused && c.username == user;
+        // Only the domain's algorithms are accepted: an answer with another
+        // one (say MD5 to a SHA-256-only domain) is a downgrade, refused
+        // like a wrong password, whatever its digest.
+        let refused_algorithm =
+            !algorithms.contains(alg) || (alg == Algorithm::Md5 && creds.ha1_md5.is_none());
+        let ok = digest_ok && known && !refused_algorithm && c.username == user;
         if !ok {
             self.metrics.auth_failure("credentials");
             if let Some(lockout) = self.guard.failure(ip, domain, user, Instant::now()) {
@@ -143,14 +153,14 @@ impl Core {
         }
         let id = match nonce {
             NonceCheck::Fresh(id) => id,
-            _ => return Some(self.challenge_with(cx, kind, domain, offer_md5, true)),
+            _ => return Some(self.challenge_with(cx, kind, domain, algorithms, true)),
         };
         let nc = c.nc.as_ref().map_or(0, |n| n.1);
         match self.nonces.use_nc(id, nc, now) {
             NcCheck::Ok => {}
             NcCheck::Replay | NcCheck::Forgotten => {
                 self.metrics.auth_failure("replay");
-                return Some(self.challenge_with(cx, kind, domain, offer_md5, true));
+                return Some(self.challenge_with(cx, kind, domain, algorithms, true));
             }
         }
         if creds.disabled {

@@ -53,17 +53,18 @@ impl Core {
             Ok(l) => l,
             Err(e) => return self.backend_failure(cx, &e),
         };
-        let (creds, known) = match lookup {
+        let (creds, known, algorithms) = match lookup {
             // Not a domain of ours: we relay for no one.
             Lookup::UnknownDomain | Lookup::DomainSuspended => return self.forbidden(cx),
-            Lookup::UnknownUser => (&self.dummy, false),
-            Lookup::Found(ref c) => (c, true),
+            Lookup::UnknownUser(algorithms) => (&self.dummy, false, algorithms),
+            Lookup::Found(ref c) => (c, true, c.algorithms),
         };
         if let Some(refused) = self.authenticate(
             cx,
             PROXY,
             caller_domain,
             caller_user,
+            algorithms,
             creds,
             known,
             method_text,

@@ -183,6 +183,8 @@ impl Core {
             .collect();
         let dummy_md5 = hex::encode(rand::random::<[u8; 16]>());
         let dummy = UserCredentials {
+            // Unused: unknown users get their domain's algorithms.
+            algorithms: crate::backend::DigestAlgorithms::default(),
             ha1_md5: Some(dummy_md5.clone()),
             ha1_sha256: hex::encode(rand::random::<[u8; 32]>()),
             disabled: false,

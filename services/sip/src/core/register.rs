@@ -61,15 +61,22 @@ impl Core {
             Ok(l) => l,
             Err(e) => return self.backend_failure(cx, &e),
         };
-        let (creds, known) = match lookup {
+        let (creds, known, algorithms) = match lookup {
             Lookup::UnknownDomain => return self.respond(cx, 404, response::reason(404), |_| {}),
             Lookup::DomainSuspended => return self.forbidden(cx),
-            Lookup::UnknownUser => (&self.dummy, false),
-            Lookup::Found(ref c) => (c, true),
+            Lookup::UnknownUser(algorithms) => (&self.dummy, false, algorithms),
+            Lookup::Found(ref c) => (c, true, c.algorithms),
         };
-        if let Some(refused) =
-            self.authenticate(cx, REGISTRAR, domain, user, creds, known, method_text)
-        {
+        if let Some(refused) = self.authenticate(
+            cx,
+            REGISTRAR,
+            domain,
+            user,
+            algorithms,
+            creds,
+            known,
+            method_text,
+        ) {
             return refused;
         }
         let now = now_ms();

@@ -127,16 +127,17 @@ impl Core {
             Ok(l) => l,
             Err(e) => return self.backend_failure(cx, &e),
         };
-        let (creds, known) = match lookup {
+        let (creds, known, algorithms) = match lookup {
             Lookup::UnknownDomain | Lookup::DomainSuspended => return self.forbidden(cx),
-            Lookup::UnknownUser => (&self.dummy, false),
-            Lookup::Found(ref c) => (c, true),
+            Lookup::UnknownUser(algorithms) => (&self.dummy, false, algorithms),
+            Lookup::Found(ref c) => (c, true, c.algorithms),
         };
         if let Some(refused) = self.authenticate(
             cx,
             REGISTRAR,
             subscriber_domain,
             subscriber_user,
+            algorithms,
             creds,
             known,
             method_text,

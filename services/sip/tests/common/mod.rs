@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use dialtone_sip::auth::digest::{ha1, Algorithm};
 use dialtone_sip::{
-    BackendError, CurrentContact, Gateway, GatewayConfig, GatewayHandle, Lookup, RegisterOutcome,
-    RegisterRequest, SipBackend, UserCredentials,
+    BackendError, CurrentContact, DigestAlgorithms, Gateway, GatewayConfig, GatewayHandle, Lookup,
+    RegisterOutcome, RegisterRequest, SipBackend, UserCredentials,
 };
 
 pub const DOMAIN: &str = "example.test";
@@ -110,9 +110,16 @@ impl SipBackend for FakeBackend {
         }
         let users = self.users.lock().unwrap();
         let Some(u) = users.get(&(domain.to_owned(), user.to_owned())) else {
-            return Ok(Lookup::UnknownUser);
+            return Ok(Lookup::UnknownUser(DigestAlgorithms::SHA256_MD5));
         };
         Ok(Lookup::Found(UserCredentials {
+            // As a domain with MD5 allowed offered before each domain chose
+            // its algorithms, or SHA-256 only.
+            algorithms: if u.md5 {
+                DigestAlgorithms::SHA256_MD5
+            } else {
+                DigestAlgorithms::SHA256
+            },
             ha1_md5: u
                 .md5
                 .then(|| ha1(Algorithm::Md5, user, domain, &u.password)),

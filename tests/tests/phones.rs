@@ -1,0 +1,684 @@
+//! Real softphones against a node with its default settings, black box:
+//! baresip 1.0 and linphone-cli 5.1 (the Debian packages) register over
+//! each transport, call each other, the callee answers, audio flows both
+//! ways and the caller hangs up.
+//!
+//! Each phone runs in a throwaway directory with its own configuration,
+//! bound to 127.0.0.1 on ports the kernel picks, and is driven through its
+//! console on stdin. What is checked, and how:
+//! - registration: the node's `GetRegistrations` lists the phone's contact
+//!   over the expected transport;
+//! - the call: both users' streams hold `CallAnswered` and, after the hang
+//!   up, `CallEnded`;
+//! - audio both ways: each phone records what it hears to a WAV file
+//!   (baresip's `sndfile` filter, linphone's file mode) while the other
+//!   sends a tone (baresip's `ausine` source, a WAV file linphone plays);
+//!   both recordings must hold a second of audio with non-silent samples.
+//!
+//! The transport is a parameter ([`Transport`]); a failure names the
+//! phone and shows the tail of its log. `the_client_matrix_of_adr_0012`
+//! measures which of baresip, linphone and SIPp registers with which list
+//! of digest algorithms (the table of ADR 0012). `scripts/test` installs both
+//! phones; without them these tests fail saying which is missing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use dialtone_api::pb::{UpdateDomainRequest, User};
+use support::sip::{
+    bounded, create_domain, create_user, eventually, registration_events, registrations,
+    stream_events, Sipp,
+};
+use support::TestNode;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+const DOMAIN: &str = "phones.test";
+const PASSWORD: &str = "phone-secret-1";
+/// How long a phone may take to register, a call to be answered or to end.
+const STEP: Duration = Duration::from_secs(15);
+/// Audio each side must have recorded: one second of 8 kHz 16-bit mono.
+const MIN_RECORDED_BYTES: u64 = 16_000;
+
+/// The SIP transport a phone uses to reach the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// As in a SIP URI's `transport` parameter.
+    fn param(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    /// As the node reports a contact's transport.
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+}
+
+/// What a phone printed (stdout, stderr and its log file), shared with
+/// the tasks that read it.
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<String>>);
+
+impl Output {
+    fn follow(&self, from: impl AsyncRead + Unpin + Send + 'static) {
+        let output = self.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(from).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut text = output.0.lock().unwrap_or_else(|p| p.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Baresip,
+    Linphone,
+}
+
+/// A running softphone registered as `user`.
+struct Phone {
+    kind: Kind,
+    user: User,
+    child: Child,
+    stdin: ChildStdin,
+    output: Output,
+    dir: tempfile::TempDir,
+    /// linphone's own log file (`-l`); baresip logs to stdout.
+    log_file: Option<PathBuf>,
+}
+
+impl Phone {
+    fn label(&self) -> String {
+        format!("{:?} ({})", self.kind, self.user.address)
+    }
+
+    /// The end of what the phone printed, for failure messages: its
+    /// console, then its log file without linphone's media engine chatter
+    /// (which buries the SIP story).
+    fn log_tail(&self) -> String {
+        let mut text = tail(&self.output.text(), 25);
+        if let Some(log) = &self.log_file {
+            let log = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+            let log: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("mediastreamer-"))
+                .collect();
+            text.push_str("\n--- its log file ---\n");
+            text.push_str(&tail(&log.join("\n"), 40));
+        }
+        text
+    }
+
+    /// How many calls the phone itself says are over (released), so that
+    /// the next call starts on an idle phone.
+    fn calls_over(&self) -> usize {
+        match (self.kind, &self.log_file) {
+            (Kind::Linphone, Some(log)) => {
+                String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default())
+                    .matches("to LinphoneCallReleased")
+                    .count()
+            }
+            _ => self.output.text().matches("terminated (duration").count(),
+        }
+    }
+
+    /// Fails with the phone's log tail attached.
+    fn fail(&self, what: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{}: {what}\n--- last lines of its log ---\n{}",
+            self.label(),
+            self.log_tail()
+        )
+    }
+
+    async fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        let line = match self.kind {
+            // baresip's console takes long commands after a slash.
+            Kind::Baresip => format!("/{line}\n"),
+            Kind::Linphone => format!("{line}\n"),
+        };
+        self.stdin.write_all(line.as_bytes()).await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Starts baresip for `user` with a tone as its microphone; it answers
+    /// calls by itself and records what it hears under `rec/`.
+    async fn baresip(user: &User, node: &TestNode, transport: Transport) -> anyhow::Result<Phone> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path();
+        std::fs::create_dir_all(path.join("rec"))?;
+        std::fs::write(
+            path.join("config"),
+            format!(
+                "poll_method epoll\n\
+                 sip_listen 127.0.0.1:0\n\
+                 audio_player aubridge,nil\n\
+                 audio_alert aubridge,nil\n\
+                 audio_source ausine,440\n\
+                 ausrc_srate 48000\n\
+                 ausrc_channels 2\n\
+                 module_path /usr/lib/baresip/modules\n\
+                 module stdio.so\n\
+                 module g711.so\n\
+                 module ausine.so\n\
+                 module aubridge.so\n\
+                 module sndfile.so\n\
+                 module_tmp account.so\n\
+                 module_app menu.so\n\
+                 snd_path {}\n",
+                path.join("rec").display()
+            ),
+        )?;
+        let sip = node.sip_addr();
+        let t = transport.param();
+        std::fs::write(
+            path.join("accounts"),
+            format!(
+                "<sip:{}@{};transport={t}>;auth_pass={PASSWORD};\
+                 outbound=\"sip:{sip};transport={t}\";regint=600;answermode=auto;\
+                 audio_codecs=PCMU\n",
+                user.username, user.domain
+            ),
+        )?;
+        std::fs::write(path.join("contacts"), "")?;
+        let mut command = Command::new("baresip");
+        command.arg("-f").arg(path);
+        Self::spawn(Kind::Baresip, user, command, dir, None).await
+    }
+
+    /// Starts linphonec for `user` in file mode: it answers calls by itself,
+    /// plays `tone` as its microphone and records what it hears to
+    /// `heard.wav`.
+    async fn linphone(
+        user: &User,
+        node: &TestNode,
+        transport: Transport,
+        tone: &Path,
+    ) -> anyhow::Result<Phone> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path();
+        // Without a directory for its database the core never starts: no
+        // SIP port is opened and incoming calls get 503.
+        std::fs::create_dir_all(path.join(".local/share/linphone"))?;
+        let sip = node.sip_addr();
+        let t = transport.param();
+        // Both the proxy and the route name the node, or linphone looks the
+        // domain up in DNS. Port -1: one the kernel picks.
+        std::fs::write(
+            path.join("rc"),
+            format!(
+                "[sip]\n\
+                 sip_port=-1\n\
+                 sip_tcp_port=-1\n\
+                 sip_tls_port=0\n\
+                 bind_address=127.0.0.1\n\
+                 default_proxy=0\n\
+                 register_only_when_network_is_up=0\n\
+                 register_only_when_upnp_is_ok=0\n\
+                 [net]\n\
+                 auto_net_state_mon=0\n\
+                 [rtp]\n\
+                 audio_rtp_port=-1\n\
+                 [sound]\n\
+                 echocancellation=0\n\
+                 [proxy_0]\n\
+                 reg_proxy=<sip:{sip};transport={t}>\n\
+                 reg_route=<sip:{sip};transport={t}>\n\
+                 reg_identity=<sip:{user}@{domain}>\n\
+                 reg_expires=600\n\
+                 reg_sendregister=1\n\
+                 realm={domain}\n\
+                 [auth_info_0]\n\
+                 username={user}\n\
+                 passwd={PASSWORD}\n\
+                 realm={domain}\n\
+                 domain={domain}\n",
+                user = user.username,
+                domain = user.domain
+            ),
+        )?;
+        let log = path.join("linphone.log");
+        let mut command = Command::new("linphonec");
+        command
+            .arg("-c")
+            .arg(path.join("rc"))
+            .args(["-a", "-d", "5", "-l"])
+            .arg(&log)
+            // Its database and other state go to the throwaway directory.
+            .env("HOME", path);
+        let mut phone = Self::spawn(Kind::Linphone, user, command, dir, Some(log)).await?;
+        phone.command("soundcard use files").await?;
+        phone.command(&format!("play {}", tone.display())).await?;
+        let heard = phone.dir.path().join("heard.wav");
+        phone
+            .command(&format!("record {}", heard.display()))
+            .await?;
+        Ok(phone)
+    }
+
+    async fn spawn(
+        kind: Kind,
+        user: &User,
+        mut command: Command,
+        dir: tempfile::TempDir,
+        log_file: Option<PathBuf>,
+    ) -> anyhow::Result<Phone> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {kind:?}: is it installed (scripts/test installs it)?")
+            })?;
+        let output = Output::default();
+        output.follow(child.stdout.take().context("no stdout")?);
+        output.follow(child.stderr.take().context("no stderr")?);
+        let stdin = child.stdin.take().context("no stdin")?;
+        Ok(Phone {
+            kind,
+            user: user.clone(),
+            child,
+            stdin,
+            output,
+            dir,
+            log_file,
+        })
+    }
+
+    /// Waits until the node lists a contact of this phone's user over
+    /// `transport`.
+    async fn registered(&mut self, node: &TestNode, transport: Transport) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(self.fail(format!("exited ({status}) before registering")));
+            }
+            let contacts = registrations(node, &self.user.address).await?.contacts;
+            if contacts.iter().any(|c| c.transport == transport.name()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(self.fail(format!(
+                    "not registered over {transport:?} within {STEP:?} (contacts: {contacts:?})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Where this phone recorded what it heard during its last call.
+    fn recording(&self) -> Option<PathBuf> {
+        match self.kind {
+            Kind::Linphone => Some(self.dir.path().join("heard.wav")),
+            // sndfile writes `dump-<time>-<peer>-dec.wav` for what it
+            // decoded (heard) and `...-enc.wav` for what it sent.
+            Kind::Baresip => std::fs::read_dir(self.dir.path().join("rec"))
+                .ok()?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+                .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()),
+        }
+    }
+
+    async fn quit(mut self) {
+        let _ = self.command("quit").await;
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// A 440 Hz tone, 8 kHz 16-bit mono, 20 s, as a WAV file.
+fn write_tone(path: &Path) -> anyhow::Result<()> {
+    let rate = 8000u32;
+    let samples: Vec<i16> = (0..rate * 20)
+        .map(|i| {
+            let t = f64::from(i) / f64::from(rate);
+            (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+        })
+        .collect();
+    let data_len = u32::try_from(samples.len() * 2)?;
+    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav)?;
+    Ok(())
+}
+
+/// How many 16-bit samples of a WAV file (after its 44-byte header, as
+/// both phones write it) are loud: well above what silence or comfort
+/// noise gives.
+fn loud_samples(path: &Path) -> usize {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    bytes
+        .get(44..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .filter(|s| i16::from_le_bytes([s[0], s[1]]).unsigned_abs() > 1000)
+        .count()
+}
+
+/// The event types of a user's stream, in order.
+async fn call_events(node: &TestNode, user: &User) -> anyhow::Result<Vec<String>> {
+    Ok(stream_events(node, &format!("user-{}", user.id))
+        .await?
+        .into_iter()
+        .filter(|e| e.category == "call")
+        .map(|e| e.r#type)
+        .collect())
+}
+
+/// A node with its defaults (nothing about digest algorithms is set: the
+/// point of these tests) and two users.
+async fn node_with_two_users() -> anyhow::Result<(tempfile::TempDir, TestNode, User, User)> {
+    let dir = tempfile::tempdir()?;
+    let node = TestNode::start(dir.path(), &[]).await?;
+    create_domain(&node, DOMAIN).await?;
+    let alice = create_user(&node, DOMAIN, "alice", PASSWORD, 0).await?;
+    let bob = create_user(&node, DOMAIN, "bob", PASSWORD, 0).await?;
+    Ok((dir, node, alice, bob))
+}
+
+/// `caller` calls `callee`; the callee answers by itself; both hear the
+/// other; the caller hangs up.
+async fn call(node: &TestNode, caller: &mut Phone, callee: &mut Phone) -> anyhow::Result<()> {
+    let before = call_events(node, &callee.user).await?.len();
+    let over_before = [caller.calls_over(), callee.calls_over()];
+    let target = format!("sip:{}", callee.user.address);
+    match caller.kind {
+        Kind::Baresip => caller.command(&format!("dial {target}")).await?,
+        Kind::Linphone => caller.command(&format!("call {target}")).await?,
+    }
+    let answered = eventually(STEP, "the call to be answered", || async {
+        let events = call_events(node, &callee.user).await?;
+        Ok(events[before.min(events.len())..]
+            .iter()
+            .any(|t| t == "CallAnswered")
+            .then_some(()))
+    })
+    .await;
+    if let Err(e) = answered {
+        bail!(
+            "{e}\n{}\n{}",
+            caller.fail("calling"),
+            callee.fail("being called")
+        );
+    }
+    // Audio both ways: each recording grows past a second of sound.
+    for phone in [&*caller, &*callee] {
+        let heard = eventually(STEP, "a second of audio", || async {
+            Ok(phone
+                .recording()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .filter(|m| m.len() >= 44 + MIN_RECORDED_BYTES)
+                .map(|_| ()))
+        })
+        .await;
+        heard.map_err(|e| phone.fail(format!("recorded no audio: {e}")))?;
+    }
+    match caller.kind {
+        Kind::Baresip => caller.command("hangup").await?,
+        Kind::Linphone => caller.command("terminate").await?,
+    }
+    for phone in [&*caller, &*callee] {
+        let ended = eventually(STEP, "CallEnded", || async {
+            let events = call_events(node, &phone.user).await?;
+            Ok(events
+                .last()
+                .is_some_and(|t| t == "CallEnded")
+                .then_some(()))
+        })
+        .await;
+        ended.map_err(|e| phone.fail(format!("call not ended: {e}")))?;
+        let events = call_events(node, &phone.user).await?;
+        assert!(
+            events.iter().any(|t| t == "CallAnswered"),
+            "{}: {events:?}",
+            phone.label()
+        );
+    }
+    for (phone, before) in [&*caller, &*callee].into_iter().zip(over_before) {
+        let idle = eventually(STEP, "the phone to release the call", || async {
+            Ok((phone.calls_over() > before).then_some(()))
+        })
+        .await;
+        idle.map_err(|e| phone.fail(format!("call not released: {e}")))?;
+    }
+    // The recordings are complete once the call is over: what each side
+    // heard is the other's tone, not silence.
+    for phone in [&*caller, &*callee] {
+        let loud = eventually(STEP, "the recording to hold the tone", || async {
+            Ok(phone
+                .recording()
+                .map(|p| loud_samples(&p))
+                .filter(|n| *n >= 4000)
+                .map(|_| ()))
+        })
+        .await;
+        loud.map_err(|e| {
+            phone.fail(format!(
+                "heard silence ({} loud samples in {:?}): {e}",
+                phone.recording().map_or(0, |p| loud_samples(&p)),
+                phone.recording()
+            ))
+        })?;
+        // The next call records afresh.
+        if let Some(recording) = phone.recording() {
+            let _ = std::fs::remove_file(recording);
+        }
+    }
+    Ok(())
+}
+
+/// Both phones register over `transport` with the node's defaults and call
+/// each other, each way.
+async fn phones_call_each_other(transport: Transport) -> anyhow::Result<()> {
+    let (_dir, node, alice, bob) = node_with_two_users().await?;
+    let tone_dir = tempfile::tempdir()?;
+    let tone = tone_dir.path().join("tone.wav");
+    write_tone(&tone)?;
+    let mut baresip = Phone::baresip(&alice, &node, transport).await?;
+    let mut linphone = Phone::linphone(&bob, &node, transport, &tone).await?;
+    baresip.registered(&node, transport).await?;
+    linphone.registered(&node, transport).await?;
+
+    call(&node, &mut baresip, &mut linphone).await?;
+    // linphone records each call to the file set before it.
+    let heard = linphone.dir.path().join("heard.wav");
+    linphone
+        .command(&format!("record {}", heard.display()))
+        .await?;
+    call(&node, &mut linphone, &mut baresip).await?;
+
+    baresip.quit().await;
+    linphone.quit().await;
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_and_linphone_register_and_call_each_other_over_udp() {
+    bounded(90, phones_call_each_other(Transport::Udp))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_and_linphone_register_and_call_each_other_over_tcp() {
+    bounded(90, phones_call_each_other(Transport::Tcp))
+        .await
+        .unwrap();
+}
+
+/// How many times `user` registered a contact so far.
+async fn registrations_so_far(node: &TestNode, user: &User) -> anyhow::Result<usize> {
+    Ok(registration_events(node, &user.id)
+        .await?
+        .iter()
+        .filter(|e| e.starts_with("ContactRegistered"))
+        .count())
+}
+
+/// Whether baresip, just started, registers (a new `ContactRegistered`
+/// after `before`) or gives up (its `reg:` line says why).
+async fn baresip_registers(
+    node: &TestNode,
+    phone: &Phone,
+    before: usize,
+) -> anyhow::Result<Result<(), String>> {
+    let outcome = eventually(STEP, "registration or refusal", || async {
+        if registrations_so_far(node, &phone.user).await? > before {
+            return Ok(Some(Ok(())));
+        }
+        let output = phone.output.text();
+        Ok(output
+            .lines()
+            .find(|l| l.contains("Register: "))
+            .map(|l| Err(l.to_owned())))
+    })
+    .await;
+    outcome.map_err(|e| phone.fail(e))
+}
+
+/// The client matrix of ADR 0012, measured: which client registers with
+/// which list of digest algorithms. A client that changes its behaviour
+/// makes this fail; then update the ADR (and maybe the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_matrix_of_adr_0012() {
+    bounded(110, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        // SIPp's scenario authenticates for the support module's domain.
+        let domain = support::sip::DOMAIN;
+        create_domain(&node, domain).await.unwrap();
+        let alice = create_user(&node, domain, "alice", PASSWORD, 0)
+            .await
+            .unwrap();
+        let bob = create_user(&node, domain, "bob", PASSWORD, 0)
+            .await
+            .unwrap();
+        create_user(&node, domain, "carol", PASSWORD, 0)
+            .await
+            .unwrap();
+        let lists: [&[&str]; 4] = [
+            &["MD5"],
+            &["SHA-256"],
+            &["SHA-256", "MD5"],
+            &["MD5", "SHA-256"],
+        ];
+        // Rows: baresip, linphone, SIPp; columns: the lists above.
+        let expected = [
+            [true, false, false, false],
+            [true, true, true, true],
+            [true, false, false, true],
+        ];
+        let mut measured = [[false; 4]; 3];
+        let mut notes = Vec::new();
+        for (column, list) in lists.iter().enumerate() {
+            node.provisioning()
+                .await
+                .unwrap()
+                .update_domain(UpdateDomainRequest {
+                    domain: domain.into(),
+                    digest_algorithms: list.iter().map(|a| (*a).to_owned()).collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+
+            let before = registrations_so_far(&node, &alice).await.unwrap();
+            let baresip = Phone::baresip(&alice, &node, Transport::Udp).await.unwrap();
+            match baresip_registers(&node, &baresip, before).await.unwrap() {
+                Ok(()) => measured[0][column] = true,
+                Err(why) => notes.push(format!("baresip {list:?}: {why}")),
+            }
+            baresip.quit().await;
+
+            let tone = dir.path().join("tone.wav");
+            write_tone(&tone).unwrap();
+            let before = registrations_so_far(&node, &bob).await.unwrap();
+            let linphone = Phone::linphone(&bob, &node, Transport::Udp, &tone)
+                .await
+                .unwrap();
+            let registered = eventually(STEP, "linphone's registration", || async {
+                Ok((registrations_so_far(&node, &bob).await? > before).then_some(()))
+            })
+            .await;
+            match registered {
+                Ok(()) => measured[1][column] = true,
+                Err(e) => notes.push(format!("linphone {list:?}: {}", linphone.fail(e))),
+            }
+            linphone.quit().await;
+
+            let run = Sipp::new("register_auth.xml", node.sip_addr(), dir.path())
+                .users(&[("carol".to_owned(), PASSWORD.to_owned())])
+                .timeout_secs(10)
+                .run()
+                .await
+                .unwrap();
+            if run.exit_code == Some(0) && run.successful == 1 {
+                measured[2][column] = true;
+            } else {
+                notes.push(format!("SIPp {list:?}: exit {:?}", run.exit_code));
+            }
+        }
+        assert_eq!(
+            measured,
+            expected,
+            "rows baresip, linphone, SIPp; columns {lists:?}\n{}",
+            notes.join("\n")
+        );
+        node.stop().await.unwrap();
+    })
+    .await;
+}
