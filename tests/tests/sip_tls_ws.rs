@@ -529,6 +529,28 @@ async fn register_with_digest_over_tls_ws_and_wss_records_the_transport() {
 async fn a_tls_phone_calls_a_udp_phone() {
     bounded(90, async {
         let node = Node::start().await;
+        let alice = node.tls_client().await;
+        call_udp_bob(&node, alice).await;
+    })
+    .await;
+}
+
+/// A browser phone as the caller: its BYE is forwarded without state and
+/// the callee's 200 is relayed by its Via, whose host is `.invalid` and
+/// which asked for no `rport`: the connection is found all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_phone_over_wss_calls_a_udp_phone() {
+    bounded(90, async {
+        let node = Node::start().await;
+        let alice = node.ws_client(true).await;
+        call_udp_bob(&node, alice).await;
+    })
+    .await;
+}
+
+/// `alice` calls bob, a SIPp UAS on UDP, and hangs up.
+async fn call_udp_bob(node: &Node, mut alice: SipClient) {
+    {
         // bob: a SIPp UAS on UDP, registered over UDP.
         let mut uas = Sipp::new("call_uas.xml", node.node.sip_addr(), node.dir.path())
             .users(&[("bob".into(), PASSWORD.into())])
@@ -540,8 +562,6 @@ async fn a_tls_phone_calls_a_udp_phone() {
         node.register_udp("bob", uas.port()).await;
         let uas = tokio::spawn(uas.finish());
 
-        // alice: over TLS.
-        let mut alice = node.tls_client().await;
         let call_id = format!("{:x}@tls-call", rand_u64());
         let target = format!("sip:bob@{DOMAIN}");
         let invite = |alice: &SipClient, cseq: u32, branch: &str, auth: Option<&str>| {
@@ -606,8 +626,7 @@ async fn a_tls_phone_calls_a_udp_phone() {
             run.received,
             run.output
         );
-    })
-    .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
