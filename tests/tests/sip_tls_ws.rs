@@ -521,6 +521,18 @@ async fn register_with_digest_over_tls_ws_and_wss_records_the_transport() {
         // The TLS connection is still served after the others came.
         let again = tls.register("alice").await;
         assert_eq!(again.code, 200);
+
+        // The test UA (and so dialtone-load) over TLS, trusting the node's
+        // certificate file.
+        let ca = std::fs::read(&node.cert_path).unwrap();
+        let mut ua = dialtone_sip::test_ua::TestUa::tls(node.tls, Some(&ca))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let register = dialtone_sip::test_ua::Register::new("alice", DOMAIN).password(PASSWORD);
+            let ok = ua.register(&register).await.unwrap();
+            assert_eq!(ok.code, 200, "{}", text(&ok));
+        }
     })
     .await;
 }
