@@ -81,6 +81,10 @@ struct Node {
 
 impl Node {
     async fn start() -> Node {
+        Node::start_with(&[]).await
+    }
+
+    async fn start_with(extra_args: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let cert = make_cert();
         let cert_path = dir.path().join("sip-cert.pem");
@@ -89,27 +93,24 @@ impl Node {
         std::fs::write(&key_path, &cert.key_pem).unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
-        let node = TestNode::start(
-            &data,
-            &[
-                // SIPp 3.6 reads only the first challenge.
-                "--sip-challenge-md5-first",
-                "--sip-tls-addr",
-                "127.0.0.1:0",
-                "--sip-ws-addr",
-                "127.0.0.1:0",
-                "--sip-wss-addr",
-                "127.0.0.1:0",
-                "--sip-tls-cert",
-                cert_path.to_str().unwrap(),
-                "--sip-tls-key",
-                key_path.to_str().unwrap(),
-                "--sip-tls-handshake-secs",
-                "2",
-            ],
-        )
-        .await
-        .unwrap();
+        let mut args = vec![
+            // SIPp 3.6 reads only the first challenge.
+            "--sip-challenge-md5-first",
+            "--sip-tls-addr",
+            "127.0.0.1:0",
+            "--sip-ws-addr",
+            "127.0.0.1:0",
+            "--sip-wss-addr",
+            "127.0.0.1:0",
+            "--sip-tls-cert",
+            cert_path.to_str().unwrap(),
+            "--sip-tls-key",
+            key_path.to_str().unwrap(),
+            "--sip-tls-handshake-secs",
+            "2",
+        ];
+        args.extend_from_slice(extra_args);
+        let node = TestNode::start(&data, &args).await.unwrap();
         let tls = node
             .ready_addr("sip_tls")
             .expect("sip_tls in the ready line");
@@ -846,6 +847,43 @@ async fn the_certificate_is_reloaded_on_sighup_and_open_connections_stay() {
         let ok = old.register("alice").await;
         assert_eq!(ok.code, 200);
         assert!(node.node.is_running(), "SIGHUP does not stop the node");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_source_are_limited_over_every_connection_transport() {
+    bounded(60, async {
+        let node = Node::start_with(&["--sip-max-connections-per-source", "3"]).await;
+        let mut tls = node.tls_client().await;
+        let mut ws = node.ws_client(false).await;
+        let tcp = TcpStream::connect(node.node.sip_addr()).await.unwrap();
+        // A fourth connection from 127.0.0.1, whatever its transport, is
+        // closed at once, before any handshake.
+        for addr in [node.wss, node.tls, node.node.sip_addr()] {
+            let mut refused = TcpStream::connect(addr).await.unwrap();
+            let mut buf = [0u8; 16];
+            let read = tokio::time::timeout(WAIT, refused.read(&mut buf)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "over the limit on {addr}: {read:?}"
+            );
+        }
+        // The three admitted are served.
+        assert_eq!(tls.register("alice").await.code, 200);
+        assert_eq!(ws.register("bob").await.code, 200);
+        // One closed gives its place back.
+        drop(tcp);
+        let served = eventually(WAIT, "a place given back", || async {
+            let Ok(tcp) = TcpStream::connect(node.tls).await else {
+                return Ok(None);
+            };
+            let connector = tokio_rustls::TlsConnector::from(node.tls_config());
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            Ok(connector.connect(name, tcp).await.ok().map(|_| ()))
+        })
+        .await;
+        assert!(served.is_ok());
     })
     .await;
 }

@@ -73,6 +73,8 @@ pub struct Config {
     pub sip_tls_handshake_secs: u64,
     /// Connections (TCP, TLS, WS, WSS together) one source address may hold.
     pub sip_max_connections_per_source: usize,
+    /// Connections (TCP, TLS, WS, WSS together) the node holds at most.
+    pub sip_max_connections: usize,
 }
 
 /// A secret setting: compared and used, never printed by `Debug`.
@@ -124,6 +126,7 @@ impl Default for Config {
             sip_tls_ca: None,
             sip_tls_handshake_secs: 10,
             sip_max_connections_per_source: 256,
+            sip_max_connections: 10_000,
         }
     }
 }
@@ -174,6 +177,7 @@ pub struct FileConfig {
     pub sip_tls_ca: Option<PathBuf>,
     pub sip_tls_handshake_secs: Option<u64>,
     pub sip_max_connections_per_source: Option<usize>,
+    pub sip_max_connections: Option<usize>,
 }
 
 impl FileConfig {
@@ -289,6 +293,9 @@ pub struct Overrides {
     /// Connections (TCP, TLS, WS and WSS together) one source address may hold open; more are closed at once [default: 256].
     #[arg(long, env = "DIALTONE_SIP_MAX_CONNECTIONS_PER_SOURCE")]
     pub sip_max_connections_per_source: Option<usize>,
+    /// Connections (TCP, TLS, WS and WSS together) the node holds open at most; more are closed at once [default: 10000].
+    #[arg(long, env = "DIALTONE_SIP_MAX_CONNECTIONS")]
+    pub sip_max_connections: Option<usize>,
 }
 
 fn sip_addrs(values: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -428,6 +435,9 @@ impl Config {
         if let Some(v) = file.sip_max_connections_per_source {
             self.sip_max_connections_per_source = v;
         }
+        if let Some(v) = file.sip_max_connections {
+            self.sip_max_connections = v;
+        }
         Ok(())
     }
 
@@ -531,6 +541,9 @@ impl Config {
         if let Some(v) = o.sip_max_connections_per_source {
             self.sip_max_connections_per_source = v;
         }
+        if let Some(v) = o.sip_max_connections {
+            self.sip_max_connections = v;
+        }
         Ok(())
     }
 
@@ -578,6 +591,10 @@ impl Config {
         anyhow::ensure!(
             self.sip_max_connections_per_source >= 1,
             "sip_max_connections_per_source must be at least 1"
+        );
+        anyhow::ensure!(
+            self.sip_max_connections >= 1,
+            "sip_max_connections must be at least 1"
         );
         Ok(())
     }
@@ -641,7 +658,7 @@ mod tests {
         );
         std::fs::write(
             &path,
-            "sip_tls_addr = \"0.0.0.0:5061\"\nsip_wss_addr = \"0.0.0.0:8443\"\nsip_ws_addr = \"0.0.0.0:8080\"\nsip_tls_cert = \"/etc/dialtone/sip.pem\"\nsip_tls_key = \"/etc/dialtone/sip.key\"\nsip_tls_handshake_secs = 3\nsip_max_connections_per_source = 9\n",
+            "sip_tls_addr = \"0.0.0.0:5061\"\nsip_wss_addr = \"0.0.0.0:8443\"\nsip_ws_addr = \"0.0.0.0:8080\"\nsip_tls_cert = \"/etc/dialtone/sip.pem\"\nsip_tls_key = \"/etc/dialtone/sip.key\"\nsip_tls_handshake_secs = 3\nsip_max_connections_per_source = 9\nsip_max_connections = 20000\n",
         )
         .unwrap();
         let config = Config::resolve(&overrides).unwrap();
@@ -654,6 +671,7 @@ mod tests {
         );
         assert_eq!(config.sip_tls_handshake_secs, 3);
         assert_eq!(config.sip_max_connections_per_source, 9);
+        assert_eq!(config.sip_max_connections, 20_000);
         std::fs::write(&path, "unknown_key = 1\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -130,6 +130,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             },
             tls_handshake_timeout: Duration::from_secs(config.sip_tls_handshake_secs.max(1)),
             max_connections_per_source: config.sip_max_connections_per_source,
+            max_tcp_connections: config.sip_max_connections,
             ..dialtone_sip::GatewayConfig::default()
         };
         let registry = Arc::new(crate::sip_bridge::ActorBackend::new(provisioning.clone()));
