@@ -857,7 +857,13 @@ async fn connections_per_source_are_limited_over_every_connection_transport() {
         let node = Node::start_with(&["--sip-max-connections-per-source", "3"]).await;
         let mut tls = node.tls_client().await;
         let mut ws = node.ws_client(false).await;
-        let tcp = TcpStream::connect(node.node.sip_addr()).await.unwrap();
+        // Answered, so admitted (a connect alone may still be in the
+        // node's accept queue when the next one comes).
+        let mut tcp = dialtone_sip::test_ua::TestUa::tcp(node.node.sip_addr())
+            .await
+            .unwrap();
+        let register = dialtone_sip::test_ua::Register::new("alice", DOMAIN).password(PASSWORD);
+        assert_eq!(tcp.register(&register).await.unwrap().code, 200);
         // A fourth connection from 127.0.0.1, whatever its transport, is
         // closed at once, before any handshake.
         for addr in [node.wss, node.tls, node.node.sip_addr()] {
