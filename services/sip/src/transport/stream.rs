@@ -203,6 +203,12 @@ pub(super) async fn serve_stream<R, W>(
             if writer.write_all(&b).await.is_err() {
                 break;
             }
+            // TLS may keep encrypted bytes back when the socket is full
+            // (a write returns once its plaintext is taken): flush when
+            // nothing else is queued. A no-op for TCP.
+            if rx.is_empty() && writer.flush().await.is_err() {
+                break;
+            }
         }
         let _ = writer.shutdown().await;
     });
