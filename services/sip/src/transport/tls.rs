@@ -335,3 +335,122 @@ pub(super) async fn connect_tls(
     let (reader, writer) = tokio::io::split(tls);
     serve_stream(cx, conn, reader, writer).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        files: TlsFiles,
+    }
+
+    fn write_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        (cert, key, made.cert.der().clone())
+    }
+
+    fn files() -> (Files, CertificateDer<'static>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, der) = write_cert(dir.path(), "served");
+        (
+            Files {
+                files: TlsFiles {
+                    cert: cert.clone(),
+                    key,
+                    ca: Some(cert),
+                },
+                _dir: dir,
+            },
+            der,
+        )
+    }
+
+    fn served(store: &CertificateStore) -> CertificateDer<'static> {
+        store.current.read().unwrap().cert[0].clone()
+    }
+
+    #[test]
+    fn a_reload_swaps_the_certificate_and_a_bad_file_keeps_the_old_one() {
+        let (f, first) = files();
+        let store = CertificateStore::load(&f.files).unwrap();
+        assert_eq!(served(&store), first);
+        assert!(!store.changed());
+
+        // A key that does not fit the certificate: refused, old one kept.
+        let dir = f.files.cert.parent().unwrap();
+        let (_, other_key, _) = write_cert(dir, "other");
+        std::fs::copy(&other_key, &f.files.key).unwrap();
+        let refused = store.reload().unwrap_err();
+        assert!(refused.contains("does not fit"), "{refused}");
+        assert_eq!(served(&store), first);
+        std::fs::write(&f.files.key, "not a key").unwrap();
+        assert!(store.reload().is_err());
+        assert_eq!(served(&store), first);
+
+        // A good pair: served from the next handshake on.
+        let (cert, key, second) = write_cert(dir, "next");
+        std::fs::copy(&cert, &f.files.cert).unwrap();
+        std::fs::copy(&key, &f.files.key).unwrap();
+        // (Whatever the file system's time granularity: a later time.)
+        std::fs::File::options()
+            .write(true)
+            .open(&f.files.cert)
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(10))
+            .unwrap();
+        assert!(store.changed());
+        store.reload().unwrap();
+        assert_eq!(served(&store), second);
+        assert!(!store.changed());
+
+        // Missing files at start-up are a configuration error that names them.
+        let missing = TlsFiles {
+            cert: dir.join("absent.pem"),
+            key: f.files.key.clone(),
+            ca: None,
+        };
+        let error = CertificateStore::load(&missing).unwrap_err().to_string();
+        assert!(error.contains("absent.pem"), "{error}");
+    }
+
+    /// The outbound client trusts the configured CA and checks the peer's
+    /// certificate against the destination's IP address.
+    #[tokio::test]
+    async fn outbound_tls_verifies_against_the_configured_ca_and_the_ip_address() {
+        let (f, _) = files();
+        let store = CertificateStore::load(&f.files).unwrap();
+        let acceptor = acceptor(store).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = acceptor.accept(tcp).await;
+                });
+            }
+        });
+        let connect = |connector: TlsConnector, ip: std::net::IpAddr| async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            connector
+                .connect(ServerName::IpAddress(ip.into()), tcp)
+                .await
+        };
+        let trusted = connector(f.files.ca.as_deref()).unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let tls = connect(trusted.clone(), local).await.unwrap();
+        let version = tls.get_ref().1.protocol_version();
+        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+        // Another address than the certificate names: refused.
+        let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(connect(trusted, other).await.is_err());
+        // Without the CA (the platform's roots only): refused.
+        assert!(connect(connector(None).unwrap(), local).await.is_err());
+    }
+}
