@@ -447,6 +447,21 @@ mod tests {
         let tls = connect(trusted.clone(), local).await.unwrap();
         let version = tls.get_ref().1.protocol_version();
         assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_3));
+        // TLS 1.2 clients are served too.
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(f.files.cert.as_path()).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls12_only = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = connect(TlsConnector::from(Arc::new(tls12_only)), local)
+            .await
+            .unwrap();
+        let version = tls.get_ref().1.protocol_version();
+        assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
         // Another address than the certificate names: refused.
         let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
         assert!(connect(trusted, other).await.is_err());
