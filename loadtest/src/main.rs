@@ -68,13 +68,22 @@ enum Command {
         events_per_user: usize,
     },
     /// REGISTER response times seen by a client, to the microsecond: UDP
-    /// clients register the users of a SIPp users CSV (REGISTER, 401,
-    /// REGISTER with credentials, 200) at a fixed rate. The users must exist
-    /// (`provision-csv`). Does not use `--server`.
+    /// (or TLS) clients register the users of a SIPp users CSV (REGISTER,
+    /// 401, REGISTER with credentials, 200) at a fixed rate. The users must
+    /// exist (`provision-csv`). Does not use `--server`.
     RegisterLatency {
-        /// The node's SIP address (UDP).
+        /// The node's SIP address (UDP; with --tls its SIP TLS address).
         #[arg(long)]
         target: std::net::SocketAddr,
+        /// Register over TLS: each client opens one connection and reuses
+        /// it for all its registrations (as phones do). No kernel receive
+        /// timestamps then: the "on the wire" figures are empty.
+        #[arg(long)]
+        tls: bool,
+        /// PEM certificates to trust for --tls (the node's, when
+        /// self-signed) [default: the system's roots].
+        #[arg(long, requires = "tls")]
+        tls_ca: Option<std::path::PathBuf>,
         #[arg(long)]
         domain: String,
         /// Users CSV (`user;password...`, first line skipped).
@@ -135,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
         } => seed::run(&data_dir, &domain, users, events_per_user).await,
         Command::RegisterLatency {
             target,
+            tls,
+            tls_ca,
             domain,
             csv,
             rate,
@@ -143,8 +154,21 @@ async fn main() -> anyhow::Result<()> {
             md5,
         } => {
             let users = read_users_csv(&csv)?;
+            let tls = if tls {
+                let ca =
+                    match &tls_ca {
+                        Some(path) => Some(std::fs::read(path).with_context(|| {
+                            format!("cannot read the TLS CA {}", path.display())
+                        })?),
+                        None => None,
+                    };
+                Some(register::Tls { ca })
+            } else {
+                None
+            };
             register::run(register::Options {
                 target,
+                tls,
                 domain,
                 users,
                 rate,

@@ -34,8 +34,17 @@ struct Measured {
     late_starts: u64,
 }
 
+/// Registering over TLS instead of UDP.
+#[derive(Clone)]
+pub struct Tls {
+    /// PEM certificates to trust (`None`: the system's roots).
+    pub ca: Option<Vec<u8>>,
+}
+
 pub struct Options {
     pub target: SocketAddr,
+    /// `Some`: over TLS, one reused connection per client.
+    pub tls: Option<Tls>,
     pub domain: String,
     pub users: Vec<(String, String)>,
     pub rate: u32,
@@ -55,11 +64,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let mut tasks = Vec::with_capacity(options.uas);
     for client in 0..options.uas {
-        let mut ua = TestUa::udp(options.target)
-            .await
-            .context("open a UDP client")?;
-        ua.kernel_timestamps()
-            .context("turn on kernel receive timestamps")?;
+        let tls = options.tls.clone();
+        let mut ua = connect(options.target, tls.as_ref()).await?;
         let users = options.users.clone();
         let domain = options.domain.clone();
         let uas = options.uas as u64;
@@ -117,7 +123,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                         }
                         measured.failed += 1;
                         // A lost answer may still arrive: start afresh.
-                        if let Ok(fresh) = TestUa::udp(ua.server()).await {
+                        if let Ok(fresh) = connect(ua.server(), tls.as_ref()).await {
                             ua = fresh;
                         }
                     }
@@ -141,9 +147,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "register-latency: target={} rate={}/s seconds={} clients={} registrations ok={} failed={} \
-         achieved={:.0}/s late_starts={}",
+        "register-latency: target={} transport={} rate={}/s seconds={} clients={} registrations ok={} \
+         failed={} achieved={:.0}/s late_starts={}",
         options.target,
+        if options.tls.is_some() { "TLS" } else { "UDP" },
         options.rate,
         options.seconds,
         options.uas,
@@ -175,6 +182,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         println!("{label}: {}", summary(values));
     }
     Ok(())
+}
+
+/// A client: UDP with kernel receive timestamps, or one TLS connection.
+async fn connect(target: SocketAddr, tls: Option<&Tls>) -> anyhow::Result<TestUa> {
+    match tls {
+        Some(tls) => TestUa::tls(target, tls.ca.as_deref())
+            .await
+            .context("open a TLS client"),
+        None => {
+            let mut ua = TestUa::udp(target).await.context("open a UDP client")?;
+            ua.kernel_timestamps()
+                .context("turn on kernel receive timestamps")?;
+            Ok(ua)
+        }
+    }
 }
 
 fn summary(values: &mut [Duration]) -> String {

@@ -38,6 +38,8 @@ async fn connect(node: &TestNode, transport: Transport) -> TestUa {
     match transport {
         Transport::Udp => TestUa::udp(node.sip_addr()).await.unwrap(),
         Transport::Tcp => TestUa::tcp(node.sip_addr()).await.unwrap(),
+        // The test UA speaks UDP and TCP; TLS and WebSocket are in sip_tls_ws.rs.
+        other => panic!("the test UA has no {other:?}"),
     }
 }
 

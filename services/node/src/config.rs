@@ -70,6 +70,27 @@ pub struct Config {
     pub grpc_tls_cert: Option<PathBuf>,
     /// ... and this private key (PEM).
     pub grpc_tls_key: Option<PathBuf>,
+    /// SIP over TLS listen address; needs the SIP TLS certificate and key.
+    pub sip_tls_addr: Option<SocketAddr>,
+    /// SIP over WebSocket listen address.
+    pub sip_ws_addr: Option<SocketAddr>,
+    /// SIP over secure WebSocket listen address (the SIP TLS certificate).
+    pub sip_wss_addr: Option<SocketAddr>,
+    /// Certificate chain (PEM) served on SIP TLS and WSS, reloaded on
+    /// change and SIGHUP ...
+    pub sip_tls_cert: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    pub sip_tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted besides the platform's roots when the
+    /// node opens a SIP TLS connection.
+    pub sip_tls_ca: Option<PathBuf>,
+    /// A TLS handshake or WebSocket upgrade not done in this many seconds
+    /// is given up.
+    pub sip_tls_handshake_secs: u64,
+    /// Connections (TCP, TLS, WS, WSS together) one source address may hold.
+    pub sip_max_connections_per_source: usize,
+    /// Connections (TCP, TLS, WS, WSS together) the node holds at most.
+    pub sip_max_connections: usize,
 }
 
 /// A secret setting: compared and used, never printed by `Debug`.
@@ -120,6 +141,15 @@ impl Default for Config {
             admin_token: None,
             grpc_tls_cert: None,
             grpc_tls_key: None,
+            sip_tls_addr: None,
+            sip_ws_addr: None,
+            sip_wss_addr: None,
+            sip_tls_cert: None,
+            sip_tls_key: None,
+            sip_tls_ca: None,
+            sip_tls_handshake_secs: 10,
+            sip_max_connections_per_source: 256,
+            sip_max_connections: 10_000,
         }
     }
 }
@@ -170,6 +200,15 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     pub grpc_tls_cert: Option<PathBuf>,
     pub grpc_tls_key: Option<PathBuf>,
+    pub sip_tls_addr: Option<SocketAddr>,
+    pub sip_ws_addr: Option<SocketAddr>,
+    pub sip_wss_addr: Option<SocketAddr>,
+    pub sip_tls_cert: Option<PathBuf>,
+    pub sip_tls_key: Option<PathBuf>,
+    pub sip_tls_ca: Option<PathBuf>,
+    pub sip_tls_handshake_secs: Option<u64>,
+    pub sip_max_connections_per_source: Option<usize>,
+    pub sip_max_connections: Option<usize>,
 }
 
 /// A list in the file: a TOML array or one comma-separated string.
@@ -298,6 +337,33 @@ pub struct Overrides {
     /// The private key (PEM) of --grpc-tls-cert.
     #[arg(long, env = "DIALTONE_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     pub grpc_tls_key: Option<PathBuf>,
+    /// SIP over TLS listen address, e.g. 0.0.0.0:5061; needs --sip-tls-cert and --sip-tls-key [default: off].
+    #[arg(long, env = "DIALTONE_SIP_TLS_ADDR")]
+    pub sip_tls_addr: Option<SocketAddr>,
+    /// SIP over WebSocket (RFC 7118) listen address, e.g. 0.0.0.0:8080 [default: off].
+    #[arg(long, env = "DIALTONE_SIP_WS_ADDR")]
+    pub sip_ws_addr: Option<SocketAddr>,
+    /// SIP over secure WebSocket listen address, e.g. 0.0.0.0:8443; uses the SIP TLS certificate [default: off].
+    #[arg(long, env = "DIALTONE_SIP_WSS_ADDR")]
+    pub sip_wss_addr: Option<SocketAddr>,
+    /// Certificate chain (PEM, leaf first) served on SIP TLS and WSS; re-read when the file changes and on SIGHUP.
+    #[arg(long, env = "DIALTONE_SIP_TLS_CERT")]
+    pub sip_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --sip-tls-cert.
+    #[arg(long, env = "DIALTONE_SIP_TLS_KEY")]
+    pub sip_tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted, besides the system's, for SIP TLS connections the node opens.
+    #[arg(long, env = "DIALTONE_SIP_TLS_CA")]
+    pub sip_tls_ca: Option<PathBuf>,
+    /// Seconds a client has to finish its TLS handshake (and WebSocket upgrade) before it is closed [default: 10].
+    #[arg(long, env = "DIALTONE_SIP_TLS_HANDSHAKE_SECS")]
+    pub sip_tls_handshake_secs: Option<u64>,
+    /// Connections (TCP, TLS, WS and WSS together) one source address may hold open; more are closed at once [default: 256].
+    #[arg(long, env = "DIALTONE_SIP_MAX_CONNECTIONS_PER_SOURCE")]
+    pub sip_max_connections_per_source: Option<usize>,
+    /// Connections (TCP, TLS, WS and WSS together) the node holds open at most; more are closed at once [default: 10000].
+    #[arg(long, env = "DIALTONE_SIP_MAX_CONNECTIONS")]
+    pub sip_max_connections: Option<usize>,
 }
 
 fn sip_addrs(values: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -434,6 +500,33 @@ impl Config {
         if let Some(v) = file.grpc_tls_key {
             self.grpc_tls_key = Some(v);
         }
+        if let Some(v) = file.sip_tls_addr {
+            self.sip_tls_addr = Some(v);
+        }
+        if let Some(v) = file.sip_ws_addr {
+            self.sip_ws_addr = Some(v);
+        }
+        if let Some(v) = file.sip_wss_addr {
+            self.sip_wss_addr = Some(v);
+        }
+        if let Some(v) = file.sip_tls_cert {
+            self.sip_tls_cert = Some(v);
+        }
+        if let Some(v) = file.sip_tls_key {
+            self.sip_tls_key = Some(v);
+        }
+        if let Some(v) = file.sip_tls_ca {
+            self.sip_tls_ca = Some(v);
+        }
+        if let Some(v) = file.sip_tls_handshake_secs {
+            self.sip_tls_handshake_secs = v;
+        }
+        if let Some(v) = file.sip_max_connections_per_source {
+            self.sip_max_connections_per_source = v;
+        }
+        if let Some(v) = file.sip_max_connections {
+            self.sip_max_connections = v;
+        }
         Ok(())
     }
 
@@ -534,6 +627,33 @@ impl Config {
         if let Some(v) = &o.grpc_tls_key {
             self.grpc_tls_key = Some(v.clone());
         }
+        if let Some(v) = o.sip_tls_addr {
+            self.sip_tls_addr = Some(v);
+        }
+        if let Some(v) = o.sip_ws_addr {
+            self.sip_ws_addr = Some(v);
+        }
+        if let Some(v) = o.sip_wss_addr {
+            self.sip_wss_addr = Some(v);
+        }
+        if let Some(v) = &o.sip_tls_cert {
+            self.sip_tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &o.sip_tls_key {
+            self.sip_tls_key = Some(v.clone());
+        }
+        if let Some(v) = &o.sip_tls_ca {
+            self.sip_tls_ca = Some(v.clone());
+        }
+        if let Some(v) = o.sip_tls_handshake_secs {
+            self.sip_tls_handshake_secs = v;
+        }
+        if let Some(v) = o.sip_max_connections_per_source {
+            self.sip_max_connections_per_source = v;
+        }
+        if let Some(v) = o.sip_max_connections {
+            self.sip_max_connections = v;
+        }
         Ok(())
     }
 
@@ -559,6 +679,32 @@ impl Config {
         anyhow::ensure!(
             self.grpc_tls_cert.is_some() == self.grpc_tls_key.is_some(),
             "grpc_tls_cert and grpc_tls_key go together"
+        );
+        anyhow::ensure!(
+            self.sip_tls_cert.is_some() == self.sip_tls_key.is_some(),
+            "sip_tls_cert and sip_tls_key go together"
+        );
+        if self.sip_tls_cert.is_none() {
+            anyhow::ensure!(
+                self.sip_tls_addr.is_none(),
+                "sip_tls_addr needs sip_tls_cert and sip_tls_key (the certificate served to phones)"
+            );
+            anyhow::ensure!(
+                self.sip_wss_addr.is_none(),
+                "sip_wss_addr needs sip_tls_cert and sip_tls_key (the certificate served to browsers)"
+            );
+        }
+        anyhow::ensure!(
+            self.sip_tls_handshake_secs >= 1,
+            "sip_tls_handshake_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.sip_max_connections_per_source >= 1,
+            "sip_max_connections_per_source must be at least 1"
+        );
+        anyhow::ensure!(
+            self.sip_max_connections >= 1,
+            "sip_max_connections must be at least 1"
         );
         Ok(())
     }
@@ -626,6 +772,31 @@ mod tests {
         );
         std::fs::write(&path, "sip_call_mode = \"relay\"\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
+        let tls_without_cert = Overrides {
+            sip_tls_addr: Some("127.0.0.1:5061".parse().unwrap()),
+            ..overrides.clone()
+        };
+        let refused = Config::resolve(&tls_without_cert).unwrap_err().to_string();
+        assert!(
+            refused.contains("sip_tls_addr needs sip_tls_cert"),
+            "{refused}"
+        );
+        std::fs::write(
+            &path,
+            "sip_tls_addr = \"0.0.0.0:5061\"\nsip_wss_addr = \"0.0.0.0:8443\"\nsip_ws_addr = \"0.0.0.0:8080\"\nsip_tls_cert = \"/etc/dialtone/sip.pem\"\nsip_tls_key = \"/etc/dialtone/sip.key\"\nsip_tls_handshake_secs = 3\nsip_max_connections_per_source = 9\nsip_max_connections = 20000\n",
+        )
+        .unwrap();
+        let config = Config::resolve(&overrides).unwrap();
+        assert_eq!(config.sip_tls_addr, Some("0.0.0.0:5061".parse().unwrap()));
+        assert_eq!(config.sip_ws_addr, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(config.sip_wss_addr, Some("0.0.0.0:8443".parse().unwrap()));
+        assert_eq!(
+            config.sip_tls_cert,
+            Some(PathBuf::from("/etc/dialtone/sip.pem"))
+        );
+        assert_eq!(config.sip_tls_handshake_secs, 3);
+        assert_eq!(config.sip_max_connections_per_source, 9);
+        assert_eq!(config.sip_max_connections, 20_000);
         std::fs::write(&path, "unknown_key = 1\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -136,6 +136,20 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
                 source_burst: config.sip_subscribe_rate.saturating_mul(4),
                 ..dialtone_sip::subscription::SubscriptionConfig::default()
             },
+            tls_listen: config.sip_tls_addr,
+            ws_listen: config.sip_ws_addr,
+            wss_listen: config.sip_wss_addr,
+            tls: match (&config.sip_tls_cert, &config.sip_tls_key) {
+                (Some(cert), Some(key)) => Some(dialtone_sip::config::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: config.sip_tls_ca.clone(),
+                }),
+                _ => None,
+            },
+            tls_handshake_timeout: Duration::from_secs(config.sip_tls_handshake_secs.max(1)),
+            max_connections_per_source: config.sip_max_connections_per_source,
+            max_tcp_connections: config.sip_max_connections,
             ..dialtone_sip::GatewayConfig::default()
         };
         let registry = Arc::new(crate::sip_bridge::ActorBackend::new(provisioning.clone()));
@@ -155,6 +169,21 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
                 .join(",")
         })
         .unwrap_or_else(|| "off".into());
+    // The secure and WebSocket listeners, for the ready line (only those
+    // that listen, after everything else: its older keys keep their place).
+    let sip_more: String = sip
+        .as_ref()
+        .map(|g| {
+            [
+                ("sip_tls", g.tls_addr()),
+                ("sip_ws", g.ws_addr()),
+                ("sip_wss", g.wss_addr()),
+            ]
+            .iter()
+            .filter_map(|(key, addr)| addr.map(|a| format!(" {key}={a}")))
+            .collect()
+        })
+        .unwrap_or_default();
 
     let listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -207,7 +236,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
 
     // The line tests and scripts wait for; keep its format stable.
     println!(
-        "dialtone ready grpc={grpc_addr} sip={sip_addrs} metrics={} data_dir={} startup_ms={}",
+        "dialtone ready grpc={grpc_addr} sip={sip_addrs} metrics={} data_dir={} startup_ms={}{sip_more}",
         config
             .metrics_addr
             .map(|a| a.to_string())

@@ -284,8 +284,10 @@ pub struct RouteTarget {
 
 impl RouteTarget {
     /// Where to reach a contact registered from `source` over `transport`:
-    /// - TCP: the connection the REGISTER came on (`source`), which is the
-    ///   only way to a phone behind NAT and what RFC 5626 asks;
+    /// - TCP, TLS, WS, WSS: the connection the REGISTER came on
+    ///   (`source`), which is the only way to a phone behind NAT and what
+    ///   RFC 5626 asks (and for WebSocket the only way at all: its contact
+    ///   host is a made-up `.invalid` name, RFC 7118 s.5);
     /// - UDP: the contact URI's address when it names the same IP address
     ///   as the REGISTER came from (not NATed: a device may register a
     ///   contact on another port than it sends from), otherwise `source`
@@ -294,7 +296,7 @@ impl RouteTarget {
     ///   `fix_nated_contact` does).
     pub fn for_binding(uri: &str, source: SocketAddr, transport: Transport) -> RouteTarget {
         let dest = match transport {
-            Transport::Tcp => source,
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => source,
             Transport::Udp => match crate::transport::uri_destination(uri) {
                 Some((_, d)) if d.ip() == source.ip() => d,
                 _ => source,

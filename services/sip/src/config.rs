@@ -1,6 +1,7 @@
 //! The gateway's settings: what `node` fills from its configuration.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::nonce;
@@ -49,9 +50,10 @@ pub struct GatewayConfig {
     pub challenge_md5_first: bool,
     /// `Server` header value (None: no header).
     pub server_header: Option<String>,
-    /// A TCP connection idle this long is closed.
+    /// A TCP, TLS or WebSocket connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
-    /// Connections beyond this are closed at once.
+    /// Open connections of every connection-oriented transport (TCP, TLS,
+    /// WS, WSS together); connections beyond this are closed at once.
     pub max_tcp_connections: usize,
     /// Messages being handled at once over all UDP sockets; beyond it the
     /// receive loops wait (the kernel buffer then fills and drops, and UDP
@@ -72,6 +74,38 @@ pub struct GatewayConfig {
     pub guard: crate::guard::GuardConfig,
     /// SUBSCRIBE/NOTIFY: expiry policy, limits, rate per source.
     pub subscriptions: crate::subscription::SubscriptionConfig,
+    /// Connections one source IP address may hold open at once, over TCP,
+    /// TLS, WS and WSS together (`max_tcp_connections` is the node-wide
+    /// cap over the same four).
+    pub max_connections_per_source: usize,
+    /// SIP over TLS: its listen address (port 0: any free port).
+    pub tls_listen: Option<SocketAddr>,
+    /// SIP over WebSocket (RFC 7118), plain.
+    pub ws_listen: Option<SocketAddr>,
+    /// SIP over secure WebSocket: TLS (the same certificate), then the
+    /// WebSocket upgrade.
+    pub wss_listen: Option<SocketAddr>,
+    /// The certificate served on TLS and WSS; needed when either listens.
+    pub tls: Option<TlsFiles>,
+    /// A TLS handshake (and, for WS and WSS, the upgrade) not done in this
+    /// time is given up and the connection closed.
+    pub tls_handshake_timeout: Duration,
+    /// How often the certificate files are checked for a change (a SIGHUP
+    /// reloads them at once).
+    pub tls_reload_interval: Duration,
+}
+
+/// The PEM files of the served certificate, re-read when they change and on
+/// SIGHUP, and the extra CA trusted for connections the node opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Certificates (PEM) trusted besides the platform's roots when the
+    /// node opens a TLS connection itself.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +136,13 @@ impl Default for GatewayConfig {
             call_mode: crate::proxy::CallMode::Proxy,
             guard: crate::guard::GuardConfig::default(),
             subscriptions: crate::subscription::SubscriptionConfig::default(),
+            max_connections_per_source: 256,
+            tls_listen: None,
+            ws_listen: None,
+            wss_listen: None,
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            tls_reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -130,6 +171,18 @@ impl GatewayConfig {
         }
         if self.secret.len() < 16 {
             return Err(Error::Config("secret shorter than 16 bytes".into()));
+        }
+        if self.tls.is_none() {
+            if let Some(addr) = self.tls_listen {
+                return Err(Error::Config(format!(
+                    "SIP over TLS on {addr} needs a certificate and its key"
+                )));
+            }
+            if let Some(addr) = self.wss_listen {
+                return Err(Error::Config(format!(
+                    "SIP over secure WebSocket on {addr} needs a certificate and its key"
+                )));
+            }
         }
         Ok(())
     }

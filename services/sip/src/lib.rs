@@ -10,8 +10,9 @@
 //! - [`transaction`]: the sans-IO non-INVITE server transaction table (RFC
 //!   3261 s.17.2.2, timers as named constants);
 //! - [`transport`]: the seam to sockets — [`Flow`] (transport, local and
-//!   remote address, connection id) and [`Transport`] — and the UDP and TCP
-//!   listeners ([`transport::gateway`]) with RFC 3581 `rport`/`received`;
+//!   remote address, connection id) and [`Transport`] — and the UDP, TCP,
+//!   TLS and WebSocket (WS, WSS) listeners ([`transport::gateway`]) with
+//!   RFC 3581 `rport`/`received`;
 //! - [`registrar`] and [`core`]: request handling (validation, the
 //!   [`guard`] against floods and guessers, challenges, the registrar flow:
 //!   contacts, expiry policy, `*`);

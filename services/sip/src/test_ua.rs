@@ -1,7 +1,7 @@
 //! A tiny SIP user agent for black-box tests (feature `test-ua`).
 //!
 //! It sends raw bytes or REGISTERs it builds (with or without digest
-//! credentials computed from a password) over real UDP or TCP, and waits for
+//! credentials computed from a password) over real UDP, TCP or TLS, and waits for
 //! responses with a timeout.
 //!
 //! ```no_run
@@ -132,7 +132,15 @@ impl TestResponse {
 
 enum Conn {
     Udp(UdpSocket),
-    Tcp { stream: TcpStream, buf: BytesMut },
+    Tcp {
+        stream: TcpStream,
+        buf: BytesMut,
+    },
+    /// One TLS connection, reused for every request (as phones do).
+    Tls {
+        stream: Box<tokio_rustls::client::TlsStream<TcpStream>>,
+        buf: BytesMut,
+    },
 }
 
 /// A test client bound to one server address.
@@ -262,6 +270,49 @@ impl TestUa {
         ))
     }
 
+    /// A TLS client connected to `server` (an IP address: its certificate
+    /// must name it), trusting the certificates of the PEM `ca` (none: the
+    /// system's roots).
+    pub async fn tls(server: SocketAddr, ca: Option<&[u8]>) -> Result<TestUa> {
+        use rustls_pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(pem) => {
+                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| Error::Protocol(format!("CA: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| Error::Protocol(format!("CA: {e}")))?;
+                }
+            }
+            None => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Protocol(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(server).await?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr()?;
+        let name = rustls_pki_types::ServerName::IpAddress(server.ip().into());
+        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        Ok(TestUa::new(
+            Conn::Tls {
+                stream: Box::new(stream),
+                buf: BytesMut::new(),
+            },
+            server,
+            local,
+        ))
+    }
+
     fn new(conn: Conn, server: SocketAddr, local: SocketAddr) -> TestUa {
         TestUa {
             conn,
@@ -308,6 +359,7 @@ impl TestUa {
         match self.conn {
             Conn::Udp(_) => Transport::Udp,
             Conn::Tcp { .. } => Transport::Tcp,
+            Conn::Tls { .. } => Transport::Tls,
         }
     }
 
@@ -319,6 +371,10 @@ impl TestUa {
                 s.send_to(bytes, self.server).await?;
             }
             Conn::Tcp { stream, .. } => {
+                stream.write_all(bytes).await?;
+                stream.flush().await?;
+            }
+            Conn::Tls { stream, .. } => {
                 stream.write_all(bytes).await?;
                 stream.flush().await?;
             }
@@ -361,21 +417,8 @@ impl TestUa {
                     }
                 }
             }
-            Conn::Tcp { stream, buf } => loop {
-                match frame::check(buf, 1 << 20) {
-                    Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
-                    Ok(Some(Frame::Message(n))) => {
-                        let m = buf.split_to(n);
-                        return TestResponse::parse(&m);
-                    }
-                    Ok(None) => {
-                        if stream.read_buf(buf).await? == 0 {
-                            return Err(Error::Protocol("connection closed".into()));
-                        }
-                    }
-                    Err(e) => return Err(Error::Protocol(e.to_string())),
-                }
-            },
+            Conn::Tcp { stream, buf } => read_framed(stream, buf).await,
+            Conn::Tls { stream, buf } => read_framed(stream, buf).await,
         }
     }
 
@@ -504,6 +547,28 @@ impl TestUa {
         let text = self.register_text(&next, &Self::branch(), Some(&auth));
         self.send_raw(text.as_bytes()).await?;
         self.expect(DEFAULT_TIMEOUT).await
+    }
+}
+
+/// The next response on a stream (Content-Length framing).
+async fn read_framed<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<TestResponse> {
+    loop {
+        match frame::check(buf, 1 << 20) {
+            Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
+            Ok(Some(Frame::Message(n))) => {
+                let m = buf.split_to(n);
+                return TestResponse::parse(&m);
+            }
+            Ok(None) => {
+                if stream.read_buf(buf).await? == 0 {
+                    return Err(Error::Protocol("connection closed".into()));
+                }
+            }
+            Err(e) => return Err(Error::Protocol(e.to_string())),
+        }
     }
 }
 

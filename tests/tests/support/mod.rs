@@ -62,6 +62,8 @@ pub struct TestNode {
     pub token: Option<String>,
     /// What the node printed on stdout before its ready line.
     pub stdout: Vec<String>,
+    /// The ready line after `dialtone ready ` (`key=value` pairs).
+    pub ready: String,
 }
 
 impl TestNode {
@@ -212,7 +214,18 @@ impl TestNode {
             data_dir: data_dir.to_owned(),
             token,
             stdout: printed,
+            ready: ready.clone(),
         })
+    }
+
+    /// The address the ready line gives for `key` (`sip_tls`, `sip_ws`,
+    /// `sip_wss`: listeners that are on only when configured).
+    pub fn ready_addr(&self, key: &str) -> Option<std::net::SocketAddr> {
+        self.ready
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.parse().ok())
     }
 
     /// A connection that sends the node's admin token.

@@ -1,6 +1,8 @@
 //! The thin tokio layer: listeners feeding [`Core::handle`], and the
 //! [`Transports`] the proxy sends through. UDP is in [`super::udp`],
-//! connection-oriented transports in [`super::stream`].
+//! connection-oriented transports in [`super::stream`] (TCP, and the
+//! serving of any byte stream), [`super::tls`] and [`super::ws`]; the
+//! connection limits they share in [`super::limits`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +14,10 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::limits::ConnectionLimits;
 use super::stream::{self, Connections, StreamContext};
-use super::udp;
+use super::tls::{self, CertificateStore, SecureListener};
+use super::{udp, ws};
 use crate::backend::{SipBackend, Transport};
 use crate::config::GatewayConfig;
 use crate::core::Core;
@@ -53,6 +57,10 @@ pub struct Gateway;
 /// A running gateway.
 pub struct GatewayHandle {
     local_addrs: Vec<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    wss_addr: Option<SocketAddr>,
+    certificate: Option<Arc<CertificateStore>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     in_flight: Arc<InFlight>,
@@ -78,7 +86,33 @@ impl Gateway {
             local_addrs.push(udp.local_addr().map_err(Error::Io)?);
             bound.push((Arc::new(udp), tcp));
         }
+        let certificate = match &config.tls {
+            Some(files) => Some(CertificateStore::load(files)?),
+            None => None,
+        };
+        let secure = match &certificate {
+            Some(store) => Some(SecureListener {
+                acceptor: tls::acceptor(store.clone())?,
+                handshake_timeout: config.tls_handshake_timeout,
+            }),
+            None => None,
+        };
+        let tls_connector = match &config.tls {
+            Some(files) => Some(tls::connector(files.ca.as_deref())?),
+            None => None,
+        };
+        let tls_listener = bind_stream(config.tls_listen).await?;
+        let ws_listener = bind_stream(config.ws_listen).await?;
+        let wss_listener = bind_stream(config.wss_listen).await?;
+        let bound_addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let (tls_addr, ws_addr, wss_addr) = (
+            bound_addr(&tls_listener),
+            bound_addr(&ws_listener),
+            bound_addr(&wss_listener),
+        );
         let transports = Arc::new_cyclic(|me| Transports {
+            tls_connector,
+            tls_handshake_timeout: config.tls_handshake_timeout,
             udp: bound.iter().map(|(u, _)| u.clone()).collect(),
             connections: std::sync::Mutex::new(Connections::default()),
             next_connection: std::sync::atomic::AtomicU64::new(1),
@@ -94,7 +128,16 @@ impl Gateway {
             local_addrs.clone(),
         ));
         let _ = transports.core.set(Arc::downgrade(&core));
-        let conns = Arc::new(Semaphore::new(config.max_tcp_connections));
+        let limits = ConnectionLimits::new(
+            config.max_tcp_connections,
+            config.max_connections_per_source,
+        );
+        let stream_context = || StreamContext {
+            core: core.clone(),
+            shutdown: rx.clone(),
+            in_flight: in_flight.clone(),
+            transports: transports.clone(),
+        };
         let udp_permits = Arc::new(Semaphore::new(config.max_udp_in_flight.max(1)));
         for (udp, tcp) in bound {
             for _ in 0..config.udp_receivers.max(1) {
@@ -107,19 +150,57 @@ impl Gateway {
                 )));
             }
             tasks.push(tokio::spawn(stream::tcp_accept_loop(
-                StreamContext {
-                    core: core.clone(),
-                    shutdown: rx.clone(),
-                    in_flight: in_flight.clone(),
-                    transports: transports.clone(),
-                },
+                stream_context(),
                 tcp,
-                conns.clone(),
+                limits.clone(),
+            )));
+        }
+        if let (Some(listener), Some(secure)) = (tls_listener, &secure) {
+            tasks.push(tokio::spawn(tls::tls_accept_loop(
+                stream_context(),
+                listener,
+                limits.clone(),
+                secure.clone(),
+            )));
+        }
+        if let Some(listener) = ws_listener {
+            tasks.push(tokio::spawn(ws::ws_accept_loop(
+                stream_context(),
+                listener,
+                limits.clone(),
+                None,
+                config.tls_handshake_timeout,
+            )));
+        }
+        if let (Some(listener), Some(secure)) = (wss_listener, &secure) {
+            tasks.push(tokio::spawn(ws::ws_accept_loop(
+                stream_context(),
+                listener,
+                limits.clone(),
+                Some(secure.clone()),
+                config.tls_handshake_timeout,
+            )));
+        }
+        if let Some(store) = &certificate {
+            tasks.push(tokio::spawn(tls::watch_certificate(
+                store.clone(),
+                config.tls_reload_interval,
+                rx.clone(),
             )));
         }
         tasks.push(tokio::spawn(timer_loop(core.clone(), rx.clone())));
-        tracing::info!(addrs = ?local_addrs, "SIP gateway listening (UDP+TCP)");
+        tracing::info!(
+            addrs = ?local_addrs,
+            tls = ?tls_addr,
+            ws = ?ws_addr,
+            wss = ?wss_addr,
+            "SIP gateway listening (UDP+TCP)"
+        );
         Ok(GatewayHandle {
+            tls_addr,
+            ws_addr,
+            wss_addr,
+            certificate,
             local_addrs,
             shutdown,
             tasks,
@@ -134,6 +215,28 @@ impl GatewayHandle {
     /// share the port).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The SIP over TLS listener's bound address, when it listens.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The SIP over WebSocket listener's bound address, when it listens.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// The SIP over secure WebSocket listener's bound address, when it
+    /// listens.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
+    }
+
+    /// Reads the TLS certificate files again now (what SIGHUP does); an
+    /// error keeps the current certificate. `Ok` without TLS.
+    pub fn reload_certificate(&self) -> std::result::Result<(), String> {
+        self.certificate.as_ref().map_or(Ok(()), |c| c.reload())
     }
 
     /// Live server transactions (tests, metrics).
@@ -184,6 +287,17 @@ async fn bind_pair(addr: SocketAddr, recv_buffer: usize) -> Result<(UdpSocket, T
     })
 }
 
+/// Binds a listener for a connection-oriented transport, when configured.
+async fn bind_stream(addr: Option<SocketAddr>) -> Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| Error::Bind { addr, source })
+}
+
 /// Polls `fut` once with a waker that does nothing. If it is pending, the
 /// caller must poll it again with a real waker (spawn it): every future
 /// registers the waker of its latest poll.
@@ -197,6 +311,9 @@ pub(super) fn poll_once<F: std::future::Future + ?Sized>(
 /// the first), and the flow's connection, else one to the peer (opened
 /// when there is none and the transport can open one).
 pub(super) struct Transports {
+    /// For TLS connections the node opens itself (`None`: no TLS).
+    tls_connector: Option<tokio_rustls::TlsConnector>,
+    tls_handshake_timeout: Duration,
     udp: Vec<Arc<UdpSocket>>,
     pub(super) connections: std::sync::Mutex<Connections>,
     next_connection: std::sync::atomic::AtomicU64,
@@ -212,6 +329,32 @@ impl Transports {
             self.next_connection
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// Lists a connection being served: messages for its flow, or for its
+    /// transport and peer, go on it from now on.
+    pub(super) fn connection_opened(
+        &self,
+        transport: Transport,
+        peer: SocketAddr,
+        id: ConnectionId,
+        tx: mpsc::Sender<Bytes>,
+    ) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.insert(transport, peer, id, tx);
+        }
+    }
+
+    /// Forgets a connection that is no longer served.
+    pub(super) fn connection_closed(
+        &self,
+        transport: Transport,
+        peer: SocketAddr,
+        id: ConnectionId,
+    ) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.remove(transport, peer, id);
+        }
     }
 
     /// What a task serving a connection of ours needs, while the node runs.
@@ -276,6 +419,34 @@ impl crate::proxy::Outbound for Transports {
                     return;
                 };
                 tokio::spawn(stream::connect_tcp(cx, flow.remote, bytes));
+            }
+            Transport::Tls => {
+                let Err(bytes) = self.send_on_connection(&flow, bytes) else {
+                    return;
+                };
+                // No connection: open one (a `sips:` Record-Route, a TLS
+                // server whose connection dropped). A phone registered over
+                // TLS is usually behind NAT and cannot be reached this way;
+                // it re-registers on a new connection (RFC 5626).
+                let (Some(connector), Some(cx)) = (&self.tls_connector, self.stream_context())
+                else {
+                    metrics::counter!(crate::core::metric::DROPPED, "reason" => "tls_no_connection")
+                        .increment(1);
+                    return;
+                };
+                tokio::spawn(tls::connect_tls(
+                    cx,
+                    connector.clone(),
+                    self.tls_handshake_timeout,
+                    flow.remote,
+                    bytes,
+                ));
+            }
+            // A WebSocket client is reached only on its own connection.
+            Transport::Ws | Transport::Wss => {
+                if self.send_on_connection(&flow, bytes).is_err() {
+                    ws::undeliverable(&flow);
+                }
             }
         }
     }

@@ -5,7 +5,9 @@
 //! the proxy for a phone reached on this connection.
 //!
 //! [`serve_stream`] is generic over the byte stream: TCP passes the halves
-//! of a `TcpStream`, a secure transport the halves of its encrypted stream.
+//! of a `TcpStream`, TLS (`super::tls`) the halves of its encrypted
+//! stream. WebSocket (`super::ws`) has its own message framing and reader
+//! loop but shares the [`Connections`] table.
 //! The [`Connections`] table finds a flow's connection by id, else by
 //! transport and peer address.
 
@@ -20,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::gateway::{poll_once, InFlight, Transports};
+use super::limits::ConnectionLimits;
 use super::{ConnectionId, Flow, Transport};
 use crate::core::{metric, salvage, Core};
 use crate::wire::frame::{self, Frame, FrameError};
@@ -51,7 +54,7 @@ impl Connections {
             .cloned()
     }
 
-    fn insert(
+    pub(super) fn insert(
         &mut self,
         transport: Transport,
         peer: SocketAddr,
@@ -62,7 +65,7 @@ impl Connections {
         self.by_remote.insert((transport, peer), id);
     }
 
-    fn remove(&mut self, transport: Transport, peer: SocketAddr, id: ConnectionId) {
+    pub(super) fn remove(&mut self, transport: Transport, peer: SocketAddr, id: ConnectionId) {
         self.by_id.remove(&id);
         if self.by_remote.get(&(transport, peer)) == Some(&id) {
             self.by_remote.remove(&(transport, peer));
@@ -110,7 +113,7 @@ pub(super) struct StreamContext {
 pub(super) async fn tcp_accept_loop(
     cx: StreamContext,
     listener: TcpListener,
-    conns: Arc<Semaphore>,
+    limits: Arc<ConnectionLimits>,
 ) {
     let mut shutdown = cx.shutdown.clone();
     loop {
@@ -127,8 +130,7 @@ pub(super) async fn tcp_accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            metrics::counter!(metric::DROPPED, "reason" => "tcp_connections").increment(1);
+        let Some(permit) = limits.admit(peer.ip(), Transport::Tcp.as_str()) else {
             drop(stream);
             continue;
         };
@@ -199,6 +201,12 @@ pub(super) async fn serve_stream<R, W>(
     let writer_task = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
             if writer.write_all(&b).await.is_err() {
+                break;
+            }
+            // TLS may keep encrypted bytes back when the socket is full
+            // (a write returns once its plaintext is taken): flush when
+            // nothing else is queued. A no-op for TCP.
+            if rx.is_empty() && writer.flush().await.is_err() {
                 break;
             }
         }

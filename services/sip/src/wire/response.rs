@@ -105,6 +105,17 @@ pub(crate) fn write_top_via(out: &mut Vec<u8>, via: &Via<'_>, source: &Source) {
             out.extend_from_slice(v.as_bytes());
         }
     }
+    // A WebSocket client cannot be connected to and its sent-by is a
+    // made-up `.invalid` name (RFC 7118 s.5.2): record the connection's
+    // port as if it had asked for `rport`, so that a response relayed by
+    // this Via finds the connection the request came on.
+    let websocket =
+        via.transport.eq_ignore_ascii_case("WS") || via.transport.eq_ignore_ascii_case("WSS");
+    if !wants_rport && source.reliable && websocket {
+        wants_rport = true;
+        out.extend_from_slice(b";rport=");
+        write_u64(out, u64::from(source.addr.port()));
+    }
     let same_host = host_ip(via.host).is_some_and(|ip| same_ip(ip, source.addr.ip()));
     if wants_rport || !same_host {
         // IPv6 in `received` is written without brackets (RFC 3261 s.20.42
@@ -401,6 +412,29 @@ mod tests {
             "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;rport=40000;branch=z9hG4bK1;received=192.0.2.7\r\n\
              Via: SIP/2.0/UDP p\r\nVia: SIP/2.0/TCP q\r\nFrom: <sip:a@e>;tag=1\r\nTo: <sip:a@e>;tag=xyz\r\n\
              Call-ID: cid\r\nCSeq: 7 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_websocket_via_records_the_connection_even_without_rport() {
+        let via = |v: &str, reliable: bool| {
+            let v = Via::parse(v).unwrap();
+            let source = Source {
+                addr: "192.0.2.7:40001".parse().unwrap(),
+                reliable,
+            };
+            let mut out = Vec::new();
+            write_top_via(&mut out, &v, &source);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            via("SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKx", true),
+            "SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKx;rport=40001;received=192.0.2.7"
+        );
+        // TCP and TLS keep RFC 3261: no rport unless asked for.
+        assert_eq!(
+            via("SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bKx", true),
+            "SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bKx;received=192.0.2.7"
         );
     }
 

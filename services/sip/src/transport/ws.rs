@@ -1,0 +1,306 @@
+//! SIP over WebSocket (RFC 7118), plain (WS) and over TLS (WSS), for
+//! browser phones.
+//!
+//! The upgrade is accepted only for the `sip` subprotocol
+//! (`Sec-WebSocket-Protocol: sip`); anything else, or none, gets an HTTP
+//! 400 saying so. Each WebSocket message (text or binary) is one SIP
+//! message (RFC 7118 s.5.1): no stream framing. A message or frame larger
+//! than the SIP maximum message size closes the connection with 1009
+//! (message too big). Pings are answered with pongs by the codec; a
+//! connection with no traffic for the idle time is closed.
+//!
+//! A WebSocket client cannot be connected to: it is reached only on the
+//! connection it opened, which the [`Connections`](super::stream) table
+//! finds by id or by (transport, peer address) — the address a
+//! registration records as its source. Its Via and Contact hosts are
+//! made-up `.invalid` names and are never used.
+//!
+//! tokio-tungstenite is the codec, configured for many idle connections:
+//! a 4 KiB read buffer (it defaults to 128 KiB, allocated up front) and no
+//! write buffering (each SIP message is written at once).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::gateway::poll_once;
+use super::limits::ConnectionLimits;
+use super::stream::{NewConnection, StreamContext};
+use super::tls::SecureListener;
+use super::{Flow, Transport};
+use crate::core::metric;
+
+/// The read buffer of one WebSocket connection (see the module comment).
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Why an upgrade without the `sip` subprotocol is refused (the body of
+/// the 400).
+pub const SUBPROTOCOL_REQUIRED: &str = "WebSocket subprotocol 'sip' required (RFC 7118)";
+
+/// Accepts SIP over WS (`secure` = `None`) or WSS: the connection limits
+/// first, then (in the connection's task) the TLS handshake and the
+/// upgrade, both within the handshake timeout.
+pub(super) async fn ws_accept_loop(
+    cx: StreamContext,
+    listener: TcpListener,
+    limits: Arc<ConnectionLimits>,
+    secure: Option<SecureListener>,
+    handshake_timeout: Duration,
+) {
+    let transport = if secure.is_some() {
+        Transport::Wss
+    } else {
+        Transport::Ws
+    };
+    let mut shutdown = cx.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limits.admit(peer.ip(), transport.as_str()) else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let cx = cx.clone();
+        let secure = secure.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut stop = cx.shutdown.clone();
+            let started = tokio::time::Instant::now();
+            match secure {
+                None => {
+                    serve_websocket(cx, transport, peer, local, stream, handshake_timeout).await
+                }
+                Some(secure) => {
+                    let tls = tokio::select! {
+                        _ = stop.changed() => return,
+                        s = secure.handshake(stream, peer) => s,
+                    };
+                    let Some(tls) = tls else {
+                        return;
+                    };
+                    // The upgrade gets what is left of the same budget.
+                    let left = handshake_timeout.saturating_sub(started.elapsed());
+                    serve_websocket(cx, transport, peer, local, tls, left).await;
+                }
+            }
+        });
+    }
+}
+
+/// Whether a `Sec-WebSocket-Protocol` request header offers `sip`.
+fn offers_sip(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("sip"))
+}
+
+/// The upgrade's answer: `sip` chosen, or a 400 that says why not.
+#[allow(clippy::result_large_err)] // the shape tungstenite's callback has
+fn choose_subprotocol(
+    request: &Request,
+    mut response: Response,
+) -> std::result::Result<Response, ErrorResponse> {
+    if offers_sip(request) {
+        response
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static("sip"));
+        return Ok(response);
+    }
+    metrics::counter!(metric::DROPPED, "reason" => "ws_subprotocol").increment(1);
+    let mut refusal = ErrorResponse::new(Some(SUBPROTOCOL_REQUIRED.to_owned()));
+    *refusal.status_mut() = StatusCode::BAD_REQUEST;
+    refusal
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    Err(refusal)
+}
+
+/// Upgrades `stream` and serves SIP on it until the peer closes it, it
+/// stays idle for the configured time, it breaks the protocol or a limit,
+/// or the node shuts down.
+async fn serve_websocket<S>(
+    cx: StreamContext,
+    transport: Transport,
+    peer: SocketAddr,
+    local: SocketAddr,
+    stream: S,
+    handshake_timeout: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max = cx.core.config().max_message_size;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, choose_subprotocol, Some(config));
+    let ws = match tokio::time::timeout(handshake_timeout, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "WebSocket upgrade refused or failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(metric::DROPPED, "reason" => "ws_handshake_timeout").increment(1);
+            tracing::debug!(%peer, "WebSocket upgrade timed out");
+            return;
+        }
+    };
+    let NewConnection {
+        id,
+        queue: (tx, mut rx),
+        ..
+    } = NewConnection::new(transport, peer, local, &cx.transports);
+    let StreamContext {
+        core,
+        mut shutdown,
+        in_flight,
+        transports,
+    } = cx;
+    let (mut sink, mut messages) = ws.split();
+    // Requests of the proxy for a phone registered over this connection
+    // come here: it is the only way to a WebSocket client.
+    transports.connection_opened(transport, peer, id, tx.clone());
+    let flow = Flow::received(transport, peer, local, Some(id));
+    let (close_tx, close_rx) = oneshot::channel::<CloseFrame>();
+    let writer_task = tokio::spawn(async move {
+        let mut close_rx = Some(close_rx);
+        loop {
+            tokio::select! {
+                biased;
+                close = async {
+                    match close_rx.as_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                } => match close {
+                    Ok(frame) => {
+                        let _ = sink.send(Message::Close(Some(frame))).await;
+                        break;
+                    }
+                    // Ended without a close of ours: write what is queued.
+                    Err(_) => close_rx = None,
+                },
+                next = rx.recv() => {
+                    let Some(bytes) = next else { break };
+                    // SIP is text, but a body may not be UTF-8: then binary.
+                    let message = match Utf8Bytes::try_from(bytes.clone()) {
+                        Ok(text) => Message::Text(text),
+                        Err(_) => Message::Binary(bytes),
+                    };
+                    if sink.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let idle = core.config().tcp_idle_timeout;
+    let permits = Arc::new(Semaphore::new(
+        core.config().max_tcp_in_flight_per_connection.max(1),
+    ));
+    let mut close_tx = Some(close_tx);
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = tokio::time::timeout(idle, messages.next()) => r,
+        };
+        let data: Bytes = match next {
+            Err(_) | Ok(None) => break,
+            Ok(Some(Ok(Message::Text(text)))) => text.into(),
+            Ok(Some(Ok(Message::Binary(data)))) => data,
+            // Pings are answered by the codec; a close is answered by it
+            // too, and the stream then ends.
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))))
+            | Ok(Some(Ok(Message::Frame(_)))) => continue,
+            Ok(Some(Err(WsError::Capacity(e)))) => {
+                metrics::counter!(metric::PARSE_ERRORS).increment(1);
+                metrics::counter!(metric::DROPPED, "reason" => "ws_too_large").increment(1);
+                tracing::debug!(%peer, error = %e, "WebSocket message over the size limit");
+                if let Some(close) = close_tx.take() {
+                    let _ = close.send(CloseFrame {
+                        code: CloseCode::Size,
+                        reason: Utf8Bytes::from_static("message too big"),
+                    });
+                }
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                metrics::counter!(metric::DROPPED, "reason" => "ws_protocol").increment(1);
+                tracing::debug!(%peer, error = %e, "WebSocket protocol error");
+                break;
+            }
+        };
+        // A message of white space only is a keep-alive of some clients.
+        if data.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        // As for TCP: backpressure by permits, what completes at once is
+        // answered here, the rest in its own task.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let c = core.clone();
+        let mut fut = Box::pin(async move { c.handle(&data, flow).await });
+        match poll_once(fut.as_mut()) {
+            std::task::Poll::Ready(reply) => {
+                drop(permit);
+                if let Some(reply) = reply {
+                    let _ = tx.send(reply.bytes).await;
+                }
+            }
+            std::task::Poll::Pending => {
+                let tx = tx.clone();
+                let guard = in_flight.enter();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _permit = permit;
+                    if let Some(reply) = fut.await {
+                        let _ = tx.send(reply.bytes).await;
+                    }
+                });
+            }
+        }
+    }
+    transports.connection_closed(transport, peer, id);
+    drop(tx);
+    drop(close_tx);
+    let _ = writer_task.await;
+}
+
+/// Counts a message for a WebSocket peer that has no open connection: it
+/// cannot be delivered (the client must reconnect and register again).
+pub(super) fn undeliverable(flow: &Flow) {
+    metrics::counter!(metric::DROPPED, "reason" => "ws_no_connection").increment(1);
+    tracing::debug!(remote = %flow.remote, transport = flow.transport.as_str(), "no open WebSocket connection for the message");
+}
