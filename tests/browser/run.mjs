@@ -4,7 +4,7 @@
 //   node run.mjs '<json>'
 //
 // The JSON names the scenario and the node:
-//   { "scenario": "browser-to-browser" | "browser-calls" | "browser-answers",
+//   { "scenario": "register" | "browser-to-browser" | "browser-calls" | "browser-answers",
 //     "server": "wss://127.0.0.1:PORT", "domain": "example.test",
 //     "phones": [{ "user": "alice", "password": "..." }, ...],
 //     "target": "sip:carol@example.test",   // browser-calls
@@ -160,7 +160,14 @@ async function browserAnswers() {
   say({ milestone: "ended" });
 }
 
+async function registerOnly() {
+  const [a] = config.phones;
+  const pa = await openPhone(a);
+  await register(pa, a);
+}
+
 const scenarios = {
+  register: registerOnly,
   "browser-to-browser": browserToBrowser,
   "browser-calls": browserCalls,
   "browser-answers": browserAnswers,
