@@ -441,10 +441,11 @@ async fn a_contact_expires_by_timer_and_the_user_goes_offline() {
                 .unwrap();
             assert_code(&r, 200);
             assert_about(expires_of(&r, &c), 2);
-            users.push((u, c));
+            // Held open: a TCP binding would go with its connection.
+            users.push((u, c, ua));
         }
         let registered_at = now_us();
-        for (u, c) in &users {
+        for (u, c, _) in &users {
             let events = events_when(
                 &node,
                 &u.id,
@@ -521,14 +522,19 @@ async fn kill_9_after_a_thousand_acknowledged_registers_loses_no_binding() {
                         }
                     }
                 }
+                // Kept open until the kill: a TCP binding goes with its
+                // connection (flow_closed).
+                ua
             }));
         }
+        let mut clients = Vec::new();
         for t in tasks {
-            t.await.unwrap();
+            clients.push(t.await.unwrap());
         }
         let acknowledged: HashSet<String> = acknowledged.lock().unwrap().drain(..).collect();
         assert_eq!(acknowledged.len(), 1000, "every REGISTER got its 200");
         node.kill9().await.unwrap();
+        drop(clients);
 
         let node = TestNode::start(dir.path(), &[]).await.unwrap();
         let status = node.status().await.unwrap();

@@ -53,6 +53,10 @@ pub struct GatewayConfig {
     pub tcp_idle_timeout: Duration,
     /// Connections beyond this are closed at once.
     pub max_tcp_connections: usize,
+    /// Open connections from one source IP address beyond this are closed
+    /// at once (one host cannot take every connection slot; a NAT with
+    /// many phones behind it needs a higher value).
+    pub max_connections_per_source: usize,
     /// Messages being handled at once over all UDP sockets; beyond it the
     /// receive loops wait (the kernel buffer then fills and drops, and UDP
     /// clients retransmit): backpressure instead of unbounded tasks.
@@ -90,6 +94,7 @@ impl Default for GatewayConfig {
             server_header: Some("Dialtone".to_owned()),
             tcp_idle_timeout: Duration::from_secs(600),
             max_tcp_connections: 10_000,
+            max_connections_per_source: 64,
             max_udp_in_flight: 65_536,
             max_tcp_in_flight_per_connection: 1_024,
             no_answer_timeout: Duration::from_secs(60),

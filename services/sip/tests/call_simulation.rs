@@ -1113,8 +1113,7 @@ fn build(seed: u64) -> Sim {
             );
             targets.push(RouteTarget {
                 uri: format!("sip:{user}@{addr}"),
-                dest: addr,
-                transport: Transport::Udp,
+                flow: Flow::new(Transport::Udp, addr),
             });
         }
         let plan = if targets.len() > 1 && rng.chance(50) {

@@ -13,6 +13,7 @@ use crate::wire::message::{host_ip, params, Uri, Via};
 
 pub mod gateway;
 mod stream;
+pub mod stun;
 mod udp;
 
 /// Names one connection of a connection-oriented transport, for as long

@@ -10,7 +10,7 @@
 //! transport and peer address.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub(super) const SEND_QUEUE: usize = 1024;
 pub(super) struct Connections {
     by_id: HashMap<ConnectionId, mpsc::Sender<Bytes>>,
     by_remote: HashMap<(Transport, SocketAddr), ConnectionId>,
+    /// Accepted connections per source IP address (see
+    /// [`admit_connection`]).
+    per_source: HashMap<IpAddr, usize>,
 }
 
 impl Connections {
@@ -68,6 +71,49 @@ impl Connections {
             self.by_remote.remove(&(transport, peer));
         }
     }
+}
+
+/// An accepted connection's place in its source's count; given back when
+/// dropped.
+pub(super) struct SourceSlot {
+    transports: Arc<Transports>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.transports.connections.lock() {
+            if let Some(n) = map.per_source.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.per_source.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connection accepted from `peer` may be served, on any
+/// connection-oriented transport: at most `max_connections_per_source`
+/// open connections per source IP address. `None` (counted in the dropped
+/// metric): close it at once.
+pub(super) fn admit_connection(
+    transports: &Arc<Transports>,
+    max_per_source: usize,
+    peer: SocketAddr,
+) -> Option<SourceSlot> {
+    let ip = peer.ip();
+    let mut map = transports.connections.lock().ok()?;
+    let n = map.per_source.entry(ip).or_insert(0);
+    if *n >= max_per_source {
+        metrics::counter!(metric::DROPPED, "reason" => "per_source_connections").increment(1);
+        return None;
+    }
+    *n += 1;
+    Some(SourceSlot {
+        transports: transports.clone(),
+        ip,
+    })
 }
 
 /// One connection about to be served.
@@ -132,6 +178,11 @@ pub(super) async fn tcp_accept_loop(
             drop(stream);
             continue;
         };
+        let max_per_source = cx.core.config().max_connections_per_source;
+        let Some(slot) = admit_connection(&cx.transports, max_per_source, peer) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
         let conn = NewConnection::new(Transport::Tcp, peer, local, &cx.transports);
@@ -139,7 +190,7 @@ pub(super) async fn tcp_accept_loop(
         tokio::spawn(async move {
             let (reader, writer) = stream.into_split();
             serve_stream(cx, conn, reader, writer).await;
-            drop(permit);
+            drop((permit, slot));
         });
     }
 }
@@ -214,12 +265,25 @@ pub(super) async fn serve_stream<R, W>(
         core.config().max_tcp_in_flight_per_connection.max(1),
     ));
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // CR/LF bytes seen since the last message: a double CRLF (which may
+    // come in pieces) is a keep-alive ping.
+    let mut line_ends = 0usize;
     'conn: loop {
         // Take every whole message out of the buffer.
         loop {
             match frame::check(&buf, max) {
-                Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
+                Ok(Some(Frame::KeepAlive(n))) => {
+                    line_ends += n;
+                    buf.advance(n);
+                    // RFC 5626 s.4.4.1: a double CRLF ping is answered with
+                    // a single CRLF pong (one per ping, however it arrived).
+                    while line_ends >= 4 {
+                        line_ends -= 4;
+                        let _ = tx.send(Bytes::from_static(b"\r\n")).await;
+                    }
+                }
                 Ok(Some(Frame::Message(n))) => {
+                    line_ends = 0;
                     // Backpressure: stop reading while too many are in flight.
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break 'conn;
@@ -292,6 +356,8 @@ pub(super) async fn serve_stream<R, W>(
     if let Ok(mut map) = transports.connections.lock() {
         map.remove(transport, peer, id);
     }
+    // The bindings registered over this connection go with it.
+    core.flow_closed(id);
     drop(tx);
     let _ = writer_task.await;
 }
