@@ -152,6 +152,18 @@ impl Core {
 }
 
 impl Core {
+    /// Whether a keep-alive (STUN Binding request) from `source` may be
+    /// answered: the same per-source rate limit as SIP messages, so that
+    /// the node never answers a flood (a spoofed source would make it a
+    /// reflector).
+    pub(crate) fn admit_keep_alive(&self, source: std::net::IpAddr) -> bool {
+        let admitted = self.guard.admit(source, Instant::now());
+        if !admitted {
+            metrics::counter!(metric::DROPPED, "reason" => "rate_limited").increment(1);
+        }
+        admitted
+    }
+
     /// A connection closed: the backend drops the bindings registered
     /// over it (RFC 5626 s.5.3).
     pub(crate) fn flow_closed(&self, connection: crate::transport::ConnectionId) {

@@ -71,6 +71,9 @@ pub(super) async fn udp_loop(
             if super::stun::is_stun(&buf[..n]) {
                 // RFC 5626 s.4.4.2 keep-alive: answered here, never parsed
                 // as SIP.
+                if !core.admit_keep_alive(peer.ip()) {
+                    continue;
+                }
                 if let Some(response) = super::stun::binding_response(&buf[..n], peer) {
                     let _ = socket.try_send_to(&response, peer);
                 }
