@@ -210,6 +210,19 @@ async fn a_tcp_phone_is_called_on_its_connection_and_its_binding_dies_with_it() 
         );
         assert_eq!(k.source, ua.local_addr().to_string());
         assert_ne!(k.connection_id, 0, "reached on its connection");
+        // What an operator sees.
+        let out = node.cli(&["status", &user]).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        for shown in [
+            "via TCP".to_owned(),
+            format!("from {}", k.source),
+            "NAT: yes".to_owned(),
+            format!("flow: connection {}", k.connection_id),
+            format!("outbound: instance {INSTANCE} reg-id 1"),
+        ] {
+            assert!(text.contains(&shown), "{shown:?} not in:\n{text}");
+        }
 
         // The INVITE comes on the registration's connection.
         let phone = tokio::spawn(answer_one_call(ua, contact.clone()));
@@ -490,6 +503,15 @@ async fn a_phone_behind_a_masquerading_nat_registers_is_called_and_answers() {
             source.ip(),
             lab.public_ip,
             "the REGISTER came through the NAT"
+        );
+        let out = node
+            .cli(&["status", &format!("alice@{DOMAIN}")])
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("via UDP") && text.contains("NAT: yes") && text.contains("flow: udp"),
+            "{text}"
         );
 
         let phone = tokio::spawn(answer_one_call(ua, contact));
