@@ -522,3 +522,47 @@ async fn a_phone_behind_a_masquerading_nat_registers_is_called_and_answers() {
     .await;
     drop(lab);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_tcp_binding_waits_unreachable_for_the_phone_to_register_again() {
+    bounded(120, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = node(dir.path(), &[]).await;
+        let mut ua = TestUa::tcp(node.sip_addr()).await.unwrap();
+        let contact = "sip:alice@127.0.0.2:5999;transport=tcp";
+        let r = Register::new("alice", DOMAIN)
+            .password(PASSWORD)
+            .contact(&format!("<{contact}>"));
+        assert_eq!(ua.register(&r).await.unwrap().code, 200);
+        // A graceful stop closes the connection, but the phone did not
+        // lose its flow: the binding is not removed.
+        node.stop().await.unwrap();
+        drop(ua);
+
+        let node = TestNode::start(dir.path(), &["--sip-challenge-md5-first"])
+            .await
+            .unwrap();
+        let user = format!("alice@{DOMAIN}");
+        let status = registrations(&node, &user).await.unwrap();
+        let [k] = &status.contacts[..] else {
+            panic!("{status:?}")
+        };
+        assert_eq!((k.uri.as_str(), k.connection_id), (contact, 0));
+        // No connection to call it on: 480, and nothing was sent anywhere.
+        let run = Sipp::new("call_uac_fails.xml", node.sip_addr(), dir.path())
+            .users(&[("bob".into(), PASSWORD.into())])
+            .key("callee", "alice")
+            .key("callee_domain", DOMAIN)
+            .timeout_secs(20)
+            .run()
+            .await
+            .unwrap();
+        run.assert_all_successful(1);
+        assert!(
+            run.received.iter().any(|m| m.contains("480")),
+            "{:#?}",
+            run.received
+        );
+    })
+    .await;
+}

@@ -356,8 +356,13 @@ pub(super) async fn serve_stream<R, W>(
     if let Ok(mut map) = transports.connections.lock() {
         map.remove(transport, peer, id);
     }
-    // The bindings registered over this connection go with it.
-    core.flow_closed(id);
+    // The bindings registered over this connection go with it, unless the
+    // node is shutting down: then the phone did not lose its flow, and
+    // after the restart its binding waits, unreachable, for the phone to
+    // register again (RFC 5626) instead of being removed by us.
+    if !*shutdown.borrow() {
+        core.flow_closed(id);
+    }
     drop(tx);
     let _ = writer_task.await;
 }
