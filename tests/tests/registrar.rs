@@ -1294,7 +1294,9 @@ async fn malformed_messages_get_400_or_nothing_and_never_crash_the_node() {
         assert!(node.is_running(), "the node died");
 
         // The node still works: OPTIONS, and a correct registration on
-        // both transports.
+        // both transports (the clients held open: a TCP binding goes with
+        // its connection).
+        let mut clients = Vec::new();
         for t in TRANSPORTS {
             let mut ua = connect(&node, t).await;
             let text = request(&ua, "OPTIONS", &format!("sip:{DOMAIN}"), "after-fuzz");
@@ -1307,6 +1309,7 @@ async fn malformed_messages_get_400_or_nothing_and_never_crash_the_node() {
                 .unwrap();
             assert_code(&r, 200);
             assert!(uris(&r).contains(&c));
+            clients.push(ua);
         }
         let events = registration_events(&node, &fuzz.id).await.unwrap();
         assert_eq!(
