@@ -443,10 +443,11 @@ async fn a_contact_expires_by_timer_and_the_user_goes_offline() {
                 .unwrap();
             assert_code(&r, 200);
             assert_about(expires_of(&r, &c), 2);
-            users.push((u, c));
+            // Held open: a TCP binding would go with its connection.
+            users.push((u, c, ua));
         }
         let registered_at = now_us();
-        for (u, c) in &users {
+        for (u, c, _) in &users {
             let events = events_when(
                 &node,
                 &u.id,
@@ -523,14 +524,19 @@ async fn kill_9_after_a_thousand_acknowledged_registers_loses_no_binding() {
                         }
                     }
                 }
+                // Kept open until the kill: a TCP binding goes with its
+                // connection (flow_closed).
+                ua
             }));
         }
+        let mut clients = Vec::new();
         for t in tasks {
-            t.await.unwrap();
+            clients.push(t.await.unwrap());
         }
         let acknowledged: HashSet<String> = acknowledged.lock().unwrap().drain(..).collect();
         assert_eq!(acknowledged.len(), 1000, "every REGISTER got its 200");
         node.kill9().await.unwrap();
+        drop(clients);
 
         let node = TestNode::start(dir.path(), &[]).await.unwrap();
         let status = node.status().await.unwrap();
@@ -1291,7 +1297,9 @@ async fn malformed_messages_get_400_or_nothing_and_never_crash_the_node() {
         assert!(node.is_running(), "the node died");
 
         // The node still works: OPTIONS, and a correct registration on
-        // both transports.
+        // both transports (the clients held open: a TCP binding goes with
+        // its connection).
+        let mut clients = Vec::new();
         for t in TRANSPORTS {
             let mut ua = connect(&node, t).await;
             let text = request(&ua, "OPTIONS", &format!("sip:{DOMAIN}"), "after-fuzz");
@@ -1304,6 +1312,7 @@ async fn malformed_messages_get_400_or_nothing_and_never_crash_the_node() {
                 .unwrap();
             assert_code(&r, 200);
             assert!(uris(&r).contains(&c));
+            clients.push(ua);
         }
         let events = registration_events(&node, &fuzz.id).await.unwrap();
         assert_eq!(

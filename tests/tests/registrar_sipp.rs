@@ -53,6 +53,16 @@ async fn a_hundred_users_register_with_digest_auth_over_udp_then_tcp() {
             let run = sipp.run().await.unwrap();
             run.assert_all_successful(100);
 
+            if tcp {
+                // SIPp has exited, closing its connection: a binding
+                // registered over a connection goes with it (flow_closed).
+                eventually(Duration::from_secs(10), "nobody online", || async {
+                    Ok(online(&node, DOMAIN).await?.is_empty().then_some(()))
+                })
+                .await
+                .unwrap();
+                continue;
+            }
             // Every user has exactly the one contact, seen on this transport.
             for user in &users {
                 let regs = registrations(&node, &user.address).await.unwrap();
@@ -76,7 +86,8 @@ async fn a_hundred_users_register_with_digest_auth_over_udp_then_tcp() {
             assert!(listed.iter().all(|u| u.contacts == 1), "{listed:?}");
         }
 
-        // Per user: registered over UDP (and online), refreshed over TCP.
+        // Per user: registered over UDP (and online), refreshed over TCP,
+        // removed when that connection closed.
         for user in &users {
             let uri = format!("sip:{}@127.0.0.1:5090", user.username);
             assert_eq!(
@@ -85,6 +96,8 @@ async fn a_hundred_users_register_with_digest_auth_over_udp_then_tcp() {
                     format!("ContactRegistered {uri}"),
                     "PresenceChanged offline->online".to_owned(),
                     format!("ContactRefreshed {uri}"),
+                    format!("ContactRemoved {uri} flow_closed"),
+                    "PresenceChanged online->offline".to_owned(),
                 ],
                 "{}",
                 user.address

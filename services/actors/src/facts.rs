@@ -53,6 +53,9 @@ pub struct UserFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactFact {
     pub uri: Box<str>,
+    /// The binding's identity (to find its connection in
+    /// [`Facts::flows`]).
+    pub key: dialtone_domain::registration::Key,
     /// Where the REGISTER came from.
     pub source: SocketAddr,
     /// `UDP`, `TCP`.
@@ -83,6 +86,7 @@ impl UserFacts {
                 .filter_map(|b| {
                     Some(ContactFact {
                         uri: b.uri.as_str().into(),
+                        key: b.key(),
                         source: b.source.parse().ok()?,
                         transport: transport_name(&b.transport),
                         expires_at: b.expires_at,
@@ -154,9 +158,16 @@ pub struct Facts {
     users: RwLock<HashMap<UserId, Arc<UserFacts>>>,
     /// The tokens that are not revoked, by id.
     tokens: RwLock<HashMap<Uuid, TokenFacts>>,
+    /// The connections bindings are reached on (in memory only).
+    flows: crate::flows::Flows,
 }
 
 impl Facts {
+    /// The connections bindings were registered over.
+    pub fn flows(&self) -> &crate::flows::Flows {
+        &self.flows
+    }
+
     /// Publishes a domain's whole state (after loading). A domain that was
     /// never created is not published, so that requests for made-up domains
     /// cannot grow this map.

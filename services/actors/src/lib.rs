@@ -45,6 +45,7 @@ mod calls;
 mod deadlines;
 mod directory;
 mod facts;
+mod flows;
 mod live;
 mod projection;
 mod provisioning;
@@ -57,7 +58,8 @@ pub use aggregate::{
 };
 pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
-pub use facts::{DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts};
+pub use facts::{ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts};
+pub use flows::{FlowFact, Flows};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,
     ProvisioningConfig, TokenInfo, UserRef,

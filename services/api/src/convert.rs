@@ -151,9 +151,20 @@ pub fn subscribed_event(
     }
 }
 
-/// A registered contact as the status API shows it.
-pub fn contact(b: &dialtone_domain::registration::Binding) -> pb::Contact {
+/// A registered contact as the status API shows it, with the connection
+/// it is reached on when the node knows one (`flow`).
+pub fn contact(
+    b: &dialtone_domain::registration::Binding,
+    flow: Option<dialtone_actors::FlowFact>,
+) -> pb::Contact {
     pb::Contact {
+        nat: b.nat,
+        reg_id: b.reg_id.unwrap_or_default(),
+        connection_id: flow.map(|f| f.connection).unwrap_or_default(),
+        local_address: flow
+            .and_then(|f| f.local)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         uri: b.uri.clone(),
         source: b.source.clone(),
         transport: b.transport.clone(),

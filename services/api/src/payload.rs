@@ -74,6 +74,8 @@ fn into_binding(b: Binding) -> pb::Binding {
         registered_at: timestamp(b.registered_at),
         refreshed_at: timestamp(b.refreshed_at),
         expires_at: timestamp(b.expires_at),
+        reg_id: b.reg_id.unwrap_or_default(),
+        nat: b.nat,
     }
 }
 
@@ -211,10 +213,12 @@ fn user_payload(e: user::Event) -> P {
         E::ContactRefreshed {
             uri,
             instance,
+            reg_id,
             call_id,
             cseq,
             source,
             transport,
+            nat,
             user_agent,
             q,
             params,
@@ -223,6 +227,8 @@ fn user_payload(e: user::Event) -> P {
         } => P::ContactRefreshed(pb::ContactRefreshed {
             uri,
             instance: instance.unwrap_or_default(),
+            reg_id: reg_id.unwrap_or_default(),
+            nat,
             call_id,
             cseq,
             source,
@@ -236,28 +242,34 @@ fn user_payload(e: user::Event) -> P {
         E::ContactRemoved {
             uri,
             instance,
+            reg_id,
             reason,
         } => P::ContactRemoved(pb::ContactRemoved {
             uri,
             instance: instance.unwrap_or_default(),
+            reg_id: reg_id.unwrap_or_default(),
             reason,
         }),
         E::ContactExpired {
             uri,
             instance,
+            reg_id,
             expired_at,
         } => P::ContactExpired(pb::ContactExpired {
             uri,
             instance: instance.unwrap_or_default(),
+            reg_id: reg_id.unwrap_or_default(),
             expired_at: timestamp(expired_at),
         }),
         E::ContactReplaced {
             uri,
             instance,
+            reg_id,
             replaced_by,
         } => P::ContactReplaced(pb::ContactReplaced {
             uri,
             instance: instance.unwrap_or_default(),
+            reg_id: reg_id.unwrap_or_default(),
             replaced_by,
         }),
         E::PresenceChanged {

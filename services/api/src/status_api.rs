@@ -113,7 +113,16 @@ impl StatusService for StatusApi {
     ) -> Result<Response<GetRegistrationsResponse>, Status> {
         let access = auth::access(&request);
         let view = self.user(access, &request.into_inner().user).await?;
-        let contacts = view.state.bindings.iter().map(convert::contact).collect();
+        let flows = self.provisioning.directory().facts().flows();
+        let contacts = view
+            .state
+            .bindings
+            .iter()
+            .map(|b| {
+                let flow = view.state.id.and_then(|id| flows.of(id, &b.key()));
+                convert::contact(b, flow)
+            })
+            .collect();
         Ok(Response::new(GetRegistrationsResponse {
             user: view.state.address(),
             contacts,

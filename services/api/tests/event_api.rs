@@ -859,6 +859,8 @@ mod audit {
 
     fn binding(uri: &str, at: i64) -> Binding {
         Binding {
+            reg_id: None,
+            nat: false,
             uri: uri.into(),
             params: String::new(),
             q: None,
@@ -911,6 +913,7 @@ mod audit {
                 max_contacts: 3,
             },
             user::Event::ContactRemoved {
+                reg_id: None,
                 uri: "sip:alice@10.0.0.1".into(),
                 instance: None,
                 reason: "unregistered".into(),

@@ -7,6 +7,7 @@
 //! [`user::decide`]: crate::user::decide
 //! [user::Command::Register]: crate::user::Command::Register
 //! [user::Command::ExpireContacts]: crate::user::Command::ExpireContacts
+//! [user::Command::FlowClosed]: crate::user::Command::FlowClosed
 //!
 //! The SIP gateway parses the REGISTER, authenticates it and applies the
 //! expiry policy (minimum, maximum, default); what reaches the domain is a
@@ -20,9 +21,12 @@
 //! - when the contact parameters carry `+sip.instance` (RFC 5626; the
 //!   parameter name is matched case-insensitively), the key is that
 //!   instance value, compared ASCII-case-insensitively (it is a URN, usually
-//!   `<urn:uuid:...>`, whose hex digits may come in either case). The URI of
-//!   such a binding may change on refresh (a phone that moved network keeps
-//!   its binding);
+//!   `<urn:uuid:...>`, whose hex digits may come in either case), together
+//!   with the RFC 5626 `reg-id` when the REGISTER used outbound (the
+//!   gateway passes a reg-id only then): one binding per flow of an
+//!   instance. The URI of such a binding may change on refresh (a phone
+//!   that moved network keeps its binding), and so may its source and
+//!   transport (a re-registration on a new flow replaces the old flow);
 //! - otherwise the key is the contact URI, normalised simply: surrounding
 //!   whitespace and `<>` dropped, the scheme and everything after the user
 //!   part's `@` (host, port, URI parameters) lower-cased, the user part kept
@@ -30,8 +34,8 @@
 //!   reordering of parameters, no default port): a phone sends its contact
 //!   the same way each time.
 //!
-//! Registration events name the binding they change by `uri` plus
-//! `instance`: [`Key::of`]`(uri, instance)` is the binding's key.
+//! Registration events name the binding they change by `uri`, `instance`
+//! and `reg_id`: [`Key::of`]`(uri, instance, reg_id)` is the binding's key.
 //!
 //! # Rules of a REGISTER
 //!
@@ -60,6 +64,15 @@
 //! ([`Event::ContactRemoved`] with reason `user_disabled`/`user_deleted`).
 //! [`ExpireContacts`][user::Command::ExpireContacts] expires every binding
 //! with `expires_at <= now` ([`Event::ContactExpired`]).
+//! [`FlowClosed`][user::Command::FlowClosed] removes the named bindings the
+//! user still has ([`Event::ContactRemoved`], reason `flow_closed`): the
+//! connection they were registered over closed. Which bindings were on a
+//! connection is known only in memory, to the node that held it (a
+//! connection means nothing after a restart), so the command names them.
+//!
+//! A binding records `source`, `transport` and whether it is NATed (`nat`:
+//! the contact does not name the source's address), as the gateway saw
+//! them.
 //!
 //! # Presence
 //!
@@ -88,6 +101,10 @@ pub const MAX_Q: u16 = 1000;
 pub mod reason {
     /// The client removed the contact (`Expires: 0`, or `Contact: *`).
     pub const UNREGISTERED: &str = "unregistered";
+    /// The connection the binding was registered over closed (RFC 5626
+    /// s.5.3: a flow that fails takes its bindings with it; the phone
+    /// re-registers on a new one).
+    pub const FLOW_CLOSED: &str = "flow_closed";
     /// The user was disabled: every binding is dropped.
     pub const USER_DISABLED: &str = "user_disabled";
     /// The user was deleted: every binding is dropped.
@@ -134,6 +151,10 @@ pub struct Binding {
     /// The `+sip.instance` value (RFC 5626) without its quotes, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The RFC 5626 `reg-id`, when the REGISTER used outbound (then the
+    /// binding is keyed by instance and reg-id: one binding per flow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reg_id: Option<u32>,
     /// Call-ID and CSeq of the REGISTER that last registered or refreshed
     /// the binding.
     pub call_id: String,
@@ -142,6 +163,10 @@ pub struct Binding {
     pub source: String,
     /// `UDP`, `TCP`, ...
     pub transport: String,
+    /// The contact's address is not the one the REGISTER came from (a
+    /// phone behind NAT): it is reached at `source`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nat: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     pub registered_at: Timestamp,
@@ -152,7 +177,7 @@ pub struct Binding {
 impl Binding {
     /// The binding's identity (see the module documentation).
     pub fn key(&self) -> Key {
-        Key::of(&self.uri, self.instance.as_deref())
+        Key::of(&self.uri, self.instance.as_deref(), self.reg_id)
     }
 
     /// Whether the binding's time has run out at `now` (`expires_at` is the
@@ -176,17 +201,19 @@ impl Binding {
 /// binding.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
-    /// The `+sip.instance` value, ASCII-lower-cased.
-    Instance(String),
+    /// The `+sip.instance` value, ASCII-lower-cased, with the RFC 5626
+    /// `reg-id` when the REGISTER used outbound.
+    Instance(String, Option<u32>),
     /// The URI, normalised by [`normalize_uri`].
     Uri(String),
 }
 
 impl Key {
-    /// The key of a contact `uri` with the given `+sip.instance` value.
-    pub fn of(uri: &str, instance: Option<&str>) -> Key {
+    /// The key of a contact `uri` with the given `+sip.instance` value and
+    /// `reg-id` (the latter counts only with an instance).
+    pub fn of(uri: &str, instance: Option<&str>, reg_id: Option<u32>) -> Key {
         match instance {
-            Some(instance) => Key::Instance(instance.to_ascii_lowercase()),
+            Some(instance) => Key::Instance(instance.to_ascii_lowercase(), reg_id),
             None => Key::Uri(normalize_uri(uri)),
         }
     }
@@ -278,6 +305,11 @@ pub struct ContactChange {
     pub q: Option<u16>,
     /// The other contact parameters, raw (may be empty).
     pub params: String,
+    /// The RFC 5626 `reg-id`, when the REGISTER used outbound (the gateway
+    /// sets it only then, and only with a `+sip.instance`).
+    pub reg_id: Option<u32>,
+    /// The contact's address is not the one the REGISTER came from.
+    pub nat: bool,
 }
 
 impl ContactChange {
@@ -286,9 +318,16 @@ impl ContactChange {
         instance_of(&self.params)
     }
 
+    /// The `reg-id` that counts: only with an instance.
+    fn effective_reg_id(&self) -> Option<u32> {
+        self.instance().and(self.reg_id)
+    }
+
     /// The identity of the binding this contact addresses.
     pub fn key(&self) -> Key {
-        Key::of(&self.uri, self.instance().as_deref())
+        let instance = self.instance();
+        let reg_id = instance.as_ref().and(self.reg_id);
+        Key::of(&self.uri, instance.as_deref(), reg_id)
     }
 }
 
@@ -412,6 +451,7 @@ pub(crate) fn decide_register(
             decision.push(Event::ContactRemoved {
                 uri: binding.uri.clone(),
                 instance: binding.instance.clone(),
+                reg_id: binding.reg_id,
                 reason: reason::UNREGISTERED.to_owned(),
             });
         }
@@ -429,16 +469,19 @@ pub(crate) fn decide_register(
             Event::ContactRemoved {
                 uri: binding.uri.clone(),
                 instance: binding.instance.clone(),
+                reg_id: binding.reg_id,
                 reason: reason::UNREGISTERED.to_owned(),
             }
         } else {
             Event::ContactRefreshed {
                 uri: change.uri.clone(),
                 instance: change.instance(),
+                reg_id: change.effective_reg_id(),
                 call_id: request.call_id.clone(),
                 cseq: request.cseq,
                 source: request.source.clone(),
                 transport: request.transport.clone(),
+                nat: change.nat,
                 user_agent: request.user_agent.clone(),
                 q: change.q,
                 params: change.params.clone(),
@@ -461,6 +504,7 @@ pub(crate) fn decide_register(
             let event = Event::ContactReplaced {
                 uri: oldest.uri.clone(),
                 instance: oldest.instance.clone(),
+                reg_id: oldest.reg_id,
                 replaced_by: change.uri.clone(),
             };
             decision.push(event);
@@ -471,10 +515,12 @@ pub(crate) fn decide_register(
                 params: change.params.clone(),
                 q: change.q,
                 instance: change.instance(),
+                reg_id: change.effective_reg_id(),
                 call_id: request.call_id.clone(),
                 cseq: request.cseq,
                 source: request.source.clone(),
                 transport: request.transport.clone(),
+                nat: change.nat,
                 user_agent: request.user_agent.clone(),
                 registered_at: now,
                 refreshed_at: now,
@@ -492,6 +538,7 @@ pub(crate) fn decide_expire(state: &User, now: Timestamp) -> Vec<Event> {
         decision.push(Event::ContactExpired {
             uri: binding.uri.clone(),
             instance: binding.instance.clone(),
+            reg_id: binding.reg_id,
             expired_at: binding.expires_at,
         });
     }
@@ -506,7 +553,29 @@ pub(crate) fn drop_all(state: &User, reason: &str) -> Vec<Event> {
         decision.push(Event::ContactRemoved {
             uri: binding.uri.clone(),
             instance: binding.instance.clone(),
+            reg_id: binding.reg_id,
             reason: reason.to_owned(),
+        });
+    }
+    decision.finish(state)
+}
+
+/// `ContactRemoved { reason: flow_closed }` for each of `bindings` the
+/// user has: their flow closed (RFC 5626 s.5.3). Which bindings were on
+/// the closed flow is known only to the node that held the connection
+/// (connections live in memory); a key the user no longer has is skipped.
+pub(crate) fn decide_flow_closed(state: &User, bindings: &[Key]) -> Vec<Event> {
+    let mut decision = Decision::new(state);
+    for binding in state
+        .bindings
+        .iter()
+        .filter(|b| bindings.contains(&b.key()))
+    {
+        decision.push(Event::ContactRemoved {
+            uri: binding.uri.clone(),
+            instance: binding.instance.clone(),
+            reg_id: binding.reg_id,
+            reason: reason::FLOW_CLOSED.to_owned(),
         });
     }
     decision.finish(state)
@@ -587,24 +656,30 @@ pub(crate) fn apply(bindings: &mut Vec<Binding>, event: &Event) {
         Event::ContactRefreshed {
             uri,
             instance,
+            reg_id,
             call_id,
             cseq,
             source,
             transport,
+            nat,
             user_agent,
             q,
             params,
             refreshed_at,
             expires_at,
         } => {
-            let key = Key::of(uri, instance.as_deref());
+            let key = Key::of(uri, instance.as_deref(), *reg_id);
             if let Some(binding) = bindings.iter_mut().find(|b| b.key() == key) {
                 binding.uri.clone_from(uri);
                 binding.instance.clone_from(instance);
+                binding.reg_id = *reg_id;
                 binding.call_id.clone_from(call_id);
                 binding.cseq = *cseq;
                 binding.source.clone_from(source);
                 binding.transport.clone_from(transport);
+                // The flow the refresh came on is the binding's flow now (a
+                // re-registration on a new flow replaces the old one).
+                binding.nat = *nat;
                 binding.user_agent.clone_from(user_agent);
                 binding.q = *q;
                 binding.params.clone_from(params);
@@ -612,10 +687,25 @@ pub(crate) fn apply(bindings: &mut Vec<Binding>, event: &Event) {
                 binding.expires_at = *expires_at;
             }
         }
-        Event::ContactRemoved { uri, instance, .. }
-        | Event::ContactExpired { uri, instance, .. }
-        | Event::ContactReplaced { uri, instance, .. } => {
-            let key = Key::of(uri, instance.as_deref());
+        Event::ContactRemoved {
+            uri,
+            instance,
+            reg_id,
+            ..
+        }
+        | Event::ContactExpired {
+            uri,
+            instance,
+            reg_id,
+            ..
+        }
+        | Event::ContactReplaced {
+            uri,
+            instance,
+            reg_id,
+            ..
+        } => {
+            let key = Key::of(uri, instance.as_deref(), *reg_id);
             bindings.retain(|b| b.key() != key);
         }
         _ => {}

@@ -152,6 +152,12 @@ pub enum Command {
     /// Expires every binding with `expires_at <= now`. Never refused; emits
     /// nothing when nothing has expired.
     ExpireContacts,
+    /// The flow (connection) these bindings were registered over closed:
+    /// each that the user still has is removed (reason `flow_closed`,
+    /// RFC 5626 s.5.3). Never refused; emits nothing when none is left.
+    FlowClosed {
+        bindings: Vec<Key>,
+    },
     /// A step of one of the user's call legs, from the SIP proxy; see
     /// [`crate::call`] for the rules (repeated steps emit nothing).
     Call(Box<CallStep>),
@@ -178,6 +184,10 @@ impl std::fmt::Debug for Command {
             Command::Delete { reason } => f.debug_struct("Delete").field("reason", reason).finish(),
             Command::Register(register) => f.debug_tuple("Register").field(register).finish(),
             Command::ExpireContacts => f.write_str("ExpireContacts"),
+            Command::FlowClosed { bindings } => f
+                .debug_struct("FlowClosed")
+                .field("bindings", bindings)
+                .finish(),
             Command::Call(step) => f.debug_tuple("Call").field(step).finish(),
         }
     }
@@ -216,17 +226,22 @@ pub enum Event {
     ContactRegistered {
         binding: Binding,
     },
-    /// The binding with key `Key::of(uri, instance)` was refreshed: every
+    /// The binding with key `Key::of(uri, instance, reg_id)` was refreshed: every
     /// field but `registered_at` takes the new value (`uri` too: a binding
     /// keyed by instance may come back from another address).
     ContactRefreshed {
         uri: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instance: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reg_id: Option<u32>,
         call_id: String,
         cseq: u32,
         source: String,
         transport: String,
+        /// Whether the contact's address differs from `source` (NAT).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        nat: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user_agent: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,28 +250,34 @@ pub enum Event {
         refreshed_at: Timestamp,
         expires_at: Timestamp,
     },
-    /// The binding `Key::of(uri, instance)` was removed; `reason` is one of
+    /// The binding `Key::of(uri, instance, reg_id)` was removed; `reason` is one of
     /// [`registration::reason`].
     ContactRemoved {
         uri: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instance: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reg_id: Option<u32>,
         reason: String,
     },
-    /// The binding `Key::of(uri, instance)` ran out of time at `expired_at`
+    /// The binding `Key::of(uri, instance, reg_id)` ran out of time at `expired_at`
     /// (its `expires_at`).
     ContactExpired {
         uri: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instance: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reg_id: Option<u32>,
         expired_at: Timestamp,
     },
-    /// The binding `Key::of(uri, instance)`, the oldest, made room for the
+    /// The binding `Key::of(uri, instance, reg_id)`, the oldest, made room for the
     /// new contact `replaced_by` (max contacts reached).
     ContactReplaced {
         uri: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instance: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reg_id: Option<u32>,
         replaced_by: String,
     },
     PresenceChanged {
@@ -446,6 +467,7 @@ pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Eve
         }
         Command::Register(register) => registration::decide_register(state, register, now),
         Command::ExpireContacts => Ok(registration::decide_expire(state, now)),
+        Command::FlowClosed { bindings } => Ok(registration::decide_flow_closed(state, bindings)),
         Command::Call(step) => call::decide(state, step, now),
     }
 }

@@ -56,6 +56,8 @@ fn registered_at(now: i64, expires_secs: u32) -> Command {
         call_id: "reg-1".to_owned(),
         cseq: u32::try_from(now / SEC % 1_000_000).unwrap(),
         changes: vec![ContactChange {
+            reg_id: None,
+            nat: false,
             uri: DESK.to_owned(),
             expires_secs,
             q: None,

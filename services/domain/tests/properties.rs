@@ -680,6 +680,7 @@ fn user_command() -> impl Strategy<Value = user::Command> {
         1 => option::of(text(user::MAX_REASON_LEN)).prop_map(|reason| C::Delete { reason }),
         6 => register().prop_map(|r| C::Register(Box::new(r))),
         2 => Just(C::ExpireContacts),
+        1 => vec(contact_change(), 0..3).prop_map(|c| C::FlowClosed { bindings: c.iter().map(ContactChange::key).collect() }),
         4 => call_step().prop_map(|s| C::Call(Box::new(s))),
     ]
 }
@@ -875,13 +876,19 @@ fn contact_change() -> impl Strategy<Value = ContactChange> {
         prop_oneof![2 => Just(0u32), 6 => 1u32..600, 1 => Just(u32::MAX)],
         prop_oneof![6 => Just(None), 3 => (0..=MAX_Q).prop_map(Some), 1 => Just(Some(MAX_Q + 1))],
         contact_params(),
+        option::of(1u32..=2),
+        any::<bool>(),
     )
-        .prop_map(|(uri, expires_secs, q, params)| ContactChange {
-            uri,
-            expires_secs,
-            q,
-            params,
-        })
+        .prop_map(
+            |(uri, expires_secs, q, params, reg_id, nat)| ContactChange {
+                reg_id,
+                nat,
+                uri,
+                expires_secs,
+                q,
+                params,
+            },
+        )
 }
 
 fn register() -> impl Strategy<Value = Register> {
@@ -895,19 +902,21 @@ fn register() -> impl Strategy<Value = Register> {
         option::of(select(&["Linphone/5.2", "Yealink SIP-T46U"][..])),
     )
         .prop_map(
-            |(call_id, cseq, changes, remove_all, source, transport, user_agent)| Register {
-                call_id: call_id.to_owned(),
-                cseq,
-                // `*` usually comes alone.
-                changes: if remove_all && cseq % 2 == 0 {
-                    vec![]
-                } else {
-                    changes
-                },
-                remove_all,
-                source: source.to_owned(),
-                transport: transport.to_owned(),
-                user_agent: user_agent.map(str::to_owned),
+            |(call_id, cseq, changes, remove_all, source, transport, user_agent)| {
+                Register {
+                    call_id: call_id.to_owned(),
+                    cseq,
+                    // `*` usually comes alone.
+                    changes: if remove_all && cseq % 2 == 0 {
+                        vec![]
+                    } else {
+                        changes
+                    },
+                    remove_all,
+                    source: source.to_owned(),
+                    transport: transport.to_owned(),
+                    user_agent: user_agent.map(str::to_owned),
+                }
             },
         )
 }
@@ -920,6 +929,7 @@ fn registration_steps() -> impl Strategy<Value = Vec<(user::Command, i64)>> {
     let command = prop_oneof![
         12 => register().prop_map(|r| C::Register(Box::new(r))),
         4 => Just(C::ExpireContacts),
+        2 => vec(contact_change(), 0..3).prop_map(|c| C::FlowClosed { bindings: c.iter().map(ContactChange::key).collect() }),
         1 => (option::of(1u32..=4), option::of(any::<bool>())).prop_map(|(max_contacts, enabled)| {
             C::Update { patch: Patch { max_contacts, enabled, ..Patch::default() } }
         }),
@@ -985,9 +995,12 @@ fn replaced_keys(events: &[user::Event]) -> BTreeSet<Key> {
     events
         .iter()
         .filter_map(|e| match e {
-            user::Event::ContactReplaced { uri, instance, .. } => {
-                Some(Key::of(uri, instance.as_deref()))
-            }
+            user::Event::ContactReplaced {
+                uri,
+                instance,
+                reg_id,
+                ..
+            } => Some(Key::of(uri, instance.as_deref(), *reg_id)),
             _ => None,
         })
         .collect()
@@ -1072,9 +1085,15 @@ fn check_register(
     // Each replaced binding was the oldest registered at that point.
     let mut state = before.clone();
     for event in events {
-        if let E::ContactReplaced { uri, instance, .. } = event {
+        if let E::ContactReplaced {
+            uri,
+            instance,
+            reg_id,
+            ..
+        } = event
+        {
             let victim = state
-                .binding(&Key::of(uri, instance.as_deref()))
+                .binding(&Key::of(uri, instance.as_deref(), *reg_id))
                 .expect("a replaced binding exists");
             let oldest = state.bindings.iter().map(|b| b.registered_at).min();
             assert_eq!(
@@ -1234,7 +1253,10 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
         );
 
         match (state.status, command, &result) {
-            (S::Absent | S::Deleted, C::ExpireContacts, r) => assert_eq!(r, &Ok(vec![])),
+            (S::Absent | S::Deleted, C::ExpireContacts | C::FlowClosed { .. }, r) => {
+                assert_eq!(r, &Ok(vec![]))
+            }
+            (S::Active, C::FlowClosed { .. }, r) => assert!(r.is_ok(), "{r:?}"),
             (S::Active, C::ExpireContacts, r) => assert!(r.is_ok(), "{r:?}"),
             (S::Deleted, C::Register(_), r) => {
                 assert!(matches!(r, Err(Error::FailedPrecondition(_))), "{r:?}")
@@ -1295,7 +1317,7 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 C::SetPassword { .. } => &["password"],
                 C::Delete { .. } => &["reason"],
                 C::Register(_) => &["call_id", "contact", "q"],
-                C::ExpireContacts => &[],
+                C::ExpireContacts | C::FlowClosed { .. } => &[],
                 C::Call(_) => &[
                     "call_id",
                     "from",
@@ -1407,10 +1429,28 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                     user::Event::ContactExpired { .. } | user::Event::PresenceChanged { .. }
                 )));
             }
+            C::FlowClosed { bindings } => {
+                // A flow's death takes exactly the bindings on it, with
+                // reason `flow_closed`.
+                assert!(state.bindings.iter().all(|b| !bindings.contains(&b.key())));
+                let kept: Vec<_> = before
+                    .bindings
+                    .iter()
+                    .filter(|b| !bindings.contains(&b.key()))
+                    .collect();
+                assert_eq!(state.bindings.iter().collect::<Vec<_>>(), kept);
+                assert!(events.iter().all(|e| match e {
+                    user::Event::ContactRemoved { reason, .. } => reason == "flow_closed",
+                    e => matches!(e, user::Event::PresenceChanged { .. }),
+                }));
+            }
         }
         let registration_changed = before.bindings != state.bindings;
         if registration_changed
-            || matches!(command, C::Register(_) | C::ExpireContacts | C::Call(_))
+            || matches!(
+                command,
+                C::Register(_) | C::ExpireContacts | C::FlowClosed { .. } | C::Call(_)
+            )
         {
             check_presence_events(&before, &state, &events);
         }

@@ -53,6 +53,8 @@ fn given_created() -> User {
 
 fn contact(uri: &str, expires_secs: u32) -> ContactChange {
     ContactChange {
+        reg_id: None,
+        nat: false,
         uri: uri.to_owned(),
         expires_secs,
         q: None,
@@ -121,6 +123,7 @@ fn offline() -> Event {
 
 fn removed(uri: &str, why: &str) -> Event {
     Event::ContactRemoved {
+        reg_id: None,
         uri: uri.to_owned(),
         instance: None,
         reason: why.to_owned(),
@@ -157,6 +160,8 @@ fn first_contact_registers_a_binding_and_brings_the_user_online() {
     change.q = Some(500);
     let events = decide(&state, &register("c1", 7, vec![change]), T0 + 5).unwrap();
     let expected = Binding {
+        reg_id: None,
+        nat: false,
         uri: DESK.to_owned(),
         params: ";+sip.instance=\"<urn:uuid:1>\";reg-id=1".to_owned(),
         q: Some(500),
@@ -295,6 +300,8 @@ fn same_call_id_with_a_higher_cseq_refreshes() {
     assert_eq!(
         events,
         vec![Event::ContactRefreshed {
+            reg_id: None,
+            nat: false,
             uri: DESK.to_owned(),
             instance: None,
             call_id: "desk-1".to_owned(),
@@ -467,6 +474,7 @@ fn beyond_max_contacts_the_oldest_binding_is_replaced() {
         uri,
         instance: None,
         replaced_by,
+        ..
     }, Event::ContactRegistered { binding }] = &events[..]
     else {
         panic!("{events:?}")
@@ -589,6 +597,7 @@ fn the_instance_id_identifies_the_binding_across_uris() {
     assert_eq!(
         events,
         vec![Event::ContactRemoved {
+            reg_id: None,
             uri: MOBILE.to_owned(),
             instance: Some(INSTANCE.to_uppercase()),
             reason: reason::UNREGISTERED.to_owned(),
@@ -685,10 +694,13 @@ fn key_helpers() {
         Some("<urn:x>".to_owned())
     );
     assert_eq!(
-        Key::of("sip:a@b", Some("<URN:UUID:AB>")),
-        Key::Instance("<urn:uuid:ab>".to_owned())
+        Key::of("sip:a@b", Some("<URN:UUID:AB>"), None),
+        Key::Instance("<urn:uuid:ab>".to_owned(), None)
     );
-    assert_eq!(Key::of("sip:a@B", None), Key::Uri("sip:a@b".to_owned()));
+    assert_eq!(
+        Key::of("sip:a@B", None, None),
+        Key::Uri("sip:a@b".to_owned())
+    );
 }
 
 // ---------------------------------------------------------------- refusals
@@ -767,6 +779,7 @@ fn contacts_expire_exactly_at_their_expiry() {
     assert_eq!(
         events,
         vec![Event::ContactExpired {
+            reg_id: None,
             uri: DESK.to_owned(),
             instance: None,
             expired_at: T0 + 60 * SEC,
@@ -781,6 +794,7 @@ fn contacts_expire_exactly_at_their_expiry() {
         events,
         vec![
             Event::ContactExpired {
+                reg_id: None,
                 uri: MOBILE.to_owned(),
                 instance: None,
                 expired_at: T0 + 120 * SEC,
@@ -1063,4 +1077,144 @@ fn binding_json_leaves_absent_optional_fields_out() {
         assert!(json.get(absent).is_none(), "{json}");
     }
     assert_eq!(json["params"], "");
+}
+
+// ---------------------------------------------------------------- flows
+
+/// A REGISTER over TCP from `source`.
+fn over_tcp(call_id: &str, cseq: u32, changes: Vec<ContactChange>, source: &str) -> Command {
+    Command::Register(Box::new(Register {
+        source: source.to_owned(),
+        transport: "TCP".to_owned(),
+        ..request(call_id, cseq, changes)
+    }))
+}
+
+fn outbound(uri: &str, reg_id: u32) -> ContactChange {
+    ContactChange {
+        reg_id: Some(reg_id),
+        ..with_params(
+            uri,
+            3600,
+            &format!(";+sip.instance=\"{INSTANCE}\";reg-id={reg_id}"),
+        )
+    }
+}
+
+#[test]
+fn outbound_bindings_are_keyed_by_instance_and_reg_id() {
+    // Two flows of one instance (RFC 5626 s.6): two bindings.
+    let state = apply(
+        given_created(),
+        &over_tcp("c", 1, vec![outbound(MOBILE, 1)], "198.51.100.7:40123"),
+        T0,
+    );
+    let state = apply(
+        state,
+        &over_tcp("c", 2, vec![outbound(MOBILE, 2)], "198.51.100.7:40124"),
+        T0 + SEC,
+    );
+    assert_eq!(state.bindings.len(), 2);
+    assert_eq!(
+        state.bindings[0].key(),
+        Key::Instance(INSTANCE.to_ascii_lowercase(), Some(1))
+    );
+    assert_eq!(
+        state
+            .bindings
+            .iter()
+            .map(|b| (b.reg_id, b.source.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Some(1), "198.51.100.7:40123"),
+            (Some(2), "198.51.100.7:40124")
+        ]
+    );
+    // A reg-id without an instance keys nothing.
+    let plain = ContactChange {
+        reg_id: Some(1),
+        ..contact(DESK, 3600)
+    };
+    assert_eq!(plain.key(), Key::Uri(DESK.to_owned()));
+}
+
+#[test]
+fn a_re_registration_on_a_new_flow_replaces_the_old_flow() {
+    let state = apply(
+        given_created(),
+        &over_tcp("c", 1, vec![outbound(MOBILE, 1)], "198.51.100.7:40123"),
+        T0,
+    );
+    // The connection broke; the phone registers again on a new one.
+    let events = decide(
+        &state,
+        &over_tcp("c", 2, vec![outbound(MOBILE, 1)], "198.51.100.7:40999"),
+        T0 + SEC,
+    )
+    .unwrap();
+    assert!(matches!(
+        &events[..],
+        [Event::ContactRefreshed {
+            reg_id: Some(1),
+            ..
+        }]
+    ));
+    let state = events.iter().fold(state, user::evolve);
+    assert_eq!(state.bindings.len(), 1);
+    assert_eq!(state.bindings[0].source, "198.51.100.7:40999");
+}
+
+#[test]
+fn a_closed_flow_takes_its_bindings_with_it() {
+    let state = apply(
+        given_created(),
+        &over_tcp("c", 1, vec![contact(MOBILE, 3600)], "198.51.100.7:40123"),
+        T0,
+    );
+    let state = apply(state, &register("d", 1, vec![contact(DESK, 3600)]), T0);
+    let closed = Command::FlowClosed {
+        bindings: vec![contact(MOBILE, 1).key(), contact(LAPTOP, 1).key()],
+    };
+    let events = decide(&state, &closed, T0 + SEC).unwrap();
+    assert_eq!(events, vec![removed(MOBILE, reason::FLOW_CLOSED)]);
+    let state = events.iter().fold(state, user::evolve);
+    assert_eq!(uris(&state), vec![DESK]);
+    // Nothing left of that flow: nothing happens.
+    assert_eq!(decide(&state, &closed, T0 + 2 * SEC).unwrap(), vec![]);
+    // The last binding on a closed flow: offline.
+    let state = apply(
+        given_created(),
+        &over_tcp("c", 1, vec![contact(MOBILE, 3600)], "198.51.100.7:40123"),
+        T0,
+    );
+    assert_eq!(
+        decide(&state, &closed, T0 + SEC).unwrap(),
+        vec![removed(MOBILE, reason::FLOW_CLOSED), offline()]
+    );
+}
+
+#[test]
+fn nat_and_reg_id_are_stored_and_old_events_read_without_them() {
+    let mut change = outbound(MOBILE, 1);
+    change.nat = true;
+    let events = decide(
+        &given_created(),
+        &over_tcp("c", 1, vec![change], "198.51.100.7:40123"),
+        T0,
+    )
+    .unwrap();
+    let Event::ContactRegistered { binding } = &events[0] else {
+        panic!("{events:?}")
+    };
+    let json = serde_json::to_value(binding).unwrap();
+    assert_eq!(json["nat"], true);
+    assert_eq!(json["reg_id"], 1);
+    // Events written before these fields existed read as not NATed,
+    // without reg-id.
+    let old = serde_json::json!({
+        "uri": DESK, "params": "", "call_id": "c", "cseq": 1, "source": "192.0.2.10:5060",
+        "transport": "UDP", "registered_at": T0, "refreshed_at": T0, "expires_at": T0 + SEC
+    });
+    let old: Binding = serde_json::from_value(old).unwrap();
+    assert_eq!((old.nat, old.reg_id), (false, None));
 }

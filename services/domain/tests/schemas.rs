@@ -451,6 +451,8 @@ fn registration_events_from_decide(created: &User) -> Vec<Event> {
     use user::Command as C;
     let sec = 1_000_000;
     let contact = |uri: &str, expires_secs, q, params: &str| ContactChange {
+        reg_id: None,
+        nat: false,
         uri: uri.to_owned(),
         expires_secs,
         q,
@@ -545,6 +547,8 @@ fn registration_events_from_decide(created: &User) -> Vec<Event> {
 
 fn binding(instance: Option<&str>) -> Binding {
     Binding {
+        reg_id: None,
+        nat: false,
         uri: "sip:alice@[2001:db8::1]:5060;transport=tls;ob".to_owned(),
         params: instance
             .map(|i| format!(";+sip.instance=\"{i}\";reg-id=1;expires=3600"))
@@ -717,6 +721,8 @@ fn hand_made_events() -> Vec<Event> {
         .into(),
         U::ContactRegistered {
             binding: Binding {
+                reg_id: Some(1),
+                nat: true,
                 uri: "x".to_owned(),
                 params: String::new(),
                 q: Some(0),
@@ -733,6 +739,8 @@ fn hand_made_events() -> Vec<Event> {
         }
         .into(),
         U::ContactRefreshed {
+            reg_id: Some(1),
+            nat: true,
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: Some("<urn:uuid:1>".to_owned()),
             call_id: "c".to_owned(),
@@ -747,6 +755,8 @@ fn hand_made_events() -> Vec<Event> {
         }
         .into(),
         U::ContactRefreshed {
+            reg_id: None,
+            nat: false,
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: None,
             call_id: "c".to_owned(),
@@ -761,42 +771,49 @@ fn hand_made_events() -> Vec<Event> {
         }
         .into(),
         U::ContactRemoved {
+            reg_id: Some(2),
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: None,
             reason: "unregistered".to_owned(),
         }
         .into(),
         U::ContactRemoved {
+            reg_id: None,
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: Some("<urn:uuid:1>".to_owned()),
             reason: "user_disabled".to_owned(),
         }
         .into(),
         U::ContactRemoved {
+            reg_id: None,
             uri: "s".to_owned(),
             instance: None,
             reason: "user_deleted".to_owned(),
         }
         .into(),
         U::ContactExpired {
+            reg_id: None,
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: None,
             expired_at: T0,
         }
         .into(),
         U::ContactExpired {
+            reg_id: None,
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: Some("<urn:uuid:1>".to_owned()),
             expired_at: 0,
         }
         .into(),
         U::ContactReplaced {
+            reg_id: None,
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: None,
             replaced_by: "sip:alice@192.0.2.11".to_owned(),
         }
         .into(),
         U::ContactReplaced {
+            reg_id: None,
             uri: "sip:alice@192.0.2.10".to_owned(),
             instance: Some("<urn:uuid:1>".to_owned()),
             replaced_by: "sips:alice@example.com".to_owned(),

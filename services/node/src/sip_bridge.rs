@@ -11,10 +11,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dialtone_actors::{Meta, Provisioning, UserFacts};
+use dialtone_actors::{FlowFact, Meta, Provisioning, UserFacts};
 use dialtone_domain::call::{self, CallStep as Step};
 use dialtone_domain::event::{category_of, EventCategory};
-use dialtone_domain::registration::{ContactChange, Register};
+use dialtone_domain::registration::{ContactChange, Key, Register};
 use dialtone_domain::user::Presence;
 use dialtone_domain::{domain, routing, user, DomainId, DomainName, UserId, UserName};
 use dialtone_eventlog::{RecordedEvent, SharedStore};
@@ -26,6 +26,7 @@ use dialtone_sip::backend::{
     RouteStep, RouteTarget, SipBackend, Transport, UserCredentials, Watch,
 };
 use futures::StreamExt;
+use dialtone_sip::{ConnectionId, Flow};
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
 /// publish (no actor message on the hot path once an aggregate was loaded),
@@ -355,10 +356,32 @@ struct Reach<'a> {
     source: SocketAddr,
     /// `UDP`, `TCP`.
     transport: &'a str,
+    /// The connection its REGISTER came on, while this node knows it.
+    flow: Option<FlowFact>,
 }
 
-/// The SIP gateway's form of the domain's plan: each target's destination
-/// by `RouteTarget::for_binding`, as for any binding.
+/// The flow a binding is reached on: UDP from its source; a
+/// connection-oriented transport only on the connection its REGISTER came
+/// on. Without one (it closed, or the node restarted since) the binding is
+/// unreachable until the phone registers again, which it does when its
+/// flow breaks (RFC 5626 s.4.2): a connection of ours to the source
+/// address would not get through a NAT.
+fn flow_of(reach: &Reach<'_>) -> Option<Flow> {
+    let transport = Transport::parse(reach.transport)?;
+    if !transport.is_reliable() {
+        return Some(Flow::new(transport, reach.source));
+    }
+    let flow = reach.flow?;
+    Some(Flow {
+        transport,
+        remote: flow.remote,
+        local: flow.local,
+        connection: Some(ConnectionId(flow.connection)),
+    })
+}
+
+/// The SIP gateway's form of the domain's plan: each target's flow by
+/// `RouteTarget::for_binding`, as for any binding.
 fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan {
     RoutePlan {
         steps: plan
@@ -370,10 +393,7 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                 targets: step
                     .targets
                     .into_iter()
-                    .filter_map(|t| {
-                        let transport = Transport::parse(t.reach.transport)?;
-                        Some(RouteTarget::for_binding(t.uri, t.reach.source, transport))
-                    })
+                    .filter_map(|t| Some(RouteTarget::for_binding(t.uri, flow_of(&t.reach)?)))
                     .collect(),
                 ring_timeout: step.ring_timeout,
                 continue_on: ContinueOn {
@@ -445,22 +465,33 @@ impl SipBackend for ActorBackend {
                 request.user, request.domain
             )));
         };
+        let changes: Vec<ContactChange> = request
+            .changes
+            .into_iter()
+            .map(|c| ContactChange {
+                uri: c.uri,
+                expires_secs: c.expires_secs,
+                q: c.q,
+                params: c.params,
+                reg_id: c.reg_id,
+                nat: c.nat,
+            })
+            .collect();
+        // Which bindings this REGISTER puts on its flow, and which it
+        // takes off any.
+        let touched: Vec<(Key, bool)> = changes
+            .iter()
+            .map(|c| (c.key(), c.expires_secs > 0))
+            .collect();
+        let flow = request.flow;
+        let remove_all = request.remove_all;
         let command = user::Command::Register(Box::new(Register {
             call_id: request.call_id.clone(),
             cseq: request.cseq,
-            changes: request
-                .changes
-                .into_iter()
-                .map(|c| ContactChange {
-                    uri: c.uri,
-                    expires_secs: c.expires_secs,
-                    q: c.q,
-                    params: c.params,
-                })
-                .collect(),
-            remove_all: request.remove_all,
-            source: request.source.to_string(),
-            transport: request.transport.as_str().to_owned(),
+            changes,
+            remove_all,
+            source: flow.remote.to_string(),
+            transport: flow.transport.as_str().to_owned(),
             user_agent: request.user_agent,
         }));
         // The SIP Call-ID is the events' correlation id, not a request id:
@@ -478,6 +509,26 @@ impl SipBackend for ActorBackend {
                 |reply| contacts_of(reply.state, micros(SystemTime::now())),
             )
             .await;
+        if result.is_ok() {
+            let flows = self.provisioning.directory().facts().flows();
+            if remove_all {
+                flows.forget_user(id);
+            }
+            for (key, kept) in touched {
+                match flow.connection {
+                    Some(connection) if kept => flows.registered(
+                        id,
+                        key,
+                        FlowFact {
+                            connection: connection.0,
+                            local: flow.local,
+                            remote: flow.remote,
+                        },
+                    ),
+                    _ => flows.forget(id, &key),
+                }
+            }
+        }
         match result {
             Ok(contacts) => Ok(RegisterOutcome::Ok { contacts }),
             Err(dialtone_actors::Error::Domain(dialtone_domain::Error::OutOfOrder(_))) => {
@@ -527,6 +578,7 @@ impl SipBackend for ActorBackend {
             }
             _ => None,
         };
+        let flows = self.provisioning.directory().facts().flows();
         let callee = routing::Callee {
             domain: status,
             user: user.as_deref().map(|user| routing::CalleeUser {
@@ -543,6 +595,7 @@ impl SipBackend for ActorBackend {
                         reach: Reach {
                             source: c.source,
                             transport: &c.transport,
+                            flow: id.and_then(|id| flows.of(id, &c.key)),
                         },
                     })
                     .collect(),
@@ -623,6 +676,30 @@ impl SipBackend for ActorBackend {
                 .await
             {
                 tracing::warn!(error = %e, "recording a SIP lock-out failed");
+            }
+        });
+    }
+
+    fn flow_closed(&self, connection: ConnectionId) {
+        let directory = self.provisioning.directory();
+        let gone = directory.facts().flows().closed(connection.0);
+        if gone.is_empty() {
+            return;
+        }
+        let directory = directory.clone();
+        tokio::spawn(async move {
+            for (id, bindings) in gone {
+                let result = directory
+                    .execute_user_with(
+                        id,
+                        user::Command::FlowClosed { bindings },
+                        Meta::default(),
+                        |_| (),
+                    )
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "removing the bindings of a closed flow failed");
+                }
             }
         });
     }

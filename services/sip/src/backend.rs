@@ -6,10 +6,9 @@
 //! into a [`RegisterRequest`] and turns the [`RegisterOutcome`] into a SIP
 //! response.
 
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
-pub use crate::transport::Transport;
+pub use crate::transport::{ConnectionId, Flow, Transport};
 
 use crate::auth::digest::Algorithm;
 
@@ -137,6 +136,14 @@ pub struct ContactChange {
     /// The other contact parameters, raw, e.g. `;+sip.instance="<urn:...>";reg-id=1`
     /// (empty when none).
     pub params: String,
+    /// The RFC 5626 `reg-id`, set only when the REGISTER uses outbound
+    /// (`Supported: outbound`, and the contact has `+sip.instance`): the
+    /// binding is then one flow of that instance.
+    pub reg_id: Option<u32>,
+    /// The contact's address is not the one the REGISTER came from: the
+    /// phone is behind a NAT (or names a host), and is reached at the
+    /// REGISTER's source.
+    pub nat: bool,
 }
 
 /// A REGISTER that passed authentication and the expiry policy.
@@ -153,9 +160,10 @@ pub struct RegisterRequest {
     /// `Contact: *` with `Expires: 0`: remove every binding of the user
     /// (RFC 3261 s.10.3 step 6). `changes` is then empty.
     pub remove_all: bool,
-    /// Source address the request was received from (after NAT).
-    pub source: SocketAddr,
-    pub transport: Transport,
+    /// The flow the request came on: transport, source address (after
+    /// NAT), our address, and the connection for connection-oriented
+    /// transports. A binding is reached on it.
+    pub flow: Flow,
     pub user_agent: Option<String>,
     pub received_at: SystemTime,
 }
@@ -277,37 +285,56 @@ impl ContinueOn {
 pub struct RouteTarget {
     /// The contact URI (the forwarded INVITE's Request-URI).
     pub uri: String,
-    /// Where the INVITE is sent: see [`RouteTarget::for_binding`].
-    pub dest: SocketAddr,
-    pub transport: Transport,
+    /// Where and how the INVITE is sent: see [`RouteTarget::for_binding`].
+    pub flow: Flow,
 }
 
 impl RouteTarget {
-    /// Where to reach a contact registered from `source` over `transport`:
-    /// - TCP, TLS, WS, WSS: the connection the REGISTER came on
-    ///   (`source`), which is the only way to a phone behind NAT and what
+    /// How to reach a contact registered on `registered` (the flow its
+    /// REGISTER came on):
+    /// - connection-oriented transports: that flow — its connection while
+    ///   it is open, which is the only way to a phone behind NAT and what
     ///   RFC 5626 asks (and for WebSocket the only way at all: its contact
-    ///   host is a made-up `.invalid` name, RFC 7118 s.5);
+    ///   host is a made-up `.invalid` name, RFC 7118 s.5), else a
+    ///   connection to the REGISTER's source;
     /// - UDP: the contact URI's address when it names the same IP address
     ///   as the REGISTER came from (not NATed: a device may register a
-    ///   contact on another port than it sends from), otherwise `source`
+    ///   contact on another port than it sends from), otherwise the source
     ///   (NAT: the private address in the contact is unreachable, the
     ///   source address and port are the pinhole; what Kamailio's
-    ///   `fix_nated_contact` does).
-    pub fn for_binding(uri: &str, source: SocketAddr, transport: Transport) -> RouteTarget {
-        let dest = match transport {
-            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => source,
-            Transport::Udp => match crate::transport::uri_destination(uri) {
-                Some((_, d)) if d.ip() == source.ip() => d,
-                _ => source,
-            },
+    ///   `fix_nated_contact` does). Sent from the socket the REGISTER
+    ///   arrived on, so the NAT sees the reply come from where it expects.
+    pub fn for_binding(uri: &str, registered: Flow) -> RouteTarget {
+        let flow = if registered.is_reliable() {
+            registered
+        } else {
+            match crate::transport::uri_destination(uri) {
+                Some((_, d)) if d.ip() == registered.remote.ip() => Flow {
+                    remote: d,
+                    connection: None,
+                    ..registered
+                },
+                _ => Flow {
+                    connection: None,
+                    ..registered
+                },
+            }
         };
         RouteTarget {
             uri: uri.to_owned(),
-            dest,
-            transport,
+            flow,
         }
     }
+}
+
+/// Whether a contact registered from `source` is behind a NAT: its URI
+/// does not name the source's IP address (a private address, or a host
+/// name that says nothing about where the phone is).
+pub fn contact_is_natted(uri: &str, source: std::net::SocketAddr) -> bool {
+    let Some(u) = crate::wire::message::Uri::parse(uri) else {
+        return true;
+    };
+    crate::wire::message::host_ip(u.host) != Some(source.ip())
 }
 
 /// Which leg of a call a step is recorded for.
@@ -534,6 +561,13 @@ pub trait SipBackend: Send + Sync + 'static {
     /// once per lock, and rate-limited by the gateway): record it as a
     /// security event. Must not block (spawn the work).
     fn lockout(&self, lockout: crate::guard::Lockout);
+
+    /// A connection closed (the peer closed it, it broke, it stayed idle
+    /// too long, or the node dropped it): the bindings registered over it
+    /// are gone with it (RFC 5626 s.5.3), as events. Called once per
+    /// connection, also for one that never carried a REGISTER. Must not
+    /// block (spawn the work).
+    fn flow_closed(&self, connection: ConnectionId);
 }
 
 /// The part of [`SipBackend`] a registrar needs: for tools and benchmarks
@@ -590,4 +624,50 @@ impl<B: RegistrarBackend> SipBackend for RegistrarOnly<B> {
     fn set_watcher(&self, _: std::sync::Arc<dyn ResourceWatcher>) {}
 
     fn lockout(&self, _: crate::guard::Lockout) {}
+
+    // A registrar-only tool keeps its bindings until they expire: it has
+    // no flows to route calls on.
+    fn flow_closed(&self, _: ConnectionId) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(transport: Transport, remote: &str, connection: Option<u64>) -> Flow {
+        Flow {
+            transport,
+            remote: remote.parse().unwrap(),
+            local: Some("192.0.2.1:5060".parse().unwrap()),
+            connection: connection.map(ConnectionId),
+        }
+    }
+
+    #[test]
+    fn a_binding_is_reached_on_its_flow() {
+        // Connection-oriented: the connection the REGISTER came on.
+        let tcp = flow(Transport::Tcp, "198.51.100.7:40123", Some(7));
+        assert_eq!(
+            RouteTarget::for_binding("sip:a@10.0.0.2:5060;transport=tcp", tcp).flow,
+            tcp
+        );
+        // UDP behind NAT: the source address, from the same local socket.
+        let udp = flow(Transport::Udp, "198.51.100.7:40123", None);
+        assert_eq!(
+            RouteTarget::for_binding("sip:a@10.0.0.2:5060", udp).flow,
+            udp
+        );
+        // UDP, not NATed: the contact's port.
+        let t = RouteTarget::for_binding("sip:a@198.51.100.7:5062", udp);
+        assert_eq!(t.flow.remote, "198.51.100.7:5062".parse().unwrap());
+        assert_eq!(t.flow.local, udp.local);
+    }
+
+    #[test]
+    fn nat_is_a_contact_not_naming_the_source_address() {
+        let source = "198.51.100.7:40123".parse().unwrap();
+        assert!(contact_is_natted("sip:a@10.0.0.2:5060", source));
+        assert!(contact_is_natted("sip:a@phone.example.com", source));
+        assert!(!contact_is_natted("sip:a@198.51.100.7:5060", source));
+    }
 }

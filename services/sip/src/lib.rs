@@ -74,7 +74,7 @@ pub use backend::{
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};
-pub use transport::{Flow, Transport};
+pub use transport::{ConnectionId, Flow, Transport};
 
 /// Errors of this crate's public API (starting the gateway, the test UA).
 /// Malformed SIP input is not an `Error`: it becomes a 400 or is dropped.

@@ -73,7 +73,20 @@ pub fn plan(msg: &Message<'_>, policy: &ExpiresPolicy) -> Result<Plan, Reject> {
         let mut expires = header_expires;
         let mut q = None;
         let mut rest = String::new();
+        let (mut instance, mut reg_id) = (false, None);
         for (name, value) in params(na.params) {
+            // RFC 5626 parameters stay in the raw parameters too (they are
+            // part of the contact as the phone sent it).
+            if name.eq_ignore_ascii_case("+sip.instance") {
+                instance = true;
+            } else if name.eq_ignore_ascii_case("reg-id") {
+                reg_id = Some(
+                    value
+                        .and_then(parse_u32)
+                        .filter(|r| *r > 0)
+                        .ok_or(Reject::BadRequest("Bad Contact reg-id"))?,
+                );
+            }
             if name.eq_ignore_ascii_case("expires") {
                 let v = value
                     .and_then(parse_u32)
@@ -109,9 +122,20 @@ pub fn plan(msg: &Message<'_>, policy: &ExpiresPolicy) -> Result<Plan, Reject> {
             expires_secs: granted,
             q,
             params: rest,
+            // A reg-id means nothing without an instance (RFC 5626 s.4.2).
+            reg_id: reg_id.filter(|_| instance),
+            // Filled in by the caller, which knows the flow.
+            nat: false,
         });
     }
     Ok(Plan::Update(changes))
+}
+
+/// Whether the request lists `outbound` in `Supported` (RFC 5626 s.4.2:
+/// a UA using outbound says so).
+pub fn supports_outbound(msg: &Message<'_>) -> bool {
+    msg.list(Name::Supported)
+        .any(|o| o.trim().eq_ignore_ascii_case("outbound"))
 }
 
 /// `q` value (RFC 3261 s.20.10: 0 to 1 with up to 3 decimals) in thousandths.
@@ -167,7 +191,28 @@ mod tests {
             expires_secs: e,
             q: None,
             params: String::new(),
+            reg_id: None,
+            nat: false,
         }
+    }
+
+    #[test]
+    fn outbound_reg_id_only_with_an_instance() {
+        let Ok(Plan::Update(c)) = run(
+            "Supported: path, outbound\r\nContact: <sip:a@h>;+sip.instance=\"<urn:uuid:1>\";reg-id=2, <sip:b@h>;reg-id=1\r\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(c[0].reg_id, Some(2));
+        assert_eq!(c[1].reg_id, None);
+        assert_eq!(
+            run("Contact: <sip:a@h>;reg-id=x\r\n"),
+            Err(Reject::BadRequest("Bad Contact reg-id"))
+        );
+        let raw = reg("Supported: path, outbound\r\n");
+        assert!(supports_outbound(&Message::parse(raw.as_bytes()).unwrap()));
+        let raw = reg("Supported: path\r\n");
+        assert!(!supports_outbound(&Message::parse(raw.as_bytes()).unwrap()));
     }
 
     #[test]

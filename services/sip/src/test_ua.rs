@@ -313,6 +313,59 @@ impl TestUa {
         ))
     }
 
+    /// A UDP client on a socket the caller bound (in another network
+    /// namespace, say: a phone behind a NAT).
+    pub fn udp_from(socket: std::net::UdpSocket, server: SocketAddr) -> Result<TestUa> {
+        socket.set_nonblocking(true)?;
+        let s = UdpSocket::from_std(socket)?;
+        let local = s.local_addr()?;
+        Ok(TestUa::new(Conn::Udp(s), server, local))
+    }
+
+    /// The next message of any kind, raw: how a test sees the requests the
+    /// server sends to this UA (an INVITE on the flow it registered on).
+    /// `Ok(None)` on timeout.
+    pub async fn recv_message(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
+        let next = async {
+            match &mut self.conn {
+                Conn::Udp(s) => {
+                    let mut buf = vec![0u8; 65_536];
+                    let n = s.recv_from(&mut buf).await?.0;
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Conn::Tcp { stream, buf } => loop {
+                    match frame::check(buf, 1 << 20) {
+                        Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
+                        Ok(Some(Frame::Message(n))) => return Ok(buf.split_to(n).to_vec()),
+                        Ok(None) => {
+                            if stream.read_buf(buf).await? == 0 {
+                                return Err(Error::Protocol("connection closed".into()));
+                            }
+                        }
+                        Err(e) => return Err(Error::Protocol(e.to_string())),
+                    }
+                },
+                Conn::Tls { stream, buf } => loop {
+                    match frame::check(buf, 1 << 20) {
+                        Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
+                        Ok(Some(Frame::Message(n))) => return Ok(buf.split_to(n).to_vec()),
+                        Ok(None) => {
+                            if stream.read_buf(buf).await? == 0 {
+                                return Err(Error::Protocol("connection closed".into()));
+                            }
+                        }
+                        Err(e) => return Err(Error::Protocol(e.to_string())),
+                    }
+                },
+            }
+        };
+        match tokio::time::timeout(timeout, next).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     fn new(conn: Conn, server: SocketAddr, local: SocketAddr) -> TestUa {
         TestUa {
             conn,

@@ -1227,8 +1227,7 @@ fn build(seed: u64) -> Sim {
             );
             targets.push(RouteTarget {
                 uri: format!("sip:{user}@{addr}"),
-                dest: addr,
-                transport: Transport::Udp,
+                flow: Flow::new(Transport::Udp, addr),
             });
         }
         let plan = if targets.len() > 1 && rng.chance(50) {
@@ -1569,7 +1568,7 @@ fn check_end(sim: &mut Sim) {
                             && sim.plans[call_id]
                                 .steps
                                 .iter()
-                                .any(|s| s.targets.iter().any(|t| t.dest == c.addr))
+                                .any(|s| s.targets.iter().any(|t| t.flow.remote == c.addr))
                             && c.incoming.values().any(|i| i.final_code == Some(200))
                     });
                     if !answered_here {
@@ -1652,7 +1651,7 @@ fn check_end_b2bua(sim: &Sim, failures: &mut Vec<String>) {
                 let Some(call_id) = sim.plans.iter().find_map(|(id, plan)| {
                     plan.steps
                         .iter()
-                        .any(|s| s.targets.iter().any(|t| t.dest == p.addr))
+                        .any(|s| s.targets.iter().any(|t| t.flow.remote == p.addr))
                         .then(|| id.clone())
                 }) else {
                     continue;

@@ -48,8 +48,9 @@ async fn register_over_udp_sha256_and_md5() {
     assert_eq!(req.user, "alice");
     assert_eq!(req.domain, DOMAIN);
     assert_eq!(req.cseq, 2);
-    assert_eq!(req.source, ua.local_addr());
-    assert_eq!(req.transport, dialtone_sip::Transport::Udp);
+    assert_eq!(req.flow.remote, ua.local_addr());
+    assert_eq!(req.flow.transport, dialtone_sip::Transport::Udp);
+    assert_eq!(req.flow.connection, None);
     assert_eq!(req.user_agent.as_deref(), Some("dialtone-test-ua"));
 
     let r = Register::new("bob", DOMAIN)
@@ -75,7 +76,20 @@ async fn register_over_tcp() {
         assert_eq!(ok.contacts().len(), i + 1);
     }
     let req = reg.last_request.lock().unwrap().clone().unwrap();
-    assert_eq!(req.transport, dialtone_sip::Transport::Tcp);
+    assert_eq!(req.flow.transport, dialtone_sip::Transport::Tcp);
+    let connection = req
+        .flow
+        .connection
+        .expect("a TCP flow names its connection");
+    // The connection closing is reported to the backend.
+    drop(ua);
+    for _ in 0..100 {
+        if reg.closed_flows.lock().unwrap().contains(&connection) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reg.closed_flows.lock().unwrap().contains(&connection));
     gw.shutdown().await;
 }
 

@@ -31,6 +31,11 @@ pub(super) async fn status(c: &mut Clients, out: &Output, user: String) -> anyho
                 "instance": k.instance,
                 "call_id": k.call_id,
                 "cseq": k.cseq,
+                "nat": k.nat,
+                "flow": flow_text(k),
+                "connection_id": k.connection_id,
+                "local_address": k.local_address,
+                "reg_id": k.reg_id,
             })
         })
         .collect();
@@ -45,13 +50,26 @@ pub(super) async fn status(c: &mut Clients, out: &Output, user: String) -> anyho
             Some(contacts) if !contacts.is_empty() => {
                 for k in contacts {
                     text.push_str(&format!(
-                        "\n  {}  via {} from {}  expires {}  ({})",
+                        "\n  {}  via {} from {}  NAT: {}  flow: {}  expires {}  ({})",
                         s(k, "uri"),
                         s(k, "transport"),
                         s(k, "source"),
+                        if k["nat"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        s(k, "flow"),
                         s(k, "expires_at"),
                         s(k, "user_agent")
                     ));
+                    if k["reg_id"].as_u64().is_some_and(|r| r > 0) {
+                        text.push_str(&format!(
+                            "\n      outbound: instance {} reg-id {}",
+                            s(k, "instance"),
+                            s(k, "reg_id")
+                        ));
+                    }
                 }
             }
             _ => text.push_str("\n  no registered contacts"),
@@ -59,6 +77,20 @@ pub(super) async fn status(c: &mut Clients, out: &Output, user: String) -> anyho
         text
     });
     Ok(())
+}
+
+/// How a contact is reached: `udp`, the connection it registered over
+/// (`connection 17`), or none (a connection-oriented binding whose
+/// connection closed or predates a restart: unreachable until the device
+/// registers again).
+fn flow_text(k: &pb::Contact) -> String {
+    if k.connection_id != 0 {
+        format!("connection {}", k.connection_id)
+    } else if k.transport.eq_ignore_ascii_case("udp") {
+        "udp".to_owned()
+    } else {
+        "none (until it registers again)".to_owned()
+    }
 }
 
 pub(super) async fn online(c: &mut Clients, out: &Output, domain: String) -> anyhow::Result<()> {

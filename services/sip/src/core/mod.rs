@@ -15,7 +15,7 @@ use crate::auth::digest::{write_challenge, Algorithm, CredentialsRef, DigestErro
 use crate::auth::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
 use crate::backend::{
     BackendError, CallCause, CallRoute, CurrentContact, Lookup, RegisterOutcome, RegisterRequest,
-    SipBackend, Transport, UserCredentials,
+    SipBackend, UserCredentials,
 };
 use crate::config::GatewayConfig;
 use crate::guard::{Guard, LockScope, Lockout};
@@ -566,7 +566,6 @@ impl Core {
         method_text: &str,
         upstream: Upstream<'_>,
     ) -> (u16, Bytes) {
-        let transport = upstream.flow.transport;
         let msg = cx.msg;
         let max_forwards = match msg.max_forwards() {
             Ok(m) => m,
@@ -585,7 +584,7 @@ impl Core {
         match method {
             Method::Register => {
                 let started = Instant::now();
-                let out = self.register(cx, method_text, transport).await;
+                let out = self.register(cx, method_text, upstream.flow).await;
                 self.metrics
                     .register_seconds(started.elapsed().as_secs_f64());
                 out

@@ -3,6 +3,17 @@
 //! outcome becomes the 200 with the current contacts, 423, 500 or 503.
 
 use super::*;
+use crate::backend::contact_is_natted;
+
+/// The `Flow-Timer` (RFC 5626 s.4.4) we give a UA using outbound over
+/// UDP: NATs drop UDP mappings after as little as 30 s, so the phone's
+/// STUN keep-alives must come more often than that.
+const FLOW_TIMER_UDP_SECS: u64 = 29;
+
+/// The same over a connection-oriented transport: RFC 5626's recommended
+/// 120 s, which the phone's CRLF pings (at 80-100% of it) keep well inside
+/// the idle timeout of our connections.
+const FLOW_TIMER_STREAM_SECS: u64 = 120;
 
 pub(super) fn write_contacts(r: &mut Response, contacts: &[CurrentContact]) {
     for c in contacts {
@@ -20,13 +31,8 @@ pub(super) fn write_contacts(r: &mut Response, contacts: &[CurrentContact]) {
 }
 
 impl Core {
-    pub(super) async fn register(
-        &self,
-        cx: Cx<'_>,
-        method_text: &str,
-        transport: Transport,
-    ) -> (u16, Bytes) {
-        let (msg, source) = (cx.msg, cx.source);
+    pub(super) async fn register(&self, cx: Cx<'_>, method_text: &str, flow: Flow) -> (u16, Bytes) {
+        let msg = cx.msg;
         let StartLine::Request { uri, .. } = msg.start else {
             return self.respond(cx, 400, "Bad Request", |_| {});
         };
@@ -90,16 +96,27 @@ impl Core {
                 })
             }
         };
+        // RFC 5626 s.6: outbound is in use when the UA supports it and a
+        // contact names its instance and flow (reg-id).
+        let outbound = registrar::supports_outbound(msg)
+            && matches!(&plan, Plan::Update(c) if c.iter().any(|c| c.reg_id.is_some()));
         let contacts = match plan {
             Plan::Query => match self.call(self.backend.contacts(domain, user)).await {
                 Ok(c) => c,
                 Err(e) => return self.backend_failure(cx, &e),
             },
             Plan::RemoveAll | Plan::Update(_) => {
-                let (changes, remove_all) = match plan {
+                let (mut changes, remove_all) = match plan {
                     Plan::Update(c) => (c, false),
                     _ => (Vec::new(), true),
                 };
+                for change in &mut changes {
+                    change.nat = contact_is_natted(&change.uri, flow.remote);
+                    if !outbound {
+                        // Without outbound a reg-id is an unknown parameter.
+                        change.reg_id = None;
+                    }
+                }
                 let (call_id, cseq) = match (msg.call_id(), msg.cseq()) {
                     (Ok(c), Ok(s)) => (c, s.seq),
                     _ => return self.respond(cx, 400, "Bad Request", |_| {}),
@@ -111,8 +128,7 @@ impl Core {
                     cseq,
                     changes,
                     remove_all,
-                    source: source.addr,
-                    transport,
+                    flow,
                     user_agent: msg.header(Name::UserAgent).map(str::to_owned),
                     received_at: SystemTime::now(),
                 };
@@ -126,9 +142,38 @@ impl Core {
             }
         };
         let contacts_len: usize = contacts.iter().map(|c| c.uri.len() + 40).sum();
-        self.respond_sized(cx, 200, "OK", contacts_len + 40, |r| {
+        self.respond_sized(cx, 200, "OK", contacts_len + 80, |r| {
             write_contacts(r, &contacts);
+            if outbound {
+                r.header("Require", "outbound");
+                let timer = if flow.is_reliable() {
+                    FLOW_TIMER_STREAM_SECS
+                } else {
+                    FLOW_TIMER_UDP_SECS
+                };
+                r.header_with("Flow-Timer", |b| write_u64(b, timer));
+            }
             r.header_with("Date", |b| write_http_date(b, now / 1000));
         })
+    }
+}
+
+impl Core {
+    /// Whether a keep-alive (STUN Binding request) from `source` may be
+    /// answered: the same per-source rate limit as SIP messages, so that
+    /// the node never answers a flood (a spoofed source would make it a
+    /// reflector).
+    pub(crate) fn admit_keep_alive(&self, source: std::net::IpAddr) -> bool {
+        let admitted = self.guard.admit(source, Instant::now());
+        if !admitted {
+            metrics::counter!(metric::DROPPED, "reason" => "rate_limited").increment(1);
+        }
+        admitted
+    }
+
+    /// A connection closed: the backend drops the bindings registered
+    /// over it (RFC 5626 s.5.3).
+    pub(crate) fn flow_closed(&self, connection: crate::transport::ConnectionId) {
+        self.backend.flow_closed(connection);
     }
 }

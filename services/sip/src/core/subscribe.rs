@@ -7,6 +7,7 @@
 //! what identifies them.
 
 use super::*;
+use crate::transport::Transport;
 use crate::backend::Watch;
 use crate::subscription::{LimitHit, NewSubscription, Package, Refresh, ALLOW_EVENTS};
 use crate::wire::message::{parse_u32, NameAddr};

@@ -141,7 +141,7 @@ struct CalleeLeg {
 
 impl CalleeLeg {
     fn flow(&self) -> Flow {
-        Flow::new(self.target.transport, self.target.dest)
+        self.target.flow
     }
 
     fn is_final(&self) -> bool {
@@ -604,8 +604,8 @@ impl B2buaCall {
             );
             let local_tag = format!("{:016x}", self.next_id());
             let local = leg::with_own_tag(from, &local_tag);
-            let flow = Flow::new(target.transport, target.dest);
-            let via = via(&self.setup.advertised, target.transport, &branch);
+            let flow = target.flow;
+            let via = via(&self.setup.advertised, target.flow.transport, &branch);
             let contact = leg::own_contact(&self.setup.advertised, flow);
             let invite = leg::request(&leg::Request {
                 method: "INVITE",
@@ -623,7 +623,7 @@ impl B2buaCall {
             });
             self.call_ids.push(call_id.clone().into_boxed_str());
             fx.push(Effect::B2buaCallId(call_id.clone().into_boxed_str()));
-            let reliable = target.transport.is_reliable();
+            let reliable = target.flow.is_reliable();
             let leg = CalleeLeg {
                 sent: SentInvite {
                     ruri: target.uri.clone(),
@@ -694,7 +694,7 @@ impl B2buaCall {
             }
             InviteState::Proceeding => {
                 let bytes = forward::cancel_for(&c.sent);
-                let reliable = c.target.transport.is_reliable();
+                let reliable = c.target.flow.is_reliable();
                 c.cancel = CancelState::Sent {
                     bytes: bytes.clone(),
                     retransmit_at: (!reliable).then_some(now + T1),
@@ -948,7 +948,7 @@ impl B2buaCall {
             if let CancelState::Sent { .. } = c.cancel {
                 c.cancel = CancelState::Answered;
             }
-            if c.target.transport.is_reliable() {
+            if c.target.flow.is_reliable() {
                 c.state = InviteState::Terminated;
                 c.timeout_at = None;
             } else {
@@ -1668,8 +1668,7 @@ Content-Length: {}\r\n\r\n{SDP}",
     fn target(port: u16) -> RouteTarget {
         RouteTarget {
             uri: format!("sip:bob@10.0.0.{port}:5070"),
-            dest: addr(&format!("10.0.0.{port}:5070")),
-            transport: Transport::Udp,
+            flow: Flow::new(Transport::Udp, addr(&format!("10.0.0.{port}:5070"))),
         }
     }
 
@@ -2297,7 +2296,7 @@ Call-ID: {callee_call_id}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n"
         let now = Instant::now();
         let mut e = engine();
         let tcp_target = RouteTarget {
-            transport: Transport::Tcp,
+            flow: Flow::new(Transport::Tcp, addr("10.0.0.2:5070")),
             ..target(2)
         };
         let raw = invite().replace("SIP/2.0/UDP", "SIP/2.0/TCP");

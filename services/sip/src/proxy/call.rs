@@ -125,7 +125,7 @@ struct Branch {
 
 impl Branch {
     fn flow(&self) -> Flow {
-        Flow::new(self.target.transport, self.target.dest)
+        self.target.flow
     }
 
     fn is_final(&self) -> bool {
@@ -592,12 +592,12 @@ impl ProxyCall {
         self.branch_seq += 1;
         let ack_via = via(
             &self.setup.advertised,
-            b.target.transport,
+            b.target.flow.transport,
             &format!("z9hG4bK-ds{:016x}a{:x}", self.branch_salt, self.branch_seq),
         );
         let bye_via = via(
             &self.setup.advertised,
-            b.target.transport,
+            b.target.flow.transport,
             &format!("z9hG4bK-ds{:016x}b{:x}", self.branch_salt, self.branch_seq),
         );
         let ack = forward::ack_for(
@@ -651,7 +651,7 @@ impl ProxyCall {
                 b.cancel = CancelState::Answered;
             }
             // Timer D: absorb retransmissions of the response over UDP.
-            b.timeout_at = if b.target.transport.is_reliable() {
+            b.timeout_at = if b.target.flow.transport.is_reliable() {
                 None
             } else {
                 Some(now + TIMER_64T1)
@@ -686,7 +686,7 @@ impl ProxyCall {
             }
             BranchState::Proceeding => {
                 let bytes = forward::cancel_for(&b.sent);
-                let reliable = b.target.transport.is_reliable();
+                let reliable = b.target.flow.transport.is_reliable();
                 b.cancel = CancelState::Sent {
                     bytes: bytes.clone(),
                     retransmit_at: (!reliable).then_some(now + T1),
@@ -794,7 +794,7 @@ impl ProxyCall {
         let targets = self.setup.steps[step].targets.clone();
         for target in targets {
             let id = self.new_branch_id();
-            let via = via(&self.setup.advertised, target.transport, &id);
+            let via = via(&self.setup.advertised, target.flow.transport, &id);
             let request = forward::forward_request(
                 msg,
                 &Forward {
@@ -807,7 +807,7 @@ impl ProxyCall {
                     drop_proxy_authorization: true,
                 },
             );
-            let reliable = target.transport.is_reliable();
+            let reliable = target.flow.transport.is_reliable();
             let branch = Branch {
                 sent: SentInvite {
                     ruri: target.uri.clone(),
@@ -897,7 +897,7 @@ impl ProxyCall {
                 caller_tag,
                 callee_tag,
                 caller: self.setup.upstream,
-                callee: Flow::new(target.transport, target.dest),
+                callee: target.flow,
                 caller_contact: self.caller_contact.clone(),
                 callee_contact,
                 from: invite.header(Name::From).unwrap_or("").to_owned(),

@@ -345,7 +345,11 @@ impl Transports {
         }
     }
 
-    /// Forgets a connection that is no longer served.
+    /// Forgets a connection that is no longer served. The bindings
+    /// registered over it go with it, unless the node is shutting down:
+    /// then the phone did not lose its flow, and after the restart its
+    /// binding waits, unreachable, for the phone to register again (RFC
+    /// 5626) instead of being removed by us.
     pub(super) fn connection_closed(
         &self,
         transport: Transport,
@@ -354,6 +358,11 @@ impl Transports {
     ) {
         if let Ok(mut map) = self.connections.lock() {
             map.remove(transport, peer, id);
+        }
+        if !*self.shutdown.borrow() {
+            if let Some(core) = self.core.get().and_then(std::sync::Weak::upgrade) {
+                core.flow_closed(id);
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use crate::wire::message::{host_ip, params, Uri, Via};
 pub mod gateway;
 mod limits;
 mod stream;
+pub mod stun;
 pub mod tls;
 mod udp;
 mod ws;

@@ -194,9 +194,7 @@ pub(super) async fn serve_stream<R, W>(
     } = cx;
     // The proxy sends requests and relayed responses for this peer on
     // this connection (a phone registered over it is reached on it).
-    if let Ok(mut map) = transports.connections.lock() {
-        map.insert(transport, peer, id, tx.clone());
-    }
+    transports.connection_opened(transport, peer, id, tx.clone());
     let flow = Flow::received(transport, peer, local, Some(id));
     let writer_task = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
@@ -222,12 +220,25 @@ pub(super) async fn serve_stream<R, W>(
         core.config().max_tcp_in_flight_per_connection.max(1),
     ));
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // CR/LF bytes seen since the last message: a double CRLF (which may
+    // come in pieces) is a keep-alive ping.
+    let mut line_ends = 0usize;
     'conn: loop {
         // Take every whole message out of the buffer.
         loop {
             match frame::check(&buf, max) {
-                Ok(Some(Frame::KeepAlive(n))) => buf.advance(n),
+                Ok(Some(Frame::KeepAlive(n))) => {
+                    line_ends += n;
+                    buf.advance(n);
+                    // RFC 5626 s.4.4.1: a double CRLF ping is answered with
+                    // a single CRLF pong (one per ping, however it arrived).
+                    while line_ends >= 4 {
+                        line_ends -= 4;
+                        let _ = tx.send(Bytes::from_static(b"\r\n")).await;
+                    }
+                }
                 Ok(Some(Frame::Message(n))) => {
+                    line_ends = 0;
                     // Backpressure: stop reading while too many are in flight.
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break 'conn;
@@ -297,9 +308,7 @@ pub(super) async fn serve_stream<R, W>(
             Ok(Ok(_)) => {}
         }
     }
-    if let Ok(mut map) = transports.connections.lock() {
-        map.remove(transport, peer, id);
-    }
+    transports.connection_closed(transport, peer, id);
     drop(tx);
     let _ = writer_task.await;
 }

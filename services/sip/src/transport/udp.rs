@@ -68,6 +68,17 @@ pub(super) async fn udp_loop(
                     continue;
                 }
             };
+            if super::stun::is_stun(&buf[..n]) {
+                // RFC 5626 s.4.4.2 keep-alive: answered here, never parsed
+                // as SIP.
+                if !core.admit_keep_alive(peer.ip()) {
+                    continue;
+                }
+                if let Some(response) = super::stun::binding_response(&buf[..n], peer) {
+                    let _ = socket.try_send_to(&response, peer);
+                }
+                continue;
+            }
             let flow = Flow::received(Transport::Udp, peer, local, None);
             let data = Bytes::copy_from_slice(&buf[..n]);
             let c = core.clone();

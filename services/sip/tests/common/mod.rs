@@ -44,6 +44,8 @@ pub struct FakeBackend {
     pub calls: Mutex<Vec<dialtone_sip::CallRecord>>,
     /// Lock-outs reported.
     pub lockouts: Mutex<Vec<dialtone_sip::guard::Lockout>>,
+    /// Connections reported closed.
+    pub closed_flows: Mutex<Vec<dialtone_sip::ConnectionId>>,
 }
 
 impl FakeBackend {
@@ -201,6 +203,10 @@ impl SipBackend for FakeBackend {
 
     fn lockout(&self, lockout: dialtone_sip::guard::Lockout) {
         self.lockouts.lock().unwrap().push(lockout);
+    }
+
+    fn flow_closed(&self, connection: dialtone_sip::ConnectionId) {
+        self.closed_flows.lock().unwrap().push(connection);
     }
 }
 
