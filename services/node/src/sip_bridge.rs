@@ -25,8 +25,8 @@ use dialtone_sip::backend::{
     RegisterOutcome, RegisterRequest, ResourceChange, ResourceState, ResourceWatcher, RoutePlan,
     RouteStep, RouteTarget, SipBackend, Transport, UserCredentials, Watch,
 };
-use futures::StreamExt;
 use dialtone_sip::{ConnectionId, Flow};
+use futures::StreamExt;
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
 /// publish (no actor message on the hot path once an aggregate was loaded),

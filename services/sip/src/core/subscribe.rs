@@ -7,9 +7,9 @@
 //! what identifies them.
 
 use super::*;
-use crate::transport::Transport;
 use crate::backend::Watch;
 use crate::subscription::{LimitHit, NewSubscription, Package, Refresh, ALLOW_EVENTS};
+use crate::transport::Transport;
 use crate::wire::message::{parse_u32, NameAddr};
 
 /// Retry-After of a SUBSCRIBE refused by a limit (seconds): long enough
