@@ -260,11 +260,13 @@ impl Phone {
         let challenge = first
             .headers("WWW-Authenticate")
             .filter_map(|v| Challenge::parse(v).ok())
-            .find(|c| c.algorithm == Some(Algorithm::Sha256))
-            .expect("a SHA-256 challenge");
+            .next()
+            .expect("a digest challenge");
+        // Whatever the domain offers first (MD5 for a new domain).
+        let algorithm = challenge.algorithm.unwrap_or(Algorithm::Md5);
         self.nc += 1;
         let auth = authorization(
-            Algorithm::Sha256,
+            algorithm,
             &self.user,
             &challenge.realm,
             password,

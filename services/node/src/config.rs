@@ -772,6 +772,7 @@ mod tests {
         );
         std::fs::write(&path, "sip_call_mode = \"relay\"\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
+        std::fs::write(&path, "").unwrap();
         let tls_without_cert = Overrides {
             sip_tls_addr: Some("127.0.0.1:5061".parse().unwrap()),
             ..overrides.clone()
