@@ -50,6 +50,7 @@ const MIN_RECORDED_BYTES: u64 = 16_000;
 enum Transport {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Transport {
@@ -58,6 +59,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 
@@ -66,8 +68,54 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
+
+    /// The node's address for this transport (TLS listens on its own port).
+    fn node_addr(self, node: &TestNode) -> std::net::SocketAddr {
+        match self {
+            Transport::Udp | Transport::Tcp => node.sip_addr(),
+            Transport::Tls => node
+                .ready_addr("sip_tls")
+                .expect("the node listens for SIP over TLS"),
+        }
+    }
+}
+
+/// The node's certificate (self-signed, for 127.0.0.1), which the phones
+/// trust as their CA; in the node's data directory.
+fn node_certificate(node: &TestNode) -> PathBuf {
+    node.data_dir.join("sip-cert.pem")
+}
+
+/// Writes a self-signed certificate for 127.0.0.1 and its key into `dir`;
+/// returns the node's arguments that serve it over TLS.
+fn tls_args(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into()])?;
+    // linphone's TLS library (mbedTLS) matches an IP address only against
+    // DNS names, baresip's and rustls against IP address SANs: both.
+    params.subject_alt_names = vec![
+        rcgen::SanType::DnsName("127.0.0.1".try_into()?),
+        rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let key_pair = rcgen::KeyPair::generate()?;
+    let made = params.self_signed(&key_pair)?;
+    let cert = dir.join("sip-cert.pem");
+    let key = dir.join("sip-key.pem");
+    std::fs::write(&cert, made.pem())?;
+    std::fs::write(&key, key_pair.serialize_pem())?;
+    Ok(vec![
+        "--sip-tls-addr".into(),
+        "127.0.0.1:0".into(),
+        "--sip-tls-cert".into(),
+        cert.display().to_string(),
+        "--sip-tls-key".into(),
+        key.display().to_string(),
+    ])
 }
 
 /// What a phone printed (stdout, stderr and its log file), shared with
@@ -196,11 +244,16 @@ impl Phone {
                  module sndfile.so\n\
                  module_tmp account.so\n\
                  module_app menu.so\n\
-                 snd_path {}\n",
-                path.join("rec").display()
+                 snd_path {}\n\
+                 {}",
+                path.join("rec").display(),
+                // Only nodes that serve TLS have one.
+                Some(node_certificate(node))
+                    .filter(|ca| ca.exists())
+                    .map_or(String::new(), |ca| format!("sip_cafile {}\n", ca.display()))
             ),
         )?;
-        let sip = node.sip_addr();
+        let sip = transport.node_addr(node);
         let t = transport.param();
         std::fs::write(
             path.join("accounts"),
@@ -231,8 +284,9 @@ impl Phone {
         // Without a directory for its database the core never starts: no
         // SIP port is opened and incoming calls get 503.
         std::fs::create_dir_all(path.join(".local/share/linphone"))?;
-        let sip = node.sip_addr();
+        let sip = transport.node_addr(node);
         let t = transport.param();
+        let ca = node_certificate(node);
         // Both the proxy and the route name the node, or linphone looks the
         // domain up in DNS. Port -1: one the kernel picks.
         std::fs::write(
@@ -241,8 +295,9 @@ impl Phone {
                 "[sip]\n\
                  sip_port=-1\n\
                  sip_tcp_port=-1\n\
-                 sip_tls_port=0\n\
+                 sip_tls_port=-1\n\
                  bind_address=127.0.0.1\n\
+                 root_ca={ca}\n\
                  default_proxy=0\n\
                  register_only_when_network_is_up=0\n\
                  register_only_when_upnp_is_ok=0\n\
@@ -265,7 +320,8 @@ impl Phone {
                  realm={domain}\n\
                  domain={domain}\n",
                 user = user.username,
-                domain = user.domain
+                domain = user.domain,
+                ca = ca.display()
             ),
         )?;
         let log = path.join("linphone.log");
@@ -422,7 +478,10 @@ async fn call_events(node: &TestNode, user: &User) -> anyhow::Result<Vec<String>
 /// point of these tests) and two users.
 async fn node_with_two_users() -> anyhow::Result<(tempfile::TempDir, TestNode, User, User)> {
     let dir = tempfile::tempdir()?;
-    let node = TestNode::start(dir.path(), &[]).await?;
+    let tls = tls_args(dir.path())?;
+
+    let args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let node = TestNode::start(dir.path(), &args).await?;
     create_domain(&node, DOMAIN).await?;
     let alice = create_user(&node, DOMAIN, "alice", PASSWORD, 0).await?;
     let bob = create_user(&node, DOMAIN, "bob", PASSWORD, 0).await?;
@@ -448,10 +507,13 @@ async fn call(node: &TestNode, caller: &mut Phone, callee: &mut Phone) -> anyhow
     })
     .await;
     if let Err(e) = answered {
+        let log = std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
         bail!(
-            "{e}\n{}\n{}",
+            "{e}\n{}\n{}\n--- the node's log (DIALTONE_TEST_NODE_LOG=debug for more) ---\n{}",
             caller.fail("calling"),
-            callee.fail("being called")
+            callee.fail("being called"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
     // Audio both ways: each recording grows past a second of sound.
@@ -556,6 +618,13 @@ async fn baresip_and_linphone_register_and_call_each_other_over_udp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baresip_and_linphone_register_and_call_each_other_over_tcp() {
     bounded(90, phones_call_each_other(Transport::Tcp))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_and_linphone_register_and_call_each_other_over_tls() {
+    bounded(90, phones_call_each_other(Transport::Tls))
         .await
         .unwrap();
 }

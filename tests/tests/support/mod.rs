@@ -170,7 +170,11 @@ impl TestNode {
                 &["--sip-addr", "127.0.0.1:0"][..]
             })
             .args(extra_args)
-            .env("DIALTONE_LOG", "warn")
+            // DIALTONE_TEST_NODE_LOG=debug (say) to see more in node.log.
+            .env(
+                "DIALTONE_LOG",
+                std::env::var("DIALTONE_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("DIALTONE_ADMIN_TOKEN")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -163,6 +163,16 @@ impl Core {
         let guard_config = cfg.guard.clone();
         let subscriptions =
             Subscriptions::new(cfg.subscriptions.clone(), advertised.clone(), out.clone());
+        // Over TLS our Via names the TLS listener (see `Advertised::sent_by`).
+        let advertised = proxy::Advertised {
+            tls: cfg.tls_listen.filter(|a| a.port() != 0).map(|tls| {
+                let host = advertised
+                    .rsplit_once(':')
+                    .map_or(advertised.as_str(), |(host, _)| host);
+                format!("{host}:{}", tls.port())
+            }),
+            addr: advertised,
+        };
         backend.set_watcher(subscriptions.clone());
         let proxy = Arc::new(Proxy::new(
             ProxySettings {

@@ -52,7 +52,7 @@ pub(crate) struct B2buaSetup {
     pub to_tag: String,
     pub legs: Legs,
     pub steps: Vec<RouteStep>,
-    pub advertised: String,
+    pub advertised: super::engine::Advertised,
     pub no_answer_timeout: Duration,
     pub max_call_duration: Duration,
     /// The caller's Max-Forwards, decremented.
@@ -1637,7 +1637,7 @@ mod tests {
     fn engine() -> Engine {
         Engine::new(
             ProxySettings {
-                advertised: "192.0.2.1:5060".into(),
+                advertised: crate::proxy::Advertised::new("192.0.2.1:5060"),
                 local: vec![addr("192.0.2.1:5060")],
                 no_answer_timeout: Duration::from_secs(60),
                 max_call_duration: Duration::from_secs(3600),

@@ -65,8 +65,8 @@ pub(crate) struct CallSetup {
     pub steps: Vec<RouteStep>,
     pub pop_routes: usize,
     pub max_forwards: u32,
-    /// `host:port` for our Via.
-    pub advertised: String,
+    /// For our Via.
+    pub advertised: super::engine::Advertised,
     /// Our Record-Route value.
     pub record_route: String,
     pub no_answer_timeout: Duration,
@@ -933,9 +933,14 @@ pub(crate) fn better(new: u16, old: u16) -> bool {
 }
 
 /// Our Via for a request sent over `transport`.
-pub(crate) fn via(advertised: &str, transport: crate::backend::Transport, branch: &str) -> String {
+pub(crate) fn via(
+    advertised: &super::engine::Advertised,
+    transport: crate::backend::Transport,
+    branch: &str,
+) -> String {
     format!(
-        "SIP/2.0/{} {advertised};branch={branch}",
-        transport.as_str()
+        "SIP/2.0/{} {};branch={branch}",
+        transport.as_str(),
+        advertised.sent_by(transport)
     )
 }

@@ -44,11 +44,63 @@ const DIALOG_SWEEP: Duration = Duration::from_secs(1);
 /// Answered calls' durations, answer to end (seconds).
 const CALL_DURATION: &str = "dialtone_sip_call_duration_seconds";
 
+/// Where peers reach us, as our Via and Record-Route say: `host:port` of
+/// the UDP/TCP listener, and of the TLS listener when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    /// `host:port` of our UDP and TCP listener.
+    pub addr: String,
+    /// `host:port` of our TLS listener (same host).
+    pub tls: Option<String>,
+}
+
+impl Advertised {
+    /// UDP/TCP only.
+    pub fn new(addr: impl Into<String>) -> Advertised {
+        Advertised {
+            addr: addr.into(),
+            tls: None,
+        }
+    }
+
+    /// The sent-by of our Via on a request sent over `transport`. A phone
+    /// may open a connection to it for its responses (belle-sip, linphone's
+    /// SIP stack, does over TLS, RFC 3261 s.18.2.2), so over TLS it must
+    /// be the TLS listener, not the UDP/TCP port.
+    pub fn sent_by(&self, transport: crate::backend::Transport) -> &str {
+        match (transport, &self.tls) {
+            (crate::backend::Transport::Tls, Some(tls)) => tls,
+            _ => &self.addr,
+        }
+    }
+}
+
+impl From<&str> for Advertised {
+    fn from(addr: &str) -> Advertised {
+        Advertised::new(addr)
+    }
+}
+
+impl std::ops::Deref for Advertised {
+    type Target = str;
+
+    /// The UDP/TCP address (Record-Route, Contact).
+    fn deref(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl std::fmt::Display for Advertised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
 /// Proxy settings, from the gateway's configuration.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    /// `host:port` of our Via and Record-Route.
-    pub advertised: String,
+    /// Our Via and Record-Route addresses.
+    pub advertised: Advertised,
     /// Every address we listen on (to recognise our own Route entries).
     pub local: Vec<SocketAddr>,
     /// An unanswered call is given up after this (`480`, cause `no_answer`).
@@ -825,7 +877,7 @@ impl Engine {
 
 /// The BYEs that end dialog `d` on both sides.
 fn own_byes(
-    advertised: &str,
+    advertised: &Advertised,
     rng: &mut Rng,
     call_id: &str,
     d: &Dialog,

@@ -44,7 +44,7 @@ use crate::wire::message::{Message, NameAddr, Uri};
 use crate::wire::response::Source;
 
 pub use engine::{
-    shard_key, Action, CallInput, CallMode, Engine, EngineStats, NewCall, ProxySettings,
+    shard_key, Action, Advertised, CallInput, CallMode, Engine, EngineStats, NewCall, ProxySettings,
 };
 pub use legs::{Legs, RecordToken};
 
@@ -295,7 +295,7 @@ impl Proxy {
         out: Arc<dyn Outbound>,
         backend: Arc<dyn SipBackend>,
     ) -> Proxy {
-        let a = settings.advertised.as_str();
+        let a = settings.advertised.addr.as_str();
         let (host, port) = match a.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(':') => match p.parse::<u16>() {
                 Ok(port) => (h, port),

@@ -121,8 +121,13 @@ impl Gateway {
             in_flight: in_flight.clone(),
             me: me.clone(),
         });
+        // The core advertises the TLS listener as bound (port 0 resolved).
+        let core_config = GatewayConfig {
+            tls_listen: tls_addr,
+            ..config.clone()
+        };
         let core = Arc::new(Core::with_outbound(
-            config.clone(),
+            core_config,
             backend,
             transports.clone(),
             local_addrs.clone(),
