@@ -80,6 +80,43 @@ impl Core {
     /// is authenticated (and the user enabled); otherwise the response to
     /// send (a challenge, or 403 for wrong credentials, unknown users and
     /// disabled users alike).
+    /// Looks up the sender's credentials and checks its digest answer
+    /// (`kind`: 401 as a registrar, 407 as a proxy). `Err` is the response
+    /// to send instead: a challenge, a refusal (403 for a domain that is
+    /// not ours or is suspended) or a backend failure.
+    pub(super) async fn authenticate_sender(
+        &self,
+        cx: Cx<'_>,
+        kind: Challenge,
+        domain: &str,
+        user: &str,
+        method_text: &str,
+    ) -> Result<(), (u16, Bytes)> {
+        let lookup = match self.call(self.backend.credentials(domain, user)).await {
+            Ok(l) => l,
+            Err(e) => return Err(self.backend_failure(cx, &e)),
+        };
+        let (creds, known, algorithms) = match lookup {
+            // Not a domain of ours: we serve no one there.
+            Lookup::UnknownDomain | Lookup::DomainSuspended => return Err(self.forbidden(cx)),
+            Lookup::UnknownUser(algorithms) => (&self.dummy, false, algorithms),
+            Lookup::Found(ref c) => (c, true, c.algorithms),
+        };
+        match self.authenticate(
+            cx,
+            kind,
+            domain,
+            user,
+            algorithms,
+            creds,
+            known,
+            method_text,
+        ) {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn authenticate(
         &self,

@@ -33,42 +33,16 @@ impl Core {
         };
         let caller_domain = lowercase(from_uri.host);
         let caller_domain = caller_domain.as_ref();
-        // The callee: the Request-URI, or the To URI when the phone put
-        // our address in the Request-URI.
-        let (callee_user, callee_host) = match ruri.user {
-            Some(u) if crate::wire::message::host_ip(ruri.host).is_none() => (u, ruri.host),
-            Some(u) => (u, to_uri.host),
-            None => match to_uri.user {
-                Some(u) => (u, to_uri.host),
-                None => return self.respond(cx, 404, response::reason(404), |_| {}),
-            },
+        let Some((callee_user, callee_host)) = addressed_user(&ruri, &to_uri) else {
+            return self.respond(cx, 404, response::reason(404), |_| {});
         };
         let callee_domain = lowercase(callee_host);
         let callee_domain = callee_domain.as_ref();
 
-        let lookup = match self
-            .call(self.backend.credentials(caller_domain, caller_user))
+        if let Err(refused) = self
+            .authenticate_sender(cx, PROXY, caller_domain, caller_user, method_text)
             .await
         {
-            Ok(l) => l,
-            Err(e) => return self.backend_failure(cx, &e),
-        };
-        let (creds, known, algorithms) = match lookup {
-            // Not a domain of ours: we relay for no one.
-            Lookup::UnknownDomain | Lookup::DomainSuspended => return self.forbidden(cx),
-            Lookup::UnknownUser(algorithms) => (&self.dummy, false, algorithms),
-            Lookup::Found(ref c) => (c, true, c.algorithms),
-        };
-        if let Some(refused) = self.authenticate(
-            cx,
-            PROXY,
-            caller_domain,
-            caller_user,
-            algorithms,
-            creds,
-            known,
-            method_text,
-        ) {
             return refused;
         }
         let route = match self

@@ -85,6 +85,17 @@ pub struct Reply {
     pub dest: SocketAddr,
 }
 
+/// The user a request is for, and its host: the Request-URI's, or the To
+/// URI's when the phone put our address (an IP) in the Request-URI.
+/// `None` when neither names a user.
+fn addressed_user<'a>(ruri: &Uri<'a>, to_uri: &Uri<'a>) -> Option<(&'a str, &'a str)> {
+    match ruri.user {
+        Some(u) if crate::wire::message::host_ip(ruri.host).is_none() => Some((u, ruri.host)),
+        Some(u) => Some((u, to_uri.host)),
+        None => to_uri.user.map(|u| (u, to_uri.host)),
+    }
+}
+
 /// Responses the proxy sends itself, on the request's flow, before what
 /// the call sends next: a proxied INVITE's 100 (else the callee's 180,
 /// relayed by another task, can overtake it) and a matched CANCEL's 200

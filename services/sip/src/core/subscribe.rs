@@ -101,15 +101,8 @@ impl Core {
         };
         let subscriber_domain = lowercase(from_uri.host);
         let subscriber_domain = subscriber_domain.as_ref();
-        // The watched user: the Request-URI, or the To URI when the phone
-        // put our address in the Request-URI.
-        let (watched_user, watched_host) = match ruri.user {
-            Some(u) if crate::wire::message::host_ip(ruri.host).is_none() => (u, ruri.host),
-            Some(u) => (u, to_uri.host),
-            None => match to_uri.user {
-                Some(u) => (u, to_uri.host),
-                None => return self.respond(cx, 404, response::reason(404), |_| {}),
-            },
+        let Some((watched_user, watched_host)) = addressed_user(&ruri, &to_uri) else {
+            return self.respond(cx, 404, response::reason(404), |_| {});
         };
         let watched_domain = lowercase(watched_host);
         let watched_domain = watched_domain.as_ref();
@@ -121,28 +114,16 @@ impl Core {
             return self.respond(cx, 400, "Missing Contact", |_| {});
         };
 
-        let lookup = match self
-            .call(self.backend.credentials(subscriber_domain, subscriber_user))
+        if let Err(refused) = self
+            .authenticate_sender(
+                cx,
+                REGISTRAR,
+                subscriber_domain,
+                subscriber_user,
+                method_text,
+            )
             .await
         {
-            Ok(l) => l,
-            Err(e) => return self.backend_failure(cx, &e),
-        };
-        let (creds, known, algorithms) = match lookup {
-            Lookup::UnknownDomain | Lookup::DomainSuspended => return self.forbidden(cx),
-            Lookup::UnknownUser(algorithms) => (&self.dummy, false, algorithms),
-            Lookup::Found(ref c) => (c, true, c.algorithms),
-        };
-        if let Some(refused) = self.authenticate(
-            cx,
-            REGISTRAR,
-            subscriber_domain,
-            subscriber_user,
-            algorithms,
-            creds,
-            known,
-            method_text,
-        ) {
             return refused;
         }
         // Only users of the same domain see each other.

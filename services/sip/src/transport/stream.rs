@@ -19,10 +19,10 @@ use std::time::Duration;
 use bytes::{Buf as _, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::gateway::{poll_once, InFlight, Transports};
-use super::limits::ConnectionLimits;
+use super::limits::{ConnectionLimits, ConnectionPermit};
 use super::{ConnectionId, Flow, Transport};
 use crate::core::{metric, salvage, Core};
 use crate::wire::frame::{self, Frame, FrameError};
@@ -110,32 +110,66 @@ pub(super) struct StreamContext {
     pub transports: Arc<Transports>,
 }
 
+/// A connection accepted and admitted by the connection limits.
+pub(super) struct Admitted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Its place in the limits, given back when dropped.
+    pub permit: ConnectionPermit,
+}
+
+/// The next connection on `listener` that the limits admit for
+/// `transport` (Nagle off: SIP messages are small and latency counts);
+/// `None` once the node shuts down. Refused ones are closed at once.
+pub(super) async fn accept_admitted(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    limits: &Arc<ConnectionLimits>,
+    transport: Transport,
+) -> Option<Admitted> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return None,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, transport = transport.as_str(), "accept failed");
+                // e.g. EMFILE: back off a little instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limits.admit(peer.ip(), transport.as_str()) else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        return Some(Admitted {
+            stream,
+            peer,
+            local,
+            permit,
+        });
+    }
+}
+
 pub(super) async fn tcp_accept_loop(
     cx: StreamContext,
     listener: TcpListener,
     limits: Arc<ConnectionLimits>,
 ) {
     let mut shutdown = cx.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "TCP accept failed");
-                // e.g. EMFILE: back off a little instead of spinning.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Some(permit) = limits.admit(peer.ip(), Transport::Tcp.as_str()) else {
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
+    while let Some(Admitted {
+        stream,
+        peer,
+        local,
+        permit,
+    }) = accept_admitted(&listener, &mut shutdown, &limits, Transport::Tcp).await
+    {
         let conn = NewConnection::new(Transport::Tcp, peer, local, &cx.transports);
         let cx = cx.clone();
         tokio::spawn(async move {
@@ -143,6 +177,40 @@ pub(super) async fn tcp_accept_loop(
             serve_stream(cx, conn, reader, writer).await;
             drop(permit);
         });
+    }
+}
+
+/// Hands one message of a connection to the core. As for UDP, what
+/// completes at once is answered here; the rest goes on in its own task,
+/// holding `permit` (the connection's backpressure) until it is answered.
+pub(super) async fn dispatch(
+    core: &Arc<Core>,
+    data: Bytes,
+    flow: Flow,
+    permit: OwnedSemaphorePermit,
+    tx: &mpsc::Sender<Bytes>,
+    in_flight: &Arc<InFlight>,
+) {
+    let c = core.clone();
+    let mut fut = Box::pin(async move { c.handle(&data, flow).await });
+    match poll_once(fut.as_mut()) {
+        std::task::Poll::Ready(reply) => {
+            drop(permit);
+            if let Some(reply) = reply {
+                let _ = tx.send(reply.bytes).await;
+            }
+        }
+        std::task::Poll::Pending => {
+            let tx = tx.clone();
+            let guard = in_flight.enter();
+            tokio::spawn(async move {
+                let _guard = guard;
+                let _permit = permit;
+                if let Some(reply) = fut.await {
+                    let _ = tx.send(reply.bytes).await;
+                }
+            });
+        }
     }
 }
 
@@ -244,28 +312,7 @@ pub(super) async fn serve_stream<R, W>(
                         break 'conn;
                     };
                     let data = buf.split_to(n).freeze();
-                    let c = core.clone();
-                    let mut fut = Box::pin(async move { c.handle(&data, flow).await });
-                    // As for UDP: answer here what completes at once.
-                    match poll_once(fut.as_mut()) {
-                        std::task::Poll::Ready(reply) => {
-                            drop(permit);
-                            if let Some(reply) = reply {
-                                let _ = tx.send(reply.bytes).await;
-                            }
-                        }
-                        std::task::Poll::Pending => {
-                            let tx = tx.clone();
-                            let guard = in_flight.enter();
-                            tokio::spawn(async move {
-                                let _guard = guard;
-                                let _permit = permit;
-                                if let Some(reply) = fut.await {
-                                    let _ = tx.send(reply.bytes).await;
-                                }
-                            });
-                        }
-                    }
+                    dispatch(&core, data, flow, permit, &tx, &in_flight).await;
                 }
                 Ok(None) => break,
                 Err(FrameError::TooLarge {

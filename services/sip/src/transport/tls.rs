@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::limits::ConnectionLimits;
-use super::stream::{serve_stream, NewConnection, StreamContext};
+use super::stream::{accept_admitted, serve_stream, Admitted, NewConnection, StreamContext};
 use super::Transport;
 use crate::config::TlsFiles;
 use crate::core::metric;
@@ -259,25 +259,13 @@ pub(super) async fn tls_accept_loop(
     secure: SecureListener,
 ) {
     let mut shutdown = cx.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "TLS accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Some(permit) = limits.admit(peer.ip(), Transport::Tls.as_str()) else {
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
+    while let Some(Admitted {
+        stream,
+        peer,
+        local,
+        permit,
+    }) = accept_admitted(&listener, &mut shutdown, &limits, Transport::Tls).await
+    {
         let cx = cx.clone();
         let secure = secure.clone();
         tokio::spawn(async move {

@@ -34,9 +34,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use super::gateway::poll_once;
 use super::limits::ConnectionLimits;
-use super::stream::{NewConnection, StreamContext};
+use super::stream::{accept_admitted, dispatch, Admitted, NewConnection, StreamContext};
 use super::tls::SecureListener;
 use super::{Flow, Transport};
 use crate::core::metric;
@@ -64,25 +63,13 @@ pub(super) async fn ws_accept_loop(
         Transport::Ws
     };
     let mut shutdown = cx.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let Some(permit) = limits.admit(peer.ip(), transport.as_str()) else {
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().unwrap_or(peer);
+    while let Some(Admitted {
+        stream,
+        peer,
+        local,
+        permit,
+    }) = accept_admitted(&listener, &mut shutdown, &limits, transport).await
+    {
         let cx = cx.clone();
         let secure = secure.clone();
         tokio::spawn(async move {
@@ -270,27 +257,7 @@ async fn serve_websocket<S>(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let c = core.clone();
-        let mut fut = Box::pin(async move { c.handle(&data, flow).await });
-        match poll_once(fut.as_mut()) {
-            std::task::Poll::Ready(reply) => {
-                drop(permit);
-                if let Some(reply) = reply {
-                    let _ = tx.send(reply.bytes).await;
-                }
-            }
-            std::task::Poll::Pending => {
-                let tx = tx.clone();
-                let guard = in_flight.enter();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _permit = permit;
-                    if let Some(reply) = fut.await {
-                        let _ = tx.send(reply.bytes).await;
-                    }
-                });
-            }
-        }
+        dispatch(&core, data, flow, permit, &tx, &in_flight).await;
     }
     transports.connection_closed(transport, peer, id);
     drop(tx);
