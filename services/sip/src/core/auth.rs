@@ -75,11 +75,6 @@ impl Core {
         self.respond(cx, 403, response::reason(403), |_| {})
     }
 
-    /// Checks the digest credentials of `user@domain` in `cx` (RFC 7616,
-    /// qop=auth, stateless nonce, nonce-count replay). `None`: the request
-    /// is authenticated (and the user enabled); otherwise the response to
-    /// send (a challenge, or 403 for wrong credentials, unknown users and
-    /// disabled users alike).
     /// Looks up the sender's credentials and checks its digest answer
     /// (`kind`: 401 as a registrar, 407 as a proxy). `Err` is the response
     /// to send instead: a challenge, a refusal (403 for a domain that is
@@ -117,6 +112,11 @@ impl Core {
         }
     }
 
+    /// Checks the digest credentials of `user@domain` in `cx` (RFC 7616,
+    /// qop=auth, stateless nonce, nonce-count replay). `None`: the request
+    /// is authenticated (and the user enabled); otherwise the response to
+    /// send (a challenge, or 403 for wrong credentials, unknown users and
+    /// disabled users alike).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn authenticate(
         &self,
