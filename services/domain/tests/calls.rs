@@ -479,3 +479,69 @@ fn snapshots_from_before_calls_load() {
     let loaded: User = serde_json::from_value(json).unwrap();
     assert_eq!(loaded, state);
 }
+
+// ---------------------------------------------------------------- several steps at once
+
+fn steps_of(commands: &[Command]) -> Vec<CallStep> {
+    commands
+        .iter()
+        .map(|c| match c {
+            Command::Call(step) => (**step).clone(),
+            other => panic!("not a call step: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn steps_decided_together_write_what_they_write_one_by_one() {
+    let life = [
+        start(CALL, Direction::Inbound),
+        ringing(CALL),
+        ringing(CALL), // repeated: nothing
+        answer(CALL),
+        end(CALL, HangupSide::Caller),
+    ];
+    let now = T0 + SEC;
+    // Every split of the leg's life into a batch and single steps.
+    for split in 0..=life.len() {
+        let mut one_by_one = given_online();
+        let mut expected = Vec::new();
+        for command in &life {
+            let (next, events) = then(one_by_one, command, now);
+            one_by_one = next;
+            expected.extend(events);
+        }
+        let (first, rest) = life.split_at(split);
+        let (mut state, mut events) =
+            then(given_online(), &Command::CallSteps(steps_of(first)), now);
+        for command in rest {
+            let (next, more) = then(state, command, now);
+            state = next;
+            events.extend(more);
+        }
+        assert_eq!(events, expected, "batch of the first {split} steps");
+        assert_eq!(state, one_by_one, "batch of the first {split} steps");
+    }
+}
+
+#[test]
+fn a_batch_with_a_refused_step_is_refused_whole() {
+    let state = given_online();
+    let malformed = CallStep::Answer {
+        call_id: String::new(),
+        contact: BOB_PHONE.to_owned(),
+    };
+    let batch = Command::CallSteps(vec![
+        steps_of(&[start(CALL, Direction::Inbound)]).remove(0),
+        malformed,
+    ]);
+    assert!(matches!(
+        user::decide(&state, &batch, T0),
+        Err(Error::Invalid { .. })
+    ));
+    // An empty batch writes nothing.
+    assert_eq!(
+        user::decide(&state, &Command::CallSteps(Vec::new()), T0).unwrap(),
+        Vec::<Event>::new()
+    );
+}

@@ -682,6 +682,7 @@ fn user_command() -> impl Strategy<Value = user::Command> {
         2 => Just(C::ExpireContacts),
         1 => vec(contact_change(), 0..3).prop_map(|c| C::FlowClosed { bindings: c.iter().map(ContactChange::key).collect() }),
         4 => call_step().prop_map(|s| C::Call(Box::new(s))),
+        2 => vec(call_step(), 0..4).prop_map(C::CallSteps),
     ]
 }
 
@@ -935,6 +936,7 @@ fn registration_steps() -> impl Strategy<Value = Vec<(user::Command, i64)>> {
         }),
         1 => Just(C::Delete { reason: None }),
         10 => call_step().prop_map(|s| C::Call(Box::new(s))),
+        4 => vec(call_step(), 0..4).prop_map(C::CallSteps),
     ];
     let delta = prop_oneof![4 => 0i64..5_000_000, 1 => 0i64..600_000_000];
     (1u32..=4, vec((command, delta), 0..60)).prop_map(|(max_contacts, steps)| {
@@ -1280,7 +1282,38 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 };
                 assert_eq!(got, expected, "{command:?} on {state:?} gave {r:?}");
             }
-            (S::Absent, C::Call(_), r) => assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}"),
+            (S::Absent, C::Call(_) | C::CallSteps(_), r) => {
+                assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}")
+            }
+            (S::Active | S::Deleted, C::CallSteps(steps), r) => {
+                // Together, exactly what the steps write one by one, or
+                // refused as a whole as soon as one step alone is.
+                let mut one_by_one = state.clone();
+                let mut expected = Ok(Vec::new());
+                for step in steps {
+                    match user::decide(&one_by_one, &C::Call(Box::new(step.clone())), *now) {
+                        Ok(events) => {
+                            one_by_one = events.iter().fold(one_by_one, user::evolve);
+                            if let Ok(all) = &mut expected {
+                                all.extend(events);
+                            }
+                        }
+                        Err(e) => {
+                            expected = Err(e);
+                            break;
+                        }
+                    }
+                }
+                match (&expected, r) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{command:?} on {state:?}"),
+                    (Err(a), Err(b)) => assert_eq!(
+                        std::mem::discriminant(a),
+                        std::mem::discriminant(b),
+                        "{command:?} on {state:?}: {a:?} one by one, {b:?} together"
+                    ),
+                    (a, b) => panic!("{command:?} on {state:?}: {a:?} one by one, {b:?} together"),
+                }
+            }
             (S::Active | S::Deleted, C::Call(step), r) => {
                 let expected = if !call_step_valid(step) {
                     "invalid"
@@ -1318,7 +1351,7 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 C::Delete { .. } => &["reason"],
                 C::Register(_) => &["call_id", "contact", "q"],
                 C::ExpireContacts | C::FlowClosed { .. } => &[],
-                C::Call(_) => &[
+                C::Call(_) | C::CallSteps(_) => &[
                     "call_id",
                     "from",
                     "to",
@@ -1415,6 +1448,8 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 );
             }
             C::Call(step) => check_call_step(&before, &state, step, *now, &events),
+            // Each step's own checks hold through the equivalence above.
+            C::CallSteps(_) => {}
             C::Register(request) => check_register(&before, &state, request, *now, &events),
             C::ExpireContacts => {
                 assert!(state.bindings.iter().all(|b| b.expires_at > *now));
@@ -1446,11 +1481,15 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
             }
         }
         let registration_changed = before.bindings != state.bindings;
-        if registration_changed
-            || matches!(
-                command,
-                C::Register(_) | C::ExpireContacts | C::FlowClosed { .. } | C::Call(_)
-            )
+        // Several steps at once change presence once per step, as they do
+        // one by one (the equivalence is checked above): not "at most once".
+        let several_steps = matches!(command, C::CallSteps(_));
+        if !several_steps
+            && (registration_changed
+                || matches!(
+                    command,
+                    C::Register(_) | C::ExpireContacts | C::FlowClosed { .. } | C::Call(_)
+                ))
         {
             check_presence_events(&before, &state, &events);
         }

@@ -108,69 +108,109 @@ impl ActorBackend {
     }
 }
 
+/// The domain refused a call command (see [`ActorBackend::execute_call`]).
+struct Refused;
+
+/// A proxy's call step as the user aggregate's command step.
+fn step_of(record: CallRecord) -> Step {
+    let call_id = record.call_id;
+    match record.step {
+        CallStep::Start {
+            direction,
+            from,
+            to,
+            sip_call_id,
+        } => Step::Start {
+            call_id,
+            direction: match direction {
+                CallDirection::Outbound => call::Direction::Outbound,
+                CallDirection::Inbound => call::Direction::Inbound,
+            },
+            from,
+            to,
+            sip_call_id,
+        },
+        CallStep::Ringing => Step::Ringing { call_id },
+        CallStep::Answer { contact } => Step::Answer { call_id, contact },
+        CallStep::End { cause, side } => Step::End {
+            call_id,
+            cause: cause_of(cause),
+            side: match side {
+                HangupSide::Caller => call::HangupSide::Caller,
+                HangupSide::Callee => call::HangupSide::Callee,
+                HangupSide::System => call::HangupSide::System,
+            },
+        },
+        CallStep::Fail { sip_status, cause } => Step::Fail {
+            call_id,
+            sip_status,
+            cause: cause_of(cause),
+        },
+    }
+}
+
 impl ActorBackend {
-    /// Records one step of one leg on the user's actor (durable when it
-    /// returns). A user deleted meanwhile has no leg to record.
-    async fn record_leg(&self, record: CallRecord) -> Result<(), BackendError> {
-        let Resolved::User(_, id) = self.resolve(&record.domain, &record.user).await? else {
+    /// Records steps of one leg, in order, on the user's actor (durable
+    /// when it returns): one command, so one append, however many steps.
+    /// A user deleted meanwhile has no leg to record.
+    async fn record_leg(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
+        let Some(first) = records.first() else {
             return Ok(());
         };
-        let call_id = record.call_id;
-        let step = match record.step {
-            CallStep::Start {
-                direction,
-                from,
-                to,
-                sip_call_id,
-            } => Step::Start {
-                call_id,
-                direction: match direction {
-                    CallDirection::Outbound => call::Direction::Outbound,
-                    CallDirection::Inbound => call::Direction::Inbound,
-                },
-                from,
-                to,
-                sip_call_id,
-            },
-            CallStep::Ringing => Step::Ringing { call_id },
-            CallStep::Answer { contact } => Step::Answer { call_id, contact },
-            CallStep::End { cause, side } => Step::End {
-                call_id,
-                cause: cause_of(cause),
-                side: match side {
-                    HangupSide::Caller => call::HangupSide::Caller,
-                    HangupSide::Callee => call::HangupSide::Callee,
-                    HangupSide::System => call::HangupSide::System,
-                },
-            },
-            CallStep::Fail { sip_status, cause } => Step::Fail {
-                call_id,
-                sip_status,
-                cause: cause_of(cause),
-            },
+        let Resolved::User(_, id) = self.resolve(&first.domain, &first.user).await? else {
+            return Ok(());
         };
+        let correlation_id = first.sip_call_id.clone();
+        let mut steps: Vec<Step> = records.into_iter().map(step_of).collect();
+        let command = if steps.len() == 1 {
+            user::Command::Call(Box::new(steps.remove(0)))
+        } else {
+            user::Command::CallSteps(steps.clone())
+        };
+        match self.execute_call(id, command, &correlation_id).await {
+            // One refused step refuses the batch; the others are still
+            // recorded, as they would have been one by one.
+            Err(Refused) if !steps.is_empty() => {
+                for step in steps {
+                    let command = user::Command::Call(Box::new(step));
+                    let _ = self.execute_call(id, command, &correlation_id).await;
+                }
+                Ok(())
+            }
+            Err(Refused) => Ok(()),
+            Ok(result) => result,
+        }
+    }
+
+    /// Runs a call command on the user's actor. `Err(Refused)`: the domain
+    /// refused it (the user was deleted or hit a limit meanwhile): the
+    /// call goes on, the step is not recorded, and that is logged.
+    async fn execute_call(
+        &self,
+        id: dialtone_domain::UserId,
+        command: user::Command,
+        correlation_id: &str,
+    ) -> Result<Result<(), BackendError>, Refused> {
         let result = self
             .provisioning
             .directory()
             .execute_user_with(
                 id,
-                user::Command::Call(Box::new(step)),
+                command,
                 Meta {
-                    correlation_id: Some(record.sip_call_id),
+                    correlation_id: Some(correlation_id.to_owned()),
                     ..Meta::default()
                 },
                 |_| (),
             )
             .await;
         match result {
-            Ok(_) => Ok(()),
-            // The user was deleted (or hit a domain limit) meanwhile: the
-            // call goes on, its leg is not recorded, and that is logged.
+            Ok(_) => Ok(Ok(())),
             Err(dialtone_actors::Error::Domain(e)) => {
                 tracing::warn!(error = %e, "call step not recorded");
-                Ok(())
+                Err(Refused)
             }
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Ok(Err(unavailable(e))),
         }
     }
 }
@@ -705,10 +745,20 @@ impl SipBackend for ActorBackend {
     }
 
     async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
-        // The legs of one step go to different actors: concurrently, each
-        // awaited; the first failure is reported.
-        let results =
-            futures::future::join_all(records.into_iter().map(|r| self.record_leg(r))).await;
+        // Each leg is one user's actor: its steps in order in one command,
+        // the legs concurrently, each awaited; the first failure is
+        // reported.
+        let mut legs: Vec<Vec<CallRecord>> = Vec::with_capacity(2);
+        for record in records {
+            match legs
+                .iter_mut()
+                .find(|l| l[0].domain == record.domain && l[0].user == record.user)
+            {
+                Some(leg) => leg.push(record),
+                None => legs.push(vec![record]),
+            }
+        }
+        let results = futures::future::join_all(legs.into_iter().map(|l| self.record_leg(l))).await;
         results.into_iter().collect()
     }
 

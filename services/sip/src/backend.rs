@@ -540,8 +540,10 @@ pub trait SipBackend: Send + Sync + 'static {
 
     /// Records call steps durably (returns when they are). The steps of one
     /// call come in order, one batch at a time (the proxy waits for a batch
-    /// before it hands over the next); the records of one batch are for
-    /// different legs and may be written concurrently.
+    /// before it hands over the next). Different legs may be written
+    /// concurrently; a batch may hold several steps of one leg (those that
+    /// queued up while the previous batch was written), which must be
+    /// written in their order, best in one append.
     /// Required: a backend that drops these silently would answer calls
     /// whose history is lost.
     async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError>;

@@ -393,10 +393,21 @@ impl Sim {
     }
 
     fn drain_engine(&mut self) {
+        let mut sent_now: Vec<(SocketAddr, Bytes)> = Vec::new();
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Send(flow, bytes) => {
                     assert_eq!(flow.transport, Transport::Udp);
+                    // Copies of one message at once: retransmissions that
+                    // were queued behind a slow recording instead of being
+                    // absorbed (work that grows with the overload).
+                    if sent_now.contains(&(flow.remote, bytes.clone())) {
+                        let text = String::from_utf8_lossy(&bytes).into_owned();
+                        self.fail(format!(
+                            "the engine sent one message twice at once:\n{text}"
+                        ));
+                    }
+                    sent_now.push((flow.remote, bytes.clone()));
                     if self.mode == CallMode::B2bua {
                         self.check_hidden(flow.remote, &bytes);
                     }
@@ -419,7 +430,7 @@ impl Sim {
                     q.batches.push_back((records, done));
                     if !q.busy {
                         q.busy = true;
-                        let at = self.now + self.rng.millis(1, 8);
+                        let at = self.now + self.record_delay();
                         self.seq += 1;
                         self.events.insert((at, self.seq), Event::Recorded(call_id));
                     }
@@ -464,6 +475,17 @@ impl Sim {
         }
     }
 
+    /// How long the simulated log takes to make a batch durable: mostly a
+    /// few milliseconds, sometimes as long as an overloaded log does (longer
+    /// than T1, so that phones retransmit what waits for it).
+    fn record_delay(&mut self) -> Duration {
+        if self.rng.chance(3) {
+            self.rng.millis(400, 2_500)
+        } else {
+            self.rng.millis(1, 8)
+        }
+    }
+
     fn on_recorded(&mut self, call_id: String) {
         let Some(q) = self.recorder.get_mut(&call_id) else {
             return;
@@ -489,7 +511,7 @@ impl Sim {
             self.engine.record_done(token, self.now);
         }
         if more {
-            let at = self.now + self.rng.millis(1, 8);
+            let at = self.now + self.record_delay();
             self.seq += 1;
             self.events.insert((at, self.seq), Event::Recorded(call_id));
         }

@@ -394,6 +394,11 @@ impl B2buaCall {
 
     fn send(&mut self, flow: Flow, bytes: Bytes, fx: &mut Vec<Effect>) {
         match &mut self.held {
+            // A copy of a message already held (a retransmission by our
+            // timers, or a response repeated for the peer's retransmitted
+            // request) adds nothing: the held one goes out once the
+            // recording is durable, and the timers go on from there.
+            Some(held) if held.iter().any(|(f, b)| *f == flow && *b == bytes) => {}
             Some(held) => held.push((flow, bytes)),
             None => fx.push(Effect::Send(flow, bytes)),
         }

@@ -217,6 +217,9 @@ pub struct EngineStats {
     /// Expiries after which the call still had a timer at or before
     /// `now`: a call that would spin. Always 0 unless there is a bug.
     pub stuck_timers: u64,
+    /// In-dialog retransmissions absorbed while their original waited for
+    /// a durable recording (a BYE waiting for the end of its call).
+    pub absorbed_while_parked: u64,
 }
 
 /// What waits for a durable recording.
@@ -612,7 +615,24 @@ impl Engine {
             }
         } else {
             match waits_for.and_then(|t| self.parked.get_mut(&t)) {
-                Some(Parked::Sends(waiting)) => waiting.extend(sends),
+                Some(Parked::Sends(waiting)) => {
+                    for send in sends {
+                        // A retransmission of a request that already waits
+                        // (the same bytes: the stateless branch is the
+                        // same) is absorbed: the waiting one goes out once
+                        // the end of the call is durable, and the peer
+                        // retransmits again if that one is lost. Queueing
+                        // each copy would forward every retransmission of
+                        // a slow recording at once, and the other side
+                        // would answer each: work that grows with the
+                        // delay it is caused by.
+                        if waiting.iter().any(|(_, queued)| *queued == send.1) {
+                            self.stats.absorbed_while_parked += 1;
+                        } else {
+                            waiting.push(send);
+                        }
+                    }
+                }
                 _ => {
                     for (flow, bytes) in sends {
                         self.actions.push_back(Action::Send(flow, bytes));

@@ -78,6 +78,9 @@ enum Done {
 
 type RecordJob = (Vec<CallRecord>, Done);
 
+/// At most this many queued batches of one call are written together.
+const MAX_MERGED_BATCHES: usize = 8;
+
 /// Hands a call's steps to the backend one batch at a time, in order.
 #[derive(Clone)]
 pub(crate) struct Recorder {
@@ -88,20 +91,40 @@ impl Recorder {
     pub fn spawn(backend: Arc<dyn SipBackend>) -> Recorder {
         let (tx, mut rx) = mpsc::unbounded_channel::<RecordJob>();
         tokio::spawn(async move {
-            while let Some((records, done)) = rx.recv().await {
+            while let Some((mut records, done)) = rx.recv().await {
+                // Steps that queued up while the last batch was being
+                // written go together: one append per leg instead of one
+                // per step, when the log is slow (at low load nothing
+                // queues and each step goes alone, at once).
+                let mut dones = vec![done];
+                while dones.len() < MAX_MERGED_BATCHES {
+                    match rx.try_recv() {
+                        Ok((more, done)) => {
+                            records.extend(more);
+                            dones.push(done);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if dones.len() > 1 {
+                    metrics::counter!("dialtone_sip_call_record_batches_merged_total")
+                        .increment(dones.len() as u64 - 1);
+                }
                 let result = backend.record_call(records).await;
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "recording a call step failed");
                     metrics::counter!("dialtone_sip_call_record_failures_total").increment(1);
                 }
-                match done {
-                    Done::None => {}
-                    Done::Oneshot(ack) => {
-                        let _ = ack.send(result);
-                    }
-                    Done::Engine(shared, shard, token) => {
-                        if let Some(shared) = shared.upgrade() {
-                            shared.run(shard, |engine, now| engine.record_done(token, now));
+                for done in dones {
+                    match done {
+                        Done::None => {}
+                        Done::Oneshot(ack) => {
+                            let _ = ack.send(result.clone());
+                        }
+                        Done::Engine(shared, shard, token) => {
+                            if let Some(shared) = shared.upgrade() {
+                                shared.run(shard, |engine, now| engine.record_done(token, now));
+                            }
                         }
                     }
                 }
@@ -466,4 +489,107 @@ pub(crate) fn new_call_id() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{
+        CallCause, CallRoute, CallStep, ConnectionId, CurrentContact, HangupSide, Lookup,
+        RegisterOutcome, RegisterRequest, ResourceWatcher, Watch,
+    };
+
+    /// Records what `record_call` was given; the first call waits until
+    /// `release` is notified (a slow append).
+    #[derive(Default)]
+    struct SlowLog {
+        batches: Mutex<Vec<Vec<(String, CallStep)>>>,
+        release: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl SipBackend for SlowLog {
+        async fn credentials(&self, _: &str, _: &str) -> Result<Lookup, BackendError> {
+            Err(BackendError::Internal("not in this test".into()))
+        }
+        async fn register(&self, _: RegisterRequest) -> Result<RegisterOutcome, BackendError> {
+            Err(BackendError::Internal("not in this test".into()))
+        }
+        async fn contacts(&self, _: &str, _: &str) -> Result<Vec<CurrentContact>, BackendError> {
+            Ok(Vec::new())
+        }
+        async fn route_call(&self, _: &str, _: &str, _: &str) -> Result<CallRoute, BackendError> {
+            Ok(CallRoute::UnknownUser)
+        }
+        async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
+            let first = self.batches.lock().unwrap().is_empty();
+            self.batches
+                .lock()
+                .unwrap()
+                .push(records.into_iter().map(|r| (r.user, r.step)).collect());
+            if first {
+                self.release.notified().await;
+            }
+            Ok(())
+        }
+        async fn watch(&self, _: &str, _: &str) -> Result<Watch, BackendError> {
+            Ok(Watch::UnknownUser)
+        }
+        fn set_watcher(&self, _: Arc<dyn ResourceWatcher>) {}
+        fn lockout(&self, _: crate::guard::Lockout) {}
+        fn flow_closed(&self, _: ConnectionId) {}
+    }
+
+    fn legs() -> Legs {
+        Legs {
+            call_id: "c1".into(),
+            sip_call_id: "s1".into(),
+            caller: ("example.test".into(), "alice".into()),
+            callee: Some(("example.test".into(), "bob".into())),
+            dialled: "bob@example.test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_queued_behind_a_slow_batch_are_recorded_together_in_order() {
+        let log = Arc::new(SlowLog::default());
+        let recorder = Recorder::spawn(log.clone());
+        let legs = legs();
+        recorder.record(legs.start());
+        // The first batch is being written; three more queue behind it.
+        while log.batches.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        recorder.record(legs.records(|_| CallStep::Ringing));
+        recorder.record(legs.records(|_| CallStep::Answer {
+            contact: "sip:bob@192.0.2.2".into(),
+        }));
+        let end = {
+            let recorder = recorder.clone();
+            let records = legs.end(CallCause::NormalClearing, HangupSide::Caller);
+            tokio::spawn(async move { recorder.record_durable(records).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log.release.notify_one();
+        end.await.unwrap().unwrap();
+        let batches = log.batches.lock().unwrap().clone();
+        assert_eq!(batches.len(), 2, "{batches:?}");
+        let steps = |user: &str, batch: &[(String, CallStep)]| -> Vec<&'static str> {
+            batch
+                .iter()
+                .filter(|(u, _)| u == user)
+                .map(|(_, s)| match s {
+                    CallStep::Start { .. } => "start",
+                    CallStep::Ringing => "ringing",
+                    CallStep::Answer { .. } => "answer",
+                    CallStep::End { .. } => "end",
+                    CallStep::Fail { .. } => "fail",
+                })
+                .collect()
+        };
+        for user in ["alice", "bob"] {
+            assert_eq!(steps(user, &batches[0]), ["start"]);
+            assert_eq!(steps(user, &batches[1]), ["ringing", "answer", "end"]);
+        }
+    }
 }
