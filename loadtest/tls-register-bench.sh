@@ -7,7 +7,7 @@
 #   loadtest/tls-register-bench.sh [--rates "2000 4000 ..."] [--seconds S] [--users N]
 #       [--clients C] [--port P] [--out DIR] [--only dialtone|kamailio]
 #       [--kam-workers N] [--kam-shm MB] [--prereg-rate R] [--keep-going]
-#       [--quiet-wait S] [--noisy-pct P] [--noisy-retries N]
+#       [--quiet-wait S] [--noisy-pct P] [--noisy-retries N] [--max-restarts N]
 #
 # What it does:
 #   1. Generates a self-signed certificate (EC P-256, subjectAltName
@@ -45,7 +45,11 @@
 # processes; "other" is what neither used. Before each step the script
 # waits (at most --quiet-wait s) for the machine to be idle, and a step in
 # which other processes used more than --noisy-pct % of a core is marked
-# `noisy` and run again (at most --noisy-retries times).
+# `noisy` and run again (at most --noisy-retries times). A server that dies
+# during a step (Kamailio: any of its processes) is restarted fresh,
+# provisioned and pre-registered again, the step marked `crashed` and run
+# again, at most --max-restarts (2) times per step; the summary counts
+# the crashes.
 #
 # Ports (P = --port, default 5900): Dialtone SIP UDP/TCP P, SIP TLS P+1,
 # gRPC P+2, metrics P+3; Kamailio SIP TLS P+11.
@@ -58,9 +62,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 . "$here/node.sh"
 
-rates="2000 4000 6000 8000 10000 12000 14000 16000"; seconds=20; users=10000; clients=100
+rates="2000 4000 6000 8000 10000 12000 14000 16000"; seconds=20; users=10000; clients=200
 port=5900; out=""; only=""; kam_workers=$(nproc); kam_shm=1024; kam_pkg=16; prereg_rate=2000
-keep_going=0; quiet_wait=120; quiet_threshold=15; noisy_pct=25; noisy_retries=2; settle=3
+keep_going=0; max_restarts=2; quiet_wait=120; quiet_threshold=15; noisy_pct=25; noisy_retries=2; settle=3
 domain=example.test
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -78,6 +82,7 @@ while [ $# -gt 0 ]; do
     --quiet-wait) quiet_wait=$2; shift 2;;
     --noisy-pct) noisy_pct=$2; shift 2;;
     --noisy-retries) noisy_retries=$2; shift 2;;
+    --max-restarts) max_restarts=$2; shift 2;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2;;
   esac
@@ -118,19 +123,23 @@ awk -v n="$users" 'BEGIN { print "SEQUENTIAL"
   for (i = 0; i < n; i++) printf "user%06d;pw%06dx;user%06d\n", i, i, (i + int(n / 2)) % n }' > "$csv"
 
 # ------------------------------------------------------------ servers
-node=""; kam=""; data=""; kamrun=""
-stop_all() {
+node=""; kam=""; data=""; kamrun=""; kam_nprocs=0
+stop_dialtone() {
   if [ -n "$node" ]; then kill -TERM "$node" 2>/dev/null || true; wait "$node" 2>/dev/null || true; fi
+  [ -n "$data" ] && rm -rf "$data"
+  node=""; data=""
+}
+stop_kamailio() {
   if [ -n "$kam" ]; then
     kill -TERM "$kam" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$kam" 2>/dev/null || break; sleep 0.1; done
     wait "$kam" 2>/dev/null || true
   fi
-  [ -n "$kamrun" ] && cp "$kamrun/kamailio.log" "$out/kamailio.log" 2>/dev/null || true
-  [ -n "$data" ] && rm -rf "$data"
+  [ -n "$kamrun" ] && cat "$kamrun/kamailio.log" >> "$out/kamailio.log" 2>/dev/null
   [ -n "$kamrun" ] && rm -rf "$kamrun"
-  return 0
+  kam=""; kamrun=""
 }
+stop_all() { stop_dialtone; stop_kamailio; }
 trap stop_all EXIT
 
 start_dialtone() {
@@ -159,7 +168,9 @@ start_kamailio() {
   } | sqlite3 "$db"
   # -m/-M: 1 GiB shared and 16 MiB private memory per process, as in the
   # UDP comparison (TLS connections and OpenSSL's state live in shared
-  # memory). --atexit=no: the tls module's advice for OpenSSL >= 1.1.
+  # memory). --atexit=no: the tls module's advice for OpenSSL >= 1.1. No
+  # core dumps: they would be the size of the shared memory, in /.
+  ulimit -c 0
   kamailio -f "$here/kamailio-tls/kamailio.cfg" -DD -E --atexit=no -Y "$kamrun" -P "$kamrun/kamailio.pid" \
     -m "$kam_shm" -M "$kam_pkg" \
     -A "WORKERS=$kam_workers" -A "LISTEN=tls:$kam_tls" -A "DOMAIN=\"$domain\"" \
@@ -175,11 +186,21 @@ start_kamailio() {
   ss -ltn | awk '{ print $4 }' | grep -qx "$kam_tls" || {
     echo "kamailio did not start:" >&2; tail -20 "$kamrun/kamailio.log" >&2; exit 1; }
   sleep 0.5
+  kam_nprocs=$(kam_pids | wc -w)
   log "kamailio: main pid $kam, $(sqlite3 "$db" 'SELECT count(*) FROM subscriber;') subscribers," \
       "processes: $(kam_pids | wc -w)"
 }
 kam_pids() { echo "$kam $(pgrep -P "$kam" | tr '\n' ' ')"; }
 server_pids() { if [ "$1" = dialtone ]; then echo "$node"; else kam_pids; fi; }
+# Whether the server still runs whole (Kamailio: every process it started
+# with; it shuts down when a worker dies).
+server_alive() {
+  if [ "$1" = dialtone ]; then
+    kill -0 "$node" 2>/dev/null
+  else
+    kill -0 "$kam" 2>/dev/null && [ "$(kam_pids | wc -w)" -ge "$kam_nprocs" ]
+  fi
+}
 
 # ------------------------------------------------------------ CPU
 cpu_ticks() {  # utime + stime summed over PIDs (threads included)
@@ -242,12 +263,12 @@ summary_field() { # FILE KEY
 steps_tsv=$out/steps.tsv
 printf 'server\toffered_per_s\tseconds\tattempted\tok\tfailed\ttimed_out\trejected\tbroken\tfailed_pct\tachieved_per_s\tlate_starts\twhole_p50_ms\twhole_p90_ms\twhole_p99_ms\twhole_max_ms\tserver_cpu_pct\tclient_cpu_pct\thost_cpu_pct\tother_cpu_pct\tserver_cpu_ms_per_reg\tpass\tclean\n' > "$steps_tsv"
 
-declare -A best_pass best_clean stopped
-# step SERVER RATE: one measured step (re-run when noisy); returns 1 when
+declare -A best_pass best_clean stopped crashes
+# step SERVER RATE: one measured step (re-run when noisy or crashed); returns 1 when
 # the server's ladder should stop.
 step() {
-  local server=$1 rate=$2 attempt name f row
-  for attempt in $(seq 0 "$noisy_retries"); do
+  local server=$1 rate=$2 attempt name f row noisy_runs=0 restarts=0
+  for attempt in $(seq 0 $((noisy_retries + max_restarts))); do
     name="$server-$rate"; [ "$attempt" -gt 0 ] && name="$name-retry$attempt"
     wait_quiet
     log "$server: ${rate}/s for ${seconds}s"
@@ -270,14 +291,27 @@ step() {
       "$(summary_field "$f" broken)" "$(summary_field "$f" failed_pct)" "$ach" "$(summary_field "$f" late_starts)" \
       "$(summary_field "$f" whole_p50_ms)" "$(summary_field "$f" whole_p90_ms)" "$(summary_field "$f" whole_p99_ms)" \
       "$(summary_field "$f" whole_max_ms)" "$svcpu" "$clcpu" "$hcpu" "$other" "$percpu" "$pass" "$clean" >> "$steps_tsv"
+    if ! server_alive "$server"; then
+      # A crash is no verdict on the rate: restart the server (fresh, as at
+      # the start), count it, and run the step again, at most --max-restarts
+      # times per step.
+      sed -i '$ s/\t[a-z]*\t[a-z]*$/\tcrashed\tcrashed/' "$steps_tsv"
+      crashes[$server]=$(( ${crashes[$server]} + 1 ))
+      restarts=$((restarts + 1))
+      log "$server ${rate}/s: the server died during the step (crash ${crashes[$server]}; see its log)"
+      if [ "$restarts" -gt "$max_restarts" ]; then pass=no; clean=no; break; fi
+      "stop_$server"; "start_$server"; preregister "$server"
+      continue
+    fi
     log "$server ${rate}/s: $(grep -m1 '^register-latency' "$f" | sed 's/^register-latency: //')"
     log "$server ${rate}/s: p99 $(summary_field "$f" whole_p99_ms) ms; cpu (% of a core) server=$svcpu" \
         "client=$clcpu other=$other; ${percpu} ms server CPU per registration -> pass=$pass clean=$clean"
     sleep "$settle"
-    if [ "$other" != na ] && [ "$attempt" -lt "$noisy_retries" ] && \
+    if [ "$other" != na ] && [ "$noisy_runs" -lt "$noisy_retries" ] && \
        awk -v o="$other" -v m="$noisy_pct" 'BEGIN { exit !(o > m) }'; then
       sed -i '$ s/\t[a-z]*\t[a-z]*$/\tnoisy\tnoisy/' "$steps_tsv"
       log "$server ${rate}/s: disturbed by other processes (${other}% of a core): discarded, re-running"
+      noisy_runs=$((noisy_runs + 1))
       continue
     fi
     break
@@ -304,18 +338,30 @@ step() {
 } > "$out/run-info.txt"
 
 for s in $servers; do
-  best_pass[$s]=0; best_clean[$s]=0; stopped[$s]=0
+  best_pass[$s]=0; best_clean[$s]=0; stopped[$s]=0; crashes[$s]=0
   "start_$s"
 done
+# Everyone once (the client takes the CSV's users in turn): the measured
+# steps then refresh existing bindings, a registrar's steady state.
+# A server that dies meanwhile is restarted (at most --max-restarts times).
+preregister() {
+  local s=$1 secs=$(( (users + prereg_rate - 1) / prereg_rate )) try
+  for try in $(seq 0 "$max_restarts"); do
+    log "$s: registering the $users users once"
+    register "$s" "$s-preregister" "$(( (users + secs - 1) / secs ))" "$secs"
+    log "$s: preregister: $(grep -m1 '^register-latency' "$out/steps/$s-preregister.txt" | sed 's/^register-latency: //')"
+    server_alive "$s" && return 0
+    crashes[$s]=$(( ${crashes[$s]} + 1 ))
+    log "$s: the server died while registering everyone (crash ${crashes[$s]}; see its log); restarting it"
+    "stop_$s"; "start_$s"
+  done
+  log "$s: gave up after $max_restarts restarts"; exit 1
+}
+
 for s in $servers; do
   echo "$s TLS session: $(openssl s_client -connect "$(target_of "$s")" -CAfile "$cert" </dev/null 2>/dev/null |
     awk '/^New,/ && !n++ { printf "%s, ", $0 } /Verify return code/ && !v++ { printf "%s", $0 }')" >> "$out/run-info.txt"
-  # Everyone once (the client takes the CSV's users in turn): the measured
-  # steps then refresh existing bindings, a registrar's steady state.
-  prereg_secs=$(( (users + prereg_rate - 1) / prereg_rate ))
-  log "$s: registering the $users users once"
-  register "$s" "$s-preregister" "$(( (users + prereg_secs - 1) / prereg_secs ))" "$prereg_secs"
-  log "$s: preregister: $(grep -m1 '^register-latency' "$out/steps/$s-preregister.txt" | sed 's/^register-latency: //')"
+  preregister "$s"
 done
 cat "$out/run-info.txt" >&2
 
@@ -335,7 +381,9 @@ done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "na" }'; }
 line=""
-for s in $servers; do line="$line ${s}_pass_per_s=${best_pass[$s]} ${s}_clean_per_s=${best_clean[$s]}"; done
+for s in $servers; do
+  line="$line ${s}_pass_per_s=${best_pass[$s]} ${s}_clean_per_s=${best_clean[$s]} ${s}_crashes=${crashes[$s]}"
+done
 if [ "$servers" = "dialtone kamailio" ]; then
   line="$line ratio_pass=$(ratio "${best_pass[dialtone]}" "${best_pass[kamailio]}")"
   line="$line ratio_clean=$(ratio "${best_clean[dialtone]}" "${best_clean[kamailio]}")"
