@@ -70,7 +70,8 @@ enum Command {
     /// REGISTER response times seen by a client, to the microsecond: UDP
     /// (or TLS) clients register the users of a SIPp users CSV (REGISTER,
     /// 401, REGISTER with credentials, 200) at a fixed rate. The users must
-    /// exist (`provision-csv`). Does not use `--server`.
+    /// exist (`provision-csv`). Does not use `--server`. Ends with a
+    /// verdict (pass, clean) and a `summary k=v ...` line.
     RegisterLatency {
         /// The node's SIP address (UDP; with --tls its SIP TLS address).
         #[arg(long)]
@@ -100,6 +101,17 @@ enum Command {
         /// Answer the MD5 challenge (as SIPp does) instead of SHA-256.
         #[arg(long)]
         md5: bool,
+        /// The run passes with fewer failed registrations than this, in %
+        /// of those started.
+        #[arg(long, default_value_t = 1.0)]
+        fail_pct: f64,
+        /// ... and an achieved rate of at least this fraction of --rate.
+        #[arg(long, default_value_t = 0.95)]
+        min_rate_frac: f64,
+        /// A passing run is clean when the p99 of the whole registration is
+        /// at most this (ms).
+        #[arg(long, default_value_t = 100.0)]
+        clean_p99_ms: f64,
     },
     /// Create the users of a SIPp users CSV (`user;password;callee`).
     ProvisionCsv {
@@ -152,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             clients,
             md5,
+            fail_pct,
+            min_rate_frac,
+            clean_p99_ms,
         } => {
             let users = read_users_csv(&csv)?;
             let tls = if tls {
@@ -175,6 +190,11 @@ async fn main() -> anyhow::Result<()> {
                 seconds,
                 uas: clients,
                 md5,
+                verdict: register::Verdict {
+                    fail_pct,
+                    min_rate_frac,
+                    clean_p99_ms,
+                },
             })
             .await
         }
