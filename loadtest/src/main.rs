@@ -5,7 +5,12 @@
 //! - `provision-csv`: creates the users of a SIPp users CSV (the format of
 //!   the benchmark harness's `sipp/gen-users.sh`, see `docs/performance.md`),
 //!   idempotently: the provisioning hook for the SIP benchmarks.
+//! - `register-latency`, `hold-clients`, `notify-fanout`: SIP clients (see
+//!   their modules).
 
+mod fanout;
+mod hold;
+mod phone;
 mod register;
 mod seed;
 
@@ -113,6 +118,93 @@ enum Command {
         #[arg(long, default_value_t = 100.0)]
         clean_p99_ms: f64,
     },
+    /// Registers N users, one phone each (a UDP socket or a WSS
+    /// connection), and holds them with keep-alives; with --node-pid,
+    /// records the node's memory (VmRSS, VmHWM) along the way. The users
+    /// must exist (`provision-csv`). Does not use `--server`.
+    HoldClients {
+        #[arg(long, value_enum, default_value = "udp")]
+        transport: phone::Kind,
+        /// The node's SIP UDP address, or its WSS address.
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        domain: String,
+        /// Users CSV (`user;password...`, first line skipped): client i is
+        /// user i.
+        #[arg(long)]
+        csv: std::path::PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// PEM certificates to trust for WSS (the node's, when
+        /// self-signed) [default: the system's roots].
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// Expires of each registration (refreshed at 80 % of it).
+        #[arg(long, default_value_t = 600)]
+        expires: u32,
+        /// Seconds between two keep-alives of a client (STUN on UDP,
+        /// WebSocket Ping on WSS); the default is inside 80-100 % of the
+        /// 29 s Flow-Timer the node gives UDP flows (ADR 0016).
+        #[arg(long, default_value_t = 25)]
+        keepalive_secs: u64,
+        /// How long every client is held after the last one registered.
+        #[arg(long, default_value_t = 60)]
+        hold_secs: u64,
+        /// Loopback source addresses to spread clients over (127.1.x.y)
+        /// [default: one per 200 clients, under the node's 256 connections
+        /// per source].
+        #[arg(long)]
+        sources: Option<usize>,
+        /// Clients connecting and registering at the same time.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// The node's process id: sample its VmRSS/VmHWM (same machine).
+        #[arg(long)]
+        node_pid: Option<u32>,
+    },
+    /// N phones (users 2..N+1 of the CSV) subscribe to the presence of the
+    /// first user, whose presence then changes `changes` times; reports
+    /// the time each change takes to reach each subscriber. The users must
+    /// exist and the first must have no binding. Does not use `--server`.
+    NotifyFanout {
+        #[arg(long, value_enum, default_value = "udp")]
+        transport: phone::Kind,
+        /// The node's SIP UDP address (subscribers with --transport udp,
+        /// and the watched user's phone always).
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// The node's WSS address, for --transport wss.
+        #[arg(long)]
+        wss_target: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        csv: std::path::PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        /// Milliseconds between two changes.
+        #[arg(long, default_value_t = 1000)]
+        spacing_ms: u64,
+        /// Expires asked for each subscription (the node grants at most
+        /// its --sip-subscribe-max-expires, 600 s by default).
+        #[arg(long, default_value_t = 600)]
+        expires: u32,
+        /// Loopback source addresses to spread subscribers over [default:
+        /// one per 25 subscribers, inside the node's SUBSCRIBE burst per
+        /// source].
+        #[arg(long)]
+        sources: Option<usize>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long)]
+        tls_ca: Option<std::path::PathBuf>,
+        /// The p99 budget judged, from the triggering request's send.
+        #[arg(long, default_value_t = 200)]
+        budget_ms: u64,
+    },
     /// Create the users of a SIPp users CSV (`user;password;callee`).
     ProvisionCsv {
         #[arg(long)]
@@ -198,6 +290,74 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Command::HoldClients {
+            transport,
+            target,
+            domain,
+            csv,
+            clients,
+            tls_ca,
+            expires,
+            keepalive_secs,
+            hold_secs,
+            sources,
+            concurrency,
+            node_pid,
+        } => {
+            let tls = client_tls(transport, tls_ca.as_deref())?;
+            hold::run(hold::Options {
+                kind: transport,
+                target,
+                tls,
+                domain,
+                users: read_users_csv(&csv)?,
+                clients,
+                expires,
+                keepalive: Duration::from_secs(keepalive_secs.max(1)),
+                hold: Duration::from_secs(hold_secs),
+                sources: sources.unwrap_or(clients.div_ceil(200)).max(1),
+                concurrency,
+                node_pid,
+            })
+            .await
+        }
+        Command::NotifyFanout {
+            transport,
+            target,
+            wss_target,
+            domain,
+            csv,
+            subscribers,
+            changes,
+            spacing_ms,
+            expires,
+            sources,
+            concurrency,
+            tls_ca,
+            budget_ms,
+        } => {
+            let tls = client_tls(transport, tls_ca.as_deref())?;
+            let subscriber_target = match transport {
+                phone::Kind::Udp => target,
+                phone::Kind::Wss => wss_target.context("--transport wss needs --wss-target")?,
+            };
+            fanout::run(fanout::Options {
+                kind: transport,
+                target,
+                subscriber_target,
+                tls,
+                domain,
+                users: read_users_csv(&csv)?,
+                subscribers,
+                changes,
+                spacing: Duration::from_millis(spacing_ms),
+                sources: sources.unwrap_or(subscribers.div_ceil(25)).max(1),
+                concurrency,
+                expires,
+                budget: Duration::from_millis(budget_ms),
+            })
+            .await
+        }
         Command::ProvisionCsv {
             domain,
             csv,
@@ -215,6 +375,24 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// The TLS client configuration for WSS phones; `None` for UDP.
+fn client_tls(
+    kind: phone::Kind,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    if kind == phone::Kind::Udp {
+        return Ok(None);
+    }
+    let pem = match ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the TLS CA {}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Some(phone::tls_config(pem.as_deref())?))
 }
 
 fn token(token: Option<&str>) -> anyhow::Result<Bearer> {

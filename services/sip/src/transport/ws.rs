@@ -16,8 +16,14 @@
 //! made-up `.invalid` names and are never used.
 //!
 //! tokio-tungstenite is the codec, configured for many idle connections:
-//! a 4 KiB read buffer (it defaults to 128 KiB, allocated up front) and no
-//! write buffering (each SIP message is written at once).
+//! a 1 KiB read buffer (it defaults to 128 KiB, allocated up front; it
+//! grows to fit a longer message) and no write buffering (each SIP message
+//! is written at once). The TLS handshake and the upgrade run in a boxed
+//! future of their own, freed once the connection is up: a future is as
+//! large as its largest state, and the connection's long-lived task would
+//! otherwise keep their space (the TLS stream inline, twice) for as long
+//! as the connection lives. `loadtest/transport-memory.sh` measures what a
+//! held connection costs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +39,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use super::limits::ConnectionLimits;
 use super::stream::{accept_admitted, dispatch, Admitted, NewConnection, StreamContext};
@@ -40,8 +47,9 @@ use super::tls::SecureListener;
 use super::{Flow, Transport};
 use crate::core::metric;
 
-/// The read buffer of one WebSocket connection (see the module comment).
-const READ_BUFFER: usize = 4 * 1024;
+/// The read buffer of one WebSocket connection (see the module comment):
+/// most SIP messages fit, and it stays allocated on every idle connection.
+const READ_BUFFER: usize = 1024;
 
 /// Why an upgrade without the `sip` subprotocol is refused (the body of
 /// the 400).
@@ -74,23 +82,30 @@ pub(super) async fn ws_accept_loop(
         let secure = secure.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut stop = cx.shutdown.clone();
-            let started = tokio::time::Instant::now();
+            let max = cx.core.config().max_message_size;
             match secure {
                 None => {
-                    serve_websocket(cx, transport, peer, local, stream, handshake_timeout).await
+                    let ws = Box::pin(upgrade(stream, peer, max, handshake_timeout)).await;
+                    if let Some(ws) = ws {
+                        serve_websocket(cx, transport, peer, local, ws).await;
+                    }
                 }
                 Some(secure) => {
-                    let tls = tokio::select! {
-                        _ = stop.changed() => return,
-                        s = secure.handshake(stream, peer) => s,
-                    };
-                    let Some(tls) = tls else {
-                        return;
-                    };
-                    // The upgrade gets what is left of the same budget.
-                    let left = handshake_timeout.saturating_sub(started.elapsed());
-                    serve_websocket(cx, transport, peer, local, tls, left).await;
+                    let mut stop = cx.shutdown.clone();
+                    let ws = Box::pin(async move {
+                        let started = tokio::time::Instant::now();
+                        let tls = tokio::select! {
+                            _ = stop.changed() => return None,
+                            s = secure.handshake(stream, peer) => s?,
+                        };
+                        // The upgrade gets what is left of the same budget.
+                        let left = handshake_timeout.saturating_sub(started.elapsed());
+                        upgrade(tls, peer, max, left).await
+                    })
+                    .await;
+                    if let Some(ws) = ws {
+                        serve_websocket(cx, transport, peer, local, ws).await;
+                    }
                 }
             }
         });
@@ -129,20 +144,18 @@ fn choose_subprotocol(
     Err(refusal)
 }
 
-/// Upgrades `stream` and serves SIP on it until the peer closes it, it
-/// stays idle for the configured time, it breaks the protocol or a limit,
-/// or the node shuts down.
-async fn serve_websocket<S>(
-    cx: StreamContext,
-    transport: Transport,
-    peer: SocketAddr,
-    local: SocketAddr,
+/// The WebSocket upgrade of `stream` (messages up to `max` bytes), within
+/// `handshake_timeout`; `None` when refused, failed or timed out. Boxed:
+/// see the module comment.
+async fn upgrade<S>(
     stream: S,
+    peer: SocketAddr,
+    max: usize,
     handshake_timeout: Duration,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+) -> Option<Box<WebSocketStream<S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let max = cx.core.config().max_message_size;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -150,18 +163,32 @@ async fn serve_websocket<S>(
         .max_frame_size(Some(max));
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(stream, choose_subprotocol, Some(config));
-    let ws = match tokio::time::timeout(handshake_timeout, upgrade).await {
-        Ok(Ok(ws)) => ws,
+    match tokio::time::timeout(handshake_timeout, upgrade).await {
+        Ok(Ok(ws)) => Some(Box::new(ws)),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "WebSocket upgrade refused or failed");
-            return;
+            None
         }
         Err(_) => {
             metrics::counter!(metric::DROPPED, "reason" => "ws_handshake_timeout").increment(1);
             tracing::debug!(%peer, "WebSocket upgrade timed out");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Serves SIP on the upgraded `ws` until the peer closes it, it stays idle
+/// for the configured time, it breaks the protocol or a limit, or the node
+/// shuts down.
+async fn serve_websocket<S>(
+    cx: StreamContext,
+    transport: Transport,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ws: Box<WebSocketStream<S>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let NewConnection {
         id,
         queue: (tx, mut rx),
@@ -173,7 +200,8 @@ async fn serve_websocket<S>(
         in_flight,
         transports,
     } = cx;
-    let (mut sink, mut messages) = ws.split();
+    // Moved out of its box into the halves' shared state.
+    let (mut sink, mut messages) = (*ws).split();
     // Requests of the proxy for a phone registered over this connection
     // come here: it is the only way to a WebSocket client.
     transports.connection_opened(transport, peer, id, tx.clone());
