@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::limits::ConnectionLimits;
+use super::send_queue::{QueueSender, TrySendError};
 use super::stream::{self, Connections, StreamContext};
 use super::tls::{self, CertificateStore, SecureListener};
 use super::{udp, ws};
@@ -343,7 +344,7 @@ impl Transports {
         transport: Transport,
         peer: SocketAddr,
         id: ConnectionId,
-        tx: mpsc::Sender<Bytes>,
+        tx: QueueSender,
     ) {
         if let Ok(mut map) = self.connections.lock() {
             map.insert(transport, peer, id, tx);
@@ -412,7 +413,7 @@ impl Transports {
         let Some(tx) = existing else {
             return Err(bytes);
         };
-        if let Err(mpsc::error::TrySendError::Full(bytes)) = tx.try_send(bytes) {
+        if let Err(TrySendError::Full(bytes)) = tx.try_send(bytes) {
             tokio::spawn(async move {
                 let _ = tx.send(bytes).await;
             });

@@ -13,6 +13,7 @@ use crate::wire::message::{host_ip, params, Uri, Via};
 
 pub mod gateway;
 mod limits;
+mod send_queue;
 mod stream;
 pub mod stun;
 pub mod tls;

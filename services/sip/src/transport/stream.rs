@@ -6,8 +6,9 @@
 //!
 //! [`serve_stream`] is generic over the byte stream: TCP passes the halves
 //! of a `TcpStream`, TLS (`super::tls`) the halves of its encrypted
-//! stream. WebSocket (`super::ws`) has its own message framing and reader
-//! loop but shares the [`Connections`] table.
+//! stream. WebSocket (`super::ws`) has its own message framing and serves
+//! a connection in one task (reads and writes) but shares [`dispatch`],
+//! the send queue and the [`Connections`] table.
 //! The [`Connections`] table finds a flow's connection by id, else by
 //! transport and peer address.
 
@@ -19,10 +20,11 @@ use std::time::Duration;
 use bytes::{Buf as _, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::gateway::{poll_once, InFlight, Transports};
 use super::limits::{ConnectionLimits, ConnectionPermit};
+use super::send_queue::{send_queue, QueueReceiver, QueueSender};
 use super::{ConnectionId, Flow, Transport};
 use crate::core::{metric, salvage, Core};
 use crate::wire::frame::{self, Frame, FrameError};
@@ -36,14 +38,14 @@ pub(super) const SEND_QUEUE: usize = 1024;
 /// that names no connection).
 #[derive(Default)]
 pub(super) struct Connections {
-    by_id: HashMap<ConnectionId, mpsc::Sender<Bytes>>,
+    by_id: HashMap<ConnectionId, QueueSender>,
     by_remote: HashMap<(Transport, SocketAddr), ConnectionId>,
 }
 
 impl Connections {
     /// Where to queue bytes for `flow`: its own connection while it is
     /// open, else the latest connection of the same transport to its peer.
-    pub(super) fn sender(&self, flow: &Flow) -> Option<mpsc::Sender<Bytes>> {
+    pub(super) fn sender(&self, flow: &Flow) -> Option<QueueSender> {
         flow.connection
             .and_then(|id| self.by_id.get(&id))
             .or_else(|| {
@@ -59,7 +61,7 @@ impl Connections {
         transport: Transport,
         peer: SocketAddr,
         id: ConnectionId,
-        tx: mpsc::Sender<Bytes>,
+        tx: QueueSender,
     ) {
         self.by_id.insert(id, tx);
         self.by_remote.insert((transport, peer), id);
@@ -81,7 +83,7 @@ pub(super) struct NewConnection {
     pub id: ConnectionId,
     /// Its send queue. The opener makes it, so that a connection we open
     /// ourselves can be given its first message before it is served.
-    pub queue: (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>),
+    pub queue: (QueueSender, QueueReceiver),
 }
 
 impl NewConnection {
@@ -96,7 +98,7 @@ impl NewConnection {
             peer,
             local,
             id: transports.new_connection_id(),
-            queue: mpsc::channel::<Bytes>(SEND_QUEUE),
+            queue: send_queue(SEND_QUEUE),
         }
     }
 }
@@ -181,24 +183,23 @@ pub(super) async fn tcp_accept_loop(
 }
 
 /// Hands one message of a connection to the core. As for UDP, what
-/// completes at once is answered here; the rest goes on in its own task,
-/// holding `permit` (the connection's backpressure) until it is answered.
-pub(super) async fn dispatch(
+/// completes at once is answered at once: its reply is returned, for the
+/// caller to write. The rest goes on in its own task, holding `permit`
+/// (the connection's backpressure) until it is answered on `tx`.
+pub(super) fn dispatch(
     core: &Arc<Core>,
     data: Bytes,
     flow: Flow,
     permit: OwnedSemaphorePermit,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &QueueSender,
     in_flight: &Arc<InFlight>,
-) {
+) -> Option<Bytes> {
     let c = core.clone();
     let mut fut = Box::pin(async move { c.handle(&data, flow).await });
     match poll_once(fut.as_mut()) {
         std::task::Poll::Ready(reply) => {
             drop(permit);
-            if let Some(reply) = reply {
-                let _ = tx.send(reply.bytes).await;
-            }
+            reply.map(|reply| reply.bytes)
         }
         std::task::Poll::Pending => {
             let tx = tx.clone();
@@ -210,6 +211,7 @@ pub(super) async fn dispatch(
                     let _ = tx.send(reply.bytes).await;
                 }
             });
+            None
         }
     }
 }
@@ -312,7 +314,9 @@ pub(super) async fn serve_stream<R, W>(
                         break 'conn;
                     };
                     let data = buf.split_to(n).freeze();
-                    dispatch(&core, data, flow, permit, &tx, &in_flight).await;
+                    if let Some(reply) = dispatch(&core, data, flow, permit, &tx, &in_flight) {
+                        let _ = tx.send(reply).await;
+                    }
                 }
                 Ok(None) => break,
                 Err(FrameError::TooLarge {

@@ -271,10 +271,15 @@ pub(super) async fn tls_accept_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let mut stop = cx.shutdown.clone();
-            let tls = tokio::select! {
-                _ = stop.changed() => return,
-                s = secure.handshake(stream, peer) => s,
-            };
+            // Boxed, so that the connection's task does not keep the
+            // handshake's space (the TLS stream inline) while it serves.
+            let tls = Box::pin(async move {
+                tokio::select! {
+                    _ = stop.changed() => None,
+                    s = secure.handshake(stream, peer) => s,
+                }
+            })
+            .await;
             let Some(tls) = tls else {
                 return;
             };

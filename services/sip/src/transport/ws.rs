@@ -22,18 +22,21 @@
 //! future of their own, freed once the connection is up: a future is as
 //! large as its largest state, and the connection's long-lived task would
 //! otherwise keep their space (the TLS stream inline, twice) for as long
-//! as the connection lives. `loadtest/transport-memory.sh` measures what a
-//! held connection costs.
+//! as the connection lives. One task serves a connection, reading and
+//! writing (a second task for writes, and the split halves' shared lock,
+//! cost memory on every idle connection), and its send queue holds no
+//! buffer while empty (`super::send_queue`). `loadtest/transport-memory.sh`
+//! measures what a held connection costs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{SinkExt, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -180,12 +183,18 @@ where
 /// Serves SIP on the upgraded `ws` until the peer closes it, it stays idle
 /// for the configured time, it breaks the protocol or a limit, or the node
 /// shuts down.
+///
+/// One task reads and writes (see the module comment). It never waits on
+/// its own send queue: what is answered at once is written at once, and
+/// while it waits for the connection's backpressure (a permit) it keeps
+/// writing what the queue holds, so the tasks that hold the permits can
+/// always queue their replies.
 async fn serve_websocket<S>(
     cx: StreamContext,
     transport: Transport,
     peer: SocketAddr,
     local: SocketAddr,
-    ws: Box<WebSocketStream<S>>,
+    mut ws: Box<WebSocketStream<S>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -200,77 +209,55 @@ async fn serve_websocket<S>(
         in_flight,
         transports,
     } = cx;
-    // Moved out of its box into the halves' shared state.
-    let (mut sink, mut messages) = (*ws).split();
     // Requests of the proxy for a phone registered over this connection
     // come here: it is the only way to a WebSocket client.
     transports.connection_opened(transport, peer, id, tx.clone());
     let flow = Flow::received(transport, peer, local, Some(id));
-    let (close_tx, close_rx) = oneshot::channel::<CloseFrame>();
-    let writer_task = tokio::spawn(async move {
-        let mut close_rx = Some(close_rx);
-        loop {
-            tokio::select! {
-                biased;
-                close = async {
-                    match close_rx.as_mut() {
-                        Some(rx) => rx.await,
-                        None => std::future::pending().await,
-                    }
-                } => match close {
-                    Ok(frame) => {
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                        break;
-                    }
-                    // Ended without a close of ours: write what is queued.
-                    Err(_) => close_rx = None,
-                },
-                next = rx.recv() => {
-                    let Some(bytes) = next else { break };
-                    // SIP is text, but a body may not be UTF-8: then binary.
-                    let message = match Utf8Bytes::try_from(bytes.clone()) {
-                        Ok(text) => Message::Text(text),
-                        Err(_) => Message::Binary(bytes),
-                    };
-                    if sink.send(message).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = sink.close().await;
-    });
     let idle = core.config().tcp_idle_timeout;
     let permits = Arc::new(Semaphore::new(
         core.config().max_tcp_in_flight_per_connection.max(1),
     ));
-    let mut close_tx = Some(close_tx);
-    loop {
+    // The idle time counts from the last message read; writes do not
+    // restart it.
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let mut close = None;
+    'conn: loop {
         let next = tokio::select! {
             _ = shutdown.changed() => break,
-            r = tokio::time::timeout(idle, messages.next()) => r,
+            _ = &mut idle_timer => break,
+            queued = rx.recv() => {
+                // `None` cannot come while `tx` is held here.
+                let Some(bytes) = queued else { break };
+                if !write(&mut ws, bytes, idle_timer.as_mut(), &mut shutdown).await {
+                    break;
+                }
+                continue;
+            }
+            next = ws.next() => next,
         };
+        idle_timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + idle);
         let data: Bytes = match next {
-            Err(_) | Ok(None) => break,
-            Ok(Some(Ok(Message::Text(text)))) => text.into(),
-            Ok(Some(Ok(Message::Binary(data)))) => data,
+            None => break,
+            Some(Ok(Message::Text(text))) => text.into(),
+            Some(Ok(Message::Binary(data))) => data,
             // Pings are answered by the codec; a close is answered by it
             // too, and the stream then ends.
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))))
-            | Ok(Some(Ok(Message::Frame(_)))) => continue,
-            Ok(Some(Err(WsError::Capacity(e)))) => {
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_)))
+            | Some(Ok(Message::Frame(_))) => continue,
+            Some(Err(WsError::Capacity(e))) => {
                 metrics::counter!(metric::PARSE_ERRORS).increment(1);
                 metrics::counter!(metric::DROPPED, "reason" => "ws_too_large").increment(1);
                 tracing::debug!(%peer, error = %e, "WebSocket message over the size limit");
-                if let Some(close) = close_tx.take() {
-                    let _ = close.send(CloseFrame {
-                        code: CloseCode::Size,
-                        reason: Utf8Bytes::from_static("message too big"),
-                    });
-                }
+                close = Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: Utf8Bytes::from_static("message too big"),
+                });
                 break;
             }
-            Ok(Some(Err(e))) => {
+            Some(Err(e)) => {
                 metrics::counter!(metric::DROPPED, "reason" => "ws_protocol").increment(1);
                 tracing::debug!(%peer, error = %e, "WebSocket protocol error");
                 break;
@@ -282,15 +269,79 @@ async fn serve_websocket<S>(
         }
         // As for TCP: backpressure by permits, what completes at once is
         // answered here, the rest in its own task.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        let permit = loop {
+            tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => break permit,
+                    Err(_) => break 'conn,
+                },
+                queued = rx.recv() => {
+                    let Some(bytes) = queued else { break 'conn };
+                    if !write(&mut ws, bytes, idle_timer.as_mut(), &mut shutdown).await {
+                        break 'conn;
+                    }
+                }
+            }
         };
-        dispatch(&core, data, flow, permit, &tx, &in_flight).await;
+        if let Some(reply) = dispatch(&core, data, flow, permit, &tx, &in_flight) {
+            // After what was queued before it, as if it went through the
+            // queue too.
+            while let Some(bytes) = rx.try_recv() {
+                if !write(&mut ws, bytes, idle_timer.as_mut(), &mut shutdown).await {
+                    break 'conn;
+                }
+            }
+            if !write(&mut ws, reply, idle_timer.as_mut(), &mut shutdown).await {
+                break;
+            }
+        }
     }
     transports.connection_closed(transport, peer, id);
     drop(tx);
-    drop(close_tx);
-    let _ = writer_task.await;
+    match close {
+        Some(frame) => {
+            let _ = ws.send(Message::Close(Some(frame))).await;
+        }
+        // Ended without a close of ours: write what is queued, and the
+        // replies of the messages still in flight.
+        None => {
+            while let Some(bytes) = rx.recv().await {
+                if ws.send(message_of(bytes)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(rx);
+    let _ = SinkExt::close(&mut *ws).await;
+}
+
+/// A SIP message as a WebSocket message: text, but binary when a body is
+/// not UTF-8.
+fn message_of(bytes: Bytes) -> Message {
+    match Utf8Bytes::try_from(bytes.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Binary(bytes),
+    }
+}
+
+/// Writes one SIP message on `ws`; `false` when the connection is done:
+/// the write failed, or the peer took nothing until the connection went
+/// idle or the node shut down.
+async fn write<S>(
+    ws: &mut WebSocketStream<S>,
+    bytes: Bytes,
+    idle_timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        sent = ws.send(message_of(bytes)) => sent.is_ok(),
+        _ = idle_timer => false,
+        _ = shutdown.changed() => false,
+    }
 }
 
 /// Counts a message for a WebSocket peer that has no open connection: it
