@@ -53,11 +53,8 @@ domain=example.test
 grpc=127.0.0.1:$((port + 10)); metrics=127.0.0.1:$((port + 11))
 sip=127.0.0.1:$port; wss=127.0.0.1:$((port + 2))
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
-  -addext keyUsage=digitalSignature -addext extendedKeyUsage=serverAuth \
-  -keyout "$out/sip.key" -out "$out/sip.pem" 2> "$out/openssl.log"
-{ echo SEQUENTIAL; for i in $(seq 0 "$subscribers"); do printf 'user%06d;pw%06dx\n' "$i" "$i"; done; } > "$out/users.csv"
+loopback_cert "$out/sip.pem" "$out/sip.key"
+users_csv $((subscribers + 1)) "$out/users.csv"
 
 data=$(mktemp -d "${TMPDIR:-/tmp}/dialtone-notify-fanout-XXXXXX")
 trap '[ -n "${node:-}" ] && { kill -TERM "$node" 2>/dev/null; wait "$node" 2>/dev/null; }; rm -rf "$data"' EXIT

@@ -48,7 +48,7 @@ trap '[ -n "${node:-}" ] && { kill -TERM "$node" 2>/dev/null; wait "$node" 2>/de
 start_node "$bin/dialtone" "$data" "$out" --grpc-addr "$grpc" --metrics-addr "$metrics" \
   --sip-addr "127.0.0.1:$port" --sip-challenge-md5-first --sip-source-rate 0
 
-{ echo SEQUENTIAL; for i in $(seq 0 $((users - 1))); do printf 'user%06d;pw%06dx\n' "$i" "$i"; done; } > "$out/users.csv"
+users_csv "$users" "$out/users.csv"
 "$bin/dialtone-load" --server "http://$grpc" provision-csv --domain "$domain" --csv "$out/users.csv" > "$out/provision.txt"
 
 sipp_run() { # NAME RATE COUNT [more SIPp options]

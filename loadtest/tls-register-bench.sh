@@ -115,9 +115,7 @@ target_of() { if [ "$1" = dialtone ]; then echo "$dt_tls"; else echo "$kam_tls";
 
 # ------------------------------------------------------------ certificate, users
 cert=$out/tls/cert.pem; key=$out/tls/key.pem
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-  -addext "basicConstraints=critical,CA:FALSE" -keyout "$key" -out "$cert" 2>"$out/tls/openssl.log"
+loopback_cert "$cert" "$key"
 csv=$out/users.csv
 awk -v n="$users" 'BEGIN { print "SEQUENTIAL"
   for (i = 0; i < n; i++) printf "user%06d;pw%06dx;user%06d\n", i, i, (i + int(n / 2)) % n }' > "$csv"

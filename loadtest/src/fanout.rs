@@ -243,13 +243,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             let mut report = SubscriberReport::default();
             let permit = gate.acquire_owned().await;
             let setup = async {
-                let mut phone = match kind {
-                    Kind::Udp => Phone::udp(target, source, true).await?,
-                    Kind::Wss => {
-                        let tls = tls.ok_or_else(|| anyhow::anyhow!("no TLS config"))?;
-                        Phone::wss(target, source, tls).await?
-                    }
-                };
+                let mut phone = Phone::connect(kind, target, source, tls, true).await?;
                 let initial = sub.run(&mut phone).await?;
                 anyhow::ensure!(
                     initial == "closed",
@@ -438,11 +432,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 
 /// The `p` quantile (nearest rank) of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+    crate::nearest_rank(sorted, p).unwrap_or(f64::NAN)
 }
 
 fn summary(values: &mut [f64]) -> String {

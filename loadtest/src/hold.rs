@@ -113,13 +113,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             let mut reg = Registration::new(&user, &password, &domain);
             let permit = gate.acquire_owned().await;
             let setup = async {
-                let mut phone = match kind {
-                    Kind::Udp => Phone::udp(target, source, false).await?,
-                    Kind::Wss => {
-                        let tls = tls.ok_or_else(|| anyhow::anyhow!("no TLS config"))?;
-                        Phone::wss(target, source, tls).await?
-                    }
-                };
+                let mut phone = Phone::connect(kind, target, source, tls, false).await?;
                 reg.run(&mut phone, expires, RESPONSE_WAIT, &mut |_| {})
                     .await?;
                 anyhow::Ok(phone)

@@ -519,9 +519,11 @@ fn read_users_csv(csv: &std::path::Path) -> anyhow::Result<Vec<(String, String)>
 /// The `p` quantile (nearest rank) of sorted latencies, in milliseconds; 0
 /// for none.
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
+    nearest_rank(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// The nearest-rank `p` quantile (0 < p <= 1) of ascending `sorted`.
+fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(i).copied()
 }

@@ -212,6 +212,24 @@ pub struct Phone {
 
 impl Phone {
     /// A UDP phone on its own socket at `source` (any port).
+    /// A phone of `kind` from `source` to `server`: UDP (with kernel
+    /// receive timestamps when asked) or WSS (needs `tls`).
+    pub async fn connect(
+        kind: Kind,
+        server: SocketAddr,
+        source: IpAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        kernel_timestamps: bool,
+    ) -> anyhow::Result<Phone> {
+        match kind {
+            Kind::Udp => Phone::udp(server, source, kernel_timestamps).await,
+            Kind::Wss => {
+                let tls = tls.ok_or_else(|| anyhow::anyhow!("no TLS config"))?;
+                Phone::wss(server, source, tls).await
+            }
+        }
+    }
+
     pub async fn udp(
         server: SocketAddr,
         source: IpAddr,
@@ -354,8 +372,10 @@ impl Phone {
                 let received = if *timestamps {
                     use std::os::fd::AsRawFd as _;
                     let fd = sock.as_raw_fd();
-                    sock.async_io(tokio::io::Interest::READABLE, || recv_timestamped(fd, buf))
-                        .await
+                    sock.async_io(tokio::io::Interest::READABLE, || {
+                        dialtone_sip::test_ua::recv_timestamped(fd, buf)
+                    })
+                    .await
                 } else {
                     sock.recv_from(buf).await.map(|(n, _)| (n, None))
                 };
@@ -568,29 +588,6 @@ impl Registration {
 
 pub fn rand_u64() -> u64 {
     rand::random()
-}
-
-/// One datagram and its kernel receive timestamp (SO_TIMESTAMPNS).
-fn recv_timestamped(
-    fd: std::os::fd::RawFd,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, Option<SystemTime>)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
-    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), MsgFlags::MSG_DONTWAIT)
-        .map_err(std::io::Error::from)?;
-    let mut at = None;
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmTimestampns(ts) = c {
-            let since_epoch = Duration::new(
-                u64::try_from(ts.tv_sec()).unwrap_or(0),
-                u32::try_from(ts.tv_nsec()).unwrap_or(0),
-            );
-            at = SystemTime::UNIX_EPOCH.checked_add(since_epoch);
-        }
-    }
-    Ok((msg.bytes, at))
 }
 
 /// VmRSS and VmHWM of process `pid`, in KiB (from /proc/PID/status).

@@ -108,9 +108,6 @@ impl ActorBackend {
     }
 }
 
-/// The domain refused a call command (see [`ActorBackend::execute_call`]).
-struct Refused;
-
 /// A proxy's call step as the user aggregate's command step.
 fn step_of(record: CallRecord) -> Step {
     let call_id = record.call_id;
@@ -162,27 +159,27 @@ impl ActorBackend {
         };
         let correlation_id = first.sip_call_id.clone();
         let mut steps: Vec<Step> = records.into_iter().map(step_of).collect();
-        let command = if steps.len() == 1 {
-            user::Command::Call(Box::new(steps.remove(0)))
-        } else {
-            user::Command::CallSteps(steps.clone())
-        };
-        match self.execute_call(id, command, &correlation_id).await {
-            // One refused step refuses the batch; the others are still
-            // recorded, as they would have been one by one.
-            Err(Refused) if !steps.is_empty() => {
-                for step in steps {
-                    let command = user::Command::Call(Box::new(step));
-                    let _ = self.execute_call(id, command, &correlation_id).await;
-                }
-                Ok(())
-            }
-            Err(Refused) => Ok(()),
-            Ok(result) => result,
+        if steps.len() == 1 {
+            let command = user::Command::Call(Box::new(steps.remove(0)));
+            return self
+                .execute_call(id, command, &correlation_id)
+                .await
+                .map(drop);
         }
+        let command = user::Command::CallSteps(steps.clone());
+        if self.execute_call(id, command, &correlation_id).await? {
+            return Ok(());
+        }
+        // One refused step refuses the batch: the others are recorded one
+        // by one, as they would have been without it.
+        for step in steps {
+            let command = user::Command::Call(Box::new(step));
+            self.execute_call(id, command, &correlation_id).await?;
+        }
+        Ok(())
     }
 
-    /// Runs a call command on the user's actor. `Err(Refused)`: the domain
+    /// Runs a call command on the user's actor: `Ok(false)` when the domain
     /// refused it (the user was deleted or hit a limit meanwhile): the
     /// call goes on, the step is not recorded, and that is logged.
     async fn execute_call(
@@ -190,7 +187,7 @@ impl ActorBackend {
         id: dialtone_domain::UserId,
         command: user::Command,
         correlation_id: &str,
-    ) -> Result<Result<(), BackendError>, Refused> {
+    ) -> Result<bool, BackendError> {
         let result = self
             .provisioning
             .directory()
@@ -205,12 +202,12 @@ impl ActorBackend {
             )
             .await;
         match result {
-            Ok(_) => Ok(Ok(())),
+            Ok(_) => Ok(true),
             Err(dialtone_actors::Error::Domain(e)) => {
                 tracing::warn!(error = %e, "call step not recorded");
-                Err(Refused)
+                Ok(false)
             }
-            Err(e) => Ok(Err(unavailable(e))),
+            Err(e) => Err(unavailable(e)),
         }
     }
 }

@@ -625,8 +625,10 @@ async fn read_framed<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// One datagram and its kernel receive timestamp (SO_TIMESTAMPNS).
-fn recv_timestamped(
+/// One datagram and its kernel receive timestamp (SO_TIMESTAMPNS), from
+/// a non-blocking UDP socket with `ReceiveTimestampns` set (also the load
+/// client's phones).
+pub fn recv_timestamped(
     fd: std::os::fd::RawFd,
     buf: &mut [u8],
 ) -> std::io::Result<(usize, Option<SystemTime>)> {

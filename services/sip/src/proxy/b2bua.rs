@@ -398,7 +398,7 @@ impl B2buaCall {
             // timers, or a response repeated for the peer's retransmitted
             // request) adds nothing: the held one goes out once the
             // recording is durable, and the timers go on from there.
-            Some(held) if held.iter().any(|(f, b)| *f == flow && *b == bytes) => {}
+            Some(held) if held.contains(&(flow, bytes.clone())) => {}
             Some(held) => held.push((flow, bytes)),
             None => fx.push(Effect::Send(flow, bytes)),
         }

@@ -626,7 +626,7 @@ impl Engine {
                         // a slow recording at once, and the other side
                         // would answer each: work that grows with the
                         // delay it is caused by.
-                        if waiting.iter().any(|(_, queued)| *queued == send.1) {
+                        if waiting.contains(&send) {
                             self.stats.absorbed_while_parked += 1;
                         } else {
                             waiting.push(send);
