@@ -144,6 +144,46 @@ impl Cause {
     }
 }
 
+/// Why a call to a user went on to another target instead of ringing (or
+/// after ringing) that user's phones: the condition of the forwarding rule
+/// that fired. The names are RFC 5806's Diversion reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardReason {
+    /// Forward always: the user's phones were not rung.
+    Unconditional,
+    /// Every phone of the user was busy (486/600), or the user was on
+    /// another call and busy rules say so.
+    UserBusy,
+    /// Nobody answered within the rule's ring time.
+    NoAnswer,
+    /// No phone of the user was registered, or none could be reached.
+    Unavailable,
+    /// The user had do-not-disturb on.
+    DoNotDisturb,
+}
+
+impl ForwardReason {
+    pub const ALL: [ForwardReason; 5] = [
+        ForwardReason::Unconditional,
+        ForwardReason::UserBusy,
+        ForwardReason::NoAnswer,
+        ForwardReason::Unavailable,
+        ForwardReason::DoNotDisturb,
+    ];
+
+    /// The stored name, and RFC 5806's `reason` token with `_` for `-`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardReason::Unconditional => "unconditional",
+            ForwardReason::UserBusy => "user_busy",
+            ForwardReason::NoAnswer => "no_answer",
+            ForwardReason::Unavailable => "unavailable",
+            ForwardReason::DoNotDisturb => "do_not_disturb",
+        }
+    }
+}
+
 /// What the SIP proxy tells a user actor about one of its legs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallStep {
