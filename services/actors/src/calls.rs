@@ -304,9 +304,9 @@ impl Projected for State {
                     leg.contact = Some(contact);
                 }
             }
-            user::Event::CallEnded { call_id, .. } | user::Event::CallFailed { call_id, .. } => {
-                self.remove(user, &call_id)
-            }
+            user::Event::CallEnded { call_id, .. }
+            | user::Event::CallFailed { call_id, .. }
+            | user::Event::CallForwarded { call_id, .. } => self.remove(user, &call_id),
             _ => {}
         }
     }

@@ -47,6 +47,16 @@ pub struct UserFacts {
     /// the actor (post-dial delay). May include contacts that expired since
     /// the last commit: readers check `expires_at`.
     pub contacts: Box<[ContactFact]>,
+    /// The user's call features, for routing; `None` (no allocation) for
+    /// the many users without any.
+    pub features: Option<Box<CallFeatures>>,
+}
+
+/// The settings that change how a user's calls are routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFeatures {
+    pub forwarding: dialtone_domain::forwarding::Forwarding,
+    pub dnd: bool,
 }
 
 /// Where a registered contact is reached.
@@ -93,6 +103,12 @@ impl UserFacts {
                     })
                 })
                 .collect(),
+            features: (state.dnd || !state.forwarding.is_off()).then(|| {
+                Box::new(CallFeatures {
+                    forwarding: state.forwarding.clone(),
+                    dnd: state.dnd,
+                })
+            }),
         }
     }
 

@@ -58,11 +58,13 @@ pub use aggregate::{
 };
 pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
-pub use facts::{ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts};
+pub use facts::{
+    CallFeatures, ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts,
+};
 pub use flows::{FlowFact, Flows};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,
-    ProvisioningConfig, TokenInfo, UserRef,
+    ProvisioningConfig, TokenInfo, UserRef, WrittenForwarding,
 };
 pub use registrations::RegistrationIndex;
 pub use system::ActorSystem;

@@ -3,6 +3,7 @@
 
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_domain::domain::{self, Settings, SettingsPatch};
+use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch};
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::token::{self, Scope};
 use dialtone_domain::user::{self, NewUser, Patch};
@@ -536,6 +537,133 @@ impl Provisioning {
         self.user_command(user, command, meta).await
     }
 
+    /// Changes a user's forwarding rules. `written` holds the targets as a
+    /// person writes them (`bob`, `+15551234567`, `voicemail`...): each is
+    /// completed with the user's domain, then checked against the other
+    /// aggregates — the target user exists and its domain is active, and
+    /// the user's own domain may call it — so that a rule that cannot ring
+    /// anything is refused when it is set, with what is wrong, rather than
+    /// silently ignored on every call. The user's actor then validates the
+    /// rules as a whole and records them; nothing is applied when anything
+    /// is refused. (Routing checks the targets again on every call: the
+    /// other aggregates may change after this.)
+    pub async fn set_forwarding(
+        &self,
+        user: &UserRef,
+        written: WrittenForwarding,
+        meta: Meta,
+    ) -> Result<View<user::User>> {
+        let view = self.get_user(user).await?;
+        let owner = view
+            .state
+            .user_address()
+            .ok_or_else(|| not_found_user(user))?;
+        let parse = |text: Option<String>| -> Result<Option<Option<ForwardTarget>>> {
+            match text {
+                None => Ok(None),
+                Some(t) if t.trim().is_empty() => Ok(Some(None)),
+                Some(t) => Ok(Some(Some(ForwardTarget::parse(&t, &owner)?))),
+            }
+        };
+        let patch = ForwardingPatch {
+            always: parse(written.always)?,
+            busy: parse(written.busy)?,
+            no_answer: parse(written.no_answer)?,
+            no_answer_after_secs: written.no_answer_after_secs,
+            unavailable: parse(written.unavailable)?,
+            clear: written.clear,
+        };
+        for target in [
+            &patch.always,
+            &patch.busy,
+            &patch.no_answer,
+            &patch.unavailable,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        {
+            self.check_forward_target(&owner, target).await?;
+        }
+        self.user_command(user, user::Command::SetForwarding { patch }, meta)
+            .await
+    }
+
+    /// Whether calls of `owner` can be forwarded to `target` now.
+    async fn check_forward_target(
+        &self,
+        owner: &UserAddress,
+        target: &ForwardTarget,
+    ) -> Result<()> {
+        let refused = |reason: String| Err(Error::Domain(DomainError::FailedPrecondition(reason)));
+        let address = match target {
+            ForwardTarget::User(address) => address,
+            ForwardTarget::Number(number) => {
+                return refused(format!(
+                    "cannot forward to {number}: calls to external numbers need a SIP trunk, and none is configured"
+                ))
+            }
+            ForwardTarget::Voicemail(address) => {
+                return refused(format!(
+                    "cannot forward to the voicemail of {address}: this node has no voicemail service"
+                ))
+            }
+            ForwardTarget::Group(address) => {
+                return Err(Error::Domain(DomainError::NotFound(format!(
+                    "ring group {address}"
+                ))))
+            }
+        };
+        let name = address.username.clone();
+        let found = self
+            .directory
+            .query_domain(DomainId::for_name(&address.domain), move |r| {
+                (r.state.status, r.state.users.get(&name).copied())
+            })
+            .await?;
+        match found {
+            (domain::Status::Active, Some(_)) => {}
+            (domain::Status::Suspended, _) => {
+                return refused(format!(
+                    "cannot forward to {address}: domain {} is suspended",
+                    address.domain
+                ))
+            }
+            (domain::Status::Active, None) => {
+                return Err(Error::Domain(DomainError::NotFound(format!(
+                    "forwarding target user {address}"
+                ))))
+            }
+            _ => {
+                return Err(Error::Domain(DomainError::NotFound(format!(
+                    "forwarding target domain {}",
+                    address.domain
+                ))))
+            }
+        }
+        if address.domain != owner.domain {
+            let allowed = self
+                .directory
+                .query_domain(DomainId::for_name(&owner.domain), |r| {
+                    r.state.settings.allow_cross_domain_calls
+                })
+                .await?;
+            if !allowed {
+                return refused(format!(
+                    "cannot forward to {address}: domain {} does not allow calls to other domains (allow_cross_domain_calls)",
+                    owner.domain
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a user's do-not-disturb on or off.
+    pub async fn set_dnd(&self, user: &UserRef, on: bool, meta: Meta) -> Result<View<user::User>> {
+        self.user_command(user, user::Command::SetDnd { on }, meta)
+            .await
+    }
+
     /// Deletes the user (its stream first), then releases its name. A crash
     /// in between leaves a claim pointing to a deleted user, which reads as
     /// not found and is released by the next create of that name.
@@ -642,6 +770,20 @@ fn not_found_domain(domain: &DomainRef) -> Error {
         DomainRef::Id(id) => format!("domain {id}"),
         DomainRef::Name(name) => format!("domain {name}"),
     }))
+}
+
+/// Forwarding rules as a person writes them (API, CLI): `None` keeps a
+/// rule, an empty string removes it, anything else is a target to parse
+/// (see [`dialtone_domain::forwarding`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WrittenForwarding {
+    pub always: Option<String>,
+    pub busy: Option<String>,
+    pub no_answer: Option<String>,
+    pub no_answer_after_secs: Option<u32>,
+    pub unavailable: Option<String>,
+    /// Remove every rule before applying the others.
+    pub clear: bool,
 }
 
 fn not_found_user(user: &UserRef) -> Error {

@@ -25,9 +25,16 @@
 //!    [`SCAN_BUDGET`] events (the page is then returned, possibly short or
 //!    empty, with a token to go on).
 //! 4. Each leg's outcome is read from its user's stream, from its
-//!    `CallStarted` onwards up to its `CallEnded`/`CallFailed` (at most
-//!    [`LEG_READ_MAX`] events: a leg not finished by then is shown in
-//!    progress).
+//!    `CallStarted` onwards up to its `CallEnded`/`CallFailed`/
+//!    `CallForwarded` (at most [`LEG_READ_MAX`] events: a leg not finished
+//!    by then is shown in progress).
+//! 5. A leg that ended with `CallForwarded` is followed by the leg of the
+//!    user the call went to, started by the proxy right after it (the
+//!    forward and the new leg's start are recorded in that order): it is
+//!    found by scanning the log from the `CallForwarded` onwards, for at
+//!    most [`FORWARD_SCAN_MAX`] events. Forwarded legs may start long after
+//!    the caller's (a no-answer forward rings 20 s first), so step 3's
+//!    window does not find them.
 //!
 //! The next page token is the position after the page's last anchor, so
 //! pages never repeat or skip a call, however the log grows meanwhile.
@@ -37,13 +44,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dialtone_domain::call::{Cause, Direction, HangupSide};
+use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide};
 use dialtone_domain::event::Upcasters;
 use dialtone_domain::{user, DomainId, Event, Timestamp};
 use dialtone_eventlog::{Position, RecordedEvent, SharedStore};
 use tonic::Status;
 
-use crate::payload::{cause, direction, hangup_side, timestamp};
+use crate::payload::{cause, direction, forward_reason, hangup_side, timestamp};
 use crate::{pb, status};
 
 /// The legs of one call are started within this time of each other.
@@ -55,6 +62,11 @@ pub const LOOKBACK_EVENTS: u64 = 5_000;
 pub const SCAN_BUDGET: usize = 200_000;
 /// Events read from a user's stream at most to find a leg's outcome.
 pub const LEG_READ_MAX: usize = 5_000;
+/// Events scanned at most after a `CallForwarded` for the leg it started.
+pub const FORWARD_SCAN_MAX: usize = 5_000;
+/// Forwards followed at most in one record (a node's forwarding hop limit
+/// is far lower).
+pub const FORWARDS_FOLLOWED_MAX: usize = 16;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 const READ_BATCH: usize = 1000;
@@ -304,6 +316,9 @@ struct Outcome {
     sip_status: u16,
     hangup_side: Option<HangupSide>,
     duration_ms: u64,
+    /// The leg ended with `CallForwarded`: to whom, why, and the global
+    /// position of that event.
+    forwarded: Option<(String, ForwardReason, Position)>,
 }
 
 async fn outcome(
@@ -369,6 +384,16 @@ async fn outcome(
                     outcome.sip_status = sip_status;
                     return Ok(outcome);
                 }
+                Event::User(user::Event::CallForwarded {
+                    call_id,
+                    to,
+                    reason,
+                    forwarded_at,
+                }) if call_id == leg.call_id => {
+                    outcome.ended_at = Some(forwarded_at);
+                    outcome.forwarded = Some((to, reason, e.position));
+                    return Ok(outcome);
+                }
                 _ => {}
             }
         }
@@ -394,7 +419,50 @@ fn leg_record(leg: &LegStart, outcome: &Outcome) -> pb::CallLegRecord {
         contact: outcome.contact.clone().unwrap_or_default(),
         in_progress: outcome.ended_at.is_none(),
         position: leg.position,
+        forwarded_to: outcome
+            .forwarded
+            .as_ref()
+            .map(|(to, _, _)| to.clone())
+            .unwrap_or_default(),
+        forward_reason: outcome
+            .forwarded
+            .as_ref()
+            .map(|(_, reason, _)| forward_reason(*reason) as i32)
+            .unwrap_or_default(),
     }
+}
+
+/// The inbound leg of `call_id` started at or after `after` (a
+/// `CallForwarded`'s position): the leg of the user the call was forwarded
+/// to. `None` when it is not within [`FORWARD_SCAN_MAX`] events (a node
+/// that stopped between the two records).
+async fn forwarded_leg(
+    store: &SharedStore,
+    upcasters: &Upcasters,
+    call_id: &str,
+    after: Position,
+) -> Result<Option<LegStart>, Status> {
+    let mut position = after + 1;
+    let mut scanned = 0usize;
+    while scanned < FORWARD_SCAN_MAX {
+        let events = store
+            .read_all(position, READ_BATCH.min(FORWARD_SCAN_MAX - scanned))
+            .await
+            .map_err(status::from_store)?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        position = last.position + 1;
+        scanned += events.len();
+        for e in &events {
+            if let Some(leg) = leg_start(upcasters, e)? {
+                if leg.call_id == call_id && leg.direction == Direction::Inbound {
+                    return Ok(Some(leg));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The record of a call: the caller's leg says how the call went; a callee
@@ -406,14 +474,67 @@ async fn record(
 ) -> Result<pb::CallRecord, Status> {
     let caller = outcome(store, upcasters, &anchor.caller).await?;
     let mut legs = vec![leg_record(&anchor.caller, &caller)];
-    let mut callees = Vec::with_capacity(anchor.callees.len());
+    // The callee legs in the order the call went: each dialled user's leg,
+    // then the legs its forwards led to. Legs of different users commit in
+    // either order, so a forwarded-to leg may come first in the log; one
+    // started after the join window is found by a scan after its forward.
+    let mut found = Vec::with_capacity(anchor.callees.len());
     for leg in &anchor.callees {
-        let outcome = outcome(store, upcasters, leg).await?;
-        legs.push(leg_record(leg, &outcome));
+        found.push(Some((leg.clone(), outcome(store, upcasters, leg).await?)));
+    }
+    let forwarded_to: Vec<String> = found
+        .iter()
+        .flatten()
+        .filter_map(|(_, o)| {
+            o.forwarded
+                .as_ref()
+                .map(|(to, _, _)| to.to_ascii_lowercase())
+        })
+        .collect();
+    let mut callees = Vec::with_capacity(found.len());
+    let mut order: Vec<usize> = (0..found.len()).collect();
+    // Dialled legs (no forward led to them) first, in log order.
+    order.sort_by_key(|&i| {
+        found[i]
+            .as_ref()
+            .is_some_and(|(l, _)| forwarded_to.contains(&l.to.to_ascii_lowercase()))
+    });
+    for i in order {
+        let Some((leg, mut outcome)) = found[i].take() else {
+            continue;
+        };
+        legs.push(leg_record(&leg, &outcome));
+        let mut followed = 0;
+        while let Some((to, _, at)) = outcome.forwarded.clone() {
+            if followed >= FORWARDS_FOLLOWED_MAX {
+                break;
+            }
+            followed += 1;
+            let known = found.iter().position(|f| {
+                f.as_ref()
+                    .is_some_and(|(l, _)| l.to.eq_ignore_ascii_case(&to))
+            });
+            let (next, next_outcome) = match known.and_then(|k| found[k].take()) {
+                Some(pair) => pair,
+                None => match forwarded_leg(store, upcasters, &leg.call_id, at).await? {
+                    Some(next) if !legs.iter().any(|l| l.position == next.position) => {
+                        let o = self::outcome(store, upcasters, &next).await?;
+                        (next, o)
+                    }
+                    _ => break,
+                },
+            };
+            callees.push(outcome);
+            legs.push(leg_record(&next, &next_outcome));
+            outcome = next_outcome;
+        }
         callees.push(outcome);
     }
     let answered = callees.iter().find(|o| o.answered_at.is_some());
-    let ended = callees.iter().find(|o| o.ended_at.is_some());
+    // A forwarded leg's end is not the call's.
+    let ended = callees
+        .iter()
+        .find(|o| o.ended_at.is_some() && o.forwarded.is_none());
     let result = if caller.ended_at.is_some() {
         Some(&caller)
     } else {

@@ -53,6 +53,22 @@ pub fn user(view: &View<user::User>) -> pb::User {
         created_at: timestamp(s.created_at),
         password_set_at: s.credentials.as_ref().and_then(|c| timestamp(c.set_at)),
         version: view.version.unwrap_or_default(),
+        forwarding: Some(forwarding(&s.forwarding)),
+        dnd: s.dnd,
+    }
+}
+
+/// A user's forwarding rules (empty strings: no rule).
+pub fn forwarding(f: &dialtone_domain::forwarding::Forwarding) -> pb::Forwarding {
+    let text = |t: Option<&dialtone_domain::forwarding::ForwardTarget>| {
+        t.map(ToString::to_string).unwrap_or_default()
+    };
+    pb::Forwarding {
+        always: text(f.always.as_ref()),
+        busy: text(f.busy.as_ref()),
+        no_answer: text(f.no_answer.as_ref().map(|r| &r.target)),
+        no_answer_after_secs: f.no_answer.as_ref().map_or(0, |r| r.after_secs),
+        unavailable: text(f.unavailable.as_ref()),
     }
 }
 

@@ -8,7 +8,7 @@
 //! This module depends on nothing else of the crate but [`crate::pb`], so
 //! every other module can use it.
 
-use dialtone_domain::call::{Cause, Direction, HangupSide};
+use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide};
 use dialtone_domain::registration::{Binding, Presence};
 use dialtone_domain::{domain, token, user, Event};
 
@@ -202,6 +202,10 @@ fn user_payload(e: user::Event) -> P {
             caller_id,
             max_contacts,
         }),
+        E::ForwardingChanged { forwarding } => P::ForwardingChanged(pb::ForwardingChanged {
+            forwarding: Some(crate::convert::forwarding(&forwarding)),
+        }),
+        E::DndChanged { dnd } => P::DndChanged(pb::DndChanged { dnd }),
         E::UserEnabled {} => P::UserEnabled(pb::UserEnabled {}),
         E::UserDisabled {} => P::UserDisabled(pb::UserDisabled {}),
         E::UserDeleted { reason } => P::UserDeleted(pb::UserDeleted {
@@ -328,6 +332,27 @@ fn user_payload(e: user::Event) -> P {
             cause: cause(c) as i32,
             failed_at: timestamp(failed_at),
         }),
+        E::CallForwarded {
+            call_id,
+            to,
+            reason,
+            forwarded_at,
+        } => P::CallForwarded(pb::CallForwarded {
+            call_id,
+            to,
+            reason: forward_reason(reason) as i32,
+            forwarded_at: timestamp(forwarded_at),
+        }),
+    }
+}
+
+pub fn forward_reason(r: ForwardReason) -> pb::ForwardReason {
+    match r {
+        ForwardReason::Unconditional => pb::ForwardReason::Unconditional,
+        ForwardReason::UserBusy => pb::ForwardReason::UserBusy,
+        ForwardReason::NoAnswer => pb::ForwardReason::NoAnswer,
+        ForwardReason::Unavailable => pb::ForwardReason::Unavailable,
+        ForwardReason::DoNotDisturb => pb::ForwardReason::DoNotDisturb,
     }
 }
 
@@ -388,6 +413,8 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::UserEnabled(_) => "UserEnabled",
         P::UserDisabled(_) => "UserDisabled",
         P::UserDeleted(_) => "UserDeleted",
+        P::ForwardingChanged(_) => "ForwardingChanged",
+        P::DndChanged(_) => "DndChanged",
         P::ContactRegistered(_) => "ContactRegistered",
         P::ContactRefreshed(_) => "ContactRefreshed",
         P::ContactRemoved(_) => "ContactRemoved",
@@ -399,6 +426,7 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::CallAnswered(_) => "CallAnswered",
         P::CallEnded(_) => "CallEnded",
         P::CallFailed(_) => "CallFailed",
+        P::CallForwarded(_) => "CallForwarded",
         P::TokenCreated(_) => "TokenCreated",
         P::TokenRevoked(_) => "TokenRevoked",
     })

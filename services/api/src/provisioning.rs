@@ -1,6 +1,8 @@
 //! `ProvisioningService`: domains and users.
 
-use dialtone_actors::{DomainRef, Meta, NewDomain, NewUserRequest, Provisioning, UserRef};
+use dialtone_actors::{
+    DomainRef, Meta, NewDomain, NewUserRequest, Provisioning, UserRef, WrittenForwarding,
+};
 use dialtone_domain::domain::{DigestAlgorithms, Settings, SettingsPatch};
 use dialtone_domain::user::Patch;
 use dialtone_domain::{DomainName, UserName};
@@ -420,6 +422,45 @@ impl ProvisioningService for ProvisioningApi {
         let view = self
             .provisioning
             .set_password(&user, req.password, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn set_forwarding(
+        &self,
+        request: Request<SetForwardingRequest>,
+    ) -> Result<Response<User>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let user = user_ref(&req.user)?;
+        self.check_user(access, &user).await?;
+        let written = WrittenForwarding {
+            always: req.always,
+            busy: req.busy,
+            no_answer: req.no_answer,
+            no_answer_after_secs: req.no_answer_after_secs,
+            unavailable: req.unavailable,
+            clear: req.clear,
+        };
+        let view = self
+            .provisioning
+            .set_forwarding(&user, written, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn set_dnd(&self, request: Request<SetDndRequest>) -> Result<Response<User>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let user = user_ref(&req.user)?;
+        self.check_user(access, &user).await?;
+        let view = self
+            .provisioning
+            .set_dnd(&user, req.dnd, meta)
             .await
             .map_err(status::from_actor)?;
         Ok(Response::new(convert::user(&view)))

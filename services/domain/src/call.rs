@@ -15,7 +15,10 @@
 //! A leg is [`LegState::Trying`] when started, [`LegState::Ringing`] once
 //! the callee alerts, [`LegState::Answered`] once a 2xx arrived, and then
 //! ends exactly once: [`Event::CallEnded`] (hung up, with the duration from
-//! answer to end) or [`Event::CallFailed`] (a final non-2xx status). A
+//! answer to end), [`Event::CallFailed`] (a final non-2xx status) or
+//! [`Event::CallForwarded`] (the user's forwarding sent the call on to
+//! another user, whose own inbound leg then starts with the same
+//! `call_id`). A
 //! finished leg leaves the state; its `call_id` is remembered among the
 //! last [`FINISHED_REMEMBERED`] finished legs so that a repeated step of
 //! the proxy (a retransmission) never starts or ends it again.
@@ -27,7 +30,7 @@
 //!   (a disabled user's legs are recorded: the proxy answers 480 and
 //!   records why). With [`MAX_LEGS_IN_PROGRESS`] legs in progress:
 //!   [`Error::FailedPrecondition`].
-//! - `Ringing`, `Answer`, `End`, `Fail` for a leg not in progress: nothing,
+//! - `Ringing`, `Answer`, `End`, `Fail`, `Forward` for a leg not in progress: nothing,
 //!   and no error (the proxy may repeat itself). `Ringing` of a leg already
 //!   ringing or answered, and `Answer` of an answered leg: nothing.
 //! - `End` of a leg never answered is recorded as [`Event::CallEnded`] with
@@ -212,6 +215,14 @@ pub enum CallStep {
         sip_status: u16,
         cause: Cause,
     },
+    /// The user's forwarding sent the call on to `to` (`user@domain`):
+    /// the leg is over (its phones stopped ringing, or never rang), the
+    /// call goes on with a leg of `to`'s.
+    Forward {
+        call_id: String,
+        to: String,
+        reason: ForwardReason,
+    },
 }
 
 impl CallStep {
@@ -221,7 +232,8 @@ impl CallStep {
             | CallStep::Ringing { call_id }
             | CallStep::Answer { call_id, .. }
             | CallStep::End { call_id, .. }
-            | CallStep::Fail { call_id, .. } => call_id,
+            | CallStep::Fail { call_id, .. }
+            | CallStep::Forward { call_id, .. } => call_id,
         }
     }
 }
@@ -329,7 +341,9 @@ impl Legs {
                     leg.contact = Some(contact.clone());
                 }
             }
-            Event::CallEnded { call_id, .. } | Event::CallFailed { call_id, .. } => {
+            Event::CallEnded { call_id, .. }
+            | Event::CallFailed { call_id, .. }
+            | Event::CallForwarded { call_id, .. } => {
                 self.in_progress.retain(|l| l.call_id != *call_id);
                 if !self.is_finished(call_id) {
                     self.finished.push_back(call_id.clone());
@@ -377,6 +391,7 @@ fn validate(step: &CallStep) -> Result<()> {
             validate_text("sip_call_id", sip_call_id, false)
         }
         CallStep::Answer { contact, .. } => validate_text("contact", contact, true),
+        CallStep::Forward { to, .. } => validate_text("to", to, false),
         CallStep::Fail { sip_status, .. }
             if *sip_status != 0 && !(300..=699).contains(sip_status) =>
         {
@@ -472,11 +487,24 @@ pub(crate) fn decide(state: &User, step: &CallStep, now: Timestamp) -> Result<Ve
             },
             None => return Ok(Vec::new()),
         },
+        CallStep::Forward {
+            call_id,
+            to,
+            reason,
+        } => match legs.get(call_id) {
+            Some(_) => Event::CallForwarded {
+                call_id: call_id.clone(),
+                to: to.clone(),
+                reason: *reason,
+                forwarded_at: now,
+            },
+            None => return Ok(Vec::new()),
+        },
     };
     let mut after = legs.clone();
     after.apply(&event);
     let mut events = vec![event];
-    let presence = presence_of(&state.bindings, &after);
+    let presence = presence_of(&state.bindings, &after, state.dnd);
     if presence != state.presence {
         events.push(Event::PresenceChanged {
             presence,

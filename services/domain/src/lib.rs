@@ -37,6 +37,7 @@ pub mod call;
 pub mod credentials;
 pub mod domain;
 pub mod event;
+pub mod forwarding;
 pub mod ids;
 pub mod names;
 pub mod registration;

@@ -607,7 +607,7 @@ impl Decision {
     /// The events, plus `PresenceChanged` when the bindings they lead to
     /// (with the user's legs) give another presence.
     fn finish(mut self, state: &User) -> Vec<Event> {
-        let presence = presence_of(&self.bindings, &state.calls);
+        let presence = presence_of(&self.bindings, &state.calls, state.dnd);
         if presence != state.presence {
             self.events.push(Event::PresenceChanged {
                 presence,
@@ -622,10 +622,11 @@ impl Decision {
 /// progress (the one place this is decided, for registrations and calls
 /// alike): [`Presence::OnCall`] while any leg is answered,
 /// [`Presence::Ringing`] while an inbound leg rings and none is answered,
-/// otherwise [`Presence::Online`] with a binding and [`Presence::Offline`]
-/// without. A contact that expires during a call therefore leaves the user
+/// otherwise, with a binding, [`Presence::Dnd`] when do-not-disturb is on
+/// (`dnd`) and [`Presence::Online`] when not, and [`Presence::Offline`]
+/// without one. A contact that expires during a call therefore leaves the user
 /// on the call, and the user goes offline only when the call ends.
-pub fn presence_of(bindings: &[Binding], calls: &Legs) -> Presence {
+pub fn presence_of(bindings: &[Binding], calls: &Legs, dnd: bool) -> Presence {
     let legs = &calls.in_progress;
     if legs.iter().any(|l| l.state == LegState::Answered) {
         Presence::OnCall
@@ -636,6 +637,8 @@ pub fn presence_of(bindings: &[Binding], calls: &Legs) -> Presence {
         Presence::Ringing
     } else if bindings.is_empty() {
         Presence::Offline
+    } else if dnd {
+        Presence::Dnd
     } else {
         Presence::Online
     }

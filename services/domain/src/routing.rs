@@ -24,9 +24,9 @@
 //! [`route`] that shapes the plan's steps: ring timeouts, continuing on
 //! busy / no answer / unavailable, further steps with other targets.
 //!
-//! # Rules today
+//! # Rules
 //!
-//! In this order (the first that applies decides):
+//! The refusals, in this order (the first that applies decides):
 //!
 //! 1. the callee's domain is absent or deleted: [`Refusal::UnknownDomain`];
 //! 2. it is suspended: [`Refusal::DomainSuspended`];
@@ -34,22 +34,59 @@
 //!    the caller's domain does not allow it:
 //!    [`Refusal::CrossDomainForbidden`];
 //! 4. the user does not exist: [`Refusal::UnknownUser`];
-//! 5. it is disabled: [`Refusal::UserDisabled`];
-//! 6. it has no binding alive at `now`: [`Refusal::NotRegistered`];
-//! 7. otherwise one step rings every live binding in parallel, in binding
-//!    order, until the call's own no-answer timeout, and the call ends with
-//!    it ([`Plan::parallel`]).
+//! 5. it is disabled: [`Refusal::UserDisabled`].
 //!
 //! The domain checks come first so that nothing about a user is revealed
 //! to a caller who may not call into its domain (an unknown user and a
 //! forbidden call would otherwise answer differently), and so that the
 //! user need not even be looked up then ([`admit`]).
+//!
+//! Then the user's call features ([`crate::forwarding`]) shape the plan.
+//! For the dialled user, and again for every user a call is forwarded to:
+//!
+//! 6. forward always: the call goes to the target; the user's phones do
+//!    not ring;
+//! 7. do-not-disturb: the call goes to the busy rule's target, or is
+//!    refused with [`Refusal::Busy`] (486) when there is none (for a user
+//!    reached by forwarding: that forward is not taken);
+//! 8. no live binding: the call goes to the unavailable rule's target, or
+//!    is refused with [`Refusal::NotRegistered`] (480);
+//! 9. otherwise a step rings every live binding in parallel, in binding
+//!    order, for the no-answer rule's ring time if there is one (else
+//!    until the call's own no-answer timeout); its outcome busy, no answer
+//!    or unavailable moves the call to that rule's target, if any.
+//!
+//! A forward is taken only when its target can be rung: a user (numbers,
+//! voicemail and ring groups are not routed yet) of an active domain that
+//! the forwarding user's domain may call, that exists, is enabled, is not
+//! already on the chain that led here (a loop) and is at most
+//! [`Limits::max_forward_hops`] forwards away from the dialled user. A
+//! forward that cannot be taken is as if its rule did not exist, so a chain
+//! ends at its last valid target: a loop `alice -> bob -> alice` rings
+//! bob. Every step records the chain of forwards that led to it
+//! ([`Step::diversions`]), which the SIP gateway sends on (Diversion,
+//! History-Info) and records as the call's path.
+//!
+//! Forward targets are read through [`Users`]: what the caller has looked
+//! up so far. When routing needs a user it was not given, it stops with
+//! [`Unrouted::NeedsUser`]; the caller looks the user up and routes again
+//! (at most once per forward of the chain).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::call::ForwardReason;
 use crate::domain::Status;
+use crate::forwarding::{ForwardTarget, Forwarding};
+use crate::names::UserAddress;
 use crate::registration::Presence;
 use crate::Timestamp;
+
+/// Default of [`Limits::max_forward_hops`].
+pub const DEFAULT_MAX_FORWARD_HOPS: usize = 5;
+/// Most steps a plan may have: every rule of every user on a chain may
+/// branch, so a plan is bounded whatever the rules.
+pub const MAX_PLAN_STEPS: usize = 32;
 
 /// The call being routed, as the SIP gateway authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,38 +112,61 @@ impl Call<'_> {
     }
 }
 
-/// What is known of the callee when the call is routed.
+/// Bounds of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most forwards from the dialled user to the last target of a chain.
+    pub max_forward_hops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_forward_hops: DEFAULT_MAX_FORWARD_HOPS,
+        }
+    }
+}
+
+/// What is known of a user when a call is routed to it (the dialled user,
+/// or a forwarding target).
 ///
-/// `R` is how one of the callee's bindings is reached (the REGISTER's
+/// `R` is how one of the user's bindings is reached (the REGISTER's
 /// source address and transport, in whatever form the caller holds them).
 /// Routing does not read it: it hands it back in the [`Target`]s, because
 /// how to send to a contact is the SIP gateway's business, not a routing
 /// rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callee<'a, R> {
-    /// The status of the callee's domain ([`Status::Absent`] when the
+    /// The status of the user's domain ([`Status::Absent`] when the
     /// domain is not served here at all).
     pub domain: Status,
+    /// The user's domain lets its users call other domains: read when the
+    /// user's calls are forwarded into another domain.
+    pub domain_calls_out: bool,
     /// The user, or `None` when the domain has no (live) user of that name.
     /// Need not be looked up when [`admit`] refuses the call: the user is
     /// then never read.
     pub user: Option<CalleeUser<'a, R>>,
 }
 
-/// A callee that exists.
+/// A user that exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalleeUser<'a, R> {
     pub enabled: bool,
     /// The user's presence, when the caller knows it. No rule reads it yet;
-    /// do-not-disturb will.
+    /// ring groups that skip members on a call will.
     pub presence: Option<Presence>,
     /// The user's registered contacts, possibly including some that expired
     /// since they were read (routing drops them by `now`). Their order is
     /// the order of the targets in the plan.
     pub bindings: Vec<CalleeBinding<'a, R>>,
+    /// The user's forwarding rules (`None`: none).
+    pub forwarding: Option<&'a Forwarding>,
+    /// Do-not-disturb is on.
+    pub dnd: bool,
 }
 
-/// One registered contact of the callee.
+/// One registered contact of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalleeBinding<'a, R> {
     /// The contact URI, as registered.
@@ -128,6 +188,29 @@ impl<R> CalleeBinding<'_, R> {
     }
 }
 
+/// The users routing may forward to, as far as the caller has looked them
+/// up: `None` means "not looked up yet", never "does not exist" (an absent
+/// user is a [`Callee`] whose `user` is `None`).
+pub trait Users<'a, R> {
+    fn get(&self, address: &UserAddress) -> Option<&Callee<'a, R>>;
+}
+
+/// Nobody looked up: every forward stops routing with
+/// [`Unrouted::NeedsUser`].
+pub struct NoUsers;
+
+impl<'a, R> Users<'a, R> for NoUsers {
+    fn get(&self, _: &UserAddress) -> Option<&Callee<'a, R>> {
+        None
+    }
+}
+
+impl<'a, R> Users<'a, R> for HashMap<UserAddress, Callee<'a, R>> {
+    fn get(&self, address: &UserAddress) -> Option<&Callee<'a, R>> {
+        HashMap::get(self, address)
+    }
+}
+
 /// Why a call is not routed. Each maps to the SIP final response the caller
 /// gets ([`Refusal::sip_status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,45 +225,98 @@ pub enum Refusal {
     UnknownUser,
     /// The callee is disabled.
     UserDisabled,
-    /// The callee has no live binding.
+    /// The callee has no live binding (and no forward for that).
     NotRegistered,
+    /// The callee has do-not-disturb on (and no busy forward).
+    Busy,
 }
 
 impl Refusal {
     /// The SIP status the caller is answered with: 404 Not Found for what
     /// does not exist, 403 Forbidden for what is not allowed, 480
     /// Temporarily Unavailable for a callee that exists but cannot be
-    /// reached now (RFC 3261 s.21.4.18: it may be reachable later).
+    /// reached now (RFC 3261 s.21.4.18: it may be reachable later), 486
+    /// Busy Here for do-not-disturb.
     pub fn sip_status(self) -> u16 {
         match self {
             Refusal::UnknownDomain | Refusal::UnknownUser => 404,
             Refusal::CrossDomainForbidden => 403,
             Refusal::DomainSuspended | Refusal::UserDisabled | Refusal::NotRegistered => 480,
+            Refusal::Busy => 486,
         }
     }
 }
 
-/// How a call is rung: steps tried one after the other, each ringing its
-/// targets in parallel. The first answer of any step answers the call; when
-/// a step ends without one, its [`ContinueOn`] says whether the next step
-/// is tried. `T` is a target ([`Target`] for what [`route`] plans).
+/// Why [`route`] returned no plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan<T> {
-    /// Never empty, and no step is without targets: a callee with nothing
-    /// to ring is refused instead.
-    pub steps: Vec<Step<T>>,
+pub enum Unrouted {
+    /// The call is refused.
+    Refused(Refusal),
+    /// A forward leads to this user, which [`Users`] does not know yet:
+    /// look it up and route again.
+    NeedsUser(UserAddress),
 }
 
-impl<T> Plan<T> {
-    /// One step ringing `targets` together until the call's no-answer
-    /// timeout, and the call ends with it: the plan of a user without call
-    /// features.
-    pub fn parallel(targets: Vec<T>) -> Self {
+impl From<Refusal> for Unrouted {
+    fn from(refusal: Refusal) -> Self {
+        Unrouted::Refused(refusal)
+    }
+}
+
+/// A user a call rings or was forwarded by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Party<'a> {
+    pub domain: &'a str,
+    pub user: &'a str,
+}
+
+impl<'a> Party<'a> {
+    fn of(address: &'a UserAddress) -> Self {
+        Party {
+            domain: address.domain.as_str(),
+            user: address.username.as_str(),
+        }
+    }
+
+    /// The same user: domains compare case-insensitively, user names
+    /// exactly (RFC 3261 s.19.1.4).
+    pub fn is(&self, other: &Party<'_>) -> bool {
+        self.user == other.user && self.domain.eq_ignore_ascii_case(other.domain)
+    }
+}
+
+/// One forward on the way to a step: `from`'s call went to `to` because
+/// of `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Diversion<'a> {
+    pub from: Party<'a>,
+    pub to: &'a ForwardTarget,
+    pub reason: ForwardReason,
+}
+
+/// How a call is rung: steps, each ringing its targets in parallel,
+/// starting with the first. The first answer of any step answers the call;
+/// when a step ends without one, its [`Next`] says which step comes next
+/// for that outcome. `T` is a target ([`Target`] for what [`route`] plans).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan<'a, T> {
+    /// Never empty, and no step is without targets: a callee with nothing
+    /// to ring is refused instead. At most [`MAX_PLAN_STEPS`].
+    pub steps: Vec<Step<'a, T>>,
+}
+
+impl<'a, T> Plan<'a, T> {
+    /// One step ringing `owner`'s `targets` together until the call's
+    /// no-answer timeout, and the call ends with it: the plan of a user
+    /// without call features.
+    pub fn parallel(owner: Party<'a>, targets: Vec<T>) -> Self {
         Plan {
             steps: vec![Step {
                 targets,
                 ring_timeout: None,
-                continue_on: ContinueOn::NEVER,
+                next: Next::NONE,
+                owner,
+                diversions: Vec::new(),
             }],
         }
     }
@@ -188,33 +324,40 @@ impl<T> Plan<T> {
 
 /// One step of a [`Plan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step<T> {
+pub struct Step<'a, T> {
     /// Rung together.
     pub targets: Vec<T>,
     /// How long the step rings before it counts as not answered; `None`:
     /// until the call's own no-answer timeout.
     pub ring_timeout: Option<Duration>,
-    /// Which outcomes of this step move the call on to the next one.
-    pub continue_on: ContinueOn,
+    /// Where the call goes after each outcome of this step.
+    pub next: Next,
+    /// Whose phones the targets are.
+    pub owner: Party<'a>,
+    /// The forwards that led from the dialled user to this step, oldest
+    /// first (empty for the dialled user's own phones).
+    pub diversions: Vec<Diversion<'a>>,
 }
 
-/// The outcomes of a step after which the next step is tried.
+/// The step that follows each outcome of a step: an index into the plan's
+/// steps, always greater than the step's own (so a plan always ends), or
+/// `None` when the call ends with that outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct ContinueOn {
+pub struct Next {
     /// Every target answered busy.
-    pub busy: bool,
+    pub busy: Option<usize>,
     /// The step's ring timeout passed, or a target did not answer in time.
-    pub no_answer: bool,
+    pub no_answer: Option<usize>,
     /// Anything else that is not an answer (not found, server errors...).
-    pub unavailable: bool,
+    pub unavailable: Option<usize>,
 }
 
-impl ContinueOn {
+impl Next {
     /// The last step: whatever happens, the call ends with it.
-    pub const NEVER: ContinueOn = ContinueOn {
-        busy: false,
-        no_answer: false,
-        unavailable: false,
+    pub const NONE: Next = Next {
+        busy: None,
+        no_answer: None,
+        unavailable: None,
     };
 }
 
@@ -247,29 +390,169 @@ pub fn admit(call: &Call<'_>, callee_domain: Status) -> Result<(), Refusal> {
 }
 
 /// Routes `call` to `callee` at `now`: the rules of the module
-/// documentation, in their order. The plan's targets borrow the bindings'
-/// URIs and clone their `reach`.
+/// documentation, in their order. Forward targets are read from `users`.
+/// The plan's targets borrow the bindings' URIs and clone their `reach`.
 pub fn route<'a, R: Clone>(
-    call: &Call<'_>,
+    call: &Call<'a>,
     callee: &Callee<'a, R>,
+    users: &impl Users<'a, R>,
     now: Timestamp,
-) -> Result<Plan<Target<'a, R>>, Refusal> {
+    limits: Limits,
+) -> Result<Plan<'a, Target<'a, R>>, Unrouted> {
     admit(call, callee.domain)?;
     let user = callee.user.as_ref().ok_or(Refusal::UnknownUser)?;
     if !user.enabled {
-        return Err(Refusal::UserDisabled);
+        return Err(Refusal::UserDisabled.into());
     }
-    let targets: Vec<_> = user
-        .bindings
-        .iter()
-        .filter(|b| b.is_live(now))
-        .map(|b| Target {
-            uri: b.uri,
-            reach: b.reach.clone(),
-        })
-        .collect();
-    if targets.is_empty() {
-        return Err(Refusal::NotRegistered);
+    let dialled = Party {
+        domain: call.callee_domain,
+        user: call.callee_user,
+    };
+    let mut planner = Planner {
+        users,
+        now,
+        limits,
+        steps: Vec::new(),
+    };
+    match planner.user(dialled, callee, user, &[])? {
+        Ok(first) => {
+            debug_assert_eq!(first, 0, "the first step planned is the first rung");
+            Ok(Plan {
+                steps: planner.steps,
+            })
+        }
+        Err(refusal) => Err(refusal.into()),
     }
-    Ok(Plan::parallel(targets))
+}
+
+/// Builds a plan's steps depth first: a user's own step before the steps
+/// its rules lead to, so every `next` points forward.
+struct Planner<'p, 'a, R, U> {
+    users: &'p U,
+    now: Timestamp,
+    limits: Limits,
+    steps: Vec<Step<'a, Target<'a, R>>>,
+}
+
+impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
+    /// Plans the call for `party` (an existing, enabled user), reached by
+    /// `via`: the index of the step where its call begins, or why nothing
+    /// can ring. The outer error is a user to look up.
+    fn user(
+        &mut self,
+        party: Party<'a>,
+        callee: &Callee<'a, R>,
+        user: &CalleeUser<'a, R>,
+        via: &[Diversion<'a>],
+    ) -> Result<Result<usize, Refusal>, Unrouted> {
+        let rules = user.forwarding;
+        let rule = |pick: fn(&'a Forwarding) -> Option<&'a ForwardTarget>| rules.and_then(pick);
+        if let Some(target) = rule(|f| f.always.as_ref()) {
+            let taken = self.forward(party, callee, target, ForwardReason::Unconditional, via)?;
+            if let Some(step) = taken {
+                return Ok(Ok(step));
+            }
+        }
+        if user.dnd {
+            let taken = match rule(|f| f.busy.as_ref()) {
+                Some(target) => {
+                    self.forward(party, callee, target, ForwardReason::DoNotDisturb, via)?
+                }
+                None => None,
+            };
+            return Ok(taken.ok_or(Refusal::Busy));
+        }
+        let targets: Vec<_> = user
+            .bindings
+            .iter()
+            .filter(|b| b.is_live(self.now))
+            .map(|b| Target {
+                uri: b.uri,
+                reach: b.reach.clone(),
+            })
+            .collect();
+        if targets.is_empty() {
+            let taken = match rule(|f| f.unavailable.as_ref()) {
+                Some(target) => {
+                    self.forward(party, callee, target, ForwardReason::Unavailable, via)?
+                }
+                None => None,
+            };
+            return Ok(taken.ok_or(Refusal::NotRegistered));
+        }
+        let index = self.steps.len();
+        let no_answer = rules.and_then(|f| f.no_answer.as_ref());
+        self.steps.push(Step {
+            targets,
+            ring_timeout: no_answer.map(|r| Duration::from_secs(u64::from(r.after_secs))),
+            next: Next::NONE,
+            owner: party,
+            diversions: via.to_vec(),
+        });
+        let mut next = Next::NONE;
+        if let Some(target) = rule(|f| f.busy.as_ref()) {
+            next.busy = self.forward(party, callee, target, ForwardReason::UserBusy, via)?;
+        }
+        if let Some(rule) = no_answer {
+            next.no_answer =
+                self.forward(party, callee, &rule.target, ForwardReason::NoAnswer, via)?;
+        }
+        if let Some(target) = rule(|f| f.unavailable.as_ref()) {
+            next.unavailable =
+                self.forward(party, callee, target, ForwardReason::Unavailable, via)?;
+        }
+        self.steps[index].next = next;
+        Ok(Ok(index))
+    }
+
+    /// Takes `from`'s forward to `target` if it can be taken (see the
+    /// module documentation): the index of the step where the forwarded
+    /// call begins, or `None`.
+    fn forward(
+        &mut self,
+        from: Party<'a>,
+        from_callee: &Callee<'a, R>,
+        target: &'a ForwardTarget,
+        reason: ForwardReason,
+        via: &[Diversion<'a>],
+    ) -> Result<Option<usize>, Unrouted> {
+        // Numbers, voicemail and ring groups are not routed yet.
+        let Some(address) = target.user() else {
+            return Ok(None);
+        };
+        let to = Party::of(address);
+        let on_chain = to.is(&from)
+            || via
+                .iter()
+                .any(|d| d.from.is(&to) || d.to.user().is_some_and(|a| Party::of(a).is(&to)));
+        if on_chain
+            || via.len() >= self.limits.max_forward_hops
+            || self.steps.len() >= MAX_PLAN_STEPS
+        {
+            return Ok(None);
+        }
+        let Some(callee) = self.users.get(address) else {
+            return Err(Unrouted::NeedsUser(address.clone()));
+        };
+        let hop = Call {
+            caller_domain: from.domain,
+            caller_may_call_other_domains: from_callee.domain_calls_out,
+            callee_domain: to.domain,
+            callee_user: to.user,
+        };
+        if admit(&hop, callee.domain).is_err() {
+            return Ok(None);
+        }
+        let Some(user) = callee.user.as_ref().filter(|u| u.enabled) else {
+            return Ok(None);
+        };
+        let mut chain = Vec::with_capacity(via.len() + 1);
+        chain.extend_from_slice(via);
+        chain.push(Diversion {
+            from,
+            to: target,
+            reason,
+        });
+        Ok(self.user(to, callee, user, &chain)?.ok())
+    }
 }

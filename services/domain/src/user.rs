@@ -5,8 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::{self, CallStep, Cause, Direction, HangupSide, Legs};
+use crate::call::{self, CallStep, Cause, Direction, ForwardReason, HangupSide, Legs};
 use crate::credentials::{Credentials, PasswordPolicy};
+use crate::forwarding::{Forwarding, ForwardingPatch};
+use crate::names::UserAddress;
 use crate::registration::{self, Binding, Key, Register};
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
 
@@ -54,6 +56,14 @@ pub struct User {
     /// (`default`: snapshots from before calls load.)
     #[serde(default)]
     pub calls: Legs,
+    /// Call forwarding rules ([`crate::forwarding`]). (`default`: none, as
+    /// in snapshots from before forwarding.)
+    #[serde(default, skip_serializing_if = "Forwarding::is_off")]
+    pub forwarding: Forwarding,
+    /// Do-not-disturb: calls follow the busy rule (or get 486) and presence
+    /// shows [`Presence::Dnd`] while a phone is registered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dnd: bool,
 }
 
 impl User {
@@ -67,6 +77,14 @@ impl User {
             (Some(u), Some(d)) => format!("{u}@{d}"),
             _ => "user".to_owned(),
         }
+    }
+
+    /// `username@domain` as a typed address (`None` before creation).
+    pub fn user_address(&self) -> Option<UserAddress> {
+        Some(UserAddress {
+            username: self.username.clone()?,
+            domain: self.domain.clone()?,
+        })
     }
 
     /// The binding with identity `key`, if registered.
@@ -142,6 +160,16 @@ pub enum Command {
     Delete {
         reason: Option<String>,
     },
+    /// Changes the forwarding rules ([`crate::forwarding`]): the patch's
+    /// targets are already parsed and checked against the other aggregates
+    /// by the caller; here the result is validated as a whole.
+    SetForwarding {
+        patch: ForwardingPatch,
+    },
+    /// Turns do-not-disturb on or off.
+    SetDnd {
+        on: bool,
+    },
     /// An authenticated REGISTER (RFC 3261 s.10.3 steps 6–8): registers,
     /// refreshes and removes bindings; see [`crate::registration`].
     /// Refused with [`Error::OutOfOrder`] (nothing changes) when a binding
@@ -188,6 +216,11 @@ impl std::fmt::Debug for Command {
                 .field("policy", policy)
                 .finish(),
             Command::Delete { reason } => f.debug_struct("Delete").field("reason", reason).finish(),
+            Command::SetForwarding { patch } => f
+                .debug_struct("SetForwarding")
+                .field("patch", patch)
+                .finish(),
+            Command::SetDnd { on } => f.debug_struct("SetDnd").field("on", on).finish(),
             Command::Register(register) => f.debug_tuple("Register").field(register).finish(),
             Command::ExpireContacts => f.write_str("ExpireContacts"),
             Command::FlowClosed { bindings } => f
@@ -291,6 +324,15 @@ pub enum Event {
         presence: Presence,
         previous: Presence,
     },
+    /// The forwarding rules are now `forwarding` (all of them: a rule
+    /// absent here is off).
+    ForwardingChanged {
+        forwarding: Forwarding,
+    },
+    /// Do-not-disturb was turned on (`dnd`) or off.
+    DndChanged {
+        dnd: bool,
+    },
     /// A call leg began (see [`crate::call`]).
     CallStarted {
         call_id: String,
@@ -326,6 +368,14 @@ pub enum Event {
         sip_status: u16,
         cause: Cause,
         failed_at: Timestamp,
+    },
+    /// The leg ended because the user's forwarding sent the call on to
+    /// `to` (`user@domain`), for `reason`.
+    CallForwarded {
+        call_id: String,
+        to: String,
+        reason: ForwardReason,
+        forwarded_at: Timestamp,
     },
 }
 
@@ -472,6 +522,33 @@ pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Eve
             ));
             Ok(events)
         }
+        Command::SetForwarding { patch } => {
+            require_exists(state)?;
+            let owner = state
+                .user_address()
+                .ok_or_else(|| Error::NotFound(state.address()))?;
+            let forwarding = patch.apply(&state.forwarding, &owner)?;
+            Ok(if forwarding == state.forwarding {
+                Vec::new()
+            } else {
+                vec![Event::ForwardingChanged { forwarding }]
+            })
+        }
+        Command::SetDnd { on } => {
+            require_exists(state)?;
+            if *on == state.dnd {
+                return Ok(Vec::new());
+            }
+            let mut events = vec![Event::DndChanged { dnd: *on }];
+            let presence = registration::presence_of(&state.bindings, &state.calls, *on);
+            if presence != state.presence {
+                events.push(Event::PresenceChanged {
+                    presence,
+                    previous: state.presence,
+                });
+            }
+            Ok(events)
+        }
         Command::Register(register) => registration::decide_register(state, register, now),
         Command::ExpireContacts => Ok(registration::decide_expire(state, now)),
         Command::FlowClosed { bindings } => Ok(registration::decide_flow_closed(state, bindings)),
@@ -537,6 +614,8 @@ pub fn evolve(mut state: User, event: &Event) -> User {
                 bindings: Vec::new(),
                 presence: Presence::Offline,
                 calls: Legs::default(),
+                forwarding: Forwarding::default(),
+                dnd: false,
             };
         }
         Event::PasswordChanged { credentials } => state.credentials = Some(credentials.clone()),
@@ -558,11 +637,14 @@ pub fn evolve(mut state: User, event: &Event) -> User {
         | Event::ContactExpired { .. }
         | Event::ContactReplaced { .. } => registration::apply(&mut state.bindings, event),
         Event::PresenceChanged { presence, .. } => state.presence = *presence,
+        Event::ForwardingChanged { forwarding } => state.forwarding = forwarding.clone(),
+        Event::DndChanged { dnd } => state.dnd = *dnd,
         Event::CallStarted { .. }
         | Event::CallRinging { .. }
         | Event::CallAnswered { .. }
         | Event::CallEnded { .. }
-        | Event::CallFailed { .. } => state.calls.apply(event),
+        | Event::CallFailed { .. }
+        | Event::CallForwarded { .. } => state.calls.apply(event),
     }
     state
 }

@@ -6,7 +6,8 @@
 //! Then: the events emitted, or the error.
 
 use dialtone_domain::call::{
-    CallStep, Cause, Direction, HangupSide, LegState, FINISHED_REMEMBERED, MAX_LEGS_IN_PROGRESS,
+    CallStep, Cause, Direction, ForwardReason, HangupSide, LegState, FINISHED_REMEMBERED,
+    MAX_LEGS_IN_PROGRESS,
 };
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_domain::registration::{ContactChange, Presence, Register, MICROS_PER_SEC};
@@ -544,4 +545,79 @@ fn a_batch_with_a_refused_step_is_refused_whole() {
         user::decide(&state, &Command::CallSteps(Vec::new()), T0).unwrap(),
         Vec::<Event>::new()
     );
+}
+
+// ---------------------------------------------------------------- forwarded legs
+
+fn forward(call_id: &str, to: &str, reason: ForwardReason) -> Command {
+    call(CallStep::Forward {
+        call_id: call_id.to_owned(),
+        to: to.to_owned(),
+        reason,
+    })
+}
+
+#[test]
+fn a_forward_ends_a_ringing_leg_once_and_presence_follows() {
+    let state = given_online();
+    let (state, _) = then(state, &start(CALL, Direction::Inbound), T0 + SEC);
+    let (state, events) = then(state, &ringing(CALL), T0 + 2 * SEC);
+    assert!(events.contains(&presence(Presence::Ringing, Presence::Online)));
+
+    let (state, events) = then(
+        state,
+        &forward(CALL, "carol@example.com", ForwardReason::NoAnswer),
+        T0 + 22 * SEC,
+    );
+    assert_eq!(
+        events,
+        vec![
+            Event::CallForwarded {
+                call_id: CALL.to_owned(),
+                to: "carol@example.com".to_owned(),
+                reason: ForwardReason::NoAnswer,
+                forwarded_at: T0 + 22 * SEC,
+            },
+            presence(Presence::Online, Presence::Ringing),
+        ]
+    );
+    assert!(state.calls.is_empty());
+    assert!(state.calls.is_finished(CALL));
+
+    // Repeated, or any later step of the finished leg: nothing.
+    for repeated in [
+        forward(CALL, "carol@example.com", ForwardReason::NoAnswer),
+        answer(CALL),
+        fail(CALL, 487, Cause::OriginatorCancel),
+        start(CALL, Direction::Inbound),
+    ] {
+        assert_eq!(user::decide(&state, &repeated, T0 + 23 * SEC).unwrap(), []);
+    }
+}
+
+#[test]
+fn a_forward_of_no_leg_writes_nothing_and_a_bad_target_is_refused() {
+    let state = given_online();
+    assert_eq!(
+        user::decide(
+            &state,
+            &forward("unknown", "carol@example.com", ForwardReason::UserBusy),
+            T0
+        )
+        .unwrap(),
+        []
+    );
+    let (state, _) = then(state, &start(CALL, Direction::Inbound), T0 + SEC);
+    for bad in ["", "carol\n@example.com", &"x".repeat(2000)] {
+        let err = user::decide(
+            &state,
+            &forward(CALL, bad, ForwardReason::Unconditional),
+            T0,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { field, .. } if *field == "to"),
+            "{bad:?}: {err:?}"
+        );
+    }
 }

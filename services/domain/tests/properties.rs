@@ -15,6 +15,7 @@ use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{
     self, DigestAlgorithm, DigestAlgorithms, Domain, Settings, SettingsPatch,
 };
+use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch};
 use dialtone_domain::registration::{
     self, ContactChange, Key, Presence, Register, MAX_Q, MICROS_PER_SEC,
 };
@@ -683,7 +684,50 @@ fn user_command() -> impl Strategy<Value = user::Command> {
         1 => vec(contact_change(), 0..3).prop_map(|c| C::FlowClosed { bindings: c.iter().map(ContactChange::key).collect() }),
         4 => call_step().prop_map(|s| C::Call(Box::new(s))),
         2 => vec(call_step(), 0..4).prop_map(C::CallSteps),
+        2 => forwarding_patch().prop_map(|patch| C::SetForwarding { patch }),
+        1 => any::<bool>().prop_map(|on| C::SetDnd { on }),
     ]
+}
+
+/// Forwarding patches over a few targets, the users' own addresses among
+/// them (refused), and ring times in and out of bounds.
+fn forwarding_patch() -> impl Strategy<Value = ForwardingPatch> {
+    let target = select(
+        &[
+            "alice@example.com",
+            "bob@example.com",
+            "bob@pbx",
+            "+15551234567",
+            "voicemail:bob@example.com",
+            "group:sales@example.com",
+        ][..],
+    )
+    .prop_map(|t| ForwardTarget::try_from(t.to_owned()).unwrap());
+    let change = || option::of(option::of(target.clone()));
+    (
+        change(),
+        change(),
+        change(),
+        option::of(prop_oneof![
+            Just(0u32),
+            Just(1),
+            Just(20),
+            Just(300),
+            Just(301)
+        ]),
+        change(),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(always, busy, no_answer, no_answer_after_secs, unavailable, clear)| ForwardingPatch {
+                always,
+                busy,
+                no_answer,
+                no_answer_after_secs,
+                unavailable,
+                clear,
+            },
+        )
 }
 
 // ---------------------------------------------------------------- calls
@@ -1121,9 +1165,12 @@ fn check_presence_events(before: &User, after: &User, events: &[user::Event]) {
     assert_eq!(changes.len(), usize::from(changed), "{events:?}");
     if before.calls.is_empty() && after.calls.is_empty() {
         let flipped = before.bindings.is_empty() != after.bindings.is_empty();
+        let dnd_shown =
+            !before.bindings.is_empty() && !after.bindings.is_empty() && before.dnd != after.dnd;
         assert_eq!(
-            changed, flipped,
-            "without calls, presence follows the bindings"
+            changed,
+            flipped || dnd_shown,
+            "without calls, presence follows the bindings and do-not-disturb"
         );
     }
     if let Some(i) = changes.first() {
@@ -1180,7 +1227,7 @@ fn check_user_state(state: &User) {
     }
     assert_eq!(
         state.presence,
-        registration::presence_of(&state.bindings, &state.calls),
+        registration::presence_of(&state.bindings, &state.calls, state.dnd),
         "presence is not the function of bindings and legs: {state:?}"
     );
     assert_eq!(
@@ -1195,7 +1242,9 @@ fn check_user_state(state: &User) {
         state.bindings.len(),
         state.calls.in_progress
     );
-    assert_ne!(state.presence, Presence::Dnd);
+    if state.presence == Presence::Dnd {
+        assert!(state.dnd && !state.bindings.is_empty(), "{state:?}");
+    }
 
     // Calls.
     assert!(state.calls.in_progress.len() <= MAX_LEGS_IN_PROGRESS);
@@ -1350,7 +1399,8 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 C::SetPassword { .. } => &["password"],
                 C::Delete { .. } => &["reason"],
                 C::Register(_) => &["call_id", "contact", "q"],
-                C::ExpireContacts | C::FlowClosed { .. } => &[],
+                C::ExpireContacts | C::FlowClosed { .. } | C::SetDnd { .. } => &[],
+                C::SetForwarding { .. } => &["target", "no_answer_after_secs"],
                 C::Call(_) | C::CallSteps(_) => &[
                     "call_id",
                     "from",
@@ -1448,6 +1498,31 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 );
             }
             C::Call(step) => check_call_step(&before, &state, step, *now, &events),
+            C::SetForwarding { patch } => {
+                // Exactly the patched rules, never forwarding to oneself,
+                // one event carrying all of them when they changed.
+                let owner = before.user_address().unwrap();
+                assert_eq!(
+                    Ok(&state.forwarding),
+                    patch.apply(&before.forwarding, &owner).as_ref()
+                );
+                assert!(state
+                    .forwarding
+                    .targets()
+                    .all(|(_, t)| t.user() != Some(&owner)));
+                let expected = (state.forwarding != before.forwarding).then(|| {
+                    user::Event::ForwardingChanged {
+                        forwarding: state.forwarding.clone(),
+                    }
+                });
+                assert_eq!(events, expected.into_iter().collect::<Vec<_>>());
+                assert_eq!(state.presence, before.presence);
+            }
+            C::SetDnd { on } => {
+                assert_eq!(state.dnd, *on);
+                assert_eq!(events.is_empty(), before.dnd == *on);
+                check_presence_events(&before, &state, &events);
+            }
             // Each step's own checks hold through the equivalence above.
             C::CallSteps(_) => {}
             C::Register(request) => check_register(&before, &state, request, *now, &events),

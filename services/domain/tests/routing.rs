@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use dialtone_domain::domain::Status;
 use dialtone_domain::registration::{Presence, MAX_Q, MICROS_PER_SEC};
 use dialtone_domain::routing::{
-    admit, route, Call, Callee, CalleeBinding, CalleeUser, ContinueOn, Plan, Refusal, Target,
+    self, admit, Call, Callee, CalleeBinding, CalleeUser, Limits, Next, NoUsers, Party, Plan,
+    Refusal, Target, Unrouted,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -21,6 +22,18 @@ use proptest::prelude::*;
 use proptest::sample::select;
 
 const NOW: i64 = 1_764_150_000_000_000;
+
+/// Routing of a user without call features: nobody else is looked up.
+fn route<'a>(
+    call: &Call<'a>,
+    callee: &Callee<'a, usize>,
+    now: i64,
+) -> Result<Plan<'a, Target<'a, usize>>, Refusal> {
+    routing::route(call, callee, &NoUsers, now, Limits::default()).map_err(|e| match e {
+        Unrouted::Refused(refusal) => refusal,
+        Unrouted::NeedsUser(who) => panic!("a user without rules needed {who}"),
+    })
+}
 
 // ================================================================ inputs
 
@@ -68,6 +81,7 @@ impl CallSpec {
 fn callee(status: Status, user: Option<&UserSpec>) -> Callee<'_, usize> {
     Callee {
         domain: status,
+        domain_calls_out: false,
         user: user.map(|u| CalleeUser {
             enabled: u.enabled,
             presence: u.presence,
@@ -82,6 +96,8 @@ fn callee(status: Status, user: Option<&UserSpec>) -> Callee<'_, usize> {
                     reach: i,
                 })
                 .collect(),
+            forwarding: None,
+            dnd: false,
         }),
     }
 }
@@ -238,7 +254,7 @@ proptest! {
             let step = &plan.steps[0];
             prop_assert!(!step.targets.is_empty());
             prop_assert_eq!(step.ring_timeout, None);
-            prop_assert_eq!(step.continue_on, ContinueOn::NEVER);
+            prop_assert_eq!(step.next, Next::NONE);
         }
     }
 
@@ -347,7 +363,14 @@ proptest! {
             ..call.clone()
         };
         let callee = callee(status, user.as_ref());
-        prop_assert_eq!(route(&call.call(), &callee, NOW), route(&upper.call(), &callee, NOW));
+        // The plan names the owner as dialled; what rings is the same.
+        let shape = |plan: Plan<'_, Target<'_, usize>>| {
+            (rung(&plan), plan.steps.iter().map(|s| (s.next, s.ring_timeout)).collect::<Vec<_>>())
+        };
+        prop_assert_eq!(
+            route(&call.call(), &callee, NOW).map(shape),
+            route(&upper.call(), &callee, NOW).map(shape)
+        );
     }
 
     /// When the domains refuse the call (`admit`), `route` refuses it the
@@ -394,7 +417,7 @@ proptest! {
                 prop_assert_eq!(plan.steps.len(), other.steps.len());
                 for (step, other_step) in plan.steps.iter().zip(&other.steps) {
                     prop_assert_eq!(step.ring_timeout, other_step.ring_timeout);
-                    prop_assert_eq!(step.continue_on, other_step.continue_on);
+                    prop_assert_eq!(step.next, other_step.next);
                     // Back to the original indices.
                     let mut other_targets: Vec<usize> =
                         other_step.targets.iter().map(|t| order[t.reach]).collect();
@@ -430,6 +453,8 @@ proptest! {
 }
 
 // ================================================================ unit tests
+
+static SAME_DOMAIN_CALL: std::sync::LazyLock<CallSpec> = std::sync::LazyLock::new(same_domain_call);
 
 fn same_domain_call() -> CallSpec {
     CallSpec {
@@ -468,23 +493,29 @@ fn registered_user() -> UserSpec {
 fn rings_the_live_bindings_together() {
     let user = registered_user();
     let plan = route(
-        &same_domain_call().call(),
+        &SAME_DOMAIN_CALL.call(),
         &callee(Status::Active, Some(&user)),
         NOW,
     )
     .expect("routed");
     assert_eq!(
         plan,
-        Plan::parallel(vec![
-            Target {
-                uri: "sip:bob@192.0.2.1:5060",
-                reach: 0
+        Plan::parallel(
+            Party {
+                domain: "a.example",
+                user: "bob"
             },
-            Target {
-                uri: "sip:bob@192.0.2.3:5060;transport=tcp",
-                reach: 2
-            },
-        ])
+            vec![
+                Target {
+                    uri: "sip:bob@192.0.2.1:5060",
+                    reach: 0
+                },
+                Target {
+                    uri: "sip:bob@192.0.2.3:5060;transport=tcp",
+                    reach: 2
+                },
+            ]
+        )
     );
 }
 
@@ -492,11 +523,7 @@ fn rings_the_live_bindings_together() {
 fn absent_or_deleted_domain_is_not_found() {
     for status in [Status::Absent, Status::Deleted] {
         let user = registered_user();
-        let decision = route(
-            &same_domain_call().call(),
-            &callee(status, Some(&user)),
-            NOW,
-        );
+        let decision = route(&SAME_DOMAIN_CALL.call(), &callee(status, Some(&user)), NOW);
         assert_eq!(decision, Err(Refusal::UnknownDomain));
     }
     assert_eq!(Refusal::UnknownDomain.sip_status(), 404);
@@ -506,7 +533,7 @@ fn absent_or_deleted_domain_is_not_found() {
 fn suspended_domain_is_unavailable() {
     let user = registered_user();
     let decision = route(
-        &same_domain_call().call(),
+        &SAME_DOMAIN_CALL.call(),
         &callee(Status::Suspended, Some(&user)),
         NOW,
     );
@@ -554,11 +581,7 @@ fn same_domain_in_another_case_is_not_cross_domain() {
 
 #[test]
 fn unknown_user_is_not_found() {
-    let decision = route(
-        &same_domain_call().call(),
-        &callee(Status::Active, None),
-        NOW,
-    );
+    let decision = route(&SAME_DOMAIN_CALL.call(), &callee(Status::Active, None), NOW);
     assert_eq!(decision, Err(Refusal::UnknownUser));
     assert_eq!(Refusal::UnknownUser.sip_status(), 404);
 }
@@ -570,7 +593,7 @@ fn disabled_user_is_unavailable_even_when_registered() {
         ..registered_user()
     };
     let decision = route(
-        &same_domain_call().call(),
+        &SAME_DOMAIN_CALL.call(),
         &callee(Status::Active, Some(&user)),
         NOW,
     );
@@ -588,7 +611,7 @@ fn user_without_live_binding_is_not_registered() {
         // Later than every binding's expiry, also the one expiring exactly now.
         let now = NOW + 60 * MICROS_PER_SEC;
         let decision = route(
-            &same_domain_call().call(),
+            &SAME_DOMAIN_CALL.call(),
             &callee(Status::Active, Some(&user)),
             now,
         );
@@ -602,7 +625,7 @@ fn a_binding_expires_at_its_expires_at() {
     let user = registered_user();
     let at_expiry = NOW + 1;
     let plan = route(
-        &same_domain_call().call(),
+        &SAME_DOMAIN_CALL.call(),
         &callee(Status::Active, Some(&user)),
         at_expiry,
     )

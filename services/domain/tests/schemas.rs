@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use dialtone_domain::call::{CallStep, Cause, Direction, HangupSide};
+use dialtone_domain::call::{CallStep, Cause, Direction, ForwardReason, HangupSide};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{current_schema_version, DOMAIN_EVENT_TYPES, EVENT_TYPES};
+use dialtone_domain::forwarding::{ForwardTarget, Forwarding, ForwardingPatch};
+use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::{Binding, ContactChange, Presence, Register};
 use dialtone_domain::token::{self, Scope, Tokens};
 use dialtone_domain::user::{self, NewUser, Patch, User};
@@ -357,6 +359,17 @@ fn user_events_from_decide() -> Vec<Event> {
                 ..Patch::default()
             },
         },
+        C::SetForwarding {
+            patch: forwarding_patch_of_every_kind(),
+        },
+        C::SetForwarding {
+            patch: ForwardingPatch {
+                clear: true,
+                ..ForwardingPatch::default()
+            },
+        },
+        C::SetDnd { on: true },
+        C::SetDnd { on: false },
         C::Delete {
             reason: Some("left".to_owned()),
         },
@@ -382,6 +395,20 @@ fn user_events_from_decide() -> Vec<Event> {
     events.extend(registration_events_from_decide(&state));
     events.extend(call_events_from_decide(&state));
     events
+}
+
+/// A patch setting every rule, with every kind of target.
+fn forwarding_patch_of_every_kind() -> ForwardingPatch {
+    let alice = UserAddress::parse("alice@example.com").unwrap();
+    let target = |t: &str| Some(Some(ForwardTarget::parse(t, &alice).unwrap()));
+    ForwardingPatch {
+        always: target("+4930123456"),
+        busy: target("bob@other.example"),
+        no_answer: target("voicemail"),
+        no_answer_after_secs: Some(300),
+        unavailable: target("group:sales"),
+        clear: false,
+    }
 }
 
 /// Call-leg and presence events produced by `decide` for `created`,
@@ -431,6 +458,15 @@ fn call_events_from_decide(created: &User) -> Vec<Event> {
                 cause,
             })
         });
+    }
+    for (i, reason) in ForwardReason::ALL.into_iter().enumerate() {
+        let call_id = format!("forwarded-{i}");
+        commands.push(start(&call_id, Direction::Inbound));
+        commands.push(step(CallStep::Forward {
+            call_id,
+            to: "carol@example.com".to_owned(),
+            reason,
+        }));
     }
     let mut state = created.clone();
     let mut now = T0 + 10_000 * sec;
@@ -834,6 +870,20 @@ fn hand_made_events() -> Vec<Event> {
             previous: Presence::Dnd,
         }
         .into(),
+        U::ForwardingChanged {
+            forwarding: forwarding_patch_of_every_kind()
+                .apply(
+                    &Forwarding::default(),
+                    &UserAddress::parse("alice@example.com").unwrap(),
+                )
+                .unwrap(),
+        }
+        .into(),
+        U::ForwardingChanged {
+            forwarding: Forwarding::default(),
+        }
+        .into(),
+        U::DndChanged { dnd: true }.into(),
         U::CallStarted {
             call_id: "6f1c2b8e-5d7a-4c3e-9a41-2f0d8b6e1c57".to_owned(),
             direction: Direction::Outbound,
@@ -896,6 +946,20 @@ fn hand_made_events() -> Vec<Event> {
             sip_status: 699,
             cause: Cause::CallRejected,
             failed_at: 0,
+        }
+        .into(),
+        U::CallForwarded {
+            call_id: "c".to_owned(),
+            to: "bob@a.example".to_owned(),
+            reason: ForwardReason::NoAnswer,
+            forwarded_at: T0,
+        }
+        .into(),
+        U::CallForwarded {
+            call_id: "c".to_owned(),
+            to: "b@b.example".to_owned(),
+            reason: ForwardReason::DoNotDisturb,
+            forwarded_at: 0,
         }
         .into(),
         token::Event::TokenCreated {
@@ -1111,6 +1175,9 @@ fn missing_required_fields_are_rejected() {
         ("CallEnded", "duration_ms"),
         ("CallFailed", "sip_status"),
         ("CallFailed", "failed_at"),
+        ("CallForwarded", "to"),
+        ("CallForwarded", "reason"),
+        ("CallForwarded", "forwarded_at"),
         ("TokenCreated", "secret_sha256"),
         ("TokenCreated", "scope"),
         ("TokenRevoked", "token_id"),
@@ -1362,6 +1429,16 @@ fn malformed_values_are_rejected() {
             with(sample("CallFailed"), "/cause", json!(bad)),
         );
     }
+    for bad in ["no-answer", "busy", ""] {
+        assert_rejected(
+            "CallForwarded",
+            with(sample("CallForwarded"), "/reason", json!(bad)),
+        );
+    }
+    assert_rejected(
+        "CallForwarded",
+        with(sample("CallForwarded"), "/to", json!("")),
+    );
     assert_rejected(
         "CallStarted",
         with(sample("CallStarted"), "/direction", json!("in")),

@@ -41,6 +41,8 @@ pub struct Config {
     pub sip_max_call_secs: u64,
     /// How calls are connected: `proxy` (forking proxy) or `b2bua`.
     pub sip_call_mode: dialtone_sip::proxy::CallMode,
+    /// Most forwards in a chain of call forwarding (0: forwarding off).
+    pub sip_max_forward_hops: usize,
     /// Failed authentications of one user from one address that lock it out there (0: never).
     pub sip_lockout_user_failures: u32,
     /// Failed authentications from one address that lock the address out (0: never).
@@ -127,6 +129,7 @@ impl Default for Config {
             sip_no_answer_secs: 60,
             sip_max_call_secs: 4 * 3600,
             sip_call_mode: dialtone_sip::proxy::CallMode::Proxy,
+            sip_max_forward_hops: dialtone_domain::routing::DEFAULT_MAX_FORWARD_HOPS,
             sip_lockout_user_failures: 5,
             sip_lockout_source_failures: 20,
             sip_lockout_window_secs: 60,
@@ -186,6 +189,7 @@ pub struct FileConfig {
     pub sip_no_answer_secs: Option<u64>,
     pub sip_max_call_secs: Option<u64>,
     pub sip_call_mode: Option<String>,
+    pub sip_max_forward_hops: Option<usize>,
     pub sip_lockout_user_failures: Option<u32>,
     pub sip_lockout_source_failures: Option<u32>,
     pub sip_lockout_window_secs: Option<u64>,
@@ -295,6 +299,9 @@ pub struct Overrides {
     /// How calls are connected: `proxy` (a forking proxy: the phones share one dialog) or `b2bua` (a back-to-back user agent: a dialog with each side, neither sees the other's addresses or identifiers) [default: proxy].
     #[arg(long, env = "DIALTONE_SIP_CALL_MODE")]
     pub sip_call_mode: Option<String>,
+    /// Most forwards in one chain of call forwarding (alice -> bob -> carol is 2); a forward beyond it is not taken and the chain ends at its last target [default: 5].
+    #[arg(long, env = "DIALTONE_SIP_MAX_FORWARD_HOPS")]
+    pub sip_max_forward_hops: Option<usize>,
     /// Failed digest authentications of one user from one address (in the window) that lock that user out for that address; 0 = never [default: 5].
     #[arg(long, env = "DIALTONE_SIP_LOCKOUT_USER_FAILURES")]
     pub sip_lockout_user_failures: Option<u32>,
@@ -458,6 +465,9 @@ impl Config {
         if let Some(v) = &file.sip_call_mode {
             self.sip_call_mode = v.parse().map_err(anyhow::Error::msg)?;
         }
+        if let Some(v) = file.sip_max_forward_hops {
+            self.sip_max_forward_hops = v;
+        }
         if let Some(v) = file.sip_lockout_user_failures {
             self.sip_lockout_user_failures = v;
         }
@@ -578,6 +588,9 @@ impl Config {
         }
         if let Some(v) = &o.sip_call_mode {
             self.sip_call_mode = v.parse().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(v) = o.sip_max_forward_hops {
+            self.sip_max_forward_hops = v;
         }
         if let Some(v) = o.sip_lockout_user_failures {
             self.sip_lockout_user_failures = v;

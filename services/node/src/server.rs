@@ -152,7 +152,13 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             max_tcp_connections: config.sip_max_connections,
             ..dialtone_sip::GatewayConfig::default()
         };
-        let registry = Arc::new(crate::sip_bridge::ActorBackend::new(provisioning.clone()));
+        let registry = Arc::new(
+            crate::sip_bridge::ActorBackend::new(provisioning.clone()).with_routing_limits(
+                dialtone_domain::routing::Limits {
+                    max_forward_hops: config.sip_max_forward_hops,
+                },
+            ),
+        );
         Some(
             dialtone_sip::Gateway::start(gateway_config, registry)
                 .await

@@ -11,19 +11,22 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dialtone_actors::{FlowFact, Meta, Provisioning, UserFacts};
+use dialtone_actors::{FlowFact, Flows, Meta, Provisioning, UserFacts};
 use dialtone_domain::call::{self, CallStep as Step};
 use dialtone_domain::event::{category_of, EventCategory};
+use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::{ContactChange, Key, Register};
+use dialtone_domain::routing::Unrouted;
 use dialtone_domain::user::Presence;
 use dialtone_domain::{domain, routing, user, DomainId, DomainName, UserId, UserName};
 use dialtone_eventlog::{RecordedEvent, SharedStore};
 use dialtone_sip::auth::digest::Algorithm;
 use dialtone_sip::backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
-    CallState, CallStep, ContinueOn, CurrentContact, DigestAlgorithms, HangupSide, Lookup,
-    RegisterOutcome, RegisterRequest, ResourceChange, ResourceState, ResourceWatcher, RoutePlan,
-    RouteStep, RouteTarget, SipBackend, Transport, UserCredentials, Watch,
+    CallState, CallStep, CurrentContact, DigestAlgorithms, Diversion, DiversionReason, HangupSide,
+    Lookup, NextSteps, RegisterOutcome, RegisterRequest, ResourceChange, ResourceState,
+    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, Transport, UserCredentials,
+    Watch,
 };
 use dialtone_sip::{ConnectionId, Flow};
 use futures::StreamExt;
@@ -34,6 +37,7 @@ use futures::StreamExt;
 pub struct ActorBackend {
     provisioning: Provisioning,
     watched: Arc<Watched>,
+    routing_limits: routing::Limits,
 }
 
 /// The users some SUBSCRIBE asked about, and where their changes go.
@@ -51,7 +55,14 @@ impl ActorBackend {
         ActorBackend {
             provisioning,
             watched: Arc::default(),
+            routing_limits: routing::Limits::default(),
         }
+    }
+
+    /// Bounds call forwarding (the longest chain of forwards).
+    pub fn with_routing_limits(mut self, limits: routing::Limits) -> Self {
+        self.routing_limits = limits;
+        self
     }
 
     /// The domain's status and settings, and the id of `user` in it.
@@ -89,6 +100,31 @@ impl ActorBackend {
         Ok(match id {
             Some(id) => Resolved::User(state, id),
             None => Resolved::DomainOnly(state),
+        })
+    }
+
+    /// What routing needs of a forward target.
+    async fn look_up(&self, address: &UserAddress) -> Result<Looked, BackendError> {
+        let (status, calls_out, id) = match self
+            .resolve(address.domain.as_str(), address.username.as_str())
+            .await?
+        {
+            Resolved::UnknownDomain => (domain::Status::Absent, false, None),
+            Resolved::DomainOnly(state) => (state.status, state.cross_domain_calls, None),
+            Resolved::User(state, id) => (state.status, state.cross_domain_calls, Some(id)),
+        };
+        let user = match id {
+            Some(id) => self
+                .user_facts(id)
+                .await?
+                .filter(|u| u.exists)
+                .map(|u| (u, id)),
+            None => None,
+        };
+        Ok(Looked {
+            status,
+            calls_out,
+            user,
         })
     }
 
@@ -142,6 +178,17 @@ fn step_of(record: CallRecord) -> Step {
             call_id,
             sip_status,
             cause: cause_of(cause),
+        },
+        CallStep::Forwarded { to, reason } => Step::Forward {
+            call_id,
+            to,
+            reason: match reason {
+                DiversionReason::Unconditional => call::ForwardReason::Unconditional,
+                DiversionReason::UserBusy => call::ForwardReason::UserBusy,
+                DiversionReason::NoAnswer => call::ForwardReason::NoAnswer,
+                DiversionReason::Unavailable => call::ForwardReason::Unavailable,
+                DiversionReason::DoNotDisturb => call::ForwardReason::DoNotDisturb,
+            },
         },
     }
 }
@@ -283,9 +330,9 @@ fn resource_change(recorded: &RecordedEvent) -> Option<ResourceChange> {
         }))),
         user::Event::CallRinging { call_id } => phase(call_id, CallPhase::Early),
         user::Event::CallAnswered { call_id, .. } => phase(call_id, CallPhase::Confirmed),
-        user::Event::CallEnded { call_id, .. } | user::Event::CallFailed { call_id, .. } => {
-            phase(call_id, CallPhase::Terminated)
-        }
+        user::Event::CallEnded { call_id, .. }
+        | user::Event::CallFailed { call_id, .. }
+        | user::Event::CallForwarded { call_id, .. } => phase(call_id, CallPhase::Terminated),
         _ => None,
     }
 }
@@ -362,6 +409,44 @@ struct DomainState {
     cross_domain_calls: bool,
 }
 
+/// A user as routing reads it: its domain's status and cross-domain
+/// setting, and its facts when it exists.
+struct Looked {
+    status: domain::Status,
+    calls_out: bool,
+    user: Option<(Arc<UserFacts>, UserId)>,
+}
+
+impl Looked {
+    fn callee<'a>(&'a self, flows: &'a Flows) -> routing::Callee<'a, Reach<'a>> {
+        routing::Callee {
+            domain: self.status,
+            domain_calls_out: self.calls_out,
+            user: self.user.as_ref().map(|(user, id)| routing::CalleeUser {
+                enabled: user.enabled,
+                // Not in the facts; no rule reads it yet.
+                presence: None,
+                bindings: user
+                    .contacts
+                    .iter()
+                    .map(|c| routing::CalleeBinding {
+                        uri: &c.uri,
+                        q: None,
+                        expires_at: c.expires_at,
+                        reach: Reach {
+                            source: c.source,
+                            transport: &c.transport,
+                            flow: flows.of(*id, &c.key),
+                        },
+                    })
+                    .collect(),
+                forwarding: user.features.as_ref().map(|f| &f.forwarding),
+                dnd: user.features.as_ref().is_some_and(|f| f.dnd),
+            }),
+        }
+    }
+}
+
 enum Resolved {
     UnknownDomain,
     DomainOnly(DomainState),
@@ -420,26 +505,52 @@ fn flow_of(reach: &Reach<'_>) -> Option<Flow> {
 /// The SIP gateway's form of the domain's plan: each target's flow by
 /// `RouteTarget::for_binding`, as for any binding.
 fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan {
+    let party = |p: routing::Party<'_>| (p.domain.to_owned(), p.user.to_owned());
     RoutePlan {
         steps: plan
             .steps
             .into_iter()
-            .map(|step| RouteStep {
-                // A binding registered over a transport this node does not
-                // serve cannot be rung (it is not taken for UDP).
-                targets: step
-                    .targets
-                    .into_iter()
-                    .filter_map(|t| Some(RouteTarget::for_binding(t.uri, flow_of(&t.reach)?)))
-                    .collect(),
-                ring_timeout: step.ring_timeout,
-                continue_on: ContinueOn {
-                    busy: step.continue_on.busy,
-                    no_answer: step.continue_on.no_answer,
-                    unavailable: step.continue_on.unavailable,
-                },
+            .map(|step| {
+                // Each forward went to the user the next one is from, the
+                // last to the step's owner.
+                let diversions = step
+                    .diversions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| Diversion {
+                        from: party(d.from),
+                        to: party(step.diversions.get(i + 1).map_or(step.owner, |n| n.from)),
+                        reason: diversion_reason(d.reason),
+                    })
+                    .collect();
+                RouteStep {
+                    // A binding registered over a transport this node does
+                    // not serve cannot be rung (it is not taken for UDP).
+                    targets: step
+                        .targets
+                        .into_iter()
+                        .filter_map(|t| Some(RouteTarget::for_binding(t.uri, flow_of(&t.reach)?)))
+                        .collect(),
+                    ring_timeout: step.ring_timeout,
+                    next: NextSteps {
+                        busy: step.next.busy,
+                        no_answer: step.next.no_answer,
+                        unavailable: step.next.unavailable,
+                    },
+                    diversions,
+                }
             })
             .collect(),
+    }
+}
+
+fn diversion_reason(reason: call::ForwardReason) -> DiversionReason {
+    match reason {
+        call::ForwardReason::Unconditional => DiversionReason::Unconditional,
+        call::ForwardReason::UserBusy => DiversionReason::UserBusy,
+        call::ForwardReason::NoAnswer => DiversionReason::NoAnswer,
+        call::ForwardReason::Unavailable => DiversionReason::Unavailable,
+        call::ForwardReason::DoNotDisturb => DiversionReason::DoNotDisturb,
     }
 }
 
@@ -454,6 +565,7 @@ fn call_route_of(refusal: routing::Refusal) -> CallRoute {
             CallRoute::Unavailable
         }
         routing::Refusal::NotRegistered => CallRoute::NotRegistered,
+        routing::Refusal::Busy => CallRoute::Busy,
     }
 }
 
@@ -585,11 +697,12 @@ impl SipBackend for ActorBackend {
         // The rules are the domain's (`routing::route`); this gathers what
         // they read, from the facts the actors publish: no message to an
         // actor on the call path once the aggregates are loaded.
-        let (status, id) = match self.resolve(callee_domain, callee_user).await? {
-            Resolved::UnknownDomain => (domain::Status::Absent, None),
-            Resolved::DomainOnly(state) => (state.status, None),
-            Resolved::User(state, id) => (state.status, Some(id)),
-        };
+        let (status, cross_domain_calls, id) =
+            match self.resolve(callee_domain, callee_user).await? {
+                Resolved::UnknownDomain => (domain::Status::Absent, false, None),
+                Resolved::DomainOnly(state) => (state.status, state.cross_domain_calls, None),
+                Resolved::User(state, id) => (state.status, state.cross_domain_calls, Some(id)),
+            };
         let mut call = routing::Call {
             caller_domain,
             caller_may_call_other_domains: false,
@@ -615,35 +728,32 @@ impl SipBackend for ActorBackend {
             }
             _ => None,
         };
-        let flows = self.provisioning.directory().facts().flows();
-        let callee = routing::Callee {
-            domain: status,
-            user: user.as_deref().map(|user| routing::CalleeUser {
-                enabled: user.enabled,
-                // Not in the facts; no rule reads them yet.
-                presence: None,
-                bindings: user
-                    .contacts
-                    .iter()
-                    .map(|c| routing::CalleeBinding {
-                        uri: &c.uri,
-                        q: None,
-                        expires_at: c.expires_at,
-                        reach: Reach {
-                            source: c.source,
-                            transport: &c.transport,
-                            flow: id.and_then(|id| flows.of(id, &c.key)),
-                        },
-                    })
-                    .collect(),
-            }),
+        let dialled = Looked {
+            status,
+            calls_out: cross_domain_calls,
+            user: user.zip(id),
         };
-        Ok(
-            match routing::route(&call, &callee, micros(SystemTime::now())) {
-                Ok(plan) => CallRoute::Plan(route_plan(plan)),
-                Err(refusal) => call_route_of(refusal),
-            },
-        )
+        // Forward targets are looked up as routing asks for them: route,
+        // look up the user it needs, route again (once per forward).
+        let mut forwarded: Vec<(UserAddress, Looked)> = Vec::new();
+        let now = micros(SystemTime::now());
+        loop {
+            let needed = {
+                let flows = self.provisioning.directory().facts().flows();
+                let callee = dialled.callee(flows);
+                let others: HashMap<UserAddress, routing::Callee<'_, Reach<'_>>> = forwarded
+                    .iter()
+                    .map(|(address, looked)| (address.clone(), looked.callee(flows)))
+                    .collect();
+                match routing::route(&call, &callee, &others, now, self.routing_limits) {
+                    Ok(plan) => return Ok(CallRoute::Plan(route_plan(plan))),
+                    Err(Unrouted::Refused(refusal)) => return Ok(call_route_of(refusal)),
+                    Err(Unrouted::NeedsUser(address)) => address,
+                }
+            };
+            let looked = self.look_up(&needed).await?;
+            forwarded.push((needed, looked));
+        }
     }
 
     async fn watch(&self, domain: &str, user: &str) -> Result<Watch, BackendError> {

@@ -214,16 +214,18 @@ pub enum CallRoute {
     Unavailable,
     /// The callee exists but has no contact: 480.
     NotRegistered,
+    /// The callee has do-not-disturb on and no forward for it: 486.
+    Busy,
     /// Ring the callee as this plan says.
     Plan(RoutePlan),
 }
 
-/// How a call to a user is rung: steps tried one after the other, each
-/// forking to its targets in parallel. The first 2xx of any step answers
+/// How a call to a user is rung: steps, each forking to its targets in
+/// parallel, starting with the first. The first 2xx of any step answers
 /// the call. When every target of a step has given a final response, or
-/// the step's ring timeout passed, the step's outcome decides whether the
-/// next step is tried (see [`ContinueOn`]); otherwise the caller gets the
-/// best response of the steps tried (RFC 3261 s.16.7 step 6).
+/// the step's ring timeout passed, the step's outcome picks the step that
+/// comes next ([`NextSteps`]); when there is none, the caller gets the best
+/// response of the steps tried (RFC 3261 s.16.7 step 6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePlan {
     pub steps: Vec<RouteStep>,
@@ -237,7 +239,8 @@ impl RoutePlan {
             steps: vec![RouteStep {
                 targets,
                 ring_timeout: None,
-                continue_on: ContinueOn::NEVER,
+                next: NextSteps::NONE,
+                diversions: Vec::new(),
             }],
         }
     }
@@ -251,33 +254,87 @@ impl RoutePlan {
 /// One step of a [`RoutePlan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteStep {
-    /// Rung together (parallel forking).
+    /// Rung together (parallel forking). A step without targets ends at
+    /// once as unavailable.
     pub targets: Vec<RouteTarget>,
     /// How long the step rings before it counts as not answered; `None`:
     /// until the call's no-answer timeout.
     pub ring_timeout: Option<std::time::Duration>,
-    /// Which outcomes of this step move the call on to the next step.
-    pub continue_on: ContinueOn,
+    /// The step that follows each outcome of this one.
+    pub next: NextSteps,
+    /// The forwards that led from the dialled user to this step's targets,
+    /// oldest first; empty for the dialled user's own phones. The last
+    /// one's `to` owns the targets. Each step's list extends the list of
+    /// any step that leads to it.
+    pub diversions: Vec<Diversion>,
 }
 
-/// The outcomes of a routing step after which the next step is tried.
+/// The step that follows each outcome of a step: an index into the plan's
+/// steps, greater than the step's own (so every call ends), or `None` when
+/// the call ends with that outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ContinueOn {
+pub struct NextSteps {
     /// Every target answered busy (486, 600).
-    pub busy: bool,
+    pub busy: Option<usize>,
     /// The step's ring timeout passed, or a target answered 408/480.
-    pub no_answer: bool,
-    /// Anything else that is not an answer (404, 5xx, other 4xx).
-    pub unavailable: bool,
+    pub no_answer: Option<usize>,
+    /// Anything else that is not an answer (404, 5xx, other 4xx), and a
+    /// step without targets.
+    pub unavailable: Option<usize>,
 }
 
-impl ContinueOn {
+impl NextSteps {
     /// The last step: whatever happens, the call ends with it.
-    pub const NEVER: ContinueOn = ContinueOn {
-        busy: false,
-        no_answer: false,
-        unavailable: false,
+    pub const NONE: NextSteps = NextSteps {
+        busy: None,
+        no_answer: None,
+        unavailable: None,
     };
+}
+
+/// One forward of a call: `from`'s call went on to `to` because of
+/// `reason`. Both are `(domain, user)` of users here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diversion {
+    pub from: (String, String),
+    pub to: (String, String),
+    pub reason: DiversionReason,
+}
+
+/// Why a call was forwarded (the forwarding rule that fired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiversionReason {
+    Unconditional,
+    UserBusy,
+    NoAnswer,
+    Unavailable,
+    DoNotDisturb,
+}
+
+impl DiversionReason {
+    /// The `reason` parameter of a Diversion header (RFC 5806 s.4).
+    pub fn diversion_reason(self) -> &'static str {
+        match self {
+            DiversionReason::Unconditional => "unconditional",
+            DiversionReason::UserBusy => "user-busy",
+            DiversionReason::NoAnswer => "no-answer",
+            DiversionReason::Unavailable => "unavailable",
+            DiversionReason::DoNotDisturb => "do-not-disturb",
+        }
+    }
+
+    /// The `cause` URI parameter of a History-Info entry (RFC 4458 s.2,
+    /// RFC 7044 s.9.1): 302 unconditional, 486 busy (do-not-disturb
+    /// included: it follows the busy rule), 408 no reply, 404 not
+    /// available.
+    pub fn history_cause(self) -> u16 {
+        match self {
+            DiversionReason::Unconditional => 302,
+            DiversionReason::UserBusy | DiversionReason::DoNotDisturb => 486,
+            DiversionReason::NoAnswer => 408,
+            DiversionReason::Unavailable => 404,
+        }
+    }
 }
 
 /// One registered contact of a callee.
@@ -405,6 +462,12 @@ pub enum CallStep {
     Fail {
         sip_status: u16,
         cause: CallCause,
+    },
+    /// The leg's user forwarded the call to `to` (`user@domain`): the
+    /// leg is over, the call goes on without it.
+    Forwarded {
+        to: String,
+        reason: DiversionReason,
     },
 }
 

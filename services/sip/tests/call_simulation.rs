@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dialtone_sip::backend::{
-    CallRecord, CallStep, ContinueOn, HangupSide, RoutePlan, RouteStep, RouteTarget, Transport,
+    CallRecord, CallStep, Diversion, DiversionReason, HangupSide, NextSteps, RoutePlan, RouteStep,
+    RouteTarget, Transport,
 };
 use dialtone_sip::proxy::{
     Action, CallInput, CallMode, Engine, Legs, NewCall, ProxySettings, RecordToken,
@@ -1252,27 +1253,97 @@ fn build(seed: u64) -> Sim {
                 flow: Flow::new(Transport::Udp, addr),
             });
         }
-        let plan = if targets.len() > 1 && rng.chance(50) {
-            // Ring the first target, then the others.
+        let maybe = |rng: &mut Rng, to: usize, percent: u64| rng.chance(percent).then_some(to);
+        let plan = if targets.len() > 2 && rng.chance(50) {
+            // The dialled user's phone, then forwards: to a second user,
+            // whose call may go on to a third (a chain of forwards).
             let first = targets.remove(0);
+            let second = targets.remove(0);
+            let dialled = (DOMAIN.to_owned(), format!("callee-of-{call_id}"));
+            let fwd1 = (DOMAIN.to_owned(), format!("fwd1-of-{call_id}"));
+            let fwd2 = (DOMAIN.to_owned(), format!("fwd2-of-{call_id}"));
+            let reasons = [
+                DiversionReason::UserBusy,
+                DiversionReason::NoAnswer,
+                DiversionReason::Unavailable,
+            ];
+            let to_fwd1 = Diversion {
+                from: dialled,
+                to: fwd1.clone(),
+                reason: reasons[rng.below(3) as usize],
+            };
+            let to_fwd2 = Diversion {
+                from: fwd1,
+                to: fwd2,
+                reason: reasons[rng.below(3) as usize],
+            };
             RoutePlan {
                 steps: vec![
                     RouteStep {
                         targets: vec![first],
                         ring_timeout: Some(rng.millis(2_000, 20_000)),
-                        continue_on: ContinueOn {
-                            busy: rng.chance(70),
-                            no_answer: rng.chance(70),
-                            unavailable: rng.chance(50),
+                        next: NextSteps {
+                            busy: maybe(&mut rng, 1, 70),
+                            no_answer: maybe(&mut rng, 1, 70),
+                            unavailable: maybe(&mut rng, 1, 50),
                         },
+                        diversions: Vec::new(),
+                    },
+                    RouteStep {
+                        targets: vec![second],
+                        ring_timeout: Some(rng.millis(2_000, 20_000)),
+                        next: NextSteps {
+                            busy: maybe(&mut rng, 2, 70),
+                            no_answer: maybe(&mut rng, 2, 70),
+                            unavailable: maybe(&mut rng, 2, 50),
+                        },
+                        diversions: vec![to_fwd1.clone()],
                     },
                     RouteStep {
                         targets,
                         ring_timeout: None,
-                        continue_on: ContinueOn::NEVER,
+                        next: NextSteps::NONE,
+                        diversions: vec![to_fwd1, to_fwd2],
                     },
                 ],
             }
+        } else if targets.len() > 1 && rng.chance(50) {
+            // Ring the first target, then the others, or skip to the last
+            // ones on some outcomes (the steps' jumps).
+            let first = targets.remove(0);
+            let last = if targets.len() > 1 && rng.chance(50) {
+                vec![targets.remove(0)]
+            } else {
+                Vec::new()
+            };
+            let ends = if last.is_empty() { 1 } else { 2 };
+            let mut steps = vec![
+                RouteStep {
+                    targets: vec![first],
+                    ring_timeout: Some(rng.millis(2_000, 20_000)),
+                    next: NextSteps {
+                        busy: maybe(&mut rng, ends, 70),
+                        no_answer: maybe(&mut rng, 1, 70),
+                        unavailable: maybe(&mut rng, 1, 50),
+                    },
+                    diversions: Vec::new(),
+                },
+                RouteStep {
+                    targets,
+                    ring_timeout: None,
+                    next: NextSteps::NONE,
+                    diversions: Vec::new(),
+                },
+            ];
+            if !last.is_empty() {
+                steps.push(RouteStep {
+                    targets: last,
+                    ring_timeout: None,
+                    next: NextSteps::NONE,
+                    diversions: Vec::new(),
+                });
+            }
+            RoutePlan { steps }
         } else {
             RoutePlan::parallel(targets)
         };
@@ -1413,6 +1484,9 @@ struct Coverage {
     /// Delayed offers whose answer (in the caller's ACK) reached the
     /// callee in the node's ACK.
     b2bua_delayed_answers: u64,
+    /// Legs that ended forwarded, and answers on a forwarded-to leg.
+    forwarded: u64,
+    forwarded_answered: u64,
 }
 
 fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
@@ -1444,7 +1518,14 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
                 HangupSide::System => cov.ended_by_proxy += 1,
             },
             CallStep::Fail { sip_status, .. } => *cov.failed.entry(*sip_status).or_default() += 1,
-            CallStep::Ringing => {}
+            CallStep::Ringing | CallStep::Forwarded { .. } => {}
+        }
+    }
+    for (_, r) in &sim.log {
+        match &r.step {
+            CallStep::Forwarded { .. } => cov.forwarded += 1,
+            CallStep::Answer { .. } if r.user.starts_with("fwd") => cov.forwarded_answered += 1,
+            _ => {}
         }
     }
     cov.reinvites += sim
@@ -1519,12 +1600,17 @@ fn check_end(sim: &mut Sim) {
                 <= 1
             && steps
                 .iter()
-                .filter(|s| matches!(s, CallStep::End { .. } | CallStep::Fail { .. }))
+                .filter(|s| {
+                    matches!(
+                        s,
+                        CallStep::End { .. } | CallStep::Fail { .. } | CallStep::Forwarded { .. }
+                    )
+                })
                 .count()
                 == 1
             && matches!(
                 steps.last(),
-                Some(CallStep::End { .. } | CallStep::Fail { .. })
+                Some(CallStep::End { .. } | CallStep::Fail { .. } | CallStep::Forwarded { .. })
             );
         if !ok_shape {
             failures.push(format!("leg {user} of {call_id} recorded {steps:?}"));
@@ -1536,7 +1622,20 @@ fn check_end(sim: &mut Sim) {
                 "leg {user} of {call_id}: answered={answered} but ended={ended}"
             ));
         }
+        // A forward names the user whose leg starts next, and that user's
+        // leg is a forward target of the plan.
+        for s in steps {
+            if let CallStep::Forwarded { to, .. } = s {
+                let user = to.split('@').next().unwrap_or("");
+                if !by_leg.contains_key(&(call_id.clone(), user.to_owned())) {
+                    failures.push(format!(
+                        "leg {user} of {call_id}: forwarded to {to}, which has no leg"
+                    ));
+                }
+            }
+        }
     }
+    check_forwards(sim, &by_leg, &mut failures);
     for p in sim.phones.values() {
         let Role::Caller {
             call_id,
@@ -1663,6 +1762,77 @@ fn check_end(sim: &mut Sim) {
     sim.failures.extend(failures);
 }
 
+/// Forwarded calls: a forwarded-to user's leg exists exactly when a step
+/// of its was rung, and every INVITE that reached one of its phones told
+/// whom the call was for (Diversion and History-Info naming the dialled
+/// user). Phones of the dialled user's own step saw neither.
+fn check_forwards(
+    sim: &Sim,
+    by_leg: &BTreeMap<(String, String), Vec<CallStep>>,
+    failures: &mut Vec<String>,
+) {
+    for (call_id, plan) in &sim.plans {
+        for step in &plan.steps {
+            let phones: Vec<&Phone> = sim
+                .phones
+                .values()
+                .filter(|p| step.targets.iter().any(|t| t.flow.remote == p.addr))
+                .collect();
+            let invites: Vec<String> = phones
+                .iter()
+                .flat_map(|p| p.incoming.values())
+                .filter_map(|i| {
+                    let msg = Message::parse(&i.invite).ok()?;
+                    let ours =
+                        msg.call_id().ok() == Some(call_id.as_str()) || sim.mode == CallMode::B2bua;
+                    ours.then(|| String::from_utf8_lossy(&i.invite).into_owned())
+                })
+                .collect();
+            let Some(last) = step.diversions.last() else {
+                for invite in &invites {
+                    if invite.contains("\r\nDiversion:") || invite.contains("\r\nHistory-Info:") {
+                        failures.push(format!(
+                            "call {call_id}: the dialled user's phone got a forwarded INVITE: {invite}"
+                        ));
+                    }
+                }
+                continue;
+            };
+            let rung = !invites.is_empty();
+            let has_leg = by_leg.contains_key(&(call_id.clone(), last.to.1.clone()));
+            if rung && !has_leg {
+                failures.push(format!(
+                    "call {call_id}: {} was rung without a leg",
+                    last.to.1
+                ));
+            }
+            let dialled = format!("<sip:callee-of-{call_id}@{DOMAIN}>");
+            for invite in &invites {
+                let diversion = invite
+                    .lines()
+                    .find(|l| l.starts_with("Diversion: "))
+                    .unwrap_or("");
+                let history = invite
+                    .lines()
+                    .find(|l| l.starts_with("History-Info: "))
+                    .unwrap_or("");
+                // The oldest forward (from the dialled user) is the last
+                // Diversion entry; History-Info starts with the dialled.
+                let entries = diversion.matches("counter=1").count();
+                if !diversion.contains(&format!("{dialled};reason="))
+                    || entries != step.diversions.len()
+                    || !history.starts_with(&format!("History-Info: {dialled};index=1"))
+                {
+                    failures.push(format!(
+                        "call {call_id}: a forwarded INVITE to {} says {diversion:?} {history:?}",
+                        last.to.1
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// B2BUA: the end of a call was durable before a BYE reached the caller
 /// or the callee that answered, and both of their dialogs ended.
 fn check_end_b2bua(sim: &Sim, failures: &mut Vec<String>) {
@@ -1787,6 +1957,7 @@ fn random_call_scenarios_keep_the_invariants() {
             cov.reinvites > 0 && cov.second_step > 0 && cov.lost_or_duplicated > 0,
             "{cov:?}"
         );
+        assert!(cov.forwarded > 0 && cov.forwarded_answered > 0, "{cov:?}");
         if std::env::var_os("DIALTONE_SIM_MODE").is_none() {
             assert!(
                 cov.b2bua_scenarios > 0 && cov.b2bua_scenarios < n,

@@ -54,6 +54,40 @@ pub enum UserCommand {
         #[arg(long, env = "DIALTONE_USER_PASSWORD", hide_env_values = true)]
         password: String,
     },
+    /// Set a user's call forwarding rules:
+    /// `dialtone user forward alice@example.com --busy bob --no-answer carol --after 15`.
+    /// A target is `bob` (same domain), `bob@other.example`, `+15551234567`,
+    /// `voicemail[:user]` or `group:name`; `none` removes that rule. Rules
+    /// not given are kept.
+    Forward {
+        user: String,
+        /// Forward every call (the phones do not ring).
+        #[arg(long)]
+        always: Option<String>,
+        /// Forward when every phone answers busy, or do-not-disturb is on.
+        #[arg(long)]
+        busy: Option<String>,
+        /// Forward when nobody answers within --after seconds.
+        #[arg(long)]
+        no_answer: Option<String>,
+        /// Ring time before the no-answer rule forwards (default 20 s).
+        #[arg(long)]
+        after: Option<u32>,
+        /// Forward when no phone is registered or none can be reached.
+        #[arg(long)]
+        unavailable: Option<String>,
+        /// Remove every rule (then apply the ones given).
+        #[arg(long)]
+        off: bool,
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Turn do-not-disturb on or off: `dialtone user dnd alice@example.com on`.
+    Dnd {
+        user: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Disable a user: it can no longer register or call.
     Disable { user: String },
     /// Enable a disabled user.
@@ -138,6 +172,47 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: UserCommand) -> anyh
             })
             .await
         }
+        UserCommand::Forward {
+            user,
+            always,
+            busy,
+            no_answer,
+            after,
+            unavailable,
+            off,
+            expected_version,
+        } => {
+            // `none` removes a rule: the API's empty string.
+            let rule = |t: Option<String>| {
+                t.map(|t| {
+                    if t.eq_ignore_ascii_case("none") {
+                        String::new()
+                    } else {
+                        t
+                    }
+                })
+            };
+            p.set_forwarding(pb::SetForwardingRequest {
+                user,
+                always: rule(always),
+                busy: rule(busy),
+                no_answer: rule(no_answer),
+                no_answer_after_secs: after,
+                unavailable: rule(unavailable),
+                clear: off,
+                request_id: String::new(),
+                expected_version,
+            })
+            .await
+        }
+        UserCommand::Dnd { user, state } => {
+            p.set_dnd(pb::SetDndRequest {
+                user,
+                dnd: state == "on",
+                ..Default::default()
+            })
+            .await
+        }
         UserCommand::Disable { user } => {
             p.update_user(pb::UpdateUserRequest {
                 user,
@@ -182,7 +257,47 @@ fn user_json(u: &pb::User) -> Value {
         "created_at": time(&u.created_at),
         "password_set_at": time(&u.password_set_at),
         "version": u.version,
+        "forwarding": forwarding_json(u.forwarding.as_ref()),
+        "dnd": u.dnd,
     })
+}
+
+fn forwarding_json(f: Option<&pb::Forwarding>) -> Value {
+    let f = f.cloned().unwrap_or_default();
+    let rule = |t: &str| if t.is_empty() { Value::Null } else { json!(t) };
+    json!({
+        "always": rule(&f.always),
+        "busy": rule(&f.busy),
+        "no_answer": rule(&f.no_answer),
+        "no_answer_after_secs": (f.no_answer_after_secs > 0).then_some(f.no_answer_after_secs),
+        "unavailable": rule(&f.unavailable),
+    })
+}
+
+/// The rules in one line: `busy -> bob@example.com, no answer (15 s) -> ...`.
+fn forwarding_line(v: &Value) -> String {
+    let f = &v["forwarding"];
+    let mut rules = Vec::new();
+    for (key, label) in [
+        ("always", "always"),
+        ("busy", "busy"),
+        ("no_answer", "no answer"),
+        ("unavailable", "unavailable"),
+    ] {
+        if let Some(target) = f[key].as_str() {
+            let label = if key == "no_answer" {
+                format!("{label} ({} s)", s(f, "no_answer_after_secs"))
+            } else {
+                label.to_owned()
+            };
+            rules.push(format!("{label} -> {target}"));
+        }
+    }
+    if rules.is_empty() {
+        "off".to_owned()
+    } else {
+        rules.join(", ")
+    }
 }
 
 fn user_line(v: &Value) -> String {
@@ -201,7 +316,7 @@ fn user_line(v: &Value) -> String {
 
 fn user_details(v: &Value) -> String {
     format!(
-        "user          {}\nid            {}\nstatus        {}\ndisplay name  {}\ncaller id     {}\nmax contacts  {}\ncreated       {}\npassword set  {}\nversion       {}",
+        "user          {}\nid            {}\nstatus        {}\ndisplay name  {}\ncaller id     {}\nmax contacts  {}\nforwarding    {}\ndnd           {}\ncreated       {}\npassword set  {}\nversion       {}",
         s(v, "address"),
         s(v, "id"),
         if v["deleted"] == Value::Bool(true) {
@@ -214,6 +329,8 @@ fn user_details(v: &Value) -> String {
         s(v, "display_name"),
         s(v, "caller_id"),
         s(v, "max_contacts"),
+        forwarding_line(v),
+        if v["dnd"] == Value::Bool(true) { "on" } else { "off" },
         s(v, "created_at"),
         s(v, "password_set_at"),
         s(v, "version"),

@@ -102,6 +102,9 @@ impl Core {
             CallRoute::Unavailable | CallRoute::NotRegistered | CallRoute::Plan(_) => {
                 (480, CallCause::Unavailable)
             }
+            // Do-not-disturb without a forward: the callee's leg records
+            // the refusal as busy.
+            CallRoute::Busy => (486, CallCause::UserBusy),
         };
         proxy::call_attempt(code);
         // Both steps durable before the response that reports them.

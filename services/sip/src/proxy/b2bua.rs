@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::backend::{CallCause, CallStep, HangupSide, RouteStep, RouteTarget};
-use crate::proxy::forward::{self, SentInvite};
+use crate::proxy::forward::{self, Retargeting, SentInvite};
 use crate::transaction::{Key, T1, T2, T4};
 use crate::transport::Flow;
 use crate::wire::message::{Message, Name, StartLine};
 use crate::wire::response::{self, Source};
 
-use super::call::{better, via, Effect, StepOutcome, TIMER_64T1};
+use super::call::{better, first_ringing_step, via, Effect, StepOutcome, TIMER_64T1};
 use super::engine::DIALOG_LINGER;
 use super::leg::{self, LegDialog, LegId};
 use super::legs::Legs;
@@ -206,7 +206,12 @@ pub(crate) struct B2buaCall {
     step_best: Option<u16>,
     best: Option<u16>,
     no_answer_at: Instant,
+    /// The current callee's leg has rung (the caller's leg rings with
+    /// the first callee's).
     ringing: bool,
+    /// The caller's leg has rung: a forwarded-to user's ringing is
+    /// recorded on its own leg only.
+    caller_rang: bool,
     /// The callee leg that answered, and when.
     answered: Option<(usize, Instant)>,
     /// The maximum call duration's deadline, once answered.
@@ -274,6 +279,7 @@ impl B2buaCall {
             best: None,
             no_answer_at: now + setup.no_answer_timeout,
             ringing: false,
+            caller_rang: false,
             answered: None,
             max_duration_at: None,
             ended: None,
@@ -290,7 +296,7 @@ impl B2buaCall {
             setup,
         };
         fx.push(Effect::Record(call.setup.legs.start()));
-        match call.first_step_from(0) {
+        match first_ringing_step(&call.setup.steps, 0) {
             Some(step) => call.start_step(step, msg, now, fx),
             None => call.reject(480, CallCause::Unavailable, fx),
         }
@@ -588,15 +594,34 @@ impl B2buaCall {
 
     // ------------------------------------------------------------- forking
 
-    fn first_step_from(&self, from: usize) -> Option<usize> {
-        (from..self.setup.steps.len()).find(|&s| !self.setup.steps[s].targets.is_empty())
-    }
-
     fn start_step(&mut self, step: usize, msg: &Message<'_>, now: Instant, fx: &mut Vec<Effect>) {
         self.step = step;
         self.step_best = None;
         self.step_timeout_at = self.setup.steps[step].ring_timeout.map(|t| now + t);
-        let carried = leg::carried(msg);
+        let forwards = self.setup.legs.forward(&self.setup.steps[step].diversions);
+        if !forwards.is_empty() {
+            fx.push(Effect::Record(forwards));
+            // The user the call went to has a leg of its own to ring.
+            self.ringing = false;
+        }
+        let mut carried = leg::carried(msg);
+        if let Some(r) = Retargeting::of(&self.setup.steps[step].diversions) {
+            // Ours on top of the caller's Diversion entries (RFC 5806
+            // s.4); our History-Info only when the caller sent none.
+            let theirs = carried
+                .iter()
+                .position(|(name, _)| name.eq_ignore_ascii_case("Diversion"));
+            carried.insert(
+                theirs.unwrap_or(carried.len()),
+                ("Diversion".to_owned(), r.diversion),
+            );
+            if !carried
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("History-Info"))
+            {
+                carried.push(("History-Info".to_owned(), r.history_info));
+            }
+        }
         let from = msg.header(Name::From).unwrap_or("");
         let to = msg.header(Name::To).unwrap_or("");
         let targets = self.setup.steps[step].targets.clone();
@@ -758,12 +783,10 @@ impl B2buaCall {
     }
 
     fn after_step(&mut self, outcome: StepOutcome, now: Instant, fx: &mut Vec<Effect>) {
-        let continue_on = self.setup.steps[self.step].continue_on;
-        let next = if outcome.continues(continue_on) {
-            self.first_step_from(self.step + 1)
-        } else {
-            None
-        };
+        let next = outcome
+            .next_step(self.setup.steps[self.step].next)
+            .filter(|&n| n > self.step)
+            .and_then(|n| first_ringing_step(&self.setup.steps, n));
         if let Some(next) = next {
             let invite = self.setup.invite.clone();
             if let Ok(msg) = Message::parse(&invite) {
@@ -844,9 +867,9 @@ impl B2buaCall {
             self.last_response = Some(ours);
             if (code == 180 || code == 183) && !self.ringing {
                 self.ringing = true;
-                fx.push(Effect::Record(
-                    self.setup.legs.records(|_| CallStep::Ringing),
-                ));
+                let records = self.setup.legs.ringing(self.caller_rang);
+                self.caller_rang = true;
+                fx.push(Effect::Record(records));
             }
         }
     }

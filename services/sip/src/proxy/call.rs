@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::backend::{CallCause, CallRecord, CallStep, ContinueOn, RouteStep, RouteTarget};
-use crate::proxy::forward::{self, Forward, SentInvite};
+use crate::backend::{CallCause, CallRecord, CallStep, NextSteps, RouteStep, RouteTarget};
+use crate::proxy::forward::{self, Forward, Retargeting, SentInvite};
 use crate::transaction::{Key, T1, T2, T4};
 use crate::transport::Flow;
 use crate::wire::message::{Message, Name, NameAddr, StartLine};
@@ -176,14 +176,32 @@ impl StepOutcome {
         }
     }
 
-    pub(crate) fn continues(self, on: ContinueOn) -> bool {
+    /// The step a plan goes on with after this outcome, if any.
+    pub(crate) fn next_step(self, next: NextSteps) -> Option<usize> {
         match self {
-            StepOutcome::Busy => on.busy,
-            StepOutcome::NoAnswer => on.no_answer,
-            StepOutcome::Unavailable => on.unavailable,
-            StepOutcome::Decline => false,
+            StepOutcome::Busy => next.busy,
+            StepOutcome::NoAnswer => next.no_answer,
+            StepOutcome::Unavailable => next.unavailable,
+            StepOutcome::Decline => None,
         }
     }
+}
+
+/// The first step of `steps` to ring, from step `from` on: a step without
+/// targets (its phones went away, or none is reachable over a transport
+/// served here) ends at once as unavailable. `None`: nothing left to ring.
+pub(crate) fn first_ringing_step(steps: &[RouteStep], from: usize) -> Option<usize> {
+    let mut s = from;
+    // Every `next` points forward, so this ends; the bound only guards
+    // against a plan that breaks that rule.
+    for _ in 0..=steps.len() {
+        let step = steps.get(s)?;
+        if !step.targets.is_empty() {
+            return Some(s);
+        }
+        s = step.next.unavailable.filter(|&n| n > s)?;
+    }
+    None
 }
 
 /// One call being set up.
@@ -198,7 +216,12 @@ pub(crate) struct ProxyCall {
     step_best: Option<u16>,
     upstream: Upstream,
     last_response: Option<Bytes>,
+    /// The current callee's leg has rung (the caller's leg rings with
+    /// the first callee's).
     ringing: bool,
+    /// The caller's leg has rung: a forwarded-to user's ringing is
+    /// recorded on its own leg only.
+    caller_rang: bool,
     caller_contact: String,
     no_answer_at: Instant,
     /// The best final response of the branches so far (s.16.7 step 6):
@@ -237,6 +260,7 @@ impl ProxyCall {
             upstream: Upstream::Proceeding,
             last_response: None,
             ringing: false,
+            caller_rang: false,
             caller_contact,
             best: None,
             from: msg.header(Name::From).unwrap_or("").to_owned(),
@@ -248,7 +272,7 @@ impl ProxyCall {
             setup,
         };
         fx.push(Effect::Record(call.setup.legs.start()));
-        match call.first_step_from(0) {
+        match first_ringing_step(&call.setup.steps, 0) {
             Some(step) => call.start_step(step, msg, now, fx),
             // Nothing to ring (the engine's caller checks the plan first).
             None => call.reject(480, None, CallCause::Unavailable, fx),
@@ -505,7 +529,8 @@ impl ProxyCall {
             }
             if (code == 180 || code == 183) && !self.ringing {
                 self.ringing = true;
-                let records = self.setup.legs.records(|_| CallStep::Ringing);
+                let records = self.setup.legs.ringing(self.caller_rang);
+                self.caller_rang = true;
                 fx.push(Effect::Record(records));
             }
         }
@@ -756,12 +781,10 @@ impl ProxyCall {
     }
 
     fn after_step(&mut self, outcome: StepOutcome, now: Instant, fx: &mut Vec<Effect>) {
-        let continue_on = self.setup.steps[self.step].continue_on;
-        let next = if outcome.continues(continue_on) {
-            self.first_step_from(self.step + 1)
-        } else {
-            None
-        };
+        let next = outcome
+            .next_step(self.setup.steps[self.step].next)
+            .filter(|&n| n > self.step)
+            .and_then(|n| first_ringing_step(&self.setup.steps, n));
         if let Some(next) = next {
             let invite = self.setup.invite.clone();
             if let Ok(msg) = Message::parse(&invite) {
@@ -782,15 +805,17 @@ impl ProxyCall {
         self.reject(code, bytes, cause, fx);
     }
 
-    /// The first step at or after `from` that has targets.
-    fn first_step_from(&self, from: usize) -> Option<usize> {
-        (from..self.setup.steps.len()).find(|&s| !self.setup.steps[s].targets.is_empty())
-    }
-
     fn start_step(&mut self, step: usize, msg: &Message<'_>, now: Instant, fx: &mut Vec<Effect>) {
         self.step = step;
         self.step_best = None;
         self.step_timeout_at = self.setup.steps[step].ring_timeout.map(|t| now + t);
+        let forwards = self.setup.legs.forward(&self.setup.steps[step].diversions);
+        if !forwards.is_empty() {
+            fx.push(Effect::Record(forwards));
+            // The user the call went to has a leg of its own to ring.
+            self.ringing = false;
+        }
+        let retargeting = Retargeting::of(&self.setup.steps[step].diversions);
         let targets = self.setup.steps[step].targets.clone();
         for target in targets {
             let id = self.new_branch_id();
@@ -805,6 +830,7 @@ impl ProxyCall {
                     max_forwards: self.setup.max_forwards,
                     pop_routes: self.setup.pop_routes,
                     drop_proxy_authorization: true,
+                    retargeting: retargeting.as_ref(),
                 },
             );
             let reliable = target.flow.transport.is_reliable();

@@ -601,6 +601,7 @@ impl Engine {
                             max_forwards: max.map_or(70, |n| n - 1),
                             pop_routes,
                             drop_proxy_authorization: false,
+                            retargeting: None,
                         },
                     );
                     sends.push((flow, bytes));

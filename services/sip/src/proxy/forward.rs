@@ -26,6 +26,62 @@ pub(crate) struct Forward<'a> {
     pub pop_routes: usize,
     /// Drop Proxy-Authorization (credentials for our realm, consumed here).
     pub drop_proxy_authorization: bool,
+    /// The forwards of a forwarded call, for the phone that rings.
+    pub retargeting: Option<&'a Retargeting>,
+}
+
+/// How a forwarded call tells the phone that rings whom the call was for:
+/// a Diversion header (RFC 5806, what most deployed phones show) and a
+/// History-Info header (RFC 7044, its standards-track successor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Retargeting {
+    /// The Diversion value: one entry per forward, the most recent first
+    /// (RFC 5806 s.4: a diverting proxy adds its entry on top).
+    pub diversion: String,
+    /// The History-Info value: the dialled user (index 1), then each user
+    /// the call was forwarded to as a child of the one before it, with
+    /// the forward's `cause` (RFC 4458) in its URI and `mp` naming the
+    /// entry it was retargeted from.
+    pub history_info: String,
+}
+
+impl Retargeting {
+    /// `None` for a call that was not forwarded.
+    pub(crate) fn of(diversions: &[crate::backend::Diversion]) -> Option<Retargeting> {
+        let first = diversions.first()?;
+        let mut diversion = String::with_capacity(64 * diversions.len());
+        for (i, d) in diversions.iter().rev().enumerate() {
+            if i > 0 {
+                diversion.push_str(", ");
+            }
+            diversion.push_str(&format!(
+                "<sip:{}@{}>;reason={};counter=1",
+                d.from.1,
+                d.from.0,
+                d.reason.diversion_reason()
+            ));
+        }
+        let mut index = String::from("1");
+        let mut history_info = format!("<sip:{}@{}>;index=1", first.from.1, first.from.0);
+        for d in diversions {
+            let parent = index.clone();
+            index.push_str(".1");
+            history_info.push_str(&format!(
+                ", <sip:{}@{};cause={}>;index={index};mp={parent}",
+                d.to.1,
+                d.to.0,
+                d.reason.history_cause()
+            ));
+        }
+        Some(Retargeting {
+            diversion,
+            history_info,
+        })
+    }
+}
+
+fn is_named(h: &crate::wire::message::Header<'_>, name: &str) -> bool {
+    h.name == Name::Other && h.raw_name.eq_ignore_ascii_case(name)
 }
 
 /// Writes the forwarded copy of request `msg`.
@@ -44,7 +100,9 @@ pub(crate) fn forward_request(msg: &Message<'_>, f: &Forward<'_>) -> Bytes {
         + msg.body.len()
         + 256
         + f.via.len()
-        + f.record_route.map_or(0, str::len);
+        + f.record_route.map_or(0, str::len)
+        + f.retargeting
+            .map_or(0, |r| r.diversion.len() + r.history_info.len() + 32);
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(method_text.as_bytes());
     out.push(b' ');
@@ -66,9 +124,24 @@ pub(crate) fn forward_request(msg: &Message<'_>, f: &Forward<'_>) -> Bytes {
     let mut first_via = true;
     let mut routes_to_pop = f.pop_routes;
     let mut wrote_max_forwards = false;
+    // Our Diversion entries go on top of any the request carries already;
+    // our History-Info only when it carries none (its indexes are the
+    // previous hops' to extend, which this proxy does not do).
+    let mut diversion = f.retargeting.map(|r| r.diversion.as_str());
+    let history_info = f
+        .retargeting
+        .filter(|_| !msg.headers.iter().any(|h| is_named(h, "History-Info")))
+        .map(|r| r.history_info.as_str());
     for h in &msg.headers {
         if h.name != Name::Via {
             write_record_route(&mut out);
+        }
+        if is_named(h, "Diversion") {
+            if let Some(ours) = diversion.take() {
+                out.extend_from_slice(b"Diversion: ");
+                out.extend_from_slice(ours.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
         }
         match h.name {
             Name::Via if first_via => {
@@ -121,6 +194,14 @@ pub(crate) fn forward_request(msg: &Message<'_>, f: &Forward<'_>) -> Bytes {
         }
     }
     write_record_route(&mut out);
+    for (name, value) in [("Diversion", diversion), ("History-Info", history_info)] {
+        if let Some(value) = value {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     if !wrote_max_forwards {
         out.extend_from_slice(b"Max-Forwards: ");
         write_u64(&mut out, u64::from(f.max_forwards));
@@ -273,6 +354,7 @@ pub(crate) fn bye(b: &OwnBye<'_>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Diversion, DiversionReason};
     use crate::transport::{response_destination, uri_destination, Transport};
 
     const INVITE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
@@ -305,6 +387,7 @@ v=0\n";
                 max_forwards: 69,
                 pop_routes: 1,
                 drop_proxy_authorization: true,
+                retargeting: None,
             },
         );
         let text = std::str::from_utf8(&out).unwrap();
@@ -326,6 +409,78 @@ v=0\n";
             Some("<sip:192.0.2.1:5060;lr>")
         );
         assert_eq!(fwd.body, b"v=0\n");
+    }
+
+    fn diversion(from: &str, to: &str, reason: DiversionReason) -> Diversion {
+        Diversion {
+            from: ("example.com".to_owned(), from.to_owned()),
+            to: ("example.com".to_owned(), to.to_owned()),
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_forwarded_invite_says_whom_the_call_was_for() {
+        assert_eq!(Retargeting::of(&[]), None);
+        let chain = [
+            diversion("bob", "carol", DiversionReason::NoAnswer),
+            diversion("carol", "dave", DiversionReason::UserBusy),
+        ];
+        let r = Retargeting::of(&chain).unwrap();
+        // RFC 5806: the most recent diversion first.
+        assert_eq!(
+            r.diversion,
+            "<sip:carol@example.com>;reason=user-busy;counter=1, \
+             <sip:bob@example.com>;reason=no-answer;counter=1"
+        );
+        // RFC 7044: the dialled user, then each retarget as a child of
+        // the entry before it, with RFC 4458's cause.
+        assert_eq!(
+            r.history_info,
+            "<sip:bob@example.com>;index=1, \
+             <sip:carol@example.com;cause=408>;index=1.1;mp=1, \
+             <sip:dave@example.com;cause=486>;index=1.1.1;mp=1.1"
+        );
+
+        let forward = |raw: &str| {
+            let msg = Message::parse(raw.as_bytes()).unwrap();
+            let out = forward_request(
+                &msg,
+                &Forward {
+                    ruri: Some("sip:dave@10.0.0.2:5070"),
+                    via: "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-dtx",
+                    record_route: None,
+                    source: Source {
+                        addr: "203.0.113.5:40000".parse().unwrap(),
+                        reliable: false,
+                    },
+                    max_forwards: 69,
+                    pop_routes: 0,
+                    drop_proxy_authorization: true,
+                    retargeting: Some(&r),
+                },
+            );
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let text = forward(INVITE);
+        let fwd = Message::parse(text.as_bytes()).unwrap();
+        assert_eq!(fwd.body, b"v=0\n");
+        assert!(text.contains(&format!("\r\nDiversion: {}\r\n", r.diversion)));
+        assert!(text.contains(&format!("\r\nHistory-Info: {}\r\n", r.history_info)));
+
+        // The caller's own Diversion stays below ours; its History-Info is
+        // kept and ours not added.
+        let diverted = INVITE.replace(
+            "Call-ID: c1\r\n",
+            "Call-ID: c1\r\nDiversion: <sip:x@elsewhere>;reason=unconditional\r\n\
+             History-Info: <sip:x@elsewhere>;index=1\r\n",
+        );
+        let text = forward(&diverted);
+        let ours = text.find(&r.diversion).unwrap();
+        let theirs = text.find("<sip:x@elsewhere>;reason").unwrap();
+        assert!(ours < theirs, "{text}");
+        assert_eq!(text.matches("History-Info:").count(), 1, "{text}");
+        assert!(Message::parse(text.as_bytes()).is_ok());
     }
 
     #[test]

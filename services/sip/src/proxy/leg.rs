@@ -188,6 +188,10 @@ pub(crate) fn carried(msg: &Message<'_>) -> Vec<(String, String)> {
         "Reason",
         "Info-Package",
         "Recv-Info",
+        // Whom the call was for, when it was forwarded before it came
+        // here (RFC 5806, RFC 7044).
+        "Diversion",
+        "History-Info",
     ];
     let mut out = Vec::new();
     for h in &msg.headers {

@@ -1,8 +1,10 @@
 //! The legs of one call, as the call events record them: one per user
 //! taking part (the caller's outbound leg, the callee's inbound leg when
-//! the callee is a user here), sharing the proxy's `call_id`.
+//! the callee is a user here), sharing the proxy's `call_id`. When the
+//! callee forwards the call, its leg ends with a `Forwarded` step and the
+//! user the call went to gets an inbound leg of its own.
 
-use crate::backend::{CallCause, CallDirection, CallRecord, CallStep, HangupSide};
+use crate::backend::{CallCause, CallDirection, CallRecord, CallStep, Diversion, HangupSide};
 
 /// The legs of one call and their shared identity.
 #[derive(Debug, Clone)]
@@ -11,8 +13,9 @@ pub struct Legs {
     pub sip_call_id: String,
     /// `(domain, user)` of the caller.
     pub caller: (String, String),
-    /// `(domain, user)` of the callee, when the callee's leg is recorded
-    /// (a user here).
+    /// `(domain, user)` of the callee whose inbound leg is in progress,
+    /// when the callee is a user here: the dialled user, or the user the
+    /// call was last forwarded to.
     pub callee: Option<(String, String)>,
     /// `user@domain` dialled (the callee, also when it has no leg).
     pub dialled: String,
@@ -37,6 +40,18 @@ impl Legs {
         out
     }
 
+    /// The `Ringing` records when the callee alerts: the callee's leg,
+    /// and the caller's unless it `caller_rang` already (with a user the
+    /// call was forwarded from).
+    pub fn ringing(&self, caller_rang: bool) -> Vec<CallRecord> {
+        let mut out = self.records(|_| CallStep::Ringing);
+        if caller_rang {
+            // `records` puts the caller's first.
+            out.remove(0);
+        }
+        out
+    }
+
     pub fn start(&self) -> Vec<CallRecord> {
         let from = format!("{}@{}", self.caller.1, self.caller.0);
         let to = self.dialled.clone();
@@ -48,6 +63,54 @@ impl Legs {
         })
     }
 
+    /// The records of the forwards in `diversions` (the forwards that lead
+    /// to the step about to ring) that are not recorded yet: each
+    /// forwarding user's leg ends with `Forwarded`, the user it went to
+    /// starts an inbound leg. Afterwards the last `to` is the callee.
+    /// Forwards already taken are recognised by the current callee: the
+    /// list is recorded from the forward made by it.
+    pub fn forward(&mut self, diversions: &[Diversion]) -> Vec<CallRecord> {
+        let Some(current) = &self.callee else {
+            return Vec::new();
+        };
+        let Some(first) = diversions.iter().rposition(|d| same_user(&d.from, current)) else {
+            return Vec::new();
+        };
+        let from = format!("{}@{}", self.caller.1, self.caller.0);
+        let mut out = Vec::with_capacity(2 * (diversions.len() - first));
+        for d in &diversions[first..] {
+            let to = format!("{}@{}", d.to.1, d.to.0);
+            out.push(self.record(
+                &d.from,
+                CallStep::Forwarded {
+                    to: to.clone(),
+                    reason: d.reason,
+                },
+            ));
+            out.push(self.record(
+                &d.to,
+                CallStep::Start {
+                    direction: CallDirection::Inbound,
+                    from: from.clone(),
+                    to,
+                    sip_call_id: self.sip_call_id.clone(),
+                },
+            ));
+            self.callee = Some(d.to.clone());
+        }
+        out
+    }
+
+    fn record(&self, (domain, user): &(String, String), step: CallStep) -> CallRecord {
+        CallRecord {
+            call_id: self.call_id.clone(),
+            domain: domain.clone(),
+            user: user.clone(),
+            step,
+            sip_call_id: self.sip_call_id.clone(),
+        }
+    }
+
     pub fn fail(&self, sip_status: u16, cause: CallCause) -> Vec<CallRecord> {
         self.records(|_| CallStep::Fail { sip_status, cause })
     }
@@ -55,6 +118,12 @@ impl Legs {
     pub fn end(&self, cause: CallCause, side: HangupSide) -> Vec<CallRecord> {
         self.records(|_| CallStep::End { cause, side })
     }
+}
+
+/// The same user: domains compare case-insensitively, user names exactly
+/// (RFC 3261 s.19.1.4).
+fn same_user(a: &(String, String), b: &(String, String)) -> bool {
+    a.1 == b.1 && a.0.eq_ignore_ascii_case(&b.0)
 }
 
 /// Names a durable recording of call steps that the engine waits for.

@@ -584,6 +584,7 @@ mod tests {
                     CallStep::Answer { .. } => "answer",
                     CallStep::End { .. } => "end",
                     CallStep::Fail { .. } => "fail",
+                    CallStep::Forwarded { .. } => "forwarded",
                 })
                 .collect()
         };

@@ -1,0 +1,435 @@
+//! Call forwarding and do-not-disturb, black box: the settings over real
+//! gRPC and the CLI against a real node (what is stored, the events, every
+//! kind of bad input refused with nothing applied).
+
+mod support;
+
+use dialtone_api::pb::*;
+use serde_json::Value;
+use support::sip::{create_domain, create_user, stream_events, DOMAIN, PASSWORD};
+use support::TestNode;
+use tonic::Code;
+
+const OTHER: &str = "other.test";
+
+async fn node() -> (tempfile::TempDir, TestNode) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]).await.unwrap();
+    create_domain(&node, DOMAIN).await.unwrap();
+    create_domain(&node, OTHER).await.unwrap();
+    for user in ["alice", "bob", "carol"] {
+        create_user(&node, DOMAIN, user, PASSWORD, 0).await.unwrap();
+    }
+    create_user(&node, OTHER, "dave", PASSWORD, 0)
+        .await
+        .unwrap();
+    (dir, node)
+}
+
+fn alice() -> String {
+    format!("alice@{DOMAIN}")
+}
+
+fn set(user: &str) -> SetForwardingRequest {
+    SetForwardingRequest {
+        user: user.into(),
+        ..Default::default()
+    }
+}
+
+/// The `ForwardingChanged` and `DndChanged` events of a user, as JSON data.
+async fn setting_events(node: &TestNode, user: &User) -> Vec<(String, Value)> {
+    stream_events(node, &format!("user-{}", user.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.r#type == "ForwardingChanged" || e.r#type == "DndChanged")
+        .map(|e| (e.r#type, serde_json::from_str(&e.data_json).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn forwarding_rules_are_set_completed_kept_and_removed_as_events() {
+    let (_dir, node) = node().await;
+    let mut p = node.provisioning().await.unwrap();
+
+    let user = p
+        .set_forwarding(SetForwardingRequest {
+            busy: Some("bob".into()),
+            no_answer: Some("carol".into()),
+            no_answer_after_secs: Some(15),
+            ..set(&alice())
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let f = user.forwarding.clone().unwrap();
+    assert_eq!(
+        f.busy,
+        format!("bob@{DOMAIN}"),
+        "targets are stored complete"
+    );
+    assert_eq!(f.no_answer, format!("carol@{DOMAIN}"));
+    assert_eq!(f.no_answer_after_secs, 15);
+    assert_eq!(f.always, "");
+
+    // Rules not named are kept; "" removes one.
+    let user = p
+        .set_forwarding(SetForwardingRequest {
+            busy: Some(String::new()),
+            unavailable: Some(format!("bob@{DOMAIN}")),
+            ..set(&alice())
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let f = user.forwarding.clone().unwrap();
+    assert_eq!(
+        (
+            f.busy.as_str(),
+            f.no_answer.as_str(),
+            f.unavailable.as_str()
+        ),
+        ("", "carol@example.test", "bob@example.test")
+    );
+
+    // The same rules again write nothing.
+    let again = p
+        .set_forwarding(SetForwardingRequest {
+            unavailable: Some("bob".into()),
+            ..set(&alice())
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.version, user.version);
+
+    // Read back.
+    let got = p
+        .get_user(GetUserRequest { user: alice() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.forwarding, user.forwarding);
+
+    // Off.
+    let off = p
+        .set_forwarding(SetForwardingRequest {
+            clear: true,
+            ..set(&alice())
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(off.forwarding, Some(Forwarding::default()));
+
+    let events = setting_events(&node, &off).await;
+    let rules: Vec<&Value> = events.iter().map(|(_, data)| &data["forwarding"]).collect();
+    assert_eq!(
+        rules,
+        [
+            &serde_json::json!({"busy": "bob@example.test", "no_answer": {"target": "carol@example.test", "after_secs": 15}}),
+            &serde_json::json!({"no_answer": {"target": "carol@example.test", "after_secs": 15}, "unavailable": "bob@example.test"}),
+            &serde_json::json!({}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_forwarding_targets_are_refused_with_what_is_wrong_and_nothing_applied() {
+    let (_dir, node) = node().await;
+    let mut p = node.provisioning().await.unwrap();
+    let before = p
+        .get_user(GetUserRequest { user: alice() })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let cases: Vec<(SetForwardingRequest, Code, &str)> = vec![
+        (
+            SetForwardingRequest {
+                busy: Some("bob smith".into()),
+                ..set(&alice())
+            },
+            Code::InvalidArgument,
+            "is not a target",
+        ),
+        (
+            SetForwardingRequest {
+                always: Some("+1 555".into()),
+                ..set(&alice())
+            },
+            Code::InvalidArgument,
+            "is not",
+        ),
+        (
+            SetForwardingRequest {
+                busy: Some("nobody".into()),
+                ..set(&alice())
+            },
+            Code::NotFound,
+            "nobody@example.test",
+        ),
+        (
+            SetForwardingRequest {
+                busy: Some("bob@nowhere.test".into()),
+                ..set(&alice())
+            },
+            Code::NotFound,
+            "nowhere.test",
+        ),
+        (
+            SetForwardingRequest {
+                always: Some("alice".into()),
+                ..set(&alice())
+            },
+            Code::InvalidArgument,
+            "itself",
+        ),
+        (
+            SetForwardingRequest {
+                always: Some("+15551234567".into()),
+                ..set(&alice())
+            },
+            Code::FailedPrecondition,
+            "trunk",
+        ),
+        (
+            SetForwardingRequest {
+                no_answer: Some("voicemail".into()),
+                ..set(&alice())
+            },
+            Code::FailedPrecondition,
+            "voicemail",
+        ),
+        (
+            SetForwardingRequest {
+                busy: Some("group:sales".into()),
+                ..set(&alice())
+            },
+            Code::NotFound,
+            "ring group",
+        ),
+        (
+            SetForwardingRequest {
+                busy: Some(format!("dave@{OTHER}")),
+                ..set(&alice())
+            },
+            Code::FailedPrecondition,
+            "does not allow calls to other domains",
+        ),
+        (
+            SetForwardingRequest {
+                no_answer_after_secs: Some(15),
+                ..set(&alice())
+            },
+            Code::InvalidArgument,
+            "no no-answer rule",
+        ),
+        (
+            SetForwardingRequest {
+                no_answer: Some("bob".into()),
+                no_answer_after_secs: Some(0),
+                ..set(&alice())
+            },
+            Code::InvalidArgument,
+            "between 1 and 300",
+        ),
+        (
+            // One good rule and one bad one: neither is applied.
+            SetForwardingRequest {
+                busy: Some("bob".into()),
+                no_answer: Some("nobody".into()),
+                ..set(&alice())
+            },
+            Code::NotFound,
+            "nobody",
+        ),
+        (
+            SetForwardingRequest {
+                busy: Some("bob".into()),
+                ..set("nobody@example.test")
+            },
+            Code::NotFound,
+            "nobody@example.test",
+        ),
+    ];
+    for (request, code, needle) in cases {
+        let err = p.set_forwarding(request.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{request:?}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{request:?}: {}",
+            err.message()
+        );
+    }
+
+    // A target in a suspended domain.
+    p.update_domain(UpdateDomainRequest {
+        domain: DOMAIN.into(),
+        allow_cross_domain_calls: Some(true),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    p.suspend_domain(SuspendDomainRequest {
+        domain: OTHER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = p
+        .set_forwarding(SetForwardingRequest {
+            busy: Some(format!("dave@{OTHER}")),
+            ..set(&alice())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("suspended"), "{}", err.message());
+
+    let after = p
+        .get_user(GetUserRequest { user: alice() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.forwarding, before.forwarding);
+    assert!(setting_events(&node, &after).await.is_empty());
+}
+
+#[tokio::test]
+async fn dnd_is_a_setting_and_shows_in_presence() {
+    let (_dir, node) = node().await;
+    let mut p = node.provisioning().await.unwrap();
+    let on = p
+        .set_dnd(SetDndRequest {
+            user: alice(),
+            dnd: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(on.dnd);
+    // Already on: nothing written.
+    let again = p
+        .set_dnd(SetDndRequest {
+            user: alice(),
+            dnd: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.version, on.version);
+    let off = p
+        .set_dnd(SetDndRequest {
+            user: alice(),
+            dnd: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!off.dnd);
+    let events = setting_events(&node, &off).await;
+    assert_eq!(
+        events,
+        [
+            ("DndChanged".to_owned(), serde_json::json!({"dnd": true})),
+            ("DndChanged".to_owned(), serde_json::json!({"dnd": false})),
+        ]
+    );
+    let err = p
+        .set_dnd(SetDndRequest {
+            user: "nobody@example.test".into(),
+            dnd: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn the_cli_sets_forwarding_and_dnd() {
+    let (_dir, node) = node().await;
+    let run = |args: Vec<String>| {
+        let node = &node;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            node.cli(&args).await.unwrap()
+        }
+    };
+    let out = run(vec![
+        "user".into(),
+        "forward".into(),
+        alice(),
+        "--busy".into(),
+        "bob".into(),
+        "--no-answer".into(),
+        "carol".into(),
+        "--after".into(),
+        "15".into(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("busy -> bob@example.test, no answer (15 s) -> carol@example.test"),
+        "{text}"
+    );
+
+    let out = run(vec![
+        "user".into(),
+        "forward".into(),
+        alice(),
+        "--busy".into(),
+        "none".into(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("forwarding    no answer (15 s) -> carol@example.test\n"));
+
+    let out = run(vec!["user".into(), "dnd".into(), alice(), "on".into()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dnd           on"));
+
+    let out = run(vec![
+        "user".into(),
+        "forward".into(),
+        alice(),
+        "--off".into(),
+    ])
+    .await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forwarding    off"));
+
+    // Garbage: a clear message, exit status non-zero.
+    let out = run(vec![
+        "user".into(),
+        "forward".into(),
+        alice(),
+        "--always".into(),
+        "+1 555".into(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E.164"), "{err}");
+    let out = run(vec!["user".into(), "dnd".into(), alice(), "maybe".into()]).await;
+    assert!(!out.status.success());
+}
