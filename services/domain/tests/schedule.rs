@@ -836,3 +836,37 @@ fn next_change_across_every_dst_change_of_2026_agrees_with_the_scan() {
         }
     }
 }
+
+#[test]
+fn lord_howe_moves_its_clocks_by_half_an_hour() {
+    // 2026-10-04 02:00 (+10:30) becomes 02:30 (+11): 02:00-02:30 does not
+    // exist; 2027-04-04 02:00 (+11) becomes 01:30 (+10:30): 01:30-02:00
+    // happens twice. Cases first found against broken versions of
+    // `next_change`.
+    let lord_howe = tz("Australia/Lord_Howe");
+    for (text, now) in [
+        ("daily 00:00-05:00", 1_799_949_540_000_000),
+        (
+            "daily 03:00-00:00; daily 03:00-02:00",
+            1_791_041_399_999_999,
+        ),
+        ("sun 02:00-02:30", us("2026-10-03T12:00:00+10:30")),
+        ("sun 01:30-02:00", us("2027-04-03T12:00:00+11:00")),
+    ] {
+        let s = schedule(text);
+        assert_eq!(
+            s.next_change(now, &lord_howe)
+                .filter(|&c| c <= now + 3 * DAY_US),
+            scan_for_change(&s, &lord_howe, now, now + 3 * DAY_US),
+            "{text} from {now}"
+        );
+    }
+    let gap = schedule("sun 02:00-02:30");
+    assert_eq!(
+        gap.next_change(us("2026-10-03T12:00:00+10:30"), &lord_howe),
+        Some(us("2026-10-11T02:00:00+11:00"))
+    );
+    let fold = schedule("sun 01:30-02:00");
+    assert!(fold.contains(us("2027-04-04T01:45:00+11:00"), &lord_howe));
+    assert!(fold.contains(us("2027-04-04T01:45:00+10:30"), &lord_howe));
+}
