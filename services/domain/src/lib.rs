@@ -14,6 +14,8 @@
 //! - Who is rung when a user is called ([`routing`]): [`routing::route`], a
 //!   pure function of the call, what is known of the callee and `now`,
 //!   returning a refusal or a plan of steps.
+//! - When a routing rule applies ([`schedule`]): weekly times less
+//!   holidays in an IANA time zone, evaluated at a `now` passed in.
 //! - The stored form of events ([`event`]): type names, categories, schema
 //!   versions and upcasters, JSON `data`, redaction of secrets for display.
 //!   The JSON Schemas of `schemas/` describe that form (checked by tests).
@@ -42,6 +44,7 @@ pub mod ids;
 pub mod names;
 pub mod registration;
 pub mod routing;
+pub mod schedule;
 pub mod token;
 pub mod user;
 
