@@ -433,3 +433,179 @@ async fn the_cli_sets_forwarding_and_dnd() {
     let out = run(vec!["user".into(), "dnd".into(), alice(), "maybe".into()]).await;
     assert!(!out.status.success());
 }
+
+#[tokio::test]
+async fn time_conditions_and_time_zones_are_set_shown_and_checked() {
+    let (_dir, node) = node().await;
+    let mut p = node.provisioning().await.unwrap();
+
+    // The domain's zone.
+    let domain = p
+        .update_domain(UpdateDomainRequest {
+            domain: DOMAIN.into(),
+            time_zone: Some("europe/berlin".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        domain.time_zone, "Europe/Berlin",
+        "stored in the database's spelling"
+    );
+    for (bad, needle) in [
+        ("Europe/Berln", "Europe/Berln"),
+        ("", "must not be empty"),
+        ("UTC+2", "UTC+2"),
+    ] {
+        let err = p
+            .update_domain(UpdateDomainRequest {
+                domain: DOMAIN.into(),
+                time_zone: Some(bad.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}: {err:?}");
+        assert!(err.message().contains(needle), "{bad:?}: {}", err.message());
+    }
+
+    // A rule with a condition, shown in canonical form.
+    let user = p
+        .set_forwarding(SetForwardingRequest {
+            always: Some("bob".into()),
+            always_when: Some("Outside Mon-Fri 09:00-17:00 ; holidays 2026-12-25".into()),
+            ..set(&alice())
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let f = user.forwarding.clone().unwrap();
+    assert_eq!(
+        f.always_when,
+        "outside mon-fri 09:00-17:00; holidays 2026-12-25"
+    );
+
+    // Bad conditions: garbage, one that never holds, one for a rule that
+    // does not exist. Nothing is applied.
+    let cases: Vec<(SetForwardingRequest, &str)> = vec![
+        (
+            SetForwardingRequest {
+                busy: Some("carol".into()),
+                busy_when: Some("mon-fri 25:00-26:00".into()),
+                ..set(&alice())
+            },
+            "25:00",
+        ),
+        (
+            SetForwardingRequest {
+                busy: Some("carol".into()),
+                busy_when: Some("someday".into()),
+                ..set(&alice())
+            },
+            "someday",
+        ),
+        (
+            SetForwardingRequest {
+                busy: Some("carol".into()),
+                busy_when: Some("outside daily 00:00-24:00".into()),
+                ..set(&alice())
+            },
+            "never holds",
+        ),
+        (
+            SetForwardingRequest {
+                unavailable_when: Some("inside sat,sun 00:00-24:00".into()),
+                ..set(&alice())
+            },
+            "no unavailable rule",
+        ),
+    ];
+    for (request, needle) in cases {
+        let err = p.set_forwarding(request.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{request:?}: {err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{request:?}: {}",
+            err.message()
+        );
+    }
+    let after = p
+        .get_user(GetUserRequest { user: alice() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.forwarding, user.forwarding);
+
+    // Removing the rule removes its condition.
+    let off = p
+        .set_forwarding(SetForwardingRequest {
+            always: Some(String::new()),
+            ..set(&alice())
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(off.forwarding, Some(Forwarding::default()));
+
+    // The CLI: --when with the rules given, shown on the user's line.
+    let out = node
+        .cli(&[
+            "user",
+            "forward",
+            &alice(),
+            "--always",
+            "carol",
+            "--when",
+            "outside mon-fri 08:00-18:00",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("always -> carol@example.test (outside mon-fri 08:00-18:00)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = node
+        .cli(&[
+            "user",
+            "forward",
+            &alice(),
+            "--when",
+            "inside sat 10:00-12:00",
+        ])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--when applies to the rules given with it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node
+        .cli(&[
+            "domain",
+            "update",
+            DOMAIN,
+            "--time-zone",
+            "America/New_York",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("time zone America/New_York"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -757,3 +757,86 @@ async fn the_b2bua_forwards_too() {
     })
     .await
 }
+
+/// Sets the time zone of [`DOMAIN`].
+async fn domain_time_zone(pbx: &Pbx, zone: &str) {
+    pbx.node
+        .provisioning()
+        .await
+        .unwrap()
+        .update_domain(dialtone_api::pb::UpdateDomainRequest {
+            domain: DOMAIN.into(),
+            time_zone: Some(zone.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_after_hours_rule_forwards_only_outside_business_hours_in_the_domains_zone() {
+    bounded(120, async {
+        // bob forwards everything to carol outside business hours in
+        // Berlin. The node's schedule clock says Tuesday 2026-12-08.
+        let rules = SetForwardingRequest {
+            always: Some("carol".into()),
+            always_when: Some(
+                "outside mon-fri 09:00-17:00; holidays 2026-12-24..2026-12-26".into(),
+            ),
+            ..Default::default()
+        };
+
+        // 18:05 UTC is 19:05 in Berlin: after hours, carol's phone rings.
+        let pbx = Pbx::start(&["--test-clock", "2026-12-08T18:05:00Z"]).await;
+        domain_time_zone(&pbx, "Europe/Berlin").await;
+        pbx.forward("bob", rules.clone()).await;
+        pbx.register("bob", 9).await;
+        let carol = pbx.phone("carol", "call_uas.xml").await;
+        pbx.call_bob("call_uac.xml").await.assert_all_successful(1);
+        let carol = carol.finish().await;
+        assert_eq!(
+            header(invite(&carol), "Diversion"),
+            format!("<sip:bob@{DOMAIN}>;reason=unconditional;counter=1")
+        );
+        assert_legs(
+            &pbx,
+            &[(
+                "bob",
+                vec![started("inbound"), forwarded("carol", "unconditional")],
+            )],
+        )
+        .await;
+        pbx.node.stop().await.unwrap();
+
+        // 15:30 UTC is 16:30 in Berlin (but 15:30 would be too in UTC):
+        // business hours, bob's own phone rings and nothing is forwarded.
+        let pbx = Pbx::start(&["--test-clock", "2026-12-08T15:30:00Z"]).await;
+        domain_time_zone(&pbx, "Europe/Berlin").await;
+        pbx.forward("bob", rules.clone()).await;
+        let bob = pbx.phone("bob", "call_uas.xml").await;
+        pbx.call_bob("call_uac.xml").await.assert_all_successful(1);
+        let bob = bob.finish().await;
+        assert_eq!(header(invite(&bob), "Diversion"), "", "not forwarded");
+        assert_legs(
+            &pbx,
+            &[(
+                "bob",
+                vec![started("inbound"), maybe_ringing(), answered(), ended()],
+            )],
+        )
+        .await;
+        pbx.node.stop().await.unwrap();
+
+        // 16:30 UTC is 17:30 in Berlin: after hours again, although it
+        // would be business hours in UTC: the domain's zone decides.
+        let pbx = Pbx::start(&["--test-clock", "2026-12-08T16:30:00Z"]).await;
+        domain_time_zone(&pbx, "Europe/Berlin").await;
+        pbx.forward("bob", rules).await;
+        pbx.register("bob", 9).await;
+        let carol = pbx.phone("carol", "call_uas.xml").await;
+        pbx.call_bob("call_uac.xml").await.assert_all_successful(1);
+        carol.finish().await;
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}

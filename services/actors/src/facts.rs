@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use dialtone_domain::schedule::TimeZone;
 use dialtone_domain::token::{self, Scope};
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
 use uuid::Uuid;
@@ -25,6 +26,9 @@ pub struct DomainFacts {
     /// The digest algorithms offered, in challenge order.
     pub digest_algorithms: domain::DigestAlgorithms,
     pub allow_cross_domain_calls: bool,
+    /// Where its schedules are read; `None`: UTC (no allocation for the
+    /// usual domain).
+    pub time_zone: Option<TimeZone>,
     /// The user names claimed in the domain.
     pub users: HashMap<UserName, UserId>,
 }
@@ -196,6 +200,7 @@ impl Facts {
             status: state.status,
             digest_algorithms: state.settings.digest_algorithms,
             allow_cross_domain_calls: state.settings.allow_cross_domain_calls,
+            time_zone: zone_of(&state.settings),
             users: state.users.iter().map(|(n, u)| (n.clone(), *u)).collect(),
         };
         self.domains
@@ -222,6 +227,7 @@ impl Facts {
         facts.status = state.status;
         facts.digest_algorithms = state.settings.digest_algorithms;
         facts.allow_cross_domain_calls = state.settings.allow_cross_domain_calls;
+        facts.time_zone = zone_of(&state.settings);
         for event in events {
             match event {
                 domain::Event::UserNameClaimed { username, user_id } => {
@@ -269,6 +275,13 @@ impl Facts {
             facts.allow_cross_domain_calls,
             username.and_then(|u| facts.users.get(u).copied()),
         ))
+    }
+
+    /// The time zone of a domain's schedules; `None`: UTC, or a domain
+    /// not loaded.
+    pub fn time_zone(&self, id: DomainId) -> Option<TimeZone> {
+        let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        domains.get(&id)?.time_zone.clone()
     }
 
     pub fn user(&self, id: UserId) -> Option<Arc<UserFacts>> {
@@ -319,6 +332,10 @@ impl Facts {
             .get(&id)
             .copied()
     }
+}
+
+fn zone_of(settings: &domain::Settings) -> Option<TimeZone> {
+    (settings.time_zone != TimeZone::utc()).then(|| settings.time_zone.clone())
 }
 
 #[cfg(test)]

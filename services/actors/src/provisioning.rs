@@ -3,8 +3,9 @@
 
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_domain::domain::{self, Settings, SettingsPatch};
-use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch};
+use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::names::UserAddress;
+use dialtone_domain::schedule::TimeCondition;
 use dialtone_domain::token::{self, Scope};
 use dialtone_domain::user::{self, NewUser, Patch};
 use dialtone_domain::{DomainId, DomainName, Error as DomainError, Timestamp, UserId, UserName};
@@ -565,12 +566,47 @@ impl Provisioning {
                 Some(t) => Ok(Some(Some(ForwardTarget::parse(&t, &owner)?))),
             }
         };
+        // A condition that never holds would make its rule dead: refused,
+        // judged in the user's domain's time zone from now on.
+        let time_zone = self
+            .directory
+            .query_domain(DomainId::for_name(&owner.domain), |r| {
+                r.state.settings.time_zone.clone()
+            })
+            .await?;
+        let now = crate::now_us();
+        let when = |rule: &str, text: Option<String>| -> Result<Option<Option<TimeCondition>>> {
+            let Some(text) = text else {
+                return Ok(None);
+            };
+            if text.trim().is_empty() {
+                return Ok(Some(None));
+            }
+            let condition = TimeCondition::parse(&text)?;
+            if !condition.holds(now, &time_zone) && condition.next_change(now, &time_zone).is_none()
+            {
+                return Err(Error::Domain(DomainError::Invalid {
+                    field: "when",
+                    reason: format!(
+                        "the time condition of the {rule} rule, \"{condition}\", never holds \
+                         (in {time_zone}, within the next 400 days)"
+                    ),
+                }));
+            }
+            Ok(Some(Some(condition)))
+        };
         let patch = ForwardingPatch {
             always: parse(written.always)?,
             busy: parse(written.busy)?,
             no_answer: parse(written.no_answer)?,
             no_answer_after_secs: written.no_answer_after_secs,
             unavailable: parse(written.unavailable)?,
+            when: RuleTimesPatch {
+                always: when("always", written.always_when)?,
+                busy: when("busy", written.busy_when)?,
+                no_answer: when("no_answer", written.no_answer_when)?,
+                unavailable: when("unavailable", written.unavailable_when)?,
+            },
             clear: written.clear,
         };
         for target in [
@@ -585,8 +621,14 @@ impl Provisioning {
         {
             self.check_forward_target(&owner, target).await?;
         }
-        self.user_command(user, user::Command::SetForwarding { patch }, meta)
-            .await
+        self.user_command(
+            user,
+            user::Command::SetForwarding {
+                patch: Box::new(patch),
+            },
+            meta,
+        )
+        .await
     }
 
     /// Whether calls of `owner` can be forwarded to `target` now.
@@ -782,6 +824,12 @@ pub struct WrittenForwarding {
     pub no_answer: Option<String>,
     pub no_answer_after_secs: Option<u32>,
     pub unavailable: Option<String>,
+    /// Time conditions of the rules (`inside mon-fri 09:00-17:00`,
+    /// `outside ...`; "" removes one).
+    pub always_when: Option<String>,
+    pub busy_when: Option<String>,
+    pub no_answer_when: Option<String>,
+    pub unavailable_when: Option<String>,
     /// Remove every rule before applying the others.
     pub clear: bool,
 }

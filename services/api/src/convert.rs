@@ -26,6 +26,7 @@ pub fn domain(info: &DomainInfo) -> pb::Domain {
         allow_cross_domain_calls: info.settings.allow_cross_domain_calls,
         md5_allowed: info.settings.md5_allowed(),
         digest_algorithms: info.settings.digest_algorithms.names(),
+        time_zone: info.settings.time_zone.to_string(),
         suspend_reason: info.suspend_reason.clone().unwrap_or_default(),
         user_count: u32::try_from(info.user_count).unwrap_or(u32::MAX),
         created_at: timestamp(info.created_at),
@@ -69,7 +70,15 @@ pub fn forwarding(f: &dialtone_domain::forwarding::Forwarding) -> pb::Forwarding
         no_answer: text(f.no_answer.as_ref().map(|r| &r.target)),
         no_answer_after_secs: f.no_answer.as_ref().map_or(0, |r| r.after_secs),
         unavailable: text(f.unavailable.as_ref()),
+        always_when: when(f.when.always.as_ref()),
+        busy_when: when(f.when.busy.as_ref()),
+        no_answer_when: when(f.when.no_answer.as_ref()),
+        unavailable_when: when(f.when.unavailable.as_ref()),
     }
+}
+
+fn when(c: Option<&dialtone_domain::schedule::TimeCondition>) -> String {
+    c.map(ToString::to_string).unwrap_or_default()
 }
 
 /// The envelope of a stored event. Data of an older schema version is

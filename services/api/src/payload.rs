@@ -53,6 +53,7 @@ fn into_settings(s: domain::Settings) -> pb::DomainSettings {
         allow_cross_domain_calls: s.allow_cross_domain_calls,
         md5_allowed,
         digest_algorithms: s.digest_algorithms.names(),
+        time_zone: s.time_zone.to_string(),
     }
 }
 

@@ -4,6 +4,7 @@ use dialtone_actors::{
     DomainRef, Meta, NewDomain, NewUserRequest, Provisioning, UserRef, WrittenForwarding,
 };
 use dialtone_domain::domain::{DigestAlgorithms, Settings, SettingsPatch};
+use dialtone_domain::schedule::TimeZone;
 use dialtone_domain::user::Patch;
 use dialtone_domain::{DomainName, UserName};
 use tonic::{Request, Response, Status};
@@ -44,6 +45,17 @@ fn digest_algorithms(names: &[String]) -> Result<Option<DigestAlgorithms>, Statu
     DigestAlgorithms::parse(names)
         .map(Some)
         .map_err(status::from_domain)
+}
+
+/// A request's time zone: `None` when not given (empty); a name not in the
+/// time zone database is INVALID_ARGUMENT naming it.
+fn time_zone(name: &str) -> Result<Option<TimeZone>, Status> {
+    if name.trim().is_empty() {
+        return Ok(None);
+    }
+    TimeZone::parse(name.trim())
+        .map(Some)
+        .map_err(|e| status::invalid("time_zone", e.to_string()))
 }
 
 /// Longest accepted client request id.
@@ -167,6 +179,7 @@ impl ProvisioningService for ProvisioningApi {
             allow_cross_domain_calls: Some(req.allow_cross_domain_calls),
             digest_algorithms: digest_algorithms(&req.digest_algorithms)?,
             md5_allowed: req.md5_allowed,
+            time_zone: time_zone(&req.time_zone)?,
         }
         .over(&defaults)
         .map_err(status::from_domain)?;
@@ -258,6 +271,16 @@ impl ProvisioningService for ProvisioningApi {
             allow_cross_domain_calls: req.allow_cross_domain_calls,
             digest_algorithms: digest_algorithms(&req.digest_algorithms)?,
             md5_allowed: req.md5_allowed,
+            time_zone: match req.time_zone.as_deref() {
+                Some(name) if name.trim().is_empty() => {
+                    return Err(status::invalid(
+                        "time_zone",
+                        "must not be empty (\"UTC\" for UTC)",
+                    ))
+                }
+                Some(name) => time_zone(name)?,
+                None => None,
+            },
         };
         let info = self
             .provisioning
@@ -442,6 +465,10 @@ impl ProvisioningService for ProvisioningApi {
             no_answer: req.no_answer,
             no_answer_after_secs: req.no_answer_after_secs,
             unavailable: req.unavailable,
+            always_when: req.always_when,
+            busy_when: req.busy_when,
+            no_answer_when: req.no_answer_when,
+            unavailable_when: req.unavailable_when,
             clear: req.clear,
         };
         let view = self

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::TimeZone;
+
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
 
 /// A digest algorithm a domain's users may authenticate with (RFC 7616,
@@ -231,6 +233,9 @@ pub struct Settings {
     /// The digest algorithms offered to this domain's users, in challenge
     /// order.
     pub digest_algorithms: DigestAlgorithms,
+    /// Where the domain's schedules are read (business hours of its
+    /// users' forwarding rules); UTC unless set.
+    pub time_zone: TimeZone,
 }
 
 /// The stored form of [`Settings`] (events and snapshots). `md5_allowed`
@@ -249,6 +254,9 @@ struct StoredSettings {
     md5_allowed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     digest_algorithms: Option<DigestAlgorithms>,
+    /// Absent: UTC (also what settings stored before it existed mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_zone: Option<TimeZone>,
 }
 
 fn default_true() -> bool {
@@ -263,6 +271,7 @@ impl From<StoredSettings> for Settings {
             digest_algorithms: stored
                 .digest_algorithms
                 .unwrap_or_else(|| DigestAlgorithms::from_md5_allowed(stored.md5_allowed)),
+            time_zone: stored.time_zone.unwrap_or_default(),
         }
     }
 }
@@ -274,6 +283,7 @@ impl From<Settings> for StoredSettings {
             allow_cross_domain_calls: settings.allow_cross_domain_calls,
             md5_allowed: settings.digest_algorithms.contains(DigestAlgorithm::Md5),
             digest_algorithms: Some(settings.digest_algorithms),
+            time_zone: (settings.time_zone != TimeZone::utc()).then_some(settings.time_zone),
         }
     }
 }
@@ -310,6 +320,7 @@ pub struct SettingsPatch {
     /// Applied after `digest_algorithms`; giving both with different
     /// answers on MD5 is refused.
     pub md5_allowed: Option<bool>,
+    pub time_zone: Option<TimeZone>,
 }
 
 impl SettingsPatch {
@@ -338,6 +349,10 @@ impl SettingsPatch {
                 .allow_cross_domain_calls
                 .unwrap_or(current.allow_cross_domain_calls),
             digest_algorithms,
+            time_zone: self
+                .time_zone
+                .clone()
+                .unwrap_or_else(|| current.time_zone.clone()),
         })
     }
 

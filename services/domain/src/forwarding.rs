@@ -32,7 +32,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::names::UserAddress;
-use crate::{DomainName, Error, Result, UserName};
+use crate::schedule::{TimeCondition, TimeZone};
+use crate::{DomainName, Error, Result, Timestamp, UserName};
 
 /// Ring time before a no-answer rule forwards, when none is given.
 pub const DEFAULT_NO_ANSWER_SECS: u32 = 20;
@@ -189,7 +190,12 @@ pub struct NoAnswerRule {
 /// - `no_answer`: the phones rang `after_secs` without an answer (their
 ///   ringing is cancelled).
 /// - `unavailable`: no phone is registered, or none could be reached.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// A rule with a time condition in `when` applies only while the condition
+/// holds, in the time zone of the forwarding user's domain (e.g. forward
+/// always to a mobile outside business hours); outside it the rule is as
+/// if it did not exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Forwarding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub always: Option<ForwardTarget>,
@@ -199,9 +205,68 @@ pub struct Forwarding {
     pub no_answer: Option<NoAnswerRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<ForwardTarget>,
+    #[serde(default, skip_serializing_if = "RuleTimes::is_empty")]
+    pub when: RuleTimes,
+}
+
+/// The time conditions of a user's forwarding rules, by rule; a rule
+/// without one always applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleTimes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub always: Option<TimeCondition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<TimeCondition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_answer: Option<TimeCondition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<TimeCondition>,
+}
+
+impl RuleTimes {
+    pub fn is_empty(&self) -> bool {
+        *self == RuleTimes::default()
+    }
+
+    /// Every condition, with the rule it is for.
+    pub fn conditions(&self) -> impl Iterator<Item = (&'static str, &TimeCondition)> {
+        [
+            ("always", self.always.as_ref()),
+            ("busy", self.busy.as_ref()),
+            ("no_answer", self.no_answer.as_ref()),
+            ("unavailable", self.unavailable.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, c)| c.map(|c| (name, c)))
+    }
+}
+
+/// One of a user's forwarding rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    Always,
+    Busy,
+    NoAnswer,
+    Unavailable,
 }
 
 impl Forwarding {
+    /// The target of `rule` when the user has that rule and it applies at
+    /// `now` in `tz` (the forwarding user's domain's time zone): it has no
+    /// time condition, or its condition holds.
+    pub fn target_at(&self, rule: Rule, now: Timestamp, tz: &TimeZone) -> Option<&ForwardTarget> {
+        let (target, when) = match rule {
+            Rule::Always => (self.always.as_ref(), &self.when.always),
+            Rule::Busy => (self.busy.as_ref(), &self.when.busy),
+            Rule::NoAnswer => (
+                self.no_answer.as_ref().map(|r| &r.target),
+                &self.when.no_answer,
+            ),
+            Rule::Unavailable => (self.unavailable.as_ref(), &self.when.unavailable),
+        };
+        target.filter(|_| when.as_ref().is_none_or(|c| c.holds(now, tz)))
+    }
+
     /// No rule at all.
     pub fn is_off(&self) -> bool {
         *self == Forwarding::default()
@@ -232,8 +297,23 @@ pub struct ForwardingPatch {
     /// no no-answer rule.
     pub no_answer_after_secs: Option<u32>,
     pub unavailable: Option<Option<ForwardTarget>>,
+    /// New time conditions, by rule: `Some(None)` removes a rule's
+    /// condition (the rule then always applies). Removing a rule removes
+    /// its condition; a condition for a rule that does not exist is
+    /// refused.
+    pub when: RuleTimesPatch,
     /// Remove every rule first (then apply the rest of the patch).
     pub clear: bool,
+}
+
+/// A change of the rules' time conditions: `None` keeps one,
+/// `Some(None)` removes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleTimesPatch {
+    pub always: Option<Option<TimeCondition>>,
+    pub busy: Option<Option<TimeCondition>>,
+    pub no_answer: Option<Option<TimeCondition>>,
+    pub unavailable: Option<Option<TimeCondition>>,
 }
 
 impl ForwardingPatch {
@@ -280,6 +360,47 @@ impl ForwardingPatch {
                         "there is no no-answer rule to apply it to (give a no-answer target)",
                     ))
                 }
+            }
+        }
+        let w = &self.when;
+        for (patch, current) in [
+            (&w.always, &mut next.when.always),
+            (&w.busy, &mut next.when.busy),
+            (&w.no_answer, &mut next.when.no_answer),
+            (&w.unavailable, &mut next.when.unavailable),
+        ] {
+            if let Some(c) = patch {
+                *current = c.clone();
+            }
+        }
+        // A removed rule takes its condition with it.
+        let t = &mut next.when;
+        if next.always.is_none() {
+            t.always = None;
+        }
+        if next.busy.is_none() {
+            t.busy = None;
+        }
+        if next.no_answer.is_none() {
+            t.no_answer = None;
+        }
+        if next.unavailable.is_none() {
+            t.unavailable = None;
+        }
+        for (rule, given) in [
+            ("always", &w.always),
+            ("busy", &w.busy),
+            ("no_answer", &w.no_answer),
+            ("unavailable", &w.unavailable),
+        ] {
+            let exists = next.targets().any(|(name, _)| name == rule);
+            if matches!(given, Some(Some(_))) && !exists {
+                return Err(Error::invalid(
+                    "when",
+                    format!(
+                        "there is no {rule} rule to apply a time condition to (give its target)"
+                    ),
+                ));
             }
         }
         for (condition, target) in next.targets() {

@@ -44,6 +44,11 @@
 //! Then the user's call features ([`crate::forwarding`]) shape the plan.
 //! For the dialled user, and again for every user a call is forwarded to:
 //!
+//! A rule with a time condition ([`Forwarding::when`]) is used only while
+//! the condition holds at [`Call::schedule_time`] in the time zone of the
+//! forwarding user's domain ([`Callee::time_zone`]); otherwise it is as if
+//! it did not exist.
+//!
 //! 6. forward always: the call goes to the target; the user's phones do
 //!    not ring;
 //! 7. do-not-disturb: the call goes to the busy rule's target, or is
@@ -77,10 +82,14 @@ use std::time::Duration;
 
 use crate::call::ForwardReason;
 use crate::domain::Status;
-use crate::forwarding::{ForwardTarget, Forwarding};
+use crate::forwarding::{ForwardTarget, Forwarding, Rule};
 use crate::names::UserAddress;
 use crate::registration::Presence;
+use crate::schedule::TimeZone;
 use crate::Timestamp;
+
+/// The time zone of a domain that has none.
+static UTC: std::sync::LazyLock<TimeZone> = std::sync::LazyLock::new(TimeZone::utc);
 
 /// Default of [`Limits::max_forward_hops`].
 pub const DEFAULT_MAX_FORWARD_HOPS: usize = 5;
@@ -102,6 +111,10 @@ pub struct Call<'a> {
     pub callee_domain: &'a str,
     /// The callee's user name, from the Request-URI.
     pub callee_user: &'a str,
+    /// The moment the time conditions of forwarding rules are evaluated
+    /// at; `None`: `now`. (A node under test runs its schedules on a test
+    /// clock; everything else, binding expiry included, on `now`.)
+    pub schedule_time: Option<Timestamp>,
 }
 
 impl Call<'_> {
@@ -143,6 +156,9 @@ pub struct Callee<'a, R> {
     /// The user's domain lets its users call other domains: read when the
     /// user's calls are forwarded into another domain.
     pub domain_calls_out: bool,
+    /// The time zone of the user's domain, where its forwarding rules'
+    /// time conditions are read; `None`: UTC.
+    pub time_zone: Option<&'a TimeZone>,
     /// The user, or `None` when the domain has no (live) user of that name.
     /// Need not be looked up when [`admit`] refuses the call: the user is
     /// then never read.
@@ -411,6 +427,7 @@ pub fn route<'a, R: Clone>(
     let mut planner = Planner {
         users,
         now,
+        schedule_time: call.schedule_time.unwrap_or(now),
         limits,
         steps: Vec::new(),
     };
@@ -430,6 +447,7 @@ pub fn route<'a, R: Clone>(
 struct Planner<'p, 'a, R, U> {
     users: &'p U,
     now: Timestamp,
+    schedule_time: Timestamp,
     limits: Limits,
     steps: Vec<Step<'a, Target<'a, R>>>,
 }
@@ -446,15 +464,17 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         via: &[Diversion<'a>],
     ) -> Result<Result<usize, Refusal>, Unrouted> {
         let rules = user.forwarding;
-        let rule = |pick: fn(&'a Forwarding) -> Option<&'a ForwardTarget>| rules.and_then(pick);
-        if let Some(target) = rule(|f| f.always.as_ref()) {
+        // The rules that apply now, in the time zone of this user's domain.
+        let (at, tz) = (self.schedule_time, callee.time_zone.unwrap_or(&UTC));
+        let rule = |r: Rule| rules.and_then(|f| f.target_at(r, at, tz));
+        if let Some(target) = rule(Rule::Always) {
             let taken = self.forward(party, callee, target, ForwardReason::Unconditional, via)?;
             if let Some(step) = taken {
                 return Ok(Ok(step));
             }
         }
         if user.dnd {
-            let taken = match rule(|f| f.busy.as_ref()) {
+            let taken = match rule(Rule::Busy) {
                 Some(target) => {
                     self.forward(party, callee, target, ForwardReason::DoNotDisturb, via)?
                 }
@@ -472,7 +492,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             })
             .collect();
         if targets.is_empty() {
-            let taken = match rule(|f| f.unavailable.as_ref()) {
+            let taken = match rule(Rule::Unavailable) {
                 Some(target) => {
                     self.forward(party, callee, target, ForwardReason::Unavailable, via)?
                 }
@@ -481,7 +501,9 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             return Ok(taken.ok_or(Refusal::NotRegistered));
         }
         let index = self.steps.len();
-        let no_answer = rules.and_then(|f| f.no_answer.as_ref());
+        let no_answer = rules
+            .and_then(|f| f.no_answer.as_ref())
+            .filter(|_| rule(Rule::NoAnswer).is_some());
         self.steps.push(Step {
             targets,
             ring_timeout: no_answer.map(|r| Duration::from_secs(u64::from(r.after_secs))),
@@ -490,14 +512,14 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             diversions: via.to_vec(),
         });
         let mut next = Next::NONE;
-        if let Some(target) = rule(|f| f.busy.as_ref()) {
+        if let Some(target) = rule(Rule::Busy) {
             next.busy = self.forward(party, callee, target, ForwardReason::UserBusy, via)?;
         }
         if let Some(rule) = no_answer {
             next.no_answer =
                 self.forward(party, callee, &rule.target, ForwardReason::NoAnswer, via)?;
         }
-        if let Some(target) = rule(|f| f.unavailable.as_ref()) {
+        if let Some(target) = rule(Rule::Unavailable) {
             next.unavailable =
                 self.forward(party, callee, target, ForwardReason::Unavailable, via)?;
         }
@@ -539,6 +561,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             caller_may_call_other_domains: from_callee.domain_calls_out,
             callee_domain: to.domain,
             callee_user: to.user,
+            schedule_time: Some(self.schedule_time),
         };
         if admit(&hop, callee.domain).is_err() {
             return Ok(None);

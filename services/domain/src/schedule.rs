@@ -88,6 +88,13 @@ impl TimeZone {
     }
 }
 
+/// UTC: the time zone of a domain that never set one.
+impl Default for TimeZone {
+    fn default() -> Self {
+        TimeZone::utc()
+    }
+}
+
 impl PartialEq for TimeZone {
     fn eq(&self, other: &Self) -> bool {
         self.name == other.name

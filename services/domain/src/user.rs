@@ -164,7 +164,7 @@ pub enum Command {
     /// targets are already parsed and checked against the other aggregates
     /// by the caller; here the result is validated as a whole.
     SetForwarding {
-        patch: ForwardingPatch,
+        patch: Box<ForwardingPatch>,
     },
     /// Turns do-not-disturb on or off.
     SetDnd {
@@ -327,7 +327,7 @@ pub enum Event {
     /// The forwarding rules are now `forwarding` (all of them: a rule
     /// absent here is off).
     ForwardingChanged {
-        forwarding: Forwarding,
+        forwarding: Box<Forwarding>,
     },
     /// Do-not-disturb was turned on (`dnd`) or off.
     DndChanged {
@@ -531,7 +531,9 @@ pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Eve
             Ok(if forwarding == state.forwarding {
                 Vec::new()
             } else {
-                vec![Event::ForwardingChanged { forwarding }]
+                vec![Event::ForwardingChanged {
+                    forwarding: Box::new(forwarding),
+                }]
             })
         }
         Command::SetDnd { on } => {
@@ -637,7 +639,7 @@ pub fn evolve(mut state: User, event: &Event) -> User {
         | Event::ContactExpired { .. }
         | Event::ContactReplaced { .. } => registration::apply(&mut state.bindings, event),
         Event::PresenceChanged { presence, .. } => state.presence = *presence,
-        Event::ForwardingChanged { forwarding } => state.forwarding = forwarding.clone(),
+        Event::ForwardingChanged { forwarding } => state.forwarding = (**forwarding).clone(),
         Event::DndChanged { dnd } => state.dnd = *dnd,
         Event::CallStarted { .. }
         | Event::CallRinging { .. }

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use dialtone_domain::call::ForwardReason;
 use dialtone_domain::domain::Status;
-use dialtone_domain::forwarding::{ForwardTarget, Forwarding, NoAnswerRule};
+use dialtone_domain::forwarding::{ForwardTarget, Forwarding, NoAnswerRule, Rule, RuleTimes};
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::MICROS_PER_SEC;
 use dialtone_domain::routing::{
     route, Call, Callee, CalleeBinding, CalleeUser, Limits, Next, Party, Plan, Refusal, Target,
     Unrouted, Users, MAX_PLAN_STEPS,
 };
+use dialtone_domain::schedule::{TimeCondition, TimeZone};
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
@@ -50,6 +51,8 @@ struct UserSpec {
 struct Directory {
     users: Vec<UserSpec>,
     uris: Vec<Vec<String>>,
+    /// Every domain's time zone (`None`: not set, UTC).
+    zone: Option<TimeZone>,
 }
 
 impl Directory {
@@ -63,7 +66,11 @@ impl Directory {
                     .collect()
             })
             .collect();
-        Directory { users, uris }
+        Directory {
+            users,
+            uris,
+            zone: None,
+        }
     }
 
     fn callee(&self, i: usize) -> Callee<'_, (usize, usize)> {
@@ -71,6 +78,7 @@ impl Directory {
         Callee {
             domain: spec.domain,
             domain_calls_out: spec.domain_calls_out,
+            time_zone: self.zone.as_ref(),
             user: spec.exists.then(|| CalleeUser {
                 enabled: spec.enabled,
                 presence: None,
@@ -102,6 +110,7 @@ impl Directory {
             Callee {
                 domain: self.users[1].domain,
                 domain_calls_out: self.users[1].domain_calls_out,
+                time_zone: self.zone.as_ref(),
                 user: None,
             },
         );
@@ -133,6 +142,7 @@ fn dialled_call(caller_domain: &str) -> Call<'_> {
         caller_may_call_other_domains: true,
         callee_domain: "a.example",
         callee_user: "u0",
+        schedule_time: None,
     }
 }
 
@@ -175,6 +185,7 @@ fn forwarding() -> impl Strategy<Value = Forwarding> {
             busy,
             no_answer: no_answer.map(|(target, after_secs)| NoAnswerRule { target, after_secs }),
             unavailable,
+            when: RuleTimes::default(),
         })
 }
 
@@ -360,6 +371,70 @@ impl<'a> Users<'a, (usize, usize)> for Partial<'a> {
     }
 }
 
+/// A time condition: always, never, or one that depends on the day and
+/// hour (NOW is a Wednesday, 09:40 UTC).
+fn condition() -> impl Strategy<Value = TimeCondition> {
+    prop::sample::select(vec![
+        "inside daily 00:00-24:00",
+        "outside daily 00:00-24:00",
+        "inside mon-fri 09:00-17:00",
+        "outside mon-fri 09:00-17:00",
+        "inside wed 00:00-10:00; holidays 2025-11-26",
+        "outside sat,sun 00:00-24:00",
+        "inside daily 22:00-06:00",
+    ])
+    .prop_map(|text| TimeCondition::parse(text).unwrap())
+}
+
+/// A directory whose rules have time conditions, in one of a few zones.
+fn timed_directory() -> impl Strategy<Value = Directory> {
+    (
+        directory(),
+        vec(
+            (
+                option::weighted(0.5, condition()),
+                option::weighted(0.5, condition()),
+                option::weighted(0.5, condition()),
+                option::weighted(0.5, condition()),
+            ),
+            NAMES.len(),
+        ),
+        prop::sample::select(vec![
+            None,
+            Some("Europe/Berlin"),
+            Some("America/New_York"),
+            Some("Pacific/Kiritimati"),
+        ]),
+    )
+        .prop_map(|(mut dir, times, zone)| {
+            for (user, (always, busy, no_answer, unavailable)) in dir.users.iter_mut().zip(times) {
+                user.forwarding.when = RuleTimes {
+                    always,
+                    busy,
+                    no_answer,
+                    unavailable,
+                };
+            }
+            dir.zone = zone.map(|z| TimeZone::parse(z).unwrap());
+            dir
+        })
+}
+
+/// The rules of `f` that apply at `at` in `tz`, without conditions.
+fn rules_at(f: &Forwarding, at: i64, tz: &TimeZone) -> Forwarding {
+    let pick = |rule| f.target_at(rule, at, tz).cloned();
+    Forwarding {
+        always: pick(Rule::Always),
+        busy: pick(Rule::Busy),
+        no_answer: f
+            .no_answer
+            .clone()
+            .filter(|_| pick(Rule::NoAnswer).is_some()),
+        unavailable: pick(Rule::Unavailable),
+        when: RuleTimes::default(),
+    }
+}
+
 // ================================================================ properties
 
 proptest! {
@@ -412,6 +487,31 @@ proptest! {
             }
         };
         prop_assert_eq!(decided, expected);
+    }
+
+    /// Schedules: a call is routed exactly as if each rule whose time
+    /// condition does not hold (at the call's schedule time, in the
+    /// domain's zone) did not exist and the others had no condition; the
+    /// schedule time, not `now`, decides.
+    #[test]
+    fn rules_apply_only_while_their_time_condition_holds(
+        dir in timed_directory(),
+        limits in limits(),
+        hours in 0i64..24 * 8,
+    ) {
+        let at = NOW + hours * 3600 * MICROS_PER_SEC;
+        let tz = dir.zone.clone().unwrap_or_default();
+        let mut plain = dir.clone();
+        for user in &mut plain.users {
+            user.forwarding = rules_at(&user.forwarding, at, &tz);
+        }
+        let call = Call {
+            schedule_time: Some(at),
+            ..dialled_call("a.example")
+        };
+        let timed = route(&call, &dir.callee(0), &dir.callees(), NOW, limits);
+        let expected = route(&dialled_call("a.example"), &plain.callee(0), &plain.callees(), NOW, limits);
+        prop_assert_eq!(timed, expected);
     }
 
     /// Do-not-disturb: the user's phones never ring; without a busy rule

@@ -15,10 +15,11 @@ use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{
     self, DigestAlgorithm, DigestAlgorithms, Domain, Settings, SettingsPatch,
 };
-use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch};
+use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::registration::{
     self, ContactChange, Key, Presence, Register, MAX_Q, MICROS_PER_SEC,
 };
+use dialtone_domain::schedule::{TimeCondition, TimeZone};
 use dialtone_domain::user::{self, NewUser, Patch, User, MAX_MAX_CONTACTS};
 use dialtone_domain::{DomainId, DomainName, Error, Event, UserId, UserName};
 use proptest::collection::vec;
@@ -97,14 +98,26 @@ fn settings() -> impl Strategy<Value = Settings> {
         text(Settings::MAX_DESCRIPTION_LEN),
         any::<bool>(),
         digest_algorithms(),
+        time_zone(),
     )
         .prop_map(
-            |(description, allow_cross_domain_calls, digest_algorithms)| Settings {
+            |(description, allow_cross_domain_calls, digest_algorithms, time_zone)| Settings {
                 description,
                 allow_cross_domain_calls,
                 digest_algorithms,
+                time_zone,
             },
         )
+}
+
+fn time_zone() -> impl Strategy<Value = TimeZone> {
+    prop::sample::select(vec![
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Kolkata",
+    ])
+    .prop_map(|z| TimeZone::parse(z).unwrap())
 }
 
 fn settings_patch() -> impl Strategy<Value = SettingsPatch> {
@@ -113,14 +126,16 @@ fn settings_patch() -> impl Strategy<Value = SettingsPatch> {
         option::of(any::<bool>()),
         option::of(digest_algorithms()),
         option::of(any::<bool>()),
+        option::of(time_zone()),
     )
         .prop_map(
-            |(description, allow_cross_domain_calls, digest_algorithms, md5_allowed)| {
+            |(description, allow_cross_domain_calls, digest_algorithms, md5_allowed, time_zone)| {
                 SettingsPatch {
                     description,
                     allow_cross_domain_calls,
                     digest_algorithms,
                     md5_allowed,
+                    time_zone,
                 }
             },
         )
@@ -193,6 +208,10 @@ fn apply_patch(patch: &SettingsPatch, current: &Settings) -> Option<Settings> {
             .allow_cross_domain_calls
             .unwrap_or(current.allow_cross_domain_calls),
         digest_algorithms: DigestAlgorithms::new(&list).unwrap(),
+        time_zone: patch
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| current.time_zone.clone()),
     })
 }
 
@@ -684,7 +703,9 @@ fn user_command() -> impl Strategy<Value = user::Command> {
         1 => vec(contact_change(), 0..3).prop_map(|c| C::FlowClosed { bindings: c.iter().map(ContactChange::key).collect() }),
         4 => call_step().prop_map(|s| C::Call(Box::new(s))),
         2 => vec(call_step(), 0..4).prop_map(C::CallSteps),
-        2 => forwarding_patch().prop_map(|patch| C::SetForwarding { patch }),
+        2 => forwarding_patch().prop_map(|patch| C::SetForwarding {
+            patch: Box::new(patch)
+        }),
         1 => any::<bool>().prop_map(|on| C::SetDnd { on }),
     ]
 }
@@ -717,17 +738,35 @@ fn forwarding_patch() -> impl Strategy<Value = ForwardingPatch> {
         ]),
         change(),
         prop::bool::weighted(0.1),
+        vec(option::of(option::of(condition())), 4),
     )
         .prop_map(
-            |(always, busy, no_answer, no_answer_after_secs, unavailable, clear)| ForwardingPatch {
-                always,
-                busy,
-                no_answer,
-                no_answer_after_secs,
-                unavailable,
-                clear,
+            |(always, busy, no_answer, no_answer_after_secs, unavailable, clear, mut when)| {
+                ForwardingPatch {
+                    always,
+                    busy,
+                    no_answer,
+                    no_answer_after_secs,
+                    unavailable,
+                    when: RuleTimesPatch {
+                        unavailable: when.pop().flatten(),
+                        no_answer: when.pop().flatten(),
+                        busy: when.pop().flatten(),
+                        always: when.pop().flatten(),
+                    },
+                    clear,
+                }
             },
         )
+}
+
+fn condition() -> impl Strategy<Value = TimeCondition> {
+    prop::sample::select(vec![
+        "outside mon-fri 09:00-17:00; holidays 2026-12-25",
+        "inside sat,sun 00:00-24:00",
+        "inside daily 22:00-06:00",
+    ])
+    .prop_map(|t| TimeCondition::parse(t).unwrap())
 }
 
 // ---------------------------------------------------------------- calls
@@ -1400,7 +1439,7 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 C::Delete { .. } => &["reason"],
                 C::Register(_) => &["call_id", "contact", "q"],
                 C::ExpireContacts | C::FlowClosed { .. } | C::SetDnd { .. } => &[],
-                C::SetForwarding { .. } => &["target", "no_answer_after_secs"],
+                C::SetForwarding { .. } => &["target", "no_answer_after_secs", "when"],
                 C::Call(_) | C::CallSteps(_) => &[
                     "call_id",
                     "from",
@@ -1512,7 +1551,7 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                     .all(|(_, t)| t.user() != Some(&owner)));
                 let expected = (state.forwarding != before.forwarding).then(|| {
                     user::Event::ForwardingChanged {
-                        forwarding: state.forwarding.clone(),
+                        forwarding: Box::new(state.forwarding.clone()),
                     }
                 });
                 assert_eq!(events, expected.into_iter().collect::<Vec<_>>());

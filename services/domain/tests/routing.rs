@@ -73,6 +73,7 @@ impl CallSpec {
             caller_may_call_other_domains: self.caller_may_call_other_domains,
             callee_domain: &self.callee_domain,
             callee_user: &self.callee_user,
+            schedule_time: None,
         }
     }
 }
@@ -82,6 +83,7 @@ fn callee(status: Status, user: Option<&UserSpec>) -> Callee<'_, usize> {
     Callee {
         domain: status,
         domain_calls_out: false,
+        time_zone: None,
         user: user.map(|u| CalleeUser {
             enabled: u.enabled,
             presence: u.presence,

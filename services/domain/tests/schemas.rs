@@ -10,9 +10,10 @@ use dialtone_domain::call::{CallStep, Cause, Direction, ForwardReason, HangupSid
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{current_schema_version, DOMAIN_EVENT_TYPES, EVENT_TYPES};
-use dialtone_domain::forwarding::{ForwardTarget, Forwarding, ForwardingPatch};
+use dialtone_domain::forwarding::{ForwardTarget, Forwarding, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::{Binding, ContactChange, Presence, Register};
+use dialtone_domain::schedule::{TimeCondition, TimeZone};
 use dialtone_domain::token::{self, Scope, Tokens};
 use dialtone_domain::user::{self, NewUser, Patch, User};
 use dialtone_domain::{DomainId, DomainName, Event, UserId, UserName};
@@ -360,13 +361,13 @@ fn user_events_from_decide() -> Vec<Event> {
             },
         },
         C::SetForwarding {
-            patch: forwarding_patch_of_every_kind(),
+            patch: Box::new(forwarding_patch_of_every_kind()),
         },
         C::SetForwarding {
-            patch: ForwardingPatch {
+            patch: Box::new(ForwardingPatch {
                 clear: true,
                 ..ForwardingPatch::default()
-            },
+            }),
         },
         C::SetDnd { on: true },
         C::SetDnd { on: false },
@@ -407,6 +408,16 @@ fn forwarding_patch_of_every_kind() -> ForwardingPatch {
         no_answer: target("voicemail"),
         no_answer_after_secs: Some(300),
         unavailable: target("group:sales"),
+        when: RuleTimesPatch {
+            always: Some(Some(
+                TimeCondition::parse("outside mon-fri 09:00-17:00; holidays 2026-12-25").unwrap(),
+            )),
+            busy: Some(Some(
+                TimeCondition::parse("inside sat,sun 00:00-24:00").unwrap(),
+            )),
+            no_answer: None,
+            unavailable: Some(None),
+        },
         clear: false,
     }
 }
@@ -631,6 +642,7 @@ fn hand_made_events() -> Vec<Event> {
                     domain::DigestAlgorithm::Sha256,
                 ])
                 .unwrap(),
+                time_zone: TimeZone::parse("America/Argentina/ComodRivadavia").unwrap(),
             },
             created_at: 0,
         }
@@ -871,16 +883,18 @@ fn hand_made_events() -> Vec<Event> {
         }
         .into(),
         U::ForwardingChanged {
-            forwarding: forwarding_patch_of_every_kind()
-                .apply(
-                    &Forwarding::default(),
-                    &UserAddress::parse("alice@example.com").unwrap(),
-                )
-                .unwrap(),
+            forwarding: Box::new(
+                forwarding_patch_of_every_kind()
+                    .apply(
+                        &Forwarding::default(),
+                        &UserAddress::parse("alice@example.com").unwrap(),
+                    )
+                    .unwrap(),
+            ),
         }
         .into(),
         U::ForwardingChanged {
-            forwarding: Forwarding::default(),
+            forwarding: Box::default(),
         }
         .into(),
         U::DndChanged { dnd: true }.into(),

@@ -43,6 +43,9 @@ pub struct Config {
     pub sip_call_mode: dialtone_sip::proxy::CallMode,
     /// Most forwards in a chain of call forwarding (0: forwarding off).
     pub sip_max_forward_hops: usize,
+    /// Testing: forwarding schedules run on a clock starting at this
+    /// moment (µs since the epoch) instead of the wall clock.
+    pub test_clock: Option<i64>,
     /// Failed authentications of one user from one address that lock it out there (0: never).
     pub sip_lockout_user_failures: u32,
     /// Failed authentications from one address that lock the address out (0: never).
@@ -130,6 +133,7 @@ impl Default for Config {
             sip_max_call_secs: 4 * 3600,
             sip_call_mode: dialtone_sip::proxy::CallMode::Proxy,
             sip_max_forward_hops: dialtone_domain::routing::DEFAULT_MAX_FORWARD_HOPS,
+            test_clock: None,
             sip_lockout_user_failures: 5,
             sip_lockout_source_failures: 20,
             sip_lockout_window_secs: 60,
@@ -302,6 +306,9 @@ pub struct Overrides {
     /// Most forwards in one chain of call forwarding (alice -> bob -> carol is 2); a forward beyond it is not taken and the chain ends at its last target [default: 5].
     #[arg(long, env = "DIALTONE_SIP_MAX_FORWARD_HOPS")]
     pub sip_max_forward_hops: Option<usize>,
+    /// For tests only: evaluate forwarding schedules on a clock that starts at this RFC 3339 moment (e.g. 2026-12-07T19:05:00Z) and runs from there; everything else keeps the wall clock.
+    #[arg(long, env = "DIALTONE_TEST_CLOCK")]
+    pub test_clock: Option<String>,
     /// Failed digest authentications of one user from one address (in the window) that lock that user out for that address; 0 = never [default: 5].
     #[arg(long, env = "DIALTONE_SIP_LOCKOUT_USER_FAILURES")]
     pub sip_lockout_user_failures: Option<u32>,
@@ -591,6 +598,14 @@ impl Config {
         }
         if let Some(v) = o.sip_max_forward_hops {
             self.sip_max_forward_hops = v;
+        }
+        if let Some(v) = &o.test_clock {
+            let at = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    anyhow::anyhow!("--test-clock {v:?} is not an RFC 3339 moment (such as 2026-12-07T19:05:00Z): {e}")
+                })?;
+            self.test_clock =
+                Some(i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX));
         }
         if let Some(v) = o.sip_lockout_user_failures {
             self.sip_lockout_user_failures = v;

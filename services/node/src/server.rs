@@ -153,11 +153,15 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             ..dialtone_sip::GatewayConfig::default()
         };
         let registry = Arc::new(
-            crate::sip_bridge::ActorBackend::new(provisioning.clone()).with_routing_limits(
-                dialtone_domain::routing::Limits {
+            crate::sip_bridge::ActorBackend::new(provisioning.clone())
+                .with_routing_limits(dialtone_domain::routing::Limits {
                     max_forward_hops: config.sip_max_forward_hops,
-                },
-            ),
+                })
+                .with_schedule_clock(
+                    config
+                        .test_clock
+                        .map(crate::sip_bridge::ScheduleClock::starting_at),
+                ),
         );
         Some(
             dialtone_sip::Gateway::start(gateway_config, registry)

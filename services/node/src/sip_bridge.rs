@@ -17,6 +17,7 @@ use dialtone_domain::event::{category_of, EventCategory};
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::{ContactChange, Key, Register};
 use dialtone_domain::routing::Unrouted;
+use dialtone_domain::schedule::TimeZone;
 use dialtone_domain::user::Presence;
 use dialtone_domain::{domain, routing, user, DomainId, DomainName, UserId, UserName};
 use dialtone_eventlog::{RecordedEvent, SharedStore};
@@ -38,6 +39,30 @@ pub struct ActorBackend {
     provisioning: Provisioning,
     watched: Arc<Watched>,
     routing_limits: routing::Limits,
+    schedule_clock: Option<ScheduleClock>,
+}
+
+/// A clock that starts at a given moment and runs at the wall clock's
+/// pace: the node's `test_clock`, on which forwarding schedules are
+/// evaluated.
+#[derive(Debug, Clone, Copy)]
+pub struct ScheduleClock {
+    start_us: i64,
+    started: std::time::Instant,
+}
+
+impl ScheduleClock {
+    pub fn starting_at(start_us: i64) -> Self {
+        ScheduleClock {
+            start_us,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> i64 {
+        let elapsed = i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX);
+        self.start_us.saturating_add(elapsed)
+    }
 }
 
 /// The users some SUBSCRIBE asked about, and where their changes go.
@@ -56,12 +81,20 @@ impl ActorBackend {
             provisioning,
             watched: Arc::default(),
             routing_limits: routing::Limits::default(),
+            schedule_clock: None,
         }
     }
 
     /// Bounds call forwarding (the longest chain of forwards).
     pub fn with_routing_limits(mut self, limits: routing::Limits) -> Self {
         self.routing_limits = limits;
+        self
+    }
+
+    /// Evaluates the time conditions of forwarding rules on `clock`
+    /// instead of the wall clock (tests of schedules).
+    pub fn with_schedule_clock(mut self, clock: Option<ScheduleClock>) -> Self {
+        self.schedule_clock = clock;
         self
     }
 
@@ -124,8 +157,17 @@ impl ActorBackend {
         Ok(Looked {
             status,
             calls_out,
+            time_zone: self.time_zone_of(&address.domain),
             user,
         })
+    }
+
+    /// The time zone of a domain's schedules (`None`: UTC).
+    fn time_zone_of(&self, domain: &DomainName) -> Option<TimeZone> {
+        self.provisioning
+            .directory()
+            .facts()
+            .time_zone(DomainId::for_name(domain))
     }
 
     async fn user_facts(
@@ -414,6 +456,7 @@ struct DomainState {
 struct Looked {
     status: domain::Status,
     calls_out: bool,
+    time_zone: Option<TimeZone>,
     user: Option<(Arc<UserFacts>, UserId)>,
 }
 
@@ -422,6 +465,7 @@ impl Looked {
         routing::Callee {
             domain: self.status,
             domain_calls_out: self.calls_out,
+            time_zone: self.time_zone.as_ref(),
             user: self.user.as_ref().map(|(user, id)| routing::CalleeUser {
                 enabled: user.enabled,
                 // Not in the facts; no rule reads it yet.
@@ -708,6 +752,7 @@ impl SipBackend for ActorBackend {
             caller_may_call_other_domains: false,
             callee_domain,
             callee_user,
+            schedule_time: self.schedule_clock.map(|c| c.now()),
         };
         // The caller's domain setting is read only when it can decide: the
         // call crosses domains into one that takes calls.
@@ -731,6 +776,9 @@ impl SipBackend for ActorBackend {
         let dialled = Looked {
             status,
             calls_out: cross_domain_calls,
+            time_zone: DomainName::parse(callee_domain)
+                .ok()
+                .and_then(|d| self.time_zone_of(&d)),
             user: user.zip(id),
         };
         // Forward targets are looked up as routing asks for them: route,

@@ -24,6 +24,9 @@ pub enum DomainCommand {
         /// Deprecated (use --digest-algorithms): remove MD5 from the node's default.
         #[arg(long)]
         no_md5: bool,
+        /// IANA time zone the domain's schedules are read in (e.g. Europe/Berlin) [default: UTC].
+        #[arg(long, default_value = "")]
+        time_zone: String,
         /// Idempotency key: a retry with the same id does nothing twice.
         #[arg(long, default_value = "")]
         request_id: String,
@@ -51,6 +54,9 @@ pub enum DomainCommand {
         /// domain's list, false removes it.
         #[arg(long)]
         md5_allowed: Option<bool>,
+        /// IANA time zone the domain's schedules are read in (e.g. Europe/Berlin).
+        #[arg(long)]
+        time_zone: Option<String>,
         #[arg(long)]
         expected_version: Option<u64>,
     },
@@ -75,6 +81,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
             allow_cross_domain_calls,
             digest_algorithms,
             no_md5,
+            time_zone,
             request_id,
         } => {
             if no_md5 {
@@ -87,6 +94,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 md5_allowed: no_md5.then_some(false),
                 request_id,
                 digest_algorithms,
+                time_zone,
             })
             .await
         }
@@ -119,6 +127,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
             allow_cross_domain_calls,
             digest_algorithms,
             md5_allowed,
+            time_zone,
             expected_version,
         } => {
             if md5_allowed.is_some() {
@@ -132,6 +141,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 request_id: String::new(),
                 expected_version,
                 digest_algorithms,
+                time_zone,
             })
             .await
         }
@@ -188,6 +198,7 @@ fn domain_json(d: &pb::Domain) -> Value {
         "description": d.description,
         "allow_cross_domain_calls": d.allow_cross_domain_calls,
         "digest_algorithms": d.digest_algorithms,
+        "time_zone": d.time_zone,
         "md5_allowed": d.md5_allowed,
         "suspend_reason": d.suspend_reason,
         "user_count": d.user_count,
@@ -218,6 +229,7 @@ fn domain_details(v: &Value) -> String {
         names(v, "digest_algorithms"),
         s(v, "allow_cross_domain_calls"),
     );
+    text.push_str(&format!("\ntime zone {}", s(v, "time_zone")));
     if !s(v, "description").is_empty() {
         text.push_str(&format!("\ndescription {}", s(v, "description")));
     }

@@ -58,7 +58,9 @@ pub enum UserCommand {
     /// `dialtone user forward alice@example.com --busy bob --no-answer carol --after 15`.
     /// A target is `bob` (same domain), `bob@other.example`, `+15551234567`,
     /// `voicemail[:user]` or `group:name`; `none` removes that rule. Rules
-    /// not given are kept.
+    /// not given are kept. `--when` limits the rules given with it to a
+    /// schedule in the domain's time zone:
+    /// `dialtone user forward alice@example.com --always bob --when "outside mon-fri 09:00-17:00"`.
     Forward {
         user: String,
         /// Forward every call (the phones do not ring).
@@ -76,6 +78,10 @@ pub enum UserCommand {
         /// Forward when no phone is registered or none can be reached.
         #[arg(long)]
         unavailable: Option<String>,
+        /// The rules given apply only while this holds: `[inside|outside] DAYS HH:MM-HH:MM[; ...][; holidays DATE, ...]`,
+        /// e.g. "outside mon-fri 09:00-17:00; holidays 2026-12-25"; `always` removes their condition.
+        #[arg(long)]
+        when: Option<String>,
         /// Remove every rule (then apply the ones given).
         #[arg(long)]
         off: bool,
@@ -179,9 +185,36 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: UserCommand) -> anyh
             no_answer,
             after,
             unavailable,
+            when,
             off,
             expected_version,
         } => {
+            // --when goes with each rule given a target in this command.
+            let when_for = |rule: &Option<String>| match (&when, rule) {
+                (Some(w), Some(t)) if !t.eq_ignore_ascii_case("none") => {
+                    Some(if w.eq_ignore_ascii_case("always") {
+                        String::new()
+                    } else {
+                        w.clone()
+                    })
+                }
+                _ => None,
+            };
+            let (always_when, busy_when, no_answer_when, unavailable_when) = (
+                when_for(&always),
+                when_for(&busy),
+                when_for(&no_answer),
+                when_for(&unavailable),
+            );
+            if when.is_some()
+                && [&always_when, &busy_when, &no_answer_when, &unavailable_when]
+                    .iter()
+                    .all(|w| w.is_none())
+            {
+                anyhow::bail!(
+                    "--when applies to the rules given with it: add --always, --busy, --no-answer or --unavailable with a target"
+                );
+            }
             // `none` removes a rule: the API's empty string.
             let rule = |t: Option<String>| {
                 t.map(|t| {
@@ -202,6 +235,10 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: UserCommand) -> anyh
                 clear: off,
                 request_id: String::new(),
                 expected_version,
+                always_when,
+                busy_when,
+                no_answer_when,
+                unavailable_when,
             })
             .await
         }
@@ -271,6 +308,12 @@ fn forwarding_json(f: Option<&pb::Forwarding>) -> Value {
         "no_answer": rule(&f.no_answer),
         "no_answer_after_secs": (f.no_answer_after_secs > 0).then_some(f.no_answer_after_secs),
         "unavailable": rule(&f.unavailable),
+        "when": {
+            "always": rule(&f.always_when),
+            "busy": rule(&f.busy_when),
+            "no_answer": rule(&f.no_answer_when),
+            "unavailable": rule(&f.unavailable_when),
+        },
     })
 }
 
@@ -290,7 +333,10 @@ fn forwarding_line(v: &Value) -> String {
             } else {
                 label.to_owned()
             };
-            rules.push(format!("{label} -> {target}"));
+            match f["when"][key].as_str() {
+                Some(when) => rules.push(format!("{label} -> {target} ({when})")),
+                None => rules.push(format!("{label} -> {target}")),
+            }
         }
     }
     if rules.is_empty() {
