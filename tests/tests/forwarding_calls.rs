@@ -406,6 +406,13 @@ async fn a_busy_phone_forwards_to_another_user_who_sees_whom_the_call_was_for() 
         assert!(cdr.legs[1].answered_at.is_none(), "{cdr:#?}");
         assert!(cdr.legs[2].answered_at.is_some(), "{cdr:#?}");
         assert_eq!(cdr.legs[2].forwarded_to, "", "{cdr:#?}");
+        // The CLI shows the path.
+        let out = pbx.node.cli(&["calls", DOMAIN]).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("-> carol@{DOMAIN} (user_busy)")),
+            "{text}"
+        );
         pbx.node.stop().await.unwrap();
     })
     .await

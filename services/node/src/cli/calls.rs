@@ -107,6 +107,8 @@ pub(super) async fn records(
                     "hangup_side": hangup_side_name(l.hangup_side),
                     "contact": l.contact,
                     "in_progress": l.in_progress,
+                    "forwarded_to": l.forwarded_to,
+                    "forward_reason": forward_reason_name(l.forward_reason),
                 })).collect::<Vec<_>>(),
             })
         }));
@@ -127,17 +129,37 @@ pub(super) async fn records(
         } else {
             format!("{} {}", s(v, "sip_status"), s(v, "cause"))
         };
+        // The path a forwarded call took: "-> carol@example.com (no_answer)".
+        let forwards: String = v["legs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| !s(l, "forwarded_to").is_empty())
+            .map(|l| format!(" -> {} ({})", s(l, "forwarded_to"), s(l, "forward_reason")))
+            .collect();
         format!(
-            "{:<27} {:<32} {:<32} {:>9}s {:<22} {}",
+            "{:<27} {:<32} {:<32} {:>9}s {:<22} {}{}",
             s(v, "started_at"),
             s(v, "caller"),
             s(v, "callee"),
             v["duration_ms"].as_u64().unwrap_or(0) / 1000,
             result,
-            s(v, "call_id")
+            s(v, "call_id"),
+            forwards
         )
     });
     Ok(())
+}
+
+fn forward_reason_name(reason: i32) -> &'static str {
+    match pb::ForwardReason::try_from(reason) {
+        Ok(pb::ForwardReason::Unconditional) => "unconditional",
+        Ok(pb::ForwardReason::UserBusy) => "user_busy",
+        Ok(pb::ForwardReason::NoAnswer) => "no_answer",
+        Ok(pb::ForwardReason::Unavailable) => "unavailable",
+        Ok(pb::ForwardReason::DoNotDisturb) => "do_not_disturb",
+        _ => "",
+    }
 }
 
 fn call_state_name(state: i32) -> &'static str {
