@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use dialtone_api::pb::{UpdateDomainRequest, User};
+use dialtone_api::pb::{SetForwardingRequest, UpdateDomainRequest, User};
 use support::sip::{
     bounded, create_domain, create_user, eventually, registration_events, registrations,
     stream_events, Sipp,
@@ -491,9 +491,22 @@ async fn node_with_two_users() -> anyhow::Result<(tempfile::TempDir, TestNode, U
 /// `caller` calls `callee`; the callee answers by itself; both hear the
 /// other; the caller hangs up.
 async fn call(node: &TestNode, caller: &mut Phone, callee: &mut Phone) -> anyhow::Result<()> {
+    let dialled = callee.user.address.clone();
+    call_via(node, caller, &dialled, callee).await
+}
+
+/// `caller` dials `dialled`, and the call reaches `callee` (its own user,
+/// or the user the call is forwarded to), which answers by itself; both
+/// hear the other; the caller hangs up.
+async fn call_via(
+    node: &TestNode,
+    caller: &mut Phone,
+    dialled: &str,
+    callee: &mut Phone,
+) -> anyhow::Result<()> {
     let before = call_events(node, &callee.user).await?.len();
     let over_before = [caller.calls_over(), callee.calls_over()];
-    let target = format!("sip:{}", callee.user.address);
+    let target = format!("sip:{dialled}");
     match caller.kind {
         Kind::Baresip => caller.command(&format!("dial {target}")).await?,
         Kind::Linphone => caller.command(&format!("call {target}")).await?,
@@ -750,4 +763,65 @@ async fn the_client_matrix_of_adr_0012() {
         node.stop().await.unwrap();
     })
     .await;
+}
+
+/// Call forwarding with real phones: baresip dials bob, who has no phone
+/// registered and forwards to carol's linphone; then bob forwards
+/// everything to alice and linphone dials bob: baresip answers. Each
+/// forwarded INVITE carries Diversion and History-Info, and both phones
+/// take it, answer and talk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_phones_answer_forwarded_calls() {
+    let (_dir, node, alice, bob) = node_with_two_users().await.unwrap();
+    let carol = create_user(&node, DOMAIN, "carol", PASSWORD, 0).await.unwrap();
+    let mut p = node.provisioning().await.unwrap();
+    p.set_forwarding(SetForwardingRequest {
+        user: bob.address.clone(),
+        unavailable: Some("carol".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tone_dir = tempfile::tempdir().unwrap();
+    let tone = tone_dir.path().join("tone.wav");
+    write_tone(&tone).unwrap();
+    let transport = Transport::Udp;
+    let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
+    let mut linphone = Phone::linphone(&carol, &node, transport, &tone)
+        .await
+        .unwrap();
+    baresip.registered(&node, transport).await.unwrap();
+    linphone.registered(&node, transport).await.unwrap();
+
+    call_via(&node, &mut baresip, &bob.address, &mut linphone)
+        .await
+        .unwrap();
+    let bob_events = call_events(&node, &bob).await.unwrap();
+    assert_eq!(bob_events, ["CallStarted", "CallForwarded"], "{bob_events:?}");
+
+    p.set_forwarding(SetForwardingRequest {
+        user: bob.address.clone(),
+        always: Some("alice".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let heard = linphone.dir.path().join("heard.wav");
+    linphone
+        .command(&format!("record {}", heard.display()))
+        .await
+        .unwrap();
+    call_via(&node, &mut linphone, &bob.address, &mut baresip)
+        .await
+        .unwrap();
+    let bob_events = call_events(&node, &bob).await.unwrap();
+    assert_eq!(
+        bob_events,
+        ["CallStarted", "CallForwarded", "CallStarted", "CallForwarded"],
+        "{bob_events:?}"
+    );
+
+    baresip.quit().await;
+    linphone.quit().await;
+    node.stop().await.unwrap();
 }
