@@ -773,7 +773,9 @@ async fn the_client_matrix_of_adr_0012() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_phones_answer_forwarded_calls() {
     let (_dir, node, alice, bob) = node_with_two_users().await.unwrap();
-    let carol = create_user(&node, DOMAIN, "carol", PASSWORD, 0).await.unwrap();
+    let carol = create_user(&node, DOMAIN, "carol", PASSWORD, 0)
+        .await
+        .unwrap();
     let mut p = node.provisioning().await.unwrap();
     p.set_forwarding(SetForwardingRequest {
         user: bob.address.clone(),
@@ -797,7 +799,11 @@ async fn real_phones_answer_forwarded_calls() {
         .await
         .unwrap();
     let bob_events = call_events(&node, &bob).await.unwrap();
-    assert_eq!(bob_events, ["CallStarted", "CallForwarded"], "{bob_events:?}");
+    assert_eq!(
+        bob_events,
+        ["CallStarted", "CallForwarded"],
+        "{bob_events:?}"
+    );
 
     p.set_forwarding(SetForwardingRequest {
         user: bob.address.clone(),
@@ -817,7 +823,12 @@ async fn real_phones_answer_forwarded_calls() {
     let bob_events = call_events(&node, &bob).await.unwrap();
     assert_eq!(
         bob_events,
-        ["CallStarted", "CallForwarded", "CallStarted", "CallForwarded"],
+        [
+            "CallStarted",
+            "CallForwarded",
+            "CallStarted",
+            "CallForwarded"
+        ],
         "{bob_events:?}"
     );
 

@@ -970,3 +970,50 @@ pub(crate) fn via(
         advertised.sent_by(transport)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::NextSteps;
+
+    fn step(targets: usize, unavailable: Option<usize>) -> RouteStep {
+        RouteStep {
+            targets: (0..targets)
+                .map(|i| RouteTarget {
+                    uri: format!("sip:p{i}@192.0.2.1"),
+                    flow: Flow::new(
+                        crate::backend::Transport::Udp,
+                        format!("192.0.2.1:{}", 5060 + i).parse().unwrap(),
+                    ),
+                })
+                .collect(),
+            ring_timeout: None,
+            next: NextSteps {
+                busy: None,
+                no_answer: None,
+                unavailable,
+            },
+            diversions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_step_without_targets_ends_at_once_as_unavailable() {
+        // 0 (empty) -> 2 (empty) -> 3 (rings); 1 is never reached.
+        let steps = [
+            step(0, Some(2)),
+            step(1, None),
+            step(0, Some(3)),
+            step(2, None),
+        ];
+        assert_eq!(first_ringing_step(&steps, 0), Some(3));
+        assert_eq!(first_ringing_step(&steps, 1), Some(1));
+        // An empty step with nowhere to go: nothing to ring.
+        let steps = [step(0, None), step(1, None)];
+        assert_eq!(first_ringing_step(&steps, 0), None);
+        // A plan breaking the forward-only rule cannot loop.
+        let steps = [step(0, Some(1)), step(0, Some(0))];
+        assert_eq!(first_ringing_step(&steps, 0), None);
+        assert_eq!(first_ringing_step(&steps, 5), None);
+    }
+}

@@ -129,3 +129,94 @@ fn same_user(a: &(String, String), b: &(String, String)) -> bool {
 /// Names a durable recording of call steps that the engine waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecordToken(pub(super) u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::DiversionReason;
+
+    fn party(user: &str) -> (String, String) {
+        ("example.com".to_owned(), user.to_owned())
+    }
+
+    fn legs() -> Legs {
+        Legs {
+            call_id: "c1".to_owned(),
+            sip_call_id: "s1".to_owned(),
+            caller: party("alice"),
+            callee: Some(party("bob")),
+            dialled: "bob@example.com".to_owned(),
+        }
+    }
+
+    fn diversion(from: &str, to: &str) -> Diversion {
+        Diversion {
+            from: party(from),
+            to: party(to),
+            reason: DiversionReason::NoAnswer,
+        }
+    }
+
+    /// (user, step) of each record.
+    fn steps(records: &[CallRecord]) -> Vec<(String, String)> {
+        records
+            .iter()
+            .map(|r| {
+                let step = match &r.step {
+                    CallStep::Start { direction, to, .. } => format!("start {direction:?} {to}"),
+                    CallStep::Forwarded { to, .. } => format!("forwarded {to}"),
+                    CallStep::Ringing => "ringing".to_owned(),
+                    other => format!("{other:?}"),
+                };
+                (r.user.clone(), step)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn forwards_are_recorded_once_each_from_the_current_callee() {
+        let mut legs = legs();
+        // The dialled user's own step: nothing to record.
+        assert!(legs.forward(&[]).is_empty());
+        let chain = [diversion("bob", "carol"), diversion("carol", "dave")];
+        // A step two forwards away records both, in order.
+        assert_eq!(
+            steps(&legs.forward(&chain)),
+            [
+                ("bob".into(), "forwarded carol@example.com".into()),
+                ("carol".into(), "start Inbound carol@example.com".into()),
+                ("carol".into(), "forwarded dave@example.com".into()),
+                ("dave".into(), "start Inbound dave@example.com".into()),
+            ]
+        );
+        assert_eq!(legs.callee, Some(party("dave")));
+        // The same chain again (another step of dave's): nothing new.
+        assert!(legs.forward(&chain).is_empty());
+        // Ringing after a forward: the new callee's leg only.
+        assert_eq!(
+            steps(&legs.ringing(true)),
+            [("dave".into(), "ringing".into())]
+        );
+        assert_eq!(
+            steps(&legs.ringing(false)),
+            [
+                ("alice".into(), "ringing".into()),
+                ("dave".into(), "ringing".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_step_one_forward_further_records_only_the_new_forward() {
+        let mut legs = legs();
+        legs.forward(&[diversion("bob", "carol")]);
+        let records = legs.forward(&[diversion("bob", "carol"), diversion("carol", "dave")]);
+        assert_eq!(
+            steps(&records),
+            [
+                ("carol".into(), "forwarded dave@example.com".into()),
+                ("dave".into(), "start Inbound dave@example.com".into()),
+            ]
+        );
+    }
+}
