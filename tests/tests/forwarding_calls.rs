@@ -691,6 +691,7 @@ async fn always_forwards_without_ringing_and_loops_are_cut() {
             header(invite(&carol), "Diversion"),
             format!("<sip:bob@{DOMAIN}>;reason=unconditional;counter=1")
         );
+        // Carol's leg says why her own rule was not used.
         assert_legs(
             &pbx,
             &[
@@ -700,7 +701,16 @@ async fn always_forwards_without_ringing_and_loops_are_cut() {
                 ),
                 (
                     "carol",
-                    vec![started("inbound"), maybe_ringing(), answered(), ended()],
+                    vec![
+                        started("inbound"),
+                        (
+                            "CallForwardSkipped",
+                            json!({"to": format!("bob@{DOMAIN}"), "rule": "unconditional", "why": "loop"}),
+                        ),
+                        maybe_ringing(),
+                        answered(),
+                        ended(),
+                    ],
                 ),
             ],
         )

@@ -10,6 +10,7 @@
 
 use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide};
 use dialtone_domain::registration::{Binding, Presence};
+use dialtone_domain::routing::SkipReason;
 use dialtone_domain::{domain, token, user, Event};
 
 use crate::pb;
@@ -344,6 +345,31 @@ fn user_payload(e: user::Event) -> P {
             reason: forward_reason(reason) as i32,
             forwarded_at: timestamp(forwarded_at),
         }),
+        E::CallForwardSkipped {
+            call_id,
+            to,
+            rule,
+            why,
+        } => P::CallForwardSkipped(pb::CallForwardSkipped {
+            call_id,
+            to,
+            rule: forward_reason(rule) as i32,
+            why: skip_reason(why) as i32,
+        }),
+    }
+}
+
+pub fn skip_reason(r: SkipReason) -> pb::ForwardSkipReason {
+    match r {
+        SkipReason::Loop => pb::ForwardSkipReason::Loop,
+        SkipReason::HopLimit => pb::ForwardSkipReason::HopLimit,
+        SkipReason::PlanLimit => pb::ForwardSkipReason::PlanLimit,
+        SkipReason::NotRoutable => pb::ForwardSkipReason::NotRoutable,
+        SkipReason::UnknownTarget => pb::ForwardSkipReason::UnknownTarget,
+        SkipReason::TargetUnavailable => pb::ForwardSkipReason::TargetUnavailable,
+        SkipReason::CrossDomainForbidden => pb::ForwardSkipReason::CrossDomainForbidden,
+        SkipReason::TargetBusy => pb::ForwardSkipReason::TargetBusy,
+        SkipReason::TargetNotRegistered => pb::ForwardSkipReason::TargetNotRegistered,
     }
 }
 
@@ -428,6 +454,7 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::CallEnded(_) => "CallEnded",
         P::CallFailed(_) => "CallFailed",
         P::CallForwarded(_) => "CallForwarded",
+        P::CallForwardSkipped(_) => "CallForwardSkipped",
         P::TokenCreated(_) => "TokenCreated",
         P::TokenRevoked(_) => "TokenRevoked",
     })

@@ -30,7 +30,10 @@
 //!   (a disabled user's legs are recorded: the proxy answers 480 and
 //!   records why). With [`MAX_LEGS_IN_PROGRESS`] legs in progress:
 //!   [`Error::FailedPrecondition`].
-//! - `Ringing`, `Answer`, `End`, `Fail`, `Forward` for a leg not in progress: nothing,
+//! - `ForwardSkipped` notes, on a leg in progress, a forwarding rule that
+//!   was not taken ([`Event::CallForwardSkipped`]); the leg is unchanged.
+//!   A repeated one is written again (the proxy sends each once).
+//! - `Ringing`, `Answer`, `End`, `Fail`, `Forward`, `ForwardSkipped` for a leg not in progress: nothing,
 //!   and no error (the proxy may repeat itself). `Ringing` of a leg already
 //!   ringing or answered, and `Answer` of an answered leg: nothing.
 //! - `End` of a leg never answered is recorded as [`Event::CallEnded`] with
@@ -49,6 +52,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::registration::presence_of;
+use crate::routing::SkipReason;
 use crate::user::{Event, Status, User};
 use crate::{Error, Result, Timestamp};
 
@@ -223,6 +227,14 @@ pub enum CallStep {
         to: String,
         reason: ForwardReason,
     },
+    /// A forwarding rule of the user (`rule`, to `to`) was not taken for
+    /// this call, for `why`; the leg goes on.
+    ForwardSkipped {
+        call_id: String,
+        to: String,
+        rule: ForwardReason,
+        why: SkipReason,
+    },
 }
 
 impl CallStep {
@@ -233,7 +245,8 @@ impl CallStep {
             | CallStep::Answer { call_id, .. }
             | CallStep::End { call_id, .. }
             | CallStep::Fail { call_id, .. }
-            | CallStep::Forward { call_id, .. } => call_id,
+            | CallStep::Forward { call_id, .. }
+            | CallStep::ForwardSkipped { call_id, .. } => call_id,
         }
     }
 }
@@ -391,7 +404,9 @@ fn validate(step: &CallStep) -> Result<()> {
             validate_text("sip_call_id", sip_call_id, false)
         }
         CallStep::Answer { contact, .. } => validate_text("contact", contact, true),
-        CallStep::Forward { to, .. } => validate_text("to", to, false),
+        CallStep::Forward { to, .. } | CallStep::ForwardSkipped { to, .. } => {
+            validate_text("to", to, false)
+        }
         CallStep::Fail { sip_status, .. }
             if *sip_status != 0 && !(300..=699).contains(sip_status) =>
         {
@@ -500,6 +515,24 @@ pub(crate) fn decide(state: &User, step: &CallStep, now: Timestamp) -> Result<Ve
             },
             None => return Ok(Vec::new()),
         },
+        // Noted on a leg in progress; it changes nothing of the leg (so
+        // no presence change either).
+        CallStep::ForwardSkipped {
+            call_id,
+            to,
+            rule,
+            why,
+        } => {
+            return Ok(match legs.get(call_id) {
+                Some(_) => vec![Event::CallForwardSkipped {
+                    call_id: call_id.clone(),
+                    to: to.clone(),
+                    rule: *rule,
+                    why: *why,
+                }],
+                None => Vec::new(),
+            })
+        }
     };
     let mut after = legs.clone();
     after.apply(&event);

@@ -111,6 +111,7 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("CallEnded", EventCategory::Call),
     ("CallFailed", EventCategory::Call),
     ("CallForwarded", EventCategory::Call),
+    ("CallForwardSkipped", EventCategory::Call),
     ("SourceLockedOut", EventCategory::Security),
     ("TokenCreated", EventCategory::Security),
     ("TokenRevoked", EventCategory::Security),
@@ -376,6 +377,7 @@ impl Event {
                 user::Event::CallEnded { .. } => "CallEnded",
                 user::Event::CallFailed { .. } => "CallFailed",
                 user::Event::CallForwarded { .. } => "CallForwarded",
+                user::Event::CallForwardSkipped { .. } => "CallForwardSkipped",
             },
             Event::Token(e) => match e {
                 token::Event::TokenCreated { .. } => "TokenCreated",

@@ -78,6 +78,8 @@
 //! (at most once per forward of the chain).
 
 use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::call::ForwardReason;
@@ -333,6 +335,7 @@ impl<'a, T> Plan<'a, T> {
                 next: Next::NONE,
                 owner,
                 diversions: Vec::new(),
+                skipped: Vec::new(),
             }],
         }
     }
@@ -353,6 +356,83 @@ pub struct Step<'a, T> {
     /// The forwards that led from the dialled user to this step, oldest
     /// first (empty for the dialled user's own phones).
     pub diversions: Vec<Diversion<'a>>,
+    /// The owner's forwarding rules that apply now but cannot be taken
+    /// for this call, and why: what the call's events tell of a loop, a
+    /// chain cut at the hop limit or a target that cannot ring.
+    pub skipped: Vec<Skipped<'a>>,
+}
+
+/// A forwarding rule not taken for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped<'a> {
+    /// The rule (by the reason it would forward for).
+    pub rule: ForwardReason,
+    pub to: &'a ForwardTarget,
+    pub why: SkipReason,
+}
+
+/// Why a forward was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The target is already on the chain that led here.
+    Loop,
+    /// The chain already has the most forwards allowed.
+    HopLimit,
+    /// The plan already has the most steps allowed.
+    PlanLimit,
+    /// A number, a voicemail box or a ring group: not routed yet.
+    NotRoutable,
+    /// The target user or its domain does not exist.
+    UnknownTarget,
+    /// The target's domain is suspended, or the target user disabled.
+    TargetUnavailable,
+    /// The forwarding user's domain may not call the target's domain.
+    CrossDomainForbidden,
+    /// The target has do-not-disturb on and no busy forward of its own.
+    TargetBusy,
+    /// No phone of the target is registered and it has no unavailable
+    /// forward of its own.
+    TargetNotRegistered,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 9] = [
+        SkipReason::Loop,
+        SkipReason::HopLimit,
+        SkipReason::PlanLimit,
+        SkipReason::NotRoutable,
+        SkipReason::UnknownTarget,
+        SkipReason::TargetUnavailable,
+        SkipReason::CrossDomainForbidden,
+        SkipReason::TargetBusy,
+        SkipReason::TargetNotRegistered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Loop => "loop",
+            SkipReason::HopLimit => "hop_limit",
+            SkipReason::PlanLimit => "plan_limit",
+            SkipReason::NotRoutable => "not_routable",
+            SkipReason::UnknownTarget => "unknown_target",
+            SkipReason::TargetUnavailable => "target_unavailable",
+            SkipReason::CrossDomainForbidden => "cross_domain_forbidden",
+            SkipReason::TargetBusy => "target_busy",
+            SkipReason::TargetNotRegistered => "target_not_registered",
+        }
+    }
+
+    /// Why the forward's target refused it.
+    fn of(refusal: Refusal) -> SkipReason {
+        match refusal {
+            Refusal::UnknownDomain | Refusal::UnknownUser => SkipReason::UnknownTarget,
+            Refusal::DomainSuspended | Refusal::UserDisabled => SkipReason::TargetUnavailable,
+            Refusal::CrossDomainForbidden => SkipReason::CrossDomainForbidden,
+            Refusal::Busy => SkipReason::TargetBusy,
+            Refusal::NotRegistered => SkipReason::TargetNotRegistered,
+        }
+    }
 }
 
 /// The step that follows each outcome of a step: an index into the plan's
@@ -467,17 +547,29 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         // The rules that apply now, in the time zone of this user's domain.
         let (at, tz) = (self.schedule_time, callee.time_zone.unwrap_or(&UTC));
         let rule = |r: Rule| rules.and_then(|f| f.target_at(r, at, tz));
+        // The rules of this user not taken for this call, and why; kept
+        // on the user's step (none when the user has no step).
+        let mut skipped = Vec::new();
+        let mut taken_or_skip = |taken: Result<usize, SkipReason>,
+                                 to: &'a ForwardTarget,
+                                 rule: ForwardReason| match taken {
+            Ok(step) => Some(step),
+            Err(why) => {
+                skipped.push(Skipped { rule, to, why });
+                None
+            }
+        };
         if let Some(target) = rule(Rule::Always) {
             let taken = self.forward(party, callee, target, ForwardReason::Unconditional, via)?;
-            if let Some(step) = taken {
+            if let Some(step) = taken_or_skip(taken, target, ForwardReason::Unconditional) {
                 return Ok(Ok(step));
             }
         }
         if user.dnd {
             let taken = match rule(Rule::Busy) {
-                Some(target) => {
-                    self.forward(party, callee, target, ForwardReason::DoNotDisturb, via)?
-                }
+                Some(target) => self
+                    .forward(party, callee, target, ForwardReason::DoNotDisturb, via)?
+                    .ok(),
                 None => None,
             };
             return Ok(taken.ok_or(Refusal::Busy));
@@ -493,9 +585,9 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             .collect();
         if targets.is_empty() {
             let taken = match rule(Rule::Unavailable) {
-                Some(target) => {
-                    self.forward(party, callee, target, ForwardReason::Unavailable, via)?
-                }
+                Some(target) => self
+                    .forward(party, callee, target, ForwardReason::Unavailable, via)?
+                    .ok(),
                 None => None,
             };
             return Ok(taken.ok_or(Refusal::NotRegistered));
@@ -510,26 +602,29 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             next: Next::NONE,
             owner: party,
             diversions: via.to_vec(),
+            skipped: Vec::new(),
         });
         let mut next = Next::NONE;
         if let Some(target) = rule(Rule::Busy) {
-            next.busy = self.forward(party, callee, target, ForwardReason::UserBusy, via)?;
+            let taken = self.forward(party, callee, target, ForwardReason::UserBusy, via)?;
+            next.busy = taken_or_skip(taken, target, ForwardReason::UserBusy);
         }
         if let Some(rule) = no_answer {
-            next.no_answer =
-                self.forward(party, callee, &rule.target, ForwardReason::NoAnswer, via)?;
+            let taken = self.forward(party, callee, &rule.target, ForwardReason::NoAnswer, via)?;
+            next.no_answer = taken_or_skip(taken, &rule.target, ForwardReason::NoAnswer);
         }
         if let Some(target) = rule(Rule::Unavailable) {
-            next.unavailable =
-                self.forward(party, callee, target, ForwardReason::Unavailable, via)?;
+            let taken = self.forward(party, callee, target, ForwardReason::Unavailable, via)?;
+            next.unavailable = taken_or_skip(taken, target, ForwardReason::Unavailable);
         }
         self.steps[index].next = next;
+        self.steps[index].skipped = skipped;
         Ok(Ok(index))
     }
 
     /// Takes `from`'s forward to `target` if it can be taken (see the
     /// module documentation): the index of the step where the forwarded
-    /// call begins, or `None`.
+    /// call begins, or why it is not taken.
     fn forward(
         &mut self,
         from: Party<'a>,
@@ -537,21 +632,24 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         target: &'a ForwardTarget,
         reason: ForwardReason,
         via: &[Diversion<'a>],
-    ) -> Result<Option<usize>, Unrouted> {
+    ) -> Result<Result<usize, SkipReason>, Unrouted> {
         // Numbers, voicemail and ring groups are not routed yet.
         let Some(address) = target.user() else {
-            return Ok(None);
+            return Ok(Err(SkipReason::NotRoutable));
         };
         let to = Party::of(address);
         let on_chain = to.is(&from)
             || via
                 .iter()
                 .any(|d| d.from.is(&to) || d.to.user().is_some_and(|a| Party::of(a).is(&to)));
-        if on_chain
-            || via.len() >= self.limits.max_forward_hops
-            || self.steps.len() >= MAX_PLAN_STEPS
-        {
-            return Ok(None);
+        if on_chain {
+            return Ok(Err(SkipReason::Loop));
+        }
+        if via.len() >= self.limits.max_forward_hops {
+            return Ok(Err(SkipReason::HopLimit));
+        }
+        if self.steps.len() >= MAX_PLAN_STEPS {
+            return Ok(Err(SkipReason::PlanLimit));
         }
         let Some(callee) = self.users.get(address) else {
             return Err(Unrouted::NeedsUser(address.clone()));
@@ -563,12 +661,15 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             callee_user: to.user,
             schedule_time: Some(self.schedule_time),
         };
-        if admit(&hop, callee.domain).is_err() {
-            return Ok(None);
+        if let Err(refusal) = admit(&hop, callee.domain) {
+            return Ok(Err(SkipReason::of(refusal)));
         }
-        let Some(user) = callee.user.as_ref().filter(|u| u.enabled) else {
-            return Ok(None);
+        let Some(user) = callee.user.as_ref() else {
+            return Ok(Err(SkipReason::UnknownTarget));
         };
+        if !user.enabled {
+            return Ok(Err(SkipReason::TargetUnavailable));
+        }
         let mut chain = Vec::with_capacity(via.len() + 1);
         chain.extend_from_slice(via);
         chain.push(Diversion {
@@ -576,6 +677,6 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             to: target,
             reason,
         });
-        Ok(self.user(to, callee, user, &chain)?.ok())
+        Ok(self.user(to, callee, user, &chain)?.map_err(SkipReason::of))
     }
 }

@@ -10,6 +10,7 @@ use crate::credentials::{Credentials, PasswordPolicy};
 use crate::forwarding::{Forwarding, ForwardingPatch};
 use crate::names::UserAddress;
 use crate::registration::{self, Binding, Key, Register};
+use crate::routing::SkipReason;
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
 
 /// Default and bounds of the number of simultaneous contacts (registrations).
@@ -377,6 +378,15 @@ pub enum Event {
         reason: ForwardReason,
         forwarded_at: Timestamp,
     },
+    /// The user's forwarding rule `rule` (to `to`) was not taken for the
+    /// call, for `why` (a loop, the hop limit, a target that cannot ring);
+    /// the leg goes on.
+    CallForwardSkipped {
+        call_id: String,
+        to: String,
+        rule: ForwardReason,
+        why: SkipReason,
+    },
 }
 
 fn validate_display_name(value: &str) -> Result<()> {
@@ -646,7 +656,8 @@ pub fn evolve(mut state: User, event: &Event) -> User {
         | Event::CallAnswered { .. }
         | Event::CallEnded { .. }
         | Event::CallFailed { .. }
-        | Event::CallForwarded { .. } => state.calls.apply(event),
+        | Event::CallForwarded { .. }
+        | Event::CallForwardSkipped { .. } => state.calls.apply(event),
     }
     state
 }

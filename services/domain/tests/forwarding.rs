@@ -15,8 +15,8 @@ use dialtone_domain::forwarding::{ForwardTarget, Forwarding, NoAnswerRule, Rule,
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::MICROS_PER_SEC;
 use dialtone_domain::routing::{
-    route, Call, Callee, CalleeBinding, CalleeUser, Limits, Next, Party, Plan, Refusal, Target,
-    Unrouted, Users, MAX_PLAN_STEPS,
+    route, Call, Callee, CalleeBinding, CalleeUser, Limits, Next, Party, Plan, Refusal, SkipReason,
+    Skipped, Target, Unrouted, Users, MAX_PLAN_STEPS,
 };
 use dialtone_domain::schedule::{TimeCondition, TimeZone};
 use proptest::collection::vec;
@@ -489,6 +489,31 @@ proptest! {
         prop_assert_eq!(decided, expected);
     }
 
+    /// Every rule of a step's owner that follows the ring (busy, no answer,
+    /// unavailable) and applies is either taken (the outcome leads to a
+    /// step) or noted as skipped, never both.
+    #[test]
+    fn each_rule_is_taken_or_noted(dir in directory(), limits in limits()) {
+        if let Ok(plan) = route_all(&dir, &dir.callees(), limits) {
+            for step in &plan.steps {
+                let f = &dir.users[index_of(&step.owner)].forwarding;
+                for (rule, has, next) in [
+                    (ForwardReason::UserBusy, f.busy.is_some(), step.next.busy),
+                    (ForwardReason::NoAnswer, f.no_answer.is_some(), step.next.no_answer),
+                    (ForwardReason::Unavailable, f.unavailable.is_some(), step.next.unavailable),
+                ] {
+                    let noted = step.skipped.iter().filter(|k| k.rule == rule).count();
+                    if has {
+                        prop_assert_eq!(noted + usize::from(next.is_some()), 1, "{:?} of {:?}", rule, step);
+                    } else {
+                        prop_assert_eq!(noted, 0);
+                        prop_assert!(next.is_none());
+                    }
+                }
+            }
+        }
+    }
+
     /// Schedules: a call is routed exactly as if each rule whose time
     /// condition does not hold (at the call's schedule time, in the
     /// domain's zone) did not exist and the others had no condition; the
@@ -646,8 +671,72 @@ fn a_loop_ends_at_its_last_valid_target() {
     });
     dir.users[1].forwarding.always = to(0);
     let plan = route_all(&dir, &dir.callees(), Limits::default()).unwrap();
-    // u1's forward back to u0 is not taken: u1 rings.
+    // u1's forward back to u0 is not taken: u1 rings, and its step says
+    // why its rule was not used.
     assert_eq!(owners(&plan), [1]);
+    assert_eq!(
+        plan.steps[0].skipped,
+        [Skipped {
+            rule: ForwardReason::Unconditional,
+            to: &to(0).unwrap(),
+            why: SkipReason::Loop,
+        }]
+    );
+}
+
+#[test]
+fn every_rule_not_taken_is_noted_with_why() {
+    // u0 rings; busy -> a number (not routable), no answer -> u1 (which
+    // is disabled), unavailable -> u2 (taken with a hop limit of 1; with
+    // 0, no forward is taken and the limit is what every rule meets
+    // after the number's).
+    let mut dir = given(Forwarding {
+        busy: Some(ForwardTarget::Number("+15551234567".into())),
+        no_answer: Some(NoAnswerRule {
+            target: to(1).unwrap(),
+            after_secs: 10,
+        }),
+        unavailable: to(2),
+        ..Forwarding::default()
+    });
+    dir.users[1].enabled = false;
+    let plan = route_all(
+        &dir,
+        &dir.callees(),
+        Limits {
+            max_forward_hops: 1,
+        },
+    )
+    .unwrap();
+    let s = &plan.steps[0];
+    assert_eq!(s.next.busy, None);
+    assert_eq!(s.next.no_answer, None);
+    assert!(s.next.unavailable.is_some());
+    let why: Vec<(ForwardReason, SkipReason)> = s.skipped.iter().map(|k| (k.rule, k.why)).collect();
+    assert_eq!(
+        why,
+        [
+            (ForwardReason::UserBusy, SkipReason::NotRoutable),
+            (ForwardReason::NoAnswer, SkipReason::TargetUnavailable),
+        ]
+    );
+    let plan = route_all(
+        &dir,
+        &dir.callees(),
+        Limits {
+            max_forward_hops: 0,
+        },
+    )
+    .unwrap();
+    let why: Vec<SkipReason> = plan.steps[0].skipped.iter().map(|k| k.why).collect();
+    assert_eq!(
+        why,
+        [
+            SkipReason::NotRoutable,
+            SkipReason::HopLimit,
+            SkipReason::HopLimit
+        ]
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use dialtone_domain::event::{current_schema_version, DOMAIN_EVENT_TYPES, EVENT_T
 use dialtone_domain::forwarding::{ForwardTarget, Forwarding, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::{Binding, ContactChange, Presence, Register};
+use dialtone_domain::routing::SkipReason;
 use dialtone_domain::schedule::{TimeCondition, TimeZone};
 use dialtone_domain::token::{self, Scope, Tokens};
 use dialtone_domain::user::{self, NewUser, Patch, User};
@@ -469,6 +470,19 @@ fn call_events_from_decide(created: &User) -> Vec<Event> {
                 cause,
             })
         });
+    }
+    commands.push(start("skips", Direction::Inbound));
+    for (i, why) in SkipReason::ALL.into_iter().enumerate() {
+        commands.push(step(CallStep::ForwardSkipped {
+            call_id: "skips".to_owned(),
+            to: if i % 2 == 0 {
+                "carol@example.com".to_owned()
+            } else {
+                "+15551234567".to_owned()
+            },
+            rule: ForwardReason::ALL[i % ForwardReason::ALL.len()],
+            why,
+        }));
     }
     for (i, reason) in ForwardReason::ALL.into_iter().enumerate() {
         let call_id = format!("forwarded-{i}");
@@ -976,6 +990,13 @@ fn hand_made_events() -> Vec<Event> {
             forwarded_at: 0,
         }
         .into(),
+        U::CallForwardSkipped {
+            call_id: "c".to_owned(),
+            to: "voicemail:b@b.example".to_owned(),
+            rule: ForwardReason::NoAnswer,
+            why: SkipReason::NotRoutable,
+        }
+        .into(),
         token::Event::TokenCreated {
             token_id: Uuid::max(),
             scope: Scope::Domain(dn("a.example")),
@@ -1192,6 +1213,9 @@ fn missing_required_fields_are_rejected() {
         ("CallForwarded", "to"),
         ("CallForwarded", "reason"),
         ("CallForwarded", "forwarded_at"),
+        ("CallForwardSkipped", "to"),
+        ("CallForwardSkipped", "rule"),
+        ("CallForwardSkipped", "why"),
         ("TokenCreated", "secret_sha256"),
         ("TokenCreated", "scope"),
         ("TokenRevoked", "token_id"),

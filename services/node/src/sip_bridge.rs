@@ -26,8 +26,8 @@ use dialtone_sip::backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
     CallState, CallStep, CurrentContact, DigestAlgorithms, Diversion, DiversionReason, HangupSide,
     Lookup, NextSteps, RegisterOutcome, RegisterRequest, ResourceChange, ResourceState,
-    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, Transport, UserCredentials,
-    Watch,
+    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, SkippedForward, Transport,
+    UserCredentials, Watch,
 };
 use dialtone_sip::{ConnectionId, Flow};
 use futures::StreamExt;
@@ -224,13 +224,17 @@ fn step_of(record: CallRecord) -> Step {
         CallStep::Forwarded { to, reason } => Step::Forward {
             call_id,
             to,
-            reason: match reason {
-                DiversionReason::Unconditional => call::ForwardReason::Unconditional,
-                DiversionReason::UserBusy => call::ForwardReason::UserBusy,
-                DiversionReason::NoAnswer => call::ForwardReason::NoAnswer,
-                DiversionReason::Unavailable => call::ForwardReason::Unavailable,
-                DiversionReason::DoNotDisturb => call::ForwardReason::DoNotDisturb,
-            },
+            reason: forward_reason(reason),
+        },
+        CallStep::ForwardSkipped(skipped) => Step::ForwardSkipped {
+            call_id,
+            to: skipped.to,
+            rule: forward_reason(skipped.rule),
+            // The name `route_plan` gave it from a `SkipReason`.
+            why: routing::SkipReason::ALL
+                .into_iter()
+                .find(|r| r.as_str() == skipped.why)
+                .unwrap_or(routing::SkipReason::NotRoutable),
         },
     }
 }
@@ -582,9 +586,28 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                         unavailable: step.next.unavailable,
                     },
                     diversions,
+                    skipped: step
+                        .skipped
+                        .iter()
+                        .map(|s| SkippedForward {
+                            rule: diversion_reason(s.rule),
+                            to: s.to.to_string(),
+                            why: s.why.as_str(),
+                        })
+                        .collect(),
                 }
             })
             .collect(),
+    }
+}
+
+fn forward_reason(reason: DiversionReason) -> call::ForwardReason {
+    match reason {
+        DiversionReason::Unconditional => call::ForwardReason::Unconditional,
+        DiversionReason::UserBusy => call::ForwardReason::UserBusy,
+        DiversionReason::NoAnswer => call::ForwardReason::NoAnswer,
+        DiversionReason::Unavailable => call::ForwardReason::Unavailable,
+        DiversionReason::DoNotDisturb => call::ForwardReason::DoNotDisturb,
     }
 }
 

@@ -241,6 +241,7 @@ impl RoutePlan {
                 ring_timeout: None,
                 next: NextSteps::NONE,
                 diversions: Vec::new(),
+                skipped: Vec::new(),
             }],
         }
     }
@@ -267,6 +268,22 @@ pub struct RouteStep {
     /// one's `to` owns the targets. Each step's list extends the list of
     /// any step that leads to it.
     pub diversions: Vec<Diversion>,
+    /// Forwarding rules of the step's owner not taken for this call:
+    /// recorded on the owner's leg when the step starts ringing.
+    pub skipped: Vec<SkippedForward>,
+}
+
+/// A forwarding rule not taken for a call (a loop, a chain cut at the hop
+/// limit, a target that cannot ring).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedForward {
+    /// The rule, by the reason it forwards for.
+    pub rule: DiversionReason,
+    /// Its target as stored (`user@domain`, a number, ...).
+    pub to: String,
+    /// Why it was not taken: the routing decision's reason, by name
+    /// (`loop`, `hop_limit`, ...; the backend's vocabulary).
+    pub why: &'static str,
 }
 
 /// The step that follows each outcome of a step: an index into the plan's
@@ -469,6 +486,9 @@ pub enum CallStep {
         to: String,
         reason: DiversionReason,
     },
+    /// A forwarding rule of the leg's user was not taken (see
+    /// [`SkippedForward`]); the leg goes on.
+    ForwardSkipped(SkippedForward),
 }
 
 /// A step to record for the leg of `user@domain` in call `call_id`.

@@ -1288,6 +1288,7 @@ fn build(seed: u64) -> Sim {
                             unavailable: maybe(&mut rng, 1, 50),
                         },
                         diversions: Vec::new(),
+                        skipped: Vec::new(),
                     },
                     RouteStep {
                         targets: vec![second],
@@ -1298,12 +1299,14 @@ fn build(seed: u64) -> Sim {
                             unavailable: maybe(&mut rng, 2, 50),
                         },
                         diversions: vec![to_fwd1.clone()],
+                        skipped: Vec::new(),
                     },
                     RouteStep {
                         targets,
                         ring_timeout: None,
                         next: NextSteps::NONE,
                         diversions: vec![to_fwd1, to_fwd2],
+                        skipped: Vec::new(),
                     },
                 ],
             }
@@ -1327,12 +1330,14 @@ fn build(seed: u64) -> Sim {
                         unavailable: maybe(&mut rng, 1, 50),
                     },
                     diversions: Vec::new(),
+                    skipped: Vec::new(),
                 },
                 RouteStep {
                     targets,
                     ring_timeout: None,
                     next: NextSteps::NONE,
                     diversions: Vec::new(),
+                    skipped: Vec::new(),
                 },
             ];
             if !last.is_empty() {
@@ -1341,6 +1346,7 @@ fn build(seed: u64) -> Sim {
                     ring_timeout: None,
                     next: NextSteps::NONE,
                     diversions: Vec::new(),
+                    skipped: Vec::new(),
                 });
             }
             RoutePlan { steps }
@@ -1518,7 +1524,7 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
                 HangupSide::System => cov.ended_by_proxy += 1,
             },
             CallStep::Fail { sip_status, .. } => *cov.failed.entry(*sip_status).or_default() += 1,
-            CallStep::Ringing | CallStep::Forwarded { .. } => {}
+            CallStep::Ringing | CallStep::Forwarded { .. } | CallStep::ForwardSkipped(_) => {}
         }
     }
     for (_, r) in &sim.log {

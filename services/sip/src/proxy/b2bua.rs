@@ -604,6 +604,10 @@ impl B2buaCall {
             // The user the call went to has a leg of its own to ring.
             self.ringing = false;
         }
+        let skipped = self.setup.legs.skipped(&self.setup.steps[step].skipped);
+        if !skipped.is_empty() {
+            fx.push(Effect::Record(skipped));
+        }
         let mut carried = leg::carried(msg);
         if let Some(r) = Retargeting::of(&self.setup.steps[step].diversions) {
             // Ours on top of the caller's Diversion entries (RFC 5806

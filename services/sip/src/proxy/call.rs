@@ -815,6 +815,10 @@ impl ProxyCall {
             // The user the call went to has a leg of its own to ring.
             self.ringing = false;
         }
+        let skipped = self.setup.legs.skipped(&self.setup.steps[step].skipped);
+        if !skipped.is_empty() {
+            fx.push(Effect::Record(skipped));
+        }
         let retargeting = Retargeting::of(&self.setup.steps[step].diversions);
         let targets = self.setup.steps[step].targets.clone();
         for target in targets {
@@ -994,6 +998,7 @@ mod tests {
                 unavailable,
             },
             diversions: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 

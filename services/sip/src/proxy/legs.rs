@@ -101,6 +101,17 @@ impl Legs {
         out
     }
 
+    /// The records of `skipped` on the current callee's leg.
+    pub fn skipped(&self, skipped: &[crate::backend::SkippedForward]) -> Vec<CallRecord> {
+        let Some(callee) = &self.callee else {
+            return Vec::new();
+        };
+        skipped
+            .iter()
+            .map(|s| self.record(callee, CallStep::ForwardSkipped(s.clone())))
+            .collect()
+    }
+
     fn record(&self, (domain, user): &(String, String), step: CallStep) -> CallRecord {
         CallRecord {
             call_id: self.call_id.clone(),

@@ -585,6 +585,7 @@ mod tests {
                     CallStep::End { .. } => "end",
                     CallStep::Fail { .. } => "fail",
                     CallStep::Forwarded { .. } => "forwarded",
+                    CallStep::ForwardSkipped(_) => "forward skipped",
                 })
                 .collect()
         };
