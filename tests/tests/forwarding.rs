@@ -609,3 +609,79 @@ async fn time_conditions_and_time_zones_are_set_shown_and_checked() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn the_audit_shows_the_rules_in_force_at_a_moment() {
+    let (_dir, node) = node().await;
+    let mut p = node.provisioning().await.unwrap();
+    p.set_forwarding(SetForwardingRequest {
+        busy: Some("bob".into()),
+        ..set(&alice())
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    p.set_forwarding(SetForwardingRequest {
+        busy: Some("carol".into()),
+        ..set(&alice())
+    })
+    .await
+    .unwrap();
+    p.set_dnd(SetDndRequest {
+        user: alice(),
+        dnd: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let mut audit = node.audit().await.unwrap();
+    let state_at = |at: time::OffsetDateTime| GetUserStateAtRequest {
+        user: alice(),
+        at: Some(get_user_state_at_request::At::Time(
+            dialtone_api::prost_types::Timestamp {
+                seconds: at.unix_timestamp(),
+                nanos: i32::try_from(at.nanosecond()).unwrap(),
+            },
+        )),
+    };
+    let then = audit
+        .get_user_state_at(state_at(between))
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(then.forwarding.unwrap().busy, "bob@example.test");
+    assert!(!then.dnd);
+    let now = audit
+        .get_user_state_at(state_at(time::OffsetDateTime::now_utc()))
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(now.forwarding.unwrap().busy, "carol@example.test");
+    assert!(now.dnd);
+
+    let at = between
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = node
+        .cli(&["audit", "user", &alice(), "--at", &at])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("forwarding    busy -> bob@example.test"),
+        "{text}"
+    );
+    assert!(text.contains("dnd           off"), "{text}");
+}

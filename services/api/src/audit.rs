@@ -200,6 +200,8 @@ pub fn user_state(u: &user::User) -> pb::UserState {
         password_set_at: u.credentials.as_ref().and_then(|c| timestamp(c.set_at)),
         contacts: u.bindings.iter().map(binding).collect(),
         presence: presence(u.presence) as i32,
+        forwarding: Some(crate::convert::forwarding(&u.forwarding)),
+        dnd: u.dnd,
     }
 }
 

@@ -78,6 +78,8 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: AuditCommand) -> any
                 "password_set_at": time(&s.password_set_at),
                 "presence": presence_name(s.presence),
                 "contacts": s.contacts.iter().map(binding_json).collect::<Vec<_>>(),
+                "forwarding": super::user::forwarding_json(s.forwarding.as_ref()),
+                "dnd": s.dnd,
             });
             (reply.at, state)
         }
@@ -214,7 +216,7 @@ fn audit_text(v: &Value) -> String {
     let state = &v["state"];
     if state["kind"] == "user" {
         text.push_str(&format!(
-            "\n  user          {}\n  id            {}\n  status        {}{}\n  display name  {}\n  caller id     {}\n  max contacts  {}\n  created       {}\n  password set  {}\n  presence      {}",
+            "\n  user          {}\n  id            {}\n  status        {}{}\n  display name  {}\n  caller id     {}\n  max contacts  {}\n  created       {}\n  password set  {}\n  presence      {}\n  forwarding    {}\n  dnd           {}",
             s(state, "address"),
             s(state, "user_id"),
             s(state, "status"),
@@ -229,6 +231,8 @@ fn audit_text(v: &Value) -> String {
             s(state, "created_at"),
             s(state, "password_set_at"),
             s(state, "presence"),
+            super::user::forwarding_line(state),
+            if state["dnd"] == Value::Bool(true) { "on" } else { "off" },
         ));
         match state["contacts"].as_array() {
             Some(contacts) if !contacts.is_empty() => {

@@ -299,7 +299,7 @@ fn user_json(u: &pb::User) -> Value {
     })
 }
 
-fn forwarding_json(f: Option<&pb::Forwarding>) -> Value {
+pub(super) fn forwarding_json(f: Option<&pb::Forwarding>) -> Value {
     let f = f.cloned().unwrap_or_default();
     let rule = |t: &str| if t.is_empty() { Value::Null } else { json!(t) };
     json!({
@@ -318,7 +318,7 @@ fn forwarding_json(f: Option<&pb::Forwarding>) -> Value {
 }
 
 /// The rules in one line: `busy -> bob@example.com, no answer (15 s) -> ...`.
-fn forwarding_line(v: &Value) -> String {
+pub(super) fn forwarding_line(v: &Value) -> String {
     let f = &v["forwarding"];
     let mut rules = Vec::new();
     for (key, label) in [
