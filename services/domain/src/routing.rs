@@ -13,9 +13,11 @@
 //! # Inputs
 //!
 //! - [`Call`]: who calls whom (the caller's domain and its cross-domain
-//!   setting, the callee's address);
-//! - [`Callee`]: what is known of the callee (its domain's status; the
-//!   user, if it exists: enabled, presence, bindings);
+//!   setting, the callee's address, the moment schedules are read at);
+//! - [`Callee`]: what is known of the callee (its domain's status,
+//!   cross-domain setting and time zone; the user, if it exists: enabled,
+//!   presence, bindings, forwarding rules, do-not-disturb);
+//! - [`Users`]: the same for the users forwards lead to;
 //! - `now` (µs), to tell live bindings from expired ones: the caller reads
 //!   the clock, routing does not.
 //!

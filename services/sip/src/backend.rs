@@ -536,7 +536,7 @@ pub enum Availability {
     Ringing,
     /// A call is answered.
     OnThePhone,
-    /// Registered but taking no calls (not set by anything yet).
+    /// Registered but taking no calls: the user's do-not-disturb is on.
     DoNotDisturb,
 }
 

@@ -9,9 +9,9 @@
 //! | on the phone     | open      | `on-the-phone`    | On the phone     |
 //! | do not disturb   | open      | `busy`            | Do not disturb   |
 //!
-//! Do-not-disturb is not set by anything yet: when the user model gets
-//! the flag, the backend reports [`Availability::DoNotDisturb`] and this
-//! table already shows it (reachable, not taking calls: RFC 4480 `busy`).
+//! Do-not-disturb is the user's DND setting (`dialtone user dnd`), reported
+//! by the backend as [`Availability::DoNotDisturb`] while a phone is
+//! registered: reachable, not taking calls (RFC 4480 `busy`).
 
 use crate::backend::Availability;
 
