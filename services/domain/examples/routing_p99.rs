@@ -7,8 +7,11 @@
 //! Percentiles by nearest rank.
 //!
 //! ```text
-//! cargo run -p dialtone-domain --release --example routing_p99
+//! cargo run -p dialtone-domain --release --example routing_p99 [CASE...]
 //! ```
+//!
+//! With arguments, only the cases whose names contain one of them (for
+//! `perf stat` / `perf record` of one case).
 
 #[path = "../benches/routing_cases/mod.rs"]
 mod routing_cases;
@@ -49,7 +52,11 @@ fn main() {
     println!("| case | p50 µs | p99 µs | p99.9 µs | max µs | mean µs | p99 <= 50 µs |");
     println!("|---|---:|---:|---:|---:|---:|---|");
     let mut all_met = true;
+    let only: Vec<String> = std::env::args().skip(1).collect();
     for case in &dir.cases {
+        if !only.is_empty() && !only.iter().any(|o| case.name.contains(o.as_str())) {
+            continue;
+        }
         let calls: Vec<_> = case
             .dialled
             .iter()
