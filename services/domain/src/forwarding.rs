@@ -32,7 +32,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::names::UserAddress;
-use crate::schedule::{TimeCondition, TimeZone};
+use crate::schedule::{LocalTime, TimeCondition, TimeZone};
 use crate::{DomainName, Error, Result, Timestamp, UserName};
 
 /// Ring time before a no-answer rule forwards, when none is given.
@@ -255,6 +255,18 @@ impl Forwarding {
     /// `now` in `tz` (the forwarding user's domain's time zone): it has no
     /// time condition, or its condition holds.
     pub fn target_at(&self, rule: Rule, now: Timestamp, tz: &TimeZone) -> Option<&ForwardTarget> {
+        self.target_when(rule, || LocalTime::new(now, tz))
+    }
+
+    /// [`Forwarding::target_at`] with the moment read on the wall clock of
+    /// the zone by `local`, which is called only when the rule has a time
+    /// condition: a caller testing several rules at one moment reads the
+    /// clock at most once.
+    pub fn target_when(
+        &self,
+        rule: Rule,
+        local: impl FnOnce() -> LocalTime,
+    ) -> Option<&ForwardTarget> {
         let (target, when) = match rule {
             Rule::Always => (self.always.as_ref(), &self.when.always),
             Rule::Busy => (self.busy.as_ref(), &self.when.busy),
@@ -264,7 +276,7 @@ impl Forwarding {
             ),
             Rule::Unavailable => (self.unavailable.as_ref(), &self.when.unavailable),
         };
-        target.filter(|_| when.as_ref().is_none_or(|c| c.holds(now, tz)))
+        target.filter(|_| when.as_ref().is_none_or(|c| c.holds_local(&local())))
     }
 
     /// No rule at all.

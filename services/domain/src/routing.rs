@@ -89,7 +89,7 @@ use crate::domain::Status;
 use crate::forwarding::{ForwardTarget, Forwarding, Rule};
 use crate::names::UserAddress;
 use crate::registration::Presence;
-use crate::schedule::TimeZone;
+use crate::schedule::{LocalTime, TimeZone};
 use crate::Timestamp;
 
 /// The time zone of a domain that has none.
@@ -512,6 +512,7 @@ pub fn route<'a, R: Clone>(
         schedule_time: call.schedule_time.unwrap_or(now),
         limits,
         steps: Vec::new(),
+        clock: None,
     };
     match planner.user(dialled, callee, user, &[])? {
         Ok(first) => {
@@ -532,6 +533,8 @@ struct Planner<'p, 'a, R, U> {
     schedule_time: Timestamp,
     limits: Limits,
     steps: Vec<Step<'a, Target<'a, R>>>,
+    /// The last time zone read and the schedule time on its clock.
+    clock: Option<(&'a TimeZone, LocalTime)>,
 }
 
 impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
@@ -546,9 +549,15 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         via: &[Diversion<'a>],
     ) -> Result<Result<usize, Refusal>, Unrouted> {
         let rules = user.forwarding;
-        // The rules that apply now, in the time zone of this user's domain.
+        // The rules that apply now, in the time zone of this user's domain
+        // (its clock read once per route, and only for time conditions).
         let (at, tz) = (self.schedule_time, callee.time_zone.unwrap_or(&UTC));
-        let rule = |r: Rule| rules.and_then(|f| f.target_at(r, at, tz));
+        let local = match rules {
+            Some(f) if !f.when.is_empty() => Some(self.local_time(tz)),
+            _ => None,
+        };
+        let local = || local.unwrap_or_else(|| LocalTime::new(at, tz));
+        let rule = |r: Rule| rules.and_then(|f| f.target_when(r, local));
         // The rules of this user not taken for this call, and why; kept
         // on the user's step (none when the user has no step).
         let mut skipped = Vec::new();
@@ -622,6 +631,20 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         self.steps[index].next = next;
         self.steps[index].skipped = skipped;
         Ok(Ok(index))
+    }
+
+    /// The schedule time on the wall clock of `tz`: the time zone
+    /// conversion costs more than testing a schedule, and every user of a
+    /// domain shares its zone, so the last one read is kept.
+    fn local_time(&mut self, tz: &'a TimeZone) -> LocalTime {
+        match self.clock {
+            Some((zone, local)) if std::ptr::eq(zone, tz) || zone == tz => local,
+            _ => {
+                let local = LocalTime::new(self.schedule_time, tz);
+                self.clock = Some((tz, local));
+                local
+            }
+        }
     }
 
     /// Takes `from`'s forward to `target` if it can be taken (see the

@@ -230,10 +230,16 @@ impl Schedule {
     ///
     /// Allocation-free: this is meant to run on every call routed.
     pub fn contains(&self, now_us: Timestamp, tz: &TimeZone) -> bool {
-        match jiff::Timestamp::from_microsecond(now_us) {
-            Ok(instant) => self.compiled.covers(tz.local(instant)),
-            Err(_) => false,
-        }
+        self.contains_local(&LocalTime::new(now_us, tz))
+    }
+
+    /// [`Schedule::contains`] at a moment already read on the wall clock
+    /// of its time zone: for testing many schedules at one moment, reading
+    /// the clock once (the time zone conversion costs more than the test).
+    pub fn contains_local(&self, local: &LocalTime) -> bool {
+        local
+            .0
+            .is_some_and(|minute| self.compiled.covers_minute(&minute))
     }
 
     /// The next moment after `now_us` at which [`Schedule::contains`]
@@ -325,6 +331,44 @@ impl From<Schedule> for String {
     }
 }
 
+/// A moment as the wall clock of a [`TimeZone`] shows it, to the minute:
+/// read once ([`LocalTime::new`]) to test any number of schedules at that
+/// moment ([`Schedule::contains_local`], [`TimeCondition::holds_local`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalTime(Option<LocalMinute>);
+
+impl LocalTime {
+    /// The moment `now_us` (µs since the Unix epoch) in `tz`. A moment
+    /// outside the range of calendar dates is in no schedule.
+    pub fn new(now_us: Timestamp, tz: &TimeZone) -> Self {
+        LocalTime(
+            jiff::Timestamp::from_microsecond(now_us)
+                .ok()
+                .map(|instant| LocalMinute::of(tz.local(instant))),
+        )
+    }
+}
+
+/// What [`Compiled::covers_minute`] reads of a wall-clock time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LocalMinute {
+    date: Date,
+    /// Monday 0.
+    weekday: usize,
+    minute: usize,
+}
+
+impl LocalMinute {
+    fn of(local: DateTime) -> Self {
+        let date = local.date();
+        LocalMinute {
+            date,
+            weekday: Compiled::weekday(date),
+            minute: minute_of_day(local),
+        }
+    }
+}
+
 /// Whether a [`TimeCondition`] holds inside its schedule or outside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Applies {
@@ -365,7 +409,13 @@ impl TimeCondition {
     /// Whether the condition holds at `now_us` in `tz`. Allocation-free,
     /// as [`Schedule::contains`].
     pub fn holds(&self, now_us: Timestamp, tz: &TimeZone) -> bool {
-        let inside = self.schedule.contains(now_us, tz);
+        self.holds_local(&LocalTime::new(now_us, tz))
+    }
+
+    /// [`TimeCondition::holds`] at a moment already read on the wall clock
+    /// of its time zone ([`Schedule::contains_local`]).
+    pub fn holds_local(&self, local: &LocalTime) -> bool {
+        let inside = self.schedule.contains_local(local);
         match self.applies {
             Applies::Inside => inside,
             Applies::Outside => !inside,
@@ -1098,12 +1148,14 @@ impl Compiled {
     }
 
     fn covers(&self, local: DateTime) -> bool {
-        let minute = minute_of_day(local);
-        let date = local.date();
-        self.week[Self::weekday(date)].get(minute)
+        self.covers_minute(&LocalMinute::of(local))
+    }
+
+    fn covers_minute(&self, local: &LocalMinute) -> bool {
+        self.week[local.weekday].get(local.minute)
             && !self
-                .holiday(date)
-                .is_some_and(|holiday| holiday.get(minute))
+                .holiday(local.date)
+                .is_some_and(|holiday| holiday.get(local.minute))
     }
 
     /// The covered minutes of one date.

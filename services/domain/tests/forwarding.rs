@@ -847,3 +847,51 @@ fn forwards_that_cannot_be_rung_are_not_taken() {
         [0]
     );
 }
+
+#[test]
+fn each_forwarding_users_rules_are_read_in_its_own_domains_zone() {
+    // u0 (a.example, Berlin) forwards always to u3 (b.example, New York)
+    // in Berlin's business hours; u3 forwards always to u4 in New York's.
+    // Routing reads the clock once per zone, not once per route.
+    let hours = || Some(TimeCondition::parse("inside mon-fri 09:00-17:00").unwrap());
+    let mut dir = given(Forwarding {
+        always: to(3),
+        when: RuleTimes {
+            always: hours(),
+            ..RuleTimes::default()
+        },
+        ..Forwarding::default()
+    });
+    dir.users[0].domain_calls_out = true;
+    dir.users[3].forwarding = Forwarding {
+        always: to(4),
+        when: RuleTimes {
+            always: hours(),
+            ..RuleTimes::default()
+        },
+        ..Forwarding::default()
+    };
+    dir.zone = Some(TimeZone::parse("Europe/Berlin").unwrap());
+    let new_york = TimeZone::parse("America/New_York").unwrap();
+    let mut users = dir.callees();
+    for i in [3, 4] {
+        users.get_mut(&address(i)).unwrap().time_zone = Some(&new_york);
+    }
+    // Monday 2026-12-07, in UTC.
+    let monday = |hour: i64| (1_796_601_600 + hour * 3600) * MICROS_PER_SEC;
+    for (utc_hour, expected) in [
+        // 10:00 in Berlin, 04:00 in New York.
+        (9, 3),
+        // 16:00 in Berlin, 10:00 in New York.
+        (15, 4),
+        // 18:00 in Berlin, 12:00 in New York.
+        (17, 0),
+    ] {
+        let call = Call {
+            schedule_time: Some(monday(utc_hour)),
+            ..dialled_call("a.example")
+        };
+        let plan = route(&call, &dir.callee(0), &users, NOW, Limits::default()).unwrap();
+        assert_eq!(owners(&plan), [expected], "at {utc_hour}:00 UTC");
+    }
+}
