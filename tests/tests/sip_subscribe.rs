@@ -922,3 +922,52 @@ async fn a_change_reaches_a_thousand_subscribers() {
     })
     .await
 }
+
+/// Do-not-disturb set over gRPC reaches watchers: reachable but busy
+/// (RFC 4480 `busy`, "Do not disturb"), and back to available when off.
+#[tokio::test]
+async fn presence_shows_do_not_disturb() {
+    bounded(60, async {
+        let (_dir, node) = node(&[]).await;
+        let mut alice = TestUa::udp(node.sip_addr()).await.unwrap();
+        let reg = Register::new("alice", DOMAIN)
+            .password(PASSWORD)
+            .expires(600);
+        assert_eq!(alice.register(&reg).await.unwrap().code, 200);
+        let mut bob = Phone::new(node.sip_addr(), "bob", DOMAIN).await;
+        let (ok, _) = bob
+            .subscribe(&addr("alice"), "presence", Some(600), PASSWORD)
+            .await;
+        assert_eq!(ok.code(), Some(200), "{}", ok.text);
+        let first = bob.notify().await;
+        assert_eq!(basic(&first), "open", "{}", first.text);
+        assert!(!first.body().contains("busy"), "{}", first.text);
+
+        let set = |dnd: bool| {
+            let node = &node;
+            async move {
+                node.provisioning()
+                    .await
+                    .unwrap()
+                    .set_dnd(dialtone_api::pb::SetDndRequest {
+                        user: addr("alice"),
+                        dnd,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        set(true).await;
+        let dnd = bob.notify().await;
+        assert_eq!(basic(&dnd), "open", "{}", dnd.text);
+        assert!(dnd.body().contains("busy"), "{}", dnd.text);
+        assert!(dnd.body().contains("Do not disturb"), "{}", dnd.text);
+
+        set(false).await;
+        let back = bob.notify().await;
+        assert!(!back.body().contains("busy"), "{}", back.text);
+        node.stop().await.unwrap();
+    })
+    .await
+}
