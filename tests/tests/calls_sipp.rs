@@ -876,6 +876,11 @@ async fn unknown_callee_404() {
         let caller = t.call("call_uac_fails.xml", "nobody", DOMAIN).await;
         caller.assert_all_successful(1);
         assert_eq!(summary(&caller), ["407 INVITE", "404 INVITE"]);
+        assert!(
+            received(&caller, "SIP/2.0 404 Not Found\n").contains("CSeq: 2 INVITE"),
+            "{:#?}",
+            caller.received
+        );
 
         assert_call_events(
             &t.node,
@@ -896,6 +901,30 @@ async fn unknown_callee_404() {
                 404,
                 CallCause::NotFound,
             ),
+        )
+        .await;
+        t.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_external_number_gets_404_saying_no_trunk_routes_it() {
+    bounded(60, async {
+        let t = Calls::start(&[]).await;
+        let number = t.call("call_uac_fails.xml", "+15551234567", DOMAIN).await;
+        number.assert_all_successful(1);
+        assert_eq!(summary(&number), ["407 INVITE", "404 INVITE"]);
+        received(
+            &number,
+            "SIP/2.0 404 Not Found (no trunk routes external numbers)\n",
+        );
+        assert_call_events(
+            &t.node,
+            &[(
+                &t.alice.id,
+                vec![started("outbound"), failed(404, "not_found")],
+            )],
         )
         .await;
         t.node.stop().await.unwrap();

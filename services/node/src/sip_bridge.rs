@@ -636,6 +636,12 @@ fn call_route_of(refusal: routing::Refusal) -> CallRoute {
     }
 }
 
+/// `+` and 2 to 15 digits (E.164), as a dialled number is written.
+fn is_e164(user: &str) -> bool {
+    user.strip_prefix('+')
+        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -818,6 +824,13 @@ impl SipBackend for ActorBackend {
                     .collect();
                 match routing::route(&call, &callee, &others, now, self.routing_limits) {
                     Ok(plan) => return Ok(CallRoute::Plan(route_plan(plan))),
+                    // An external number is no user: it needs a trunk,
+                    // and none exists yet.
+                    Err(Unrouted::Refused(routing::Refusal::UnknownUser))
+                        if is_e164(callee_user) =>
+                    {
+                        return Ok(CallRoute::NoTrunk)
+                    }
                     Err(Unrouted::Refused(refusal)) => return Ok(call_route_of(refusal)),
                     Err(Unrouted::NeedsUser(address)) => address,
                 }

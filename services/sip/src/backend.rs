@@ -207,6 +207,9 @@ pub enum CallRoute {
     UnknownDomain,
     /// No such user in the callee's domain: 404.
     UnknownUser,
+    /// The callee is an external number (E.164) and no trunk routes it:
+    /// 404 with a reason phrase saying so.
+    NoTrunk,
     /// The callee is in another domain than the caller and the caller's
     /// domain does not allow cross-domain calls: 403.
     CrossDomainForbidden,

@@ -90,7 +90,7 @@ impl Core {
                 );
                 return (100, trying);
             }
-            CallRoute::UnknownDomain | CallRoute::UnknownUser => {
+            CallRoute::UnknownDomain | CallRoute::UnknownUser | CallRoute::NoTrunk => {
                 // The callee has no leg: only the caller's is recorded.
                 legs.callee = None;
                 (404, CallCause::NotFound)
@@ -113,6 +113,10 @@ impl Core {
         if let Err(e) = recorder.record_durable(legs.fail(code, cause)).await {
             return self.backend_failure(cx, &e);
         }
-        self.respond(cx, code, response::reason(code), |_| {})
+        let reason = match route {
+            CallRoute::NoTrunk => "Not Found (no trunk routes external numbers)",
+            _ => response::reason(code),
+        };
+        self.respond(cx, code, reason, |_| {})
     }
 }
