@@ -835,6 +835,16 @@ impl SipBackend for ActorBackend {
                     Err(Unrouted::NeedsUser(address)) => address,
                 }
             };
+            // Routing asks for each user once (a property test holds it
+            // to that); a bug here must fail the call, not spin on it.
+            if forwarded.len() >= routing::MAX_PLAN_STEPS * 2
+                || forwarded.iter().any(|(a, _)| *a == needed)
+            {
+                return Err(BackendError::Internal(format!(
+                    "routing asked again for {needed} after {} lookups",
+                    forwarded.len()
+                )));
+            }
             let looked = self.look_up(&needed).await?;
             forwarded.push((needed, looked));
         }
