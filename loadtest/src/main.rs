@@ -5,6 +5,8 @@
 //! - `provision-csv`: creates the users of a SIPp users CSV (the format of
 //!   the benchmark harness's `sipp/gen-users.sh`, see `docs/performance.md`),
 //!   idempotently: the provisioning hook for the SIP benchmarks.
+//! - `forward-csv`: gives the users of such a CSV a `busy` forwarding rule
+//!   to the user K lines further down (`loadtest/forward-bench.sh`).
 //! - `register-latency`, `hold-clients`, `notify-fanout`: SIP clients (see
 //!   their modules).
 
@@ -20,7 +22,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dialtone_api::auth::Bearer;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
-use dialtone_api::pb::{CreateDomainRequest, CreateUserRequest};
+use dialtone_api::pb::{CreateDomainRequest, CreateUserRequest, SetForwardingRequest};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -214,6 +216,21 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Set forwarding on busy for the users of a SIPp users CSV: the user
+    /// on line i forwards to the user on line i + K (same domain, by
+    /// username); users with no line i + K get no rule. Idempotent (sets
+    /// the same rule again). The users must exist (`provision-csv`).
+    ForwardCsv {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        csv: std::path::PathBuf,
+        /// K: how many lines further down the busy target is.
+        #[arg(long)]
+        busy_to_offset: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
 }
 
 #[tokio::main]
@@ -374,7 +391,86 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::ForwardCsv {
+            domain,
+            csv,
+            busy_to_offset,
+            concurrency,
+        } => {
+            let users = read_users_csv(&csv)?;
+            let rules = busy_rules(&users, busy_to_offset);
+            anyhow::ensure!(
+                !rules.is_empty(),
+                "no user of {} has a line {busy_to_offset} further down",
+                csv.display()
+            );
+            forward(&args.server, bearer.clone(), &domain, rules, concurrency).await
+        }
     }
+}
+
+/// (user, busy target) for each user of `users` that has a user `offset`
+/// places further down.
+fn busy_rules(users: &[(String, String)], offset: usize) -> Vec<(String, String)> {
+    if offset == 0 {
+        return Vec::new();
+    }
+    users
+        .iter()
+        .zip(users.iter().skip(offset))
+        .map(|((from, _), (to, _))| (from.clone(), to.clone()))
+        .collect()
+}
+
+/// Sets each (user, target) busy rule over `concurrency` clients.
+async fn forward(
+    server: &str,
+    token: Bearer,
+    domain: &str,
+    rules: Vec<(String, String)>,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let total = rules.len();
+    let concurrency = concurrency.max(1);
+    let mut chunks = vec![Vec::new(); concurrency];
+    for (i, rule) in rules.into_iter().enumerate() {
+        chunks[i % concurrency].push(rule);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let mut client = connect(server, token.clone()).await?;
+        let domain = domain.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0usize;
+            for (user, target) in chunk {
+                let result = client
+                    .set_forwarding(SetForwardingRequest {
+                        user: format!("{user}@{domain}"),
+                        busy: Some(target),
+                        ..Default::default()
+                    })
+                    .await;
+                if let Err(e) = result {
+                    failed += 1;
+                    if failed <= 3 {
+                        eprintln!("set forwarding of {user} failed: {e}");
+                    }
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await?;
+    }
+    println!(
+        "set busy forwarding for {total} users in {domain} ({failed} failed) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(failed == 0, "{failed} rules failed");
+    Ok(())
 }
 
 /// The TLS client configuration for WSS phones; `None` for UDP.
@@ -526,4 +622,26 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
     sorted.get(i).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_rules;
+
+    #[test]
+    fn busy_rules_point_k_lines_down() {
+        let users: Vec<(String, String)> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|u| ((*u).to_owned(), format!("pw-{u}")))
+            .collect();
+        let pairs = |rules: Vec<(String, String)>| {
+            rules
+                .into_iter()
+                .map(|(f, t)| format!("{f}->{t}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(busy_rules(&users, 2)), ["a->c", "b->d", "c->e"]);
+        assert!(busy_rules(&users, 0).is_empty());
+        assert!(busy_rules(&users, 5).is_empty());
+    }
 }
