@@ -832,6 +832,33 @@ mod tests {
     }
 
     #[test]
+    fn the_test_clock_is_an_rfc3339_moment_or_a_clear_error() {
+        let config = Config::resolve(&Overrides {
+            test_clock: Some("2026-12-08T19:05:00+01:00".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        // 18:05 UTC, in microseconds.
+        assert_eq!(config.test_clock, Some(1_796_753_100_000_000));
+        assert_eq!(
+            Config::resolve(&Overrides::default()).unwrap().test_clock,
+            None
+        );
+        let err = Config::resolve(&Overrides {
+            test_clock: Some("tuesday evening".into()),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--test-clock")
+                && err.contains("tuesday evening")
+                && err.contains("RFC 3339"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn digest_algorithms_come_from_the_file_or_the_flag() {
         use dialtone_domain::domain::DigestAlgorithm::{Md5, Sha256};
         let dir = std::env::temp_dir().join(format!("dialtone-digest-{}", std::process::id()));
