@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use dialtone_api::pb::{CallCause, CallDirection, CallRecord, HangupSide, ListCallsRequest, User};
 use dialtone_api::prost_types::Timestamp;
-use serde_json::{json, Value};
+use serde_json::json;
+use support::calls::{
+    answered, assert_call_events, failed, maybe_ringing, ringing, started, Expected,
+};
 use support::sip::{
-    bounded, create_domain, create_user, eventually, stream_events, Sipp, SippRun, DOMAIN, PASSWORD,
+    bounded, create_domain, create_user, eventually, Sipp, SippRun, DOMAIN, PASSWORD,
 };
 use support::TestNode;
 
@@ -182,26 +185,6 @@ fn received<'a>(run: &'a SippRun, start_line: &str) -> &'a str {
 
 // --- Call events -----------------------------------------------------------
 
-/// One expected call event: its type (with a trailing `?` when it may be
-/// missing) and fields its JSON data must have.
-type Expected = (&'static str, Value);
-
-fn started(direction: &str) -> Expected {
-    ("CallStarted", json!({ "direction": direction }))
-}
-
-fn ringing() -> Expected {
-    ("CallRinging", json!({}))
-}
-
-fn maybe_ringing() -> Expected {
-    ("CallRinging?", json!({}))
-}
-
-fn answered() -> Expected {
-    ("CallAnswered", json!({}))
-}
-
 /// Answered by the contact `contact`.
 fn answered_by(contact: &str) -> Expected {
     ("CallAnswered", json!({ "contact": contact }))
@@ -212,88 +195,6 @@ fn ended(hangup_side: &str) -> Expected {
         "CallEnded",
         json!({ "cause": "normal_clearing", "hangup_side": hangup_side }),
     )
-}
-
-fn failed(sip_status: u16, cause: &str) -> Expected {
-    (
-        "CallFailed",
-        json!({ "sip_status": sip_status, "cause": cause }),
-    )
-}
-
-/// The events of `user-{id}` whose type starts with `Call`, as
-/// `(type, data)`.
-async fn call_events(node: &TestNode, user_id: &str) -> Vec<(String, Value)> {
-    stream_events(node, &format!("user-{user_id}"))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.r#type.starts_with("Call"))
-        .map(|e| {
-            let data = serde_json::from_str(&e.data_json).unwrap_or(Value::Null);
-            (e.r#type, data)
-        })
-        .collect()
-}
-
-/// Whether `actual` is `expected` in order (optional entries may be
-/// missing), each with at least the expected data fields.
-fn matches(actual: &[(String, Value)], expected: &[Expected]) -> bool {
-    let mut i = 0;
-    for (ty, fields) in expected {
-        let (ty, optional) = match ty.strip_suffix('?') {
-            Some(t) => (t, true),
-            None => (*ty, false),
-        };
-        let hit = actual.get(i).is_some_and(|(t, data)| {
-            t == ty
-                && fields
-                    .as_object()
-                    .is_some_and(|f| f.iter().all(|(k, v)| data.get(k) == Some(v)))
-        });
-        if hit {
-            i += 1;
-        } else if !optional {
-            return false;
-        }
-    }
-    i == actual.len()
-}
-
-/// Asserts the call events of each `(user id, expected)` leg, waiting for
-/// asynchronously appended ones, and that all of them share one `call_id`.
-/// An empty expectation means that the stream gets no call event at all.
-async fn assert_call_events(node: &TestNode, legs: &[(&str, Vec<Expected>)]) {
-    for (user_id, expected) in legs {
-        if expected.is_empty() {
-            // Nothing should come: give a wrong event a moment to arrive.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        let found = eventually(
-            Duration::from_secs(5),
-            &format!("the call events of user-{user_id}"),
-            || async { Ok(matches(&call_events(node, user_id).await, expected).then_some(())) },
-        )
-        .await;
-        if found.is_err() {
-            panic!(
-                "user-{user_id}: expected call events {expected:#?}\nfound {:#?}",
-                call_events(node, user_id).await
-            );
-        }
-    }
-    let mut ids = Vec::new();
-    for (user_id, _) in legs {
-        for (ty, data) in call_events(node, user_id).await {
-            ids.push((ty, data["call_id"].as_str().unwrap_or_default().to_owned()));
-        }
-    }
-    if let Some((_, first)) = ids.first() {
-        assert!(
-            !first.is_empty() && ids.iter().all(|(_, id)| id == first),
-            "the legs do not share one call_id: {ids:#?}"
-        );
-    }
 }
 
 // --- Call detail records --------------------------------------------------

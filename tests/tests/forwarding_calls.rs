@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use dialtone_api::pb::{
     CallRecord, ForwardReason, ListCallsRequest, SetDndRequest, SetForwardingRequest, User,
 };
-use serde_json::{json, Value};
+use serde_json::json;
+use support::calls::{answered, assert_call_events, failed, maybe_ringing, started, Expected};
 use support::sip::{
-    bounded, create_domain, create_user, eventually, stream_events, Sipp, SippRun, DOMAIN, PASSWORD,
+    bounded, create_domain, create_user, eventually, Sipp, SippRun, DOMAIN, PASSWORD,
 };
 use support::TestNode;
 
@@ -188,22 +189,6 @@ fn header<'a>(message: &'a str, name: &str) -> &'a str {
 
 // --- Call events -----------------------------------------------------------
 
-/// One expected call event: its type (with a trailing `?` when it may be
-/// missing) and fields its JSON data must have.
-type Expected = (&'static str, Value);
-
-fn started(direction: &str) -> Expected {
-    ("CallStarted", json!({ "direction": direction }))
-}
-
-fn maybe_ringing() -> Expected {
-    ("CallRinging?", json!({}))
-}
-
-fn answered() -> Expected {
-    ("CallAnswered", json!({}))
-}
-
 fn ended() -> Expected {
     ("CallEnded", json!({ "cause": "normal_clearing" }))
 }
@@ -215,80 +200,14 @@ fn forwarded(to: &str, reason: &str) -> Expected {
     )
 }
 
-fn failed(sip_status: u16, cause: &str) -> Expected {
-    (
-        "CallFailed",
-        json!({ "sip_status": sip_status, "cause": cause }),
-    )
-}
-
-/// The events of `user-{id}` whose type starts with `Call`.
-async fn call_events(node: &TestNode, user_id: &str) -> Vec<(String, Value)> {
-    stream_events(node, &format!("user-{user_id}"))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.r#type.starts_with("Call"))
-        .map(|e| {
-            let data = serde_json::from_str(&e.data_json).unwrap_or(Value::Null);
-            (e.r#type, data)
-        })
-        .collect()
-}
-
-/// Whether `actual` is `expected` in order (optional entries may be
-/// missing), each with at least the expected data fields.
-fn matches(actual: &[(String, Value)], expected: &[Expected]) -> bool {
-    let mut i = 0;
-    for (ty, fields) in expected {
-        let (ty, optional) = match ty.strip_suffix('?') {
-            Some(t) => (t, true),
-            None => (*ty, false),
-        };
-        let hit = actual.get(i).is_some_and(|(t, data)| {
-            t == ty
-                && fields
-                    .as_object()
-                    .is_some_and(|f| f.iter().all(|(k, v)| data.get(k) == Some(v)))
-        });
-        if hit {
-            i += 1;
-        } else if !optional {
-            return false;
-        }
-    }
-    i == actual.len()
-}
-
-/// Asserts the call events of each user's leg, waiting for the ones
-/// appended asynchronously, and that every leg shares one `call_id`.
+/// Asserts the call events of each user's leg (by name), as
+/// [`assert_call_events`] does.
 async fn assert_legs(pbx: &Pbx, legs: &[(&str, Vec<Expected>)]) {
-    for (user, expected) in legs {
-        let id = pbx.id(user);
-        let found = eventually(
-            Duration::from_secs(5),
-            &format!("the call events of {user}"),
-            || async { Ok(matches(&call_events(&pbx.node, id).await, expected).then_some(())) },
-        )
-        .await;
-        if found.is_err() {
-            panic!(
-                "{user}: expected call events {expected:#?}\nfound {:#?}",
-                call_events(&pbx.node, id).await
-            );
-        }
-    }
-    let mut ids = Vec::new();
-    for (user, _) in legs {
-        for (ty, data) in call_events(&pbx.node, pbx.id(user)).await {
-            ids.push((ty, data["call_id"].as_str().unwrap_or_default().to_owned()));
-        }
-    }
-    let first = &ids[0].1;
-    assert!(
-        !first.is_empty() && ids.iter().all(|(_, id)| id == first),
-        "the legs do not share one call_id: {ids:#?}"
-    );
+    let by_id: Vec<(&str, Vec<Expected>)> = legs
+        .iter()
+        .map(|(user, expected)| (pbx.id(user), expected.clone()))
+        .collect();
+    assert_call_events(&pbx.node, &by_id).await;
 }
 
 /// The one call detail record of the domain, once all `legs` legs are in

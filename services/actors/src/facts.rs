@@ -335,7 +335,7 @@ impl Facts {
 }
 
 fn zone_of(settings: &domain::Settings) -> Option<TimeZone> {
-    (settings.time_zone != TimeZone::utc()).then(|| settings.time_zone.clone())
+    (!settings.time_zone.is_utc()).then(|| settings.time_zone.clone())
 }
 
 #[cfg(test)]

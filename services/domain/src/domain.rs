@@ -283,7 +283,7 @@ impl From<Settings> for StoredSettings {
             allow_cross_domain_calls: settings.allow_cross_domain_calls,
             md5_allowed: settings.digest_algorithms.contains(DigestAlgorithm::Md5),
             digest_algorithms: Some(settings.digest_algorithms),
-            time_zone: (settings.time_zone != TimeZone::utc()).then_some(settings.time_zone),
+            time_zone: (!settings.time_zone.is_utc()).then_some(settings.time_zone),
         }
     }
 }

@@ -88,6 +88,13 @@ impl TimeZone {
     }
 }
 
+impl TimeZone {
+    /// Whether this is UTC, the zone of a domain that never set one.
+    pub fn is_utc(&self) -> bool {
+        self.name == "UTC"
+    }
+}
+
 /// UTC: the time zone of a domain that never set one.
 impl Default for TimeZone {
     fn default() -> Self {

@@ -157,7 +157,10 @@ impl ActorBackend {
         Ok(Looked {
             status,
             calls_out,
-            time_zone: self.time_zone_of(&address.domain),
+            time_zone: user
+                .as_ref()
+                .filter(|(u, _)| has_timed_rules(u))
+                .and_then(|_| self.time_zone_of(&address.domain)),
             user,
         })
     }
@@ -636,6 +639,14 @@ fn call_route_of(refusal: routing::Refusal) -> CallRoute {
     }
 }
 
+/// Whether some forwarding rule of the user has a time condition (only
+/// those read the domain's time zone).
+fn has_timed_rules(user: &UserFacts) -> bool {
+    user.features
+        .as_ref()
+        .is_some_and(|f| !f.forwarding.when.is_empty())
+}
+
 /// `+` and 2 to 15 digits (E.164), as a dialled number is written.
 fn is_e164(user: &str) -> bool {
     user.strip_prefix('+')
@@ -805,8 +816,11 @@ impl SipBackend for ActorBackend {
         let dialled = Looked {
             status,
             calls_out: cross_domain_calls,
-            time_zone: DomainName::parse(callee_domain)
-                .ok()
+            // Read only for rules with time conditions: most calls have none.
+            time_zone: user
+                .as_ref()
+                .filter(|u| has_timed_rules(u))
+                .and_then(|_| DomainName::parse(callee_domain).ok())
                 .and_then(|d| self.time_zone_of(&d)),
             user: user.zip(id),
         };

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod sip;
 
 use std::path::{Path, PathBuf};
