@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use dialtone_domain::ring_group::RingGroup;
 use dialtone_domain::schedule::TimeZone;
 use dialtone_domain::token::{self, Scope};
 use dialtone_domain::{domain, user, DomainId, DomainName, UserId, UserName};
@@ -31,6 +32,8 @@ pub struct DomainFacts {
     pub time_zone: Option<TimeZone>,
     /// The user names claimed in the domain.
     pub users: HashMap<UserName, UserId>,
+    /// The domain's ring groups, by name.
+    pub ring_groups: HashMap<UserName, Arc<RingGroup>>,
 }
 
 /// What the SIP path needs of a user. One is kept for every user loaded
@@ -54,6 +57,10 @@ pub struct UserFacts {
     /// The user's call features, for routing; `None` (no allocation) for
     /// the many users without any.
     pub features: Option<Box<CallFeatures>>,
+    /// An answered call is in progress (ring groups skip busy members).
+    pub on_call: bool,
+    /// When the user's last answered call ended (longest-idle groups).
+    pub last_call_ended: Option<dialtone_domain::Timestamp>,
 }
 
 /// The settings that change how a user's calls are routed.
@@ -107,6 +114,12 @@ impl UserFacts {
                     })
                 })
                 .collect(),
+            on_call: state
+                .calls
+                .in_progress
+                .iter()
+                .any(|l| l.state == dialtone_domain::call::LegState::Answered),
+            last_call_ended: state.calls.last_ended_at,
             features: (state.dnd || !state.forwarding.is_off()).then(|| {
                 Box::new(CallFeatures {
                     forwarding: state.forwarding.clone(),
@@ -125,6 +138,14 @@ impl UserFacts {
     pub fn ha1_sha256(&self) -> &str {
         self.ha1.get(self.md5_len..).unwrap_or_default()
     }
+}
+
+fn groups_of(state: &domain::Domain) -> HashMap<UserName, Arc<RingGroup>> {
+    state
+        .ring_groups
+        .iter()
+        .map(|(n, g)| (n.clone(), Arc::new(g.clone())))
+        .collect()
 }
 
 /// The transports a binding can name, without an allocation each.
@@ -202,6 +223,7 @@ impl Facts {
             allow_cross_domain_calls: state.settings.allow_cross_domain_calls,
             time_zone: zone_of(&state.settings),
             users: state.users.iter().map(|(n, u)| (n.clone(), *u)).collect(),
+            ring_groups: groups_of(state),
         };
         self.domains
             .write()
@@ -238,7 +260,19 @@ impl Facts {
                 {
                     facts.users.remove(username);
                 }
-                domain::Event::DomainCreated { .. } => facts.users.clear(),
+                domain::Event::DomainCreated { .. } => {
+                    facts.users.clear();
+                    facts.ring_groups.clear();
+                }
+                domain::Event::RingGroupCreated { name, group }
+                | domain::Event::RingGroupUpdated { name, group } => {
+                    facts
+                        .ring_groups
+                        .insert(name.clone(), Arc::new(group.clone()));
+                }
+                domain::Event::RingGroupDeleted { name } => {
+                    facts.ring_groups.remove(name);
+                }
                 _ => {}
             }
         }
@@ -275,6 +309,13 @@ impl Facts {
             facts.allow_cross_domain_calls,
             username.and_then(|u| facts.users.get(u).copied()),
         ))
+    }
+
+    /// The ring group `name` of a domain, if it is one (and the domain is
+    /// loaded).
+    pub fn ring_group(&self, id: DomainId, name: &UserName) -> Option<Arc<RingGroup>> {
+        let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        domains.get(&id)?.ring_groups.get(name).cloned()
     }
 
     /// The time zone of a domain's schedules; `None`: UTC, or a domain

@@ -64,7 +64,7 @@ pub use facts::{
 pub use flows::{FlowFact, Flows};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,
-    ProvisioningConfig, TokenInfo, UserRef, WrittenForwarding,
+    ProvisioningConfig, RingGroupInfo, TokenInfo, UserRef, WrittenForwarding, WrittenRingGroup,
 };
 pub use registrations::RegistrationIndex;
 pub use system::ActorSystem;

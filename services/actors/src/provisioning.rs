@@ -5,6 +5,7 @@ use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_domain::domain::{self, Settings, SettingsPatch};
 use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::names::UserAddress;
+use dialtone_domain::ring_group::{Member, RingGroup, RingGroupPatch, Strategy};
 use dialtone_domain::schedule::TimeCondition;
 use dialtone_domain::token::{self, Scope};
 use dialtone_domain::user::{self, NewUser, Patch};
@@ -559,11 +560,32 @@ impl Provisioning {
             .state
             .user_address()
             .ok_or_else(|| not_found_user(user))?;
+        let patch = self.forwarding_patch(&owner, written).await?;
+        self.user_command(
+            user,
+            user::Command::SetForwarding {
+                patch: Box::new(patch),
+            },
+            meta,
+        )
+        .await
+    }
+
+    /// Forwarding rules as written (by the user or ring group `owner`),
+    /// parsed and checked: each target completed with the owner's domain
+    /// and checked against the other aggregates
+    /// ([`Provisioning::check_forward_target`]), each time condition
+    /// refused when it never holds.
+    async fn forwarding_patch(
+        &self,
+        owner: &UserAddress,
+        written: WrittenForwarding,
+    ) -> Result<ForwardingPatch> {
         let parse = |text: Option<String>| -> Result<Option<Option<ForwardTarget>>> {
             match text {
                 None => Ok(None),
                 Some(t) if t.trim().is_empty() => Ok(Some(None)),
-                Some(t) => Ok(Some(Some(ForwardTarget::parse(&t, &owner)?))),
+                Some(t) => Ok(Some(Some(ForwardTarget::parse(&t, owner)?))),
             }
         };
         // A condition that never holds would make its rule dead: refused,
@@ -619,16 +641,9 @@ impl Provisioning {
         .flatten()
         .flatten()
         {
-            self.check_forward_target(&owner, target).await?;
+            self.check_forward_target(owner, target).await?;
         }
-        self.user_command(
-            user,
-            user::Command::SetForwarding {
-                patch: Box::new(patch),
-            },
-            meta,
-        )
-        .await
+        Ok(patch)
     }
 
     /// Whether calls of `owner` can be forwarded to `target` now.
@@ -650,28 +665,35 @@ impl Provisioning {
                     "cannot forward to the voicemail of {address}: this node has no voicemail service"
                 ))
             }
-            ForwardTarget::Group(address) => {
-                return Err(Error::Domain(DomainError::NotFound(format!(
-                    "ring group {address}"
-                ))))
-            }
+            ForwardTarget::Group(address) => address,
         };
         let name = address.username.clone();
+        let group = matches!(target, ForwardTarget::Group(_));
         let found = self
             .directory
             .query_domain(DomainId::for_name(&address.domain), move |r| {
-                (r.state.status, r.state.users.get(&name).copied())
+                let exists = if group {
+                    r.state.ring_groups.contains_key(&name)
+                } else {
+                    r.state.users.contains_key(&name)
+                };
+                (r.state.status, exists)
             })
             .await?;
         match found {
-            (domain::Status::Active, Some(_)) => {}
+            (domain::Status::Active, true) => {}
+            (domain::Status::Active, false) if group => {
+                return Err(Error::Domain(DomainError::NotFound(format!(
+                    "forwarding target ring group {address}"
+                ))))
+            }
             (domain::Status::Suspended, _) => {
                 return refused(format!(
                     "cannot forward to {address}: domain {} is suspended",
                     address.domain
                 ))
             }
-            (domain::Status::Active, None) => {
+            (domain::Status::Active, false) => {
                 return Err(Error::Domain(DomainError::NotFound(format!(
                     "forwarding target user {address}"
                 ))))
@@ -698,6 +720,172 @@ impl Provisioning {
             }
         }
         Ok(())
+    }
+
+    /// Creates the ring group `address` (a name of its domain no user
+    /// holds); settings not given take their defaults. Members must be
+    /// users of the domain, targets must be callable (as for a user's
+    /// forwarding).
+    pub async fn create_ring_group(
+        &self,
+        address: &UserAddress,
+        written: WrittenRingGroup,
+        meta: Meta,
+    ) -> Result<RingGroupInfo> {
+        let patch = self.ring_group_patch(address, written).await?;
+        let command = domain::Command::CreateRingGroup {
+            name: address.username.clone(),
+            patch,
+        };
+        self.ring_group_command(address, command, meta).await
+    }
+
+    /// Changes some settings of the ring group `address`.
+    pub async fn update_ring_group(
+        &self,
+        address: &UserAddress,
+        written: WrittenRingGroup,
+        meta: Meta,
+    ) -> Result<RingGroupInfo> {
+        let patch = self.ring_group_patch(address, written).await?;
+        let command = domain::Command::UpdateRingGroup {
+            name: address.username.clone(),
+            patch,
+        };
+        self.ring_group_command(address, command, meta).await
+    }
+
+    /// Deletes the ring group `address`; what it was.
+    pub async fn delete_ring_group(
+        &self,
+        address: &UserAddress,
+        meta: Meta,
+    ) -> Result<RingGroupInfo> {
+        let before = self.get_ring_group(address).await?;
+        let command = domain::Command::DeleteRingGroup {
+            name: address.username.clone(),
+        };
+        let version = self
+            .directory
+            .execute_domain(DomainId::for_name(&address.domain), command, meta, |r| {
+                r.version
+            })
+            .await?;
+        Ok(RingGroupInfo { version, ..before })
+    }
+
+    pub async fn get_ring_group(&self, address: &UserAddress) -> Result<RingGroupInfo> {
+        let name = address.username.clone();
+        let found = self
+            .directory
+            .query_domain(DomainId::for_name(&address.domain), move |r| {
+                r.state.exists().then(|| {
+                    r.state
+                        .ring_groups
+                        .get(&name)
+                        .cloned()
+                        .map(|g| (g, r.version))
+                })
+            })
+            .await?;
+        match found {
+            None => Err(Error::Domain(DomainError::NotFound(format!(
+                "domain {}",
+                address.domain
+            )))),
+            Some(None) => Err(Error::Domain(DomainError::NotFound(format!(
+                "ring group {address}"
+            )))),
+            Some(Some((group, version))) => Ok(RingGroupInfo {
+                address: address.clone(),
+                group,
+                version,
+            }),
+        }
+    }
+
+    /// The ring groups of a domain, by name.
+    pub async fn list_ring_groups(&self, domain: &DomainRef) -> Result<Vec<RingGroupInfo>> {
+        let found = self
+            .directory
+            .query_domain(domain.id(), |r| {
+                let name = r.state.name.clone()?;
+                r.state.exists().then(|| {
+                    r.state
+                        .ring_groups
+                        .iter()
+                        .map(|(n, g)| RingGroupInfo {
+                            address: UserAddress {
+                                username: n.clone(),
+                                domain: name.clone(),
+                            },
+                            group: g.clone(),
+                            version: r.version,
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await?;
+        found.ok_or_else(|| not_found_domain(domain))
+    }
+
+    async fn ring_group_patch(
+        &self,
+        address: &UserAddress,
+        written: WrittenRingGroup,
+    ) -> Result<RingGroupPatch> {
+        let members = match written.members {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|m| Member::parse(m))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            ),
+        };
+        let strategy = match written.strategy {
+            None => None,
+            Some(s) => Some(s.parse::<Strategy>()?),
+        };
+        Ok(RingGroupPatch {
+            members,
+            strategy,
+            ring_secs: written.ring_secs,
+            timeout_secs: written.timeout_secs,
+            skip_busy: written.skip_busy,
+            skip_dnd: written.skip_dnd,
+            forwarding: self.forwarding_patch(address, written.forwarding).await?,
+        })
+    }
+
+    async fn ring_group_command(
+        &self,
+        address: &UserAddress,
+        command: domain::Command,
+        meta: Meta,
+    ) -> Result<RingGroupInfo> {
+        let name = address.username.clone();
+        let found = self
+            .directory
+            .execute_domain(
+                DomainId::for_name(&address.domain),
+                command,
+                meta,
+                move |r| {
+                    r.state
+                        .ring_groups
+                        .get(&name)
+                        .cloned()
+                        .map(|g| (g, r.version))
+                },
+            )
+            .await?;
+        let (group, version) = found
+            .ok_or_else(|| Error::Domain(DomainError::NotFound(format!("ring group {address}"))))?;
+        Ok(RingGroupInfo {
+            address: address.clone(),
+            group,
+            version,
+        })
     }
 
     /// Turns a user's do-not-disturb on or off.
@@ -812,6 +1000,32 @@ fn not_found_domain(domain: &DomainRef) -> Error {
         DomainRef::Id(id) => format!("domain {id}"),
         DomainRef::Name(name) => format!("domain {name}"),
     }))
+}
+
+/// A ring group and the version of its domain's stream when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingGroupInfo {
+    pub address: UserAddress,
+    pub group: RingGroup,
+    /// The domain stream's version (`None`: empty stream).
+    pub version: Option<u64>,
+}
+
+/// A ring group's settings as a person writes them (API, CLI): `None`
+/// keeps a setting (or takes its default, for a new group).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WrittenRingGroup {
+    /// `bob` or `bob:15` (15 s of ringing in the sequential strategies).
+    pub members: Option<Vec<String>>,
+    /// `simultaneous`, `sequential`, `round-robin`, `longest-idle`.
+    pub strategy: Option<String>,
+    pub ring_secs: Option<u32>,
+    pub timeout_secs: Option<u32>,
+    pub skip_busy: Option<bool>,
+    pub skip_dnd: Option<bool>,
+    /// Where calls go instead (its `no_answer_after_secs` is refused: the
+    /// group's timeout is that time).
+    pub forwarding: WrittenForwarding,
 }
 
 /// Forwarding rules as a person writes them (API, CLI): `None` keeps a

@@ -77,6 +77,44 @@ pub fn forwarding(f: &dialtone_domain::forwarding::Forwarding) -> pb::Forwarding
     }
 }
 
+/// A ring group as the API shows it.
+pub fn ring_group(info: &dialtone_actors::RingGroupInfo) -> pb::RingGroup {
+    pb::RingGroup {
+        address: info.address.to_string(),
+        version: info.version.unwrap_or_default(),
+        ..ring_group_settings(&info.group)
+    }
+}
+
+/// A ring group's settings (address and version empty: events carry the
+/// name beside them).
+pub fn ring_group_settings(g: &dialtone_domain::ring_group::RingGroup) -> pb::RingGroup {
+    use dialtone_domain::ring_group::Strategy as S;
+    pb::RingGroup {
+        address: String::new(),
+        members: g
+            .members
+            .iter()
+            .map(|m| pb::RingGroupMember {
+                user: m.user.to_string(),
+                ring_secs: m.ring_secs.unwrap_or(0),
+            })
+            .collect(),
+        strategy: match g.strategy {
+            S::Simultaneous => pb::RingStrategy::Simultaneous,
+            S::Sequential => pb::RingStrategy::Sequential,
+            S::RoundRobin => pb::RingStrategy::RoundRobin,
+            S::LongestIdle => pb::RingStrategy::LongestIdle,
+        } as i32,
+        ring_secs: g.ring_secs,
+        timeout_secs: g.timeout_secs,
+        skip_busy: g.skip_busy,
+        skip_dnd: g.skip_dnd,
+        forwarding: Some(forwarding(&g.forwarding)),
+        version: 0,
+    }
+}
+
 fn when(c: Option<&dialtone_domain::schedule::TimeCondition>) -> String {
     c.map(ToString::to_string).unwrap_or_default()
 }

@@ -129,6 +129,17 @@ fn domain_payload(e: domain::Event) -> P {
             locked_at: timestamp(locked_at),
             locked_until: timestamp(locked_until),
         }),
+        E::RingGroupCreated { name, group } => P::RingGroupCreated(pb::RingGroupCreated {
+            name: name.to_string(),
+            group: Some(crate::convert::ring_group_settings(&group)),
+        }),
+        E::RingGroupUpdated { name, group } => P::RingGroupUpdated(pb::RingGroupUpdated {
+            name: name.to_string(),
+            group: Some(crate::convert::ring_group_settings(&group)),
+        }),
+        E::RingGroupDeleted { name } => P::RingGroupDeleted(pb::RingGroupDeleted {
+            name: name.to_string(),
+        }),
     }
 }
 
@@ -411,6 +422,7 @@ pub fn cause(c: Cause) -> pb::CallCause {
         Cause::Unavailable => pb::CallCause::Unavailable,
         Cause::Timeout => pb::CallCause::Timeout,
         Cause::NodeRestart => pb::CallCause::NodeRestart,
+        Cause::AnsweredElsewhere => pb::CallCause::AnsweredElsewhere,
     }
 }
 
@@ -434,6 +446,9 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::UserNameClaimed(_) => "UserNameClaimed",
         P::UserNameReleased(_) => "UserNameReleased",
         P::SourceLockedOut(_) => "SourceLockedOut",
+        P::RingGroupCreated(_) => "RingGroupCreated",
+        P::RingGroupUpdated(_) => "RingGroupUpdated",
+        P::RingGroupDeleted(_) => "RingGroupDeleted",
         P::UserCreated(_) => "UserCreated",
         P::PasswordChanged(_) => "PasswordChanged",
         P::UserUpdated(_) => "UserUpdated",

@@ -2,8 +2,10 @@
 
 use dialtone_actors::{
     DomainRef, Meta, NewDomain, NewUserRequest, Provisioning, UserRef, WrittenForwarding,
+    WrittenRingGroup,
 };
 use dialtone_domain::domain::{DigestAlgorithms, Settings, SettingsPatch};
+use dialtone_domain::names::UserAddress;
 use dialtone_domain::schedule::TimeZone;
 use dialtone_domain::user::Patch;
 use dialtone_domain::{DomainName, UserName};
@@ -508,5 +510,124 @@ impl ProvisioningService for ProvisioningApi {
             .await
             .map_err(status::from_actor)?;
         Ok(Response::new(convert::user(&view)))
+    }
+
+    async fn create_ring_group(
+        &self,
+        request: Request<CreateRingGroupRequest>,
+    ) -> Result<Response<RingGroup>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let address = group_address(&req.address, &access)?;
+        let written = written_ring_group(req.settings.unwrap_or_default());
+        let info = self
+            .provisioning
+            .create_ring_group(&address, written, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::ring_group(&info)))
+    }
+
+    async fn get_ring_group(
+        &self,
+        request: Request<GetRingGroupRequest>,
+    ) -> Result<Response<RingGroup>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let address = group_address(&req.address, &access)?;
+        let info = self
+            .provisioning
+            .get_ring_group(&address)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::ring_group(&info)))
+    }
+
+    async fn list_ring_groups(
+        &self,
+        request: Request<ListRingGroupsRequest>,
+    ) -> Result<Response<ListRingGroupsResponse>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let domain = domain_ref(&req.domain)?;
+        access.check_domain(&domain)?;
+        let groups = self
+            .provisioning
+            .list_ring_groups(&domain)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(ListRingGroupsResponse {
+            ring_groups: groups.iter().map(convert::ring_group).collect(),
+        }))
+    }
+
+    async fn update_ring_group(
+        &self,
+        request: Request<UpdateRingGroupRequest>,
+    ) -> Result<Response<RingGroup>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let address = group_address(&req.address, &access)?;
+        let written = written_ring_group(req.settings.unwrap_or_default());
+        let info = self
+            .provisioning
+            .update_ring_group(&address, written, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::ring_group(&info)))
+    }
+
+    async fn delete_ring_group(
+        &self,
+        request: Request<DeleteRingGroupRequest>,
+    ) -> Result<Response<RingGroup>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, req.expected_version)?;
+        let address = group_address(&req.address, &access)?;
+        let info = self
+            .provisioning
+            .delete_ring_group(&address, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::ring_group(&info)))
+    }
+}
+
+/// A ring group's `name@domain`, in a domain the caller may manage.
+fn group_address(input: &str, access: &Access) -> Result<UserAddress, Status> {
+    let address = UserAddress::parse(input.trim()).map_err(|e| match e {
+        dialtone_domain::Error::Invalid { field, reason } => status::invalid(
+            "address",
+            format!("'{input}' is not a ring group address (name@domain): {field}: {reason}"),
+        ),
+        other => status::from_domain(other),
+    })?;
+    access.check_domain(&DomainRef::Name(address.domain.clone()))?;
+    Ok(address)
+}
+
+fn written_ring_group(c: RingGroupChange) -> WrittenRingGroup {
+    WrittenRingGroup {
+        members: c.members.map(|m| m.members),
+        strategy: c.strategy,
+        ring_secs: c.ring_secs,
+        timeout_secs: c.timeout_secs,
+        skip_busy: c.skip_busy,
+        skip_dnd: c.skip_dnd,
+        forwarding: WrittenForwarding {
+            always: c.always,
+            busy: c.busy,
+            no_answer: c.no_answer,
+            no_answer_after_secs: None,
+            unavailable: c.unavailable,
+            always_when: c.always_when,
+            busy_when: c.busy_when,
+            no_answer_when: c.no_answer_when,
+            unavailable_when: c.unavailable_when,
+            clear: false,
+        },
     }
 }

@@ -121,10 +121,12 @@ pub enum Cause {
     /// The leg's dialog state was lost by a crash of the node; the leg was
     /// closed when the node started again.
     NodeRestart,
+    /// A ring group member's leg: another member answered the call.
+    AnsweredElsewhere,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 9] = [
+    pub const ALL: [Cause; 10] = [
         Cause::NormalClearing,
         Cause::OriginatorCancel,
         Cause::UserBusy,
@@ -134,6 +136,7 @@ impl Cause {
         Cause::Unavailable,
         Cause::Timeout,
         Cause::NodeRestart,
+        Cause::AnsweredElsewhere,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -147,6 +150,7 @@ impl Cause {
             Cause::Unavailable => "unavailable",
             Cause::Timeout => "timeout",
             Cause::NodeRestart => "node_restart",
+            Cause::AnsweredElsewhere => "answered_elsewhere",
         }
     }
 }
@@ -297,6 +301,11 @@ pub struct Legs {
     /// The last [`FINISHED_REMEMBERED`] finished `call_id`s, oldest first.
     #[serde(default)]
     pub finished: VecDeque<String>,
+    /// When the user's last answered call ended: how long the user has
+    /// been idle (ring groups' longest-idle strategy). (`default`: none, as
+    /// in snapshots from before ring groups.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ended_at: Option<Timestamp>,
 }
 
 impl Legs {
@@ -357,6 +366,11 @@ impl Legs {
             Event::CallEnded { call_id, .. }
             | Event::CallFailed { call_id, .. }
             | Event::CallForwarded { call_id, .. } => {
+                if let Event::CallEnded { ended_at, .. } = event {
+                    if self.get(call_id).is_some() {
+                        self.last_ended_at = Some(*ended_at);
+                    }
+                }
                 self.in_progress.retain(|l| l.call_id != *call_id);
                 if !self.is_finished(call_id) {
                     self.finished.push_back(call_id.clone());

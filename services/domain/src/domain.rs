@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ring_group::{RingGroup, RingGroupPatch};
 use crate::schedule::TimeZone;
 
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
@@ -385,12 +386,26 @@ pub struct Domain {
     /// User names claimed in this domain and the user holding each.
     pub users: BTreeMap<UserName, UserId>,
     pub created_at: Timestamp,
+    /// The domain's ring groups, by name ([`crate::ring_group`]): a name is
+    /// a user or a group, never both. (`default`: snapshots from before
+    /// ring groups.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ring_groups: BTreeMap<UserName, RingGroup>,
 }
 
 impl Domain {
     /// True while the domain exists (active or suspended).
     pub fn exists(&self) -> bool {
         matches!(self.status, Status::Active | Status::Suspended)
+    }
+
+    /// `name@` this domain, for messages.
+    fn address_of(&self, name: &UserName) -> String {
+        format!(
+            "{}@{}",
+            name,
+            self.name.as_ref().map(DomainName::as_str).unwrap_or("?")
+        )
     }
 
     fn label(&self) -> String {
@@ -428,6 +443,20 @@ pub enum Command {
     /// The SIP gateway locked a source address out after failed digest
     /// authentications against this domain (a security event).
     RecordLockout(Lockout),
+    /// Create the ring group `name` with the patch's settings (defaults for
+    /// the rest).
+    CreateRingGroup {
+        name: UserName,
+        patch: RingGroupPatch,
+    },
+    /// Change some settings of the ring group `name`.
+    UpdateRingGroup {
+        name: UserName,
+        patch: RingGroupPatch,
+    },
+    DeleteRingGroup {
+        name: UserName,
+    },
 }
 
 /// What a lock-out covers.
@@ -494,6 +523,18 @@ pub enum Event {
         failures: u32,
         locked_at: Timestamp,
         locked_until: Timestamp,
+    },
+    RingGroupCreated {
+        name: UserName,
+        group: RingGroup,
+    },
+    /// The group's settings after the change (all of them).
+    RingGroupUpdated {
+        name: UserName,
+        group: RingGroup,
+    },
+    RingGroupDeleted {
+        name: UserName,
     },
 }
 
@@ -569,6 +610,12 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
                 }
                 Status::Active => {}
             }
+            if state.ring_groups.contains_key(username) {
+                return Err(Error::AlreadyExists(format!(
+                    "ring group {}",
+                    state.address_of(username)
+                )));
+            }
             match state.users.get(username) {
                 Some(holder) if holder == user_id => Ok(vec![]),
                 Some(_) => Err(Error::AlreadyExists(format!(
@@ -589,6 +636,55 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
             }]),
             _ => Ok(vec![]),
         },
+        C::CreateRingGroup { name, patch } => {
+            require_active(state)?;
+            if state.users.contains_key(name) {
+                return Err(Error::AlreadyExists(format!(
+                    "user {} (a ring group cannot take a user's name)",
+                    state.address_of(name)
+                )));
+            }
+            if state.ring_groups.contains_key(name) {
+                return Err(Error::AlreadyExists(format!(
+                    "ring group {}",
+                    state.address_of(name)
+                )));
+            }
+            let group = patch.apply(None, &group_address(state, name)?)?;
+            require_members(state, name, &group)?;
+            Ok(vec![Event::RingGroupCreated {
+                name: name.clone(),
+                group,
+            }])
+        }
+        C::UpdateRingGroup { name, patch } => {
+            require_exists(state)?;
+            let current = state
+                .ring_groups
+                .get(name)
+                .ok_or_else(|| Error::NotFound(format!("ring group {}", state.address_of(name))))?;
+            let group = patch.apply(Some(current), &group_address(state, name)?)?;
+            if patch.members.is_some() {
+                require_members(state, name, &group)?;
+            }
+            if group == *current {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::RingGroupUpdated {
+                name: name.clone(),
+                group,
+            }])
+        }
+        C::DeleteRingGroup { name } => {
+            require_exists(state)?;
+            if !state.ring_groups.contains_key(name) {
+                return Err(Error::NotFound(format!(
+                    "ring group {}",
+                    state.address_of(name)
+                )));
+            }
+            Ok(vec![Event::RingGroupDeleted { name: name.clone() }])
+        }
         C::RecordLockout(lockout) => {
             require_exists(state)?;
             if lockout.source.parse::<std::net::IpAddr>().is_err() {
@@ -611,6 +707,45 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
                 locked_until: now + i64::from(lockout.duration_secs) * 1_000_000,
             }])
         }
+    }
+}
+
+fn require_active(state: &Domain) -> Result<()> {
+    require_exists(state)?;
+    if state.status == Status::Suspended {
+        return Err(Error::FailedPrecondition(format!(
+            "{} is suspended",
+            state.label()
+        )));
+    }
+    Ok(())
+}
+
+fn group_address(state: &Domain, name: &UserName) -> Result<crate::names::UserAddress> {
+    let domain = state
+        .name
+        .clone()
+        .ok_or_else(|| Error::NotFound(state.label()))?;
+    Ok(crate::names::UserAddress {
+        username: name.clone(),
+        domain,
+    })
+}
+
+/// Every member of `group` is a user of the domain (when the group is
+/// set: a member deleted later is skipped by routing).
+fn require_members(state: &Domain, name: &UserName, group: &RingGroup) -> Result<()> {
+    match group
+        .members
+        .iter()
+        .find(|m| !state.users.contains_key(&m.user))
+    {
+        Some(m) => Err(Error::NotFound(format!(
+            "user {} (listed as a member of ring group {})",
+            state.address_of(&m.user),
+            state.address_of(name)
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -637,6 +772,7 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
             state.settings = settings.clone();
             state.suspend_reason = None;
             state.users.clear();
+            state.ring_groups.clear();
             state.created_at = *created_at;
         }
         Event::DomainUpdated { settings } => state.settings = settings.clone(),
@@ -663,6 +799,12 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
         }
         // A record for audits; the domain's state does not change.
         Event::SourceLockedOut { .. } => {}
+        Event::RingGroupCreated { name, group } | Event::RingGroupUpdated { name, group } => {
+            state.ring_groups.insert(name.clone(), group.clone());
+        }
+        Event::RingGroupDeleted { name } => {
+            state.ring_groups.remove(name);
+        }
     }
     state
 }

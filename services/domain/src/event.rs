@@ -99,6 +99,9 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("UserDeleted", EventCategory::Provisioning),
     ("ForwardingChanged", EventCategory::Provisioning),
     ("DndChanged", EventCategory::Provisioning),
+    ("RingGroupCreated", EventCategory::Provisioning),
+    ("RingGroupUpdated", EventCategory::Provisioning),
+    ("RingGroupDeleted", EventCategory::Provisioning),
     ("ContactRegistered", EventCategory::Registration),
     ("ContactRefreshed", EventCategory::Registration),
     ("ContactRemoved", EventCategory::Registration),
@@ -128,6 +131,9 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "UserNameClaimed",
     "UserNameReleased",
     "SourceLockedOut",
+    "RingGroupCreated",
+    "RingGroupUpdated",
+    "RingGroupDeleted",
 ];
 
 /// The event types of the token stream ([`token::STREAM`]).
@@ -355,6 +361,9 @@ impl Event {
                 domain::Event::UserNameClaimed { .. } => "UserNameClaimed",
                 domain::Event::UserNameReleased { .. } => "UserNameReleased",
                 domain::Event::SourceLockedOut { .. } => "SourceLockedOut",
+                domain::Event::RingGroupCreated { .. } => "RingGroupCreated",
+                domain::Event::RingGroupUpdated { .. } => "RingGroupUpdated",
+                domain::Event::RingGroupDeleted { .. } => "RingGroupDeleted",
             },
             Event::User(e) => match e {
                 user::Event::UserCreated { .. } => "UserCreated",

@@ -43,6 +43,7 @@ pub mod forwarding;
 pub mod ids;
 pub mod names;
 pub mod registration;
+pub mod ring_group;
 pub mod routing;
 pub mod schedule;
 pub mod token;

@@ -87,8 +87,9 @@ use std::time::Duration;
 use crate::call::ForwardReason;
 use crate::domain::Status;
 use crate::forwarding::{ForwardTarget, Forwarding, Rule};
-use crate::names::UserAddress;
+use crate::names::{DomainName, UserAddress};
 use crate::registration::Presence;
+use crate::ring_group::{Member, RingGroup, Strategy};
 use crate::schedule::{LocalTime, TimeZone};
 use crate::Timestamp;
 
@@ -100,6 +101,10 @@ pub const DEFAULT_MAX_FORWARD_HOPS: usize = 5;
 /// Most steps a plan may have: every rule of every user on a chain may
 /// branch, so a plan is bounded whatever the rules.
 pub const MAX_PLAN_STEPS: usize = 32;
+/// Most users and groups one call's routing may ask for
+/// ([`Unrouted::NeedsUser`]): a forward target per step, and the members
+/// of the groups on the way.
+pub const MAX_LOOKUPS: usize = 2 * MAX_PLAN_STEPS + 4 * crate::ring_group::MAX_MEMBERS;
 
 /// The call being routed, as the SIP gateway authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +172,18 @@ pub struct Callee<'a, R> {
     /// Need not be looked up when [`admit`] refuses the call: the user is
     /// then never read.
     pub user: Option<CalleeUser<'a, R>>,
+    /// The ring group of that name, when the name is a group's (then
+    /// `user` is `None`): its members are read through [`Users`].
+    pub group: Option<CalleeGroup<'a>>,
+}
+
+/// A ring group being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CalleeGroup<'a> {
+    pub group: &'a RingGroup,
+    /// How many calls the group's round-robin strategy started before this
+    /// one (it starts with the member after the previous call's first).
+    pub rotation: usize,
 }
 
 /// A user that exists.
@@ -184,6 +201,11 @@ pub struct CalleeUser<'a, R> {
     pub forwarding: Option<&'a Forwarding>,
     /// Do-not-disturb is on.
     pub dnd: bool,
+    /// The user has an answered call in progress (ring groups skip it).
+    pub on_call: bool,
+    /// When the user's last answered call ended (ring groups' longest-idle
+    /// strategy); `None`: never, as far as its state remembers.
+    pub last_call_ended: Option<Timestamp>,
 }
 
 /// One registered contact of a user.
@@ -336,6 +358,7 @@ impl<'a, T> Plan<'a, T> {
                 ring_timeout: None,
                 next: Next::NONE,
                 owner,
+                group: None,
                 diversions: Vec::new(),
                 skipped: Vec::new(),
             }],
@@ -353,8 +376,12 @@ pub struct Step<'a, T> {
     pub ring_timeout: Option<Duration>,
     /// Where the call goes after each outcome of this step.
     pub next: Next,
-    /// Whose phones the targets are.
+    /// Whose phones the targets are: a user, or the ring group whose
+    /// members' phones they are (then each target names its member).
     pub owner: Party<'a>,
+    /// The ring group this step rings members of (`owner` is then the
+    /// group); `None` for a user's own phones.
+    pub group: Option<Party<'a>>,
     /// The forwards that led from the dialled user to this step, oldest
     /// first (empty for the dialled user's own phones).
     pub diversions: Vec<Diversion<'a>>,
@@ -383,7 +410,7 @@ pub enum SkipReason {
     HopLimit,
     /// The plan already has the most steps allowed.
     PlanLimit,
-    /// A number, a voicemail box or a ring group: not routed yet.
+    /// A number or a voicemail box: not routed yet.
     NotRoutable,
     /// The target user or its domain does not exist.
     UnknownTarget,
@@ -466,6 +493,9 @@ pub struct Target<'a, R> {
     pub uri: &'a str,
     /// How the contact is reached, from its [`CalleeBinding`].
     pub reach: R,
+    /// The ring group member whose phone this is, in a step that rings a
+    /// group's members; `None`: the step's owner's.
+    pub member: Option<Party<'a>>,
 }
 
 /// The refusals that depend on the domains only (rules 1 to 3 of the
@@ -498,10 +528,6 @@ pub fn route<'a, R: Clone>(
     limits: Limits,
 ) -> Result<Plan<'a, Target<'a, R>>, Unrouted> {
     admit(call, callee.domain)?;
-    let user = callee.user.as_ref().ok_or(Refusal::UnknownUser)?;
-    if !user.enabled {
-        return Err(Refusal::UserDisabled.into());
-    }
     let dialled = Party {
         domain: call.callee_domain,
         user: call.callee_user,
@@ -514,7 +540,17 @@ pub fn route<'a, R: Clone>(
         steps: Vec::new(),
         clock: None,
     };
-    match planner.user(dialled, callee, user, &[])? {
+    let planned = match (&callee.user, &callee.group) {
+        (Some(user), _) => {
+            if !user.enabled {
+                return Err(Refusal::UserDisabled.into());
+            }
+            planner.user(dialled, callee, user, &[])?
+        }
+        (None, Some(group)) => planner.group(dialled, callee, *group, &[])?,
+        (None, None) => return Err(Refusal::UnknownUser.into()),
+    };
+    match planned {
         Ok(first) => {
             debug_assert_eq!(first, 0, "the first step planned is the first rung");
             Ok(Plan {
@@ -592,6 +628,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             .map(|b| Target {
                 uri: b.uri,
                 reach: b.reach.clone(),
+                member: None,
             })
             .collect();
         if targets.is_empty() {
@@ -612,6 +649,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             ring_timeout: no_answer.map(|r| Duration::from_secs(u64::from(r.after_secs))),
             next: Next::NONE,
             owner: party,
+            group: None,
             diversions: via.to_vec(),
             skipped: Vec::new(),
         });
@@ -658,15 +696,15 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         reason: ForwardReason,
         via: &[Diversion<'a>],
     ) -> Result<Result<usize, SkipReason>, Unrouted> {
-        // Numbers, voicemail and ring groups are not routed yet.
-        let Some(address) = target.user() else {
+        // Numbers and voicemail are not routed yet.
+        let Some(address) = rung(target) else {
             return Ok(Err(SkipReason::NotRoutable));
         };
         let to = Party::of(address);
         let on_chain = to.is(&from)
             || via
                 .iter()
-                .any(|d| d.from.is(&to) || d.to.user().is_some_and(|a| Party::of(a).is(&to)));
+                .any(|d| d.from.is(&to) || rung(d.to).is_some_and(|a| Party::of(a).is(&to)));
         if on_chain {
             return Ok(Err(SkipReason::Loop));
         }
@@ -689,12 +727,6 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         if let Err(refusal) = admit(&hop, callee.domain) {
             return Ok(Err(SkipReason::of(refusal)));
         }
-        let Some(user) = callee.user.as_ref() else {
-            return Ok(Err(SkipReason::UnknownTarget));
-        };
-        if !user.enabled {
-            return Ok(Err(SkipReason::TargetUnavailable));
-        }
         let mut chain = Vec::with_capacity(via.len() + 1);
         chain.extend_from_slice(via);
         chain.push(Diversion {
@@ -702,6 +734,200 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             to: target,
             reason,
         });
-        Ok(self.user(to, callee, user, &chain)?.map_err(SkipReason::of))
+        // A `group:` target rings a group, a user target a user: a name
+        // that is the other kind (now) is unknown as that target.
+        let planned = match (target, &callee.user, &callee.group) {
+            (ForwardTarget::Group(_), _, Some(group)) => self.group(to, callee, *group, &chain)?,
+            (ForwardTarget::User(_), Some(user), _) => {
+                if !user.enabled {
+                    return Ok(Err(SkipReason::TargetUnavailable));
+                }
+                self.user(to, callee, user, &chain)?
+            }
+            _ => return Ok(Err(SkipReason::UnknownTarget)),
+        };
+        Ok(planned.map_err(SkipReason::of))
     }
+
+    /// Plans the call for the ring group `party`, reached by `via`: its
+    /// own forwarding rules, then its members by its strategy (see
+    /// [`crate::ring_group`]), then where an unanswered call goes.
+    fn group(
+        &mut self,
+        party: Party<'a>,
+        callee: &Callee<'a, R>,
+        called: CalleeGroup<'a>,
+        via: &[Diversion<'a>],
+    ) -> Result<Result<usize, Refusal>, Unrouted> {
+        let group = called.group;
+        let rules = &group.forwarding;
+        let tz = callee.time_zone.unwrap_or(&UTC);
+        let local = (!rules.when.is_empty()).then(|| self.local_time(tz));
+        let at = self.schedule_time;
+        let local = || local.unwrap_or_else(|| LocalTime::new(at, tz));
+        let rule = |r: Rule| rules.target_when(r, local);
+        let mut skipped = Vec::new();
+        if let Some(target) = rule(Rule::Always) {
+            match self.forward(party, callee, target, ForwardReason::Unconditional, via)? {
+                Ok(step) => return Ok(Ok(step)),
+                Err(why) => skipped.push(Skipped {
+                    rule: ForwardReason::Unconditional,
+                    to: target,
+                    why,
+                }),
+            }
+        }
+        // The members that can ring now, in the group's order.
+        let mut ringable: Vec<(Party<'a>, &Member, Vec<Target<'a, R>>, Option<Timestamp>)> =
+            Vec::with_capacity(group.members.len());
+        let mut busy = false;
+        let start = match group.strategy {
+            Strategy::RoundRobin => called.rotation % group.members.len().max(1),
+            _ => 0,
+        };
+        let domain = callee_domain_name(party)?;
+        for member in group.members[start..].iter().chain(&group.members[..start]) {
+            let address = UserAddress {
+                username: member.user.clone(),
+                domain: domain.clone(),
+            };
+            let Some(found) = self.users.get(&address) else {
+                return Err(Unrouted::NeedsUser(address));
+            };
+            // A member deleted or disabled since it was listed is skipped.
+            let Some(user) = found.user.as_ref().filter(|u| u.enabled) else {
+                continue;
+            };
+            if (user.dnd && group.skip_dnd) || (user.on_call && group.skip_busy) {
+                busy = true;
+                continue;
+            }
+            let owner = Party {
+                domain: party.domain,
+                user: member.user.as_str(),
+            };
+            let targets: Vec<_> = user
+                .bindings
+                .iter()
+                .filter(|b| b.is_live(self.now))
+                .map(|b| Target {
+                    uri: b.uri,
+                    reach: b.reach.clone(),
+                    member: Some(owner),
+                })
+                .collect();
+            if !targets.is_empty() {
+                ringable.push((owner, member, targets, user.last_call_ended));
+            }
+        }
+        if ringable.is_empty() {
+            let (r, reason, refusal) = if busy {
+                (Rule::Busy, ForwardReason::UserBusy, Refusal::Busy)
+            } else {
+                (
+                    Rule::Unavailable,
+                    ForwardReason::Unavailable,
+                    Refusal::NotRegistered,
+                )
+            };
+            let taken = match rule(r) {
+                Some(target) => self.forward(party, callee, target, reason, via)?.ok(),
+                None => None,
+            };
+            return Ok(taken.ok_or(refusal));
+        }
+        if group.strategy == Strategy::LongestIdle {
+            // Never had a call first, then the longest since the last one
+            // ended; the listed order among equals (a stable sort).
+            ringable.sort_by_key(|(_, _, _, ended)| ended.map_or(i64::MIN, |t| t));
+        }
+        let timeout = Duration::from_secs(u64::from(group.timeout_secs));
+        let first = self.steps.len();
+        if group.strategy == Strategy::Simultaneous {
+            let targets = ringable.into_iter().flat_map(|(_, _, t, _)| t).collect();
+            self.push_group_step(party, targets, timeout, via);
+        } else {
+            // One member after the other, within the group's timeout.
+            let mut left = timeout;
+            for (_, member, targets, _) in ringable {
+                if left.is_zero() || self.steps.len() >= MAX_PLAN_STEPS {
+                    break;
+                }
+                let ring = Duration::from_secs(u64::from(group.ring_secs_of(member))).min(left);
+                left = left.saturating_sub(ring);
+                self.push_group_step(party, targets, ring, via);
+            }
+        }
+        let last = self.steps.len() - 1;
+        // Each member's step goes on to the next one, whatever its outcome.
+        for i in first..last {
+            self.steps[i].next = Next {
+                busy: Some(i + 1),
+                no_answer: Some(i + 1),
+                unavailable: Some(i + 1),
+            };
+        }
+        // After the last: the group's targets for busy and unavailable,
+        // else its no-answer target.
+        let mut fallback = |planner: &mut Self, r: Rule, reason: ForwardReason| {
+            let Some(target) = rule(r) else {
+                return Ok(None);
+            };
+            let taken = planner.forward(party, callee, target, reason, via)?;
+            Ok::<_, Unrouted>(match taken {
+                Ok(step) => Some(step),
+                Err(why) => {
+                    skipped.push(Skipped {
+                        rule: reason,
+                        to: target,
+                        why,
+                    });
+                    None
+                }
+            })
+        };
+        let no_answer = fallback(self, Rule::NoAnswer, ForwardReason::NoAnswer)?;
+        let busy = fallback(self, Rule::Busy, ForwardReason::UserBusy)?;
+        let unavailable = fallback(self, Rule::Unavailable, ForwardReason::Unavailable)?;
+        self.steps[last].next = Next {
+            busy: busy.or(no_answer),
+            no_answer,
+            unavailable: unavailable.or(no_answer),
+        };
+        self.steps[first].skipped = skipped;
+        Ok(Ok(first))
+    }
+
+    fn push_group_step(
+        &mut self,
+        group: Party<'a>,
+        targets: Vec<Target<'a, R>>,
+        ring: Duration,
+        via: &[Diversion<'a>],
+    ) {
+        self.steps.push(Step {
+            targets,
+            ring_timeout: Some(ring),
+            next: Next::NONE,
+            owner: group,
+            group: Some(group),
+            diversions: via.to_vec(),
+            skipped: Vec::new(),
+        });
+    }
+}
+
+/// The user or ring group a target rings, if it is one.
+fn rung(target: &ForwardTarget) -> Option<&UserAddress> {
+    match target {
+        ForwardTarget::User(a) | ForwardTarget::Group(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// The domain of a group being routed, as a name to look its members up
+/// by. It came from a parsed address or an admitted call, so it parses;
+/// a failure is a caller's bug, reported as an unknown domain.
+fn callee_domain_name(group: Party<'_>) -> Result<DomainName, Unrouted> {
+    DomainName::parse(group.domain).map_err(|_| Unrouted::Refused(Refusal::UnknownDomain))
 }

@@ -79,6 +79,7 @@ impl Directory {
             domain: spec.domain,
             domain_calls_out: spec.domain_calls_out,
             time_zone: self.zone.as_ref(),
+            group: None,
             user: spec.exists.then(|| CalleeUser {
                 enabled: spec.enabled,
                 presence: None,
@@ -95,6 +96,8 @@ impl Directory {
                     .collect(),
                 forwarding: Some(&spec.forwarding),
                 dnd: spec.dnd,
+                on_call: false,
+                last_call_ended: None,
             }),
         }
     }
@@ -111,6 +114,7 @@ impl Directory {
                 domain: self.users[1].domain,
                 domain_calls_out: self.users[1].domain_calls_out,
                 time_zone: self.zone.as_ref(),
+                group: None,
                 user: None,
             },
         );

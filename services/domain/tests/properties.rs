@@ -19,6 +19,7 @@ use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch, RuleTimesPatch
 use dialtone_domain::registration::{
     self, ContactChange, Key, Presence, Register, MAX_Q, MICROS_PER_SEC,
 };
+use dialtone_domain::ring_group::{Member, RingGroup, RingGroupPatch, Strategy as Strategy_};
 use dialtone_domain::schedule::{TimeCondition, TimeZone};
 use dialtone_domain::user::{self, NewUser, Patch, User, MAX_MAX_CONTACTS};
 use dialtone_domain::{DomainId, DomainName, Error, Event, UserId, UserName};
@@ -141,6 +142,68 @@ fn settings_patch() -> impl Strategy<Value = SettingsPatch> {
         )
 }
 
+fn ring_group_patch() -> impl Strategy<Value = RingGroupPatch> {
+    (
+        option::of(vec((username(), option::of(0u32..=400)), 0..4)),
+        option::of(select(&Strategy_::ALL[..])),
+        option::of(0u32..=400),
+        option::of(0u32..=400),
+        option::of(any::<bool>()),
+    )
+        .prop_map(
+            |(members, strategy, ring_secs, timeout_secs, skip_busy)| RingGroupPatch {
+                members: members.map(|m| {
+                    m.into_iter()
+                        .map(|(user, ring_secs)| Member { user, ring_secs })
+                        .collect()
+                }),
+                strategy,
+                ring_secs,
+                timeout_secs,
+                skip_busy,
+                skip_dnd: None,
+                forwarding: ForwardingPatch::default(),
+            },
+        )
+}
+
+/// Whether `group`'s settings are valid for a group named `name` whose
+/// members are users of `state`'s domain.
+fn ring_group_valid(state: &Domain, name: &UserName, group: &RingGroup) -> bool {
+    let secs = |s: u32| (1..=300).contains(&s);
+    let members = &group.members;
+    !members.is_empty()
+        && members.iter().enumerate().all(|(i, m)| {
+            !members[..i].iter().any(|o| o.user == m.user)
+                && m.user != *name
+                && m.ring_secs.is_none_or(secs)
+                && state.users.contains_key(&m.user)
+        })
+        && secs(group.ring_secs)
+        && secs(group.timeout_secs)
+}
+
+/// The group `patch` makes of `current` (no validation).
+fn patched(patch: &RingGroupPatch, current: Option<&RingGroup>) -> RingGroup {
+    let mut g = current.cloned().unwrap_or(RingGroup {
+        members: Vec::new(),
+        strategy: Strategy_::Simultaneous,
+        ring_secs: 20,
+        timeout_secs: 60,
+        skip_busy: true,
+        skip_dnd: true,
+        forwarding: Default::default(),
+    });
+    if let Some(m) = &patch.members {
+        g.members = m.clone();
+    }
+    g.strategy = patch.strategy.unwrap_or(g.strategy);
+    g.ring_secs = patch.ring_secs.unwrap_or(g.ring_secs);
+    g.timeout_secs = patch.timeout_secs.unwrap_or(g.timeout_secs);
+    g.skip_busy = patch.skip_busy.unwrap_or(g.skip_busy);
+    g
+}
+
 fn domain_command() -> impl Strategy<Value = domain::Command> {
     use domain::Command as C;
     prop_oneof![
@@ -153,6 +216,11 @@ fn domain_command() -> impl Strategy<Value = domain::Command> {
             .prop_map(|(username, user_id)| C::ClaimUserName { username, user_id }),
         4 => (username(), user_id())
             .prop_map(|(username, user_id)| C::ReleaseUserName { username, user_id }),
+        4 => (username(), ring_group_patch())
+            .prop_map(|(name, patch)| C::CreateRingGroup { name, patch }),
+        3 => (username(), ring_group_patch())
+            .prop_map(|(name, patch)| C::UpdateRingGroup { name, patch }),
+        1 => username().prop_map(|name| C::DeleteRingGroup { name }),
         1 => (
             select(&["192.0.2.1", "2001:db8::7", "not an address"][..]),
             any::<bool>(),
@@ -278,6 +346,13 @@ fn check_domain_state(state: &Domain) {
         "a suspend reason outside of suspension"
     );
     assert!(
+        state
+            .ring_groups
+            .keys()
+            .all(|g| !state.users.contains_key(g)),
+        "a name is both a user and a ring group"
+    );
+    assert!(
         settings_valid(&state.settings),
         "description too long, or digest algorithms empty or repeated"
     );
@@ -319,6 +394,7 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
             C::Delete => state.exists() && state.users.is_empty(),
             C::ClaimUserName { username, user_id } => {
                 state.status == S::Active
+                    && !state.ring_groups.contains_key(username)
                     && state
                         .users
                         .get(username)
@@ -328,6 +404,39 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
             C::RecordLockout(lockout) => {
                 state.exists() && lockout.source.parse::<std::net::IpAddr>().is_ok()
             }
+            C::CreateRingGroup { name, patch } => {
+                state.status == S::Active
+                    && !state.users.contains_key(name)
+                    && !state.ring_groups.contains_key(name)
+                    && ring_group_valid(&state, name, &patched(patch, None))
+            }
+            C::UpdateRingGroup { name, patch } => {
+                state.exists()
+                    && state.ring_groups.get(name).is_some_and(|current| {
+                        let next = patched(patch, Some(current));
+                        // Members are checked against the users only when
+                        // they change.
+                        let users_ok = patch.members.is_none()
+                            || next
+                                .members
+                                .iter()
+                                .all(|m| state.users.contains_key(&m.user));
+                        users_ok
+                            && ring_group_valid(
+                                &Domain {
+                                    users: next
+                                        .members
+                                        .iter()
+                                        .map(|m| (m.user.clone(), UserId(Uuid::nil())))
+                                        .collect(),
+                                    ..Domain::default()
+                                },
+                                name,
+                                &next,
+                            )
+                    })
+            }
+            C::DeleteRingGroup { name } => state.exists() && state.ring_groups.contains_key(name),
         };
         assert_eq!(
             result.is_ok(),
@@ -410,6 +519,17 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                     other => panic!("{other:?}"),
                 }
             }
+            C::CreateRingGroup { name, patch } | C::UpdateRingGroup { name, patch } => {
+                let group = state.ring_groups.get(name).expect("the group exists");
+                let expected = patched(patch, before.ring_groups.get(name));
+                assert_eq!(group.members, expected.members);
+                assert_eq!(group.strategy, expected.strategy);
+                assert_eq!(
+                    events.is_empty(),
+                    before.ring_groups.get(name) == Some(group)
+                );
+            }
+            C::DeleteRingGroup { name } => assert!(!state.ring_groups.contains_key(name)),
             C::ReleaseUserName { username, user_id } => {
                 assert_ne!(state.users.get(username), Some(user_id));
                 if users.get(username) == Some(user_id) {

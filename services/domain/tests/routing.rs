@@ -84,6 +84,7 @@ fn callee(status: Status, user: Option<&UserSpec>) -> Callee<'_, usize> {
         domain: status,
         domain_calls_out: false,
         time_zone: None,
+        group: None,
         user: user.map(|u| CalleeUser {
             enabled: u.enabled,
             presence: u.presence,
@@ -100,6 +101,8 @@ fn callee(status: Status, user: Option<&UserSpec>) -> Callee<'_, usize> {
                 .collect(),
             forwarding: None,
             dnd: false,
+            on_call: false,
+            last_call_ended: None,
         }),
     }
 }
@@ -510,11 +513,13 @@ fn rings_the_live_bindings_together() {
             vec![
                 Target {
                     uri: "sip:bob@192.0.2.1:5060",
-                    reach: 0
+                    reach: 0,
+                    member: None,
                 },
                 Target {
                     uri: "sip:bob@192.0.2.3:5060;transport=tcp",
-                    reach: 2
+                    reach: 2,
+                    member: None,
                 },
             ]
         )

@@ -299,6 +299,26 @@ fn domain_events_from_decide() -> Vec<Event> {
             username: alice.clone(),
             user_id: id,
         },
+        C::CreateRingGroup {
+            name: UserName::parse("sales").unwrap(),
+            patch: dialtone_domain::ring_group::RingGroupPatch {
+                members: Some(vec![
+                    dialtone_domain::ring_group::Member::parse("alice").unwrap()
+                ]),
+                ..Default::default()
+            },
+        },
+        C::UpdateRingGroup {
+            name: UserName::parse("sales").unwrap(),
+            patch: dialtone_domain::ring_group::RingGroupPatch {
+                strategy: Some(dialtone_domain::ring_group::Strategy::Sequential),
+                timeout_secs: Some(30),
+                ..Default::default()
+            },
+        },
+        C::DeleteRingGroup {
+            name: UserName::parse("sales").unwrap(),
+        },
         C::ReleaseUserName {
             username: alice,
             user_id: id,
@@ -717,6 +737,49 @@ fn hand_made_events() -> Vec<Event> {
             failures: 5,
             locked_at: 0,
             locked_until: 300_000_000,
+        }
+        .into(),
+        D::RingGroupCreated {
+            name: UserName::parse("sales").unwrap(),
+            group: dialtone_domain::ring_group::RingGroupPatch {
+                members: Some(vec![
+                    dialtone_domain::ring_group::Member::parse("alice").unwrap(),
+                    dialtone_domain::ring_group::Member::parse("bob:15").unwrap(),
+                ]),
+                strategy: Some(dialtone_domain::ring_group::Strategy::RoundRobin),
+                forwarding: ForwardingPatch {
+                    no_answer_after_secs: None,
+                    unavailable: Some(Some(
+                        ForwardTarget::parse(
+                            "group:support",
+                            &UserAddress::parse("sales@example.com").unwrap(),
+                        )
+                        .unwrap(),
+                    )),
+                    ..forwarding_patch_of_every_kind()
+                },
+                ..Default::default()
+            }
+            .apply(None, &UserAddress::parse("sales@example.com").unwrap())
+            .unwrap(),
+        }
+        .into(),
+        D::RingGroupUpdated {
+            name: UserName::parse("support").unwrap(),
+            group: dialtone_domain::ring_group::RingGroupPatch {
+                members: Some(vec![
+                    dialtone_domain::ring_group::Member::parse("carol").unwrap()
+                ]),
+                strategy: Some(dialtone_domain::ring_group::Strategy::LongestIdle),
+                skip_busy: Some(false),
+                ..Default::default()
+            }
+            .apply(None, &UserAddress::parse("support@example.com").unwrap())
+            .unwrap(),
+        }
+        .into(),
+        D::RingGroupDeleted {
+            name: UserName::parse("sales").unwrap(),
         }
         .into(),
         D::SourceLockedOut {
@@ -1185,6 +1248,9 @@ fn missing_required_fields_are_rejected() {
         ("UserNameReleased", "username"),
         ("SourceLockedOut", "source"),
         ("SourceLockedOut", "locked_until"),
+        ("RingGroupCreated", "group"),
+        ("RingGroupUpdated", "name"),
+        ("RingGroupDeleted", "name"),
         ("UserCreated", "credentials"),
         ("UserCreated", "enabled"),
         ("PasswordChanged", "credentials"),

@@ -1,4 +1,4 @@
-//! The CLI client: `dialtone domain|user|history|events|audit|replay|calls
+//! The CLI client: `dialtone domain|user|group|history|events|audit|replay|calls
 //! ...` over gRPC.
 //!
 //! One module per command group (`domain`, `user`, `token`, `events` for
@@ -11,6 +11,7 @@ mod calls;
 mod connection;
 mod domain;
 mod events;
+mod group;
 mod output;
 mod status;
 mod token;
@@ -22,6 +23,7 @@ pub use audit::{AuditAt, AuditCommand};
 pub use connection::Target;
 pub use domain::DomainCommand;
 pub use events::{EventsCommand, HistoryCommand};
+pub use group::GroupCommand;
 pub use token::TokenCommand;
 pub use user::UserCommand;
 
@@ -36,6 +38,10 @@ pub enum ClientCommand {
     /// Manage SIP users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage ring groups (domain-level extensions that ring their
+    /// members' phones).
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Print the event history of a user or domain.
     #[command(subcommand)]
     History(HistoryCommand),
@@ -99,6 +105,7 @@ pub async fn run(target: &Target, json_output: bool, command: ClientCommand) -> 
     match command {
         ClientCommand::Domain(cmd) => domain::run(&mut clients, &out, cmd).await,
         ClientCommand::User(cmd) => user::run(&mut clients, &out, cmd).await,
+        ClientCommand::Group(cmd) => group::run(&mut clients, &out, cmd).await,
         ClientCommand::History(cmd) => events::history(&mut clients, &out, cmd).await,
         ClientCommand::Status { user } => status::status(&mut clients, &out, user).await,
         ClientCommand::Online { domain } => status::online(&mut clients, &out, domain).await,

@@ -40,6 +40,11 @@ pub struct ActorBackend {
     watched: Arc<Watched>,
     routing_limits: routing::Limits,
     schedule_clock: Option<ScheduleClock>,
+    /// How many calls each round-robin ring group has started: where its
+    /// next call starts. In memory only (a restart starts each group at
+    /// its first member again), as in Asterisk's `rrmemory`: an append
+    /// per call to remember it would cost more than the order is worth.
+    rotations: std::sync::Mutex<HashMap<(DomainId, UserName), usize>>,
 }
 
 /// A clock that starts at a given moment and runs at the wall clock's
@@ -82,6 +87,7 @@ impl ActorBackend {
             watched: Arc::default(),
             routing_limits: routing::Limits::default(),
             schedule_clock: None,
+            rotations: Default::default(),
         }
     }
 
@@ -154,15 +160,44 @@ impl ActorBackend {
                 .map(|u| (u, id)),
             None => None,
         };
+        let group = match user {
+            None => self.ring_group(&address.domain, &address.username),
+            Some(_) => None,
+        };
+        let timed = user.as_ref().is_some_and(|(u, _)| has_timed_rules(u))
+            || group
+                .as_ref()
+                .is_some_and(|(g, _)| !g.forwarding.when.is_empty());
         Ok(Looked {
             status,
             calls_out,
-            time_zone: user
-                .as_ref()
-                .filter(|(u, _)| has_timed_rules(u))
-                .and_then(|_| self.time_zone_of(&address.domain)),
+            time_zone: timed.then(|| self.time_zone_of(&address.domain)).flatten(),
             user,
+            group,
         })
+    }
+
+    /// The ring group `name` of `domain`, if the name is a group's, with
+    /// the number of calls its round-robin strategy started (counted here:
+    /// a group is looked up once per call).
+    fn ring_group(
+        &self,
+        domain: &DomainName,
+        name: &UserName,
+    ) -> Option<(Arc<dialtone_domain::ring_group::RingGroup>, usize)> {
+        let id = DomainId::for_name(domain);
+        let group = self.provisioning.directory().facts().ring_group(id, name)?;
+        let rotation = match group.strategy {
+            dialtone_domain::ring_group::Strategy::RoundRobin => {
+                let mut rotations = self.rotations.lock().unwrap_or_else(|p| p.into_inner());
+                let next = rotations.entry((id, name.clone())).or_insert(0);
+                let this = *next;
+                *next = next.wrapping_add(1);
+                this
+            }
+            _ => 0,
+        };
+        Some((group, rotation))
     }
 
     /// The time zone of a domain's schedules (`None`: UTC).
@@ -448,6 +483,7 @@ fn cause_of(cause: CallCause) -> call::Cause {
         CallCause::NotFound => call::Cause::NotFound,
         CallCause::Unavailable => call::Cause::Unavailable,
         CallCause::Timeout => call::Cause::Timeout,
+        CallCause::AnsweredElsewhere => call::Cause::AnsweredElsewhere,
     }
 }
 
@@ -465,6 +501,9 @@ struct Looked {
     calls_out: bool,
     time_zone: Option<TimeZone>,
     user: Option<(Arc<UserFacts>, UserId)>,
+    /// The ring group of that name (when no user has it), and its
+    /// round-robin rotation.
+    group: Option<(Arc<dialtone_domain::ring_group::RingGroup>, usize)>,
 }
 
 impl Looked {
@@ -493,7 +532,16 @@ impl Looked {
                     .collect(),
                 forwarding: user.features.as_ref().map(|f| &f.forwarding),
                 dnd: user.features.as_ref().is_some_and(|f| f.dnd),
+                on_call: user.on_call,
+                last_call_ended: user.last_call_ended,
             }),
+            group: self
+                .group
+                .as_ref()
+                .map(|(group, rotation)| routing::CalleeGroup {
+                    group,
+                    rotation: *rotation,
+                }),
         }
     }
 }
@@ -572,6 +620,10 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                         from: party(d.from),
                         to: party(step.diversions.get(i + 1).map_or(step.owner, |n| n.from)),
                         reason: diversion_reason(d.reason),
+                        to_group: matches!(
+                            d.to,
+                            dialtone_domain::forwarding::ForwardTarget::Group(_)
+                        ),
                     })
                     .collect();
                 RouteStep {
@@ -580,7 +632,12 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                     targets: step
                         .targets
                         .into_iter()
-                        .filter_map(|t| Some(RouteTarget::for_binding(t.uri, flow_of(&t.reach)?)))
+                        .filter_map(|t| {
+                            Some(RouteTarget {
+                                member: t.member.map(party),
+                                ..RouteTarget::for_binding(t.uri, flow_of(&t.reach)?)
+                            })
+                        })
                         .collect(),
                     ring_timeout: step.ring_timeout,
                     next: NextSteps {
@@ -598,9 +655,11 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                             why: s.why.as_str(),
                         })
                         .collect(),
+                    group: step.group.map(party),
                 }
             })
             .collect(),
+        dialled_group: false,
     }
 }
 
@@ -813,16 +872,34 @@ impl SipBackend for ActorBackend {
             }
             _ => None,
         };
+        // A name no user holds may be a ring group's.
+        let group = match (&user, id) {
+            (None, None) if routing::admit(&call, status).is_ok() => {
+                match (
+                    DomainName::parse(callee_domain),
+                    UserName::parse(callee_user),
+                ) {
+                    (Ok(domain), Ok(name)) => self.ring_group(&domain, &name),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let dialled_group = group.is_some();
+        let timed = user.as_ref().is_some_and(|u| has_timed_rules(u))
+            || group
+                .as_ref()
+                .is_some_and(|(g, _)| !g.forwarding.when.is_empty());
         let dialled = Looked {
             status,
             calls_out: cross_domain_calls,
             // Read only for rules with time conditions: most calls have none.
-            time_zone: user
-                .as_ref()
-                .filter(|u| has_timed_rules(u))
-                .and_then(|_| DomainName::parse(callee_domain).ok())
+            time_zone: timed
+                .then(|| DomainName::parse(callee_domain).ok())
+                .flatten()
                 .and_then(|d| self.time_zone_of(&d)),
             user: user.zip(id),
+            group,
         };
         // Forward targets are looked up as routing asks for them: route,
         // look up the user it needs, route again (once per forward).
@@ -837,7 +914,18 @@ impl SipBackend for ActorBackend {
                     .map(|(address, looked)| (address.clone(), looked.callee(flows)))
                     .collect();
                 match routing::route(&call, &callee, &others, now, self.routing_limits) {
-                    Ok(plan) => return Ok(CallRoute::Plan(route_plan(plan))),
+                    Ok(plan) => {
+                        let mut plan = route_plan(plan);
+                        plan.dialled_group = dialled_group;
+                        return Ok(CallRoute::Plan(plan));
+                    }
+                    Err(Unrouted::Refused(
+                        refusal @ (routing::Refusal::Busy | routing::Refusal::NotRegistered),
+                    )) if dialled_group => {
+                        return Ok(CallRoute::GroupRefused {
+                            busy: refusal == routing::Refusal::Busy,
+                        })
+                    }
                     // An external number is no user: it needs a trunk,
                     // and none exists yet.
                     Err(Unrouted::Refused(routing::Refusal::UnknownUser))
@@ -851,7 +939,7 @@ impl SipBackend for ActorBackend {
             };
             // Routing asks for each user once (a property test holds it
             // to that); a bug here must fail the call, not spin on it.
-            if forwarded.len() >= routing::MAX_PLAN_STEPS * 2
+            if forwarded.len() >= routing::MAX_LOOKUPS
                 || forwarded.iter().any(|(a, _)| *a == needed)
             {
                 return Err(BackendError::Internal(format!(

@@ -219,6 +219,10 @@ pub enum CallRoute {
     NotRegistered,
     /// The callee has do-not-disturb on and no forward for it: 486.
     Busy,
+    /// The callee is a ring group none of whose members can ring now and
+    /// that has no forward for it: 486 when members were skipped as busy
+    /// (on a call, do-not-disturb), else 480. A group has no leg.
+    GroupRefused { busy: bool },
     /// Ring the callee as this plan says.
     Plan(RoutePlan),
 }
@@ -232,6 +236,8 @@ pub enum CallRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutePlan {
     pub steps: Vec<RouteStep>,
+    /// The dialled name is a ring group: it has no leg of its own.
+    pub dialled_group: bool,
 }
 
 impl RoutePlan {
@@ -245,7 +251,9 @@ impl RoutePlan {
                 next: NextSteps::NONE,
                 diversions: Vec::new(),
                 skipped: Vec::new(),
+                group: None,
             }],
+            dialled_group: false,
         }
     }
 
@@ -274,6 +282,9 @@ pub struct RouteStep {
     /// Forwarding rules of the step's owner not taken for this call:
     /// recorded on the owner's leg when the step starts ringing.
     pub skipped: Vec<SkippedForward>,
+    /// `(domain, name)` of the ring group whose members this step rings
+    /// (each target names its member); `None` for a user's own phones.
+    pub group: Option<(String, String)>,
 }
 
 /// A forwarding rule not taken for a call (a loop, a chain cut at the hop
@@ -319,6 +330,8 @@ pub struct Diversion {
     pub from: (String, String),
     pub to: (String, String),
     pub reason: DiversionReason,
+    /// `to` is a ring group (it has no leg; its members do).
+    pub to_group: bool,
 }
 
 /// Why a call was forwarded (the forwarding rule that fired).
@@ -364,6 +377,9 @@ pub struct RouteTarget {
     pub uri: String,
     /// Where and how the INVITE is sent: see [`RouteTarget::for_binding`].
     pub flow: Flow,
+    /// `(domain, user)` of the ring group member whose phone this is, in a
+    /// step that rings a group; `None`: the step's owner's.
+    pub member: Option<(String, String)>,
 }
 
 impl RouteTarget {
@@ -400,6 +416,7 @@ impl RouteTarget {
         RouteTarget {
             uri: uri.to_owned(),
             flow,
+            member: None,
         }
     }
 }
@@ -443,6 +460,9 @@ pub enum CallCause {
     NotFound,
     Unavailable,
     Timeout,
+    /// A ring group member's phone stopped ringing because another member
+    /// answered.
+    AnsweredElsewhere,
 }
 
 impl CallCause {

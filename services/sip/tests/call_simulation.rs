@@ -55,7 +55,8 @@ use dialtone_sip::wire::response::{Response, Source};
 /// Seeds that once failed, kept as regression tests.
 /// 0x5eed01db: a callee answered after the no-answer timeout had rejected
 /// the call; the 2xx was relayed to a caller the log said had failed.
-const REGRESSIONS: &[u64] = &[0x5eed_01db];
+/// 0x5eed0203: a ring group member answered after its turn had ended.
+const REGRESSIONS: &[u64] = &[0x5eed_01db, 0x5eed_0203];
 
 const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
@@ -576,12 +577,21 @@ impl Sim {
                     return;
                 };
                 let caller_user = self.phones[&from].user.clone();
+                let dialled = (DOMAIN.to_owned(), format!("callee-of-{call_id}"));
+                // A ring group has no leg; its members get theirs when rung.
+                let (callee, group) = if plan.dialled_group {
+                    (None, Some(dialled))
+                } else {
+                    (Some(dialled), None)
+                };
                 let legs = Legs {
                     call_id: format!("call-{call_id}"),
                     sip_call_id: call_id.clone(),
                     caller: (DOMAIN.into(), caller_user),
-                    callee: Some((DOMAIN.into(), format!("callee-of-{call_id}"))),
+                    callee,
                     dialled: format!("callee-of-{call_id}@{DOMAIN}"),
+                    group,
+                    members: Vec::new(),
                 };
                 self.engine.start_call(
                     NewCall {
@@ -1251,10 +1261,54 @@ fn build(seed: u64) -> Sim {
             targets.push(RouteTarget {
                 uri: format!("sip:{user}@{addr}"),
                 flow: Flow::new(Transport::Udp, addr),
+                member: None,
             });
         }
         let maybe = |rng: &mut Rng, to: usize, percent: u64| rng.chance(percent).then_some(to);
-        let plan = if targets.len() > 2 && rng.chance(50) {
+        let plan = if targets.len() > 1 && rng.chance(25) {
+            // A ring group: each phone a member of its own, rung all at
+            // once or one after the other.
+            let group = Some((DOMAIN.to_owned(), format!("callee-of-{call_id}")));
+            for t in &mut targets {
+                let user = sim.phones[&t.flow.remote].user.clone();
+                t.member = Some((DOMAIN.to_owned(), user));
+            }
+            let steps = if rng.chance(50) {
+                vec![RouteStep {
+                    targets,
+                    ring_timeout: Some(rng.millis(2_000, 20_000)),
+                    next: NextSteps::NONE,
+                    diversions: Vec::new(),
+                    skipped: Vec::new(),
+                    group,
+                }]
+            } else {
+                let n = targets.len();
+                targets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let next = (i + 1 < n).then_some(i + 1);
+                        RouteStep {
+                            targets: vec![t],
+                            ring_timeout: Some(rng.millis(1_000, 10_000)),
+                            next: NextSteps {
+                                busy: next,
+                                no_answer: next,
+                                unavailable: next,
+                            },
+                            diversions: Vec::new(),
+                            skipped: Vec::new(),
+                            group: group.clone(),
+                        }
+                    })
+                    .collect()
+            };
+            RoutePlan {
+                steps,
+                dialled_group: true,
+            }
+        } else if targets.len() > 2 && rng.chance(50) {
             // The dialled user's phone, then forwards: to a second user,
             // whose call may go on to a third (a chain of forwards).
             let first = targets.remove(0);
@@ -1271,11 +1325,13 @@ fn build(seed: u64) -> Sim {
                 from: dialled,
                 to: fwd1.clone(),
                 reason: reasons[rng.below(3) as usize],
+                to_group: false,
             };
             let to_fwd2 = Diversion {
                 from: fwd1,
                 to: fwd2,
                 reason: reasons[rng.below(3) as usize],
+                to_group: false,
             };
             RoutePlan {
                 steps: vec![
@@ -1289,6 +1345,7 @@ fn build(seed: u64) -> Sim {
                         },
                         diversions: Vec::new(),
                         skipped: Vec::new(),
+                        group: None,
                     },
                     RouteStep {
                         targets: vec![second],
@@ -1300,6 +1357,7 @@ fn build(seed: u64) -> Sim {
                         },
                         diversions: vec![to_fwd1.clone()],
                         skipped: Vec::new(),
+                        group: None,
                     },
                     RouteStep {
                         targets,
@@ -1307,8 +1365,10 @@ fn build(seed: u64) -> Sim {
                         next: NextSteps::NONE,
                         diversions: vec![to_fwd1, to_fwd2],
                         skipped: Vec::new(),
+                        group: None,
                     },
                 ],
+                dialled_group: false,
             }
         } else if targets.len() > 1 && rng.chance(50) {
             // Ring the first target, then the others, or skip to the last
@@ -1331,6 +1391,7 @@ fn build(seed: u64) -> Sim {
                     },
                     diversions: Vec::new(),
                     skipped: Vec::new(),
+                    group: None,
                 },
                 RouteStep {
                     targets,
@@ -1338,6 +1399,7 @@ fn build(seed: u64) -> Sim {
                     next: NextSteps::NONE,
                     diversions: Vec::new(),
                     skipped: Vec::new(),
+                    group: None,
                 },
             ];
             if !last.is_empty() {
@@ -1347,9 +1409,13 @@ fn build(seed: u64) -> Sim {
                     next: NextSteps::NONE,
                     diversions: Vec::new(),
                     skipped: Vec::new(),
+                    group: None,
                 });
             }
-            RoutePlan { steps }
+            RoutePlan {
+                steps,
+                dialled_group: false,
+            }
         } else {
             RoutePlan::parallel(targets)
         };
@@ -1493,6 +1559,11 @@ struct Coverage {
     /// Legs that ended forwarded, and answers on a forwarded-to leg.
     forwarded: u64,
     forwarded_answered: u64,
+    /// Ring group calls; member legs that failed because another member
+    /// answered, and members that answered.
+    group_calls: u64,
+    answered_elsewhere: u64,
+    members_answered: u64,
 }
 
 fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
@@ -1527,7 +1598,21 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
             CallStep::Ringing | CallStep::Forwarded { .. } | CallStep::ForwardSkipped(_) => {}
         }
     }
+    cov.group_calls += sim.plans.values().filter(|p| p.dialled_group).count() as u64;
     for (_, r) in &sim.log {
+        let member = sim
+            .plans
+            .get(&r.sip_call_id)
+            .is_some_and(|p| p.dialled_group)
+            && r.user.starts_with("callee");
+        match &r.step {
+            CallStep::Fail {
+                cause: dialtone_sip::backend::CallCause::AnsweredElsewhere,
+                ..
+            } => cov.answered_elsewhere += 1,
+            CallStep::Answer { .. } if member => cov.members_answered += 1,
+            _ => {}
+        }
         match &r.step {
             CallStep::Forwarded { .. } => cov.forwarded += 1,
             CallStep::Answer { .. } if r.user.starts_with("fwd") => cov.forwarded_answered += 1,
@@ -1642,6 +1727,7 @@ fn check_end(sim: &mut Sim) {
         }
     }
     check_forwards(sim, &by_leg, &mut failures);
+    check_groups(sim, &by_leg, &mut failures);
     for p in sim.phones.values() {
         let Role::Caller {
             call_id,
@@ -1839,6 +1925,78 @@ fn check_forwards(
     }
 }
 
+/// Ring group calls: the group has no leg; a member has a leg exactly
+/// when one of its phones was sent the INVITE; at most one member
+/// answered, and a member's leg fails as answered elsewhere only when the
+/// call was answered.
+fn check_groups(
+    sim: &Sim,
+    by_leg: &BTreeMap<(String, String), Vec<CallStep>>,
+    failures: &mut Vec<String>,
+) {
+    use dialtone_sip::backend::CallCause;
+    for (call_id, plan) in sim.plans.iter().filter(|(_, p)| p.dialled_group) {
+        if by_leg.contains_key(&(call_id.clone(), format!("callee-of-{call_id}"))) {
+            failures.push(format!("call {call_id}: the ring group has a leg"));
+        }
+        let mut answered = 0;
+        let mut elsewhere = 0;
+        for t in plan.steps.iter().flat_map(|s| &s.targets) {
+            let Some((_, member)) = &t.member else {
+                failures.push(format!("call {call_id}: a group target without a member"));
+                continue;
+            };
+            let phone = &sim.phones[&t.flow.remote];
+            let rung = phone.incoming.values().any(|i| {
+                Message::parse(&i.invite).is_ok_and(|m| {
+                    m.call_id().ok() == Some(call_id.as_str()) || sim.mode == CallMode::B2bua
+                })
+            });
+            let leg = by_leg.get(&(call_id.clone(), member.clone()));
+            // A member whose INVITE was lost on the way has a leg but no
+            // incoming call; one rung must have a leg.
+            if rung && leg.is_none() {
+                failures.push(format!(
+                    "call {call_id}: member {member} rang without a leg"
+                ));
+            }
+            let Some(steps) = leg else {
+                continue;
+            };
+            if steps.iter().any(|s| matches!(s, CallStep::Answer { .. })) {
+                answered += 1;
+            }
+            if steps.iter().any(|s| {
+                matches!(
+                    s,
+                    CallStep::Fail {
+                        cause: CallCause::AnsweredElsewhere,
+                        ..
+                    }
+                )
+            }) {
+                elsewhere += 1;
+            }
+        }
+        if answered > 1 {
+            failures.push(format!("call {call_id}: {answered} members answered"));
+        }
+        // (A member of an earlier step may answer after its turn ended,
+        // its CANCEL crossing the 2xx: the call is answered by a member
+        // whose leg already failed. The caller's leg records the answer.)
+        let call_answered = by_leg.iter().any(|((c, user), steps)| {
+            c == call_id
+                && !user.starts_with("callee")
+                && steps.iter().any(|s| matches!(s, CallStep::Answer { .. }))
+        });
+        if elsewhere > 0 && !call_answered {
+            failures.push(format!(
+                "call {call_id}: {elsewhere} members answered elsewhere, but the call was not answered"
+            ));
+        }
+    }
+}
+
 /// B2BUA: the end of a call was durable before a BYE reached the caller
 /// or the callee that answered, and both of their dialogs ended.
 fn check_end_b2bua(sim: &Sim, failures: &mut Vec<String>) {
@@ -1964,6 +2122,10 @@ fn random_call_scenarios_keep_the_invariants() {
             "{cov:?}"
         );
         assert!(cov.forwarded > 0 && cov.forwarded_answered > 0, "{cov:?}");
+        assert!(
+            cov.group_calls > 0 && cov.answered_elsewhere > 0 && cov.members_answered > 0,
+            "{cov:?}"
+        );
         if std::env::var_os("DIALTONE_SIM_MODE").is_none() {
             assert!(
                 cov.b2bua_scenarios > 0 && cov.b2bua_scenarios < n,

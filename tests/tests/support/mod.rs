@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod calls;
+pub mod pbx;
 pub mod sip;
 
 use std::path::{Path, PathBuf};

@@ -474,6 +474,7 @@ impl Directory {
                     domain: Status::Active,
                     domain_calls_out: false,
                     time_zone: Some(&self.zone),
+                    group: None,
                     user: Some(CalleeUser {
                         enabled: true,
                         presence: None,
@@ -498,6 +499,8 @@ impl Directory {
                             .collect(),
                         forwarding: s.forwarding.as_ref(),
                         dnd: s.dnd,
+                        on_call: false,
+                        last_call_ended: None,
                     }),
                 };
                 (self.addresses[u].clone(), callee)

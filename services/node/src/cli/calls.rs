@@ -192,6 +192,7 @@ fn cause_name(cause: i32) -> Value {
         Ok(C::Unavailable) => "unavailable",
         Ok(C::Timeout) => "timeout",
         Ok(C::NodeRestart) => "node_restart",
+        Ok(C::AnsweredElsewhere) => "answered_elsewhere",
         _ => return Value::Null,
     };
     Value::String(name.to_owned())

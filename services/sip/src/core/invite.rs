@@ -64,7 +64,18 @@ impl Core {
             caller,
             callee,
             dialled: format!("{callee_user}@{callee_domain}"),
+            group: None,
+            members: Vec::new(),
         };
+        if let CallRoute::Plan(crate::backend::RoutePlan {
+            dialled_group: true,
+            ..
+        })
+        | CallRoute::GroupRefused { .. } = &route
+        {
+            // A ring group has no leg: its members get theirs when rung.
+            legs.group = legs.callee.take();
+        }
         let (code, cause) = match route {
             CallRoute::Plan(plan) if !plan.is_empty() => {
                 // The 100 goes out before the INVITE is forked: the
@@ -104,7 +115,8 @@ impl Core {
             }
             // Do-not-disturb without a forward: the callee's leg records
             // the refusal as busy.
-            CallRoute::Busy => (486, CallCause::UserBusy),
+            CallRoute::Busy | CallRoute::GroupRefused { busy: true } => (486, CallCause::UserBusy),
+            CallRoute::GroupRefused { busy: false } => (480, CallCause::Unavailable),
         };
         proxy::call_attempt(code);
         // Both steps durable before the response that reports them.

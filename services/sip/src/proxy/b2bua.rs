@@ -598,15 +598,14 @@ impl B2buaCall {
         self.step = step;
         self.step_best = None;
         self.step_timeout_at = self.setup.steps[step].ring_timeout.map(|t| now + t);
-        let forwards = self.setup.legs.forward(&self.setup.steps[step].diversions);
-        if !forwards.is_empty() {
-            fx.push(Effect::Record(forwards));
-            // The user the call went to has a leg of its own to ring.
+        let (records, new_leg) = self.setup.legs.step_starts(&self.setup.steps[step]);
+        if new_leg {
+            // The user the call went to (or a group's members) has a leg
+            // of its own to ring.
             self.ringing = false;
         }
-        let skipped = self.setup.legs.skipped(&self.setup.steps[step].skipped);
-        if !skipped.is_empty() {
-            fx.push(Effect::Record(skipped));
+        if !records.is_empty() {
+            fx.push(Effect::Record(records));
         }
         let mut carried = leg::carried(msg);
         if let Some(r) = Retargeting::of(&self.setup.steps[step].diversions) {
@@ -794,6 +793,11 @@ impl B2buaCall {
         if let Some(next) = next {
             let invite = self.setup.invite.clone();
             if let Ok(msg) = Message::parse(&invite) {
+                let ended =
+                    super::call::members_of_step_end(&mut self.setup.legs, outcome, self.step_best);
+                if !ended.is_empty() {
+                    fx.push(Effect::Record(ended));
+                }
                 self.start_step(next, &msg, now, fx);
                 return;
             }
@@ -869,11 +873,15 @@ impl B2buaCall {
             let ours = self.caller_response(code, reason, Some(msg));
             self.send(self.setup.upstream, ours.clone(), fx);
             self.last_response = Some(ours);
-            if (code == 180 || code == 183) && !self.ringing {
-                self.ringing = true;
-                let records = self.setup.legs.ringing(self.caller_rang);
-                self.caller_rang = true;
-                fx.push(Effect::Record(records));
+            if code == 180 || code == 183 {
+                if let Some(records) = super::call::alerting(
+                    &mut self.setup.legs,
+                    self.callees[i].target.member.as_ref(),
+                    &mut self.ringing,
+                    &mut self.caller_rang,
+                ) {
+                    fx.push(Effect::Record(records));
+                }
             }
         }
     }
@@ -946,6 +954,12 @@ impl B2buaCall {
             give_up_at: now + TIMER_64T1,
         };
         self.step_timeout_at = None;
+        if let Some(member) = self.callees[i].target.member.clone() {
+            let others = self.setup.legs.member_answered(&member);
+            if !others.is_empty() {
+                fx.push(Effect::Record(others));
+            }
+        }
         let contact = self.callees[i].target.uri.clone();
         fx.push(Effect::Record(self.setup.legs.records(|_| {
             CallStep::Answer {
@@ -1701,6 +1715,7 @@ Content-Length: {}\r\n\r\n{SDP}",
         RouteTarget {
             uri: format!("sip:bob@10.0.0.{port}:5070"),
             flow: Flow::new(Transport::Udp, addr(&format!("10.0.0.{port}:5070"))),
+            member: None,
         }
     }
 
@@ -1711,6 +1726,8 @@ Content-Length: {}\r\n\r\n{SDP}",
             caller: ("example.com".into(), "alice".into()),
             callee: Some(("example.com".into(), "bob".into())),
             dialled: "bob@example.com".into(),
+            group: None,
+            members: Vec::new(),
         }
     }
 

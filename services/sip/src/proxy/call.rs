@@ -527,11 +527,15 @@ impl ProxyCall {
                 fx.push(Effect::Send(self.setup.upstream, b.clone()));
                 self.last_response = Some(b);
             }
-            if (code == 180 || code == 183) && !self.ringing {
-                self.ringing = true;
-                let records = self.setup.legs.ringing(self.caller_rang);
-                self.caller_rang = true;
-                fx.push(Effect::Record(records));
+            if code == 180 || code == 183 {
+                if let Some(records) = alerting(
+                    &mut self.setup.legs,
+                    self.branches[i].target.member.as_ref(),
+                    &mut self.ringing,
+                    &mut self.caller_rang,
+                ) {
+                    fx.push(Effect::Record(records));
+                }
             }
         }
     }
@@ -569,6 +573,12 @@ impl ProxyCall {
             }
         }
         if first_answer {
+            if let Some(member) = self.branches[i].target.member.clone() {
+                let others = self.setup.legs.member_answered(&member);
+                if !others.is_empty() {
+                    fx.push(Effect::Record(others));
+                }
+            }
             // The dialog exists before the caller can see the 2xx: its ACK
             // must find it.
             if let Some((call_id, dialog)) = self.dialog_for(msg, i, now) {
@@ -788,6 +798,11 @@ impl ProxyCall {
         if let Some(next) = next {
             let invite = self.setup.invite.clone();
             if let Ok(msg) = Message::parse(&invite) {
+                let ended =
+                    super::call::members_of_step_end(&mut self.setup.legs, outcome, self.step_best);
+                if !ended.is_empty() {
+                    fx.push(Effect::Record(ended));
+                }
                 self.start_step(next, &msg, now, fx);
                 return;
             }
@@ -809,15 +824,14 @@ impl ProxyCall {
         self.step = step;
         self.step_best = None;
         self.step_timeout_at = self.setup.steps[step].ring_timeout.map(|t| now + t);
-        let forwards = self.setup.legs.forward(&self.setup.steps[step].diversions);
-        if !forwards.is_empty() {
-            fx.push(Effect::Record(forwards));
-            // The user the call went to has a leg of its own to ring.
+        let (records, new_leg) = self.setup.legs.step_starts(&self.setup.steps[step]);
+        if new_leg {
+            // The user the call went to (or a group's members) has a leg
+            // of its own to ring.
             self.ringing = false;
         }
-        let skipped = self.setup.legs.skipped(&self.setup.steps[step].skipped);
-        if !skipped.is_empty() {
-            fx.push(Effect::Record(skipped));
+        if !records.is_empty() {
+            fx.push(Effect::Record(records));
         }
         let retargeting = Retargeting::of(&self.setup.steps[step].diversions);
         let targets = self.setup.steps[step].targets.clone();
@@ -940,6 +954,47 @@ impl ProxyCall {
     }
 }
 
+/// The `Ringing` records when a target alerts, if any are due: a ring
+/// group member's leg (once per member), or the callee's while its leg has
+/// not rung (`ringing`); the caller's with the first.
+pub(crate) fn alerting(
+    legs: &mut Legs,
+    member: Option<&(String, String)>,
+    ringing: &mut bool,
+    caller_rang: &mut bool,
+) -> Option<Vec<CallRecord>> {
+    let records = match member {
+        Some(member) => legs.member_ringing(member, *caller_rang),
+        None if !*ringing => {
+            *ringing = true;
+            legs.ringing(*caller_rang)
+        }
+        None => return None,
+    };
+    *caller_rang = true;
+    (!records.is_empty()).then_some(records)
+}
+
+/// The records of a step's ring group members when the step ends without
+/// an answer and the call goes on: each member's leg fails with the
+/// step's outcome (480 no answer for a ring timeout).
+pub(crate) fn members_of_step_end(
+    legs: &mut Legs,
+    outcome: StepOutcome,
+    step_best: Option<u16>,
+) -> Vec<CallRecord> {
+    if legs.members.is_empty() {
+        return Vec::new();
+    }
+    match outcome {
+        StepOutcome::NoAnswer => legs.step_ends(step_best.unwrap_or(480), CallCause::NoAnswer),
+        _ => {
+            let status = step_best.unwrap_or(480);
+            legs.step_ends(status, CallCause::for_status(status))
+        }
+    }
+}
+
 /// Counts a call attempt by the final status the caller got (bounded
 /// labels: the status codes a proxy relays).
 pub(crate) fn call_attempt(status: u16) {
@@ -989,6 +1044,7 @@ mod tests {
                         crate::backend::Transport::Udp,
                         format!("192.0.2.1:{}", 5060 + i).parse().unwrap(),
                     ),
+                    member: None,
                 })
                 .collect(),
             ring_timeout: None,
@@ -999,6 +1055,7 @@ mod tests {
             },
             diversions: Vec::new(),
             skipped: Vec::new(),
+            group: None,
         }
     }
 

@@ -416,6 +416,7 @@ v=0\n";
             from: ("example.com".to_owned(), from.to_owned()),
             to: ("example.com".to_owned(), to.to_owned()),
             reason,
+            to_group: false,
         }
     }
 

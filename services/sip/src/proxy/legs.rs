@@ -3,8 +3,25 @@
 //! the callee is a user here), sharing the proxy's `call_id`. When the
 //! callee forwards the call, its leg ends with a `Forwarded` step and the
 //! user the call went to gets an inbound leg of its own.
+//!
+//! A ring group has no leg: each member a step rings gets an inbound leg
+//! (to the group's address) while the step rings. A member that answers
+//! becomes the callee; the others' legs fail (`AnsweredElsewhere`), and
+//! a step that ends unanswered fails its members' legs before the next
+//! step starts.
 
-use crate::backend::{CallCause, CallDirection, CallRecord, CallStep, Diversion, HangupSide};
+use crate::backend::{
+    CallCause, CallDirection, CallRecord, CallStep, Diversion, HangupSide, RouteStep,
+};
+
+/// A ring group member's leg while its step rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberLeg {
+    /// `(domain, user)`.
+    pub user: (String, String),
+    /// Its ringing is recorded.
+    pub rang: bool,
+}
 
 /// The legs of one call and their shared identity.
 #[derive(Debug, Clone)]
@@ -19,6 +36,12 @@ pub struct Legs {
     pub callee: Option<(String, String)>,
     /// `user@domain` dialled (the callee, also when it has no leg).
     pub dialled: String,
+    /// The ring group the call is at, when its last forward (or the
+    /// dialled name) led to a group: it has no leg; `callee` is then
+    /// `None` until a member answers.
+    pub group: Option<(String, String)>,
+    /// The legs of the members the current step rings.
+    pub members: Vec<MemberLeg>,
 }
 
 impl Legs {
@@ -36,6 +59,9 @@ impl Legs {
         push(&self.caller, CallDirection::Outbound);
         if let Some(callee) = &self.callee {
             push(callee, CallDirection::Inbound);
+        }
+        for member in &self.members {
+            push(&member.user, CallDirection::Inbound);
         }
         out
     }
@@ -70,7 +96,7 @@ impl Legs {
     /// Forwards already taken are recognised by the current callee: the
     /// list is recorded from the forward made by it.
     pub fn forward(&mut self, diversions: &[Diversion]) -> Vec<CallRecord> {
-        let Some(current) = &self.callee else {
+        let Some(current) = self.callee.as_ref().or(self.group.as_ref()) else {
             return Vec::new();
         };
         let Some(first) = diversions.iter().rposition(|d| same_user(&d.from, current)) else {
@@ -80,13 +106,27 @@ impl Legs {
         let mut out = Vec::with_capacity(2 * (diversions.len() - first));
         for d in &diversions[first..] {
             let to = format!("{}@{}", d.to.1, d.to.0);
-            out.push(self.record(
-                &d.from,
-                CallStep::Forwarded {
-                    to: to.clone(),
-                    reason: d.reason,
-                },
-            ));
+            // A group forwards without a leg of its own (its members'
+            // legs ended with its steps).
+            if self.group.is_none() {
+                let to = if d.to_group {
+                    format!("group:{to}")
+                } else {
+                    to.clone()
+                };
+                out.push(self.record(
+                    &d.from,
+                    CallStep::Forwarded {
+                        to,
+                        reason: d.reason,
+                    },
+                ));
+            }
+            if d.to_group {
+                self.group = Some(d.to.clone());
+                self.callee = None;
+                continue;
+            }
             out.push(self.record(
                 &d.to,
                 CallStep::Start {
@@ -97,6 +137,110 @@ impl Legs {
                 },
             ));
             self.callee = Some(d.to.clone());
+            self.group = None;
+        }
+        out
+    }
+
+    /// Everything a step records when it starts ringing: the forwards
+    /// that lead to it ([`Legs::forward`]), its owner's rules not taken
+    /// ([`Legs::skipped`]) and, for a step of a ring group, a leg for each
+    /// member it rings. The flag: a new leg rings (its ringing is still to
+    /// be recorded).
+    pub fn step_starts(&mut self, step: &RouteStep) -> (Vec<CallRecord>, bool) {
+        let mut out = self.forward(&step.diversions);
+        let mut new_leg = !out.is_empty();
+        if step.group.is_some() && self.group.is_none() {
+            // The dialled name is the group (no forward led here).
+            self.group = step.group.clone();
+            self.callee = None;
+        }
+        out.extend(self.skipped(&step.skipped));
+        let to = self
+            .group
+            .as_ref()
+            .map(|(domain, user)| format!("{user}@{domain}"));
+        if let (Some(to), true) = (to, step.group.is_some()) {
+            let from = format!("{}@{}", self.caller.1, self.caller.0);
+            for target in &step.targets {
+                let Some(member) = &target.member else {
+                    continue;
+                };
+                if self.members.iter().any(|m| same_user(&m.user, member)) {
+                    continue;
+                }
+                out.push(self.record(
+                    member,
+                    CallStep::Start {
+                        direction: CallDirection::Inbound,
+                        from: from.clone(),
+                        to: to.clone(),
+                        sip_call_id: self.sip_call_id.clone(),
+                    },
+                ));
+                self.members.push(MemberLeg {
+                    user: member.clone(),
+                    rang: false,
+                });
+                new_leg = true;
+            }
+        }
+        (out, new_leg)
+    }
+
+    /// The members' legs of a step that ended without an answer: each
+    /// fails with the step's status.
+    pub fn step_ends(&mut self, sip_status: u16, cause: CallCause) -> Vec<CallRecord> {
+        let members = std::mem::take(&mut self.members);
+        members
+            .iter()
+            .map(|m| self.record(&m.user, CallStep::Fail { sip_status, cause }))
+            .collect()
+    }
+
+    /// The `Ringing` records when a target of `member` (a ring group
+    /// member) alerts: its leg's, once, and the caller's unless it
+    /// `caller_rang` already.
+    pub fn member_ringing(
+        &mut self,
+        member: &(String, String),
+        caller_rang: bool,
+    ) -> Vec<CallRecord> {
+        let mut out = Vec::with_capacity(2);
+        if !caller_rang {
+            out.push(self.record(&self.caller, CallStep::Ringing));
+        }
+        if let Some(m) = self
+            .members
+            .iter_mut()
+            .find(|m| !m.rang && same_user(&m.user, member))
+        {
+            m.rang = true;
+            let user = m.user.clone();
+            out.push(self.record(&user, CallStep::Ringing));
+        }
+        out
+    }
+
+    /// A target of `member` answered: it is the callee from now on, and
+    /// the other members' legs fail (answered elsewhere). The records of
+    /// those failures; the answer itself is recorded with
+    /// [`Legs::records`] afterwards, on the caller's and the member's leg.
+    pub fn member_answered(&mut self, member: &(String, String)) -> Vec<CallRecord> {
+        let members = std::mem::take(&mut self.members);
+        let mut out = Vec::with_capacity(members.len());
+        for m in &members {
+            if same_user(&m.user, member) {
+                self.callee = Some(m.user.clone());
+            } else {
+                out.push(self.record(
+                    &m.user,
+                    CallStep::Fail {
+                        sip_status: 487,
+                        cause: CallCause::AnsweredElsewhere,
+                    },
+                ));
+            }
         }
         out
     }
@@ -157,6 +301,8 @@ mod tests {
             caller: party("alice"),
             callee: Some(party("bob")),
             dialled: "bob@example.com".to_owned(),
+            group: None,
+            members: Vec::new(),
         }
     }
 
@@ -165,6 +311,7 @@ mod tests {
             from: party(from),
             to: party(to),
             reason: DiversionReason::NoAnswer,
+            to_group: false,
         }
     }
 
@@ -215,6 +362,105 @@ mod tests {
                 ("dave".into(), "ringing".into())
             ]
         );
+    }
+
+    fn member_target(user: &str) -> crate::backend::RouteTarget {
+        crate::backend::RouteTarget {
+            uri: format!("sip:{user}@192.0.2.1"),
+            flow: crate::transport::Flow::new(
+                crate::backend::Transport::Udp,
+                "192.0.2.1:5060".parse().unwrap(),
+            ),
+            member: Some(party(user)),
+        }
+    }
+
+    fn group_step(members: &[&str]) -> RouteStep {
+        RouteStep {
+            targets: members.iter().map(|m| member_target(m)).collect(),
+            ring_timeout: None,
+            next: crate::backend::NextSteps::NONE,
+            diversions: Vec::new(),
+            skipped: Vec::new(),
+            group: Some(party("sales")),
+        }
+    }
+
+    #[test]
+    fn a_group_has_no_leg_and_its_members_legs_end_once_each() {
+        let mut legs = Legs {
+            callee: None,
+            group: Some(party("sales")),
+            dialled: "sales@example.com".to_owned(),
+            ..legs()
+        };
+        // Sequential: bob's turn, then carol's.
+        let (records, new_leg) = legs.step_starts(&group_step(&["bob"]));
+        assert!(new_leg);
+        assert_eq!(
+            steps(&records),
+            [("bob".into(), "start Inbound sales@example.com".into())]
+        );
+        assert_eq!(
+            steps(&legs.member_ringing(&party("bob"), false)),
+            [
+                ("alice".into(), "ringing".into()),
+                ("bob".into(), "ringing".into())
+            ]
+        );
+        assert!(legs.member_ringing(&party("bob"), true).is_empty());
+        let ended = legs.step_ends(480, CallCause::NoAnswer);
+        assert_eq!(ended.len(), 1);
+        assert!(matches!(
+            ended[0].step,
+            CallStep::Fail {
+                sip_status: 480,
+                ..
+            }
+        ));
+        // Simultaneous: carol and dave; dave answers, carol's leg fails.
+        let (records, _) = legs.step_starts(&group_step(&["carol", "dave"]));
+        assert_eq!(records.len(), 2);
+        let others = legs.member_answered(&party("dave"));
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].user, "carol");
+        assert!(matches!(
+            others[0].step,
+            CallStep::Fail {
+                cause: CallCause::AnsweredElsewhere,
+                ..
+            }
+        ));
+        assert_eq!(legs.callee, Some(party("dave")));
+        // The answer and the end are the caller's and dave's only.
+        let users: Vec<String> = legs
+            .end(CallCause::NormalClearing, HangupSide::Caller)
+            .into_iter()
+            .map(|r| r.user)
+            .collect();
+        assert_eq!(users, ["alice", "dave"]);
+    }
+
+    #[test]
+    fn a_group_forwards_without_a_leg_of_its_own() {
+        let mut legs = legs();
+        // bob forwards to the group; the group's no-answer target is carol.
+        let to_group = Diversion {
+            to_group: true,
+            ..diversion("bob", "sales")
+        };
+        let records = legs.forward(std::slice::from_ref(&to_group));
+        assert_eq!(
+            steps(&records),
+            [("bob".into(), "forwarded group:sales@example.com".into())]
+        );
+        assert_eq!(legs.callee, None);
+        let records = legs.forward(&[to_group, diversion("sales", "carol")]);
+        assert_eq!(
+            steps(&records),
+            [("carol".into(), "start Inbound carol@example.com".into())]
+        );
+        assert_eq!(legs.callee, Some(party("carol")));
     }
 
     #[test]

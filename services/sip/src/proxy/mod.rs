@@ -547,6 +547,8 @@ mod tests {
             caller: ("example.test".into(), "alice".into()),
             callee: Some(("example.test".into(), "bob".into())),
             dialled: "bob@example.test".into(),
+            group: None,
+            members: Vec::new(),
         }
     }
 
