@@ -10,7 +10,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use dialtone_api::pb::{
-    CreateRingGroupRequest, DeleteRingGroupRequest, GetRingGroupRequest, RingGroupChange,
+    CreateRingGroupRequest, DeleteRingGroupRequest, GetRingGroupRequest, ListCallsRequest,
+    RingGroupChange,
     RingGroupMembers, RingStrategy, UpdateRingGroupRequest,
 };
 use serde_json::json;
@@ -125,8 +126,9 @@ async fn sequential_rings_one_member_after_the_other_for_their_ring_times() {
         create_group(
             &pbx,
             RingGroupChange {
-                // bob rings 2 s, then carol (the group's ring time).
-                members: members(&["bob:2", "carol"]),
+                // bob rings 3 s (beyond the 2 s in which a call's legs are
+                // joined by time alone), then carol (the group's ring time).
+                members: members(&["bob:3", "carol"]),
                 strategy: Some("sequential".into()),
                 ..Default::default()
             },
@@ -148,7 +150,7 @@ async fn sequential_rings_one_member_after_the_other_for_their_ring_times() {
         carol.finish().await;
         assert_eq!(requests(&bob), ["INVITE", "CANCEL", "ACK"]);
         assert!(
-            began.elapsed() >= Duration::from_secs(2),
+            began.elapsed() >= Duration::from_secs(3),
             "{:?}",
             began.elapsed()
         );
@@ -175,6 +177,32 @@ async fn sequential_rings_one_member_after_the_other_for_their_ring_times() {
             ],
         )
         .await;
+        // The record has every member's leg, carol's found although it
+        // started after bob's turn.
+        let cdr = eventually(Duration::from_secs(5), "the call's record", || async {
+            let calls = pbx
+                .node
+                .audit()
+                .await?
+                .list_calls(ListCallsRequest {
+                    domain: DOMAIN.to_owned(),
+                    page_size: 10,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .calls;
+            Ok(match calls.as_slice() {
+                [c] if !c.in_progress && c.legs.len() == 3 => Some(c.clone()),
+                _ => None,
+            })
+        })
+        .await
+        .unwrap();
+        let users: Vec<&str> = cdr.legs.iter().map(|l| l.user_id.as_str()).collect();
+        assert_eq!(users, [pbx.id("alice"), pbx.id("bob"), pbx.id("carol")]);
+        assert_eq!(cdr.callee, format!("{SALES}@{DOMAIN}"));
+        assert!(cdr.legs[1].answered_at.is_none() && cdr.legs[2].answered_at.is_some());
         pbx.node.stop().await.unwrap();
     })
     .await

@@ -36,6 +36,10 @@
 //!    the caller's (a no-answer forward rings 20 s first), so step 3's
 //!    window does not find them.
 //!
+//! 6. A ring group's members ring one after the other: when the call went
+//!    on after every callee leg found had ended (see [`record`]), the next
+//!    member's leg is found the same way, after the last one's end.
+//!
 //! The next page token is the position after the page's last anchor, so
 //! pages never repeat or skip a call, however the log grows meanwhile.
 //! Cost: one page reads about every event of the time span its calls cover
@@ -67,6 +71,11 @@ pub const FORWARD_SCAN_MAX: usize = 5_000;
 /// Forwards followed at most in one record (a node's forwarding hop limit
 /// is far lower).
 pub const FORWARDS_FOLLOWED_MAX: usize = 16;
+/// Ring group members followed at most in one record (a group's members).
+pub const GROUP_MEMBERS_FOLLOWED_MAX: usize = 64;
+/// A call that ended this much after its last callee leg went on to
+/// another one (a ring group's next member).
+const GROUP_GAP_US: i64 = 1_000_000;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 const READ_BATCH: usize = 1000;
@@ -319,6 +328,8 @@ struct Outcome {
     /// The leg ended with `CallForwarded`: to whom, why, and the global
     /// position of that event.
     forwarded: Option<(String, ForwardReason, Position)>,
+    /// The global position of the event that ended the leg.
+    ended_position: Option<Position>,
 }
 
 async fn outcome(
@@ -371,6 +382,7 @@ async fn outcome(
                     } else {
                         0
                     };
+                    outcome.ended_position = Some(e.position);
                     return Ok(outcome);
                 }
                 Event::User(user::Event::CallFailed {
@@ -382,6 +394,7 @@ async fn outcome(
                     outcome.ended_at = Some(failed_at);
                     outcome.cause = Some(cause);
                     outcome.sip_status = sip_status;
+                    outcome.ended_position = Some(e.position);
                     return Ok(outcome);
                 }
                 Event::User(user::Event::CallForwarded {
@@ -392,6 +405,7 @@ async fn outcome(
                 }) if call_id == leg.call_id => {
                     outcome.ended_at = Some(forwarded_at);
                     outcome.forwarded = Some((to, reason, e.position));
+                    outcome.ended_position = Some(e.position);
                     return Ok(outcome);
                 }
                 _ => {}
@@ -529,6 +543,42 @@ async fn record(
             outcome = next_outcome;
         }
         callees.push(outcome);
+    }
+    // A ring group rings its members one after the other: a member's leg
+    // starts when the previous one's turn ends, possibly long after the
+    // join window. When the call went on after every callee leg found had
+    // ended (the caller's leg was answered by none of them, or ended more
+    // than a second after the last of them), the next member's leg is
+    // found by a scan after the last one's end.
+    let mut members_followed = 0;
+    while members_followed < GROUP_MEMBERS_FOLLOWED_MAX
+        && callees.iter().all(|o| o.ended_at.is_some() && o.answered_at.is_none())
+    {
+        let Some(last) = callees
+            .iter()
+            .filter(|o| o.forwarded.is_none())
+            .max_by_key(|o| o.ended_position)
+        else {
+            break;
+        };
+        let went_on = caller.answered_at.is_some()
+            || caller.ended_at.is_none()
+            || caller
+                .ended_at
+                .zip(last.ended_at)
+                .is_some_and(|(call, leg)| call - leg > GROUP_GAP_US);
+        let Some(after) = last.ended_position.filter(|_| went_on) else {
+            break;
+        };
+        members_followed += 1;
+        match forwarded_leg(store, upcasters, &anchor.caller.call_id, after).await? {
+            Some(next) if !legs.iter().any(|l| l.position == next.position) => {
+                let o = outcome(store, upcasters, &next).await?;
+                legs.push(leg_record(&next, &o));
+                callees.push(o);
+            }
+            _ => break,
+        }
     }
     let answered = callees.iter().find(|o| o.answered_at.is_some());
     // A forwarded leg's end is not the call's.
