@@ -836,3 +836,85 @@ async fn real_phones_answer_forwarded_calls() {
     linphone.quit().await;
     node.stop().await.unwrap();
 }
+
+/// Real phones answer calls to ring groups: baresip calls a group whose
+/// only available member is linphone (the other member has no phone and is
+/// skipped), then linphone calls a group whose member is baresip. Each
+/// answering phone's leg is a member's leg, to the group's address.
+#[tokio::test]
+async fn real_phones_answer_ring_group_calls() {
+    let (_dir, node, alice, bob) = node_with_two_users().await.unwrap();
+    let carol = create_user(&node, DOMAIN, "carol", PASSWORD, 0)
+        .await
+        .unwrap();
+    let mut p = node.provisioning().await.unwrap();
+    for (name, members) in [("sales", vec!["bob", "carol"]), ("support", vec!["alice"])] {
+        p.create_ring_group(dialtone_api::pb::CreateRingGroupRequest {
+            address: format!("{name}@{DOMAIN}"),
+            settings: Some(dialtone_api::pb::RingGroupChange {
+                members: Some(dialtone_api::pb::RingGroupMembers {
+                    members: members.iter().map(|m| (*m).to_owned()).collect(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let tone_dir = tempfile::tempdir().unwrap();
+    let tone = tone_dir.path().join("tone.wav");
+    write_tone(&tone).unwrap();
+    let transport = Transport::Udp;
+    let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
+    let mut linphone = Phone::linphone(&carol, &node, transport, &tone)
+        .await
+        .unwrap();
+    baresip.registered(&node, transport).await.unwrap();
+    linphone.registered(&node, transport).await.unwrap();
+
+    call_via(
+        &node,
+        &mut baresip,
+        &format!("sales@{DOMAIN}"),
+        &mut linphone,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        call_events(&node, &bob).await.unwrap(),
+        Vec::<String>::new(),
+        "bob has no phone: skipped"
+    );
+    let heard = linphone.dir.path().join("heard.wav");
+    linphone
+        .command(&format!("record {}", heard.display()))
+        .await
+        .unwrap();
+    call_via(
+        &node,
+        &mut linphone,
+        &format!("support@{DOMAIN}"),
+        &mut baresip,
+    )
+    .await
+    .unwrap();
+    // Each answering leg was started to the group's address.
+    for (user, group) in [(&carol, "sales"), (&alice, "support")] {
+        let started: Vec<String> = stream_events(&node, &format!("user-{}", user.id))
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.r#type == "CallStarted")
+            .filter_map(|e| {
+                let data: serde_json::Value = serde_json::from_str(&e.data_json).ok()?;
+                (data["direction"] == "inbound")
+                    .then(|| data["to"].as_str().unwrap_or("").to_owned())
+            })
+            .collect();
+        assert_eq!(started, [format!("{group}@{DOMAIN}")], "{}", user.address);
+    }
+    baresip.quit().await;
+    linphone.quit().await;
+    node.stop().await.unwrap();
+}

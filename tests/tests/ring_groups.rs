@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use dialtone_api::pb::{
     CreateRingGroupRequest, DeleteRingGroupRequest, GetRingGroupRequest, ListCallsRequest,
-    RingGroupChange,
-    RingGroupMembers, RingStrategy, UpdateRingGroupRequest,
+    RingGroupChange, RingGroupMembers, RingStrategy, UpdateRingGroupRequest,
 };
 use serde_json::json;
 use support::calls::{answered, call_events, failed, maybe_ringing, started, Expected};

@@ -552,7 +552,9 @@ async fn record(
     // found by a scan after the last one's end.
     let mut members_followed = 0;
     while members_followed < GROUP_MEMBERS_FOLLOWED_MAX
-        && callees.iter().all(|o| o.ended_at.is_some() && o.answered_at.is_none())
+        && callees
+            .iter()
+            .all(|o| o.ended_at.is_some() && o.answered_at.is_none())
     {
         let Some(last) = callees
             .iter()
