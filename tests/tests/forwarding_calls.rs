@@ -585,3 +585,174 @@ async fn an_after_hours_rule_forwards_only_outside_business_hours_in_the_domains
     })
     .await
 }
+
+/// The methods of the requests a phone received, in order.
+fn requests(run: &support::sip::SippRun) -> Vec<&str> {
+    run.received
+        .iter()
+        .filter(|m| !m.starts_with("SIP/2.0"))
+        .filter_map(|m| m.split_whitespace().next())
+        .collect()
+}
+
+fn started_for(user: &str) -> support::calls::Expected {
+    (
+        "CallStarted",
+        json!({ "direction": "inbound", "to": format!("{user}@{DOMAIN}") }),
+    )
+}
+
+#[tokio::test]
+async fn follow_me_rings_more_phones_after_a_while_and_the_first_answer_takes_the_call() {
+    bounded(90, async {
+        let pbx = Pbx::start(&[]).await;
+        pbx.forward(
+            "bob",
+            SetForwardingRequest {
+                follow_me: Some(dialtone_api::pb::FollowMeTargets {
+                    targets: vec!["carol".into()],
+                }),
+                follow_me_after_secs: Some(2),
+                ..Default::default()
+            },
+        )
+        .await;
+        let bob = pbx.phone("bob", "call_uas_rings.xml").await;
+        let carol = pbx.phone("carol", "call_uas.xml").await;
+        let began = Instant::now();
+        let caller = pbx.call_bob("call_uac.xml").await;
+        caller.assert_all_successful(1);
+        assert_eq!(
+            invite_statuses(&caller),
+            [407, 200],
+            "{:#?}",
+            caller.received
+        );
+        assert!(
+            began.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            began.elapsed()
+        );
+        // Bob's phone rang on (one INVITE) while carol's joined, and was
+        // cancelled when carol answered.
+        let bob = bob.finish().await;
+        assert_eq!(requests(&bob), ["INVITE", "CANCEL", "ACK"]);
+        carol.finish().await;
+        assert_legs(
+            &pbx,
+            &[
+                (
+                    "alice",
+                    vec![started("outbound"), maybe_ringing(), answered(), ended()],
+                ),
+                (
+                    "bob",
+                    vec![
+                        started("inbound"),
+                        ("CallRinging", json!({})),
+                        failed(487, "answered_elsewhere"),
+                    ],
+                ),
+                (
+                    "carol",
+                    vec![started_for("bob"), maybe_ringing(), answered(), ended()],
+                ),
+            ],
+        )
+        .await;
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sequential_follow_me_tries_each_target_in_turn_while_the_own_phone_rings_on() {
+    bounded(90, async {
+        let pbx = Pbx::start(&[]).await;
+        pbx.forward(
+            "bob",
+            SetForwardingRequest {
+                follow_me: Some(dialtone_api::pb::FollowMeTargets {
+                    targets: vec!["carol".into(), "dave".into()],
+                }),
+                follow_me_after_secs: Some(1),
+                follow_me_sequential: Some(true),
+                follow_me_ring_secs: Some(2),
+                ..Default::default()
+            },
+        )
+        .await;
+        let bob = pbx.phone("bob", "call_uas_rings.xml").await;
+        let carol = pbx.phone("carol", "call_uas_rings.xml").await;
+        let dave = pbx.phone("dave", "call_uas.xml").await;
+        let caller = pbx.call_bob("call_uac.xml").await;
+        caller.assert_all_successful(1);
+        assert_eq!(requests(&bob.finish().await), ["INVITE", "CANCEL", "ACK"]);
+        assert_eq!(requests(&carol.finish().await), ["INVITE", "CANCEL", "ACK"]);
+        dave.finish().await;
+        assert_legs(
+            &pbx,
+            &[
+                (
+                    "bob",
+                    vec![
+                        started("inbound"),
+                        ("CallRinging", json!({})),
+                        failed(487, "answered_elsewhere"),
+                    ],
+                ),
+                (
+                    "carol",
+                    vec![started_for("bob"), ("CallRinging", json!({})), failed(480, "no_answer")],
+                ),
+                (
+                    "dave",
+                    vec![started_for("bob"), maybe_ringing(), answered(), ended()],
+                ),
+            ],
+        )
+        .await;
+        // Bad follow-me settings are refused and change nothing.
+        let mut api = pbx.node.provisioning().await.unwrap();
+        for (targets, code, text) in [
+            (vec!["+15551234567"], tonic::Code::FailedPrecondition, "follow-me rings users' phones"),
+            (vec!["nobody"], tonic::Code::NotFound, "nobody@"),
+            (vec!["carol", "carol"], tonic::Code::InvalidArgument, "listed twice"),
+            (vec!["bob"], tonic::Code::InvalidArgument, "cannot follow itself"),
+        ] {
+            let err = api
+                .set_forwarding(SetForwardingRequest {
+                    user: format!("bob@{DOMAIN}"),
+                    follow_me: Some(dialtone_api::pb::FollowMeTargets {
+                        targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), code, "{}", err.message());
+            assert!(err.message().contains(text), "{}", err.message());
+        }
+        let out = pbx
+            .node
+            .cli(&["user", "get", &format!("bob@{DOMAIN}")])
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!(
+                "follow me after 1 s -> carol@{DOMAIN}, dave@{DOMAIN} (one after the other, 2 s each)"
+            )),
+            "{text}"
+        );
+        let out = pbx
+            .node
+            .cli(&["user", "forward", &format!("bob@{DOMAIN}"), "--follow-me", "none"])
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("forwarding    off"));
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}

@@ -3,7 +3,7 @@
 
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_domain::domain::{self, Settings, SettingsPatch};
-use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch, RuleTimesPatch};
+use dialtone_domain::forwarding::{FollowMePatch, ForwardTarget, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::ring_group::{Member, RingGroup, RingGroupPatch, Strategy};
 use dialtone_domain::schedule::TimeCondition;
@@ -630,7 +630,42 @@ impl Provisioning {
                 unavailable: when("unavailable", written.unavailable_when)?,
             },
             clear: written.clear,
+            follow_me: None,
         };
+        let follow_me_settings = written.follow_me_after_secs.is_some()
+            || written.follow_me_sequential.is_some()
+            || written.follow_me_ring_secs.is_some();
+        let mut patch = patch;
+        match written.follow_me {
+            Some(list) if list.iter().all(|t| t.trim().is_empty()) => {
+                if follow_me_settings {
+                    return Err(Error::Domain(DomainError::Invalid {
+                        field: "follow_me",
+                        reason: "follow-me settings were given with no targets (to turn follow-me off, give no settings)".into(),
+                    }));
+                }
+                patch.follow_me = Some(None);
+            }
+            list => {
+                let targets = match list {
+                    Some(list) => Some(
+                        list.iter()
+                            .filter(|t| !t.trim().is_empty())
+                            .map(|t| ForwardTarget::parse(t, owner))
+                            .collect::<std::result::Result<Vec<_>, _>>()?,
+                    ),
+                    None => None,
+                };
+                if targets.is_some() || follow_me_settings {
+                    patch.follow_me = Some(Some(FollowMePatch {
+                        targets,
+                        after_secs: written.follow_me_after_secs,
+                        sequential: written.follow_me_sequential,
+                        ring_secs: written.follow_me_ring_secs,
+                    }));
+                }
+            }
+        }
         for target in [
             &patch.always,
             &patch.busy,
@@ -642,6 +677,20 @@ impl Provisioning {
         .flatten()
         {
             self.check_forward_target(owner, target).await?;
+        }
+        if let Some(Some(FollowMePatch {
+            targets: Some(targets),
+            ..
+        })) = &patch.follow_me
+        {
+            for target in targets {
+                if !matches!(target, ForwardTarget::User(_)) {
+                    return Err(Error::Domain(DomainError::FailedPrecondition(format!(
+                        "cannot follow me to {target}: follow-me rings users' phones (numbers, voicemail and groups are not follow-me targets)"
+                    ))));
+                }
+                self.check_forward_target(owner, target).await?;
+            }
         }
         Ok(patch)
     }
@@ -1046,6 +1095,11 @@ pub struct WrittenForwarding {
     pub unavailable_when: Option<String>,
     /// Remove every rule before applying the others.
     pub clear: bool,
+    /// Find-me/follow-me targets, replacing the list (empty: off).
+    pub follow_me: Option<Vec<String>>,
+    pub follow_me_after_secs: Option<u32>,
+    pub follow_me_sequential: Option<bool>,
+    pub follow_me_ring_secs: Option<u32>,
 }
 
 fn not_found_user(user: &UserRef) -> Error {

@@ -74,6 +74,12 @@ pub fn forwarding(f: &dialtone_domain::forwarding::Forwarding) -> pb::Forwarding
         busy_when: when(f.when.busy.as_ref()),
         no_answer_when: when(f.when.no_answer.as_ref()),
         unavailable_when: when(f.when.unavailable.as_ref()),
+        follow_me: f.follow_me.as_ref().map(|fm| pb::FollowMe {
+            targets: fm.targets.iter().map(ToString::to_string).collect(),
+            after_secs: fm.after_secs,
+            sequential: fm.sequential,
+            ring_secs: fm.ring_secs,
+        }),
     }
 }
 

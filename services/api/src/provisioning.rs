@@ -472,6 +472,10 @@ impl ProvisioningService for ProvisioningApi {
             no_answer_when: req.no_answer_when,
             unavailable_when: req.unavailable_when,
             clear: req.clear,
+            follow_me: req.follow_me.map(|f| f.targets),
+            follow_me_after_secs: req.follow_me_after_secs,
+            follow_me_sequential: req.follow_me_sequential,
+            follow_me_ring_secs: req.follow_me_ring_secs,
         };
         let view = self
             .provisioning
@@ -628,6 +632,7 @@ fn written_ring_group(c: RingGroupChange) -> WrittenRingGroup {
             no_answer_when: c.no_answer_when,
             unavailable_when: c.unavailable_when,
             clear: false,
+            ..Default::default()
         },
     }
 }

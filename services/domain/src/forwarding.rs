@@ -207,6 +207,32 @@ pub struct Forwarding {
     pub unavailable: Option<ForwardTarget>,
     #[serde(default, skip_serializing_if = "RuleTimes::is_empty")]
     pub when: RuleTimes,
+    /// Find-me/follow-me: after the user's own phones rang alone for a
+    /// while, other users' phones ring too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_me: Option<FollowMe>,
+}
+
+/// Most targets of a follow-me list.
+pub const MAX_FOLLOW_ME_TARGETS: usize = 10;
+/// How long the own phones ring alone first, when not given.
+pub const DEFAULT_FOLLOW_ME_AFTER_SECS: u32 = 10;
+/// Each target's ring time in a sequential follow-me, when not given.
+pub const DEFAULT_FOLLOW_ME_RING_SECS: u32 = 20;
+
+/// Find-me/follow-me: a user's ring plan. The user's own phones ring
+/// alone for `after_secs`, then keep ringing while the `targets` ring
+/// too: all at once, or (`sequential`) one after the other for
+/// `ring_secs` each. The first phone to answer takes the call. The
+/// targets' own forwarding rules are not followed (their phones ring or
+/// they are skipped), as for ring group members.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FollowMe {
+    pub targets: Vec<ForwardTarget>,
+    /// 0: the targets ring with the own phones from the start.
+    pub after_secs: u32,
+    pub sequential: bool,
+    pub ring_secs: u32,
 }
 
 /// The time conditions of a user's forwarding rules, by rule; a rule
@@ -284,7 +310,8 @@ impl Forwarding {
         *self == Forwarding::default()
     }
 
-    /// Every target of the rules, with the condition it is for.
+    /// Every target of the rules, with the condition it is for (follow-me
+    /// targets are in [`Forwarding::follow_me`]).
     pub fn targets(&self) -> impl Iterator<Item = (&'static str, &ForwardTarget)> {
         [
             ("always", self.always.as_ref()),
@@ -316,6 +343,87 @@ pub struct ForwardingPatch {
     pub when: RuleTimesPatch,
     /// Remove every rule first (then apply the rest of the patch).
     pub clear: bool,
+    /// Follow-me: `Some(None)` removes it.
+    pub follow_me: Option<Option<FollowMePatch>>,
+}
+
+/// A new follow-me, or a change of the one in force: `None` keeps a
+/// setting (or takes its default for a new one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowMePatch {
+    pub targets: Option<Vec<ForwardTarget>>,
+    pub after_secs: Option<u32>,
+    pub sequential: Option<bool>,
+    pub ring_secs: Option<u32>,
+}
+
+impl FollowMePatch {
+    fn apply(&self, current: Option<&FollowMe>, owner: &UserAddress) -> Result<FollowMe> {
+        let mut next = current.cloned().unwrap_or(FollowMe {
+            targets: Vec::new(),
+            after_secs: DEFAULT_FOLLOW_ME_AFTER_SECS,
+            sequential: false,
+            ring_secs: DEFAULT_FOLLOW_ME_RING_SECS,
+        });
+        if let Some(t) = &self.targets {
+            next.targets = t.clone();
+        }
+        if let Some(s) = self.after_secs {
+            next.after_secs = s;
+        }
+        if let Some(b) = self.sequential {
+            next.sequential = b;
+        }
+        if let Some(s) = self.ring_secs {
+            next.ring_secs = s;
+        }
+        let field = "follow_me";
+        if next.targets.is_empty() {
+            return Err(Error::invalid(
+                field,
+                "needs at least one target (to remove follow-me, turn it off)",
+            ));
+        }
+        if next.targets.len() > MAX_FOLLOW_ME_TARGETS {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "at most {MAX_FOLLOW_ME_TARGETS} targets, got {}",
+                    next.targets.len()
+                ),
+            ));
+        }
+        for (i, t) in next.targets.iter().enumerate() {
+            if next.targets[..i].contains(t) {
+                return Err(Error::invalid(field, format!("{t} is listed twice")));
+            }
+            if t.user() == Some(owner) {
+                return Err(Error::invalid(
+                    field,
+                    format!("{owner} cannot follow itself: its own phones always ring"),
+                ));
+            }
+        }
+        if next.after_secs > MAX_NO_ANSWER_SECS {
+            return Err(Error::invalid(
+                "follow_me_after_secs",
+                format!(
+                    "must be between 0 and {MAX_NO_ANSWER_SECS} seconds, got {}",
+                    next.after_secs
+                ),
+            ));
+        }
+        if !(MIN_NO_ANSWER_SECS..=MAX_NO_ANSWER_SECS).contains(&next.ring_secs) {
+            return Err(Error::invalid(
+                "follow_me_ring_secs",
+                format!(
+                    "must be between {MIN_NO_ANSWER_SECS} and {MAX_NO_ANSWER_SECS} seconds, got {}",
+                    next.ring_secs
+                ),
+            ));
+        }
+        Ok(next)
+    }
 }
 
 /// A change of the rules' time conditions: `None` keeps one,
@@ -337,6 +445,12 @@ impl ForwardingPatch {
         } else {
             current.clone()
         };
+        if let Some(f) = &self.follow_me {
+            next.follow_me = match f {
+                None => None,
+                Some(patch) => Some(patch.apply(next.follow_me.as_ref(), owner)?),
+            };
+        }
         if let Some(t) = &self.always {
             next.always = t.clone();
         }
@@ -437,6 +551,58 @@ mod tests {
 
     fn parse(text: &str) -> Result<ForwardTarget> {
         ForwardTarget::parse(text, &alice())
+    }
+
+    #[test]
+    fn follow_me_takes_defaults_and_refuses_what_cannot_work() {
+        let owner = alice();
+        let patch = |targets: &[&str], after: Option<u32>, ring: Option<u32>| ForwardingPatch {
+            follow_me: Some(Some(FollowMePatch {
+                targets: Some(targets.iter().map(|t| parse(t).unwrap()).collect()),
+                after_secs: after,
+                sequential: None,
+                ring_secs: ring,
+            })),
+            ..Default::default()
+        };
+        let f = patch(&["bob", "carol"], None, None)
+            .apply(&Forwarding::default(), &owner)
+            .unwrap();
+        let fm = f.follow_me.as_ref().unwrap();
+        assert_eq!(
+            (fm.after_secs, fm.ring_secs, fm.sequential),
+            (10, 20, false)
+        );
+        assert_eq!(fm.targets[1].to_string(), "carol@example.com");
+        // A change keeps what it does not name; off removes it.
+        let changed = ForwardingPatch {
+            follow_me: Some(Some(FollowMePatch {
+                sequential: Some(true),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+        .apply(&f, &owner)
+        .unwrap();
+        assert!(changed.follow_me.as_ref().unwrap().sequential);
+        assert_eq!(changed.follow_me.as_ref().unwrap().targets.len(), 2);
+        let off = ForwardingPatch {
+            follow_me: Some(None),
+            ..Default::default()
+        }
+        .apply(&changed, &owner)
+        .unwrap();
+        assert!(off.is_off());
+        for (bad, why) in [
+            (patch(&[], None, None), "at least one target"),
+            (patch(&["bob", "bob"], None, None), "listed twice"),
+            (patch(&["alice"], None, None), "cannot follow itself"),
+            (patch(&["bob"], Some(301), None), "follow_me_after_secs"),
+            (patch(&["bob"], None, Some(0)), "follow_me_ring_secs"),
+        ] {
+            let err = bad.apply(&Forwarding::default(), &owner).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -291,6 +291,12 @@ fn validate(group: &RingGroup, address: &UserAddress) -> Result<()> {
             seconds("members", s)?;
         }
     }
+    if group.forwarding.follow_me.is_some() {
+        return Err(Error::invalid(
+            "follow_me",
+            "a ring group has no follow-me: make the targets members",
+        ));
+    }
     seconds("ring_secs", group.ring_secs)?;
     seconds("timeout_secs", group.timeout_secs)?;
     for (rule, target) in group.forwarding.targets() {

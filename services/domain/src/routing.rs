@@ -631,7 +631,17 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
                 member: None,
             })
             .collect();
-        if targets.is_empty() {
+        // Find-me/follow-me: the phones of the follow-me targets that can
+        // ring now, each target's with its user as member.
+        let mut following = Vec::new();
+        if let Some(fm) = rules.and_then(|f| f.follow_me.as_ref()) {
+            for target in &fm.targets {
+                if let Some(phones) = self.follow_target(party, callee, target, via)? {
+                    following.push(phones);
+                }
+            }
+        }
+        if targets.is_empty() && following.is_empty() {
             let taken = match rule(Rule::Unavailable) {
                 Some(target) => self
                     .forward(party, callee, target, ForwardReason::Unavailable, via)?
@@ -640,19 +650,64 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             };
             return Ok(taken.ok_or(Refusal::NotRegistered));
         }
-        let index = self.steps.len();
         let no_answer = rules
             .and_then(|f| f.no_answer.as_ref())
             .filter(|_| rule(Rule::NoAnswer).is_some());
-        self.steps.push(Step {
-            targets,
-            ring_timeout: no_answer.map(|r| Duration::from_secs(u64::from(r.after_secs))),
-            next: Next::NONE,
-            owner: party,
-            group: None,
-            diversions: via.to_vec(),
-            skipped: Vec::new(),
-        });
+        let no_answer_time = no_answer.map(|r| Duration::from_secs(u64::from(r.after_secs)));
+        let first = self.steps.len();
+        let own = !targets.is_empty();
+        if own {
+            self.steps.push(Step {
+                targets: targets.clone(),
+                ring_timeout: no_answer_time,
+                next: Next::NONE,
+                owner: party,
+                group: None,
+                diversions: via.to_vec(),
+                skipped: Vec::new(),
+            });
+        }
+        // The follow-me steps: the own phones go on ringing (the engine
+        // keeps a phone of two consecutive steps ringing) while the
+        // targets join, all at once or one after the other.
+        let mut follow_steps = Vec::new();
+        if let Some(fm) = rules
+            .and_then(|f| f.follow_me.as_ref())
+            .filter(|_| !following.is_empty())
+        {
+            let ring = Duration::from_secs(u64::from(fm.ring_secs));
+            let groups: Vec<Vec<Target<'a, R>>> = if fm.sequential {
+                following
+            } else {
+                vec![following.into_iter().flatten().collect()]
+            };
+            let n = groups.len();
+            for (k, phones) in groups.into_iter().enumerate() {
+                if self.steps.len() >= MAX_PLAN_STEPS {
+                    break;
+                }
+                let last = k + 1 == n;
+                let ring_timeout = match (fm.sequential, last) {
+                    (true, false) => Some(ring),
+                    (true, true) => no_answer_time.map(|_| ring),
+                    (false, _) => no_answer_time,
+                };
+                follow_steps.push(self.steps.len());
+                self.steps.push(Step {
+                    targets: targets.iter().cloned().chain(phones).collect(),
+                    ring_timeout,
+                    next: Next::NONE,
+                    owner: party,
+                    group: None,
+                    diversions: via.to_vec(),
+                    skipped: Vec::new(),
+                });
+            }
+            if own {
+                self.steps[first].ring_timeout =
+                    Some(Duration::from_secs(u64::from(fm.after_secs)));
+            }
+        }
         let mut next = Next::NONE;
         if let Some(target) = rule(Rule::Busy) {
             let taken = self.forward(party, callee, target, ForwardReason::UserBusy, via)?;
@@ -666,9 +721,77 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             let taken = self.forward(party, callee, target, ForwardReason::Unavailable, via)?;
             next.unavailable = taken_or_skip(taken, target, ForwardReason::Unavailable);
         }
-        self.steps[index].next = next;
-        self.steps[index].skipped = skipped;
-        Ok(Ok(index))
+        // Each step before the last follow-me step goes on to the next
+        // one, except that busy phones follow the busy rule when there is
+        // one; the last step follows the user's rules.
+        let chain: Vec<usize> = own
+            .then_some(first)
+            .into_iter()
+            .chain(follow_steps.iter().copied())
+            .collect();
+        for (k, &step) in chain.iter().enumerate() {
+            self.steps[step].next = match chain.get(k + 1) {
+                Some(&following) => Next {
+                    busy: next.busy.or(Some(following)),
+                    no_answer: Some(following),
+                    unavailable: Some(following),
+                },
+                None => next,
+            };
+        }
+        self.steps[first].skipped = skipped;
+        Ok(Ok(first))
+    }
+
+    /// The phones of a follow-me target of `from`, when it can ring now: a
+    /// user (not on the chain that led here, of a domain `from`'s may
+    /// call), enabled, without do-not-disturb, registered. Its forwarding
+    /// rules are not followed.
+    fn follow_target(
+        &mut self,
+        from: Party<'a>,
+        from_callee: &Callee<'a, R>,
+        target: &'a ForwardTarget,
+        via: &[Diversion<'a>],
+    ) -> Result<Option<Vec<Target<'a, R>>>, Unrouted> {
+        let Some(address) = target.user() else {
+            return Ok(None);
+        };
+        let to = Party::of(address);
+        let on_chain = to.is(&from)
+            || via
+                .iter()
+                .any(|d| d.from.is(&to) || rung(d.to).is_some_and(|a| Party::of(a).is(&to)));
+        if on_chain {
+            return Ok(None);
+        }
+        let Some(callee) = self.users.get(address) else {
+            return Err(Unrouted::NeedsUser(address.clone()));
+        };
+        let hop = Call {
+            caller_domain: from.domain,
+            caller_may_call_other_domains: from_callee.domain_calls_out,
+            callee_domain: to.domain,
+            callee_user: to.user,
+            schedule_time: Some(self.schedule_time),
+        };
+        if admit(&hop, callee.domain).is_err() {
+            return Ok(None);
+        }
+        let Some(user) = callee.user.as_ref().filter(|u| u.enabled && !u.dnd) else {
+            return Ok(None);
+        };
+        let phones: Vec<_> = user
+            .bindings
+            .iter()
+            .filter(|b| b.is_live(self.now))
+            .map(|b| Target {
+                uri: b.uri,
+                reach: b.reach.clone(),
+                member: Some(to),
+            })
+            .collect();
+        Ok((!phones.is_empty()).then_some(phones))
     }
 
     /// The schedule time on the wall clock of `tz`: the time zone

@@ -190,6 +190,8 @@ fn forwarding() -> impl Strategy<Value = Forwarding> {
             no_answer: no_answer.map(|(target, after_secs)| NoAnswerRule { target, after_secs }),
             unavailable,
             when: RuleTimes::default(),
+            // Follow-me has properties of its own (tests/follow_me.rs).
+            follow_me: None,
         })
 }
 
@@ -436,6 +438,7 @@ fn rules_at(f: &Forwarding, at: i64, tz: &TimeZone) -> Forwarding {
             .filter(|_| pick(Rule::NoAnswer).is_some()),
         unavailable: pick(Rule::Unavailable),
         when: RuleTimes::default(),
+        follow_me: f.follow_me.clone(),
     }
 }
 

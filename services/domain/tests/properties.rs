@@ -875,6 +875,7 @@ fn forwarding_patch() -> impl Strategy<Value = ForwardingPatch> {
                         always: when.pop().flatten(),
                     },
                     clear,
+                    follow_me: None,
                 }
             },
         )

@@ -440,6 +440,15 @@ fn forwarding_patch_of_every_kind() -> ForwardingPatch {
             unavailable: Some(None),
         },
         clear: false,
+        follow_me: Some(Some(dialtone_domain::forwarding::FollowMePatch {
+            targets: Some(vec![
+                ForwardTarget::parse("bob", &alice).unwrap(),
+                ForwardTarget::parse("carol@other.example", &alice).unwrap(),
+            ]),
+            after_secs: Some(0),
+            sequential: Some(true),
+            ring_secs: Some(300),
+        })),
     }
 }
 
@@ -749,6 +758,7 @@ fn hand_made_events() -> Vec<Event> {
                 strategy: Some(dialtone_domain::ring_group::Strategy::RoundRobin),
                 forwarding: ForwardingPatch {
                     no_answer_after_secs: None,
+                    follow_me: None,
                     unavailable: Some(Some(
                         ForwardTarget::parse(
                             "group:support",

@@ -307,6 +307,7 @@ impl Directory {
                     no_answer: in_hours(),
                     unavailable: in_hours(),
                 },
+                follow_me: None,
             });
         }
         {
@@ -347,6 +348,7 @@ impl Directory {
                     no_answer: Some(condition(IN_HOURS)),
                     unavailable: Some(condition(IN_HOURS)),
                 },
+                follow_me: None,
             });
         }
         for user in first_pop..USERS {

@@ -85,6 +85,20 @@ pub enum UserCommand {
         /// Remove every rule (then apply the ones given).
         #[arg(long)]
         off: bool,
+        /// Find-me/follow-me: after --follow-me-after seconds these users'
+        /// phones ring too (comma-separated, e.g. `bob,carol@other.example`);
+        /// `none` turns it off.
+        #[arg(long, value_delimiter = ',')]
+        follow_me: Option<Vec<String>>,
+        /// How long the own phones ring alone first (default 10 s; 0: all at once).
+        #[arg(long)]
+        follow_me_after: Option<u32>,
+        /// Ring the follow-me targets one after the other instead of together.
+        #[arg(long)]
+        follow_me_sequential: Option<bool>,
+        /// Each target's ring time when sequential (default 20 s).
+        #[arg(long)]
+        follow_me_ring: Option<u32>,
         #[arg(long)]
         expected_version: Option<u64>,
     },
@@ -187,6 +201,10 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: UserCommand) -> anyh
             unavailable,
             when,
             off,
+            follow_me,
+            follow_me_after,
+            follow_me_sequential,
+            follow_me_ring,
             expected_version,
         } => {
             // --when goes with each rule given a target in this command.
@@ -239,6 +257,15 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: UserCommand) -> anyh
                 busy_when,
                 no_answer_when,
                 unavailable_when,
+                follow_me: follow_me.map(|targets| pb::FollowMeTargets {
+                    targets: targets
+                        .into_iter()
+                        .filter(|t| !t.eq_ignore_ascii_case("none"))
+                        .collect(),
+                }),
+                follow_me_after_secs: follow_me_after,
+                follow_me_sequential,
+                follow_me_ring_secs: follow_me_ring,
             })
             .await
         }
@@ -314,6 +341,12 @@ pub(super) fn forwarding_json(f: Option<&pb::Forwarding>) -> Value {
             "no_answer": rule(&f.no_answer_when),
             "unavailable": rule(&f.unavailable_when),
         },
+        "follow_me": f.follow_me.as_ref().map(|fm| json!({
+            "targets": fm.targets,
+            "after_secs": fm.after_secs,
+            "sequential": fm.sequential,
+            "ring_secs": fm.ring_secs,
+        })),
     })
 }
 
@@ -338,6 +371,20 @@ pub(super) fn forwarding_line(v: &Value) -> String {
                 None => rules.push(format!("{label} -> {target}")),
             }
         }
+    }
+    let fm = &f["follow_me"];
+    if let Some(targets) = fm["targets"].as_array() {
+        let targets: Vec<&str> = targets.iter().filter_map(Value::as_str).collect();
+        let how = if fm["sequential"] == Value::Bool(true) {
+            format!("one after the other, {} s each", s(fm, "ring_secs"))
+        } else {
+            "together".to_owned()
+        };
+        rules.push(format!(
+            "follow me after {} s -> {} ({how})",
+            s(fm, "after_secs"),
+            targets.join(", ")
+        ));
     }
     if rules.is_empty() {
         "off".to_owned()

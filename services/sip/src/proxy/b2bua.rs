@@ -629,6 +629,14 @@ impl B2buaCall {
         let to = msg.header(Name::To).unwrap_or("");
         let targets = self.setup.steps[step].targets.clone();
         for target in targets {
+            // Still ringing from the step before.
+            if self
+                .callees
+                .iter()
+                .any(|c| c.step == step && super::call::same_phone(&c.target, &target))
+            {
+                continue;
+            }
             let branch = self.new_branch(true, fx);
             let (a, b) = (self.next_id(), self.next_id());
             let call_id = format!(
@@ -772,9 +780,21 @@ impl B2buaCall {
         }
     }
 
+    /// The current step rang for its ring timeout without an answer: a
+    /// phone the next step rings too goes on ringing into it, the others
+    /// are cancelled.
     fn end_step_unanswered(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let next = super::call::next_on_no_answer(&self.setup.steps, self.step);
         for i in 0..self.callees.len() {
             if self.callees[i].step == self.step && !self.callees[i].is_final() {
+                let goes_on = next
+                    .filter(|&n| super::call::rings(&self.setup.steps[n], &self.callees[i].target));
+                if let Some(n) = goes_on {
+                    if self.callees[i].cancel == CancelState::None {
+                        self.callees[i].step = n;
+                        continue;
+                    }
+                }
                 self.cancel_leg(i, now, fx);
                 self.callees[i].counts = false;
             }
@@ -954,11 +974,10 @@ impl B2buaCall {
             give_up_at: now + TIMER_64T1,
         };
         self.step_timeout_at = None;
-        if let Some(member) = self.callees[i].target.member.clone() {
-            let others = self.setup.legs.member_answered(&member);
-            if !others.is_empty() {
-                fx.push(Effect::Record(others));
-            }
+        let member = self.callees[i].target.member.clone();
+        let others = self.setup.legs.answered_by(member.as_ref());
+        if !others.is_empty() {
+            fx.push(Effect::Record(others));
         }
         let contact = self.callees[i].target.uri.clone();
         fx.push(Effect::Record(self.setup.legs.records(|_| {

@@ -573,11 +573,10 @@ impl ProxyCall {
             }
         }
         if first_answer {
-            if let Some(member) = self.branches[i].target.member.clone() {
-                let others = self.setup.legs.member_answered(&member);
-                if !others.is_empty() {
-                    fx.push(Effect::Record(others));
-                }
+            let member = self.branches[i].target.member.clone();
+            let others = self.setup.legs.answered_by(member.as_ref());
+            if !others.is_empty() {
+                fx.push(Effect::Record(others));
             }
             // The dialog exists before the caller can see the 2xx: its ACK
             // must find it.
@@ -776,9 +775,21 @@ impl ProxyCall {
     }
 
     /// The current step rang for its ring timeout without an answer.
+    /// A phone the next step rings too goes on ringing into it (find-me:
+    /// the own phones keep ringing while more targets join); the others
+    /// are cancelled.
     fn end_step_unanswered(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let next = next_on_no_answer(&self.setup.steps, self.step);
         for i in 0..self.branches.len() {
             if self.branches[i].step == self.step && !self.branches[i].is_final() {
+                if let Some(n) =
+                    next.filter(|&n| rings(&self.setup.steps[n], &self.branches[i].target))
+                {
+                    if self.branches[i].cancel == CancelState::None {
+                        self.branches[i].step = n;
+                        continue;
+                    }
+                }
                 self.cancel_branch(i, now, fx);
                 self.branches[i].counts = false;
             }
@@ -836,6 +847,14 @@ impl ProxyCall {
         let retargeting = Retargeting::of(&self.setup.steps[step].diversions);
         let targets = self.setup.steps[step].targets.clone();
         for target in targets {
+            // Still ringing from the step before.
+            if self
+                .branches
+                .iter()
+                .any(|b| b.step == step && same_phone(&b.target, &target))
+            {
+                continue;
+            }
             let id = self.new_branch_id();
             let via = via(&self.setup.advertised, target.flow.transport, &id);
             let request = forward::forward_request(
@@ -952,6 +971,27 @@ impl ProxyCall {
         );
         Some((call_id.into(), dialog))
     }
+}
+
+/// The step a plan goes on with when `step` is not answered in time (the
+/// one whose phones may go on ringing).
+pub(crate) fn next_on_no_answer(steps: &[RouteStep], step: usize) -> Option<usize> {
+    steps
+        .get(step)?
+        .next
+        .no_answer
+        .filter(|&n| n > step)
+        .and_then(|n| first_ringing_step(steps, n))
+}
+
+/// The same phone: contact and where it is reached.
+pub(crate) fn same_phone(a: &RouteTarget, b: &RouteTarget) -> bool {
+    a.uri == b.uri && a.flow == b.flow
+}
+
+/// Whether `step` rings `target`.
+pub(crate) fn rings(step: &RouteStep, target: &RouteTarget) -> bool {
+    step.targets.iter().any(|t| same_phone(t, target))
 }
 
 /// The `Ringing` records when a target alerts, if any are due: a ring

@@ -70,10 +70,12 @@ impl Legs {
     /// and the caller's unless it `caller_rang` already (with a user the
     /// call was forwarded from).
     pub fn ringing(&self, caller_rang: bool) -> Vec<CallRecord> {
-        let mut out = self.records(|_| CallStep::Ringing);
-        if caller_rang {
-            // `records` puts the caller's first.
-            out.remove(0);
+        let mut out = Vec::with_capacity(2);
+        if !caller_rang {
+            out.push(self.record(&self.caller, CallStep::Ringing));
+        }
+        if let Some(callee) = &self.callee {
+            out.push(self.record(callee, CallStep::Ringing));
         }
         out
     }
@@ -156,11 +158,15 @@ impl Legs {
             self.callee = None;
         }
         out.extend(self.skipped(&step.skipped));
+        // Members' legs are to the group, or to the user whose find-me
+        // targets they are.
         let to = self
             .group
             .as_ref()
+            .filter(|_| step.group.is_some())
+            .or(self.callee.as_ref())
             .map(|(domain, user)| format!("{user}@{domain}"));
-        if let (Some(to), true) = (to, step.group.is_some()) {
+        if let Some(to) = to {
             let from = format!("{}@{}", self.caller.1, self.caller.0);
             for target in &step.targets {
                 let Some(member) = &target.member else {
@@ -222,13 +228,38 @@ impl Legs {
         out
     }
 
-    /// A target of `member` answered: it is the callee from now on, and
-    /// the other members' legs fail (answered elsewhere). The records of
-    /// those failures; the answer itself is recorded with
-    /// [`Legs::records`] afterwards, on the caller's and the member's leg.
-    pub fn member_answered(&mut self, member: &(String, String)) -> Vec<CallRecord> {
+    /// A target of `member` answered (`None`: one of the callee's own
+    /// phones): it is the callee from now on, and the legs of the other
+    /// members, and of a callee whose find-me target answered, fail
+    /// (answered elsewhere). The records of those failures; the answer
+    /// itself is recorded with [`Legs::records`] afterwards, on the
+    /// caller's and the callee's leg.
+    pub fn answered_by(&mut self, member: Option<&(String, String)>) -> Vec<CallRecord> {
         let members = std::mem::take(&mut self.members);
-        let mut out = Vec::with_capacity(members.len());
+        let mut out = Vec::with_capacity(members.len() + 1);
+        let Some(member) = member else {
+            for m in &members {
+                out.push(self.record(
+                    &m.user,
+                    CallStep::Fail {
+                        sip_status: 487,
+                        cause: CallCause::AnsweredElsewhere,
+                    },
+                ));
+            }
+            return out;
+        };
+        if let Some(callee) = self.callee.take() {
+            if !same_user(&callee, member) {
+                out.push(self.record(
+                    &callee,
+                    CallStep::Fail {
+                        sip_status: 487,
+                        cause: CallCause::AnsweredElsewhere,
+                    },
+                ));
+            }
+        }
         for m in &members {
             if same_user(&m.user, member) {
                 self.callee = Some(m.user.clone());
@@ -421,7 +452,7 @@ mod tests {
         // Simultaneous: carol and dave; dave answers, carol's leg fails.
         let (records, _) = legs.step_starts(&group_step(&["carol", "dave"]));
         assert_eq!(records.len(), 2);
-        let others = legs.member_answered(&party("dave"));
+        let others = legs.answered_by(Some(&party("dave")));
         assert_eq!(others.len(), 1);
         assert_eq!(others[0].user, "carol");
         assert!(matches!(
