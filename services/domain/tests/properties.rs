@@ -136,6 +136,7 @@ fn settings_patch() -> impl Strategy<Value = SettingsPatch> {
                     digest_algorithms,
                     md5_allowed,
                     time_zone,
+                    feature_codes: Default::default(),
                 }
             },
         )
@@ -212,6 +213,7 @@ fn apply_patch(patch: &SettingsPatch, current: &Settings) -> Option<Settings> {
             .time_zone
             .clone()
             .unwrap_or_else(|| current.time_zone.clone()),
+        feature_codes: current.feature_codes.clone(),
     })
 }
 

@@ -57,6 +57,21 @@ pub enum DomainCommand {
         /// IANA time zone the domain's schedules are read in (e.g. Europe/Berlin).
         #[arg(long)]
         time_zone: Option<String>,
+        /// Feature codes (dialled from a phone) on or off for the domain's users.
+        #[arg(long)]
+        feature_codes: Option<bool>,
+        /// The code that forwards every call to what follows it [default: *72].
+        #[arg(long)]
+        feature_code_forward_always: Option<String>,
+        /// The code that removes the forward-always rule [default: *73].
+        #[arg(long)]
+        feature_code_forwarding_off: Option<String>,
+        /// The code that turns do-not-disturb on [default: *78].
+        #[arg(long)]
+        feature_code_dnd_on: Option<String>,
+        /// The code that turns do-not-disturb off [default: *79].
+        #[arg(long)]
+        feature_code_dnd_off: Option<String>,
         #[arg(long)]
         expected_version: Option<u64>,
     },
@@ -128,6 +143,11 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
             digest_algorithms,
             md5_allowed,
             time_zone,
+            feature_codes,
+            feature_code_forward_always,
+            feature_code_forwarding_off,
+            feature_code_dnd_on,
+            feature_code_dnd_off,
             expected_version,
         } => {
             if md5_allowed.is_some() {
@@ -142,6 +162,11 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 expected_version,
                 digest_algorithms,
                 time_zone,
+                feature_codes_enabled: feature_codes,
+                feature_code_forward_always,
+                feature_code_forwarding_off,
+                feature_code_dnd_on,
+                feature_code_dnd_off,
             })
             .await
         }
@@ -199,6 +224,13 @@ fn domain_json(d: &pb::Domain) -> Value {
         "allow_cross_domain_calls": d.allow_cross_domain_calls,
         "digest_algorithms": d.digest_algorithms,
         "time_zone": d.time_zone,
+        "feature_codes": d.feature_codes.as_ref().map(|c| json!({
+            "enabled": c.enabled,
+            "forward_always": c.forward_always,
+            "forwarding_off": c.forwarding_off,
+            "dnd_on": c.dnd_on,
+            "dnd_off": c.dnd_off,
+        })),
         "md5_allowed": d.md5_allowed,
         "suspend_reason": d.suspend_reason,
         "user_count": d.user_count,
@@ -230,6 +262,18 @@ fn domain_details(v: &Value) -> String {
         s(v, "allow_cross_domain_calls"),
     );
     text.push_str(&format!("\ntime zone {}", s(v, "time_zone")));
+    let codes = &v["feature_codes"];
+    if codes["enabled"].as_bool() == Some(true) {
+        text.push_str(&format!(
+            "\nfeature codes forward-always {}  forwarding-off {}  dnd-on {}  dnd-off {}",
+            s(codes, "forward_always"),
+            s(codes, "forwarding_off"),
+            s(codes, "dnd_on"),
+            s(codes, "dnd_off"),
+        ));
+    } else if codes.is_object() {
+        text.push_str("\nfeature codes off");
+    }
     if !s(v, "description").is_empty() {
         text.push_str(&format!("\ndescription {}", s(v, "description")));
     }
