@@ -68,9 +68,10 @@ pub mod wire;
 pub use backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
     CallState, CallStep, ContactChange, CurrentContact, DigestAlgorithms, Diversion,
-    DiversionReason, HangupSide, Lookup, NextSteps, RegisterOutcome, RegisterRequest,
-    RegistrarBackend, RegistrarOnly, ResourceChange, ResourceState, ResourceWatcher, RoutePlan,
-    RouteStep, RouteTarget, SipBackend, SkippedForward, UserCredentials, Watch,
+    DiversionReason, FeatureOutcome, HangupSide, Lookup, NextSteps, RegisterOutcome,
+    RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange, ResourceState,
+    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, SkippedForward,
+    UserCredentials, Watch,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};
