@@ -847,7 +847,11 @@ async fn baresip_dials_a_feature_code() {
         let transport = Transport::Udp;
         let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
         baresip.registered(&node, transport).await.unwrap();
-        let over = baresip.calls_over();
+        // A call shorter than a second has no "terminated (duration ...)"
+        // line in baresip 1.0: the end of the session is what it prints
+        // when the node's BYE closes it.
+        let closed = |p: &Phone| p.output.text().matches("session closed").count();
+        let over = closed(&baresip);
         baresip
             .command(&format!("dial sip:*78@{DOMAIN}"))
             .await
@@ -867,7 +871,7 @@ async fn baresip_dials_a_feature_code() {
             serde_json::json!({ "dnd": true })
         );
         eventually(STEP, "baresip to see the call end", || async {
-            Ok((baresip.calls_over() > over).then_some(()))
+            Ok((closed(&baresip) > over).then_some(()))
         })
         .await
         .map_err(|e| baresip.fail(e))
