@@ -134,13 +134,12 @@ fn header<'a>(message: &'a str, name: &str) -> &'a str {
 fn final_status(run: &SippRun) -> String {
     run.received
         .iter()
-        .filter(|m| {
+        .rfind(|m| {
             m.starts_with("SIP/2.0 ")
                 && !m.starts_with("SIP/2.0 1")
                 && !m.starts_with("SIP/2.0 407")
                 && header(m, "CSeq").ends_with("INVITE")
         })
-        .next_back()
         .and_then(|m| m.lines().next())
         .unwrap_or_else(|| panic!("no final response: {:#?}", run.received))
         .trim()
@@ -244,7 +243,8 @@ async fn garbage_codes_get_clear_errors_and_change_nothing() {
         );
         let invalid = pbx.refused("alice", "*72+1").await;
         assert!(
-            invalid.starts_with("SIP/2.0 404 Invalid forward target (") && invalid.contains("E.164"),
+            invalid.starts_with("SIP/2.0 404 Invalid forward target (")
+                && invalid.contains("E.164"),
             "{invalid}"
         );
         let itself = pbx.refused("alice", "*72alice").await;
@@ -265,13 +265,7 @@ async fn garbage_codes_get_clear_errors_and_change_nothing() {
         // The domain's own codes: *78 is nothing then, *55 is DND on.
         let out = pbx
             .node
-            .cli(&[
-                "domain",
-                "update",
-                DOMAIN,
-                "--feature-code-dnd-on",
-                "*55",
-            ])
+            .cli(&["domain", "update", DOMAIN, "--feature-code-dnd-on", "*55"])
             .await
             .unwrap();
         assert!(
@@ -316,7 +310,11 @@ async fn garbage_codes_get_clear_errors_and_change_nothing() {
             .feature_codes
             .unwrap();
         assert_eq!(
-            (codes.forward_always.as_str(), codes.dnd_on.as_str(), codes.dnd_off.as_str()),
+            (
+                codes.forward_always.as_str(),
+                codes.dnd_on.as_str(),
+                codes.dnd_off.as_str()
+            ),
             ("*72", "*55", "*79")
         );
 

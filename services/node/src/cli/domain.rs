@@ -57,21 +57,9 @@ pub enum DomainCommand {
         /// IANA time zone the domain's schedules are read in (e.g. Europe/Berlin).
         #[arg(long)]
         time_zone: Option<String>,
-        /// Feature codes (dialled from a phone) on or off for the domain's users.
-        #[arg(long)]
-        feature_codes: Option<bool>,
-        /// The code that forwards every call to what follows it [default: *72].
-        #[arg(long)]
-        feature_code_forward_always: Option<String>,
-        /// The code that removes the forward-always rule [default: *73].
-        #[arg(long)]
-        feature_code_forwarding_off: Option<String>,
-        /// The code that turns do-not-disturb on [default: *78].
-        #[arg(long)]
-        feature_code_dnd_on: Option<String>,
-        /// The code that turns do-not-disturb off [default: *79].
-        #[arg(long)]
-        feature_code_dnd_off: Option<String>,
+        // Boxed: they would make every client command as large.
+        #[command(flatten)]
+        feature_codes: Box<FeatureCodeArgs>,
         #[arg(long)]
         expected_version: Option<u64>,
     },
@@ -85,6 +73,26 @@ pub enum DomainCommand {
     Resume { name: String },
     /// Delete a domain (it must have no users).
     Delete { name: String },
+}
+
+/// A domain's feature codes (ADR 0020), as `domain update` changes them.
+#[derive(clap::Args, Debug)]
+pub struct FeatureCodeArgs {
+    /// Feature codes (dialled from a phone) on or off for the domain's users.
+    #[arg(long = "feature-codes")]
+    enabled: Option<bool>,
+    /// The code that forwards every call to what follows it [default: *72].
+    #[arg(long = "feature-code-forward-always")]
+    forward_always: Option<String>,
+    /// The code that removes the forward-always rule [default: *73].
+    #[arg(long = "feature-code-forwarding-off")]
+    forwarding_off: Option<String>,
+    /// The code that turns do-not-disturb on [default: *78].
+    #[arg(long = "feature-code-dnd-on")]
+    dnd_on: Option<String>,
+    /// The code that turns do-not-disturb off [default: *79].
+    #[arg(long = "feature-code-dnd-off")]
+    dnd_off: Option<String>,
 }
 
 pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> anyhow::Result<()> {
@@ -144,12 +152,15 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
             md5_allowed,
             time_zone,
             feature_codes,
-            feature_code_forward_always,
-            feature_code_forwarding_off,
-            feature_code_dnd_on,
-            feature_code_dnd_off,
             expected_version,
         } => {
+            let FeatureCodeArgs {
+                enabled,
+                forward_always,
+                forwarding_off,
+                dnd_on,
+                dnd_off,
+            } = *feature_codes;
             if md5_allowed.is_some() {
                 deprecated("--md5-allowed");
             }
@@ -162,11 +173,11 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 expected_version,
                 digest_algorithms,
                 time_zone,
-                feature_codes_enabled: feature_codes,
-                feature_code_forward_always,
-                feature_code_forwarding_off,
-                feature_code_dnd_on,
-                feature_code_dnd_off,
+                feature_codes_enabled: enabled,
+                feature_code_forward_always: forward_always,
+                feature_code_forwarding_off: forwarding_off,
+                feature_code_dnd_on: dnd_on,
+                feature_code_dnd_off: dnd_off,
             })
             .await
         }

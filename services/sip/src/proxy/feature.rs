@@ -438,6 +438,8 @@ Contact: <sip:alice@10.0.0.1:5062>\r\n\
         (call, out)
     }
 
+    type Refusal = (u16, &'static str);
+
     fn request(method: &str, cseq: u32, from_tag: &str) -> String {
         format!(
             "{method} sip:192.0.2.10:5060 SIP/2.0\r\n\
@@ -455,7 +457,7 @@ Content-Length: 0\r\n\r\n"
         call: &mut FeatureCall,
         raw: &str,
         now: Instant,
-    ) -> (Option<(u16, &'static str)>, Vec<(Flow, Bytes)>) {
+    ) -> (Option<Refusal>, Vec<(Flow, Bytes)>) {
         let msg = Message::parse(raw.as_bytes()).unwrap();
         let mut out = Vec::new();
         let source = Source {
