@@ -104,12 +104,13 @@ fn refusal_of(e: &DomainError, forward: bool) -> FeatureOutcome {
 /// A reason phrase is one line of text (RFC 3261 s.25.1): control
 /// characters become spaces, and it is kept short.
 fn refused(status: u16, reason: &str) -> FeatureOutcome {
+    const MAX_CHARS: usize = 200;
     let mut phrase: String = reason
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
+        .take(MAX_CHARS)
         .collect();
-    if phrase.chars().count() == 200 {
+    if reason.chars().count() > MAX_CHARS {
         phrase.push('…');
     }
     FeatureOutcome::Refused {
