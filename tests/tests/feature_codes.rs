@@ -332,3 +332,64 @@ async fn garbage_codes_get_clear_errors_and_change_nothing() {
     })
     .await
 }
+
+#[tokio::test]
+async fn the_phone_may_hang_up_first_and_b2bua_mode_and_tcp_work_alike() {
+    bounded(120, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(
+            dir.path(),
+            &["--sip-challenge-md5-first", "--sip-call-mode", "b2bua"],
+        )
+        .await
+        .unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        for name in ["alice", "bob", "carol"] {
+            create_user(&node, DOMAIN, name, PASSWORD, 0).await.unwrap();
+        }
+        let pbx = Pbx { dir, node };
+
+        // Over TCP: answered and hung up, nothing retransmitted.
+        let run = Sipp::new("feature_uac.xml", pbx.node.sip_addr(), pbx.dir.path())
+            .users(&[("alice".into(), PASSWORD.into())])
+            .key("callee", "*78")
+            .key("callee_domain", DOMAIN)
+            .tcp()
+            .run()
+            .await
+            .unwrap();
+        run.assert_all_successful(1);
+        assert!(pbx.user("alice").await.dnd);
+
+        // The phone hangs up before it acknowledges: its BYE gets a 200
+        // and the node sends none (the scenario fails on one).
+        let run = pbx.dial("alice", "*79", "feature_uac_bye_first.xml").await;
+        run.assert_all_successful(1);
+        assert!(
+            !run.received.iter().any(|m| m.starts_with("BYE ")),
+            "{:#?}",
+            run.received
+        );
+        assert!(!pbx.user("alice").await.dnd);
+
+        // A disabled user is refused as for any call; nothing applied.
+        pbx.node
+            .provisioning()
+            .await
+            .unwrap()
+            .update_user(dialtone_api::pb::UpdateUserRequest {
+                user: format!("bob@{DOMAIN}"),
+                enabled: Some(false),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let status = pbx.refused("bob", "*78").await;
+        assert!(status.starts_with("SIP/2.0 403"), "{status}");
+        let bob = pbx.user("bob").await;
+        assert!(!bob.dnd);
+        assert_eq!(pbx.setting_events(&bob).await, []);
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}
