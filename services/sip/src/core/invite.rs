@@ -165,12 +165,20 @@ impl Core {
                     .feature_code(caller_domain, caller_user, &dialled, sip_call_id),
             )
             .await;
+        let counted = |outcome: &'static str| {
+            metrics::counter!(metric::FEATURE_CODES, "outcome" => outcome).increment(1);
+        };
         match outcome {
-            Ok(FeatureOutcome::NotAFeature) => None,
+            Ok(FeatureOutcome::NotAFeature) => {
+                counted("not_a_code");
+                None
+            }
             Ok(FeatureOutcome::Refused { status, reason }) => {
+                counted("refused");
                 Some(self.respond(cx, status, &reason, |_| {}))
             }
             Ok(FeatureOutcome::Applied) => {
+                counted("applied");
                 let (_, trying) = self.respond(cx, 100, "Trying", |_| {});
                 self.proxy.start_feature_call(proxy::NewFeatureCall {
                     msg: cx.msg,
