@@ -918,3 +918,65 @@ async fn real_phones_answer_ring_group_calls() {
     linphone.quit().await;
     node.stop().await.unwrap();
 }
+
+/// A real phone dials a feature code (ADR 0020): baresip dials `*78`, the
+/// node records the user's do-not-disturb on (the API's event) before it
+/// answers, then hangs up; baresip shows the call established and over.
+#[tokio::test]
+async fn baresip_dials_a_feature_code() {
+    bounded(90, async {
+        let (_dir, node, alice, _bob) = node_with_two_users().await.unwrap();
+        let transport = Transport::Udp;
+        let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
+        baresip.registered(&node, transport).await.unwrap();
+        // A call shorter than a second has no "terminated (duration ...)"
+        // line in baresip 1.0: the end of the session is what it prints
+        // when the node's BYE closes it.
+        let closed = |p: &Phone| p.output.text().matches("session closed").count();
+        let over = closed(&baresip);
+        baresip
+            .command(&format!("dial sip:*78@{DOMAIN}"))
+            .await
+            .unwrap();
+        let dnd = eventually(STEP, "DndChanged", || async {
+            let events = stream_events(&node, &format!("user-{}", alice.id)).await?;
+            Ok(events
+                .iter()
+                .find(|e| e.r#type == "DndChanged")
+                .map(|e| e.data_json.clone()))
+        })
+        .await
+        .map_err(|e| baresip.fail(e))
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&dnd).unwrap(),
+            serde_json::json!({ "dnd": true })
+        );
+        eventually(STEP, "baresip to see the call end", || async {
+            Ok((closed(&baresip) > over).then_some(()))
+        })
+        .await
+        .map_err(|e| baresip.fail(e))
+        .unwrap();
+        let console = baresip.output.text();
+        assert!(
+            console.contains("Call established"),
+            "{}",
+            baresip.fail("the call was not answered")
+        );
+        let user = node
+            .provisioning()
+            .await
+            .unwrap()
+            .get_user(dialtone_api::pb::GetUserRequest {
+                user: alice.address.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(user.dnd);
+        baresip.quit().await;
+        node.stop().await.unwrap();
+    })
+    .await
+}

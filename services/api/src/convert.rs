@@ -27,6 +27,9 @@ pub fn domain(info: &DomainInfo) -> pb::Domain {
         md5_allowed: info.settings.md5_allowed(),
         digest_algorithms: info.settings.digest_algorithms.names(),
         time_zone: info.settings.time_zone.to_string(),
+        feature_codes: Some(crate::payload::feature_codes(
+            info.settings.feature_codes.clone(),
+        )),
         suspend_reason: info.suspend_reason.clone().unwrap_or_default(),
         user_count: u32::try_from(info.user_count).unwrap_or(u32::MAX),
         created_at: timestamp(info.created_at),

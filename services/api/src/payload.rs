@@ -55,6 +55,17 @@ fn into_settings(s: domain::Settings) -> pb::DomainSettings {
         md5_allowed,
         digest_algorithms: s.digest_algorithms.names(),
         time_zone: s.time_zone.to_string(),
+        feature_codes: Some(feature_codes(s.feature_codes)),
+    }
+}
+
+pub fn feature_codes(c: dialtone_domain::feature_codes::FeatureCodes) -> pb::FeatureCodes {
+    pb::FeatureCodes {
+        enabled: c.enabled,
+        forward_always: c.forward_always,
+        forwarding_off: c.forwarding_off,
+        dnd_on: c.dnd_on,
+        dnd_off: c.dnd_off,
     }
 }
 

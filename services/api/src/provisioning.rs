@@ -182,6 +182,7 @@ impl ProvisioningService for ProvisioningApi {
             digest_algorithms: digest_algorithms(&req.digest_algorithms)?,
             md5_allowed: req.md5_allowed,
             time_zone: time_zone(&req.time_zone)?,
+            feature_codes: Default::default(),
         }
         .over(&defaults)
         .map_err(status::from_domain)?;
@@ -282,6 +283,13 @@ impl ProvisioningService for ProvisioningApi {
                 }
                 Some(name) => time_zone(name)?,
                 None => None,
+            },
+            feature_codes: dialtone_domain::feature_codes::Patch {
+                enabled: req.feature_codes_enabled,
+                forward_always: req.feature_code_forward_always,
+                forwarding_off: req.feature_code_forwarding_off,
+                dnd_on: req.feature_code_dnd_on,
+                dnd_off: req.feature_code_dnd_off,
             },
         };
         let info = self

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ring_group::{RingGroup, RingGroupPatch};
+use crate::feature_codes::{self, FeatureCodes};
 use crate::schedule::TimeZone;
 
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
@@ -237,6 +238,9 @@ pub struct Settings {
     /// Where the domain's schedules are read (business hours of its
     /// users' forwarding rules); UTC unless set.
     pub time_zone: TimeZone,
+    /// What the domain's users dial to change their own forwarding and
+    /// do-not-disturb (ADR 0020).
+    pub feature_codes: FeatureCodes,
 }
 
 /// The stored form of [`Settings`] (events and snapshots). `md5_allowed`
@@ -258,6 +262,10 @@ struct StoredSettings {
     /// Absent: UTC (also what settings stored before it existed mean).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     time_zone: Option<TimeZone>,
+    /// Absent: the default codes, on (also what settings stored before
+    /// they existed mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    feature_codes: Option<FeatureCodes>,
 }
 
 fn default_true() -> bool {
@@ -273,6 +281,7 @@ impl From<StoredSettings> for Settings {
                 .digest_algorithms
                 .unwrap_or_else(|| DigestAlgorithms::from_md5_allowed(stored.md5_allowed)),
             time_zone: stored.time_zone.unwrap_or_default(),
+            feature_codes: stored.feature_codes.unwrap_or_default(),
         }
     }
 }
@@ -285,6 +294,8 @@ impl From<Settings> for StoredSettings {
             md5_allowed: settings.digest_algorithms.contains(DigestAlgorithm::Md5),
             digest_algorithms: Some(settings.digest_algorithms),
             time_zone: (!settings.time_zone.is_utc()).then_some(settings.time_zone),
+            feature_codes: (settings.feature_codes != FeatureCodes::default())
+                .then_some(settings.feature_codes),
         }
     }
 }
@@ -322,6 +333,7 @@ pub struct SettingsPatch {
     /// answers on MD5 is refused.
     pub md5_allowed: Option<bool>,
     pub time_zone: Option<TimeZone>,
+    pub feature_codes: feature_codes::Patch,
 }
 
 impl SettingsPatch {
@@ -354,6 +366,7 @@ impl SettingsPatch {
                 .time_zone
                 .clone()
                 .unwrap_or_else(|| current.time_zone.clone()),
+            feature_codes: self.feature_codes.apply(&current.feature_codes)?,
         })
     }
 

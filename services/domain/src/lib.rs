@@ -39,6 +39,7 @@ pub mod call;
 pub mod credentials;
 pub mod domain;
 pub mod event;
+pub mod feature_codes;
 pub mod forwarding;
 pub mod ids;
 pub mod names;

@@ -100,13 +100,28 @@ fn settings() -> impl Strategy<Value = Settings> {
         any::<bool>(),
         digest_algorithms(),
         time_zone(),
+        any::<bool>(),
     )
         .prop_map(
-            |(description, allow_cross_domain_calls, digest_algorithms, time_zone)| Settings {
-                description,
-                allow_cross_domain_calls,
-                digest_algorithms,
-                time_zone,
+            |(description, allow_cross_domain_calls, digest_algorithms, time_zone, codes_on)| {
+                Settings {
+                    description,
+                    allow_cross_domain_calls,
+                    digest_algorithms,
+                    time_zone,
+                    // Defaults or a custom set: both must survive storage.
+                    feature_codes: if codes_on {
+                        Default::default()
+                    } else {
+                        dialtone_domain::feature_codes::FeatureCodes {
+                            enabled: false,
+                            forward_always: "#21".into(),
+                            forwarding_off: "#20".into(),
+                            dnd_on: "*1".into(),
+                            dnd_off: "*2".into(),
+                        }
+                    },
+                }
             },
         )
 }
@@ -137,6 +152,7 @@ fn settings_patch() -> impl Strategy<Value = SettingsPatch> {
                     digest_algorithms,
                     md5_allowed,
                     time_zone,
+                    feature_codes: Default::default(),
                 }
             },
         )
@@ -280,6 +296,7 @@ fn apply_patch(patch: &SettingsPatch, current: &Settings) -> Option<Settings> {
             .time_zone
             .clone()
             .unwrap_or_else(|| current.time_zone.clone()),
+        feature_codes: current.feature_codes.clone(),
     })
 }
 

@@ -686,6 +686,13 @@ fn hand_made_events() -> Vec<Event> {
                 ])
                 .unwrap(),
                 time_zone: TimeZone::parse("America/Argentina/ComodRivadavia").unwrap(),
+                feature_codes: dialtone_domain::feature_codes::FeatureCodes {
+                    enabled: false,
+                    forward_always: "#*123456".into(),
+                    forwarding_off: "*0".into(),
+                    dnd_on: "##".into(),
+                    dnd_off: "*1#".into(),
+                },
             },
             created_at: 0,
         }

@@ -24,13 +24,15 @@ use dialtone_eventlog::{RecordedEvent, SharedStore};
 use dialtone_sip::auth::digest::Algorithm;
 use dialtone_sip::backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
-    CallState, CallStep, CurrentContact, DigestAlgorithms, Diversion, DiversionReason, HangupSide,
-    Lookup, NextSteps, RegisterOutcome, RegisterRequest, ResourceChange, ResourceState,
-    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, SkippedForward, Transport,
-    UserCredentials, Watch,
+    CallState, CallStep, CurrentContact, DigestAlgorithms, Diversion, DiversionReason,
+    FeatureOutcome, HangupSide, Lookup, NextSteps, RegisterOutcome, RegisterRequest,
+    ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend,
+    SkippedForward, Transport, UserCredentials, Watch,
 };
 use dialtone_sip::{ConnectionId, Flow};
 use futures::StreamExt;
+
+mod feature_codes;
 
 /// Resolves `user@domain` and reads credentials from the facts the actors
 /// publish (no actor message on the hot path once an aggregate was loaded),
@@ -1045,6 +1047,23 @@ impl SipBackend for ActorBackend {
                 }
             }
         });
+    }
+
+    async fn feature_code(
+        &self,
+        caller_domain: &str,
+        caller_user: &str,
+        dialled: &str,
+        sip_call_id: &str,
+    ) -> Result<FeatureOutcome, BackendError> {
+        feature_codes::apply(
+            &self.provisioning,
+            caller_domain,
+            caller_user,
+            dialled,
+            sip_call_id,
+        )
+        .await
     }
 
     async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {

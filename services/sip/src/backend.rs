@@ -227,6 +227,20 @@ pub enum CallRoute {
     Plan(RoutePlan),
 }
 
+/// What [`SipBackend::feature_code`] made of a dialled string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeatureOutcome {
+    /// No feature code (or the domain has them off): routed as a call.
+    NotAFeature,
+    /// Applied for the caller, durably: the gateway answers the INVITE
+    /// and hangs up (the phone's confirmation).
+    Applied,
+    /// A feature code that cannot be applied; nothing was changed. The
+    /// INVITE gets this final response (4xx, with a reason phrase saying
+    /// what is wrong).
+    Refused { status: u16, reason: String },
+}
+
 /// How a call to a user is rung: steps, each forking to its targets in
 /// parallel, starting with the first. The first 2xx of any step answers
 /// the call. When every target of a step has given a final response, or
@@ -643,6 +657,23 @@ pub trait SipBackend: Send + Sync + 'static {
         callee_domain: &str,
         callee_user: &str,
     ) -> Result<CallRoute, BackendError>;
+
+    /// Whether an authenticated INVITE from `caller_user@caller_domain`
+    /// dialling `dialled` (the Request-URI's user part, `%23` read as `#`)
+    /// is a feature code of the caller's domain (ADR 0020), and if so
+    /// applies it for the caller, durably, before it returns. `sip_call_id`
+    /// is the INVITE's Call-ID (the change's correlation id). Backends
+    /// without feature codes route every call.
+    async fn feature_code(
+        &self,
+        caller_domain: &str,
+        caller_user: &str,
+        dialled: &str,
+        sip_call_id: &str,
+    ) -> Result<FeatureOutcome, BackendError> {
+        let _ = (caller_domain, caller_user, dialled, sip_call_id);
+        Ok(FeatureOutcome::NotAFeature)
+    }
 
     /// Records call steps durably (returns when they are). The steps of one
     /// call come in order, one batch at a time (the proxy waits for a batch

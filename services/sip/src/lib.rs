@@ -19,7 +19,8 @@
 //! - [`proxy`]: the forking proxy as a sans-IO call engine
 //!   ([`proxy::Engine`]: inputs with `now`, actions and a next deadline
 //!   out) in a thin async shell ([`proxy::Proxy`]), executing the backend's
-//!   [`RoutePlan`]s;
+//!   [`RoutePlan`]s, and answering and hanging up the INVITEs of feature
+//!   codes the backend applied ([`FeatureOutcome`], ADR 0020);
 //! - [`subscription`]: SUBSCRIBE/NOTIFY (RFC 6665) for `presence`,
 //!   `dialog` and `message-summary`, a sans-IO table
 //!   ([`subscription::Engine`]) in a thin shell, fed with the watched
@@ -68,9 +69,10 @@ pub mod wire;
 pub use backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
     CallState, CallStep, ContactChange, CurrentContact, DigestAlgorithms, Diversion,
-    DiversionReason, HangupSide, Lookup, NextSteps, RegisterOutcome, RegisterRequest,
-    RegistrarBackend, RegistrarOnly, ResourceChange, ResourceState, ResourceWatcher, RoutePlan,
-    RouteStep, RouteTarget, SipBackend, SkippedForward, UserCredentials, Watch,
+    DiversionReason, FeatureOutcome, HangupSide, Lookup, NextSteps, RegisterOutcome,
+    RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange, ResourceState,
+    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, SkippedForward,
+    UserCredentials, Watch,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};

@@ -57,6 +57,9 @@ pub enum DomainCommand {
         /// IANA time zone the domain's schedules are read in (e.g. Europe/Berlin).
         #[arg(long)]
         time_zone: Option<String>,
+        // Boxed: they would make every client command as large.
+        #[command(flatten)]
+        feature_codes: Box<FeatureCodeArgs>,
         #[arg(long)]
         expected_version: Option<u64>,
     },
@@ -70,6 +73,26 @@ pub enum DomainCommand {
     Resume { name: String },
     /// Delete a domain (it must have no users).
     Delete { name: String },
+}
+
+/// A domain's feature codes (ADR 0020), as `domain update` changes them.
+#[derive(clap::Args, Debug)]
+pub struct FeatureCodeArgs {
+    /// Feature codes (dialled from a phone) on or off for the domain's users.
+    #[arg(long = "feature-codes")]
+    enabled: Option<bool>,
+    /// The code that forwards every call to what follows it [default: *72].
+    #[arg(long = "feature-code-forward-always")]
+    forward_always: Option<String>,
+    /// The code that removes the forward-always rule [default: *73].
+    #[arg(long = "feature-code-forwarding-off")]
+    forwarding_off: Option<String>,
+    /// The code that turns do-not-disturb on [default: *78].
+    #[arg(long = "feature-code-dnd-on")]
+    dnd_on: Option<String>,
+    /// The code that turns do-not-disturb off [default: *79].
+    #[arg(long = "feature-code-dnd-off")]
+    dnd_off: Option<String>,
 }
 
 pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> anyhow::Result<()> {
@@ -128,8 +151,16 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
             digest_algorithms,
             md5_allowed,
             time_zone,
+            feature_codes,
             expected_version,
         } => {
+            let FeatureCodeArgs {
+                enabled,
+                forward_always,
+                forwarding_off,
+                dnd_on,
+                dnd_off,
+            } = *feature_codes;
             if md5_allowed.is_some() {
                 deprecated("--md5-allowed");
             }
@@ -142,6 +173,11 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 expected_version,
                 digest_algorithms,
                 time_zone,
+                feature_codes_enabled: enabled,
+                feature_code_forward_always: forward_always,
+                feature_code_forwarding_off: forwarding_off,
+                feature_code_dnd_on: dnd_on,
+                feature_code_dnd_off: dnd_off,
             })
             .await
         }
@@ -199,6 +235,13 @@ fn domain_json(d: &pb::Domain) -> Value {
         "allow_cross_domain_calls": d.allow_cross_domain_calls,
         "digest_algorithms": d.digest_algorithms,
         "time_zone": d.time_zone,
+        "feature_codes": d.feature_codes.as_ref().map(|c| json!({
+            "enabled": c.enabled,
+            "forward_always": c.forward_always,
+            "forwarding_off": c.forwarding_off,
+            "dnd_on": c.dnd_on,
+            "dnd_off": c.dnd_off,
+        })),
         "md5_allowed": d.md5_allowed,
         "suspend_reason": d.suspend_reason,
         "user_count": d.user_count,
@@ -230,6 +273,18 @@ fn domain_details(v: &Value) -> String {
         s(v, "allow_cross_domain_calls"),
     );
     text.push_str(&format!("\ntime zone {}", s(v, "time_zone")));
+    let codes = &v["feature_codes"];
+    if codes["enabled"].as_bool() == Some(true) {
+        text.push_str(&format!(
+            "\nfeature codes forward-always {}  forwarding-off {}  dnd-on {}  dnd-off {}",
+            s(codes, "forward_always"),
+            s(codes, "forwarding_off"),
+            s(codes, "dnd_on"),
+            s(codes, "dnd_off"),
+        ));
+    } else if codes.is_object() {
+        text.push_str("\nfeature codes off");
+    }
     if !s(v, "description").is_empty() {
         text.push_str(&format!("\ndescription {}", s(v, "description")));
     }

@@ -14,6 +14,9 @@ pub mod metric {
     pub const REGISTER_SECONDS: &str = "dialtone_sip_register_seconds";
     pub const LOCKOUTS: &str = "dialtone_sip_lockouts_total";
     pub const LOCKED_OUT: &str = "dialtone_sip_locked_out";
+    /// Feature codes dialled (ADR 0020), by `outcome`: `applied`,
+    /// `refused`, `not_a_code` (routed as a call).
+    pub const FEATURE_CODES: &str = "dialtone_sip_feature_codes_total";
 }
 
 /// Status codes with their own `status` label (see [`status_label`]); the

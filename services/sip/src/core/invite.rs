@@ -45,6 +45,19 @@ impl Core {
         {
             return refused;
         }
+        if let Some(answered) = self
+            .feature_code(
+                cx,
+                &upstream,
+                caller_domain,
+                caller_user,
+                callee_domain,
+                callee_user,
+            )
+            .await
+        {
+            return answered;
+        }
         let route = match self
             .call(
                 self.backend
@@ -130,5 +143,98 @@ impl Core {
             _ => response::reason(code),
         };
         self.respond(cx, code, reason, |_| {})
+    }
+}
+
+impl Core {
+    /// A feature code (ADR 0020): an INVITE from a user to their own
+    /// domain whose user part starts with `*` or `#` (every code does) is
+    /// offered to the backend, which applies it for the caller durably.
+    /// Applied: the INVITE is answered and hung up by a feature call
+    /// (100 returned: the proxy owns the transaction now); refused: the
+    /// final response that says why. `None`: no feature code, routed as
+    /// a call.
+    async fn feature_code(
+        &self,
+        cx: Cx<'_>,
+        upstream: &Upstream<'_>,
+        caller_domain: &str,
+        caller_user: &str,
+        callee_domain: &str,
+        callee_user: &str,
+    ) -> Option<(u16, Bytes)> {
+        if callee_domain != caller_domain {
+            return None;
+        }
+        let dialled = percent_decoded(callee_user);
+        if !(dialled.starts_with('*') || dialled.starts_with('#')) {
+            return None;
+        }
+        let sip_call_id = cx.msg.call_id().unwrap_or("");
+        let outcome = self
+            .call(
+                self.backend
+                    .feature_code(caller_domain, caller_user, &dialled, sip_call_id),
+            )
+            .await;
+        let counted = |outcome: &'static str| {
+            metrics::counter!(metric::FEATURE_CODES, "outcome" => outcome).increment(1);
+        };
+        match outcome {
+            Ok(FeatureOutcome::NotAFeature) => {
+                counted("not_a_code");
+                None
+            }
+            Ok(FeatureOutcome::Refused { status, reason }) => {
+                counted("refused");
+                Some(self.respond(cx, status, &reason, |_| {}))
+            }
+            Ok(FeatureOutcome::Applied) => {
+                counted("applied");
+                let (_, trying) = self.respond(cx, 100, "Trying", |_| {});
+                self.proxy.start_feature_call(proxy::NewFeatureCall {
+                    msg: cx.msg,
+                    key: upstream.key.clone(),
+                    source: cx.source,
+                    upstream: upstream.flow,
+                });
+                Some((100, trying))
+            }
+            Err(e) => Some(self.backend_failure(cx, &e)),
+        }
+    }
+}
+
+/// `%XX` escapes read (a phone sends `#` as `%23` in a SIP URI, RFC 3261
+/// s.25.1); a malformed escape stays as it is.
+fn percent_decoded(user: &str) -> String {
+    let bytes = user.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(b) = user
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_are_read() {
+        assert_eq!(super::percent_decoded("%2321"), "#21");
+        assert_eq!(super::percent_decoded("*72bob"), "*72bob");
+        assert_eq!(super::percent_decoded("*7%2"), "*7%2");
+        assert_eq!(super::percent_decoded("%zz%41"), "%zzA");
     }
 }

@@ -14,8 +14,8 @@ use tracing::Instrument as _;
 use crate::auth::digest::{write_challenge, Algorithm, CredentialsRef, DigestError};
 use crate::auth::nonce::{NcCheck, NonceCheck, Nonces, NONCE_LEN};
 use crate::backend::{
-    BackendError, CallCause, CallRoute, CurrentContact, Lookup, RegisterOutcome, RegisterRequest,
-    SipBackend, UserCredentials,
+    BackendError, CallCause, CallRoute, CurrentContact, FeatureOutcome, Lookup, RegisterOutcome,
+    RegisterRequest, SipBackend, UserCredentials,
 };
 use crate::config::GatewayConfig;
 use crate::guard::{Guard, LockScope, Lockout};

@@ -32,6 +32,7 @@ use crate::wire::response::Source;
 use super::b2bua::{B2buaCall, B2buaSetup, BRANCH_PREFIX, CALL_ID_PREFIX};
 use super::call::{via, CallSetup, Effect, ProxyCall};
 use super::dialog::{Dialog, LiveDialog};
+use super::feature::{self, FeatureCall, FeatureSetup};
 use super::legs::{Legs, RecordToken};
 
 /// How long a dialog that is being torn down is remembered (BYE
@@ -207,6 +208,15 @@ pub struct NewCall<'a> {
     pub max_forwards: u32,
 }
 
+/// A feature call to answer (see [`Engine::start_feature_call`]).
+pub struct NewFeatureCall<'a> {
+    pub msg: &'a Message<'a>,
+    pub key: Key,
+    pub source: Source,
+    /// Where responses to the caller go.
+    pub upstream: Flow,
+}
+
 /// Counters a simulation checks (and the shell may export).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct EngineStats {
@@ -267,6 +277,11 @@ pub struct Engine {
     b2bua: HashMap<u64, B2buaCall>,
     b2bua_branches: HashMap<Box<str>, u64>,
     b2bua_call_ids: HashMap<Box<str>, u64>,
+    /// Feature calls (ADR 0020), by handle; their Call-IDs and BYE
+    /// branches.
+    features: HashMap<u64, FeatureCall>,
+    feature_call_ids: HashMap<Box<str>, u64>,
+    feature_branches: HashMap<Box<str>, u64>,
     next_sweep: Option<Instant>,
     parked: HashMap<RecordToken, Parked>,
     next_token: u64,
@@ -295,6 +310,9 @@ impl Engine {
             b2bua: HashMap::new(),
             b2bua_branches: HashMap::new(),
             b2bua_call_ids: HashMap::new(),
+            features: HashMap::new(),
+            feature_call_ids: HashMap::new(),
+            feature_branches: HashMap::new(),
             next_sweep: None,
             parked: HashMap::new(),
             next_token: 1,
@@ -309,7 +327,7 @@ impl Engine {
         let answered = self.b2bua.values().filter(|c| c.is_answered()).count();
         (
             self.calls.len() + self.b2bua.len() - answered,
-            self.dialogs.len() + answered,
+            self.dialogs.len() + answered + self.features.len(),
         )
     }
 
@@ -327,6 +345,9 @@ impl Engine {
             && self.b2bua.is_empty()
             && self.b2bua_branches.is_empty()
             && self.b2bua_call_ids.is_empty()
+            && self.features.is_empty()
+            && self.feature_call_ids.is_empty()
+            && self.feature_branches.is_empty()
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -406,6 +427,52 @@ impl Engine {
         self.apply(handle, fx, now);
     }
 
+    /// Answers a feature code's INVITE and hangs up (ADR 0020): the change
+    /// it asked for is durable already.
+    pub fn start_feature_call(&mut self, call: NewFeatureCall<'_>, now: Instant) {
+        let handle = self.next_call;
+        self.next_call += 1;
+        let setup = FeatureSetup {
+            key: call.key.clone(),
+            source: call.source,
+            upstream: call.upstream,
+            to_tag: format!("{:016x}", self.rng.next()),
+            bye_branch: format!("{}{:016x}", feature::BRANCH_PREFIX, self.rng.next()).into(),
+            advertised: self.settings.advertised.clone(),
+        };
+        let mut out = Vec::new();
+        let fc = FeatureCall::start(setup, call.msg, now, &mut out);
+        self.invites.insert(call.key, handle);
+        self.feature_call_ids.insert(fc.call_id().into(), handle);
+        self.feature_branches.insert(fc.bye_branch().into(), handle);
+        self.features.insert(handle, fc);
+        self.apply_feature(handle, out, now);
+    }
+
+    /// Sends what a feature call asked for, then forgets it when it is
+    /// done or reschedules its timer.
+    fn apply_feature(&mut self, handle: u64, out: Vec<(Flow, Bytes)>, now: Instant) {
+        for (flow, bytes) in out {
+            self.actions.push_back(Action::Send(flow, bytes));
+        }
+        if let Some(old) = self.scheduled.remove(&handle) {
+            self.timers.remove(&(old, handle));
+        }
+        let Some(fc) = self.features.get(&handle) else {
+            return;
+        };
+        if fc.is_done() {
+            if let Some(fc) = self.features.remove(&handle) {
+                self.invites.remove(fc.key());
+                self.feature_call_ids.remove(fc.call_id());
+                self.feature_branches.remove(fc.bye_branch());
+            }
+            return;
+        }
+        let next = fc.next_deadline();
+        self.schedule(handle, next, now);
+    }
+
     /// A retransmitted INVITE, CANCEL or ACK of a call being set up. False
     /// when no call has this key.
     pub fn to_call(&mut self, key: &Key, input: CallInput, now: Instant) -> bool {
@@ -414,6 +481,19 @@ impl Engine {
             // CANCEL are not ours (the ACK of a 2xx is routed in the dialog).
             return input == CallInput::InviteAgain && self.accepted.contains_key(key);
         };
+        if let Some(fc) = self.features.get_mut(&handle) {
+            // Answered already: a CANCEL is too late (its 200 is all it
+            // gets, RFC 3261 s.9.2); an ACK reusing the INVITE's branch
+            // acknowledges the 2xx.
+            let mut out = Vec::new();
+            match input {
+                CallInput::InviteAgain => fc.on_invite_again(&mut out),
+                CallInput::Cancel => {}
+                CallInput::Ack => fc.on_ack(now, &mut out),
+            }
+            self.apply_feature(handle, out, now);
+            return true;
+        }
         let mut fx = Vec::new();
         if let Some(call) = self.b2bua.get_mut(&handle) {
             match input {
@@ -447,6 +527,16 @@ impl Engine {
         let Some(branch) = top.branch() else {
             return false;
         };
+        if branch.starts_with(feature::BRANCH_PREFIX) {
+            // A feature call's BYE.
+            if let Some(&handle) = self.feature_branches.get(branch) {
+                if let Some(fc) = self.features.get_mut(&handle) {
+                    fc.on_response(msg, now);
+                }
+                self.apply_feature(handle, Vec::new(), now);
+            }
+            return true;
+        }
         if branch.starts_with(BRANCH_PREFIX) {
             // A back-to-back call's own request; nothing is relayed.
             if let Some(&handle) = self.b2bua_branches.get(branch) {
@@ -523,6 +613,15 @@ impl Engine {
             }
         );
         let call_id = msg.call_id().ok()?;
+        if let Some(&handle) = self.feature_call_ids.get(call_id) {
+            let mut out = Vec::new();
+            let refusal = self
+                .features
+                .get_mut(&handle)
+                .and_then(|fc| fc.on_request(msg, source, now, &mut out));
+            self.apply_feature(handle, out, now);
+            return refusal;
+        }
         if let Some(&handle) = self.b2bua_call_ids.get(call_id) {
             // A dialog the node is a UA in: answered here.
             let mut fx = Vec::new();
@@ -727,6 +826,12 @@ impl Engine {
             .collect();
         for handle in due {
             self.stats.call_wakeups += 1;
+            if let Some(fc) = self.features.get_mut(&handle) {
+                let mut out = Vec::new();
+                fc.on_timer(now, &mut out);
+                self.apply_feature(handle, out, now);
+                continue;
+            }
             let mut fx = Vec::new();
             let stuck = if let Some(call) = self.calls.get_mut(&handle) {
                 call.on_timer(now, &mut fx);

@@ -26,6 +26,7 @@ mod b2bua;
 pub(crate) mod call;
 mod dialog;
 pub mod engine;
+mod feature;
 pub(crate) mod forward;
 mod leg;
 pub mod legs;
@@ -44,7 +45,8 @@ use crate::wire::message::{Message, NameAddr, Uri};
 use crate::wire::response::Source;
 
 pub use engine::{
-    shard_key, Action, Advertised, CallInput, CallMode, Engine, EngineStats, NewCall, ProxySettings,
+    shard_key, Action, Advertised, CallInput, CallMode, Engine, EngineStats, NewCall,
+    NewFeatureCall, ProxySettings,
 };
 pub use legs::{Legs, RecordToken};
 
@@ -434,6 +436,14 @@ impl Proxy {
             .run(shard, |engine, now| engine.start_call(call, now));
         metrics::histogram!("dialtone_sip_invite_forward_seconds")
             .record(received_at.elapsed().as_secs_f64());
+    }
+
+    /// Answers a feature code's INVITE and hangs up (ADR 0020).
+    pub(crate) fn start_feature_call(&self, call: NewFeatureCall<'_>) {
+        self.shared.start_timers();
+        let shard = self.shard_of(call.msg.call_id().unwrap_or(""));
+        self.shared
+            .run(shard, |engine, now| engine.start_feature_call(call, now));
     }
 
     /// A response arrived. False when it is not for us (dropped).

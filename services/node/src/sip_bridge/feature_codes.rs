@@ -1,0 +1,149 @@
+//! Feature codes dialled from a phone (ADR 0020): the caller's domain's
+//! codes decide what a dialled string asks for; the change is applied
+//! through the same provisioning use case as the API's (`SetForwarding`,
+//! `SetDnd`), so a phone and the API check and record it alike.
+
+use dialtone_actors::{Meta, Provisioning, UserRef, WrittenForwarding};
+use dialtone_domain::feature_codes::Feature;
+use dialtone_domain::names::UserAddress;
+use dialtone_domain::{DomainId, DomainName, Error as DomainError, UserName};
+use dialtone_sip::backend::{BackendError, FeatureOutcome};
+
+use super::unavailable;
+
+/// What `dialled` (from `caller_user@caller_domain`) is, applied for the
+/// caller when it is a feature code: durable when this returns
+/// `Applied`, nothing changed when it returns anything else.
+pub(super) async fn apply(
+    provisioning: &Provisioning,
+    caller_domain: &str,
+    caller_user: &str,
+    dialled: &str,
+    sip_call_id: &str,
+) -> Result<FeatureOutcome, BackendError> {
+    let (Ok(domain), Ok(username)) = (
+        DomainName::parse(caller_domain),
+        UserName::parse(caller_user),
+    ) else {
+        return Ok(FeatureOutcome::NotAFeature);
+    };
+    // Feature calls are rare: the domain's settings are read from its
+    // actor, not published as facts for every call.
+    let codes = provisioning
+        .directory()
+        .query_domain(DomainId::for_name(&domain), |r| {
+            r.state
+                .exists()
+                .then(|| r.state.settings.feature_codes.clone())
+        })
+        .await
+        .map_err(unavailable)?;
+    let Some(feature) = codes.and_then(|c| c.recognise(dialled)) else {
+        return Ok(FeatureOutcome::NotAFeature);
+    };
+    let user = UserRef::Address(UserAddress { username, domain });
+    // The SIP Call-ID is the change's correlation id (as for a call's
+    // steps); no request id: retransmissions never reach this.
+    let meta = Meta {
+        correlation_id: Some(sip_call_id.to_owned()),
+        ..Meta::default()
+    };
+    let result = match &feature {
+        Feature::ForwardAlways(target) if target.is_empty() => {
+            return Ok(refused(
+                484,
+                "Address Incomplete (dial the forward target after the code)",
+            ))
+        }
+        Feature::ForwardAlways(target) => {
+            let written = WrittenForwarding {
+                always: Some(target.clone()),
+                // Forward *always*: a time condition the rule had is gone.
+                always_when: Some(String::new()),
+                ..WrittenForwarding::default()
+            };
+            provisioning.set_forwarding(&user, written, meta).await
+        }
+        Feature::ForwardingOff => {
+            let written = WrittenForwarding {
+                always: Some(String::new()),
+                ..WrittenForwarding::default()
+            };
+            provisioning.set_forwarding(&user, written, meta).await
+        }
+        Feature::DndOn => provisioning.set_dnd(&user, true, meta).await,
+        Feature::DndOff => provisioning.set_dnd(&user, false, meta).await,
+    };
+    match result {
+        Ok(_) => Ok(FeatureOutcome::Applied),
+        Err(dialtone_actors::Error::Domain(e)) => {
+            let forward = matches!(feature, Feature::ForwardAlways(_));
+            Ok(refusal_of(&e, forward))
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// A refused change as a final response whose reason phrase says why.
+fn refusal_of(e: &DomainError, forward: bool) -> FeatureOutcome {
+    match (e, forward) {
+        (DomainError::NotFound(what), true) => {
+            refused(404, &format!("Forward target not found ({what})"))
+        }
+        (DomainError::Invalid { reason, .. }, true) => {
+            refused(404, &format!("Invalid forward target ({reason})"))
+        }
+        (DomainError::FailedPrecondition(reason), true) => {
+            refused(403, &format!("Forward target refused ({reason})"))
+        }
+        (DomainError::NotFound(what), false) => refused(404, &format!("Not Found ({what})")),
+        (other, _) => refused(403, &format!("Forbidden ({other})")),
+    }
+}
+
+/// A reason phrase is one line of text (RFC 3261 s.25.1): control
+/// characters become spaces, and it is kept short.
+fn refused(status: u16, reason: &str) -> FeatureOutcome {
+    const MAX_CHARS: usize = 200;
+    let mut phrase: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CHARS)
+        .collect();
+    if reason.chars().count() > MAX_CHARS {
+        phrase.push('…');
+    }
+    FeatureOutcome::Refused {
+        status,
+        reason: phrase,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_why_on_one_line() {
+        let r = refusal_of(
+            &DomainError::NotFound("forwarding target user nobody@example.com".into()),
+            true,
+        );
+        assert_eq!(
+            r,
+            FeatureOutcome::Refused {
+                status: 404,
+                reason: "Forward target not found (forwarding target user nobody@example.com)"
+                    .into()
+            }
+        );
+        let r = refusal_of(&DomainError::FailedPrecondition("a\r\nb".into()), true);
+        assert_eq!(
+            r,
+            FeatureOutcome::Refused {
+                status: 403,
+                reason: "Forward target refused (a  b)".into()
+            }
+        );
+    }
+}
