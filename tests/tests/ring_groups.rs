@@ -690,3 +690,57 @@ async fn bad_ring_groups_are_refused_with_what_is_wrong_and_nothing_is_applied()
     })
     .await
 }
+
+#[tokio::test]
+async fn after_hours_a_group_sends_its_calls_elsewhere_on_the_nodes_test_clock() {
+    bounded(90, async {
+        // Saturday 2026-12-12, 11:00 UTC (12:00 in Berlin): outside the
+        // group's hours, its calls go to dave; the members do not ring.
+        let pbx = Pbx::start(&["--test-clock", "2026-12-12T11:00:00Z"]).await;
+        pbx.node
+            .provisioning()
+            .await
+            .unwrap()
+            .update_domain(dialtone_api::pb::UpdateDomainRequest {
+                domain: DOMAIN.to_owned(),
+                time_zone: Some("Europe/Berlin".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        create_group(
+            &pbx,
+            RingGroupChange {
+                members: members(&["bob"]),
+                always: Some("dave".into()),
+                always_when: Some("outside mon-fri 09:00-17:00".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        // bob's contact points at a port nobody listens on.
+        pbx.register("bob", 9).await;
+        let dave = pbx.phone("dave", "call_uas.xml").await;
+        pbx.call(SALES, "call_uac.xml")
+            .await
+            .assert_all_successful(1);
+        let dave = dave.finish().await;
+        assert_eq!(
+            header(invite(&dave), "Diversion"),
+            format!("<sip:{SALES}@{DOMAIN}>;reason=unconditional;counter=1")
+        );
+        assert_legs(
+            &pbx,
+            &[
+                ("bob", vec![]),
+                (
+                    "dave",
+                    vec![started("inbound"), maybe_ringing(), answered(), ended()],
+                ),
+            ],
+        )
+        .await;
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}

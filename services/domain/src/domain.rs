@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ring_group::{RingGroup, RingGroupPatch};
 use crate::feature_codes::{self, FeatureCodes};
+use crate::ring_group::{RingGroup, RingGroupPatch};
 use crate::schedule::TimeZone;
 
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
