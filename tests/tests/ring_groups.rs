@@ -645,6 +645,13 @@ async fn bad_ring_groups_are_refused_with_what_is_wrong_and_nothing_is_applied()
             text.contains(&sales) && text.contains("round_robin"),
             "{text}"
         );
+        // An audit of the domain shows its groups.
+        let out = cli(&["audit", "domain", DOMAIN]).await;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.contains(&format!("ring group    {sales}")) && text.contains("round_robin"),
+            "{text}"
+        );
         // An update that empties the group is refused; the group is kept.
         let (code, _) = refused(
             api.update_ring_group(UpdateRingGroupRequest {

@@ -268,7 +268,7 @@ impl Facts {
                 | domain::Event::RingGroupUpdated { name, group } => {
                     facts
                         .ring_groups
-                        .insert(name.clone(), Arc::new(group.clone()));
+                        .insert(name.clone(), Arc::new((**group).clone()));
                 }
                 domain::Event::RingGroupDeleted { name } => {
                     facts.ring_groups.remove(name);

@@ -234,6 +234,18 @@ pub fn domain_state(d: &domain::Domain, include_users: bool) -> pb::DomainState 
         user_count: u32::try_from(d.users.len()).unwrap_or(u32::MAX),
         users,
         users_truncated: include_users && d.users.len() > MAX_LISTED_USERS,
+        ring_groups: d
+            .ring_groups
+            .iter()
+            .map(|(name, group)| pb::RingGroup {
+                address: d
+                    .name
+                    .as_ref()
+                    .map(|domain| format!("{name}@{domain}"))
+                    .unwrap_or_default(),
+                ..crate::convert::ring_group_settings(group)
+            })
+            .collect(),
     }
 }
 

@@ -539,12 +539,12 @@ pub enum Event {
     },
     RingGroupCreated {
         name: UserName,
-        group: RingGroup,
+        group: Box<RingGroup>,
     },
     /// The group's settings after the change (all of them).
     RingGroupUpdated {
         name: UserName,
-        group: RingGroup,
+        group: Box<RingGroup>,
     },
     RingGroupDeleted {
         name: UserName,
@@ -667,7 +667,7 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
             require_members(state, name, &group)?;
             Ok(vec![Event::RingGroupCreated {
                 name: name.clone(),
-                group,
+                group: Box::new(group),
             }])
         }
         C::UpdateRingGroup { name, patch } => {
@@ -685,7 +685,7 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
             }
             Ok(vec![Event::RingGroupUpdated {
                 name: name.clone(),
-                group,
+                group: Box::new(group),
             }])
         }
         C::DeleteRingGroup { name } => {
@@ -813,7 +813,7 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
         // A record for audits; the domain's state does not change.
         Event::SourceLockedOut { .. } => {}
         Event::RingGroupCreated { name, group } | Event::RingGroupUpdated { name, group } => {
-            state.ring_groups.insert(name.clone(), group.clone());
+            state.ring_groups.insert(name.clone(), (**group).clone());
         }
         Event::RingGroupDeleted { name } => {
             state.ring_groups.remove(name);

@@ -901,8 +901,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             }
         }
         // The members that can ring now, in the group's order.
-        let mut ringable: Vec<(Party<'a>, &Member, Vec<Target<'a, R>>, Option<Timestamp>)> =
-            Vec::with_capacity(group.members.len());
+        let mut ringable: Vec<Ringable<'a, '_, R>> = Vec::with_capacity(group.members.len());
         let mut busy = false;
         let start = match group.strategy {
             Strategy::RoundRobin => called.rotation % group.members.len().max(1),
@@ -1039,6 +1038,10 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         });
     }
 }
+
+/// A ring group member that can ring now: who, its settings in the group,
+/// its phones, and when its last call ended.
+type Ringable<'a, 'g, R> = (Party<'a>, &'g Member, Vec<Target<'a, R>>, Option<Timestamp>);
 
 /// The user or ring group a target rings, if it is one.
 fn rung(target: &ForwardTarget) -> Option<&UserAddress> {

@@ -757,42 +757,46 @@ fn hand_made_events() -> Vec<Event> {
         .into(),
         D::RingGroupCreated {
             name: UserName::parse("sales").unwrap(),
-            group: dialtone_domain::ring_group::RingGroupPatch {
-                members: Some(vec![
-                    dialtone_domain::ring_group::Member::parse("alice").unwrap(),
-                    dialtone_domain::ring_group::Member::parse("bob:15").unwrap(),
-                ]),
-                strategy: Some(dialtone_domain::ring_group::Strategy::RoundRobin),
-                forwarding: ForwardingPatch {
-                    no_answer_after_secs: None,
-                    follow_me: None,
-                    unavailable: Some(Some(
-                        ForwardTarget::parse(
-                            "group:support",
-                            &UserAddress::parse("sales@example.com").unwrap(),
-                        )
-                        .unwrap(),
-                    )),
-                    ..forwarding_patch_of_every_kind()
-                },
-                ..Default::default()
-            }
-            .apply(None, &UserAddress::parse("sales@example.com").unwrap())
-            .unwrap(),
+            group: Box::new(
+                dialtone_domain::ring_group::RingGroupPatch {
+                    members: Some(vec![
+                        dialtone_domain::ring_group::Member::parse("alice").unwrap(),
+                        dialtone_domain::ring_group::Member::parse("bob:15").unwrap(),
+                    ]),
+                    strategy: Some(dialtone_domain::ring_group::Strategy::RoundRobin),
+                    forwarding: ForwardingPatch {
+                        no_answer_after_secs: None,
+                        follow_me: None,
+                        unavailable: Some(Some(
+                            ForwardTarget::parse(
+                                "group:support",
+                                &UserAddress::parse("sales@example.com").unwrap(),
+                            )
+                            .unwrap(),
+                        )),
+                        ..forwarding_patch_of_every_kind()
+                    },
+                    ..Default::default()
+                }
+                .apply(None, &UserAddress::parse("sales@example.com").unwrap())
+                .unwrap(),
+            ),
         }
         .into(),
         D::RingGroupUpdated {
             name: UserName::parse("support").unwrap(),
-            group: dialtone_domain::ring_group::RingGroupPatch {
-                members: Some(vec![
-                    dialtone_domain::ring_group::Member::parse("carol").unwrap()
-                ]),
-                strategy: Some(dialtone_domain::ring_group::Strategy::LongestIdle),
-                skip_busy: Some(false),
-                ..Default::default()
-            }
-            .apply(None, &UserAddress::parse("support@example.com").unwrap())
-            .unwrap(),
+            group: Box::new(
+                dialtone_domain::ring_group::RingGroupPatch {
+                    members: Some(vec![
+                        dialtone_domain::ring_group::Member::parse("carol").unwrap()
+                    ]),
+                    strategy: Some(dialtone_domain::ring_group::Strategy::LongestIdle),
+                    skip_busy: Some(false),
+                    ..Default::default()
+                }
+                .apply(None, &UserAddress::parse("support@example.com").unwrap())
+                .unwrap(),
+            ),
         }
         .into(),
         D::RingGroupDeleted {

@@ -73,8 +73,9 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
+    // Boxed: some client commands have many options.
     #[command(flatten)]
-    Client(cli::ClientCommand),
+    Client(Box<cli::ClientCommand>),
 }
 
 /// The whole program: parses the command line and runs it.
@@ -102,7 +103,7 @@ pub fn main() -> std::process::ExitCode {
                 token: args.token,
                 ca_cert: args.ca_cert,
             };
-            runtime.block_on(cli::run(&target, args.json, command))
+            runtime.block_on(cli::run(&target, args.json, *command))
         }
     };
     match result {

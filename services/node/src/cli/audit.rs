@@ -116,6 +116,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: AuditCommand) -> any
                 "user_count": s.user_count,
                 "users": users.then(|| s.users.iter().map(|u| json!({"username": u.username, "user_id": u.user_id})).collect::<Vec<_>>()),
                 "users_truncated": s.users_truncated,
+                "ring_groups": s.ring_groups.iter().map(super::group::group_json).collect::<Vec<_>>(),
             });
             (reply.at, state)
         }
@@ -264,6 +265,12 @@ fn audit_text(v: &Value) -> String {
             text.push_str(&format!(
                 "\n  suspended because {}",
                 s(state, "suspend_reason")
+            ));
+        }
+        for g in state["ring_groups"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "\n  ring group    {}",
+                super::group::group_line(g)
             ));
         }
         if let Some(users) = state["users"].as_array() {

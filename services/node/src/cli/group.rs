@@ -14,8 +14,9 @@ pub enum GroupCommand {
     Create {
         /// name@domain (a name no user of the domain has)
         group: String,
+        // Boxed: many options, and client commands stay small.
         #[command(flatten)]
-        settings: GroupSettings,
+        settings: Box<GroupSettings>,
         #[arg(long, default_value = "")]
         request_id: String,
     },
@@ -29,8 +30,9 @@ pub enum GroupCommand {
     /// Change some settings of a ring group (the others are kept).
     Update {
         group: String,
+        // Boxed: many options, and client commands stay small.
         #[command(flatten)]
-        settings: GroupSettings,
+        settings: Box<GroupSettings>,
         #[arg(long)]
         expected_version: Option<u64>,
     },
@@ -150,7 +152,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: GroupCommand) -> any
         } => {
             p.create_ring_group(pb::CreateRingGroupRequest {
                 address: group,
-                settings: Some(settings.change()?),
+                settings: Some((*settings).change()?),
                 request_id,
                 expected_version: None,
             })
@@ -179,7 +181,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: GroupCommand) -> any
         } => {
             p.update_ring_group(pb::UpdateRingGroupRequest {
                 address: group,
-                settings: Some(settings.change()?),
+                settings: Some((*settings).change()?),
                 request_id: String::new(),
                 expected_version,
             })
@@ -208,7 +210,7 @@ fn strategy_name(strategy: i32) -> &'static str {
     }
 }
 
-fn group_json(g: &pb::RingGroup) -> Value {
+pub(super) fn group_json(g: &pb::RingGroup) -> Value {
     json!({
         "address": g.address,
         "members": g.members.iter().map(|m| json!({
@@ -242,7 +244,7 @@ fn members_line(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn group_line(v: &Value) -> String {
+pub(super) fn group_line(v: &Value) -> String {
     format!(
         "{:<40} {:<13} {}",
         s(v, "address"),
