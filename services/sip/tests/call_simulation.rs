@@ -1524,7 +1524,10 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
                 HangupSide::System => cov.ended_by_proxy += 1,
             },
             CallStep::Fail { sip_status, .. } => *cov.failed.entry(*sip_status).or_default() += 1,
-            CallStep::Ringing | CallStep::Forwarded { .. } | CallStep::ForwardSkipped(_) => {}
+            CallStep::Ringing
+            | CallStep::Forwarded { .. }
+            | CallStep::ForwardSkipped(_)
+            | CallStep::Transferred(_) => {}
         }
     }
     for (_, r) in &sim.log {

@@ -32,6 +32,7 @@ use super::call::{better, first_ringing_step, via, Effect, StepOutcome, TIMER_64
 use super::engine::DIALOG_LINGER;
 use super::leg::{self, LegDialog, LegId};
 use super::legs::Legs;
+use super::transfer;
 
 /// The Via branch prefix of every request a back-to-back call sends.
 pub(crate) const BRANCH_PREFIX: &str = "z9hG4bK-db";
@@ -225,6 +226,9 @@ pub(crate) struct B2buaCall {
     bye_caller_after_ack: bool,
     /// What our BYEs say about why the call ended (a Reason header).
     bye_headers: Vec<(String, String)>,
+    /// The call was handed on by a transfer (see `Dialog::transferred`):
+    /// its end is recorded with cause `transferred`.
+    transferred: bool,
     servers: Vec<ServerTx>,
     clients: Vec<ClientTx>,
     /// Sends waiting for a durable recording.
@@ -286,6 +290,7 @@ impl B2buaCall {
             lingered: false,
             bye_caller_after_ack: false,
             bye_headers: Vec::new(),
+            transferred: false,
             servers: Vec::new(),
             clients: Vec::new(),
             held: None,
@@ -309,6 +314,42 @@ impl B2buaCall {
 
     pub fn legs(&self) -> &Legs {
         &self.setup.legs
+    }
+
+    /// The parties of a REFER from the peer of one of this call's legs
+    /// (by Call-ID and tags), once answered, with a user at each end.
+    pub fn referral_parties(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+    ) -> Option<super::engine::ReferralParties> {
+        self.answered?;
+        let legs = &self.setup.legs;
+        let callee = legs.callee.clone()?;
+        let (transferor, transferee) = if self.caller.owns(call_id, from_tag, to_tag) {
+            (legs.caller.clone(), callee)
+        } else if self.callees.iter().any(|c| {
+            c.dialog
+                .as_ref()
+                .is_some_and(|d| d.owns(call_id, from_tag, to_tag))
+        }) {
+            (callee, legs.caller.clone())
+        } else {
+            return None;
+        };
+        Some(super::engine::ReferralParties {
+            call_id: legs.call_id.clone(),
+            sip_call_id: legs.sip_call_id.clone(),
+            transferor,
+            transferee,
+        })
+    }
+
+    /// A transfer's new call replaces this call: its end is recorded as
+    /// `transferred`.
+    pub fn mark_transferred(&mut self) {
+        self.transferred = true;
     }
 
     pub fn is_answered(&self) -> bool {
@@ -1203,13 +1244,21 @@ impl B2buaCall {
                     .into_iter()
                     .filter(|(n, _)| n.eq_ignore_ascii_case("Reason"))
                     .collect();
-                self.end_call(CallCause::NormalClearing, side, Some(leg), reason, now, fx);
+                let cause = if self.transferred {
+                    CallCause::Transferred
+                } else {
+                    CallCause::NormalClearing
+                };
+                self.end_call(cause, side, Some(leg), reason, now, fx);
                 self.respond(s, 200, "OK", &[], &[], now, fx);
             }
             "INVITE" if self.invite_pending(s) => {
                 self.respond(s, 491, response::reason(491), &[], &[], now, fx);
             }
             _ => {
+                if method == "NOTIFY" && transfer::reports_success(msg) {
+                    self.transferred = true;
+                }
                 if method == "INVITE" || method == "UPDATE" {
                     if let Some(target) = leg::contact_uri(msg) {
                         if let Some(d) = self.leg_dialog_mut(leg) {

@@ -44,6 +44,10 @@ pub(crate) struct Dialog {
     /// flow): requests between them and the caller are routed, and record
     /// nothing (the call was answered by the first).
     pub(super) others: Vec<(String, Flow)>,
+    /// The call was handed on by a transfer: the transferee reported the
+    /// transfer's new call answered (NOTIFY), or a transfer's new call
+    /// replaced this dialog. Its end is recorded with cause `transferred`.
+    pub(super) transferred: bool,
 }
 
 /// What an answered call needs until it ends.
@@ -75,6 +79,7 @@ impl Dialog {
             ending_since: None,
             ending_token: None,
             others: Vec::new(),
+            transferred: false,
         }
     }
 }

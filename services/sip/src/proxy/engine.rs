@@ -33,6 +33,16 @@ use super::b2bua::{B2buaCall, B2buaSetup, BRANCH_PREFIX, CALL_ID_PREFIX};
 use super::call::{via, CallSetup, Effect, ProxyCall};
 use super::dialog::{Dialog, LiveDialog};
 use super::legs::{Legs, RecordToken};
+use super::transfer::{self, Party};
+
+/// Who refers whom in an answered call (see [`Engine::referral_parties`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReferralParties {
+    pub call_id: String,
+    pub sip_call_id: String,
+    pub transferor: Party,
+    pub transferee: Party,
+}
 
 /// How long a dialog that is being torn down is remembered (BYE
 /// retransmissions still find it).
@@ -544,6 +554,9 @@ impl Engine {
             let from_caller = from_tag == d.caller_tag && to_tag == d.callee_tag;
             let from_callee = from_tag == d.callee_tag && to_tag == d.caller_tag;
             if from_caller || from_callee {
+                if !method_is_bye && transfer::reports_success(msg) {
+                    d.transferred = true;
+                }
                 if from_caller {
                     d.caller_cseq = d.caller_cseq.max(cseq);
                     target = Some(d.callee);
@@ -560,8 +573,13 @@ impl Engine {
                     } else {
                         HangupSide::Callee
                     };
+                    let cause = if d.transferred {
+                        CallCause::Transferred
+                    } else {
+                        CallCause::NormalClearing
+                    };
                     ending = d.live.take().map(|live| {
-                        let records = live.legs.end(CallCause::NormalClearing, side);
+                        let records = live.legs.end(cause, side);
                         (live.legs.call_id, records)
                     });
                 }
@@ -642,6 +660,57 @@ impl Engine {
             }
         }
         refusal
+    }
+
+    /// The parties of a REFER's dialog, when it is an answered call this
+    /// shard knows with a user at each end: the original call's `call_id`
+    /// and SIP Call-ID, the transferor (who sent it) and the transferee.
+    pub(crate) fn referral_parties(&self, msg: &Message<'_>) -> Option<ReferralParties> {
+        let call_id = msg.call_id().ok()?;
+        let from_tag = msg.from().ok().and_then(|f| f.tag())?;
+        let to_tag = msg.to().ok().and_then(|t| t.tag())?;
+        if let Some(handle) = self.b2bua_call_ids.get(call_id) {
+            return self
+                .b2bua
+                .get(handle)?
+                .referral_parties(call_id, from_tag, to_tag);
+        }
+        let d = self.dialogs.get(call_id)?;
+        let live = d.live.as_ref()?;
+        let callee = live.legs.callee.clone()?;
+        let caller = live.legs.caller.clone();
+        let (transferor, transferee) = if from_tag == d.caller_tag && to_tag == d.callee_tag {
+            (caller, callee)
+        } else if from_tag == d.callee_tag && to_tag == d.caller_tag {
+            (callee, caller)
+        } else {
+            return None;
+        };
+        Some(ReferralParties {
+            call_id: live.legs.call_id.clone(),
+            sip_call_id: call_id.to_owned(),
+            transferor,
+            transferee,
+        })
+    }
+
+    /// A transfer's new call replaces the dialog `replaces` names (RFC
+    /// 3891): its end will be recorded as `transferred`. Returns the
+    /// replaced call's `call_id` when this shard knows the dialog.
+    pub(crate) fn mark_replaced(&mut self, replaces: &transfer::Replaces) -> Option<String> {
+        let call_id = replaces.call_id.as_str();
+        if let Some(handle) = self.b2bua_call_ids.get(call_id) {
+            let call = self.b2bua.get_mut(handle)?;
+            call.mark_transferred();
+            return Some(call.legs().call_id.clone());
+        }
+        let d = self.dialogs.get_mut(call_id)?;
+        if !replaces.names(call_id, &d.caller_tag, &d.callee_tag) {
+            return None;
+        }
+        let live = d.live.as_ref()?;
+        d.transferred = true;
+        Some(live.legs.call_id.clone())
     }
 
     /// A branch for a request forwarded without state: the same for a

@@ -192,6 +192,12 @@ pub(crate) fn carried(msg: &Message<'_>) -> Vec<(String, String)> {
         // here (RFC 5806, RFC 7044).
         "Diversion",
         "History-Info",
+        // A transfer (RFC 3515, RFC 3892) relayed between the legs: what
+        // the REFER asks for, and who asked (also on the new INVITE).
+        "Refer-To",
+        "r",
+        "Referred-By",
+        "b",
     ];
     let mut out = Vec::new();
     for h in &msg.headers {
