@@ -218,6 +218,14 @@ pub struct Referrals {
 impl Referrals {
     pub fn note(&mut self, referral: Referral) {
         self.expire(referral.at);
+        // A retransmitted REFER (forwarded again: in-dialog requests have
+        // no transaction state here) refreshes its referral, so that it
+        // still links one call only.
+        self.list.retain(|r| {
+            !(r.call_id == referral.call_id
+                && r.transferor == referral.transferor
+                && r.refer_to == referral.refer_to)
+        });
         while self.list.len() >= MAX_REFERRALS {
             self.list.pop_front();
         }
@@ -412,11 +420,17 @@ mod tests {
     }
 
     #[test]
-    fn the_table_is_bounded() {
+    fn the_table_is_bounded_and_a_repeated_refer_is_noted_once() {
         let t0 = Instant::now();
         let mut table = Referrals::default();
-        for _ in 0..MAX_REFERRALS + 10 {
-            table.note(referral(t0, None));
+        table.note(referral(t0, None));
+        table.note(referral(t0 + Duration::from_millis(500), None));
+        assert_eq!(table.len(), 1);
+        for i in 0..MAX_REFERRALS + 10 {
+            table.note(Referral {
+                call_id: format!("call-{i}"),
+                ..referral(t0, None)
+            });
         }
         assert_eq!(table.len(), MAX_REFERRALS);
     }
