@@ -615,3 +615,25 @@ async fn bad_refers_get_a_status_saying_what_is_wrong() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_attended_refer_is_refused_in_b2bua_mode_with_the_reason() {
+    bounded(60, async {
+        let pbx = Pbx::start(&["--sip-call-mode", "b2bua"]).await;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = sock.local_addr().unwrap();
+        let refer_to = format!("<sip:carol@{DOMAIN}?Replaces=c%40h%3Bto-tag%3Da%3Bfrom-tag%3Db>");
+        let line = status_of(
+            &sock,
+            pbx.node.sip_addr(),
+            &refer(local, 1, Some("a1"), Some(&refer_to)),
+        )
+        .await;
+        assert_eq!(
+            line,
+            "SIP/2.0 501 Not Implemented (attended transfer, Refer-To with Replaces, in b2bua call mode)"
+        );
+        pbx.node.stop().await.unwrap();
+    })
+    .await;
+}

@@ -555,7 +555,9 @@ impl Engine {
             let from_callee = from_tag == d.callee_tag && to_tag == d.caller_tag;
             if from_caller || from_callee {
                 if !method_is_bye && transfer::reports_success(msg) {
-                    d.transferred = true;
+                    if let Some(live) = d.live.as_mut() {
+                        live.transferred = true;
+                    }
                 }
                 if from_caller {
                     d.caller_cseq = d.caller_cseq.max(cseq);
@@ -573,12 +575,12 @@ impl Engine {
                     } else {
                         HangupSide::Callee
                     };
-                    let cause = if d.transferred {
-                        CallCause::Transferred
-                    } else {
-                        CallCause::NormalClearing
-                    };
                     ending = d.live.take().map(|live| {
+                        let cause = if live.transferred {
+                            CallCause::Transferred
+                        } else {
+                            CallCause::NormalClearing
+                        };
                         let records = live.legs.end(cause, side);
                         (live.legs.call_id, records)
                     });
@@ -708,8 +710,8 @@ impl Engine {
         if !replaces.names(call_id, &d.caller_tag, &d.callee_tag) {
             return None;
         }
-        let live = d.live.as_ref()?;
-        d.transferred = true;
+        let live = d.live.as_mut()?;
+        live.transferred = true;
         Some(live.legs.call_id.clone())
     }
 
