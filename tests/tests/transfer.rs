@@ -332,6 +332,14 @@ async fn blind_transfer(extra_args: &[&str]) {
     assert_eq!(leg.transferee, address("alice"));
     assert_eq!(leg.transfer_target, address("carol"));
     assert!(cdrs.iter().any(|c| c.call_id == new));
+    // And so does `dialtone calls`.
+    let out = pbx.node.cli(&["calls", DOMAIN]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("transferred (blind) -> call {new}")),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     pbx.node.stop().await.unwrap();
 }
 
