@@ -625,8 +625,10 @@ async fn bad_refers_get_a_status_saying_what_is_wrong() {
 }
 
 #[tokio::test]
-async fn an_attended_refer_is_refused_in_b2bua_mode_with_the_reason() {
+async fn an_attended_refer_naming_no_call_is_refused_in_b2bua_mode_with_the_reason() {
     bounded(60, async {
+        // In b2bua mode the Replaces is translated to the target's leg of
+        // the call it names: one naming no answered call cannot be.
         let pbx = Pbx::start(&["--sip-call-mode", "b2bua"]).await;
         let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = sock.local_addr().unwrap();
@@ -639,7 +641,7 @@ async fn an_attended_refer_is_refused_in_b2bua_mode_with_the_reason() {
         .await;
         assert_eq!(
             line,
-            "SIP/2.0 501 Not Implemented (attended transfer, Refer-To with Replaces, in b2bua call mode)"
+            "SIP/2.0 400 Bad Request (Refer-To Replaces names no answered call here)"
         );
         pbx.node.stop().await.unwrap();
     })

@@ -417,20 +417,6 @@ impl Core {
                     Ok(r) => r,
                     Err(reason) => return Some(self.reply_now(cx, dest, 400, reason, |_| {})),
                 };
-                if refer_to.replaces.is_some()
-                    && self.proxy.settings().call_mode == proxy::CallMode::B2bua
-                {
-                    // The Replaces names the dialog as the transferor knows
-                    // it; in b2bua mode the target knows another one (its
-                    // own leg's Call-ID and tags), and it is not translated.
-                    return Some(self.reply_now(
-                        cx,
-                        dest,
-                        501,
-                        "Not Implemented (attended transfer, Refer-To with Replaces, in b2bua call mode)",
-                        |_| {},
-                    ));
-                }
                 self.proxy.refer(&msg, source, refer_to)?
             } else {
                 self.proxy.in_dialog(&msg, source)?

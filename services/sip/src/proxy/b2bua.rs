@@ -346,6 +346,29 @@ impl B2buaCall {
         })
     }
 
+    /// The dialog `replaces` names, as the phone at the other end of this
+    /// call knows it: a Replaces naming the caller's leg becomes one
+    /// naming the answered callee leg, and the other way round (RFC 3891
+    /// tags are the receiver's: `to-tag` its own, `from-tag` ours). `None`
+    /// when `replaces` names no leg of this answered call.
+    pub fn translate(&self, replaces: &transfer::Replaces) -> Option<transfer::Replaces> {
+        let (winner, _) = self.answered?;
+        let callee = self.callees.get(winner)?.dialog.as_ref()?;
+        let names = |d: &LegDialog| replaces.names(&d.call_id, &d.local_tag, &d.remote_tag);
+        let other = if names(&self.caller) {
+            callee
+        } else if names(callee) {
+            &self.caller
+        } else {
+            return None;
+        };
+        Some(transfer::Replaces {
+            call_id: other.call_id.clone(),
+            to_tag: other.remote_tag.clone(),
+            from_tag: other.local_tag.clone(),
+        })
+    }
+
     /// A transfer's new call replaces this call: its end is recorded as
     /// `transferred`.
     pub fn mark_transferred(&mut self) {
@@ -1150,6 +1173,7 @@ impl B2buaCall {
         source: Source,
         now: Instant,
         fx: &mut Vec<Effect>,
+        refer_to: Option<String>,
     ) -> Option<(u16, &'static str)> {
         let StartLine::Request {
             method_text: method,
@@ -1272,7 +1296,16 @@ impl B2buaCall {
                     let trying = leg::response(msg, &source, 100, "Trying", "", &[], &[]);
                     self.send(reply_to, trying, fx);
                 }
-                let carried = leg::carried(msg);
+                let mut carried = leg::carried(msg);
+                if let Some(refer_to) = refer_to {
+                    // A REFER whose Replaces the node translated for the
+                    // other leg's phone.
+                    for (name, value) in carried.iter_mut() {
+                        if name.eq_ignore_ascii_case("Refer-To") || name.eq_ignore_ascii_case("r") {
+                            value.clone_from(&refer_to);
+                        }
+                    }
+                }
                 match self.send_in_dialog(other, method, &carried, msg.body, now, fx) {
                     Some(branch) => self.servers[s].relayed_as = Some(branch),
                     // Not reachable while joined (both legs have a dialog);

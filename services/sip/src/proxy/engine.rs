@@ -518,6 +518,20 @@ impl Engine {
         pop_routes: usize,
         now: Instant,
     ) -> Option<(u16, &'static str)> {
+        self.in_dialog_with(msg, source, pop_routes, now, None)
+    }
+
+    /// [`Engine::in_dialog`]; a REFER relayed by a b2bua call carries
+    /// `refer_to` as its Refer-To instead of the one received (a Replaces
+    /// translated to the other leg's dialog).
+    pub(crate) fn in_dialog_with(
+        &mut self,
+        msg: &Message<'_>,
+        source: Source,
+        pop_routes: usize,
+        now: Instant,
+        refer_to: Option<String>,
+    ) -> Option<(u16, &'static str)> {
         let method_is_ack = matches!(
             msg.start,
             StartLine::Request {
@@ -539,7 +553,7 @@ impl Engine {
             let refusal = self
                 .b2bua
                 .get_mut(&handle)
-                .and_then(|call| call.on_request(msg, source, now, &mut fx));
+                .and_then(|call| call.on_request(msg, source, now, &mut fx, refer_to));
             self.apply(handle, fx, now);
             return refusal;
         }
@@ -694,6 +708,16 @@ impl Engine {
             transferor,
             transferee,
         })
+    }
+
+    /// The dialog a Replaces names, as the phone at the other end of its
+    /// b2bua call knows it (see `B2buaCall::translate`).
+    pub(crate) fn translate_replaces(
+        &self,
+        replaces: &transfer::Replaces,
+    ) -> Option<transfer::Replaces> {
+        let handle = self.b2bua_call_ids.get(replaces.call_id.as_str())?;
+        self.b2bua.get(handle)?.translate(replaces)
     }
 
     /// A transfer's new call replaces the dialog `replaces` names (RFC

@@ -198,6 +198,10 @@ pub(crate) fn carried(msg: &Message<'_>) -> Vec<(String, String)> {
         "r",
         "Referred-By",
         "b",
+        // A transfer's new INVITE names the dialog it replaces (RFC 3891);
+        // the node translated it to the target's leg when it relayed the
+        // REFER.
+        "Replaces",
     ];
     let mut out = Vec::new();
     for h in &msg.headers {

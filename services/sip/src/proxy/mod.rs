@@ -488,16 +488,38 @@ impl Proxy {
         &self,
         msg: &Message<'_>,
         source: Source,
-        refer_to: transfer::ReferTo,
+        mut refer_to: transfer::ReferTo,
     ) -> Option<(u16, &'static str)> {
         let call_id = msg.call_id().ok()?;
+        let mut rewritten = None;
+        if let (CallMode::B2bua, Some(replaces)) =
+            (self.settings.call_mode, refer_to.replaces.as_ref())
+        {
+            // The Replaces names the consultation call as the transferor
+            // knows it; the target knows its own leg of it (another
+            // Call-ID and tags). That call is in the shard of its
+            // Call-ID (its legs' Call-IDs carry the same shard key).
+            let shard = self.shard_of(&replaces.call_id);
+            let Some(theirs) = self
+                .shared
+                .run(shard, |engine, _| engine.translate_replaces(replaces))
+            else {
+                return Some((
+                    400,
+                    "Bad Request (Refer-To Replaces names no answered call here)",
+                ));
+            };
+            rewritten = Some(transfer::refer_to_value(&refer_to.target, &theirs));
+            refer_to.replaces = Some(theirs);
+        }
         let shard = self.shard_of(call_id);
         let pop_routes = self.our_routes(msg);
         let (refusal, parties, now) = self.shared.run(shard, |engine, now| {
             // Read before forwarding: a REFER of a dialog being torn down
             // is forwarded (or refused) but links nothing.
             let parties = engine.referral_parties(msg);
-            (engine.in_dialog(msg, source, pop_routes, now), parties, now)
+            let refusal = engine.in_dialog_with(msg, source, pop_routes, now, rewritten);
+            (refusal, parties, now)
         });
         if let (None, Some(p)) = (refusal, parties) {
             tracing::debug!(call_id = %p.call_id, target = ?refer_to.target, "REFER noted");

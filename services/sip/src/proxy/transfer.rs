@@ -143,6 +143,24 @@ pub fn parse_refer_to(value: &str) -> Result<ReferTo, &'static str> {
     })
 }
 
+/// A Refer-To value asking to call `target` replacing `replaces`: the
+/// Replaces escaped as a URI header (RFC 3261 s.19.1.1).
+pub fn refer_to_value(target: &Party, replaces: &Replaces) -> String {
+    let value = format!(
+        "{};to-tag={};from-tag={}",
+        replaces.call_id, replaces.to_tag, replaces.from_tag
+    );
+    let mut escaped = String::with_capacity(value.len() + 16);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()[]/:+$".contains(&b) {
+            escaped.push(char::from(b));
+        } else {
+            escaped.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("<sip:{}@{}?Replaces={escaped}>", target.1, target.0)
+}
+
 /// The Replaces header of an INVITE, when it has a well-formed one.
 pub fn replaces_of(msg: &Message<'_>) -> Option<Replaces> {
     msg.headers
@@ -345,6 +363,19 @@ mod tests {
         .replaces
         .unwrap();
         assert!(r.names("x", "b", "c") && r.names("x", "c", "b") && !r.names("y", "b", "c"));
+    }
+
+    #[test]
+    fn a_written_refer_to_reads_back() {
+        let r = Replaces {
+            call_id: "x1@10.0.0.1".into(),
+            to_tag: "t-1".into(),
+            from_tag: "f.2~".into(),
+        };
+        let value = refer_to_value(&party("carol"), &r);
+        let read = parse_refer_to(&value).unwrap();
+        assert_eq!(read.target, party("carol"));
+        assert_eq!(read.replaces, Some(r));
     }
 
     #[test]
