@@ -1960,6 +1960,65 @@ Content-Length: 0\r\n\r\n"
     }
 
     #[test]
+    fn a_replaces_is_translated_to_the_other_leg_of_the_call_it_names() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (inv, ok) = answered(&mut e, now);
+        let our_caller_tag = tag_of(header(&ok, "To")).to_owned();
+        let callee_call_id = header(&inv, "Call-ID").to_owned();
+        let our_callee_tag = tag_of(header(&inv, "From")).to_owned();
+        let replaces = |call_id: &str, to: &str, from: &str| transfer::Replaces {
+            call_id: call_id.into(),
+            to_tag: to.into(),
+            from_tag: from.into(),
+        };
+        // As the caller (alice) knows the dialog: to its callee's leg, with
+        // bob's tag as the receiver's own.
+        assert_eq!(
+            e.translate_replaces(&replaces("caller-call-id", &our_caller_tag, "alicetag")),
+            Some(replaces(&callee_call_id, "bobtag", &our_callee_tag))
+        );
+        // As bob knows it: to alice's leg; tags in either order.
+        assert_eq!(
+            e.translate_replaces(&replaces(&callee_call_id, "bobtag", &our_callee_tag)),
+            Some(replaces("caller-call-id", "alicetag", &our_caller_tag))
+        );
+        // Wrong tags, or a call the node does not have: nothing.
+        assert_eq!(
+            e.translate_replaces(&replaces("caller-call-id", "x", "alicetag")),
+            None
+        );
+        assert_eq!(e.translate_replaces(&replaces("other", "a", "b")), None);
+
+        // A REFER relayed with a rewritten Refer-To carries it, and
+        // Referred-By as it came.
+        let refer = caller_request("REFER", &our_caller_tag, 11, "z9hG4bKrefer1").replace(
+            "Content-Length: 0",
+            "Refer-To: <sip:carol@example.com?Replaces=a%3Bto-tag%3Db%3Bfrom-tag%3Dc>\r\n\
+Referred-By: <sip:alice@example.com>\r\nContent-Length: 0",
+        );
+        let msg = Message::parse(refer.as_bytes()).unwrap();
+        let src = Source {
+            addr: addr(CALLER),
+            reliable: false,
+        };
+        let rewritten = "<sip:carol@example.com?Replaces=y%3Bto-tag%3Dz%3Bfrom-tag%3Dw>";
+        assert_eq!(
+            e.in_dialog_with(&msg, src, 0, now, Some(rewritten.to_owned())),
+            None
+        );
+        let out = drain(&mut e);
+        let relayed = &out
+            .sends
+            .iter()
+            .find(|(_, m)| m.starts_with("REFER "))
+            .unwrap()
+            .1;
+        assert_eq!(header(relayed, "Refer-To"), rewritten, "{relayed}");
+        assert_eq!(header(relayed, "Referred-By"), "<sip:alice@example.com>");
+    }
+
+    #[test]
     fn the_callee_leg_is_a_new_dialog_that_carries_the_session() {
         let now = Instant::now();
         let mut e = engine();
