@@ -18,7 +18,10 @@
 //! The transport is a parameter ([`Transport`]); a failure names the
 //! phone and shows the tail of its log. `the_client_matrix_of_adr_0012`
 //! measures which of baresip, linphone and SIPp registers with which list
-//! of digest algorithms (the table of ADR 0012). `scripts/test` installs both
+//! of digest algorithms (the table of ADR 0012). The transfer tests (ADR
+//! 0019) have a third phone: a blind transfer (baresip `/transfer`,
+//! linphone as the transferee) and an attended one (three linphones,
+//! `transfer 1 --to-call 2`). `scripts/test` installs both
 //! phones; without them these tests fail saying which is missing.
 
 mod support;
@@ -477,10 +480,18 @@ async fn call_events(node: &TestNode, user: &User) -> anyhow::Result<Vec<String>
 /// A node with its defaults (nothing about digest algorithms is set: the
 /// point of these tests) and two users.
 async fn node_with_two_users() -> anyhow::Result<(tempfile::TempDir, TestNode, User, User)> {
+    node_with_two_users_and(&[]).await
+}
+
+/// [`node_with_two_users`] with more arguments for the node.
+async fn node_with_two_users_and(
+    extra: &[&str],
+) -> anyhow::Result<(tempfile::TempDir, TestNode, User, User)> {
     let dir = tempfile::tempdir()?;
     let tls = tls_args(dir.path())?;
 
-    let args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
     let node = TestNode::start(dir.path(), &args).await?;
     create_domain(&node, DOMAIN).await?;
     let alice = create_user(&node, DOMAIN, "alice", PASSWORD, 0).await?;
@@ -979,4 +990,343 @@ async fn baresip_dials_a_feature_code() {
         node.stop().await.unwrap();
     })
     .await
+}
+
+// --- Transfer (ADR 0019) ---------------------------------------------------
+
+/// `(type, data)` of a user's call events.
+async fn call_events_with_data(
+    node: &TestNode,
+    user: &User,
+) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    Ok(stream_events(node, &format!("user-{}", user.id))
+        .await?
+        .into_iter()
+        .filter(|e| e.category == "call")
+        .map(|e| {
+            let data = serde_json::from_str(&e.data_json).unwrap_or_default();
+            (e.r#type, data)
+        })
+        .collect())
+}
+
+/// Waits until one of `user`'s call events is `ty` and its data has
+/// `fields`; returns its data.
+async fn wait_for_event(
+    node: &TestNode,
+    user: &User,
+    ty: &str,
+    fields: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    eventually(STEP, &format!("{ty} of {}", user.address), || async {
+        Ok(call_events_with_data(node, user)
+            .await?
+            .into_iter()
+            .find(|(t, d)| {
+                t == ty
+                    && fields
+                        .as_object()
+                        .is_some_and(|f| f.iter().all(|(k, v)| d.get(k) == Some(v)))
+            })
+            .map(|(_, d)| d))
+    })
+    .await
+}
+
+/// Blind transfer between real phones: linphone (alice) calls baresip
+/// (bob), who transfers her with `/transfer` to carol (another baresip);
+/// linphone accepts the REFER, calls carol (authenticated as every call)
+/// and carol answers. Bob's leg of the first call records
+/// `CallTransferred` naming alice's new call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_phones_transfer_a_call_blind() {
+    let (_dir, node, alice, bob) = node_with_two_users().await.unwrap();
+    let carol = create_user(&node, DOMAIN, "carol", PASSWORD, 0)
+        .await
+        .unwrap();
+    let tone_dir = tempfile::tempdir().unwrap();
+    let tone = tone_dir.path().join("tone.wav");
+    write_tone(&tone).unwrap();
+    let transport = Transport::Udp;
+    let mut linphone = Phone::linphone(&alice, &node, transport, &tone)
+        .await
+        .unwrap();
+    let mut transferor = Phone::baresip(&bob, &node, transport).await.unwrap();
+    let mut target = Phone::baresip(&carol, &node, transport).await.unwrap();
+    for phone in [&mut linphone, &mut transferor, &mut target] {
+        phone.registered(&node, transport).await.unwrap();
+    }
+
+    linphone
+        .command(&format!("call sip:{}", bob.address))
+        .await
+        .unwrap();
+    let first = wait_for_event(&node, &bob, "CallAnswered", serde_json::json!({}))
+        .await
+        .map_err(|e| transferor.fail(format!("not answered: {e}")))
+        .unwrap();
+    let original = first["call_id"].as_str().unwrap().to_owned();
+
+    transferor
+        .command(&format!("transfer sip:{}", carol.address))
+        .await
+        .unwrap();
+    wait_for_event(&node, &carol, "CallAnswered", serde_json::json!({}))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n{}\n{}",
+                linphone.fail("transferee"),
+                transferor.fail("transferor")
+            )
+        })
+        .unwrap();
+    let transferred = wait_for_event(
+        &node,
+        &bob,
+        "CallTransferred",
+        serde_json::json!({
+            "call_id": original,
+            "transferor": bob.address,
+            "transferee": alice.address,
+            "target": carol.address,
+            "kind": "blind",
+        }),
+    )
+    .await
+    .unwrap();
+    // The new call is alice's second leg, to carol.
+    let alice_events = call_events_with_data(&node, &alice).await.unwrap();
+    let new_call: Vec<&serde_json::Value> = alice_events
+        .iter()
+        .filter(|(t, d)| t == "CallStarted" && d["call_id"] != original.as_str())
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(new_call.len(), 1, "{alice_events:#?}");
+    assert_eq!(new_call[0]["to"], carol.address.as_str());
+    assert_eq!(transferred["new_call_id"], new_call[0]["call_id"]);
+
+    // The first call ends (the transferor hangs up once the transferee
+    // reports the new call answered); then the new call is hung up.
+    let ended = wait_for_event(
+        &node,
+        &bob,
+        "CallEnded",
+        serde_json::json!({ "call_id": original }),
+    )
+    .await;
+    if ended.is_err() {
+        transferor.command("hangup").await.unwrap();
+    }
+    let ended = wait_for_event(
+        &node,
+        &bob,
+        "CallEnded",
+        serde_json::json!({ "call_id": original }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended["cause"], "transferred", "{ended}");
+    linphone.command("terminate").await.unwrap();
+    wait_for_event(
+        &node,
+        &carol,
+        "CallEnded",
+        serde_json::json!({ "call_id": new_call[0]["call_id"] }),
+    )
+    .await
+    .unwrap();
+
+    linphone.quit().await;
+    transferor.quit().await;
+    target.quit().await;
+    node.stop().await.unwrap();
+}
+
+/// Fails with `what` and the log tails of the transferee, transferor and
+/// target.
+fn all_logs(phones: [&Phone; 3], what: &str, e: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: {e}\n{}\n{}\n{}",
+        phones[0].fail("transferee"),
+        phones[1].fail("transferor"),
+        phones[2].fail("target")
+    )
+}
+
+/// Attended transfer between real phones, three linphones: alice calls
+/// bob; bob calls carol (the consultation call: linphone holds alice) and
+/// then transfers alice to carol with `transfer 1 --to-call 2`; alice's
+/// INVITE carries the Replaces, carol's phone swaps the consultation call
+/// for it and ends the consultation call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_phones_transfer_a_call_attended() {
+    attended_transfer(&[]).await;
+}
+
+/// The same in b2bua call mode: each phone has its own dialog with the
+/// node, and the node translates the Replaces of bob's REFER to carol's
+/// leg of the consultation call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_phones_transfer_a_call_attended_in_b2bua_mode() {
+    attended_transfer(&["--sip-call-mode", "b2bua"]).await;
+}
+
+async fn attended_transfer(extra_args: &[&str]) {
+    let (_dir, node, alice, bob) = node_with_two_users_and(extra_args).await.unwrap();
+    let carol = create_user(&node, DOMAIN, "carol", PASSWORD, 0)
+        .await
+        .unwrap();
+    let tone_dir = tempfile::tempdir().unwrap();
+    let tone = tone_dir.path().join("tone.wav");
+    write_tone(&tone).unwrap();
+    let transport = Transport::Udp;
+    let mut transferee = Phone::linphone(&alice, &node, transport, &tone)
+        .await
+        .unwrap();
+    let mut transferor = Phone::linphone(&bob, &node, transport, &tone)
+        .await
+        .unwrap();
+    let mut target = Phone::linphone(&carol, &node, transport, &tone)
+        .await
+        .unwrap();
+    for phone in [&mut transferee, &mut transferor, &mut target] {
+        phone.registered(&node, transport).await.unwrap();
+    }
+
+    transferee
+        .command(&format!("call sip:{}", bob.address))
+        .await
+        .unwrap();
+    let first = wait_for_event(&node, &bob, "CallAnswered", serde_json::json!({}))
+        .await
+        .map_err(|e| all_logs([&transferee, &transferor, &target], "first call", e))
+        .unwrap();
+    let original = first["call_id"].as_str().unwrap().to_owned();
+    // linphonec holds one call at a time: alice's call is put on hold
+    // (a re-INVITE through the node) before bob calls carol.
+    // A hold sent the instant the call is up may meet the node still
+    // waiting for alice's ACK (b2bua mode: 491, RFC 3261 s.14.1, and
+    // linphonec then loses track of its current call), so bob, like a
+    // user, talks a moment before pressing hold.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    transferor.command("pause 1").await.unwrap();
+    eventually(STEP, "linphone to hold the first call", || async {
+        Ok(transferor
+            .output
+            .text()
+            .contains("is now paused")
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| all_logs([&transferee, &transferor, &target], "hold", e))
+    .unwrap();
+    transferor
+        .command(&format!("call sip:{}", carol.address))
+        .await
+        .unwrap();
+    let consult = wait_for_event(&node, &carol, "CallAnswered", serde_json::json!({}))
+        .await
+        .map_err(|e| all_logs([&transferee, &transferor, &target], "consultation call", e))
+        .unwrap();
+    let consult = consult["call_id"].as_str().unwrap().to_owned();
+
+    // linphone transfers only a call whose media is up.
+    eventually(STEP, "the consultation call's media", || async {
+        Ok(transferor
+            .output
+            .text()
+            .contains(&format!(
+                "Media streams established with sip:{}",
+                carol.address
+            ))
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| all_logs([&transferee, &transferor, &target], "consultation media", e))
+    .unwrap();
+    transferor.command("transfer 1 --to-call 2").await.unwrap();
+    let transferred = wait_for_event(
+        &node,
+        &bob,
+        "CallTransferred",
+        serde_json::json!({
+            "call_id": original,
+            "transferor": bob.address,
+            "transferee": alice.address,
+            "target": carol.address,
+            "kind": "attended",
+            "replaced_call_id": consult,
+        }),
+    )
+    .await
+    .map_err(|e| all_logs([&transferee, &transferor, &target], "transfer", e))
+    .unwrap();
+    // Carol's phone took the new call and ended the consultation call.
+    wait_for_event(
+        &node,
+        &carol,
+        "CallAnswered",
+        serde_json::json!({ "call_id": transferred["new_call_id"] }),
+    )
+    .await
+    .map_err(|e| all_logs([&transferee, &transferor, &target], "the new call", e))
+    .unwrap();
+    let consult_end = wait_for_event(
+        &node,
+        &carol,
+        "CallEnded",
+        serde_json::json!({ "call_id": consult }),
+    )
+    .await
+    .map_err(|e| {
+        all_logs(
+            [&transferee, &transferor, &target],
+            "the consultation call's end",
+            e,
+        )
+    })
+    .unwrap();
+    assert_eq!(consult_end["cause"], "transferred", "{consult_end}");
+    // Bob's phone hears that it worked, then hangs up on alice.
+    eventually(STEP, "linphone to report the transfer", || async {
+        Ok(transferor
+            .output
+            .text()
+            .contains("has been transfered")
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| {
+        all_logs(
+            [&transferee, &transferor, &target],
+            "the transferor's report",
+            e,
+        )
+    })
+    .unwrap();
+    transferor.command("terminate all").await.unwrap();
+    let ended = wait_for_event(
+        &node,
+        &bob,
+        "CallEnded",
+        serde_json::json!({ "call_id": original }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ended["cause"], "transferred", "{ended}");
+    transferee.command("terminate all").await.unwrap();
+    wait_for_event(
+        &node,
+        &carol,
+        "CallEnded",
+        serde_json::json!({ "call_id": transferred["new_call_id"] }),
+    )
+    .await
+    .unwrap();
+
+    transferee.quit().await;
+    transferor.quit().await;
+    target.quit().await;
+    node.stop().await.unwrap();
 }

@@ -27,7 +27,9 @@
 //! 4. Each leg's outcome is read from its user's stream, from its
 //!    `CallStarted` onwards up to its `CallEnded`/`CallFailed`/
 //!    `CallForwarded` (at most [`LEG_READ_MAX`] events: a leg not finished
-//!    by then is shown in progress).
+//!    by then is shown in progress). A `CallTransferred` of the leg is
+//!    looked for up to [`TRANSFER_TAIL`] events past its end as well (the
+//!    transferor often hangs up before the new call is recognised).
 //! 5. A leg that ended with `CallForwarded` is followed by the leg of the
 //!    user the call went to, started by the proxy right after it (the
 //!    forward and the new leg's start are recorded in that order): it is
@@ -48,13 +50,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide};
+use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide, TransferKind};
 use dialtone_domain::event::Upcasters;
 use dialtone_domain::{user, DomainId, Event, Timestamp};
 use dialtone_eventlog::{Position, RecordedEvent, SharedStore};
 use tonic::Status;
 
-use crate::payload::{cause, direction, forward_reason, hangup_side, timestamp};
+use crate::payload::{cause, direction, forward_reason, hangup_side, timestamp, transfer_kind};
 use crate::{pb, status};
 
 /// The legs of one call are started within this time of each other.
@@ -66,6 +68,11 @@ pub const LOOKBACK_EVENTS: u64 = 5_000;
 pub const SCAN_BUDGET: usize = 200_000;
 /// Events read from a user's stream at most to find a leg's outcome.
 pub const LEG_READ_MAX: usize = 5_000;
+/// Events of a leg's stream read at most after its `CallEnded` for the
+/// leg's `CallTransferred` (recorded when the transferee's new call comes,
+/// usually a moment after the transferor hung up).
+const TRANSFER_TAIL: usize = 32;
+
 /// Events scanned at most after a `CallForwarded` for the leg it started.
 pub const FORWARD_SCAN_MAX: usize = 5_000;
 /// Forwards followed at most in one record (a node's forwarding hop limit
@@ -330,6 +337,18 @@ struct Outcome {
     forwarded: Option<(String, ForwardReason, Position)>,
     /// The global position of the event that ended the leg.
     ended_position: Option<Position>,
+    /// The leg's user transferred the call (`CallTransferred`).
+    transferred: Option<Transfer>,
+}
+
+/// What a `CallTransferred` says, for the leg's record.
+#[derive(Debug)]
+struct Transfer {
+    new_call_id: String,
+    transferee: String,
+    target: String,
+    kind: TransferKind,
+    replaced_call_id: Option<String>,
 }
 
 async fn outcome(
@@ -340,7 +359,10 @@ async fn outcome(
     let mut outcome = Outcome::default();
     let mut version = leg.version + 1;
     let mut read = 0usize;
-    while read < LEG_READ_MAX {
+    // Events read after the leg's end, looking for its `CallTransferred`
+    // (a transferor often hangs up before the new call is recognised).
+    let mut after_end: Option<usize> = None;
+    while read < LEG_READ_MAX && after_end.is_none_or(|n| n < TRANSFER_TAIL) {
         let events = store
             .read_stream(&leg.stream, version, 500)
             .await
@@ -349,6 +371,15 @@ async fn outcome(
         version = last.version + 1;
         read += events.len();
         for e in &events {
+            if let Some(n) = after_end.as_mut() {
+                *n += 1;
+                if *n > TRANSFER_TAIL {
+                    return Ok(outcome);
+                }
+                if e.event_type != "CallTransferred" {
+                    continue;
+                }
+            }
             if !e.event_type.starts_with("Call") || e.event_type == "CallStarted" {
                 continue;
             }
@@ -383,7 +414,30 @@ async fn outcome(
                         0
                     };
                     outcome.ended_position = Some(e.position);
-                    return Ok(outcome);
+                    if outcome.transferred.is_some() {
+                        return Ok(outcome);
+                    }
+                    after_end = Some(0);
+                }
+                Event::User(user::Event::CallTransferred {
+                    call_id,
+                    new_call_id,
+                    transferee,
+                    target,
+                    kind,
+                    replaced_call_id,
+                    ..
+                }) if call_id == leg.call_id => {
+                    outcome.transferred = Some(Transfer {
+                        new_call_id,
+                        transferee,
+                        target,
+                        kind,
+                        replaced_call_id,
+                    });
+                    if after_end.is_some() {
+                        return Ok(outcome);
+                    }
                 }
                 Event::User(user::Event::CallFailed {
                     call_id,
@@ -416,6 +470,7 @@ async fn outcome(
 }
 
 fn leg_record(leg: &LegStart, outcome: &Outcome) -> pb::CallLegRecord {
+    let t = outcome.transferred.as_ref();
     pb::CallLegRecord {
         user_id: leg.user_id.clone(),
         domain_id: leg.domain_id.map(|d| d.to_string()).unwrap_or_default(),
@@ -442,6 +497,13 @@ fn leg_record(leg: &LegStart, outcome: &Outcome) -> pb::CallLegRecord {
             .forwarded
             .as_ref()
             .map(|(_, reason, _)| forward_reason(*reason) as i32)
+            .unwrap_or_default(),
+        transferred_to_call_id: t.map(|t| t.new_call_id.clone()).unwrap_or_default(),
+        transferee: t.map(|t| t.transferee.clone()).unwrap_or_default(),
+        transfer_target: t.map(|t| t.target.clone()).unwrap_or_default(),
+        transfer_kind: t.map(|t| transfer_kind(t.kind) as i32).unwrap_or_default(),
+        transfer_replaced_call_id: t
+            .and_then(|t| t.replaced_call_id.clone())
             .unwrap_or_default(),
     }
 }

@@ -8,7 +8,7 @@
 //! This module depends on nothing else of the crate but [`crate::pb`], so
 //! every other module can use it.
 
-use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide};
+use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide, TransferKind};
 use dialtone_domain::registration::{Binding, Presence};
 use dialtone_domain::routing::SkipReason;
 use dialtone_domain::{domain, token, user, Event};
@@ -378,6 +378,32 @@ fn user_payload(e: user::Event) -> P {
             rule: forward_reason(rule) as i32,
             why: skip_reason(why) as i32,
         }),
+        E::CallTransferred {
+            call_id,
+            new_call_id,
+            transferor,
+            transferee,
+            target,
+            kind,
+            replaced_call_id,
+            transferred_at,
+        } => P::CallTransferred(pb::CallTransferred {
+            call_id,
+            new_call_id,
+            transferor,
+            transferee,
+            target,
+            kind: transfer_kind(kind) as i32,
+            replaced_call_id: replaced_call_id.unwrap_or_default(),
+            transferred_at: timestamp(transferred_at),
+        }),
+    }
+}
+
+pub fn transfer_kind(k: TransferKind) -> pb::TransferKind {
+    match k {
+        TransferKind::Blind => pb::TransferKind::Blind,
+        TransferKind::Attended => pb::TransferKind::Attended,
     }
 }
 
@@ -434,6 +460,7 @@ pub fn cause(c: Cause) -> pb::CallCause {
         Cause::Timeout => pb::CallCause::Timeout,
         Cause::NodeRestart => pb::CallCause::NodeRestart,
         Cause::AnsweredElsewhere => pb::CallCause::AnsweredElsewhere,
+        Cause::Transferred => pb::CallCause::Transferred,
     }
 }
 
@@ -481,6 +508,7 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::CallFailed(_) => "CallFailed",
         P::CallForwarded(_) => "CallForwarded",
         P::CallForwardSkipped(_) => "CallForwardSkipped",
+        P::CallTransferred(_) => "CallTransferred",
         P::TokenCreated(_) => "TokenCreated",
         P::TokenRevoked(_) => "TokenRevoked",
     })

@@ -33,6 +33,10 @@
 //! - `ForwardSkipped` notes, on a leg in progress, a forwarding rule that
 //!   was not taken ([`Event::CallForwardSkipped`]); the leg is unchanged.
 //!   A repeated one is written again (the proxy sends each once).
+//! - `Transferred` notes, on a leg in progress or among the recently
+//!   finished ones, that the user transferred the call
+//!   ([`Event::CallTransferred`]); the leg is unchanged. For a leg the
+//!   user never had (or forgot): nothing.
 //! - `Ringing`, `Answer`, `End`, `Fail`, `Forward`, `ForwardSkipped` for a leg not in progress: nothing,
 //!   and no error (the proxy may repeat itself). `Ringing` of a leg already
 //!   ringing or answered, and `Answer` of an answered leg: nothing.
@@ -123,10 +127,15 @@ pub enum Cause {
     NodeRestart,
     /// A ring group member's leg: another member answered the call.
     AnsweredElsewhere,
+    /// The call was handed on by a transfer (REFER, RFC 3515): the
+    /// transferor hung up after the transferee reported the new call
+    /// answered, or the dialog was replaced by the transfer's new call
+    /// (Replaces, RFC 3891).
+    Transferred,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 10] = [
+    pub const ALL: [Cause; 11] = [
         Cause::NormalClearing,
         Cause::OriginatorCancel,
         Cause::UserBusy,
@@ -137,6 +146,7 @@ impl Cause {
         Cause::Timeout,
         Cause::NodeRestart,
         Cause::AnsweredElsewhere,
+        Cause::Transferred,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -151,6 +161,7 @@ impl Cause {
             Cause::Timeout => "timeout",
             Cause::NodeRestart => "node_restart",
             Cause::AnsweredElsewhere => "answered_elsewhere",
+            Cause::Transferred => "transferred",
         }
     }
 }
@@ -191,6 +202,28 @@ impl ForwardReason {
             ForwardReason::NoAnswer => "no_answer",
             ForwardReason::Unavailable => "unavailable",
             ForwardReason::DoNotDisturb => "do_not_disturb",
+        }
+    }
+}
+
+/// How a call was transferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferKind {
+    /// REFER to a target the transferor had not called (RFC 5589 s.6).
+    Blind,
+    /// REFER naming the transferor's call with the target, which the new
+    /// call replaces (Refer-To with Replaces, RFC 3891; RFC 5589 s.7).
+    Attended,
+}
+
+impl TransferKind {
+    pub const ALL: [TransferKind; 2] = [TransferKind::Blind, TransferKind::Attended];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Blind => "blind",
+            TransferKind::Attended => "attended",
         }
     }
 }
@@ -239,6 +272,21 @@ pub enum CallStep {
         rule: ForwardReason,
         why: SkipReason,
     },
+    /// The user (`transferor`) transferred the call: the other party
+    /// (`transferee`) called `target` as it asked, and that is call
+    /// `new_call_id`. For an attended transfer, `replaced_call_id` is the
+    /// transferor's call with the target that the new call replaced.
+    /// Recorded on the transferor's leg of the original call, also just
+    /// after that leg ended (a transferor may hang up first).
+    Transferred {
+        call_id: String,
+        new_call_id: String,
+        transferor: String,
+        transferee: String,
+        target: String,
+        kind: TransferKind,
+        replaced_call_id: Option<String>,
+    },
 }
 
 impl CallStep {
@@ -250,7 +298,8 @@ impl CallStep {
             | CallStep::End { call_id, .. }
             | CallStep::Fail { call_id, .. }
             | CallStep::Forward { call_id, .. }
-            | CallStep::ForwardSkipped { call_id, .. } => call_id,
+            | CallStep::ForwardSkipped { call_id, .. }
+            | CallStep::Transferred { call_id, .. } => call_id,
         }
     }
 }
@@ -421,6 +470,28 @@ fn validate(step: &CallStep) -> Result<()> {
         CallStep::Forward { to, .. } | CallStep::ForwardSkipped { to, .. } => {
             validate_text("to", to, false)
         }
+        CallStep::Transferred {
+            new_call_id,
+            transferor,
+            transferee,
+            target,
+            kind,
+            replaced_call_id,
+            ..
+        } => {
+            validate_text("new_call_id", new_call_id, false)?;
+            validate_text("transferor", transferor, false)?;
+            validate_text("transferee", transferee, false)?;
+            validate_text("target", target, false)?;
+            match (kind, replaced_call_id) {
+                (TransferKind::Blind, Some(_)) => Err(Error::invalid(
+                    "replaced_call_id",
+                    "a blind transfer replaces no call",
+                )),
+                (_, Some(replaced)) => validate_text("replaced_call_id", replaced, false),
+                _ => Ok(()),
+            }
+        }
         CallStep::Fail { sip_status, .. }
             if *sip_status != 0 && !(300..=699).contains(sip_status) =>
         {
@@ -546,6 +617,35 @@ pub(crate) fn decide(state: &User, step: &CallStep, now: Timestamp) -> Result<Ve
                 }],
                 None => Vec::new(),
             })
+        }
+        // Noted on the transferor's leg, which may have ended just before
+        // (it hung up once the transferee accepted the REFER): a leg
+        // remembered as finished takes it too. It changes nothing of the
+        // leg.
+        CallStep::Transferred {
+            call_id,
+            new_call_id,
+            transferor,
+            transferee,
+            target,
+            kind,
+            replaced_call_id,
+        } => {
+            let known = legs.get(call_id).is_some() || legs.is_finished(call_id);
+            return Ok(if known {
+                vec![Event::CallTransferred {
+                    call_id: call_id.clone(),
+                    new_call_id: new_call_id.clone(),
+                    transferor: transferor.clone(),
+                    transferee: transferee.clone(),
+                    target: target.clone(),
+                    kind: *kind,
+                    replaced_call_id: replaced_call_id.clone(),
+                    transferred_at: now,
+                }]
+            } else {
+                Vec::new()
+            });
         }
     };
     let mut after = legs.clone();

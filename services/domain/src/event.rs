@@ -115,6 +115,7 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("CallFailed", EventCategory::Call),
     ("CallForwarded", EventCategory::Call),
     ("CallForwardSkipped", EventCategory::Call),
+    ("CallTransferred", EventCategory::Call),
     ("SourceLockedOut", EventCategory::Security),
     ("TokenCreated", EventCategory::Security),
     ("TokenRevoked", EventCategory::Security),
@@ -387,6 +388,7 @@ impl Event {
                 user::Event::CallFailed { .. } => "CallFailed",
                 user::Event::CallForwarded { .. } => "CallForwarded",
                 user::Event::CallForwardSkipped { .. } => "CallForwardSkipped",
+                user::Event::CallTransferred { .. } => "CallTransferred",
             },
             Event::Token(e) => match e {
                 token::Event::TokenCreated { .. } => "TokenCreated",

@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::{self, CallStep, Cause, Direction, ForwardReason, HangupSide, Legs};
+use crate::call::{
+    self, CallStep, Cause, Direction, ForwardReason, HangupSide, Legs, TransferKind,
+};
 use crate::credentials::{Credentials, PasswordPolicy};
 use crate::forwarding::{Forwarding, ForwardingPatch};
 use crate::names::UserAddress;
@@ -387,6 +389,22 @@ pub enum Event {
         rule: ForwardReason,
         why: SkipReason,
     },
+    /// The user (`transferor`) transferred the call `call_id`: the other
+    /// party (`transferee`) called `target` (`user@domain`) as asked, in
+    /// call `new_call_id`; an attended transfer's new call replaced the
+    /// transferor's call `replaced_call_id` with the target. The leg is
+    /// unchanged (it ends, or ended, on its own).
+    CallTransferred {
+        call_id: String,
+        new_call_id: String,
+        transferor: String,
+        transferee: String,
+        target: String,
+        kind: TransferKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaced_call_id: Option<String>,
+        transferred_at: Timestamp,
+    },
 }
 
 fn validate_display_name(value: &str) -> Result<()> {
@@ -657,7 +675,8 @@ pub fn evolve(mut state: User, event: &Event) -> User {
         | Event::CallEnded { .. }
         | Event::CallFailed { .. }
         | Event::CallForwarded { .. }
-        | Event::CallForwardSkipped { .. } => state.calls.apply(event),
+        | Event::CallForwardSkipped { .. }
+        | Event::CallTransferred { .. } => state.calls.apply(event),
     }
     state
 }

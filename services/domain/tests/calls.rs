@@ -6,8 +6,8 @@
 //! Then: the events emitted, or the error.
 
 use dialtone_domain::call::{
-    CallStep, Cause, Direction, ForwardReason, HangupSide, LegState, FINISHED_REMEMBERED,
-    MAX_LEGS_IN_PROGRESS,
+    CallStep, Cause, Direction, ForwardReason, HangupSide, LegState, TransferKind,
+    FINISHED_REMEMBERED, MAX_LEGS_IN_PROGRESS,
 };
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_domain::registration::{ContactChange, Presence, Register, MICROS_PER_SEC};
@@ -305,6 +305,81 @@ fn steps_for_a_leg_never_started_write_nothing() {
             "{command:?}"
         );
     }
+}
+
+fn transferred(call_id: &str, kind: TransferKind, replaced: Option<&str>) -> Command {
+    call(CallStep::Transferred {
+        call_id: call_id.to_owned(),
+        new_call_id: "new-call".to_owned(),
+        transferor: "alice@example.com".to_owned(),
+        transferee: "bob@example.com".to_owned(),
+        target: "carol@example.com".to_owned(),
+        kind,
+        replaced_call_id: replaced.map(str::to_owned),
+    })
+}
+
+#[test]
+fn a_transfer_is_noted_on_a_leg_in_progress_or_just_ended_and_changes_nothing_else() {
+    let state = given_online();
+    let (state, _) = then(state, &start(CALL, Direction::Inbound), T0 + SEC);
+    let (state, _) = then(state, &answer(CALL), T0 + 2 * SEC);
+    let before = state.clone();
+    let (state, events) = then(
+        state,
+        &transferred(CALL, TransferKind::Attended, Some("consult")),
+        T0 + 3 * SEC,
+    );
+    assert_eq!(
+        events,
+        [Event::CallTransferred {
+            call_id: CALL.to_owned(),
+            new_call_id: "new-call".to_owned(),
+            transferor: "alice@example.com".to_owned(),
+            transferee: "bob@example.com".to_owned(),
+            target: "carol@example.com".to_owned(),
+            kind: TransferKind::Attended,
+            replaced_call_id: Some("consult".to_owned()),
+            transferred_at: T0 + 3 * SEC,
+        }]
+    );
+    // The leg and presence are as they were.
+    assert_eq!(state.calls, before.calls);
+    assert_eq!(state.presence, before.presence);
+    // The transferor hung up first: the note still lands on the leg.
+    let (state, ended) = then(state, &end(CALL, HangupSide::Callee), T0 + 4 * SEC);
+    assert!(matches!(ended[0], Event::CallEnded { .. }));
+    let (_, events) = then(
+        state,
+        &transferred(CALL, TransferKind::Blind, None),
+        T0 + 5 * SEC,
+    );
+    assert!(matches!(
+        events.as_slice(),
+        [Event::CallTransferred {
+            kind: TransferKind::Blind,
+            replaced_call_id: None,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_transfer_of_a_leg_the_user_never_had_writes_nothing_and_a_blind_one_replaces_nothing() {
+    let state = given_online();
+    assert_eq!(
+        user::decide(&state, &transferred("other", TransferKind::Blind, None), T0),
+        Ok(vec![])
+    );
+    let (state, _) = then(state, &start(CALL, Direction::Outbound), T0 + SEC);
+    assert!(matches!(
+        user::decide(
+            &state,
+            &transferred(CALL, TransferKind::Blind, Some("consult")),
+            T0 + 2 * SEC
+        ),
+        Err(Error::Invalid { .. })
+    ));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use dialtone_domain::call::{CallStep, Cause, Direction, ForwardReason, HangupSide};
+use dialtone_domain::call::{CallStep, Cause, Direction, ForwardReason, HangupSide, TransferKind};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{current_schema_version, DOMAIN_EVENT_TYPES, EVENT_TYPES};
@@ -520,6 +520,18 @@ fn call_events_from_decide(created: &User) -> Vec<Event> {
             call_id,
             to: "carol@example.com".to_owned(),
             reason,
+        }));
+    }
+    commands.push(start("transferred", Direction::Outbound));
+    for (i, kind) in TransferKind::ALL.into_iter().enumerate() {
+        commands.push(step(CallStep::Transferred {
+            call_id: "transferred".to_owned(),
+            new_call_id: format!("new-{i}"),
+            transferor: "alice@example.com".to_owned(),
+            transferee: "bob@example.com".to_owned(),
+            target: "carol@example.com".to_owned(),
+            kind,
+            replaced_call_id: (kind == TransferKind::Attended).then(|| "consult".to_owned()),
         }));
     }
     let mut state = created.clone();
@@ -1081,6 +1093,28 @@ fn hand_made_events() -> Vec<Event> {
             why: SkipReason::NotRoutable,
         }
         .into(),
+        U::CallTransferred {
+            call_id: "c".to_owned(),
+            new_call_id: "n".to_owned(),
+            transferor: "a@a.example".to_owned(),
+            transferee: "b@a.example".to_owned(),
+            target: "c@a.example".to_owned(),
+            kind: TransferKind::Attended,
+            replaced_call_id: Some("r".repeat(1024)),
+            transferred_at: i64::MAX,
+        }
+        .into(),
+        U::CallTransferred {
+            call_id: "c".to_owned(),
+            new_call_id: "n".to_owned(),
+            transferor: "a@a.example".to_owned(),
+            transferee: "b@a.example".to_owned(),
+            target: "c@a.example".to_owned(),
+            kind: TransferKind::Blind,
+            replaced_call_id: None,
+            transferred_at: 0,
+        }
+        .into(),
         token::Event::TokenCreated {
             token_id: Uuid::max(),
             scope: Scope::Domain(dn("a.example")),
@@ -1303,6 +1337,12 @@ fn missing_required_fields_are_rejected() {
         ("CallForwardSkipped", "to"),
         ("CallForwardSkipped", "rule"),
         ("CallForwardSkipped", "why"),
+        ("CallTransferred", "new_call_id"),
+        ("CallTransferred", "transferor"),
+        ("CallTransferred", "transferee"),
+        ("CallTransferred", "target"),
+        ("CallTransferred", "kind"),
+        ("CallTransferred", "transferred_at"),
         ("TokenCreated", "secret_sha256"),
         ("TokenCreated", "scope"),
         ("TokenRevoked", "token_id"),

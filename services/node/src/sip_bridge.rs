@@ -276,6 +276,23 @@ fn step_of(record: CallRecord) -> Step {
                 .find(|r| r.as_str() == skipped.why)
                 .unwrap_or(routing::SkipReason::NotRoutable),
         },
+        CallStep::Transferred(t) => transfer_step(call_id, t),
+    }
+}
+
+/// A transfer the proxy recognised, as the transferor's step.
+fn transfer_step(call_id: String, t: dialtone_sip::Transfer) -> Step {
+    Step::Transferred {
+        call_id,
+        new_call_id: t.new_call_id,
+        transferor: t.transferor,
+        transferee: t.transferee,
+        target: t.target,
+        kind: match t.kind {
+            dialtone_sip::TransferKind::Blind => call::TransferKind::Blind,
+            dialtone_sip::TransferKind::Attended => call::TransferKind::Attended,
+        },
+        replaced_call_id: t.replaced_call_id,
     }
 }
 
@@ -486,6 +503,7 @@ fn cause_of(cause: CallCause) -> call::Cause {
         CallCause::Unavailable => call::Cause::Unavailable,
         CallCause::Timeout => call::Cause::Timeout,
         CallCause::AnsweredElsewhere => call::Cause::AnsweredElsewhere,
+        CallCause::Transferred => call::Cause::Transferred,
     }
 }
 

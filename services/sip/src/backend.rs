@@ -477,6 +477,10 @@ pub enum CallCause {
     /// A ring group member's phone stopped ringing because another member
     /// answered.
     AnsweredElsewhere,
+    /// The call was handed on by a transfer: the transferor hung up after
+    /// the transferee reported the new call answered, or the dialog was
+    /// replaced by the transfer's new call (RFC 3891).
+    Transferred,
 }
 
 impl CallCause {
@@ -526,6 +530,36 @@ pub enum CallStep {
     /// A forwarding rule of the leg's user was not taken (see
     /// [`SkippedForward`]); the leg goes on.
     ForwardSkipped(SkippedForward),
+    /// The leg's user (the transferor) transferred the call: see
+    /// [`Transfer`]. Recorded on the transferor's leg of the original
+    /// call, possibly just after that leg ended.
+    Transferred(Transfer),
+}
+
+/// A call transfer (REFER, RFC 3515) recognised by the proxy: the
+/// transferee's new call is the one the transferor's REFER asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// The `call_id` of the transferee's new call to the target.
+    pub new_call_id: String,
+    /// `user@domain` of each party.
+    pub transferor: String,
+    pub transferee: String,
+    pub target: String,
+    pub kind: TransferKind,
+    /// Attended: the `call_id` of the transferor's call with the target
+    /// that the new call replaces, when the proxy knew that dialog.
+    pub replaced_call_id: Option<String>,
+}
+
+/// How a call was transferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    /// Refer-To without Replaces.
+    Blind,
+    /// Refer-To with Replaces (RFC 3891): the new call replaces the
+    /// transferor's call with the target.
+    Attended,
 }
 
 /// A step to record for the leg of `user@domain` in call `call_id`.

@@ -71,8 +71,8 @@ pub use backend::{
     CallState, CallStep, ContactChange, CurrentContact, DigestAlgorithms, Diversion,
     DiversionReason, FeatureOutcome, HangupSide, Lookup, NextSteps, RegisterOutcome,
     RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange, ResourceState,
-    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, SkippedForward,
-    UserCredentials, Watch,
+    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, SkippedForward, Transfer,
+    TransferKind, UserCredentials, Watch,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};

@@ -1595,7 +1595,10 @@ fn run_counting(seed: u64, cov: &mut Coverage) -> Vec<String> {
                 HangupSide::System => cov.ended_by_proxy += 1,
             },
             CallStep::Fail { sip_status, .. } => *cov.failed.entry(*sip_status).or_default() += 1,
-            CallStep::Ringing | CallStep::Forwarded { .. } | CallStep::ForwardSkipped(_) => {}
+            CallStep::Ringing
+            | CallStep::Forwarded { .. }
+            | CallStep::ForwardSkipped(_)
+            | CallStep::Transferred(_) => {}
         }
     }
     cov.group_calls += sim.plans.values().filter(|p| p.dialled_group).count() as u64;

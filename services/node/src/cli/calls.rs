@@ -109,6 +109,11 @@ pub(super) async fn records(
                     "in_progress": l.in_progress,
                     "forwarded_to": l.forwarded_to,
                     "forward_reason": forward_reason_name(l.forward_reason),
+                    "transferred_to_call_id": l.transferred_to_call_id,
+                    "transferee": l.transferee,
+                    "transfer_target": l.transfer_target,
+                    "transfer_kind": transfer_kind_name(l.transfer_kind),
+                    "transfer_replaced_call_id": l.transfer_replaced_call_id,
                 })).collect::<Vec<_>>(),
             })
         }));
@@ -137,15 +142,30 @@ pub(super) async fn records(
             .filter(|l| !s(l, "forwarded_to").is_empty())
             .map(|l| format!(" -> {} ({})", s(l, "forwarded_to"), s(l, "forward_reason")))
             .collect();
+        // A transfer: "transferred (blind) -> call <new call_id>".
+        let transfers: String = v["legs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| !s(l, "transferred_to_call_id").is_empty())
+            .map(|l| {
+                format!(
+                    " transferred ({}) -> call {}",
+                    s(l, "transfer_kind"),
+                    s(l, "transferred_to_call_id")
+                )
+            })
+            .collect();
         format!(
-            "{:<27} {:<32} {:<32} {:>9}s {:<22} {}{}",
+            "{:<27} {:<32} {:<32} {:>9}s {:<22} {}{}{}",
             s(v, "started_at"),
             s(v, "caller"),
             s(v, "callee"),
             v["duration_ms"].as_u64().unwrap_or(0) / 1000,
             result,
             s(v, "call_id"),
-            forwards
+            forwards,
+            transfers
         )
     });
     Ok(())
@@ -158,6 +178,14 @@ fn forward_reason_name(reason: i32) -> &'static str {
         Ok(pb::ForwardReason::NoAnswer) => "no_answer",
         Ok(pb::ForwardReason::Unavailable) => "unavailable",
         Ok(pb::ForwardReason::DoNotDisturb) => "do_not_disturb",
+        _ => "",
+    }
+}
+
+fn transfer_kind_name(kind: i32) -> &'static str {
+    match pb::TransferKind::try_from(kind) {
+        Ok(pb::TransferKind::Blind) => "blind",
+        Ok(pb::TransferKind::Attended) => "attended",
         _ => "",
     }
 }
@@ -193,6 +221,7 @@ fn cause_name(cause: i32) -> Value {
         Ok(C::Timeout) => "timeout",
         Ok(C::NodeRestart) => "node_restart",
         Ok(C::AnsweredElsewhere) => "answered_elsewhere",
+        Ok(C::Transferred) => "transferred",
         _ => return Value::Null,
     };
     Value::String(name.to_owned())

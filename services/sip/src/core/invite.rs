@@ -89,6 +89,10 @@ impl Core {
             // A ring group has no leg: its members get theirs when rung.
             legs.group = legs.callee.take();
         }
+        // The new call of a transfer: linked to the call it transfers.
+        if let Some(t) = self.proxy.link_transfer(msg, &legs) {
+            tracing::debug!(call_id = %legs.call_id, transfer = ?t, "transfer's new call");
+        }
         let (code, cause) = match route {
             CallRoute::Plan(plan) if !plan.is_empty() => {
                 // The 100 goes out before the INVITE is forked: the

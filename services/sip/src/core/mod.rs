@@ -410,7 +410,17 @@ impl Core {
             if method == Method::Ack && !in_dialog {
                 return None;
             }
-            let (code, reason) = self.proxy.in_dialog(&msg, source)?;
+            let (code, reason) = if method_text == "REFER" {
+                // A transfer (RFC 3515): a Refer-To we can read, then
+                // forwarded as any in-dialog request, and noted.
+                let refer_to = match proxy::transfer::refer_to(&msg) {
+                    Ok(r) => r,
+                    Err(reason) => return Some(self.reply_now(cx, dest, 400, reason, |_| {})),
+                };
+                self.proxy.refer(&msg, source, refer_to)?
+            } else {
+                self.proxy.in_dialog(&msg, source)?
+            };
             return Some(self.reply_now(cx, dest, code, reason, |_| {}));
         }
         let disposition = match self.shard(&key).lock() {
@@ -594,7 +604,14 @@ impl Core {
         };
         if method != Method::Cancel {
             // RFC 3261 s.8.2.2.3: we support no extension a client may require.
-            let required: Vec<&str> = msg.list(Name::Require).collect();
+            // An INVITE's Replaces (RFC 3891) is for the phone it goes to,
+            // which says whether it supports it: a proxy passes it on.
+            let proxied = method == Method::Invite
+                && self.proxy.settings().call_mode == proxy::CallMode::Proxy;
+            let required: Vec<&str> = msg
+                .list(Name::Require)
+                .filter(|t| !(proxied && t.eq_ignore_ascii_case("replaces")))
+                .collect();
             if !required.is_empty() {
                 let unsupported = required.join(", ");
                 return self.respond(cx, 420, "Bad Extension", |r| {
@@ -648,6 +665,15 @@ impl Core {
             Method::Other if method_text == "SUBSCRIBE" => {
                 self.subscribe(cx, method_text, upstream).await
             }
+            // A transfer is a REFER inside a call (those are forwarded
+            // before they get here); one outside any dialog would make the
+            // node call someone on a stranger's behalf.
+            Method::Other if method_text == "REFER" => self.respond(
+                cx,
+                403,
+                "Forbidden (REFER outside a dialog is not accepted)",
+                |_| {},
+            ),
             _ => {
                 if max_forwards == Some(0) {
                     // We would have to forward it (RFC 3261 s.16.3 step 3).

@@ -32,6 +32,7 @@ use super::call::{better, first_ringing_step, via, Effect, StepOutcome, TIMER_64
 use super::engine::DIALOG_LINGER;
 use super::leg::{self, LegDialog, LegId};
 use super::legs::Legs;
+use super::transfer;
 
 /// The Via branch prefix of every request a back-to-back call sends.
 pub(crate) const BRANCH_PREFIX: &str = "z9hG4bK-db";
@@ -225,6 +226,9 @@ pub(crate) struct B2buaCall {
     bye_caller_after_ack: bool,
     /// What our BYEs say about why the call ended (a Reason header).
     bye_headers: Vec<(String, String)>,
+    /// The call was handed on by a transfer (see `Dialog::transferred`):
+    /// its end is recorded with cause `transferred`.
+    transferred: bool,
     servers: Vec<ServerTx>,
     clients: Vec<ClientTx>,
     /// Sends waiting for a durable recording.
@@ -286,6 +290,7 @@ impl B2buaCall {
             lingered: false,
             bye_caller_after_ack: false,
             bye_headers: Vec::new(),
+            transferred: false,
             servers: Vec::new(),
             clients: Vec::new(),
             held: None,
@@ -309,6 +314,65 @@ impl B2buaCall {
 
     pub fn legs(&self) -> &Legs {
         &self.setup.legs
+    }
+
+    /// The parties of a REFER from the peer of one of this call's legs
+    /// (by Call-ID and tags), once answered, with a user at each end.
+    pub fn referral_parties(
+        &self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+    ) -> Option<super::engine::ReferralParties> {
+        self.answered?;
+        let legs = &self.setup.legs;
+        let callee = legs.callee.clone()?;
+        let (transferor, transferee) = if self.caller.owns(call_id, from_tag, to_tag) {
+            (legs.caller.clone(), callee)
+        } else if self.callees.iter().any(|c| {
+            c.dialog
+                .as_ref()
+                .is_some_and(|d| d.owns(call_id, from_tag, to_tag))
+        }) {
+            (callee, legs.caller.clone())
+        } else {
+            return None;
+        };
+        Some(super::engine::ReferralParties {
+            call_id: legs.call_id.clone(),
+            sip_call_id: legs.sip_call_id.clone(),
+            transferor,
+            transferee,
+        })
+    }
+
+    /// The dialog `replaces` names, as the phone at the other end of this
+    /// call knows it: a Replaces naming the caller's leg becomes one
+    /// naming the answered callee leg, and the other way round (RFC 3891
+    /// tags are the receiver's: `to-tag` its own, `from-tag` ours). `None`
+    /// when `replaces` names no leg of this answered call.
+    pub fn translate(&self, replaces: &transfer::Replaces) -> Option<transfer::Replaces> {
+        let (winner, _) = self.answered?;
+        let callee = self.callees.get(winner)?.dialog.as_ref()?;
+        let names = |d: &LegDialog| replaces.names(&d.call_id, &d.local_tag, &d.remote_tag);
+        let other = if names(&self.caller) {
+            callee
+        } else if names(callee) {
+            &self.caller
+        } else {
+            return None;
+        };
+        Some(transfer::Replaces {
+            call_id: other.call_id.clone(),
+            to_tag: other.remote_tag.clone(),
+            from_tag: other.local_tag.clone(),
+        })
+    }
+
+    /// A transfer's new call replaces this call: its end is recorded as
+    /// `transferred`.
+    pub fn mark_transferred(&mut self) {
+        self.transferred = true;
     }
 
     pub fn is_answered(&self) -> bool {
@@ -1142,6 +1206,7 @@ impl B2buaCall {
         source: Source,
         now: Instant,
         fx: &mut Vec<Effect>,
+        refer_to: Option<String>,
     ) -> Option<(u16, &'static str)> {
         let StartLine::Request {
             method_text: method,
@@ -1236,13 +1301,21 @@ impl B2buaCall {
                     .into_iter()
                     .filter(|(n, _)| n.eq_ignore_ascii_case("Reason"))
                     .collect();
-                self.end_call(CallCause::NormalClearing, side, Some(leg), reason, now, fx);
+                let cause = if self.transferred {
+                    CallCause::Transferred
+                } else {
+                    CallCause::NormalClearing
+                };
+                self.end_call(cause, side, Some(leg), reason, now, fx);
                 self.respond(s, 200, "OK", &[], &[], now, fx);
             }
             "INVITE" if self.invite_pending(s) => {
                 self.respond(s, 491, response::reason(491), &[], &[], now, fx);
             }
             _ => {
+                if method == "NOTIFY" && transfer::reports_success(msg) {
+                    self.transferred = true;
+                }
                 if method == "INVITE" || method == "UPDATE" {
                     if let Some(target) = leg::contact_uri(msg) {
                         if let Some(d) = self.leg_dialog_mut(leg) {
@@ -1256,7 +1329,16 @@ impl B2buaCall {
                     let trying = leg::response(msg, &source, 100, "Trying", "", &[], &[]);
                     self.send(reply_to, trying, fx);
                 }
-                let carried = leg::carried(msg);
+                let mut carried = leg::carried(msg);
+                if let Some(refer_to) = refer_to {
+                    // A REFER whose Replaces the node translated for the
+                    // other leg's phone.
+                    for (name, value) in carried.iter_mut() {
+                        if name.eq_ignore_ascii_case("Refer-To") || name.eq_ignore_ascii_case("r") {
+                            value.clone_from(&refer_to);
+                        }
+                    }
+                }
                 match self.send_in_dialog(other, method, &carried, msg.body, now, fx) {
                     Some(branch) => self.servers[s].relayed_as = Some(branch),
                     // Not reachable while joined (both legs have a dialog);
@@ -1911,6 +1993,65 @@ Content-Length: 0\r\n\r\n"
 
     fn tag_of(header_value: &str) -> &str {
         header_value.split(";tag=").nth(1).unwrap_or("")
+    }
+
+    #[test]
+    fn a_replaces_is_translated_to_the_other_leg_of_the_call_it_names() {
+        let mut e = engine();
+        let now = Instant::now();
+        let (inv, ok) = answered(&mut e, now);
+        let our_caller_tag = tag_of(header(&ok, "To")).to_owned();
+        let callee_call_id = header(&inv, "Call-ID").to_owned();
+        let our_callee_tag = tag_of(header(&inv, "From")).to_owned();
+        let replaces = |call_id: &str, to: &str, from: &str| transfer::Replaces {
+            call_id: call_id.into(),
+            to_tag: to.into(),
+            from_tag: from.into(),
+        };
+        // As the caller (alice) knows the dialog: to its callee's leg, with
+        // bob's tag as the receiver's own.
+        assert_eq!(
+            e.translate_replaces(&replaces("caller-call-id", &our_caller_tag, "alicetag")),
+            Some(replaces(&callee_call_id, "bobtag", &our_callee_tag))
+        );
+        // As bob knows it: to alice's leg; tags in either order.
+        assert_eq!(
+            e.translate_replaces(&replaces(&callee_call_id, "bobtag", &our_callee_tag)),
+            Some(replaces("caller-call-id", "alicetag", &our_caller_tag))
+        );
+        // Wrong tags, or a call the node does not have: nothing.
+        assert_eq!(
+            e.translate_replaces(&replaces("caller-call-id", "x", "alicetag")),
+            None
+        );
+        assert_eq!(e.translate_replaces(&replaces("other", "a", "b")), None);
+
+        // A REFER relayed with a rewritten Refer-To carries it, and
+        // Referred-By as it came.
+        let refer = caller_request("REFER", &our_caller_tag, 11, "z9hG4bKrefer1").replace(
+            "Content-Length: 0",
+            "Refer-To: <sip:carol@example.com?Replaces=a%3Bto-tag%3Db%3Bfrom-tag%3Dc>\r\n\
+Referred-By: <sip:alice@example.com>\r\nContent-Length: 0",
+        );
+        let msg = Message::parse(refer.as_bytes()).unwrap();
+        let src = Source {
+            addr: addr(CALLER),
+            reliable: false,
+        };
+        let rewritten = "<sip:carol@example.com?Replaces=y%3Bto-tag%3Dz%3Bfrom-tag%3Dw>";
+        assert_eq!(
+            e.in_dialog_with(&msg, src, 0, now, Some(rewritten.to_owned())),
+            None
+        );
+        let out = drain(&mut e);
+        let relayed = &out
+            .sends
+            .iter()
+            .find(|(_, m)| m.starts_with("REFER "))
+            .unwrap()
+            .1;
+        assert_eq!(header(relayed, "Refer-To"), rewritten, "{relayed}");
+        assert_eq!(header(relayed, "Referred-By"), "<sip:alice@example.com>");
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub(super) struct LiveDialog {
     pub(super) callee_contact: String,
     pub(super) from: String,
     pub(super) to: String,
+    /// The call was handed on by a transfer: the transferee reported the
+    /// transfer's new call answered (NOTIFY), or a transfer's new call
+    /// replaced this dialog. Its end is recorded with cause `transferred`.
+    /// (Here rather than in `Dialog`: only a live dialog can end.)
+    pub(super) transferred: bool,
 }
 
 impl Dialog {
@@ -64,6 +69,7 @@ impl Dialog {
                 callee_contact: p.callee_contact,
                 from: p.from,
                 to: p.to,
+                transferred: false,
             })),
             caller_tag: p.caller_tag,
             callee_tag: p.callee_tag,

@@ -34,6 +34,16 @@ use super::call::{via, CallSetup, Effect, ProxyCall};
 use super::dialog::{Dialog, LiveDialog};
 use super::feature::{self, FeatureCall, FeatureSetup};
 use super::legs::{Legs, RecordToken};
+use super::transfer::{self, Party};
+
+/// Who refers whom in an answered call (see [`Engine::referral_parties`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReferralParties {
+    pub call_id: String,
+    pub sip_call_id: String,
+    pub transferor: Party,
+    pub transferee: Party,
+}
 
 /// How long a dialog that is being torn down is remembered (BYE
 /// retransmissions still find it).
@@ -598,6 +608,20 @@ impl Engine {
         pop_routes: usize,
         now: Instant,
     ) -> Option<(u16, &'static str)> {
+        self.in_dialog_with(msg, source, pop_routes, now, None)
+    }
+
+    /// [`Engine::in_dialog`]; a REFER relayed by a b2bua call carries
+    /// `refer_to` as its Refer-To instead of the one received (a Replaces
+    /// translated to the other leg's dialog).
+    pub(crate) fn in_dialog_with(
+        &mut self,
+        msg: &Message<'_>,
+        source: Source,
+        pop_routes: usize,
+        now: Instant,
+        refer_to: Option<String>,
+    ) -> Option<(u16, &'static str)> {
         let method_is_ack = matches!(
             msg.start,
             StartLine::Request {
@@ -628,7 +652,7 @@ impl Engine {
             let refusal = self
                 .b2bua
                 .get_mut(&handle)
-                .and_then(|call| call.on_request(msg, source, now, &mut fx));
+                .and_then(|call| call.on_request(msg, source, now, &mut fx, refer_to));
             self.apply(handle, fx, now);
             return refusal;
         }
@@ -643,6 +667,11 @@ impl Engine {
             let from_caller = from_tag == d.caller_tag && to_tag == d.callee_tag;
             let from_callee = from_tag == d.callee_tag && to_tag == d.caller_tag;
             if from_caller || from_callee {
+                if !method_is_bye && transfer::reports_success(msg) {
+                    if let Some(live) = d.live.as_mut() {
+                        live.transferred = true;
+                    }
+                }
                 if from_caller {
                     d.caller_cseq = d.caller_cseq.max(cseq);
                     target = Some(d.callee);
@@ -660,7 +689,12 @@ impl Engine {
                         HangupSide::Callee
                     };
                     ending = d.live.take().map(|live| {
-                        let records = live.legs.end(CallCause::NormalClearing, side);
+                        let cause = if live.transferred {
+                            CallCause::Transferred
+                        } else {
+                            CallCause::NormalClearing
+                        };
+                        let records = live.legs.end(cause, side);
                         (live.legs.call_id, records)
                     });
                 }
@@ -741,6 +775,67 @@ impl Engine {
             }
         }
         refusal
+    }
+
+    /// The parties of a REFER's dialog, when it is an answered call this
+    /// shard knows with a user at each end: the original call's `call_id`
+    /// and SIP Call-ID, the transferor (who sent it) and the transferee.
+    pub(crate) fn referral_parties(&self, msg: &Message<'_>) -> Option<ReferralParties> {
+        let call_id = msg.call_id().ok()?;
+        let from_tag = msg.from().ok().and_then(|f| f.tag())?;
+        let to_tag = msg.to().ok().and_then(|t| t.tag())?;
+        if let Some(handle) = self.b2bua_call_ids.get(call_id) {
+            return self
+                .b2bua
+                .get(handle)?
+                .referral_parties(call_id, from_tag, to_tag);
+        }
+        let d = self.dialogs.get(call_id)?;
+        let live = d.live.as_ref()?;
+        let callee = live.legs.callee.clone()?;
+        let caller = live.legs.caller.clone();
+        let (transferor, transferee) = if from_tag == d.caller_tag && to_tag == d.callee_tag {
+            (caller, callee)
+        } else if from_tag == d.callee_tag && to_tag == d.caller_tag {
+            (callee, caller)
+        } else {
+            return None;
+        };
+        Some(ReferralParties {
+            call_id: live.legs.call_id.clone(),
+            sip_call_id: call_id.to_owned(),
+            transferor,
+            transferee,
+        })
+    }
+
+    /// The dialog a Replaces names, as the phone at the other end of its
+    /// b2bua call knows it (see `B2buaCall::translate`).
+    pub(crate) fn translate_replaces(
+        &self,
+        replaces: &transfer::Replaces,
+    ) -> Option<transfer::Replaces> {
+        let handle = self.b2bua_call_ids.get(replaces.call_id.as_str())?;
+        self.b2bua.get(handle)?.translate(replaces)
+    }
+
+    /// A transfer's new call replaces the dialog `replaces` names (RFC
+    /// 3891): its end will be recorded as `transferred`. Returns the
+    /// replaced call's `call_id` when this shard knows the dialog.
+    pub(crate) fn mark_replaced(&mut self, replaces: &transfer::Replaces) -> Option<String> {
+        let call_id = replaces.call_id.as_str();
+        if let Some(handle) = self.b2bua_call_ids.get(call_id) {
+            let call = self.b2bua.get_mut(handle)?;
+            call.mark_transferred();
+            return Some(call.legs().call_id.clone());
+        }
+        let d = self.dialogs.get_mut(call_id)?;
+        if !replaces.names(call_id, &d.caller_tag, &d.callee_tag) {
+            return None;
+        }
+        let live = d.live.as_mut()?;
+        live.transferred = true;
+        Some(live.legs.call_id.clone())
     }
 
     /// A branch for a request forwarded without state: the same for a

@@ -192,6 +192,16 @@ pub(crate) fn carried(msg: &Message<'_>) -> Vec<(String, String)> {
         // here (RFC 5806, RFC 7044).
         "Diversion",
         "History-Info",
+        // A transfer (RFC 3515, RFC 3892) relayed between the legs: what
+        // the REFER asks for, and who asked (also on the new INVITE).
+        "Refer-To",
+        "r",
+        "Referred-By",
+        "b",
+        // A transfer's new INVITE names the dialog it replaces (RFC 3891);
+        // the node translated it to the target's leg when it relayed the
+        // REFER.
+        "Replaces",
     ];
     let mut out = Vec::new();
     for h in &msg.headers {

@@ -30,6 +30,7 @@ mod feature;
 pub(crate) mod forward;
 mod leg;
 pub mod legs;
+pub(crate) mod transfer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::backend::{BackendError, CallRecord, SipBackend};
+use crate::backend::{BackendError, CallRecord, CallStep, SipBackend, Transfer, TransferKind};
 use crate::transaction::Key;
 use crate::transport::Flow;
 use crate::wire::message::{Message, NameAddr, Uri};
@@ -181,6 +182,9 @@ struct Shared {
     backend: Arc<dyn SipBackend>,
     /// The recorder of every call that may still record a step.
     recorders: Mutex<HashMap<String, Recorder>>,
+    /// REFERs that passed in answered calls, waiting for the new call
+    /// they ask for (every shard's: the new call has another Call-ID).
+    referrals: Mutex<transfer::Referrals>,
     timers_started: OnceLock<()>,
 }
 
@@ -255,6 +259,19 @@ impl Shared {
                 recorder.send(records, done);
             }
         }
+    }
+
+    /// Records steps of call `call_id` outside the engine's flow of
+    /// actions: after its other steps when the call still records, else
+    /// on a recorder of their own (which ends once they are written).
+    fn record_aside(&self, call_id: &str, records: Vec<CallRecord>) {
+        let recorder = self
+            .recorders
+            .lock()
+            .ok()
+            .and_then(|m| m.get(call_id).cloned())
+            .unwrap_or_else(|| Recorder::spawn(self.backend.clone()));
+        recorder.send(records, Done::None);
     }
 
     fn start_timers(self: &Arc<Self>) {
@@ -351,6 +368,7 @@ impl Proxy {
                 out,
                 backend,
                 recorders: Mutex::new(HashMap::new()),
+                referrals: Mutex::new(transfer::Referrals::default()),
                 timers_started: OnceLock::new(),
             }),
         }
@@ -470,6 +488,112 @@ impl Proxy {
         self.shared.run(shard, |engine, now| {
             engine.in_dialog(msg, source, pop_routes, now)
         })
+    }
+
+    /// A REFER inside a dialog (its Refer-To read: `refer_to`): forwarded
+    /// like any request in the dialog. When it goes to the other party of
+    /// an answered call between users, the referral is noted, so that the
+    /// new call it asks for is recognised ([`Proxy::link_transfer`]).
+    pub(crate) fn refer(
+        &self,
+        msg: &Message<'_>,
+        source: Source,
+        mut refer_to: transfer::ReferTo,
+    ) -> Option<(u16, &'static str)> {
+        let call_id = msg.call_id().ok()?;
+        let mut rewritten = None;
+        if let (CallMode::B2bua, Some(replaces)) =
+            (self.settings.call_mode, refer_to.replaces.as_ref())
+        {
+            // The Replaces names the consultation call as the transferor
+            // knows it; the target knows its own leg of it (another
+            // Call-ID and tags). That call is in the shard of its
+            // Call-ID (its legs' Call-IDs carry the same shard key).
+            let shard = self.shard_of(&replaces.call_id);
+            let Some(theirs) = self
+                .shared
+                .run(shard, |engine, _| engine.translate_replaces(replaces))
+            else {
+                return Some((
+                    400,
+                    "Bad Request (Refer-To Replaces names no answered call here)",
+                ));
+            };
+            rewritten = Some(transfer::refer_to_value(&refer_to.target, &theirs));
+            refer_to.replaces = Some(theirs);
+        }
+        let shard = self.shard_of(call_id);
+        let pop_routes = self.our_routes(msg);
+        let (refusal, parties, now) = self.shared.run(shard, |engine, now| {
+            // Read before forwarding: a REFER of a dialog being torn down
+            // is forwarded (or refused) but links nothing.
+            let parties = engine.referral_parties(msg);
+            let refusal = engine.in_dialog_with(msg, source, pop_routes, now, rewritten);
+            (refusal, parties, now)
+        });
+        if let (None, Some(p)) = (refusal, parties) {
+            tracing::debug!(call_id = %p.call_id, target = ?refer_to.target, "REFER noted");
+            if let Ok(mut referrals) = self.shared.referrals.lock() {
+                referrals.note(transfer::Referral {
+                    call_id: p.call_id,
+                    sip_call_id: p.sip_call_id,
+                    transferor: p.transferor,
+                    transferee: p.transferee,
+                    refer_to,
+                    at: now,
+                });
+            }
+        }
+        refusal
+    }
+
+    /// When the authenticated INVITE `msg` of the new call `legs` is the
+    /// one a noted REFER asked for, records the transfer on the
+    /// transferor's leg of the original call (`CallTransferred`), and
+    /// marks the dialog an attended transfer replaces so that its end is
+    /// recorded as `transferred`. Returns the transfer recorded.
+    pub(crate) fn link_transfer(&self, msg: &Message<'_>, legs: &Legs) -> Option<Transfer> {
+        let callee = legs.callee.as_ref()?;
+        let replaces = transfer::replaces_of(msg);
+        let referred_by = transfer::referred_by(msg);
+        let referral = self.shared.referrals.lock().ok()?.take(
+            transfer::NewInvite {
+                caller: &legs.caller,
+                callee,
+                replaces: replaces.as_ref(),
+                referred_by: referred_by.as_ref(),
+            },
+            Instant::now(),
+        )?;
+        let replaced_call_id = replaces.as_ref().and_then(|r| {
+            let shard = self.shard_of(&r.call_id);
+            self.shared.run(shard, |engine, _| engine.mark_replaced(r))
+        });
+        let address = |(domain, user): &transfer::Party| format!("{user}@{domain}");
+        let t = Transfer {
+            new_call_id: legs.call_id.clone(),
+            transferor: address(&referral.transferor),
+            transferee: address(&referral.transferee),
+            target: address(&referral.refer_to.target),
+            kind: if referral.refer_to.replaces.is_some() {
+                TransferKind::Attended
+            } else {
+                TransferKind::Blind
+            },
+            replaced_call_id,
+        };
+        let (domain, user) = referral.transferor;
+        self.shared.record_aside(
+            &referral.call_id,
+            vec![CallRecord {
+                call_id: referral.call_id.clone(),
+                domain,
+                user,
+                step: CallStep::Transferred(t.clone()),
+                sip_call_id: referral.sip_call_id,
+            }],
+        );
+        Some(t)
     }
 
     /// A recorder for steps of a call the proxy does not set up (refused
@@ -598,6 +722,7 @@ mod tests {
                     CallStep::Fail { .. } => "fail",
                     CallStep::Forwarded { .. } => "forwarded",
                     CallStep::ForwardSkipped(_) => "forward skipped",
+                    CallStep::Transferred(_) => "transferred",
                 })
                 .collect()
         };
