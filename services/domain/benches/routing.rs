@@ -22,8 +22,9 @@ fn bench_route(c: &mut Criterion) {
     let dir = Directory::new();
     let users = dir.users();
     eprintln!(
-        "{} users, {} forwarding rules ({} with a time condition), {} on DND",
-        users.len(),
+        "{} users, {} ring groups, {} forwarding rules ({} with a time condition), {} on DND",
+        users.len() - dir.ring_groups(),
+        dir.ring_groups(),
         dir.rules(),
         dir.conditions(),
         dir.dnd()

@@ -40,9 +40,10 @@ fn main() {
     let dir = Directory::new();
     let users = dir.users();
     println!(
-        "{} users, {} forwarding rules ({} with a time condition), {} on DND; \
+        "{} users, {} ring groups, {} forwarding rules ({} with a time condition), {} on DND; \
          {ITERATIONS} timed calls per case after {WARM_UP} untimed",
-        users.len(),
+        users.len() - dir.ring_groups(),
+        dir.ring_groups(),
         dir.rules(),
         dir.conditions(),
         dir.dnd()

@@ -1,7 +1,8 @@
 //! The inputs of the routing benchmarks (`benches/routing.rs`, criterion
 //! means) and `examples/routing_p99.rs` (percentiles): one domain of 1,000
 //! users in Europe/Berlin where every user but the plain one of case (a)
-//! has forwarding rules, and the dialled users of each case.
+//! has forwarding rules (one of them find-me/follow-me too), two ring groups
+//! of 64 of them, and the dialled users (or groups) of each case.
 //!
 //! The call is routed on Monday 2026-12-07 at 10:00 in Berlin (09:00 UTC):
 //! inside `mon-fri 09:00-17:00`, so a rule "outside business hours" does
@@ -15,13 +16,15 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use dialtone_domain::domain::Status;
-use dialtone_domain::forwarding::{ForwardTarget, Forwarding, NoAnswerRule, RuleTimes};
+use dialtone_domain::forwarding::{FollowMe, ForwardTarget, Forwarding, NoAnswerRule, RuleTimes};
 use dialtone_domain::names::UserAddress;
+use dialtone_domain::ring_group::{Member, RingGroup, Strategy};
 use dialtone_domain::routing::{
-    route, Call, Callee, CalleeBinding, CalleeUser, Limits, Plan, Target, Unrouted, MAX_PLAN_STEPS,
+    route, Call, Callee, CalleeBinding, CalleeGroup, CalleeUser, Limits, Plan, Target, Unrouted,
+    MAX_PLAN_STEPS,
 };
 use dialtone_domain::schedule::{TimeCondition, TimeZone};
-use dialtone_domain::Timestamp;
+use dialtone_domain::{Timestamp, UserName};
 
 /// 2026-12-07T09:00:00Z: Monday, 10:00 in Berlin.
 pub const NOW: Timestamp = 1_796_634_000_000_000;
@@ -65,7 +68,10 @@ pub struct Case {
 /// The owned inputs; [`Directory::users`] lends them to routing.
 pub struct Directory {
     zone: TimeZone,
+    /// The users', then the ring groups'.
     addresses: Vec<UserAddress>,
+    /// Ring groups (their addresses follow the users').
+    groups: Vec<RingGroup>,
     specs: Vec<Spec>,
     uris: Vec<Vec<String>>,
     pub cases: Vec<Case>,
@@ -376,11 +382,52 @@ impl Directory {
             b.specs[user].dnd = rng.chance(5);
         }
 
+        // (h) Find-me/follow-me: the last user of the population: its phones ring
+        // alone 10 s, then with 10 other users' phones in turn.
+        let fm = USERS - 1;
+        let fm_targets: Vec<ForwardTarget> =
+            (1..=10).map(|k| b.target(first_pop + 100 + k)).collect();
+        if let Some(f) = b.specs[fm].forwarding.as_mut() {
+            f.follow_me = Some(FollowMe {
+                targets: fm_targets,
+                after_secs: 10,
+                sequential: true,
+                ring_secs: 15,
+            });
+        }
+        b.specs[fm].dnd = false;
+        b.specs[fm].bindings = vec![HOUR; 2];
+
+        // (g) Ring groups of 64 members of the population (some with
+        // do-not-disturb, skipped): all at once, and one after the other.
+        let member_names: Vec<UserName> = (first_pop + 200..first_pop + 264)
+            .map(|u| UserName::parse(&b.specs[u].name).unwrap())
+            .collect();
+        let group = |strategy| RingGroup {
+            members: member_names
+                .iter()
+                .map(|user| Member {
+                    user: user.clone(),
+                    ring_secs: None,
+                })
+                .collect(),
+            strategy,
+            ring_secs: 20,
+            timeout_secs: 300,
+            skip_busy: true,
+            skip_dnd: true,
+            forwarding: Forwarding::default(),
+        };
+        let groups = vec![group(Strategy::Simultaneous), group(Strategy::LongestIdle)];
+
         let specs = b.specs;
-        let addresses = specs
+        let mut addresses: Vec<UserAddress> = specs
             .iter()
             .map(|s| UserAddress::parse(&format!("{}@{DOMAIN}", s.name)).unwrap())
             .collect();
+        for name in ["sales", "support"] {
+            addresses.push(UserAddress::parse(&format!("{name}@{DOMAIN}")).unwrap());
+        }
         let uris = specs
             .iter()
             .enumerate()
@@ -429,10 +476,27 @@ impl Directory {
                 dialled: (0..USERS).collect(),
                 steps: None,
             },
+            Case {
+                name: "g_group_64_simultaneous",
+                dialled: vec![USERS],
+                steps: Some(1),
+            },
+            Case {
+                name: "g_group_64_longest_idle",
+                dialled: vec![USERS + 1],
+                // 20 s each within 300 s.
+                steps: Some(15),
+            },
+            Case {
+                name: "h_follow_me_10_in_turn",
+                dialled: vec![fm],
+                steps: None,
+            },
         ];
         Directory {
             zone: TimeZone::parse(ZONE).unwrap(),
             addresses,
+            groups,
             specs,
             uris,
             cases,
@@ -455,6 +519,11 @@ impl Directory {
             .filter_map(|s| s.forwarding.as_ref())
             .map(|f| f.when.conditions().count())
             .sum()
+    }
+
+    /// Ring groups in the domain.
+    pub fn ring_groups(&self) -> usize {
+        self.groups.len()
     }
 
     /// Users on DND.
@@ -507,6 +576,16 @@ impl Directory {
                 };
                 (self.addresses[u].clone(), callee)
             })
+            .chain(self.groups.iter().enumerate().map(|(g, group)| {
+                let callee = Callee {
+                    domain: Status::Active,
+                    domain_calls_out: false,
+                    time_zone: Some(&self.zone),
+                    user: None,
+                    group: Some(CalleeGroup { group, rotation: 0 }),
+                };
+                (self.addresses[USERS + g].clone(), callee)
+            }))
             .collect()
     }
 }
