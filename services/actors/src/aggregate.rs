@@ -155,8 +155,8 @@ impl Aggregate for UserAggregate {
     fn deadline_command() -> Option<Self::Command> {
         Some(model::user::Command::ExpireContacts)
     }
-    fn publish(id: UserId, state: &Self::State, _events: Option<&[Self::Event]>, facts: &Facts) {
-        facts.publish_user(id, state);
+    fn publish(id: UserId, state: &Self::State, events: Option<&[Self::Event]>, facts: &Facts) {
+        facts.publish_user(id, state, events);
     }
 }
 

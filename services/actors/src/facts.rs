@@ -57,10 +57,31 @@ pub struct UserFacts {
     /// The user's call features, for routing; `None` (no allocation) for
     /// the many users without any.
     pub features: Option<Box<CallFeatures>>,
+}
+
+/// What ring groups read of a user's calls ([`Facts::call_state`]). Kept
+/// apart from [`UserFacts`]: it changes with every answered and ended
+/// call, and rebuilding a user's facts for each call step cost more than
+/// the rest of publishing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallState {
     /// An answered call is in progress (ring groups skip busy members).
     pub on_call: bool,
     /// When the user's last answered call ended (longest-idle groups).
     pub last_call_ended: Option<dialtone_domain::Timestamp>,
+}
+
+impl CallState {
+    pub fn of(state: &user::User) -> Self {
+        CallState {
+            on_call: state
+                .calls
+                .in_progress
+                .iter()
+                .any(|l| l.state == dialtone_domain::call::LegState::Answered),
+            last_call_ended: state.calls.last_ended_at,
+        }
+    }
 }
 
 /// The settings that change how a user's calls are routed.
@@ -114,12 +135,6 @@ impl UserFacts {
                     })
                 })
                 .collect(),
-            on_call: state
-                .calls
-                .in_progress
-                .iter()
-                .any(|l| l.state == dialtone_domain::call::LegState::Answered),
-            last_call_ended: state.calls.last_ended_at,
             features: (state.dnd || !state.forwarding.is_off()).then(|| {
                 Box::new(CallFeatures {
                     forwarding: state.forwarding.clone(),
@@ -138,6 +153,24 @@ impl UserFacts {
     pub fn ha1_sha256(&self) -> &str {
         self.ha1.get(self.md5_len..).unwrap_or_default()
     }
+}
+
+/// An event that changes nothing in [`UserFacts`] (only a call leg or
+/// presence).
+fn only_calls(event: &user::Event) -> bool {
+    use user::Event as E;
+    matches!(
+        event,
+        E::CallStarted { .. }
+            | E::CallRinging { .. }
+            | E::CallAnswered { .. }
+            | E::CallEnded { .. }
+            | E::CallFailed { .. }
+            | E::CallForwarded { .. }
+            | E::CallForwardSkipped { .. }
+            | E::CallTransferred { .. }
+            | E::PresenceChanged { .. }
+    )
 }
 
 fn groups_of(state: &domain::Domain) -> HashMap<UserName, Arc<RingGroup>> {
@@ -197,6 +230,8 @@ fn sha256_from_hex(hex: &str) -> Option<[u8; 32]> {
 pub struct Facts {
     domains: RwLock<HashMap<DomainId, DomainFacts>>,
     users: RwLock<HashMap<UserId, Arc<UserFacts>>>,
+    /// The users whose [`CallState`] is not the default.
+    calls: RwLock<HashMap<UserId, CallState>>,
     /// The tokens that are not revoked, by id.
     tokens: RwLock<HashMap<Uuid, TokenFacts>>,
     /// The connections bindings are reached on (in memory only).
@@ -278,7 +313,32 @@ impl Facts {
         }
     }
 
-    pub fn publish_user(&self, id: UserId, state: &user::User) {
+    /// Publishes a user's facts after loading (`events`: `None`) or after
+    /// a commit of `events`. Call steps and presence change only the
+    /// user's [`CallState`], so a commit of nothing else leaves the rest
+    /// of its facts as they are.
+    pub fn publish_user(&self, id: UserId, state: &user::User, events: Option<&[user::Event]>) {
+        let calls = CallState::of(state);
+        {
+            let current = self
+                .calls
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .copied()
+                .unwrap_or_default();
+            if current != calls {
+                let mut all = self.calls.write().unwrap_or_else(|p| p.into_inner());
+                if calls == CallState::default() {
+                    all.remove(&id);
+                } else {
+                    all.insert(id, calls);
+                }
+            }
+        }
+        if events.is_some_and(|events| events.iter().all(only_calls)) {
+            return;
+        }
         let facts = Arc::new(UserFacts::of(state));
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
         match users.get(&id) {
@@ -323,6 +383,16 @@ impl Facts {
     pub fn time_zone(&self, id: DomainId) -> Option<TimeZone> {
         let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
         domains.get(&id)?.time_zone.clone()
+    }
+
+    /// What ring groups read of a user's calls.
+    pub fn call_state(&self, id: UserId) -> CallState {
+        self.calls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn user(&self, id: UserId) -> Option<Arc<UserFacts>> {

@@ -59,7 +59,7 @@ pub use aggregate::{
 pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
 pub use facts::{
-    CallFeatures, ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts,
+    CallFeatures, CallState, ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts,
 };
 pub use flows::{FlowFact, Flows};
 pub use provisioning::{

@@ -170,11 +170,16 @@ impl ActorBackend {
             || group
                 .as_ref()
                 .is_some_and(|(g, _)| !g.forwarding.when.is_empty());
+        let calls = user
+            .as_ref()
+            .map(|(_, id)| self.provisioning.directory().facts().call_state(*id))
+            .unwrap_or_default();
         Ok(Looked {
             status,
             calls_out,
             time_zone: timed.then(|| self.time_zone_of(&address.domain)).flatten(),
             user,
+            calls,
             group,
         })
     }
@@ -521,6 +526,8 @@ struct Looked {
     calls_out: bool,
     time_zone: Option<TimeZone>,
     user: Option<(Arc<UserFacts>, UserId)>,
+    /// The user's calls (read for ring group members).
+    calls: dialtone_actors::CallState,
     /// The ring group of that name (when no user has it), and its
     /// round-robin rotation.
     group: Option<(Arc<dialtone_domain::ring_group::RingGroup>, usize)>,
@@ -552,8 +559,8 @@ impl Looked {
                     .collect(),
                 forwarding: user.features.as_ref().map(|f| &f.forwarding),
                 dnd: user.features.as_ref().is_some_and(|f| f.dnd),
-                on_call: user.on_call,
-                last_call_ended: user.last_call_ended,
+                on_call: self.calls.on_call,
+                last_call_ended: self.calls.last_call_ended,
             }),
             group: self
                 .group
@@ -919,6 +926,8 @@ impl SipBackend for ActorBackend {
                 .flatten()
                 .and_then(|d| self.time_zone_of(&d)),
             user: user.zip(id),
+            // Only ring group members' calls are read.
+            calls: dialtone_actors::CallState::default(),
             group,
         };
         // Forward targets are looked up as routing asks for them: route,
