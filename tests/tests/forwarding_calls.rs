@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use dialtone_api::pb::{CallRecord, ForwardReason, ListCallsRequest, SetForwardingRequest};
 use serde_json::json;
 use support::calls::{answered, failed, maybe_ringing, started};
-use support::pbx::{assert_legs, ended, forwarded, header, invite, invite_statuses, Pbx};
+use support::pbx::{
+    assert_legs, ended, forwarded, header, invite, invite_statuses, requests, started_for, Pbx,
+};
 use support::sip::{bounded, eventually, DOMAIN};
 
 /// The one call detail record of the domain, once all `legs` legs are in
@@ -584,22 +586,6 @@ async fn an_after_hours_rule_forwards_only_outside_business_hours_in_the_domains
         pbx.node.stop().await.unwrap();
     })
     .await
-}
-
-/// The methods of the requests a phone received, in order.
-fn requests(run: &support::sip::SippRun) -> Vec<&str> {
-    run.received
-        .iter()
-        .filter(|m| !m.starts_with("SIP/2.0"))
-        .filter_map(|m| m.split_whitespace().next())
-        .collect()
-}
-
-fn started_for(user: &str) -> support::calls::Expected {
-    (
-        "CallStarted",
-        json!({ "direction": "inbound", "to": format!("{user}@{DOMAIN}") }),
-    )
 }
 
 #[tokio::test]

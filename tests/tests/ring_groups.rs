@@ -14,8 +14,10 @@ use dialtone_api::pb::{
     RingGroupChange, RingGroupMembers, RingStrategy, UpdateRingGroupRequest,
 };
 use serde_json::json;
-use support::calls::{answered, call_events, failed, maybe_ringing, started, Expected};
-use support::pbx::{assert_legs, ended, header, invite, invite_statuses, Pbx};
+use support::calls::{answered, call_events, failed, maybe_ringing, started};
+use support::pbx::{
+    assert_legs, ended, header, invite, invite_statuses, requests, started_for, Pbx,
+};
 use support::sip::{bounded, create_user, eventually, DOMAIN, PASSWORD};
 
 const SALES: &str = "sales";
@@ -38,23 +40,6 @@ async fn create_group(pbx: &Pbx, settings: RingGroupChange) {
         })
         .await
         .unwrap();
-}
-
-/// A member's leg of a group call: started inbound, to the group.
-fn started_for_group() -> Expected {
-    (
-        "CallStarted",
-        json!({ "direction": "inbound", "to": format!("{SALES}@{DOMAIN}") }),
-    )
-}
-
-/// The methods of the requests a phone received, in order.
-fn requests(run: &support::sip::SippRun) -> Vec<&str> {
-    run.received
-        .iter()
-        .filter(|m| !m.starts_with("SIP/2.0"))
-        .filter_map(|m| m.split_whitespace().next())
-        .collect()
 }
 
 #[tokio::test]
@@ -100,14 +85,14 @@ async fn simultaneous_rings_every_member_and_the_first_answer_takes_the_call() {
                 (
                     "bob",
                     vec![
-                        started_for_group(),
+                        started_for(SALES),
                         maybe_ringing(),
                         failed(487, "answered_elsewhere"),
                     ],
                 ),
                 (
                     "carol",
-                    vec![started_for_group(), maybe_ringing(), answered(), ended()],
+                    vec![started_for(SALES), maybe_ringing(), answered(), ended()],
                 ),
                 ("dave", vec![]),
             ],
@@ -164,14 +149,14 @@ async fn sequential_rings_one_member_after_the_other_for_their_ring_times() {
                 (
                     "bob",
                     vec![
-                        started_for_group(),
+                        started_for(SALES),
                         ("CallRinging", json!({})),
                         failed(480, "no_answer"),
                     ],
                 ),
                 (
                     "carol",
-                    vec![started_for_group(), maybe_ringing(), answered(), ended()],
+                    vec![started_for(SALES), maybe_ringing(), answered(), ended()],
                 ),
             ],
         )
@@ -295,7 +280,7 @@ async fn longest_idle_rings_the_member_idle_longest_first() {
             &pbx,
             &[(
                 "bob",
-                vec![started_for_group(), maybe_ringing(), answered(), ended()],
+                vec![started_for(SALES), maybe_ringing(), answered(), ended()],
             )],
         )
         .await;
@@ -347,7 +332,7 @@ async fn members_with_dnd_are_skipped_and_an_unanswered_call_goes_to_the_no_answ
                 (
                     "carol",
                     vec![
-                        started_for_group(),
+                        started_for(SALES),
                         ("CallRinging", json!({})),
                         failed(480, "no_answer"),
                     ],
@@ -403,7 +388,7 @@ async fn a_forward_to_a_group_rings_its_members_in_the_b2bua_too() {
                 ),
                 (
                     "carol",
-                    vec![started_for_group(), maybe_ringing(), answered(), ended()],
+                    vec![started_for(SALES), maybe_ringing(), answered(), ended()],
                 ),
             ],
         )

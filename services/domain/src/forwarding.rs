@@ -413,16 +413,24 @@ impl FollowMePatch {
                 ),
             ));
         }
-        if !(MIN_NO_ANSWER_SECS..=MAX_NO_ANSWER_SECS).contains(&next.ring_secs) {
-            return Err(Error::invalid(
-                "follow_me_ring_secs",
-                format!(
-                    "must be between {MIN_NO_ANSWER_SECS} and {MAX_NO_ANSWER_SECS} seconds, got {}",
-                    next.ring_secs
-                ),
-            ));
-        }
+        ring_time("follow_me_ring_secs", next.ring_secs)?;
         Ok(next)
+    }
+}
+
+/// A ring time (`field`, in seconds) within
+/// [`MIN_NO_ANSWER_SECS`]..=[`MAX_NO_ANSWER_SECS`]: forwarding's, follow-me's
+/// and ring groups'.
+pub(crate) fn ring_time(field: &'static str, secs: u32) -> Result<()> {
+    if (MIN_NO_ANSWER_SECS..=MAX_NO_ANSWER_SECS).contains(&secs) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!(
+                "must be between {MIN_NO_ANSWER_SECS} and {MAX_NO_ANSWER_SECS} seconds, got {secs}"
+            ),
+        ))
     }
 }
 
@@ -470,14 +478,7 @@ impl ForwardingPatch {
             });
         }
         if let Some(secs) = self.no_answer_after_secs {
-            if !(MIN_NO_ANSWER_SECS..=MAX_NO_ANSWER_SECS).contains(&secs) {
-                return Err(Error::invalid(
-                    "no_answer_after_secs",
-                    format!(
-                        "must be between {MIN_NO_ANSWER_SECS} and {MAX_NO_ANSWER_SECS} seconds, got {secs}"
-                    ),
-                ));
-            }
+            ring_time("no_answer_after_secs", secs)?;
             match &mut next.no_answer {
                 Some(rule) => rule.after_secs = secs,
                 None => {

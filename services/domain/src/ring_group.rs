@@ -34,7 +34,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::forwarding::{Forwarding, ForwardingPatch, MAX_NO_ANSWER_SECS, MIN_NO_ANSWER_SECS};
+use crate::forwarding::{ring_time, Forwarding, ForwardingPatch};
 use crate::names::UserAddress;
 use crate::{Error, Result, UserName};
 
@@ -247,19 +247,6 @@ impl RingGroupPatch {
     }
 }
 
-fn seconds(field: &'static str, secs: u32) -> Result<()> {
-    if (MIN_NO_ANSWER_SECS..=MAX_NO_ANSWER_SECS).contains(&secs) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!(
-                "must be between {MIN_NO_ANSWER_SECS} and {MAX_NO_ANSWER_SECS} seconds, got {secs}"
-            ),
-        ))
-    }
-}
-
 /// What any group must be (checked on every change).
 fn validate(group: &RingGroup, address: &UserAddress) -> Result<()> {
     if group.members.is_empty() {
@@ -288,7 +275,7 @@ fn validate(group: &RingGroup, address: &UserAddress) -> Result<()> {
             ));
         }
         if let Some(s) = m.ring_secs {
-            seconds("members", s)?;
+            ring_time("members", s)?;
         }
     }
     if group.forwarding.follow_me.is_some() {
@@ -297,8 +284,8 @@ fn validate(group: &RingGroup, address: &UserAddress) -> Result<()> {
             "a ring group has no follow-me: make the targets members",
         ));
     }
-    seconds("ring_secs", group.ring_secs)?;
-    seconds("timeout_secs", group.timeout_secs)?;
+    ring_time("ring_secs", group.ring_secs)?;
+    ring_time("timeout_secs", group.timeout_secs)?;
     for (rule, target) in group.forwarding.targets() {
         if matches!(target, crate::forwarding::ForwardTarget::Group(a) if a == address) {
             return Err(Error::invalid(

@@ -621,16 +621,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             };
             return Ok(taken.ok_or(Refusal::Busy));
         }
-        let targets: Vec<_> = user
-            .bindings
-            .iter()
-            .filter(|b| b.is_live(self.now))
-            .map(|b| Target {
-                uri: b.uri,
-                reach: b.reach.clone(),
-                member: None,
-            })
-            .collect();
+        let targets = self.phones(user, None);
         // Find-me/follow-me: the phones of the follow-me targets that can
         // ring now, each target's with its user as member.
         let mut following = Vec::new();
@@ -758,40 +749,47 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             return Ok(None);
         };
         let to = Party::of(address);
-        let on_chain = to.is(&from)
-            || via
-                .iter()
-                .any(|d| d.from.is(&to) || rung(d.to).is_some_and(|a| Party::of(a).is(&to)));
-        if on_chain {
+        if on_chain(to, from, via) {
             return Ok(None);
         }
         let Some(callee) = self.users.get(address) else {
             return Err(Unrouted::NeedsUser(address.clone()));
         };
-        let hop = Call {
-            caller_domain: from.domain,
-            caller_may_call_other_domains: from_callee.domain_calls_out,
-            callee_domain: to.domain,
-            callee_user: to.user,
-            schedule_time: Some(self.schedule_time),
-        };
+        let hop = self.hop(from, from_callee, to);
         if admit(&hop, callee.domain).is_err() {
             return Ok(None);
         }
         let Some(user) = callee.user.as_ref().filter(|u| u.enabled && !u.dnd) else {
             return Ok(None);
         };
-        let phones: Vec<_> = user
-            .bindings
+        let phones = self.phones(user, Some(to));
+        Ok((!phones.is_empty()).then_some(phones))
+    }
+
+    /// The live bindings of `user` as targets (of `member`, in a step that
+    /// rings others' phones too).
+    fn phones(&self, user: &CalleeUser<'a, R>, member: Option<Party<'a>>) -> Vec<Target<'a, R>> {
+        user.bindings
             .iter()
             .filter(|b| b.is_live(self.now))
             .map(|b| Target {
                 uri: b.uri,
                 reach: b.reach.clone(),
-                member: Some(to),
+                member,
             })
-            .collect();
-        Ok((!phones.is_empty()).then_some(phones))
+            .collect()
+    }
+
+    /// The call `from` makes to `to` when its calls go there: what
+    /// [`admit`] judges a forward or a follow-me target by.
+    fn hop(&self, from: Party<'a>, from_callee: &Callee<'a, R>, to: Party<'a>) -> Call<'a> {
+        Call {
+            caller_domain: from.domain,
+            caller_may_call_other_domains: from_callee.domain_calls_out,
+            callee_domain: to.domain,
+            callee_user: to.user,
+            schedule_time: Some(self.schedule_time),
+        }
     }
 
     /// The schedule time on the wall clock of `tz`: the time zone
@@ -824,11 +822,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             return Ok(Err(SkipReason::NotRoutable));
         };
         let to = Party::of(address);
-        let on_chain = to.is(&from)
-            || via
-                .iter()
-                .any(|d| d.from.is(&to) || rung(d.to).is_some_and(|a| Party::of(a).is(&to)));
-        if on_chain {
+        if on_chain(to, from, via) {
             return Ok(Err(SkipReason::Loop));
         }
         if via.len() >= self.limits.max_forward_hops {
@@ -840,13 +834,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         let Some(callee) = self.users.get(address) else {
             return Err(Unrouted::NeedsUser(address.clone()));
         };
-        let hop = Call {
-            caller_domain: from.domain,
-            caller_may_call_other_domains: from_callee.domain_calls_out,
-            callee_domain: to.domain,
-            callee_user: to.user,
-            schedule_time: Some(self.schedule_time),
-        };
+        let hop = self.hop(from, from_callee, to);
         if let Err(refusal) = admit(&hop, callee.domain) {
             return Ok(Err(SkipReason::of(refusal)));
         }
@@ -928,16 +916,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
                 domain: party.domain,
                 user: member.user.as_str(),
             };
-            let targets: Vec<_> = user
-                .bindings
-                .iter()
-                .filter(|b| b.is_live(self.now))
-                .map(|b| Target {
-                    uri: b.uri,
-                    reach: b.reach.clone(),
-                    member: Some(owner),
-                })
-                .collect();
+            let targets = self.phones(user, Some(owner));
             if !targets.is_empty() {
                 ringable.push((owner, member, targets, user.last_call_ended));
             }
@@ -1042,6 +1021,15 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
 /// A ring group member that can ring now: who, its settings in the group,
 /// its phones, and when its last call ended.
 type Ringable<'a, 'g, R> = (Party<'a>, &'g Member, Vec<Target<'a, R>>, Option<Timestamp>);
+
+/// Whether `to` is `from` or already on the chain of forwards `via` (a
+/// loop).
+fn on_chain(to: Party<'_>, from: Party<'_>, via: &[Diversion<'_>]) -> bool {
+    to.is(&from)
+        || via
+            .iter()
+            .any(|d| d.from.is(&to) || rung(d.to).is_some_and(|a| Party::of(a).is(&to)))
+}
 
 /// The user or ring group a target rings, if it is one.
 fn rung(target: &ForwardTarget) -> Option<&UserAddress> {

@@ -203,3 +203,21 @@ pub async fn assert_legs(pbx: &Pbx, legs: &[(&str, Vec<Expected>)]) {
         .collect();
     assert_call_events(&pbx.node, &by_id).await;
 }
+
+/// The methods of the requests a phone received, in order.
+pub fn requests(run: &SippRun) -> Vec<&str> {
+    run.received
+        .iter()
+        .filter(|m| !m.starts_with("SIP/2.0"))
+        .filter_map(|m| m.split_whitespace().next())
+        .collect()
+}
+
+/// A leg started by a call to `user` (a ring group member's, or a
+/// follow-me target's: its `to` is not its own user).
+pub fn started_for(user: &str) -> Expected {
+    (
+        "CallStarted",
+        json!({ "direction": "inbound", "to": format!("{user}@{DOMAIN}") }),
+    )
+}
