@@ -275,7 +275,8 @@ impl Referrals {
         self.list.len()
     }
 
-    #[cfg(test)]
+    /// No referral is held (some held may have expired since the last
+    /// change).
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
