@@ -185,11 +185,6 @@ struct Shared {
     /// REFERs that passed in answered calls, waiting for the new call
     /// they ask for (every shard's: the new call has another Call-ID).
     referrals: Mutex<transfer::Referrals>,
-    /// The table held a referral after its last change: every
-    /// INVITE asks whether it is a transfer's, and almost none is, so it
-    /// neither parses its transfer headers nor takes the table's lock (one
-    /// for every shard) while no REFER is waiting.
-    referrals_waiting: std::sync::atomic::AtomicBool,
     timers_started: OnceLock<()>,
 }
 
@@ -374,7 +369,6 @@ impl Proxy {
                 backend,
                 recorders: Mutex::new(HashMap::new()),
                 referrals: Mutex::new(transfer::Referrals::default()),
-                referrals_waiting: std::sync::atomic::AtomicBool::new(false),
                 timers_started: OnceLock::new(),
             }),
         }
@@ -548,9 +542,6 @@ impl Proxy {
                     refer_to,
                     at: now,
                 });
-                self.shared
-                    .referrals_waiting
-                    .store(!referrals.is_empty(), std::sync::atomic::Ordering::Release);
             }
         }
         refusal
@@ -563,26 +554,17 @@ impl Proxy {
     /// recorded as `transferred`. Returns the transfer recorded.
     pub(crate) fn link_transfer(&self, msg: &Message<'_>, legs: &Legs) -> Option<Transfer> {
         let callee = legs.callee.as_ref()?;
-        let waiting = &self.shared.referrals_waiting;
-        if !waiting.load(std::sync::atomic::Ordering::Acquire) {
-            return None;
-        }
         let replaces = transfer::replaces_of(msg);
         let referred_by = transfer::referred_by(msg);
-        let referral = {
-            let mut referrals = self.shared.referrals.lock().ok()?;
-            let taken = referrals.take(
-                transfer::NewInvite {
-                    caller: &legs.caller,
-                    callee,
-                    replaces: replaces.as_ref(),
-                    referred_by: referred_by.as_ref(),
-                },
-                Instant::now(),
-            );
-            waiting.store(!referrals.is_empty(), std::sync::atomic::Ordering::Release);
-            taken?
-        };
+        let referral = self.shared.referrals.lock().ok()?.take(
+            transfer::NewInvite {
+                caller: &legs.caller,
+                callee,
+                replaces: replaces.as_ref(),
+                referred_by: referred_by.as_ref(),
+            },
+            Instant::now(),
+        )?;
         let replaced_call_id = replaces.as_ref().and_then(|r| {
             let shard = self.shard_of(&r.call_id);
             self.shared.run(shard, |engine, _| engine.mark_replaced(r))

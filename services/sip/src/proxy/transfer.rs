@@ -275,8 +275,7 @@ impl Referrals {
         self.list.len()
     }
 
-    /// No referral is held (some held may have expired since the last
-    /// change).
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
