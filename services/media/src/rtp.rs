@@ -235,8 +235,8 @@ pub enum Arrival {
     Reordered { extended_sequence: u64 },
     /// Seen before: counted as a duplicate, not as received.
     Duplicate,
-    /// Not counted: the source is not validated yet (A.1 wants
-    /// [`MIN_SEQUENTIAL`] packets in sequence, after a new SSRC too), or
+    /// Not counted: the source is not validated yet (A.1 wants two
+    /// packets in sequence, after a new SSRC too), or
     /// the packet is far from the expected sequence number (a large jump
     /// that the next packet must confirm, or a very late packet), or it
     /// predates the packet that validated the source. The caller may
@@ -543,8 +543,7 @@ mod tests {
 
     const PTIME_UNITS: u32 = 160;
 
-    /// A stream at 8 kHz, 20 ms packets, each arriving `delay_ms[i]` after
-    /// its nominal send time.
+    /// One source's packets at 8 kHz, arrivals in ms from `start`.
     struct Stream {
         stats: ReceiveStats,
         start: Instant,
@@ -558,8 +557,6 @@ mod tests {
             }
         }
 
-        /// Packet `index` (sequence `first_seq + index`), arriving at
-        /// `index * 20 ms + delay_ms`.
         fn packet(&mut self, sequence: u16, timestamp: u32, arrival_ms: u64) -> Arrival {
             self.stats.on_packet(
                 0x1234,
