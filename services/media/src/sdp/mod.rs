@@ -31,10 +31,15 @@
 //!
 //! [`Error::NoCommonCodec`]: crate::Error::NoCommonCodec
 
+mod answer;
 mod parse;
 
 use std::fmt;
 use std::net::IpAddr;
+
+pub use answer::{
+    accept_answer, answer, offer, Answer, Capabilities, Codec, LocalMedia, NegotiatedAudio,
+};
 
 /// A parsed SDP body (RFC 4566 s.5): the session level, then one
 /// [`MediaDescription`] per `m=` line in the order written.
