@@ -123,6 +123,90 @@ fn media() -> impl Strategy<Value = MediaDescription> {
         )
 }
 
+/// Audio streams such as phones offer: G.711 and other codecs at static or
+/// dynamic payload types, telephone-event and CN at several rates, plain
+/// RTP or SRTP, any direction, sometimes `c=0.0.0.0`.
+fn audio_stream() -> impl Strategy<Value = MediaDescription> {
+    let format = (
+        prop_oneof![Just(0u8), Just(8), Just(9), Just(13), Just(18), 96u8..128],
+        prop_oneof!["PCMU", "pcma", "opus", "telephone-event", "CN", "G722"],
+        prop_oneof![Just(8000u32), Just(16000), Just(48000)],
+        any::<bool>(),
+    );
+    (
+        prop_oneof![
+            4 => Just(Protocol::RtpAvp),
+            1 => Just(Protocol::RtpAvpf),
+            1 => Just(Protocol::RtpSavp),
+        ],
+        0u16..4,
+        proptest::collection::vec(format, 1..6),
+        proptest::option::of(direction()),
+        proptest::option::of(prop_oneof![
+            Just(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            ip_address()
+        ]),
+        proptest::option::of(any::<u16>()),
+        proptest::option::of(1u32..100),
+    )
+        .prop_map(
+            |(protocol, port_choice, formats, direction, connection, rtcp_port, ptime_ms)| {
+                let mut rtpmaps: Vec<Rtpmap> = Vec::new();
+                let mut payload_types: Vec<String> = Vec::new();
+                for (pt, name, clock_rate_hz, mapped) in formats {
+                    if payload_types.contains(&pt.to_string()) {
+                        continue;
+                    }
+                    payload_types.push(pt.to_string());
+                    // Static types are often listed without a mapping.
+                    if mapped || pt >= 96 {
+                        rtpmaps.push(Rtpmap {
+                            payload_type: pt,
+                            encoding_name: name.clone(),
+                            clock_rate_hz,
+                            channels: None,
+                        });
+                    }
+                }
+                MediaDescription {
+                    media: "audio".into(),
+                    port: if port_choice == 0 {
+                        0
+                    } else {
+                        2000 + 2 * port_choice
+                    },
+                    port_count: None,
+                    protocol,
+                    formats: payload_types,
+                    connection,
+                    rtpmaps,
+                    fmtps: Vec::new(),
+                    ptime_ms,
+                    maxptime_ms: None,
+                    rtcp: rtcp_port.map(|port| Rtcp {
+                        port,
+                        address: None,
+                    }),
+                    rtcp_mux: false,
+                    direction,
+                    attributes: Vec::new(),
+                }
+            },
+        )
+}
+
+/// Offers: any session whose streams are a mix of anything and audio.
+fn offer_session() -> impl Strategy<Value = SessionDescription> {
+    (
+        session(),
+        proptest::collection::vec(prop_oneof![media(), audio_stream()], 0..4),
+    )
+        .prop_map(|(mut sdp, media)| {
+            sdp.media = media;
+            sdp
+        })
+}
+
 fn session() -> impl Strategy<Value = SessionDescription> {
     (
         proptest::option::of((token(), "[0-9]{1,20}", "[0-9]{1,20}", token())),
@@ -694,7 +778,7 @@ fn local_media() -> impl Strategy<Value = LocalMedia> {
 proptest! {
     #[test]
     fn answer_never_panics_and_what_it_writes_parses_with_the_offers_streams(
-        sdp in session(),
+        sdp in offer_session(),
         caps in capabilities(),
         local in local_media(),
         wanted in direction(),
@@ -706,6 +790,29 @@ proptest! {
             prop_assert_eq!(parsed.media.len(), sdp.media.len());
             prop_assert_eq!(parsed.media.iter().filter(|m| m.port != 0).count(), 1);
             prop_assert!(caps.codecs.contains(&answered.audio.codec));
+            // The stream taken is the one answered with a port (RFC 3264 s.6).
+            let index = parsed.media.iter().position(|m| m.port != 0);
+            let taken = index.and_then(|i| sdp.media.get(i));
+            prop_assert!(
+                taken.is_some_and(|m| m.is_audio() && m.protocol.is_plain_rtp()
+                    && m.payload_types().any(|pt| pt == answered.audio.payload_type)),
+                "{:?}", answered.audio
+            );
+            prop_assert_eq!(taken.map(|m| m.port), Some(answered.audio.remote_rtp_port));
+            let on_hold = taken.map(|m| {
+                !sdp.direction_for(m).receives()
+                    || sdp.connection_for(m).is_some_and(|a| a.is_unspecified())
+            });
+            prop_assert_eq!(on_hold, Some(answered.audio.remote_on_hold));
+            prop_assert!(!answered.audio.direction.sends() || wanted.sends());
+            prop_assert!(!answered.audio.direction.receives() || wanted.receives());
+            // The answer re-read as an answer gives back what it agreed.
+            let agreed = accept_answer(&caps, &parsed);
+            prop_assert!(agreed.is_ok(), "{:?}", agreed);
+            if let Ok(agreed) = agreed {
+                prop_assert_eq!(agreed.codec, answered.audio.codec);
+                prop_assert_eq!(agreed.remote_rtp_port, local.rtp_port);
+            }
         }
     }
 
@@ -758,4 +865,26 @@ proptest! {
             Err(other) => prop_assert!(false, "{other:?}"),
         }
     }
+}
+
+/// Found by `answer_never_panics_and_what_it_writes_parses_with_the_offers_streams`:
+/// our answer to an offer whose first audio stream we refused put port 0
+/// first, and accept_answer read only that one.
+#[test]
+fn regression_accept_answer_skips_refused_audio_streams() {
+    let offer = "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 9\r\nm=audio 4002 RTP/AVP 8\r\n";
+    let answered = answer(
+        &SessionDescription::parse(offer).unwrap(),
+        &Capabilities::default(),
+        &local(),
+        Direction::SendRecv,
+    )
+    .unwrap();
+    let agreed = accept_answer(
+        &Capabilities::default(),
+        &SessionDescription::parse(&answered.sdp).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((agreed.codec, agreed.payload_type), (Codec::Pcma, 8));
+    assert_eq!(agreed.remote_rtp_port, 30_000);
 }

@@ -525,7 +525,7 @@ pub fn offer(caps: &Capabilities, local: &LocalMedia, direction: Direction) -> S
 }
 
 /// Reads the answer to an [`offer()`] made with the same `caps` (RFC 3264
-/// s.7): the first audio stream must be accepted (port not 0) over plain
+/// s.7): the first audio stream it accepts (port not 0) must be over plain
 /// RTP and list one of the codecs offered; the first such one is used, at
 /// the answer's payload type number (the one the peer receives). Comfort
 /// noise was not offered, so it is never taken.
@@ -533,16 +533,20 @@ pub fn offer(caps: &Capabilities, local: &LocalMedia, direction: Direction) -> S
 /// `direction` in the result is ours: the answer's reversed. A refusal is
 /// an [`Error::NoCommonCodec`] saying what the answer did.
 pub fn accept_answer(caps: &Capabilities, answer: &SessionDescription) -> Result<NegotiatedAudio> {
-    let Some(media) = answer.media.iter().find(|m| m.is_audio()) else {
+    let mut audio = answer.media.iter().filter(|m| m.is_audio()).peekable();
+    if audio.peek().is_none() {
         return Err(Error::NoCommonCodec(
             "the answer has no audio stream".to_owned(),
         ));
-    };
-    if media.port == 0 {
+    }
+    // Our offers have one audio stream, but an answer to someone else's
+    // offer (one we relay, or our own answer read back) may refuse some
+    // before the one it takes.
+    let Some(media) = audio.find(|m| m.port != 0) else {
         return Err(Error::NoCommonCodec(
             "the answer refused the audio stream (port 0)".to_owned(),
         ));
-    }
+    };
     if !media.protocol.is_plain_rtp() {
         return Err(Error::NoCommonCodec(format!(
             "the answer's audio is over {}; this node offered RTP/AVP",
