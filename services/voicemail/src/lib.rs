@@ -4,7 +4,9 @@
 //!
 //! # What it owns
 //! - [`prompts`]: the shipped prompts (WAV files in `prompts/`, decoded
-//!   once) and how counts are spoken.
+//!   once) and how counts are spoken: [`prompts::Prompt`] names a
+//!   recording, [`prompts::Prompts`] holds them all decoded,
+//!   [`prompts::number`] says a count.
 //!
 //! # What it must not do
 //! It touches no socket, reads no clock and stores nothing: the node runs
