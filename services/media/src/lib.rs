@@ -25,7 +25,11 @@
 //!   20 ms frame per tick with continuous RTP timestamps, whatever the
 //!   scheduler does;
 //! - [`tone`]: tones and their detection (Goertzel), for beeps and for
-//!   tests that check what was heard.
+//!   tests that check what was heard;
+//! - [`session`]: one call leg's media, [`session::MediaSession`]:
+//!   symmetric RTP (latching onto the peer's source), receiving into
+//!   statistics, DTMF and recordings, playing prompts at the pacer's
+//!   clock, RTCP reports, the RTP timeout; what voicemail and menus drive.
 //!
 //! # What it must not do
 //! It knows no SIP, no actors and no storage: the call engine hands it SDP
@@ -41,6 +45,7 @@ pub mod pacer;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod session;
 pub mod tone;
 pub mod wav;
 
