@@ -25,13 +25,22 @@
 //!   20 ms frame per tick with continuous RTP timestamps, whatever the
 //!   scheduler does;
 //! - [`tone`]: tones and their detection (Goertzel), for beeps and for
-//!   tests that check what was heard.
+//!   tests that check what was heard;
+//! - [`session`]: one call leg's media, [`session::MediaSession`]:
+//!   symmetric RTP (latching onto the peer's source), receiving into
+//!   statistics, DTMF and recordings, playing prompts at the pacer's
+//!   clock, RTCP reports, the RTP timeout; what voicemail and menus drive;
+//! - [`runtime`]: the thin tokio shell that runs sessions,
+//!   [`runtime::MediaRuntime`]: RTP/RTCP port pairs, one task per session
+//!   owning its sockets, [`runtime::MediaHandle`] for the app.
 //!
 //! # What it must not do
 //! It knows no SIP, no actors and no storage: the call engine hands it SDP
 //! bodies and takes SDP answers back; what is recorded leaves it as
-//! samples. Every module is sans-IO: time is passed in, and nothing here
-//! touches a socket or reads the clock.
+//! samples. Every module but [`runtime`] is sans-IO: time is passed in,
+//! and nothing touches a socket or reads the clock; `runtime` is the
+//! async shell around [`session`] (as `dialtone-sip`'s transports are
+//! around its sans-IO core), where sockets, the clock and tasks live.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod dtmf;
@@ -40,7 +49,9 @@ pub mod jitter;
 pub mod pacer;
 pub mod rtcp;
 pub mod rtp;
+pub mod runtime;
 pub mod sdp;
+pub mod session;
 pub mod tone;
 pub mod wav;
 
