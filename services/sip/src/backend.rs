@@ -225,6 +225,70 @@ pub enum CallRoute {
     GroupRefused { busy: bool },
     /// Ring the callee as this plan says.
     Plan(RoutePlan),
+    /// The node answers the call itself, with media: an application of
+    /// the backend's ([`SipBackend::start_app`]; voicemail, ADR 0022).
+    App(AppRoute),
+}
+
+/// An application the node answers calls with (voicemail, a menu): named
+/// by the backend when it routes the call or recognises a feature code,
+/// and started by it in [`SipBackend::start_app`]. The gateway only
+/// carries the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRoute(pub String);
+
+/// The INVITE an application is asked to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct AppCall<'a> {
+    pub sip_call_id: &'a str,
+    /// The From header's URI (`sip:user@host`).
+    pub from: &'a str,
+    /// The authenticated caller (`user`, `domain`), if it is one of ours.
+    pub caller: Option<(&'a str, &'a str)>,
+    /// Where the INVITE came from (the source address of its packets).
+    pub source: std::net::SocketAddr,
+    /// The INVITE's body: an SDP offer, or empty (the offer is then ours,
+    /// in the 200, and the answer in the ACK: not supported; refuse).
+    pub offer: &'a [u8],
+}
+
+/// How the backend answers an application's INVITE.
+pub enum AppStart {
+    /// 200 with this SDP answer; the session hears of the call from now on.
+    Answer {
+        sdp: Vec<u8>,
+        session: Box<dyn AppSession>,
+    },
+    /// This final response (4xx/5xx; 488 when no codec is in common),
+    /// with a reason phrase saying why.
+    Refuse { status: u16, reason: String },
+}
+
+/// The application's side of its call, told by the call engine what the
+/// caller does. Called from inside the engine (under a shard's lock), so
+/// each method must return at once: hand the news to the application's
+/// task and return.
+pub trait AppSession: Send {
+    /// The ACK of our 200 arrived: the caller hears the application now.
+    fn confirmed(&mut self);
+    /// A re-INVITE in the call (hold, resume, a new address): the SDP
+    /// answer to its offer (an empty offer asks for ours), or the status
+    /// that refuses it (488: nothing acceptable; the call goes on as
+    /// before).
+    fn reoffer(&mut self, offer: &[u8]) -> Result<Vec<u8>, u16>;
+    /// The call is over; called exactly once.
+    fn ended(&mut self, end: AppEnd);
+}
+
+/// Why an application's call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppEnd {
+    /// The caller hung up (BYE), or cancelled too late.
+    CallerHungUp,
+    /// The caller never acknowledged our 200 (64*T1): we hung up.
+    NoAck,
+    /// The application hung up ([`crate::proxy::AppControl::hang_up`]).
+    HungUp,
 }
 
 /// What [`SipBackend::feature_code`] made of a dialled string.
@@ -235,6 +299,9 @@ pub enum FeatureOutcome {
     /// Applied for the caller, durably: the gateway answers the INVITE
     /// and hangs up (the phone's confirmation).
     Applied,
+    /// The code starts an application (a mailbox's menu): the gateway asks
+    /// [`SipBackend::start_app`] to answer the INVITE.
+    App(AppRoute),
     /// A feature code that cannot be applied; nothing was changed. The
     /// INVITE gets this final response (4xx, with a reason phrase saying
     /// what is wrong).
@@ -707,6 +774,23 @@ pub trait SipBackend: Send + Sync + 'static {
     ) -> Result<FeatureOutcome, BackendError> {
         let _ = (caller_domain, caller_user, dialled, sip_call_id);
         Ok(FeatureOutcome::NotAFeature)
+    }
+
+    /// Starts the application `route` names for `call`: an SDP answer and
+    /// the session that hears of the call from now on, or a refusal. The
+    /// application hangs up through `control`. Backends without
+    /// applications refuse with 480.
+    async fn start_app(
+        &self,
+        route: &AppRoute,
+        call: AppCall<'_>,
+        control: crate::proxy::AppControl,
+    ) -> Result<AppStart, BackendError> {
+        let _ = (route, call, control);
+        Ok(AppStart::Refuse {
+            status: 480,
+            reason: "Temporarily Unavailable (no application here)".to_owned(),
+        })
     }
 
     /// Records call steps durably (returns when they are). The steps of one

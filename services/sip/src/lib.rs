@@ -67,12 +67,12 @@ pub mod transport;
 pub mod wire;
 
 pub use backend::{
-    Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
-    CallState, CallStep, ContactChange, CurrentContact, DigestAlgorithms, Diversion,
-    DiversionReason, FeatureOutcome, HangupSide, Lookup, NextSteps, RegisterOutcome,
-    RegisterRequest, RegistrarBackend, RegistrarOnly, ResourceChange, ResourceState,
-    ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend, SkippedForward, Transfer,
-    TransferKind, UserCredentials, Watch,
+    AppCall, AppEnd, AppRoute, AppSession, AppStart, Availability, BackendError, CallCause,
+    CallDirection, CallPhase, CallRecord, CallRoute, CallState, CallStep, ContactChange,
+    CurrentContact, DigestAlgorithms, Diversion, DiversionReason, FeatureOutcome, HangupSide,
+    Lookup, NextSteps, RegisterOutcome, RegisterRequest, RegistrarBackend, RegistrarOnly,
+    ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend,
+    SkippedForward, Transfer, TransferKind, UserCredentials, Watch,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};

@@ -3,6 +3,7 @@
 //! proxy (100 Trying) or a refusal recorded durably before it is answered.
 
 use super::*;
+use crate::backend::{AppCall, AppRoute, AppStart};
 
 impl Core {
     /// An initial INVITE (no To tag): authenticate the caller (407), ask
@@ -68,6 +69,11 @@ impl Core {
             Ok(r) => r,
             Err(e) => return self.backend_failure(cx, &e),
         };
+        if let CallRoute::App(app) = &route {
+            return self
+                .start_app(cx, &upstream, app, Some((caller_user, caller_domain)))
+                .await;
+        }
         let sip_call_id = msg.call_id().unwrap_or("").to_owned();
         let caller = (caller_domain.to_owned(), caller_user.to_owned());
         let callee = Some((callee_domain.to_owned(), callee_user.to_owned()));
@@ -127,9 +133,10 @@ impl Core {
                 legs.callee = None;
                 (403, CallCause::CallRejected)
             }
-            CallRoute::Unavailable | CallRoute::NotRegistered | CallRoute::Plan(_) => {
-                (480, CallCause::Unavailable)
-            }
+            CallRoute::Unavailable
+            | CallRoute::NotRegistered
+            | CallRoute::Plan(_)
+            | CallRoute::App(_) => (480, CallCause::Unavailable),
             // Do-not-disturb without a forward: the callee's leg records
             // the refusal as busy.
             CallRoute::Busy | CallRoute::GroupRefused { busy: true } => (486, CallCause::UserBusy),
@@ -201,10 +208,58 @@ impl Core {
                     key: upstream.key.clone(),
                     source: cx.source,
                     upstream: upstream.flow,
+                    app: None,
                 });
                 Some((100, trying))
             }
+            Ok(FeatureOutcome::App(app)) => {
+                counted("applied");
+                Some(
+                    self.start_app(cx, upstream, &app, Some((caller_user, caller_domain)))
+                        .await,
+                )
+            }
             Err(e) => Some(self.backend_failure(cx, &e)),
+        }
+    }
+}
+
+impl Core {
+    /// A call the node answers itself (ADR 0022): the backend starts the
+    /// application with the INVITE's offer; its SDP answer goes out in a
+    /// 200 from a call the proxy owns from now on (100 returned), or its
+    /// refusal as the final response.
+    async fn start_app(
+        &self,
+        cx: Cx<'_>,
+        upstream: &Upstream<'_>,
+        app: &AppRoute,
+        caller: Option<(&str, &str)>,
+    ) -> (u16, Bytes) {
+        let msg = cx.msg;
+        let sip_call_id = msg.call_id().unwrap_or("");
+        let call = AppCall {
+            sip_call_id,
+            from: msg.from().map(|f| f.uri).unwrap_or(""),
+            caller,
+            source: cx.source.addr,
+            offer: msg.body,
+        };
+        let control = self.proxy.app_control(sip_call_id);
+        match self.call(self.backend.start_app(app, call, control)).await {
+            Ok(AppStart::Answer { sdp, session }) => {
+                let (_, trying) = self.respond(cx, 100, "Trying", |_| {});
+                self.proxy.start_feature_call(proxy::NewFeatureCall {
+                    msg,
+                    key: upstream.key.clone(),
+                    source: cx.source,
+                    upstream: upstream.flow,
+                    app: Some((sdp, session)),
+                });
+                (100, trying)
+            }
+            Ok(AppStart::Refuse { status, reason }) => self.respond(cx, status, &reason, |_| {}),
+            Err(e) => self.backend_failure(cx, &e),
         }
     }
 }

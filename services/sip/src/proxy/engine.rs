@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::backend::{CallCause, CallRecord, HangupSide, RoutePlan};
+use crate::backend::{AppSession, CallCause, CallRecord, HangupSide, RoutePlan};
 use crate::proxy::forward::{self, Forward};
 use crate::transaction::Key;
 use crate::transport::Flow;
@@ -218,13 +218,16 @@ pub struct NewCall<'a> {
     pub max_forwards: u32,
 }
 
-/// A feature call to answer (see [`Engine::start_feature_call`]).
+/// A feature call or an application's call to answer (see
+/// [`Engine::start_feature_call`]).
 pub struct NewFeatureCall<'a> {
     pub msg: &'a Message<'a>,
     pub key: Key,
     pub source: Source,
     /// Where responses to the caller go.
     pub upstream: Flow,
+    /// An application's SDP answer and session; `None`: a feature code.
+    pub app: Option<(Vec<u8>, Box<dyn AppSession>)>,
 }
 
 /// Counters a simulation checks (and the shell may export).
@@ -438,7 +441,8 @@ impl Engine {
     }
 
     /// Answers a feature code's INVITE and hangs up (ADR 0020): the change
-    /// it asked for is durable already.
+    /// it asked for is durable already. With `app`, answers for an
+    /// application instead and keeps the call up (ADR 0022).
     pub fn start_feature_call(&mut self, call: NewFeatureCall<'_>, now: Instant) {
         let handle = self.next_call;
         self.next_call += 1;
@@ -449,6 +453,10 @@ impl Engine {
             to_tag: format!("{:016x}", self.rng.next()),
             bye_branch: format!("{}{:016x}", feature::BRANCH_PREFIX, self.rng.next()).into(),
             advertised: self.settings.advertised.clone(),
+            kind: match call.app {
+                Some((answer, session)) => feature::Kind::App { answer, session },
+                None => feature::Kind::Feature,
+            },
         };
         let mut out = Vec::new();
         let fc = FeatureCall::start(setup, call.msg, now, &mut out);
@@ -457,6 +465,21 @@ impl Engine {
         self.feature_branches.insert(fc.bye_branch().into(), handle);
         self.features.insert(handle, fc);
         self.apply_feature(handle, out, now);
+    }
+
+    /// The application answering the call `call_id` hangs up. False when no
+    /// such call is up (it ended already).
+    pub fn hang_up_app(&mut self, call_id: &str, now: Instant) -> bool {
+        let Some(&handle) = self.feature_call_ids.get(call_id) else {
+            return false;
+        };
+        let mut out = Vec::new();
+        if let Some(fc) = self.features.get_mut(&handle) {
+            fc.hang_up_app(now, &mut out);
+        }
+        let hung_up = !out.is_empty();
+        self.apply_feature(handle, out, now);
+        hung_up
     }
 
     /// Sends what a feature call asked for, then forgets it when it is

@@ -1,7 +1,13 @@
-//! A feature call (ADR 0020): a phone dialled a feature code (`*78`), the
-//! change is durable, and the node confirms it as a user agent: it answers
-//! the INVITE with a 200 (an SDP answer rejecting every offered stream),
-//! waits for the ACK, then hangs up with a BYE of its own.
+//! A call the node answers as a user agent. Two kinds:
+//! - a feature call (ADR 0020): a phone dialled a feature code (`*78`), the
+//!   change is durable, and the node confirms it: it answers the INVITE with
+//!   a 200 (an SDP answer rejecting every offered stream), waits for the
+//!   ACK, then hangs up with a BYE of its own;
+//! - an application's call (ADR 0022): the 200 carries the application's
+//!   SDP answer, and the call stays up until the caller hangs up or the
+//!   application does ([`super::AppControl::hang_up`]); the application
+//!   hears of the ACK, of re-INVITEs (it answers their offers) and of the
+//!   end through its [`AppSession`].
 //!
 //! Sans-IO like the calls: every input takes `now` and pushes the messages
 //! to send; the [`super::engine::Engine`] routes the INVITE's
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::backend::{AppEnd, AppSession};
 use crate::transaction::{Key, T1, T2};
 use crate::transport::Flow;
 use crate::wire::message::{Message, Name, StartLine};
@@ -45,10 +52,24 @@ pub(crate) struct FeatureSetup {
     /// The branch of our BYE (starts with [`BRANCH_PREFIX`]).
     pub bye_branch: Box<str>,
     pub advertised: Advertised,
+    pub kind: Kind,
+}
+
+/// What the node answers for.
+pub(crate) enum Kind {
+    /// A feature code: hang up once the caller acknowledged.
+    Feature,
+    /// An application: answer with its SDP and keep the call up.
+    App {
+        answer: Vec<u8>,
+        session: Box<dyn AppSession>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// An application's call, acknowledged: up until either side hangs up.
+    Established,
     /// Our 2xx is out, the ACK not in yet.
     Answered {
         retransmit_at: Option<Instant>,
@@ -75,13 +96,16 @@ pub(crate) struct FeatureCall {
     ok: Bytes,
     bye: Option<Bytes>,
     state: State,
+    /// An application's session; `None` for a feature call, and once the
+    /// session has been told the call ended.
+    session: Option<Box<dyn AppSession>>,
 }
 
 impl FeatureCall {
-    /// Answers `invite` (200, with a rejecting SDP answer when it had an
-    /// offer).
+    /// Answers `invite`: 200 with the application's SDP answer, or for a
+    /// feature code a rejecting SDP answer when it had an offer.
     pub fn start(
-        setup: FeatureSetup,
+        mut setup: FeatureSetup,
         invite: &Message<'_>,
         now: Instant,
         out: &mut Vec<(Flow, Bytes)>,
@@ -113,7 +137,15 @@ impl FeatureCall {
             "Contact".to_owned(),
             leg::own_contact(&setup.advertised, setup.upstream),
         ));
-        let body = sdp_answer(invite.body, &setup.advertised).unwrap_or_default();
+        let (body, session) = match std::mem::replace(&mut setup.kind, Kind::Feature) {
+            Kind::Feature => (
+                sdp_answer(invite.body, &setup.advertised)
+                    .unwrap_or_default()
+                    .into_bytes(),
+                None,
+            ),
+            Kind::App { answer, session } => (answer, Some(session)),
+        };
         if !body.is_empty() {
             headers.push(("Content-Type".to_owned(), "application/sdp".to_owned()));
         }
@@ -125,10 +157,11 @@ impl FeatureCall {
             "OK",
             &setup.to_tag,
             &headers,
-            body.as_bytes(),
+            &body,
         );
         out.push((setup.upstream, ok.clone()));
         FeatureCall {
+            session,
             invite_cseq: invite.cseq().map(|c| c.seq).unwrap_or(1),
             state: State::Answered {
                 retransmit_at: (!setup.upstream.is_reliable()).then_some(now + T1),
@@ -171,7 +204,7 @@ impl FeatureCall {
                 ..
             } => Some(retransmit_at.map_or(give_up_at, |t| t.min(give_up_at))),
             State::Lingering(until) => Some(until),
-            State::Done => None,
+            State::Established | State::Done => None,
         }
     }
 
@@ -183,10 +216,32 @@ impl FeatureCall {
         }
     }
 
-    /// The ACK of our 2xx: the confirmation was heard, the node hangs up.
+    /// The ACK of our 2xx: a feature's confirmation was heard, the node
+    /// hangs up; an application's call is up.
     pub fn on_ack(&mut self, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
         if matches!(self.state, State::Answered { .. }) {
+            match &mut self.session {
+                Some(session) => {
+                    session.confirmed();
+                    self.state = State::Established;
+                }
+                None => self.hang_up(now, out),
+            }
+        }
+    }
+
+    /// The application hangs up: a BYE, unless the call is over already.
+    pub fn hang_up_app(&mut self, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
+        if matches!(self.state, State::Answered { .. } | State::Established) {
+            self.end_session(AppEnd::HungUp);
             self.hang_up(now, out);
+        }
+    }
+
+    /// Tells the application (once) that its call is over.
+    fn end_session(&mut self, end: AppEnd) {
+        if let Some(mut session) = self.session.take() {
+            session.ended(end);
         }
     }
 
@@ -210,27 +265,41 @@ impl FeatureCall {
         }
         match method_text {
             "ACK" => {
+                // (An ACK of a re-INVITE's 200 has another CSeq: nothing
+                // to do.)
                 if msg.cseq().is_ok_and(|c| c.seq == self.invite_cseq) {
                     self.on_ack(now, out);
                 }
                 None
             }
+            "INVITE" if self.state == State::Established => {
+                let reply_to = self.reply_flow(msg, source);
+                let response = match self.session.as_mut().map(|s| s.reoffer(msg.body)) {
+                    Some(Ok(answer)) => {
+                        let mut headers = vec![(
+                            "Contact".to_owned(),
+                            leg::own_contact(&self.setup.advertised, self.setup.upstream),
+                        )];
+                        if !answer.is_empty() {
+                            headers.push(("Content-Type".to_owned(), "application/sdp".to_owned()));
+                        }
+                        leg::response(msg, &source, 200, "OK", "", &headers, &answer)
+                    }
+                    Some(Err(status)) => {
+                        leg::response(msg, &source, status, response::reason(status), "", &[], &[])
+                    }
+                    None => leg::response(msg, &source, 481, response::reason(481), "", &[], &[]),
+                };
+                // Without a provisional response, a lost 200 brings the
+                // re-INVITE again (Timer A), which is answered again.
+                out.push((reply_to, response));
+                None
+            }
+            // DTMF as SIP INFO, keep-alive OPTIONS: acknowledged (the
+            // application reads DTMF from the media, RFC 4733).
+            "INFO" | "OPTIONS" if self.state == State::Established => Some((200, "OK")),
             "BYE" => {
-                let dest = if source.reliable {
-                    source.addr
-                } else {
-                    msg.top_via()
-                        .map_or(source.addr, |v| response::udp_destination(&v, source.addr))
-                };
-                let reply_to = Flow {
-                    remote: dest,
-                    connection: self
-                        .setup
-                        .upstream
-                        .connection
-                        .filter(|_| dest == self.setup.upstream.remote),
-                    ..self.setup.upstream
-                };
+                let reply_to = self.reply_flow(msg, source);
                 out.push((
                     reply_to,
                     leg::response(msg, &source, 200, "OK", "", &[], &[]),
@@ -238,13 +307,34 @@ impl FeatureCall {
                 // The caller hung up before our BYE: none is needed now.
                 // After it (the BYEs crossed), ours still waits for its
                 // response.
-                if matches!(self.state, State::Answered { .. }) {
+                if matches!(self.state, State::Answered { .. } | State::Established) {
+                    self.end_session(AppEnd::CallerHungUp);
                     self.linger(now);
                 }
                 None
             }
             // The session is being ended: nothing else is taken on in it.
             _ => Some((481, response::reason(481))),
+        }
+    }
+
+    /// Where a response to a request in the dialog goes: its Via (UDP), on
+    /// the caller's connection when it came on it.
+    fn reply_flow(&self, msg: &Message<'_>, source: Source) -> Flow {
+        let dest = if source.reliable {
+            source.addr
+        } else {
+            msg.top_via()
+                .map_or(source.addr, |v| response::udp_destination(&v, source.addr))
+        };
+        Flow {
+            remote: dest,
+            connection: self
+                .setup
+                .upstream
+                .connection
+                .filter(|_| dest == self.setup.upstream.remote),
+            ..self.setup.upstream
         }
     }
 
@@ -281,6 +371,7 @@ impl FeatureCall {
             } => {
                 if now >= give_up_at {
                     // No ACK: the session is ended all the same.
+                    self.end_session(AppEnd::NoAck);
                     self.hang_up(now, out);
                 } else if retransmit_at.is_some_and(|t| now >= t) {
                     let interval = (interval * 2).min(T2);
@@ -313,7 +404,7 @@ impl FeatureCall {
                 }
             }
             State::Lingering(until) if now >= until => self.state = State::Done,
-            State::Lingering(_) | State::Done => {}
+            State::Established | State::Lingering(_) | State::Done => {}
         }
     }
 
@@ -340,6 +431,14 @@ impl FeatureCall {
         } else {
             State::Lingering(now + TIMER_64T1)
         };
+    }
+}
+
+impl Drop for FeatureCall {
+    // An application hears of its call's end exactly once, whatever ends
+    // it: a call forgotten by the engine (shutdown) ends too.
+    fn drop(&mut self) {
+        self.end_session(AppEnd::HungUp);
     }
 }
 
@@ -432,6 +531,7 @@ Contact: <sip:alice@10.0.0.1:5062>\r\n\
             to_tag: "ours".into(),
             bye_branch: format!("{BRANCH_PREFIX}1").into(),
             advertised: Advertised::new("192.0.2.10:5060"),
+            kind: Kind::Feature,
         };
         let mut out = Vec::new();
         let call = FeatureCall::start(setup, &msg, now, &mut out);
@@ -578,6 +678,161 @@ Content-Length: 0\r\n\r\n"
         assert!(call.is_done(), "Timer F: the caller is gone");
     }
 
+    /// What an application's session heard, in order.
+    #[derive(Clone, Default)]
+    struct Heard(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Heard {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    struct Recording(Heard);
+
+    impl AppSession for Recording {
+        fn confirmed(&mut self) {
+            self.0 .0.lock().unwrap().push("confirmed".into());
+        }
+        fn reoffer(&mut self, offer: &[u8]) -> Result<Vec<u8>, u16> {
+            self.0
+                 .0
+                .lock()
+                .unwrap()
+                .push(format!("reoffer {}", offer.len()));
+            if offer.starts_with(b"bad") {
+                Err(488)
+            } else {
+                Ok(b"v=0 answer2".to_vec())
+            }
+        }
+        fn ended(&mut self, end: AppEnd) {
+            self.0 .0.lock().unwrap().push(format!("ended {end:?}"));
+        }
+    }
+
+    fn start_app(transport: Transport, now: Instant) -> (FeatureCall, Heard, Vec<(Flow, Bytes)>) {
+        let raw = invite(OFFER);
+        let msg = Message::parse(raw.as_bytes()).unwrap();
+        let via = msg.top_via().unwrap();
+        let heard = Heard::default();
+        let setup = FeatureSetup {
+            key: Key::from_request_via(&msg, &via).unwrap(),
+            source: Source {
+                addr: "10.0.0.1:5062".parse().unwrap(),
+                reliable: transport.is_reliable(),
+            },
+            upstream: flow(transport),
+            to_tag: "ours".into(),
+            bye_branch: format!("{BRANCH_PREFIX}2").into(),
+            advertised: Advertised::new("192.0.2.10:5060"),
+            kind: Kind::App {
+                answer: b"v=0 answer1".to_vec(),
+                session: Box::new(Recording(heard.clone())),
+            },
+        };
+        let mut out = Vec::new();
+        let call = FeatureCall::start(setup, &msg, now, &mut out);
+        (call, heard, out)
+    }
+
+    fn with_body(request: &str, body: &str) -> String {
+        request.replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    }
+
+    #[test]
+    fn an_application_answers_with_its_sdp_and_stays_up_until_the_caller_hangs_up() {
+        let t0 = Instant::now();
+        let (mut call, heard, out) = start_app(Transport::Udp, t0);
+        let ok = Message::parse(&out[0].1).unwrap();
+        assert!(out[0].1.starts_with(b"SIP/2.0 200 OK"));
+        assert_eq!(ok.body, b"v=0 answer1");
+        assert!(heard.take().is_empty(), "nothing before the ACK");
+        assert!(feed(&mut call, &request("ACK", 7, "a1"), t0).1.is_empty());
+        assert_eq!(heard.take(), ["confirmed"]);
+        assert_eq!(call.next_deadline(), None, "no timer while up");
+
+        // A re-INVITE (hold): answered with the session's answer; a bad
+        // offer is refused and the call goes on.
+        let (r, out) = feed(
+            &mut call,
+            &with_body(&request("INVITE", 8, "a1"), "v=0 hold"),
+            t0,
+        );
+        assert_eq!(r, None);
+        let reply = Message::parse(&out[0].1).unwrap();
+        assert!(out[0].1.starts_with(b"SIP/2.0 200 OK"));
+        assert_eq!(reply.body, b"v=0 answer2");
+        assert!(reply.header(Name::Contact).is_some());
+        let (_, out) = feed(
+            &mut call,
+            &with_body(&request("INVITE", 9, "a1"), "bad"),
+            t0,
+        );
+        assert!(out[0].1.starts_with(b"SIP/2.0 488 "));
+        assert_eq!(heard.take(), ["reoffer 8", "reoffer 3"]);
+        // Its ACK (another CSeq) and INFO change nothing.
+        assert!(feed(&mut call, &request("ACK", 8, "a1"), t0).1.is_empty());
+        assert_eq!(
+            feed(&mut call, &request("INFO", 10, "a1"), t0).0,
+            Some((200, "OK"))
+        );
+        assert!(heard.take().is_empty());
+
+        let (_, out) = feed(&mut call, &request("BYE", 11, "a1"), t0);
+        assert!(out[0].1.starts_with(b"SIP/2.0 200 OK"));
+        assert_eq!(heard.take(), ["ended CallerHungUp"]);
+        // The BYE's retransmission is answered, the session not told again.
+        let (_, out) = feed(&mut call, &request("BYE", 11, "a1"), t0);
+        assert!(out[0].1.starts_with(b"SIP/2.0 200 OK"));
+        call.on_timer(t0 + TIMER_64T1, &mut Vec::new());
+        assert!(call.is_done());
+        drop(call);
+        assert!(heard.take().is_empty(), "ended exactly once");
+    }
+
+    #[test]
+    fn an_application_hangs_up_with_a_bye_and_hears_of_it_once() {
+        let t0 = Instant::now();
+        let (mut call, heard, _) = start_app(Transport::Udp, t0);
+        feed(&mut call, &request("ACK", 7, "a1"), t0);
+        let mut out = Vec::new();
+        call.hang_up_app(t0, &mut out);
+        assert!(out[0].1.starts_with(b"BYE sip:alice@10.0.0.1:5062 "));
+        assert_eq!(heard.take(), ["confirmed", "ended HungUp"]);
+        let mut again = Vec::new();
+        call.hang_up_app(t0, &mut again);
+        assert!(again.is_empty(), "one BYE");
+        bye_response(&mut call, &out[0].1, 200, t0);
+        call.on_timer(t0 + TIMER_64T1, &mut Vec::new());
+        assert!(call.is_done());
+        drop(call);
+        assert!(heard.take().is_empty());
+    }
+
+    #[test]
+    fn an_application_whose_200_is_never_acknowledged_ends_with_no_ack() {
+        let t0 = Instant::now();
+        let (mut call, heard, _) = start_app(Transport::Udp, t0);
+        let mut out = Vec::new();
+        call.on_timer(t0 + TIMER_64T1, &mut out);
+        assert!(out.iter().any(|(_, b)| b.starts_with(b"BYE ")));
+        assert_eq!(heard.take(), ["ended NoAck"]);
+    }
+
+    #[test]
+    fn an_application_call_forgotten_by_the_engine_ends_its_session() {
+        let (call, heard, _) = start_app(Transport::Tcp, Instant::now());
+        drop(call);
+        assert_eq!(heard.take(), ["ended HungUp"]);
+    }
+
     /// Through the engine: the INVITE's retransmission, the ACK in the
     /// dialog, the BYE's response by its branch; then nothing is left.
     #[test]
@@ -617,6 +872,7 @@ Content-Length: 0\r\n\r\n"
                 key: key.clone(),
                 source,
                 upstream: flow(Transport::Udp),
+                app: None,
             },
             t0,
         );

@@ -323,6 +323,43 @@ async fn shard_timer(shared: Weak<Shared>, i: usize) {
 
 /// The proxy: the call engines and what connects them to the network and
 /// the backend.
+/// How an application hangs up the call it answered (ADR 0022). Holds no
+/// strong reference: a call of a gateway that shut down is over already.
+#[derive(Clone)]
+pub struct AppControl {
+    shared: std::sync::Weak<Shared>,
+    shard: usize,
+    call_id: Arc<str>,
+}
+
+impl std::fmt::Debug for AppControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppControl")
+            .field("call_id", &self.call_id)
+            .finish()
+    }
+}
+
+impl AppControl {
+    /// Sends the BYE that ends the call (the session then hears `ended`
+    /// with [`crate::AppEnd::HungUp`]). False when the call is over
+    /// already. Never call it from inside an [`crate::AppSession`] method:
+    /// those run under the engine's lock.
+    pub fn hang_up(&self) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        shared.run(self.shard, |engine, now| {
+            engine.hang_up_app(&self.call_id, now)
+        })
+    }
+
+    /// The SIP Call-ID of the call.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+}
+
 pub struct Proxy {
     settings: ProxySettings,
     /// `advertised` split once (host without brackets, port), for
@@ -456,7 +493,18 @@ impl Proxy {
             .record(received_at.elapsed().as_secs_f64());
     }
 
-    /// Answers a feature code's INVITE and hangs up (ADR 0020).
+    /// The handle through which the application answering the call
+    /// `sip_call_id` will hang up (ADR 0022).
+    pub(crate) fn app_control(&self, sip_call_id: &str) -> AppControl {
+        AppControl {
+            shared: Arc::downgrade(&self.shared),
+            shard: self.shard_of(sip_call_id),
+            call_id: sip_call_id.into(),
+        }
+    }
+
+    /// Answers a feature code's INVITE and hangs up (ADR 0020), or answers
+    /// for an application (ADR 0022).
     pub(crate) fn start_feature_call(&self, call: NewFeatureCall<'_>) {
         self.shared.start_timers();
         let shard = self.shard_of(call.msg.call_id().unwrap_or(""));
