@@ -206,6 +206,8 @@ pub struct CalleeUser<'a, R> {
     /// When the user's last answered call ended (ring groups' longest-idle
     /// strategy); `None`: never, as far as its state remembers.
     pub last_call_ended: Option<Timestamp>,
+    /// The user's voicemail box is enabled: forwards to it are taken.
+    pub voicemail: bool,
 }
 
 /// One registered contact of a user.
@@ -342,8 +344,9 @@ pub struct Diversion<'a> {
 /// for that outcome. `T` is a target ([`Target`] for what [`route`] plans).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan<'a, T> {
-    /// Never empty, and no step is without targets: a callee with nothing
-    /// to ring is refused instead. At most [`MAX_PLAN_STEPS`].
+    /// Never empty, and no step is without targets but a voicemail step: a
+    /// callee with nothing to ring is refused instead. At most
+    /// [`MAX_PLAN_STEPS`].
     pub steps: Vec<Step<'a, T>>,
 }
 
@@ -359,6 +362,7 @@ impl<'a, T> Plan<'a, T> {
                 next: Next::NONE,
                 owner,
                 group: None,
+                voicemail: false,
                 diversions: Vec::new(),
                 skipped: Vec::new(),
             }],
@@ -382,6 +386,9 @@ pub struct Step<'a, T> {
     /// The ring group this step rings members of (`owner` is then the
     /// group); `None` for a user's own phones.
     pub group: Option<Party<'a>>,
+    /// The step is `owner`'s voicemail box (ADR 0022): it has no targets;
+    /// the node answers the call itself. Always the last step it leads to.
+    pub voicemail: bool,
     /// The forwards that led from the dialled user to this step, oldest
     /// first (empty for the dialled user's own phones).
     pub diversions: Vec<Diversion<'a>>,
@@ -410,11 +417,12 @@ pub enum SkipReason {
     HopLimit,
     /// The plan already has the most steps allowed.
     PlanLimit,
-    /// A number or a voicemail box: not routed yet.
+    /// A number: not routed yet.
     NotRoutable,
     /// The target user or its domain does not exist.
     UnknownTarget,
-    /// The target's domain is suspended, or the target user disabled.
+    /// The target's domain is suspended, or the target user disabled, or
+    /// its voicemail box is off.
     TargetUnavailable,
     /// The forwarding user's domain may not call the target's domain.
     CrossDomainForbidden,
@@ -654,6 +662,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
                 next: Next::NONE,
                 owner: party,
                 group: None,
+                voicemail: false,
                 diversions: via.to_vec(),
                 skipped: Vec::new(),
             });
@@ -690,6 +699,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
                     next: Next::NONE,
                     owner: party,
                     group: None,
+                    voicemail: false,
                     diversions: via.to_vec(),
                     skipped: Vec::new(),
                 });
@@ -817,7 +827,10 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         reason: ForwardReason,
         via: &[Diversion<'a>],
     ) -> Result<Result<usize, SkipReason>, Unrouted> {
-        // Numbers and voicemail are not routed yet.
+        if let ForwardTarget::Voicemail(address) = target {
+            return self.voicemail(from, from_callee, address, target, reason, via);
+        }
+        // Numbers are not routed yet.
         let Some(address) = rung(target) else {
             return Ok(Err(SkipReason::NotRoutable));
         };
@@ -858,6 +871,57 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             _ => return Ok(Err(SkipReason::UnknownTarget)),
         };
         Ok(planned.map_err(SkipReason::of))
+    }
+
+    /// Takes `from`'s forward to the voicemail box of `address`: a last
+    /// step that the node answers (ADR 0022), when the box's user can be
+    /// called from here and has the box enabled.
+    fn voicemail(
+        &mut self,
+        from: Party<'a>,
+        from_callee: &Callee<'a, R>,
+        address: &'a UserAddress,
+        target: &'a ForwardTarget,
+        reason: ForwardReason,
+        via: &[Diversion<'a>],
+    ) -> Result<Result<usize, SkipReason>, Unrouted> {
+        if via.len() >= self.limits.max_forward_hops {
+            return Ok(Err(SkipReason::HopLimit));
+        }
+        if self.steps.len() >= MAX_PLAN_STEPS {
+            return Ok(Err(SkipReason::PlanLimit));
+        }
+        let to = Party::of(address);
+        let Some(callee) = self.users.get(address) else {
+            return Err(Unrouted::NeedsUser(address.clone()));
+        };
+        let hop = self.hop(from, from_callee, to);
+        if let Err(refusal) = admit(&hop, callee.domain) {
+            return Ok(Err(SkipReason::of(refusal)));
+        }
+        match &callee.user {
+            Some(user) if user.enabled && user.voicemail => {}
+            Some(_) => return Ok(Err(SkipReason::TargetUnavailable)),
+            None => return Ok(Err(SkipReason::UnknownTarget)),
+        }
+        let mut diversions = Vec::with_capacity(via.len() + 1);
+        diversions.extend_from_slice(via);
+        diversions.push(Diversion {
+            from,
+            to: target,
+            reason,
+        });
+        self.steps.push(Step {
+            targets: Vec::new(),
+            ring_timeout: None,
+            next: Next::NONE,
+            owner: to,
+            group: None,
+            voicemail: true,
+            diversions,
+            skipped: Vec::new(),
+        });
+        Ok(Ok(self.steps.len() - 1))
     }
 
     /// Plans the call for the ring group `party`, reached by `via`: its
@@ -1012,6 +1076,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             next: Next::NONE,
             owner: group,
             group: Some(group),
+            voicemail: false,
             diversions: via.to_vec(),
             skipped: Vec::new(),
         });

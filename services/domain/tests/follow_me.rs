@@ -70,6 +70,7 @@ impl Setup {
                 dnd: p.dnd,
                 on_call: false,
                 last_call_ended: None,
+                voicemail: false,
             }),
             group: None,
         }

@@ -44,6 +44,8 @@ struct UserSpec {
     bindings: Vec<i64>,
     forwarding: Forwarding,
     dnd: bool,
+    /// The voicemail box is enabled.
+    voicemail: bool,
 }
 
 /// Owned inputs; [`Directory::callees`] lends them to routing.
@@ -98,6 +100,7 @@ impl Directory {
                 dnd: spec.dnd,
                 on_call: false,
                 last_call_ended: None,
+                voicemail: spec.voicemail,
             }),
         }
     }
@@ -204,8 +207,9 @@ fn user_spec() -> impl Strategy<Value = UserSpec> {
         vec(prop_oneof![Just(-MICROS_PER_SEC), Just(0i64), Just(60 * MICROS_PER_SEC)], 0..3),
         forwarding(),
         prop::bool::weighted(0.2),
+        any::<bool>(),
     )
-        .prop_map(|(domain, domain_calls_out, exists, enabled, bindings, forwarding, dnd)| UserSpec {
+        .prop_map(|(domain, domain_calls_out, exists, enabled, bindings, forwarding, dnd, voicemail)| UserSpec {
             domain,
             domain_calls_out,
             exists,
@@ -213,6 +217,7 @@ fn user_spec() -> impl Strategy<Value = UserSpec> {
             bindings,
             forwarding,
             dnd,
+            voicemail,
         })
 }
 
@@ -284,20 +289,29 @@ fn check_plan(dir: &Directory, plan: &Plan<'_, Target<'_, (usize, usize)>>, limi
         {
             assert!(next > i && next < plan.steps.len(), "step {i} -> {next}");
         }
-        // A step rings exactly its owner's live phones; the owner can ring.
         let owner = index_of(&step.owner);
-        let rung: Vec<_> = step.targets.iter().map(|t| t.reach).collect();
-        assert_eq!(rung, dir.live(owner), "step {i}");
         let spec = &dir.users[owner];
-        assert!(spec.exists && spec.enabled && spec.domain == Status::Active && !spec.dnd);
-        // Rules shape the step.
-        assert_eq!(
-            step.ring_timeout,
-            spec.forwarding
-                .no_answer
-                .as_ref()
-                .map(|r| Duration::from_secs(u64::from(r.after_secs)))
-        );
+        if step.voicemail {
+            // The owner's box: no phones, the end of the call's path, and
+            // only for an enabled user whose box is on.
+            assert!(step.targets.is_empty() && step.next == Next::NONE);
+            assert_eq!(step.ring_timeout, None);
+            assert!(spec.exists && spec.enabled && spec.voicemail);
+            assert_eq!(spec.domain, Status::Active);
+        } else {
+            // A step rings exactly its owner's live phones; the owner can ring.
+            let rung: Vec<_> = step.targets.iter().map(|t| t.reach).collect();
+            assert_eq!(rung, dir.live(owner), "step {i}");
+            assert!(spec.exists && spec.enabled && spec.domain == Status::Active && !spec.dnd);
+            // Rules shape the step.
+            assert_eq!(
+                step.ring_timeout,
+                spec.forwarding
+                    .no_answer
+                    .as_ref()
+                    .map(|r| Duration::from_secs(u64::from(r.after_secs)))
+            );
+        }
         // The chain of forwards: from the dialled user to the owner, each
         // one taken from where the previous one led, within the limit,
         // into domains the forwarding user may call.
@@ -305,7 +319,10 @@ fn check_plan(dir: &Directory, plan: &Plan<'_, Target<'_, (usize, usize)>>, limi
         let mut at = 0;
         for d in &step.diversions {
             assert_eq!(index_of(&d.from), at);
-            let to = d.to.user().expect("only users are forwarded to");
+            let to = match d.to {
+                ForwardTarget::Voicemail(a) => a,
+                t => t.user().expect("only users and boxes are forwarded to"),
+            };
             let to = NAMES.iter().position(|n| *n == to.to_string()).unwrap();
             assert!(reachable_from(dir, at, to), "forward {at} -> {to}");
             let rules = &dir.users[at].forwarding;
@@ -324,7 +341,8 @@ fn check_plan(dir: &Directory, plan: &Plan<'_, Target<'_, (usize, usize)>>, limi
     // forwarded through twice.
     for path in paths(plan) {
         let mut seen = BTreeSet::new();
-        for &i in &path {
+        // (A box is not a phone: a user's own box follows its phones.)
+        for &i in path.iter().filter(|&&i| !plan.steps[i].voicemail) {
             assert!(
                 seen.insert(index_of(&plan.steps[i].owner)),
                 "path {path:?} rings a user twice"
@@ -332,7 +350,9 @@ fn check_plan(dir: &Directory, plan: &Plan<'_, Target<'_, (usize, usize)>>, limi
         }
         let last = &plan.steps[*path.last().unwrap()];
         let mut chain: Vec<usize> = last.diversions.iter().map(|d| index_of(&d.from)).collect();
-        chain.push(index_of(&last.owner));
+        if !last.voicemail {
+            chain.push(index_of(&last.owner));
+        }
         let distinct: BTreeSet<_> = chain.iter().collect();
         assert_eq!(distinct.len(), chain.len(), "chain {chain:?} loops");
         // Each edge's forward is the previous step's own rule for it.
@@ -484,7 +504,10 @@ proptest! {
                 Err(Unrouted::NeedsUser(who)) => {
                     prop_assert!(asked.insert(who.to_string()), "asked twice for {}", who);
                     let named = dir.users.iter().any(|u| {
-                        u.forwarding.targets().any(|(_, t)| t.user() == Some(&who))
+                        u.forwarding.targets().any(|(_, t)| {
+                            t.user() == Some(&who)
+                                || matches!(t, ForwardTarget::Voicemail(a) if *a == who)
+                        })
                     });
                     prop_assert!(named, "asked for {} that no rule names", who);
                     let callee = all.get(&who).cloned().expect("every named user is known");
@@ -502,7 +525,8 @@ proptest! {
     #[test]
     fn each_rule_is_taken_or_noted(dir in directory(), limits in limits()) {
         if let Ok(plan) = route_all(&dir, &dir.callees(), limits) {
-            for step in &plan.steps {
+            // A box has no rules of its own.
+            for step in plan.steps.iter().filter(|s| !s.voicemail) {
                 let f = &dir.users[index_of(&step.owner)].forwarding;
                 for (rule, has, next) in [
                     (ForwardReason::UserBusy, f.busy.is_some(), step.next.busy),
@@ -575,6 +599,7 @@ fn user(bindings: Vec<i64>, forwarding: Forwarding) -> UserSpec {
         bindings,
         forwarding,
         dnd: false,
+        voicemail: false,
     }
 }
 
@@ -625,6 +650,75 @@ fn busy_and_no_answer_lead_to_their_targets_after_ringing() {
     assert_eq!(plan.steps[1].diversions[0].reason, ForwardReason::UserBusy);
     assert_eq!(plan.steps[2].diversions[0].reason, ForwardReason::NoAnswer);
     assert_eq!(plan.steps[1].next, Next::NONE);
+}
+
+fn voicemail_of(i: usize) -> ForwardTarget {
+    ForwardTarget::Voicemail(address(i))
+}
+
+#[test]
+fn no_answer_goes_to_the_voicemail_box_as_a_last_step_without_targets() {
+    let mut dir = given(Forwarding {
+        no_answer: Some(NoAnswerRule {
+            target: voicemail_of(0),
+            after_secs: 20,
+        }),
+        busy: Some(voicemail_of(0)),
+        ..Forwarding::default()
+    });
+    dir.users[0].voicemail = true;
+    let plan = route_all(&dir, &dir.callees(), Limits::default()).unwrap();
+    assert_eq!(owners(&plan), [0, 0, 0]);
+    assert_eq!(plan.steps[0].ring_timeout, Some(Duration::from_secs(20)));
+    assert!(!plan.steps[0].voicemail);
+    for (i, reason) in [(1, ForwardReason::UserBusy), (2, ForwardReason::NoAnswer)] {
+        let step = &plan.steps[i];
+        assert!(step.voicemail, "step {i} is the box");
+        assert!(step.targets.is_empty());
+        assert_eq!(step.next, Next::NONE, "the box is the end");
+        assert_eq!(step.diversions.len(), 1);
+        assert_eq!(step.diversions[0].reason, reason);
+        assert_eq!(*step.diversions[0].to, voicemail_of(0));
+    }
+    assert_eq!(
+        plan.steps[0].next,
+        Next {
+            busy: Some(1),
+            no_answer: Some(2),
+            unavailable: None
+        }
+    );
+}
+
+#[test]
+fn a_user_without_phones_goes_straight_to_another_users_box() {
+    let mut dir = given(Forwarding {
+        unavailable: Some(voicemail_of(1)),
+        always: None,
+        ..Forwarding::default()
+    });
+    dir.users[0].bindings.clear();
+    dir.users[1].voicemail = true;
+    let plan = route_all(&dir, &dir.callees(), Limits::default()).unwrap();
+    assert_eq!(owners(&plan), [1]);
+    assert!(plan.steps[0].voicemail);
+    assert_eq!(
+        plan.steps[0].diversions[0].reason,
+        ForwardReason::Unavailable
+    );
+}
+
+#[test]
+fn a_box_that_is_off_is_a_forward_not_taken() {
+    let dir = given(Forwarding {
+        always: Some(voicemail_of(1)),
+        ..Forwarding::default()
+    });
+    let plan = route_all(&dir, &dir.callees(), Limits::default()).unwrap();
+    assert_eq!(owners(&plan), [0], "rings the user's own phones");
+    assert!(!plan.steps[0].voicemail);
+    assert_eq!(plan.steps[0].skipped.len(), 1);
+    assert_eq!(plan.steps[0].skipped[0].why, SkipReason::TargetUnavailable);
 }
 
 #[test]

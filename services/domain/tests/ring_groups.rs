@@ -100,6 +100,7 @@ impl Setup {
                 dnd: spec.dnd,
                 on_call: spec.on_call,
                 last_call_ended: spec.last_call_ended,
+                voicemail: false,
             }),
             group: None,
         }
@@ -132,6 +133,7 @@ impl Setup {
                         dnd: false,
                         on_call: false,
                         last_call_ended: None,
+                        voicemail: false,
                     }),
                     group: None,
                 },

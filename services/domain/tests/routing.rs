@@ -103,6 +103,7 @@ fn callee(status: Status, user: Option<&UserSpec>) -> Callee<'_, usize> {
             dnd: false,
             on_call: false,
             last_call_ended: None,
+            voicemail: false,
         }),
     }
 }

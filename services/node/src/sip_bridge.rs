@@ -561,6 +561,8 @@ impl Looked {
                 dnd: user.features.as_ref().is_some_and(|f| f.dnd),
                 on_call: self.calls.on_call,
                 last_call_ended: self.calls.last_call_ended,
+                // No voicemail service yet: forwards to a box are not taken.
+                voicemail: false,
             }),
             group: self
                 .group
@@ -650,6 +652,10 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                         to_group: matches!(
                             d.to,
                             dialtone_domain::forwarding::ForwardTarget::Group(_)
+                        ),
+                        to_voicemail: matches!(
+                            d.to,
+                            dialtone_domain::forwarding::ForwardTarget::Voicemail(_)
                         ),
                     })
                     .collect();

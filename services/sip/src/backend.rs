@@ -413,6 +413,10 @@ pub struct Diversion {
     pub reason: DiversionReason,
     /// `to` is a ring group (it has no leg; its members do).
     pub to_group: bool,
+    /// The forward went to `to`'s voicemail box (the step the node answers,
+    /// ADR 0022): `to` gets no leg; the forwarding leg ends `Forwarded` to
+    /// `voicemail:to`.
+    pub to_voicemail: bool,
 }
 
 /// Why a call was forwarded (the forwarding rule that fired).

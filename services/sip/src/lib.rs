@@ -50,6 +50,7 @@
 //! 0014).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod app_uri;
 pub mod auth;
 pub mod backend;
 pub mod config;

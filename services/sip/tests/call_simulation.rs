@@ -1326,12 +1326,14 @@ fn build(seed: u64) -> Sim {
                 to: fwd1.clone(),
                 reason: reasons[rng.below(3) as usize],
                 to_group: false,
+                to_voicemail: false,
             };
             let to_fwd2 = Diversion {
                 from: fwd1,
                 to: fwd2,
                 reason: reasons[rng.below(3) as usize],
                 to_group: false,
+                to_voicemail: false,
             };
             RoutePlan {
                 steps: vec![

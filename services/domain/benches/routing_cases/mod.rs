@@ -572,6 +572,7 @@ impl Directory {
                         dnd: s.dnd,
                         on_call: false,
                         last_call_ended: None,
+                        voicemail: false,
                     }),
                 };
                 (self.addresses[u].clone(), callee)

@@ -40,6 +40,12 @@ impl Core {
         let callee_domain = lowercase(callee_host);
         let callee_domain = callee_domain.as_ref();
 
+        // The proxy calling one of the node's applications (a voicemail
+        // step): the caller was authenticated when the call began.
+        if let Some(app) = crate::app_uri::verified_app(&self.cfg.secret, &ruri) {
+            let app = AppRoute(app.to_owned());
+            return self.start_app(cx, &upstream, &app, None).await;
+        }
         if let Err(refused) = self
             .authenticate_sender(cx, PROXY, caller_domain, caller_user, method_text)
             .await

@@ -417,6 +417,7 @@ v=0\n";
             to: ("example.com".to_owned(), to.to_owned()),
             reason,
             to_group: false,
+            to_voicemail: false,
         }
     }
 

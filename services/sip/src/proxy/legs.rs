@@ -113,6 +113,8 @@ impl Legs {
             if self.group.is_none() {
                 let to = if d.to_group {
                     format!("group:{to}")
+                } else if d.to_voicemail {
+                    format!("voicemail:{to}")
                 } else {
                     to.clone()
                 };
@@ -126,6 +128,12 @@ impl Legs {
             }
             if d.to_group {
                 self.group = Some(d.to.clone());
+                self.callee = None;
+                continue;
+            }
+            if d.to_voicemail {
+                // A box has no leg; the call ends there.
+                self.group = None;
                 self.callee = None;
                 continue;
             }
@@ -343,6 +351,7 @@ mod tests {
             to: party(to),
             reason: DiversionReason::NoAnswer,
             to_group: false,
+            to_voicemail: false,
         }
     }
 
@@ -473,11 +482,34 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_to_a_voicemail_box_ends_the_leg_and_starts_none() {
+        let mut legs = legs();
+        let to_box = Diversion {
+            to_voicemail: true,
+            ..diversion("bob", "bob")
+        };
+        let records = legs.forward(std::slice::from_ref(&to_box));
+        assert_eq!(
+            steps(&records),
+            [("bob".into(), "forwarded voicemail:bob@example.com".into())]
+        );
+        assert_eq!(legs.callee, None, "a box has no leg");
+        // The answer and the end are the caller's only.
+        let users: Vec<String> = legs
+            .end(CallCause::NormalClearing, HangupSide::Caller)
+            .into_iter()
+            .map(|r| r.user)
+            .collect();
+        assert_eq!(users, ["alice"]);
+    }
+
+    #[test]
     fn a_group_forwards_without_a_leg_of_its_own() {
         let mut legs = legs();
         // bob forwards to the group; the group's no-answer target is carol.
         let to_group = Diversion {
             to_group: true,
+            to_voicemail: false,
             ..diversion("bob", "sales")
         };
         let records = legs.forward(std::slice::from_ref(&to_group));
