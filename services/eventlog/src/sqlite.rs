@@ -245,6 +245,12 @@ impl StoreMetrics {
             Err(Error::Invalid(_)) => self.errors_invalid.increment(1),
             Err(Error::Storage(_)) => self.errors_storage.increment(1),
             Err(Error::Closed) => self.errors_closed.increment(1),
+            // Blob store errors; an append never returns them.
+            Err(
+                Error::BlobConflict { .. }
+                | Error::InvalidBlobId { .. }
+                | Error::BlobTooLarge { .. },
+            ) => self.errors_invalid.increment(1),
         }
     }
 }
