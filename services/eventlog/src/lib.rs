@@ -5,7 +5,8 @@
 //! embedded SQLite backend ([`sqlite::SqliteStore`]) and the conformance suite
 //! ([`conformance`], behind the `conformance` feature) that every backend runs.
 //! And how the large byte strings events name are stored (voicemail audio):
-//! the [`BlobStore`] trait.
+//! the [`BlobStore`] trait, its SQLite backend ([`SqliteBlobStore`], a file
+//! of its own) and its suite ([`blob_conformance`]).
 //!
 //! # Main types
 //! - [`EventStore`] (shared as [`SharedStore`]): append with an expected
@@ -42,6 +43,13 @@
 //! - `conformance.rs`: the suite, with `conformance::Backend` as the hook a
 //!   backend implements and `conformance_tests!` to run it.
 //! - `blob.rs`: the blob contract ([`BlobStore`], id and size checks).
+//!   `sqlite_blob.rs`: its SQLite backend, in a file of its own next to the
+//!   log's (`blobs.sqlite3`), so that multi-MB writes never sit in the
+//!   log's group commit: one writer thread group-commits puts and deletes,
+//!   reads use the log's reader pool on its own file; a blob is a row of
+//!   metadata and rows of 256 KiB chunks. `blob_conformance.rs`: the blob
+//!   suite (`blob_conformance::BlobBackend`, `blob_conformance_tests!`),
+//!   with a crash case that kills a child process putting blobs.
 //!
 //! # Invariants every backend keeps (checked by the conformance suite)
 //! 1. An `append` is atomic: all its events are stored or none.
@@ -57,7 +65,7 @@
 //!    stream at consecutive versions, returns the first outcome with
 //!    `deduplicated = true` and stores nothing, whatever the expected version.
 //!
-//! # Invariants every blob backend keeps
+//! # Invariants every blob backend keeps (checked by the blob suite)
 //! 1. Acknowledged means durable: `put` and `delete` return `Ok` only once
 //!    fsynced. Callers put a blob *before* appending the event that names
 //!    it, so an event never names a missing blob; a crash between the two
@@ -85,12 +93,16 @@ use uuid::Uuid;
 
 pub mod blob;
 pub mod sqlite;
+pub mod sqlite_blob;
 mod subscription;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod blob_conformance;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
 pub use blob::{BlobId, BlobInfo, BlobStore, SharedBlobStore};
+pub use sqlite_blob::{SqliteBlobOptions, SqliteBlobStore};
 pub use subscription::subscribe_all;
 
 /// A global position in the log: 1 for the first event ever appended.
