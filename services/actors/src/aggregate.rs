@@ -949,6 +949,12 @@ fn copy_store_error(error: &dialtone_eventlog::Error) -> dialtone_eventlog::Erro
         E::Invalid(m) => E::Invalid(m.clone()),
         E::Storage(m) => E::Storage(m.clone()),
         E::Closed => E::Closed,
+        E::BlobConflict { id } => E::BlobConflict { id: id.clone() },
+        E::InvalidBlobId { id } => E::InvalidBlobId { id: id.clone() },
+        E::BlobTooLarge { size, limit } => E::BlobTooLarge {
+            size: *size,
+            limit: *limit,
+        },
     }
 }
 

@@ -4,6 +4,9 @@
 //! How events are stored: the [`EventStore`] trait with its invariants, the
 //! embedded SQLite backend ([`sqlite::SqliteStore`]) and the conformance suite
 //! ([`conformance`], behind the `conformance` feature) that every backend runs.
+//! And how the large byte strings events name are stored (voicemail audio):
+//! the [`BlobStore`] trait, its SQLite backend ([`SqliteBlobStore`], a file
+//! of its own) and its suite ([`blob_conformance`]).
 //!
 //! # Main types
 //! - [`EventStore`] (shared as [`SharedStore`]): append with an expected
@@ -18,6 +21,9 @@
 //! - [`subscribe_all`]: catch-up from any position, then live, built only on
 //!   [`EventStore::read_all`] and the head watch: no channel that could drop
 //!   events is part of delivery.
+//! - [`BlobStore`] (shared as [`SharedBlobStore`]): put (durable, written
+//!   once per id), get, delete, list in id order ([`BlobInfo`]: size,
+//!   SHA-256, creation time) for sweeping blobs no event names.
 //!
 //! # Layout
 //! - `lib.rs`: the contract (this trait, its types and invariants).
@@ -36,6 +42,14 @@
 //! - `subscription.rs`: [`subscribe_all`], for any backend.
 //! - `conformance.rs`: the suite, with `conformance::Backend` as the hook a
 //!   backend implements and `conformance_tests!` to run it.
+//! - `blob.rs`: the blob contract ([`BlobStore`], id and size checks).
+//!   `sqlite_blob.rs`: its SQLite backend, in a file of its own next to the
+//!   log's (`blobs.sqlite3`), so that multi-MB writes never sit in the
+//!   log's group commit: one writer thread group-commits puts and deletes,
+//!   reads use the log's reader pool on its own file; a blob is a row of
+//!   metadata and rows of 256 KiB chunks. `blob_conformance.rs`: the blob
+//!   suite (`blob_conformance::BlobBackend`, `blob_conformance_tests!`),
+//!   with a crash case that kills a child process putting blobs.
 //!
 //! # Invariants every backend keeps (checked by the conformance suite)
 //! 1. An `append` is atomic: all its events are stored or none.
@@ -51,10 +65,24 @@
 //!    stream at consecutive versions, returns the first outcome with
 //!    `deduplicated = true` and stores nothing, whatever the expected version.
 //!
+//! # Invariants every blob backend keeps (checked by the blob suite)
+//! 1. Acknowledged means durable: `put` and `delete` return `Ok` only once
+//!    fsynced. Callers put a blob *before* appending the event that names
+//!    it, so an event never names a missing blob; a crash between the two
+//!    leaves a blob no event names, which `list` lets a sweeper find.
+//! 2. All or nothing: after a crash a blob reads back exactly as put, or not
+//!    at all.
+//! 3. Written once: the same bytes again under an id is `Ok` (a retry),
+//!    other bytes are [`Error::BlobConflict`]; neither changes anything.
+//! 4. Ids are `[A-Za-z0-9_-]{1,64}` ([`Error::InvalidBlobId`]) and blobs at
+//!    most [`blob::MAX_BLOB_SIZE`] ([`Error::BlobTooLarge`]), checked before
+//!    anything is stored.
+//!
 //! # What it must not do
 //! It knows nothing of Dialtone's event types: `event_type` and `data` are
-//! opaque strings here. It never reads configuration. No other crate writes
-//! SQL or touches the database file: this crate is the only way in.
+//! opaque strings here, and blobs opaque bytes (it does not know they are
+//! audio). It never reads configuration. No other crate writes SQL or
+//! touches the database files: this crate is the only way in.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -63,12 +91,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+pub mod blob;
 pub mod sqlite;
+pub mod sqlite_blob;
 mod subscription;
 
 #[cfg(any(test, feature = "conformance"))]
+pub mod blob_conformance;
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use blob::{BlobId, BlobInfo, BlobStore, SharedBlobStore};
+pub use sqlite_blob::{SqliteBlobOptions, SqliteBlobStore};
 pub use subscription::subscribe_all;
 
 /// A global position in the log: 1 for the first event ever appended.
@@ -101,6 +135,17 @@ pub enum Error {
     /// The store is shut down.
     #[error("event store is closed")]
     Closed,
+    /// Other bytes are already stored under this blob id (blobs are written
+    /// once; a retry must carry the same bytes). Nothing was changed.
+    #[error("blob {id} already exists with other contents")]
+    BlobConflict { id: String },
+    /// A blob id that is not 1 to 64 characters of `[A-Za-z0-9_-]` (the id
+    /// given, cut after 65 characters).
+    #[error("invalid blob id {id:?}: ids are 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidBlobId { id: String },
+    /// The blob is larger than the store accepts ([`blob::MAX_BLOB_SIZE`]).
+    #[error("blob of {size} bytes is larger than the limit of {limit} bytes")]
+    BlobTooLarge { size: u64, limit: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

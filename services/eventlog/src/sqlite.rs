@@ -245,6 +245,12 @@ impl StoreMetrics {
             Err(Error::Invalid(_)) => self.errors_invalid.increment(1),
             Err(Error::Storage(_)) => self.errors_storage.increment(1),
             Err(Error::Closed) => self.errors_closed.increment(1),
+            // Blob store errors; an append never returns them.
+            Err(
+                Error::BlobConflict { .. }
+                | Error::InvalidBlobId { .. }
+                | Error::BlobTooLarge { .. },
+            ) => self.errors_invalid.increment(1),
         }
     }
 }
@@ -622,15 +628,16 @@ impl EventStore for SqliteStore {
 }
 
 /// The pool of read-only connections. Connections are opened lazily, at most
-/// one per permit, and carry their prepared statements with them.
-struct Readers {
+/// one per permit, and carry their prepared statements with them. The blob
+/// store (`sqlite_blob.rs`) reads its own file through one too.
+pub(crate) struct Readers {
     path: Arc<PathBuf>,
     idle: Mutex<Vec<Connection>>,
     permits: Semaphore,
 }
 
 impl Readers {
-    fn new(path: &Path, size: usize) -> Self {
+    pub(crate) fn new(path: &Path, size: usize) -> Self {
         Self {
             path: Arc::new(path.to_owned()),
             idle: Mutex::new(Vec::with_capacity(size)),
@@ -638,7 +645,7 @@ impl Readers {
         }
     }
 
-    fn close(&self) {
+    pub(crate) fn close(&self) {
         self.permits.close();
         self.idle
             .lock()
@@ -646,7 +653,7 @@ impl Readers {
             .clear();
     }
 
-    async fn run<T, F>(&self, closed: &AtomicBool, f: F) -> Result<T>
+    pub(crate) async fn run<T, F>(&self, closed: &AtomicBool, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
