@@ -142,7 +142,8 @@ mod subtle_free {
 
 fn validate_pin(pin: &str) -> Result<()> {
     let digits = pin.len();
-    if !(MIN_PIN_DIGITS..=MAX_PIN_DIGITS).contains(&digits) || !pin.bytes().all(|b| b.is_ascii_digit())
+    if !(MIN_PIN_DIGITS..=MAX_PIN_DIGITS).contains(&digits)
+        || !pin.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(Error::invalid(
             "pin",
@@ -310,17 +311,28 @@ pub enum Command {
         duration_ms: u32,
     },
     /// A caller reached a mailbox that cannot take a message, and was told.
-    Refuse { from: String, reason: RefusalReason },
+    Refuse {
+        from: String,
+        reason: RefusalReason,
+    },
     /// The owner listened to a message (or marked it read).
-    MarkRead { message_id: MessageId },
-    Delete { message_id: MessageId },
+    MarkRead {
+        message_id: MessageId,
+    },
+    Delete {
+        message_id: MessageId,
+    },
     /// A new greeting (stored under `audio`), or back to the default one.
-    SetGreeting { greeting: Option<Greeting> },
+    SetGreeting {
+        greeting: Option<Greeting>,
+    },
     /// Someone entered `pin` for this mailbox: right resets the count of
     /// wrong ones; wrong counts, and the [`PIN_ATTEMPTS_BEFORE_LOCKOUT`]th
     /// in a row locks the mailbox. While locked, refused with
     /// `FailedPrecondition` (nothing is recorded: the lock-out was).
-    CheckPin { pin: String },
+    CheckPin {
+        pin: String,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -666,7 +678,13 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert!(matches!(err, Error::Invalid { field: "max_messages", .. }));
+        assert!(matches!(
+            err,
+            Error::Invalid {
+                field: "max_messages",
+                ..
+            }
+        ));
         let err = decide(
             &enabled(),
             &Command::Configure(Patch {
@@ -676,7 +694,13 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert!(matches!(err, Error::Invalid { field: "max_message_ms", .. }));
+        assert!(matches!(
+            err,
+            Error::Invalid {
+                field: "max_message_ms",
+                ..
+            }
+        ));
         // The same settings again change nothing.
         let mut mailbox = enabled();
         assert!(run(&mut mailbox, Command::Configure(Patch::default()), NOW).is_empty());
@@ -768,7 +792,13 @@ mod tests {
                 NOW,
             )
             .unwrap_err();
-            assert!(matches!(err, Error::Invalid { field: "duration_ms", .. }));
+            assert!(matches!(
+                err,
+                Error::Invalid {
+                    field: "duration_ms",
+                    ..
+                }
+            ));
         }
     }
 
@@ -777,7 +807,10 @@ mod tests {
         let mut mailbox = enabled();
         for attempt in 1..PIN_ATTEMPTS_BEFORE_LOCKOUT {
             let events = run(&mut mailbox, Command::CheckPin { pin: "0000".into() }, NOW);
-            assert_eq!(events, vec![Event::MailboxPinRejected { attempts: attempt }]);
+            assert_eq!(
+                events,
+                vec![Event::MailboxPinRejected { attempts: attempt }]
+            );
         }
         // A right PIN in between resets the count.
         let events = run(&mut mailbox, Command::CheckPin { pin: "4321".into() }, NOW);

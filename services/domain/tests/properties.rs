@@ -16,12 +16,12 @@ use dialtone_domain::domain::{
     self, DigestAlgorithm, DigestAlgorithms, Domain, Settings, SettingsPatch,
 };
 use dialtone_domain::forwarding::{ForwardTarget, ForwardingPatch, RuleTimesPatch};
+use dialtone_domain::mailbox::{self, AudioId, PinHash};
 use dialtone_domain::registration::{
     self, ContactChange, Key, Presence, Register, MAX_Q, MICROS_PER_SEC,
 };
 use dialtone_domain::ring_group::{Member, RingGroup, RingGroupPatch, Strategy as Strategy_};
 use dialtone_domain::schedule::{TimeCondition, TimeZone};
-use dialtone_domain::mailbox::{self, AudioId, PinHash};
 use dialtone_domain::user::{self, NewUser, Patch, User, MAX_MAX_CONTACTS};
 use dialtone_domain::{DomainId, DomainName, Error, Event, UserId, UserName};
 use proptest::collection::vec;
@@ -860,10 +860,17 @@ fn check_mailbox(
     use mailbox::Command as M;
     let mut rest = after.clone();
     rest.mailbox = before.mailbox.clone();
-    assert_eq!(&rest, before, "a mailbox command changed more than the mailbox");
+    assert_eq!(
+        &rest, before,
+        "a mailbox command changed more than the mailbox"
+    );
     let (b, a) = (&before.mailbox, &after.mailbox);
     match command {
-        M::Leave { message_id, duration_ms, .. } => {
+        M::Leave {
+            message_id,
+            duration_ms,
+            ..
+        } => {
             let left = events
                 .iter()
                 .any(|e| matches!(e, user::Event::VoicemailLeft { .. }));
@@ -871,10 +878,18 @@ fn check_mailbox(
                 assert!(events.is_empty(), "a retried Leave records nothing");
             } else if left {
                 assert!(b.enabled && !b.is_full());
-                let m = a.message(message_id).expect("the message is in the mailbox");
-                assert_eq!((m.duration_ms, m.read, m.left_at), (*duration_ms, false, now));
+                let m = a
+                    .message(message_id)
+                    .expect("the message is in the mailbox");
+                assert_eq!(
+                    (m.duration_ms, m.read, m.left_at),
+                    (*duration_ms, false, now)
+                );
             } else {
-                assert!(!b.enabled || b.is_full(), "refused only when full or off: {events:?}");
+                assert!(
+                    !b.enabled || b.is_full(),
+                    "refused only when full or off: {events:?}"
+                );
                 assert_eq!(a.messages, b.messages);
             }
         }
@@ -1491,10 +1506,8 @@ fn check_user_state(state: &User) {
     let ids: BTreeSet<_> = mailbox.messages.iter().map(|m| &m.message_id).collect();
     assert_eq!(ids.len(), mailbox.messages.len(), "message ids are unique");
     assert!(mailbox.settings.max_messages >= 1);
-    assert!(
-        (mailbox::MIN_MAX_MESSAGE_MS..=mailbox::MAX_MAX_MESSAGE_MS)
-            .contains(&mailbox.settings.max_message_ms)
-    );
+    assert!((mailbox::MIN_MAX_MESSAGE_MS..=mailbox::MAX_MAX_MESSAGE_MS)
+        .contains(&mailbox.settings.max_message_ms));
     assert!(!mailbox.enabled || mailbox.pin.is_some());
     assert!(mailbox.failed_pin_attempts < mailbox::PIN_ATTEMPTS_BEFORE_LOCKOUT);
     assert!(mailbox
