@@ -121,7 +121,8 @@ impl Aggregate for UserAggregate {
     type State = model::user::User;
     type Command = model::user::Command;
     type Event = model::user::Event;
-    const SNAPSHOT_SCHEMA: u32 = 1;
+    /// 2: the user gained its voicemail box (`mailbox`).
+    const SNAPSHOT_SCHEMA: u32 = 2;
     const KIND: &'static str = "user";
 
     fn stream(id: UserId) -> String {

@@ -155,9 +155,10 @@ impl UserFacts {
     }
 }
 
-/// An event that changes nothing in [`UserFacts`] (only a call leg or
-/// presence).
-fn only_calls(event: &user::Event) -> bool {
+/// An event that changes nothing in [`UserFacts`]: a call leg, presence,
+/// or the voicemail box (whose settings, PIN and messages are no SIP fact:
+/// neither credentials nor contacts nor call features).
+fn leaves_facts_alone(event: &user::Event) -> bool {
     use user::Event as E;
     matches!(
         event,
@@ -170,6 +171,16 @@ fn only_calls(event: &user::Event) -> bool {
             | E::CallForwardSkipped { .. }
             | E::CallTransferred { .. }
             | E::PresenceChanged { .. }
+            | E::MailboxConfigured { .. }
+            | E::MailboxPinChanged { .. }
+            | E::MailboxPinAccepted {}
+            | E::MailboxPinRejected { .. }
+            | E::MailboxLockedOut { .. }
+            | E::VoicemailLeft { .. }
+            | E::VoicemailRefused { .. }
+            | E::VoicemailRead { .. }
+            | E::VoicemailDeleted { .. }
+            | E::GreetingChanged { .. }
     )
 }
 
@@ -336,7 +347,7 @@ impl Facts {
                 }
             }
         }
-        if events.is_some_and(|events| events.iter().all(only_calls)) {
+        if events.is_some_and(|events| events.iter().all(leaves_facts_alone)) {
             return;
         }
         let facts = Arc::new(UserFacts::of(state));
@@ -551,6 +562,45 @@ mod tests {
         assert_eq!(facts.token(Uuid::from_u128(3)), None);
         assert_eq!(sha256_from_hex(&hash.to_uppercase()), None);
         assert_eq!(sha256_from_hex(&hash[1..]), None);
+    }
+
+    /// A commit of only voicemail-box events keeps the user's published
+    /// facts as they are (no rebuild): the mailbox is no SIP fact.
+    #[test]
+    fn mailbox_events_leave_user_facts_alone() {
+        use dialtone_domain::mailbox::{AudioId, Command as M, Patch, PinHash};
+        let state = user(
+            serde_json::json!({"ha1_md5": "aa", "ha1_sha256": "bb", "set_at": 1}),
+            vec![binding("sip:alice@192.0.2.1:5060", "192.0.2.1:5060", "UDP")],
+        );
+        let id = UserId(Uuid::from_u128(7));
+        let facts = Facts::default();
+        facts.publish_user(id, &state, None);
+        let before = facts.user(id).unwrap();
+        let mut after = state;
+        let mut events = Vec::new();
+        for command in [
+            M::Configure(Patch {
+                enabled: Some(true),
+                pin: Some(PinHash::derive("4321", [1; 16]).unwrap()),
+                ..Patch::default()
+            }),
+            M::Leave {
+                message_id: AudioId::from_random([2; 16]),
+                from: "bob@example.test".into(),
+                duration_ms: 3_000,
+            },
+            M::CheckPin { pin: "0000".into() },
+        ] {
+            let emitted = user::decide(&after, &user::Command::Mailbox(command), 2).unwrap();
+            after = emitted.iter().fold(after, user::evolve);
+            events.extend(emitted);
+        }
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(events.iter().all(leaves_facts_alone));
+        assert_eq!(UserFacts::of(&after), *before);
+        facts.publish_user(id, &after, Some(&events));
+        assert!(Arc::ptr_eq(&before, &facts.user(id).unwrap()));
     }
 
     #[test]

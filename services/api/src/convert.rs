@@ -142,15 +142,6 @@ pub fn envelope_with(e: &RecordedEvent, upcasters: &event::Upcasters) -> pb::Eve
         .unwrap_or_default()
 }
 
-/// Whether the stored data of `event_type` holds secrets to remove before
-/// showing it (see [`event::redact_secrets`]).
-fn has_secrets(event_type: &str) -> bool {
-    matches!(
-        event_type,
-        "UserCreated" | "PasswordChanged" | "TokenCreated"
-    )
-}
-
 /// The envelope of a stored event with its data as JSON (`json`) and/or as
 /// a typed payload (`typed`), both upgraded to the current schema version
 /// with `upcasters`. Data that cannot be read gives `{}` and no payload.
@@ -164,7 +155,7 @@ pub fn subscribed_event(
     let current = upcasters.current_version(&e.event_type);
     let mut payload = None;
     let mut data_json = String::new();
-    if e.schema_version >= current && !has_secrets(&e.event_type) {
+    if e.schema_version >= current && !event::has_secrets(&e.event_type) {
         // Current data without secrets (the common case): decode it once
         // for the payload and show the stored JSON as it is.
         if typed {
@@ -248,5 +239,52 @@ pub fn contact(
         call_id: b.call_id.clone(),
         cseq: b.cseq,
         q: b.q.map(u32::from).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dialtone_domain::mailbox::PinHash;
+    use dialtone_domain::{user, Event};
+    use dialtone_eventlog::RecordedEvent;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn recorded(event: &Event) -> RecordedEvent {
+        RecordedEvent {
+            position: 1,
+            stream: format!("user-{}", Uuid::nil()),
+            version: 0,
+            event_id: Uuid::nil(),
+            event_type: event.event_type().to_owned(),
+            schema_version: 1,
+            occurred_at_us: 1,
+            domain_id: None,
+            user_id: Some(Uuid::nil()),
+            node: "n".to_owned(),
+            correlation_id: None,
+            data: event.to_data().unwrap(),
+        }
+    }
+
+    /// A mailbox PIN's hash is in the log but never in what the API shows,
+    /// neither as JSON nor typed.
+    #[test]
+    fn a_mailbox_pin_hash_is_never_shown() {
+        let pin = PinHash::derive("4321", [9; 16]).unwrap();
+        let event = Event::User(user::Event::MailboxPinChanged { pin: pin.clone() });
+        let stored = recorded(&event);
+        assert!(stored.data.contains(pin.as_str()));
+        let shown = subscribed_event(stored, &event::Upcasters::builtin(), true, true);
+        let envelope = shown.envelope.unwrap();
+        assert_eq!(envelope.data_json, "{}");
+        assert_eq!(envelope.category, "provisioning");
+        assert_eq!(
+            shown.payload.unwrap().event,
+            Some(pb::event_payload::Event::MailboxPinChanged(
+                pb::MailboxPinChanged {}
+            ))
+        );
     }
 }

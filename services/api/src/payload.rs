@@ -9,6 +9,7 @@
 //! every other module can use it.
 
 use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide, TransferKind};
+use dialtone_domain::mailbox::{self, RefusalReason};
 use dialtone_domain::registration::{Binding, Presence};
 use dialtone_domain::routing::SkipReason;
 use dialtone_domain::{domain, token, user, Event};
@@ -397,6 +398,83 @@ fn user_payload(e: user::Event) -> P {
             replaced_call_id: replaced_call_id.unwrap_or_default(),
             transferred_at: timestamp(transferred_at),
         }),
+        E::MailboxConfigured { enabled, settings } => P::MailboxConfigured(pb::MailboxConfigured {
+            enabled,
+            settings: Some(mailbox_settings(settings)),
+        }),
+        // The PIN's hash never leaves the node (`event::redact_secrets`).
+        E::MailboxPinChanged { pin: _ } => P::MailboxPinChanged(pb::MailboxPinChanged {}),
+        E::MailboxPinAccepted {} => P::MailboxPinAccepted(pb::MailboxPinAccepted {}),
+        E::MailboxPinRejected { attempts } => {
+            P::MailboxPinRejected(pb::MailboxPinRejected { attempts })
+        }
+        E::MailboxLockedOut {
+            attempts,
+            locked_until,
+        } => P::MailboxLockedOut(pb::MailboxLockedOut {
+            attempts,
+            locked_until: timestamp(locked_until),
+        }),
+        E::VoicemailLeft {
+            message_id,
+            from,
+            duration_ms,
+            left_at,
+        } => P::VoicemailLeft(pb::VoicemailLeft {
+            message_id: message_id.to_string(),
+            from,
+            duration_ms,
+            left_at: timestamp(left_at),
+        }),
+        E::VoicemailRefused {
+            from,
+            reason,
+            refused_at,
+        } => P::VoicemailRefused(pb::VoicemailRefused {
+            from,
+            reason: refusal_reason(reason) as i32,
+            refused_at: timestamp(refused_at),
+        }),
+        E::VoicemailRead {
+            message_id,
+            read_at,
+        } => P::VoicemailRead(pb::VoicemailRead {
+            message_id: message_id.to_string(),
+            read_at: timestamp(read_at),
+        }),
+        E::VoicemailDeleted {
+            message_id,
+            deleted_at,
+        } => P::VoicemailDeleted(pb::VoicemailDeleted {
+            message_id: message_id.to_string(),
+            deleted_at: timestamp(deleted_at),
+        }),
+        E::GreetingChanged {
+            greeting,
+            changed_at,
+        } => P::GreetingChanged(pb::GreetingChanged {
+            greeting: greeting.map(|g| pb::Greeting {
+                audio_id: g.audio.to_string(),
+                duration_ms: g.duration_ms,
+            }),
+            changed_at: timestamp(changed_at),
+        }),
+    }
+}
+
+pub fn mailbox_settings(s: mailbox::Settings) -> pb::MailboxSettings {
+    pb::MailboxSettings {
+        max_message_ms: s.max_message_ms,
+        max_messages: s.max_messages,
+        pin_from_own_phone: s.pin_from_own_phone,
+        unsolicited_mwi: s.unsolicited_mwi,
+    }
+}
+
+pub fn refusal_reason(r: RefusalReason) -> pb::VoicemailRefusalReason {
+    match r {
+        RefusalReason::MailboxFull => pb::VoicemailRefusalReason::MailboxFull,
+        RefusalReason::MailboxDisabled => pb::VoicemailRefusalReason::MailboxDisabled,
     }
 }
 
@@ -509,6 +587,16 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::CallForwarded(_) => "CallForwarded",
         P::CallForwardSkipped(_) => "CallForwardSkipped",
         P::CallTransferred(_) => "CallTransferred",
+        P::MailboxConfigured(_) => "MailboxConfigured",
+        P::MailboxPinChanged(_) => "MailboxPinChanged",
+        P::MailboxPinAccepted(_) => "MailboxPinAccepted",
+        P::MailboxPinRejected(_) => "MailboxPinRejected",
+        P::MailboxLockedOut(_) => "MailboxLockedOut",
+        P::VoicemailLeft(_) => "VoicemailLeft",
+        P::VoicemailRefused(_) => "VoicemailRefused",
+        P::VoicemailRead(_) => "VoicemailRead",
+        P::VoicemailDeleted(_) => "VoicemailDeleted",
+        P::GreetingChanged(_) => "GreetingChanged",
         P::TokenCreated(_) => "TokenCreated",
         P::TokenRevoked(_) => "TokenRevoked",
     })
@@ -570,5 +658,71 @@ mod tests {
         let event = Event::Domain(domain::Event::DomainResumed {});
         let payload = super::payload(&event);
         assert_eq!(super::type_name(&payload), Some(event.event_type()));
+    }
+
+    #[test]
+    fn mailbox_events_map_to_their_payloads() {
+        use dialtone_domain::mailbox::{AudioId, Greeting, PinHash, RefusalReason, Settings};
+        use dialtone_domain::{user::Event as U, Event};
+        let id = AudioId::from_random([0xab; 16]);
+        let events = [
+            U::MailboxConfigured {
+                enabled: true,
+                settings: Settings::default(),
+            },
+            U::MailboxPinChanged {
+                pin: PinHash::derive("4321", [1; 16]).unwrap(),
+            },
+            U::MailboxPinAccepted {},
+            U::MailboxPinRejected { attempts: 2 },
+            U::MailboxLockedOut {
+                attempts: 5,
+                locked_until: 7_000_000,
+            },
+            U::VoicemailLeft {
+                message_id: id.clone(),
+                from: "bob@example.com".into(),
+                duration_ms: 4_000,
+                left_at: 1,
+            },
+            U::VoicemailRefused {
+                from: "bob@example.com".into(),
+                reason: RefusalReason::MailboxFull,
+                refused_at: 1,
+            },
+            U::VoicemailRead {
+                message_id: id.clone(),
+                read_at: 1,
+            },
+            U::VoicemailDeleted {
+                message_id: id.clone(),
+                deleted_at: 1,
+            },
+            U::GreetingChanged {
+                greeting: Some(Greeting {
+                    audio: id.clone(),
+                    duration_ms: 3_000,
+                }),
+                changed_at: 1,
+            },
+        ];
+        for event in events {
+            let event = Event::User(event);
+            let payload = super::payload(&event);
+            assert_eq!(super::type_name(&payload), Some(event.event_type()));
+            // The PIN's hash is not in the typed payload.
+            assert!(!format!("{payload:?}").contains("sha256$"), "{payload:?}");
+        }
+        let left = super::payload(&Event::User(U::VoicemailLeft {
+            message_id: id.clone(),
+            from: "bob@example.com".into(),
+            duration_ms: 4_000,
+            left_at: 1_500_000,
+        }));
+        let Some(super::P::VoicemailLeft(left)) = left.event else {
+            panic!("{left:?}")
+        };
+        assert_eq!(left.message_id, id.as_str());
+        assert_eq!(left.left_at.unwrap().seconds, 1);
     }
 }

@@ -28,6 +28,9 @@ pub enum EventCategory {
     Presence,
     Call,
     Security,
+    /// A voicemail box's messages (left, refused, read, deleted) and
+    /// greetings.
+    Voicemail,
 }
 
 impl EventCategory {
@@ -38,6 +41,7 @@ impl EventCategory {
             EventCategory::Presence => "presence",
             EventCategory::Call => "call",
             EventCategory::Security => "security",
+            EventCategory::Voicemail => "voicemail",
         }
     }
 
@@ -48,6 +52,7 @@ impl EventCategory {
             "presence" => EventCategory::Presence,
             "call" => EventCategory::Call,
             "security" => EventCategory::Security,
+            "voicemail" => EventCategory::Voicemail,
             _ => return None,
         })
     }
@@ -102,6 +107,8 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("RingGroupCreated", EventCategory::Provisioning),
     ("RingGroupUpdated", EventCategory::Provisioning),
     ("RingGroupDeleted", EventCategory::Provisioning),
+    ("MailboxConfigured", EventCategory::Provisioning),
+    ("MailboxPinChanged", EventCategory::Provisioning),
     ("ContactRegistered", EventCategory::Registration),
     ("ContactRefreshed", EventCategory::Registration),
     ("ContactRemoved", EventCategory::Registration),
@@ -119,6 +126,14 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("SourceLockedOut", EventCategory::Security),
     ("TokenCreated", EventCategory::Security),
     ("TokenRevoked", EventCategory::Security),
+    ("MailboxPinAccepted", EventCategory::Security),
+    ("MailboxPinRejected", EventCategory::Security),
+    ("MailboxLockedOut", EventCategory::Security),
+    ("VoicemailLeft", EventCategory::Voicemail),
+    ("VoicemailRefused", EventCategory::Voicemail),
+    ("VoicemailRead", EventCategory::Voicemail),
+    ("VoicemailDeleted", EventCategory::Voicemail),
+    ("GreetingChanged", EventCategory::Voicemail),
 ];
 
 /// The event types of the domain stream (`domain-{uuid}`); every other type
@@ -389,6 +404,16 @@ impl Event {
                 user::Event::CallForwarded { .. } => "CallForwarded",
                 user::Event::CallForwardSkipped { .. } => "CallForwardSkipped",
                 user::Event::CallTransferred { .. } => "CallTransferred",
+                user::Event::MailboxConfigured { .. } => "MailboxConfigured",
+                user::Event::MailboxPinChanged { .. } => "MailboxPinChanged",
+                user::Event::MailboxPinAccepted { .. } => "MailboxPinAccepted",
+                user::Event::MailboxPinRejected { .. } => "MailboxPinRejected",
+                user::Event::MailboxLockedOut { .. } => "MailboxLockedOut",
+                user::Event::VoicemailLeft { .. } => "VoicemailLeft",
+                user::Event::VoicemailRefused { .. } => "VoicemailRefused",
+                user::Event::VoicemailRead { .. } => "VoicemailRead",
+                user::Event::VoicemailDeleted { .. } => "VoicemailDeleted",
+                user::Event::GreetingChanged { .. } => "GreetingChanged",
             },
             Event::Token(e) => match e {
                 token::Event::TokenCreated { .. } => "TokenCreated",
@@ -536,14 +561,32 @@ mod tests {
     }
 }
 
+/// Whether [`redact_secrets`] changes the stored data of `event_type`:
+/// readers that show stored JSON as it is (the API's fast path) must
+/// redact these types first.
+pub fn has_secrets(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "UserCreated" | "PasswordChanged" | "TokenCreated" | "MailboxPinChanged"
+    )
+}
+
 /// The data of an event as it may be shown outside the node (API, CLI,
 /// exports): digest HA1 values are password equivalents, so `credentials`
 /// keeps only `set_at`; a token's `secret_sha256` is left out (it is not
-/// the secret, but nobody outside needs it). Everything else is unchanged.
+/// the secret, but nobody outside needs it), and so is a mailbox PIN's
+/// salted hash (`pin`). Everything else is unchanged.
 pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
     if event_type == "TokenCreated" {
         if let Value::Object(map) = &mut data {
             map.remove("secret_sha256");
+        }
+    }
+    if event_type == "MailboxPinChanged" {
+        // A salted hash of a few digits gives the PIN away to anyone who
+        // tries them all.
+        if let Value::Object(map) = &mut data {
+            map.remove("pin");
         }
     }
     if matches!(event_type, "UserCreated" | "PasswordChanged") {
@@ -647,6 +690,31 @@ mod upcaster_tests {
 #[cfg(test)]
 mod redaction_tests {
     use super::*;
+
+    #[test]
+    fn the_mailbox_pin_hash_is_removed() {
+        let pin = crate::mailbox::PinHash::derive("4321", [3; 16]).unwrap();
+        let event = Event::User(user::Event::MailboxPinChanged { pin: pin.clone() });
+        let data: Value = serde_json::from_str(&event.to_data().unwrap()).unwrap();
+        assert_eq!(data["pin"], pin.as_str());
+        let shown = redact_secrets("MailboxPinChanged", data);
+        assert_eq!(shown, serde_json::json!({}));
+    }
+
+    /// `has_secrets` names exactly the types whose data `redact_secrets`
+    /// changes (tried on data holding every secret field there is).
+    #[test]
+    fn has_secrets_names_the_types_redact_secrets_changes() {
+        let data = serde_json::json!({
+            "credentials": {"ha1_md5": "aa", "ha1_sha256": "bb", "set_at": 5},
+            "secret_sha256": "cc",
+            "pin": "sha256$00$11",
+        });
+        for (event_type, _) in EVENT_TYPES {
+            let changed = redact_secrets(event_type, data.clone()) != data;
+            assert_eq!(has_secrets(event_type), changed, "{event_type}");
+        }
+    }
 
     #[test]
     fn ha1_values_are_removed() {

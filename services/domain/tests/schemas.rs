@@ -9,8 +9,11 @@ use std::sync::LazyLock;
 use dialtone_domain::call::{CallStep, Cause, Direction, ForwardReason, HangupSide, TransferKind};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
-use dialtone_domain::event::{current_schema_version, DOMAIN_EVENT_TYPES, EVENT_TYPES};
+use dialtone_domain::event::{
+    current_schema_version, redact_secrets, DOMAIN_EVENT_TYPES, EVENT_TYPES,
+};
 use dialtone_domain::forwarding::{ForwardTarget, Forwarding, ForwardingPatch, RuleTimesPatch};
+use dialtone_domain::mailbox::{self, AudioId, Greeting, PinHash, RefusalReason};
 use dialtone_domain::names::UserAddress;
 use dialtone_domain::registration::{Binding, ContactChange, Presence, Register};
 use dialtone_domain::routing::SkipReason;
@@ -416,6 +419,101 @@ fn user_events_from_decide() -> Vec<Event> {
     events.extend(emitted.into_iter().map(Event::User));
     events.extend(registration_events_from_decide(&state));
     events.extend(call_events_from_decide(&state));
+    events.extend(mailbox_events_from_decide(&state));
+    events
+}
+
+fn audio_id(n: u8) -> AudioId {
+    AudioId::from_random([n; 16])
+}
+
+/// Voicemail events produced by `decide` for `created` (a user whose
+/// mailbox was never configured), covering every mailbox variant and
+/// refusal reason.
+fn mailbox_events_from_decide(created: &User) -> Vec<Event> {
+    use mailbox::{Command as M, Patch as P};
+    let sec = 1_000_000;
+    let mailbox = |c: M| user::Command::Mailbox(c);
+    let leave = |n: u8, from: &str, duration_ms| {
+        mailbox(M::Leave {
+            message_id: audio_id(n),
+            from: from.to_owned(),
+            duration_ms,
+        })
+    };
+    let check_pin = |pin: &str| {
+        mailbox(M::CheckPin {
+            pin: pin.to_owned(),
+        })
+    };
+    let mut commands = vec![
+        // Never configured: disabled.
+        leave(1, "bob@example.com", 5_000),
+        mailbox(M::Configure(P {
+            enabled: Some(true),
+            pin: Some(PinHash::derive("4321", [7; 16]).unwrap()),
+            ..P::default()
+        })),
+        mailbox(M::Configure(P {
+            max_message_ms: Some(mailbox::MAX_MAX_MESSAGE_MS),
+            max_messages: Some(1),
+            pin_from_own_phone: Some(true),
+            unsolicited_mwi: Some(true),
+            ..P::default()
+        })),
+        // The longest a mailbox takes: its maximum and a second of slack.
+        leave(
+            2,
+            "+4930123456@example.com",
+            mailbox::MAX_MAX_MESSAGE_MS + 1_000,
+        ),
+        // Full.
+        leave(3, "\"Bob\" ✓@example.com", mailbox::MIN_MESSAGE_MS),
+        mailbox(M::Refuse {
+            from: String::new(),
+            reason: RefusalReason::MailboxDisabled,
+        }),
+        mailbox(M::MarkRead {
+            message_id: audio_id(2),
+        }),
+        mailbox(M::Delete {
+            message_id: audio_id(2),
+        }),
+        mailbox(M::SetGreeting {
+            greeting: Some(Greeting {
+                audio: audio_id(9),
+                duration_ms: 4_000,
+            }),
+        }),
+        mailbox(M::SetGreeting { greeting: None }),
+        check_pin("0000"),
+        check_pin("4321"),
+    ];
+    // Wrong PINs up to the lock-out.
+    commands.extend((0..mailbox::PIN_ATTEMPTS_BEFORE_LOCKOUT).map(|_| check_pin("99999")));
+    commands.push(mailbox(M::Configure(P {
+        enabled: Some(false),
+        max_message_ms: Some(mailbox::MIN_MAX_MESSAGE_MS),
+        max_messages: Some(mailbox::MAX_MAX_MESSAGES),
+        pin: Some(PinHash::derive("123456789012", [0xff; 16]).unwrap()),
+        ..P::default()
+    })));
+    let mut state = created.clone();
+    let mut now = T0 + 20_000 * sec;
+    let mut events = Vec::new();
+    for command in commands {
+        let emitted = user::decide(&state, &command, now).unwrap();
+        assert!(!emitted.is_empty(), "{command:?} emitted nothing");
+        state = emitted.iter().fold(state, user::evolve);
+        events.extend(emitted.into_iter().map(Event::User));
+        now += sec;
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::User(user::Event::MailboxLockedOut { .. }))),
+        "the wrong PINs lock the mailbox"
+    );
     events
 }
 
@@ -1115,6 +1213,112 @@ fn hand_made_events() -> Vec<Event> {
             transferred_at: 0,
         }
         .into(),
+        U::MailboxConfigured {
+            enabled: true,
+            settings: mailbox::Settings {
+                max_message_ms: mailbox::MAX_MAX_MESSAGE_MS,
+                max_messages: mailbox::MAX_MAX_MESSAGES,
+                pin_from_own_phone: true,
+                unsolicited_mwi: true,
+            },
+        }
+        .into(),
+        U::MailboxConfigured {
+            enabled: false,
+            settings: mailbox::Settings {
+                max_message_ms: mailbox::MIN_MAX_MESSAGE_MS,
+                max_messages: 1,
+                pin_from_own_phone: false,
+                unsolicited_mwi: false,
+            },
+        }
+        .into(),
+        U::MailboxPinChanged {
+            pin: PinHash::derive("0000", [0; 16]).unwrap(),
+        }
+        .into(),
+        U::MailboxPinChanged {
+            pin: PinHash::derive(&"9".repeat(mailbox::MAX_PIN_DIGITS), [0xff; 16]).unwrap(),
+        }
+        .into(),
+        U::MailboxPinAccepted {}.into(),
+        U::MailboxPinRejected { attempts: 1 }.into(),
+        U::MailboxPinRejected { attempts: u32::MAX }.into(),
+        U::MailboxLockedOut {
+            attempts: mailbox::PIN_ATTEMPTS_BEFORE_LOCKOUT,
+            locked_until: T0 + mailbox::PIN_LOCKOUT_US,
+        }
+        .into(),
+        U::MailboxLockedOut {
+            attempts: u32::MAX,
+            locked_until: i64::MAX,
+        }
+        .into(),
+        U::VoicemailLeft {
+            message_id: audio_id(0xab),
+            from: "bob@example.com".to_owned(),
+            duration_ms: mailbox::MIN_MESSAGE_MS,
+            left_at: T0,
+        }
+        .into(),
+        U::VoicemailLeft {
+            message_id: AudioId::parse("vm-00000000000000000000000000000000").unwrap(),
+            // 256 bytes: the longest `from`.
+            from: "é".repeat(mailbox::MAX_FROM_LEN / 2),
+            duration_ms: mailbox::MAX_MAX_MESSAGE_MS + 1_000,
+            left_at: i64::MAX,
+        }
+        .into(),
+        U::VoicemailLeft {
+            message_id: AudioId::parse("vm-ffffffffffffffffffffffffffffffff").unwrap(),
+            from: String::new(),
+            duration_ms: mailbox::MIN_MESSAGE_MS,
+            left_at: 0,
+        }
+        .into(),
+        U::VoicemailRefused {
+            from: "+15551234567@example.com".to_owned(),
+            reason: RefusalReason::MailboxFull,
+            refused_at: T0,
+        }
+        .into(),
+        U::VoicemailRefused {
+            from: String::new(),
+            reason: RefusalReason::MailboxDisabled,
+            refused_at: 0,
+        }
+        .into(),
+        U::VoicemailRead {
+            message_id: audio_id(1),
+            read_at: T0,
+        }
+        .into(),
+        U::VoicemailDeleted {
+            message_id: audio_id(1),
+            deleted_at: i64::MAX,
+        }
+        .into(),
+        U::GreetingChanged {
+            greeting: Some(Greeting {
+                audio: audio_id(9),
+                duration_ms: 4_000,
+            }),
+            changed_at: T0,
+        }
+        .into(),
+        U::GreetingChanged {
+            greeting: Some(Greeting {
+                audio: audio_id(0),
+                duration_ms: u32::MAX,
+            }),
+            changed_at: 0,
+        }
+        .into(),
+        U::GreetingChanged {
+            greeting: None,
+            changed_at: i64::MAX,
+        }
+        .into(),
         token::Event::TokenCreated {
             token_id: Uuid::max(),
             scope: Scope::Domain(dn("a.example")),
@@ -1291,6 +1495,29 @@ fn extra_properties_are_rejected_at_every_level() {
             json!(60),
         ),
     );
+    assert_rejected(
+        "MailboxConfigured",
+        with_extra(
+            sample("MailboxConfigured"),
+            "/settings",
+            "pin",
+            json!("1234"),
+        ),
+    );
+    assert_rejected(
+        "GreetingChanged",
+        with_extra(
+            sample("GreetingChanged"),
+            "/greeting",
+            "audio_bytes",
+            json!("UklGRg=="),
+        ),
+    );
+    // Neither a message's nor a greeting's audio has a place in an event.
+    assert_rejected(
+        "VoicemailLeft",
+        with_extra(sample("VoicemailLeft"), "", "audio", json!("UklGRg==")),
+    );
 }
 
 #[test]
@@ -1343,6 +1570,24 @@ fn missing_required_fields_are_rejected() {
         ("CallTransferred", "target"),
         ("CallTransferred", "kind"),
         ("CallTransferred", "transferred_at"),
+        ("MailboxConfigured", "enabled"),
+        ("MailboxConfigured", "settings"),
+        ("MailboxPinChanged", "pin"),
+        ("MailboxPinRejected", "attempts"),
+        ("MailboxLockedOut", "attempts"),
+        ("MailboxLockedOut", "locked_until"),
+        ("VoicemailLeft", "message_id"),
+        ("VoicemailLeft", "from"),
+        ("VoicemailLeft", "duration_ms"),
+        ("VoicemailLeft", "left_at"),
+        ("VoicemailRefused", "from"),
+        ("VoicemailRefused", "reason"),
+        ("VoicemailRefused", "refused_at"),
+        ("VoicemailRead", "message_id"),
+        ("VoicemailRead", "read_at"),
+        ("VoicemailDeleted", "message_id"),
+        ("VoicemailDeleted", "deleted_at"),
+        ("GreetingChanged", "changed_at"),
         ("TokenCreated", "secret_sha256"),
         ("TokenCreated", "scope"),
         ("TokenRevoked", "token_id"),
@@ -1364,6 +1609,25 @@ fn missing_required_fields_are_rejected() {
     ] {
         let binding = without(sample("ContactRegistered")["binding"].clone(), field);
         assert_rejected("ContactRegistered", json!({ "binding": binding }));
+    }
+    for field in [
+        "max_message_ms",
+        "max_messages",
+        "pin_from_own_phone",
+        "unsolicited_mwi",
+    ] {
+        let settings = without(sample("MailboxConfigured")["settings"].clone(), field);
+        assert_rejected(
+            "MailboxConfigured",
+            json!({ "enabled": true, "settings": settings }),
+        );
+    }
+    for field in ["audio", "duration_ms"] {
+        let greeting = without(sample("GreetingChanged")["greeting"].clone(), field);
+        assert_rejected(
+            "GreetingChanged",
+            json!({ "greeting": greeting, "changed_at": 0 }),
+        );
     }
     let credentials = without(
         sample("PasswordChanged")["credentials"].clone(),
@@ -1710,5 +1974,229 @@ fn token_events_hold_no_secret_and_a_well_formed_scope() {
             "TokenCreated",
             with(sample("TokenCreated"), "/secret_sha256", bad),
         );
+    }
+}
+
+#[test]
+fn mailbox_events_are_well_formed() {
+    let hex32 = "0123456789abcdef0123456789abcdef";
+    let bad_audio_ids = [
+        json!(""),
+        json!("vm-"),
+        json!(format!("vm-{}", &hex32[1..])),
+        json!(format!("vm-{hex32}0")),
+        json!(format!("vm-{}", hex32.to_uppercase())),
+        json!(format!("VM-{hex32}")),
+        json!(format!("vm_{hex32}")),
+        json!(format!(" vm-{hex32}")),
+        json!(format!("vm-{hex32}\n")),
+        json!(hex32),
+        json!("vm-xyz"),
+        json!("../../etc/passwd"),
+        json!(42),
+        json!(null),
+    ];
+    for bad in &bad_audio_ids {
+        assert!(AudioId::parse(bad.as_str().unwrap_or("")).is_err(), "{bad}");
+        for event_type in ["VoicemailLeft", "VoicemailRead", "VoicemailDeleted"] {
+            assert_rejected(
+                event_type,
+                with(sample(event_type), "/message_id", bad.clone()),
+            );
+        }
+        assert_rejected(
+            "GreetingChanged",
+            with(sample("GreetingChanged"), "/greeting/audio", bad.clone()),
+        );
+    }
+    // Settings out of their bounds (or not integers).
+    for bad in [
+        json!(mailbox::MIN_MAX_MESSAGE_MS - 1),
+        json!(mailbox::MAX_MAX_MESSAGE_MS + 1),
+        json!(0),
+        json!(-1),
+        json!(60_000.5),
+        json!("60000"),
+    ] {
+        assert_rejected(
+            "MailboxConfigured",
+            with(sample("MailboxConfigured"), "/settings/max_message_ms", bad),
+        );
+    }
+    for bad in [
+        json!(0),
+        json!(mailbox::MAX_MAX_MESSAGES + 1),
+        json!(-1),
+        json!(1.5),
+        json!(null),
+    ] {
+        assert_rejected(
+            "MailboxConfigured",
+            with(sample("MailboxConfigured"), "/settings/max_messages", bad),
+        );
+    }
+    for pointer in [
+        "/enabled",
+        "/settings/pin_from_own_phone",
+        "/settings/unsolicited_mwi",
+    ] {
+        assert_rejected(
+            "MailboxConfigured",
+            with(sample("MailboxConfigured"), pointer, json!("true")),
+        );
+    }
+    assert_rejected(
+        "MailboxConfigured",
+        with(sample("MailboxConfigured"), "/settings", json!(null)),
+    );
+    // A message's length: at least a second, at most the longest mailbox
+    // setting and a second of slack.
+    for bad in [
+        json!(mailbox::MIN_MESSAGE_MS - 1),
+        json!(mailbox::MAX_MAX_MESSAGE_MS + 1_001),
+        json!(0),
+        json!(-1),
+        json!(2_000.5),
+        json!("5000"),
+    ] {
+        assert_rejected(
+            "VoicemailLeft",
+            with(sample("VoicemailLeft"), "/duration_ms", bad),
+        );
+    }
+    for bad in [json!(-1), json!(4_294_967_296_u64), json!(1.5), json!(null)] {
+        assert_rejected(
+            "GreetingChanged",
+            with(sample("GreetingChanged"), "/greeting/duration_ms", bad),
+        );
+    }
+    // The caller: at most 256 characters, no control characters (what
+    // decide refuses too).
+    for bad in [
+        "x".repeat(mailbox::MAX_FROM_LEN + 1),
+        "bob\r\nX-Injected: 1".to_owned(),
+        "nul\u{0}".to_owned(),
+        "c1\u{85}".to_owned(),
+    ] {
+        let refuse = mailbox::Command::Refuse {
+            from: bad.clone(),
+            reason: RefusalReason::MailboxFull,
+        };
+        assert!(mailbox::decide(&mailbox::Mailbox::default(), &refuse, T0).is_err());
+        for event_type in ["VoicemailLeft", "VoicemailRefused"] {
+            assert_rejected(event_type, with(sample(event_type), "/from", json!(bad)));
+        }
+    }
+    for bad in [json!(null), json!(1)] {
+        for event_type in ["VoicemailLeft", "VoicemailRefused"] {
+            assert_rejected(event_type, with(sample(event_type), "/from", bad.clone()));
+        }
+    }
+    for bad in ["full", "MailboxFull", "mailbox-full", "", "disabled"] {
+        assert_rejected(
+            "VoicemailRefused",
+            with(sample("VoicemailRefused"), "/reason", json!(bad)),
+        );
+    }
+    // The PIN only ever as its salted hash, in the one form this build
+    // writes.
+    let hash = |salt: &str, digest: &str| json!(format!("sha256${salt}${digest}"));
+    let digest = hex32.repeat(2);
+    for bad in [
+        json!("4321"),
+        json!(digest),
+        hash(hex32, &digest[1..]),
+        hash(&hex32[1..], &digest),
+        hash(&hex32.to_uppercase(), &digest),
+        hash(hex32, &digest.to_uppercase()),
+        hash(hex32, &format!("{digest}0")),
+        hash("", &digest),
+        json!(format!("md5${hex32}${hex32}")),
+        json!(format!("sha256${hex32}${digest}$")),
+        json!(format!("SHA256${hex32}${digest}")),
+        json!(null),
+    ] {
+        assert_rejected(
+            "MailboxPinChanged",
+            with(sample("MailboxPinChanged"), "/pin", bad),
+        );
+    }
+    assert_rejected(
+        "MailboxPinChanged",
+        with_extra(sample("MailboxPinChanged"), "", "pin_digits", json!("4321")),
+    );
+    for bad in [
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!("5"),
+        json!(4_294_967_296_u64),
+    ] {
+        assert_rejected(
+            "MailboxPinRejected",
+            with(sample("MailboxPinRejected"), "/attempts", bad.clone()),
+        );
+        assert_rejected(
+            "MailboxLockedOut",
+            with(sample("MailboxLockedOut"), "/attempts", bad),
+        );
+    }
+    for bad in [json!(-1), json!("0"), json!(null)] {
+        assert_rejected(
+            "MailboxLockedOut",
+            with(sample("MailboxLockedOut"), "/locked_until", bad.clone()),
+        );
+        assert_rejected(
+            "VoicemailRead",
+            with(sample("VoicemailRead"), "/read_at", bad),
+        );
+    }
+    // No greeting is written as no field, never as null.
+    assert_rejected(
+        "GreetingChanged",
+        with(sample("GreetingChanged"), "/greeting", json!(null)),
+    );
+    assert_rejected("MailboxPinAccepted", json!({ "attempts": 0 }));
+    assert_rejected("MailboxPinAccepted", json!(null));
+}
+
+/// What the API and exports show of the PIN events (`redact_secrets`):
+/// never the hash, from decide or hand-made.
+#[test]
+fn the_mailbox_pin_hash_never_leaves_the_node() {
+    let samples = [user_events_from_decide(), hand_made_events()].concat();
+    let mut seen = 0;
+    for event in &samples {
+        let Event::User(user::Event::MailboxPinChanged { pin }) = event else {
+            continue;
+        };
+        seen += 1;
+        let data: Value = serde_json::from_str(&event.to_data().unwrap()).unwrap();
+        assert_eq!(data["pin"], json!(pin.as_str()), "stored as the hash");
+        let shown = redact_secrets(event.event_type(), data);
+        assert_eq!(shown, json!({}));
+        assert!(!shown.to_string().contains("sha256$"));
+        assert!(!format!("{event:?}").contains(pin.as_str()));
+    }
+    assert!(seen >= 3, "{seen} MailboxPinChanged samples");
+}
+
+fn audio_id_candidate() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "vm-[0-9a-f]{32}",
+        "vm-[0-9a-fA-F]{30,34}",
+        "[a-z-]{0,4}[0-9a-f]{0,33}",
+        "vm-[0-9a-g./]{32}",
+        "\\PC{0,40}",
+    ]
+}
+
+proptest! {
+    /// The audio-id pattern accepts exactly the ids `AudioId` accepts.
+    #[test]
+    fn audio_id_schema_agrees_with_audio_id(s in audio_id_candidate()) {
+        let accepted = AudioId::parse(&s).is_ok();
+        let data = json!({ "message_id": s, "read_at": 0 });
+        prop_assert_eq!(validator("VoicemailRead").is_valid(&data), accepted, "{}", data);
     }
 }
