@@ -28,6 +28,8 @@ pub enum EventCategory {
     Presence,
     Call,
     Security,
+    /// Messages left, read and deleted, greetings (issue 17).
+    Voicemail,
 }
 
 impl EventCategory {
@@ -38,6 +40,7 @@ impl EventCategory {
             EventCategory::Presence => "presence",
             EventCategory::Call => "call",
             EventCategory::Security => "security",
+            EventCategory::Voicemail => "voicemail",
         }
     }
 
@@ -48,6 +51,7 @@ impl EventCategory {
             "presence" => EventCategory::Presence,
             "call" => EventCategory::Call,
             "security" => EventCategory::Security,
+            "voicemail" => EventCategory::Voicemail,
             _ => return None,
         })
     }
@@ -102,6 +106,8 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("RingGroupCreated", EventCategory::Provisioning),
     ("RingGroupUpdated", EventCategory::Provisioning),
     ("RingGroupDeleted", EventCategory::Provisioning),
+    ("MailboxConfigured", EventCategory::Provisioning),
+    ("MailboxPinChanged", EventCategory::Provisioning),
     ("ContactRegistered", EventCategory::Registration),
     ("ContactRefreshed", EventCategory::Registration),
     ("ContactRemoved", EventCategory::Registration),
@@ -119,6 +125,14 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("SourceLockedOut", EventCategory::Security),
     ("TokenCreated", EventCategory::Security),
     ("TokenRevoked", EventCategory::Security),
+    ("MailboxPinAccepted", EventCategory::Security),
+    ("MailboxPinRejected", EventCategory::Security),
+    ("MailboxLockedOut", EventCategory::Security),
+    ("VoicemailLeft", EventCategory::Voicemail),
+    ("VoicemailRefused", EventCategory::Voicemail),
+    ("VoicemailRead", EventCategory::Voicemail),
+    ("VoicemailDeleted", EventCategory::Voicemail),
+    ("GreetingChanged", EventCategory::Voicemail),
 ];
 
 /// The event types of the domain stream (`domain-{uuid}`); every other type
@@ -389,6 +403,16 @@ impl Event {
                 user::Event::CallForwarded { .. } => "CallForwarded",
                 user::Event::CallForwardSkipped { .. } => "CallForwardSkipped",
                 user::Event::CallTransferred { .. } => "CallTransferred",
+                user::Event::MailboxConfigured { .. } => "MailboxConfigured",
+                user::Event::MailboxPinChanged { .. } => "MailboxPinChanged",
+                user::Event::MailboxPinAccepted { .. } => "MailboxPinAccepted",
+                user::Event::MailboxPinRejected { .. } => "MailboxPinRejected",
+                user::Event::MailboxLockedOut { .. } => "MailboxLockedOut",
+                user::Event::VoicemailLeft { .. } => "VoicemailLeft",
+                user::Event::VoicemailRefused { .. } => "VoicemailRefused",
+                user::Event::VoicemailRead { .. } => "VoicemailRead",
+                user::Event::VoicemailDeleted { .. } => "VoicemailDeleted",
+                user::Event::GreetingChanged { .. } => "GreetingChanged",
             },
             Event::Token(e) => match e {
                 token::Event::TokenCreated { .. } => "TokenCreated",
@@ -544,6 +568,13 @@ pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
     if event_type == "TokenCreated" {
         if let Value::Object(map) = &mut data {
             map.remove("secret_sha256");
+        }
+    }
+    if event_type == "MailboxPinChanged" {
+        // A salted hash of a few digits gives the PIN away to anyone who
+        // tries them all.
+        if let Value::Object(map) = &mut data {
+            map.remove("pin");
         }
     }
     if matches!(event_type, "UserCreated" | "PasswordChanged") {

@@ -42,6 +42,7 @@ pub mod event;
 pub mod feature_codes;
 pub mod forwarding;
 pub mod ids;
+pub mod mailbox;
 pub mod names;
 pub mod registration;
 pub mod ring_group;

@@ -10,6 +10,7 @@ use crate::call::{
 };
 use crate::credentials::{Credentials, PasswordPolicy};
 use crate::forwarding::{Forwarding, ForwardingPatch};
+use crate::mailbox::{self, Greeting, Mailbox, MessageId, PinHash, RefusalReason};
 use crate::names::UserAddress;
 use crate::registration::{self, Binding, Key, Register};
 use crate::routing::SkipReason;
@@ -67,6 +68,10 @@ pub struct User {
     /// shows [`Presence::Dnd`] while a phone is registered.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dnd: bool,
+    /// The voicemail box ([`crate::mailbox`]). (`default`: never
+    /// configured, as in snapshots from before voicemail.)
+    #[serde(default, skip_serializing_if = "Mailbox::is_default")]
+    pub mailbox: Mailbox,
 }
 
 impl User {
@@ -198,6 +203,8 @@ pub enum Command {
     /// slow append, so that an overloaded log gets fewer, larger appends.
     /// Refused as a whole when any step is.
     CallSteps(Vec<CallStep>),
+    /// A command for the user's voicemail box ([`crate::mailbox`]).
+    Mailbox(mailbox::Command),
 }
 
 impl std::fmt::Debug for Command {
@@ -232,6 +239,7 @@ impl std::fmt::Debug for Command {
                 .finish(),
             Command::Call(step) => f.debug_tuple("Call").field(step).finish(),
             Command::CallSteps(steps) => f.debug_tuple("CallSteps").field(steps).finish(),
+            Command::Mailbox(command) => f.debug_tuple("Mailbox").field(command).finish(),
         }
     }
 }
@@ -404,6 +412,59 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replaced_call_id: Option<String>,
         transferred_at: Timestamp,
+    },
+    /// The mailbox was switched on or off, or its settings changed (all of
+    /// them are given).
+    MailboxConfigured {
+        enabled: bool,
+        settings: mailbox::Settings,
+    },
+    /// The mailbox's PIN is now `pin` (salted hash; redacted for display).
+    MailboxPinChanged {
+        pin: PinHash,
+    },
+    /// A right PIN after wrong ones: the count of wrong ones starts again.
+    MailboxPinAccepted {},
+    /// A wrong PIN, the `attempts`th in a row.
+    MailboxPinRejected {
+        attempts: u32,
+    },
+    /// After `attempts` wrong PINs in a row, PIN entry is refused until
+    /// `locked_until`.
+    MailboxLockedOut {
+        attempts: u32,
+        locked_until: Timestamp,
+    },
+    /// A caller (`from`) left a message of `duration_ms`; its audio was
+    /// stored (fsynced) in the blob store under `message_id` before this
+    /// was appended (ADR 0023).
+    VoicemailLeft {
+        message_id: MessageId,
+        from: String,
+        duration_ms: u32,
+        left_at: Timestamp,
+    },
+    /// A caller (`from`) could not leave a message, and heard why.
+    VoicemailRefused {
+        from: String,
+        reason: RefusalReason,
+        refused_at: Timestamp,
+    },
+    /// The owner listened to the message (it is now saved, not new).
+    VoicemailRead {
+        message_id: MessageId,
+        read_at: Timestamp,
+    },
+    /// The message is gone; its audio may be removed from the blob store.
+    VoicemailDeleted {
+        message_id: MessageId,
+        deleted_at: Timestamp,
+    },
+    /// Callers now hear `greeting` (`None`: the default greeting).
+    GreetingChanged {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        greeting: Option<Greeting>,
+        changed_at: Timestamp,
     },
 }
 
@@ -603,6 +664,10 @@ pub fn decide(state: &User, command: &Command, now: Timestamp) -> Result<Vec<Eve
             }
             Ok(events)
         }
+        Command::Mailbox(command) => {
+            require_exists(state)?;
+            mailbox::decide(&state.mailbox, command, now)
+        }
     }
 }
 
@@ -646,6 +711,7 @@ pub fn evolve(mut state: User, event: &Event) -> User {
                 calls: Legs::default(),
                 forwarding: Forwarding::default(),
                 dnd: false,
+                mailbox: Mailbox::default(),
             };
         }
         Event::PasswordChanged { credentials } => state.credentials = Some(credentials.clone()),
@@ -677,6 +743,16 @@ pub fn evolve(mut state: User, event: &Event) -> User {
         | Event::CallForwarded { .. }
         | Event::CallForwardSkipped { .. }
         | Event::CallTransferred { .. } => state.calls.apply(event),
+        Event::MailboxConfigured { .. }
+        | Event::MailboxPinChanged { .. }
+        | Event::MailboxPinAccepted {}
+        | Event::MailboxPinRejected { .. }
+        | Event::MailboxLockedOut { .. }
+        | Event::VoicemailLeft { .. }
+        | Event::VoicemailRefused { .. }
+        | Event::VoicemailRead { .. }
+        | Event::VoicemailDeleted { .. }
+        | Event::GreetingChanged { .. } => mailbox::apply(&mut state.mailbox, event),
     }
     state
 }

@@ -21,6 +21,7 @@ use dialtone_domain::registration::{
 };
 use dialtone_domain::ring_group::{Member, RingGroup, RingGroupPatch, Strategy as Strategy_};
 use dialtone_domain::schedule::{TimeCondition, TimeZone};
+use dialtone_domain::mailbox::{self, AudioId, PinHash};
 use dialtone_domain::user::{self, NewUser, Patch, User, MAX_MAX_CONTACTS};
 use dialtone_domain::{DomainId, DomainName, Error, Event, UserId, UserName};
 use proptest::collection::vec;
@@ -844,6 +845,95 @@ fn user_command() -> impl Strategy<Value = user::Command> {
             patch: Box::new(patch)
         }),
         1 => any::<bool>().prop_map(|on| C::SetDnd { on }),
+        4 => mailbox_command().prop_map(C::Mailbox),
+    ]
+}
+
+/// A mailbox command touches only the mailbox, and does what it says.
+fn check_mailbox(
+    before: &User,
+    after: &User,
+    command: &mailbox::Command,
+    now: i64,
+    events: &[user::Event],
+) {
+    use mailbox::Command as M;
+    let mut rest = after.clone();
+    rest.mailbox = before.mailbox.clone();
+    assert_eq!(&rest, before, "a mailbox command changed more than the mailbox");
+    let (b, a) = (&before.mailbox, &after.mailbox);
+    match command {
+        M::Leave { message_id, duration_ms, .. } => {
+            let left = events
+                .iter()
+                .any(|e| matches!(e, user::Event::VoicemailLeft { .. }));
+            if b.message(message_id).is_some() {
+                assert!(events.is_empty(), "a retried Leave records nothing");
+            } else if left {
+                assert!(b.enabled && !b.is_full());
+                let m = a.message(message_id).expect("the message is in the mailbox");
+                assert_eq!((m.duration_ms, m.read, m.left_at), (*duration_ms, false, now));
+            } else {
+                assert!(!b.enabled || b.is_full(), "refused only when full or off: {events:?}");
+                assert_eq!(a.messages, b.messages);
+            }
+        }
+        M::Delete { message_id } => assert!(a.message(message_id).is_none()),
+        M::MarkRead { message_id } => {
+            assert!(a.message(message_id).is_some_and(|m| m.read));
+        }
+        M::CheckPin { pin } => {
+            let right = b.pin.as_ref().is_some_and(|p| p.matches(pin));
+            assert!(!b.is_locked(now), "a locked mailbox takes no PIN");
+            if right {
+                assert_eq!(a.failed_pin_attempts, 0);
+            } else if b.failed_pin_attempts + 1 >= mailbox::PIN_ATTEMPTS_BEFORE_LOCKOUT {
+                assert!(a.is_locked(now), "the fifth wrong PIN locks: {events:?}");
+            } else {
+                assert_eq!(a.failed_pin_attempts, b.failed_pin_attempts + 1);
+            }
+        }
+        M::Configure(_) | M::Refuse { .. } | M::SetGreeting { .. } => {}
+    }
+}
+
+/// Mailbox commands over a few message ids and PINs, settings in and out of
+/// bounds, recordings of every length.
+fn mailbox_command() -> impl Strategy<Value = mailbox::Command> {
+    use mailbox::Command as M;
+    let id = (0u8..4).prop_map(|n| AudioId::from_random([n; 16]));
+    let pin = select(&["4321", "0000", "12", "123456789012345"][..]).prop_map(str::to_owned);
+    prop_oneof![
+        2 => (
+            option::of(any::<bool>()),
+            option::of(prop_oneof![Just(0u32), 1_000u32..700_000]),
+            option::of(0u32..4),
+            option::of(any::<bool>()),
+            option::of(any::<bool>()),
+            option::of((select(&["4321", "9876"][..]), any::<u8>())),
+        )
+            .prop_map(|(enabled, max_message_ms, max_messages, own, unsolicited, pin)| {
+                M::Configure(mailbox::Patch {
+                    enabled,
+                    max_message_ms,
+                    max_messages,
+                    pin_from_own_phone: own,
+                    unsolicited_mwi: unsolicited,
+                    pin: pin.map(|(p, salt)| PinHash::derive(p, [salt; 16]).unwrap()),
+                })
+            }),
+        4 => (id.clone(), prop_oneof![Just(0u32), 500u32..2_000, 1_000u32..200_000])
+            .prop_map(|(message_id, duration_ms)| M::Leave {
+                message_id,
+                from: "bob@example.com".into(),
+                duration_ms,
+            }),
+        1 => Just(M::Refuse { from: "bob@example.com".into(), reason: mailbox::RefusalReason::MailboxFull }),
+        2 => id.clone().prop_map(|message_id| M::MarkRead { message_id }),
+        2 => id.clone().prop_map(|message_id| M::Delete { message_id }),
+        1 => option::of((id, 1u32..60_000))
+            .prop_map(|g| M::SetGreeting { greeting: g.map(|(audio, duration_ms)| mailbox::Greeting { audio, duration_ms }) }),
+        3 => pin.prop_map(|pin| M::CheckPin { pin }),
     ]
 }
 
@@ -1394,6 +1484,24 @@ fn check_user_state(state: &User) {
     assert_ne!(state.caller_id, "+");
     let _ = username;
 
+    // The mailbox: ids unique, never more messages than allowed when they
+    // were left, settings in bounds, an enabled mailbox has a PIN, a count
+    // of wrong PINs below the lock-out.
+    let mailbox = &state.mailbox;
+    let ids: BTreeSet<_> = mailbox.messages.iter().map(|m| &m.message_id).collect();
+    assert_eq!(ids.len(), mailbox.messages.len(), "message ids are unique");
+    assert!(mailbox.settings.max_messages >= 1);
+    assert!(
+        (mailbox::MIN_MAX_MESSAGE_MS..=mailbox::MAX_MAX_MESSAGE_MS)
+            .contains(&mailbox.settings.max_message_ms)
+    );
+    assert!(!mailbox.enabled || mailbox.pin.is_some());
+    assert!(mailbox.failed_pin_attempts < mailbox::PIN_ATTEMPTS_BEFORE_LOCKOUT);
+    assert!(mailbox
+        .messages
+        .iter()
+        .all(|m| m.duration_ms >= mailbox::MIN_MESSAGE_MS));
+
     // Registration and presence.
     if state.status != S::Active || !state.enabled {
         assert!(
@@ -1577,6 +1685,13 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 C::Delete { .. } => &["reason"],
                 C::Register(_) => &["call_id", "contact", "q"],
                 C::ExpireContacts | C::FlowClosed { .. } | C::SetDnd { .. } => &[],
+                C::Mailbox(_) => &[
+                    "pin",
+                    "max_message_ms",
+                    "max_messages",
+                    "duration_ms",
+                    "from",
+                ],
                 C::SetForwarding { .. } => &["target", "no_answer_after_secs", "when"],
                 C::Call(_) | C::CallSteps(_) => &[
                     "call_id",
@@ -1700,6 +1815,7 @@ fn run_user(commands: &[(user::Command, i64)]) -> (User, Vec<user::Event>) {
                 assert_eq!(events.is_empty(), before.dnd == *on);
                 check_presence_events(&before, &state, &events);
             }
+            C::Mailbox(command) => check_mailbox(&before, &state, command, *now, &events),
             // Each step's own checks hold through the equivalence above.
             C::CallSteps(_) => {}
             C::Register(request) => check_register(&before, &state, request, *now, &events),
