@@ -4,7 +4,11 @@
 //!
 //! # What it owns
 //! - [`prompts`]: the shipped prompts (WAV files in `prompts/`, decoded
-//!   once) and how counts are spoken.
+//!   once) and how counts are spoken;
+//! - [`app`]: what the node and an application say to each other
+//!   ([`app::Input`], [`app::Action`]) and the node's side of that
+//!   contract;
+//! - [`deposit`]: leaving a message ([`deposit::Deposit`]).
 //!
 //! # What it must not do
 //! It touches no socket, reads no clock and stores nothing: the node runs
@@ -13,6 +17,9 @@
 //! the user's actor.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod app;
+pub mod deposit;
+pub mod prompt_stub;
 pub mod prompts;
 
 /// What can go wrong in voicemail.
