@@ -30,7 +30,7 @@
 
 use dialtone_domain::mailbox::{AudioId, Command, Mailbox, MessageId};
 
-pub use crate::prompt_stub::Prompt;
+pub use crate::prompts::Prompt;
 
 /// Why a recording ended (the node's media session says).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,9 @@
 //!
 //! # What it owns
 //! - [`prompts`]: the shipped prompts (WAV files in `prompts/`, decoded
-//!   once) and how counts are spoken;
+//!   once) and how counts are spoken: [`prompts::Prompt`] names a
+//!   recording, [`prompts::Prompts`] holds them all decoded,
+//!   [`prompts::number`] says a count;
 //! - [`app`]: what the node and an application say to each other
 //!   ([`app::Input`], [`app::Action`]) and the node's side of that
 //!   contract;
@@ -19,7 +21,6 @@
 
 pub mod app;
 pub mod deposit;
-pub mod prompt_stub;
 pub mod prompts;
 
 /// What can go wrong in voicemail.
