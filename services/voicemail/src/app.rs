@@ -14,7 +14,8 @@
 //! - Actions are executed in order; several `Play*` actions queue their
 //!   audio one after the other, and one [`Input::PlaybackDone`] comes when
 //!   the queue has played out. [`Action::StopPlayback`] empties the queue
-//!   without a `PlaybackDone`.
+//!   and drops fetches not yet answered: no `PlaybackDone` and no
+//!   `AudioReady` follow for what it stopped.
 //! - [`Action::PlayMessage`] and [`Action::PlayGreeting`] fetch audio from
 //!   the blob store: [`Input::AudioReady`] comes first (with `ok: false`
 //!   and nothing queued when it cannot be read), then the audio is queued.
@@ -94,7 +95,8 @@ pub enum Action {
     /// Fetch the mailbox's own greeting, answer [`Input::AudioReady`],
     /// queue it.
     PlayGreeting(AudioId),
-    /// Empty the playback queue (barge-in); no `PlaybackDone` follows.
+    /// Empty the playback queue and drop pending fetches (barge-in); no
+    /// `PlaybackDone` or `AudioReady` follows for them.
     StopPlayback,
     /// Record the caller (after what is queued has played) until one of
     /// the limits; [`Input::RecordingDone`] follows.
@@ -126,4 +128,38 @@ pub enum Action {
     StartTimer { id: u32, duration_ms: u32 },
     /// End the call (BYE).
     HangUp,
+}
+
+/// The application's timer: which one is running, so that a stale
+/// timeout is ignored.
+#[derive(Debug, Default)]
+pub(crate) struct Timer {
+    next_id: u32,
+    running: Option<u32>,
+}
+
+impl Timer {
+    pub(crate) fn start(&mut self, duration_ms: u32) -> Action {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.running = Some(self.next_id);
+        Action::StartTimer {
+            id: self.next_id,
+            duration_ms,
+        }
+    }
+
+    /// Forgets the running timer: its timeout, if it comes, is stale.
+    pub(crate) fn cancel(&mut self) {
+        self.running = None;
+    }
+
+    /// Whether `id` is the running timer's (which then stops running).
+    pub(crate) fn fired(&mut self, id: u32) -> bool {
+        if self.running == Some(id) {
+            self.running = None;
+            true
+        } else {
+            false
+        }
+    }
 }

@@ -10,7 +10,9 @@
 //! - [`app`]: what the node and an application say to each other
 //!   ([`app::Input`], [`app::Action`]) and the node's side of that
 //!   contract;
-//! - [`deposit`]: leaving a message ([`deposit::Deposit`]).
+//! - [`deposit`]: leaving a message ([`deposit::Deposit`]);
+//! - [`menu`]: the owner's mailbox menu ([`menu::Menu`]): getting in,
+//!   listening, saving, deleting, recording the greeting.
 //!
 //! # What it must not do
 //! It touches no socket, reads no clock and stores nothing: the node runs
@@ -21,6 +23,7 @@
 
 pub mod app;
 pub mod deposit;
+pub mod menu;
 pub mod prompts;
 
 /// What can go wrong in voicemail.
