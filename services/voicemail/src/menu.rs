@@ -166,6 +166,8 @@ impl Menu {
             }
             (_, Input::HungUp) => self.state = State::Done,
             (State::Waiting, Input::Answered) => self.start(&mut out),
+            // Even before the answer: the mailbox may change meanwhile.
+            (_, Input::MailboxUpdated(result)) => self.mailbox_updated(result, &mut out),
             (State::Waiting, _) => {}
             (_, Input::PlaybackDone) => self.playback_done(&mut out),
             (_, Input::Dtmf(digit)) => self.digit(digit, &mut out),
@@ -174,7 +176,6 @@ impl Menu {
                     self.timeout(&mut out);
                 }
             }
-            (_, Input::MailboxUpdated(result)) => self.mailbox_updated(result, &mut out),
             (_, Input::AudioReady { audio, ok }) => {
                 if self.fetching.as_ref() == Some(&audio) {
                     self.fetching = None;
