@@ -6,7 +6,13 @@
 //! - [`prompts`]: the shipped prompts (WAV files in `prompts/`, decoded
 //!   once) and how counts are spoken: [`prompts::Prompt`] names a
 //!   recording, [`prompts::Prompts`] holds them all decoded,
-//!   [`prompts::number`] says a count.
+//!   [`prompts::number`] says a count;
+//! - [`app`]: what the node and an application say to each other
+//!   ([`app::Input`], [`app::Action`]) and the node's side of that
+//!   contract;
+//! - [`deposit`]: leaving a message ([`deposit::Deposit`]);
+//! - [`menu`]: the owner's mailbox menu ([`menu::Menu`]): getting in,
+//!   listening, saving, deleting, recording the greeting.
 //!
 //! # What it must not do
 //! It touches no socket, reads no clock and stores nothing: the node runs
@@ -15,6 +21,9 @@
 //! the user's actor.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod app;
+pub mod deposit;
+pub mod menu;
 pub mod prompts;
 
 /// What can go wrong in voicemail.
