@@ -89,6 +89,8 @@ impl CallState {
 pub struct CallFeatures {
     pub forwarding: dialtone_domain::forwarding::Forwarding,
     pub dnd: bool,
+    /// The voicemail box is enabled: forwards to it are taken.
+    pub voicemail: bool,
 }
 
 /// Where a registered contact is reached.
@@ -135,12 +137,15 @@ impl UserFacts {
                     })
                 })
                 .collect(),
-            features: (state.dnd || !state.forwarding.is_off()).then(|| {
-                Box::new(CallFeatures {
-                    forwarding: state.forwarding.clone(),
-                    dnd: state.dnd,
-                })
-            }),
+            features: (state.dnd || !state.forwarding.is_off() || state.mailbox.enabled).then(
+                || {
+                    Box::new(CallFeatures {
+                        forwarding: state.forwarding.clone(),
+                        dnd: state.dnd,
+                        voicemail: state.mailbox.enabled,
+                    })
+                },
+            ),
         }
     }
 
@@ -156,8 +161,9 @@ impl UserFacts {
 }
 
 /// An event that changes nothing in [`UserFacts`]: a call leg, presence,
-/// or the voicemail box (whose settings, PIN and messages are no SIP fact:
-/// neither credentials nor contacts nor call features).
+/// or the voicemail box's PIN, greeting and messages (no SIP fact). Its
+/// settings are one: whether it is enabled decides whether forwards to it
+/// are taken.
 fn leaves_facts_alone(event: &user::Event) -> bool {
     use user::Event as E;
     matches!(
@@ -171,7 +177,6 @@ fn leaves_facts_alone(event: &user::Event) -> bool {
             | E::CallForwardSkipped { .. }
             | E::CallTransferred { .. }
             | E::PresenceChanged { .. }
-            | E::MailboxConfigured { .. }
             | E::MailboxPinChanged { .. }
             | E::MailboxPinAccepted {}
             | E::MailboxPinRejected { .. }
@@ -567,7 +572,7 @@ mod tests {
     /// A commit of only voicemail-box events keeps the user's published
     /// facts as they are (no rebuild): the mailbox is no SIP fact.
     #[test]
-    fn mailbox_events_leave_user_facts_alone() {
+    fn mailbox_events_leave_user_facts_alone_but_enabling_it_does_not() {
         use dialtone_domain::mailbox::{AudioId, Command as M, Patch, PinHash};
         let state = user(
             serde_json::json!({"ha1_md5": "aa", "ha1_sha256": "bb", "set_at": 1}),
@@ -575,16 +580,28 @@ mod tests {
         );
         let id = UserId(Uuid::from_u128(7));
         let facts = Facts::default();
-        facts.publish_user(id, &state, None);
-        let before = facts.user(id).unwrap();
-        let mut after = state;
-        let mut events = Vec::new();
-        for command in [
+        let run = |state: user::User, command: M| {
+            let emitted = user::decide(&state, &user::Command::Mailbox(command), 2).unwrap();
+            let after = emitted.iter().fold(state, user::evolve);
+            (after, emitted)
+        };
+        // Enabling the box is a routing fact: forwards to it are taken.
+        let (enabled, events) = run(
+            state,
             M::Configure(Patch {
                 enabled: Some(true),
                 pin: Some(PinHash::derive("4321", [1; 16]).unwrap()),
                 ..Patch::default()
             }),
+        );
+        assert!(!events.iter().all(leaves_facts_alone));
+        facts.publish_user(id, &enabled, Some(&events));
+        let before = facts.user(id).unwrap();
+        assert!(before.features.as_ref().is_some_and(|f| f.voicemail));
+        // Messages and PINs are not.
+        let mut after = enabled;
+        let mut events = Vec::new();
+        for command in [
             M::Leave {
                 message_id: AudioId::from_random([2; 16]),
                 from: "bob@example.test".into(),
@@ -592,11 +609,11 @@ mod tests {
             },
             M::CheckPin { pin: "0000".into() },
         ] {
-            let emitted = user::decide(&after, &user::Command::Mailbox(command), 2).unwrap();
-            after = emitted.iter().fold(after, user::evolve);
+            let (next, emitted) = run(after, command);
+            after = next;
             events.extend(emitted);
         }
-        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(events.len(), 2, "{events:?}");
         assert!(events.iter().all(leaves_facts_alone));
         assert_eq!(UserFacts::of(&after), *before);
         facts.publish_user(id, &after, Some(&events));

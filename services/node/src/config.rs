@@ -41,6 +41,16 @@ pub struct Config {
     pub sip_max_call_secs: u64,
     /// How calls are connected: `proxy` (forking proxy) or `b2bua`.
     pub sip_call_mode: dialtone_sip::proxy::CallMode,
+    /// Where the media plane (voicemail) binds its RTP ports; `None`: the
+    /// first SIP listen address's IP.
+    pub media_addr: Option<std::net::IpAddr>,
+    /// The address written in SDP for the media plane, when `media_addr` is
+    /// not reachable as it is (0.0.0.0, a NAT); `None`: `media_addr`.
+    pub media_advertised: Option<std::net::IpAddr>,
+    /// RTP ports (even ones; RTCP on the odd one above).
+    pub rtp_ports: std::ops::RangeInclusive<u16>,
+    /// A media session that hears nothing for this long ends its call.
+    pub rtp_timeout_secs: u64,
     /// Most forwards in a chain of call forwarding (0: forwarding off).
     pub sip_max_forward_hops: usize,
     /// Testing: forwarding schedules run on a clock starting at this
@@ -132,6 +142,10 @@ impl Default for Config {
             sip_no_answer_secs: 60,
             sip_max_call_secs: 4 * 3600,
             sip_call_mode: dialtone_sip::proxy::CallMode::Proxy,
+            media_addr: None,
+            media_advertised: None,
+            rtp_ports: 20000..=30000,
+            rtp_timeout_secs: 30,
             sip_max_forward_hops: dialtone_domain::routing::DEFAULT_MAX_FORWARD_HOPS,
             test_clock: None,
             sip_lockout_user_failures: 5,
@@ -193,6 +207,11 @@ pub struct FileConfig {
     pub sip_no_answer_secs: Option<u64>,
     pub sip_max_call_secs: Option<u64>,
     pub sip_call_mode: Option<String>,
+    pub media_addr: Option<String>,
+    pub media_advertised: Option<String>,
+    /// `20000-30000`.
+    pub rtp_ports: Option<String>,
+    pub rtp_timeout_secs: Option<u64>,
     pub sip_max_forward_hops: Option<usize>,
     pub sip_lockout_user_failures: Option<u32>,
     pub sip_lockout_source_failures: Option<u32>,
@@ -303,6 +322,18 @@ pub struct Overrides {
     /// How calls are connected: `proxy` (a forking proxy: the phones share one dialog) or `b2bua` (a back-to-back user agent: a dialog with each side, neither sees the other's addresses or identifiers) [default: proxy].
     #[arg(long, env = "DIALTONE_SIP_CALL_MODE")]
     pub sip_call_mode: Option<String>,
+    /// IP address the media plane (voicemail) binds its RTP ports on [default: the first SIP listen address's IP].
+    #[arg(long, env = "DIALTONE_MEDIA_ADDR")]
+    pub media_addr: Option<String>,
+    /// IP address written in SDP for the media plane, when the bound one is not what phones reach (0.0.0.0, NAT) [default: the media address].
+    #[arg(long, env = "DIALTONE_MEDIA_ADVERTISED")]
+    pub media_advertised: Option<String>,
+    /// RTP port range, `LOW-HIGH` (even LOW; each call takes an even port and the odd one above for RTCP) [default: 20000-30000].
+    #[arg(long, env = "DIALTONE_RTP_PORTS")]
+    pub rtp_ports: Option<String>,
+    /// A voicemail call whose phone sends no RTP for this many seconds is ended [default: 30].
+    #[arg(long, env = "DIALTONE_RTP_TIMEOUT_SECS")]
+    pub rtp_timeout_secs: Option<u64>,
     /// Most forwards in one chain of call forwarding (alice -> bob -> carol is 2); a forward beyond it is not taken and the chain ends at its last target [default: 5].
     #[arg(long, env = "DIALTONE_SIP_MAX_FORWARD_HOPS")]
     pub sip_max_forward_hops: Option<usize>,
@@ -405,6 +436,37 @@ fn metrics_addr(value: &str) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 impl Config {
+    /// The media plane's settings from a file or flags (each given one
+    /// replaces the current value).
+    fn media(
+        &mut self,
+        addr: Option<&str>,
+        advertised: Option<&str>,
+        ports: Option<&str>,
+        timeout_secs: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let ip = |what: &str, v: &str| {
+            v.trim()
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| anyhow::anyhow!("{what}: '{v}' is not an IP address"))
+        };
+        if let Some(v) = addr {
+            self.media_addr = Some(ip("media_addr", v)?);
+        }
+        if let Some(v) = advertised {
+            self.media_advertised = Some(ip("media_advertised", v)?);
+        }
+        if let Some(v) = ports {
+            self.rtp_ports = parse_port_range(v)?;
+        }
+        if let Some(v) = timeout_secs {
+            if v == 0 {
+                anyhow::bail!("rtp_timeout_secs: must be at least 1");
+            }
+            self.rtp_timeout_secs = v;
+        }
+        Ok(())
+    }
     /// Defaults, then the file (if any), then the overrides.
     pub fn resolve(overrides: &Overrides) -> anyhow::Result<Self> {
         let mut config = Config::default();
@@ -472,6 +534,12 @@ impl Config {
         if let Some(v) = &file.sip_call_mode {
             self.sip_call_mode = v.parse().map_err(anyhow::Error::msg)?;
         }
+        self.media(
+            file.media_addr.as_deref(),
+            file.media_advertised.as_deref(),
+            file.rtp_ports.as_deref(),
+            file.rtp_timeout_secs,
+        )?;
         if let Some(v) = file.sip_max_forward_hops {
             self.sip_max_forward_hops = v;
         }
@@ -596,6 +664,12 @@ impl Config {
         if let Some(v) = &o.sip_call_mode {
             self.sip_call_mode = v.parse().map_err(anyhow::Error::msg)?;
         }
+        self.media(
+            o.media_addr.as_deref(),
+            o.media_advertised.as_deref(),
+            o.rtp_ports.as_deref(),
+            o.rtp_timeout_secs,
+        )?;
         if let Some(v) = o.sip_max_forward_hops {
             self.sip_max_forward_hops = v;
         }
@@ -736,6 +810,19 @@ impl Config {
         );
         Ok(())
     }
+}
+
+/// `LOW-HIGH`: an even LOW and at least one RTP/RTCP pair.
+fn parse_port_range(v: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    let bad =
+        || anyhow::anyhow!("rtp_ports: '{v}' is not LOW-HIGH with an even LOW (e.g. 20000-30000)");
+    let (low, high) = v.trim().split_once('-').ok_or_else(bad)?;
+    let low: u16 = low.trim().parse().map_err(|_| bad())?;
+    let high: u16 = high.trim().parse().map_err(|_| bad())?;
+    if low == 0 || !low.is_multiple_of(2) || high <= low {
+        return Err(bad());
+    }
+    Ok(low..=high)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod config;
 pub mod demo;
 pub mod server;
 pub mod sip_bridge;
+pub mod voicemail;
 
 use clap::{Parser, Subcommand};
 

@@ -104,6 +104,8 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     let sip = if config.sip_addrs.is_empty() {
         None
     } else {
+        let secret = sip_secret(&config.data_dir)?;
+        let voicemail = voicemail(&config, provisioning.clone())?;
         let gateway_config = dialtone_sip::GatewayConfig {
             listen: config.sip_addrs.clone(),
             advertised: config.sip_advertised.clone(),
@@ -111,7 +113,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             max_expires: config.sip_max_expires,
             default_expires: config.sip_default_expires,
             nonce_lifetime: Duration::from_secs(config.sip_nonce_lifetime_secs),
-            secret: sip_secret(&config.data_dir)?,
+            secret: secret.clone(),
             challenge_md5_first: config.sip_challenge_md5_first,
             no_answer_timeout: Duration::from_secs(config.sip_no_answer_secs.max(1)),
             max_call_duration: Duration::from_secs(config.sip_max_call_secs.max(1)),
@@ -161,13 +163,16 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
                     config
                         .test_clock
                         .map(crate::sip_bridge::ScheduleClock::starting_at),
-                ),
+                )
+                .with_voicemail(voicemail, secret),
         );
-        Some(
-            dialtone_sip::Gateway::start(gateway_config, registry)
-                .await
-                .context("cannot start the SIP gateway")?,
-        )
+        let gateway = dialtone_sip::Gateway::start(gateway_config, registry.clone())
+            .await
+            .context("cannot start the SIP gateway")?;
+        if let Some(udp) = gateway.local_addrs().first() {
+            registry.listening_on(*udp);
+        }
+        Some(gateway)
     };
     let sip_addrs = sip
         .as_ref()
@@ -303,6 +308,51 @@ pub async fn shutdown_signal() {
 
 /// The secret SIP nonces are signed with: kept in the data directory (0600)
 /// so that nonces stay valid across restarts; created on first start.
+/// Voicemail: its media plane (RTP ports), prompts and blob store
+/// (`<data-dir>/blobs.sqlite3`, ADR 0023).
+fn voicemail(
+    config: &Config,
+    provisioning: Provisioning,
+) -> anyhow::Result<crate::voicemail::Voicemail> {
+    use dialtone_eventlog::sqlite_blob::{SqliteBlobOptions, SqliteBlobStore};
+    let address = config
+        .media_addr
+        .or_else(|| config.sip_addrs.first().map(|a| a.ip()))
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    // Phones must be told an address they can send to: the SIP advertised
+    // host when it is an IP address, else loopback (a node on 0.0.0.0
+    // without --media-advertised is reached locally only).
+    let advertised = config.media_advertised.or_else(|| {
+        if !address.is_unspecified() {
+            return None;
+        }
+        config
+            .sip_advertised
+            .as_deref()
+            .and_then(|a| a.rsplit_once(':').map_or(Some(a), |(h, _)| Some(h)))
+            .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
+            .or(Some(std::net::Ipv4Addr::LOCALHOST.into()))
+    });
+    let media =
+        dialtone_media::runtime::MediaRuntime::new(dialtone_media::runtime::RuntimeConfig {
+            address,
+            advertised,
+            ports: config.rtp_ports.clone(),
+            rtp_timeout: Duration::from_secs(config.rtp_timeout_secs),
+        })
+        .context("media plane")?;
+    let prompts = dialtone_voicemail::prompts::Prompts::load().context("voicemail prompts")?;
+    let path = config.data_dir.join("blobs.sqlite3");
+    let blobs = SqliteBlobStore::open(&path, SqliteBlobOptions::default())
+        .with_context(|| format!("cannot open the blob store {}", path.display()))?;
+    Ok(crate::voicemail::Voicemail::new(
+        media,
+        Arc::new(prompts),
+        Arc::new(blobs),
+        provisioning,
+    ))
+}
+
 fn sip_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Write as _;
     let path = data_dir.join("sip.secret");

@@ -47,6 +47,13 @@ pub struct ActorBackend {
     /// its first member again), as in Asterisk's `rrmemory`: an append
     /// per call to remember it would cost more than the order is worth.
     rotations: std::sync::Mutex<HashMap<(DomainId, UserName), usize>>,
+    /// Voicemail (ADR 0022), when the node runs it.
+    voicemail: Option<crate::voicemail::Voicemail>,
+    /// The SIP secret that signs the URIs of the node's own applications.
+    app_secret: Vec<u8>,
+    /// Where the node's own SIP UDP listener is: the address a voicemail
+    /// step's INVITE goes to (set once the gateway listens).
+    app_loop: OnceLock<SocketAddr>,
 }
 
 /// A clock that starts at a given moment and runs at the wall clock's
@@ -90,7 +97,53 @@ impl ActorBackend {
             routing_limits: routing::Limits::default(),
             schedule_clock: None,
             rotations: Default::default(),
+            voicemail: None,
+            app_secret: Vec::new(),
+            app_loop: OnceLock::new(),
         }
+    }
+
+    /// Runs voicemail on this node: calls forwarded to a box are sent,
+    /// with URIs signed by `secret` (the gateway's), to the node's own SIP
+    /// address once [`ActorBackend::listening_on`] names it.
+    pub fn with_voicemail(
+        mut self,
+        voicemail: crate::voicemail::Voicemail,
+        secret: Vec<u8>,
+    ) -> Self {
+        self.voicemail = Some(voicemail);
+        self.app_secret = secret;
+        self
+    }
+
+    /// The gateway's UDP listener (an unspecified address is reached on
+    /// loopback).
+    pub fn listening_on(&self, mut addr: SocketAddr) {
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = self.app_loop.set(addr);
+    }
+
+    /// The target of a voicemail step for the box of `owner`: the node
+    /// itself, at a signed URI naming the box. `None` without voicemail
+    /// (the step then ends at once, as unavailable).
+    fn voicemail_target(&self, owner: UserId) -> Option<RouteTarget> {
+        self.voicemail.as_ref()?;
+        let addr = *self.app_loop.get()?;
+        let uri = dialtone_sip::app_uri::app_uri(
+            &self.app_secret,
+            &crate::voicemail::deposit_route(owner),
+            &addr.to_string(),
+        )?;
+        Some(RouteTarget {
+            uri,
+            flow: Flow::new(dialtone_sip::Transport::Udp, addr),
+            member: None,
+        })
     }
 
     /// Bounds call forwarding (the longest chain of forwards).
@@ -534,7 +587,8 @@ struct Looked {
 }
 
 impl Looked {
-    fn callee<'a>(&'a self, flows: &'a Flows) -> routing::Callee<'a, Reach<'a>> {
+    /// `voicemail`: this node runs voicemail (forwards to boxes are taken).
+    fn callee<'a>(&'a self, flows: &'a Flows, voicemail: bool) -> routing::Callee<'a, Reach<'a>> {
         routing::Callee {
             domain: self.status,
             domain_calls_out: self.calls_out,
@@ -561,8 +615,8 @@ impl Looked {
                 dnd: user.features.as_ref().is_some_and(|f| f.dnd),
                 on_call: self.calls.on_call,
                 last_call_ended: self.calls.last_call_ended,
-                // No voicemail service yet: forwards to a box are not taken.
-                voicemail: false,
+                // A box is taken only when this node runs voicemail.
+                voicemail: voicemail && user.features.as_ref().is_some_and(|f| f.voicemail),
             }),
             group: self
                 .group
@@ -632,7 +686,10 @@ fn flow_of(reach: &Reach<'_>) -> Option<Flow> {
 
 /// The SIP gateway's form of the domain's plan: each target's flow by
 /// `RouteTarget::for_binding`, as for any binding.
-fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan {
+fn route_plan(
+    plan: routing::Plan<routing::Target<'_, Reach<'_>>>,
+    voicemail: impl Fn(routing::Party<'_>) -> Option<RouteTarget>,
+) -> RoutePlan {
     let party = |p: routing::Party<'_>| (p.domain.to_owned(), p.user.to_owned());
     RoutePlan {
         steps: plan
@@ -659,11 +716,13 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                         ),
                     })
                     .collect();
-                RouteStep {
+                // A voicemail step rings the node itself (ADR 0022).
+                let targets = if step.voicemail {
+                    voicemail(step.owner).into_iter().collect()
+                } else {
                     // A binding registered over a transport this node does
                     // not serve cannot be rung (it is not taken for UDP).
-                    targets: step
-                        .targets
+                    step.targets
                         .into_iter()
                         .filter_map(|t| {
                             Some(RouteTarget {
@@ -671,7 +730,10 @@ fn route_plan(plan: routing::Plan<routing::Target<'_, Reach<'_>>>) -> RoutePlan 
                                 ..RouteTarget::for_binding(t.uri, flow_of(&t.reach)?)
                             })
                         })
-                        .collect(),
+                        .collect()
+                };
+                RouteStep {
+                    targets,
                     ring_timeout: step.ring_timeout,
                     next: NextSteps {
                         busy: step.next.busy,
@@ -943,14 +1005,37 @@ impl SipBackend for ActorBackend {
         loop {
             let needed = {
                 let flows = self.provisioning.directory().facts().flows();
-                let callee = dialled.callee(flows);
+                let callee = dialled.callee(flows, self.voicemail.is_some());
                 let others: HashMap<UserAddress, routing::Callee<'_, Reach<'_>>> = forwarded
                     .iter()
-                    .map(|(address, looked)| (address.clone(), looked.callee(flows)))
+                    .map(|(address, looked)| {
+                        (
+                            address.clone(),
+                            looked.callee(flows, self.voicemail.is_some()),
+                        )
+                    })
                     .collect();
                 match routing::route(&call, &callee, &others, now, self.routing_limits) {
                     Ok(plan) => {
-                        let mut plan = route_plan(plan);
+                        // The user id of a box's owner: the dialled user or
+                        // one that a forward led to.
+                        let id_of = |p: routing::Party<'_>| -> Option<UserId> {
+                            let same = |a: &UserAddress| {
+                                a.username.as_str() == p.user
+                                    && a.domain.as_str().eq_ignore_ascii_case(p.domain)
+                            };
+                            if p.user == callee_user && p.domain.eq_ignore_ascii_case(callee_domain)
+                            {
+                                return dialled.user.as_ref().map(|(_, id)| *id);
+                            }
+                            forwarded
+                                .iter()
+                                .find(|(a, _)| same(a))
+                                .and_then(|(_, l)| l.user.as_ref().map(|(_, id)| *id))
+                        };
+                        let mut plan = route_plan(plan, |owner| {
+                            id_of(owner).and_then(|id| self.voicemail_target(id))
+                        });
                         plan.dialled_group = dialled_group;
                         return Ok(CallRoute::Plan(plan));
                     }
@@ -1097,6 +1182,23 @@ impl SipBackend for ActorBackend {
             sip_call_id,
         )
         .await
+    }
+
+    async fn start_app(
+        &self,
+        route: &dialtone_sip::AppRoute,
+        call: dialtone_sip::AppCall<'_>,
+        control: dialtone_sip::proxy::AppControl,
+    ) -> Result<dialtone_sip::AppStart, BackendError> {
+        match &self.voicemail {
+            Some(vm) if crate::voicemail::Voicemail::serves(&route.0) => {
+                vm.start(&route.0, call, control).await
+            }
+            _ => Ok(dialtone_sip::AppStart::Refuse {
+                status: 404,
+                reason: "Not Found (no such application on this node)".to_owned(),
+            }),
+        }
     }
 
     async fn record_call(&self, records: Vec<CallRecord>) -> Result<(), BackendError> {
