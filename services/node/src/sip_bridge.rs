@@ -25,7 +25,7 @@ use dialtone_sip::auth::digest::Algorithm;
 use dialtone_sip::backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
     CallState, CallStep, CurrentContact, DigestAlgorithms, Diversion, DiversionReason,
-    FeatureOutcome, HangupSide, Lookup, NextSteps, RegisterOutcome, RegisterRequest,
+    FeatureOutcome, HangupSide, Lookup, MessageCounts, NextSteps, RegisterOutcome, RegisterRequest,
     ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend,
     SkippedForward, Transport, UserCredentials, Watch,
 };
@@ -498,9 +498,26 @@ fn resource_change(recorded: &RecordedEvent) -> Option<ResourceChange> {
     }
 }
 
+/// A box's counts for `message-summary` (RFC 3842).
+fn message_counts(mailbox: &dialtone_domain::mailbox::Mailbox) -> MessageCounts {
+    let (new, old) = mailbox.counts();
+    MessageCounts { new, old }
+}
+
+/// Whether a recorded event changes a user's voicemail counts.
+fn changes_messages(event_type: &str) -> bool {
+    matches!(
+        event_type,
+        "VoicemailLeft" | "VoicemailRead" | "VoicemailDeleted"
+    )
+}
+
 /// Follows the log from its head and hands the watched users' changes to
-/// the watcher, in log order (which is each user's stream order).
-async fn follow(store: SharedStore, watched: Arc<Watched>) {
+/// the watcher, in log order (which is each user's stream order). A box's
+/// counts are read from the user's actor when a message event passes (the
+/// events alone do not say whether a deleted message was new); the
+/// state's version labels them, so the watcher skips what it includes.
+async fn follow(store: SharedStore, watched: Arc<Watched>, provisioning: Provisioning) {
     let mut next = store.head_position() + 1;
     loop {
         let mut events = std::pin::pin!(dialtone_eventlog::subscribe_all(store.clone(), next));
@@ -527,6 +544,16 @@ async fn follow(store: SharedStore, watched: Arc<Watched>) {
             };
             if let Some(change) = resource_change(&recorded) {
                 watcher.changed(&domain, &user, recorded.version, change);
+            } else if changes_messages(&recorded.event_type) {
+                let read = provisioning
+                    .directory()
+                    .query_user(user_id, |r| {
+                        (r.version.unwrap_or(0), message_counts(&r.state.mailbox))
+                    })
+                    .await;
+                if let Ok((version, counts)) = read {
+                    watcher.changed(&domain, &user, version, ResourceChange::Messages(counts));
+                }
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1100,6 +1127,7 @@ impl SipBackend for ActorBackend {
                         .iter()
                         .map(call_state_of)
                         .collect(),
+                    messages: message_counts(&r.state.mailbox),
                 })
             })
             .await
@@ -1110,7 +1138,11 @@ impl SipBackend for ActorBackend {
     fn set_watcher(&self, watcher: Arc<dyn ResourceWatcher>) {
         if self.watched.watcher.set(watcher).is_ok() {
             let store = self.provisioning.directory().store().clone();
-            tokio::spawn(follow(store, self.watched.clone()));
+            tokio::spawn(follow(
+                store,
+                self.watched.clone(),
+                self.provisioning.clone(),
+            ));
         }
     }
 

@@ -664,6 +664,15 @@ pub struct ResourceState {
     pub availability: Availability,
     /// The user's call legs in progress, oldest first.
     pub calls: Vec<CallState>,
+    /// The user's voicemail messages (RFC 3842 `message-summary`).
+    pub messages: MessageCounts,
+}
+
+/// New and old (listened to) voicemail messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MessageCounts {
+    pub new: u32,
+    pub old: u32,
 }
 
 /// A user's availability, as the `presence` package shows it.
@@ -722,6 +731,8 @@ pub enum ResourceChange {
         call_id: String,
         phase: CallPhase,
     },
+    /// The voicemail box's counts are now these.
+    Messages(MessageCounts),
 }
 
 /// Where the backend delivers recorded changes of the users a

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::backend::{Availability, CallPhase, CallState, ResourceChange, ResourceState};
+use crate::backend::{
+    Availability, CallPhase, CallState, MessageCounts, ResourceChange, ResourceState,
+};
 use crate::transaction::{MAGIC_COOKIE, T1, T2};
 use crate::transport::Flow;
 
@@ -191,12 +193,20 @@ struct Resource {
     watchers: Vec<SubId>,
 }
 
+/// Which watchers of a resource a change concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watchers {
+    All,
+    MessageSummary,
+    PresenceAndDialog,
+}
+
 /// The state a NOTIFY shows.
 #[derive(Debug, Clone)]
 enum Snapshot {
     Availability(Availability),
     Calls(Vec<(CallState, Option<Tags>)>),
-    MessageSummary,
+    MessageSummary(MessageCounts),
 }
 
 /// Which side of a call's dialog a tag is.
@@ -401,7 +411,7 @@ impl Engine {
             had && !keep
         };
         if advanced {
-            self.notify_watchers(&new.resource, now);
+            self.notify_watchers(&new.resource, Watchers::All, now);
         }
         if let Err(hit) = limits {
             self.forget_resource_if_unused(&new.resource);
@@ -596,7 +606,9 @@ impl Engine {
                     })
                     .unwrap_or_default(),
             ),
-            Package::MessageSummary => Snapshot::MessageSummary,
+            Package::MessageSummary => {
+                Snapshot::MessageSummary(known.map(|k| k.messages).unwrap_or_default())
+            }
         }
     }
 
@@ -614,14 +626,21 @@ impl Engine {
             // A SUBSCRIBE may bring an older state: it replays these.
             r.buffered.push((version, change.clone()));
         }
+        // A box's counts concern only message-summary watchers, and only
+        // they: presence and dialog watchers hear of calls and presence.
+        let which = if matches!(change, ResourceChange::Messages(_)) {
+            Watchers::MessageSummary
+        } else {
+            Watchers::PresenceAndDialog
+        };
         if apply(known, version, change) {
-            self.notify_watchers(resource, now);
+            self.notify_watchers(resource, which, now);
         }
     }
 
     /// Queues `resource`'s state for each of its watchers and sends it
     /// where nothing is in flight.
-    fn notify_watchers(&mut self, resource: &str, now: Instant) {
+    fn notify_watchers(&mut self, resource: &str, which: Watchers, now: Instant) {
         let Some(r) = self.resources.get(resource) else {
             return;
         };
@@ -630,7 +649,13 @@ impl Engine {
             let Some(sub) = self.subs.get(&id) else {
                 continue;
             };
-            if sub.package == Package::MessageSummary {
+            let mwi = sub.package == Package::MessageSummary;
+            let wanted = match which {
+                Watchers::All => true,
+                Watchers::MessageSummary => mwi,
+                Watchers::PresenceAndDialog => !mwi,
+            };
+            if !wanted {
                 continue;
             }
             let snapshot = self.snapshot(resource, sub.package);
@@ -936,6 +961,7 @@ fn apply(known: &mut ResourceState, version: u64, change: ResourceChange) -> boo
                 c.phase = phase;
             }
         }
+        ResourceChange::Messages(counts) => known.messages = counts,
     }
     true
 }
@@ -959,7 +985,7 @@ fn notify_bytes(
                 calls.iter().map(|(c, t)| (c, t.as_ref())),
             )
         }
-        Snapshot::MessageSummary => message_summary_body(&sub.resource),
+        Snapshot::MessageSummary(counts) => message_summary_body(&sub.resource, *counts),
     };
     let state = if sub.terminating {
         "terminated;reason=timeout".to_owned()
@@ -1057,6 +1083,7 @@ mod tests {
             version,
             availability,
             calls: vec![],
+            messages: MessageCounts::default(),
         }
     }
 
@@ -1647,6 +1674,43 @@ mod tests {
             "alice@x.test",
             2,
             ResourceChange::Availability(Availability::Offline),
+            now,
+        );
+        assert!(sent(&mut e).is_empty());
+        // A message left: the message-summary watcher hears of it.
+        e.changed(
+            "alice@x.test",
+            3,
+            ResourceChange::Messages(MessageCounts { new: 2, old: 1 }),
+            now,
+        );
+        let out = sent(&mut e);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            body(&out[0].1),
+            "Messages-Waiting: yes\r\nMessage-Account: sip:alice@x.test\r\nVoice-Message: 2/1 (0/0)\r\n"
+        );
+    }
+
+    #[test]
+    fn presence_watchers_do_not_hear_of_messages() {
+        let mut e = engine();
+        let now = Instant::now();
+        e.begin_watch("alice@x.test");
+        let a = e
+            .subscribe(
+                new_sub(1, "alice@x.test", "alice@x.test", Package::Presence),
+                state(1, Availability::Online),
+                now,
+            )
+            .unwrap();
+        e.release(a.id, now);
+        let out = sent(&mut e);
+        assert!(e.on_response(&branch(&out[0].1), 200, now));
+        e.changed(
+            "alice@x.test",
+            2,
+            ResourceChange::Messages(MessageCounts { new: 1, old: 0 }),
             now,
         );
         assert!(sent(&mut e).is_empty());

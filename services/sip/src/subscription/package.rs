@@ -1,6 +1,8 @@
 //! The event packages a subscription can be for (RFC 6665 s.7.2): their
 //! names, the body types they send, and which `Accept` header admits them.
 
+use crate::backend::MessageCounts;
+
 /// The `Allow-Events` header value: every package served.
 pub const ALLOW_EVENTS: &str = "presence, dialog, message-summary";
 
@@ -81,11 +83,13 @@ pub(crate) fn xml_escape(out: &mut String, s: &str) {
 }
 
 /// The `message-summary` body (RFC 3842 s.5.2) for `account`
-/// (`user@domain`). There is no voicemail yet: nothing is waiting, and
-/// the counts are 0/0. When voicemail exists, its counts go in here.
-pub fn message_summary_body(account: &str) -> String {
+/// (`user@domain`): waiting when a message is new; the voice counts as
+/// new/old, no urgent ones (Dialtone has no urgent messages).
+pub fn message_summary_body(account: &str, counts: MessageCounts) -> String {
+    let waiting = if counts.new > 0 { "yes" } else { "no" };
     format!(
-        "Messages-Waiting: no\r\nMessage-Account: sip:{account}\r\nVoice-Message: 0/0 (0/0)\r\n"
+        "Messages-Waiting: {waiting}\r\nMessage-Account: sip:{account}\r\nVoice-Message: {}/{} (0/0)\r\n",
+        counts.new, counts.old
     )
 }
 
@@ -127,10 +131,16 @@ mod tests {
 
     #[test]
     fn message_summary_says_nothing_waiting() {
-        let b = message_summary_body("alice@example.test");
+        let b = message_summary_body("alice@example.test", MessageCounts::default());
         assert!(b.starts_with("Messages-Waiting: no\r\n"));
         assert!(b.contains("Message-Account: sip:alice@example.test\r\n"));
         assert!(b.contains("Voice-Message: 0/0 (0/0)\r\n"));
+        // Only saved messages: nothing is waiting.
+        let b = message_summary_body("alice@example.test", MessageCounts { new: 0, old: 3 });
+        assert!(b.starts_with("Messages-Waiting: no\r\n"));
+        assert!(b.contains("Voice-Message: 0/3 (0/0)\r\n"));
+        let b = message_summary_body("alice@example.test", MessageCounts { new: 1, old: 3 });
+        assert!(b.starts_with("Messages-Waiting: yes\r\n"));
     }
 
     #[test]
