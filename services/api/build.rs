@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Audio as `Bytes`: a message's chunks are slices of the stored
+        // blob, not copies.
+        .bytes(".dialtone.v1.AudioChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

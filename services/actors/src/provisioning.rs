@@ -16,6 +16,8 @@ use crate::aggregate::{Meta, View};
 use crate::directory::Directory;
 use crate::{Error, Result};
 
+pub mod voicemail;
+
 #[derive(Debug, Clone, Default)]
 pub struct ProvisioningConfig {
     pub password_policy: PasswordPolicy,

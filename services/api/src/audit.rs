@@ -202,6 +202,27 @@ pub fn user_state(u: &user::User) -> pb::UserState {
         presence: presence(u.presence) as i32,
         forwarding: Some(crate::convert::forwarding(&u.forwarding)),
         dnd: u.dnd,
+        mailbox: Some(mailbox_state(&u.mailbox)),
+    }
+}
+
+/// A mailbox as an audit shows it: settings, counts, messages, the PIN only
+/// as whether there is one.
+pub fn mailbox_state(m: &dialtone_domain::mailbox::Mailbox) -> pb::MailboxState {
+    let (new, saved) = m.counts();
+    pb::MailboxState {
+        enabled: m.enabled,
+        settings: Some(crate::payload::mailbox_settings(m.settings)),
+        has_pin: m.pin.is_some(),
+        failed_pin_attempts: m.failed_pin_attempts,
+        locked_until: m.locked_until.and_then(timestamp),
+        greeting: m.greeting.as_ref().map(|g| pb::Greeting {
+            audio_id: g.audio.to_string(),
+            duration_ms: g.duration_ms,
+        }),
+        new_messages: new,
+        saved_messages: saved,
+        messages: m.messages.iter().map(crate::voicemail::message).collect(),
     }
 }
 
@@ -411,5 +432,57 @@ impl AuditService for AuditApi {
             calls: page.calls,
             next_page_token: page.next.map(|p| p.to_string()).unwrap_or_default(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dialtone_domain::mailbox::{AudioId, Greeting, Mailbox, Message, PinHash};
+
+    use super::*;
+
+    #[test]
+    fn an_audited_mailbox_shows_settings_counts_and_messages_but_never_the_pin_hash() {
+        let pin = PinHash::derive("4321", [3; 16]).unwrap();
+        let mailbox = Mailbox {
+            enabled: true,
+            pin: Some(pin.clone()),
+            greeting: Some(Greeting {
+                audio: AudioId::from_random([1; 16]),
+                duration_ms: 3_000,
+            }),
+            failed_pin_attempts: 2,
+            messages: vec![
+                Message {
+                    message_id: AudioId::from_random([2; 16]),
+                    from: "bob@example.com".into(),
+                    left_at: 1_800_000_000_000_000,
+                    duration_ms: 4_000,
+                    read: true,
+                },
+                Message {
+                    message_id: AudioId::from_random([4; 16]),
+                    from: "carol@example.com".into(),
+                    left_at: 1_800_000_001_000_000,
+                    duration_ms: 5_000,
+                    read: false,
+                },
+            ],
+            ..Mailbox::default()
+        };
+        let shown = mailbox_state(&mailbox);
+        assert!(shown.enabled && shown.has_pin);
+        assert_eq!(shown.failed_pin_attempts, 2);
+        assert_eq!((shown.new_messages, shown.saved_messages), (1, 1));
+        assert_eq!(shown.messages.len(), 2);
+        assert_eq!(
+            shown.messages[0].message_id,
+            mailbox.messages[0].message_id.to_string()
+        );
+        assert_eq!(shown.greeting.as_ref().map(|g| g.duration_ms), Some(3_000));
+        let debug = format!("{shown:?}");
+        let hash = pin.as_str().rsplit('$').next().unwrap();
+        assert!(!debug.contains(hash), "{debug}");
+        assert!(!debug.contains("sha256$"), "{debug}");
     }
 }

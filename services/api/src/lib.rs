@@ -8,7 +8,8 @@
 //!   the engine in [`subscription`]), [`status_api::StatusApi`]
 //!   (registrations, presence, calls in progress), [`audit::AuditApi`]
 //!   (state at a version or time; call detail records read from the log by
-//!   [`cdr`]) and [`tokens_api::TokenApi`].
+//!   [`cdr`]), [`tokens_api::TokenApi`] and [`voicemail::VoicemailApi`]
+//!   (voicemail boxes; their audio in the node's blob store).
 //! - Authentication and scoping ([`auth`]): bearer tokens checked by an
 //!   interceptor in front of every Dialtone service, the token table, a
 //!   domain token kept to its domain.
@@ -21,7 +22,7 @@
 //! [`serve`] / [`serve_with`] run every service plus `grpc.health.v1` and
 //! reflection (both open) on a listener, optionally over TLS
 //! ([`ServeOptions`]), from an [`ApiContext`] (provisioning, the event log,
-//! the two indexes). [`Error`] is for serving only; a request's errors are
+//! the two indexes, the blob store). [`Error`] is for serving only; a request's errors are
 //! `tonic::Status` values made by [`status`].
 //!
 //! # What it must not do
@@ -34,7 +35,7 @@
 use std::future::Future;
 
 use dialtone_actors::{CallIndex, Provisioning, RegistrationIndex};
-use dialtone_eventlog::SharedStore;
+use dialtone_eventlog::{SharedBlobStore, SharedStore};
 use tokio::net::TcpListener;
 
 /// Re-exported for clients of [`pb`] (timestamps).
@@ -52,6 +53,7 @@ pub mod status;
 pub mod status_api;
 pub mod subscription;
 pub mod tokens_api;
+pub mod voicemail;
 
 /// Generated protobuf types, servers and clients of `dialtone.v1`.
 #[allow(clippy::all, clippy::pedantic)]
@@ -88,6 +90,9 @@ pub struct ApiContext {
     pub store: SharedStore,
     pub registrations: RegistrationIndex,
     pub calls: CallIndex,
+    /// Where voicemail audio is (the node's one blob store, shared with
+    /// its voicemail calls).
+    pub blobs: SharedBlobStore,
 }
 
 /// Settings of the services (the node fills them from its configuration).
@@ -164,6 +169,9 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<pb::token_service_server::TokenServiceServer<tokens_api::TokenApi>>()
         .await;
+    health_reporter
+        .set_serving::<pb::voicemail_service_server::VoicemailServiceServer<voicemail::VoicemailApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -219,6 +227,12 @@ pub async fn serve_with(
         .add_service(
             pb::token_service_server::TokenServiceServer::with_interceptor(
                 tokens_api::TokenApi::new(tokens, context.provisioning.clone()),
+                authenticator.clone(),
+            ),
+        )
+        .add_service(
+            pb::voicemail_service_server::VoicemailServiceServer::with_interceptor(
+                voicemail::VoicemailApi::new(context.provisioning.clone(), context.blobs.clone()),
                 authenticator.clone(),
             ),
         )

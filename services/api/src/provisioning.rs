@@ -65,7 +65,7 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
-fn meta(request_id: &str, expected_version: Option<u64>) -> Result<Meta, Status> {
+pub(crate) fn meta(request_id: &str, expected_version: Option<u64>) -> Result<Meta, Status> {
     let request_id = request_id.trim();
     if request_id.len() > MAX_REQUEST_ID_LEN {
         return Err(status::invalid(

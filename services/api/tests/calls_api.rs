@@ -74,6 +74,13 @@ impl Node {
             store: store.clone(),
             registrations,
             calls: calls.clone(),
+            blobs: std::sync::Arc::new(
+                dialtone_eventlog::SqliteBlobStore::open(
+                    &dir.path().join("blobs.sqlite3"),
+                    Default::default(),
+                )
+                .unwrap(),
+            ),
         };
         let options = dialtone_api::ServeOptions {
             admin_token: Some(ADMIN_TOKEN.to_owned()),

@@ -1,9 +1,9 @@
-//! The CLI client: `dialtone domain|user|group|history|events|audit|replay|calls
+//! The CLI client: `dialtone domain|user|group|voicemail|history|events|audit|replay|calls
 //! ...` over gRPC.
 //!
 //! One module per command group (`domain`, `user`, `token`, `events` for
 //! history, tail and replay, `audit`, `status` for status, online and
-//! security, `calls`); `connection` connects and authenticates, `output`
+//! security, `calls`, `voicemail`); `connection` connects and authenticates, `output`
 //! prints JSON or text.
 
 mod audit;
@@ -16,6 +16,7 @@ mod output;
 mod status;
 mod token;
 mod user;
+mod voicemail;
 
 use dialtone_api::pb;
 
@@ -26,6 +27,7 @@ pub use events::{EventsCommand, HistoryCommand};
 pub use group::GroupCommand;
 pub use token::TokenCommand;
 pub use user::UserCommand;
+pub use voicemail::VoicemailCommand;
 
 use connection::connect;
 use output::{parse_time_arg, Output};
@@ -42,6 +44,9 @@ pub enum ClientCommand {
     /// members' phones).
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Manage users' voicemail boxes and their messages.
+    #[command(subcommand)]
+    Voicemail(VoicemailCommand),
     /// Print the event history of a user or domain.
     #[command(subcommand)]
     History(HistoryCommand),
@@ -106,6 +111,7 @@ pub async fn run(target: &Target, json_output: bool, command: ClientCommand) -> 
         ClientCommand::Domain(cmd) => domain::run(&mut clients, &out, cmd).await,
         ClientCommand::User(cmd) => user::run(&mut clients, &out, cmd).await,
         ClientCommand::Group(cmd) => group::run(&mut clients, &out, cmd).await,
+        ClientCommand::Voicemail(cmd) => voicemail::run(&mut clients, &out, cmd).await,
         ClientCommand::History(cmd) => events::history(&mut clients, &out, cmd).await,
         ClientCommand::Status { user } => status::status(&mut clients, &out, user).await,
         ClientCommand::Online { domain } => status::online(&mut clients, &out, domain).await,

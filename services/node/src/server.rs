@@ -88,6 +88,8 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         },
     );
 
+    let blobs = blob_store(&config)?;
+
     let registrations = RegistrationIndex::start(store.clone(), directory.clone()).await?;
     // Before the SIP gateway starts: closes the call legs a previous run
     // left in progress (their dialogs died with it), and only those.
@@ -229,6 +231,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         store: store.clone(),
         registrations: registrations.clone(),
         calls: calls.clone(),
+        blobs: blobs.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
     let options = dialtone_api::ServeOptions {
@@ -277,6 +280,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     tracing::info!("stopping actors (saving snapshots)");
     directory.passivate_all(Duration::from_secs(10)).await;
     tokio::task::spawn_blocking(move || system.shutdown()).await?;
+    blobs.close().await.context("closing the blob store")?;
     tracing::info!("closing the event log");
     store.close().await.context("closing the event log")?;
     drop(lock);
@@ -304,6 +308,16 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
+}
+
+/// The blob store of voicemail audio, `<data-dir>/blobs.sqlite3` (ADR
+/// 0023): opened once, shared by the API and the node's voicemail calls.
+fn blob_store(config: &Config) -> anyhow::Result<dialtone_eventlog::SharedBlobStore> {
+    use dialtone_eventlog::sqlite_blob::{SqliteBlobOptions, SqliteBlobStore};
+    let path = config.data_dir.join("blobs.sqlite3");
+    let blobs = SqliteBlobStore::open(&path, SqliteBlobOptions::default())
+        .with_context(|| format!("cannot open the blob store {}", path.display()))?;
+    Ok(Arc::new(blobs))
 }
 
 /// The secret SIP nonces are signed with: kept in the data directory (0600)

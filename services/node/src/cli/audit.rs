@@ -80,6 +80,21 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: AuditCommand) -> any
                 "contacts": s.contacts.iter().map(binding_json).collect::<Vec<_>>(),
                 "forwarding": super::user::forwarding_json(s.forwarding.as_ref()),
                 "dnd": s.dnd,
+                "mailbox": s.mailbox.as_ref().map(|m| {
+                    let settings = m.settings.clone().unwrap_or_default();
+                    json!({
+                        "enabled": m.enabled,
+                        "has_pin": m.has_pin,
+                        "failed_pin_attempts": m.failed_pin_attempts,
+                        "locked_until": time(&m.locked_until),
+                        "max_message_secs": settings.max_message_ms / 1000,
+                        "max_messages": settings.max_messages,
+                        "greeting_ms": m.greeting.as_ref().map(|g| g.duration_ms),
+                        "new_messages": m.new_messages,
+                        "saved_messages": m.saved_messages,
+                        "message_ids": m.messages.iter().map(|x| x.message_id.clone()).collect::<Vec<_>>(),
+                    })
+                }),
             });
             (reply.at, state)
         }
@@ -235,6 +250,29 @@ fn audit_text(v: &Value) -> String {
             super::user::forwarding_line(state),
             if state["dnd"] == Value::Bool(true) { "on" } else { "off" },
         ));
+        let mailbox = &state["mailbox"];
+        if mailbox["enabled"] == Value::Bool(true) || mailbox["has_pin"] == Value::Bool(true) {
+            text.push_str(&format!(
+                "\n  voicemail     {}, PIN {}, {} new, {} saved, greeting {}",
+                if mailbox["enabled"] == Value::Bool(true) {
+                    "on"
+                } else {
+                    "off"
+                },
+                if mailbox["has_pin"] == Value::Bool(true) {
+                    "set"
+                } else {
+                    "none"
+                },
+                s(mailbox, "new_messages"),
+                s(mailbox, "saved_messages"),
+                if mailbox["greeting_ms"].is_null() {
+                    "default"
+                } else {
+                    "own"
+                },
+            ));
+        }
         match state["contacts"].as_array() {
             Some(contacts) if !contacts.is_empty() => {
                 text.push_str("\n  contacts");

@@ -9,6 +9,7 @@ use dialtone_api::pb::event_service_client::EventServiceClient;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
 use dialtone_api::pb::status_service_client::StatusServiceClient;
 use dialtone_api::pb::token_service_client::TokenServiceClient;
+use dialtone_api::pb::voicemail_service_client::VoicemailServiceClient;
 use tonic::service::interceptor::InterceptedService;
 
 /// A connection that sends the token.
@@ -28,6 +29,7 @@ pub(super) struct Clients {
     pub(super) status: StatusServiceClient<Channel>,
     pub(super) audit: AuditServiceClient<Channel>,
     pub(super) tokens: TokenServiceClient<Channel>,
+    pub(super) voicemail: VoicemailServiceClient<Channel>,
 }
 
 pub(super) async fn connect(target: &Target) -> anyhow::Result<Clients> {
@@ -64,7 +66,8 @@ pub(super) async fn connect(target: &Target) -> anyhow::Result<Clients> {
         events: EventServiceClient::new(channel.clone()),
         status: StatusServiceClient::new(channel.clone()),
         audit: AuditServiceClient::new(channel.clone()),
-        tokens: TokenServiceClient::new(channel),
+        tokens: TokenServiceClient::new(channel.clone()),
+        voicemail: VoicemailServiceClient::new(channel),
     })
 }
 
