@@ -1330,3 +1330,206 @@ async fn attended_transfer(extra_args: &[&str]) {
     target.quit().await;
     node.stop().await.unwrap();
 }
+
+// --- Voicemail (ADR 0022, ADR 0023) ----------------------------------------
+
+/// The voicemail service of a node.
+async fn voicemail_client(
+    node: &TestNode,
+) -> dialtone_api::pb::voicemail_service_client::VoicemailServiceClient<support::Channel> {
+    dialtone_api::pb::voicemail_service_client::VoicemailServiceClient::new(
+        node.channel().await.unwrap(),
+    )
+}
+
+/// 8 kHz mono samples of a WAV file written by a phone or stored by the
+/// node (any rate and layout `read_wav` converts).
+fn wav_samples(bytes: &[u8]) -> Vec<i16> {
+    dialtone_media::wav::read_wav(
+        bytes,
+        dialtone_media::wav::WavLimits {
+            max_duration_ms: 900_000,
+        },
+    )
+    .unwrap()
+}
+
+/// Where (ms) a tone at `hz` ends for the last time in `samples`, and how
+/// long it lasted in all.
+fn tone_spans(samples: &[i16], hz: f64) -> Vec<(u32, u32)> {
+    dialtone_media::tone::tone_spans(samples, hz, 8000, 20)
+}
+
+/// baresip (its microphone a 440 Hz tone) calls bob, whose only phone
+/// never answers; after the no-answer time the call goes to bob's
+/// voicemail box: baresip hears the greeting and the beep, then "speaks"
+/// for a few seconds and hangs up. The box holds one new message whose
+/// stored audio is the 440 Hz tone for as long as baresip sent it after
+/// the beep (±0.3 s); bob's leg ended forwarded to `voicemail:bob`.
+#[tokio::test]
+async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
+    bounded(150, async {
+        let (_dir, node, alice, bob) = node_with_two_users().await.unwrap();
+        let mut vm = voicemail_client(&node).await;
+        vm.configure_mailbox(dialtone_api::pb::ConfigureMailboxRequest {
+            user: bob.address.clone(),
+            enabled: Some(true),
+            pin: Some("4321".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        node.provisioning()
+            .await
+            .unwrap()
+            .set_forwarding(SetForwardingRequest {
+                user: bob.address.clone(),
+                no_answer: Some("voicemail".into()),
+                no_answer_after_secs: Some(2),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // bob's phone: registered, silent (never answers, never rings).
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let contact = format!("<sip:bob@{}>", silent.local_addr().unwrap());
+        let mut ua = dialtone_sip::test_ua::TestUa::udp(node.sip_addr())
+            .await
+            .unwrap();
+        let registered = ua
+            .register(
+                &dialtone_sip::test_ua::Register::new("bob", DOMAIN)
+                    .password(PASSWORD)
+                    .contact(&contact),
+            )
+            .await
+            .unwrap();
+        assert_eq!(registered.code, 200);
+
+        let transport = Transport::Udp;
+        let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
+        baresip.registered(&node, transport).await.unwrap();
+        let over = baresip.calls_over();
+        baresip
+            .command(&format!("dial {}", bob.address))
+            .await
+            .unwrap();
+        // The greeting (about 7 s) and the beep, then 3 s of tone.
+        eventually(STEP, "the voicemail box to answer", || async {
+            Ok(baresip
+                .output
+                .text()
+                .contains("Call established")
+                .then_some(()))
+        })
+        .await
+        .map_err(|e| baresip.fail(e))
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        baresip.command("hangup").await.unwrap();
+        eventually(STEP, "baresip to end the call", || async {
+            Ok((baresip.calls_over() > over).then_some(()))
+        })
+        .await
+        .map_err(|e| baresip.fail(e))
+        .unwrap();
+
+        // What baresip heard: the greeting, then the 1 kHz beep. What it
+        // sent: 440 Hz from the answer to the hang-up.
+        let heard_path = baresip
+            .recording()
+            .ok_or_else(|| baresip.fail("no recording of what it heard"))
+            .unwrap();
+        let heard = wav_samples(&std::fs::read(&heard_path).unwrap());
+        let beep = tone_spans(&heard, 1000.0);
+        let &(_, beep_end_ms) = beep
+            .iter()
+            .find(|(start, end)| end - start >= 150)
+            .ok_or_else(|| baresip.fail(format!("no beep in what it heard: {beep:?}")))
+            .unwrap();
+        let speech_before_beep = heard[..(beep_end_ms as usize * 8).min(heard.len())]
+            .iter()
+            .filter(|s| s.unsigned_abs() > 1000)
+            .count();
+        assert!(
+            speech_before_beep > 8000,
+            "the greeting was heard before the beep ({speech_before_beep} loud samples)"
+        );
+        let sent_path = heard_path.with_file_name(
+            heard_path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace("-dec.wav", "-enc.wav"),
+        );
+        let sent_ms = (wav_samples(&std::fs::read(&sent_path).unwrap()).len() / 8) as i64;
+        let expected_ms = sent_ms - i64::from(beep_end_ms);
+
+        let message = eventually(STEP, "the message in bob's box", || async {
+            let list = voicemail_client(&node)
+                .await
+                .list_messages(dialtone_api::pb::ListMessagesRequest {
+                    user: bob.address.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok(list.messages.into_iter().next())
+        })
+        .await
+        .unwrap();
+        assert!(!message.read);
+        assert!(message.from.starts_with("alice@"), "{}", message.from);
+        let mut audio = Vec::new();
+        let mut stream = vm
+            .get_message_audio(dialtone_api::pb::GetMessageAudioRequest {
+                user: bob.address.clone(),
+                message_id: message.message_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            audio.extend_from_slice(&chunk.data);
+        }
+        let stored = wav_samples(&audio);
+        let tone_ms: u32 = tone_spans(&stored, 440.0).iter().map(|(s, e)| e - s).sum();
+        assert!(
+            (i64::from(tone_ms) - expected_ms).abs() <= 300,
+            "stored {tone_ms} ms of 440 Hz; baresip sent {expected_ms} ms after the beep \
+             (message {} ms)",
+            message.duration_ms
+        );
+        assert!((i64::from(message.duration_ms) - expected_ms).abs() <= 300);
+        let box_now = vm
+            .get_mailbox(dialtone_api::pb::GetMailboxRequest {
+                user: bob.address.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((box_now.new_messages, box_now.saved_messages), (1, 0));
+        // bob's leg rang his phone, then went to his box (which has no leg).
+        let bob_calls = call_events(&node, &bob).await.unwrap();
+        assert_eq!(bob_calls, ["CallStarted", "CallForwarded"], "{bob_calls:?}");
+        let events = stream_events(&node, &format!("user-{}", bob.id))
+            .await
+            .unwrap();
+        let forwarded = events.iter().find(|e| e.r#type == "CallForwarded").unwrap();
+        assert!(
+            forwarded.data_json.contains("voicemail:bob@"),
+            "{}",
+            forwarded.data_json
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.r#type == "VoicemailLeft")
+                .count(),
+            1
+        );
+        drop(silent);
+        baresip.quit().await;
+        node.stop().await.unwrap();
+    })
+    .await
+}

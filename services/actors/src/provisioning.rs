@@ -711,11 +711,9 @@ impl Provisioning {
                     "cannot forward to {number}: calls to external numbers need a SIP trunk, and none is configured"
                 ))
             }
-            ForwardTarget::Voicemail(address) => {
-                return refused(format!(
-                    "cannot forward to the voicemail of {address}: this node has no voicemail service"
-                ))
-            }
+            // A box is its user's: the user must exist (routing takes the
+            // forward only while the box is enabled, ADR 0022).
+            ForwardTarget::Voicemail(address) => address,
             ForwardTarget::Group(address) => address,
         };
         let name = address.username.clone();

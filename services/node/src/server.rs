@@ -107,7 +107,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         None
     } else {
         let secret = sip_secret(&config.data_dir)?;
-        let voicemail = voicemail(&config, provisioning.clone())?;
+        let voicemail = voicemail(&config, provisioning.clone(), blobs.clone())?;
         let gateway_config = dialtone_sip::GatewayConfig {
             listen: config.sip_addrs.clone(),
             advertised: config.sip_advertised.clone(),
@@ -320,15 +320,13 @@ fn blob_store(config: &Config) -> anyhow::Result<dialtone_eventlog::SharedBlobSt
     Ok(Arc::new(blobs))
 }
 
-/// The secret SIP nonces are signed with: kept in the data directory (0600)
-/// so that nonces stay valid across restarts; created on first start.
-/// Voicemail: its media plane (RTP ports), prompts and blob store
-/// (`<data-dir>/blobs.sqlite3`, ADR 0023).
+/// Voicemail: its media plane (RTP ports), prompts, and the blob store
+/// its audio goes to.
 fn voicemail(
     config: &Config,
     provisioning: Provisioning,
+    blobs: dialtone_eventlog::SharedBlobStore,
 ) -> anyhow::Result<crate::voicemail::Voicemail> {
-    use dialtone_eventlog::sqlite_blob::{SqliteBlobOptions, SqliteBlobStore};
     let address = config
         .media_addr
         .or_else(|| config.sip_addrs.first().map(|a| a.ip()))
@@ -356,17 +354,16 @@ fn voicemail(
         })
         .context("media plane")?;
     let prompts = dialtone_voicemail::prompts::Prompts::load().context("voicemail prompts")?;
-    let path = config.data_dir.join("blobs.sqlite3");
-    let blobs = SqliteBlobStore::open(&path, SqliteBlobOptions::default())
-        .with_context(|| format!("cannot open the blob store {}", path.display()))?;
     Ok(crate::voicemail::Voicemail::new(
         media,
         Arc::new(prompts),
-        Arc::new(blobs),
+        blobs,
         provisioning,
     ))
 }
 
+/// The secret SIP nonces are signed with: kept in the data directory (0600)
+/// so that nonces stay valid across restarts; created on first start.
 fn sip_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Write as _;
     let path = data_dir.join("sip.secret");
