@@ -1360,6 +1360,105 @@ fn tone_spans(samples: &[i16], hz: f64) -> Vec<(u32, u32)> {
     dialtone_media::tone::tone_spans(samples, hz, 8000, 20)
 }
 
+/// A `message-summary` subscriber (RFC 3842) of `user` over raw UDP: it
+/// subscribes (answering the digest challenge), then answers every
+/// NOTIFY and keeps its body, for the test to read.
+async fn message_summary_subscriber(
+    node: &TestNode,
+    user: &str,
+) -> anyhow::Result<Arc<Mutex<Vec<String>>>> {
+    use dialtone_sip::auth::digest::{authorization, Algorithm, Challenge};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let local = sock.local_addr()?;
+    let server = node.sip_addr();
+    let subscribe = |cseq: u32, auth: &str| {
+        format!(
+            "SUBSCRIBE sip:{user}@{DOMAIN} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch={};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{user}@{DOMAIN}>;tag=mwi1\r\n\
+             To: <sip:{user}@{DOMAIN}>\r\n\
+             Call-ID: mwi-{local}\r\n\
+             CSeq: {cseq} SUBSCRIBE\r\n\
+             Contact: <sip:{user}@{local}>\r\n\
+             Event: message-summary\r\n\
+             Accept: application/simple-message-summary\r\n\
+             Expires: 600\r\n{auth}Content-Length: 0\r\n\r\n",
+            dialtone_sip::test_ua::TestUa::branch()
+        )
+    };
+    let mut buf = vec![0u8; 65_536];
+    let recv = async |sock: &tokio::net::UdpSocket, buf: &mut Vec<u8>| -> anyhow::Result<String> {
+        let (n, _) = tokio::time::timeout(STEP, sock.recv_from(buf)).await??;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    sock.send_to(subscribe(1, "").as_bytes(), server).await?;
+    let challenge = recv(&sock, &mut buf).await?;
+    let header = challenge
+        .lines()
+        .find_map(|l| l.strip_prefix("WWW-Authenticate: "))
+        .context("a digest challenge")?;
+    let challenge = Challenge::parse(header).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let auth = authorization(
+        challenge.algorithm.unwrap_or(Algorithm::Md5),
+        user,
+        &challenge.realm,
+        PASSWORD,
+        &challenge.nonce,
+        challenge.opaque.as_deref(),
+        "SUBSCRIBE",
+        &format!("sip:{user}@{DOMAIN}"),
+        1,
+        "0a4f113b",
+    );
+    sock.send_to(
+        subscribe(2, &format!("Authorization: {auth}\r\n")).as_bytes(),
+        server,
+    )
+    .await?;
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !text.starts_with("NOTIFY ") {
+                continue;
+            }
+            let mut ok = "SIP/2.0 200 OK\r\n".to_owned();
+            for line in text.lines().take_while(|l| !l.is_empty()) {
+                if ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+                    .iter()
+                    .any(|h| line.starts_with(h))
+                {
+                    ok.push_str(line);
+                    ok.push_str("\r\n");
+                }
+            }
+            ok.push_str("Content-Length: 0\r\n\r\n");
+            let _ = sock.send_to(ok.as_bytes(), from).await;
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+            kept.lock().unwrap().push(body);
+        }
+    });
+    Ok(bodies)
+}
+
+/// Waits (at most 1 s, what RFC 3842 subscribers are promised here) for
+/// a `message-summary` NOTIFY whose body says `voice` (e.g. `1/0`).
+async fn notified(bodies: &Arc<Mutex<Vec<String>>>, voice: &str) -> anyhow::Result<()> {
+    let wanted = format!("Voice-Message: {voice} (0/0)");
+    eventually(Duration::from_secs(1), &wanted, || async {
+        Ok(bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains(&wanted))
+            .then_some(()))
+    })
+    .await
+}
+
 /// baresip (its microphone a 440 Hz tone) calls bob, whose only phone
 /// never answers; after the no-answer time the call goes to bob's
 /// voicemail box: baresip hears the greeting and the beep, then "speaks"
@@ -1405,6 +1504,10 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
             .await
             .unwrap();
         assert_eq!(registered.code, 200);
+
+        // bob's desk phone watches his box (RFC 3842).
+        let mwi = message_summary_subscriber(&node, "bob").await.unwrap();
+        notified(&mwi, "0/0").await.unwrap();
 
         let transport = Transport::Udp;
         let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
@@ -1479,6 +1582,22 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
         .unwrap();
         assert!(!message.read);
         assert!(message.from.starts_with("alice@"), "{}", message.from);
+        // The waiting message lit bob's lamp; listening to it moves it to
+        // the saved ones.
+        notified(&mwi, "1/0").await.unwrap();
+        assert!(mwi
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.starts_with("Messages-Waiting: yes")));
+        vm.mark_message_read(dialtone_api::pb::MessageRequest {
+            user: bob.address.clone(),
+            message_id: message.message_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        notified(&mwi, "0/1").await.unwrap();
         let mut audio = Vec::new();
         let mut stream = vm
             .get_message_audio(dialtone_api::pb::GetMessageAudioRequest {
@@ -1507,7 +1626,7 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((box_now.new_messages, box_now.saved_messages), (1, 0));
+        assert_eq!((box_now.new_messages, box_now.saved_messages), (0, 1));
         // bob's leg rang his phone, then went to his box (which has no leg).
         let bob_calls = call_events(&node, &bob).await.unwrap();
         assert_eq!(bob_calls, ["CallStarted", "CallForwarded"], "{bob_calls:?}");
