@@ -1652,3 +1652,141 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
     })
     .await
 }
+
+/// `kill -9` of the node 3 s into a message (after the greeting and the
+/// beep): after the restart the box holds the message whole or not at all
+/// (ADR 0023: the audio is stored when the recording ends), never a
+/// message whose audio is missing or broken; and the box takes the next
+/// caller's message as before.
+#[tokio::test]
+async fn a_node_killed_during_a_message_keeps_it_whole_or_not_at_all() {
+    bounded(150, async {
+        let (dir, node, alice, bob) = node_with_two_users().await.unwrap();
+        let mut vm = voicemail_client(&node).await;
+        vm.configure_mailbox(dialtone_api::pb::ConfigureMailboxRequest {
+            user: bob.address.clone(),
+            enabled: Some(true),
+            pin: Some("4321".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        node.provisioning()
+            .await
+            .unwrap()
+            .set_forwarding(SetForwardingRequest {
+                user: bob.address.clone(),
+                unavailable: Some("voicemail".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let transport = Transport::Udp;
+        let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
+        baresip.registered(&node, transport).await.unwrap();
+        baresip
+            .command(&format!("dial {}", bob.address))
+            .await
+            .unwrap();
+        eventually(STEP, "the voicemail box to answer", || async {
+            Ok(baresip
+                .output
+                .text()
+                .contains("Call established")
+                .then_some(()))
+        })
+        .await
+        .map_err(|e| baresip.fail(e))
+        .unwrap();
+        // The shipped greeting and beep, then 3 s of the phone's tone.
+        let prompts = dialtone_voicemail::prompts::Prompts::load().unwrap();
+        let greeting_ms = prompts
+            .get(dialtone_voicemail::prompts::Prompt::GreetingDefault)
+            .len() as u64
+            / 8;
+        tokio::time::sleep(Duration::from_millis(greeting_ms + 250 + 3_000)).await;
+        let data_dir = node.data_dir.clone();
+        node.kill9().await.unwrap();
+        baresip.quit().await;
+
+        let tls = tls_args(dir.path()).unwrap();
+        let args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let node = TestNode::start(&data_dir, &args).await.unwrap();
+        let mut vm = voicemail_client(&node).await;
+        let check_whole =
+            |vm: &mut dialtone_api::pb::voicemail_service_client::VoicemailServiceClient<
+                support::Channel,
+            >| {
+                let mut vm = vm.clone();
+                let user = bob.address.clone();
+                async move {
+                    let list = vm
+                        .list_messages(dialtone_api::pb::ListMessagesRequest { user: user.clone() })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    for m in &list.messages {
+                        let mut audio = Vec::new();
+                        let mut stream = vm
+                            .get_message_audio(dialtone_api::pb::GetMessageAudioRequest {
+                                user: user.clone(),
+                                message_id: m.message_id.clone(),
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        while let Some(chunk) = stream.message().await.unwrap() {
+                            audio.extend_from_slice(&chunk.data);
+                        }
+                        let samples = wav_samples(&audio);
+                        let tone: u32 =
+                            tone_spans(&samples, 440.0).iter().map(|(s, e)| e - s).sum();
+                        assert!(
+                            (i64::from(tone) - i64::from(m.duration_ms)).abs() <= 300,
+                            "message {} of {} ms holds {tone} ms of tone",
+                            m.message_id,
+                            m.duration_ms
+                        );
+                    }
+                    list.messages.len()
+                }
+            };
+        let after_crash = check_whole(&mut vm).await;
+        assert!(after_crash <= 1, "{after_crash} messages");
+
+        // The box works after the restart.
+        let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
+        baresip.registered(&node, transport).await.unwrap();
+        let over = baresip.calls_over();
+        baresip
+            .command(&format!("dial {}", bob.address))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(greeting_ms + 250 + 2_500)).await;
+        baresip.command("hangup").await.unwrap();
+        eventually(STEP, "baresip to end the call", || async {
+            Ok((baresip.calls_over() > over).then_some(()))
+        })
+        .await
+        .map_err(|e| baresip.fail(e))
+        .unwrap();
+        eventually(STEP, "the new message", || async {
+            let n = voicemail_client(&node)
+                .await
+                .list_messages(dialtone_api::pb::ListMessagesRequest {
+                    user: bob.address.clone(),
+                })
+                .await?
+                .into_inner()
+                .messages
+                .len();
+            Ok((n == after_crash + 1).then_some(()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(check_whole(&mut vm).await, after_crash + 1);
+        baresip.quit().await;
+        node.stop().await.unwrap();
+    })
+    .await
+}
