@@ -13,7 +13,8 @@
 //! guessed from its hash by trying them all, so the hash only keeps it
 //! out of sight: what protects a mailbox is the lock-out after
 //! [`PIN_ATTEMPTS_BEFORE_LOCKOUT`] wrong PINs in a row, which holds for
-//! [`PIN_LOCKOUT_US`].
+//! [`PIN_LOCKOUT_US`], twice as long for each lock-out in a row (at most
+//! [`MAX_PIN_LOCKOUT_US`]).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -37,6 +38,11 @@ pub const MAX_PIN_DIGITS: usize = 12;
 /// Wrong PINs in a row that lock the mailbox, and for how long.
 pub const PIN_ATTEMPTS_BEFORE_LOCKOUT: u32 = 5;
 pub const PIN_LOCKOUT_US: i64 = 15 * 60 * 1_000_000;
+/// Each lock-out that follows another without a right PIN in between lasts
+/// twice as long as the one before, up to this: a guesser gets about 30
+/// tries a day instead of 480, while the owner who mistyped once waits 15
+/// minutes.
+pub const MAX_PIN_LOCKOUT_US: i64 = 24 * 60 * 60 * 1_000_000;
 /// Longest `from` (the caller's address) recorded with a message.
 pub const MAX_FROM_LEN: usize = 256;
 
@@ -187,6 +193,10 @@ pub struct Mailbox {
     pub failed_pin_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_until: Option<Timestamp>,
+    /// Lock-outs since the last right PIN (or PIN change): the next one
+    /// lasts [`Mailbox::lockout_us`].
+    #[serde(default)]
+    pub lockouts: u32,
     /// Oldest first.
     #[serde(default)]
     pub messages: Vec<Message>,
@@ -242,6 +252,16 @@ impl Mailbox {
     /// Whether PIN entry is refused at `now` (locked out).
     pub fn is_locked(&self, now: Timestamp) -> bool {
         self.locked_until.is_some_and(|until| now < until)
+    }
+
+    /// How long the next lock-out lasts: [`PIN_LOCKOUT_US`], doubled for
+    /// each lock-out before it since the last right PIN, at most
+    /// [`MAX_PIN_LOCKOUT_US`].
+    pub fn lockout_us(&self) -> i64 {
+        let doublings = self.lockouts.min(16);
+        PIN_LOCKOUT_US
+            .saturating_mul(1i64 << doublings)
+            .min(MAX_PIN_LOCKOUT_US)
     }
 }
 
@@ -468,7 +488,7 @@ pub fn decide(mailbox: &Mailbox, command: &Command, now: Timestamp) -> Result<Ve
                 ));
             };
             if stored.matches(pin) {
-                return Ok(if mailbox.failed_pin_attempts > 0 {
+                return Ok(if mailbox.failed_pin_attempts > 0 || mailbox.lockouts > 0 {
                     vec![Event::MailboxPinAccepted {}]
                 } else {
                     Vec::new()
@@ -479,7 +499,7 @@ pub fn decide(mailbox: &Mailbox, command: &Command, now: Timestamp) -> Result<Ve
             if attempts >= PIN_ATTEMPTS_BEFORE_LOCKOUT {
                 events.push(Event::MailboxLockedOut {
                     attempts,
-                    locked_until: now.saturating_add(PIN_LOCKOUT_US),
+                    locked_until: now.saturating_add(mailbox.lockout_us()),
                 });
             }
             Ok(events)
@@ -557,12 +577,17 @@ pub fn apply(mailbox: &mut Mailbox, event: &Event) {
             mailbox.pin = Some(pin.clone());
             mailbox.failed_pin_attempts = 0;
             mailbox.locked_until = None;
+            mailbox.lockouts = 0;
         }
-        Event::MailboxPinAccepted {} => mailbox.failed_pin_attempts = 0,
+        Event::MailboxPinAccepted {} => {
+            mailbox.failed_pin_attempts = 0;
+            mailbox.lockouts = 0;
+        }
         Event::MailboxPinRejected { attempts } => mailbox.failed_pin_attempts = *attempts,
         Event::MailboxLockedOut { locked_until, .. } => {
             mailbox.failed_pin_attempts = 0;
             mailbox.locked_until = Some(*locked_until);
+            mailbox.lockouts = mailbox.lockouts.saturating_add(1);
         }
         Event::VoicemailLeft {
             message_id,
@@ -821,13 +846,46 @@ mod tests {
         // Locked: even the right PIN is refused, and nothing is recorded.
         let err = decide(&mailbox, &Command::CheckPin { pin: "4321".into() }, NOW + 1).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)));
-        // After the lock, the right PIN works again.
+        // After the lock, the right PIN works again, and ends the run of
+        // lock-outs.
         let events = run(
             &mut mailbox,
             Command::CheckPin { pin: "4321".into() },
             NOW + PIN_LOCKOUT_US,
         );
-        assert!(events.is_empty());
+        assert_eq!(events, vec![Event::MailboxPinAccepted {}]);
+        assert_eq!(mailbox.lockouts, 0);
+    }
+
+    #[test]
+    fn lock_outs_in_a_row_double_up_to_a_day_and_a_right_pin_resets_them() {
+        let mut mailbox = enabled();
+        let mut now = NOW;
+        let lock = |mailbox: &mut Mailbox, now: i64| -> i64 {
+            let mut until = 0;
+            for _ in 0..PIN_ATTEMPTS_BEFORE_LOCKOUT {
+                for e in run(mailbox, Command::CheckPin { pin: "9999".into() }, now) {
+                    if let Event::MailboxLockedOut { locked_until, .. } = e {
+                        until = locked_until;
+                    }
+                }
+            }
+            until - now
+        };
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            let lasted = lock(&mut mailbox, now);
+            seen.push(lasted);
+            now += lasted;
+        }
+        let minutes: Vec<i64> = seen.iter().map(|us| us / 60_000_000).collect();
+        assert_eq!(minutes, [15, 30, 60, 120, 240, 480, 960, 1440, 1440]);
+        // The owner gets in: the next lock-out is short again.
+        assert!(
+            run(&mut mailbox, Command::CheckPin { pin: "4321".into() }, now)
+                .contains(&Event::MailboxPinAccepted {})
+        );
+        assert_eq!(lock(&mut mailbox, now), PIN_LOCKOUT_US);
     }
 
     #[test]
