@@ -174,7 +174,7 @@ pub struct Greeting {
 }
 
 /// A mailbox: off until enabled. (`Default` is a mailbox never configured.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mailbox {
     pub enabled: bool,
     pub settings: Settings,
@@ -190,20 +190,6 @@ pub struct Mailbox {
     /// Oldest first.
     #[serde(default)]
     pub messages: Vec<Message>,
-}
-
-impl Default for Mailbox {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            settings: Settings::default(),
-            pin: None,
-            greeting: None,
-            failed_pin_attempts: 0,
-            locked_until: None,
-            messages: Vec::new(),
-        }
-    }
 }
 
 /// A mailbox's settings.
