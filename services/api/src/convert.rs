@@ -276,7 +276,7 @@ mod tests {
         let event = Event::User(user::Event::MailboxPinChanged { pin: pin.clone() });
         let stored = recorded(&event);
         assert!(stored.data.contains(pin.as_str()));
-        let shown = subscribed_event(stored, &event::Upcasters::builtin(), true, true);
+        let shown = subscribed_event(stored, event::Upcasters::builtin(), true, true);
         let envelope = shown.envelope.unwrap();
         assert_eq!(envelope.data_json, "{}");
         assert_eq!(envelope.category, "provisioning");

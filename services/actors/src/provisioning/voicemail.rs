@@ -151,3 +151,21 @@ impl Provisioning {
         Ok(UserMailbox::of(view))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_never_prints_its_pin_and_audio_ids_are_fresh_and_valid() {
+        let change = MailboxChange {
+            pin: Some("918273".into()),
+            ..MailboxChange::default()
+        };
+        let shown = format!("{change:?}");
+        assert!(!shown.contains("918273"), "{shown}");
+        let (a, b) = (new_audio_id(), new_audio_id());
+        assert_ne!(a, b);
+        assert_eq!(AudioId::parse(a.as_str()).unwrap(), a);
+    }
+}

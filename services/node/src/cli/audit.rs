@@ -81,7 +81,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: AuditCommand) -> any
                 "forwarding": super::user::forwarding_json(s.forwarding.as_ref()),
                 "dnd": s.dnd,
                 "mailbox": s.mailbox.as_ref().map(|m| {
-                    let settings = m.settings.clone().unwrap_or_default();
+                    let settings = m.settings.unwrap_or_default();
                     json!({
                         "enabled": m.enabled,
                         "has_pin": m.has_pin,

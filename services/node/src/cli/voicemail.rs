@@ -270,7 +270,7 @@ fn mailbox_details(v: &Value) -> String {
         None => "default".to_owned(),
     };
     let mut text = format!(
-        "mailbox       {}\nenabled       {}\npin           {}\nmessages      {} new, {} saved (at most {}, each up to {} s)\ngreeting      {greeting}\nown phone     {}\nunsolicited   {}",
+        "mailbox       {}\nenabled       {}\npin           {}\nmessages      {} new, {} saved (at most {}, each up to {} s)\ngreeting      {greeting}\nown phone     {}\nunsolicited   MWI {}",
         s(v, "user"),
         if v["enabled"] == Value::Bool(true) { "yes" } else { "no" },
         if v["has_pin"] == Value::Bool(true) { "set" } else { "none" },
@@ -283,7 +283,7 @@ fn mailbox_details(v: &Value) -> String {
         } else {
             "no PIN asked"
         },
-        format!("MWI {}", on_off("unsolicited_mwi")),
+        on_off("unsolicited_mwi"),
     );
     if !v["locked_until"].is_null() {
         text.push_str(&format!(
