@@ -1176,6 +1176,7 @@ impl SipBackend for ActorBackend {
     ) -> Result<FeatureOutcome, BackendError> {
         feature_codes::apply(
             &self.provisioning,
+            self.voicemail.is_some(),
             caller_domain,
             caller_user,
             dialled,
