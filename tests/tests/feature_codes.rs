@@ -1,6 +1,7 @@
 //! Feature codes dialled from a phone (ADR 0020), black box: a real node,
-//! SIPp as the phone that dials `*78`, `*79`, `*72<target>`, `*73` and
-//! garbage, and as the phones calls then reach. Each test asserts what the
+//! SIPp as the phone that dials `*78`, `*79`, `*72<target>`, `*73`, the
+//! voicemail codes `*97` / `*98` and garbage, and as the phones calls then
+//! reach. Each test asserts what the
 //! phone saw (the node answers and hangs up, or a final response saying
 //! what is wrong), the user's settings over gRPC, the events (the same
 //! `DndChanged` / `ForwardingChanged` as the API's, correlated with the
@@ -389,6 +390,239 @@ async fn the_phone_may_hang_up_first_and_b2bua_mode_and_tcp_work_alike() {
         let bob = pbx.user("bob").await;
         assert!(!bob.dnd);
         assert_eq!(pbx.setting_events(&bob).await, []);
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}
+
+/// Enables the mailbox of `user` (PIN 1234) the way its actor would, on
+/// the log of a node that is not running: the domain's own `decide`, the
+/// events appended at the stream's version in their stored form (as
+/// `calls_api.rs` records call legs). The gRPC API has no mailbox service
+/// yet; this is the only way in from outside.
+async fn enable_mailbox(dir: &std::path::Path, user: &User) {
+    use dialtone_domain::mailbox::{self, PinHash};
+    use dialtone_domain::user::{self, User as UserState};
+    use dialtone_domain::Event;
+    use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
+    use dialtone_eventlog::{ExpectedVersion, NewEvent, SharedStore};
+
+    let store: SharedStore = std::sync::Arc::new(
+        SqliteStore::open(&dir.join("events.db"), SqliteOptions::new("test-mailbox")).unwrap(),
+    );
+    let stream = format!("user-{}", user.id);
+    let recorded = store.read_stream(&stream, 0, 10_000).await.unwrap();
+    let mut state = UserState::default();
+    for e in &recorded {
+        match Event::from_stored(&e.event_type, e.schema_version, &e.data).unwrap() {
+            Event::User(event) => state = user::evolve(state, &event),
+            other => panic!("not a user event in {stream}: {other:?}"),
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let command = user::Command::Mailbox(mailbox::Command::Configure(mailbox::Patch {
+        enabled: Some(true),
+        pin: Some(PinHash::derive("1234", [7; 16]).unwrap()),
+        ..Default::default()
+    }));
+    let events = user::decide(&state, &command, now).unwrap();
+    assert!(!events.is_empty());
+    let new = events
+        .into_iter()
+        .map(|event| {
+            let event = Event::User(event);
+            NewEvent {
+                event_id: uuid::Uuid::new_v4(),
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                occurred_at_us: now,
+                domain_id: Some(user.domain_id.parse().unwrap()),
+                user_id: Some(user.id.parse().unwrap()),
+                correlation_id: None,
+                data: event.to_data().unwrap(),
+            }
+        })
+        .collect();
+    let version = recorded.last().map(|e| e.version).unwrap();
+    store
+        .append(&stream, ExpectedVersion::Exact(version), new)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+}
+
+/// The body of a SIP message (after the blank line).
+fn body(message: &str) -> &str {
+    message
+        .split_once("\r\n\r\n")
+        .or_else(|| message.split_once("\n\n"))
+        .map_or("", |(_, b)| b)
+}
+
+#[tokio::test]
+async fn voicemail_codes_start_the_mailbox_menus_and_are_settings_like_the_others() {
+    bounded(180, async {
+        let pbx = Pbx::start().await;
+        let alice = pbx.user("alice").await;
+
+        // alice has no box (none is enabled by default): *97 says so.
+        assert_eq!(
+            pbx.refused("alice", "*97").await,
+            "SIP/2.0 404 Not Found (your voicemail box is not enabled)"
+        );
+        // Dialled alone only: anything after them is a call.
+        assert_eq!(pbx.refused("alice", "*971").await, "SIP/2.0 404 Not Found");
+
+        // The defaults, then codes of the domain's own over gRPC.
+        let mut p = pbx.node.provisioning().await.unwrap();
+        let codes = p
+            .get_domain(dialtone_api::pb::GetDomainRequest {
+                domain: DOMAIN.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .feature_codes
+            .unwrap();
+        assert_eq!(
+            (codes.voicemail_own.as_str(), codes.voicemail_any.as_str()),
+            ("*97", "*98")
+        );
+        // A prefix of an existing code, or equal to one: refused, naming
+        // the fields, nothing changed.
+        for (own, any, why) in [
+            (Some("*7"), None, "feature_code_voicemail_own"),
+            (None, Some("*78"), "feature_code_dnd_on"),
+            (Some("*9"), None, "feature_code_voicemail_own"),
+            (None, Some("*97"), "feature_code_voicemail_own"),
+        ] {
+            let e = p
+                .update_domain(UpdateDomainRequest {
+                    domain: DOMAIN.into(),
+                    feature_code_voicemail_own: own.map(Into::into),
+                    feature_code_voicemail_any: any.map(Into::into),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{own:?} {any:?}");
+            assert!(
+                e.message().contains(why) && e.message().contains("feature_code_voicemail"),
+                "{own:?} {any:?}: {}",
+                e.message()
+            );
+        }
+        let updated = p
+            .update_domain(UpdateDomainRequest {
+                domain: DOMAIN.into(),
+                feature_code_voicemail_own: Some("#97".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let codes = updated.feature_codes.unwrap();
+        assert_eq!(
+            (codes.voicemail_own.as_str(), codes.voicemail_any.as_str()),
+            ("#97", "*98")
+        );
+        // The CLI sets and shows them too.
+        let out = pbx
+            .node
+            .cli(&[
+                "domain",
+                "update",
+                DOMAIN,
+                "--feature-code-voicemail-any",
+                "#98",
+            ])
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = pbx.node.cli(&["domain", "get", DOMAIN]).await.unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains("voicemail-own #97") && shown.contains("voicemail-any #98"),
+            "{shown}"
+        );
+        // The old codes are calls now; the new ones are the codes.
+        assert_eq!(pbx.refused("alice", "*97").await, "SIP/2.0 404 Not Found");
+        assert_eq!(
+            pbx.refused("alice", "#97").await,
+            "SIP/2.0 404 Not Found (your voicemail box is not enabled)"
+        );
+        // The domain's change is an ordinary DomainUpdated.
+        let updates: Vec<_> = stream_events(&pbx.node, &format!("domain-{}", updated.id))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.r#type == "DomainUpdated")
+            .collect();
+        let last = data(updates.last().unwrap());
+        assert_eq!(
+            last["settings"]["feature_codes"],
+            json!({
+                "enabled": true,
+                "forward_always": "*72",
+                "forwarding_off": "*73",
+                "dnd_on": "*78",
+                "dnd_off": "*79",
+                "voicemail_own": "#97",
+                "voicemail_any": "#98",
+            })
+        );
+
+        // With alice's box enabled, #97 answers with an SDP answer of the
+        // node's own: a real audio stream (not port 0), G.711 as offered.
+        let Pbx { dir, node } = pbx;
+        node.stop().await.unwrap();
+        enable_mailbox(dir.path(), &alice).await;
+        let node = TestNode::start(dir.path(), &["--sip-challenge-md5-first"])
+            .await
+            .unwrap();
+        let pbx = Pbx { dir, node };
+        let run = pbx.dial("alice", "#97", "feature_uac_app.xml").await;
+        run.assert_all_successful(1);
+        let ok = run
+            .received
+            .iter()
+            .find(|m| m.starts_with("SIP/2.0 200") && header(m, "CSeq").ends_with("INVITE"))
+            .unwrap_or_else(|| panic!("no 200 to the INVITE: {:#?}", run.received));
+        assert_eq!(header(ok, "Content-Type"), "application/sdp");
+        let sdp = body(ok);
+        let m = sdp
+            .lines()
+            .find(|l| l.starts_with("m=audio "))
+            .unwrap_or_else(|| panic!("no audio stream: {sdp}"));
+        let port: u16 = m.split(' ').nth(1).unwrap().parse().unwrap();
+        assert_ne!(port, 0, "{sdp}");
+        assert!(
+            m.ends_with("RTP/AVP 0") || m.contains("RTP/AVP 0 "),
+            "{sdp}"
+        );
+        assert!(sdp.lines().any(|l| l.starts_with("c=IN IP4 ")), "{sdp}");
+        // bob has no box: still refused.
+        assert_eq!(
+            pbx.refused("bob", "#97").await,
+            "SIP/2.0 404 Not Found (your voicemail box is not enabled)"
+        );
+        // #98 (any box) needs no box of the caller's: answered the same way.
+        let run = pbx.dial("bob", "#98", "feature_uac_app.xml").await;
+        run.assert_all_successful(1);
+        let ok = run
+            .received
+            .iter()
+            .find(|m| m.starts_with("SIP/2.0 200") && header(m, "CSeq").ends_with("INVITE"))
+            .unwrap_or_else(|| panic!("no 200 to the INVITE: {:#?}", run.received));
+        assert!(body(ok).contains("m=audio "), "{ok}");
+        assert!(!body(ok).contains("m=audio 0 "), "{ok}");
         pbx.node.stop().await.unwrap();
     })
     .await

@@ -67,6 +67,8 @@ pub fn feature_codes(c: dialtone_domain::feature_codes::FeatureCodes) -> pb::Fea
         forwarding_off: c.forwarding_off,
         dnd_on: c.dnd_on,
         dnd_off: c.dnd_off,
+        voicemail_own: c.voicemail_own,
+        voicemail_any: c.voicemail_any,
     }
 }
 

@@ -290,6 +290,8 @@ impl ProvisioningService for ProvisioningApi {
                 forwarding_off: req.feature_code_forwarding_off,
                 dnd_on: req.feature_code_dnd_on,
                 dnd_off: req.feature_code_dnd_off,
+                voicemail_own: req.feature_code_voicemail_own,
+                voicemail_any: req.feature_code_voicemail_any,
             },
         };
         let info = self

@@ -239,7 +239,7 @@ pub struct Settings {
     /// users' forwarding rules); UTC unless set.
     pub time_zone: TimeZone,
     /// What the domain's users dial to change their own forwarding and
-    /// do-not-disturb (ADR 0020).
+    /// do-not-disturb, or to reach voicemail (ADR 0020).
     pub feature_codes: FeatureCodes,
 }
 

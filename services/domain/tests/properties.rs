@@ -120,6 +120,8 @@ fn settings() -> impl Strategy<Value = Settings> {
                             forwarding_off: "#20".into(),
                             dnd_on: "*1".into(),
                             dnd_off: "*2".into(),
+                            voicemail_own: "#97".into(),
+                            voicemail_any: "#98".into(),
                         }
                     },
                 }
@@ -144,16 +146,32 @@ fn settings_patch() -> impl Strategy<Value = SettingsPatch> {
         option::of(digest_algorithms()),
         option::of(any::<bool>()),
         option::of(time_zone()),
+        // The voicemail codes: free ones, and ones that clash with the
+        // defaults or the custom set of `settings()` (a prefix, or equal).
+        option::of(select(&["*97", "#97", "*1", "*7", "#2"][..])),
+        option::of(select(&["*98", "#98", "*2", "*9", "#97"][..])),
     )
         .prop_map(
-            |(description, allow_cross_domain_calls, digest_algorithms, md5_allowed, time_zone)| {
+            |(
+                description,
+                allow_cross_domain_calls,
+                digest_algorithms,
+                md5_allowed,
+                time_zone,
+                voicemail_own,
+                voicemail_any,
+            )| {
                 SettingsPatch {
                     description,
                     allow_cross_domain_calls,
                     digest_algorithms,
                     md5_allowed,
                     time_zone,
-                    feature_codes: Default::default(),
+                    feature_codes: dialtone_domain::feature_codes::Patch {
+                        voicemail_own: voicemail_own.map(str::to_owned),
+                        voicemail_any: voicemail_any.map(str::to_owned),
+                        ..Default::default()
+                    },
                 }
             },
         )
@@ -297,7 +315,19 @@ fn apply_patch(patch: &SettingsPatch, current: &Settings) -> Option<Settings> {
             .time_zone
             .clone()
             .unwrap_or_else(|| current.time_zone.clone()),
-        feature_codes: current.feature_codes.clone(),
+        feature_codes: dialtone_domain::feature_codes::FeatureCodes {
+            voicemail_own: patch
+                .feature_codes
+                .voicemail_own
+                .clone()
+                .unwrap_or_else(|| current.feature_codes.voicemail_own.clone()),
+            voicemail_any: patch
+                .feature_codes
+                .voicemail_any
+                .clone()
+                .unwrap_or_else(|| current.feature_codes.voicemail_any.clone()),
+            ..current.feature_codes.clone()
+        },
     })
 }
 
@@ -306,6 +336,34 @@ fn settings_valid(settings: &Settings) -> bool {
     settings.description.chars().count() <= Settings::MAX_DESCRIPTION_LEN
         && !list.is_empty()
         && list.iter().collect::<BTreeSet<_>>().len() == list.len()
+        && feature_codes_valid(&settings.feature_codes)
+}
+
+/// The model of valid codes: each dialable, none a prefix of another
+/// (equal included).
+fn feature_codes_valid(c: &dialtone_domain::feature_codes::FeatureCodes) -> bool {
+    let codes = [
+        &c.forward_always,
+        &c.forwarding_off,
+        &c.dnd_on,
+        &c.dnd_off,
+        &c.voicemail_own,
+        &c.voicemail_any,
+    ];
+    let dialable = |code: &str| {
+        (1..=8).contains(&code.len())
+            && (code.starts_with('*') || code.starts_with('#'))
+            && code
+                .chars()
+                .all(|ch| ch.is_ascii_digit() || ch == '*' || ch == '#')
+    };
+    codes.iter().all(|code| dialable(code))
+        && codes.iter().enumerate().all(|(i, a)| {
+            codes
+                .iter()
+                .enumerate()
+                .all(|(j, b)| i == j || !b.starts_with(a.as_str()))
+        })
 }
 
 /// Invariants of one event applied to `before`.

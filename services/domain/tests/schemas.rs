@@ -802,6 +802,8 @@ fn hand_made_events() -> Vec<Event> {
                     forwarding_off: "*0".into(),
                     dnd_on: "##".into(),
                     dnd_off: "*1#".into(),
+                    voicemail_own: "#*#*#*#*".into(),
+                    voicemail_any: "*2".into(),
                 },
             },
             created_at: 0,
@@ -819,6 +821,21 @@ fn hand_made_events() -> Vec<Event> {
             name: dn("1-2.3com"),
             settings: Settings::default(),
             created_at: T0,
+        }
+        .into(),
+        D::DomainUpdated {
+            settings: Settings {
+                feature_codes: dialtone_domain::feature_codes::FeatureCodes {
+                    enabled: true,
+                    forward_always: "*72".into(),
+                    forwarding_off: "*73".into(),
+                    dnd_on: "*78".into(),
+                    dnd_off: "*1#".into(),
+                    voicemail_own: "#*#*#*#*".into(),
+                    voicemail_any: "*98".into(),
+                },
+                ..Settings::default()
+            },
         }
         .into(),
         D::DomainUpdated {
@@ -1888,6 +1905,63 @@ fn malformed_values_are_rejected() {
         assert_rejected(
             "CallFailed",
             with(sample("CallFailed"), "/sip_status", json!(bad)),
+        );
+    }
+}
+
+/// Feature codes written before the voicemail codes existed (the
+/// samples' custom codes without `voicemail_own` and `voicemail_any`): their
+/// schema still accepts them and they read as `*97` and `*98`; malformed
+/// voicemail codes are refused like the others.
+#[test]
+fn feature_codes_without_the_voicemail_codes_validate_and_read_as_the_defaults() {
+    for event_type in ["DomainCreated", "DomainUpdated"] {
+        let mut data = sample(event_type);
+        let codes = data
+            .pointer_mut("/settings/feature_codes")
+            .unwrap()
+            .as_object_mut()
+            .unwrap();
+        assert_eq!(codes["voicemail_own"], "#*#*#*#*");
+        codes.remove("voicemail_own");
+        codes.remove("voicemail_any");
+        let errors = errors(event_type, &data);
+        assert!(errors.is_empty(), "{data}: {errors:#?}");
+        let event = Event::from_stored(
+            event_type,
+            current_schema_version(event_type),
+            &data.to_string(),
+        )
+        .unwrap();
+        let settings = match event {
+            Event::Domain(domain::Event::DomainCreated { settings, .. })
+            | Event::Domain(domain::Event::DomainUpdated { settings }) => settings,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(settings.feature_codes.voicemail_own, "*97");
+        assert_eq!(settings.feature_codes.voicemail_any, "*98");
+        assert_eq!(settings.feature_codes.dnd_off, "*1#");
+
+        for field in ["voicemail_own", "voicemail_any"] {
+            let pointer = format!("/settings/feature_codes/{field}");
+            for bad in [
+                json!(""),
+                json!("*9a"),
+                json!("*123456789"),
+                json!(97),
+                json!(null),
+            ] {
+                assert_rejected(event_type, with(sample(event_type), &pointer, bad));
+            }
+        }
+        assert_rejected(
+            event_type,
+            with_extra(
+                sample(event_type),
+                "/settings/feature_codes",
+                "voicemail_other",
+                json!("*99"),
+            ),
         );
     }
 }

@@ -1208,6 +1208,7 @@ impl SipBackend for ActorBackend {
     ) -> Result<FeatureOutcome, BackendError> {
         feature_codes::apply(
             &self.provisioning,
+            self.voicemail.is_some(),
             caller_domain,
             caller_user,
             dialled,

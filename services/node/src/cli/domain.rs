@@ -93,6 +93,12 @@ pub struct FeatureCodeArgs {
     /// The code that turns do-not-disturb off [default: *79].
     #[arg(long = "feature-code-dnd-off")]
     dnd_off: Option<String>,
+    /// The code for the caller's own mailbox menu [default: *97].
+    #[arg(long = "feature-code-voicemail-own")]
+    voicemail_own: Option<String>,
+    /// The code for any mailbox of the domain (mailbox and PIN asked) [default: *98].
+    #[arg(long = "feature-code-voicemail-any")]
+    voicemail_any: Option<String>,
 }
 
 pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> anyhow::Result<()> {
@@ -160,6 +166,8 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 forwarding_off,
                 dnd_on,
                 dnd_off,
+                voicemail_own,
+                voicemail_any,
             } = *feature_codes;
             if md5_allowed.is_some() {
                 deprecated("--md5-allowed");
@@ -178,6 +186,8 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: DomainCommand) -> an
                 feature_code_forwarding_off: forwarding_off,
                 feature_code_dnd_on: dnd_on,
                 feature_code_dnd_off: dnd_off,
+                feature_code_voicemail_own: voicemail_own,
+                feature_code_voicemail_any: voicemail_any,
             })
             .await
         }
@@ -241,6 +251,8 @@ fn domain_json(d: &pb::Domain) -> Value {
             "forwarding_off": c.forwarding_off,
             "dnd_on": c.dnd_on,
             "dnd_off": c.dnd_off,
+            "voicemail_own": c.voicemail_own,
+            "voicemail_any": c.voicemail_any,
         })),
         "md5_allowed": d.md5_allowed,
         "suspend_reason": d.suspend_reason,
@@ -276,11 +288,14 @@ fn domain_details(v: &Value) -> String {
     let codes = &v["feature_codes"];
     if codes["enabled"].as_bool() == Some(true) {
         text.push_str(&format!(
-            "\nfeature codes forward-always {}  forwarding-off {}  dnd-on {}  dnd-off {}",
+            "\nfeature codes forward-always {}  forwarding-off {}  dnd-on {}  dnd-off {}  \
+             voicemail-own {}  voicemail-any {}",
             s(codes, "forward_always"),
             s(codes, "forwarding_off"),
             s(codes, "dnd_on"),
             s(codes, "dnd_off"),
+            s(codes, "voicemail_own"),
+            s(codes, "voicemail_any"),
         ));
     } else if codes.is_object() {
         text.push_str("\nfeature codes off");

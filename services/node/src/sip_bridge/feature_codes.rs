@@ -1,21 +1,26 @@
 //! Feature codes dialled from a phone (ADR 0020): the caller's domain's
 //! codes decide what a dialled string asks for; the change is applied
 //! through the same provisioning use case as the API's (`SetForwarding`,
-//! `SetDnd`), so a phone and the API check and record it alike.
+//! `SetDnd`), so a phone and the API check and record it alike. The
+//! voicemail codes (`*97`, `*98`) change nothing: they start a mailbox
+//! menu, the application the gateway then asks `start_app` for.
 
 use dialtone_actors::{Meta, Provisioning, UserRef, WrittenForwarding};
 use dialtone_domain::feature_codes::Feature;
 use dialtone_domain::names::UserAddress;
-use dialtone_domain::{DomainId, DomainName, Error as DomainError, UserName};
+use dialtone_domain::{DomainId, DomainName, Error as DomainError, UserId, UserName};
 use dialtone_sip::backend::{BackendError, FeatureOutcome};
+use dialtone_sip::AppRoute;
 
 use super::unavailable;
 
 /// What `dialled` (from `caller_user@caller_domain`) is, applied for the
 /// caller when it is a feature code: durable when this returns
-/// `Applied`, nothing changed when it returns anything else.
+/// `Applied`, nothing changed when it returns anything else. `voicemail`:
+/// this node runs voicemail (the voicemail codes start its menus).
 pub(super) async fn apply(
     provisioning: &Provisioning,
+    voicemail: bool,
     caller_domain: &str,
     caller_user: &str,
     dialled: &str,
@@ -27,20 +32,29 @@ pub(super) async fn apply(
     ) else {
         return Ok(FeatureOutcome::NotAFeature);
     };
-    // Feature calls are rare: the domain's settings are read from its
-    // actor, not published as facts for every call.
-    let codes = provisioning
+    // Feature calls are rare: the domain's settings (and the caller's id,
+    // for `*97`) are read from its actor, not published as facts for every
+    // call.
+    let name = username.clone();
+    let found = provisioning
         .directory()
-        .query_domain(DomainId::for_name(&domain), |r| {
-            r.state
-                .exists()
-                .then(|| r.state.settings.feature_codes.clone())
+        .query_domain(DomainId::for_name(&domain), move |r| {
+            r.state.exists().then(|| {
+                (
+                    r.state.settings.feature_codes.clone(),
+                    r.state.users.get(&name).copied(),
+                )
+            })
         })
         .await
         .map_err(unavailable)?;
-    let Some(feature) = codes.and_then(|c| c.recognise(dialled)) else {
+    let Some((codes, caller_id)) = found else {
         return Ok(FeatureOutcome::NotAFeature);
     };
+    let Some(feature) = codes.recognise(dialled) else {
+        return Ok(FeatureOutcome::NotAFeature);
+    };
+    let any_route = crate::voicemail::any_route(&domain);
     let user = UserRef::Address(UserAddress { username, domain });
     // The SIP Call-ID is the change's correlation id (as for a call's
     // steps); no request id: retransmissions never reach this.
@@ -73,6 +87,15 @@ pub(super) async fn apply(
         }
         Feature::DndOn => provisioning.set_dnd(&user, true, meta).await,
         Feature::DndOff => provisioning.set_dnd(&user, false, meta).await,
+        // The voicemail codes change nothing: they start a menu.
+        Feature::VoicemailOwn | Feature::VoicemailAny if !voicemail => {
+            return Ok(refused(
+                404,
+                "Not Found (voicemail is not enabled on this node)",
+            ))
+        }
+        Feature::VoicemailOwn => return own_mailbox(provisioning, caller_id).await,
+        Feature::VoicemailAny => return Ok(FeatureOutcome::App(AppRoute(any_route))),
     };
     match result {
         Ok(_) => Ok(FeatureOutcome::Applied),
@@ -80,6 +103,32 @@ pub(super) async fn apply(
             let forward = matches!(feature, Feature::ForwardAlways(_));
             Ok(refusal_of(&e, forward))
         }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// `*97`: the caller's own mailbox menu, when the caller has a box that is
+/// enabled. Checked here rather than by the menu so that the phone hears
+/// why in the status line instead of a menu that cannot work.
+async fn own_mailbox(
+    provisioning: &Provisioning,
+    caller_id: Option<UserId>,
+) -> Result<FeatureOutcome, BackendError> {
+    let not_enabled = || refused(404, "Not Found (your voicemail box is not enabled)");
+    // An authenticated caller the domain does not list: a user deleted
+    // while its phone still had a nonce.
+    let Some(id) = caller_id else {
+        return Ok(not_enabled());
+    };
+    let enabled = provisioning
+        .directory()
+        .query_user(id, |r| r.state.exists() && r.state.mailbox.enabled)
+        .await;
+    match enabled {
+        Ok(true) => Ok(FeatureOutcome::App(AppRoute(crate::voicemail::own_route(
+            id,
+        )))),
+        Ok(false) | Err(dialtone_actors::Error::Domain(_)) => Ok(not_enabled()),
         Err(e) => Err(unavailable(e)),
     }
 }
