@@ -195,12 +195,13 @@ async fn bad_forwarding_targets_are_refused_with_what_is_wrong_and_nothing_appli
             "trunk",
         ),
         (
+            // A box is its user's: one that does not exist is refused.
             SetForwardingRequest {
-                no_answer: Some("voicemail".into()),
+                no_answer: Some("voicemail:nobody".into()),
                 ..set(&alice())
             },
-            Code::FailedPrecondition,
-            "voicemail",
+            Code::NotFound,
+            "nobody@example.test",
         ),
         (
             SetForwardingRequest {
