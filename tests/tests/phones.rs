@@ -1334,12 +1334,94 @@ async fn attended_transfer(extra_args: &[&str]) {
 // --- Voicemail (ADR 0022, ADR 0023) ----------------------------------------
 
 /// The voicemail service of a node.
-async fn voicemail_client(
-    node: &TestNode,
-) -> dialtone_api::pb::voicemail_service_client::VoicemailServiceClient<support::Channel> {
+type VoicemailClient =
+    dialtone_api::pb::voicemail_service_client::VoicemailServiceClient<support::Channel>;
+
+async fn voicemail_client(node: &TestNode) -> VoicemailClient {
     dialtone_api::pb::voicemail_service_client::VoicemailServiceClient::new(
         node.channel().await.unwrap(),
     )
+}
+
+/// Enables `user`'s voicemail box (PIN 4321) and sets `rules` as the
+/// user's forwarding; the voicemail client.
+async fn box_with_forward(
+    node: &TestNode,
+    user: &User,
+    rules: SetForwardingRequest,
+) -> VoicemailClient {
+    let mut vm = voicemail_client(node).await;
+    vm.configure_mailbox(dialtone_api::pb::ConfigureMailboxRequest {
+        user: user.address.clone(),
+        enabled: Some(true),
+        pin: Some("4321".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    node.provisioning()
+        .await
+        .unwrap()
+        .set_forwarding(SetForwardingRequest {
+            user: user.address.clone(),
+            ..rules
+        })
+        .await
+        .unwrap();
+    vm
+}
+
+/// Waits until the phone's call is answered (by a voicemail box).
+async fn answered(phone: &Phone) -> anyhow::Result<()> {
+    eventually(STEP, "the voicemail box to answer", || async {
+        Ok(phone
+            .output
+            .text()
+            .contains("Call established")
+            .then_some(()))
+    })
+    .await
+    .map_err(|e| phone.fail(e))
+}
+
+/// The stored audio of one of `user`'s messages, streamed.
+async fn message_audio(vm: &mut VoicemailClient, user: &User, message_id: &str) -> Vec<u8> {
+    let mut audio = Vec::new();
+    let mut stream = vm
+        .get_message_audio(dialtone_api::pb::GetMessageAudioRequest {
+            user: user.address.clone(),
+            message_id: message_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        audio.extend_from_slice(&chunk.data);
+    }
+    audio
+}
+
+/// How many messages `user`'s box holds, each checked whole: its stored
+/// audio is the phone's 440 Hz tone for the message's length (±0.3 s).
+async fn messages_are_whole(vm: &mut VoicemailClient, user: &User) -> usize {
+    let list = vm
+        .list_messages(dialtone_api::pb::ListMessagesRequest {
+            user: user.address.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for m in &list.messages {
+        let samples = wav_samples(&message_audio(vm, user, &m.message_id).await);
+        let tone: u32 = tone_spans(&samples, 440.0).iter().map(|(s, e)| e - s).sum();
+        assert!(
+            (i64::from(tone) - i64::from(m.duration_ms)).abs() <= 300,
+            "message {} of {} ms holds {tone} ms of tone",
+            m.message_id,
+            m.duration_ms
+        );
+    }
+    list.messages.len()
 }
 
 /// 8 kHz mono samples of a WAV file written by a phone or stored by the
@@ -1469,26 +1551,16 @@ async fn notified(bodies: &Arc<Mutex<Vec<String>>>, voice: &str) -> anyhow::Resu
 async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
     bounded(150, async {
         let (_dir, node, alice, bob) = node_with_two_users().await.unwrap();
-        let mut vm = voicemail_client(&node).await;
-        vm.configure_mailbox(dialtone_api::pb::ConfigureMailboxRequest {
-            user: bob.address.clone(),
-            enabled: Some(true),
-            pin: Some("4321".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        node.provisioning()
-            .await
-            .unwrap()
-            .set_forwarding(SetForwardingRequest {
-                user: bob.address.clone(),
+        let mut vm = box_with_forward(
+            &node,
+            &bob,
+            SetForwardingRequest {
                 no_answer: Some("voicemail".into()),
                 no_answer_after_secs: Some(2),
                 ..Default::default()
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         // bob's phone: registered, silent (never answers, never rings).
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let contact = format!("<sip:bob@{}>", silent.local_addr().unwrap());
@@ -1518,16 +1590,7 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
             .await
             .unwrap();
         // The greeting (about 7 s) and the beep, then 3 s of tone.
-        eventually(STEP, "the voicemail box to answer", || async {
-            Ok(baresip
-                .output
-                .text()
-                .contains("Call established")
-                .then_some(()))
-        })
-        .await
-        .map_err(|e| baresip.fail(e))
-        .unwrap();
+        answered(&baresip).await.unwrap();
         tokio::time::sleep(Duration::from_secs(11)).await;
         baresip.command("hangup").await.unwrap();
         eventually(STEP, "baresip to end the call", || async {
@@ -1598,19 +1661,7 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
         .await
         .unwrap();
         notified(&mwi, "0/1").await.unwrap();
-        let mut audio = Vec::new();
-        let mut stream = vm
-            .get_message_audio(dialtone_api::pb::GetMessageAudioRequest {
-                user: bob.address.clone(),
-                message_id: message.message_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(chunk) = stream.message().await.unwrap() {
-            audio.extend_from_slice(&chunk.data);
-        }
-        let stored = wav_samples(&audio);
+        let stored = wav_samples(&message_audio(&mut vm, &bob, &message.message_id).await);
         let tone_ms: u32 = tone_spans(&stored, 440.0).iter().map(|(s, e)| e - s).sum();
         assert!(
             (i64::from(tone_ms) - expected_ms).abs() <= 300,
@@ -1662,25 +1713,15 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
 async fn a_node_killed_during_a_message_keeps_it_whole_or_not_at_all() {
     bounded(150, async {
         let (dir, node, alice, bob) = node_with_two_users().await.unwrap();
-        let mut vm = voicemail_client(&node).await;
-        vm.configure_mailbox(dialtone_api::pb::ConfigureMailboxRequest {
-            user: bob.address.clone(),
-            enabled: Some(true),
-            pin: Some("4321".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        node.provisioning()
-            .await
-            .unwrap()
-            .set_forwarding(SetForwardingRequest {
-                user: bob.address.clone(),
+        box_with_forward(
+            &node,
+            &bob,
+            SetForwardingRequest {
                 unavailable: Some("voicemail".into()),
                 ..Default::default()
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         let transport = Transport::Udp;
         let mut baresip = Phone::baresip(&alice, &node, transport).await.unwrap();
         baresip.registered(&node, transport).await.unwrap();
@@ -1688,16 +1729,7 @@ async fn a_node_killed_during_a_message_keeps_it_whole_or_not_at_all() {
             .command(&format!("dial {}", bob.address))
             .await
             .unwrap();
-        eventually(STEP, "the voicemail box to answer", || async {
-            Ok(baresip
-                .output
-                .text()
-                .contains("Call established")
-                .then_some(()))
-        })
-        .await
-        .map_err(|e| baresip.fail(e))
-        .unwrap();
+        answered(&baresip).await.unwrap();
         // The shipped greeting and beep, then 3 s of the phone's tone.
         let prompts = dialtone_voicemail::prompts::Prompts::load().unwrap();
         let greeting_ms = prompts
@@ -1713,45 +1745,7 @@ async fn a_node_killed_during_a_message_keeps_it_whole_or_not_at_all() {
         let args: Vec<&str> = tls.iter().map(String::as_str).collect();
         let node = TestNode::start(&data_dir, &args).await.unwrap();
         let mut vm = voicemail_client(&node).await;
-        let check_whole =
-            |vm: &mut dialtone_api::pb::voicemail_service_client::VoicemailServiceClient<
-                support::Channel,
-            >| {
-                let mut vm = vm.clone();
-                let user = bob.address.clone();
-                async move {
-                    let list = vm
-                        .list_messages(dialtone_api::pb::ListMessagesRequest { user: user.clone() })
-                        .await
-                        .unwrap()
-                        .into_inner();
-                    for m in &list.messages {
-                        let mut audio = Vec::new();
-                        let mut stream = vm
-                            .get_message_audio(dialtone_api::pb::GetMessageAudioRequest {
-                                user: user.clone(),
-                                message_id: m.message_id.clone(),
-                            })
-                            .await
-                            .unwrap()
-                            .into_inner();
-                        while let Some(chunk) = stream.message().await.unwrap() {
-                            audio.extend_from_slice(&chunk.data);
-                        }
-                        let samples = wav_samples(&audio);
-                        let tone: u32 =
-                            tone_spans(&samples, 440.0).iter().map(|(s, e)| e - s).sum();
-                        assert!(
-                            (i64::from(tone) - i64::from(m.duration_ms)).abs() <= 300,
-                            "message {} of {} ms holds {tone} ms of tone",
-                            m.message_id,
-                            m.duration_ms
-                        );
-                    }
-                    list.messages.len()
-                }
-            };
-        let after_crash = check_whole(&mut vm).await;
+        let after_crash = messages_are_whole(&mut vm, &bob).await;
         assert!(after_crash <= 1, "{after_crash} messages");
 
         // The box works after the restart.
@@ -1784,7 +1778,7 @@ async fn a_node_killed_during_a_message_keeps_it_whole_or_not_at_all() {
         })
         .await
         .unwrap();
-        assert_eq!(check_whole(&mut vm).await, after_crash + 1);
+        assert_eq!(messages_are_whole(&mut vm, &bob).await, after_crash + 1);
         baresip.quit().await;
         node.stop().await.unwrap();
     })

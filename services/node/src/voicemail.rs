@@ -475,7 +475,12 @@ impl Driver {
             Action::SaveMessage { from, duration_ms } => {
                 let result = match (self.owner, self.recording.take()) {
                     (Some(owner), Some(recording)) => {
-                        self.save_message(owner, from, duration_ms, recording).await
+                        self.save(owner, recording, |message_id| mailbox::Command::Leave {
+                            message_id,
+                            from,
+                            duration_ms,
+                        })
+                        .await
                     }
                     _ => Err(Refusal::Unavailable),
                 };
@@ -484,7 +489,10 @@ impl Driver {
             Action::SaveGreeting { duration_ms } => {
                 let result = match (self.owner, self.recording.take()) {
                     (Some(owner), Some(recording)) => {
-                        self.save_greeting(owner, duration_ms, recording).await
+                        self.save(owner, recording, |audio| mailbox::Command::SetGreeting {
+                            greeting: Some(Greeting { audio, duration_ms }),
+                        })
+                        .await
                     }
                     _ => Err(Refusal::Unavailable),
                 };
@@ -552,47 +560,17 @@ impl Driver {
         }
     }
 
-    /// Stores the recording (fsynced) and then records the message.
-    async fn save_message(
+    /// Stores the recording (fsynced) under a fresh id, then runs the
+    /// mailbox command that names it (a message left, a new greeting).
+    async fn save(
         &self,
         owner: UserId,
-        from: String,
-        duration_ms: u32,
         recording: Recording,
+        command: impl FnOnce(AudioId) -> mailbox::Command,
     ) -> Result<Mailbox, Refusal> {
         let id = AudioId::from_random(*uuid::Uuid::new_v4().as_bytes());
         self.store(&id, &recording.samples).await?;
-        self.vm
-            .command(
-                owner,
-                mailbox::Command::Leave {
-                    message_id: id,
-                    from,
-                    duration_ms,
-                },
-            )
-            .await
-    }
-
-    async fn save_greeting(
-        &self,
-        owner: UserId,
-        duration_ms: u32,
-        recording: Recording,
-    ) -> Result<Mailbox, Refusal> {
-        let id = AudioId::from_random(*uuid::Uuid::new_v4().as_bytes());
-        self.store(&id, &recording.samples).await?;
-        self.vm
-            .command(
-                owner,
-                mailbox::Command::SetGreeting {
-                    greeting: Some(Greeting {
-                        audio: id,
-                        duration_ms,
-                    }),
-                },
-            )
-            .await
+        self.vm.command(owner, command(id)).await
     }
 
     /// Writes `samples` as a WAV file to the blob store (durable when it
