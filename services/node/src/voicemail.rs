@@ -12,6 +12,7 @@
 //! that ends ends its session (and a session that times out ends the
 //! call).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,12 +147,11 @@ impl Voicemail {
         call: AppCall<'_>,
         control: AppControl,
     ) -> Result<AppStart, BackendError> {
+        if call.offer.is_empty() {
+            return refuse(488, "Not Acceptable Here (an INVITE without an SDP offer)");
+        }
         let offer = match SessionDescription::parse(call.offer) {
             Ok(offer) => offer,
-            Err(e) if call.offer.is_empty() => {
-                let _ = e;
-                return refuse(488, "Not Acceptable Here (an INVITE without an SDP offer)");
-            }
             Err(e) => return refuse(488, format!("Not Acceptable Here ({e})")),
         };
         let (application, owner, domain) = match self.application(app, &call).await? {
@@ -193,7 +193,7 @@ impl Voicemail {
             playing: false,
             pending_record: None,
             timer: None,
-            queue: Vec::new(),
+            queue: VecDeque::new(),
         };
         let span = tracing::debug_span!("voicemail", app, sip_call_id = call.sip_call_id);
         tokio::spawn(tracing::Instrument::instrument(driver.run(rx), span));
@@ -254,7 +254,6 @@ impl Voicemail {
 
     /// Runs a mailbox command on the user's actor: the mailbox after it.
     async fn command(&self, id: UserId, command: mailbox::Command) -> Result<Mailbox, Refusal> {
-        let now = dialtone_actors::now_us();
         let result = self
             .provisioning
             .directory()
@@ -267,7 +266,6 @@ impl Voicemail {
             Err(dialtone_actors::Error::Domain(dialtone_domain::Error::FailedPrecondition(m)))
                 if m.contains("locked") =>
             {
-                let _ = now;
                 Err(Refusal::Locked)
             }
             Err(dialtone_actors::Error::Domain(dialtone_domain::Error::NotFound(_))) => {
@@ -334,7 +332,7 @@ struct Driver {
     pending_record: Option<RecordLimits>,
     timer: Option<(Instant, u32)>,
     /// Inputs made by executing actions, fed in order.
-    queue: Vec<Input>,
+    queue: VecDeque<Input>,
 }
 
 impl Driver {
@@ -394,9 +392,8 @@ impl Driver {
 
     /// Feeds `input` and everything executing its actions gives back.
     async fn feed(&mut self, input: Input) {
-        self.queue.push(input);
-        while !self.queue.is_empty() {
-            let input = self.queue.remove(0);
+        self.queue.push_back(input);
+        while let Some(input) = self.queue.pop_front() {
             for action in self.app.on(input) {
                 self.execute(action).await;
             }
@@ -427,7 +424,7 @@ impl Driver {
             }
             Action::PlayMessage(audio) | Action::PlayGreeting(audio) => {
                 let samples = self.audio(&audio).await;
-                self.queue.push(Input::AudioReady {
+                self.queue.push_back(Input::AudioReady {
                     audio,
                     ok: samples.is_some(),
                 });
@@ -466,7 +463,7 @@ impl Driver {
                     end: dialtone_media::session::RecordingEnd::Stopped,
                 });
                 let input = self.recorded(recording);
-                self.queue.push(input);
+                self.queue.push_back(input);
             }
             Action::DiscardRecording => {
                 self.pending_record = None;
@@ -484,7 +481,7 @@ impl Driver {
                     }
                     _ => Err(Refusal::Unavailable),
                 };
-                self.queue.push(Input::MailboxUpdated(result));
+                self.queue.push_back(Input::MailboxUpdated(result));
             }
             Action::SaveGreeting { duration_ms } => {
                 let result = match (self.owner, self.recording.take()) {
@@ -496,18 +493,18 @@ impl Driver {
                     }
                     _ => Err(Refusal::Unavailable),
                 };
-                self.queue.push(Input::MailboxUpdated(result));
+                self.queue.push_back(Input::MailboxUpdated(result));
             }
             Action::Mailbox(command) => {
                 let result = match self.owner {
                     Some(owner) => self.mailbox_command(owner, command).await,
                     None => Err(Refusal::NotFound),
                 };
-                self.queue.push(Input::MailboxUpdated(result));
+                self.queue.push_back(Input::MailboxUpdated(result));
             }
             Action::LookUpMailbox(name) => {
                 let result = self.look_up(&name).await;
-                self.queue.push(Input::MailboxUpdated(result));
+                self.queue.push_back(Input::MailboxUpdated(result));
             }
             Action::StartTimer { id, duration_ms } => {
                 self.timer = Some((
