@@ -26,6 +26,9 @@
 //!   scheduler does;
 //! - [`tone`]: tones and their detection (Goertzel), for beeps and for
 //!   tests that check what was heard;
+//! - [`mixer`]: a conference room's N−1 mixer at 20 ms frames, with the
+//!   room's full mix for its recording and talk detection per
+//!   participant;
 //! - [`session`]: one call leg's media, [`session::MediaSession`]:
 //!   symmetric RTP (latching onto the peer's source), receiving into
 //!   statistics, DTMF and recordings, playing prompts at the pacer's
@@ -46,6 +49,7 @@
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod mixer;
 pub mod pacer;
 pub mod rtcp;
 pub mod rtp;
