@@ -44,6 +44,13 @@
 //!   factor from a xorshift seeded by our SSRC; incoming reports give the
 //!   round-trip time (s.6.4.1), a BYE is noted; [`MediaSession::close`]
 //!   writes our BYE (s.6.6).
+//! - **Mixing** (a conference room, [`crate::room`]): after
+//!   [`MediaSession::start_mixing`] the peer's audio is also decoded into
+//!   a jitter buffer that the room pops one frame per tick
+//!   ([`MediaSession::mix_frame`]), and the room's clock, not the
+//!   session's pacer, sends what the mixer made for this peer
+//!   ([`MediaSession::send_frame`]); prompts then go through the mixer,
+//!   not [`MediaSession::play`].
 //! - **RTP timeout**: no packet from the peer for
 //!   [`SessionConfig::rtp_timeout`] while it is expected to send (not on
 //!   hold, not inactive) is [`SessionEvent::RtpTimeout`], once.
@@ -229,10 +236,10 @@ pub struct SessionStats {
     /// telephone-event payloads too short to read.
     pub malformed_packets: u64,
     pub comfort_noise_packets: u64,
-    /// Audio that came too late for a recording's playout.
+    /// Audio that came too late for a recording's or a room's playout.
     pub late_packets: u64,
-    /// Samples missing from recordings (loss, lateness), played as
-    /// silence.
+    /// Samples missing from recordings and a room's mix (loss,
+    /// lateness), played as silence.
     pub concealed_samples: u64,
     pub tx_packets: u64,
     /// RTP payload octets sent (RFC 3550 s.6.4.1).
@@ -330,6 +337,15 @@ pub struct MediaSession {
     recorder: Option<Recorder>,
     /// Jitter statistics of recordings that have ended.
     earlier_jitter: JitterStats,
+    /// While in a room: the peer's audio at the playout clock, for the
+    /// mixer.
+    mixing: Option<JitterBuffer>,
+    /// The next sequence number and timestamp of
+    /// [`MediaSession::send_frame`], and whether its next packet starts a
+    /// talkspurt.
+    mix_sequence: u16,
+    mix_timestamp: u32,
+    mix_marker: bool,
 
     pacer: Pacer,
     queue: VecDeque<Arc<[i16]>>,
@@ -387,6 +403,10 @@ impl MediaSession {
             timeout_fired: false,
             recorder: None,
             earlier_jitter: JitterStats::default(),
+            mixing: None,
+            mix_sequence: config.first_sequence,
+            mix_timestamp: config.first_timestamp,
+            mix_marker: true,
             pacer,
             queue: VecDeque::new(),
             queue_offset: 0,
@@ -487,7 +507,7 @@ impl MediaSession {
             self.receive_stats
                 .on_packet(packet.ssrc(), packet.sequence(), packet.timestamp(), now);
         match kind {
-            Received::Audio if arrival != Arrival::Duplicate => self.record_audio(&packet, now),
+            Received::Audio if arrival != Arrival::Duplicate => self.take_audio(&packet, now),
             Received::Dtmf => {
                 match self
                     .dtmf
@@ -513,6 +533,9 @@ impl MediaSession {
                         recorder.waiting_since = None;
                     }
                 }
+                if let Some(mixing) = self.mixing.as_mut() {
+                    mixing.push(packet.timestamp(), &SILENCE_FRAME, false, now);
+                }
             }
             _ => {}
         }
@@ -520,19 +543,102 @@ impl MediaSession {
         kind
     }
 
-    fn record_audio(&mut self, packet: &RtpPacket<'_>, now: Instant) {
-        let Some(recorder) = self.recorder.as_mut() else {
-            return;
-        };
-        if !recorder.takes(packet.timestamp()) {
+    /// Decodes audio for the recording and the mixer, whichever is on.
+    fn take_audio(&mut self, packet: &RtpPacket<'_>, now: Instant) {
+        let recorded = self
+            .recorder
+            .as_ref()
+            .is_some_and(|recorder| recorder.takes(packet.timestamp()));
+        if !recorded && self.mixing.is_none() {
             return;
         }
         self.decoded.clear();
         g711::decode_into(self.law, packet.payload(), &mut self.decoded);
-        recorder
-            .jitter
-            .push(packet.timestamp(), &self.decoded, packet.marker(), now);
-        recorder.waiting_since = None;
+        if let Some(recorder) = self.recorder.as_mut().filter(|_| recorded) {
+            recorder
+                .jitter
+                .push(packet.timestamp(), &self.decoded, packet.marker(), now);
+            recorder.waiting_since = None;
+        }
+        if let Some(mixing) = self.mixing.as_mut() {
+            mixing.push(packet.timestamp(), &self.decoded, packet.marker(), now);
+        }
+    }
+
+    /// Puts the session in a room: from now on the peer's audio is also
+    /// kept for [`MediaSession::mix_frame`] (a jitter buffer of 20 ms
+    /// frames with the usual 60 ms delay).
+    pub fn start_mixing(&mut self) {
+        if self.mixing.is_none() {
+            self.mixing = Some(JitterBuffer::new(JitterConfig {
+                clock_rate_hz: CLOCK_RATE_HZ,
+                frame_samples: RECORD_FRAME_SAMPLES,
+                ..JitterConfig::default()
+            }));
+        }
+    }
+
+    /// The peer's next 20 ms frame for the mixer if its playout time has
+    /// come: `None` before [`MediaSession::start_mixing`], before the first
+    /// packet, when the frame is not due yet, and when the whole frame is
+    /// missing (loss, silence suppression, the peer on hold): a frame of
+    /// nothing is no contribution. The room takes at most one per tick.
+    pub fn mix_frame(&mut self, now: Instant) -> Option<&[i16]> {
+        if self.closed {
+            return None;
+        }
+        let frame = self.mixing.as_mut()?.pop(now)?;
+        (frame.missing_samples < frame.samples.len()).then_some(frame.samples)
+    }
+
+    /// Sends one frame the room mixed for this peer (`payload`: G.711 in
+    /// the negotiated law), written into `out` (cleared first), with the
+    /// next sequence number and a timestamp one frame after the last;
+    /// `skipped_frames` frames the room's clock left out since the last
+    /// one move the timestamp on, and the packet carries the marker bit (a
+    /// new talkspurt for the peer's jitter buffer, as after a pause of the
+    /// pacer). `None` when the peer does not take audio now (hold,
+    /// `recvonly`, no address): the timestamps keep following the clock.
+    pub fn send_frame(
+        &mut self,
+        payload: &[u8],
+        skipped_frames: u32,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<SocketAddr> {
+        out.clear();
+        if self.closed {
+            return None;
+        }
+        let frame_samples = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        let skipped_samples = skipped_frames.wrapping_mul(frame_samples);
+        self.mix_timestamp = self.mix_timestamp.wrapping_add(skipped_samples);
+        if skipped_frames > 0 {
+            self.mix_marker = true;
+        }
+        let timestamp = self.mix_timestamp;
+        self.mix_timestamp = self.mix_timestamp.wrapping_add(frame_samples);
+        let target = self.rtp_target().filter(|_| self.can_send());
+        let Some(target) = target else {
+            // The next frame the peer takes starts a talkspurt.
+            self.mix_marker = true;
+            return None;
+        };
+        let header = RtpHeader {
+            payload_type: self.audio.payload_type,
+            marker: std::mem::take(&mut self.mix_marker),
+            sequence: self.mix_sequence,
+            timestamp,
+            ssrc: self.config.ssrc,
+        };
+        self.mix_sequence = self.mix_sequence.wrapping_add(1);
+        rtp::write_packet(&header, payload, out);
+        self.send_stats.on_sent(payload.len());
+        self.stats.tx_packets += 1;
+        self.stats.tx_octets += payload.len() as u64;
+        self.last_sent = Some((timestamp, now));
+        self.sent_since_report = true;
+        Some(target)
     }
 
     fn on_dtmf(&mut self, event: DtmfEvent, now: Instant) {
@@ -907,6 +1013,9 @@ impl MediaSession {
         let mut jitter = self.earlier_jitter;
         if let Some(recorder) = &self.recorder {
             add_jitter_stats(&mut jitter, recorder.jitter.stats());
+        }
+        if let Some(mixing) = &self.mixing {
+            add_jitter_stats(&mut jitter, mixing.stats());
         }
         SessionStats {
             rx_lost: stream.lost,

@@ -1011,3 +1011,95 @@ proptest! {
             <= 2 * datagrams.len() as u64);
     }
 }
+
+#[test]
+fn in_a_room_audio_is_played_out_one_frame_per_tick_after_the_jitter_delay() {
+    let t0 = Instant::now();
+    let mut session = MediaSession::new(config(), audio(), t0);
+    // Before mixing starts, nothing is kept for the mixer.
+    let mut phone = Phone::new();
+    session.on_rtp(
+        phone_address(),
+        &phone.audio(&tone_frame(440.0, 0), true),
+        t0,
+    );
+    assert_eq!(session.mix_frame(t0 + 100 * MS), None);
+    session.start_mixing();
+    let first = t0 + 20 * MS;
+    for frame in 1..=5 {
+        let at = first + 20 * MS * (frame as u32 - 1);
+        let packet = phone.audio(&tone_frame(440.0, frame), false);
+        assert_eq!(
+            session.on_rtp(phone_address(), &packet, at),
+            Received::Audio
+        );
+    }
+    // The first frame plays 60 ms after it arrived, then one every 20 ms.
+    assert_eq!(session.mix_frame(first + 59 * MS), None);
+    let mut played = Vec::new();
+    for tick in 0..5u32 {
+        let frame = session.mix_frame(first + 60 * MS + 20 * MS * tick).unwrap();
+        assert_eq!(frame.len(), 160);
+        played.extend_from_slice(frame);
+        // At most one frame a tick: the next is not due yet.
+        assert_eq!(session.mix_frame(first + 60 * MS + 20 * MS * tick), None);
+    }
+    assert_tone_for(&played, 440.0, 100);
+    // Nothing more arrived: a frame of nothing is no frame.
+    assert_eq!(session.mix_frame(first + 160 * MS), None);
+}
+
+#[test]
+fn frames_from_the_room_are_sent_with_continuous_timestamps_and_a_marker_after_a_gap() {
+    let t0 = Instant::now();
+    let mut session = MediaSession::new(config(), audio(), t0);
+    let mut out = Vec::new();
+    let payload = [Law::Mu.encode(1000); 160];
+    let mut sent = Vec::new();
+    for (tick, skipped) in [(0u32, 0u32), (1, 0), (2, 0), (7, 4), (8, 0)] {
+        let to = session
+            .send_frame(&payload, skipped, t0 + 20 * MS * tick, &mut out)
+            .unwrap();
+        assert_eq!(to, sdp_address());
+        let packet = RtpPacket::parse(&out).unwrap();
+        assert_eq!(packet.payload(), &payload[..]);
+        assert_eq!(packet.ssrc(), OUR_SSRC);
+        sent.push((packet.sequence(), packet.timestamp(), packet.marker()));
+    }
+    assert_eq!(
+        sent,
+        [
+            (1000, 50_000, true),
+            (1001, 50_160, false),
+            (1002, 50_320, false),
+            // Four frames skipped: the timestamp jumps, the sequence
+            // does not (nothing was lost), and a new talkspurt begins.
+            (1003, 50_480 + 4 * 160, true),
+            (1004, 50_480 + 5 * 160, false),
+        ]
+    );
+    assert_eq!(session.stats().tx_packets, 5);
+    assert_eq!(session.stats().tx_octets, 800);
+    // While the phone holds the call nothing is sent, but time passes;
+    // the first frame after the hold is a new talkspurt.
+    session.update(
+        NegotiatedAudio {
+            remote_on_hold: true,
+            ..audio()
+        },
+        t0 + 180 * MS,
+    );
+    assert_eq!(
+        session.send_frame(&payload, 0, t0 + 180 * MS, &mut out),
+        None
+    );
+    session.update(audio(), t0 + 200 * MS);
+    session
+        .send_frame(&payload, 0, t0 + 200 * MS, &mut out)
+        .unwrap();
+    let packet = RtpPacket::parse(&out).unwrap();
+    assert_eq!(
+        (packet.sequence(), packet.timestamp(), packet.marker()),
+        (1005, 50_480 + 7 * 160, true)
+    );
+}
