@@ -35,15 +35,20 @@
 //!   clock, RTCP reports, the RTP timeout; what voicemail and menus drive;
 //! - [`runtime`]: the thin tokio shell that runs sessions,
 //!   [`runtime::MediaRuntime`]: RTP/RTCP port pairs, one task per session
-//!   owning its sockets, [`runtime::MediaHandle`] for the app.
+//!   owning its sockets, [`runtime::MediaHandle`] for the app;
+//! - [`room`]: a conference room's tokio task, [`room::RoomHandle`]:
+//!   participants' sessions, the mixer at a 20 ms clock, prompts, the
+//!   room's recording.
 //!
 //! # What it must not do
 //! It knows no SIP, no actors and no storage: the call engine hands it SDP
 //! bodies and takes SDP answers back; what is recorded leaves it as
-//! samples. Every module but [`runtime`] is sans-IO: time is passed in,
-//! and nothing touches a socket or reads the clock; `runtime` is the
-//! async shell around [`session`] (as `dialtone-sip`'s transports are
-//! around its sans-IO core), where sockets, the clock and tasks live.
+//! samples. Every module but [`runtime`] and [`room`] is sans-IO: time
+//! is passed in, and nothing touches a socket or reads the clock;
+//! `runtime` is the async shell around [`session`], and `room` around
+//! [`mixer`] and the sessions of its participants (as `dialtone-sip`'s
+//! transports are around its sans-IO core), where sockets, the clock and
+//! tasks live.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod dtmf;
@@ -51,6 +56,7 @@ pub mod g711;
 pub mod jitter;
 pub mod mixer;
 pub mod pacer;
+pub mod room;
 pub mod rtcp;
 pub mod rtp;
 pub mod runtime;
@@ -75,6 +81,9 @@ pub enum Error {
     /// format, rate or length), with the reason a user can act on.
     #[error("unsupported audio: {0}")]
     UnsupportedAudio(String),
+    /// The conference room was closed before the request reached it.
+    #[error("the room has ended")]
+    RoomEnded,
     /// Reading or writing a file or socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

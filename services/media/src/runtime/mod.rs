@@ -199,7 +199,7 @@ impl MediaRuntime {
 /// Random enough for SSRCs, first sequence numbers and timestamps (RFC
 /// 3550 s.5.1, s.8: unpredictable, not secret): std's randomly keyed
 /// hasher, so that no random-number crate is needed.
-fn random_u64(salt: u64) -> u64 {
+pub(crate) fn random_u64(salt: u64) -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(salt);
     hasher.finish()

@@ -30,6 +30,14 @@ impl MediaPorts {
         self.rtp_port.wrapping_add(1)
     }
 
+    /// The two sockets (RTP, RTCP) out of tokio's reactor, still
+    /// non-blocking, for an owner that reads them on its own clock rather
+    /// than on every packet's wake-up (a conference room,
+    /// [`crate::room`]).
+    pub(crate) fn into_std(self) -> Result<(std::net::UdpSocket, std::net::UdpSocket)> {
+        Ok((self.rtp.into_std()?, self.rtcp.into_std()?))
+    }
+
     /// What an SDP offer or answer says about these ports.
     pub fn local_media(&self, session_id: u64, session_version: u64) -> LocalMedia {
         LocalMedia {
