@@ -36,7 +36,8 @@
 //! output's RTP timestamps jump over it with the marker bit (as the
 //! [`crate::pacer::Pacer`] does for prompts). Each tick's lateness (the
 //! time between its due instant and its start) is measured
-//! ([`RoomStats`]).
+//! ([`RoomStats`]). Each room ticks at its own random phase of the frame,
+//! so that many rooms do not all wake at once.
 //!
 //! # It cannot leak
 //! The room ends, every participant's RTCP BYE sent and every socket
@@ -484,7 +485,12 @@ struct RoomTask {
 
 impl RoomTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let start = tokio::time::Instant::now() + FRAME;
+        // Rooms tick at random phases of the 20 ms frame: rooms started
+        // together (a node's restart, a load test) would otherwise all
+        // wake at the same instant, and the last one run would be late by
+        // the work of all the others.
+        let phase_us = random_u64(self.receive_buffer.as_ptr() as u64) % FRAME.as_micros() as u64;
+        let start = tokio::time::Instant::now() + FRAME + Duration::from_micros(phase_us);
         let mut clock = tokio::time::interval_at(start, FRAME);
         // See the module documentation: catch up short delays, skip long
         // ones by hand.
