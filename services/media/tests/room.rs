@@ -15,7 +15,7 @@ use dialtone_media::room::{
 use dialtone_media::rtp::{write_packet, RtpHeader, RtpPacket};
 use dialtone_media::runtime::{MediaRuntime, RuntimeConfig};
 use dialtone_media::sdp::{self, Capabilities, Codec, Direction, LocalMedia, SessionDescription};
-use dialtone_media::tone;
+use dialtone_media::{tone, wav};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, Instant};
@@ -263,6 +263,17 @@ async fn three_phones_hear_each_other_not_themselves_and_mute_silences_one() {
     let first = &recording.samples[8000 * 4 / 10..8000 * 13 / 10];
     let share = shares(first, &TONES);
     assert!(share.iter().all(|&s| s > 0.25), "recording: {share:?}");
+    // As a WAV file, as voicemail stores its recordings.
+    let mut file = Vec::new();
+    wav::write_wav(&recording.samples, &mut file);
+    let read_back = wav::read_wav(
+        &file,
+        wav::WavLimits {
+            max_duration_ms: 60_000,
+        },
+    )
+    .unwrap();
+    assert_eq!(read_back, recording.samples);
     let muted = &recording.samples[8000 * 19 / 10..8000 * 28 / 10];
     let share = shares(muted, &TONES);
     assert!(
