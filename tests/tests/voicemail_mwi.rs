@@ -10,6 +10,9 @@
 //! - A box with the setting off: its owner's phone hears nothing.
 //! - A phone that subscribes to its own `message-summary`: only its
 //!   subscription's NOTIFYs, never an unsolicited one besides.
+//! - Over TCP, the NOTIFY goes on the connection the phone registered on,
+//!   once for a new binding (not for a refresh) and when the box's
+//!   settings change.
 
 mod support;
 
@@ -414,6 +417,99 @@ async fn no_unsolicited_notify_without_the_setting_nor_to_a_phone_that_subscribe
                 "{outcome}"
             );
         }
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}
+
+/// The 200 a phone answers a request with (its Via, From, To, Call-ID,
+/// CSeq).
+fn ok_for(request: &str) -> String {
+    let mut out = String::from("SIP/2.0 200 OK\r\n");
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        out.push_str(&format!("{name}: {}\r\n", header(request, name)));
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+#[tokio::test]
+async fn over_tcp_the_notify_goes_on_the_connection_the_phone_registered_on() {
+    use dialtone_sip::test_ua::{Register, TestUa};
+    bounded(60, async {
+        let (pbx, metrics) = pbx().await;
+        box_for(&pbx, "alice", true).await;
+        let mut phone = TestUa::tcp(pbx.node.sip_addr()).await.unwrap();
+        let register = || {
+            Register::new("alice", DOMAIN)
+                .password(PASSWORD)
+                .call_id("mwi-over-tcp")
+        };
+        assert_eq!(phone.register(&register()).await.unwrap().code, 200);
+
+        // The new binding's NOTIFY, on the phone's own connection, after
+        // the 200.
+        let raw = phone
+            .recv_message(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("a NOTIFY within 1 s of the 200");
+        let notify = String::from_utf8(raw).unwrap().replace('\r', "");
+        assert!(notify.starts_with("NOTIFY sip:alice@"), "{notify}");
+        assert!(
+            header(&notify, "Via").starts_with("SIP/2.0/TCP "),
+            "{notify}"
+        );
+        assert_eq!(header(&notify, "Subscription-State"), "active");
+        assert_eq!(summary(&notify), ("no".into(), "0/0 (0/0)".into()));
+        phone.send_raw(ok_for(&notify).as_bytes()).await.unwrap();
+
+        // A refresh on the same connection: no NOTIFY.
+        let refresh = register().cseq(10);
+        assert_eq!(phone.register(&refresh).await.unwrap().code, 200);
+        assert_eq!(
+            phone
+                .recv_message(Duration::from_millis(700))
+                .await
+                .unwrap(),
+            None
+        );
+
+        // The box's settings change (the setting stays on): the counts
+        // again, on the connection, found through the node's flows.
+        let changed = SystemTime::now();
+        voicemail(&pbx.node)
+            .await
+            .configure_mailbox(ConfigureMailboxRequest {
+                user: format!("alice@{DOMAIN}"),
+                max_messages: Some(50),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let raw = phone
+            .recv_message(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("a NOTIFY within 1 s of the change");
+        within(SystemTime::now(), changed, Duration::from_secs(1));
+        let notify = String::from_utf8(raw).unwrap().replace('\r', "");
+        assert_eq!(summary(&notify), ("no".into(), "0/0 (0/0)".into()));
+        phone.send_raw(ok_for(&notify).as_bytes()).await.unwrap();
+
+        eventually(
+            Duration::from_secs(5),
+            "two answered NOTIFYs counted",
+            || async {
+                let text = scrape(&metrics).await;
+                Ok(
+                    (series(&text, "dialtone_sip_unsolicited_mwi_total{outcome=\"ok\"}") == 2.0)
+                        .then_some(()),
+                )
+            },
+        )
+        .await
+        .unwrap();
         pbx.node.stop().await.unwrap();
     })
     .await
