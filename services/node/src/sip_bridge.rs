@@ -1,10 +1,12 @@
 //! The SIP gateway's view of Dialtone: `dialtone_sip::SipBackend` implemented
 //! over the domain and user actors.
 //!
-//! It also feeds the gateway's subscriptions (presence, dialog): a task
-//! follows the event log live and hands every recorded `PresenceChanged`
-//! and call step of a watched user to the gateway's `ResourceWatcher`, so
-//! a NOTIFY shows what is recorded, never more.
+//! It also feeds the gateway's subscriptions (presence, dialog,
+//! message-summary): a task follows the event log live and hands every
+//! recorded `PresenceChanged` and call step of a watched user to the
+//! gateway's `ResourceWatcher`, so a NOTIFY shows what is recorded, never
+//! more; and a box's new counts, with its owner's bindings, when the box
+//! asks for unsolicited message-waiting NOTIFYs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,9 +27,9 @@ use dialtone_sip::auth::digest::Algorithm;
 use dialtone_sip::backend::{
     Availability, BackendError, CallCause, CallDirection, CallPhase, CallRecord, CallRoute,
     CallState, CallStep, CurrentContact, DigestAlgorithms, Diversion, DiversionReason,
-    FeatureOutcome, HangupSide, Lookup, MessageCounts, NextSteps, RegisterOutcome, RegisterRequest,
-    ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend,
-    SkippedForward, Transport, UserCredentials, Watch,
+    FeatureOutcome, HangupSide, Lookup, MessageCounts, MessageWaiting, NextSteps, RegisterOutcome,
+    RegisterRequest, ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep,
+    RouteTarget, SipBackend, SkippedForward, Transport, UserCredentials, Watch,
 };
 use dialtone_sip::{ConnectionId, Flow};
 use futures::StreamExt;
@@ -504,6 +506,14 @@ fn message_counts(mailbox: &dialtone_domain::mailbox::Mailbox) -> MessageCounts 
     MessageCounts { new, old }
 }
 
+/// A box's counts when it asks for unsolicited message-waiting NOTIFYs.
+fn unsolicited_counts(mailbox: &dialtone_domain::mailbox::Mailbox) -> Option<MessageCounts> {
+    mailbox
+        .settings
+        .unsolicited_mwi
+        .then(|| message_counts(mailbox))
+}
+
 /// Whether a recorded event changes a user's voicemail counts.
 fn changes_messages(event_type: &str) -> bool {
     matches!(
@@ -512,11 +522,74 @@ fn changes_messages(event_type: &str) -> bool {
     )
 }
 
+/// A box's counts as one recorded event left them, and who is told.
+struct MailboxNow {
+    version: u64,
+    counts: MessageCounts,
+    /// `(domain, user)`, when the box asks for unsolicited NOTIFYs.
+    unsolicited: Option<(String, String)>,
+    /// The user's live bindings: `(uri, key, source, transport)`.
+    bindings: Vec<(String, Key, String, String)>,
+}
+
+impl MailboxNow {
+    fn of(state: &user::User, version: u64, now: i64) -> MailboxNow {
+        let unsolicited = match (&state.domain, &state.username) {
+            (Some(d), Some(u)) if state.mailbox.settings.unsolicited_mwi => {
+                Some((d.as_str().to_owned(), u.as_str().to_owned()))
+            }
+            _ => None,
+        };
+        let bindings = if unsolicited.is_some() {
+            state
+                .bindings
+                .iter()
+                .filter(|b| !b.is_expired(now))
+                .map(|b| {
+                    (
+                        b.uri.clone(),
+                        b.key(),
+                        b.source.clone(),
+                        b.transport.clone(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        MailboxNow {
+            version,
+            counts: message_counts(&state.mailbox),
+            unsolicited,
+            bindings,
+        }
+    }
+
+    /// Each binding reached as a call to it would be (`flow_of`,
+    /// `RouteTarget::for_binding`); one whose flow is gone is left out.
+    fn targets(&self, user: UserId, flows: &Flows) -> Vec<RouteTarget> {
+        self.bindings
+            .iter()
+            .filter_map(|(uri, key, source, transport)| {
+                let reach = Reach {
+                    source: source.parse().ok()?,
+                    transport,
+                    flow: flows.of(user, key),
+                };
+                Some(RouteTarget::for_binding(uri, flow_of(&reach)?))
+            })
+            .collect()
+    }
+}
+
 /// Follows the log from its head and hands the watched users' changes to
 /// the watcher, in log order (which is each user's stream order). A box's
 /// counts are read from the user's actor when a message event passes (the
 /// events alone do not say whether a deleted message was new); the
 /// state's version labels them, so the watcher skips what it includes.
+/// For any user (watched or not) whose box asks for unsolicited
+/// message-waiting NOTIFYs, the same read gives the counts and the
+/// bindings to tell (also when the box's settings change).
 async fn follow(store: SharedStore, watched: Arc<Watched>, provisioning: Provisioning) {
     let mut next = store.head_position() + 1;
     loop {
@@ -539,20 +612,42 @@ async fn follow(store: SharedStore, watched: Arc<Watched>, provisioning: Provisi
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&user_id)
                 .cloned();
-            let (Some((domain, user)), Some(watcher)) = (name, watched.watcher.get()) else {
+            let Some(watcher) = watched.watcher.get() else {
                 continue;
             };
-            if let Some(change) = resource_change(&recorded) {
-                watcher.changed(&domain, &user, recorded.version, change);
-            } else if changes_messages(&recorded.event_type) {
+            let messages = changes_messages(&recorded.event_type);
+            if let (Some((domain, user)), Some(change)) = (&name, resource_change(&recorded)) {
+                watcher.changed(domain, user, recorded.version, change);
+            } else if messages || recorded.event_type == "MailboxConfigured" {
+                // The box's counts changed (or its settings: turning
+                // unsolicited NOTIFYs on tells the phones the counts at
+                // once).
                 let read = provisioning
                     .directory()
                     .query_user(user_id, |r| {
-                        (r.version.unwrap_or(0), message_counts(&r.state.mailbox))
+                        MailboxNow::of(r.state, r.version.unwrap_or(0), micros(SystemTime::now()))
                     })
                     .await;
-                if let Ok((version, counts)) = read {
-                    watcher.changed(&domain, &user, version, ResourceChange::Messages(counts));
+                let Ok(now) = read else {
+                    continue;
+                };
+                // Unsolicited first: a phone that unsubscribes as soon as
+                // its subscription's NOTIFY arrives would otherwise be told
+                // twice.
+                if let Some((domain, user)) = &now.unsolicited {
+                    let flows = provisioning.directory().facts().flows();
+                    let targets = now.targets(user_id, flows);
+                    if !targets.is_empty() {
+                        watcher.message_waiting(domain, user, now.counts, targets);
+                    }
+                }
+                if let (true, Some((domain, user))) = (messages, &name) {
+                    watcher.changed(
+                        domain,
+                        user,
+                        now.version,
+                        ResourceChange::Messages(now.counts),
+                    );
                 }
             }
         }
@@ -897,6 +992,24 @@ impl SipBackend for ActorBackend {
             .iter()
             .map(|c| (c.key(), c.expires_secs > 0))
             .collect();
+        // The contacts it adds (not refreshes): the live bindings before
+        // it, as the user's facts hold them.
+        let added = {
+            let before = self.provisioning.directory().facts().user(id);
+            let now = micros(SystemTime::now());
+            let live = |key: &Key| {
+                before.as_ref().is_some_and(|u| {
+                    u.contacts
+                        .iter()
+                        .any(|c| &c.key == key && c.expires_at > now)
+                })
+            };
+            changes
+                .iter()
+                .filter(|c| c.expires_secs > 0 && !live(&c.key()))
+                .map(|c| c.uri.clone())
+                .collect::<Vec<_>>()
+        };
         let flow = request.flow;
         let remove_all = request.remove_all;
         let command = user::Command::Register(Box::new(Register {
@@ -920,7 +1033,12 @@ impl SipBackend for ActorBackend {
                     correlation_id: Some(request.call_id),
                     ..Meta::default()
                 },
-                |reply| contacts_of(reply.state, micros(SystemTime::now())),
+                |reply| {
+                    (
+                        contacts_of(reply.state, micros(SystemTime::now())),
+                        unsolicited_counts(&reply.state.mailbox),
+                    )
+                },
             )
             .await;
         if result.is_ok() {
@@ -944,7 +1062,18 @@ impl SipBackend for ActorBackend {
             }
         }
         match result {
-            Ok(contacts) => Ok(RegisterOutcome::Ok { contacts }),
+            // A new binding hears the box's counts once, whatever they
+            // are (a phone that rebooted may show a stale lamp); a refresh
+            // does not (see `docs/operations.md`, "Message waiting").
+            Ok((contacts, counts)) => Ok(RegisterOutcome::Ok {
+                contacts,
+                message_waiting: counts.filter(|_| !added.is_empty()).map(|counts| {
+                    MessageWaiting {
+                        counts,
+                        new_contacts: added,
+                    }
+                }),
+            }),
             Err(dialtone_actors::Error::Domain(dialtone_domain::Error::OutOfOrder(_))) => {
                 Ok(RegisterOutcome::CSeqOutOfOrder)
             }

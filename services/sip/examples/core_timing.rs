@@ -18,7 +18,10 @@ impl RegistrarBackend for One {
         Ok(Lookup::Found(self.0.clone()))
     }
     async fn register(&self, _r: RegisterRequest) -> Result<RegisterOutcome, BackendError> {
-        Ok(RegisterOutcome::Ok { contacts: vec![] })
+        Ok(RegisterOutcome::Ok {
+            contacts: vec![],
+            message_waiting: None,
+        })
     }
     async fn contacts(&self, _d: &str, _u: &str) -> Result<Vec<CurrentContact>, BackendError> {
         Ok(vec![])

@@ -64,7 +64,10 @@ impl RegistrarBackend for Memory {
                 q: None,
             })
             .collect();
-        Ok(RegisterOutcome::Ok { contacts })
+        Ok(RegisterOutcome::Ok {
+            contacts,
+            message_waiting: None,
+        })
     }
 
     async fn contacts(&self, _d: &str, user: &str) -> Result<Vec<CurrentContact>, BackendError> {

@@ -48,6 +48,7 @@ impl RegistrarBackend for Memory {
                     q: None,
                 })
                 .collect(),
+            message_waiting: None,
         })
     }
     async fn contacts(&self, _d: &str, _u: &str) -> Result<Vec<CurrentContact>, BackendError> {

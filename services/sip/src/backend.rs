@@ -181,11 +181,25 @@ pub struct CurrentContact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterOutcome {
     /// The changes are durable; these are the user's bindings after them.
-    Ok { contacts: Vec<CurrentContact> },
+    /// `message_waiting`: the box's counts, when it asks for unsolicited
+    /// NOTIFYs and the REGISTER added bindings (not on refreshes): the
+    /// gateway tells the new contacts after the 200.
+    Ok {
+        contacts: Vec<CurrentContact>,
+        message_waiting: Option<MessageWaiting>,
+    },
     /// Same Call-ID with a CSeq not above the stored one (RFC 3261 s.10.3
     /// step 7): the request is refused (500 with a reason phrase saying so)
     /// and nothing changed.
     CSeqOutOfOrder,
+}
+
+/// Unsolicited message-waiting counts for the bindings a REGISTER added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageWaiting {
+    pub counts: MessageCounts,
+    /// The added bindings' contact URIs (reached on the REGISTER's flow).
+    pub new_contacts: Vec<String>,
 }
 
 /// Infrastructure failure of the backend. Never answered with 200.
@@ -741,6 +755,18 @@ pub trait ResourceWatcher: Send + Sync + 'static {
     /// `user@domain` changed at `version` of its history. Called in the
     /// order the changes were recorded; must not block.
     fn changed(&self, domain: &str, user: &str, version: u64, change: ResourceChange);
+
+    /// `user@domain`'s box has these counts now and asks for unsolicited
+    /// message-waiting NOTIFYs: tell its registered `contacts` (each
+    /// reached as a call to it would be), but for those whose device
+    /// subscribes to `message-summary`. Must not block.
+    fn message_waiting(
+        &self,
+        domain: &str,
+        user: &str,
+        counts: MessageCounts,
+        contacts: Vec<RouteTarget>,
+    );
 }
 
 /// What the gateway needs from the rest of the system. Implementations must

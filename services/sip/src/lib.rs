@@ -71,9 +71,10 @@ pub use backend::{
     AppCall, AppEnd, AppRoute, AppSession, AppStart, Availability, BackendError, CallCause,
     CallDirection, CallPhase, CallRecord, CallRoute, CallState, CallStep, ContactChange,
     CurrentContact, DigestAlgorithms, Diversion, DiversionReason, FeatureOutcome, HangupSide,
-    Lookup, NextSteps, RegisterOutcome, RegisterRequest, RegistrarBackend, RegistrarOnly,
-    ResourceChange, ResourceState, ResourceWatcher, RoutePlan, RouteStep, RouteTarget, SipBackend,
-    SkippedForward, Transfer, TransferKind, UserCredentials, Watch,
+    Lookup, MessageCounts, MessageWaiting, NextSteps, RegisterOutcome, RegisterRequest,
+    RegistrarBackend, RegistrarOnly, ResourceChange, ResourceState, ResourceWatcher, RoutePlan,
+    RouteStep, RouteTarget, SipBackend, SkippedForward, Transfer, TransferKind, UserCredentials,
+    Watch,
 };
 pub use config::GatewayConfig;
 pub use transport::gateway::{Gateway, GatewayHandle};

@@ -74,6 +74,10 @@ struct Upstream<'r> {
     /// Set by an accepted SUBSCRIBE: its 200 goes out through the
     /// subscriptions, before the NOTIFY it calls for.
     subscription: &'r OnceLock<SubId>,
+    /// Set by a REGISTER that added bindings of a box asking for
+    /// unsolicited message-waiting NOTIFYs: its 200 goes out first, then
+    /// the NOTIFYs to the new contacts.
+    message_waiting: &'r OnceLock<crate::subscription::MessageWaitingAfter>,
 }
 
 /// A response to send and, for UDP, where.
@@ -457,6 +461,7 @@ impl Core {
             method = method_text
         );
         let subscription = OnceLock::new();
+        let message_waiting = OnceLock::new();
         let reply_flow = Flow {
             remote: dest,
             ..flow
@@ -467,6 +472,7 @@ impl Core {
             flow: reply_flow,
             received_at,
             subscription: &subscription,
+            message_waiting: &message_waiting,
         };
         let (code, bytes) = self
             .process(cx, method, method_text, upstream)
@@ -484,6 +490,10 @@ impl Core {
         }
         if let Some(id) = subscription.get() {
             self.subscriptions.release(*id, reply_flow, bytes);
+            return None;
+        }
+        if let Some(after) = message_waiting.into_inner() {
+            self.subscriptions.after_register(reply_flow, bytes, after);
             return None;
         }
         // The proxy sent these itself, ahead of what the call sends next
@@ -622,7 +632,9 @@ impl Core {
         match method {
             Method::Register => {
                 let started = Instant::now();
-                let out = self.register(cx, method_text, upstream.flow).await;
+                let out = self
+                    .register(cx, method_text, upstream.flow, upstream.message_waiting)
+                    .await;
                 self.metrics
                     .register_seconds(started.elapsed().as_secs_f64());
                 out

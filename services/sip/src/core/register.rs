@@ -3,7 +3,8 @@
 //! outcome becomes the 200 with the current contacts, 423, 500 or 503.
 
 use super::*;
-use crate::backend::contact_is_natted;
+use crate::backend::{contact_is_natted, RouteTarget};
+use crate::subscription::MessageWaitingAfter;
 
 /// The `Flow-Timer` (RFC 5626 s.4.4) we give a UA using outbound over
 /// UDP: NATs drop UDP mappings after as little as 30 s, so the phone's
@@ -31,7 +32,15 @@ pub(super) fn write_contacts(r: &mut Response, contacts: &[CurrentContact]) {
 }
 
 impl Core {
-    pub(super) async fn register(&self, cx: Cx<'_>, method_text: &str, flow: Flow) -> (u16, Bytes) {
+    /// `message_waiting` is set when the 200 must be followed by
+    /// unsolicited message-waiting NOTIFYs to the contacts it added.
+    pub(super) async fn register(
+        &self,
+        cx: Cx<'_>,
+        method_text: &str,
+        flow: Flow,
+        message_waiting: &OnceLock<MessageWaitingAfter>,
+    ) -> (u16, Bytes) {
         let msg = cx.msg;
         let StartLine::Request { uri, .. } = msg.start else {
             return self.respond(cx, 400, "Bad Request", |_| {});
@@ -133,7 +142,23 @@ impl Core {
                     received_at: SystemTime::now(),
                 };
                 match self.call(self.backend.register(request)).await {
-                    Ok(RegisterOutcome::Ok { contacts }) => contacts,
+                    Ok(RegisterOutcome::Ok {
+                        contacts,
+                        message_waiting: waiting,
+                    }) => {
+                        if let Some(w) = waiting.filter(|w| !w.new_contacts.is_empty()) {
+                            let _ = message_waiting.set(MessageWaitingAfter {
+                                resource: format!("{user}@{domain}"),
+                                counts: w.counts,
+                                targets: w
+                                    .new_contacts
+                                    .iter()
+                                    .map(|uri| RouteTarget::for_binding(uri, flow))
+                                    .collect(),
+                            });
+                        }
+                        contacts
+                    }
                     Ok(RegisterOutcome::CSeqOutOfOrder) => {
                         return self.respond(cx, 500, "CSeq Out Of Order", |_| {})
                     }

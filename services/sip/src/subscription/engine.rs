@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::backend::{
-    Availability, CallPhase, CallState, MessageCounts, ResourceChange, ResourceState,
+    Availability, CallPhase, CallState, MessageCounts, ResourceChange, ResourceState, RouteTarget,
 };
 use crate::transaction::{MAGIC_COOKIE, T1, T2};
 use crate::transport::Flow;
@@ -744,6 +744,22 @@ impl Engine {
             self.send_queued(id, now);
         }
         true
+    }
+
+    /// Does a live `message-summary` subscription to `resource` come from
+    /// the device of registered contact `target` (see
+    /// [`super::unsolicited::same_device`])? Then that contact gets its
+    /// counts from the subscription and no unsolicited NOTIFY.
+    pub fn message_summary_subscribed(&self, resource: &str, target: &RouteTarget) -> bool {
+        let Some(r) = self.resources.get(resource) else {
+            return false;
+        };
+        r.watchers.iter().any(|id| {
+            self.subs.get(id).is_some_and(|s| {
+                s.package == Package::MessageSummary
+                    && super::unsolicited::same_device(target, &s.contact, &s.flow)
+            })
+        })
     }
 
     /// Is anyone subscribed to the `dialog` package (then the tags of
@@ -1648,6 +1664,44 @@ mod tests {
         let tag = e.subs[&a.id].dialog.1.clone();
         e.refresh("call-1", &tag, "rt1", 2, 0, now);
         assert!(!e.watches_dialogs());
+    }
+
+    #[test]
+    fn a_message_summary_subscription_covers_the_contacts_of_its_device_only() {
+        let mut e = engine();
+        let now = Instant::now();
+        let phone =
+            RouteTarget::for_binding("sip:alice@192.0.2.1:5070", flow(Transport::Udp, 5070));
+        let other =
+            RouteTarget::for_binding("sip:alice@192.0.2.1:5072", flow(Transport::Udp, 5072));
+        assert!(!e.message_summary_subscribed("alice@x.test", &phone));
+        // A presence subscription from the phone does not count.
+        active(&mut e, 1, "alice@x.test", "alice@x.test", now);
+        assert!(!e.message_summary_subscribed("alice@x.test", &phone));
+        e.begin_watch("alice@x.test");
+        let a = e
+            .subscribe(
+                new_sub(2, "alice@x.test", "alice@x.test", Package::MessageSummary),
+                state(1, Availability::Online),
+                now,
+            )
+            .unwrap();
+        assert!(e.message_summary_subscribed("alice@x.test", &phone));
+        assert!(!e.message_summary_subscribed("alice@x.test", &other));
+        assert!(!e.message_summary_subscribed("bob@x.test", &phone));
+        e.release(a.id, now);
+        for (_, n) in sent(&mut e) {
+            e.on_response(&branch(&n), 200, now);
+        }
+        // Unsubscribed: no longer covered (its last NOTIFY is on its way).
+        let tag = e.subs[&a.id].dialog.1.clone();
+        let Refresh::Accepted(ended) = e.refresh("call-2", &tag, "rt2", 2, 0, now) else {
+            panic!("the unsubscribe was refused");
+        };
+        e.release(ended.id, now);
+        let last = sent(&mut e);
+        assert_eq!(last.len(), 1);
+        assert!(!e.message_summary_subscribed("alice@x.test", &phone));
     }
 
     #[test]

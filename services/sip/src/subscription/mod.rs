@@ -11,11 +11,17 @@
 //! The SUBSCRIBE itself (authentication, checks, responses) is handled in
 //! `core`. Subscriptions live in memory only (ADR 0014): after a restart
 //! a refresh gets 481 and the phone subscribes afresh.
+//!
+//! The same shell sends unsolicited message-waiting NOTIFYs
+//! ([`unsolicited`]) to the registered contacts of a user whose box asks
+//! for them and that do not subscribe to `message-summary` themselves:
+//! it knows the subscriptions, so a phone never gets both.
 
 pub mod dialog_info;
 pub mod engine;
 pub mod package;
 pub mod pidf;
+pub mod unsolicited;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::backend::{ResourceChange, ResourceState, ResourceWatcher};
+use crate::backend::{MessageCounts, ResourceChange, ResourceState, ResourceWatcher, RouteTarget};
 use crate::guard::{Guard, GuardConfig};
 use crate::proxy::Outbound;
 use crate::transport::Flow;
@@ -46,6 +52,10 @@ pub mod metric {
     /// Histogram: seconds from a recorded change reaching the gateway to
     /// the last NOTIFY of its fan-out being handed to the transport.
     pub const FANOUT_SECONDS: &str = "dialtone_sip_notify_fanout_seconds";
+    /// Counter by `outcome`: unsolicited message-waiting NOTIFYs answered
+    /// `ok`, `rejected` (final non-2xx), `timeout` (Timer F), or
+    /// `dropped` (too many in flight). None is retried.
+    pub const UNSOLICITED_MWI: &str = "dialtone_sip_unsolicited_mwi_total";
 }
 
 /// Subscription settings (part of the gateway configuration).
@@ -105,7 +115,20 @@ pub struct Subscriptions {
     /// Someone subscribes to the `dialog` package: the calls' tags are
     /// noted (one relaxed load per INVITE and INVITE response otherwise).
     dialogs_watched: AtomicBool,
+    /// Unsolicited message-waiting NOTIFYs in flight. Locked after the
+    /// table, never while holding it.
+    unsolicited: Mutex<unsolicited::Table>,
     this: Weak<Subscriptions>,
+}
+
+/// An unsolicited message-waiting NOTIFY to send to the contacts a
+/// REGISTER just added, after its 200 (see [`Subscriptions::after_register`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageWaitingAfter {
+    /// `user@domain`.
+    pub resource: String,
+    pub counts: MessageCounts,
+    pub targets: Vec<RouteTarget>,
 }
 
 impl Subscriptions {
@@ -128,6 +151,7 @@ impl Subscriptions {
         });
         Arc::new_cyclic(|this| Subscriptions {
             cfg,
+            unsolicited: Mutex::new(unsolicited::Table::new(advertised.clone(), rand::random())),
             engine: Mutex::new(Engine::new(advertised, limits, rand::random())),
             out,
             wake: Notify::new(),
@@ -264,6 +288,9 @@ impl Subscriptions {
 
     /// A response to one of our NOTIFYs? Handled if so.
     pub fn on_response(&self, branch: &str, code: u16) -> bool {
+        if branch.starts_with(unsolicited::BRANCH_PREFIX) {
+            return self.run_unsolicited(None, |t, now| t.on_response(branch, code, now));
+        }
         if !branch.starts_with(concat!("z9hG4bK", "sub")) {
             return false;
         }
@@ -272,6 +299,105 @@ impl Subscriptions {
             metrics::counter!(metric::NOTIFY_OUTCOMES, "outcome" => "ok").increment(1);
         }
         handled
+    }
+
+    /// Sends a REGISTER's 200 on `flow`, then the unsolicited NOTIFYs
+    /// `after` asks for (in this order: the phone hears of its
+    /// registration before anything sent to its new contact).
+    pub fn after_register(&self, flow: Flow, response: bytes::Bytes, after: MessageWaitingAfter) {
+        self.notify_unsolicited(
+            Some((flow, response)),
+            &after.resource,
+            after.counts,
+            after.targets,
+        );
+    }
+
+    /// Tells `resource`'s (`user@domain`) registered contacts `targets`
+    /// its counts by unsolicited NOTIFY (after sending `first`), except
+    /// the contacts whose device subscribes to its `message-summary`
+    /// (they hear it from the subscription).
+    fn notify_unsolicited(
+        &self,
+        first: Option<(Flow, bytes::Bytes)>,
+        resource: &str,
+        counts: MessageCounts,
+        targets: Vec<RouteTarget>,
+    ) {
+        let targets = {
+            let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            unsolicited::recipients(targets, |t| engine.message_summary_subscribed(resource, t))
+        };
+        if !targets.is_empty() {
+            self.start_timer();
+        }
+        self.run_unsolicited(first, |table, now| {
+            for target in targets {
+                table.notify(
+                    unsolicited::Notice {
+                        resource: resource.to_owned(),
+                        counts,
+                        target,
+                    },
+                    now,
+                );
+            }
+        });
+    }
+
+    /// [`Subscriptions::run`] for the unsolicited NOTIFYs' table: runs
+    /// `f`, sends (after `first`), wakes the timer, logs and counts the
+    /// outcomes.
+    fn run_unsolicited<R>(
+        &self,
+        first: Option<(Flow, bytes::Bytes)>,
+        f: impl FnOnce(&mut unsolicited::Table, Instant) -> R,
+    ) -> R {
+        let now = Instant::now();
+        let (result, actions, outcomes) = {
+            let mut table = self
+                .unsolicited
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let before = table.poll_timeout();
+            let result = f(&mut table, now);
+            let mut actions = Vec::new();
+            while let Some(unsolicited::Action::Send(flow, bytes)) = table.poll_action() {
+                actions.push((flow, bytes));
+            }
+            if table
+                .poll_timeout()
+                .is_some_and(|t| before.is_none_or(|b| t < b))
+            {
+                self.wake.notify_one();
+            }
+            (result, actions, table.take_outcomes())
+        };
+        if let Some((flow, bytes)) = first {
+            self.out.send(flow, bytes);
+        }
+        for (flow, bytes) in actions {
+            self.out.send(flow, bytes);
+        }
+        for o in outcomes {
+            match &o {
+                unsolicited::Outcome::Ok => {}
+                unsolicited::Outcome::Rejected { code, target } => {
+                    tracing::info!(code, %target, "unsolicited message-waiting NOTIFY refused; not retried");
+                }
+                unsolicited::Outcome::TimedOut { target } => {
+                    tracing::info!(%target, "unsolicited message-waiting NOTIFY unanswered; not retried");
+                }
+                unsolicited::Outcome::Dropped => {
+                    tracing::warn!(
+                        limit = unsolicited::MAX_IN_FLIGHT,
+                        "too many unsolicited message-waiting NOTIFYs in flight: one dropped"
+                    );
+                }
+            }
+            metrics::counter!(metric::UNSOLICITED_MWI, "outcome" => o.label()).increment(1);
+        }
+        result
     }
 
     /// Does anyone watch dialogs (see [`Subscriptions::note_tag`])?
@@ -312,6 +438,16 @@ impl ResourceWatcher for Subscriptions {
         self.run(None, |e, now| e.changed(&resource, version, change, now));
         metrics::histogram!(metric::FANOUT_SECONDS).record(started.elapsed().as_secs_f64());
     }
+
+    fn message_waiting(
+        &self,
+        domain: &str,
+        user: &str,
+        counts: MessageCounts,
+        contacts: Vec<RouteTarget>,
+    ) {
+        self.notify_unsolicited(None, &format!("{user}@{domain}"), counts, contacts);
+    }
 }
 
 /// Forgets a watch whose SUBSCRIBE did not become a subscription (refused,
@@ -337,16 +473,25 @@ async fn timer(subscriptions: Weak<Subscriptions>) {
             return;
         };
         let now = Instant::now();
-        let until = s
+        let subscriptions_due = s
             .engine
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .poll_timeout()
-            .map_or(now + MAX_SLEEP, |t| t.min(now + MAX_SLEEP));
+            .poll_timeout();
+        let unsolicited_due = s
+            .unsolicited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .poll_timeout();
+        let until = [subscriptions_due, unsolicited_due]
+            .into_iter()
+            .flatten()
+            .fold(now + MAX_SLEEP, Instant::min);
         tokio::select! {
             _ = s.wake.notified() => {}
             _ = tokio::time::sleep_until(until.into()) => {}
         }
         s.run(None, |e, now| e.handle_timeout(now));
+        s.run_unsolicited(None, |t, now| t.handle_timeout(now));
     }
 }

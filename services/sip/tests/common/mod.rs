@@ -168,6 +168,7 @@ impl SipBackend for FakeBackend {
         }
         Ok(RegisterOutcome::Ok {
             contacts: self.current(&key),
+            message_waiting: None,
         })
     }
 
