@@ -263,19 +263,7 @@ impl Voicemail {
             .await;
         match result {
             Ok(mailbox) => Ok(mailbox),
-            Err(dialtone_actors::Error::Domain(dialtone_domain::Error::FailedPrecondition(m)))
-                if m.contains("locked") =>
-            {
-                Err(Refusal::Locked)
-            }
-            Err(dialtone_actors::Error::Domain(dialtone_domain::Error::NotFound(_))) => {
-                Err(Refusal::NotFound)
-            }
-            Err(dialtone_actors::Error::Domain(e)) => Err(Refusal::Invalid(e.to_string())),
-            Err(e) => {
-                tracing::warn!(error = %e, "voicemail: mailbox command failed");
-                Err(Refusal::Unavailable)
-            }
+            Err(e) => Err(refusal_of(e)),
         }
     }
 
@@ -288,6 +276,25 @@ impl Voicemail {
         }
         directory.query_domain(domain, |_| ()).await.ok()?;
         directory.facts().domain_and_user(domain, Some(&name))?.3
+    }
+}
+
+/// What the application hears of a mailbox command that failed: the
+/// domain's refusals by their type (a locked mailbox is
+/// [`mailbox::Refusal::Locked`], never a message to search), the actors
+/// failing as unavailable.
+fn refusal_of(error: dialtone_actors::Error) -> Refusal {
+    use dialtone_domain::Error as Domain;
+    match error {
+        dialtone_actors::Error::Domain(Domain::Mailbox(mailbox::Refusal::Locked { .. })) => {
+            Refusal::Locked
+        }
+        dialtone_actors::Error::Domain(Domain::NotFound(_)) => Refusal::NotFound,
+        dialtone_actors::Error::Domain(e) => Refusal::Invalid(e.to_string()),
+        e => {
+            tracing::warn!(error = %e, "voicemail: mailbox command failed");
+            Refusal::Unavailable
+        }
     }
 }
 
@@ -619,4 +626,33 @@ pub fn deposit_route(user: UserId) -> String {
 /// The application of `*97` for `user`.
 pub fn own_route(user: UserId) -> String {
     format!("{OWN}{}", user.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dialtone_domain::Error as Domain;
+
+    #[test]
+    fn a_locked_mailbox_is_told_by_its_type_not_its_text() {
+        let locked = dialtone_actors::Error::Domain(Domain::Mailbox(mailbox::Refusal::Locked {
+            until: 1_700_000_900_000_000,
+        }));
+        assert_eq!(refusal_of(locked), Refusal::Locked);
+        // A precondition whose text happens to say "locked" is not a
+        // lock-out.
+        let text = dialtone_actors::Error::Domain(Domain::FailedPrecondition(
+            "the mailbox is locked".into(),
+        ));
+        assert!(matches!(refusal_of(text), Refusal::Invalid(_)));
+        let no_pin = dialtone_actors::Error::Domain(Domain::Mailbox(mailbox::Refusal::NoPin));
+        assert_eq!(
+            refusal_of(no_pin),
+            Refusal::Invalid("the mailbox has no PIN".into())
+        );
+        let gone = dialtone_actors::Error::Domain(Domain::NotFound("bob@example.com".into()));
+        assert_eq!(refusal_of(gone), Refusal::NotFound);
+        let down = dialtone_actors::Error::Unavailable("stopping".into());
+        assert_eq!(refusal_of(down), Refusal::Unavailable);
+    }
 }
