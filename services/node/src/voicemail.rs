@@ -154,7 +154,7 @@ impl Voicemail {
             Ok(offer) => offer,
             Err(e) => return refuse(488, format!("Not Acceptable Here ({e})")),
         };
-        let (application, owner, domain) = match self.application(app, &call).await? {
+        let (application, owner, domain, answered_by) = match self.application(app, &call).await? {
             Ok(found) => found,
             Err(refusal) => return Ok(refusal),
         };
@@ -200,15 +200,22 @@ impl Voicemail {
         Ok(AppStart::Answer {
             sdp: answer.sdp.into_bytes(),
             session: Box::new(Signals { tx, local }),
+            answered_by,
         })
     }
 
-    /// The application `app` names, and whose mailbox it starts on.
+    /// The application `app` names, whose mailbox it starts on, and its
+    /// name in call records (ADR 0024): `voicemail:bob@example.com` (a
+    /// box taking a message), `voicemail-menu:bob@example.com` (the
+    /// owner's menu, `*97`), `voicemail-menu:example.com` (any box of the
+    /// domain, `*98`).
+    #[allow(clippy::type_complexity)]
     async fn application(
         &self,
         app: &str,
         call: &AppCall<'_>,
-    ) -> Result<Result<(App, Option<UserId>, Option<DomainId>), AppStart>, BackendError> {
+    ) -> Result<Result<(App, Option<UserId>, Option<DomainId>, String), AppStart>, BackendError>
+    {
         let not_found = || {
             Ok(Err(AppStart::Refuse {
                 status: 404,
@@ -219,23 +226,54 @@ impl Voicemail {
             let Ok(id) = id.parse::<UserId>() else {
                 return not_found();
             };
-            let Some(mailbox) = self.mailbox(id).await? else {
+            let Some((mailbox, address)) = self.mailbox_of(id).await? else {
                 return not_found();
             };
             if app.starts_with(DEPOSIT) {
                 let from = caller_of(call);
                 let deposit = Deposit::new(&mailbox, from, self.deposit);
-                return Ok(Ok((App::Deposit(deposit), Some(id), None)));
+                let name = format!("voicemail:{address}");
+                return Ok(Ok((App::Deposit(deposit), Some(id), None, name)));
             }
-            return Ok(Ok((App::Menu(Menu::own_phone(mailbox)), Some(id), None)));
+            let name = format!("voicemail-menu:{address}");
+            return Ok(Ok((
+                App::Menu(Menu::own_phone(mailbox)),
+                Some(id),
+                None,
+                name,
+            )));
         }
         if let Some(domain) = app.strip_prefix(ANY) {
             let Ok(domain) = domain.parse::<DomainId>() else {
                 return not_found();
             };
-            return Ok(Ok((App::Menu(Menu::any_phone()), None, Some(domain))));
+            // The caller dialled it in its own domain (a feature code).
+            let name = format!(
+                "voicemail-menu:{}",
+                call.caller.map_or("", |(_, domain)| domain)
+            );
+            return Ok(Ok((App::Menu(Menu::any_phone()), None, Some(domain), name)));
         }
         not_found()
+    }
+
+    /// The user's mailbox and address (`user@domain`), `None` when the
+    /// user does not exist.
+    async fn mailbox_of(&self, id: UserId) -> Result<Option<(Mailbox, String)>, BackendError> {
+        match self
+            .provisioning
+            .directory()
+            .query_user(id, |r| {
+                r.state
+                    .exists()
+                    .then(|| (r.state.mailbox.clone(), r.state.address()))
+            })
+            .await
+        {
+            Ok(found) => Ok(found),
+            Err(dialtone_actors::Error::Domain(_)) => Ok(None),
+            Err(e) => Err(BackendError::Unavailable(e.to_string())),
+        }
     }
 
     /// The user's mailbox, `None` when the user does not exist.
@@ -370,8 +408,9 @@ impl Driver {
                     Some(SessionEvent::Dtmf(DtmfEvent::Ended { .. })) => None,
                     Some(SessionEvent::RecordingDone(recording)) => Some(self.recorded(recording)),
                     Some(SessionEvent::RtpTimeout) | None => {
-                        // The phone is gone: the call ends with the media.
-                        self.control.hang_up();
+                        // The phone is gone: the call ends with the media,
+                        // recorded as a timeout (ADR 0024).
+                        self.control.media_timed_out();
                         hung_up = true;
                         Some(Input::HungUp)
                     }

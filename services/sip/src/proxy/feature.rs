@@ -41,6 +41,23 @@ use super::leg::{self, LegDialog};
 /// The Via branch prefix of a feature call's BYE.
 pub(crate) const BRANCH_PREFIX: &str = "z9hG4bK-df";
 
+/// The `Reason` (RFC 3326) of an application's BYE after an RTP timeout:
+/// what tells the proxy recording the caller's leg of a call forwarded to
+/// voicemail that the call ended by a timeout, not by the application.
+pub(crate) const MEDIA_TIMEOUT_REASON: &str = "SIP;cause=408;text=\"RTP timeout\"";
+
+/// Whether `bye` is an application's BYE after an RTP timeout (its
+/// `Reason` is [`MEDIA_TIMEOUT_REASON`]). Read only for a dialog whose
+/// callee is one of the node's applications: a phone's `Reason` means
+/// nothing to the call's record.
+pub(crate) fn ends_for_media_timeout(bye: &Message<'_>) -> bool {
+    bye.headers.iter().any(|h| {
+        h.name == Name::Other
+            && h.raw_name.eq_ignore_ascii_case("Reason")
+            && h.value.trim() == MEDIA_TIMEOUT_REASON
+    })
+}
+
 /// What a feature call starts from.
 pub(crate) struct FeatureSetup {
     pub key: Key,
@@ -183,6 +200,12 @@ impl FeatureCall {
         &self.dialog.call_id
     }
 
+    /// Whether a request with these Call-ID and tags comes from the
+    /// caller of this call (the peer of our dialog), not from us.
+    pub fn is_from_peer(&self, call_id: &str, from_tag: &str, to_tag: &str) -> bool {
+        self.dialog.owns(call_id, from_tag, to_tag)
+    }
+
     pub fn bye_branch(&self) -> &str {
         &self.setup.bye_branch
     }
@@ -230,11 +253,16 @@ impl FeatureCall {
         }
     }
 
-    /// The application hangs up: a BYE, unless the call is over already.
-    pub fn hang_up_app(&mut self, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
+    /// The application hangs up (`end`: [`AppEnd::HungUp`], or
+    /// [`AppEnd::MediaTimeout`], which the BYE's `Reason` tells the proxy
+    /// recording the caller's leg): a BYE, unless the call is over
+    /// already.
+    pub fn hang_up_app(&mut self, end: AppEnd, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
         if matches!(self.state, State::Answered { .. } | State::Established) {
-            self.end_session(AppEnd::HungUp);
-            self.hang_up(now, out);
+            self.end_session(end);
+            let reason = (end == AppEnd::MediaTimeout)
+                .then(|| ("Reason".to_owned(), MEDIA_TIMEOUT_REASON.to_owned()));
+            self.hang_up_with(now, out, reason.as_slice());
         }
     }
 
@@ -409,13 +437,22 @@ impl FeatureCall {
     }
 
     fn hang_up(&mut self, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
+        self.hang_up_with(now, out, &[]);
+    }
+
+    fn hang_up_with(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<(Flow, Bytes)>,
+        headers: &[(String, String)],
+    ) {
         let flow = self.dialog.flow;
         let v = via(
             &self.setup.advertised,
             flow.transport,
             &self.setup.bye_branch,
         );
-        let (_, bye) = self.dialog.request("BYE", &v, None, None, &[], &[]);
+        let (_, bye) = self.dialog.request("BYE", &v, None, None, headers, &[]);
         out.push((flow, bye.clone()));
         self.bye = Some(bye);
         self.state = State::Hanging {
@@ -803,17 +840,36 @@ Content-Length: 0\r\n\r\n"
         let (mut call, heard, _) = start_app(Transport::Udp, t0);
         feed(&mut call, &request("ACK", 7, "a1"), t0);
         let mut out = Vec::new();
-        call.hang_up_app(t0, &mut out);
+        call.hang_up_app(AppEnd::HungUp, t0, &mut out);
         assert!(out[0].1.starts_with(b"BYE sip:alice@10.0.0.1:5062 "));
+        let bye = Message::parse(&out[0].1).unwrap();
+        assert!(!ends_for_media_timeout(&bye), "an ordinary hang-up");
         assert_eq!(heard.take(), ["confirmed", "ended HungUp"]);
         let mut again = Vec::new();
-        call.hang_up_app(t0, &mut again);
+        call.hang_up_app(AppEnd::HungUp, t0, &mut again);
         assert!(again.is_empty(), "one BYE");
         bye_response(&mut call, &out[0].1, 200, t0);
         call.on_timer(t0 + TIMER_64T1, &mut Vec::new());
         assert!(call.is_done());
         drop(call);
         assert!(heard.take().is_empty());
+    }
+
+    #[test]
+    fn an_rtp_timeout_hangs_up_with_a_bye_that_says_so() {
+        let t0 = Instant::now();
+        let (mut call, heard, _) = start_app(Transport::Udp, t0);
+        feed(&mut call, &request("ACK", 7, "a1"), t0);
+        let mut out = Vec::new();
+        call.hang_up_app(AppEnd::MediaTimeout, t0, &mut out);
+        let bye = Message::parse(&out[0].1).unwrap();
+        assert!(out[0].1.starts_with(b"BYE "));
+        assert!(
+            ends_for_media_timeout(&bye),
+            "{:?}",
+            std::str::from_utf8(&out[0].1)
+        );
+        assert_eq!(heard.take(), ["confirmed", "ended MediaTimeout"]);
     }
 
     #[test]
