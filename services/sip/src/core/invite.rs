@@ -3,7 +3,7 @@
 //! proxy (100 Trying) or a refusal recorded durably before it is answered.
 
 use super::*;
-use crate::backend::{AppCall, AppEnd, AppRoute, AppSession, AppStart, CallStep, HangupSide};
+use crate::backend::{AppCall, AppRoute, AppStart, CallStep};
 
 impl Core {
     /// An initial INVITE (no To tag): authenticate the caller (407), ask
@@ -222,6 +222,7 @@ impl Core {
                     source: cx.source,
                     upstream: upstream.flow,
                     app: None,
+                    legs: None,
                 });
                 Some((100, trying))
             }
@@ -289,27 +290,19 @@ impl Core {
                 session,
                 answered_by,
             }) => {
-                let session = match legs.as_mut() {
-                    Some(legs) => {
-                        legs.app = Some(answered_by.clone());
-                        let recorder = self.proxy.recorder();
-                        let mut records = legs.start();
-                        records.extend(legs.records(|_| CallStep::Answer {
-                            contact: answered_by.clone(),
-                        }));
-                        // Dropping the session on a failure ends the
-                        // application before anything was sent.
-                        if let Err(e) = recorder.record_durable(records).await {
-                            return self.backend_failure(cx, &e);
-                        }
-                        Box::new(RecordedApp {
-                            session,
-                            recorder,
-                            legs: legs.clone(),
-                        })
+                if let Some(legs) = legs.as_mut() {
+                    let mut records = legs.start();
+                    records.extend(legs.records(|_| CallStep::Answer {
+                        contact: answered_by.clone(),
+                    }));
+                    legs.app = Some(answered_by);
+                    // Dropping the session on a failure ends the
+                    // application before anything was sent.
+                    let recorder = self.proxy.recorder();
+                    if let Err(e) = recorder.record_durable(records).await {
+                        return self.backend_failure(cx, &e);
                     }
-                    None => session,
-                };
+                }
                 let (_, trying) = self.respond(cx, 100, "Trying", |_| {});
                 self.proxy.start_feature_call(proxy::NewFeatureCall {
                     msg,
@@ -317,6 +310,7 @@ impl Core {
                     source: cx.source,
                     upstream: upstream.flow,
                     app: Some((sdp, session)),
+                    legs,
                 });
                 (100, trying)
             }
@@ -333,42 +327,6 @@ impl Core {
             }
             Err(e) => self.backend_failure(cx, &e),
         }
-    }
-}
-
-/// An application's session whose call is a leg of the caller's (a
-/// mailbox menu dialled by a user, ADR 0024): its end is recorded as the
-/// leg's end, then the application hears of it.
-struct RecordedApp {
-    session: Box<dyn AppSession>,
-    recorder: proxy::Recorder,
-    legs: Legs,
-}
-
-impl AppSession for RecordedApp {
-    fn confirmed(&mut self) {
-        self.session.confirmed();
-    }
-
-    fn reoffer(&mut self, offer: &[u8]) -> Result<Vec<u8>, u16> {
-        self.session.reoffer(offer)
-    }
-
-    fn ended(&mut self, end: AppEnd) {
-        let (cause, side) = app_end_cause(end);
-        self.recorder.record(self.legs.end(cause, side));
-        self.session.ended(end);
-    }
-}
-
-/// How the end of an application's call is recorded on the caller's leg:
-/// the caller hanging up, the application hanging up (it is the callee),
-/// or the node ending it for a timeout (no RTP from the caller, no ACK).
-fn app_end_cause(end: AppEnd) -> (CallCause, HangupSide) {
-    match end {
-        AppEnd::CallerHungUp => (CallCause::NormalClearing, HangupSide::Caller),
-        AppEnd::HungUp => (CallCause::NormalClearing, HangupSide::Callee),
-        AppEnd::MediaTimeout | AppEnd::NoAck => (CallCause::Timeout, HangupSide::System),
     }
 }
 

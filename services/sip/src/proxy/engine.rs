@@ -228,6 +228,11 @@ pub struct NewFeatureCall<'a> {
     pub upstream: Flow,
     /// An application's SDP answer and session; `None`: a feature code.
     pub app: Option<(Vec<u8>, Box<dyn AppSession>)>,
+    /// The caller's leg when the call is one (an application a user
+    /// dialled, ADR 0024), started and answered already: its end is
+    /// recorded durably before what the end sends (the 200 to the
+    /// caller's BYE, our BYE).
+    pub legs: Option<Legs>,
 }
 
 /// Counters a simulation checks (and the shell may export).
@@ -457,6 +462,7 @@ impl Engine {
                 Some((answer, session)) => feature::Kind::App { answer, session },
                 None => feature::Kind::Feature,
             },
+            legs: call.legs,
         };
         let mut out = Vec::new();
         let fc = FeatureCall::start(setup, call.msg, now, &mut out);
@@ -485,8 +491,20 @@ impl Engine {
     /// Sends what a feature call asked for, then forgets it when it is
     /// done or reschedules its timer.
     fn apply_feature(&mut self, handle: u64, out: Vec<(Flow, Bytes)>, now: Instant) {
-        for (flow, bytes) in out {
-            self.actions.push_back(Action::Send(flow, bytes));
+        let ended = self
+            .features
+            .get_mut(&handle)
+            .and_then(FeatureCall::take_end_records);
+        match ended {
+            // The leg's end is durable before the caller hears of it.
+            Some((call_id, records)) => {
+                self.record_then_send(call_id, records, out);
+            }
+            None => {
+                for (flow, bytes) in out {
+                    self.actions.push_back(Action::Send(flow, bytes));
+                }
+            }
         }
         if let Some(old) = self.scheduled.remove(&handle) {
             self.timers.remove(&(old, handle));
