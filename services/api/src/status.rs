@@ -27,9 +27,9 @@ pub fn from_domain(error: DomainError) -> Status {
         DomainError::Invalid { .. } => Status::invalid_argument(error.to_string()),
         DomainError::AlreadyExists(_) => Status::already_exists(error.to_string()),
         DomainError::NotFound(_) => Status::not_found(error.to_string()),
-        DomainError::FailedPrecondition(_) | DomainError::OutOfOrder(_) => {
-            Status::failed_precondition(error.to_string())
-        }
+        DomainError::FailedPrecondition(_)
+        | DomainError::OutOfOrder(_)
+        | DomainError::Mailbox(_) => Status::failed_precondition(error.to_string()),
     }
 }
 

@@ -80,6 +80,10 @@ pub enum Error {
     /// step 7). Nothing was changed; the message says which binding.
     #[error("{0}")]
     OutOfOrder(String),
+    /// A mailbox command its mailbox's state refuses (locked, no PIN):
+    /// a precondition, typed so that the caller can act on it.
+    #[error(transparent)]
+    Mailbox(#[from] mailbox::Refusal),
 }
 
 impl Error {

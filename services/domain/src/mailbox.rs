@@ -281,6 +281,19 @@ pub struct Patch {
     pub pin: Option<PinHash>,
 }
 
+/// A mailbox command the mailbox's state refuses, as a value the caller
+/// can act on (the voicemail driver tells a locked caller so) rather than
+/// text to search. Carried as [`Error::Mailbox`]; nothing is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// PIN entry is locked out after too many wrong PINs, until `until`.
+    #[error("the mailbox is locked after too many wrong PINs; try again later")]
+    Locked { until: Timestamp },
+    /// The mailbox has no PIN, so no PIN can be checked.
+    #[error("the mailbox has no PIN")]
+    NoPin,
+}
+
 /// Why a caller could not leave a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -335,7 +348,7 @@ pub enum Command {
     /// Someone entered `pin` for this mailbox: right resets the count of
     /// wrong ones; wrong counts, and the [`PIN_ATTEMPTS_BEFORE_LOCKOUT`]th
     /// in a row locks the mailbox. While locked, refused with
-    /// `FailedPrecondition` (nothing is recorded: the lock-out was).
+    /// [`Refusal::Locked`] (nothing is recorded: the lock-out was).
     CheckPin {
         pin: String,
     },
@@ -477,15 +490,11 @@ pub fn decide(mailbox: &Mailbox, command: &Command, now: Timestamp) -> Result<Ve
             }])
         }
         Command::CheckPin { pin } => {
-            if mailbox.is_locked(now) {
-                return Err(Error::FailedPrecondition(
-                    "the mailbox is locked after too many wrong PINs; try again later".to_owned(),
-                ));
+            if let Some(until) = mailbox.locked_until.filter(|until| now < *until) {
+                return Err(Error::Mailbox(Refusal::Locked { until }));
             }
             let Some(stored) = &mailbox.pin else {
-                return Err(Error::FailedPrecondition(
-                    "the mailbox has no PIN".to_owned(),
-                ));
+                return Err(Error::Mailbox(Refusal::NoPin));
             };
             if stored.matches(pin) {
                 return Ok(if mailbox.failed_pin_attempts > 0 || mailbox.lockouts > 0 {
@@ -844,8 +853,24 @@ mod tests {
             ]
         );
         // Locked: even the right PIN is refused, and nothing is recorded.
+        // The refusal is typed and says until when.
         let err = decide(&mailbox, &Command::CheckPin { pin: "4321".into() }, NOW + 1).unwrap_err();
-        assert!(matches!(err, Error::FailedPrecondition(_)));
+        assert_eq!(
+            err,
+            Error::Mailbox(Refusal::Locked {
+                until: NOW + PIN_LOCKOUT_US
+            })
+        );
+        let err = decide(
+            &mailbox,
+            &Command::CheckPin { pin: "9999".into() },
+            NOW + PIN_LOCKOUT_US - 1,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::Mailbox(Refusal::Locked { .. })),
+            "{err}"
+        );
         // After the lock, the right PIN works again, and ends the run of
         // lock-outs.
         let events = run(

@@ -696,3 +696,108 @@ fn a_forward_of_no_leg_writes_nothing_and_a_bad_target_is_refused() {
         );
     }
 }
+
+// ---------------------------------------------------------------- calls the node's applications answer (ADR 0024)
+
+/// alice's call to bob went to bob's voicemail box: alice's leg is an
+/// ordinary answered call whose contact names the box, with its duration
+/// from the box's answer to the end, and ends for an RTP timeout as a
+/// timeout of the system's.
+#[test]
+fn a_call_answered_by_a_voicemail_box_has_the_box_as_contact_and_its_duration() {
+    let state = given_online();
+    let (state, _) = then(
+        state,
+        &call(CallStep::Start {
+            call_id: CALL.to_owned(),
+            direction: Direction::Outbound,
+            from: "alice@example.com".to_owned(),
+            to: "bob@example.com".to_owned(),
+            sip_call_id: "vm-1@192.0.2.10".to_owned(),
+        }),
+        T0 + SEC,
+    );
+    let (state, events) = then(
+        state,
+        &call(CallStep::Answer {
+            call_id: CALL.to_owned(),
+            contact: "voicemail:bob@example.com".to_owned(),
+        }),
+        T0 + 21 * SEC,
+    );
+    assert_eq!(
+        events[0],
+        Event::CallAnswered {
+            call_id: CALL.to_owned(),
+            contact: "voicemail:bob@example.com".to_owned(),
+            answered_at: T0 + 21 * SEC,
+        }
+    );
+    assert_eq!(state.presence, Presence::OnCall);
+    let leg = state.calls.get(CALL).unwrap();
+    assert_eq!(leg.contact.as_deref(), Some("voicemail:bob@example.com"));
+    let (state, events) = then(
+        state,
+        &call(CallStep::End {
+            call_id: CALL.to_owned(),
+            cause: Cause::Timeout,
+            side: HangupSide::System,
+        }),
+        T0 + 51 * SEC + 250_000,
+    );
+    assert_eq!(
+        events,
+        vec![
+            Event::CallEnded {
+                call_id: CALL.to_owned(),
+                cause: Cause::Timeout,
+                hangup_side: HangupSide::System,
+                duration_ms: 30_250,
+                ended_at: T0 + 51 * SEC + 250_000,
+            },
+            presence(Presence::Online, Presence::OnCall),
+        ]
+    );
+    assert!(state.calls.is_empty());
+}
+
+/// alice dials her mailbox's menu (`*97`): one outbound leg to what she
+/// dialled, answered by the menu, ended when she hangs up.
+#[test]
+fn a_mailbox_menu_call_is_an_outbound_leg_answered_by_the_menu() {
+    let state = given_online();
+    let (state, events) = then(
+        state,
+        &call(CallStep::Start {
+            call_id: CALL.to_owned(),
+            direction: Direction::Outbound,
+            from: "alice@example.com".to_owned(),
+            to: "*97@example.com".to_owned(),
+            sip_call_id: "menu-1@192.0.2.10".to_owned(),
+        }),
+        T0 + SEC,
+    );
+    assert!(matches!(
+        &events[0],
+        Event::CallStarted { to, direction: Direction::Outbound, .. } if to == "*97@example.com"
+    ));
+    let (state, _) = then(
+        state,
+        &call(CallStep::Answer {
+            call_id: CALL.to_owned(),
+            contact: "voicemail-menu:alice@example.com".to_owned(),
+        }),
+        T0 + SEC,
+    );
+    let (_, events) = then(state, &end(CALL, HangupSide::Caller), T0 + 13 * SEC);
+    assert_eq!(
+        events[0],
+        Event::CallEnded {
+            call_id: CALL.to_owned(),
+            cause: Cause::NormalClearing,
+            hangup_side: HangupSide::Caller,
+            duration_ms: 12_000,
+            ended_at: T0 + 13 * SEC,
+        }
+    );
+}

@@ -154,7 +154,7 @@ impl Voicemail {
             Ok(offer) => offer,
             Err(e) => return refuse(488, format!("Not Acceptable Here ({e})")),
         };
-        let (application, owner, domain) = match self.application(app, &call).await? {
+        let (application, owner, domain, answered_by) = match self.application(app, &call).await? {
             Ok(found) => found,
             Err(refusal) => return Ok(refusal),
         };
@@ -200,15 +200,22 @@ impl Voicemail {
         Ok(AppStart::Answer {
             sdp: answer.sdp.into_bytes(),
             session: Box::new(Signals { tx, local }),
+            answered_by,
         })
     }
 
-    /// The application `app` names, and whose mailbox it starts on.
+    /// The application `app` names, whose mailbox it starts on, and its
+    /// name in call records (ADR 0024): `voicemail:bob@example.com` (a
+    /// box taking a message), `voicemail-menu:bob@example.com` (the
+    /// owner's menu, `*97`), `voicemail-menu:example.com` (any box of the
+    /// domain, `*98`).
+    #[allow(clippy::type_complexity)]
     async fn application(
         &self,
         app: &str,
         call: &AppCall<'_>,
-    ) -> Result<Result<(App, Option<UserId>, Option<DomainId>), AppStart>, BackendError> {
+    ) -> Result<Result<(App, Option<UserId>, Option<DomainId>, String), AppStart>, BackendError>
+    {
         let not_found = || {
             Ok(Err(AppStart::Refuse {
                 status: 404,
@@ -219,23 +226,54 @@ impl Voicemail {
             let Ok(id) = id.parse::<UserId>() else {
                 return not_found();
             };
-            let Some(mailbox) = self.mailbox(id).await? else {
+            let Some((mailbox, address)) = self.mailbox_of(id).await? else {
                 return not_found();
             };
             if app.starts_with(DEPOSIT) {
                 let from = caller_of(call);
                 let deposit = Deposit::new(&mailbox, from, self.deposit);
-                return Ok(Ok((App::Deposit(deposit), Some(id), None)));
+                let name = format!("voicemail:{address}");
+                return Ok(Ok((App::Deposit(deposit), Some(id), None, name)));
             }
-            return Ok(Ok((App::Menu(Menu::own_phone(mailbox)), Some(id), None)));
+            let name = format!("voicemail-menu:{address}");
+            return Ok(Ok((
+                App::Menu(Menu::own_phone(mailbox)),
+                Some(id),
+                None,
+                name,
+            )));
         }
         if let Some(domain) = app.strip_prefix(ANY) {
             let Ok(domain) = domain.parse::<DomainId>() else {
                 return not_found();
             };
-            return Ok(Ok((App::Menu(Menu::any_phone()), None, Some(domain))));
+            // The caller dialled it in its own domain (a feature code).
+            let name = format!(
+                "voicemail-menu:{}",
+                call.caller.map_or("", |(_, domain)| domain)
+            );
+            return Ok(Ok((App::Menu(Menu::any_phone()), None, Some(domain), name)));
         }
         not_found()
+    }
+
+    /// The user's mailbox and address (`user@domain`), `None` when the
+    /// user does not exist.
+    async fn mailbox_of(&self, id: UserId) -> Result<Option<(Mailbox, String)>, BackendError> {
+        match self
+            .provisioning
+            .directory()
+            .query_user(id, |r| {
+                r.state
+                    .exists()
+                    .then(|| (r.state.mailbox.clone(), r.state.address()))
+            })
+            .await
+        {
+            Ok(found) => Ok(found),
+            Err(dialtone_actors::Error::Domain(_)) => Ok(None),
+            Err(e) => Err(BackendError::Unavailable(e.to_string())),
+        }
     }
 
     /// The user's mailbox, `None` when the user does not exist.
@@ -263,19 +301,7 @@ impl Voicemail {
             .await;
         match result {
             Ok(mailbox) => Ok(mailbox),
-            Err(dialtone_actors::Error::Domain(dialtone_domain::Error::FailedPrecondition(m)))
-                if m.contains("locked") =>
-            {
-                Err(Refusal::Locked)
-            }
-            Err(dialtone_actors::Error::Domain(dialtone_domain::Error::NotFound(_))) => {
-                Err(Refusal::NotFound)
-            }
-            Err(dialtone_actors::Error::Domain(e)) => Err(Refusal::Invalid(e.to_string())),
-            Err(e) => {
-                tracing::warn!(error = %e, "voicemail: mailbox command failed");
-                Err(Refusal::Unavailable)
-            }
+            Err(e) => Err(refusal_of(e)),
         }
     }
 
@@ -288,6 +314,25 @@ impl Voicemail {
         }
         directory.query_domain(domain, |_| ()).await.ok()?;
         directory.facts().domain_and_user(domain, Some(&name))?.3
+    }
+}
+
+/// What the application hears of a mailbox command that failed: the
+/// domain's refusals by their type (a locked mailbox is
+/// [`mailbox::Refusal::Locked`], never a message to search), the actors
+/// failing as unavailable.
+fn refusal_of(error: dialtone_actors::Error) -> Refusal {
+    use dialtone_domain::Error as Domain;
+    match error {
+        dialtone_actors::Error::Domain(Domain::Mailbox(mailbox::Refusal::Locked { .. })) => {
+            Refusal::Locked
+        }
+        dialtone_actors::Error::Domain(Domain::NotFound(_)) => Refusal::NotFound,
+        dialtone_actors::Error::Domain(e) => Refusal::Invalid(e.to_string()),
+        e => {
+            tracing::warn!(error = %e, "voicemail: mailbox command failed");
+            Refusal::Unavailable
+        }
     }
 }
 
@@ -363,8 +408,9 @@ impl Driver {
                     Some(SessionEvent::Dtmf(DtmfEvent::Ended { .. })) => None,
                     Some(SessionEvent::RecordingDone(recording)) => Some(self.recorded(recording)),
                     Some(SessionEvent::RtpTimeout) | None => {
-                        // The phone is gone: the call ends with the media.
-                        self.control.hang_up();
+                        // The phone is gone: the call ends with the media,
+                        // recorded as a timeout (ADR 0024).
+                        self.control.media_timed_out();
                         hung_up = true;
                         Some(Input::HungUp)
                     }
@@ -619,4 +665,33 @@ pub fn deposit_route(user: UserId) -> String {
 /// The application of `*97` for `user`.
 pub fn own_route(user: UserId) -> String {
     format!("{OWN}{}", user.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dialtone_domain::Error as Domain;
+
+    #[test]
+    fn a_locked_mailbox_is_told_by_its_type_not_its_text() {
+        let locked = dialtone_actors::Error::Domain(Domain::Mailbox(mailbox::Refusal::Locked {
+            until: 1_700_000_900_000_000,
+        }));
+        assert_eq!(refusal_of(locked), Refusal::Locked);
+        // A precondition whose text happens to say "locked" is not a
+        // lock-out.
+        let text = dialtone_actors::Error::Domain(Domain::FailedPrecondition(
+            "the mailbox is locked".into(),
+        ));
+        assert!(matches!(refusal_of(text), Refusal::Invalid(_)));
+        let no_pin = dialtone_actors::Error::Domain(Domain::Mailbox(mailbox::Refusal::NoPin));
+        assert_eq!(
+            refusal_of(no_pin),
+            Refusal::Invalid("the mailbox has no PIN".into())
+        );
+        let gone = dialtone_actors::Error::Domain(Domain::NotFound("bob@example.com".into()));
+        assert_eq!(refusal_of(gone), Refusal::NotFound);
+        let down = dialtone_actors::Error::Unavailable("stopping".into());
+        assert_eq!(refusal_of(down), Refusal::Unavailable);
+    }
 }

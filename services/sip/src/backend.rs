@@ -272,6 +272,10 @@ pub enum AppStart {
     Answer {
         sdp: Vec<u8>,
         session: Box<dyn AppSession>,
+        /// What answered, as the caller's call record names it when a
+        /// user dialled the application (`voicemail-menu:alice@example.com`;
+        /// ADR 0024): the contact of its `Answer`.
+        answered_by: String,
     },
     /// This final response (4xx/5xx; 488 when no codec is in common),
     /// with a reason phrase saying why.
@@ -303,6 +307,10 @@ pub enum AppEnd {
     NoAck,
     /// The application hung up ([`crate::proxy::AppControl::hang_up`]).
     HungUp,
+    /// The application hung up because no media came from the caller
+    /// ([`crate::proxy::AppControl::media_timed_out`]): its BYE says so
+    /// (`Reason`), and the call is recorded as ended by a timeout.
+    MediaTimeout,
 }
 
 /// What [`SipBackend::feature_code`] made of a dialled string.

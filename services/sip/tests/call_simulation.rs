@@ -592,6 +592,7 @@ impl Sim {
                     dialled: format!("callee-of-{call_id}@{DOMAIN}"),
                     group,
                     members: Vec::new(),
+                    app: None,
                 };
                 self.engine.start_call(
                     NewCall {

@@ -156,8 +156,16 @@ pub(super) async fn records(
                 )
             })
             .collect();
+        // A call the node's application answered (ADR 0024): "answered
+        // by voicemail:bob@example.com" (a phone's contact is left out).
+        let contact = s(v, "answered_contact");
+        let by_app = if contact.starts_with("voicemail") {
+            format!(" answered by {contact}")
+        } else {
+            String::new()
+        };
         format!(
-            "{:<27} {:<32} {:<32} {:>9}s {:<22} {}{}{}",
+            "{:<27} {:<32} {:<32} {:>9}s {:<22} {}{}{}{}",
             s(v, "started_at"),
             s(v, "caller"),
             s(v, "callee"),
@@ -165,6 +173,7 @@ pub(super) async fn records(
             result,
             s(v, "call_id"),
             forwards,
+            by_app,
             transfers
         )
     });

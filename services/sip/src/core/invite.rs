@@ -3,7 +3,7 @@
 //! proxy (100 Trying) or a refusal recorded durably before it is answered.
 
 use super::*;
-use crate::backend::{AppCall, AppRoute, AppStart};
+use crate::backend::{AppCall, AppRoute, AppStart, CallStep};
 
 impl Core {
     /// An initial INVITE (no To tag): authenticate the caller (407), ask
@@ -76,8 +76,14 @@ impl Core {
             Err(e) => return self.backend_failure(cx, &e),
         };
         if let CallRoute::App(app) = &route {
+            let dialled = format!("{callee_user}@{callee_domain}");
             return self
-                .start_app(cx, &upstream, app, Some((caller_user, caller_domain)))
+                .start_app(
+                    cx,
+                    &upstream,
+                    app,
+                    Some((caller_user, caller_domain, &dialled)),
+                )
                 .await;
         }
         let sip_call_id = msg.call_id().unwrap_or("").to_owned();
@@ -91,6 +97,7 @@ impl Core {
             dialled: format!("{callee_user}@{callee_domain}"),
             group: None,
             members: Vec::new(),
+            app: None,
         };
         if let CallRoute::Plan(crate::backend::RoutePlan {
             dialled_group: true,
@@ -215,14 +222,21 @@ impl Core {
                     source: cx.source,
                     upstream: upstream.flow,
                     app: None,
+                    legs: None,
                 });
                 Some((100, trying))
             }
             Ok(FeatureOutcome::App(app)) => {
                 counted("applied");
+                let dialled = format!("{dialled}@{callee_domain}");
                 Some(
-                    self.start_app(cx, upstream, &app, Some((caller_user, caller_domain)))
-                        .await,
+                    self.start_app(
+                        cx,
+                        upstream,
+                        &app,
+                        Some((caller_user, caller_domain, &dialled)),
+                    )
+                    .await,
                 )
             }
             Err(e) => Some(self.backend_failure(cx, &e)),
@@ -235,25 +249,60 @@ impl Core {
     /// application with the INVITE's offer; its SDP answer goes out in a
     /// 200 from a call the proxy owns from now on (100 returned), or its
     /// refusal as the final response.
+    ///
+    /// `caller` (`user`, `domain`, what it dialled as `user@domain`): a
+    /// user of ours dialled the application (a mailbox menu's feature
+    /// code), so the call is the caller's leg (ADR 0024): started and
+    /// answered — by the application's name — durably before the 200,
+    /// or failed durably before the refusal, and ended when the
+    /// application hears of its end. Without it (the proxy forking a
+    /// voicemail step to the node), the proxied call records the legs.
     async fn start_app(
         &self,
         cx: Cx<'_>,
         upstream: &Upstream<'_>,
         app: &AppRoute,
-        caller: Option<(&str, &str)>,
+        caller: Option<(&str, &str, &str)>,
     ) -> (u16, Bytes) {
         let msg = cx.msg;
         let sip_call_id = msg.call_id().unwrap_or("");
         let call = AppCall {
             sip_call_id,
             from: msg.from().map(|f| f.uri).unwrap_or(""),
-            caller,
+            caller: caller.map(|(user, domain, _)| (user, domain)),
             source: cx.source.addr,
             offer: msg.body,
         };
+        let mut legs = caller.map(|(user, domain, dialled)| Legs {
+            call_id: proxy::new_call_id(),
+            sip_call_id: sip_call_id.to_owned(),
+            caller: (domain.to_owned(), user.to_owned()),
+            callee: None,
+            dialled: dialled.to_owned(),
+            group: None,
+            members: Vec::new(),
+            app: None,
+        });
         let control = self.proxy.app_control(sip_call_id);
         match self.call(self.backend.start_app(app, call, control)).await {
-            Ok(AppStart::Answer { sdp, session }) => {
+            Ok(AppStart::Answer {
+                sdp,
+                session,
+                answered_by,
+            }) => {
+                if let Some(legs) = legs.as_mut() {
+                    let mut records = legs.start();
+                    records.extend(legs.records(|_| CallStep::Answer {
+                        contact: answered_by.clone(),
+                    }));
+                    legs.app = Some(answered_by);
+                    // Dropping the session on a failure ends the
+                    // application before anything was sent.
+                    let recorder = self.proxy.recorder();
+                    if let Err(e) = recorder.record_durable(records).await {
+                        return self.backend_failure(cx, &e);
+                    }
+                }
                 let (_, trying) = self.respond(cx, 100, "Trying", |_| {});
                 self.proxy.start_feature_call(proxy::NewFeatureCall {
                     msg,
@@ -261,10 +310,21 @@ impl Core {
                     source: cx.source,
                     upstream: upstream.flow,
                     app: Some((sdp, session)),
+                    legs,
                 });
                 (100, trying)
             }
-            Ok(AppStart::Refuse { status, reason }) => self.respond(cx, status, &reason, |_| {}),
+            Ok(AppStart::Refuse { status, reason }) => {
+                if let Some(legs) = &legs {
+                    let recorder = self.proxy.recorder();
+                    recorder.record(legs.start());
+                    let failed = legs.fail(status, CallCause::for_status(status));
+                    if let Err(e) = recorder.record_durable(failed).await {
+                        return self.backend_failure(cx, &e);
+                    }
+                }
+                self.respond(cx, status, &reason, |_| {})
+            }
             Err(e) => self.backend_failure(cx, &e),
         }
     }

@@ -1043,7 +1043,10 @@ impl B2buaCall {
         if !others.is_empty() {
             fx.push(Effect::Record(others));
         }
-        let contact = self.callees[i].target.uri.clone();
+        let contact = self
+            .setup
+            .legs
+            .answered_contact(&self.callees[i].target.uri);
         fx.push(Effect::Record(self.setup.legs.records(|_| {
             CallStep::Answer {
                 contact: contact.clone(),
@@ -1301,10 +1304,17 @@ impl B2buaCall {
                     .into_iter()
                     .filter(|(n, _)| n.eq_ignore_ascii_case("Reason"))
                     .collect();
-                let cause = if self.transferred {
-                    CallCause::Transferred
+                let (cause, side) = if self.transferred {
+                    (CallCause::Transferred, side)
+                } else if side == HangupSide::Callee
+                    && self.setup.legs.app.is_some()
+                    && super::feature::ends_for_media_timeout(msg)
+                {
+                    // The node's application hung up because the caller's
+                    // media stopped (ADR 0024).
+                    (CallCause::Timeout, HangupSide::System)
                 } else {
-                    CallCause::NormalClearing
+                    (CallCause::NormalClearing, side)
                 };
                 self.end_call(cause, side, Some(leg), reason, now, fx);
                 self.respond(s, 200, "OK", &[], &[], now, fx);
@@ -1829,6 +1839,7 @@ Content-Length: {}\r\n\r\n{SDP}",
             dialled: "bob@example.com".into(),
             group: None,
             members: Vec::new(),
+            app: None,
         }
     }
 

@@ -589,7 +589,10 @@ impl ProxyCall {
             call_attempt(200);
             self.upstream = Upstream::Accepted;
             self.last_response = Some(up);
-            let contact = self.branches[i].target.uri.clone();
+            let contact = self
+                .setup
+                .legs
+                .answered_contact(&self.branches[i].target.uri);
             let records = self.setup.legs.records(|_| CallStep::Answer {
                 contact: contact.clone(),
             });

@@ -228,6 +228,11 @@ pub struct NewFeatureCall<'a> {
     pub upstream: Flow,
     /// An application's SDP answer and session; `None`: a feature code.
     pub app: Option<(Vec<u8>, Box<dyn AppSession>)>,
+    /// The caller's leg when the call is one (an application a user
+    /// dialled, ADR 0024), started and answered already: its end is
+    /// recorded durably before what the end sends (the 200 to the
+    /// caller's BYE, our BYE).
+    pub legs: Option<Legs>,
 }
 
 /// Counters a simulation checks (and the shell may export).
@@ -457,6 +462,7 @@ impl Engine {
                 Some((answer, session)) => feature::Kind::App { answer, session },
                 None => feature::Kind::Feature,
             },
+            legs: call.legs,
         };
         let mut out = Vec::new();
         let fc = FeatureCall::start(setup, call.msg, now, &mut out);
@@ -469,13 +475,13 @@ impl Engine {
 
     /// The application answering the call `call_id` hangs up. False when no
     /// such call is up (it ended already).
-    pub fn hang_up_app(&mut self, call_id: &str, now: Instant) -> bool {
+    pub fn hang_up_app(&mut self, call_id: &str, end: crate::AppEnd, now: Instant) -> bool {
         let Some(&handle) = self.feature_call_ids.get(call_id) else {
             return false;
         };
         let mut out = Vec::new();
         if let Some(fc) = self.features.get_mut(&handle) {
-            fc.hang_up_app(now, &mut out);
+            fc.hang_up_app(end, now, &mut out);
         }
         let hung_up = !out.is_empty();
         self.apply_feature(handle, out, now);
@@ -485,8 +491,20 @@ impl Engine {
     /// Sends what a feature call asked for, then forgets it when it is
     /// done or reschedules its timer.
     fn apply_feature(&mut self, handle: u64, out: Vec<(Flow, Bytes)>, now: Instant) {
-        for (flow, bytes) in out {
-            self.actions.push_back(Action::Send(flow, bytes));
+        let ended = self
+            .features
+            .get_mut(&handle)
+            .and_then(FeatureCall::take_end_records);
+        match ended {
+            // The leg's end is durable before the caller hears of it.
+            Some((call_id, records)) => {
+                self.record_then_send(call_id, records, out);
+            }
+            None => {
+                for (flow, bytes) in out {
+                    self.actions.push_back(Action::Send(flow, bytes));
+                }
+            }
         }
         if let Some(old) = self.scheduled.remove(&handle) {
             self.timers.remove(&(old, handle));
@@ -660,7 +678,38 @@ impl Engine {
             }
         );
         let call_id = msg.call_id().ok()?;
-        if let Some(&handle) = self.feature_call_ids.get(call_id) {
+        let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or("");
+        let to_tag = msg.to().ok().and_then(|t| t.tag()).unwrap_or("");
+        // An application's call reached through the proxy (a voicemail
+        // step, ADR 0022) shares its Call-ID with the proxied dialog (or,
+        // in b2bua mode, with the b2bua's callee leg). What the caller
+        // sends goes through the proxy first (it carries our Route), then
+        // comes back to the application; what the application sends is
+        // the callee's side of that dialog. Only a request from the
+        // application's peer that is not for the proxy is the
+        // application's (ADR 0024: the proxied dialog records the end).
+        let for_app = self
+            .feature_call_ids
+            .get(call_id)
+            .copied()
+            .filter(|handle| {
+                let peer = self
+                    .features
+                    .get(handle)
+                    .is_some_and(|fc| fc.is_from_peer(call_id, from_tag, to_tag));
+                let proxied = pop_routes > 0 && self.dialogs.contains_key(call_id);
+                peer && !proxied
+            });
+        let own_dialog = self.feature_call_ids.contains_key(call_id)
+            && !self.dialogs.contains_key(call_id)
+            && !self.b2bua_call_ids.contains_key(call_id);
+        if let Some(handle) = for_app.or_else(|| {
+            // Nobody else knows the Call-ID: the application answers
+            // (481 for a stranger's request).
+            own_dialog
+                .then(|| self.feature_call_ids.get(call_id).copied())
+                .flatten()
+        }) {
             let mut out = Vec::new();
             let refusal = self
                 .features
@@ -679,8 +728,6 @@ impl Engine {
             self.apply(handle, fx, now);
             return refusal;
         }
-        let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or("");
-        let to_tag = msg.to().ok().and_then(|t| t.tag()).unwrap_or("");
         let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
         let mut ending = None;
         let mut target = None;
@@ -712,10 +759,17 @@ impl Engine {
                         HangupSide::Callee
                     };
                     ending = d.live.take().map(|live| {
-                        let cause = if live.transferred {
-                            CallCause::Transferred
+                        let (cause, side) = if live.transferred {
+                            (CallCause::Transferred, side)
+                        } else if from_callee
+                            && live.legs.app.is_some()
+                            && feature::ends_for_media_timeout(msg)
+                        {
+                            // The node's application hung up because the
+                            // caller's media stopped (ADR 0024).
+                            (CallCause::Timeout, HangupSide::System)
                         } else {
-                            CallCause::NormalClearing
+                            (CallCause::NormalClearing, side)
                         };
                         let records = live.legs.end(cause, side);
                         (live.legs.call_id, records)

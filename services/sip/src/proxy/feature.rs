@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::backend::{AppEnd, AppSession};
+use crate::backend::{AppEnd, AppSession, CallCause, CallRecord, HangupSide};
 use crate::transaction::{Key, T1, T2};
 use crate::transport::Flow;
 use crate::wire::message::{Message, Name, StartLine};
@@ -37,9 +37,38 @@ use crate::wire::response::{self, Source};
 use super::call::{via, TIMER_64T1};
 use super::engine::Advertised;
 use super::leg::{self, LegDialog};
+use super::legs::Legs;
 
 /// The Via branch prefix of a feature call's BYE.
 pub(crate) const BRANCH_PREFIX: &str = "z9hG4bK-df";
+
+/// The `Reason` (RFC 3326) of an application's BYE after an RTP timeout:
+/// what tells the proxy recording the caller's leg of a call forwarded to
+/// voicemail that the call ended by a timeout, not by the application.
+pub(crate) const MEDIA_TIMEOUT_REASON: &str = "SIP;cause=408;text=\"RTP timeout\"";
+
+/// How the end of an application's call is recorded on the caller's leg:
+/// the caller hanging up, the application hanging up (it is the callee),
+/// or the node ending it for a timeout (no RTP from the caller, no ACK).
+pub(crate) fn end_cause(end: AppEnd) -> (CallCause, HangupSide) {
+    match end {
+        AppEnd::CallerHungUp => (CallCause::NormalClearing, HangupSide::Caller),
+        AppEnd::HungUp => (CallCause::NormalClearing, HangupSide::Callee),
+        AppEnd::MediaTimeout | AppEnd::NoAck => (CallCause::Timeout, HangupSide::System),
+    }
+}
+
+/// Whether `bye` is an application's BYE after an RTP timeout (its
+/// `Reason` is [`MEDIA_TIMEOUT_REASON`]). Read only for a dialog whose
+/// callee is one of the node's applications: a phone's `Reason` means
+/// nothing to the call's record.
+pub(crate) fn ends_for_media_timeout(bye: &Message<'_>) -> bool {
+    bye.headers.iter().any(|h| {
+        h.name == Name::Other
+            && h.raw_name.eq_ignore_ascii_case("Reason")
+            && h.value.trim() == MEDIA_TIMEOUT_REASON
+    })
+}
 
 /// What a feature call starts from.
 pub(crate) struct FeatureSetup {
@@ -53,6 +82,9 @@ pub(crate) struct FeatureSetup {
     pub bye_branch: Box<str>,
     pub advertised: Advertised,
     pub kind: Kind,
+    /// The caller's leg of an application's call that is one (ADR 0024),
+    /// started and answered already; its end is recorded from here.
+    pub legs: Option<Legs>,
 }
 
 /// What the node answers for.
@@ -99,6 +131,9 @@ pub(crate) struct FeatureCall {
     /// An application's session; `None` for a feature call, and once the
     /// session has been told the call ended.
     session: Option<Box<dyn AppSession>>,
+    /// How the application's call ended, until its leg's end is taken
+    /// ([`FeatureCall::take_end_records`]).
+    ended: Option<AppEnd>,
 }
 
 impl FeatureCall {
@@ -162,6 +197,7 @@ impl FeatureCall {
         out.push((setup.upstream, ok.clone()));
         FeatureCall {
             session,
+            ended: None,
             invite_cseq: invite.cseq().map(|c| c.seq).unwrap_or(1),
             state: State::Answered {
                 retransmit_at: (!setup.upstream.is_reliable()).then_some(now + T1),
@@ -181,6 +217,12 @@ impl FeatureCall {
 
     pub fn call_id(&self) -> &str {
         &self.dialog.call_id
+    }
+
+    /// Whether a request with these Call-ID and tags comes from the
+    /// caller of this call (the peer of our dialog), not from us.
+    pub fn is_from_peer(&self, call_id: &str, from_tag: &str, to_tag: &str) -> bool {
+        self.dialog.owns(call_id, from_tag, to_tag)
     }
 
     pub fn bye_branch(&self) -> &str {
@@ -230,11 +272,16 @@ impl FeatureCall {
         }
     }
 
-    /// The application hangs up: a BYE, unless the call is over already.
-    pub fn hang_up_app(&mut self, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
+    /// The application hangs up (`end`: [`AppEnd::HungUp`], or
+    /// [`AppEnd::MediaTimeout`], which the BYE's `Reason` tells the proxy
+    /// recording the caller's leg): a BYE, unless the call is over
+    /// already.
+    pub fn hang_up_app(&mut self, end: AppEnd, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
         if matches!(self.state, State::Answered { .. } | State::Established) {
-            self.end_session(AppEnd::HungUp);
-            self.hang_up(now, out);
+            self.end_session(end);
+            let reason = (end == AppEnd::MediaTimeout)
+                .then(|| ("Reason".to_owned(), MEDIA_TIMEOUT_REASON.to_owned()));
+            self.hang_up_with(now, out, reason.as_slice());
         }
     }
 
@@ -242,7 +289,17 @@ impl FeatureCall {
     fn end_session(&mut self, end: AppEnd) {
         if let Some(mut session) = self.session.take() {
             session.ended(end);
+            self.ended = Some(end);
         }
+    }
+
+    /// The records of the caller's leg's end, once, when the call is a
+    /// leg (ADR 0024) and just ended: `(call_id, records)`.
+    pub fn take_end_records(&mut self) -> Option<(String, Vec<CallRecord>)> {
+        let end = self.ended.take()?;
+        let legs = self.setup.legs.as_ref()?;
+        let (cause, side) = end_cause(end);
+        Some((legs.call_id.clone(), legs.end(cause, side)))
     }
 
     /// A request in the dialog (it has our To tag). Returns a response to
@@ -409,13 +466,22 @@ impl FeatureCall {
     }
 
     fn hang_up(&mut self, now: Instant, out: &mut Vec<(Flow, Bytes)>) {
+        self.hang_up_with(now, out, &[]);
+    }
+
+    fn hang_up_with(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<(Flow, Bytes)>,
+        headers: &[(String, String)],
+    ) {
         let flow = self.dialog.flow;
         let v = via(
             &self.setup.advertised,
             flow.transport,
             &self.setup.bye_branch,
         );
-        let (_, bye) = self.dialog.request("BYE", &v, None, None, &[], &[]);
+        let (_, bye) = self.dialog.request("BYE", &v, None, None, headers, &[]);
         out.push((flow, bye.clone()));
         self.bye = Some(bye);
         self.state = State::Hanging {
@@ -532,6 +598,7 @@ Contact: <sip:alice@10.0.0.1:5062>\r\n\
             bye_branch: format!("{BRANCH_PREFIX}1").into(),
             advertised: Advertised::new("192.0.2.10:5060"),
             kind: Kind::Feature,
+            legs: None,
         };
         let mut out = Vec::new();
         let call = FeatureCall::start(setup, &msg, now, &mut out);
@@ -730,6 +797,7 @@ Content-Length: 0\r\n\r\n"
                 answer: b"v=0 answer1".to_vec(),
                 session: Box::new(Recording(heard.clone())),
             },
+            legs: None,
         };
         let mut out = Vec::new();
         let call = FeatureCall::start(setup, &msg, now, &mut out);
@@ -803,17 +871,36 @@ Content-Length: 0\r\n\r\n"
         let (mut call, heard, _) = start_app(Transport::Udp, t0);
         feed(&mut call, &request("ACK", 7, "a1"), t0);
         let mut out = Vec::new();
-        call.hang_up_app(t0, &mut out);
+        call.hang_up_app(AppEnd::HungUp, t0, &mut out);
         assert!(out[0].1.starts_with(b"BYE sip:alice@10.0.0.1:5062 "));
+        let bye = Message::parse(&out[0].1).unwrap();
+        assert!(!ends_for_media_timeout(&bye), "an ordinary hang-up");
         assert_eq!(heard.take(), ["confirmed", "ended HungUp"]);
         let mut again = Vec::new();
-        call.hang_up_app(t0, &mut again);
+        call.hang_up_app(AppEnd::HungUp, t0, &mut again);
         assert!(again.is_empty(), "one BYE");
         bye_response(&mut call, &out[0].1, 200, t0);
         call.on_timer(t0 + TIMER_64T1, &mut Vec::new());
         assert!(call.is_done());
         drop(call);
         assert!(heard.take().is_empty());
+    }
+
+    #[test]
+    fn an_rtp_timeout_hangs_up_with_a_bye_that_says_so() {
+        let t0 = Instant::now();
+        let (mut call, heard, _) = start_app(Transport::Udp, t0);
+        feed(&mut call, &request("ACK", 7, "a1"), t0);
+        let mut out = Vec::new();
+        call.hang_up_app(AppEnd::MediaTimeout, t0, &mut out);
+        let bye = Message::parse(&out[0].1).unwrap();
+        assert!(out[0].1.starts_with(b"BYE "));
+        assert!(
+            ends_for_media_timeout(&bye),
+            "{:?}",
+            std::str::from_utf8(&out[0].1)
+        );
+        assert_eq!(heard.take(), ["confirmed", "ended MediaTimeout"]);
     }
 
     #[test]
@@ -873,6 +960,7 @@ Content-Length: 0\r\n\r\n"
                 source,
                 upstream: flow(Transport::Udp),
                 app: None,
+                legs: None,
             },
             t0,
         );
@@ -908,6 +996,138 @@ Content-Length: 0\r\n\r\n"
         }
         assert!(e.is_idle());
         assert!(now <= t0 + TIMER_64T1 + Duration::from_secs(2));
+    }
+
+    /// A menu dialled by a user is the caller's leg (ADR 0024): when the
+    /// caller hangs up, the leg's end is recorded (caller, normal
+    /// clearing) and the 200 to the BYE waits until it is durable; an RTP
+    /// timeout's BYE waits for a timeout of the system's.
+    #[test]
+    fn an_application_call_that_is_a_leg_records_its_end_before_answering_the_bye() {
+        use crate::backend::{CallStep, HangupSide};
+        use crate::proxy::engine::{Action, CallMode, Engine, NewFeatureCall};
+        use crate::proxy::ProxySettings;
+        let engine = || {
+            Engine::new(
+                ProxySettings {
+                    advertised: Advertised::new("192.0.2.10:5060"),
+                    local: vec!["192.0.2.10:5060".parse().unwrap()],
+                    no_answer_timeout: Duration::from_secs(60),
+                    max_call_duration: Duration::from_secs(3600),
+                    call_mode: CallMode::Proxy,
+                },
+                3,
+            )
+        };
+        let legs = Legs {
+            call_id: "menu-1".into(),
+            sip_call_id: "c1".into(),
+            caller: ("example.com".into(), "alice".into()),
+            callee: None,
+            dialled: "*97@example.com".into(),
+            group: None,
+            members: Vec::new(),
+            app: Some("voicemail-menu:alice@example.com".into()),
+        };
+        let raw = invite(OFFER);
+        let msg = Message::parse(raw.as_bytes()).unwrap();
+        let key = Key::from_request_via(&msg, &msg.top_via().unwrap()).unwrap();
+        let source = Source {
+            addr: "10.0.0.1:5062".parse().unwrap(),
+            reliable: false,
+        };
+        let start = |e: &mut Engine, t0| {
+            e.start_feature_call(
+                NewFeatureCall {
+                    msg: &msg,
+                    key: key.clone(),
+                    source,
+                    upstream: flow(Transport::Udp),
+                    app: Some((
+                        b"v=0 answer1".to_vec(),
+                        Box::new(Recording(Heard::default())),
+                    )),
+                    legs: Some(legs.clone()),
+                },
+                t0,
+            );
+            let mut tag = String::new();
+            while let Some(a) = e.poll_action() {
+                if let Action::Send(_, b) = a {
+                    tag = Message::parse(&b)
+                        .unwrap()
+                        .to()
+                        .unwrap()
+                        .tag()
+                        .unwrap()
+                        .to_owned();
+                }
+            }
+            let ack = request("ACK", 7, "a1").replace("tag=ours", &format!("tag={tag}"));
+            e.in_dialog(&Message::parse(ack.as_bytes()).unwrap(), source, 0, t0);
+            tag
+        };
+        let t0 = Instant::now();
+
+        let mut e = engine();
+        let tag = start(&mut e, t0);
+        let bye = request("BYE", 8, "a1").replace("tag=ours", &format!("tag={tag}"));
+        assert_eq!(
+            e.in_dialog(&Message::parse(bye.as_bytes()).unwrap(), source, 0, t0),
+            None
+        );
+        let Some(Action::Record {
+            call_id,
+            records,
+            done: Some(token),
+            ..
+        }) = e.poll_action()
+        else {
+            panic!("the end is recorded first");
+        };
+        assert_eq!(call_id, "menu-1");
+        assert_eq!(records.len(), 1, "the caller's leg only: {records:?}");
+        assert_eq!(records[0].user, "alice");
+        assert_eq!(
+            records[0].step,
+            CallStep::End {
+                cause: CallCause::NormalClearing,
+                side: HangupSide::Caller
+            }
+        );
+        assert!(e.poll_action().is_none(), "the 200 waits for the record");
+        e.record_done(token, t0);
+        let Some(Action::Send(_, ok)) = e.poll_action() else {
+            panic!("the 200 once the end is durable");
+        };
+        assert!(ok.starts_with(b"SIP/2.0 200 OK"));
+
+        // The application hangs up after an RTP timeout: its BYE waits
+        // for the leg's end as a timeout of the system's.
+        let mut e = engine();
+        start(&mut e, t0);
+        assert!(e.hang_up_app("fc1", AppEnd::MediaTimeout, t0));
+        let Some(Action::Record {
+            records,
+            done: Some(token),
+            ..
+        }) = e.poll_action()
+        else {
+            panic!("the end is recorded first");
+        };
+        assert_eq!(
+            records[0].step,
+            CallStep::End {
+                cause: CallCause::Timeout,
+                side: HangupSide::System
+            }
+        );
+        assert!(e.poll_action().is_none(), "the BYE waits for the record");
+        e.record_done(token, t0);
+        let Some(Action::Send(_, bye)) = e.poll_action() else {
+            panic!("the BYE once the end is durable");
+        };
+        assert!(ends_for_media_timeout(&Message::parse(&bye).unwrap()));
     }
 
     proptest! {

@@ -42,6 +42,12 @@ pub struct Legs {
     pub group: Option<(String, String)>,
     /// The legs of the members the current step rings.
     pub members: Vec<MemberLeg>,
+    /// The node's own application the call is at (ADR 0022, 0024): the
+    /// voicemail box a forward led to (`voicemail:bob@example.com`), or
+    /// the mailbox menu a feature code dialled. It has no leg; its answer
+    /// is recorded on the caller's leg with this as the contact (not the
+    /// signed URI the proxy reached it at).
+    pub app: Option<String>,
 }
 
 impl Legs {
@@ -135,6 +141,7 @@ impl Legs {
                 // A box has no leg; the call ends there.
                 self.group = None;
                 self.callee = None;
+                self.app = Some(format!("voicemail:{to}"));
                 continue;
             }
             out.push(self.record(
@@ -305,6 +312,13 @@ impl Legs {
         }
     }
 
+    /// The contact an answer from `target_uri` is recorded with: the
+    /// application's name when the call is at one of the node's own
+    /// applications, else the URI that answered.
+    pub fn answered_contact(&self, target_uri: &str) -> String {
+        self.app.clone().unwrap_or_else(|| target_uri.to_owned())
+    }
+
     pub fn fail(&self, sip_status: u16, cause: CallCause) -> Vec<CallRecord> {
         self.records(|_| CallStep::Fail { sip_status, cause })
     }
@@ -342,6 +356,7 @@ mod tests {
             dialled: "bob@example.com".to_owned(),
             group: None,
             members: Vec::new(),
+            app: None,
         }
     }
 
@@ -494,6 +509,12 @@ mod tests {
             [("bob".into(), "forwarded voicemail:bob@example.com".into())]
         );
         assert_eq!(legs.callee, None, "a box has no leg");
+        // The box answers under its name, not the signed URI it was
+        // reached at.
+        assert_eq!(
+            legs.answered_contact("sip:127.0.0.1:5060;dt-app=vm-deposit.x;dt-sig=y"),
+            "voicemail:bob@example.com"
+        );
         // The answer and the end are the caller's only.
         let users: Vec<String> = legs
             .end(CallCause::NormalClearing, HangupSide::Caller)

@@ -346,11 +346,23 @@ impl AppControl {
     /// already. Never call it from inside an [`crate::AppSession`] method:
     /// those run under the engine's lock.
     pub fn hang_up(&self) -> bool {
+        self.end(crate::AppEnd::HungUp)
+    }
+
+    /// Hangs up because no media came from the caller (an RTP timeout):
+    /// as [`AppControl::hang_up`], with a BYE whose `Reason` says so, so
+    /// that the call is recorded as ended by a timeout (the session hears
+    /// [`crate::AppEnd::MediaTimeout`]).
+    pub fn media_timed_out(&self) -> bool {
+        self.end(crate::AppEnd::MediaTimeout)
+    }
+
+    fn end(&self, end: crate::AppEnd) -> bool {
         let Some(shared) = self.shared.upgrade() else {
             return false;
         };
         shared.run(self.shard, |engine, now| {
-            engine.hang_up_app(&self.call_id, now)
+            engine.hang_up_app(&self.call_id, end, now)
         })
     }
 
@@ -731,6 +743,7 @@ mod tests {
             dialled: "bob@example.test".into(),
             group: None,
             members: Vec::new(),
+            app: None,
         }
     }
 
