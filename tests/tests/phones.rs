@@ -21,9 +21,10 @@
 //! of digest algorithms (the table of ADR 0012). The transfer tests (ADR
 //! 0019) have a third phone: a blind transfer (baresip `/transfer`,
 //! linphone as the transferee) and an attended one (three linphones,
-//! `transfer 1 --to-call 2`). The phones themselves are in `softphones/`.
-//! `scripts/test` installs both
-//! phones; without them these tests fail saying which is missing.
+//! `transfer 1 --to-call 2`). The phone launchers and the voicemail box
+//! checks are in `softphones/` (shared with `voicemail_phones.rs`).
+//! `scripts/test` installs both phones; without them these tests fail
+//! saying which is missing.
 
 mod softphones;
 mod support;

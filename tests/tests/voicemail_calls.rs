@@ -1,6 +1,8 @@
 //! Calls to voicemail boxes over SIP with SIPp phones (ADR 0022): what a
 //! call that cannot reach a box gets. Real phones leaving messages and the
-//! box surviving `kill -9` are in `phones.rs`.
+//! box surviving `kill -9` are in `phones.rs`; real phones driving the
+//! menus with their digits, the PIN lock-out and a full box in
+//! `voicemail_phones.rs`.
 
 mod support;
 
