@@ -310,7 +310,7 @@ async fn the_owner_listens_saves_and_deletes_with_a_phones_digits() {
         // `2`: the saved message, played to its end this time.
         send_digits(&mut phone, "2").await;
         tokio::time::sleep(Duration::from_millis(
-            announce_ms + u64::from(message_ms) + 1_000,
+            announce_ms + u64::from(message_ms) + 1_500,
         ))
         .await;
         assert_eq!(count(&node, &alice, "VoicemailDeleted").await, 0);
@@ -380,10 +380,11 @@ async fn the_owner_listens_saves_and_deletes_with_a_phones_digits() {
     .await
 }
 
-/// How long a phone's `sndcode` of a mailbox number and `#` takes to be
-/// sent and the node to look the mailbox up: digits before the look-up
-/// ends are not heard (the menu takes none while it looks).
-const MAILBOX_ENTRY: Duration = Duration::from_millis(2_000);
+/// How long a phone's `sndcode` of a mailbox number and `#` may take to be
+/// sent (about 240 ms a digit) and the node to look the mailbox up, with
+/// room for a loaded machine: digits before the look-up ends are not
+/// heard (the menu takes none while it looks).
+const MAILBOX_ENTRY: Duration = Duration::from_millis(2_500);
 
 /// A node with `bob` (the caller) and users named by digits, each with a
 /// box (PIN 4321): `*98` asks for a mailbox by its user's name, and a
