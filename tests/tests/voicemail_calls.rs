@@ -2,7 +2,9 @@
 //! call that cannot reach a box gets, and how calls answered by a box or
 //! the mailbox menu are recorded (ADR 0024: call events, call detail
 //! records through the API and the CLI). Real phones leaving messages and
-//! the box surviving `kill -9` are in `phones.rs`.
+//! the box surviving `kill -9` are in `phones.rs`; real phones driving the
+//! menus with their digits, the PIN lock-out and a full box in
+//! `voicemail_phones.rs`.
 
 mod support;
 

@@ -191,6 +191,7 @@ impl Voicemail {
             control,
             recording: None,
             playing: false,
+            stopped_playbacks: 0,
             pending_record: None,
             timer: None,
             queue: VecDeque::new(),
@@ -373,6 +374,11 @@ struct Driver {
     recording: Option<Recording>,
     /// Audio is queued and has not played out.
     playing: bool,
+    /// `PlaybackDone`s still to come of playbacks the application stopped:
+    /// the media session reports a stopped playback as done, and that late
+    /// report must not pass for the end of what the application queued
+    /// after it (a barge-in stops a prompt and plays the next at once).
+    stopped_playbacks: u32,
     /// A recording asked for while audio plays: it starts after.
     pending_record: Option<RecordLimits>,
     timer: Option<(Instant, u32)>,
@@ -397,6 +403,10 @@ impl Driver {
                     }
                 },
                 event = self.media.next_event() => match event {
+                    Some(SessionEvent::PlaybackDone) if self.stopped_playbacks > 0 => {
+                        self.stopped_playbacks -= 1;
+                        None
+                    }
                     Some(SessionEvent::PlaybackDone) => {
                         self.playing = false;
                         if let Some(limits) = self.pending_record.take() {
@@ -481,6 +491,11 @@ impl Driver {
             }
             Action::StopPlayback => {
                 self.media.stop_playback();
+                if self.playing {
+                    // Exactly one report is on its way: the stop's, or the
+                    // end the queue reached before the stop arrived.
+                    self.stopped_playbacks += 1;
+                }
                 self.playing = false;
                 if let Some(limits) = self.pending_record.take() {
                     self.media.start_recording(limits);

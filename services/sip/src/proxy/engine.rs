@@ -1218,3 +1218,167 @@ fn own_byes(
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::AppEnd;
+    use crate::transport::Transport;
+    use crate::wire::response;
+
+    struct Silent;
+
+    impl AppSession for Silent {
+        fn confirmed(&mut self) {}
+        fn reoffer(&mut self, _: &[u8]) -> Result<Vec<u8>, u16> {
+            Err(488)
+        }
+        fn ended(&mut self, _: AppEnd) {}
+    }
+
+    fn drain(e: &mut Engine) -> Vec<Action> {
+        std::iter::from_fn(|| e.poll_action()).collect()
+    }
+
+    fn sends(actions: &[Action]) -> Vec<(Flow, Bytes)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(flow, bytes) => Some((*flow, bytes.clone())),
+                Action::Record { .. } => None,
+            })
+            .collect()
+    }
+
+    /// A call forwarded to an application of this node (voicemail): the
+    /// proxy's dialog joins the phone and the node itself, and the
+    /// application's call, reached through that loop, has the same
+    /// Call-ID. The application's BYE comes back through the loop: the
+    /// proxy relays it to the phone, as any callee's BYE, rather than hand
+    /// it back to the application that sent it (which refused it, and the
+    /// phone never heard that the call was over).
+    #[test]
+    fn an_applications_bye_through_the_proxy_reaches_the_caller() {
+        let node: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+        let phone: SocketAddr = "10.0.0.1:5062".parse().unwrap();
+        let flow_to = |remote| Flow {
+            transport: Transport::Udp,
+            remote,
+            local: None,
+            connection: None,
+        };
+        let mut e = Engine::new(
+            ProxySettings {
+                advertised: Advertised::new("192.0.2.10:5060"),
+                local: vec![node],
+                no_answer_timeout: Duration::from_secs(60),
+                max_call_duration: Duration::from_secs(3600),
+                call_mode: CallMode::Proxy,
+            },
+            5,
+        );
+        let t0 = Instant::now();
+        // The proxy's INVITE to the application, as the node receives it.
+        let invite = "INVITE sip:vm@192.0.2.10:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-dp1\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKinv1;rport\r\n\
+Max-Forwards: 69\r\n\
+Record-Route: <sip:192.0.2.10:5060;lr>\r\n\
+From: <sip:alice@example.com>;tag=a1\r\n\
+To: <sip:bob@example.com>\r\n\
+Call-ID: looped1\r\n\
+CSeq: 7 INVITE\r\n\
+Contact: <sip:alice@10.0.0.1:5062>\r\n\
+Content-Length: 0\r\n\r\n";
+        let msg = Message::parse(invite.as_bytes()).unwrap();
+        let looped = Source {
+            addr: node,
+            reliable: false,
+        };
+        e.start_feature_call(
+            NewFeatureCall {
+                msg: &msg,
+                key: Key::from_request_via(&msg, &msg.top_via().unwrap()).unwrap(),
+                source: looped,
+                upstream: flow_to(node),
+                app: Some((b"v=0".to_vec(), Box::new(Silent))),
+                legs: None,
+            },
+            t0,
+        );
+        let ok = sends(&drain(&mut e));
+        let app_tag = Message::parse(&ok[0].1)
+            .unwrap()
+            .to()
+            .unwrap()
+            .tag()
+            .unwrap()
+            .to_owned();
+        // The 200 relayed to the phone opened the proxy's dialog.
+        let legs = Legs {
+            call_id: "c1".into(),
+            sip_call_id: "looped1".into(),
+            caller: ("example.com".into(), "alice".into()),
+            callee: Some(("example.com".into(), "bob".into())),
+            dialled: "bob@example.com".into(),
+            group: None,
+            members: Vec::new(),
+            app: None,
+        };
+        let parties = super::super::dialog::DialogParties {
+            caller_tag: "a1".into(),
+            callee_tag: app_tag.clone(),
+            caller: flow_to(phone),
+            callee: flow_to(node),
+            caller_contact: "sip:alice@10.0.0.1:5062".into(),
+            callee_contact: "sip:192.0.2.10:5060".into(),
+            from: "<sip:alice@example.com>;tag=a1".into(),
+            to: format!("<sip:bob@example.com>;tag={app_tag}"),
+            caller_cseq: 7,
+        };
+        e.dialogs
+            .insert("looped1".into(), Dialog::new(legs, parties, t0));
+
+        assert!(e.hang_up_app("looped1", crate::AppEnd::HungUp, t0));
+        let bye = sends(&drain(&mut e));
+        assert_eq!(bye.len(), 1);
+        assert_eq!(bye[0].0.remote, node, "through the proxy's Record-Route");
+        let bye = Message::parse(&bye[0].1).unwrap();
+        assert_eq!(
+            e.in_dialog(&bye, looped, 1, t0),
+            None,
+            "relayed, not refused"
+        );
+        // The end of the call is recorded first, then the BYE goes on.
+        let actions = drain(&mut e);
+        let token = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Record { done, .. } => *done,
+                Action::Send(..) => None,
+            })
+            .expect("the end of the call recorded");
+        assert!(sends(&actions).is_empty());
+        e.record_done(token, t0);
+        let relayed = sends(&drain(&mut e));
+        assert_eq!(relayed.len(), 1, "{relayed:?}");
+        assert_eq!(relayed[0].0.remote, phone);
+        assert!(relayed[0].1.starts_with(b"BYE sip:alice@10.0.0.1:5062 "));
+
+        // The phone's 200 comes back to the application's BYE by its Via.
+        let to_phone = Message::parse(&relayed[0].1).unwrap();
+        let ok = crate::proxy::leg::response(
+            &to_phone,
+            &Source {
+                addr: phone,
+                reliable: false,
+            },
+            200,
+            response::reason(200),
+            "",
+            &[],
+            &[],
+        );
+        assert!(e.on_response(&Message::parse(&ok).unwrap(), t0));
+    }
+}
