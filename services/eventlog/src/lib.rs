@@ -46,7 +46,8 @@
 //!   `sqlite_blob.rs`: its SQLite backend, in a file of its own next to the
 //!   log's (`blobs.sqlite3`), so that multi-MB writes never sit in the
 //!   log's group commit: one writer thread group-commits puts and deletes,
-//!   reads use the log's reader pool on its own file; a blob is a row of
+//!   reads use a reader pool on its own file (the writer handle and the
+//!   pool are `sqlite_db.rs`, shared with the log); a blob is a row of
 //!   metadata and rows of 256 KiB chunks. `blob_conformance.rs`: the blob
 //!   suite (`blob_conformance::BlobBackend`, `blob_conformance_tests!`),
 //!   with a crash case that kills a child process putting blobs.
@@ -94,6 +95,7 @@ use uuid::Uuid;
 pub mod blob;
 pub mod sqlite;
 pub mod sqlite_blob;
+mod sqlite_db;
 mod subscription;
 
 #[cfg(any(test, feature = "conformance"))]
