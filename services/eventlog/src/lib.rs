@@ -23,7 +23,8 @@
 //!   events is part of delivery.
 //! - [`BlobStore`] (shared as [`SharedBlobStore`]): put (durable, written
 //!   once per id), get, delete, list in id order ([`BlobInfo`]: size,
-//!   SHA-256, creation time) for sweeping blobs no event names.
+//!   SHA-256, creation time), all or only those created before a cutoff
+//!   (`list_older_than`), for sweeping blobs no event names.
 //!
 //! # Layout
 //! - `lib.rs`: the contract (this trait, its types and invariants).
@@ -70,7 +71,8 @@
 //! 1. Acknowledged means durable: `put` and `delete` return `Ok` only once
 //!    fsynced. Callers put a blob *before* appending the event that names
 //!    it, so an event never names a missing blob; a crash between the two
-//!    leaves a blob no event names, which `list` lets a sweeper find.
+//!    leaves a blob no event names, which `list_older_than` lets a sweeper
+//!    find.
 //! 2. All or nothing: after a crash a blob reads back exactly as put, or not
 //!    at all.
 //! 3. Written once: the same bytes again under an id is `Ok` (a retry),
