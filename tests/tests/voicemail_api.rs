@@ -6,6 +6,8 @@
 //! leaves one through the user actor itself on the stopped node's log and
 //! blob store (as the node's voicemail calls do: audio first, then the
 //! event), restarts the node and works on it over gRPC and the CLI.
+//! The sweeper test ages the stopped node's blobs in `blobs.sqlite3` and
+//! adds orphans there, then lets the restarted node sweep.
 
 mod support;
 
@@ -548,4 +550,161 @@ async fn a_message_is_listed_streamed_saved_by_the_cli_marked_read_and_deleted_w
     .unwrap();
     use dialtone_eventlog::BlobStore as _;
     assert_eq!(blobs.get(&id).await.unwrap(), None);
+}
+
+/// A counter's value from the node's Prometheus endpoint (0 when absent).
+async fn scrape_counter(addr: &str, series: &str) -> f64 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Orphaned audio older than the grace period (a put whose event never
+/// came) is swept by the node's first sweep; a young orphan, a blob that
+/// is not voicemail audio, both messages and the greeting are kept, and
+/// the replaced greeting's audio went when it was replaced.
+#[tokio::test]
+async fn orphaned_audio_older_than_the_grace_period_is_swept_and_named_audio_kept() {
+    use dialtone_eventlog::{BlobStore as _, SqliteBlobStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    stdout(
+        &node
+            .cli(&["voicemail", "enable", &alice(), "--pin", "4321"])
+            .await
+            .unwrap(),
+    );
+    let mut vm = voicemail(&node).await;
+    let first = upload(&mut vm, &alice(), &wav(8000, 1, 1000))
+        .await
+        .unwrap()
+        .greeting
+        .unwrap()
+        .audio_id;
+    let greeting = upload(&mut vm, &alice(), &wav(8000, 1, 1500))
+        .await
+        .unwrap()
+        .greeting
+        .unwrap()
+        .audio_id;
+    assert_ne!(first, greeting);
+    node.stop().await.unwrap();
+    let (m1, audio1) = leave_message(dir.path(), &alice(), 2_000).await;
+    let (m2, audio2) = leave_message(dir.path(), &alice(), 3_000).await;
+
+    // Orphans: audio put without its event (a crash between the two).
+    let blob_path = dir.path().join("blobs.sqlite3");
+    let old_orphan = format!("vm-{}", uuid::Uuid::new_v4().simple());
+    let young_orphan = format!("vm-{}", uuid::Uuid::new_v4().simple());
+    let foreign = "not-voicemail-audio";
+    let blobs = SqliteBlobStore::open(&blob_path, Default::default()).unwrap();
+    blobs
+        .put(&old_orphan, bytes::Bytes::from(vec![7u8; 100_000]))
+        .await
+        .unwrap();
+    blobs
+        .put(&young_orphan, bytes::Bytes::from(vec![8u8; 5_000]))
+        .await
+        .unwrap();
+    blobs
+        .put(foreign, bytes::Bytes::from_static(b"someone else's"))
+        .await
+        .unwrap();
+    blobs.close().await.unwrap();
+    drop(blobs);
+    // Two hours older, all but the young orphan: past the default grace
+    // period of an hour.
+    let conn = rusqlite::Connection::open(&blob_path).unwrap();
+    let aged = conn
+        .execute(
+            "UPDATE blobs SET created_at_us = created_at_us - 7200000000 WHERE id <> ?1",
+            [&young_orphan],
+        )
+        .unwrap();
+    drop(conn);
+    assert_eq!(aged, 5, "two messages, the greeting, two orphans");
+
+    let (node, metrics) =
+        TestNode::start_with_metrics(dir.path(), &["--blob-sweep-delay-secs", "0"])
+            .await
+            .unwrap();
+    let sweeps = r#"dialtone_blobs_sweeps_total{outcome="ok"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while scrape_counter(&metrics, sweeps).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sweep within 60 s (see {}/node.log)",
+            dir.path().display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        scrape_counter(&metrics, r#"dialtone_blobs_sweeps_total{outcome="failed"}"#).await,
+        0.0
+    );
+    assert_eq!(
+        scrape_counter(&metrics, "dialtone_blobs_swept_total").await,
+        1.0
+    );
+    assert_eq!(
+        scrape_counter(&metrics, "dialtone_blobs_swept_bytes_total").await,
+        100_000.0
+    );
+
+    // The messages still play, the greeting is still the box's.
+    let mut vm = voicemail(&node).await;
+    for (id, audio) in [(&m1, &audio1), (&m2, &audio2)] {
+        let mut stream = vm
+            .get_message_audio(GetMessageAudioRequest {
+                user: alice(),
+                message_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut received = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            received.extend_from_slice(&chunk.data);
+        }
+        assert!(received == *audio, "message {id} reads back other bytes");
+    }
+    let mailbox = vm
+        .get_mailbox(GetMailboxRequest { user: alice() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mailbox.greeting.unwrap().audio_id, greeting);
+    assert_eq!(mailbox.new_messages, 2);
+    node.stop().await.unwrap();
+
+    let blobs = SqliteBlobStore::open(&blob_path, Default::default()).unwrap();
+    assert_eq!(blobs.get(&old_orphan).await.unwrap(), None, "swept");
+    assert_eq!(
+        blobs.get(&first).await.unwrap(),
+        None,
+        "deleted when replaced"
+    );
+    assert_eq!(
+        blobs.get(&young_orphan).await.unwrap().unwrap().len(),
+        5_000,
+        "within the grace period"
+    );
+    assert!(blobs.get(foreign).await.unwrap().is_some(), "not audio");
+    let greeting_wav = blobs.get(&greeting).await.unwrap().unwrap();
+    assert_eq!(greeting_wav.len(), 44 + 1500 * 16, "1.5 s of 8 kHz 16-bit");
+    assert_eq!(blobs.list(None, 100).await.unwrap().len(), 5);
+    blobs.close().await.unwrap();
 }

@@ -27,7 +27,8 @@
 //! - Checkpointed projections of the whole log: [`RegistrationIndex`]
 //!   (users with contacts: woken at start-up, "who is online") and
 //!   [`CallIndex`] (call legs in progress; at start-up it closes those a
-//!   previous run left open).
+//!   previous run left open), and [`AudioIndex`] (the voicemail audio the
+//!   mailboxes name: what the node's blob sweeper keeps).
 //! - [`Error`]: domain refusals, version conflicts, event-log failures,
 //!   corrupt data, unreachable actors, kept apart for the API's status codes.
 //!
@@ -41,6 +42,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod aggregate;
+mod audio_index;
 mod calls;
 mod deadlines;
 mod directory;
@@ -56,6 +58,7 @@ pub use aggregate::{
     Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Projection, Query, Reply,
     TokenTableId, TokensAggregate, UserAggregate, View,
 };
+pub use audio_index::AudioIndex;
 pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
 pub use facts::{

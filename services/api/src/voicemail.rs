@@ -5,8 +5,8 @@
 //! Order of writes (ADR 0023): a greeting's audio is stored (fsynced)
 //! before the event that names it is appended; a message's or replaced
 //! greeting's audio is deleted only after the event that drops it is
-//! durable. A failed delete leaves an orphan blob (logged; a sweeper can
-//! find it with `BlobStore::list`), never an event naming missing audio.
+//! durable. A failed delete leaves an orphan blob (logged; the node's blob
+//! sweeper deletes it later), never an event naming missing audio.
 
 use std::pin::Pin;
 
@@ -57,7 +57,7 @@ impl VoicemailApi {
     }
 
     /// Deletes audio the mailbox no longer names; a failure is logged (the
-    /// blob is an orphan for a sweeper), not the caller's error: the
+    /// blob is an orphan for the node's sweeper), not the caller's error: the
     /// change it follows is durable.
     async fn discard(&self, audio: &AudioId, what: &str) {
         if let Err(e) = self.blobs.delete(audio.as_str()).await {

@@ -6,8 +6,9 @@
 //! an event refers to it by [`BlobInfo::id`]. The order of writes is the whole
 //! contract between the two: a blob is put (and fsynced) *before* the event
 //! naming it is appended, so an event never names a blob that is not there.
-//! A crash between the two leaves a blob that no event names; [`BlobStore::list`]
-//! lets a sweeper find such blobs and delete them.
+//! A crash between the two leaves a blob that no event names;
+//! [`BlobStore::list_older_than`] lets a sweeper find such blobs (old enough
+//! that no event naming them can still be on its way) and delete them.
 //!
 //! Blobs are immutable: an id is written once. Putting the same bytes again
 //! is a retry and succeeds; putting other bytes under a stored id is
@@ -78,6 +79,19 @@ pub trait BlobStore: Send + Sync + 'static {
     /// `limit`: for sweeping blobs that no event names (a crash between the
     /// put and the append).
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>>;
+
+    /// Like [`BlobStore::list`], but only blobs created strictly before
+    /// `cutoff_us` (microseconds since the Unix epoch, as
+    /// [`BlobInfo::created_at_us`]): in id order, starting strictly after
+    /// `after`, at most `limit`. A sweeper pages through it with the last
+    /// id it got as `after`; paging by id (not by time) keeps its place
+    /// while blobs are put and deleted meanwhile.
+    async fn list_older_than(
+        &self,
+        cutoff_us: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>>;
 
     /// Stops accepting requests, waits for pending writes to be committed or
     /// failed, and closes the storage. Later calls return [`Error::Closed`].

@@ -94,6 +94,7 @@ pub async fn run_all<B: BlobBackend>(backend: &B) {
     conflict(backend).await;
     delete(backend).await;
     list_paging(backend).await;
+    list_older_than(backend).await;
     invalid_ids(backend).await;
     too_large(backend).await;
     concurrent_puts(backend).await;
@@ -113,6 +114,7 @@ macro_rules! blob_conformance_tests {
             conflict,
             delete,
             list_paging,
+            list_older_than,
             invalid_ids,
             too_large,
             concurrent_puts,
@@ -365,6 +367,112 @@ pub async fn list_paging<B: BlobBackend>(backend: &B) {
     assert_eq!(after_gap, first_after);
     assert!(store.list(None, 0).await.unwrap().is_empty());
     assert!(store.list(Some("zzz"), 10).await.unwrap().is_empty());
+    store.close().await.unwrap();
+}
+
+/// `list_older_than` lists only blobs created strictly before the cutoff,
+/// in id order, paged like `list` (young blobs between old ones in id
+/// order are skipped, not counted against `limit`), and a deleted old blob
+/// is gone from it.
+pub async fn list_older_than<B: BlobBackend>(backend: &B) {
+    let (_location, store) = fresh(backend).await;
+    // Old and young ids alternate in id order.
+    let old = ["a-old", "c-old", "e-old", "g-old"];
+    let young = ["b-young", "d-young", "f-young"];
+    for id in old {
+        store.put(id, pattern(1000, 1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cutoff = now_us();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for id in young {
+        store.put(id, pattern(10, 2)).await.unwrap();
+    }
+    let all = list_everything(&store, 100).await;
+    assert_eq!(all.len(), 7);
+    for page in [1, 2, 3, 100] {
+        let mut listed: Vec<BlobInfo> = Vec::new();
+        loop {
+            let after = listed.last().map(|b| b.id.clone());
+            let batch = store
+                .list_older_than(cutoff, after.as_deref(), page)
+                .await
+                .unwrap();
+            assert!(batch.len() <= page, "more than limit");
+            if batch.is_empty() {
+                break;
+            }
+            listed.extend(batch);
+        }
+        let ids: Vec<&str> = listed.iter().map(|b| b.id.as_str()).collect();
+        assert_eq!(ids, old, "page size {page}");
+        // The same metadata as `list`.
+        for info in &listed {
+            assert_eq!(Some(info), all.iter().find(|b| b.id == info.id));
+            assert!(info.created_at_us < cutoff);
+        }
+    }
+    // Strictly before: a blob created at the cutoff is not listed.
+    let c_old = all.iter().find(|b| b.id == "c-old").unwrap();
+    let at_c: Vec<String> = store
+        .list_older_than(c_old.created_at_us, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert!(!at_c.contains(&"c-old".to_owned()), "{at_c:?}");
+    let after_c: Vec<String> = store
+        .list_older_than(c_old.created_at_us + 1, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert!(after_c.contains(&"c-old".to_owned()), "{after_c:?}");
+    // Everything is older than a cutoff in the future; nothing than one in
+    // the past.
+    assert_eq!(
+        store
+            .list_older_than(now_us() + 1_000_000, None, 100)
+            .await
+            .unwrap(),
+        all
+    );
+    assert!(store
+        .list_older_than(i64::MIN, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_older_than(cutoff, None, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_older_than(cutoff, Some("zzz"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // From an `after` that is a young id: the next old one.
+    let next: Vec<String> = store
+        .list_older_than(cutoff, Some("b-young"), 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(next, ["c-old"]);
+    // Deleted: gone from the listing, the others stay.
+    assert!(store.delete("c-old").await.unwrap());
+    let ids: Vec<String> = store
+        .list_older_than(cutoff, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, ["a-old", "e-old", "g-old"]);
     store.close().await.unwrap();
 }
 

@@ -23,7 +23,8 @@
 //!   events is part of delivery.
 //! - [`BlobStore`] (shared as [`SharedBlobStore`]): put (durable, written
 //!   once per id), get, delete, list in id order ([`BlobInfo`]: size,
-//!   SHA-256, creation time) for sweeping blobs no event names.
+//!   SHA-256, creation time), all or only those created before a cutoff
+//!   (`list_older_than`), for sweeping blobs no event names.
 //!
 //! # Layout
 //! - `lib.rs`: the contract (this trait, its types and invariants).
@@ -46,7 +47,8 @@
 //!   `sqlite_blob.rs`: its SQLite backend, in a file of its own next to the
 //!   log's (`blobs.sqlite3`), so that multi-MB writes never sit in the
 //!   log's group commit: one writer thread group-commits puts and deletes,
-//!   reads use the log's reader pool on its own file; a blob is a row of
+//!   reads use a reader pool on its own file (the writer handle and the
+//!   pool are `sqlite_db.rs`, shared with the log); a blob is a row of
 //!   metadata and rows of 256 KiB chunks. `blob_conformance.rs`: the blob
 //!   suite (`blob_conformance::BlobBackend`, `blob_conformance_tests!`),
 //!   with a crash case that kills a child process putting blobs.
@@ -69,7 +71,8 @@
 //! 1. Acknowledged means durable: `put` and `delete` return `Ok` only once
 //!    fsynced. Callers put a blob *before* appending the event that names
 //!    it, so an event never names a missing blob; a crash between the two
-//!    leaves a blob no event names, which `list` lets a sweeper find.
+//!    leaves a blob no event names, which `list_older_than` lets a sweeper
+//!    find.
 //! 2. All or nothing: after a crash a blob reads back exactly as put, or not
 //!    at all.
 //! 3. Written once: the same bytes again under an id is `Ok` (a retry),
@@ -94,6 +97,7 @@ use uuid::Uuid;
 pub mod blob;
 pub mod sqlite;
 pub mod sqlite_blob;
+mod sqlite_db;
 mod subscription;
 
 #[cfg(any(test, feature = "conformance"))]

@@ -18,6 +18,9 @@
 //! - Readers: a small pool of read-only connections used through
 //!   `spawn_blocking`, each with its own cache of prepared statements. WAL lets
 //!   them read while the writer writes.
+//! - The writer thread's handle (stopping it on close or drop) and the
+//!   reader pool are `sqlite_db.rs`'s [`Database`], shared with the blob
+//!   store.
 //! - A helper thread with its own connection checkpoints the WAL in the
 //!   background, so that copying pages into the database file does not stall
 //!   commits (see `checkpoint.rs` for when).
@@ -33,16 +36,20 @@
 //! position counter assume it is the only writer. Acknowledgements are never
 //! given before the commit returned, and `synchronous` is never lowered.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
-use tokio::sync::{oneshot, watch, Semaphore};
+use rusqlite::{Connection, OptionalExtension, Row};
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
+
+use crate::sqlite_db::Database;
+pub(crate) use crate::sqlite_db::{
+    fix_query_plans, optional_u64_column, storage_error, to_i64, u64_column, BUSY_TIMEOUT,
+};
 
 use crate::{
     AppendOutcome, Error, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, Result,
@@ -84,10 +91,6 @@ impl<T> Shared<T> {
         f(&mut self.0.write().unwrap_or_else(PoisonError::into_inner))
     }
 }
-
-/// How long a connection waits on a lock before failing. The writer is the only
-/// writer, so this only matters while SQLite recovers a WAL or checkpoints.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options of [`SqliteStore::open`].
 #[derive(Debug, Clone)]
@@ -262,13 +265,9 @@ impl StoreMetrics {
 /// queued, and joins it (this blocks for at most one commit). Prefer
 /// [`EventStore::close`] in async code.
 pub struct SqliteStore {
-    path: PathBuf,
-    /// `Option` only so that `Drop` can disconnect the writer.
-    tx: Option<mpsc::Sender<Msg>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread and the readers.
+    db: Database<Msg>,
     head: watch::Receiver<Position>,
-    closed: AtomicBool,
-    readers: Readers,
     /// Recent events not yet in `stream_index` (see `tail.rs`).
     tail: SharedTail,
     /// The last committed events (see `recent`).
@@ -280,9 +279,9 @@ pub struct SqliteStore {
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .field("head", &*self.head.borrow())
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("closed", &self.db.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -315,18 +314,18 @@ impl SqliteStore {
             &options,
             Arc::clone(&stats),
         );
-        let handle = std::thread::Builder::new()
-            .name("eventlog-writer".to_owned())
-            .spawn(move || writer.run())
-            .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        let db = Database::start(
+            path,
+            "event log",
+            "eventlog-writer",
+            tx,
+            options.readers,
+            move || writer.run(),
+        )?;
         tracing::debug!(path = %path.display(), last_position, "event log opened");
         Ok(SqliteStore {
-            path: path.to_owned(),
-            tx: Some(tx),
-            writer: Mutex::new(Some(handle)),
+            db,
             head: head_rx,
-            closed: AtomicBool::new(false),
-            readers: Readers::new(path, options.readers.max(1)),
             tail,
             recent,
             stats,
@@ -336,7 +335,7 @@ impl SqliteStore {
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     /// Writer counters since open.
@@ -356,18 +355,11 @@ impl SqliteStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
+        self.db.check_open()
     }
 
     fn send(&self, msg: Msg) -> Result<()> {
-        self.check_open()?;
-        match &self.tx {
-            Some(tx) => tx.send(msg).map_err(|_| Error::Closed),
-            None => Err(Error::Closed),
-        }
+        self.db.send(msg)
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -375,34 +367,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.check_open()?;
-        self.readers.run(&self.closed, f).await
-    }
-
-    fn stop_writer(&self) -> Option<JoinHandle<()>> {
-        self.writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-}
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
-        self.readers.close();
-        // Disconnecting makes the writer commit what is queued, then exit.
-        drop(self.tx.take());
-        let handle = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("event log writer thread panicked");
-            }
-        }
+        self.db.read(f).await
     }
 }
 
@@ -604,85 +569,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        // Readers first, so that the writer's final close can checkpoint and
-        // remove the WAL file.
-        self.readers.close();
-        if let Some(tx) = &self.tx {
-            // Err means the writer is already gone: nothing left to drain.
-            let _ = tx.send(Msg::Shutdown);
-        }
-        if let Some(handle) = self.stop_writer() {
-            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                return Err(Error::Storage(
-                    "the event log writer thread failed while closing".to_owned(),
-                ));
-            }
-        }
-        tracing::debug!(path = %self.path.display(), "event log closed");
-        Ok(())
-    }
-}
-
-/// The pool of read-only connections. Connections are opened lazily, at most
-/// one per permit, and carry their prepared statements with them. The blob
-/// store (`sqlite_blob.rs`) reads its own file through one too.
-pub(crate) struct Readers {
-    path: Arc<PathBuf>,
-    idle: Mutex<Vec<Connection>>,
-    permits: Semaphore,
-}
-
-impl Readers {
-    pub(crate) fn new(path: &Path, size: usize) -> Self {
-        Self {
-            path: Arc::new(path.to_owned()),
-            idle: Mutex::new(Vec::with_capacity(size)),
-            permits: Semaphore::new(size),
-        }
-    }
-
-    pub(crate) fn close(&self) {
-        self.permits.close();
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
-    pub(crate) async fn run<T, F>(&self, closed: &AtomicBool, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let _permit = self.permits.acquire().await.map_err(|_| Error::Closed)?;
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let path = Arc::clone(&self.path);
-        let joined = tokio::task::spawn_blocking(move || {
-            let conn = match idle {
-                Some(conn) => conn,
-                None => open_reader_connection(&path)?,
-            };
-            let result = f(&conn);
-            Ok::<_, Error>((conn, result))
-        })
-        .await
-        .map_err(|e| Error::Storage(format!("event log read task failed: {e}")))?;
-        let (conn, result) = joined?;
-        if !closed.load(Ordering::Acquire) {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
-        }
-        result.map_err(|e| storage_error("read", &e))
+        self.db.close(Msg::Shutdown).await
     }
 }
 
@@ -750,67 +637,9 @@ fn load_snapshot_on(conn: &Connection, stream: &str) -> rusqlite::Result<Option<
     .optional()
 }
 
-fn open_reader_connection(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| storage_error("open read connection", &e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| storage_error("configure read connection", &e))?;
-    fix_query_plans(&conn).map_err(|e| storage_error("configure read connection", &e))?;
-    conn.set_prepared_statement_cache_capacity(16);
-    Ok(conn)
-}
-
-/// Plans that never depend on bound values (SQLite's "query planner
-/// stability guarantee"). Without it SQLite re-prepares a statement whenever
-/// a value it peeked at while planning changes, e.g. every `LIMIT ?` with a
-/// new page size: a profile of CreateUser load showed 8 % of the node's CPU
-/// re-parsing SQL. Our queries are written for their indexes; no plan here
-/// gains from looking at the values.
-pub(crate) fn fix_query_plans(conn: &Connection) -> rusqlite::Result<()> {
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-        true,
-    )
-    .map(drop)
-}
-
-/// A storage error with what was being done, so that an operator can act on
-/// it ("disk is full", "readonly database", ...).
-pub(crate) fn storage_error(context: &str, e: &rusqlite::Error) -> Error {
-    Error::Storage(format!("{context}: {e}"))
-}
-
-/// SQLite integers are i64; our positions and versions never come near the
-/// limit, and a caller's "from" beyond it means "nothing", which `i64::MAX`
-/// gives as well.
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 /// A duration in nanoseconds, for the stats counters (saturating).
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-pub(crate) fn optional_u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
-    match row.get::<_, Option<i64>>(index)? {
-        None => Ok(None),
-        Some(_) => u64_column(row, index).map(Some),
-    }
-}
-
-pub(crate) fn u64_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
-    let value: i64 = row.get(index)?;
-    u64::try_from(value).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Integer,
-            Box::new(e),
-        )
-    })
 }
 
 fn uuid_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<Uuid>> {
@@ -853,12 +682,6 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<RecordedEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn to_i64_saturates() {
-        assert_eq!(to_i64(5), 5);
-        assert_eq!(to_i64(u64::MAX), i64::MAX);
-    }
 
     /// The whole conformance suite once, so that a plain `cargo test` (without
     /// the `conformance` feature, hence without the integration tests) runs it.
@@ -965,7 +788,7 @@ mod query_plan_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
         drop(schema::open_writer_connection(&path).unwrap());
-        let conn = open_reader_connection(&path).unwrap();
+        let conn = crate::sqlite_db::open_reader_connection(&path).unwrap();
         let mut stmt = conn
             .prepare(
                 "SELECT e.position FROM events e CROSS JOIN streams s

@@ -12,8 +12,9 @@
 //!   one fsync acknowledges them all. Each request runs in a savepoint: one
 //!   failing (a full disk) is undone alone and the others still commit.
 //! - Reads (`get`, `list`) go through a small pool of read-only connections
-//!   on `spawn_blocking` (the log's pool); WAL lets them read while the
-//!   writer writes. Hashing a large put runs on `spawn_blocking` too: nothing
+//!   on `spawn_blocking`; WAL lets them read while the writer writes. The
+//!   writer thread's handle (stopping it on close or drop) and the pool are
+//!   the event log's too: `sqlite_db.rs`'s `Database`. Hashing a large put runs on `spawn_blocking` too: nothing
 //!   here blocks the tokio runtime (only [`SqliteBlobStore::open`] does, like
 //!   the log's).
 //! - A blob is one row in `blobs` (id, size, SHA-256, creation time) and its
@@ -25,19 +26,18 @@
 //! only one). An acknowledgement is never given before the commit returned,
 //! and `synchronous` is never lowered.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::blob::{check_size, sha256, validate_id, BlobInfo, BlobStore};
-use crate::sqlite::{storage_error, to_i64, u64_column, Readers};
+use crate::sqlite_db::{open_durable, storage_error, to_i64, u64_column, Database};
 use crate::{Error, Result};
 
 /// Bumped when the schema changes; checked at open.
@@ -93,10 +93,6 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
 /// Above this size a put's SHA-256 is computed on `spawn_blocking` (a 10 MB
 /// blob takes tens of ms); below it, inline (microseconds).
 const HASH_INLINE_MAX: usize = 64 << 10;
-
-/// How long a connection waits on a lock before failing: only while SQLite
-/// recovers a WAL or checkpoints, since the writer is the only writer.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options of [`SqliteBlobStore::open`].
 #[derive(Debug, Clone)]
@@ -189,12 +185,8 @@ enum Msg {
 /// joins it (this blocks for at most one commit). Prefer
 /// [`BlobStore::close`] in async code.
 pub struct SqliteBlobStore {
-    path: PathBuf,
-    /// `Option` only so that `Drop` can disconnect the writer.
-    tx: Option<mpsc::Sender<Msg>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    closed: AtomicBool,
-    readers: Readers,
+    /// The writer thread and the readers.
+    db: Database<Msg>,
     stats: Arc<StatsCells>,
     metrics: BlobMetrics,
 }
@@ -202,8 +194,8 @@ pub struct SqliteBlobStore {
 impl std::fmt::Debug for SqliteBlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteBlobStore")
-            .field("path", &self.path)
-            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .field("path", &self.db.path())
+            .field("closed", &self.db.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -222,17 +214,17 @@ impl SqliteBlobStore {
             max_bytes: options.max_batch_bytes,
             stats: Arc::clone(&stats),
         };
-        let handle = std::thread::Builder::new()
-            .name("blobs-writer".to_owned())
-            .spawn(move || writer.run())
-            .map_err(|e| Error::Storage(format!("cannot start the blob writer thread: {e}")))?;
+        let db = Database::start(
+            path,
+            "blob store",
+            "blobs-writer",
+            tx,
+            options.readers,
+            move || writer.run(),
+        )?;
         tracing::debug!(path = %path.display(), "blob store opened");
         Ok(SqliteBlobStore {
-            path: path.to_owned(),
-            tx: Some(tx),
-            writer: Mutex::new(Some(handle)),
-            closed: AtomicBool::new(false),
-            readers: Readers::new(path, options.readers.max(1)),
+            db,
             stats,
             metrics: BlobMetrics::new(),
         })
@@ -240,7 +232,7 @@ impl SqliteBlobStore {
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     /// Writer counters since open.
@@ -263,18 +255,11 @@ impl SqliteBlobStore {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
+        self.db.check_open()
     }
 
     fn send(&self, msg: Msg) -> Result<()> {
-        self.check_open()?;
-        match &self.tx {
-            Some(tx) => tx.send(msg).map_err(|_| Error::Closed),
-            None => Err(Error::Closed),
-        }
+        self.db.send(msg)
     }
 
     async fn put_inner(&self, id: &str, bytes: Bytes) -> Result<()> {
@@ -306,22 +291,56 @@ impl SqliteBlobStore {
     }
 }
 
-impl Drop for SqliteBlobStore {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
-        self.readers.close();
-        // Disconnecting makes the writer commit what is queued, then exit.
-        drop(self.tx.take());
-        let handle = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("blob writer thread panicked");
-            }
+impl SqliteBlobStore {
+    /// Blobs created before `cutoff_us`, in id order after `after`, at most
+    /// `limit`: `list` is this with no cutoff (`i64::MAX`, as no blob is
+    /// created then).
+    ///
+    /// It walks the unique index of `id` and filters on the creation time:
+    /// no index on `created_at_us`, since a sweep wants nearly every blob
+    /// anyway (all but those of the last grace period), and an index would
+    /// be one more b-tree written by every put. A page costs the rows it
+    /// returns plus the young ones it skips.
+    async fn list_before(
+        &self,
+        cutoff_us: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>> {
+        self.check_open()?;
+        if limit == 0 {
+            return Ok(Vec::new());
         }
+        // An empty `after` is below every id (ids are never empty).
+        let after = after.unwrap_or("").to_owned();
+        // SQLite's BINARY order is bytewise, as Rust orders `str`.
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, size, sha256, created_at_us FROM blobs
+                     WHERE id > ?1 AND created_at_us < ?2 ORDER BY id LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(
+                    rusqlite::params![after, cutoff_us, to_i64(limit as u64)],
+                    |row| {
+                        let sha: Vec<u8> = row.get(2)?;
+                        Ok(BlobInfo {
+                            id: row.get(0)?,
+                            size: u64_column(row, 1)?,
+                            sha256: sha.try_into().map_err(|_| {
+                                rusqlite::Error::InvalidColumnType(
+                                    2,
+                                    "sha256".to_owned(),
+                                    rusqlite::types::Type::Blob,
+                                )
+                            })?,
+                            created_at_us: row.get(3)?,
+                        })
+                    },
+                )?;
+                rows.collect()
+            })
+            .await
     }
 }
 
@@ -343,8 +362,8 @@ impl BlobStore for SqliteBlobStore {
         // One statement, hence one snapshot: the size and hash belong to the
         // very chunks read, even if the blob is deleted and put again
         // meanwhile. `blob_chunks`' primary key yields them in order.
-        self.readers
-            .run(&self.closed, move |conn| {
+        self.db
+            .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT b.size, b.sha256, c.data
                      FROM blobs b LEFT JOIN blob_chunks c ON c.blob = b.key
@@ -389,66 +408,20 @@ impl BlobStore for SqliteBlobStore {
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<BlobInfo>> {
-        self.check_open()?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // An empty `after` is below every id (ids are never empty).
-        let after = after.unwrap_or("").to_owned();
-        // SQLite's BINARY order is bytewise, as Rust orders `str`.
-        self.readers
-            .run(&self.closed, move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, size, sha256, created_at_us FROM blobs
-                     WHERE id > ?1 ORDER BY id LIMIT ?2",
-                )?;
-                let rows =
-                    stmt.query_map(rusqlite::params![after, to_i64(limit as u64)], |row| {
-                        let sha: Vec<u8> = row.get(2)?;
-                        Ok(BlobInfo {
-                            id: row.get(0)?,
-                            size: u64_column(row, 1)?,
-                            sha256: sha.try_into().map_err(|_| {
-                                rusqlite::Error::InvalidColumnType(
-                                    2,
-                                    "sha256".to_owned(),
-                                    rusqlite::types::Type::Blob,
-                                )
-                            })?,
-                            created_at_us: row.get(3)?,
-                        })
-                    })?;
-                rows.collect()
-            })
-            .await
+        self.list_before(i64::MAX, after, limit).await
+    }
+
+    async fn list_older_than(
+        &self,
+        cutoff_us: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BlobInfo>> {
+        self.list_before(cutoff_us, after, limit).await
     }
 
     async fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        // Readers first, so that the writer's final close can checkpoint and
-        // remove the WAL file.
-        self.readers.close();
-        if let Some(tx) = &self.tx {
-            // Err means the writer is already gone: nothing left to drain.
-            let _ = tx.send(Msg::Shutdown);
-        }
-        let handle = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                return Err(Error::Storage(
-                    "the blob writer thread failed while closing".to_owned(),
-                ));
-            }
-        }
-        tracing::debug!(path = %self.path.display(), "blob store closed");
-        Ok(())
+        self.db.close(Msg::Shutdown).await
     }
 }
 
@@ -457,35 +430,9 @@ impl BlobStore for SqliteBlobStore {
 /// commit returns once the WAL is fsynced), the schema.
 fn open_writer_connection(path: &Path) -> Result<Connection> {
     let ctx = |what: &str| format!("open {}: {what}", path.display());
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| storage_error(&ctx("open"), &e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| storage_error(&ctx("busy_timeout"), &e))?;
-    // Only takes effect on a file without pages yet (before WAL mode writes
-    // the header); an existing file keeps its page size.
-    conn.pragma_update(None, "page_size", PAGE_SIZE)
-        .map_err(|e| storage_error(&ctx("page_size"), &e))?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|e| storage_error(&ctx("journal_mode"), &e))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Storage(ctx(&format!(
-            "WAL mode refused (journal_mode is {mode})"
-        ))));
-    }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| storage_error(&ctx("synchronous"), &e))?;
-    let synchronous: i64 = conn
-        .pragma_query_value(None, "synchronous", |row| row.get(0))
-        .map_err(|e| storage_error(&ctx("synchronous"), &e))?;
-    if synchronous != 2 {
-        return Err(Error::Storage(ctx("synchronous=FULL refused")));
-    }
+    // The page size only takes effect on a file without pages yet; an
+    // existing file keeps its own.
+    let conn = open_durable(path, Some(PAGE_SIZE))?;
     conn.execute_batch(&format!(
         "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};
          PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};"
@@ -845,6 +792,32 @@ mod tests {
             .unwrap();
         assert!(
             !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+    }
+
+    /// `list_older_than` walks the unique index of `id` in order (no sort
+    /// of the whole table in a temporary b-tree).
+    #[test]
+    fn list_older_than_walks_the_id_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer_connection(&dir.path().join("blobs.sqlite3")).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id, size, sha256, created_at_us FROM blobs
+                 WHERE id > ?1 AND created_at_us < ?2 ORDER BY id LIMIT ?3",
+            )
+            .unwrap()
+            .query_map(rusqlite::params!["", 0, 10], |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter().any(|step| step.contains("USING INDEX")),
             "{plan:?}"
         );
     }

@@ -106,6 +106,13 @@ pub struct Config {
     pub sip_max_connections_per_source: usize,
     /// Connections (TCP, TLS, WS, WSS together) the node holds at most.
     pub sip_max_connections: usize,
+    /// Seconds between sweeps of orphaned voicemail audio (0: never sweep).
+    pub blob_sweep_interval_secs: u64,
+    /// Seconds after start-up before the first sweep.
+    pub blob_sweep_delay_secs: u64,
+    /// A blob younger than this many seconds is never swept: the event
+    /// naming it may still be on its way to the log.
+    pub blob_sweep_grace_secs: u64,
 }
 
 /// A secret setting: compared and used, never printed by `Debug`.
@@ -171,6 +178,9 @@ impl Default for Config {
             sip_tls_handshake_secs: 10,
             sip_max_connections_per_source: 256,
             sip_max_connections: 10_000,
+            blob_sweep_interval_secs: 3600,
+            blob_sweep_delay_secs: 300,
+            blob_sweep_grace_secs: 3600,
         }
     }
 }
@@ -236,6 +246,9 @@ pub struct FileConfig {
     pub sip_tls_handshake_secs: Option<u64>,
     pub sip_max_connections_per_source: Option<usize>,
     pub sip_max_connections: Option<usize>,
+    pub blob_sweep_interval_secs: Option<u64>,
+    pub blob_sweep_delay_secs: Option<u64>,
+    pub blob_sweep_grace_secs: Option<u64>,
 }
 
 /// A list in the file: a TOML array or one comma-separated string.
@@ -409,6 +422,15 @@ pub struct Overrides {
     /// Connections (TCP, TLS, WS and WSS together) the node holds open at most; more are closed at once [default: 10000].
     #[arg(long, env = "DIALTONE_SIP_MAX_CONNECTIONS")]
     pub sip_max_connections: Option<usize>,
+    /// Seconds between sweeps of voicemail audio no mailbox names (orphans of a crash or a failed delete); 0 turns sweeping off [default: 3600].
+    #[arg(long, env = "DIALTONE_BLOB_SWEEP_INTERVAL_SECS")]
+    pub blob_sweep_interval_secs: Option<u64>,
+    /// Seconds after start-up before the first sweep of orphaned voicemail audio [default: 300].
+    #[arg(long, env = "DIALTONE_BLOB_SWEEP_DELAY_SECS")]
+    pub blob_sweep_delay_secs: Option<u64>,
+    /// Voicemail audio younger than this many seconds is never swept (its message or greeting may still be being saved); at least 60 [default: 3600].
+    #[arg(long, env = "DIALTONE_BLOB_SWEEP_GRACE_SECS")]
+    pub blob_sweep_grace_secs: Option<u64>,
 }
 
 fn sip_addrs(values: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -612,6 +634,15 @@ impl Config {
         if let Some(v) = file.sip_max_connections {
             self.sip_max_connections = v;
         }
+        if let Some(v) = file.blob_sweep_interval_secs {
+            self.blob_sweep_interval_secs = v;
+        }
+        if let Some(v) = file.blob_sweep_delay_secs {
+            self.blob_sweep_delay_secs = v;
+        }
+        if let Some(v) = file.blob_sweep_grace_secs {
+            self.blob_sweep_grace_secs = v;
+        }
         Ok(())
     }
 
@@ -756,6 +787,15 @@ impl Config {
         if let Some(v) = o.sip_max_connections {
             self.sip_max_connections = v;
         }
+        if let Some(v) = o.blob_sweep_interval_secs {
+            self.blob_sweep_interval_secs = v;
+        }
+        if let Some(v) = o.blob_sweep_delay_secs {
+            self.blob_sweep_delay_secs = v;
+        }
+        if let Some(v) = o.blob_sweep_grace_secs {
+            self.blob_sweep_grace_secs = v;
+        }
         Ok(())
     }
 
@@ -807,6 +847,12 @@ impl Config {
         anyhow::ensure!(
             self.sip_max_connections >= 1,
             "sip_max_connections must be at least 1"
+        );
+        // Below a minute the grace period would no longer cover a slow
+        // save (a put, then an append waiting behind a busy log).
+        anyhow::ensure!(
+            self.blob_sweep_grace_secs >= 60,
+            "blob_sweep_grace_secs must be at least 60 (a younger blob's message may still be being saved)"
         );
         Ok(())
     }
@@ -916,6 +962,41 @@ mod tests {
         std::fs::write(&path, "unknown_key = 1\n").unwrap();
         assert!(Config::resolve(&overrides).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn blob_sweeping_has_defaults_and_a_floor_under_its_grace_period() {
+        let config = Config::resolve(&Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                config.blob_sweep_interval_secs,
+                config.blob_sweep_delay_secs,
+                config.blob_sweep_grace_secs
+            ),
+            (3600, 300, 3600)
+        );
+        let config = Config::resolve(&Overrides {
+            blob_sweep_interval_secs: Some(0),
+            blob_sweep_delay_secs: Some(5),
+            blob_sweep_grace_secs: Some(60),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                config.blob_sweep_interval_secs,
+                config.blob_sweep_delay_secs,
+                config.blob_sweep_grace_secs
+            ),
+            (0, 5, 60)
+        );
+        let err = Config::resolve(&Overrides {
+            blob_sweep_grace_secs: Some(59),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("blob_sweep_grace_secs"), "{err}");
     }
 
     #[test]

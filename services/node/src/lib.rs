@@ -12,6 +12,9 @@
 //! - [`sip_bridge`]: the SIP gateway's `SipBackend` implemented over the
 //!   actors (credentials, REGISTER as user commands, call routing, call
 //!   steps recorded in both users' streams, lock-outs as domain events).
+//! - [`blob_sweeper`]: deletes voicemail audio no mailbox names (orphans of
+//!   a crash between a put and its event, or of a failed delete) once it
+//!   is older than a grace period.
 //! - The CLI client ([`cli`], one module per command group) and the demo
 //!   provisioning ([`demo`]).
 //!
@@ -27,6 +30,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin_token;
+pub mod blob_sweeper;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use dialtone_actors::{
-    ActorSystem, CallIndex, Directory, DirectoryConfig, Provisioning, ProvisioningConfig,
-    RegistrationIndex,
+    ActorSystem, AudioIndex, CallIndex, Directory, DirectoryConfig, Provisioning,
+    ProvisioningConfig, RegistrationIndex,
 };
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
@@ -94,6 +94,8 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     // Before the SIP gateway starts: closes the call legs a previous run
     // left in progress (their dialogs died with it), and only those.
     let calls = CallIndex::start(store.clone(), directory.clone()).await?;
+    // The voicemail audio the mailboxes name: what the blob sweeper keeps.
+    let audio = AudioIndex::start(store.clone()).await?;
 
     if config.sip_challenge_md5_first {
         tracing::warn!(
@@ -226,6 +228,19 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = (config.blob_sweep_interval_secs > 0).then(|| {
+        crate::blob_sweeper::spawn(
+            store.clone(),
+            blobs.clone(),
+            audio.clone(),
+            crate::blob_sweeper::SweepConfig {
+                delay: Duration::from_secs(config.blob_sweep_delay_secs),
+                interval: Duration::from_secs(config.blob_sweep_interval_secs),
+                grace: Duration::from_secs(config.blob_sweep_grace_secs),
+            },
+            stop_rx.clone(),
+        )
+    });
     let context = dialtone_api::ApiContext {
         provisioning: provisioning.clone(),
         store: store.clone(),
@@ -275,8 +290,13 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC task failed"),
         Err(_) => tracing::warn!("gRPC calls still running after 10 s; closing anyway"),
     }
+    if let Some(sweeper) = sweeper {
+        // It stops at the stop signal, between two deletes at worst.
+        let _ = sweeper.await;
+    }
     registrations.checkpoint(&store).await;
     calls.checkpoint(&store).await;
+    audio.checkpoint(&store).await;
     tracing::info!("stopping actors (saving snapshots)");
     directory.passivate_all(Duration::from_secs(10)).await;
     tokio::task::spawn_blocking(move || system.shutdown()).await?;

@@ -293,6 +293,18 @@ impl Voicemail {
 
     /// Runs a mailbox command on the user's actor: the mailbox after it.
     async fn command(&self, id: UserId, command: mailbox::Command) -> Result<Mailbox, Refusal> {
+        // Audio the command may stop naming, deleted once that is durable
+        // (else the blob sweeper finds it, a grace period later).
+        let dropped = match &command {
+            mailbox::Command::Delete { message_id } => Some(message_id.clone()),
+            mailbox::Command::SetGreeting { .. } => self
+                .mailbox(id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|m| m.greeting.map(|g| g.audio)),
+            _ => None,
+        };
         let result = self
             .provisioning
             .directory()
@@ -301,7 +313,18 @@ impl Voicemail {
             })
             .await;
         match result {
-            Ok(mailbox) => Ok(mailbox),
+            Ok(mailbox) => {
+                let named = |a: &AudioId| {
+                    mailbox.message(a).is_some()
+                        || mailbox.greeting.as_ref().is_some_and(|g| &g.audio == a)
+                };
+                if let Some(audio) = dropped.filter(|a| !named(a)) {
+                    if let Err(e) = self.blobs.delete(audio.as_str()).await {
+                        tracing::warn!(%audio, error = %e, "voicemail: dropped audio not deleted");
+                    }
+                }
+                Ok(mailbox)
+            }
             Err(e) => Err(refusal_of(e)),
         }
     }

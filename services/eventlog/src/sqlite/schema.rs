@@ -9,9 +9,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
-use super::{storage_error, u64_column, BUSY_TIMEOUT};
+use super::{storage_error, u64_column};
 use crate::{Error, Position, Result};
 
 /// Bumped when the schema changes; checked at open.
@@ -137,33 +137,8 @@ INSERT INTO meta (key, value)
 /// only once the WAL is fsynced.
 pub(super) fn open_writer_connection(path: &Path) -> Result<Connection> {
     let ctx = |what: &str| format!("open {}: {what}", path.display());
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| storage_error(&ctx("open"), &e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| storage_error(&ctx("busy_timeout"), &e))?;
+    let conn = crate::sqlite_db::open_durable(path, None)?;
     super::fix_query_plans(&conn).map_err(|e| storage_error(&ctx("query planner"), &e))?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|e| storage_error(&ctx("journal_mode"), &e))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Storage(ctx(&format!(
-            "WAL mode refused (journal_mode is {mode})"
-        ))));
-    }
-    // FULL (2): in WAL mode the WAL is synced at every commit.
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| storage_error(&ctx("synchronous"), &e))?;
-    let synchronous: i64 = conn
-        .pragma_query_value(None, "synchronous", |row| row.get(0))
-        .map_err(|e| storage_error(&ctx("synchronous"), &e))?;
-    if synchronous != 2 {
-        return Err(Error::Storage(ctx("synchronous=FULL refused")));
-    }
     // The writer checkpoints by itself, after answering (see `Writer::run`),
     // so SQLite's automatic checkpoint inside COMMIT is off. The WAL file is
     // kept (not truncated) up to the size limit, so that commits overwrite
