@@ -62,6 +62,7 @@ pub use facts::{
     CallFeatures, CallState, ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts,
 };
 pub use flows::{FlowFact, Flows};
+pub use provisioning::conference::{ConferenceRoomInfo, RoomChange};
 pub use provisioning::voicemail::{new_audio_id, MailboxChange, UserMailbox};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,
