@@ -53,8 +53,8 @@ mod registrations;
 mod system;
 
 pub use aggregate::{
-    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Projection, Query, Reply,
-    TokenTableId, TokensAggregate, UserAggregate, View,
+    Aggregate, AggregateActor, ConferenceAggregate, DomainAggregate, Execute, Meta, Projection,
+    Query, Reply, TokenTableId, TokensAggregate, UserAggregate, View,
 };
 pub use calls::{ActiveLeg, CallIndex};
 pub use directory::{Directory, DirectoryConfig};
