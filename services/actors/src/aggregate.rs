@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dialtone_domain::{self as model, DomainId, Timestamp, UserId};
+use dialtone_domain::{self as model, ConferenceId, DomainId, Timestamp, UserId};
 use dialtone_eventlog::{ExpectedVersion, NewEvent, RecordedEvent, SharedStore, Snapshot};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,50 @@ impl Aggregate for UserAggregate {
     }
     fn publish(id: UserId, state: &Self::State, events: Option<&[Self::Event]>, facts: &Facts) {
         facts.publish_user(id, state, events);
+    }
+}
+
+/// The [`model::conference`] aggregate: one conference held in a room
+/// (ADR 0025), stream `conference-{uuid}`. Its refusals
+/// ([`model::conference::Refusal`]) reach callers as the domain's error
+/// kinds (full and locked are failed preconditions, an unknown participant
+/// is not found).
+pub struct ConferenceAggregate;
+
+impl Aggregate for ConferenceAggregate {
+    type Id = ConferenceId;
+    type State = model::conference::Conference;
+    type Command = model::conference::Command;
+    type Event = model::conference::Event;
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    const KIND: &'static str = "conference";
+
+    fn stream(id: ConferenceId) -> String {
+        id.stream()
+    }
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+        now: Timestamp,
+    ) -> model::Result<Vec<Self::Event>> {
+        model::conference::decide(state, command, now).map_err(model::Error::from)
+    }
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State {
+        model::conference::evolve(state, event)
+    }
+    fn accept(event: model::Event) -> Option<Self::Event> {
+        match event {
+            model::Event::Conference(e) => Some(e),
+            _ => None,
+        }
+    }
+    fn envelope_ids(_id: ConferenceId, state: &Self::State) -> (Option<Uuid>, Option<Uuid>) {
+        // The room's domain: a domain token reads its conferences.
+        (state.domain_id.map(|d| d.0), None)
+    }
+    fn snapshot_interval(_state: &Self::State) -> u64 {
+        // Talking events come often; a conference lives an hour or so.
+        500
     }
 }
 

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
-use dialtone_domain::{DomainId, UserId};
+use dialtone_domain::{ConferenceId, DomainId, UserId};
 use dialtone_eventlog::SharedStore;
 
 use crate::aggregate::{
-    Aggregate, AggregateActor, DomainAggregate, Execute, Live, Meta, Passivate, Query, Reply,
-    TokenTableId, TokensAggregate, UserAggregate, View,
+    Aggregate, AggregateActor, ConferenceAggregate, DomainAggregate, Execute, Live, Meta,
+    Passivate, Query, Reply, TokenTableId, TokensAggregate, UserAggregate, View,
 };
 use crate::deadlines;
 use crate::facts::Facts;
@@ -47,6 +47,7 @@ struct Inner {
     users: Arc<Live<UserAggregate>>,
     /// At most one: the node's token table.
     tokens: Arc<Live<TokensAggregate>>,
+    conferences: Arc<Live<ConferenceAggregate>>,
     facts: Arc<Facts>,
 }
 
@@ -70,6 +71,7 @@ impl Directory {
                 domains: Arc::new(LiveActors::new()),
                 users: Arc::new(LiveActors::new()),
                 tokens: Arc::new(LiveActors::new()),
+                conferences: Arc::new(LiveActors::new()),
                 facts: Arc::new(Facts::default()),
             }),
         };
@@ -106,11 +108,14 @@ impl Directory {
         let domains = self.inner.domains.all();
         let users = self.inner.users.all();
         let tokens = self.inner.tokens.all();
+        let conferences = self.inner.conferences.all();
         let all = async {
             let domain_stops = futures::future::join_all(domains.iter().map(|a| a.send(Passivate)));
             let user_stops = futures::future::join_all(users.iter().map(|a| a.send(Passivate)));
             let token_stops = futures::future::join_all(tokens.iter().map(|a| a.send(Passivate)));
-            futures::join!(domain_stops, user_stops, token_stops);
+            let conference_stops =
+                futures::future::join_all(conferences.iter().map(|a| a.send(Passivate)));
+            futures::join!(domain_stops, user_stops, token_stops, conference_stops);
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::warn!("some actors did not stop in time");
@@ -274,6 +279,35 @@ impl Directory {
     ) -> Result<R> {
         self.execute(&self.inner.tokens, TokenTableId, command, meta, project)
             .await
+    }
+
+    /// Runs a command on a conference (ADR 0025); `project` computes the
+    /// result from the durable state right after it.
+    pub async fn execute_conference<R: Send + 'static>(
+        &self,
+        id: ConferenceId,
+        command: model::conference::Command,
+        meta: Meta,
+        project: impl for<'a> Fn(Reply<'a, model::conference::Conference>) -> R
+            + Send
+            + Sync
+            + Clone
+            + 'static,
+    ) -> Result<R> {
+        self.execute(&self.inner.conferences, id, command, meta, project)
+            .await
+    }
+
+    pub async fn query_conference<R: Send + 'static>(
+        &self,
+        id: ConferenceId,
+        project: impl for<'a> Fn(Reply<'a, model::conference::Conference>) -> R
+            + Send
+            + Sync
+            + Clone
+            + 'static,
+    ) -> Result<R> {
+        self.query(&self.inner.conferences, id, project).await
     }
 
     pub(crate) async fn query_tokens<R: Send + 'static>(

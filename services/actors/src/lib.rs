@@ -55,8 +55,8 @@ mod registrations;
 mod system;
 
 pub use aggregate::{
-    Aggregate, AggregateActor, DomainAggregate, Execute, Meta, Projection, Query, Reply,
-    TokenTableId, TokensAggregate, UserAggregate, View,
+    Aggregate, AggregateActor, ConferenceAggregate, DomainAggregate, Execute, Meta, Projection,
+    Query, Reply, TokenTableId, TokensAggregate, UserAggregate, View,
 };
 pub use audio_index::AudioIndex;
 pub use calls::{ActiveLeg, CallIndex};
@@ -65,6 +65,7 @@ pub use facts::{
     CallFeatures, CallState, ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts,
 };
 pub use flows::{FlowFact, Flows};
+pub use provisioning::conference::{ConferenceRoomInfo, RoomChange};
 pub use provisioning::voicemail::{new_audio_id, MailboxChange, UserMailbox};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,

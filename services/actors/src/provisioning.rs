@@ -16,6 +16,7 @@ use crate::aggregate::{Meta, View};
 use crate::directory::Directory;
 use crate::{Error, Result};
 
+pub mod conference;
 pub mod voicemail;
 
 #[derive(Debug, Clone, Default)]
@@ -1044,7 +1045,7 @@ fn not_found_token(id: Uuid) -> Error {
     Error::Domain(DomainError::NotFound(format!("token {id}")))
 }
 
-fn not_found_domain(domain: &DomainRef) -> Error {
+pub(crate) fn not_found_domain(domain: &DomainRef) -> Error {
     Error::Domain(DomainError::NotFound(match domain {
         DomainRef::Id(id) => format!("domain {id}"),
         DomainRef::Name(name) => format!("domain {name}"),

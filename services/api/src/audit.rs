@@ -267,6 +267,18 @@ pub fn domain_state(d: &domain::Domain, include_users: bool) -> pb::DomainState 
                 ..crate::convert::ring_group_settings(group)
             })
             .collect(),
+        conference_rooms: d
+            .conference_rooms
+            .iter()
+            .map(|(name, room)| pb::ConferenceRoom {
+                address: d
+                    .name
+                    .as_ref()
+                    .map(|domain| format!("{name}@{domain}"))
+                    .unwrap_or_default(),
+                ..crate::convert::room_settings(room)
+            })
+            .collect(),
     }
 }
 
@@ -299,7 +311,9 @@ impl AuditService for AuditApi {
             until,
             |state: user::User, event, e| match event {
                 Event::User(event) => Ok(user::evolve(state, &event)),
-                Event::Domain(_) | Event::Token(_) => Err(wrong_stream(&stream, e)),
+                Event::Domain(_) | Event::Token(_) | Event::Conference(_) => {
+                    Err(wrong_stream(&stream, e))
+                }
             },
         )
         .await?;
@@ -345,7 +359,9 @@ impl AuditService for AuditApi {
             until,
             |state: domain::Domain, event, e| match event {
                 Event::Domain(event) => Ok(domain::evolve(state, &event)),
-                Event::User(_) | Event::Token(_) => Err(wrong_stream(&stream, e)),
+                Event::User(_) | Event::Token(_) | Event::Conference(_) => {
+                    Err(wrong_stream(&stream, e))
+                }
             },
         )
         .await?;

@@ -124,6 +124,32 @@ pub fn ring_group_settings(g: &dialtone_domain::ring_group::RingGroup) -> pb::Ri
     }
 }
 
+/// A conference room as the API shows it.
+pub fn conference_room(info: &dialtone_actors::ConferenceRoomInfo) -> pb::ConferenceRoom {
+    pb::ConferenceRoom {
+        address: info.address.to_string(),
+        version: info.version.unwrap_or_default(),
+        ..room_settings(&info.room)
+    }
+}
+
+/// A room's settings (address and version empty: events carry the name
+/// beside them). The PINs are never shown: only whether each is set.
+pub fn room_settings(r: &dialtone_domain::conference_room::Room) -> pb::ConferenceRoom {
+    pb::ConferenceRoom {
+        address: String::new(),
+        has_pin: r.pin.is_some(),
+        has_moderator_pin: r.moderator_pin.is_some(),
+        max_participants: r.max_participants,
+        wait_for_moderator: r.wait_for_moderator,
+        end_with_moderator: r.end_with_moderator,
+        tones: r.tones,
+        record: r.record,
+        muted_on_entry: r.muted_on_entry,
+        version: 0,
+    }
+}
+
 fn when(c: Option<&dialtone_domain::schedule::TimeCondition>) -> String {
     c.map(ToString::to_string).unwrap_or_default()
 }

@@ -196,7 +196,7 @@ impl EventApi {
                     &format!("filter.categories[{i}]"),
                     format!(
                         "unknown category '{category}' (known: provisioning, registration, \
-                         presence, call, security, voicemail)"
+                         presence, call, security, voicemail, conference)"
                     ),
                 )
             })?;

@@ -8,8 +8,9 @@
 //!   the engine in [`subscription`]), [`status_api::StatusApi`]
 //!   (registrations, presence, calls in progress), [`audit::AuditApi`]
 //!   (state at a version or time; call detail records read from the log by
-//!   [`cdr`]), [`tokens_api::TokenApi`] and [`voicemail::VoicemailApi`]
-//!   (voicemail boxes; their audio in the node's blob store).
+//!   [`cdr`]), [`tokens_api::TokenApi`], [`voicemail::VoicemailApi`]
+//!   (voicemail boxes; their audio in the node's blob store) and
+//!   [`conference::ConferenceApi`] (conference rooms).
 //! - Authentication and scoping ([`auth`]): bearer tokens checked by an
 //!   interceptor in front of every Dialtone service, the token table, a
 //!   domain token kept to its domain.
@@ -44,6 +45,7 @@ pub use prost_types;
 pub mod audit;
 pub mod auth;
 pub mod cdr;
+pub mod conference;
 pub mod convert;
 pub mod events;
 pub mod lookup;
@@ -172,6 +174,9 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<pb::voicemail_service_server::VoicemailServiceServer<voicemail::VoicemailApi>>()
         .await;
+    health_reporter
+        .set_serving::<pb::conference_service_server::ConferenceServiceServer<conference::ConferenceApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -233,6 +238,12 @@ pub async fn serve_with(
         .add_service(
             pb::voicemail_service_server::VoicemailServiceServer::with_interceptor(
                 voicemail::VoicemailApi::new(context.provisioning.clone(), context.blobs.clone()),
+                authenticator.clone(),
+            ),
+        )
+        .add_service(
+            pb::conference_service_server::ConferenceServiceServer::with_interceptor(
+                conference::ConferenceApi::new(context.provisioning.clone()),
                 authenticator.clone(),
             ),
         )

@@ -12,7 +12,7 @@ use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide, Transfe
 use dialtone_domain::mailbox::{self, RefusalReason};
 use dialtone_domain::registration::{Binding, Presence};
 use dialtone_domain::routing::SkipReason;
-use dialtone_domain::{domain, token, user, Event};
+use dialtone_domain::{conference, domain, token, user, Event};
 
 use crate::pb;
 use crate::pb::event_payload::Event as P;
@@ -29,6 +29,7 @@ pub fn into_payload(event: Event) -> pb::EventPayload {
         Event::Domain(e) => domain_payload(e),
         Event::User(e) => user_payload(e),
         Event::Token(e) => token_payload(e),
+        Event::Conference(e) => conference_payload(e),
     };
     pb::EventPayload { event: Some(event) }
 }
@@ -153,6 +154,137 @@ fn domain_payload(e: domain::Event) -> P {
         }),
         E::RingGroupDeleted { name } => P::RingGroupDeleted(pb::RingGroupDeleted {
             name: name.to_string(),
+        }),
+        E::ConferenceRoomCreated { name, room } => {
+            P::ConferenceRoomCreated(pb::ConferenceRoomCreated {
+                name: name.to_string(),
+                room: Some(crate::convert::room_settings(&room)),
+            })
+        }
+        E::ConferenceRoomUpdated { name, room } => {
+            P::ConferenceRoomUpdated(pb::ConferenceRoomUpdated {
+                name: name.to_string(),
+                room: Some(crate::convert::room_settings(&room)),
+            })
+        }
+        E::ConferenceRoomDeleted { name } => P::ConferenceRoomDeleted(pb::ConferenceRoomDeleted {
+            name: name.to_string(),
+        }),
+    }
+}
+
+pub fn leave_reason(reason: conference::LeaveReason) -> pb::LeaveReason {
+    use conference::LeaveReason as L;
+    match reason {
+        L::HungUp => pb::LeaveReason::HungUp,
+        L::Kicked => pb::LeaveReason::Kicked,
+        L::RtpTimeout => pb::LeaveReason::RtpTimeout,
+        L::WrongPin => pb::LeaveReason::WrongPin,
+        L::RoomFull => pb::LeaveReason::RoomFull,
+        L::RoomLocked => pb::LeaveReason::RoomLocked,
+        L::ConferenceEnded => pb::LeaveReason::ConferenceEnded,
+    }
+}
+
+pub fn end_reason(reason: conference::EndReason) -> pb::ConferenceEndReason {
+    use conference::EndReason as R;
+    match reason {
+        R::Requested => pb::ConferenceEndReason::Requested,
+        R::LastModeratorLeft => pb::ConferenceEndReason::LastModeratorLeft,
+        R::Empty => pb::ConferenceEndReason::Empty,
+        R::NodeRestart => pb::ConferenceEndReason::NodeRestart,
+    }
+}
+
+fn conference_payload(e: conference::Event) -> P {
+    use conference::Event as E;
+    match e {
+        E::ConferenceStarted {
+            domain_id,
+            room,
+            max_participants,
+            end_with_moderator,
+            muted_on_entry,
+            started_at,
+        } => P::ConferenceStarted(pb::ConferenceStarted {
+            domain_id: domain_id.to_string(),
+            room: room.to_string(),
+            max_participants,
+            end_with_moderator,
+            muted_on_entry,
+            started_at: timestamp(started_at),
+        }),
+        E::ParticipantJoined {
+            participant,
+            caller,
+            moderator,
+            muted,
+            joined_at,
+        } => P::ParticipantJoined(pb::ParticipantJoined {
+            participant: participant.to_string(),
+            caller,
+            moderator,
+            muted,
+            joined_at: timestamp(joined_at),
+        }),
+        E::ParticipantLeft {
+            participant,
+            reason,
+            caller,
+            left_at,
+        } => P::ParticipantLeft(pb::ParticipantLeft {
+            participant: participant.to_string(),
+            reason: leave_reason(reason) as i32,
+            caller: caller.unwrap_or_default(),
+            left_at: timestamp(left_at),
+        }),
+        E::ParticipantMuted {
+            participant,
+            muted_at,
+        } => P::ParticipantMuted(pb::ParticipantMuted {
+            participant: participant.to_string(),
+            muted_at: timestamp(muted_at),
+        }),
+        E::ParticipantUnmuted {
+            participant,
+            unmuted_at,
+        } => P::ParticipantUnmuted(pb::ParticipantUnmuted {
+            participant: participant.to_string(),
+            unmuted_at: timestamp(unmuted_at),
+        }),
+        E::ParticipantTalking {
+            participant,
+            talking,
+            changed_at,
+        } => P::ParticipantTalking(pb::ParticipantTalking {
+            participant: participant.to_string(),
+            talking,
+            changed_at: timestamp(changed_at),
+        }),
+        E::ConferenceLocked { locked_at } => P::ConferenceLocked(pb::ConferenceLocked {
+            locked_at: timestamp(locked_at),
+        }),
+        E::ConferenceUnlocked { unlocked_at } => P::ConferenceUnlocked(pb::ConferenceUnlocked {
+            unlocked_at: timestamp(unlocked_at),
+        }),
+        E::ConferenceRecordingStarted { audio, started_at } => {
+            P::ConferenceRecordingStarted(pb::ConferenceRecordingStarted {
+                audio: audio.to_string(),
+                started_at: timestamp(started_at),
+            })
+        }
+        E::ConferenceRecordingStopped {
+            audio,
+            duration_ms,
+            stopped_at,
+        } => P::ConferenceRecordingStopped(pb::ConferenceRecordingStopped {
+            audio: audio.to_string(),
+            duration_ms,
+            stopped_at: timestamp(stopped_at),
+        }),
+        E::ConferenceEnded { reason, ended_at } => P::ConferenceEnded(pb::ConferenceEnded {
+            reason: end_reason(reason) as i32,
+            ended_at: timestamp(ended_at),
         }),
     }
 }
@@ -567,6 +699,20 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::RingGroupCreated(_) => "RingGroupCreated",
         P::RingGroupUpdated(_) => "RingGroupUpdated",
         P::RingGroupDeleted(_) => "RingGroupDeleted",
+        P::ConferenceRoomCreated(_) => "ConferenceRoomCreated",
+        P::ConferenceRoomUpdated(_) => "ConferenceRoomUpdated",
+        P::ConferenceRoomDeleted(_) => "ConferenceRoomDeleted",
+        P::ConferenceStarted(_) => "ConferenceStarted",
+        P::ParticipantJoined(_) => "ParticipantJoined",
+        P::ParticipantLeft(_) => "ParticipantLeft",
+        P::ParticipantMuted(_) => "ParticipantMuted",
+        P::ParticipantUnmuted(_) => "ParticipantUnmuted",
+        P::ParticipantTalking(_) => "ParticipantTalking",
+        P::ConferenceLocked(_) => "ConferenceLocked",
+        P::ConferenceUnlocked(_) => "ConferenceUnlocked",
+        P::ConferenceRecordingStarted(_) => "ConferenceRecordingStarted",
+        P::ConferenceRecordingStopped(_) => "ConferenceRecordingStopped",
+        P::ConferenceEnded(_) => "ConferenceEnded",
         P::UserCreated(_) => "UserCreated",
         P::PasswordChanged(_) => "PasswordChanged",
         P::UserUpdated(_) => "UserUpdated",
@@ -660,6 +806,79 @@ mod tests {
         let event = Event::Domain(domain::Event::DomainResumed {});
         let payload = super::payload(&event);
         assert_eq!(super::type_name(&payload), Some(event.event_type()));
+    }
+
+    #[test]
+    fn conference_events_map_to_their_payloads_without_pins() {
+        use crate::pb;
+        use crate::pb::event_payload::Event as P;
+        use dialtone_domain::conference::{EndReason, Event as C, LeaveReason, ParticipantId};
+        use dialtone_domain::conference_room::Room;
+        use dialtone_domain::mailbox::PinHash;
+        use dialtone_domain::{domain::Event as D, Event, UserName};
+        let room = Room {
+            pin: Some(PinHash::derive("2468", [1; 16]).unwrap()),
+            moderator_pin: None,
+            max_participants: 12,
+            ..Room::default()
+        };
+        let created = super::payload(&Event::Domain(D::ConferenceRoomCreated {
+            name: UserName::parse("standup").unwrap(),
+            room: Box::new(room),
+        }));
+        let bytes = created.encode_to_vec();
+        assert!(!bytes.windows(7).any(|w| w == b"sha256$"));
+        match created.event {
+            Some(P::ConferenceRoomCreated(pb::ConferenceRoomCreated {
+                name,
+                room: Some(room),
+            })) => {
+                assert_eq!(name, "standup");
+                assert!(room.has_pin && !room.has_moderator_pin);
+                assert_eq!(room.max_participants, 12);
+                assert!(room.tones && !room.record);
+            }
+            other => panic!("{other:?}"),
+        }
+        let participant = ParticipantId(uuid::Uuid::from_u128(5));
+        let left = super::payload(&Event::Conference(C::ParticipantLeft {
+            participant,
+            reason: LeaveReason::WrongPin,
+            caller: Some("mallory@example.com".into()),
+            left_at: 2_500_000,
+        }));
+        match left.event {
+            Some(P::ParticipantLeft(l)) => {
+                assert_eq!(l.participant, participant.to_string());
+                assert_eq!(l.reason(), pb::LeaveReason::WrongPin);
+                assert_eq!(l.caller, "mallory@example.com");
+                assert_eq!(
+                    l.left_at.map(|t| (t.seconds, t.nanos)),
+                    Some((2, 500_000_000))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for (reason, expected) in [
+            (EndReason::Requested, pb::ConferenceEndReason::Requested),
+            (
+                EndReason::LastModeratorLeft,
+                pb::ConferenceEndReason::LastModeratorLeft,
+            ),
+            (EndReason::Empty, pb::ConferenceEndReason::Empty),
+            (EndReason::NodeRestart, pb::ConferenceEndReason::NodeRestart),
+        ] {
+            let event = Event::Conference(C::ConferenceEnded {
+                reason,
+                ended_at: 1,
+            });
+            let payload = super::payload(&event);
+            assert_eq!(super::type_name(&payload), Some("ConferenceEnded"));
+            match payload.event {
+                Some(P::ConferenceEnded(e)) => assert_eq!(e.reason(), expected),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The `Domain` aggregate: one SIP domain, its settings, its status and the
-//! uniqueness of user names inside it.
+//! uniqueness of names inside it (users, ring groups, conference rooms).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conference_room::{Room, RoomPatch};
 use crate::feature_codes::{self, FeatureCodes};
 use crate::ring_group::{RingGroup, RingGroupPatch};
 use crate::schedule::TimeZone;
@@ -404,6 +405,11 @@ pub struct Domain {
     /// ring groups.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ring_groups: BTreeMap<UserName, RingGroup>,
+    /// The domain's conference rooms, by name ([`crate::conference_room`]):
+    /// a name is a user, a group or a room, never two. (`default`:
+    /// snapshots from before rooms.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conference_rooms: BTreeMap<UserName, Room>,
 }
 
 impl Domain {
@@ -468,6 +474,20 @@ pub enum Command {
         patch: RingGroupPatch,
     },
     DeleteRingGroup {
+        name: UserName,
+    },
+    /// Create the conference room `name` with the patch's settings
+    /// (defaults for the rest).
+    CreateConferenceRoom {
+        name: UserName,
+        patch: RoomPatch,
+    },
+    /// Change some settings of the conference room `name`.
+    UpdateConferenceRoom {
+        name: UserName,
+        patch: RoomPatch,
+    },
+    DeleteConferenceRoom {
         name: UserName,
     },
 }
@@ -547,6 +567,19 @@ pub enum Event {
         group: Box<RingGroup>,
     },
     RingGroupDeleted {
+        name: UserName,
+    },
+    /// A conference room, with all its settings (PINs as salted hashes).
+    ConferenceRoomCreated {
+        name: UserName,
+        room: Box<Room>,
+    },
+    /// The room's settings after the change (all of them).
+    ConferenceRoomUpdated {
+        name: UserName,
+        room: Box<Room>,
+    },
+    ConferenceRoomDeleted {
         name: UserName,
     },
 }
@@ -629,6 +662,12 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
                     state.address_of(username)
                 )));
             }
+            if state.conference_rooms.contains_key(username) {
+                return Err(Error::AlreadyExists(format!(
+                    "conference room {}",
+                    state.address_of(username)
+                )));
+            }
             match state.users.get(username) {
                 Some(holder) if holder == user_id => Ok(vec![]),
                 Some(_) => Err(Error::AlreadyExists(format!(
@@ -663,7 +702,13 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
                     state.address_of(name)
                 )));
             }
-            let group = patch.apply(None, &group_address(state, name)?)?;
+            if state.conference_rooms.contains_key(name) {
+                return Err(Error::AlreadyExists(format!(
+                    "conference room {} (a ring group cannot take a room's name)",
+                    state.address_of(name)
+                )));
+            }
+            let group = patch.apply(None, &extension_address(state, name)?)?;
             require_members(state, name, &group)?;
             Ok(vec![Event::RingGroupCreated {
                 name: name.clone(),
@@ -676,7 +721,7 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
                 .ring_groups
                 .get(name)
                 .ok_or_else(|| Error::NotFound(format!("ring group {}", state.address_of(name))))?;
-            let group = patch.apply(Some(current), &group_address(state, name)?)?;
+            let group = patch.apply(Some(current), &extension_address(state, name)?)?;
             if patch.members.is_some() {
                 require_members(state, name, &group)?;
             }
@@ -697,6 +742,56 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
                 )));
             }
             Ok(vec![Event::RingGroupDeleted { name: name.clone() }])
+        }
+        C::CreateConferenceRoom { name, patch } => {
+            require_active(state)?;
+            if state.users.contains_key(name) {
+                return Err(Error::AlreadyExists(format!(
+                    "user {} (a conference room cannot take a user's name)",
+                    state.address_of(name)
+                )));
+            }
+            if state.ring_groups.contains_key(name) {
+                return Err(Error::AlreadyExists(format!(
+                    "ring group {} (a conference room cannot take a group's name)",
+                    state.address_of(name)
+                )));
+            }
+            if state.conference_rooms.contains_key(name) {
+                return Err(Error::AlreadyExists(format!(
+                    "conference room {}",
+                    state.address_of(name)
+                )));
+            }
+            let room = patch.apply(None, &extension_address(state, name)?)?;
+            Ok(vec![Event::ConferenceRoomCreated {
+                name: name.clone(),
+                room: Box::new(room),
+            }])
+        }
+        C::UpdateConferenceRoom { name, patch } => {
+            require_exists(state)?;
+            let current = state.conference_rooms.get(name).ok_or_else(|| {
+                Error::NotFound(format!("conference room {}", state.address_of(name)))
+            })?;
+            let room = patch.apply(Some(current), &extension_address(state, name)?)?;
+            if room == *current {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::ConferenceRoomUpdated {
+                name: name.clone(),
+                room: Box::new(room),
+            }])
+        }
+        C::DeleteConferenceRoom { name } => {
+            require_exists(state)?;
+            if !state.conference_rooms.contains_key(name) {
+                return Err(Error::NotFound(format!(
+                    "conference room {}",
+                    state.address_of(name)
+                )));
+            }
+            Ok(vec![Event::ConferenceRoomDeleted { name: name.clone() }])
         }
         C::RecordLockout(lockout) => {
             require_exists(state)?;
@@ -734,7 +829,8 @@ fn require_active(state: &Domain) -> Result<()> {
     Ok(())
 }
 
-fn group_address(state: &Domain, name: &UserName) -> Result<crate::names::UserAddress> {
+/// `name@` this domain, for a group or a room.
+fn extension_address(state: &Domain, name: &UserName) -> Result<crate::names::UserAddress> {
     let domain = state
         .name
         .clone()
@@ -786,6 +882,7 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
             state.suspend_reason = None;
             state.users.clear();
             state.ring_groups.clear();
+            state.conference_rooms.clear();
             state.created_at = *created_at;
         }
         Event::DomainUpdated { settings } => state.settings = settings.clone(),
@@ -817,6 +914,15 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
         }
         Event::RingGroupDeleted { name } => {
             state.ring_groups.remove(name);
+        }
+        Event::ConferenceRoomCreated { name, room }
+        | Event::ConferenceRoomUpdated { name, room } => {
+            state
+                .conference_rooms
+                .insert(name.clone(), (**room).clone());
+        }
+        Event::ConferenceRoomDeleted { name } => {
+            state.conference_rooms.remove(name);
         }
     }
     state

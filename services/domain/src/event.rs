@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{domain, token, user};
+use crate::{conference, domain, token, user};
 
 /// Any event of any aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,7 @@ pub enum Event {
     Domain(domain::Event),
     User(user::Event),
     Token(token::Event),
+    Conference(conference::Event),
 }
 
 /// Coarse groups of event types, for subscription filters.
@@ -31,6 +32,9 @@ pub enum EventCategory {
     /// A voicemail box's messages (left, refused, read, deleted) and
     /// greetings.
     Voicemail,
+    /// What happens in a conference (started, joined, left, muted,
+    /// talking, locked, recorded, ended).
+    Conference,
 }
 
 impl EventCategory {
@@ -42,6 +46,7 @@ impl EventCategory {
             EventCategory::Call => "call",
             EventCategory::Security => "security",
             EventCategory::Voicemail => "voicemail",
+            EventCategory::Conference => "conference",
         }
     }
 
@@ -53,6 +58,7 @@ impl EventCategory {
             "call" => EventCategory::Call,
             "security" => EventCategory::Security,
             "voicemail" => EventCategory::Voicemail,
+            "conference" => EventCategory::Conference,
             _ => return None,
         })
     }
@@ -134,10 +140,25 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("VoicemailRead", EventCategory::Voicemail),
     ("VoicemailDeleted", EventCategory::Voicemail),
     ("GreetingChanged", EventCategory::Voicemail),
+    ("ConferenceRoomCreated", EventCategory::Provisioning),
+    ("ConferenceRoomUpdated", EventCategory::Provisioning),
+    ("ConferenceRoomDeleted", EventCategory::Provisioning),
+    ("ConferenceStarted", EventCategory::Conference),
+    ("ParticipantJoined", EventCategory::Conference),
+    ("ParticipantLeft", EventCategory::Conference),
+    ("ParticipantMuted", EventCategory::Conference),
+    ("ParticipantUnmuted", EventCategory::Conference),
+    ("ParticipantTalking", EventCategory::Conference),
+    ("ConferenceLocked", EventCategory::Conference),
+    ("ConferenceUnlocked", EventCategory::Conference),
+    ("ConferenceRecordingStarted", EventCategory::Conference),
+    ("ConferenceRecordingStopped", EventCategory::Conference),
+    ("ConferenceEnded", EventCategory::Conference),
 ];
 
-/// The event types of the domain stream (`domain-{uuid}`); every other type
-/// in [`EVENT_TYPES`] belongs to a user stream.
+/// The event types of the domain stream (`domain-{uuid}`); every type in
+/// [`EVENT_TYPES`] not here, in [`TOKEN_EVENT_TYPES`] or in
+/// [`CONFERENCE_EVENT_TYPES`] belongs to a user stream.
 pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "DomainCreated",
     "DomainUpdated",
@@ -150,10 +171,28 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "RingGroupCreated",
     "RingGroupUpdated",
     "RingGroupDeleted",
+    "ConferenceRoomCreated",
+    "ConferenceRoomUpdated",
+    "ConferenceRoomDeleted",
 ];
 
 /// The event types of the token stream ([`token::STREAM`]).
 pub const TOKEN_EVENT_TYPES: &[&str] = &["TokenCreated", "TokenRevoked"];
+
+/// The event types of a conference's stream (`conference-{uuid}`).
+pub const CONFERENCE_EVENT_TYPES: &[&str] = &[
+    "ConferenceStarted",
+    "ParticipantJoined",
+    "ParticipantLeft",
+    "ParticipantMuted",
+    "ParticipantUnmuted",
+    "ParticipantTalking",
+    "ConferenceLocked",
+    "ConferenceUnlocked",
+    "ConferenceRecordingStarted",
+    "ConferenceRecordingStopped",
+    "ConferenceEnded",
+];
 
 /// The schema version this build writes for `event_type`: one more than
 /// the last upcasting step registered for it in [`Upcasters::builtin`]
@@ -322,6 +361,10 @@ impl Upcasters {
                 serde_json::from_str(&tagged)
                     .map(Event::Token)
                     .map_err(json_err)
+            } else if CONFERENCE_EVENT_TYPES.contains(&event_type) {
+                serde_json::from_str(&tagged)
+                    .map(Event::Conference)
+                    .map_err(json_err)
             } else {
                 serde_json::from_str(&tagged)
                     .map(Event::User)
@@ -358,6 +401,11 @@ impl Upcasters {
                 .map(Event::Token)
                 .map_err(json_err);
         }
+        if CONFERENCE_EVENT_TYPES.contains(&event_type) {
+            return serde_json::from_value(tagged)
+                .map(Event::Conference)
+                .map_err(json_err);
+        }
         serde_json::from_value(tagged)
             .map(Event::User)
             .map_err(json_err)
@@ -380,6 +428,9 @@ impl Event {
                 domain::Event::RingGroupCreated { .. } => "RingGroupCreated",
                 domain::Event::RingGroupUpdated { .. } => "RingGroupUpdated",
                 domain::Event::RingGroupDeleted { .. } => "RingGroupDeleted",
+                domain::Event::ConferenceRoomCreated { .. } => "ConferenceRoomCreated",
+                domain::Event::ConferenceRoomUpdated { .. } => "ConferenceRoomUpdated",
+                domain::Event::ConferenceRoomDeleted { .. } => "ConferenceRoomDeleted",
             },
             Event::User(e) => match e {
                 user::Event::UserCreated { .. } => "UserCreated",
@@ -419,6 +470,23 @@ impl Event {
                 token::Event::TokenCreated { .. } => "TokenCreated",
                 token::Event::TokenRevoked { .. } => "TokenRevoked",
             },
+            Event::Conference(e) => match e {
+                conference::Event::ConferenceStarted { .. } => "ConferenceStarted",
+                conference::Event::ParticipantJoined { .. } => "ParticipantJoined",
+                conference::Event::ParticipantLeft { .. } => "ParticipantLeft",
+                conference::Event::ParticipantMuted { .. } => "ParticipantMuted",
+                conference::Event::ParticipantUnmuted { .. } => "ParticipantUnmuted",
+                conference::Event::ParticipantTalking { .. } => "ParticipantTalking",
+                conference::Event::ConferenceLocked { .. } => "ConferenceLocked",
+                conference::Event::ConferenceUnlocked { .. } => "ConferenceUnlocked",
+                conference::Event::ConferenceRecordingStarted { .. } => {
+                    "ConferenceRecordingStarted"
+                }
+                conference::Event::ConferenceRecordingStopped { .. } => {
+                    "ConferenceRecordingStopped"
+                }
+                conference::Event::ConferenceEnded { .. } => "ConferenceEnded",
+            },
         }
     }
 
@@ -443,6 +511,7 @@ impl Event {
             Event::Domain(e) => serde_json::to_string(e)?,
             Event::User(e) => serde_json::to_string(e)?,
             Event::Token(e) => serde_json::to_string(e)?,
+            Event::Conference(e) => serde_json::to_string(e)?,
         };
         match data_of_tagged(&whole) {
             Some(data) => Ok(data.to_owned()),
@@ -457,6 +526,7 @@ impl Event {
             Event::Domain(e) => serde_json::to_value(e)?,
             Event::User(e) => serde_json::to_value(e)?,
             Event::Token(e) => serde_json::to_value(e)?,
+            Event::Conference(e) => serde_json::to_value(e)?,
         };
         let data = match tagged {
             Value::Object(mut map) => map
@@ -487,6 +557,12 @@ impl From<domain::Event> for Event {
 impl From<token::Event> for Event {
     fn from(e: token::Event) -> Self {
         Event::Token(e)
+    }
+}
+
+impl From<conference::Event> for Event {
+    fn from(e: conference::Event) -> Self {
+        Event::Conference(e)
     }
 }
 
@@ -567,7 +643,12 @@ mod tests {
 pub fn has_secrets(event_type: &str) -> bool {
     matches!(
         event_type,
-        "UserCreated" | "PasswordChanged" | "TokenCreated" | "MailboxPinChanged"
+        "UserCreated"
+            | "PasswordChanged"
+            | "TokenCreated"
+            | "MailboxPinChanged"
+            | "ConferenceRoomCreated"
+            | "ConferenceRoomUpdated"
     )
 }
 
@@ -575,7 +656,8 @@ pub fn has_secrets(event_type: &str) -> bool {
 /// exports): digest HA1 values are password equivalents, so `credentials`
 /// keeps only `set_at`; a token's `secret_sha256` is left out (it is not
 /// the secret, but nobody outside needs it), and so is a mailbox PIN's
-/// salted hash (`pin`). Everything else is unchanged.
+/// salted hash (`pin`), and a conference room's PINs (`room.pin`,
+/// `room.moderator_pin`). Everything else is unchanged.
 pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
     if event_type == "TokenCreated" {
         if let Value::Object(map) = &mut data {
@@ -587,6 +669,16 @@ pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
         // tries them all.
         if let Value::Object(map) = &mut data {
             map.remove("pin");
+        }
+    }
+    if matches!(
+        event_type,
+        "ConferenceRoomCreated" | "ConferenceRoomUpdated"
+    ) {
+        // As a mailbox's: the hash of a few digits gives them away.
+        if let Some(Value::Object(room)) = data.get_mut("room") {
+            room.remove("pin");
+            room.remove("moderator_pin");
         }
     }
     if matches!(event_type, "UserCreated" | "PasswordChanged") {
@@ -701,6 +793,37 @@ mod redaction_tests {
         assert_eq!(shown, serde_json::json!({}));
     }
 
+    #[test]
+    fn a_conference_rooms_pins_are_removed() {
+        let pin = crate::mailbox::PinHash::derive("2468", [3; 16]).unwrap();
+        let moderator = crate::mailbox::PinHash::derive("1357", [4; 16]).unwrap();
+        let room = crate::conference_room::Room {
+            pin: Some(pin),
+            moderator_pin: Some(moderator),
+            ..Default::default()
+        };
+        let name = crate::UserName::parse("standup").unwrap();
+        for event in [
+            domain::Event::ConferenceRoomCreated {
+                name: name.clone(),
+                room: Box::new(room.clone()),
+            },
+            domain::Event::ConferenceRoomUpdated {
+                name: name.clone(),
+                room: Box::new(room.clone()),
+            },
+        ] {
+            let event = Event::Domain(event);
+            let stored = event.to_data().unwrap();
+            assert!(stored.contains("sha256$"), "{stored}");
+            let data: Value = serde_json::from_str(&stored).unwrap();
+            let shown = redact_secrets(event.event_type(), data).to_string();
+            assert!(!shown.contains("sha256$"), "{shown}");
+            assert!(!shown.contains("pin"), "{shown}");
+            assert!(shown.contains("\"max_participants\":50"), "{shown}");
+        }
+    }
+
     /// `has_secrets` names exactly the types whose data `redact_secrets`
     /// changes (tried on data holding every secret field there is).
     #[test]
@@ -709,6 +832,7 @@ mod redaction_tests {
             "credentials": {"ha1_md5": "aa", "ha1_sha256": "bb", "set_at": 5},
             "secret_sha256": "cc",
             "pin": "sha256$00$11",
+            "room": {"pin": "sha256$00$22", "moderator_pin": "sha256$00$33"},
         });
         for (event_type, _) in EVENT_TYPES {
             let changed = redact_secrets(event_type, data.clone()) != data;

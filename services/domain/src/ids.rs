@@ -47,6 +47,11 @@ macro_rules! id_type {
 
 id_type!(DomainId, "domain", "SIP domain");
 id_type!(UserId, "user", "SIP user");
+id_type!(
+    ConferenceId,
+    "conference",
+    "conference: one meeting held in a room, from its start to its end"
+);
 
 /// Namespace for name-derived ids (UUID v5). A domain's id is derived from its
 /// name so that the name alone finds the stream, and creating the same name

@@ -36,6 +36,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod call;
+pub mod conference;
+pub mod conference_room;
 pub mod credentials;
 pub mod domain;
 pub mod event;
@@ -52,7 +54,7 @@ pub mod token;
 pub mod user;
 
 pub use event::{Event, EventCategory};
-pub use ids::{DomainId, UserId};
+pub use ids::{ConferenceId, DomainId, UserId};
 pub use names::{DomainName, UserName};
 
 /// Microseconds since the Unix epoch. The domain never reads the clock: the

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use dialtone_domain::call::{
     CallStep, Cause, Direction, HangupSide, LegState, MAX_LEGS_IN_PROGRESS,
 };
+use dialtone_domain::conference_room::{Room, RoomPatch};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{
     self, DigestAlgorithm, DigestAlgorithms, Domain, Settings, SettingsPatch,
@@ -202,6 +203,56 @@ fn ring_group_patch() -> impl Strategy<Value = RingGroupPatch> {
         )
 }
 
+fn room_patch() -> impl Strategy<Value = RoomPatch> {
+    let pin = || {
+        option::of(option::of(
+            select(&["2468", "1357", "000000000000"][..])
+                .prop_map(|p| PinHash::derive(p, [5; 16]).unwrap()),
+        ))
+    };
+    (
+        pin(),
+        pin(),
+        option::of(prop_oneof![0u32..=3, 48u32..=52, 999u32..=1_001]),
+        option::of(any::<bool>()),
+        option::of(any::<bool>()),
+        option::of(any::<bool>()),
+        option::of(any::<bool>()),
+    )
+        .prop_map(
+            |(pin, moderator_pin, max_participants, wait, end, record, muted)| RoomPatch {
+                pin,
+                moderator_pin,
+                max_participants,
+                wait_for_moderator: wait,
+                end_with_moderator: end,
+                tones: None,
+                record,
+                muted_on_entry: muted,
+            },
+        )
+}
+
+/// The room `patch` makes of `current` (no validation), and whether it is
+/// valid.
+fn room_patched(patch: &RoomPatch, current: Option<&Room>) -> (Room, bool) {
+    let mut r = current.cloned().unwrap_or_default();
+    if let Some(pin) = &patch.pin {
+        r.pin = pin.clone();
+    }
+    if let Some(pin) = &patch.moderator_pin {
+        r.moderator_pin = pin.clone();
+    }
+    r.max_participants = patch.max_participants.unwrap_or(r.max_participants);
+    r.wait_for_moderator = patch.wait_for_moderator.unwrap_or(r.wait_for_moderator);
+    r.end_with_moderator = patch.end_with_moderator.unwrap_or(r.end_with_moderator);
+    r.record = patch.record.unwrap_or(r.record);
+    r.muted_on_entry = patch.muted_on_entry.unwrap_or(r.muted_on_entry);
+    let valid = (2..=1_000).contains(&r.max_participants)
+        && (r.moderator_pin.is_some() || !(r.wait_for_moderator || r.end_with_moderator));
+    (r, valid)
+}
+
 /// Whether `group`'s settings are valid for a group named `name` whose
 /// members are users of `state`'s domain.
 fn ring_group_valid(state: &Domain, name: &UserName, group: &RingGroup) -> bool {
@@ -256,6 +307,11 @@ fn domain_command() -> impl Strategy<Value = domain::Command> {
         3 => (username(), ring_group_patch())
             .prop_map(|(name, patch)| C::UpdateRingGroup { name, patch }),
         1 => username().prop_map(|name| C::DeleteRingGroup { name }),
+        4 => (username(), room_patch())
+            .prop_map(|(name, patch)| C::CreateConferenceRoom { name, patch }),
+        3 => (username(), room_patch())
+            .prop_map(|(name, patch)| C::UpdateConferenceRoom { name, patch }),
+        1 => username().prop_map(|name| C::DeleteConferenceRoom { name }),
         1 => (
             select(&["192.0.2.1", "2001:db8::7", "not an address"][..]),
             any::<bool>(),
@@ -429,6 +485,21 @@ fn check_domain_state(state: &Domain) {
         "a name is both a user and a ring group"
     );
     assert!(
+        state
+            .conference_rooms
+            .keys()
+            .all(|r| !state.users.contains_key(r) && !state.ring_groups.contains_key(r)),
+        "a name is both a conference room and a user or group"
+    );
+    assert!(
+        state
+            .conference_rooms
+            .values()
+            .all(|r| (2..=1_000).contains(&r.max_participants)
+                && (r.moderator_pin.is_some() || !(r.wait_for_moderator || r.end_with_moderator))),
+        "an invalid room"
+    );
+    assert!(
         settings_valid(&state.settings),
         "description too long, or digest algorithms empty or repeated"
     );
@@ -471,6 +542,7 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
             C::ClaimUserName { username, user_id } => {
                 state.status == S::Active
                     && !state.ring_groups.contains_key(username)
+                    && !state.conference_rooms.contains_key(username)
                     && state
                         .users
                         .get(username)
@@ -484,6 +556,7 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                 state.status == S::Active
                     && !state.users.contains_key(name)
                     && !state.ring_groups.contains_key(name)
+                    && !state.conference_rooms.contains_key(name)
                     && ring_group_valid(&state, name, &patched(patch, None))
             }
             C::UpdateRingGroup { name, patch } => {
@@ -513,6 +586,23 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                     })
             }
             C::DeleteRingGroup { name } => state.exists() && state.ring_groups.contains_key(name),
+            C::CreateConferenceRoom { name, patch } => {
+                state.status == S::Active
+                    && !state.users.contains_key(name)
+                    && !state.ring_groups.contains_key(name)
+                    && !state.conference_rooms.contains_key(name)
+                    && room_patched(patch, None).1
+            }
+            C::UpdateConferenceRoom { name, patch } => {
+                state.exists()
+                    && state
+                        .conference_rooms
+                        .get(name)
+                        .is_some_and(|current| room_patched(patch, Some(current)).1)
+            }
+            C::DeleteConferenceRoom { name } => {
+                state.exists() && state.conference_rooms.contains_key(name)
+            }
         };
         assert_eq!(
             result.is_ok(),
@@ -606,6 +696,18 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                 );
             }
             C::DeleteRingGroup { name } => assert!(!state.ring_groups.contains_key(name)),
+            C::CreateConferenceRoom { name, patch } | C::UpdateConferenceRoom { name, patch } => {
+                let room = state.conference_rooms.get(name).expect("the room exists");
+                let (expected, _) = room_patched(patch, before.conference_rooms.get(name));
+                assert_eq!(room, &expected);
+                assert_eq!(
+                    events.is_empty(),
+                    before.conference_rooms.get(name) == Some(room)
+                );
+            }
+            C::DeleteConferenceRoom { name } => {
+                assert!(!state.conference_rooms.contains_key(name))
+            }
             C::ReleaseUserName { username, user_id } => {
                 assert_ne!(state.users.get(username), Some(user_id));
                 if users.get(username) == Some(user_id) {

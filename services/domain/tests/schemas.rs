@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use dialtone_domain::call::{CallStep, Cause, Direction, ForwardReason, HangupSide, TransferKind};
+use dialtone_domain::conference::{self, Conference, EndReason, LeaveReason, ParticipantId};
+use dialtone_domain::conference_room::{Room, RoomPatch};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{
-    current_schema_version, redact_secrets, DOMAIN_EVENT_TYPES, EVENT_TYPES,
+    current_schema_version, redact_secrets, CONFERENCE_EVENT_TYPES, DOMAIN_EVENT_TYPES, EVENT_TYPES,
 };
 use dialtone_domain::forwarding::{ForwardTarget, Forwarding, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::mailbox::{self, AudioId, Greeting, PinHash, RefusalReason};
@@ -159,6 +161,8 @@ fn schemas_are_draft_2020_12_closed_and_versioned() {
         );
         let stream = if DOMAIN_EVENT_TYPES.contains(&name.as_str()) {
             "domain"
+        } else if CONFERENCE_EVENT_TYPES.contains(&name.as_str()) {
+            "conference"
         } else if name.starts_with("Token") {
             "tokens"
         } else {
@@ -216,6 +220,8 @@ fn the_event_catalog_documents_every_type_with_its_stream_and_category() {
                 "user"
             } else if section.contains("`tokens`") {
                 "tokens"
+            } else if section.contains("`conference-") {
+                "conference"
             } else {
                 ""
             };
@@ -321,6 +327,30 @@ fn domain_events_from_decide() -> Vec<Event> {
         },
         C::DeleteRingGroup {
             name: UserName::parse("sales").unwrap(),
+        },
+        C::CreateConferenceRoom {
+            name: un("standup"),
+            patch: RoomPatch {
+                pin: Some(Some(PinHash::derive("2468", [1; 16]).unwrap())),
+                moderator_pin: Some(Some(PinHash::derive("135791357913", [2; 16]).unwrap())),
+                wait_for_moderator: Some(true),
+                ..Default::default()
+            },
+        },
+        C::UpdateConferenceRoom {
+            name: un("standup"),
+            patch: RoomPatch {
+                pin: Some(None),
+                max_participants: Some(1_000),
+                record: Some(true),
+                tones: Some(false),
+                muted_on_entry: Some(true),
+                end_with_moderator: Some(true),
+                ..Default::default()
+            },
+        },
+        C::DeleteConferenceRoom {
+            name: un("standup"),
         },
         C::ReleaseUserName {
             username: alice,
@@ -1350,6 +1380,284 @@ fn hand_made_events() -> Vec<Event> {
         }
         .into(),
     ]
+    .into_iter()
+    .chain(hand_made_conference_events())
+    .collect()
+}
+
+/// Conference rooms and conferences at the edges of their fields.
+fn hand_made_conference_events() -> Vec<Event> {
+    use conference::Event as C;
+    use domain::Event as D;
+    let participant = ParticipantId(Uuid::max());
+    let room = Room {
+        pin: Some(PinHash::derive("000000000000", [0xff; 16]).unwrap()),
+        moderator_pin: Some(PinHash::derive("0000", [0; 16]).unwrap()),
+        max_participants: 2,
+        wait_for_moderator: true,
+        end_with_moderator: true,
+        tones: false,
+        record: true,
+        muted_on_entry: true,
+    };
+    vec![
+        D::ConferenceRoomCreated {
+            name: un("x%41y"),
+            room: Box::new(room.clone()),
+        }
+        .into(),
+        D::ConferenceRoomUpdated {
+            name: un(&"r".repeat(64)),
+            room: Box::new(Room {
+                max_participants: 1_000,
+                ..Room::default()
+            }),
+        }
+        .into(),
+        D::ConferenceRoomDeleted { name: un("9") }.into(),
+        C::ConferenceStarted {
+            domain_id: DomainId(Uuid::nil()),
+            room: un("standup"),
+            max_participants: 1_000,
+            end_with_moderator: false,
+            muted_on_entry: true,
+            started_at: 0,
+        }
+        .into(),
+        C::ParticipantJoined {
+            participant,
+            caller: "é".repeat(conference::MAX_CALLER_LEN),
+            moderator: true,
+            muted: false,
+            joined_at: i64::MAX,
+        }
+        .into(),
+        C::ParticipantJoined {
+            participant: ParticipantId(Uuid::nil()),
+            caller: String::new(),
+            moderator: false,
+            muted: true,
+            joined_at: 0,
+        }
+        .into(),
+        C::ParticipantLeft {
+            participant,
+            reason: LeaveReason::WrongPin,
+            caller: Some("\"quoted\" <sip:x@y>".into()),
+            left_at: 0,
+        }
+        .into(),
+        C::ParticipantMuted {
+            participant,
+            muted_at: 0,
+        }
+        .into(),
+        C::ParticipantUnmuted {
+            participant,
+            unmuted_at: i64::MAX,
+        }
+        .into(),
+        C::ParticipantTalking {
+            participant,
+            talking: false,
+            changed_at: 1,
+        }
+        .into(),
+        C::ConferenceLocked { locked_at: 0 }.into(),
+        C::ConferenceUnlocked {
+            unlocked_at: i64::MAX,
+        }
+        .into(),
+        C::ConferenceRecordingStarted {
+            audio: audio_id(0xff),
+            started_at: 0,
+        }
+        .into(),
+        C::ConferenceRecordingStopped {
+            audio: audio_id(0),
+            duration_ms: u32::MAX,
+            stopped_at: 0,
+        }
+        .into(),
+    ]
+    .into_iter()
+    .chain(EndReason::ALL.into_iter().map(|reason| {
+        C::ConferenceEnded {
+            reason,
+            ended_at: T0,
+        }
+        .into()
+    }))
+    .chain(LeaveReason::ALL.into_iter().map(|reason| {
+        C::ParticipantLeft {
+            participant,
+            reason,
+            caller: None,
+            left_at: T0,
+        }
+        .into()
+    }))
+    .collect()
+}
+
+/// Events produced by `decide`, covering every conference variant.
+fn conference_events_from_decide() -> Vec<Event> {
+    use conference::Command as C;
+    let p = |n: u128| ParticipantId(Uuid::from_u128(n));
+    let commands = [
+        C::Start(conference::Start {
+            domain_id: DomainId::for_name(&dn("example.com")),
+            room: un("standup"),
+            max_participants: 3,
+            end_with_moderator: true,
+            muted_on_entry: true,
+        }),
+        C::Join {
+            participant: p(1),
+            caller: "alice@example.com".into(),
+            moderator: true,
+        },
+        C::Join {
+            participant: p(2),
+            caller: "bob@example.com".into(),
+            moderator: false,
+        },
+        C::TurnAway {
+            participant: p(3),
+            caller: "mallory@example.com".into(),
+            reason: LeaveReason::WrongPin,
+        },
+        C::Unmute { participant: p(2) },
+        C::Talking {
+            participant: p(2),
+            on: true,
+        },
+        C::Mute { participant: p(2) },
+        C::Lock,
+        C::Unlock,
+        C::StartRecording { audio: audio_id(7) },
+        C::StopRecording {
+            duration_ms: 12_345,
+        },
+        C::StartRecording { audio: audio_id(8) },
+        C::Join {
+            participant: p(4),
+            caller: "carol@example.com".into(),
+            moderator: false,
+        },
+        C::Kick { participant: p(4) },
+        C::Leave {
+            participant: p(1),
+            reason: LeaveReason::HungUp,
+        },
+    ];
+    let mut state = Conference::default();
+    let mut events = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let emitted = conference::decide(&state, command, T0 + i as i64).unwrap();
+        assert!(!emitted.is_empty(), "{command:?} emitted nothing");
+        state = emitted.iter().fold(state, conference::evolve);
+        events.extend(emitted.into_iter().map(Event::Conference));
+    }
+    assert_eq!(state.status, conference::Status::Ended);
+    events
+}
+
+#[test]
+fn malformed_conference_values_are_rejected() {
+    for bad in [json!(0), json!(1), json!(1_001), json!("50"), json!(null)] {
+        assert_rejected(
+            "ConferenceRoomCreated",
+            with(
+                sample("ConferenceRoomCreated"),
+                "/room/max_participants",
+                bad.clone(),
+            ),
+        );
+        assert_rejected(
+            "ConferenceStarted",
+            with(sample("ConferenceStarted"), "/max_participants", bad),
+        );
+    }
+    for bad in [json!("2468"), json!("sha256$00$11"), json!(""), json!(2468)] {
+        assert_rejected(
+            "ConferenceRoomUpdated",
+            with(sample("ConferenceRoomCreated"), "/room/pin", bad.clone()),
+        );
+        assert_rejected(
+            "ConferenceRoomCreated",
+            with(sample("ConferenceRoomCreated"), "/room/moderator_pin", bad),
+        );
+    }
+    for bad in [json!("left"), json!("HUNG_UP"), json!(null), json!(3)] {
+        assert_rejected(
+            "ParticipantLeft",
+            with(sample("ParticipantLeft"), "/reason", bad),
+        );
+    }
+    for bad in [json!("ended"), json!("timeout"), json!("")] {
+        assert_rejected(
+            "ConferenceEnded",
+            with(sample("ConferenceEnded"), "/reason", bad),
+        );
+    }
+    assert_rejected(
+        "ParticipantJoined",
+        with(sample("ParticipantJoined"), "/caller", json!("a\u{0007}b")),
+    );
+    assert_rejected(
+        "ParticipantJoined",
+        with(
+            sample("ParticipantJoined"),
+            "/caller",
+            json!("x".repeat(257)),
+        ),
+    );
+    assert_rejected(
+        "ConferenceRecordingStarted",
+        with(
+            sample("ConferenceRecordingStarted"),
+            "/audio",
+            json!("vm-12"),
+        ),
+    );
+    assert_rejected(
+        "ConferenceRecordingStopped",
+        with(
+            sample("ConferenceRecordingStopped"),
+            "/duration_ms",
+            json!(-1),
+        ),
+    );
+}
+
+#[test]
+fn the_room_pins_never_leave_the_node() {
+    let samples = [domain_events_from_decide(), hand_made_events()].concat();
+    let mut seen = 0;
+    for event in &samples {
+        let Event::Domain(
+            domain::Event::ConferenceRoomCreated { room, .. }
+            | domain::Event::ConferenceRoomUpdated { room, .. },
+        ) = event
+        else {
+            continue;
+        };
+        seen += 1;
+        let stored = event.to_data().unwrap();
+        let data: Value = serde_json::from_str(&stored).unwrap();
+        for (field, pin) in [("pin", &room.pin), ("moderator_pin", &room.moderator_pin)] {
+            match pin {
+                Some(pin) => assert_eq!(data["room"][field], json!(pin.as_str())),
+                None => assert!(data["room"].get(field).is_none()),
+            }
+        }
+        let shown = redact_secrets(event.event_type(), data).to_string();
+        assert!(!shown.contains("sha256$"), "{shown}");
+        assert!(!shown.contains("pin\""), "{shown}");
+        assert!(!format!("{event:?}").contains("sha256$"));
+    }
+    assert!(seen >= 4, "{seen} room samples");
 }
 
 const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -1388,6 +1696,7 @@ fn events_from_decide_validate() {
         .iter()
         .chain(&user_events_from_decide())
         .chain(&token_events_from_decide())
+        .chain(&conference_events_from_decide())
     {
         assert_valid(event);
     }
@@ -1409,6 +1718,7 @@ fn stored_data_is_the_same_as_through_a_value_tree() {
         domain_events_from_decide(),
         user_events_from_decide(),
         token_events_from_decide(),
+        conference_events_from_decide(),
         hand_made_events(),
     ]
     .concat();
@@ -1429,6 +1739,7 @@ fn samples_cover_every_event_type() {
                 domain_events_from_decide(),
                 user_events_from_decide(),
                 token_events_from_decide(),
+                conference_events_from_decide(),
             ]
             .concat(),
         ),
@@ -1550,6 +1861,22 @@ fn missing_required_fields_are_rejected() {
         ("RingGroupCreated", "group"),
         ("RingGroupUpdated", "name"),
         ("RingGroupDeleted", "name"),
+        ("ConferenceRoomCreated", "room"),
+        ("ConferenceRoomUpdated", "name"),
+        ("ConferenceRoomDeleted", "name"),
+        ("ConferenceStarted", "domain_id"),
+        ("ConferenceStarted", "max_participants"),
+        ("ParticipantJoined", "caller"),
+        ("ParticipantJoined", "moderator"),
+        ("ParticipantLeft", "reason"),
+        ("ParticipantMuted", "participant"),
+        ("ParticipantUnmuted", "unmuted_at"),
+        ("ParticipantTalking", "talking"),
+        ("ConferenceLocked", "locked_at"),
+        ("ConferenceUnlocked", "unlocked_at"),
+        ("ConferenceRecordingStarted", "audio"),
+        ("ConferenceRecordingStopped", "duration_ms"),
+        ("ConferenceEnded", "reason"),
         ("UserCreated", "credentials"),
         ("UserCreated", "enabled"),
         ("PasswordChanged", "credentials"),
@@ -1666,6 +1993,14 @@ fn malformed_values_are_rejected() {
         json!(null),
     ];
     for bad in &bad_uuids {
+        assert_rejected(
+            "ParticipantJoined",
+            with(sample("ParticipantJoined"), "/participant", bad.clone()),
+        );
+        assert_rejected(
+            "ConferenceStarted",
+            with(sample("ConferenceStarted"), "/domain_id", bad.clone()),
+        );
         assert_rejected(
             "DomainCreated",
             with(sample("DomainCreated"), "/domain_id", bad.clone()),

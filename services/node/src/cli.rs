@@ -1,13 +1,14 @@
-//! The CLI client: `dialtone domain|user|group|voicemail|history|events|audit|replay|calls
+//! The CLI client: `dialtone domain|user|group|conference|voicemail|history|events|audit|replay|calls
 //! ...` over gRPC.
 //!
 //! One module per command group (`domain`, `user`, `token`, `events` for
 //! history, tail and replay, `audit`, `status` for status, online and
-//! security, `calls`, `voicemail`); `connection` connects and authenticates, `output`
+//! security, `calls`, `voicemail`, `conference`); `connection` connects and authenticates, `output`
 //! prints JSON or text.
 
 mod audit;
 mod calls;
+mod conference;
 mod connection;
 mod domain;
 mod events;
@@ -21,6 +22,7 @@ mod voicemail;
 use dialtone_api::pb;
 
 pub use audit::{AuditAt, AuditCommand};
+pub use conference::ConferenceCommand;
 pub use connection::Target;
 pub use domain::DomainCommand;
 pub use events::{EventsCommand, HistoryCommand};
@@ -44,6 +46,10 @@ pub enum ClientCommand {
     /// members' phones).
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Manage conference rooms (domain-level extensions callers dial to
+    /// meet).
+    #[command(subcommand)]
+    Conference(ConferenceCommand),
     /// Manage users' voicemail boxes and their messages.
     #[command(subcommand)]
     Voicemail(VoicemailCommand),
@@ -111,6 +117,7 @@ pub async fn run(target: &Target, json_output: bool, command: ClientCommand) -> 
         ClientCommand::Domain(cmd) => domain::run(&mut clients, &out, cmd).await,
         ClientCommand::User(cmd) => user::run(&mut clients, &out, cmd).await,
         ClientCommand::Group(cmd) => group::run(&mut clients, &out, cmd).await,
+        ClientCommand::Conference(cmd) => conference::run(&mut clients, &out, cmd).await,
         ClientCommand::Voicemail(cmd) => voicemail::run(&mut clients, &out, cmd).await,
         ClientCommand::History(cmd) => events::history(&mut clients, &out, cmd).await,
         ClientCommand::Status { user } => status::status(&mut clients, &out, user).await,

@@ -132,6 +132,7 @@ pub(super) async fn run(c: &mut Clients, out: &Output, cmd: AuditCommand) -> any
                 "users": users.then(|| s.users.iter().map(|u| json!({"username": u.username, "user_id": u.user_id})).collect::<Vec<_>>()),
                 "users_truncated": s.users_truncated,
                 "ring_groups": s.ring_groups.iter().map(super::group::group_json).collect::<Vec<_>>(),
+                "conference_rooms": s.conference_rooms.iter().map(super::conference::room_json).collect::<Vec<_>>(),
             });
             (reply.at, state)
         }
@@ -309,6 +310,12 @@ fn audit_text(v: &Value) -> String {
             text.push_str(&format!(
                 "\n  ring group    {}",
                 super::group::group_line(g)
+            ));
+        }
+        for r in state["conference_rooms"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "\n  room          {}",
+                super::conference::room_line(r)
             ));
         }
         if let Some(users) = state["users"].as_array() {

@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use dialtone_api::auth::Bearer;
 use dialtone_api::pb::audit_service_client::AuditServiceClient;
+use dialtone_api::pb::conference_service_client::ConferenceServiceClient;
 use dialtone_api::pb::event_service_client::EventServiceClient;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
 use dialtone_api::pb::status_service_client::StatusServiceClient;
@@ -30,6 +31,7 @@ pub(super) struct Clients {
     pub(super) audit: AuditServiceClient<Channel>,
     pub(super) tokens: TokenServiceClient<Channel>,
     pub(super) voicemail: VoicemailServiceClient<Channel>,
+    pub(super) conference: ConferenceServiceClient<Channel>,
 }
 
 pub(super) async fn connect(target: &Target) -> anyhow::Result<Clients> {
@@ -67,7 +69,8 @@ pub(super) async fn connect(target: &Target) -> anyhow::Result<Clients> {
         status: StatusServiceClient::new(channel.clone()),
         audit: AuditServiceClient::new(channel.clone()),
         tokens: TokenServiceClient::new(channel.clone()),
-        voicemail: VoicemailServiceClient::new(channel),
+        voicemail: VoicemailServiceClient::new(channel.clone()),
+        conference: ConferenceServiceClient::new(channel),
     })
 }
 

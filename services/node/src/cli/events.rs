@@ -28,7 +28,7 @@ pub enum EventsCommand {
         #[arg(long = "type")]
         event_type: Vec<String>,
         /// Only events of this category (provisioning, registration,
-        /// presence, call, security, voicemail); may be repeated.
+        /// presence, call, security, voicemail, conference); may be repeated.
         #[arg(long)]
         category: Vec<String>,
     },
