@@ -72,8 +72,9 @@
 #                   frame, a prompt's next packet, a report, when due)
 #   tick_p50_us tick_p99_us   upper bound of the lateness bucket holding
 #                   the median / 99th percentile tick (100, 250, 500,
-#                   1000, 2000, 5000, ... µs; tokio's timers have 1 ms
-#                   resolution, so up to 1000 is the timer, not load)
+#                   1000, 2000, 5000, ... µs; tokio's timers count whole
+#                   milliseconds, so up to 2000 is the timer, not load;
+#                   the recording's jitter buffer waits 60 ms)
 #   tick_max_us     the largest lateness since the node started
 #   pass            yes when every call was answered and none failed,
 #                   live_max reached N, messages = answered, and lost,

@@ -41,8 +41,9 @@ use crate::session::SessionStats;
 pub(super) const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Upper bounds (inclusive, µs) of the lateness buckets; one more bucket
-/// (`+Inf`) takes the rest. tokio's timers have a 1 ms resolution, so an
-/// idle node shows lateness up to about 1 ms; a frame is 20 ms and the
+/// (`+Inf`) takes the rest. tokio's timers count whole milliseconds (a
+/// sleep ends at the next millisecond tick or the one after), so an idle
+/// node shows lateness up to about 2 ms; a frame is 20 ms and the
 /// recording's jitter buffer waits 60 ms.
 pub const LATENESS_BOUNDS_US: [u64; 11] = [
     100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000,
