@@ -37,6 +37,16 @@ async fn metrics_endpoint_reports_event_log_and_actor_figures() {
         "dialtone_eventlog_appends_total",
         "dialtone_eventlog_append_seconds",
         "dialtone_actors_live",
+        // The media plane's health (voicemail's calls), from the start.
+        "dialtone_media_sessions_live 0",
+        "dialtone_media_rtp_packets_lost_total 0",
+        "dialtone_media_late_packets_total 0",
+        "dialtone_media_concealed_frames_total 0",
+        "dialtone_media_recorded_frames_total 0",
+        "dialtone_media_tick_lateness_us_bucket{le=\"1000\"} 0",
+        "dialtone_media_tick_lateness_us_bucket{le=\"+Inf\"} 0",
+        "dialtone_media_tick_lateness_us_count 0",
+        "dialtone_media_tick_lateness_max_us 0",
     ] {
         assert!(text.contains(metric), "missing {metric} in:\n{text}");
     }

@@ -876,16 +876,49 @@ async fn attended_transfer(extra_args: &[&str]) {
 
 // --- Voicemail (ADR 0022, ADR 0023) ----------------------------------------
 
+/// The value of the metric line `name` (with its labels) in a scrape of
+/// the node's metrics endpoint at `addr`.
+async fn scrape_metric(addr: &str, name: &str) -> f64 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text)
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
 /// baresip (its microphone a 440 Hz tone) calls bob, whose only phone
 /// never answers; after the no-answer time the call goes to bob's
 /// voicemail box: baresip hears the greeting and the beep, then "speaks"
 /// for a few seconds and hangs up. The box holds one new message whose
 /// stored audio is the 440 Hz tone for as long as baresip sent it after
-/// the beep (±0.3 s); bob's leg ended forwarded to `voicemail:bob`.
+/// the beep (±0.3 s); bob's leg ended forwarded to `voicemail:bob`. The
+/// node's media counters saw that call: the message's frames recorded,
+/// none lost on loopback, and every session tick measured.
 #[tokio::test]
 async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
     bounded(150, async {
-        let (_dir, node, alice, bob) = node_with_two_users().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tls = tls_args(dir.path()).unwrap();
+        let args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let (node, metrics) = TestNode::start_with_metrics(dir.path(), &args)
+            .await
+            .unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let alice = create_user(&node, DOMAIN, "alice", PASSWORD, 0)
+            .await
+            .unwrap();
+        let bob = create_user(&node, DOMAIN, "bob", PASSWORD, 0)
+            .await
+            .unwrap();
         let mut vm = box_with_forward(
             &node,
             &bob,
@@ -1005,6 +1038,39 @@ async fn baresip_leaves_a_message_in_a_voicemail_box_after_no_answer() {
             message.duration_ms
         );
         assert!((i64::from(message.duration_ms) - expected_ms).abs() <= 300);
+
+        // The media plane's own account of the call (the session ended and
+        // published its counts before the message was saved).
+        let metric = |name: &'static str| scrape_metric(&metrics, name);
+        let recorded = metric("dialtone_media_recorded_frames_total").await;
+        assert_eq!(
+            recorded * 20.0,
+            f64::from(message.duration_ms),
+            "the message is the recorded frames"
+        );
+        let received = metric("dialtone_media_rtp_packets_received_total").await;
+        assert!(
+            received >= recorded,
+            "{received} packets received for {recorded} frames recorded"
+        );
+        assert_eq!(metric("dialtone_media_rtp_packets_lost_total").await, 0.0);
+        // Loopback and one call: baresip's 20 ms packets come in time,
+        // give or take the stalls of a busy test machine (the tone's
+        // ±0.3 s above).
+        let late = metric("dialtone_media_late_packets_total").await;
+        let concealed = metric("dialtone_media_concealed_frames_total").await;
+        assert!(
+            (late + concealed) * 20.0 <= 300.0,
+            "{late} late packets, {concealed} concealed frames"
+        );
+        // A tick a frame while recording at least, and the greeting's
+        // packets before.
+        let ticks = metric("dialtone_media_tick_lateness_us_count").await;
+        assert!(ticks >= recorded, "{ticks} ticks for {recorded} frames");
+        assert_eq!(
+            metric("dialtone_media_tick_lateness_us_bucket{le=\"+Inf\"}").await,
+            ticks
+        );
         let box_now = vm
             .get_mailbox(dialtone_api::pb::GetMailboxRequest {
                 user: bob.address.clone(),

@@ -106,6 +106,9 @@ pub struct JitterStats {
     pub frames_played: u64,
     /// Missing samples with later audio already buffered: loss.
     pub samples_concealed: u64,
+    /// Frames played with at least one concealed sample: what a listener
+    /// hears as a glitch.
+    pub frames_concealed: u64,
     /// Missing samples with nothing buffered after them (silence
     /// suppression, or the end of the stream), or just before a talkspurt.
     pub samples_silent: u64,
@@ -395,6 +398,7 @@ impl JitterBuffer {
 
     fn play(&mut self, mut playout: Playout) -> Frame<'_> {
         let mut missing = 0usize;
+        let mut concealed = 0usize;
         for offset in 0..self.frame_samples {
             let position = playout.read_position + offset as i64;
             let index = self.index(position);
@@ -410,13 +414,17 @@ impl JitterBuffer {
                 if position >= playout.written_end || (gap_start..gap_end).contains(&position) {
                     self.stats.samples_silent += 1;
                 } else {
-                    self.stats.samples_concealed += 1;
+                    concealed += 1;
                 }
                 0
             };
             if let Some(slot) = self.frame.get_mut(offset) {
                 *slot = out;
             }
+        }
+        self.stats.samples_concealed += concealed as u64;
+        if concealed > 0 {
+            self.stats.frames_concealed += 1;
         }
         playout.read_position += self.frame_samples as i64;
         playout.played_any = true;

@@ -241,6 +241,11 @@ pub struct SessionStats {
     /// Samples missing from recordings and a room's mix (loss,
     /// lateness), played as silence.
     pub concealed_samples: u64,
+    /// Recorded 20 ms frames with concealed samples in them.
+    pub concealed_frames: u64,
+    /// 20 ms frames played out of the jitter buffer into recordings,
+    /// concealed ones included.
+    pub recorded_frames: u64,
     pub tx_packets: u64,
     /// RTP payload octets sent (RFC 3550 s.6.4.1).
     pub tx_octets: u64,
@@ -1023,6 +1028,8 @@ impl MediaSession {
             rx_duplicates: stream.duplicates,
             late_packets: jitter.late_packets,
             concealed_samples: jitter.samples_concealed,
+            concealed_frames: jitter.frames_concealed,
+            recorded_frames: jitter.frames_played,
             ..self.stats
         }
     }
@@ -1106,6 +1113,7 @@ impl Recorder {
 fn add_jitter_stats(total: &mut JitterStats, more: JitterStats) {
     total.frames_played += more.frames_played;
     total.samples_concealed += more.samples_concealed;
+    total.frames_concealed += more.frames_concealed;
     total.samples_silent += more.samples_silent;
     total.late_packets += more.late_packets;
     total.duplicate_packets += more.duplicate_packets;

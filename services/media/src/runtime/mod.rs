@@ -19,11 +19,21 @@
 //! ([`MediaRuntime::live_sessions`], gauge `dialtone_media_sessions_live`)
 //! is held by a guard the task drops, which a panic drops too.
 //!
+//! # What it counts
+//! Packets received and sent, packets from foreign sources and RTP
+//! timeouts as they happen; and, published by each session about once a
+//! second and at its end (`counting`): packets lost (sequence gaps, RFC
+//! 3550 A.3), audio too late for a recording's playout, recorded frames
+//! and concealed ones, and the lateness of each session's ticks: how long
+//! after a [`MediaSession::next_deadline`] the task ran (a histogram in
+//! µs, and its maximum). Names and meanings: docs/operations.md.
+//!
 //! # What it must not do
 //! No media logic: latching, pacing, recording and reports are the
 //! session's. It reads the clock (the one place the crate does) and
 //! passes it in. Per packet it allocates nothing: one receive buffer per
 //! socket and one send buffer per session, reused.
+mod counting;
 mod ports;
 mod task;
 
@@ -38,6 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::Instrument as _;
 
+pub use counting::LATENESS_BOUNDS_US;
 pub use ports::MediaPorts;
 
 use crate::sdp::NegotiatedAudio;
@@ -45,6 +56,7 @@ use crate::session::{
     MediaSession, RecordLimits, Recording, SessionConfig, SessionEvent, SessionStats,
 };
 use crate::Result;
+use counting::{LatenessCounts, Published};
 use ports::PortAllocator;
 use task::{Command, LiveGuard, Metrics, Task};
 
@@ -165,6 +177,8 @@ impl MediaRuntime {
             shutdown: shared.shutdown.subscribe(),
             metrics: shared.metrics.clone(),
             guard,
+            published: Published::default(),
+            lateness: LatenessCounts::default(),
         };
         let span = tracing::debug_span!("media_session", rtp_port);
         tokio::spawn(task.run().instrument(span));

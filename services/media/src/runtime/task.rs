@@ -6,6 +6,7 @@ use metrics::{Counter, Gauge};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use super::counting::{HealthMetrics, LatenessCounts, Published, PUBLISH_INTERVAL};
 use crate::sdp::NegotiatedAudio;
 use crate::session::{
     MediaSession, Packet, Received, RecordLimits, Recording, SessionEvent, SessionStats,
@@ -35,6 +36,7 @@ pub(super) struct Metrics {
     pub(super) sent: Counter,
     pub(super) foreign: Counter,
     pub(super) timeouts: Counter,
+    pub(super) health: HealthMetrics,
 }
 
 impl Metrics {
@@ -45,6 +47,7 @@ impl Metrics {
             sent: metrics::counter!("dialtone_media_rtp_packets_sent_total"),
             foreign: metrics::counter!("dialtone_media_foreign_packets_total"),
             timeouts: metrics::counter!("dialtone_media_rtp_timeouts_total"),
+            health: HealthMetrics::new(),
         }
     }
 }
@@ -87,6 +90,10 @@ pub(super) struct Task {
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) metrics: Metrics,
     pub(super) guard: LiveGuard,
+    /// What the health counters already carry of this session's stats.
+    pub(super) published: Published,
+    /// The lateness of this session's ticks since the last publication.
+    pub(super) lateness: LatenessCounts,
 }
 
 /// Why the loop ended.
@@ -103,6 +110,7 @@ enum End {
 impl Task {
     pub(super) async fn run(mut self) {
         let end = self.run_loop().await;
+        self.publish();
         tracing::debug!(?end, stats = ?self.session.stats(), "media session ended");
         let mut out = Vec::new();
         if let Some(to) = self.session.close(&mut out) {
@@ -134,6 +142,10 @@ impl Task {
         let mut out = Vec::with_capacity(DATAGRAM_CAPACITY);
         let sleep = tokio::time::sleep(IDLE_WAKE);
         tokio::pin!(sleep);
+        // The last deadline whose lateness was counted: a deadline that
+        // several wakes find passed is counted once.
+        let mut measured = None;
+        let mut next_publish = Instant::now() + PUBLISH_INTERVAL;
         loop {
             let deadline = self
                 .session
@@ -180,10 +192,32 @@ impl Task {
                 },
                 () = &mut sleep => {}
             }
+            // A tick: the session's timer work (the recording's playout,
+            // the pacer's next frame, a report) was due at `deadline` and
+            // runs now, whether the timer or a packet woke the task.
+            let woke = Instant::now();
+            if woke >= deadline && measured != Some(deadline) {
+                self.lateness.record(woke - deadline);
+                measured = Some(deadline);
+            }
             if let Some(end) = self.flush(&mut out).await {
                 return end;
             }
+            if woke >= next_publish {
+                self.publish();
+                next_publish = woke + PUBLISH_INTERVAL;
+            }
         }
+    }
+
+    /// Adds what is new in the session's loss, lateness and concealment
+    /// to the runtime's counters.
+    fn publish(&mut self) {
+        self.metrics.health.publish(
+            &self.session.stats(),
+            &mut self.published,
+            &mut self.lateness,
+        );
     }
 
     fn on_command(&mut self, command: Command) {
