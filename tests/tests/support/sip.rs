@@ -366,6 +366,9 @@ pub async fn spawn_sipp(
         let port = free_port()?;
         let mut child = Command::new("sipp")
             .current_dir(work_dir)
+            // Its message traces are stamped in local time: in UTC, tests
+            // compare them with the system clock whatever the machine's zone.
+            .env("TZ", "UTC")
             .args(args(port))
             .args(["-i", &ip.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
