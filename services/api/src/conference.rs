@@ -13,7 +13,7 @@
 //! room's domain: another domain's token gets NOT_FOUND, as for an id
 //! nobody used.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::time::Duration;
 
 use dialtone_actors::{
@@ -377,12 +377,12 @@ impl ConferenceService for ConferenceApi {
         let mut names: HashMap<DomainId, Option<DomainName>> = HashMap::new();
         let mut conferences = Vec::with_capacity(live.len());
         for conference in &live {
-            if !names.contains_key(&conference.domain_id) {
-                let name = self.domain_name(conference.domain_id).await?;
-                names.insert(conference.domain_id, name);
-            }
+            let domain = match names.entry(conference.domain_id) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => new.insert(self.domain_name(conference.domain_id).await?),
+            };
             // A conference of a domain deleted since is not listed.
-            if let Some(Some(domain)) = names.get(&conference.domain_id) {
+            if let Some(domain) = domain {
                 conferences.push(summary_pb(conference, domain));
             }
         }
