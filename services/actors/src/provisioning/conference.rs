@@ -348,9 +348,11 @@ impl Provisioning {
     ///
     /// Refusals name the conference and the participant: an ended
     /// conference is a failed precondition, a participant not in it is not
-    /// found. `KickAll` kicks the participants in at the read one by one,
-    /// concurrently so that the actor decides them in one or two batches
-    /// (one append each); each kick is idempotent (with the request id
+    /// found. `KickAll` kicks the participants in at the read, each its
+    /// own command, sent together so that the actor batches them (the
+    /// first kick's append, then the others decided together while it is
+    /// written: typically two appends, not one per participant); each kick
+    /// is idempotent (with the request id
     /// suffixed by the participant's id, and a second leave writes
     /// nothing), so a retry after a failure half-way finishes the job. The
     /// last kick ends the conference (`empty`), or the last moderator's
