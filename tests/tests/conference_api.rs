@@ -635,14 +635,16 @@ async fn bad_rooms_are_refused_naming_the_field_and_names_stay_unique() {
     node.stop().await.unwrap();
 }
 
-/// Holds a short conference in `room` on a stopped node's log, through the
-/// conference's actor (as the conference application will): started, two
-/// callers in, one turned away with a wrong PIN, one talks, both leave.
-/// Returns the conference's stream.
-async fn hold_conference(data_dir: &std::path::Path, room: &str) -> String {
+/// Runs each conference's commands through its actor on a stopped node's
+/// log (as the node's conference application does), every one accepted.
+async fn run_conferences(
+    data_dir: &std::path::Path,
+    conferences: Vec<(
+        dialtone_domain::ConferenceId,
+        Vec<dialtone_domain::conference::Command>,
+    )>,
+) {
     use dialtone_actors::{ActorSystem, Directory, DirectoryConfig, Meta};
-    use dialtone_domain::conference::{Command, LeaveReason, ParticipantId, Start};
-    use dialtone_domain::{ConferenceId, DomainId, DomainName, UserName};
     use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
     use dialtone_eventlog::SharedStore;
 
@@ -656,31 +658,66 @@ async fn hold_conference(data_dir: &std::path::Path, room: &str) -> String {
         DirectoryConfig::default(),
     )
     .unwrap();
+    for (id, commands) in conferences {
+        for command in commands {
+            directory
+                .execute_conference(id, command.clone(), Meta::default(), |_| ())
+                .await
+                .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        }
+    }
+    directory
+        .passivate_all(std::time::Duration::from_secs(5))
+        .await;
+    tokio::task::spawn_blocking(move || system.shutdown())
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+}
+
+fn participant(n: u128) -> dialtone_domain::conference::ParticipantId {
+    dialtone_domain::conference::ParticipantId(uuid::Uuid::from_u128(n))
+}
+
+/// A conference's start in `room@domain`, with the rules given.
+fn start(domain: &str, room: &str, max: u32) -> dialtone_domain::conference::Command {
+    use dialtone_domain::{DomainId, DomainName, UserName};
+    dialtone_domain::conference::Command::Start(dialtone_domain::conference::Start {
+        domain_id: DomainId::for_name(&DomainName::parse(domain).unwrap()),
+        room: UserName::parse(room).unwrap(),
+        max_participants: max,
+        end_with_moderator: false,
+        muted_on_entry: false,
+    })
+}
+
+fn join(n: u128, caller: &str, moderator: bool) -> dialtone_domain::conference::Command {
+    dialtone_domain::conference::Command::Join {
+        participant: participant(n),
+        caller: caller.to_owned(),
+        moderator,
+    }
+}
+
+/// Holds a short conference in `room` on a stopped node's log, through the
+/// conference's actor (as the conference application will): started, two
+/// callers in, one turned away with a wrong PIN, one talks, both leave.
+/// Returns the conference's stream.
+async fn hold_conference(data_dir: &std::path::Path, room: &str) -> String {
+    use dialtone_domain::conference::{Command, LeaveReason};
+    use dialtone_domain::ConferenceId;
+
     let id = ConferenceId(uuid::Uuid::new_v4());
-    let p = |n: u128| ParticipantId(uuid::Uuid::from_u128(n));
-    let commands = [
-        Command::Start(Start {
-            domain_id: DomainId::for_name(&DomainName::parse(DOMAIN).unwrap()),
-            room: UserName::parse(room).unwrap(),
-            max_participants: 10,
-            end_with_moderator: false,
-            muted_on_entry: false,
-        }),
-        Command::Join {
-            participant: p(1),
-            caller: format!("alice@{DOMAIN}"),
-            moderator: true,
-        },
+    let p = participant;
+    let commands = vec![
+        start(DOMAIN, room, 10),
+        join(1, &format!("alice@{DOMAIN}"), true),
         Command::TurnAway {
             participant: p(2),
             caller: "mallory@elsewhere.test".into(),
             reason: LeaveReason::WrongPin,
         },
-        Command::Join {
-            participant: p(3),
-            caller: format!("bob@{DOMAIN}"),
-            moderator: false,
-        },
+        join(3, &format!("bob@{DOMAIN}"), false),
         Command::Talking {
             participant: p(3),
             on: true,
@@ -694,19 +731,7 @@ async fn hold_conference(data_dir: &std::path::Path, room: &str) -> String {
             reason: LeaveReason::HungUp,
         },
     ];
-    for command in commands {
-        directory
-            .execute_conference(id, command, Meta::default(), |_| ())
-            .await
-            .unwrap();
-    }
-    directory
-        .passivate_all(std::time::Duration::from_secs(5))
-        .await;
-    tokio::task::spawn_blocking(move || system.shutdown())
-        .await
-        .unwrap();
-    store.close().await.unwrap();
+    run_conferences(data_dir, vec![(id, commands)]).await;
     id.stream()
 }
 
@@ -810,5 +835,728 @@ async fn a_conference_is_read_by_its_domain_and_hidden_from_others() {
         .await
         .unwrap_err();
     assert_eq!(hidden.code(), Code::NotFound, "{hidden:?}");
+    node.stop().await.unwrap();
+}
+
+/// A participant id whose text starts with the 8 hex digits of `prefix`.
+fn pid(prefix: u32) -> dialtone_domain::conference::ParticipantId {
+    dialtone_domain::conference::ParticipantId(uuid::Uuid::from_u128(
+        (u128::from(prefix) << 96) | 1,
+    ))
+}
+
+/// The types of a stream's events from `from_version` on.
+async fn stream_types(node: &TestNode, stream: &str, from_version: u64) -> Vec<String> {
+    node.events()
+        .await
+        .unwrap()
+        .read_stream(ReadStreamRequest {
+            stream: stream.to_owned(),
+            from_version,
+            max_count: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|e| e.r#type)
+        .collect()
+}
+
+fn callers(conference: &Conference) -> Vec<(&str, bool, bool)> {
+    conference
+        .participants
+        .iter()
+        .map(|p| (p.caller.as_str(), p.moderator, p.muted))
+        .collect()
+}
+
+#[tokio::test]
+async fn live_conferences_are_listed_read_muted_locked_and_kicked_over_grpc_and_the_cli() {
+    use dialtone_domain::conference::{Command, EndReason, LeaveReason};
+    use dialtone_domain::ConferenceId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    let mut api = conference(&node).await;
+    for room in [
+        standup(),
+        format!("weekly@{DOMAIN}"),
+        format!("standup@{OTHER}"),
+    ] {
+        api.create_room(create(&room, RoomChange::default()))
+            .await
+            .unwrap();
+    }
+    let mut tokens = token_service_client::TokenServiceClient::new(node.channel().await.unwrap());
+    let mut secrets = Vec::new();
+    for domain in [DOMAIN, OTHER] {
+        let request = CreateTokenRequest {
+            scope: domain.into(),
+            ..Default::default()
+        };
+        secrets.push(
+            tokens
+                .create_token(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .secret,
+        );
+    }
+    let [own, other] = <[String; 2]>::try_from(secrets).unwrap();
+    node.stop().await.unwrap();
+
+    // On the stopped node's log, as the conference application writes
+    // them: standup (alice moderating, bob, carol talking, mallory turned
+    // away), weekly (dave), a weekly conference that ended, and other.test's
+    // standup (erin).
+    let (alice, bob, carol, mallory, dave, erin, frank) = (
+        pid(0xa11ce000),
+        pid(0xb0b00000),
+        pid(0xca201000),
+        pid(0x3a110000),
+        pid(0xda7e0000),
+        pid(0xe2140000),
+        pid(0xf2a40000),
+    );
+    let ids: Vec<ConferenceId> = (0..4).map(|_| ConferenceId(uuid::Uuid::new_v4())).collect();
+    let [standup_id, weekly_id, ended_id, other_id] = <[ConferenceId; 4]>::try_from(ids).unwrap();
+    let joined = |p, caller: &str, moderator| Command::Join {
+        participant: p,
+        caller: caller.to_owned(),
+        moderator,
+    };
+    run_conferences(
+        dir.path(),
+        vec![
+            (
+                ended_id,
+                vec![
+                    start(DOMAIN, "weekly", 10),
+                    joined(frank, &format!("frank@{DOMAIN}"), false),
+                    Command::End {
+                        reason: EndReason::Requested,
+                    },
+                ],
+            ),
+            (
+                standup_id,
+                vec![
+                    start(DOMAIN, "standup", 10),
+                    joined(alice, &format!("alice@{DOMAIN}"), true),
+                    joined(bob, &format!("bob@{DOMAIN}"), false),
+                    joined(carol, &format!("carol@{DOMAIN}"), false),
+                    Command::TurnAway {
+                        participant: mallory,
+                        caller: "mallory@elsewhere.test".into(),
+                        reason: LeaveReason::WrongPin,
+                    },
+                    Command::Talking {
+                        participant: carol,
+                        on: true,
+                    },
+                ],
+            ),
+            (
+                weekly_id,
+                vec![
+                    start(DOMAIN, "weekly", 10),
+                    joined(dave, &format!("dave@{DOMAIN}"), false),
+                ],
+            ),
+            (
+                other_id,
+                vec![
+                    start(OTHER, "standup", 10),
+                    joined(erin, &format!("erin@{OTHER}"), false),
+                ],
+            ),
+        ],
+    )
+    .await;
+    let node = TestNode::start(dir.path(), &[]).await.unwrap();
+    let mut api = conference(&node).await;
+    let standup_stream = standup_id.stream();
+    let version_before = stream_types(&node, &standup_stream, 0).await.len() as u64;
+    assert_eq!(
+        version_before, 6,
+        "started, 3 joined, 1 turned away, talking"
+    );
+
+    // A subscriber of the `conference` category, with the domain's token,
+    // from now on: it sees every control below as it is written.
+    let mut subscription = dialtone_api::pb::event_service_client::EventServiceClient::new(
+        channel_with(&node.grpc_url, Some(&own)).await.unwrap(),
+    )
+    .subscribe(SubscribeRequest {
+        start: Some(subscribe_request::Start::FromNow(true)),
+        filter: Some(EventFilter {
+            categories: vec!["conference".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let watched = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let message =
+                tokio::time::timeout(std::time::Duration::from_secs(30), subscription.message())
+                    .await
+                    .expect("subscription stalled")
+                    .unwrap();
+            if let Some(subscribe_response::Message::Event(e)) = message.and_then(|m| m.message) {
+                let e = e.envelope.unwrap();
+                let end = e.r#type == "ConferenceEnded";
+                seen.push((e.stream, e.r#type, e.category));
+                if end {
+                    return seen;
+                }
+            }
+        }
+    });
+
+    // Listed: the domain's two live conferences, earliest first, with who
+    // is in (mallory never was); the ended one is not.
+    let list = |domain: &str| ListConferencesRequest {
+        domain: domain.into(),
+    };
+    let live = api
+        .list_conferences(list(DOMAIN))
+        .await
+        .unwrap()
+        .into_inner()
+        .conferences;
+    let summary: Vec<(&str, &str, u32, bool)> = live
+        .iter()
+        .map(|c| {
+            (
+                c.conference_id.as_str(),
+                c.room.as_str(),
+                c.participants,
+                c.locked,
+            )
+        })
+        .collect();
+    let (standup_text, weekly_text) = (standup_id.to_string(), weekly_id.to_string());
+    let weekly = format!("weekly@{DOMAIN}");
+    assert_eq!(
+        summary,
+        [
+            (standup_text.as_str(), standup().as_str(), 3, false),
+            (weekly_text.as_str(), weekly.as_str(), 1, false),
+        ]
+    );
+    assert!(live.iter().all(|c| c.started_at.is_some() && !c.recording));
+    // One room's; every domain's for the admin; the token's own domain's.
+    let one = api
+        .list_conferences(list(&weekly))
+        .await
+        .unwrap()
+        .into_inner()
+        .conferences;
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].conference_id, weekly_text);
+    let all = api.list_conferences(list("")).await.unwrap().into_inner();
+    assert_eq!(all.conferences.len(), 3);
+    assert_eq!(all.conferences[2].room, format!("standup@{OTHER}"));
+    let mut own_api =
+        ConferenceServiceClient::new(channel_with(&node.grpc_url, Some(&own)).await.unwrap());
+    let mine = own_api
+        .list_conferences(list(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.conferences, live);
+    // The CLI: a table, and JSON.
+    let text = stdout(
+        &node
+            .cli(&["conference", "list-live", DOMAIN])
+            .await
+            .unwrap(),
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("CONFERENCE"), "{text}");
+    assert!(
+        lines[1].starts_with(&standup_text) && lines[1].contains(&standup()),
+        "{text}"
+    );
+    assert!(lines[1].split_whitespace().nth(3) == Some("3"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        &node
+            .cli(&["--json", "conference", "list-live"])
+            .await
+            .unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3, "{json}");
+    assert_eq!(json[1]["conference_id"], weekly_text.as_str());
+    assert_eq!(json[1]["participants"], 1);
+
+    // Read by room: the participants by joining time.
+    let got = api
+        .get_conference(GetConferenceRequest {
+            conference: standup(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.conference_id, standup_text);
+    assert_eq!(got.room, standup());
+    assert_eq!(got.version, 5, "versions are 0-based");
+    assert_eq!(got.max_participants, 10);
+    assert!(got.ended_at.is_none() && !got.locked);
+    assert_eq!(
+        callers(&got),
+        [
+            (format!("alice@{DOMAIN}").as_str(), true, false),
+            (format!("bob@{DOMAIN}").as_str(), false, false),
+            (format!("carol@{DOMAIN}").as_str(), false, false),
+        ]
+    );
+    assert_eq!(got.participants[0].participant_id, alice.to_string());
+    assert!(got.participants[2].talking && !got.participants[1].talking);
+    // By id, the same.
+    let by_id = api
+        .get_conference(GetConferenceRequest {
+            conference: standup_text.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_id, got);
+    let text = stdout(
+        &node
+            .cli(&["conference", "participants", &standup()])
+            .await
+            .unwrap(),
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].starts_with(&format!("conference {standup_text} in {}", standup()))
+            && lines[0].contains("3 of at most 10 participants"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("PARTICIPANT"), "{text}");
+    let cells: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        [
+            alice.to_string().as_str(),
+            format!("alice@{DOMAIN}").as_str(),
+            "moderator",
+            "no",
+            "no"
+        ],
+        "{text}"
+    );
+    let cells: Vec<&str> = lines[4].split_whitespace().collect();
+    assert_eq!(cells[2..5], ["-", "no", "yes"], "{text}");
+
+    // Mute bob by his caller over gRPC; carol by the start of her id on
+    // the CLI; unmute bob on the CLI; then mute all (not alice, the
+    // moderator) with the domain's own token.
+    let muted = api
+        .mute_participant(ParticipantRequest {
+            conference: standup(),
+            participant: format!("bob@{DOMAIN}"),
+            request_id: "mute-bob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(muted.version, 6);
+    assert!(muted.participants[1].muted);
+    // A retry with the same request id writes nothing.
+    let again = api
+        .mute_participant(ParticipantRequest {
+            conference: standup(),
+            participant: format!("bob@{DOMAIN}"),
+            request_id: "mute-bob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.version, 6);
+    let text = stdout(
+        &node
+            .cli(&["conference", "mute", &standup(), "ca20"])
+            .await
+            .unwrap(),
+    );
+    let carol_line = text
+        .lines()
+        .find(|l| l.starts_with(&carol.to_string()))
+        .unwrap_or_else(|| panic!("no carol in\n{text}"));
+    assert_eq!(
+        carol_line.split_whitespace().collect::<Vec<_>>()[2..5],
+        ["-", "yes", "yes"],
+        "carol muted and still talking:\n{text}"
+    );
+    stdout(
+        &node
+            .cli(&["conference", "unmute", &standup(), &bob.to_string()])
+            .await
+            .unwrap(),
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        &node
+            .cli(&[
+                "--token",
+                &own,
+                "--json",
+                "conference",
+                "mute",
+                &standup(),
+                "--all",
+            ])
+            .await
+            .unwrap(),
+    ))
+    .unwrap();
+    let muted: Vec<(&str, bool)> = json["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["caller"].as_str().unwrap(), p["muted"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        muted,
+        [
+            (format!("alice@{DOMAIN}").as_str(), false),
+            (format!("bob@{DOMAIN}").as_str(), true),
+            (format!("carol@{DOMAIN}").as_str(), true),
+        ]
+    );
+
+    // Lock over gRPC (the listing shows it), unlock on the CLI.
+    let locked = own_api
+        .lock_conference(ConferenceControlRequest {
+            conference: standup_text.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(locked.locked);
+    let live = api
+        .list_conferences(list(&standup()))
+        .await
+        .unwrap()
+        .into_inner()
+        .conferences;
+    assert!(live[0].locked);
+    let text = stdout(
+        &node
+            .cli(&["conference", "participants", &standup()])
+            .await
+            .unwrap(),
+    );
+    assert!(text.lines().next().unwrap().ends_with(", locked"), "{text}");
+    let text = stdout(
+        &node
+            .cli(&["conference", "unlock", &standup()])
+            .await
+            .unwrap(),
+    );
+    assert!(!text.lines().next().unwrap().contains("locked"), "{text}");
+
+    // Kick carol by id; kicking her again writes nothing; she cannot be
+    // muted now.
+    let kicked = api
+        .kick_participant(ParticipantRequest {
+            conference: standup(),
+            participant: carol.to_string(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kicked.participants.len(), 2);
+    let again = api
+        .kick_participant(ParticipantRequest {
+            conference: standup(),
+            participant: carol.to_string(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.version, kicked.version);
+    let gone = api
+        .mute_participant(ParticipantRequest {
+            conference: standup(),
+            participant: carol.to_string(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (gone.code(), gone.message()),
+        (
+            Code::NotFound,
+            format!("participant {carol} in conference {standup_id} not found").as_str()
+        )
+    );
+    assert_eq!(
+        api.list_conferences(list(&standup()))
+            .await
+            .unwrap()
+            .into_inner()
+            .conferences[0]
+            .participants,
+        2
+    );
+
+    // Bad input, nothing written.
+    let version = kicked.version;
+    let nobody = api
+        .kick_participant(ParticipantRequest {
+            conference: standup(),
+            participant: "zzzz".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (nobody.code(), nobody.message()),
+        (
+            Code::NotFound,
+            format!("participant zzzz in conference {standup_id} not found").as_str()
+        )
+    );
+    let empty = api
+        .mute_participant(ParticipantRequest {
+            conference: standup(),
+            participant: " ".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(
+        empty.message().starts_with("invalid participant:"),
+        "{}",
+        empty.message()
+    );
+    let unknown = ConferenceId(uuid::Uuid::new_v4());
+    let err = api
+        .get_conference(GetConferenceRequest {
+            conference: unknown.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::NotFound,
+            format!("conference {unknown} not found").as_str()
+        )
+    );
+    let err = api
+        .lock_conference(ConferenceControlRequest {
+            conference: "standup".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("invalid conference: 'standup' is neither"),
+        "{}",
+        err.message()
+    );
+    let err = api
+        .get_conference(GetConferenceRequest {
+            conference: format!("sales@{DOMAIN}"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::NotFound,
+            format!("no conference in progress in room sales@{DOMAIN}").as_str()
+        )
+    );
+    let output = node.cli(&["conference", "mute", &standup()]).await.unwrap();
+    assert!(
+        !output.status.success(),
+        "mute needs a participant or --all"
+    );
+    let output = node
+        .cli(&["conference", "kick", &standup(), "zzzz"])
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("participant zzzz in conference"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Another domain's token: the conference is not there, by id or by
+    // room; in its own domain it reads its own.
+    let mut other_api =
+        ConferenceServiceClient::new(channel_with(&node.grpc_url, Some(&other)).await.unwrap());
+    let hidden = other_api
+        .get_conference(GetConferenceRequest {
+            conference: standup_text.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (hidden.code(), hidden.message()),
+        (
+            Code::NotFound,
+            format!("conference {standup_id} not found").as_str()
+        )
+    );
+    let hidden = other_api
+        .kick_all(ConferenceControlRequest {
+            conference: standup(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (hidden.code(), hidden.message()),
+        (
+            Code::NotFound,
+            format!("domain {DOMAIN} not found").as_str()
+        )
+    );
+    let hidden = other_api.list_conferences(list(DOMAIN)).await.unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    let theirs = other_api
+        .list_conferences(list(""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(theirs.conferences.len(), 1);
+    assert_eq!(theirs.conferences[0].conference_id, other_id.to_string());
+    let output = node
+        .cli(&[
+            "--token",
+            &other,
+            "conference",
+            "participants",
+            &standup_text,
+        ])
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert_eq!(
+        stream_types(&node, &standup_stream, version + 1).await,
+        Vec::<String>::new(),
+        "nothing written by refused requests"
+    );
+
+    // Kick everyone on the CLI: the conference ends, empty.
+    let text = stdout(
+        &node
+            .cli(&["conference", "kick", &standup(), "--all"])
+            .await
+            .unwrap(),
+    );
+    assert!(text.lines().next().unwrap().contains(", ended "), "{text}");
+    assert_eq!(text.lines().count(), 2, "a heading and (none):\n{text}");
+    // Gone from the live ones; by id it is read as ended; it accepts no
+    // control.
+    let live = api
+        .list_conferences(list(DOMAIN))
+        .await
+        .unwrap()
+        .into_inner()
+        .conferences;
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].conference_id, weekly_text);
+    let err = api
+        .get_conference(GetConferenceRequest {
+            conference: standup(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::NotFound,
+            format!("no conference in progress in room {}", standup()).as_str()
+        )
+    );
+    let ended = api
+        .get_conference(GetConferenceRequest {
+            conference: standup_text.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ended.ended_at.is_some() && ended.participants.is_empty());
+    let err = api
+        .mute_all(ConferenceControlRequest {
+            conference: standup_text.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::FailedPrecondition,
+            format!("conference {standup_id} has ended").as_str()
+        )
+    );
+    let err = api
+        .lock_conference(ConferenceControlRequest {
+            conference: ended_id.to_string(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    // The conference's stream: every control, in order.
+    let written = stream_types(&node, &standup_stream, version_before).await;
+    assert_eq!(
+        written,
+        [
+            "ParticipantMuted",   // bob
+            "ParticipantMuted",   // carol
+            "ParticipantUnmuted", // bob
+            "ParticipantMuted",   // bob, by mute all
+            "ConferenceLocked",
+            "ConferenceUnlocked",
+            "ParticipantLeft", // carol, kicked
+            "ParticipantLeft", // kick all: alice
+            "ParticipantLeft", // and bob
+            "ConferenceEnded",
+        ]
+    );
+    let all = read_all(&node).await.unwrap();
+    let reasons: Vec<String> = all
+        .iter()
+        .filter(|e| e.stream == standup_stream && e.version >= version_before)
+        .filter(|e| e.r#type == "ParticipantLeft" || e.r#type == "ConferenceEnded")
+        .map(|e| {
+            let data: serde_json::Value = serde_json::from_str(&e.data_json).unwrap();
+            data["reason"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(reasons, ["kicked", "kicked", "kicked", "empty"]);
+    // The subscriber saw the same, live, as `conference` events of that
+    // stream only.
+    let seen = watched.await.unwrap();
+    let expected: Vec<(String, String, String)> = written
+        .iter()
+        .map(|t| (standup_stream.clone(), t.clone(), "conference".to_owned()))
+        .collect();
+    assert_eq!(seen, expected);
     node.stop().await.unwrap();
 }

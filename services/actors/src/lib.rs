@@ -27,8 +27,10 @@
 //! - Checkpointed projections of the whole log: [`RegistrationIndex`]
 //!   (users with contacts: woken at start-up, "who is online") and
 //!   [`CallIndex`] (call legs in progress; at start-up it closes those a
-//!   previous run left open), and [`AudioIndex`] (the voicemail audio the
-//!   mailboxes name: what the node's blob sweeper keeps).
+//!   previous run left open), [`AudioIndex`] (the voicemail audio the
+//!   mailboxes name: what the node's blob sweeper keeps) and
+//!   [`ConferenceIndex`] (the conferences in progress, per domain and
+//!   room).
 //! - [`Error`]: domain refusals, version conflicts, event-log failures,
 //!   corrupt data, unreachable actors, kept apart for the API's status codes.
 //!
@@ -44,6 +46,7 @@
 mod aggregate;
 mod audio_index;
 mod calls;
+mod conferences;
 mod deadlines;
 mod directory;
 mod facts;
@@ -60,12 +63,15 @@ pub use aggregate::{
 };
 pub use audio_index::AudioIndex;
 pub use calls::{ActiveLeg, CallIndex};
+pub use conferences::{ConferenceIndex, LiveConference};
 pub use directory::{Directory, DirectoryConfig};
 pub use facts::{
     CallFeatures, CallState, ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts,
 };
 pub use flows::{FlowFact, Flows};
-pub use provisioning::conference::{ConferenceRoomInfo, RoomChange};
+pub use provisioning::conference::{
+    ConferenceInfo, ConferenceRoomInfo, Control, RoomChange, MIN_ID_PREFIX,
+};
 pub use provisioning::voicemail::{new_audio_id, MailboxChange, UserMailbox};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,

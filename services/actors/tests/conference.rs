@@ -2,13 +2,18 @@
 //! stream (`conference-{uuid}`) with the room's domain on the envelope,
 //! refusals come back as the domain's error kinds and write nothing, and
 //! after a crash (no snapshot) the conference is rebuilt from the log and
-//! goes on enforcing its maximum and its end.
+//! goes on enforcing its maximum and its end. An operator's kick-all
+//! ends a conference once whatever the order its kicks are decided in,
+//! and the conference index lists it while it is live.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dialtone_actors::{ActorSystem, Directory, DirectoryConfig, Error, Meta};
+use dialtone_actors::{
+    ActorSystem, ConferenceIndex, Control, Directory, DirectoryConfig, Error, Meta, Provisioning,
+    ProvisioningConfig,
+};
 use dialtone_domain::conference::{Command, EndReason, LeaveReason, ParticipantId, Start, Status};
 use dialtone_domain::{ConferenceId, DomainId, DomainName, Error as DomainError, Event, UserName};
 use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
@@ -168,6 +173,123 @@ async fn a_conference_lives_in_its_own_stream_and_survives_a_crash() {
         .await,
         Err(Error::Domain(DomainError::FailedPrecondition(_)))
     ));
+    node.directory.passivate_all(Duration::from_secs(5)).await;
+    node.crash().await;
+}
+
+/// Kick-all on a conference that ends with its moderators: the kicks go to
+/// the actor together, and whichever is decided first, every participant
+/// leaves exactly once, the conference ends exactly once, and the kicks
+/// decided after the end count as done. The index lists the conference
+/// until then, with its participants, and not after.
+#[tokio::test]
+async fn kick_all_ends_the_conference_once_and_the_index_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(dir.path());
+    let index = ConferenceIndex::start(node.store.clone()).await.unwrap();
+    let provisioning = Provisioning::new(node.directory.clone(), ProvisioningConfig::default());
+    let domain_id = DomainId::for_name(&DomainName::parse("example.com").unwrap());
+    let id = ConferenceId(Uuid::from_u128(0xa11));
+    let start = Command::Start(Start {
+        domain_id,
+        room: UserName::parse("board").unwrap(),
+        max_participants: 10,
+        end_with_moderator: true,
+        muted_on_entry: false,
+    });
+    node.run(id, start).await.unwrap();
+    node.run(
+        id,
+        Command::Join {
+            participant: p(1),
+            caller: "chair@example.com".into(),
+            moderator: true,
+        },
+    )
+    .await
+    .unwrap();
+    for n in 2..=6 {
+        node.run(id, join(n)).await.unwrap();
+    }
+    assert!(
+        index
+            .caught_up(node.store.head_position(), Duration::from_secs(5))
+            .await
+    );
+    let live = index.live_in(domain_id, None);
+    assert_eq!(live.len(), 1);
+    assert_eq!((live[0].id, live[0].participants.len()), (id, 6));
+    assert_eq!(
+        index
+            .live_of_room(domain_id, &UserName::parse("board").unwrap())
+            .map(|c| c.id),
+        Some(id)
+    );
+
+    let current = provisioning.get_conference(id).await.unwrap();
+    let meta = Meta {
+        request_id: Some("kick-all-1".into()),
+        ..Meta::default()
+    };
+    let after = provisioning
+        .control_conference(&current, Control::KickAll, meta)
+        .await
+        .unwrap();
+    assert_eq!(after.conference.status, Status::Ended);
+    assert!(after.conference.participants.is_empty());
+    let recorded = node.store.read_stream(&id.stream(), 7, 100).await.unwrap();
+    let mut left = Vec::new();
+    let mut ended = 0;
+    for e in &recorded {
+        match Event::from_stored(&e.event_type, e.schema_version, &e.data).unwrap() {
+            Event::Conference(dialtone_domain::conference::Event::ParticipantLeft {
+                participant,
+                reason,
+                ..
+            }) => {
+                assert!(
+                    matches!(reason, LeaveReason::Kicked | LeaveReason::ConferenceEnded),
+                    "{reason:?}"
+                );
+                left.push(participant);
+            }
+            Event::Conference(dialtone_domain::conference::Event::ConferenceEnded { .. }) => {
+                ended += 1
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    left.sort();
+    assert_eq!(left, (1..=6).map(p).collect::<Vec<_>>(), "each left once");
+    assert_eq!(ended, 1);
+    assert_eq!(recorded.last().unwrap().event_type, "ConferenceEnded");
+
+    // Ended: gone from the index; controls are refused naming it.
+    assert!(
+        index
+            .caught_up(node.store.head_position(), Duration::from_secs(5))
+            .await
+    );
+    assert!(index.live_in(domain_id, None).is_empty());
+    assert!(index.all().is_empty());
+    let current = provisioning.get_conference(id).await.unwrap();
+    match provisioning
+        .control_conference(&current, Control::Lock, Meta::default())
+        .await
+    {
+        Err(Error::Domain(DomainError::FailedPrecondition(message))) => {
+            assert_eq!(message, format!("conference {id} has ended"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // An id nobody used is not found, and starts no actor's stream.
+    let unknown = ConferenceId(Uuid::from_u128(0xdead));
+    match provisioning.get_conference(unknown).await {
+        Err(Error::Domain(DomainError::NotFound(what))) => {
+            assert_eq!(what, format!("conference {unknown}"))
+        }
+        other => panic!("{other:?}"),
+    }
     node.directory.passivate_all(Duration::from_secs(5)).await;
     node.crash().await;
 }

@@ -10,7 +10,8 @@
 //!   (state at a version or time; call detail records read from the log by
 //!   [`cdr`]), [`tokens_api::TokenApi`], [`voicemail::VoicemailApi`]
 //!   (voicemail boxes; their audio in the node's blob store) and
-//!   [`conference::ConferenceApi`] (conference rooms).
+//!   [`conference::ConferenceApi`] (conference rooms; the conferences in
+//!   progress, listed, read and controlled).
 //! - Authentication and scoping ([`auth`]): bearer tokens checked by an
 //!   interceptor in front of every Dialtone service, the token table, a
 //!   domain token kept to its domain.
@@ -23,7 +24,7 @@
 //! [`serve`] / [`serve_with`] run every service plus `grpc.health.v1` and
 //! reflection (both open) on a listener, optionally over TLS
 //! ([`ServeOptions`]), from an [`ApiContext`] (provisioning, the event log,
-//! the two indexes, the blob store). [`Error`] is for serving only; a request's errors are
+//! the indexes, the blob store). [`Error`] is for serving only; a request's errors are
 //! `tonic::Status` values made by [`status`].
 //!
 //! # What it must not do
@@ -35,7 +36,7 @@
 
 use std::future::Future;
 
-use dialtone_actors::{CallIndex, Provisioning, RegistrationIndex};
+use dialtone_actors::{CallIndex, ConferenceIndex, Provisioning, RegistrationIndex};
 use dialtone_eventlog::{SharedBlobStore, SharedStore};
 use tokio::net::TcpListener;
 
@@ -92,6 +93,8 @@ pub struct ApiContext {
     pub store: SharedStore,
     pub registrations: RegistrationIndex,
     pub calls: CallIndex,
+    /// The conferences in progress.
+    pub conferences: ConferenceIndex,
     /// Where voicemail audio is (the node's one blob store, shared with
     /// its voicemail calls).
     pub blobs: SharedBlobStore,
@@ -243,7 +246,10 @@ pub async fn serve_with(
         )
         .add_service(
             pb::conference_service_server::ConferenceServiceServer::with_interceptor(
-                conference::ConferenceApi::new(context.provisioning.clone()),
+                conference::ConferenceApi::new(
+                    context.provisioning.clone(),
+                    context.conferences.clone(),
+                ),
                 authenticator.clone(),
             ),
         )

@@ -74,6 +74,9 @@ impl Node {
             store: store.clone(),
             registrations,
             calls: calls.clone(),
+            conferences: dialtone_actors::ConferenceIndex::start(store.clone())
+                .await
+                .unwrap(),
             blobs: std::sync::Arc::new(
                 dialtone_eventlog::SqliteBlobStore::open(
                     &dir.path().join("blobs.sqlite3"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use dialtone_actors::{
-    ActorSystem, AudioIndex, CallIndex, Directory, DirectoryConfig, Provisioning,
+    ActorSystem, AudioIndex, CallIndex, ConferenceIndex, Directory, DirectoryConfig, Provisioning,
     ProvisioningConfig, RegistrationIndex,
 };
 use dialtone_domain::credentials::PasswordPolicy;
@@ -96,6 +96,8 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     let calls = CallIndex::start(store.clone(), directory.clone()).await?;
     // The voicemail audio the mailboxes name: what the blob sweeper keeps.
     let audio = AudioIndex::start(store.clone()).await?;
+    // The conferences in progress, per domain and room (for the API).
+    let conferences = ConferenceIndex::start(store.clone()).await?;
 
     if config.sip_challenge_md5_first {
         tracing::warn!(
@@ -246,6 +248,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         store: store.clone(),
         registrations: registrations.clone(),
         calls: calls.clone(),
+        conferences: conferences.clone(),
         blobs: blobs.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
@@ -297,6 +300,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     registrations.checkpoint(&store).await;
     calls.checkpoint(&store).await;
     audio.checkpoint(&store).await;
+    conferences.checkpoint(&store).await;
     tracing::info!("stopping actors (saving snapshots)");
     directory.passivate_all(Duration::from_secs(10)).await;
     tokio::task::spawn_blocking(move || system.shutdown()).await?;

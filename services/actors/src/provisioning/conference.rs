@@ -1,15 +1,20 @@
 //! The conference rooms' use cases: a room is domain state (ADR 0025), so
 //! each is one command to, or one query of, the room's domain actor.
+//! And the operator's control of a conference in progress (read it, mute,
+//! unmute, kick, lock): commands to the conference's own actor, durable
+//! before the reply. The media follows the conference's events (the
+//! node's conference application applies them); nothing here touches it.
 //!
 //! What the domain takes from outside is made here, at the actors'
 //! boundary: the PINs' random salts. A PIN is checked as typed (digits,
 //! 4 to 12, the field named) before it is hashed, and is never printed.
 
+use dialtone_domain::conference::{self, Conference, ParticipantId};
 use dialtone_domain::conference_room::{check_pin, Room, RoomPatch};
 use dialtone_domain::domain;
 use dialtone_domain::mailbox::PinHash;
 use dialtone_domain::names::UserAddress;
-use dialtone_domain::{DomainId, Error as DomainError};
+use dialtone_domain::{ConferenceId, DomainId, Error as DomainError};
 use uuid::Uuid;
 
 use super::{not_found_domain, DomainRef, Provisioning};
@@ -54,6 +59,71 @@ pub struct ConferenceRoomInfo {
     pub room: Room,
     /// The domain stream's version (`None`: empty stream).
     pub version: Option<u64>,
+}
+
+/// A conference (in progress or ended) and its stream's version when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConferenceInfo {
+    pub id: ConferenceId,
+    pub conference: Conference,
+    pub version: Option<u64>,
+}
+
+impl ConferenceInfo {
+    /// The participant in the conference now that `input` names: its id,
+    /// the start of its id (at least [`MIN_ID_PREFIX`] characters), or its
+    /// caller, each when only one participant matches. A full id is taken
+    /// as it is, in or not (kicking one who left is a no-op, a race of the
+    /// kick with the hang-up).
+    pub fn participant(&self, input: &str) -> Result<ParticipantId> {
+        let input = input.trim();
+        if let Ok(id) = uuid::Uuid::parse_str(input) {
+            return Ok(ParticipantId(id));
+        }
+        let lower = input.to_ascii_lowercase();
+        let matches: Vec<ParticipantId> = self
+            .conference
+            .participants
+            .iter()
+            .filter(|(id, p)| {
+                (lower.len() >= MIN_ID_PREFIX && id.to_string().starts_with(&lower))
+                    || p.caller.eq_ignore_ascii_case(input)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::Domain(DomainError::NotFound(format!(
+                "participant {input} in conference {}",
+                self.id
+            )))),
+            _ => Err(Error::Domain(DomainError::Invalid {
+                field: "participant",
+                reason: format!(
+                    "'{input}' names {} participants of conference {}; give the id",
+                    matches.len(),
+                    self.id
+                ),
+            })),
+        }
+    }
+}
+
+/// Shortest start of a participant's id that names it.
+pub const MIN_ID_PREFIX: usize = 4;
+
+/// What an operator does to a conference in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Mute(ParticipantId),
+    Unmute(ParticipantId),
+    Kick(ParticipantId),
+    /// Mutes every participant who is not a moderator.
+    MuteAll,
+    /// Kicks everyone in the conference (which then ends, empty).
+    KickAll,
+    Lock,
+    Unlock,
 }
 
 /// A PIN as a patch takes it: `None` keeps it, `""` removes it, digits are
@@ -243,6 +313,141 @@ impl Provisioning {
             version,
         })
     }
+}
+
+impl Provisioning {
+    /// The conference `id`, in progress or ended; NOT_FOUND when its
+    /// stream is empty (no actor is started for an id nobody used).
+    pub async fn get_conference(&self, id: ConferenceId) -> Result<ConferenceInfo> {
+        let exists = self
+            .directory
+            .store()
+            .stream_version(&id.stream())
+            .await?
+            .is_some();
+        if !exists {
+            return Err(not_found_conference(id));
+        }
+        let info = self
+            .directory
+            .query_conference(id, move |r| ConferenceInfo {
+                id,
+                conference: r.state.clone(),
+                version: r.version,
+            })
+            .await?;
+        if info.conference.status == conference::Status::NotStarted {
+            return Err(not_found_conference(id));
+        }
+        Ok(info)
+    }
+
+    /// Runs an operator's `control` on the conference `current` (as read
+    /// by [`Provisioning::get_conference`], after the caller checked it may
+    /// see its domain); the conference after it, durable.
+    ///
+    /// Refusals name the conference and the participant: an ended
+    /// conference is a failed precondition, a participant not in it is not
+    /// found. `KickAll` kicks the participants in at the read, each its
+    /// own command, sent together so that the actor batches them (the
+    /// first kick's append, then the others decided together while it is
+    /// written: typically two appends, not one per participant); each kick
+    /// is idempotent (with the request id
+    /// suffixed by the participant's id, and a second leave writes
+    /// nothing), so a retry after a failure half-way finishes the job. The
+    /// last kick ends the conference (`empty`), or the last moderator's
+    /// does when the conference ends with its moderators: kicks after that
+    /// find it ended, which is what they were for.
+    pub async fn control_conference(
+        &self,
+        current: &ConferenceInfo,
+        control: Control,
+        meta: Meta,
+    ) -> Result<ConferenceInfo> {
+        let id = current.id;
+        if current.conference.status == conference::Status::Ended {
+            return Err(ended_conference(id));
+        }
+        let command = match control {
+            Control::Mute(p) => conference::Command::Mute { participant: p },
+            Control::Unmute(p) => conference::Command::Unmute { participant: p },
+            Control::Kick(p) => conference::Command::Kick { participant: p },
+            Control::MuteAll => conference::Command::MuteAll,
+            Control::Lock => conference::Command::Lock,
+            Control::Unlock => conference::Command::Unlock,
+            Control::KickAll => return self.kick_all(current, meta).await,
+        };
+        let participant = match control {
+            Control::Mute(p) | Control::Unmute(p) | Control::Kick(p) => Some(p),
+            _ => None,
+        };
+        self.conference_command(id, command, meta)
+            .await
+            .map_err(|e| named(e, id, participant))
+    }
+
+    async fn kick_all(&self, current: &ConferenceInfo, meta: Meta) -> Result<ConferenceInfo> {
+        let id = current.id;
+        let kicks = current.conference.participants.keys().map(|p| {
+            let meta = Meta {
+                request_id: meta.request_id.as_ref().map(|r| format!("{r}/kick/{p}")),
+                ..meta.clone()
+            };
+            let command = conference::Command::Kick { participant: *p };
+            async move { self.conference_command(id, command, meta).await }
+        });
+        for result in futures::future::join_all(kicks).await {
+            match result {
+                Ok(_) => {}
+                // An earlier kick ended it: everyone is out.
+                Err(Error::Domain(DomainError::FailedPrecondition(_))) => {}
+                Err(e) => return Err(named(e, id, None)),
+            }
+        }
+        self.get_conference(id).await
+    }
+
+    async fn conference_command(
+        &self,
+        id: ConferenceId,
+        command: conference::Command,
+        meta: Meta,
+    ) -> Result<ConferenceInfo> {
+        self.directory
+            .execute_conference(id, command, meta, move |r| ConferenceInfo {
+                id,
+                conference: r.state.clone(),
+                version: r.version,
+            })
+            .await
+    }
+}
+
+/// An operator command's refusal with the conference (and participant)
+/// named. The commands an operator sends can be refused only as not found
+/// (the participant is not in the conference) or as a failed precondition
+/// (the conference ended meanwhile).
+fn named(error: Error, id: ConferenceId, participant: Option<ParticipantId>) -> Error {
+    match error {
+        Error::Domain(DomainError::NotFound(_)) => match participant {
+            Some(p) => Error::Domain(DomainError::NotFound(format!(
+                "participant {p} in conference {id}"
+            ))),
+            None => not_found_conference(id),
+        },
+        Error::Domain(DomainError::FailedPrecondition(_)) => ended_conference(id),
+        other => other,
+    }
+}
+
+fn not_found_conference(id: ConferenceId) -> Error {
+    Error::Domain(DomainError::NotFound(format!("conference {id}")))
+}
+
+fn ended_conference(id: ConferenceId) -> Error {
+    Error::Domain(DomainError::FailedPrecondition(format!(
+        "conference {id} has ended"
+    )))
 }
 
 /// A PIN given and not empty (not a removal), trimmed.

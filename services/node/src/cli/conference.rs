@@ -1,12 +1,15 @@
 //! `dialtone conference ...`: create, show, list, change and delete
 //! conference rooms (ADR 0025). PINs are sent as typed and never shown:
-//! the server answers whether a room has them.
+//! the server answers whether a room has them. And the conferences in
+//! progress: `list-live`, `participants`, `mute`, `unmute`, `kick`,
+//! `lock`, `unlock`; each control is durable when the command returns,
+//! and the node's conference application applies it to the call.
 
 use dialtone_api::pb;
 use serde_json::{json, Value};
 
 use super::connection::{status_error, Clients};
-use super::output::{s, Output};
+use super::output::{s, time, Output};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ConferenceCommand {
@@ -39,6 +42,64 @@ pub enum ConferenceCommand {
     },
     /// Delete a conference room.
     Delete { room: String },
+    /// The conferences in progress of a domain (every domain's for an
+    /// admin token, the token's own domain's for a domain token), or of a
+    /// room (name@domain).
+    ListLive {
+        /// A domain, or a room's address
+        domain: Option<String>,
+    },
+    /// A conference and who is in it:
+    /// `dialtone conference participants standup@example.com`.
+    Participants {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+    },
+    /// Mute a participant (heard by no one), or with --all every one who
+    /// is not a moderator.
+    Mute {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Unmute a participant.
+    Unmute {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+        /// The participant's id, its first characters, or its caller
+        participant: String,
+    },
+    /// Remove a participant from the conference (the node hangs up its
+    /// call), or with --all everyone (the conference then ends).
+    Kick {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Lock a conference: it takes moderators only.
+    Lock {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+    },
+    /// Unlock a conference.
+    Unlock {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+    },
+}
+
+/// One participant, or all of them.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct Who {
+    /// The participant's id, its first characters (4 or more), or its
+    /// caller (user@domain)
+    participant: Option<String>,
+    /// Every participant
+    #[arg(long)]
+    all: bool,
 }
 
 /// A room's settings; each one not given is kept (or defaults, on create).
@@ -166,10 +227,207 @@ pub(super) async fn run(
             })
             .await
         }
+        ConferenceCommand::ListLive { domain } => {
+            let list = api
+                .list_conferences(pb::ListConferencesRequest {
+                    domain: domain.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let values: Vec<Value> = list.conferences.iter().map(summary_json).collect();
+            if !out.json && !values.is_empty() {
+                println!(
+                    "{:<36} {:<32} {:<27} {:>12}  FLAGS",
+                    "CONFERENCE", "ROOM", "STARTED", "PARTICIPANTS"
+                );
+            }
+            out.list(values, summary_line);
+            return Ok(());
+        }
+        ConferenceCommand::Participants { conference } => {
+            let found = api
+                .get_conference(pb::GetConferenceRequest { conference })
+                .await;
+            return print_conference(out, found);
+        }
+        ConferenceCommand::Mute { conference, who } => {
+            let found = match who.participant {
+                Some(participant) if !who.all => {
+                    api.mute_participant(participant_request(conference, participant))
+                        .await
+                }
+                _ => api.mute_all(control_request(conference)).await,
+            };
+            return print_conference(out, found);
+        }
+        ConferenceCommand::Unmute {
+            conference,
+            participant,
+        } => {
+            let found = api
+                .unmute_participant(participant_request(conference, participant))
+                .await;
+            return print_conference(out, found);
+        }
+        ConferenceCommand::Kick { conference, who } => {
+            let found = match who.participant {
+                Some(participant) if !who.all => {
+                    api.kick_participant(participant_request(conference, participant))
+                        .await
+                }
+                _ => api.kick_all(control_request(conference)).await,
+            };
+            return print_conference(out, found);
+        }
+        ConferenceCommand::Lock { conference } => {
+            let found = api.lock_conference(control_request(conference)).await;
+            return print_conference(out, found);
+        }
+        ConferenceCommand::Unlock { conference } => {
+            let found = api.unlock_conference(control_request(conference)).await;
+            return print_conference(out, found);
+        }
     };
     let room = result.map_err(status_error)?.into_inner();
     out.one(room_json(&room), room_details);
     Ok(())
+}
+
+fn participant_request(conference: String, participant: String) -> pb::ParticipantRequest {
+    pb::ParticipantRequest {
+        conference,
+        participant,
+        request_id: String::new(),
+    }
+}
+
+fn control_request(conference: String) -> pb::ConferenceControlRequest {
+    pb::ConferenceControlRequest {
+        conference,
+        request_id: String::new(),
+    }
+}
+
+/// A conference and its participants: the JSON object, or a heading and a
+/// table of the participants.
+fn print_conference(
+    out: &Output,
+    found: Result<tonic::Response<pb::Conference>, tonic::Status>,
+) -> anyhow::Result<()> {
+    let conference = found.map_err(status_error)?.into_inner();
+    let value = conference_json(&conference);
+    if out.json {
+        out.one(value, |_| String::new());
+        return Ok(());
+    }
+    println!("{}", conference_heading(&value));
+    let participants = value["participants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !participants.is_empty() {
+        println!(
+            "{:<36} {:<32} {:<9} {:<5} {:<7} JOINED",
+            "PARTICIPANT", "CALLER", "ROLE", "MUTED", "TALKING"
+        );
+    }
+    out.list(participants, participant_line);
+    Ok(())
+}
+
+pub(super) fn conference_json(c: &pb::Conference) -> Value {
+    json!({
+        "conference_id": c.conference_id,
+        "room": c.room,
+        "started_at": time(&c.started_at),
+        "ended_at": time(&c.ended_at),
+        "locked": c.locked,
+        "recording": c.recording,
+        "max_participants": c.max_participants,
+        "end_with_moderator": c.end_with_moderator,
+        "muted_on_entry": c.muted_on_entry,
+        "version": c.version,
+        "participants": c.participants.iter().map(|p| json!({
+            "participant_id": p.participant_id,
+            "caller": p.caller,
+            "moderator": p.moderator,
+            "muted": p.muted,
+            "talking": p.talking,
+            "joined_at": time(&p.joined_at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `conference 0191... in standup@example.com, started ..., 3 of at most
+/// 50, locked`.
+fn conference_heading(v: &Value) -> String {
+    let count = v["participants"].as_array().map_or(0, Vec::len);
+    let mut text = format!(
+        "conference {} in {}, started {}",
+        s(v, "conference_id"),
+        s(v, "room"),
+        s(v, "started_at")
+    );
+    if v["ended_at"].is_null() {
+        text.push_str(&format!(
+            ", {count} of at most {} participants",
+            s(v, "max_participants")
+        ));
+    } else {
+        text.push_str(&format!(", ended {}", s(v, "ended_at")));
+    }
+    for (key, label) in [("locked", "locked"), ("recording", "recording")] {
+        if v[key] == Value::Bool(true) {
+            text.push_str(", ");
+            text.push_str(label);
+        }
+    }
+    text
+}
+
+fn participant_line(v: &Value) -> String {
+    let role = if v["moderator"] == Value::Bool(true) {
+        "moderator"
+    } else {
+        "-"
+    };
+    format!(
+        "{:<36} {:<32} {:<9} {:<5} {:<7} {}",
+        s(v, "participant_id"),
+        s(v, "caller"),
+        role,
+        yes_no(v, "muted"),
+        yes_no(v, "talking"),
+        s(v, "joined_at")
+    )
+}
+
+fn summary_json(c: &pb::ConferenceSummary) -> Value {
+    json!({
+        "conference_id": c.conference_id,
+        "room": c.room,
+        "started_at": time(&c.started_at),
+        "participants": c.participants,
+        "locked": c.locked,
+        "recording": c.recording,
+    })
+}
+
+fn summary_line(v: &Value) -> String {
+    let flags: Vec<&str> = [("locked", "locked"), ("recording", "recording")]
+        .into_iter()
+        .filter(|(key, _)| v[*key] == Value::Bool(true))
+        .map(|(_, label)| label)
+        .collect();
+    format!(
+        "{:<36} {:<32} {:<27} {:>12}  {}",
+        s(v, "conference_id"),
+        s(v, "room"),
+        s(v, "started_at"),
+        s(v, "participants"),
+        flags.join(", ")
+    )
 }
 
 pub(super) fn room_json(r: &pb::ConferenceRoom) -> Value {
