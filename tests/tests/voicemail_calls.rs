@@ -426,3 +426,107 @@ async fn a_mailbox_menu_call_ended_by_the_rtp_timeout_is_recorded_as_a_timeout()
     })
     .await
 }
+
+/// The SDP body of the 200 to the INVITE with CSeq number `cseq`.
+fn answer_to(run: &support::sip::SippRun, cseq: u32) -> String {
+    let ok = run
+        .received
+        .iter()
+        .find(|m| {
+            m.starts_with("SIP/2.0 200")
+                && m.lines().any(|l| {
+                    l.trim()
+                        .eq_ignore_ascii_case(&format!("CSeq: {cseq} INVITE"))
+                })
+        })
+        .unwrap_or_else(|| panic!("no 200 to INVITE {cseq}: {:#?}", run.received));
+    let (_, body) = ok
+        .split_once("\r\n\r\n")
+        .or_else(|| ok.split_once("\n\n"))
+        .unwrap_or((ok, ""));
+    body.replace('\r', "")
+}
+
+/// A mailbox menu call held and resumed by re-INVITEs (RFC 3264 s.8.4,
+/// RFC 6337 s.5): the hold (`sendonly`) is answered `recvonly`; the
+/// resume moves the phone's audio to another port, answered `sendrecv` on
+/// the same session, and the menu's prompts go on at the new address until
+/// the hang-up.
+#[tokio::test]
+async fn a_mailbox_menu_call_is_held_and_resumed_at_another_address() {
+    bounded(90, async {
+        let pbx = Pbx::start(&[]).await;
+        enable_box(&pbx, "alice").await;
+        let resumed = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let resume_port = resumed.local_addr().unwrap().port();
+        // Every packet that reaches the new address, with when it came.
+        let listener = tokio::spawn(async move {
+            let mut arrivals = Vec::new();
+            let mut buf = [0u8; 2048];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(8), resumed.recv(&mut buf)).await
+            {
+                arrivals.push((std::time::Instant::now(), buf[..n].to_vec()));
+            }
+            arrivals
+        });
+        let run = support::sip::Sipp::new(
+            "call_uac_app_reinvite.xml",
+            pbx.node.sip_addr(),
+            pbx.dir.path(),
+        )
+        .users(&[("alice".into(), support::sip::PASSWORD.into())])
+        .key("callee", "*97")
+        .key("callee_domain", DOMAIN)
+        .key("resume_port", &resume_port.to_string())
+        .timeout_secs(30)
+        .run()
+        .await
+        .unwrap();
+        run.assert_all_successful(1);
+
+        let first = answer_to(&run, 2);
+        let hold = answer_to(&run, 3);
+        let resume = answer_to(&run, 4);
+        let m_line = |sdp: &str| {
+            sdp.lines()
+                .find(|l| l.starts_with("m=audio "))
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("no audio stream: {sdp}"))
+        };
+        // One media session all along: the same port answers each offer.
+        assert_eq!(m_line(&hold), m_line(&first), "{hold}");
+        assert_eq!(m_line(&resume), m_line(&first), "{resume}");
+        assert!(hold.lines().any(|l| l == "a=recvonly"), "{hold}");
+        assert!(
+            !resume
+                .lines()
+                .any(|l| matches!(l, "a=recvonly" | "a=sendonly" | "a=inactive")),
+            "{resume}"
+        );
+
+        // The scenario resumes 1 s + 1.5 s after its ACK (plus the round
+        // trips) and hangs up 2.5 s later: the new address hears the menu
+        // for most of those 2.5 s, as PCMU RTP (version 2, type 0).
+        let arrivals = listener.await.unwrap();
+        assert!(
+            arrivals.len() >= 60,
+            "{} packets at the new address in 2.5 s",
+            arrivals.len()
+        );
+        for (_, packet) in &arrivals {
+            assert!(packet.len() >= 12, "{packet:?}");
+            if packet[1] & 0x7f < 64 {
+                assert_eq!(packet[0] >> 6, 2, "RTP version");
+                assert_eq!(packet[1] & 0x7f, 0, "PCMU");
+            }
+        }
+        let flowing = arrivals[arrivals.len() - 1].0 - arrivals[0].0;
+        assert!(
+            flowing >= Duration::from_millis(1_500),
+            "audio at the new address for {flowing:?} of the 2.5 s before the hang-up"
+        );
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}
