@@ -226,6 +226,7 @@ enum Command {
     },
     Leave(ParticipantId),
     Mute(ParticipantId, bool),
+    Hear(ParticipantId, bool),
     Update(ParticipantId, NegotiatedAudio),
     Play(PlayTo, Arc<[i16]>),
     StopPlayback(PlayTo),
@@ -336,6 +337,14 @@ impl RoomHandle {
     /// still hears the room, and its talk detection still runs.
     pub fn set_muted(&self, participant: ParticipantId, muted: bool) {
         self.send(Command::Mute(participant, muted));
+    }
+
+    /// Whether the participant hears the room (it does from its join):
+    /// one that does not hears only what is played to it alone
+    /// ([`PlayTo::Participant`]), as a caller entering a PIN or waiting
+    /// for a moderator in the room's lobby.
+    pub fn set_hearing(&self, participant: ParticipantId, hears: bool) {
+        self.send(Command::Hear(participant, hears));
     }
 
     /// A re-INVITE's new agreement for a participant (hold, a new
@@ -570,6 +579,9 @@ impl RoomTask {
             Command::Leave(id) => self.remove(id),
             Command::Mute(id, muted) => {
                 self.mixer.set_heard(id, !muted);
+            }
+            Command::Hear(id, hears) => {
+                self.mixer.set_hears(id, hears);
             }
             Command::Update(id, audio) => {
                 if let Some(member) = self.member_mut(id) {
