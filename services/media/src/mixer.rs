@@ -440,15 +440,13 @@ impl Mixer {
                 }
             }
             participant.has_frame = false;
-            participant.output = if participant.contributed
-                || participant.has_private
-                || !participant.hears
-            {
-                Output::Own
-            } else {
-                needs_shared[law_index(participant.law)] = true;
-                Output::Shared
-            };
+            participant.output =
+                if participant.contributed || participant.has_private || !participant.hears {
+                    Output::Own
+                } else {
+                    needs_shared[law_index(participant.law)] = true;
+                    Output::Shared
+                };
         }
         for (mixed, &sum) in self.mix.iter_mut().zip(&self.sum) {
             *mixed = saturate(sum);
