@@ -337,8 +337,64 @@ async fn three_phones_in_a_room_hear_the_others_and_not_themselves() {
             let ms = heard_ms(&mix, hz);
             assert!(ms >= 4_000, "the recording holds {hz} Hz for {ms} ms");
         }
+        dialtone_eventlog::BlobStore::close(&blobs).await.unwrap();
+        drop(blobs);
+
+        // The blob sweeper keeps it: two hours old (past the grace
+        // period), named by no mailbox, but by its conference.
+        let blob_path = dir.path().join("blobs.sqlite3");
+        let conn = rusqlite::Connection::open(&blob_path).unwrap();
+        let aged = conn
+            .execute(
+                "UPDATE blobs SET created_at_us = created_at_us - 7200000000",
+                [],
+            )
+            .unwrap();
+        assert_eq!(aged, 1);
+        drop(conn);
+        let (node, metrics) =
+            TestNode::start_with_metrics(dir.path(), &["--blob-sweep-delay-secs", "0"])
+                .await
+                .unwrap();
+        eventually(STEP, "a sweep", || async {
+            let sweeps = scrape_metric(&metrics, r#"dialtone_blobs_sweeps_total{outcome="ok"}"#);
+            Ok((sweeps.await >= 1.0).then_some(()))
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            scrape_metric(&metrics, "dialtone_blobs_swept_total").await,
+            0.0
+        );
+        node.stop().await.unwrap();
+        let blobs =
+            dialtone_eventlog::SqliteBlobStore::open(&blob_path, Default::default()).unwrap();
+        let kept = dialtone_eventlog::BlobStore::get(&blobs, &audio)
+            .await
+            .unwrap();
+        assert_eq!(kept, Some(stored), "the recording survived the sweep");
     })
     .await
+}
+
+/// The value of the metric line `name` (with its labels) in a scrape of
+/// the node's metrics endpoint at `addr` (0 when it is not there yet).
+async fn scrape_metric(addr: &str, name: &str) -> f64 {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0.0;
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .is_err()
+    {
+        return 0.0;
+    }
+    let mut text = String::new();
+    let _ = tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A room with a PIN: the right one joins; a caller that gets it wrong
@@ -479,6 +535,134 @@ async fn a_full_room_tells_the_third_caller_and_hangs_up() {
                 "ConferenceEnded",
             ]
         );
+        for phone in phones {
+            phone.quit().await;
+        }
+        node.stop().await.unwrap();
+    })
+    .await
+}
+
+/// A room that waits for its moderator: a participant hears hold audio
+/// until the moderator's PIN brings them in; the moderator's keys lock the
+/// room (the next caller is turned away, `room_locked`), mute everyone
+/// else (`*3`: the moderator no longer hears them) and start and stop a
+/// recording (`*2`); a node stopping ends the conference (`node_restart`)
+/// and hangs up its calls.
+#[tokio::test]
+async fn a_moderator_brings_the_room_in_locks_it_mutes_all_and_records() {
+    bounded(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let people = users(&node, &["alice", "bob", "carol"]).await;
+        create_room(
+            &node,
+            "review",
+            RoomChange {
+                moderator_pin: Some("1357".into()),
+                wait_for_moderator: Some(true),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut phones = Vec::new();
+        for (user, hz) in people.iter().zip(TONES) {
+            let mut phone = Phone::baresip_with_tone(user, &node, Transport::Udp, hz)
+                .await
+                .unwrap();
+            phone.registered(&node, Transport::Udp).await.unwrap();
+            phones.push(phone);
+        }
+        let caller_is = |name: &'static str| {
+            move |d: &serde_json::Value| d["caller"].as_str().unwrap_or("").starts_with(name)
+        };
+        // bob: no PIN (the room has only a moderator's): in, waiting.
+        dial(&mut phones[1], "review").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        phones[1].command("sndcode #").await.unwrap();
+        let bob = wait_for_event(&node, "ParticipantJoined", caller_is("bob@")).await;
+        assert_eq!(bob["moderator"], false);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // alice, the moderator.
+        dial(&mut phones[0], "review").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        phones[0].command("sndcode 1357#").await.unwrap();
+        let alice = wait_for_event(&node, "ParticipantJoined", caller_is("alice@")).await;
+        assert_eq!(alice["moderator"], true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        phones[0].command("sndcode *1").await.unwrap();
+        wait_for_event(&node, "ConferenceLocked", |_| true).await;
+        let over = phones[2].calls_over();
+        dial(&mut phones[2], "review").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        phones[2].command("sndcode #").await.unwrap();
+        let turned =
+            wait_for_event(&node, "ParticipantLeft", |d| d["reason"] == "room_locked").await;
+        assert!(caller_is("carol@")(&turned), "{turned}");
+        ended(&phones[2], over).await;
+
+        phones[0].command("sndcode *3").await.unwrap();
+        wait_for_event(&node, "ParticipantMuted", |d| {
+            d["participant"] == bob["participant"]
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        phones[0].command("sndcode *2").await.unwrap();
+        wait_for_event(&node, "ConferenceRecordingStarted", |_| true).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        phones[0].command("sndcode *2").await.unwrap();
+        let stopped = wait_for_event(&node, "ConferenceRecordingStopped", |_| true).await;
+        let duration_ms = stopped["duration_ms"].as_u64().unwrap();
+        assert!((1_500..4_000).contains(&duration_ms), "{stopped}");
+
+        // What bob heard: the waiting prompt (4.2 s) and hold audio (400 ms
+        // of 520 Hz every 3 s) while he waited, then alice.
+        let overs: Vec<usize> = phones[..2].iter().map(Phone::calls_over).collect();
+        node.stop().await.unwrap();
+        for (phone, over) in phones[..2].iter().zip(overs) {
+            ended(phone, over).await;
+        }
+        let heard = recording(&phones[1]);
+        let hold_ms = heard_ms(&heard, 520);
+        assert!(hold_ms >= 300, "bob heard {hold_ms} ms of hold audio");
+        let alice_ms = heard_ms(&heard, 440);
+        assert!(alice_ms >= 3_000, "bob heard alice for {alice_ms} ms");
+        // Before alice came, bob heard no room (nobody else was in it),
+        // and after *3 alice heard bob no more.
+        let heard = recording(&phones[0]);
+        let tail = &heard[heard.len().saturating_sub(16_000)..];
+        assert!(
+            present_ms(tail, 660) <= 200,
+            "alice still heard the muted bob for {} ms",
+            present_ms(tail, 660)
+        );
+        assert!(heard_ms(&heard, 660) >= 2_000, "alice heard bob before *3");
+
+        // The node's stop ended the conference.
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        let events = conference_events(&node).await;
+        let order = types(&events);
+        assert_eq!(
+            order,
+            [
+                "ConferenceStarted",
+                "ParticipantJoined",
+                "ParticipantJoined",
+                "ConferenceLocked",
+                "ParticipantLeft",
+                "ParticipantMuted",
+                "ConferenceRecordingStarted",
+                "ConferenceRecordingStopped",
+                "ParticipantLeft",
+                "ParticipantLeft",
+                "ConferenceEnded",
+            ],
+            "{order:?}"
+        );
+        let end = data(events.last().unwrap());
+        assert_eq!(end["reason"], "node_restart");
         for phone in phones {
             phone.quit().await;
         }

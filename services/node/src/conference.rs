@@ -111,7 +111,7 @@ struct Live {
 /// What reaches a room's task.
 enum RoomMsg {
     Join {
-        offer: SessionDescription,
+        offer: Box<SessionDescription>,
         caller: String,
         control: AppControl,
         reply: oneshot::Sender<Result<Joined, AppStart>>,
@@ -254,7 +254,7 @@ impl Conferences {
             let (reply, joined) = oneshot::channel();
             if tx
                 .send(RoomMsg::Join {
-                    offer: offer.clone(),
+                    offer: Box::new(offer.clone()),
                     caller: caller.clone(),
                     control: control.clone(),
                     reply,
