@@ -93,10 +93,14 @@ async fn conferences(node: &TestNode) -> ConferenceServiceClient<support::Channe
 }
 
 async fn create_room(node: &TestNode, name: &str, settings: RoomChange) {
+    create_room_in(node, DOMAIN, name, settings).await
+}
+
+async fn create_room_in(node: &TestNode, domain: &str, name: &str, settings: RoomChange) {
     conferences(node)
         .await
         .create_room(CreateRoomRequest {
-            address: format!("{name}@{DOMAIN}"),
+            address: format!("{name}@{domain}"),
             settings: Some(settings),
             ..Default::default()
         })
@@ -667,6 +671,51 @@ async fn a_moderator_brings_the_room_in_locks_it_mutes_all_and_records() {
             phone.quit().await;
         }
         node.stop().await.unwrap();
+    })
+    .await
+}
+
+/// A caller that sends no RTP (SIPp, no media) is dropped from the room at
+/// the RTP timeout (2 s here): `ParticipantLeft` with `rtp_timeout`, the
+/// conference ended, the BYE saying why, and the caller's call recorded as
+/// answered by the room and ended by a timeout of the node's (ADR 0024).
+#[tokio::test]
+async fn a_caller_that_sends_no_rtp_is_dropped_at_the_rtp_timeout() {
+    use support::pbx::Pbx;
+    bounded(60, async {
+        let pbx = Pbx::start(&["--rtp-timeout-secs", "2"]).await;
+        create_room_in(
+            &pbx.node,
+            support::sip::DOMAIN,
+            "standup",
+            RoomChange::default(),
+        )
+        .await;
+        let run = pbx.call("standup", "call_uac_callee_hangs_up.xml").await;
+        run.assert_all_successful(1);
+        let left = wait_for_event(&pbx.node, "ParticipantLeft", |_| true).await;
+        assert_eq!(left["reason"], "rtp_timeout");
+        let ended = wait_for_event(&pbx.node, "ConferenceEnded", |_| true).await;
+        assert_eq!(ended["reason"], "empty");
+        let alice = pbx.id("alice").to_owned();
+        let calls = eventually(STEP, "alice's call to end", || async {
+            let events = support::calls::call_events(&pbx.node, &alice).await;
+            Ok(events
+                .iter()
+                .any(|(t, _)| t == "CallEnded")
+                .then_some(events))
+        })
+        .await
+        .unwrap();
+        let answered = &calls.iter().find(|(t, _)| t == "CallAnswered").unwrap().1;
+        assert_eq!(
+            answered["contact"],
+            format!("conference:standup@{}", support::sip::DOMAIN)
+        );
+        let end = &calls.iter().find(|(t, _)| t == "CallEnded").unwrap().1;
+        assert_eq!(end["cause"], "timeout", "{end}");
+        assert_eq!(end["hangup_side"], "system", "{end}");
+        pbx.node.stop().await.unwrap();
     })
     .await
 }
