@@ -719,3 +719,59 @@ async fn a_caller_that_sends_no_rtp_is_dropped_at_the_rtp_timeout() {
     })
     .await
 }
+
+/// A room that ends with its moderator: when the last moderator hangs up,
+/// the conference ends (`last_moderator_left`) and the others' calls end
+/// with it.
+#[tokio::test]
+async fn the_last_moderator_leaving_ends_a_room_that_ends_with_them() {
+    bounded(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let people = users(&node, &["alice", "bob"]).await;
+        create_room(
+            &node,
+            "class",
+            RoomChange {
+                moderator_pin: Some("1357".into()),
+                end_with_moderator: Some(true),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut alice = Phone::baresip(&people[0], &node, Transport::Udp)
+            .await
+            .unwrap();
+        let mut bob = Phone::baresip_with_tone(&people[1], &node, Transport::Udp, 660)
+            .await
+            .unwrap();
+        alice.registered(&node, Transport::Udp).await.unwrap();
+        bob.registered(&node, Transport::Udp).await.unwrap();
+        dial(&mut alice, "class").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        alice.command("sndcode 1357#").await.unwrap();
+        wait_for_event(&node, "ParticipantJoined", |d| d["moderator"] == true).await;
+        dial(&mut bob, "class").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        bob.command("sndcode #").await.unwrap();
+        wait_for_event(&node, "ParticipantJoined", |d| d["moderator"] == false).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let over = bob.calls_over();
+        hang_up(&mut alice).await;
+        let end = wait_for_event(&node, "ConferenceEnded", |_| true).await;
+        assert_eq!(end["reason"], "last_moderator_left");
+        ended(&bob, over).await;
+        let events = conference_events(&node).await;
+        let left: Vec<String> = events
+            .iter()
+            .filter(|e| e.r#type == "ParticipantLeft")
+            .map(|e| data(e)["reason"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(left, ["hung_up", "conference_ended"]);
+        alice.quit().await;
+        bob.quit().await;
+        node.stop().await.unwrap();
+    })
+    .await
+}
