@@ -776,3 +776,50 @@ async fn the_last_moderator_leaving_ends_a_room_that_ends_with_them() {
     })
     .await
 }
+
+/// A node killed (`kill -9`) with a conference running ends it at its next
+/// start (`node_restart`: its media died with it), before it takes calls;
+/// the room then holds a new conference.
+#[tokio::test]
+async fn a_conference_left_running_by_a_crash_is_ended_at_the_next_start() {
+    bounded(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let people = users(&node, &["alice"]).await;
+        create_room(&node, "standup", RoomChange::default()).await;
+        let mut alice = Phone::baresip(&people[0], &node, Transport::Udp)
+            .await
+            .unwrap();
+        alice.registered(&node, Transport::Udp).await.unwrap();
+        dial(&mut alice, "standup").await;
+        wait_for_event(&node, "ParticipantJoined", |_| true).await;
+        node.kill9().await.unwrap();
+        alice.quit().await;
+
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        let events = conference_events(&node).await;
+        assert_eq!(
+            types(&events),
+            [
+                "ConferenceStarted",
+                "ParticipantJoined",
+                "ParticipantLeft",
+                "ConferenceEnded",
+            ]
+        );
+        let left = events
+            .iter()
+            .find(|e| e.r#type == "ParticipantLeft")
+            .map(data)
+            .unwrap();
+        assert_eq!(left["reason"], "conference_ended");
+        assert_eq!(data(events.last().unwrap())["reason"], "node_restart");
+        node.stop().await.unwrap();
+        // A clean stop ends nothing more, and the next start neither.
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        assert_eq!(conference_events(&node).await.len(), events.len());
+        node.stop().await.unwrap();
+    })
+    .await
+}

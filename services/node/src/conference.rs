@@ -32,7 +32,8 @@
 //! The last participant out ends the conference (the aggregate writes
 //! `ConferenceEnded`), the room closes and leaves the registry. A node
 //! shutdown ends every running conference (`node_restart`: its media is
-//! gone) and hangs up its calls.
+//! gone) and hangs up its calls; the next start ends those a crash left
+//! running ([`end_left_running`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -102,7 +103,7 @@ struct Inner {
 /// A live room in the registry.
 #[derive(Clone)]
 struct Live {
-    conference: Option<ConferenceId>,
+    conference: ConferenceId,
     tx: mpsc::UnboundedSender<RoomMsg>,
     /// Tells apart a room's task from its successor under the same key.
     generation: u64,
@@ -305,7 +306,7 @@ impl Conferences {
         rooms.insert(
             key.clone(),
             Live {
-                conference: Some(conference),
+                conference,
                 tx: tx.clone(),
                 generation,
             },
@@ -340,7 +341,7 @@ impl Conferences {
         let rooms = self.inner.rooms.lock().unwrap_or_else(|p| p.into_inner());
         rooms
             .values()
-            .find(|live| live.conference == Some(id))
+            .find(|live| live.conference == id)
             .map(|live| live.tx.clone())
     }
 
@@ -394,6 +395,69 @@ impl Conferences {
             }
         });
     }
+}
+
+/// Ends the conferences a previous run of the node left running (a crash,
+/// a `kill -9`: no shutdown ended them), as `node_restart`: their media
+/// died with that run. Run at start-up, before calls are taken, so that no
+/// conference of this run is among them. Returns how many it ended.
+///
+/// It lists the `conference-` streams and reads the last event of each:
+/// one indexed read per conference ever held, which is milliseconds for
+/// thousands; a log of millions of conferences would want a projection
+/// of the running ones (as `CallIndex` keeps the legs in progress).
+pub async fn end_left_running(
+    store: &SharedStore,
+    provisioning: &Provisioning,
+) -> Result<usize, dialtone_eventlog::Error> {
+    const PAGE: usize = 1000;
+    let mut ended = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_streams("conference-", after.as_deref(), PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.stream.clone());
+        for info in &page {
+            let tail = store
+                .read_stream(&info.stream, info.last_version, 1)
+                .await?;
+            if tail
+                .first()
+                .is_none_or(|e| e.event_type == "ConferenceEnded")
+            {
+                continue;
+            }
+            let Some(id) = ConferenceId::from_stream(&info.stream) else {
+                continue;
+            };
+            let result = provisioning
+                .directory()
+                .execute_conference(
+                    id,
+                    Command::End {
+                        reason: EndReason::NodeRestart,
+                    },
+                    Meta::default(),
+                    |_| (),
+                )
+                .await;
+            match result {
+                Ok(()) => ended += 1,
+                Err(e) => {
+                    tracing::warn!(conference = %id, error = %e, "conference left running not ended")
+                }
+            }
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    if ended > 0 {
+        tracing::info!(ended, "ended the conferences the last run left running");
+    }
+    Ok(ended)
 }
 
 fn rand_u64() -> u64 {

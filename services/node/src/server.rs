@@ -96,6 +96,11 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     let calls = CallIndex::start(store.clone(), directory.clone()).await?;
     // The voicemail audio the mailboxes name: what the blob sweeper keeps.
     let audio = AudioIndex::start(store.clone()).await?;
+    // Before the SIP gateway starts, as for call legs: conferences a
+    // previous run left running have no media any more.
+    crate::conference::end_left_running(&store, &provisioning)
+        .await
+        .context("ending the conferences left running")?;
 
     if config.sip_challenge_md5_first {
         tracing::warn!(
