@@ -3,6 +3,11 @@
 //! checkpoint (`$projection-voicemail-audio`), in the style of
 //! [`RegistrationIndex`](crate::RegistrationIndex).
 //!
+//! It also names the recordings of conferences (`ConferenceRecordingStarted`,
+//! from the moment a recording starts: its audio is stored when it stops,
+//! and must never look like an orphan), which no event drops yet: a
+//! recording is kept until an operator deletes it.
+//!
 //! It is what the node's blob sweeper asks "does any mailbox name this
 //! audio?" (ADR 0023, "Sweeping orphans") without loading every user's
 //! actor: one hash lookup per blob. It follows the mailbox's own `apply`
@@ -21,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dialtone_domain::mailbox::AudioId;
-use dialtone_domain::{user, Event, UserId};
+use dialtone_domain::{conference, user, ConferenceId, Event, UserId};
 use dialtone_eventlog::{Position, RecordedEvent, SharedStore};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +35,9 @@ use crate::Result;
 
 /// The snapshot stream of this projection (not an event stream).
 const CHECKPOINT_STREAM: &str = "$projection-voicemail-audio";
-const CHECKPOINT_SCHEMA: u32 = 1;
+/// 2: conference recordings (a checkpoint of 1 lacks those before it, so
+/// it is replayed from the start).
+const CHECKPOINT_SCHEMA: u32 = 2;
 
 /// The audio one mailbox names.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +64,9 @@ struct State {
     position: Position,
     /// Users whose mailbox names some audio.
     users: HashMap<UserId, Named>,
+    /// Recordings of conferences, with their conference.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    recordings: HashMap<AudioId, ConferenceId>,
     /// Every named audio id and the user whose mailbox names it (derived
     /// from `users`, rebuilt after loading the checkpoint).
     #[serde(skip)]
@@ -121,6 +131,22 @@ impl AudioIndex {
         self.read().owners.get(&audio).copied()
     }
 
+    /// Whether a mailbox or a conference names `audio`: what the blob
+    /// sweeper keeps.
+    pub fn names(&self, audio: &str) -> bool {
+        let Ok(audio) = AudioId::parse(audio) else {
+            return false;
+        };
+        let state = self.read();
+        state.owners.contains_key(&audio) || state.recordings.contains_key(&audio)
+    }
+
+    /// The conference whose recording `audio` is, if it is one.
+    pub fn recording_of(&self, audio: &str) -> Option<ConferenceId> {
+        let audio = AudioId::parse(audio).ok()?;
+        self.read().recordings.get(&audio).copied()
+    }
+
     /// Number of audio ids the mailboxes name.
     pub fn named(&self) -> usize {
         self.read().owners.len()
@@ -161,6 +187,22 @@ impl Projected for State {
     fn fold(&mut self, recorded: &RecordedEvent) {
         self.position = recorded.position;
         // Most events are none of these: no decoding for them.
+        if recorded.event_type == "ConferenceRecordingStarted" {
+            let Some(conference) = ConferenceId::from_stream(&recorded.stream) else {
+                return;
+            };
+            if let Ok(Event::Conference(conference::Event::ConferenceRecordingStarted {
+                audio,
+                ..
+            })) = Event::from_stored(
+                &recorded.event_type,
+                recorded.schema_version,
+                &recorded.data,
+            ) {
+                self.recordings.insert(audio, conference);
+            }
+            return;
+        }
         if !matches!(
             recorded.event_type.as_str(),
             "VoicemailLeft" | "VoicemailDeleted" | "GreetingChanged" | "UserCreated"
@@ -320,6 +362,36 @@ mod tests {
     }
 
     /// Events of other types move the position and change nothing.
+    #[test]
+    fn names_conference_recordings_from_their_start() {
+        let conference = ConferenceId(Uuid::from_u128(5));
+        let event = Event::Conference(conference::Event::ConferenceRecordingStarted {
+            audio: id(30),
+            started_at: 1,
+        });
+        let mut state = State::default();
+        state.fold(&RecordedEvent {
+            stream: conference.stream(),
+            user_id: None,
+            event_type: event.event_type().to_owned(),
+            schema_version: event.schema_version(),
+            data: event.to_data().unwrap(),
+            ..recorded(1, Uuid::from_u128(1), left(1))
+        });
+        assert_eq!(state.position, 1);
+        assert_eq!(state.recordings.get(&id(30)), Some(&conference));
+        let index = AudioIndex {
+            state: Arc::new(RwLock::new(state.clone())),
+        };
+        assert!(index.names(id(30).as_str()));
+        assert_eq!(index.recording_of(id(30).as_str()), Some(conference));
+        assert_eq!(index.owner(id(30).as_str()), None, "no mailbox's");
+        assert!(!index.names(id(31).as_str()));
+        let json = serde_json::to_string(&state).unwrap();
+        let loaded: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded.recordings, state.recordings);
+    }
+
     #[test]
     fn other_events_only_move_the_position() {
         let alice = Uuid::from_u128(1);

@@ -115,6 +115,9 @@ struct Participant {
     generation: u32,
     law: Law,
     heard: bool,
+    /// Hears the room (`false`: only its private frames, e.g. a caller
+    /// still entering a PIN or waiting for a moderator).
+    hears: bool,
     frame: [i16; FRAME_SAMPLES],
     has_frame: bool,
     /// Whether `frame` went into this tick's sum.
@@ -247,6 +250,7 @@ impl Mixer {
                 generation,
                 law,
                 heard: true,
+                hears: true,
                 frame: [0; FRAME_SAMPLES],
                 has_frame: false,
                 contributed: false,
@@ -329,6 +333,15 @@ impl Mixer {
     /// its talk detection still runs. `false` if not in the room.
     pub fn set_heard(&mut self, id: ParticipantId, heard: bool) -> bool {
         self.get_mut(id).map(|p| p.heard = heard).is_some()
+    }
+
+    /// Whether `id` hears the room (`true`, the default) or only what is
+    /// pushed for it alone ([`Mixer::push_private`]): a caller in the room's
+    /// lobby (entering a PIN, waiting for a moderator) has its media
+    /// session in the room without hearing the meeting. `false` if not in
+    /// the room.
+    pub fn set_hears(&mut self, id: ParticipantId, hears: bool) -> bool {
+        self.get_mut(id).map(|p| p.hears = hears).is_some()
     }
 
     /// Whether the others hear `id` (`None` if not in the room).
@@ -427,12 +440,13 @@ impl Mixer {
                 }
             }
             participant.has_frame = false;
-            participant.output = if participant.contributed || participant.has_private {
-                Output::Own
-            } else {
-                needs_shared[law_index(participant.law)] = true;
-                Output::Shared
-            };
+            participant.output =
+                if participant.contributed || participant.has_private || !participant.hears {
+                    Output::Own
+                } else {
+                    needs_shared[law_index(participant.law)] = true;
+                    Output::Shared
+                };
         }
         for (mixed, &sum) in self.mix.iter_mut().zip(&self.sum) {
             *mixed = saturate(sum);
@@ -451,11 +465,12 @@ impl Mixer {
                 continue;
             }
             let contributed = participant.contributed;
+            let hears = participant.hears;
             let has_private = std::mem::take(&mut participant.has_private);
             let law = participant.law;
             for (n, code) in participant.payload.iter_mut().enumerate() {
-                let mut sample = sum[n];
-                if contributed {
+                let mut sample = if hears { sum[n] } else { 0 };
+                if contributed && hears {
                     sample -= i32::from(participant.frame[n]);
                 }
                 if has_private {

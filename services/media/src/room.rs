@@ -226,6 +226,7 @@ enum Command {
     },
     Leave(ParticipantId),
     Mute(ParticipantId, bool),
+    Hear(ParticipantId, bool),
     Update(ParticipantId, NegotiatedAudio),
     Play(PlayTo, Arc<[i16]>),
     StopPlayback(PlayTo),
@@ -283,6 +284,18 @@ impl RoomHandle {
     /// adds it to the mix, heard by everyone. [`Error::RoomEnded`] if the
     /// room has ended, an I/O error if no port pair is free.
     pub async fn join(&self, offer: &sdp::SessionDescription) -> Result<Joined> {
+        self.join_as(offer, false).await
+    }
+
+    /// [`RoomHandle::join`] into the room's lobby: from its first frame
+    /// the participant neither hears the room nor is heard (muted), until
+    /// [`RoomHandle::set_hearing`] and [`RoomHandle::set_muted`] let it in.
+    /// A caller entering a PIN must not hear a frame of the meeting.
+    pub async fn join_lobby(&self, offer: &sdp::SessionDescription) -> Result<Joined> {
+        self.join_as(offer, true).await
+    }
+
+    async fn join_as(&self, offer: &sdp::SessionDescription, lobby: bool) -> Result<Joined> {
         let ports = self.runtime.allocate().await?;
         // The o= line's session id: random, below 2^63 (RFC 4566 s.5.2
         // wants it to fit NTP-format numbers).
@@ -311,6 +324,7 @@ impl RoomHandle {
         let member = Box::new(Member {
             // Set by the room when it adds the participant.
             id: None,
+            lobby,
             law: law_of(answer.audio.codec),
             session,
             rtp,
@@ -336,6 +350,14 @@ impl RoomHandle {
     /// still hears the room, and its talk detection still runs.
     pub fn set_muted(&self, participant: ParticipantId, muted: bool) {
         self.send(Command::Mute(participant, muted));
+    }
+
+    /// Whether the participant hears the room (it does from its join):
+    /// one that does not hears only what is played to it alone
+    /// ([`PlayTo::Participant`]), as a caller entering a PIN or waiting
+    /// for a moderator in the room's lobby.
+    pub fn set_hearing(&self, participant: ParticipantId, hears: bool) {
+        self.send(Command::Hear(participant, hears));
     }
 
     /// A re-INVITE's new agreement for a participant (hold, a new
@@ -453,6 +475,8 @@ impl Prompts {
 struct Member {
     /// `None` until the room adds it to the mixer.
     id: Option<ParticipantId>,
+    /// Added neither hearing nor heard.
+    lobby: bool,
     law: Law,
     session: MediaSession,
     rtp: UdpSocket,
@@ -559,6 +583,10 @@ impl RoomTask {
         match command {
             Command::Join { mut member, reply } => {
                 let id = self.mixer.add(member.law);
+                if member.lobby {
+                    self.mixer.set_hears(id, false);
+                    self.mixer.set_heard(id, false);
+                }
                 member.id = Some(id);
                 self.members.push(*member);
                 self.stats.participants = self.members.len();
@@ -570,6 +598,9 @@ impl RoomTask {
             Command::Leave(id) => self.remove(id),
             Command::Mute(id, muted) => {
                 self.mixer.set_heard(id, !muted);
+            }
+            Command::Hear(id, hears) => {
+                self.mixer.set_hears(id, hears);
             }
             Command::Update(id, audio) => {
                 if let Some(member) = self.member_mut(id) {

@@ -208,6 +208,35 @@ fn a_private_frame_is_heard_only_by_its_participant_and_room_audio_by_all() {
 }
 
 #[test]
+fn a_participant_that_does_not_hear_the_room_hears_only_its_private_frames() {
+    // A caller in the lobby (entering a PIN): muted and deaf to the room,
+    // hearing its prompt alone; back in the room it hears everyone.
+    let mut mixer = Mixer::new();
+    let lobby = mixer.add(Law::Mu);
+    let talker = mixer.add(Law::Mu);
+    assert!(mixer.set_hears(lobby, false));
+    mixer.set_heard(lobby, false);
+    mixer.push_frame(talker, &constant(1000));
+    mixer.push_frame(lobby, &constant(3000));
+    mixer.tick();
+    assert_eq!(decoded(&mixer, lobby), constant(through(Law::Mu, 0)));
+    assert_eq!(decoded(&mixer, talker), constant(0));
+    mixer.push_frame(talker, &constant(1000));
+    mixer.push_private(lobby, &constant(2000));
+    mixer.push_room(&constant(-300));
+    mixer.tick();
+    assert_eq!(decoded(&mixer, lobby), constant(through(Law::Mu, 2000)));
+    assert_eq!(decoded(&mixer, talker), constant(through(Law::Mu, -300)));
+    assert!(mixer.set_hears(lobby, true));
+    mixer.set_heard(lobby, true);
+    mixer.push_frame(talker, &constant(1000));
+    mixer.push_frame(lobby, &constant(3000));
+    mixer.tick();
+    assert_eq!(decoded(&mixer, lobby), constant(through(Law::Mu, 1000)));
+    assert_eq!(decoded(&mixer, talker), constant(through(Law::Mu, 3000)));
+}
+
+#[test]
 fn short_frames_are_padded_with_silence() {
     let mut mixer = Mixer::new();
     let a = mixer.add(Law::Mu);

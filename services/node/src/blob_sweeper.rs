@@ -36,6 +36,9 @@
 //! blob's creation time is the blob store's): a clock stepped back by
 //! more than the grace period would shorten it.
 //!
+//! A conference's recording is named from its `ConferenceRecordingStarted`
+//! on (its audio is stored when it stops): the index keeps it too.
+//!
 //! The other way round, a blob a mailbox names is kept however old it is:
 //! the index names every message left and not deleted, and the greeting.
 //!
@@ -188,7 +191,7 @@ pub async fn sweep(
                 sweep.foreign += 1;
                 continue;
             }
-            if index.owner(&blob.id).is_some() {
+            if index.names(&blob.id) {
                 sweep.named += 1;
                 continue;
             }

@@ -344,7 +344,7 @@ pub struct Overrides {
     /// RTP port range, `LOW-HIGH` (even LOW; each call takes an even port and the odd one above for RTCP) [default: 20000-30000].
     #[arg(long, env = "DIALTONE_RTP_PORTS")]
     pub rtp_ports: Option<String>,
-    /// A voicemail call whose phone sends no RTP for this many seconds is ended [default: 30].
+    /// A voicemail or conference call whose phone sends no RTP for this many seconds is ended [default: 30].
     #[arg(long, env = "DIALTONE_RTP_TIMEOUT_SECS")]
     pub rtp_timeout_secs: Option<u64>,
     /// Most forwards in one chain of call forwarding (alice -> bob -> carol is 2); a forward beyond it is not taken and the chain ends at its last target [default: 5].

@@ -32,6 +32,7 @@
 pub mod admin_token;
 pub mod blob_sweeper;
 pub mod cli;
+pub mod conference;
 pub mod config;
 pub mod demo;
 pub mod server;

@@ -98,6 +98,9 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     let audio = AudioIndex::start(store.clone()).await?;
     // The conferences in progress, per domain and room (for the API).
     let conferences = ConferenceIndex::start(store.clone()).await?;
+    // Before the SIP gateway starts, as for call legs: conferences a
+    // previous run left running have no media any more.
+    crate::conference::end_left_running(&conferences, &provisioning).await;
 
     if config.sip_challenge_md5_first {
         tracing::warn!(
@@ -111,7 +114,16 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         None
     } else {
         let secret = sip_secret(&config.data_dir)?;
-        let voicemail = voicemail(&config, provisioning.clone(), blobs.clone())?;
+        let media = media_runtime(&config)?;
+        let voicemail = voicemail(media.clone(), provisioning.clone(), blobs.clone())?;
+        let conferences = crate::conference::Conferences::new(
+            media,
+            Arc::new(dialtone_conference::prompts::Prompts::load().context("conference prompts")?),
+            blobs.clone(),
+            provisioning.clone(),
+            Duration::from_secs(config.rtp_timeout_secs),
+        );
+        conferences.follow(store.clone());
         let gateway_config = dialtone_sip::GatewayConfig {
             listen: config.sip_addrs.clone(),
             advertised: config.sip_advertised.clone(),
@@ -170,7 +182,8 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
                         .test_clock
                         .map(crate::sip_bridge::ScheduleClock::starting_at),
                 )
-                .with_voicemail(voicemail, secret),
+                .with_voicemail(voicemail, secret)
+                .with_conferences(conferences.clone()),
         );
         let gateway = dialtone_sip::Gateway::start(gateway_config, registry.clone())
             .await
@@ -178,7 +191,11 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         if let Some(udp) = gateway.local_addrs().first() {
             registry.listening_on(*udp);
         }
-        Some(gateway)
+        Some((gateway, conferences))
+    };
+    let (sip, conferences) = match sip {
+        Some((gateway, conferences)) => (Some(gateway), Some(conferences)),
+        None => (None, None),
     };
     let sip_addrs = sip
         .as_ref()
@@ -283,6 +300,10 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down: draining SIP and gRPC");
+    if let Some(conferences) = &conferences {
+        // Recorded as ended while the calls' BYEs can still go out.
+        conferences.shutdown().await;
+    }
     if let Some(sip) = sip {
         sip.shutdown().await;
     }
@@ -344,13 +365,8 @@ fn blob_store(config: &Config) -> anyhow::Result<dialtone_eventlog::SharedBlobSt
     Ok(Arc::new(blobs))
 }
 
-/// Voicemail: its media plane (RTP ports), prompts, and the blob store
-/// its audio goes to.
-fn voicemail(
-    config: &Config,
-    provisioning: Provisioning,
-    blobs: dialtone_eventlog::SharedBlobStore,
-) -> anyhow::Result<crate::voicemail::Voicemail> {
+/// The media plane (RTP ports) of voicemail and conferences.
+fn media_runtime(config: &Config) -> anyhow::Result<dialtone_media::runtime::MediaRuntime> {
     let address = config
         .media_addr
         .or_else(|| config.sip_addrs.first().map(|a| a.ip()))
@@ -377,6 +393,16 @@ fn voicemail(
             rtp_timeout: Duration::from_secs(config.rtp_timeout_secs),
         })
         .context("media plane")?;
+    Ok(media)
+}
+
+/// Voicemail: its media plane, prompts, and the blob store its audio goes
+/// to.
+fn voicemail(
+    media: dialtone_media::runtime::MediaRuntime,
+    provisioning: Provisioning,
+    blobs: dialtone_eventlog::SharedBlobStore,
+) -> anyhow::Result<crate::voicemail::Voicemail> {
     let prompts = dialtone_voicemail::prompts::Prompts::load().context("voicemail prompts")?;
     Ok(crate::voicemail::Voicemail::new(
         media,

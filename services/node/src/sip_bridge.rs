@@ -51,6 +51,8 @@ pub struct ActorBackend {
     rotations: std::sync::Mutex<HashMap<(DomainId, UserName), usize>>,
     /// Voicemail (ADR 0022), when the node runs it.
     voicemail: Option<crate::voicemail::Voicemail>,
+    /// Conference rooms (issue 18), when the node runs them.
+    conferences: Option<crate::conference::Conferences>,
     /// The SIP secret that signs the URIs of the node's own applications.
     app_secret: Vec<u8>,
     /// Where the node's own SIP UDP listener is: the address a voicemail
@@ -100,6 +102,7 @@ impl ActorBackend {
             schedule_clock: None,
             rotations: Default::default(),
             voicemail: None,
+            conferences: None,
             app_secret: Vec::new(),
             app_loop: OnceLock::new(),
         }
@@ -115,6 +118,12 @@ impl ActorBackend {
     ) -> Self {
         self.voicemail = Some(voicemail);
         self.app_secret = secret;
+        self
+    }
+
+    /// Answers calls to the domains' conference rooms on this node.
+    pub fn with_conferences(mut self, conferences: crate::conference::Conferences) -> Self {
+        self.conferences = Some(conferences);
         self
     }
 
@@ -1136,6 +1145,27 @@ impl SipBackend for ActorBackend {
             }
             _ => None,
         };
+        // A name that is neither a user's nor a group's may be a room's:
+        // the node answers it (the domain's actor says, as rooms are not
+        // among the facts).
+        if let (None, None, None, Some(conferences)) = (&user, id, &group, &self.conferences) {
+            if routing::admit(&call, status).is_ok() {
+                if let (Ok(domain), Ok(name)) = (
+                    DomainName::parse(callee_domain),
+                    UserName::parse(callee_user),
+                ) {
+                    if conferences
+                        .room(DomainId::for_name(&domain), &name)
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(CallRoute::App(dialtone_sip::AppRoute(
+                            crate::conference::room_route(&domain, &name),
+                        )));
+                    }
+                }
+            }
+        }
         let dialled_group = group.is_some();
         let timed = user.as_ref().is_some_and(|u| has_timed_rules(u))
             || group
@@ -1352,6 +1382,11 @@ impl SipBackend for ActorBackend {
         call: dialtone_sip::AppCall<'_>,
         control: dialtone_sip::proxy::AppControl,
     ) -> Result<dialtone_sip::AppStart, BackendError> {
+        if let Some(conferences) = &self.conferences {
+            if crate::conference::Conferences::serves(&route.0) {
+                return conferences.start(&route.0, call, control).await;
+            }
+        }
         match &self.voicemail {
             Some(vm) if crate::voicemail::Voicemail::serves(&route.0) => {
                 vm.start(&route.0, call, control).await

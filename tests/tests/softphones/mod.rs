@@ -211,6 +211,17 @@ impl Phone {
         node: &TestNode,
         transport: Transport,
     ) -> anyhow::Result<Phone> {
+        Self::baresip_with_tone(user, node, transport, 440).await
+    }
+
+    /// [`Phone::baresip`] whose microphone is a tone of `tone_hz` (the
+    /// `ausine` source's parameter).
+    pub async fn baresip_with_tone(
+        user: &User,
+        node: &TestNode,
+        transport: Transport,
+        tone_hz: u32,
+    ) -> anyhow::Result<Phone> {
         let dir = tempfile::tempdir()?;
         let path = dir.path();
         std::fs::create_dir_all(path.join("rec"))?;
@@ -221,7 +232,7 @@ impl Phone {
                  sip_listen 127.0.0.1:0\n\
                  audio_player aubridge,nil\n\
                  audio_alert aubridge,nil\n\
-                 audio_source ausine,440\n\
+                 audio_source ausine,{tone_hz}\n\
                  ausrc_srate 48000\n\
                  ausrc_channels 2\n\
                  module_path /usr/lib/baresip/modules\n\
