@@ -97,10 +97,14 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     // The voicemail audio the mailboxes name: what the blob sweeper keeps.
     let audio = AudioIndex::start(store.clone()).await?;
     // The conferences in progress, per domain and room (for the API).
-    let conferences = ConferenceIndex::start(store.clone()).await?;
+    let live_conferences = ConferenceIndex::start(store.clone()).await?;
     // Before the SIP gateway starts, as for call legs: conferences a
-    // previous run left running have no media any more.
-    crate::conference::end_left_running(&conferences, &provisioning).await;
+    // previous run left running have no media any more. Only a node that
+    // runs conferences (it serves SIP) ends them: an API-only node has
+    // none of its own.
+    if !config.sip_addrs.is_empty() {
+        crate::conference::end_left_running(&live_conferences, &provisioning).await;
+    }
 
     if config.sip_challenge_md5_first {
         tracing::warn!(
@@ -265,7 +269,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         store: store.clone(),
         registrations: registrations.clone(),
         calls: calls.clone(),
-        conferences: conferences.clone(),
+        conferences: live_conferences.clone(),
         blobs: blobs.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
@@ -321,7 +325,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     registrations.checkpoint(&store).await;
     calls.checkpoint(&store).await;
     audio.checkpoint(&store).await;
-    conferences.checkpoint(&store).await;
+    live_conferences.checkpoint(&store).await;
     tracing::info!("stopping actors (saving snapshots)");
     directory.passivate_all(Duration::from_secs(10)).await;
     tokio::task::spawn_blocking(move || system.shutdown()).await?;
