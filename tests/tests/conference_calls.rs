@@ -721,6 +721,68 @@ async fn a_caller_that_sends_no_rtp_is_dropped_at_the_rtp_timeout() {
     .await
 }
 
+/// Controls written over the API reach the call in the room (ADR 0025: the
+/// API writes to the conference, the node running the room follows its
+/// stream): a participant kicked with `KickParticipant` is hung up by the
+/// node, its leg ends as hung up by the conference, and the conference
+/// ends empty.
+#[tokio::test]
+async fn a_participant_kicked_over_the_api_is_hung_up() {
+    use support::pbx::Pbx;
+    bounded(60, async {
+        let pbx = Pbx::start(&[]).await;
+        create_room_in(
+            &pbx.node,
+            support::sip::DOMAIN,
+            "standup",
+            RoomChange::default(),
+        )
+        .await;
+        let room = format!("standup@{}", support::sip::DOMAIN);
+        let alice_address = format!("alice@{}", support::sip::DOMAIN);
+        // The caller waits for the other side's BYE (or fails at SIPp's
+        // 30 s timeout, before the node's RTP timeout of 30 s could end it).
+        let call = pbx.call("standup", "call_uac_callee_hangs_up.xml");
+        let kick = async {
+            wait_for_event(&pbx.node, "ParticipantJoined", |d| {
+                d["caller"] == alice_address.as_str()
+            })
+            .await;
+            let kicked = conferences(&pbx.node)
+                .await
+                .kick_participant(dialtone_api::pb::ParticipantRequest {
+                    conference: room.clone(),
+                    participant: alice_address.clone(),
+                    request_id: "kick-alice".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(kicked.participants.is_empty(), "{kicked:?}");
+        };
+        let (run, ()) = tokio::join!(call, kick);
+        run.assert_all_successful(1);
+        let left = wait_for_event(&pbx.node, "ParticipantLeft", |_| true).await;
+        assert_eq!(left["reason"], "kicked", "{left}");
+        let ended = wait_for_event(&pbx.node, "ConferenceEnded", |_| true).await;
+        assert_eq!(ended["reason"], "empty", "{ended}");
+        let alice = pbx.id("alice").to_owned();
+        let calls = eventually(STEP, "alice's call to end", || async {
+            let events = support::calls::call_events(&pbx.node, &alice).await;
+            Ok(events
+                .iter()
+                .any(|(t, _)| t == "CallEnded")
+                .then_some(events))
+        })
+        .await
+        .unwrap();
+        let end = &calls.iter().find(|(t, _)| t == "CallEnded").unwrap().1;
+        assert_eq!(end["hangup_side"], "callee", "{end}");
+        pbx.node.stop().await.unwrap();
+    })
+    .await
+}
+
 /// A room that ends with its moderator: when the last moderator hangs up,
 /// the conference ends (`last_moderator_left`) and the others' calls end
 /// with it.
