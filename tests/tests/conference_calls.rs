@@ -668,6 +668,98 @@ async fn a_moderator_brings_the_room_in_locks_it_mutes_all_and_records() {
         );
         let end = data(events.last().unwrap());
         assert_eq!(end["reason"], "node_restart");
+
+        // The recording is listed with the conference (which has ended)
+        // and streamed from the blob store over the API and the CLI.
+        let conference_id = events[0].stream.trim_start_matches("conference-").to_owned();
+        let mut api = conferences(&node).await;
+        let found = api
+            .get_conference(dialtone_api::pb::GetConferenceRequest {
+                conference: conference_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.recordings.len(), 1, "{found:?}");
+        let listed = &found.recordings[0];
+        assert_eq!(
+            listed.audio_id,
+            stopped["audio"].as_str().unwrap(),
+            "{found:?}"
+        );
+        assert_eq!(u64::from(listed.duration_ms), duration_ms);
+        let mut stream = api
+            .get_recording_audio(dialtone_api::pb::GetRecordingAudioRequest {
+                conference: conference_id.clone(),
+                audio_id: listed.audio_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut wav = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            wav.extend_from_slice(&chunk.data);
+        }
+        let samples = dialtone_media::wav::read_wav(
+            &wav,
+            dialtone_media::wav::WavLimits {
+                max_duration_ms: 60_000,
+            },
+        )
+        .unwrap();
+        let stored_ms = samples.len() as u64 / 8;
+        assert!(
+            stored_ms.abs_diff(duration_ms) <= 40,
+            "{stored_ms} ms stored for a recording of {duration_ms} ms"
+        );
+        // alice (440 Hz) was heard in the room while it recorded.
+        assert!(heard_ms(&samples, 440) >= 1_000, "the recording misses alice");
+        let out = node
+            .cli(&["conference", "recordings", &conference_id])
+            .await
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && shown.contains(&listed.audio_id),
+            "{shown}"
+        );
+        let file = dir.path().join("room.wav");
+        let out = node
+            .cli(&[
+                "conference",
+                "get-recording",
+                &conference_id,
+                &listed.audio_id,
+                "-o",
+                file.to_str().unwrap(),
+            ])
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), wav);
+        // Bad input: an id that is not an audio id, and one this
+        // conference never recorded.
+        for (audio_id, code) in [
+            ("room.wav", tonic::Code::InvalidArgument),
+            (
+                "vm-00000000000000000000000000000000",
+                tonic::Code::NotFound,
+            ),
+        ] {
+            let e = api
+                .get_recording_audio(dialtone_api::pb::GetRecordingAudioRequest {
+                    conference: conference_id.clone(),
+                    audio_id: audio_id.into(),
+                })
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{audio_id} was not refused"));
+            assert_eq!(e.code(), code, "{audio_id}: {}", e.message());
+        }
         for phone in phones {
             phone.quit().await;
         }

@@ -11,16 +11,21 @@
 //! never touches media: the node's conference application follows the
 //! conference's events and applies them. A conference belongs to its
 //! room's domain: another domain's token gets NOT_FOUND, as for an id
-//! nobody used.
+//! nobody used. A conference's stopped recordings are listed with it and
+//! streamed from the blob store (`GetRecordingAudio`).
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::pin::Pin;
 use std::time::Duration;
 
 use dialtone_actors::{
     ConferenceIndex, ConferenceInfo, Control, DomainRef, LiveConference, Provisioning, RoomChange,
 };
 use dialtone_domain::names::{DomainName, UserAddress};
+use dialtone_domain::mailbox::AudioId;
 use dialtone_domain::{ConferenceId, DomainId};
+use dialtone_eventlog::blob::SharedBlobStore;
+use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Access};
@@ -38,13 +43,22 @@ const INDEX_WAIT: Duration = Duration::from_secs(2);
 pub struct ConferenceApi {
     provisioning: Provisioning,
     conferences: ConferenceIndex,
+    blobs: SharedBlobStore,
 }
 
+type RecordingStream =
+    Pin<Box<dyn Stream<Item = Result<RecordingChunk, Status>> + Send + 'static>>;
+
 impl ConferenceApi {
-    pub fn new(provisioning: Provisioning, conferences: ConferenceIndex) -> Self {
+    pub fn new(
+        provisioning: Provisioning,
+        conferences: ConferenceIndex,
+        blobs: SharedBlobStore,
+    ) -> Self {
         ConferenceApi {
             provisioning,
             conferences,
+            blobs,
         }
     }
 
@@ -224,6 +238,15 @@ fn conference_pb(info: &ConferenceInfo, room: &UserAddress) -> Conference {
             })
             .collect(),
         version: info.version.unwrap_or_default(),
+        recordings: c
+            .recordings
+            .iter()
+            .map(|r| ConferenceRecording {
+                audio_id: r.audio.to_string(),
+                started_at: timestamp(r.started_at),
+                duration_ms: r.duration_ms,
+            })
+            .collect(),
     }
 }
 
@@ -387,6 +410,35 @@ impl ConferenceService for ConferenceApi {
             }
         }
         Ok(Response::new(ListConferencesResponse { conferences }))
+    }
+
+    type GetRecordingAudioStream = RecordingStream;
+
+    async fn get_recording_audio(
+        &self,
+        request: Request<GetRecordingAudioRequest>,
+    ) -> Result<Response<RecordingStream>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let audio = AudioId::parse(req.audio_id.trim())
+            .map_err(|e| status::invalid("audio_id", e))?;
+        let (info, _) = self.resolve(access, &req.conference).await?;
+        let not_found =
+            || Status::not_found(format!("recording {audio} of conference {} not found", info.id));
+        // Only a stopped recording of this conference: its audio was stored
+        // before the stop was written (one in progress has none yet).
+        if !info.conference.recordings.iter().any(|r| r.audio == audio) {
+            return Err(not_found());
+        }
+        let bytes = self
+            .blobs
+            .get(audio.as_str())
+            .await
+            .map_err(|e| Status::unavailable(format!("blob store unavailable: {e}")))?
+            .ok_or_else(not_found)?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            crate::voicemail::chunks(bytes).map(|data| Ok(RecordingChunk { data })),
+        ))))
     }
 
     async fn get_conference(

@@ -249,6 +249,7 @@ pub async fn serve_with(
                 conference::ConferenceApi::new(
                     context.provisioning.clone(),
                     context.conferences.clone(),
+                    context.blobs.clone(),
                 ),
                 authenticator.clone(),
             ),

@@ -377,7 +377,7 @@ impl VoicemailService for VoicemailApi {
 }
 
 /// `bytes` in [`AUDIO_CHUNK_BYTES`] pieces (views of the same buffer).
-fn chunks(bytes: Bytes) -> impl Iterator<Item = Bytes> + Send {
+pub(crate) fn chunks(bytes: Bytes) -> impl Iterator<Item = Bytes> + Send {
     let len = bytes.len();
     (0..len)
         .step_by(AUDIO_CHUNK_BYTES)

@@ -179,6 +179,15 @@ pub struct Recording {
     pub started_at: Timestamp,
 }
 
+/// A recording that stopped: its audio is in the blob store (stored
+/// before `ConferenceRecordingStopped` was written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecording {
+    pub audio: AudioId,
+    pub started_at: Timestamp,
+    pub duration_ms: u32,
+}
+
 /// The state of a conference, rebuilt by folding its events with [`evolve`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conference {
@@ -192,6 +201,10 @@ pub struct Conference {
     pub locked: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<Recording>,
+    /// The recordings made in it, in the order they stopped (read with a
+    /// default from snapshots taken before they were kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recordings: Vec<StoredRecording>,
     /// Who is in the conference now.
     pub participants: BTreeMap<ParticipantId, Participant>,
     /// Who left or was turned away: an id is used once.
@@ -710,7 +723,20 @@ pub fn evolve(mut state: Conference, event: &Event) -> Conference {
                 started_at: *started_at,
             });
         }
-        Event::ConferenceRecordingStopped { .. } => state.recording = None,
+        Event::ConferenceRecordingStopped {
+            audio, duration_ms, ..
+        } => {
+            let started_at = state
+                .recording
+                .take()
+                .filter(|r| &r.audio == audio)
+                .map_or(state.started_at, |r| r.started_at);
+            state.recordings.push(StoredRecording {
+                audio: audio.clone(),
+                started_at,
+                duration_ms: *duration_ms,
+            });
+        }
         Event::ConferenceEnded { ended_at, .. } => {
             state.status = Status::Ended;
             state.ended_at = Some(*ended_at);
@@ -1069,6 +1095,22 @@ mod tests {
             events.last(),
             Some(Event::ConferenceRecordingStopped { audio: a, duration_ms: 61_234, .. }) if *a == audio
         ));
+        // The stopped recording is kept, with when it started.
+        let started_at = events
+            .iter()
+            .find_map(|e| match e {
+                Event::ConferenceRecordingStarted { started_at, .. } => Some(*started_at),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            state.recordings,
+            vec![StoredRecording {
+                audio: audio.clone(),
+                started_at,
+                duration_ms: 61_234,
+            }]
+        );
         let events = decide(
             &state,
             &Command::StartRecording {

@@ -3,7 +3,8 @@
 //! the server answers whether a room has them. And the conferences in
 //! progress: `list-live`, `participants`, `mute`, `unmute`, `kick`,
 //! `lock`, `unlock`; each control is durable when the command returns,
-//! and the node's conference application applies it to the call.
+//! and the node's conference application applies it to the call; and a
+//! conference's recordings (`recordings`, `get-recording`).
 
 use dialtone_api::pb;
 use serde_json::{json, Value};
@@ -54,6 +55,22 @@ pub enum ConferenceCommand {
     Participants {
         /// A room's address (its conference in progress) or a conference id
         conference: String,
+    },
+    /// The stopped recordings of a conference:
+    /// `dialtone conference recordings CONFERENCE_ID`.
+    Recordings {
+        /// A conference id (or a room's address: its conference in progress)
+        conference: String,
+    },
+    /// Save a recording of a conference (WAV, 8 kHz mono 16-bit):
+    /// `dialtone conference get-recording CONFERENCE_ID AUDIO_ID -o room.wav`.
+    GetRecording {
+        /// A conference id (or a room's address: its conference in progress)
+        conference: String,
+        audio_id: String,
+        /// The file to write; `-` writes to standard output.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
     },
     /// Mute a participant (heard by no one), or with --all every one who
     /// is not a moderator.
@@ -251,6 +268,49 @@ pub(super) async fn run(
                 .await;
             return print_conference(out, found);
         }
+        ConferenceCommand::Recordings { conference } => {
+            let found = api
+                .get_conference(pb::GetConferenceRequest { conference })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let recordings = conference_json(&found)["recordings"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !out.json && !recordings.is_empty() {
+                println!("{:<35} {:<27} {:>11}", "AUDIO", "STARTED", "DURATION_MS");
+            }
+            out.list(recordings, |v| {
+                format!(
+                    "{:<35} {:<27} {:>11}",
+                    s(v, "audio_id"),
+                    s(v, "started_at"),
+                    s(v, "duration_ms")
+                )
+            });
+            return Ok(());
+        }
+        ConferenceCommand::GetRecording {
+            conference,
+            audio_id,
+            output,
+        } => {
+            let mut stream = api
+                .get_recording_audio(pb::GetRecordingAudioRequest {
+                    conference,
+                    audio_id: audio_id.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            // All of it before anything is written: no partial file.
+            let mut audio = Vec::new();
+            while let Some(chunk) = stream.message().await.map_err(status_error)? {
+                audio.extend_from_slice(&chunk.data);
+            }
+            return super::voicemail::save_audio(out, &output, &audio, ("audio_id", &audio_id));
+        }
         ConferenceCommand::Mute { conference, who } => {
             let found = match who.participant {
                 Some(participant) if !who.all => {
@@ -355,6 +415,11 @@ pub(super) fn conference_json(c: &pb::Conference) -> Value {
             "muted": p.muted,
             "talking": p.talking,
             "joined_at": time(&p.joined_at),
+        })).collect::<Vec<_>>(),
+        "recordings": c.recordings.iter().map(|r| json!({
+            "audio_id": r.audio_id,
+            "started_at": time(&r.started_at),
+            "duration_ms": r.duration_ms,
         })).collect::<Vec<_>>(),
     })
 }

@@ -221,17 +221,27 @@ async fn get(
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
         audio.extend_from_slice(&chunk.data);
     }
+    save_audio(out, &output, &audio, ("message_id", &message_id))
+}
+
+/// Writes downloaded audio to `output` (`-`: standard output) and says
+/// what was written, naming it by `id` (its key and value).
+pub(super) fn save_audio(
+    out: &Output,
+    output: &std::path::Path,
+    audio: &[u8],
+    id: (&str, &str),
+) -> anyhow::Result<()> {
     if output.as_os_str() == "-" {
         let mut stdout = std::io::stdout().lock();
-        stdout.write_all(&audio)?;
+        stdout.write_all(audio)?;
         stdout.flush()?;
         return Ok(());
     }
-    std::fs::write(&output, &audio)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    std::fs::write(output, audio).with_context(|| format!("cannot write {}", output.display()))?;
     out.one(
         json!({
-            "message_id": message_id,
+            id.0: id.1,
             "file": output.display().to_string(),
             "bytes": audio.len(),
         }),
