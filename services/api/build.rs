@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Audio as `Bytes`: a message's chunks are slices of the stored
         // blob, not copies.
         .bytes(".dialtone.v1.AudioChunk.data")
+        .bytes(".dialtone.v1.RecordingChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

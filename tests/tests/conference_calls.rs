@@ -671,7 +671,10 @@ async fn a_moderator_brings_the_room_in_locks_it_mutes_all_and_records() {
 
         // The recording is listed with the conference (which has ended)
         // and streamed from the blob store over the API and the CLI.
-        let conference_id = events[0].stream.trim_start_matches("conference-").to_owned();
+        let conference_id = events[0]
+            .stream
+            .trim_start_matches("conference-")
+            .to_owned();
         let mut api = conferences(&node).await;
         let found = api
             .get_conference(dialtone_api::pb::GetConferenceRequest {
@@ -713,7 +716,10 @@ async fn a_moderator_brings_the_room_in_locks_it_mutes_all_and_records() {
             "{stored_ms} ms stored for a recording of {duration_ms} ms"
         );
         // alice (440 Hz) was heard in the room while it recorded.
-        assert!(heard_ms(&samples, 440) >= 1_000, "the recording misses alice");
+        assert!(
+            heard_ms(&samples, 440) >= 1_000,
+            "the recording misses alice"
+        );
         let out = node
             .cli(&["conference", "recordings", &conference_id])
             .await
@@ -745,10 +751,7 @@ async fn a_moderator_brings_the_room_in_locks_it_mutes_all_and_records() {
         // conference never recorded.
         for (audio_id, code) in [
             ("room.wav", tonic::Code::InvalidArgument),
-            (
-                "vm-00000000000000000000000000000000",
-                tonic::Code::NotFound,
-            ),
+            ("vm-00000000000000000000000000000000", tonic::Code::NotFound),
         ] {
             let e = api
                 .get_recording_audio(dialtone_api::pb::GetRecordingAudioRequest {

@@ -21,8 +21,8 @@ use std::time::Duration;
 use dialtone_actors::{
     ConferenceIndex, ConferenceInfo, Control, DomainRef, LiveConference, Provisioning, RoomChange,
 };
-use dialtone_domain::names::{DomainName, UserAddress};
 use dialtone_domain::mailbox::AudioId;
+use dialtone_domain::names::{DomainName, UserAddress};
 use dialtone_domain::{ConferenceId, DomainId};
 use dialtone_eventlog::blob::SharedBlobStore;
 use futures::Stream;
@@ -46,8 +46,7 @@ pub struct ConferenceApi {
     blobs: SharedBlobStore,
 }
 
-type RecordingStream =
-    Pin<Box<dyn Stream<Item = Result<RecordingChunk, Status>> + Send + 'static>>;
+type RecordingStream = Pin<Box<dyn Stream<Item = Result<RecordingChunk, Status>> + Send + 'static>>;
 
 impl ConferenceApi {
     pub fn new(
@@ -420,11 +419,15 @@ impl ConferenceService for ConferenceApi {
     ) -> Result<Response<RecordingStream>, Status> {
         let access = auth::access(&request);
         let req = request.into_inner();
-        let audio = AudioId::parse(req.audio_id.trim())
-            .map_err(|e| status::invalid("audio_id", e))?;
+        let audio =
+            AudioId::parse(req.audio_id.trim()).map_err(|e| status::invalid("audio_id", e))?;
         let (info, _) = self.resolve(access, &req.conference).await?;
-        let not_found =
-            || Status::not_found(format!("recording {audio} of conference {} not found", info.id));
+        let not_found = || {
+            Status::not_found(format!(
+                "recording {audio} of conference {} not found",
+                info.id
+            ))
+        };
         // Only a stopped recording of this conference: its audio was stored
         // before the stop was written (one in progress has none yet).
         if !info.conference.recordings.iter().any(|r| r.audio == audio) {
