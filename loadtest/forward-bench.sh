@@ -45,7 +45,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 . "$here/node.sh"
-bench=${DIALTONE_BENCH_DIR:-$(cd "$root/../shared/bench" && pwd)}
+bench=${DIALTONE_BENCH_DIR:?set DIALTONE_BENCH_DIR to the directory of the SIPp benchmark harness (docs/performance.md)}
 callers=5000; rates="800 1200 1600 2000"; rounds=2; port=5170; busy_port=5191; out=""
 uas_port=5190; call_duration=20; domain=example.test
 while [ $# -gt 0 ]; do

@@ -18,7 +18,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 . "$here/node.sh"
-bench=${DIALTONE_BENCH_DIR:-$(cd "$root/../shared/bench" && pwd)}
+bench=${DIALTONE_BENCH_DIR:?set DIALTONE_BENCH_DIR to the directory of the SIPp benchmark harness (docs/performance.md)}
 users=10000; out=""; kamailio=0; port=5070
 while [ $# -gt 0 ]; do
   case "$1" in
