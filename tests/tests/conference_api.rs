@@ -735,15 +735,8 @@ async fn hold_conference(data_dir: &std::path::Path, room: &str) -> String {
     id.stream()
 }
 
-#[tokio::test]
-async fn a_conference_is_read_by_its_domain_and_hidden_from_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path()).await;
-    conference(&node)
-        .await
-        .create_room(create(&standup(), RoomChange::default()))
-        .await
-        .unwrap();
+/// The secrets of two new tokens, scoped to `DOMAIN` and to `OTHER`.
+async fn domain_tokens(node: &TestNode) -> [String; 2] {
     let mut tokens = token_service_client::TokenServiceClient::new(node.channel().await.unwrap());
     let mut secrets = Vec::new();
     for domain in [DOMAIN, OTHER] {
@@ -760,7 +753,19 @@ async fn a_conference_is_read_by_its_domain_and_hidden_from_others() {
                 .secret,
         );
     }
-    let [own, other] = <[String; 2]>::try_from(secrets).unwrap();
+    <[String; 2]>::try_from(secrets).unwrap()
+}
+
+#[tokio::test]
+async fn a_conference_is_read_by_its_domain_and_hidden_from_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path()).await;
+    conference(&node)
+        .await
+        .create_room(create(&standup(), RoomChange::default()))
+        .await
+        .unwrap();
+    let [own, other] = domain_tokens(&node).await;
     node.stop().await.unwrap();
     let stream = hold_conference(dir.path(), "standup").await;
     let node = TestNode::start(dir.path(), &[]).await.unwrap();
@@ -889,23 +894,7 @@ async fn live_conferences_are_listed_read_muted_locked_and_kicked_over_grpc_and_
             .await
             .unwrap();
     }
-    let mut tokens = token_service_client::TokenServiceClient::new(node.channel().await.unwrap());
-    let mut secrets = Vec::new();
-    for domain in [DOMAIN, OTHER] {
-        let request = CreateTokenRequest {
-            scope: domain.into(),
-            ..Default::default()
-        };
-        secrets.push(
-            tokens
-                .create_token(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .secret,
-        );
-    }
-    let [own, other] = <[String; 2]>::try_from(secrets).unwrap();
+    let [own, other] = domain_tokens(&node).await;
     node.stop().await.unwrap();
 
     // On the stopped node's log, as the conference application writes

@@ -825,17 +825,50 @@ impl Provisioning {
     }
 
     pub async fn get_ring_group(&self, address: &UserAddress) -> Result<RingGroupInfo> {
+        let (group, version) = self
+            .domain_extension(
+                address,
+                |d| &d.ring_groups,
+                || Error::Domain(DomainError::NotFound(format!("ring group {address}"))),
+            )
+            .await?;
+        Ok(RingGroupInfo {
+            address: address.clone(),
+            group,
+            version,
+        })
+    }
+
+    /// The ring groups of a domain, by name.
+    pub async fn list_ring_groups(&self, domain: &DomainRef) -> Result<Vec<RingGroupInfo>> {
+        let groups = self.domain_extensions(domain, |d| &d.ring_groups).await?;
+        Ok(groups
+            .into_iter()
+            .map(|(address, group, version)| RingGroupInfo {
+                address,
+                group,
+                version,
+            })
+            .collect())
+    }
+
+    /// The extension `address` of the kind `of` picks (ring groups and
+    /// conference rooms are the domain's, ADR 0021, 0025), with the domain
+    /// stream's version; NOT_FOUND naming the domain when it does not
+    /// exist, `missing` when it has no such extension.
+    pub(crate) async fn domain_extension<T: Clone + Send + 'static>(
+        &self,
+        address: &UserAddress,
+        of: fn(&domain::Domain) -> &std::collections::BTreeMap<UserName, T>,
+        missing: impl FnOnce() -> Error,
+    ) -> Result<(T, Option<u64>)> {
         let name = address.username.clone();
         let found = self
             .directory
             .query_domain(DomainId::for_name(&address.domain), move |r| {
-                r.state.exists().then(|| {
-                    r.state
-                        .ring_groups
-                        .get(&name)
-                        .cloned()
-                        .map(|g| (g, r.version))
-                })
+                r.state
+                    .exists()
+                    .then(|| of(r.state).get(&name).cloned().map(|x| (x, r.version)))
             })
             .await?;
         match found {
@@ -843,34 +876,31 @@ impl Provisioning {
                 "domain {}",
                 address.domain
             )))),
-            Some(None) => Err(Error::Domain(DomainError::NotFound(format!(
-                "ring group {address}"
-            )))),
-            Some(Some((group, version))) => Ok(RingGroupInfo {
-                address: address.clone(),
-                group,
-                version,
-            }),
+            Some(None) => Err(missing()),
+            Some(Some(found)) => Ok(found),
         }
     }
 
-    /// The ring groups of a domain, by name.
-    pub async fn list_ring_groups(&self, domain: &DomainRef) -> Result<Vec<RingGroupInfo>> {
+    /// Every extension of the kind `of` picks in `domain`, by name, each
+    /// with its address and the domain stream's version.
+    pub(crate) async fn domain_extensions<T: Clone + Send + 'static>(
+        &self,
+        domain: &DomainRef,
+        of: fn(&domain::Domain) -> &std::collections::BTreeMap<UserName, T>,
+    ) -> Result<Vec<(UserAddress, T, Option<u64>)>> {
         let found = self
             .directory
-            .query_domain(domain.id(), |r| {
+            .query_domain(domain.id(), move |r| {
                 let name = r.state.name.clone()?;
                 r.state.exists().then(|| {
-                    r.state
-                        .ring_groups
+                    of(r.state)
                         .iter()
-                        .map(|(n, g)| RingGroupInfo {
-                            address: UserAddress {
+                        .map(|(n, x)| {
+                            let address = UserAddress {
                                 username: n.clone(),
                                 domain: name.clone(),
-                            },
-                            group: g.clone(),
-                            version: r.version,
+                            };
+                            (address, x.clone(), r.version)
                         })
                         .collect::<Vec<_>>()
                 })

@@ -17,7 +17,7 @@ use dialtone_domain::names::UserAddress;
 use dialtone_domain::{ConferenceId, DomainId, Error as DomainError};
 use uuid::Uuid;
 
-use super::{not_found_domain, DomainRef, Provisioning};
+use super::{DomainRef, Provisioning};
 use crate::aggregate::Meta;
 use crate::{Error, Result};
 
@@ -195,31 +195,14 @@ impl Provisioning {
     }
 
     pub async fn get_conference_room(&self, address: &UserAddress) -> Result<ConferenceRoomInfo> {
-        let name = address.username.clone();
-        let found = self
-            .directory
-            .query_domain(DomainId::for_name(&address.domain), move |r| {
-                r.state.exists().then(|| {
-                    r.state
-                        .conference_rooms
-                        .get(&name)
-                        .cloned()
-                        .map(|room| (room, r.version))
-                })
-            })
+        let (room, version) = self
+            .domain_extension(address, |d| &d.conference_rooms, || not_found_room(address))
             .await?;
-        match found {
-            None => Err(Error::Domain(DomainError::NotFound(format!(
-                "domain {}",
-                address.domain
-            )))),
-            Some(None) => Err(not_found_room(address)),
-            Some(Some((room, version))) => Ok(ConferenceRoomInfo {
-                address: address.clone(),
-                room,
-                version,
-            }),
-        }
+        Ok(ConferenceRoomInfo {
+            address: address.clone(),
+            room,
+            version,
+        })
     }
 
     /// The conference rooms of a domain, by name.
@@ -227,27 +210,17 @@ impl Provisioning {
         &self,
         domain: &DomainRef,
     ) -> Result<Vec<ConferenceRoomInfo>> {
-        let found = self
-            .directory
-            .query_domain(domain.id(), |r| {
-                let name = r.state.name.clone()?;
-                r.state.exists().then(|| {
-                    r.state
-                        .conference_rooms
-                        .iter()
-                        .map(|(n, room)| ConferenceRoomInfo {
-                            address: UserAddress {
-                                username: n.clone(),
-                                domain: name.clone(),
-                            },
-                            room: room.clone(),
-                            version: r.version,
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
+        let rooms = self
+            .domain_extensions(domain, |d| &d.conference_rooms)
             .await?;
-        found.ok_or_else(|| not_found_domain(domain))
+        Ok(rooms
+            .into_iter()
+            .map(|(address, room, version)| ConferenceRoomInfo {
+                address,
+                room,
+                version,
+            })
+            .collect())
     }
 
     /// The patch of `change`: PINs checked and hashed; a moderator PIN
