@@ -625,7 +625,13 @@ async fn follow(store: SharedStore, watched: Arc<Watched>, provisioning: Provisi
                 continue;
             };
             let messages = changes_messages(&recorded.event_type);
-            if let (Some((domain, user)), Some(change)) = (&name, resource_change(&recorded)) {
+            // Decoded only for a watched user: most calls' events have no
+            // watcher, and decoding each of them cost the node about 4 % of
+            // its CPU in the calls/s benchmark.
+            let change = name
+                .as_ref()
+                .and_then(|named| Some((named, resource_change(&recorded)?)));
+            if let Some(((domain, user), change)) = change {
                 watcher.changed(domain, user, recorded.version, change);
             } else if messages || recorded.event_type == "MailboxConfigured" {
                 // The box's counts changed (or its settings: turning
