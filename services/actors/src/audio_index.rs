@@ -184,6 +184,21 @@ impl Projected for State {
         self.position
     }
 
+    fn wants(recorded: &RecordedEvent) -> bool {
+        matches!(
+            recorded.event_type.as_str(),
+            "ConferenceRecordingStarted"
+                | "VoicemailLeft"
+                | "VoicemailDeleted"
+                | "GreetingChanged"
+                | "UserCreated"
+        )
+    }
+
+    fn read_up_to(&mut self, position: Position) {
+        self.position = self.position.max(position);
+    }
+
     fn fold(&mut self, recorded: &RecordedEvent) {
         self.position = recorded.position;
         // Most events are none of these: no decoding for them.

@@ -238,9 +238,17 @@ impl Projected for State {
         self.position
     }
 
+    fn wants(recorded: &RecordedEvent) -> bool {
+        category_of(&recorded.event_type) == Some(EventCategory::Call)
+    }
+
+    fn read_up_to(&mut self, position: Position) {
+        self.position = self.position.max(position);
+    }
+
     fn fold(&mut self, recorded: &RecordedEvent) {
         self.position = recorded.position;
-        if category_of(&recorded.event_type) != Some(EventCategory::Call) {
+        if !Self::wants(recorded) {
             return;
         }
         let (Some(user), Some(domain)) = (recorded.user_id, recorded.domain_id) else {

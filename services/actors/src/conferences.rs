@@ -225,12 +225,11 @@ impl Projected for State {
         self.position
     }
 
-    fn fold(&mut self, recorded: &RecordedEvent) {
-        self.position = recorded.position;
-        // Talking and mutes change nothing here, and talking is most of a
-        // conference's events: skipped before decoding, as is the rest of
-        // the log.
-        if !matches!(
+    /// Talking and mutes change nothing here, and talking is most of a
+    /// conference's events: skipped before decoding (not even copied out
+    /// of the log), as is the rest of the log.
+    fn wants(recorded: &RecordedEvent) -> bool {
+        matches!(
             recorded.event_type.as_str(),
             "ConferenceStarted"
                 | "ConferenceEnded"
@@ -240,7 +239,16 @@ impl Projected for State {
                 | "ConferenceUnlocked"
                 | "ConferenceRecordingStarted"
                 | "ConferenceRecordingStopped"
-        ) {
+        )
+    }
+
+    fn read_up_to(&mut self, position: Position) {
+        self.position = self.position.max(position);
+    }
+
+    fn fold(&mut self, recorded: &RecordedEvent) {
+        self.position = recorded.position;
+        if !Self::wants(recorded) {
             return;
         }
         let Some(id) = ConferenceId::from_stream(&recorded.stream) else {

@@ -5,8 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use dialtone_eventlog::{subscribe_all, Position, RecordedEvent, SharedStore, Snapshot};
-use futures::StreamExt;
+use dialtone_eventlog::{Position, RecordedEvent, SharedStore, Snapshot};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -18,6 +17,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 const CHECKPOINT_EVENTS: u64 = 50_000;
 /// Events read per page while catching up at start.
 const CATCH_UP_PAGE: usize = 10_000;
+/// Events looked at per page while following the head.
+const FOLLOW_PAGE: usize = 512;
 
 /// The state of a projection.
 pub(crate) trait Projected:
@@ -28,9 +29,15 @@ pub(crate) trait Projected:
     /// The snapshot stream of the checkpoints (not an event stream).
     const CHECKPOINT_STREAM: &'static str;
     const CHECKPOINT_SCHEMA: u32;
-    /// The last position folded in.
+    /// The last position folded in (or read past).
     fn position(&self) -> Position;
+    /// Whether [`fold`](Self::fold) does anything with this event: the others
+    /// are not copied out of the log for the projection (most of the log is
+    /// calls' events, which most projections do not look at).
+    fn wants(recorded: &RecordedEvent) -> bool;
     fn fold(&mut self, recorded: &RecordedEvent);
+    /// The events up to `position` were read: those not wanted are past.
+    fn read_up_to(&mut self, position: Position);
     /// Publishes the projection's gauges.
     fn report(&self);
     /// Rebuilds what the checkpoint does not store, after loading it.
@@ -72,17 +79,21 @@ pub(crate) async fn catch_up<S: Projected>(store: &SharedStore) -> Result<S> {
     Ok(state)
 }
 
-/// Folds every event after the state's position into it, for ever (until
-/// the store closes), checkpointing now and then.
+/// Folds every wanted event after the state's position into it, for ever
+/// (until the store closes), a page at a time, checkpointing now and then.
+/// The position moves past the events not wanted too, so that waiting for
+/// the projection to reach the log's head ends.
 pub(crate) fn follow<S: Projected>(state: Arc<RwLock<S>>, store: SharedStore) {
-    let from = state.read().unwrap_or_else(|p| p.into_inner()).position() + 1;
+    let mut next = state.read().unwrap_or_else(|p| p.into_inner()).position() + 1;
     tokio::spawn(async move {
-        let mut events = std::pin::pin!(subscribe_all(store.clone(), from));
+        let mut head = store.watch_head();
         let mut last_checkpoint = Instant::now();
         let mut since_checkpoint = 0u64;
-        while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
+        loop {
+            // Seen before reading: a commit after this wakes the wait below.
+            head.borrow_and_update();
+            let (events, last) = match store.read_all_where(next, FOLLOW_PAGE, S::wants).await {
+                Ok(page) => page,
                 Err(dialtone_eventlog::Error::Closed) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, projection = S::NAME, "projection: read failed; retrying");
@@ -90,11 +101,22 @@ pub(crate) fn follow<S: Projected>(state: Arc<RwLock<S>>, store: SharedStore) {
                     continue;
                 }
             };
+            if last < next {
+                // Caught up; the sender goes away when the store stops.
+                if head.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            since_checkpoint += last + 1 - next;
+            next = last + 1;
             let due_state = {
                 let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
-                guard.fold(&event);
+                for event in &events {
+                    guard.fold(event);
+                }
+                guard.read_up_to(last);
                 guard.report();
-                since_checkpoint += 1;
                 let due = since_checkpoint >= CHECKPOINT_EVENTS
                     || (since_checkpoint > 0 && last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
                 due.then(|| guard.clone())

@@ -119,6 +119,17 @@ impl Projected for State {
         self.position
     }
 
+    fn wants(event: &RecordedEvent) -> bool {
+        matches!(
+            event.event_type.as_str(),
+            "ContactRegistered" | "ContactRemoved" | "ContactExpired" | "ContactReplaced"
+        )
+    }
+
+    fn read_up_to(&mut self, position: Position) {
+        self.position = self.position.max(position);
+    }
+
     fn fold(&mut self, event: &RecordedEvent) {
         self.position = event.position;
         let delta: i64 = match event.event_type.as_str() {

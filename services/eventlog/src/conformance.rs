@@ -838,8 +838,43 @@ fn spawn_subscriber(
     })
 }
 
+/// Writer 3's events only (see [`spawn_writer`]'s stream names).
+fn writer_3(event: &RecordedEvent) -> bool {
+    event.stream.starts_with("live-3-")
+}
+
+/// A `subscribe_all_where(writer_3)` from `from` until it has `count`
+/// events, each after the one before.
+fn spawn_filtered_subscriber(
+    store: SharedStore,
+    from: Position,
+    count: usize,
+) -> tokio::task::JoinHandle<Vec<RecordedEvent>> {
+    tokio::spawn(async move {
+        let mut sub = Box::pin(crate::subscribe_all_where(store, from, writer_3));
+        let mut got: Vec<RecordedEvent> = Vec::with_capacity(count);
+        while got.len() < count {
+            let event = tokio::time::timeout(TIMEOUT, sub.next())
+                .await
+                .expect("filtered subscription stalled")
+                .expect("filtered subscription ended early")
+                .expect("filtered subscription failed");
+            assert!(writer_3(&event), "an event the filter refuses");
+            if let Some(before) = got.last() {
+                assert!(
+                    event.position > before.position,
+                    "out of order or duplicate"
+                );
+            }
+            got.push(event);
+        }
+        got
+    })
+}
+
 /// `subscribe_all` catches up, then follows live appends, with no gap and no
-/// duplicate, while 8 writers append 2,000 events each; one subscriber starts
+/// duplicate, while 8 writers append 2,000 events each (and so does
+/// `subscribe_all_where`, for one writer's events); one subscriber starts
 /// from the beginning once the writers are well under way, another from a
 /// position in the middle.
 pub async fn subscribe_catch_up_then_live<B: Backend>(backend: &B) {
@@ -850,6 +885,8 @@ pub async fn subscribe_catch_up_then_live<B: Backend>(backend: &B) {
 
     // Subscribed before anything exists: must wait, then see everything.
     let early = spawn_subscriber(store.clone(), 0, TOTAL);
+    // And one that wants one writer's events only.
+    let early_filtered = spawn_filtered_subscriber(store.clone(), 0, PER_WRITER);
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| spawn_writer(store.clone(), w, PER_WRITER))
         .collect();
@@ -875,6 +912,11 @@ pub async fn subscribe_catch_up_then_live<B: Backend>(backend: &B) {
     }
     let got = from_middle.await.unwrap();
     assert_eq!(got, stored[(middle - 1) as usize..].to_vec());
+    let writer_3s: Vec<RecordedEvent> = stored.iter().filter(|e| writer_3(e)).cloned().collect();
+    assert_eq!(writer_3s.len(), PER_WRITER);
+    assert_eq!(early_filtered.await.unwrap(), writer_3s, "live, filtered");
+    let caught_up = spawn_filtered_subscriber(store.clone(), 1, PER_WRITER);
+    assert_eq!(caught_up.await.unwrap(), writer_3s, "catch-up, filtered");
     for event in &stored {
         assert_eq!(acknowledged.get(&event.position), Some(&event.event_id));
     }

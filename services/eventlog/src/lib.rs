@@ -107,7 +107,7 @@ pub mod conformance;
 
 pub use blob::{BlobId, BlobInfo, BlobStore, SharedBlobStore};
 pub use sqlite_blob::{SqliteBlobOptions, SqliteBlobStore};
-pub use subscription::subscribe_all;
+pub use subscription::{subscribe_all, subscribe_all_where};
 
 /// A global position in the log: 1 for the first event ever appended.
 pub type Position = u64;
@@ -203,6 +203,10 @@ pub struct RecordedEvent {
     pub data: String,
 }
 
+/// Which events a follower of the whole log wants (see
+/// [`EventStore::read_all_where`]).
+pub type EventFilter = fn(&RecordedEvent) -> bool;
+
 /// What a successful append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -262,6 +266,23 @@ pub trait EventStore: Send + Sync + 'static {
         from_position: Position,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>>;
+
+    /// As [`read_all`](Self::read_all), but only the events `keep` accepts
+    /// are returned; `max_count` bounds the events examined. Also returns
+    /// the position of the last event examined (0 when none was), so that a
+    /// follower moves past the events it skipped. A follower that wants a
+    /// small part of the log (one category of events) uses it so that the
+    /// rest is never copied for it.
+    async fn read_all_where(
+        &self,
+        from_position: Position,
+        max_count: usize,
+        keep: EventFilter,
+    ) -> Result<(Vec<RecordedEvent>, Position)> {
+        let events = self.read_all(from_position, max_count).await?;
+        let last = events.last().map_or(0, |e| e.position);
+        Ok((events.into_iter().filter(|e| keep(e)).collect(), last))
+    }
 
     /// The stream's last version, `None` if it has no events.
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>>;

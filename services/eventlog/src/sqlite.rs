@@ -52,8 +52,8 @@ pub(crate) use crate::sqlite_db::{
 };
 
 use crate::{
-    AppendOutcome, Error, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, Result,
-    Snapshot, StreamInfo,
+    AppendOutcome, Error, EventFilter, EventStore, ExpectedVersion, NewEvent, Position,
+    RecordedEvent, Result, Snapshot, StreamInfo,
 };
 
 mod checkpoint;
@@ -433,6 +433,28 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn read_all_where(
+        &self,
+        from_position: Position,
+        max_count: usize,
+        keep: EventFilter,
+    ) -> Result<(Vec<RecordedEvent>, Position)> {
+        let head = *self.head.borrow();
+        if max_count > 0 && from_position <= head {
+            // A follower of the head: only the kept events are copied.
+            if let Some(found) = self
+                .recent
+                .read(|r| r.read_where(from_position, max_count, head, keep))
+            {
+                self.metrics.reads_from_memory.increment(1);
+                return self.check_open().map(|()| found);
+            }
+        }
+        let events = self.read_all(from_position, max_count).await?;
+        let last = events.last().map_or(0, |e| e.position);
+        Ok((events.into_iter().filter(|e| keep(e)).collect(), last))
+    }
+
     async fn read_all(
         &self,
         from_position: Position,
@@ -755,9 +777,20 @@ mod tests {
         let head = store.head_position();
         let ranges = [(1, 1000), (1, 3), (7, 5), (head, 10)];
         let mut from_memory = Vec::new();
+        let type1: EventFilter = |e| e.event_type == "Type1";
+        let mut filtered_from_memory = Vec::new();
         for (from, max) in ranges {
             from_memory.push(store.read_all(from, max).await.unwrap());
+            filtered_from_memory.push(store.read_all_where(from, max, type1).await.unwrap());
         }
+        // The filtered reads keep exactly the unfiltered reads' Type1 events
+        // and report the last position those looked at.
+        for (all, (kept, last)) in from_memory.iter().zip(&filtered_from_memory) {
+            let expected: Vec<_> = all.iter().filter(|e| type1(e)).cloned().collect();
+            assert_eq!(kept, &expected);
+            assert_eq!(*last, all.last().map_or(0, |e| e.position));
+        }
+        assert!(filtered_from_memory[0].0.len() > 3, "some Type1 events");
         assert_eq!(from_memory[0].len() as u64, head);
         assert!(
             store.recent.read(|r| r.read(1, 1, head)).is_some(),
@@ -770,6 +803,12 @@ mod tests {
         assert!(store.recent.read(|r| r.read(1, 1, head)).is_none());
         for ((from, max), expected) in ranges.into_iter().zip(&from_memory) {
             assert_eq!(&store.read_all(from, max).await.unwrap(), expected);
+        }
+        for ((from, max), expected) in ranges.into_iter().zip(&filtered_from_memory) {
+            assert_eq!(
+                &store.read_all_where(from, max, type1).await.unwrap(),
+                expected
+            );
         }
         store.close().await.unwrap();
     }

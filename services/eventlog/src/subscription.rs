@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use futures::Stream;
 use tokio::sync::watch;
 
-use crate::{Error, Position, RecordedEvent, Result, SharedStore};
+use crate::{Error, EventFilter, Position, RecordedEvent, Result, SharedStore};
 
 /// Events read per `read_all` call.
 const PAGE: usize = 512;
@@ -21,6 +21,8 @@ struct State {
     page: VecDeque<RecordedEvent>,
     head: watch::Receiver<Position>,
     done: bool,
+    /// Only these events are delivered (`None`: every event).
+    keep: Option<EventFilter>,
 }
 
 /// Every event with `position >= from` (0 and 1 both mean "from the
@@ -34,6 +36,25 @@ pub fn subscribe_all(
     store: SharedStore,
     from: Position,
 ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
+    subscribe(store, from, None)
+}
+
+/// As [`subscribe_all`], delivering only the events `keep` accepts (the
+/// others are never copied out of the log for this subscriber; see
+/// [`EventStore::read_all_where`](crate::EventStore::read_all_where)).
+pub fn subscribe_all_where(
+    store: SharedStore,
+    from: Position,
+    keep: EventFilter,
+) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
+    subscribe(store, from, Some(keep))
+}
+
+fn subscribe(
+    store: SharedStore,
+    from: Position,
+    keep: Option<EventFilter>,
+) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'static {
     let head = store.watch_head();
     let state = State {
         store,
@@ -41,6 +62,7 @@ pub fn subscribe_all(
         page: VecDeque::new(),
         head,
         done: false,
+        keep,
     };
     futures::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -54,13 +76,20 @@ pub fn subscribe_all(
             // lands after this point changes the watch again, so the wait
             // below cannot miss it.
             st.head.borrow_and_update();
-            match st.store.read_all(st.next, PAGE).await {
-                Ok(events) => match events.last() {
-                    Some(last) => {
-                        st.next = last.position + 1;
+            let read = match st.keep {
+                None => st.store.read_all(st.next, PAGE).await.map(|events| {
+                    let last = events.last().map_or(0, |e| e.position);
+                    (events, last)
+                }),
+                Some(keep) => st.store.read_all_where(st.next, PAGE, keep).await,
+            };
+            match read {
+                Ok((events, last)) => match last {
+                    last if last >= st.next => {
+                        st.next = last + 1;
                         st.page.extend(events);
                     }
-                    None => {
+                    _ => {
                         // Caught up. The sender goes away when the store stops.
                         if st.head.changed().await.is_err() {
                             st.done = true;

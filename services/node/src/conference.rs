@@ -363,15 +363,20 @@ impl Conferences {
     /// Follows the log from its head: a conference event of a room live
     /// here, written by anyone, makes its task read and apply the
     /// conference (its own writes are applied already, and reading again
-    /// changes nothing). Talking events are not followed (the room wrote
-    /// them and they change nothing it applies).
+    /// changes nothing). Only conferences' events are read, and not their
+    /// talking events (the room wrote them and they change nothing it
+    /// applies).
     pub fn follow(&self, store: SharedStore) {
         let conferences = self.clone();
         tokio::spawn(async move {
             let mut next = store.head_position() + 1;
             loop {
-                let mut events =
-                    std::pin::pin!(dialtone_eventlog::subscribe_all(store.clone(), next));
+                let mut events = std::pin::pin!(dialtone_eventlog::subscribe_all_where(
+                    store.clone(),
+                    next,
+                    |e| e.stream.starts_with(ConferenceId::STREAM_PREFIX)
+                        && e.event_type != "ParticipantTalking"
+                ));
                 while let Some(item) = events.next().await {
                     let recorded = match item {
                         Ok(r) => r,
@@ -381,9 +386,6 @@ impl Conferences {
                         }
                     };
                     next = recorded.position + 1;
-                    if recorded.event_type == "ParticipantTalking" {
-                        continue;
-                    }
                     let Some(id) = ConferenceId::from_stream(&recorded.stream) else {
                         continue;
                     };

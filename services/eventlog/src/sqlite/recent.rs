@@ -91,6 +91,35 @@ impl Recent {
         )
     }
 
+    /// As [`read`](Self::read), copying only the events `keep` accepts;
+    /// `max` bounds the events examined. With the position of the last
+    /// event examined (0 when none was).
+    pub(crate) fn read_where(
+        &self,
+        from: Position,
+        max: usize,
+        head: Position,
+        keep: fn(&RecordedEvent) -> bool,
+    ) -> Option<(Vec<RecordedEvent>, Position)> {
+        let first = self.events.front()?.position;
+        let last = self.events.back()?.position;
+        if from < first || from > last {
+            return None;
+        }
+        let skip = usize::try_from(from - first).ok()?;
+        let mut examined = 0;
+        let kept = self
+            .events
+            .range(skip..)
+            .take_while(|e| e.position <= head)
+            .take(max)
+            .inspect(|e| examined = e.position)
+            .filter(|e| keep(e))
+            .cloned()
+            .collect();
+        Some((kept, examined))
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.events.len()
@@ -139,6 +168,23 @@ mod tests {
             vec![18, 19]
         );
         assert_eq!(recent.read(20, 10, 19), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_filtered_read_copies_only_what_is_kept_and_says_how_far_it_looked() {
+        let mut recent = Recent::default();
+        recent.push((10..=20).map(|p| event(p, p as usize)));
+        let even: fn(&RecordedEvent) -> bool = |e| e.data.len() % 2 == 0;
+        let (kept, last) = recent.read_where(11, 5, 20, even).unwrap();
+        assert_eq!(
+            kept.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![12, 14]
+        );
+        assert_eq!(last, 15, "five examined: 11..=15");
+        let none: fn(&RecordedEvent) -> bool = |_| false;
+        assert_eq!(recent.read_where(16, 100, 18, none), Some((Vec::new(), 18)));
+        assert_eq!(recent.read_where(19, 10, 18, none), Some((Vec::new(), 0)));
+        assert_eq!(recent.read_where(9, 10, 20, none), None, "before the run");
     }
 
     #[test]
