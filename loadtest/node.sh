@@ -1,6 +1,6 @@
 # Sourced by the load scripts (sip-bench.sh, register-latency.sh, soak.sh,
 # tls-register-bench.sh, transport-memory.sh, notify-fanout.sh,
-# voicemail-bench.sh).
+# voicemail-bench.sh, conference-bench.sh).
 #
 #   start_node NODE_BIN DATA_DIR OUT_DIR [serve options...]
 #

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The callers' audio for loadtest/voicemail-bench.sh, made rather than
-shipped as binary blobs: G.711 µ-law, 8 kHz mono, 20 ms frames.
+"""The callers' audio for loadtest/voicemail-bench.sh and
+conference-bench.sh, made rather than shipped as binary blobs: G.711
+µ-law, 8 kHz mono, 20 ms frames.
 
     loadtest/vm-audio.py --seconds 60 --pcap OUT.pcap [--wav OUT.wav]
 

@@ -39,6 +39,16 @@
 //! ([`RoomStats`]). Each room ticks at its own random phase of the frame,
 //! so that many rooms do not all wake at once.
 //!
+//! # What it counts
+//! Besides [`RoomStats`] (one room's, for its app and tests), every room
+//! adds to the runtime's `dialtone_conference_*` metrics, counted in plain
+//! integers in between: every 5 ticks its ticks' lateness (a histogram in
+//! µs), late ticks and skipped frames, RTP received and sent (and sends
+//! dropped); once a second and when one leaves, its participants' lost
+//! and late packets and concealed and mixed frames; everything at its
+//! end. And the gauges of live rooms and participants. Names and
+//! meanings: docs/operations.md.
+//!
 //! # It cannot leak
 //! The room ends, every participant's RTCP BYE sent and every socket
 //! closed, when its handle is dropped or closed. A participant that sends
@@ -59,9 +69,10 @@ use tracing::Instrument as _;
 use crate::dtmf::DtmfEvent;
 use crate::g711::Law;
 use crate::mixer::{Mixer, ParticipantId, Talk, FRAME_SAMPLES};
+use crate::runtime::counting::{LiveRoom, Published, RoomCounts, PUBLISH_INTERVAL};
 use crate::runtime::{random_u64, MediaRuntime};
 use crate::sdp::{self, Answer, Capabilities, Codec, Direction, LocalMedia, NegotiatedAudio};
-use crate::session::{MediaSession, Packet, SessionConfig, SessionEvent, SessionStats};
+use crate::session::{MediaSession, Packet, Received, SessionConfig, SessionEvent, SessionStats};
 use crate::{Error, Result};
 
 /// The room's frame: 20 ms.
@@ -75,6 +86,14 @@ pub const MAX_BURST_FRAMES: u32 = 3;
 /// A tick later than this counts as late in [`RoomStats::late_ticks`]:
 /// issue 18's bound on the clock's jitter (p99 under 5 ms).
 pub const LATE_TICK: Duration = Duration::from_millis(5);
+
+/// A room adds its ticks and RTP to the runtime's counters every this
+/// many ticks (100 ms): a counter read every second is then off by at
+/// most a tenth of a second's traffic, close enough to compare the rate
+/// sent with participants x 50/s; a dozen atomic additions per room every
+/// 100 ms cost nothing. Its participants' loss and concealment are added
+/// once a second ([`PUBLISH_INTERVAL`]).
+const PUBLISH_TICKS: u32 = 5;
 
 /// Events waiting for the app: a room of 200 talking at once makes 200
 /// talk events in one tick; more than that between two reads means the
@@ -262,6 +281,10 @@ impl RoomHandle {
             out: Vec::with_capacity(DATAGRAM_CAPACITY),
             prompt_frame: [0; FRAME_SAMPLES],
             app_gone: false,
+            live: runtime.room_metrics().live_room(),
+            counts: RoomCounts::default(),
+            next_publish: Instant::now() + PUBLISH_INTERVAL,
+            ticks_unpublished: 0,
         };
         let span = tracing::debug_span!("media_room");
         tokio::spawn(task.run(command_receiver).instrument(span));
@@ -330,6 +353,7 @@ impl RoomHandle {
             rtp,
             rtcp,
             prompts: Prompts::default(),
+            published: Published::default(),
         });
         let (reply, joined) = oneshot::channel();
         self.send(Command::Join { member, reply });
@@ -482,6 +506,8 @@ struct Member {
     rtp: UdpSocket,
     rtcp: UdpSocket,
     prompts: Prompts,
+    /// What the runtime's counters carry of its session's stats.
+    published: Published,
 }
 
 struct RoomRecorder {
@@ -495,6 +521,10 @@ struct RoomRecorder {
 const RECORDING_RESERVE_SAMPLES: usize = 60 * 8000;
 
 struct RoomTask {
+    /// The room in the runtime's gauges, and its counters. First, as
+    /// fields drop in order: the gauges count the room out before its
+    /// event channel closes, which [`RoomHandle::close`] waits for.
+    live: LiveRoom,
     mixer: Mixer,
     members: Vec<Member>,
     room_prompts: Prompts,
@@ -505,6 +535,12 @@ struct RoomTask {
     out: Vec<u8>,
     prompt_frame: [i16; FRAME_SAMPLES],
     app_gone: bool,
+    /// Ticks and packets since the last publication.
+    counts: RoomCounts,
+    /// When the participants' news is next added.
+    next_publish: Instant,
+    /// Ticks since the room's counts were last added.
+    ticks_unpublished: u32,
 }
 
 impl RoomTask {
@@ -552,6 +588,15 @@ impl RoomTask {
         for id in ids {
             self.remove(id);
         }
+        self.live.metrics().publish(&mut self.counts);
+    }
+
+    /// Adds each participant's news to the runtime's metrics.
+    fn publish_participants(&mut self) {
+        let metrics = self.live.metrics();
+        for member in &mut self.members {
+            metrics.publish_participant(&member.session.stats(), &mut member.published);
+        }
     }
 
     fn measure(&mut self, lateness: Duration, skipped: u32) {
@@ -560,7 +605,9 @@ impl RoomTask {
         stats.skipped_frames += u64::from(skipped);
         let lateness_us = u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX);
         stats.max_lateness_us = stats.max_lateness_us.max(lateness_us);
-        if lateness > LATE_TICK {
+        // In whole µs, as the metrics' histogram buckets count it.
+        let late = lateness_us > LATE_TICK.as_micros() as u64;
+        if late {
             stats.late_ticks += 1;
         }
         let last = stats.lateness_ms_histogram.len() - 1;
@@ -568,6 +615,7 @@ impl RoomTask {
         if let Some(count) = stats.lateness_ms_histogram.get_mut(bucket) {
             *count += 1;
         }
+        self.counts.tick(lateness, late, skipped);
     }
 
     fn emit(&mut self, event: RoomEvent) {
@@ -590,6 +638,7 @@ impl RoomTask {
                 member.id = Some(id);
                 self.members.push(*member);
                 self.stats.participants = self.members.len();
+                self.live.set_participants(self.members.len());
                 if reply.send(id).is_err() {
                     // The app stopped waiting: nobody knows the participant.
                     self.remove(id);
@@ -660,6 +709,10 @@ impl RoomTask {
         let mut member = self.members.swap_remove(index);
         self.mixer.remove(id);
         self.stats.participants = self.members.len();
+        self.live.set_participants(self.members.len());
+        self.live
+            .metrics()
+            .publish_participant(&member.session.stats(), &mut member.published);
         if let Some(to) = member.session.close(&mut self.out) {
             if let Err(error) = member.rtcp.send_to(&self.out, to) {
                 tracing::debug!(%error, %to, "RTCP BYE not sent");
@@ -689,7 +742,7 @@ impl RoomTask {
         let mut timed_out: Vec<ParticipantId> = Vec::new();
         for member in &mut self.members {
             let Some(id) = member.id else { continue };
-            receive(member, &mut self.receive_buffer, now);
+            receive(member, &mut self.receive_buffer, now, &mut self.counts);
             // The gap's frames are dropped: the mix jumps over it too.
             for _ in 0..skipped {
                 if member.session.mix_frame(now).is_none() {
@@ -722,9 +775,13 @@ impl RoomTask {
                 .send_frame(payload, skipped, now, &mut self.out)
             {
                 match member.rtp.send_to(&self.out, to) {
-                    Ok(_) => self.stats.rtp_sent += 1,
+                    Ok(_) => {
+                        self.stats.rtp_sent += 1;
+                        self.counts.rtp_sent += 1;
+                    }
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                         self.stats.send_dropped += 1;
+                        self.counts.send_dropped += 1;
                     }
                     Err(error) => tracing::debug!(%error, %to, "RTP send failed"),
                 }
@@ -734,8 +791,10 @@ impl RoomTask {
                     Packet::Rtp => &member.rtp,
                     Packet::Rtcp => &member.rtcp,
                 };
-                if let Err(error) = socket.send_to(&self.out, to) {
-                    tracing::debug!(%error, %to, ?kind, "send failed");
+                match socket.send_to(&self.out, to) {
+                    Ok(_) if kind == Packet::Rtp => self.counts.rtp_sent += 1,
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(%error, %to, ?kind, "send failed"),
                 }
             }
             while let Some(event) = member.session.poll_event(now) {
@@ -762,6 +821,15 @@ impl RoomTask {
         for participant in timed_out {
             self.remove(participant);
             self.emit(RoomEvent::RtpTimeout { participant });
+        }
+        self.ticks_unpublished += 1;
+        if self.ticks_unpublished >= PUBLISH_TICKS {
+            self.live.metrics().publish(&mut self.counts);
+            self.ticks_unpublished = 0;
+        }
+        if now >= self.next_publish {
+            self.publish_participants();
+            self.next_publish = now + PUBLISH_INTERVAL;
         }
     }
 
@@ -800,13 +868,20 @@ fn frames_to_skip(lateness: Duration) -> u32 {
     u32::try_from(lateness.as_nanos() / FRAME.as_nanos()).unwrap_or(u32::MAX)
 }
 
-/// Reads every datagram waiting on a member's sockets into its session.
-fn receive(member: &mut Member, buffer: &mut [u8], now: Instant) {
+/// Reads every datagram waiting on a member's sockets into its session,
+/// and counts them.
+fn receive(member: &mut Member, buffer: &mut [u8], now: Instant, counts: &mut RoomCounts) {
     loop {
         match member.rtp.recv_from(buffer) {
             Ok((len, from)) => {
                 let bytes = buffer.get(..len).unwrap_or_default();
-                member.session.on_rtp(from, bytes, now);
+                match member.session.on_rtp(from, bytes, now) {
+                    Received::Audio | Received::Dtmf | Received::ComfortNoise => {
+                        counts.rtp_received += 1;
+                    }
+                    Received::Foreign => counts.rtp_foreign += 1,
+                    Received::UnknownPayload | Received::Malformed | Received::Closed => {}
+                }
             }
             // Nothing left (WouldBlock), or an ICMP error of an earlier
             // send surfacing on some systems: not a reason to leave; the

@@ -2,7 +2,9 @@
 //! 127.0.0.1: a phone whose stream has gaps and a straggler is recorded,
 //! and the counters say how many packets were lost, came too late, and
 //! how many frames were concealed; every session tick's lateness is in
-//! the histogram.
+//! the histogram. A conference room counts the same under
+//! `dialtone_conference_*`, and its clock's ticks, the RTP it sends, and
+//! the live rooms and participants.
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialtone_media::g711::{self, Law};
+use dialtone_media::room::{RoomConfig, RoomHandle};
 use dialtone_media::rtp::{write_packet, RtpHeader};
 use dialtone_media::runtime::{MediaRuntime, RuntimeConfig, LATENESS_BOUNDS_US};
-use dialtone_media::sdp::{Codec, Direction, NegotiatedAudio};
+use dialtone_media::sdp::{
+    self, Capabilities, Codec, Direction, LocalMedia, NegotiatedAudio, SessionDescription,
+};
 use dialtone_media::session::{RecordLimits, RecordingEnd};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use tokio::net::UdpSocket;
@@ -81,12 +86,16 @@ fn tone_payload(frame: usize) -> Vec<u8> {
 }
 
 fn tone_packet(frame: usize) -> Vec<u8> {
+    tone_packet_from(0xBEEF, frame)
+}
+
+fn tone_packet_from(ssrc: u32, frame: usize) -> Vec<u8> {
     let header = RtpHeader {
         payload_type: 0,
         marker: frame == 0,
         sequence: 1000 + frame as u16,
         timestamp: 40_000 + 160 * frame as u32,
-        ssrc: 0xBEEF,
+        ssrc,
     };
     let mut out = Vec::new();
     write_packet(&header, &tone_payload(frame), &mut out);
@@ -205,4 +214,171 @@ async fn loss_lateness_concealment_and_tick_lateness_reach_the_counters() {
     let max_us = recorder.gauge("dialtone_media_tick_lateness_max_us");
     assert!(max_us <= sum_us as f64, "max {max_us} µs, sum {sum_us} µs");
     assert!(sum_us <= ticks * 250_000, "{sum_us} µs over {ticks} ticks");
+}
+
+/// A phone's SDP offer for its RTP socket: µ-law at 20 ms.
+fn offer_of(phone: &UdpSocket) -> SessionDescription {
+    let caps = Capabilities {
+        codecs: vec![Codec::Pcmu],
+        telephone_event: true,
+        ptime_ms: 20,
+    };
+    let local = LocalMedia {
+        address: localhost(),
+        rtp_port: phone.local_addr().unwrap().port(),
+        session_id: 7,
+        session_version: 1,
+    };
+    SessionDescription::parse(&sdp::offer(&caps, &local, Direction::SendRecv)).unwrap()
+}
+
+/// Waits (up to 5 s) until `read` gives `want`.
+async fn until<T: PartialEq + std::fmt::Debug>(what: &str, want: T, read: impl Fn() -> T) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let value = read();
+        if value == want {
+            return;
+        }
+        assert!(Instant::now() < give_up, "{what}: {value:?}, not {want:?}");
+        tokio::time::sleep(10 * MS).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_counts_its_clock_its_rtp_and_its_participants() {
+    let recorder = Arc::new(TestRecorder::default());
+    let media = metrics::with_local_recorder(recorder.as_ref(), || {
+        MediaRuntime::new(RuntimeConfig {
+            address: localhost(),
+            advertised: None,
+            ports: 41_800..=41_899,
+            rtp_timeout: Duration::from_secs(30),
+        })
+        .unwrap()
+    });
+    let counter = |name: &str| recorder.counter(name);
+    let gauge = |name: &str| recorder.gauge(name);
+    let room = RoomHandle::start(&media, RoomConfig::default());
+    assert_eq!(gauge("dialtone_conference_rooms_live"), 1.0);
+
+    // Two phones talk for 2 s; the first never sends frames 30 and 80
+    // (lost, and concealed: the frames after each arrive within the
+    // jitter buffer's 60 ms). Each reads what the room sends it.
+    const FRAMES: usize = 100;
+    const LOST: [usize; 2] = [30, 80];
+    let phones = [
+        Arc::new(UdpSocket::bind((localhost(), 0)).await.unwrap()),
+        Arc::new(UdpSocket::bind((localhost(), 0)).await.unwrap()),
+    ];
+    let mut joined = Vec::new();
+    for phone in &phones {
+        joined.push(room.join(&offer_of(phone)).await.unwrap());
+    }
+    assert_eq!(gauge("dialtone_conference_media_participants"), 2.0);
+    let heard = Arc::new(AtomicU64::new(0));
+    let listeners: Vec<_> = phones
+        .iter()
+        .map(|phone| {
+            let (phone, heard) = (phone.clone(), heard.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 2048];
+                while phone.recv_from(&mut buffer).await.is_ok() {
+                    heard.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    timeout(Duration::from_secs(10), async {
+        let start = Instant::now();
+        for frame in 0..FRAMES {
+            sleep_until(start + 20 * MS * frame as u32).await;
+            for (index, (phone, joined)) in phones.iter().zip(&joined).enumerate() {
+                if index == 0 && LOST.contains(&frame) {
+                    continue;
+                }
+                let to = SocketAddr::new(joined.local.address, joined.local.rtp_port);
+                let packet = tone_packet_from(0xA000 + index as u32, frame);
+                phone.send_to(&packet, to).await.unwrap();
+            }
+        }
+        // The last frames are read and mixed.
+        sleep_until(start + 20 * MS * (FRAMES as u32 + 5)).await;
+    })
+    .await
+    .expect("the phones took too long");
+
+    // The first phone leaves: its loss is published as it goes.
+    room.leave(joined[0].participant);
+    until("participants after one left", 1.0, || {
+        gauge("dialtone_conference_media_participants")
+    })
+    .await;
+    until("lost packets", 2, || {
+        counter("dialtone_conference_rtp_packets_lost_total")
+    })
+    .await;
+    room.close().await;
+    assert_eq!(gauge("dialtone_conference_rooms_live"), 0.0);
+    assert_eq!(gauge("dialtone_conference_media_participants"), 0.0);
+    // What the room sent is all in the phones' buffers by now.
+    tokio::time::sleep(50 * MS).await;
+    for listener in listeners {
+        listener.abort();
+    }
+    let mut buffer = vec![0u8; 2048];
+    for phone in &phones {
+        while phone.try_recv_from(&mut buffer).is_ok() {
+            heard.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    // The room published at its end: everything is in the counters.
+    assert_eq!(
+        counter("dialtone_conference_rtp_packets_received_total"),
+        (2 * FRAMES - LOST.len()) as u64
+    );
+    assert_eq!(counter("dialtone_conference_foreign_packets_total"), 0);
+    assert_eq!(counter("dialtone_conference_rtp_packets_lost_total"), 2);
+    assert_eq!(counter("dialtone_conference_late_packets_total"), 0);
+    assert_eq!(counter("dialtone_conference_concealed_frames_total"), 2);
+    // Each phone's 100 frames were mixed (and silent frames after them
+    // until it left).
+    let mixed = counter("dialtone_conference_mixed_frames_total");
+    assert!(mixed >= 2 * FRAMES as u64, "{mixed} frames mixed");
+    // The room sent each phone a frame every tick from its join: every
+    // one reached it, none was dropped.
+    let sent = counter("dialtone_conference_rtp_packets_sent_total");
+    assert_eq!(sent, heard.load(Ordering::SeqCst));
+    assert!(sent >= 2 * FRAMES as u64, "{sent} packets sent");
+    assert_eq!(counter("dialtone_conference_rtp_send_dropped_total"), 0);
+    // The sessions' counters are not the room's.
+    assert_eq!(counter("dialtone_media_rtp_packets_received_total"), 0);
+
+    // The clock ticked every 20 ms for about 2.2 s, each tick measured.
+    let ticks = counter("dialtone_conference_tick_lateness_us_count");
+    assert!((100..=200).contains(&ticks), "{ticks} ticks");
+    assert!(sent <= 2 * ticks, "{sent} packets in {ticks} ticks");
+    let mut previous = 0;
+    for bound in LATENESS_BOUNDS_US {
+        let cumulative = counter(&format!(
+            "dialtone_conference_tick_lateness_us_bucket{{le={bound}}}"
+        ));
+        assert!(cumulative >= previous, "buckets are cumulative");
+        previous = cumulative;
+    }
+    assert_eq!(
+        counter("dialtone_conference_tick_lateness_us_bucket{le=+Inf}"),
+        ticks
+    );
+    // Late ticks are those over 5 ms: the histogram's ticks above its
+    // 5,000 µs bucket; a skip (a tick 60 ms late or more) is one of them.
+    let late = counter("dialtone_conference_ticks_late_total");
+    let within_5_ms = counter("dialtone_conference_tick_lateness_us_bucket{le=5000}");
+    assert_eq!(late, ticks - within_5_ms);
+    let skipped = counter("dialtone_conference_frames_skipped_total");
+    assert!(skipped == 0 || late > 0, "{skipped} frames skipped");
+    let sum_us = counter("dialtone_conference_tick_lateness_us_sum");
+    let max_us = gauge("dialtone_conference_tick_lateness_max_us");
+    assert!(max_us <= sum_us as f64, "max {max_us} µs, sum {sum_us} µs");
 }

@@ -11,7 +11,12 @@
 //!   concealment its counters already carry, so that each publication
 //!   adds only what is new;
 //! - [`HealthMetrics`]: the runtime's counters and gauges they are added
-//!   to.
+//!   to;
+//! - [`RoomCounts`] and [`RoomMetrics`]: the same for conference rooms
+//!   (`crate::room`), under `dialtone_conference_*`: each room's clock
+//!   (the lateness of its 20 ms ticks, late ticks, skipped frames), the
+//!   RTP it takes in and sends, its participants' loss, lateness and
+//!   concealment, and how many rooms and participants are live.
 //!
 //! # Why sessions count locally
 //! A recording session has a deadline every 20 ms and a packet every 20
@@ -22,13 +27,19 @@
 //! ([`PUBLISH_INTERVAL`]) and at its end, which costs a dozen atomic
 //! additions per session per second and no allocation.
 //!
-//! The lateness histogram is exported in Prometheus's histogram layout as
-//! counters: `dialtone_media_tick_lateness_us_bucket{le="..."}`
-//! (cumulative), `_sum` and `_count`; `histogram_quantile` works on them
-//! as on a native histogram.
+//! A room works the same way: one task counts its ticks and packets into
+//! a [`RoomCounts`], added every few ticks (`crate::room` says how
+//! often), and each participant's news into its [`Published`], added once
+//! a second and when the participant leaves; everything at the room's
+//! end.
+//!
+//! The lateness histograms are exported in Prometheus's histogram layout
+//! as counters: `dialtone_media_tick_lateness_us_bucket{le="..."}`
+//! (cumulative), `_sum` and `_count` (and `dialtone_conference_...` for
+//! rooms); `histogram_quantile` works on them as on a native histogram.
 //!
 //! [`MediaSession::next_deadline`]: crate::session::MediaSession::next_deadline
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +49,7 @@ use crate::session::SessionStats;
 
 /// How often a live session adds its counts to the shared metrics: often
 /// enough for a scrape every few seconds, rarely enough to cost nothing.
-pub(super) const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Upper bounds (inclusive, µs) of the lateness buckets; one more bucket
 /// (`+Inf`) takes the rest. tokio's timers count whole milliseconds (a
@@ -145,9 +156,10 @@ impl Published {
     }
 }
 
-/// The runtime's health counters, made once per runtime.
+/// The runtime's health counters, made once per runtime (one set for
+/// sessions, one for rooms).
 #[derive(Clone)]
-pub(super) struct HealthMetrics {
+pub(crate) struct HealthMetrics {
     lost: Counter,
     late_packets: Counter,
     concealed_frames: Counter,
@@ -161,17 +173,31 @@ pub(super) struct HealthMetrics {
 }
 
 impl HealthMetrics {
+    /// The sessions' counters: `dialtone_media_*`, frames played out of
+    /// a recording's jitter buffer as `..._recorded_frames_total`.
     pub(super) fn new() -> Self {
+        Self::named("dialtone_media", "recorded")
+    }
+
+    /// The rooms' counters: `dialtone_conference_*`, frames played out
+    /// of the participants' jitter buffers into the mix as
+    /// `..._mixed_frames_total`.
+    fn for_rooms() -> Self {
+        Self::named("dialtone_conference", "mixed")
+    }
+
+    fn named(prefix: &str, frames: &str) -> Self {
+        let name = |suffix: &str| format!("{prefix}_{suffix}");
+        let bucket = name("tick_lateness_us_bucket");
         HealthMetrics {
-            lost: metrics::counter!("dialtone_media_rtp_packets_lost_total"),
-            late_packets: metrics::counter!("dialtone_media_late_packets_total"),
-            concealed_frames: metrics::counter!("dialtone_media_concealed_frames_total"),
-            recorded_frames: metrics::counter!("dialtone_media_recorded_frames_total"),
-            lateness_buckets: BUCKET_LABELS
-                .map(|le| metrics::counter!("dialtone_media_tick_lateness_us_bucket", "le" => le)),
-            lateness_sum_us: metrics::counter!("dialtone_media_tick_lateness_us_sum"),
-            lateness_count: metrics::counter!("dialtone_media_tick_lateness_us_count"),
-            lateness_max_us: metrics::gauge!("dialtone_media_tick_lateness_max_us"),
+            lost: metrics::counter!(name("rtp_packets_lost_total")),
+            late_packets: metrics::counter!(name("late_packets_total")),
+            concealed_frames: metrics::counter!(name("concealed_frames_total")),
+            recorded_frames: metrics::counter!(name(&format!("{frames}_frames_total"))),
+            lateness_buckets: BUCKET_LABELS.map(|le| metrics::counter!(bucket.clone(), "le" => le)),
+            lateness_sum_us: metrics::counter!(name("tick_lateness_us_sum")),
+            lateness_count: metrics::counter!(name("tick_lateness_us_count")),
+            lateness_max_us: metrics::gauge!(name("tick_lateness_max_us")),
             max_seen_us: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -184,6 +210,13 @@ impl HealthMetrics {
         published: &mut Published,
         lateness: &mut LatenessCounts,
     ) {
+        self.publish_stats(stats, published);
+        self.publish_lateness(lateness);
+    }
+
+    /// Adds what `stats` say beyond `published`: loss, late packets,
+    /// concealed and played frames.
+    fn publish_stats(&self, stats: &SessionStats, published: &mut Published) {
         let delta = published.advance(stats);
         for (counter, value) in [
             (&self.lost, delta.lost),
@@ -195,6 +228,10 @@ impl HealthMetrics {
                 counter.increment(value);
             }
         }
+    }
+
+    /// Adds the lateness counts, which start again from zero.
+    fn publish_lateness(&self, lateness: &mut LatenessCounts) {
         let counts = std::mem::take(lateness);
         if counts.count() == 0 {
             return;
@@ -210,6 +247,141 @@ impl HealthMetrics {
         if counts.max_us() > before {
             self.lateness_max_us.set(counts.max_us() as f64);
         }
+    }
+}
+
+/// What one room counted since its last publication: its ticks and its
+/// RTP, in plain integers (its participants' loss and concealment are in
+/// their sessions' stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RoomCounts {
+    pub(crate) lateness: LatenessCounts,
+    /// Ticks later than the room's bound (`crate::room::LATE_TICK`).
+    pub(crate) late_ticks: u64,
+    /// Frames left out by a tick too late to catch up.
+    pub(crate) skipped_frames: u64,
+    /// RTP from participants' peers (audio, telephone-events, comfort
+    /// noise).
+    pub(crate) rtp_received: u64,
+    /// RTP datagrams from an address other than the latched one.
+    pub(crate) rtp_foreign: u64,
+    pub(crate) rtp_sent: u64,
+    /// Frames the socket would not take at once (dropped: the clock does
+    /// not wait).
+    pub(crate) send_dropped: u64,
+}
+
+impl RoomCounts {
+    /// Counts one tick: `lateness` after it was due, `late` if over the
+    /// room's bound, `skipped` frames left out before it.
+    pub(crate) fn tick(&mut self, lateness: Duration, late: bool, skipped: u32) {
+        self.lateness.record(lateness);
+        self.late_ticks += u64::from(late);
+        self.skipped_frames += u64::from(skipped);
+    }
+}
+
+/// The rooms' counters and gauges, made once per runtime
+/// (`dialtone_conference_*`, docs/operations.md).
+#[derive(Clone)]
+pub(crate) struct RoomMetrics {
+    health: HealthMetrics,
+    late_ticks: Counter,
+    skipped_frames: Counter,
+    received: Counter,
+    foreign: Counter,
+    sent: Counter,
+    send_dropped: Counter,
+    rooms: Gauge,
+    participants: Gauge,
+    rooms_live: Arc<AtomicI64>,
+    participants_live: Arc<AtomicI64>,
+}
+
+impl RoomMetrics {
+    pub(super) fn new() -> Self {
+        RoomMetrics {
+            health: HealthMetrics::for_rooms(),
+            late_ticks: metrics::counter!("dialtone_conference_ticks_late_total"),
+            skipped_frames: metrics::counter!("dialtone_conference_frames_skipped_total"),
+            received: metrics::counter!("dialtone_conference_rtp_packets_received_total"),
+            foreign: metrics::counter!("dialtone_conference_foreign_packets_total"),
+            sent: metrics::counter!("dialtone_conference_rtp_packets_sent_total"),
+            send_dropped: metrics::counter!("dialtone_conference_rtp_send_dropped_total"),
+            rooms: metrics::gauge!("dialtone_conference_rooms_live"),
+            participants: metrics::gauge!("dialtone_conference_media_participants"),
+            rooms_live: Arc::new(AtomicI64::new(0)),
+            participants_live: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Adds a room's counts, which start again from zero.
+    pub(crate) fn publish(&self, counts: &mut RoomCounts) {
+        let mut counts = std::mem::take(counts);
+        for (counter, value) in [
+            (&self.late_ticks, counts.late_ticks),
+            (&self.skipped_frames, counts.skipped_frames),
+            (&self.received, counts.rtp_received),
+            (&self.foreign, counts.rtp_foreign),
+            (&self.sent, counts.rtp_sent),
+            (&self.send_dropped, counts.send_dropped),
+        ] {
+            if value > 0 {
+                counter.increment(value);
+            }
+        }
+        self.health.publish_lateness(&mut counts.lateness);
+    }
+
+    /// Adds a participant's news since `published`.
+    pub(crate) fn publish_participant(&self, stats: &SessionStats, published: &mut Published) {
+        self.health.publish_stats(stats, published);
+    }
+
+    /// Counts a live room (and its participants) until the guard is
+    /// dropped: at the room's end, or by the unwinding of a panic in it.
+    pub(crate) fn live_room(&self) -> LiveRoom {
+        let rooms = self.rooms_live.fetch_add(1, Ordering::SeqCst) + 1;
+        self.rooms.set(rooms as f64);
+        LiveRoom {
+            metrics: self.clone(),
+            participants: 0,
+        }
+    }
+
+    fn add_participants(&self, delta: i64) {
+        let now = self.participants_live.fetch_add(delta, Ordering::SeqCst) + delta;
+        self.participants.set(now as f64);
+    }
+}
+
+/// A live room in the gauges; see [`RoomMetrics::live_room`].
+pub(crate) struct LiveRoom {
+    metrics: RoomMetrics,
+    participants: i64,
+}
+
+impl LiveRoom {
+    /// The room has `participants` now.
+    pub(crate) fn set_participants(&mut self, participants: usize) {
+        let participants = i64::try_from(participants).unwrap_or(i64::MAX);
+        let delta = participants - self.participants;
+        if delta != 0 {
+            self.participants = participants;
+            self.metrics.add_participants(delta);
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &RoomMetrics {
+        &self.metrics
+    }
+}
+
+impl Drop for LiveRoom {
+    fn drop(&mut self) {
+        self.set_participants(0);
+        let rooms = self.metrics.rooms_live.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.metrics.rooms.set(rooms as f64);
     }
 }
 
@@ -249,6 +421,22 @@ mod tests {
             assert_eq!(label.parse::<u64>().unwrap(), bound);
         }
         assert_eq!(BUCKET_LABELS[BUCKETS - 1], "+Inf");
+    }
+
+    #[test]
+    fn a_room_counts_each_tick_its_lateness_late_ones_and_skipped_frames() {
+        let mut counts = RoomCounts::default();
+        counts.tick(300 * US, false, 0);
+        counts.tick(6_000 * US, true, 0);
+        counts.tick(70_000 * US, true, 3);
+        assert_eq!(counts.lateness.count(), 3);
+        assert_eq!(
+            counts.lateness.cumulative(),
+            [0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+        );
+        assert_eq!(counts.lateness.sum_us(), 76_300);
+        assert_eq!(counts.lateness.max_us(), 70_000);
+        assert_eq!((counts.late_ticks, counts.skipped_frames), (2, 3));
     }
 
     fn stats(lost: i64, late: u64, concealed: u64, recorded: u64) -> SessionStats {

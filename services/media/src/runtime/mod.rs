@@ -26,14 +26,17 @@
 //! 3550 A.3), audio too late for a recording's playout, recorded frames
 //! and concealed ones, and the lateness of each session's ticks: how long
 //! after a [`MediaSession::next_deadline`] the task ran (a histogram in
-//! µs, and its maximum). Names and meanings: docs/operations.md.
+//! µs, and its maximum). Conference rooms (`crate::room`) take their
+//! ports from the runtime and count the same things, and their clock's
+//! ticks, under `dialtone_conference_*`. Names and meanings:
+//! docs/operations.md.
 //!
 //! # What it must not do
 //! No media logic: latching, pacing, recording and reports are the
 //! session's. It reads the clock (the one place the crate does) and
 //! passes it in. Per packet it allocates nothing: one receive buffer per
 //! socket and one send buffer per session, reused.
-mod counting;
+pub(crate) mod counting;
 mod ports;
 mod task;
 
@@ -56,7 +59,7 @@ use crate::session::{
     MediaSession, RecordLimits, Recording, SessionConfig, SessionEvent, SessionStats,
 };
 use crate::Result;
-use counting::{LatenessCounts, Published};
+use counting::{LatenessCounts, Published, RoomMetrics};
 use ports::PortAllocator;
 use task::{Command, LiveGuard, Metrics, Task};
 
@@ -97,6 +100,8 @@ struct Shared {
     ended: Arc<Notify>,
     shutdown: watch::Sender<bool>,
     metrics: Metrics,
+    /// The conference rooms' counters (`crate::room`).
+    rooms: RoomMetrics,
     /// Mixed into each session's random numbers.
     sessions_started: AtomicU64,
 }
@@ -132,6 +137,7 @@ impl MediaRuntime {
                 ended: Arc::new(Notify::new()),
                 shutdown,
                 metrics: Metrics::new(),
+                rooms: RoomMetrics::new(),
                 sessions_started: AtomicU64::new(0),
             }),
         })
@@ -187,6 +193,11 @@ impl MediaRuntime {
             events,
             rtp_port,
         }
+    }
+
+    /// The counters the runtime's conference rooms add to.
+    pub(crate) fn room_metrics(&self) -> &RoomMetrics {
+        &self.shared.rooms
     }
 
     /// Sessions whose task has not ended yet.
