@@ -311,7 +311,7 @@ impl AuditService for AuditApi {
             until,
             |state: user::User, event, e| match event {
                 Event::User(event) => Ok(user::evolve(state, &event)),
-                Event::Domain(_) | Event::Token(_) | Event::Conference(_) => {
+                Event::Domain(_) | Event::Token(_) | Event::Conference(_) | Event::Number(_) => {
                     Err(wrong_stream(&stream, e))
                 }
             },
@@ -359,7 +359,7 @@ impl AuditService for AuditApi {
             until,
             |state: domain::Domain, event, e| match event {
                 Event::Domain(event) => Ok(domain::evolve(state, &event)),
-                Event::User(_) | Event::Token(_) | Event::Conference(_) => {
+                Event::User(_) | Event::Token(_) | Event::Conference(_) | Event::Number(_) => {
                     Err(wrong_stream(&stream, e))
                 }
             },
