@@ -44,6 +44,7 @@ async fn node(dir: &std::path::Path) -> TestNode {
     )
     .unwrap();
     let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
     let node = TestNode::start(&data, &["--secrets-key-file", key.to_str().unwrap()])
         .await
         .unwrap();
