@@ -203,7 +203,7 @@ async fn trunks_dial_plans_and_numbers_are_provisioned_without_showing_the_passw
         .unwrap()
         .into_inner()
         .trunks;
-    assert_eq!(listed, [updated.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&updated));
 
     // Bad input, each refused naming the field; nothing written.
     for (change, field) in [

@@ -700,7 +700,7 @@ mod tests {
             (rule("_NXX", 0, "+1", "not a name", "all"), "trunk"),
             (rule("_NXX", 0, "+1", "t", "some"), "not all"),
         ] {
-            let err = DialPlan::compile(&BTreeMap::new(), &[bad.clone()]).unwrap_err();
+            let err = DialPlan::compile(&BTreeMap::new(), std::slice::from_ref(&bad)).unwrap_err();
             assert!(err.to_string().contains(why), "{bad:?}: {err}");
         }
     }
