@@ -490,6 +490,26 @@ async fn trunks_dial_plans_and_numbers_are_provisioned_without_showing_the_passw
         .into_inner();
     assert_eq!(taken.domain, OTHER);
 
+    // The audit of the domain now shows its trunks and plan (no password).
+    let audited = node
+        .audit()
+        .await
+        .unwrap()
+        .get_domain_state_at(GetDomainStateAtRequest {
+            domain: DOMAIN.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    assert_eq!(audited.trunks.len(), 1);
+    assert_eq!(audited.trunks[0].address, carrier());
+    assert_eq!(audited.trunks[0].username, "acct-1002");
+    assert_eq!(audited.dial_plan.unwrap().rules.len(), 2);
+    assert!(!format!("{:?}", audited.trunks).contains(CARRIER_PASSWORD));
+
     // The events: on the domain stream and the number's stream; the
     // password in none of the exported data, nor the sealed form.
     let all = read_all(&node).await.unwrap();

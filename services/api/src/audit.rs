@@ -279,6 +279,22 @@ pub fn domain_state(d: &domain::Domain, include_users: bool) -> pb::DomainState 
                 ..crate::convert::room_settings(room)
             })
             .collect(),
+        trunks: d
+            .trunks
+            .iter()
+            .map(|(name, trunk)| pb::Trunk {
+                address: d
+                    .name
+                    .as_ref()
+                    .map(|domain| format!("{name}@{domain}"))
+                    .unwrap_or_default(),
+                ..crate::payload::trunk_settings(trunk)
+            })
+            .collect(),
+        dial_plan: Some(pb::DialPlan {
+            domain: d.name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+            ..crate::payload::dial_plan(&d.dial_plan)
+        }),
     }
 }
 
