@@ -29,7 +29,7 @@ async fn record(store: &SharedStore, id: &str, domain_id: &str, steps: Vec<CallS
     for e in &recorded {
         match Event::from_stored(&e.event_type, e.schema_version, &e.data).unwrap() {
             Event::User(event) => state = user::evolve(state, &event),
-            Event::Domain(_) | Event::Token(_) | Event::Conference(_) => {
+            Event::Domain(_) | Event::Token(_) | Event::Conference(_) | Event::Number(_) => {
                 panic!("not a user event in {stream}")
             }
         }

@@ -205,6 +205,49 @@ impl Aggregate for ConferenceAggregate {
     }
 }
 
+/// The [`model::number`] aggregate: one phone number (ADR 0028), stream
+/// `number-+15550001`. Its one actor is what makes a number belong to one
+/// place only.
+pub struct NumberAggregate;
+
+impl Aggregate for NumberAggregate {
+    type Id = model::number::E164;
+    type State = model::number::Number;
+    type Command = model::number::Command;
+    type Event = model::number::Event;
+    const SNAPSHOT_SCHEMA: u32 = 1;
+    const KIND: &'static str = "number";
+
+    fn stream(id: Self::Id) -> String {
+        id.stream()
+    }
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+        now: Timestamp,
+    ) -> model::Result<Vec<Self::Event>> {
+        model::number::decide(state, command, now)
+    }
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State {
+        model::number::evolve(state, event)
+    }
+    fn accept(event: model::Event) -> Option<Self::Event> {
+        match event {
+            model::Event::Number(e) => Some(e),
+            _ => None,
+        }
+    }
+    fn envelope_ids(_id: Self::Id, state: &Self::State) -> (Option<Uuid>, Option<Uuid>) {
+        // The domain holding it (after a release, the one that held it):
+        // a domain token reads its numbers' events.
+        (state.last_domain_id.map(|d| d.0), None)
+    }
+    fn snapshot_interval(_state: &Self::State) -> u64 {
+        // A number changes a few times in its life.
+        50
+    }
+}
+
 /// The id of the node's one token table, whose stream is
 /// [`model::token::STREAM`]: the table is a single aggregate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -260,7 +260,9 @@ impl Projected for State {
             &recorded.data,
         ) {
             Ok(Event::User(event)) => event,
-            Ok(Event::Domain(_) | Event::Token(_) | Event::Conference(_)) => return,
+            Ok(Event::Domain(_) | Event::Token(_) | Event::Conference(_) | Event::Number(_)) => {
+                return
+            }
             Err(e) => {
                 tracing::warn!(position = recorded.position, error = %e, "calls projection: unreadable event skipped");
                 return;

@@ -260,7 +260,7 @@ impl Projected for State {
             &recorded.data,
         ) {
             Ok(Event::Conference(event)) => self.apply(id, event),
-            Ok(Event::Domain(_) | Event::User(_) | Event::Token(_)) => {}
+            Ok(Event::Domain(_) | Event::User(_) | Event::Token(_) | Event::Number(_)) => {}
             Err(e) => {
                 tracing::warn!(position = recorded.position, error = %e, "conferences projection: unreadable event skipped");
             }

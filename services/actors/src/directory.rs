@@ -11,7 +11,7 @@ use dialtone_eventlog::SharedStore;
 
 use crate::aggregate::{
     Aggregate, AggregateActor, ConferenceAggregate, DomainAggregate, Execute, Live, Meta,
-    Passivate, Query, Reply, TokenTableId, TokensAggregate, UserAggregate, View,
+    NumberAggregate, Passivate, Query, Reply, TokenTableId, TokensAggregate, UserAggregate, View,
 };
 use crate::deadlines;
 use crate::facts::Facts;
@@ -48,6 +48,7 @@ struct Inner {
     /// At most one: the node's token table.
     tokens: Arc<Live<TokensAggregate>>,
     conferences: Arc<Live<ConferenceAggregate>>,
+    numbers: Arc<Live<NumberAggregate>>,
     facts: Arc<Facts>,
 }
 
@@ -72,6 +73,7 @@ impl Directory {
                 users: Arc::new(LiveActors::new()),
                 tokens: Arc::new(LiveActors::new()),
                 conferences: Arc::new(LiveActors::new()),
+                numbers: Arc::new(LiveActors::new()),
                 facts: Arc::new(Facts::default()),
             }),
         };
@@ -109,13 +111,21 @@ impl Directory {
         let users = self.inner.users.all();
         let tokens = self.inner.tokens.all();
         let conferences = self.inner.conferences.all();
+        let numbers = self.inner.numbers.all();
         let all = async {
             let domain_stops = futures::future::join_all(domains.iter().map(|a| a.send(Passivate)));
             let user_stops = futures::future::join_all(users.iter().map(|a| a.send(Passivate)));
             let token_stops = futures::future::join_all(tokens.iter().map(|a| a.send(Passivate)));
             let conference_stops =
                 futures::future::join_all(conferences.iter().map(|a| a.send(Passivate)));
-            futures::join!(domain_stops, user_stops, token_stops, conference_stops);
+            let number_stops = futures::future::join_all(numbers.iter().map(|a| a.send(Passivate)));
+            futures::join!(
+                domain_stops,
+                user_stops,
+                token_stops,
+                conference_stops,
+                number_stops
+            );
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::warn!("some actors did not stop in time");
@@ -308,6 +318,27 @@ impl Directory {
             + 'static,
     ) -> Result<R> {
         self.query(&self.inner.conferences, id, project).await
+    }
+
+    /// Runs a command on a phone number (ADR 0028); `project` computes
+    /// the result from the durable state right after it.
+    pub async fn execute_number<R: Send + 'static>(
+        &self,
+        id: model::number::E164,
+        command: model::number::Command,
+        meta: Meta,
+        project: impl for<'a> Fn(Reply<'a, model::number::Number>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.execute(&self.inner.numbers, id, command, meta, project)
+            .await
+    }
+
+    pub async fn query_number<R: Send + 'static>(
+        &self,
+        id: model::number::E164,
+        project: impl for<'a> Fn(Reply<'a, model::number::Number>) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<R> {
+        self.query(&self.inner.numbers, id, project).await
     }
 
     pub(crate) async fn query_tokens<R: Send + 'static>(

@@ -30,7 +30,10 @@
 //!   previous run left open), [`AudioIndex`] (the voicemail audio the
 //!   mailboxes name: what the node's blob sweeper keeps) and
 //!   [`ConferenceIndex`] (the conferences in progress, per domain and
-//!   room).
+//!   room), [`NumberIndex`] (every assigned phone number: the router's
+//!   number → domain and target).
+//! - [`secrets::SecretsKeyring`]: the operator's key that seals carrier
+//!   passwords before they are written (ADR 0028).
 //! - [`Error`]: domain refusals, version conflicts, event-log failures,
 //!   corrupt data, unreachable actors, kept apart for the API's status codes.
 //!
@@ -52,14 +55,16 @@ mod directory;
 mod facts;
 mod flows;
 mod live;
+mod numbers;
 mod projection;
 mod provisioning;
 mod registrations;
+pub mod secrets;
 mod system;
 
 pub use aggregate::{
-    Aggregate, AggregateActor, ConferenceAggregate, DomainAggregate, Execute, Meta, Projection,
-    Query, Reply, TokenTableId, TokensAggregate, UserAggregate, View,
+    Aggregate, AggregateActor, ConferenceAggregate, DomainAggregate, Execute, Meta,
+    NumberAggregate, Projection, Query, Reply, TokenTableId, TokensAggregate, UserAggregate, View,
 };
 pub use audio_index::AudioIndex;
 pub use calls::{ActiveLeg, CallIndex};
@@ -69,9 +74,11 @@ pub use facts::{
     CallFeatures, CallState, ContactFact, DomainFacts, Facts, TokenAccess, TokenFacts, UserFacts,
 };
 pub use flows::{FlowFact, Flows};
+pub use numbers::NumberIndex;
 pub use provisioning::conference::{
     ConferenceInfo, ConferenceRoomInfo, Control, RoomChange, MIN_ID_PREFIX,
 };
+pub use provisioning::trunk::{DialPlanInfo, NumberInfo, TrunkChange, TrunkInfo, NO_SECRETS_KEY};
 pub use provisioning::voicemail::{new_audio_id, MailboxChange, UserMailbox};
 pub use provisioning::{
     DomainInfo, DomainRef, ListPage, NewDomain, NewToken, NewUserRequest, Provisioning,

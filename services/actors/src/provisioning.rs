@@ -17,11 +17,15 @@ use crate::directory::Directory;
 use crate::{Error, Result};
 
 pub mod conference;
+pub mod trunk;
 pub mod voicemail;
 
 #[derive(Debug, Clone, Default)]
 pub struct ProvisioningConfig {
     pub password_policy: PasswordPolicy,
+    /// The operator's key for carrier passwords (ADR 0028); `None`: trunks
+    /// with credentials are refused.
+    pub secrets: Option<std::sync::Arc<crate::secrets::SecretsKeyring>>,
 }
 
 /// A domain addressed by id or by name.

@@ -279,6 +279,22 @@ pub fn domain_state(d: &domain::Domain, include_users: bool) -> pb::DomainState 
                 ..crate::convert::room_settings(room)
             })
             .collect(),
+        trunks: d
+            .trunks
+            .iter()
+            .map(|(name, trunk)| pb::Trunk {
+                address: d
+                    .name
+                    .as_ref()
+                    .map(|domain| format!("{name}@{domain}"))
+                    .unwrap_or_default(),
+                ..crate::payload::trunk_settings(trunk)
+            })
+            .collect(),
+        dial_plan: Some(pb::DialPlan {
+            domain: d.name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+            ..crate::payload::dial_plan(&d.dial_plan)
+        }),
     }
 }
 
@@ -311,7 +327,7 @@ impl AuditService for AuditApi {
             until,
             |state: user::User, event, e| match event {
                 Event::User(event) => Ok(user::evolve(state, &event)),
-                Event::Domain(_) | Event::Token(_) | Event::Conference(_) => {
+                Event::Domain(_) | Event::Token(_) | Event::Conference(_) | Event::Number(_) => {
                     Err(wrong_stream(&stream, e))
                 }
             },
@@ -359,7 +375,7 @@ impl AuditService for AuditApi {
             until,
             |state: domain::Domain, event, e| match event {
                 Event::Domain(event) => Ok(domain::evolve(state, &event)),
-                Event::User(_) | Event::Token(_) | Event::Conference(_) => {
+                Event::User(_) | Event::Token(_) | Event::Conference(_) | Event::Number(_) => {
                     Err(wrong_stream(&stream, e))
                 }
             },

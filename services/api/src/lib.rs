@@ -11,7 +11,8 @@
 //!   [`cdr`]), [`tokens_api::TokenApi`], [`voicemail::VoicemailApi`]
 //!   (voicemail boxes; their audio in the node's blob store) and
 //!   [`conference::ConferenceApi`] (conference rooms; the conferences in
-//!   progress, listed, read and controlled).
+//!   progress, listed, read and controlled), [`trunks::TrunkApi`] (trunks
+//!   and dial plans) and [`trunks::NumberApi`] (phone numbers).
 //! - Authentication and scoping ([`auth`]): bearer tokens checked by an
 //!   interceptor in front of every Dialtone service, the token table, a
 //!   domain token kept to its domain.
@@ -36,7 +37,7 @@
 
 use std::future::Future;
 
-use dialtone_actors::{CallIndex, ConferenceIndex, Provisioning, RegistrationIndex};
+use dialtone_actors::{CallIndex, ConferenceIndex, NumberIndex, Provisioning, RegistrationIndex};
 use dialtone_eventlog::{SharedBlobStore, SharedStore};
 use tokio::net::TcpListener;
 
@@ -56,6 +57,7 @@ pub mod status;
 pub mod status_api;
 pub mod subscription;
 pub mod tokens_api;
+pub mod trunks;
 pub mod voicemail;
 
 /// Generated protobuf types, servers and clients of `dialtone.v1`.
@@ -95,6 +97,8 @@ pub struct ApiContext {
     pub calls: CallIndex,
     /// The conferences in progress.
     pub conferences: ConferenceIndex,
+    /// Every assigned phone number (ADR 0028).
+    pub numbers: NumberIndex,
     /// Where voicemail audio is (the node's one blob store, shared with
     /// its voicemail calls).
     pub blobs: SharedBlobStore,
@@ -180,6 +184,12 @@ pub async fn serve_with(
     health_reporter
         .set_serving::<pb::conference_service_server::ConferenceServiceServer<conference::ConferenceApi>>()
         .await;
+    health_reporter
+        .set_serving::<pb::trunk_service_server::TrunkServiceServer<trunks::TrunkApi>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::number_service_server::NumberServiceServer<trunks::NumberApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -251,6 +261,18 @@ pub async fn serve_with(
                     context.conferences.clone(),
                     context.blobs.clone(),
                 ),
+                authenticator.clone(),
+            ),
+        )
+        .add_service(
+            pb::trunk_service_server::TrunkServiceServer::with_interceptor(
+                trunks::TrunkApi::new(context.provisioning.clone()),
+                authenticator.clone(),
+            ),
+        )
+        .add_service(
+            pb::number_service_server::NumberServiceServer::with_interceptor(
+                trunks::NumberApi::new(context.provisioning.clone(), context.numbers.clone()),
                 authenticator.clone(),
             ),
         )

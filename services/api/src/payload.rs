@@ -9,10 +9,12 @@
 //! every other module can use it.
 
 use dialtone_domain::call::{Cause, Direction, ForwardReason, HangupSide, TransferKind};
+use dialtone_domain::dial_plan::DialPlan;
 use dialtone_domain::mailbox::{self, RefusalReason};
 use dialtone_domain::registration::{Binding, Presence};
 use dialtone_domain::routing::SkipReason;
-use dialtone_domain::{conference, domain, token, user, Event};
+use dialtone_domain::trunk::Trunk;
+use dialtone_domain::{conference, domain, number, token, user, Event};
 
 use crate::pb;
 use crate::pb::event_payload::Event as P;
@@ -30,6 +32,7 @@ pub fn into_payload(event: Event) -> pb::EventPayload {
         Event::User(e) => user_payload(e),
         Event::Token(e) => token_payload(e),
         Event::Conference(e) => conference_payload(e),
+        Event::Number(e) => number_payload(e),
     };
     pb::EventPayload { event: Some(event) }
 }
@@ -169,6 +172,119 @@ fn domain_payload(e: domain::Event) -> P {
         }
         E::ConferenceRoomDeleted { name } => P::ConferenceRoomDeleted(pb::ConferenceRoomDeleted {
             name: name.to_string(),
+        }),
+        E::TrunkCreated { name, trunk } => P::TrunkCreated(pb::TrunkCreated {
+            name: name.to_string(),
+            trunk: Some(trunk_settings(&trunk)),
+        }),
+        E::TrunkUpdated { name, trunk } => P::TrunkUpdated(pb::TrunkUpdated {
+            name: name.to_string(),
+            trunk: Some(trunk_settings(&trunk)),
+        }),
+        E::TrunkDeleted { name } => P::TrunkDeleted(pb::TrunkDeleted {
+            name: name.to_string(),
+        }),
+        E::DialPlanChanged { plan } => P::DialPlanChanged(pb::DialPlanChanged {
+            plan: Some(dial_plan(&plan)),
+        }),
+    }
+}
+
+/// A trunk's settings as the API shows them (`address` and `version`
+/// left for the caller): the password never, only whether credentials are
+/// set and which key sealed them.
+pub fn trunk_settings(t: &Trunk) -> pb::Trunk {
+    let credentials = t.credentials.as_ref();
+    pb::Trunk {
+        address: String::new(),
+        gateways: t
+            .gateways
+            .iter()
+            .map(|g| pb::TrunkGateway {
+                uri: g.uri.clone(),
+                transport: g.transport.as_str().to_owned(),
+            })
+            .collect(),
+        has_credentials: credentials.is_some(),
+        username: credentials.map(|c| c.username.clone()).unwrap_or_default(),
+        realm: credentials
+            .and_then(|c| c.realm.clone())
+            .unwrap_or_default(),
+        password_key_id: credentials
+            .map(|c| c.password.key_id().to_owned())
+            .unwrap_or_default(),
+        register: t.register,
+        register_expiry_secs: t.register_expiry_secs,
+        from_domain: t.from_domain.clone().unwrap_or_default(),
+        from_user: t.from_user.to_string(),
+        caller_id: t.caller_id.to_string(),
+        codecs: t.codecs.iter().map(|c| c.as_str().to_owned()).collect(),
+        max_calls: t.max_calls.unwrap_or(0),
+        inbound_sources: t.inbound_sources.iter().map(ToString::to_string).collect(),
+        version: 0,
+    }
+}
+
+/// A dial plan as the API shows it (`domain` and `version` left for the
+/// caller).
+pub fn dial_plan(plan: &DialPlan) -> pb::DialPlan {
+    pb::DialPlan {
+        domain: String::new(),
+        classes: plan
+            .classes
+            .iter()
+            .map(|(name, users)| pb::DialPlanClass {
+                name: name.clone(),
+                users: users.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        rules: plan
+            .written()
+            .into_iter()
+            .map(|r| pb::DialPlanRule {
+                pattern: r.pattern,
+                strip: r.strip,
+                prefix: r.prefix,
+                trunk: r.trunk,
+                allow: r.allow,
+            })
+            .collect(),
+        version: 0,
+    }
+}
+
+fn number_payload(e: number::Event) -> P {
+    use number::Event as E;
+    match e {
+        E::NumberAssigned {
+            number,
+            domain_id,
+            domain,
+            target,
+            description,
+            assigned_at,
+        } => P::NumberAssigned(pb::NumberAssigned {
+            number: number.to_string(),
+            domain_id: domain_id.to_string(),
+            domain: domain.to_string(),
+            target: target.to_string(),
+            description,
+            assigned_at: timestamp(assigned_at),
+        }),
+        E::NumberUpdated {
+            number,
+            domain_id,
+            target,
+            description,
+        } => P::NumberUpdated(pb::NumberUpdated {
+            number: number.to_string(),
+            domain_id: domain_id.to_string(),
+            target: target.to_string(),
+            description,
+        }),
+        E::NumberReleased { number, domain_id } => P::NumberReleased(pb::NumberReleased {
+            number: number.to_string(),
+            domain_id: domain_id.to_string(),
         }),
     }
 }
@@ -713,6 +829,13 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::ConferenceRecordingStarted(_) => "ConferenceRecordingStarted",
         P::ConferenceRecordingStopped(_) => "ConferenceRecordingStopped",
         P::ConferenceEnded(_) => "ConferenceEnded",
+        P::TrunkCreated(_) => "TrunkCreated",
+        P::TrunkUpdated(_) => "TrunkUpdated",
+        P::TrunkDeleted(_) => "TrunkDeleted",
+        P::DialPlanChanged(_) => "DialPlanChanged",
+        P::NumberAssigned(_) => "NumberAssigned",
+        P::NumberUpdated(_) => "NumberUpdated",
+        P::NumberReleased(_) => "NumberReleased",
         P::UserCreated(_) => "UserCreated",
         P::PasswordChanged(_) => "PasswordChanged",
         P::UserUpdated(_) => "UserUpdated",

@@ -77,6 +77,9 @@ impl Node {
             conferences: dialtone_actors::ConferenceIndex::start(store.clone())
                 .await
                 .unwrap(),
+            numbers: dialtone_actors::NumberIndex::start(store.clone())
+                .await
+                .unwrap(),
             blobs: std::sync::Arc::new(
                 dialtone_eventlog::SqliteBlobStore::open(
                     &dir.path().join("blobs.sqlite3"),

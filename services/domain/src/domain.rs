@@ -1,14 +1,18 @@
 //! The `Domain` aggregate: one SIP domain, its settings, its status and the
-//! uniqueness of names inside it (users, ring groups, conference rooms).
+//! uniqueness of names inside it (users, ring groups, conference rooms),
+//! and how its users' calls leave for the outside: its trunks and dial
+//! plan (ADR 0028).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::conference_room::{Room, RoomPatch};
+use crate::dial_plan::DialPlan;
 use crate::feature_codes::{self, FeatureCodes};
 use crate::ring_group::{RingGroup, RingGroupPatch};
 use crate::schedule::TimeZone;
+use crate::trunk::{Trunk, TrunkPatch};
 
 use crate::{DomainId, DomainName, Error, Result, Timestamp, UserId, UserName};
 
@@ -410,6 +414,18 @@ pub struct Domain {
     /// snapshots from before rooms.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub conference_rooms: BTreeMap<UserName, Room>,
+    /// The domain's trunks to carriers, by name ([`crate::trunk`]; a
+    /// namespace of their own: a trunk is never dialled). (`default`:
+    /// snapshots from before trunks.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trunks: BTreeMap<UserName, Trunk>,
+    /// Which trunk what the users dial leaves by ([`crate::dial_plan`]).
+    #[serde(default, skip_serializing_if = "is_empty_plan")]
+    pub dial_plan: DialPlan,
+}
+
+fn is_empty_plan(plan: &DialPlan) -> bool {
+    plan.rules.is_empty() && plan.classes.is_empty()
 }
 
 impl Domain {
@@ -489,6 +505,26 @@ pub enum Command {
     },
     DeleteConferenceRoom {
         name: UserName,
+    },
+    /// Create the trunk `name` (the password in the patch is sealed
+    /// already).
+    CreateTrunk {
+        name: UserName,
+        patch: TrunkPatch,
+    },
+    /// Change some settings of the trunk `name`.
+    UpdateTrunk {
+        name: UserName,
+        patch: TrunkPatch,
+    },
+    /// Delete the trunk `name`; refused while a dial plan rule names it.
+    DeleteTrunk {
+        name: UserName,
+    },
+    /// Replace the dial plan (every trunk it names must exist, every user
+    /// it names must be a user of the domain).
+    SetDialPlan {
+        plan: DialPlan,
     },
 }
 
@@ -581,6 +617,23 @@ pub enum Event {
     },
     ConferenceRoomDeleted {
         name: UserName,
+    },
+    /// A trunk, with all its settings (the carrier password sealed).
+    TrunkCreated {
+        name: UserName,
+        trunk: Box<Trunk>,
+    },
+    /// The trunk's settings after the change (all of them).
+    TrunkUpdated {
+        name: UserName,
+        trunk: Box<Trunk>,
+    },
+    TrunkDeleted {
+        name: UserName,
+    },
+    /// The dial plan after the change (all of it).
+    DialPlanChanged {
+        plan: Box<DialPlan>,
     },
 }
 
@@ -793,6 +846,83 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
             }
             Ok(vec![Event::ConferenceRoomDeleted { name: name.clone() }])
         }
+        C::CreateTrunk { name, patch } => {
+            require_active(state)?;
+            if state.trunks.contains_key(name) {
+                return Err(Error::AlreadyExists(format!(
+                    "trunk {}",
+                    state.address_of(name)
+                )));
+            }
+            let trunk = patch.apply(None, &state.address_of(name))?;
+            Ok(vec![Event::TrunkCreated {
+                name: name.clone(),
+                trunk: Box::new(trunk),
+            }])
+        }
+        C::UpdateTrunk { name, patch } => {
+            require_exists(state)?;
+            let current = state
+                .trunks
+                .get(name)
+                .ok_or_else(|| Error::NotFound(format!("trunk {}", state.address_of(name))))?;
+            let trunk = patch.apply(Some(current), &state.address_of(name))?;
+            if trunk == *current {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::TrunkUpdated {
+                name: name.clone(),
+                trunk: Box::new(trunk),
+            }])
+        }
+        C::DeleteTrunk { name } => {
+            require_exists(state)?;
+            if !state.trunks.contains_key(name) {
+                return Err(Error::NotFound(format!("trunk {}", state.address_of(name))));
+            }
+            if let Some(rule) = state.dial_plan.trunks().get(name) {
+                return Err(Error::FailedPrecondition(format!(
+                    "trunk {} is used by dial plan rule {rule} ('{}'); change the dial plan first",
+                    state.address_of(name),
+                    state
+                        .dial_plan
+                        .rules
+                        .get(rule - 1)
+                        .map(|r| r.pattern.as_str())
+                        .unwrap_or("?")
+                )));
+            }
+            Ok(vec![Event::TrunkDeleted { name: name.clone() }])
+        }
+        C::SetDialPlan { plan } => {
+            require_active(state)?;
+            if let Some((trunk, rule)) = plan
+                .trunks()
+                .into_iter()
+                .find(|(t, _)| !state.trunks.contains_key(*t))
+            {
+                return Err(Error::NotFound(format!(
+                    "trunk {} (named by dial plan rule {rule})",
+                    state.address_of(trunk)
+                )));
+            }
+            if let Some(user) = plan
+                .users()
+                .into_iter()
+                .find(|u| !state.users.contains_key(*u))
+            {
+                return Err(Error::NotFound(format!(
+                    "user {} (named by the dial plan)",
+                    state.address_of(user)
+                )));
+            }
+            if *plan == state.dial_plan {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::DialPlanChanged {
+                plan: Box::new(plan.clone()),
+            }])
+        }
         C::RecordLockout(lockout) => {
             require_exists(state)?;
             if lockout.source.parse::<std::net::IpAddr>().is_err() {
@@ -883,6 +1013,8 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
             state.users.clear();
             state.ring_groups.clear();
             state.conference_rooms.clear();
+            state.trunks.clear();
+            state.dial_plan = DialPlan::default();
             state.created_at = *created_at;
         }
         Event::DomainUpdated { settings } => state.settings = settings.clone(),
@@ -924,6 +1056,13 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
         Event::ConferenceRoomDeleted { name } => {
             state.conference_rooms.remove(name);
         }
+        Event::TrunkCreated { name, trunk } | Event::TrunkUpdated { name, trunk } => {
+            state.trunks.insert(name.clone(), (**trunk).clone());
+        }
+        Event::TrunkDeleted { name } => {
+            state.trunks.remove(name);
+        }
+        Event::DialPlanChanged { plan } => state.dial_plan = (**plan).clone(),
     }
     state
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{conference, domain, token, user};
+use crate::{conference, domain, number, token, user};
 
 /// Any event of any aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,7 @@ pub enum Event {
     User(user::Event),
     Token(token::Event),
     Conference(conference::Event),
+    Number(number::Event),
 }
 
 /// Coarse groups of event types, for subscription filters.
@@ -154,11 +155,19 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("ConferenceRecordingStarted", EventCategory::Conference),
     ("ConferenceRecordingStopped", EventCategory::Conference),
     ("ConferenceEnded", EventCategory::Conference),
+    ("TrunkCreated", EventCategory::Provisioning),
+    ("TrunkUpdated", EventCategory::Provisioning),
+    ("TrunkDeleted", EventCategory::Provisioning),
+    ("DialPlanChanged", EventCategory::Provisioning),
+    ("NumberAssigned", EventCategory::Provisioning),
+    ("NumberUpdated", EventCategory::Provisioning),
+    ("NumberReleased", EventCategory::Provisioning),
 ];
 
 /// The event types of the domain stream (`domain-{uuid}`); every type in
 /// [`EVENT_TYPES`] not here, in [`TOKEN_EVENT_TYPES`] or in
-/// [`CONFERENCE_EVENT_TYPES`] belongs to a user stream.
+/// [`CONFERENCE_EVENT_TYPES`] or [`NUMBER_EVENT_TYPES`] belongs to a user
+/// stream.
 pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "DomainCreated",
     "DomainUpdated",
@@ -174,6 +183,10 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "ConferenceRoomCreated",
     "ConferenceRoomUpdated",
     "ConferenceRoomDeleted",
+    "TrunkCreated",
+    "TrunkUpdated",
+    "TrunkDeleted",
+    "DialPlanChanged",
 ];
 
 /// The event types of the token stream ([`token::STREAM`]).
@@ -193,6 +206,9 @@ pub const CONFERENCE_EVENT_TYPES: &[&str] = &[
     "ConferenceRecordingStopped",
     "ConferenceEnded",
 ];
+
+/// The event types of a number's stream (`number-+15550001`).
+pub const NUMBER_EVENT_TYPES: &[&str] = &["NumberAssigned", "NumberUpdated", "NumberReleased"];
 
 /// The schema version this build writes for `event_type`: one more than
 /// the last upcasting step registered for it in [`Upcasters::builtin`]
@@ -365,6 +381,10 @@ impl Upcasters {
                 serde_json::from_str(&tagged)
                     .map(Event::Conference)
                     .map_err(json_err)
+            } else if NUMBER_EVENT_TYPES.contains(&event_type) {
+                serde_json::from_str(&tagged)
+                    .map(Event::Number)
+                    .map_err(json_err)
             } else {
                 serde_json::from_str(&tagged)
                     .map(Event::User)
@@ -406,6 +426,11 @@ impl Upcasters {
                 .map(Event::Conference)
                 .map_err(json_err);
         }
+        if NUMBER_EVENT_TYPES.contains(&event_type) {
+            return serde_json::from_value(tagged)
+                .map(Event::Number)
+                .map_err(json_err);
+        }
         serde_json::from_value(tagged)
             .map(Event::User)
             .map_err(json_err)
@@ -431,6 +456,10 @@ impl Event {
                 domain::Event::ConferenceRoomCreated { .. } => "ConferenceRoomCreated",
                 domain::Event::ConferenceRoomUpdated { .. } => "ConferenceRoomUpdated",
                 domain::Event::ConferenceRoomDeleted { .. } => "ConferenceRoomDeleted",
+                domain::Event::TrunkCreated { .. } => "TrunkCreated",
+                domain::Event::TrunkUpdated { .. } => "TrunkUpdated",
+                domain::Event::TrunkDeleted { .. } => "TrunkDeleted",
+                domain::Event::DialPlanChanged { .. } => "DialPlanChanged",
             },
             Event::User(e) => match e {
                 user::Event::UserCreated { .. } => "UserCreated",
@@ -487,6 +516,11 @@ impl Event {
                 }
                 conference::Event::ConferenceEnded { .. } => "ConferenceEnded",
             },
+            Event::Number(e) => match e {
+                number::Event::NumberAssigned { .. } => "NumberAssigned",
+                number::Event::NumberUpdated { .. } => "NumberUpdated",
+                number::Event::NumberReleased { .. } => "NumberReleased",
+            },
         }
     }
 
@@ -512,6 +546,7 @@ impl Event {
             Event::User(e) => serde_json::to_string(e)?,
             Event::Token(e) => serde_json::to_string(e)?,
             Event::Conference(e) => serde_json::to_string(e)?,
+            Event::Number(e) => serde_json::to_string(e)?,
         };
         match data_of_tagged(&whole) {
             Some(data) => Ok(data.to_owned()),
@@ -527,6 +562,7 @@ impl Event {
             Event::User(e) => serde_json::to_value(e)?,
             Event::Token(e) => serde_json::to_value(e)?,
             Event::Conference(e) => serde_json::to_value(e)?,
+            Event::Number(e) => serde_json::to_value(e)?,
         };
         let data = match tagged {
             Value::Object(mut map) => map
@@ -563,6 +599,12 @@ impl From<token::Event> for Event {
 impl From<conference::Event> for Event {
     fn from(e: conference::Event) -> Self {
         Event::Conference(e)
+    }
+}
+
+impl From<number::Event> for Event {
+    fn from(e: number::Event) -> Self {
+        Event::Number(e)
     }
 }
 
@@ -649,6 +691,8 @@ pub fn has_secrets(event_type: &str) -> bool {
             | "MailboxPinChanged"
             | "ConferenceRoomCreated"
             | "ConferenceRoomUpdated"
+            | "TrunkCreated"
+            | "TrunkUpdated"
     )
 }
 
@@ -657,7 +701,9 @@ pub fn has_secrets(event_type: &str) -> bool {
 /// keeps only `set_at`; a token's `secret_sha256` is left out (it is not
 /// the secret, but nobody outside needs it), and so is a mailbox PIN's
 /// salted hash (`pin`), and a conference room's PINs (`room.pin`,
-/// `room.moderator_pin`). Everything else is unchanged.
+/// `room.moderator_pin`), and a trunk's carrier password
+/// (`trunk.credentials.password`: sealed, but nobody outside the node needs
+/// even the ciphertext). Everything else is unchanged.
 pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
     if event_type == "TokenCreated" {
         if let Value::Object(map) = &mut data {
@@ -679,6 +725,13 @@ pub fn redact_secrets(event_type: &str, mut data: Value) -> Value {
         if let Some(Value::Object(room)) = data.get_mut("room") {
             room.remove("pin");
             room.remove("moderator_pin");
+        }
+    }
+    if matches!(event_type, "TrunkCreated" | "TrunkUpdated") {
+        if let Some(Value::Object(credentials)) =
+            data.get_mut("trunk").and_then(|t| t.get_mut("credentials"))
+        {
+            credentials.remove("password");
         }
     }
     if matches!(event_type, "UserCreated" | "PasswordChanged") {
@@ -833,6 +886,7 @@ mod redaction_tests {
             "secret_sha256": "cc",
             "pin": "sha256$00$11",
             "room": {"pin": "sha256$00$22", "moderator_pin": "sha256$00$33"},
+            "trunk": {"credentials": {"username": "acct", "password": "aead$k$00$11"}},
         });
         for (event_type, _) in EVENT_TYPES {
             let changed = redact_secrets(event_type, data.clone()) != data;
@@ -864,4 +918,36 @@ fn data_of_tagged(whole: &str) -> Option<&str> {
         return Some("{}");
     }
     rest.strip_prefix(",\"data\":")?.strip_suffix('}')
+}
+
+#[cfg(test)]
+mod trunk_redaction_tests {
+    use super::*;
+    use crate::trunk::{Credentials, Gateway, SealedSecret, TrunkPatch};
+
+    #[test]
+    fn a_trunks_sealed_password_is_removed() {
+        let mut trunk = TrunkPatch {
+            gateways: Some(vec![Gateway::parse("sip:gw.example", None).unwrap()]),
+            ..Default::default()
+        }
+        .apply(None, "t@x")
+        .unwrap();
+        trunk.credentials = Some(Credentials {
+            username: "acct".into(),
+            password: SealedSecret::new("k1", vec![9; 12], vec![0xab; 20]).unwrap(),
+            realm: None,
+        });
+        let event = Event::Domain(domain::Event::TrunkCreated {
+            name: crate::UserName::parse("carrier").unwrap(),
+            trunk: Box::new(trunk),
+        });
+        let stored = event.to_data().unwrap();
+        assert!(stored.contains("aead$k1$"), "{stored}");
+        let data: Value = serde_json::from_str(&stored).unwrap();
+        let shown = redact_secrets(event.event_type(), data).to_string();
+        assert!(!shown.contains("aead$"), "{shown}");
+        assert!(!shown.contains("abab"), "{shown}");
+        assert!(shown.contains("\"username\":\"acct\""), "{shown}");
+    }
 }

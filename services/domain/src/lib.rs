@@ -10,7 +10,11 @@
 //!   [`domain::Domain`] (settings, status, the uniqueness of user names in
 //!   it; its stream also records SIP lock-outs), [`user::User`] (credentials, settings, contacts
 //!   with the binding rules of [`registration`], call legs with the rules of
-//!   [`call`], presence) and [`token::Tokens`] (the API's token table).
+//!   [`call`], presence), [`token::Tokens`] (the API's token table),
+//!   [`conference::Conference`] and [`number::Number`] (one phone number:
+//!   the one place in the system it belongs to). A domain's trunks
+//!   ([`trunk`]) and dial plan ([`dial_plan`], with its pure
+//!   [`dial_plan::DialPlan::route`]) are domain state.
 //! - Who is rung when a user is called ([`routing`]): [`routing::route`], a
 //!   pure function of the call, what is known of the callee and `now`,
 //!   returning a refusal or a plan of steps.
@@ -39,6 +43,7 @@ pub mod call;
 pub mod conference;
 pub mod conference_room;
 pub mod credentials;
+pub mod dial_plan;
 pub mod domain;
 pub mod event;
 pub mod feature_codes;
@@ -46,11 +51,13 @@ pub mod forwarding;
 pub mod ids;
 pub mod mailbox;
 pub mod names;
+pub mod number;
 pub mod registration;
 pub mod ring_group;
 pub mod routing;
 pub mod schedule;
 pub mod token;
+pub mod trunk;
 pub mod user;
 
 pub use event::{Event, EventCategory};

@@ -12,7 +12,8 @@ use dialtone_domain::conference_room::{Room, RoomPatch};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
 use dialtone_domain::event::{
-    current_schema_version, redact_secrets, CONFERENCE_EVENT_TYPES, DOMAIN_EVENT_TYPES, EVENT_TYPES,
+    current_schema_version, redact_secrets, CONFERENCE_EVENT_TYPES, DOMAIN_EVENT_TYPES,
+    EVENT_TYPES, NUMBER_EVENT_TYPES,
 };
 use dialtone_domain::forwarding::{ForwardTarget, Forwarding, ForwardingPatch, RuleTimesPatch};
 use dialtone_domain::mailbox::{self, AudioId, Greeting, PinHash, RefusalReason};
@@ -163,6 +164,8 @@ fn schemas_are_draft_2020_12_closed_and_versioned() {
             "domain"
         } else if CONFERENCE_EVENT_TYPES.contains(&name.as_str()) {
             "conference"
+        } else if NUMBER_EVENT_TYPES.contains(&name.as_str()) {
+            "number"
         } else if name.starts_with("Token") {
             "tokens"
         } else {
@@ -222,6 +225,8 @@ fn the_event_catalog_documents_every_type_with_its_stream_and_category() {
                 "tokens"
             } else if section.contains("`conference-") {
                 "conference"
+            } else if section.contains("`number-") {
+                "number"
             } else {
                 ""
             };
@@ -799,6 +804,12 @@ fn binding(instance: Option<&str>) -> Binding {
 /// Hand-made events of every variant, with values on the edges of what is
 /// allowed.
 fn hand_made_events() -> Vec<Event> {
+    let mut events = hand_made_events_before_trunks();
+    events.extend(hand_made_trunk_events());
+    events
+}
+
+fn hand_made_events_before_trunks() -> Vec<Event> {
     use domain::Event as D;
     use user::Event as U;
     let longest_domain = dn(&format!(
@@ -1697,6 +1708,7 @@ fn events_from_decide_validate() {
         .chain(&user_events_from_decide())
         .chain(&token_events_from_decide())
         .chain(&conference_events_from_decide())
+        .chain(&trunk_events_from_decide())
     {
         assert_valid(event);
     }
@@ -1719,6 +1731,7 @@ fn stored_data_is_the_same_as_through_a_value_tree() {
         user_events_from_decide(),
         token_events_from_decide(),
         conference_events_from_decide(),
+        trunk_events_from_decide(),
         hand_made_events(),
     ]
     .concat();
@@ -1740,6 +1753,7 @@ fn samples_cover_every_event_type() {
                 user_events_from_decide(),
                 token_events_from_decide(),
                 conference_events_from_decide(),
+                trunk_events_from_decide(),
             ]
             .concat(),
         ),
@@ -2607,5 +2621,240 @@ proptest! {
         let accepted = AudioId::parse(&s).is_ok();
         let data = json!({ "message_id": s, "read_at": 0 });
         prop_assert_eq!(validator("VoicemailRead").is_valid(&data), accepted, "{}", data);
+    }
+}
+
+// ================================================================ trunks
+
+/// Events produced by `decide` for trunks, dial plans and numbers, every
+/// variant, from a domain with users `alice` and `bob`.
+fn trunk_events_from_decide() -> Vec<Event> {
+    use dialtone_domain::dial_plan::{DialPlan, WrittenRule};
+    use dialtone_domain::number::{self, NumberTarget, E164};
+    use dialtone_domain::trunk::{CredentialsPatch, Gateway, SealedSecret, TrunkPatch};
+    use domain::Command as C;
+    let mut state = Domain::default();
+    let mut out = Vec::new();
+    let mut run = |state: &mut Domain, command: C| {
+        for e in domain::decide(state, &command, T0).unwrap() {
+            *state = domain::evolve(std::mem::take(state), &e);
+            out.push(Event::Domain(e));
+        }
+    };
+    run(
+        &mut state,
+        C::Create {
+            name: dn("example.com"),
+            settings: Settings::default(),
+        },
+    );
+    for (i, u) in ["alice", "bob"].into_iter().enumerate() {
+        run(
+            &mut state,
+            C::ClaimUserName {
+                username: un(u),
+                user_id: UserId(Uuid::from_u128(i as u128 + 1)),
+            },
+        );
+    }
+    let full = TrunkPatch {
+        gateways: Some(vec![
+            Gateway::parse_written("sip:gw1.carrier.example:5060").unwrap(),
+            Gateway::parse_written("sip:[2001:db8::1];transport=tcp").unwrap(),
+            Gateway::parse_written("sips:gw3.carrier.example").unwrap(),
+        ]),
+        credentials: Some(Some(CredentialsPatch {
+            username: Some("acct-1".into()),
+            password: Some(SealedSecret::new("0123abcd", vec![1; 12], vec![0xfe; 24]).unwrap()),
+            realm: Some(Some("carrier.example".into())),
+        })),
+        register: Some(true),
+        register_expiry_secs: Some(600),
+        from_domain: Some(Some("pbx.example.com".into())),
+        from_user: Some(dialtone_domain::trunk::FromUser::Fixed("main".into())),
+        caller_id: Some(dialtone_domain::trunk::CallerIdPolicy::parse("+15550100").unwrap()),
+        codecs: Some(vec![dialtone_domain::trunk::Codec::Pcma]),
+        max_calls: Some(Some(30)),
+        inbound_sources: Some(vec![
+            dialtone_domain::trunk::Cidr::parse("203.0.113.0/24").unwrap(),
+            dialtone_domain::trunk::Cidr::parse("2001:db8::/32").unwrap(),
+        ]),
+    };
+    run(
+        &mut state,
+        C::CreateTrunk {
+            name: un("carrier"),
+            patch: full,
+        },
+    );
+    run(
+        &mut state,
+        C::CreateTrunk {
+            name: un("backup"),
+            patch: TrunkPatch {
+                gateways: Some(vec![Gateway::parse_written("sip:192.0.2.7").unwrap()]),
+                ..Default::default()
+            },
+        },
+    );
+    run(
+        &mut state,
+        C::UpdateTrunk {
+            name: un("backup"),
+            patch: TrunkPatch {
+                caller_id: Some(dialtone_domain::trunk::CallerIdPolicy::Anonymous),
+                from_user: Some(dialtone_domain::trunk::FromUser::Username),
+                ..Default::default()
+            },
+        },
+    );
+    let classes = BTreeMap::from([("intl".to_owned(), vec!["alice".to_owned()])]);
+    let rules = [
+        WrittenRule {
+            pattern: "_00Z.".into(),
+            strip: 2,
+            prefix: "+".into(),
+            trunk: "carrier".into(),
+            allow: "class:intl".into(),
+        },
+        WrittenRule {
+            pattern: "_NXXNXXXXXX".into(),
+            strip: 0,
+            prefix: "+1".into(),
+            trunk: "carrier".into(),
+            allow: "users:alice,bob".into(),
+        },
+        WrittenRule {
+            pattern: "_+X.".into(),
+            trunk: "carrier".into(),
+            ..Default::default()
+        },
+    ];
+    run(
+        &mut state,
+        C::SetDialPlan {
+            plan: DialPlan::compile(&classes, &rules).unwrap(),
+        },
+    );
+    run(&mut state, C::DeleteTrunk { name: un("backup") });
+    let number = E164::parse("+15550001").unwrap();
+    let domain_id = DomainId::for_name(&dn("example.com"));
+    let mut n = number::Number::default();
+    for command in [
+        number::Command::Assign {
+            number,
+            domain_id,
+            domain: dn("example.com"),
+            target: NumberTarget::parse("alice").unwrap(),
+            description: "main line ✓".into(),
+        },
+        number::Command::Update {
+            domain_id,
+            target: Some(NumberTarget::parse("app:ivr.v2").unwrap()),
+            description: None,
+        },
+        number::Command::Release { domain_id },
+    ] {
+        for e in number::decide(&n, &command, T0).unwrap() {
+            n = number::evolve(n, &e);
+            out.push(Event::Number(e));
+        }
+    }
+    out
+}
+
+/// Hand-made trunk, dial plan and number events at the edges.
+fn hand_made_trunk_events() -> Vec<Event> {
+    let mut events: Vec<Event> = trunk_events_from_decide()
+        .into_iter()
+        .filter(|e| {
+            !matches!(
+                e,
+                Event::Domain(
+                    domain::Event::DomainCreated { .. } | domain::Event::UserNameClaimed { .. }
+                )
+            )
+        })
+        .collect();
+    events.push(Event::Number(
+        dialtone_domain::number::Event::NumberAssigned {
+            number: dialtone_domain::number::E164::parse("+123456789012345").unwrap(),
+            domain_id: DomainId(Uuid::nil()),
+            domain: dn("x.test"),
+            target: dialtone_domain::number::NumberTarget::parse("voicemail:%41b").unwrap(),
+            description: String::new(),
+            assigned_at: 0,
+        },
+    ));
+    events
+}
+
+#[test]
+fn malformed_trunk_and_number_values_are_rejected() {
+    let created = sample("TrunkCreated");
+    assert_rejected(
+        "TrunkCreated",
+        with(created.clone(), "/trunk/gateways", json!([])),
+    );
+    assert_rejected(
+        "TrunkCreated",
+        with(
+            created.clone(),
+            "/trunk/gateways/0/transport",
+            json!("sctp"),
+        ),
+    );
+    assert_rejected(
+        "TrunkCreated",
+        with(
+            created.clone(),
+            "/trunk/credentials/password",
+            json!("hunter2"),
+        ),
+    );
+    assert_rejected(
+        "TrunkCreated",
+        with(created.clone(), "/trunk/codecs", json!(["G729"])),
+    );
+    assert_rejected(
+        "TrunkCreated",
+        with(created.clone(), "/trunk/max_calls", json!(0)),
+    );
+    assert_rejected(
+        "TrunkCreated",
+        with_extra(created.clone(), "/trunk/credentials", "ha1", json!("x")),
+    );
+    assert_rejected("TrunkCreated", without(created, "trunk"));
+    let plan = sample("DialPlanChanged");
+    assert_rejected(
+        "DialPlanChanged",
+        with(plan.clone(), "/plan/rules/0/prefix", json!("1")),
+    );
+    assert_rejected(
+        "DialPlanChanged",
+        with(plan, "/plan/rules/0/allow", json!({"kind": "everyone"})),
+    );
+    let assigned = sample("NumberAssigned");
+    for bad in ["15550001", "+0123", "+1234567890123456", "+1 555"] {
+        assert_rejected(
+            "NumberAssigned",
+            with(assigned.clone(), "/number", json!(bad)),
+        );
+    }
+    assert_rejected(
+        "NumberAssigned",
+        with(assigned.clone(), "/target", json!("fax:1")),
+    );
+    assert_rejected("NumberAssigned", without(assigned, "domain_id"));
+    assert_rejected("NumberReleased", json!({"number": "+15550001"}));
+}
+
+#[test]
+fn the_trunk_password_never_leaves_the_node() {
+    for event in trunk_events_from_decide() {
+        let data: Value = serde_json::from_str(&event.to_data().unwrap()).unwrap();
+        let shown = redact_secrets(event.event_type(), data).to_string();
+        assert!(!shown.contains("aead$"), "{}: {shown}", event.event_type());
+        assert!(!shown.contains("fefefe"), "{}: {shown}", event.event_type());
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! One module per command group (`domain`, `user`, `token`, `events` for
 //! history, tail and replay, `audit`, `status` for status, online and
-//! security, `calls`, `voicemail`, `conference`); `connection` connects and authenticates, `output`
+//! security, `calls`, `voicemail`, `conference`, `trunk` for trunks, dial plans and numbers); `connection` connects and authenticates, `output`
 //! prints JSON or text.
 
 mod audit;
@@ -16,6 +16,7 @@ mod group;
 mod output;
 mod status;
 mod token;
+mod trunk;
 mod user;
 mod voicemail;
 
@@ -28,6 +29,7 @@ pub use domain::DomainCommand;
 pub use events::{EventsCommand, HistoryCommand};
 pub use group::GroupCommand;
 pub use token::TokenCommand;
+pub use trunk::{DialplanCommand, NumberCommand, TrunkCommand};
 pub use user::UserCommand;
 pub use voicemail::VoicemailCommand;
 
@@ -50,6 +52,17 @@ pub enum ClientCommand {
     /// meet).
     #[command(subcommand)]
     Conference(ConferenceCommand),
+    /// Manage trunks to carriers (ADR 0028).
+    #[command(subcommand)]
+    Trunk(TrunkCommand),
+    /// Show, set or try a domain's dial plan (which trunk what users dial
+    /// leaves by).
+    #[command(subcommand)]
+    Dialplan(DialplanCommand),
+    /// Manage phone numbers (DIDs): which domain and extension a number
+    /// reaches.
+    #[command(subcommand)]
+    Number(NumberCommand),
     /// Manage users' voicemail boxes and their messages.
     #[command(subcommand)]
     Voicemail(VoicemailCommand),
@@ -118,6 +131,9 @@ pub async fn run(target: &Target, json_output: bool, command: ClientCommand) -> 
         ClientCommand::User(cmd) => user::run(&mut clients, &out, cmd).await,
         ClientCommand::Group(cmd) => group::run(&mut clients, &out, cmd).await,
         ClientCommand::Conference(cmd) => conference::run(&mut clients, &out, cmd).await,
+        ClientCommand::Trunk(cmd) => trunk::run(&mut clients, &out, cmd).await,
+        ClientCommand::Dialplan(cmd) => trunk::run_dialplan(&mut clients, &out, cmd).await,
+        ClientCommand::Number(cmd) => trunk::run_number(&mut clients, &out, cmd).await,
         ClientCommand::Voicemail(cmd) => voicemail::run(&mut clients, &out, cmd).await,
         ClientCommand::History(cmd) => events::history(&mut clients, &out, cmd).await,
         ClientCommand::Status { user } => status::status(&mut clients, &out, user).await,

@@ -81,6 +81,10 @@ pub struct Config {
     /// The API's admin token; `None`: the one in `<data_dir>/admin.token`,
     /// made on first start.
     pub admin_token: Option<Secret>,
+    /// The operator's key that seals carrier passwords (ADR 0028): 32
+    /// raw bytes, or base64 keys one per line (the first seals, all open);
+    /// `None`: trunks with credentials are refused.
+    pub secrets_key_file: Option<PathBuf>,
     /// Serve gRPC over TLS with this certificate chain (PEM) ...
     pub grpc_tls_cert: Option<PathBuf>,
     /// ... and this private key (PEM).
@@ -167,6 +171,7 @@ impl Default for Config {
             sip_subscribe_rate: 50,
             subscription_max_lag: 1_000_000,
             admin_token: None,
+            secrets_key_file: None,
             grpc_tls_cert: None,
             grpc_tls_key: None,
             sip_tls_addr: None,
@@ -235,6 +240,7 @@ pub struct FileConfig {
     pub sip_subscribe_rate: Option<u32>,
     pub subscription_max_lag: Option<u64>,
     pub admin_token: Option<String>,
+    pub secrets_key_file: Option<PathBuf>,
     pub grpc_tls_cert: Option<PathBuf>,
     pub grpc_tls_key: Option<PathBuf>,
     pub sip_tls_addr: Option<SocketAddr>,
@@ -389,6 +395,9 @@ pub struct Overrides {
     /// The gRPC API's admin token (at least 16 printable characters) [default: <data-dir>/admin.token, made and printed once on first start].
     #[arg(long, env = "DIALTONE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The key that seals carrier passwords of trunks: a file of 32 random bytes, or of base64 keys one per line (the first seals, the others still open older passwords) [default: none: trunks with credentials are refused].
+    #[arg(long, env = "DIALTONE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --grpc-tls-key [default: plaintext].
     #[arg(long, env = "DIALTONE_GRPC_TLS_CERT", requires = "grpc_tls_key")]
     pub grpc_tls_cert: Option<PathBuf>,
@@ -601,6 +610,9 @@ impl Config {
         if let Some(v) = file.admin_token {
             self.admin_token = Some(Secret(v));
         }
+        if let Some(v) = file.secrets_key_file {
+            self.secrets_key_file = Some(v);
+        }
         if let Some(v) = file.grpc_tls_cert {
             self.grpc_tls_cert = Some(v);
         }
@@ -753,6 +765,9 @@ impl Config {
         }
         if let Some(v) = &o.admin_token {
             self.admin_token = Some(Secret(v.clone()));
+        }
+        if let Some(v) = &o.secrets_key_file {
+            self.secrets_key_file = Some(v.clone());
         }
         if let Some(v) = &o.grpc_tls_cert {
             self.grpc_tls_cert = Some(v.clone());

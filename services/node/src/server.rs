@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use dialtone_actors::{
-    ActorSystem, AudioIndex, CallIndex, ConferenceIndex, Directory, DirectoryConfig, Provisioning,
-    ProvisioningConfig, RegistrationIndex,
+    ActorSystem, AudioIndex, CallIndex, ConferenceIndex, Directory, DirectoryConfig, NumberIndex,
+    Provisioning, ProvisioningConfig, RegistrationIndex,
 };
 use dialtone_domain::credentials::PasswordPolicy;
 use dialtone_eventlog::sqlite::{SqliteOptions, SqliteStore};
@@ -85,6 +85,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
             password_policy: PasswordPolicy {
                 min_length: config.min_password_length,
             },
+            secrets: secrets_keyring(&config)?,
         },
     );
 
@@ -98,6 +99,8 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     let audio = AudioIndex::start(store.clone()).await?;
     // The conferences in progress, per domain and room (for the API).
     let live_conferences = ConferenceIndex::start(store.clone()).await?;
+    // Every assigned phone number (ADR 0028), for the API's listings.
+    let numbers = NumberIndex::start(store.clone()).await?;
     // Before the SIP gateway starts, as for call legs: conferences a
     // previous run left running have no media any more. Only a node that
     // runs conferences (it serves SIP) ends them: an API-only node has
@@ -270,6 +273,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
         registrations: registrations.clone(),
         calls: calls.clone(),
         conferences: live_conferences.clone(),
+        numbers: numbers.clone(),
         blobs: blobs.clone(),
     };
     let mut grpc_stop = stop_rx.clone();
@@ -326,6 +330,7 @@ pub async fn run(config: Config, demo_mode: bool) -> anyhow::Result<()> {
     calls.checkpoint(&store).await;
     audio.checkpoint(&store).await;
     live_conferences.checkpoint(&store).await;
+    numbers.checkpoint(&store).await;
     tracing::info!("stopping actors (saving snapshots)");
     directory.passivate_all(Duration::from_secs(10)).await;
     tokio::task::spawn_blocking(move || system.shutdown()).await?;
@@ -447,4 +452,38 @@ fn sip_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     file.write_all(&secret)?;
     file.sync_all()?;
     Ok(secret)
+}
+
+/// The operator's secrets key (`--secrets-key-file`), read once at start:
+/// a file that cannot be read or holds no valid key stops the node (a
+/// typo must not make it run without the key it was given). A key file
+/// others can read is warned about, as the admin token's is.
+fn secrets_keyring(
+    config: &Config,
+) -> anyhow::Result<Option<std::sync::Arc<dialtone_actors::secrets::SecretsKeyring>>> {
+    let Some(path) = &config.secrets_key_file else {
+        return Ok(None);
+    };
+    let contents = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read the secrets key file {} (--secrets-key-file)",
+            path.display()
+        )
+    })?;
+    let keyring = dialtone_actors::secrets::SecretsKeyring::from_file_contents(&contents)
+        .map_err(|e| anyhow::anyhow!("secrets key file {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the secrets key file can be read by other users; chmod 600 it"
+                );
+            }
+        }
+    }
+    tracing::info!(keys = ?keyring.key_ids(), "secrets key loaded (the first seals)");
+    Ok(Some(std::sync::Arc::new(keyring)))
 }

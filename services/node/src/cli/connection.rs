@@ -7,9 +7,11 @@ use dialtone_api::auth::Bearer;
 use dialtone_api::pb::audit_service_client::AuditServiceClient;
 use dialtone_api::pb::conference_service_client::ConferenceServiceClient;
 use dialtone_api::pb::event_service_client::EventServiceClient;
+use dialtone_api::pb::number_service_client::NumberServiceClient;
 use dialtone_api::pb::provisioning_service_client::ProvisioningServiceClient;
 use dialtone_api::pb::status_service_client::StatusServiceClient;
 use dialtone_api::pb::token_service_client::TokenServiceClient;
+use dialtone_api::pb::trunk_service_client::TrunkServiceClient;
 use dialtone_api::pb::voicemail_service_client::VoicemailServiceClient;
 use tonic::service::interceptor::InterceptedService;
 
@@ -32,6 +34,8 @@ pub(super) struct Clients {
     pub(super) tokens: TokenServiceClient<Channel>,
     pub(super) voicemail: VoicemailServiceClient<Channel>,
     pub(super) conference: ConferenceServiceClient<Channel>,
+    pub(super) trunks: TrunkServiceClient<Channel>,
+    pub(super) numbers: NumberServiceClient<Channel>,
 }
 
 pub(super) async fn connect(target: &Target) -> anyhow::Result<Clients> {
@@ -70,7 +74,9 @@ pub(super) async fn connect(target: &Target) -> anyhow::Result<Clients> {
         audit: AuditServiceClient::new(channel.clone()),
         tokens: TokenServiceClient::new(channel.clone()),
         voicemail: VoicemailServiceClient::new(channel.clone()),
-        conference: ConferenceServiceClient::new(channel),
+        conference: ConferenceServiceClient::new(channel.clone()),
+        trunks: TrunkServiceClient::new(channel.clone()),
+        numbers: NumberServiceClient::new(channel),
     })
 }
 
