@@ -163,13 +163,16 @@ fn choose_subprotocol(
 
 /// The WebSocket upgrade of `stream` (messages up to `max` bytes), within
 /// `handshake_timeout`: the stream, upgraded, or `None` when refused,
-/// failed or timed out.
+/// failed or timed out. Boxed: the TLS stream is about 1.2 KB, and a
+/// stream held inline would take its space in the connection's future
+/// once for each place it passes through (the accept task's local, the
+/// serving future's argument).
 async fn upgrade<S>(
     stream: S,
     peer: SocketAddr,
     max: usize,
     handshake_timeout: Duration,
-) -> Option<S>
+) -> Option<Box<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -184,7 +187,7 @@ where
         // Nothing of the stream is left in tungstenite: its handshake
         // refuses bytes after the request (no frame can come before the
         // 101), and it has buffered no frame.
-        Ok(Ok(ws)) => Some(ws.into_inner()),
+        Ok(Ok(ws)) => Some(Box::new(ws.into_inner())),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "WebSocket upgrade refused or failed");
             None
@@ -257,7 +260,7 @@ async fn serve_websocket<S>(
     transport: Transport,
     peer: SocketAddr,
     local: SocketAddr,
-    mut stream: S,
+    mut stream: Box<S>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
