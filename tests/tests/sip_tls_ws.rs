@@ -810,6 +810,90 @@ async fn websocket_upgrades_without_sip_are_refused_and_oversize_messages_close_
     .await;
 }
 
+/// The node's own WebSocket framing (RFC 6455) against a real client over
+/// WSS: pings answered with their payload, a frame that breaks the
+/// protocol closed with 1002, a text message that is not UTF-8 with 1007,
+/// a close answered with the same code — each on its own connection only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_are_checked_pings_answered_and_bad_frames_closed_with_their_code() {
+    bounded(60, async {
+        let node = Node::start().await;
+        let mut bystander = node.ws_client(true).await;
+
+        // Ping with a payload: the pong carries it back.
+        let mut pinger = node.ws_client(true).await;
+        let Wire::WebSocket(ws) = &mut pinger.wire else {
+            unreachable!()
+        };
+        ws.send(Message::Ping(b"keep-alive 1".to_vec().into()))
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a pong")
+            .unwrap()
+            .unwrap();
+        assert_eq!(pong, Message::Pong(b"keep-alive 1".to_vec().into()));
+        // And the connection still carries SIP afterwards.
+        assert_eq!(pinger.register("alice").await.code, 200);
+
+        // Raw frames written under the client's codec: what the node
+        // answers is a close with the code.
+        let unmasked_text = b"\x81\x05hello".to_vec();
+        let reserved_bit = b"\xC1\x80\x01\x02\x03\x04".to_vec();
+        // "(" after a 2-byte lead byte: not UTF-8, masked with zeros.
+        let bad_utf8 = b"\x81\x82\x00\x00\x00\x00\xC3\x28".to_vec();
+        for (raw, code) in [
+            (unmasked_text, CloseCode::Protocol),
+            (reserved_bit, CloseCode::Protocol),
+            (bad_utf8, CloseCode::Invalid),
+        ] {
+            let mut client = node.ws_client(true).await;
+            let Wire::WebSocket(ws) = &mut client.wire else {
+                unreachable!()
+            };
+            ws.get_mut().write_all(&raw).await.unwrap();
+            ws.get_mut().flush().await.unwrap();
+            let closing = tokio::time::timeout(WAIT, async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(frame))) => return frame,
+                        Some(Ok(_)) => {}
+                        other => panic!("expected a close frame, got {other:?}"),
+                    }
+                }
+            })
+            .await
+            .expect("the node closes the connection");
+            assert_eq!(closing.map(|f| f.code), Some(code), "{raw:02x?}");
+        }
+
+        // A close from the client: answered with the same code.
+        let mut leaving = node.ws_client(false).await;
+        let Wire::WebSocket(ws) = &mut leaving.wire else {
+            unreachable!()
+        };
+        ws.send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Away,
+                reason: "bye".into(),
+            },
+        )))
+        .await
+        .unwrap();
+        let answer = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the close is answered");
+        match answer {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected the close echoed, got {other:?}"),
+        }
+
+        assert_eq!(bystander.register("bob").await.code, 200);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_is_reloaded_on_sighup_and_open_connections_stay() {
     bounded(60, async {

@@ -99,9 +99,17 @@ impl Projected for State {
         self.position
     }
 
+    fn wants(recorded: &RecordedEvent) -> bool {
+        NUMBER_EVENT_TYPES.contains(&recorded.event_type.as_str())
+    }
+
+    fn read_up_to(&mut self, position: Position) {
+        self.position = self.position.max(position);
+    }
+
     fn fold(&mut self, recorded: &RecordedEvent) {
         self.position = recorded.position;
-        if !NUMBER_EVENT_TYPES.contains(&recorded.event_type.as_str()) {
+        if !Self::wants(recorded) {
             return;
         }
         match Event::from_stored(

@@ -130,3 +130,47 @@ fn frames(stream: &[u8], chunk: usize) -> Vec<Result<Frame, ()>> {
         }
     }
 }
+
+/// The WebSocket deframer's size limit in [`websocket`]: small, so that
+/// fuzzer-sized inputs reach the too-big path too.
+const WEBSOCKET_MAX: usize = 1024;
+
+/// The WebSocket deframer (RFC 6455, server side): the first byte picks a
+/// chunk size (1..=256), the rest is what a client sends. Fed in those
+/// chunks it must give the same events and the same error as fed whole,
+/// and never panic; a text message is UTF-8, no message is over the limit,
+/// no control payload over 125 bytes.
+pub fn websocket(data: &[u8]) {
+    use crate::wire::websocket::{Deframer, Event};
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first) + 1;
+    let feed = |chunk: usize| {
+        let mut deframer = Deframer::new(WEBSOCKET_MAX);
+        let mut events = Vec::new();
+        let mut result = Ok(());
+        for piece in stream.chunks(chunk) {
+            result = deframer.push(piece, &mut events);
+            if result.is_err() {
+                break;
+            }
+        }
+        (events, result, deframer)
+    };
+    let (whole, whole_result, _) = feed(stream.len().max(1));
+    let (pieces, pieces_result, _) = feed(chunk);
+    assert_eq!(whole, pieces);
+    assert_eq!(whole_result, pieces_result);
+    for event in &whole {
+        match event {
+            Event::Text(m) => {
+                assert!(std::str::from_utf8(m).is_ok());
+                assert!(m.len() <= WEBSOCKET_MAX);
+            }
+            Event::Binary(m) => assert!(m.len() <= WEBSOCKET_MAX),
+            Event::Ping(p) | Event::Pong(p) => assert!(p.len() <= 125),
+            Event::Close { .. } => {}
+        }
+    }
+}

@@ -46,6 +46,9 @@ const MAX_LEN: usize = 8192;
 /// there), and no longer, as the framer's cost grows with the square of the
 /// length when the stream is fed byte by byte.
 const FRAME_MAX_LEN: usize = 4200;
+/// Longest input for `websocket`: past its 1,024-byte message limit with
+/// room for several frames.
+const WEBSOCKET_MAX_LEN: usize = 4200;
 
 #[test]
 fn message() {
@@ -80,6 +83,12 @@ fn frame() {
         corpus.push(input);
     }
     run("frame", fuzzing::frame, corpus, FRAME_MAX_LEN);
+}
+
+#[test]
+fn websocket() {
+    let corpus = seeds("websocket");
+    run("websocket", fuzzing::websocket, corpus, WEBSOCKET_MAX_LEN);
 }
 
 /// Feeds `corpus` then mutated inputs to `target`; panics (failing the

@@ -4,10 +4,12 @@
 //! The upgrade is accepted only for the `sip` subprotocol
 //! (`Sec-WebSocket-Protocol: sip`); anything else, or none, gets an HTTP
 //! 400 saying so. Each WebSocket message (text or binary) is one SIP
-//! message (RFC 7118 s.5.1): no stream framing. A message or frame larger
-//! than the SIP maximum message size closes the connection with 1009
-//! (message too big). Pings are answered with pongs by the codec; a
-//! connection with no traffic for the idle time is closed.
+//! message (RFC 7118 s.5.1): no stream framing. A message larger than the
+//! SIP maximum message size closes the connection with 1009 (message too
+//! big), a frame that breaks RFC 6455 with 1002 (protocol error), a text
+//! message that is not UTF-8 with 1007. Pings are answered with pongs, a
+//! close with a close; a connection with no traffic for the idle time is
+//! closed (1000), and the node's shutdown closes every one (1001).
 //!
 //! A WebSocket client cannot be connected to: it is reached only on the
 //! connection it opened, which the [`Connections`](super::stream) table
@@ -15,44 +17,56 @@
 //! registration records as its source. Its Via and Contact hosts are
 //! made-up `.invalid` names and are never used.
 //!
-//! tokio-tungstenite is the codec, configured for many idle connections:
-//! a 1 KiB read buffer (it defaults to 128 KiB, allocated up front; it
-//! grows to fit a longer message) and no write buffering (each SIP message
-//! is written at once). The TLS handshake and the upgrade run in a boxed
-//! future of their own, freed once the connection is up: a future is as
-//! large as its largest state, and the connection's long-lived task would
-//! otherwise keep their space (the TLS stream inline, twice) for as long
-//! as the connection lives. One task serves a connection, reading and
-//! writing (a second task for writes, and the split halves' shared lock,
-//! cost memory on every idle connection), and its send queue holds no
-//! buffer while empty (`super::send_queue`). `loadtest/transport-memory.sh`
-//! measures what a held connection costs.
+//! tokio-tungstenite does the upgrade (the HTTP handshake) and nothing
+//! more: it refuses bytes after the request, so the stream it gives back
+//! holds nothing unread. The frames are ours ([`crate::wire::websocket`]),
+//! because an idle connection must cost little: a codec's read buffer and
+//! write buffer (tungstenite keeps the capacity of the largest frame
+//! written) and its stream structure stayed allocated on every registered
+//! browser phone. Here a connection is read into a scratch buffer on the
+//! stack, only while a read is being polled (never in the task's future),
+//! and the deframer keeps only an incomplete frame; each frame written is
+//! built, written and freed. The TLS handshake and the upgrade run in a
+//! boxed future of their own, freed once the connection is up: a future is
+//! as large as its largest state, and the connection's long-lived task
+//! would otherwise keep their space for as long as the connection lives.
+//! One task serves a connection, reading and writing (a second task for
+//! writes cost memory on every idle connection), and its send queue holds
+//! no buffer while empty (`super::send_queue`).
+//! `loadtest/transport-memory.sh` measures what a held connection costs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::limits::ConnectionLimits;
 use super::stream::{accept_admitted, dispatch, Admitted, NewConnection, StreamContext};
 use super::tls::SecureListener;
 use super::{Flow, Transport};
 use crate::core::metric;
+use crate::wire::websocket::{
+    encode, encode_close, encode_close_reply, encode_message, Deframer, Event, FrameError, OpCode,
+    CLOSE_GOING_AWAY, CLOSE_NORMAL,
+};
 
-/// The read buffer of one WebSocket connection (see the module comment):
-/// most SIP messages fit, and it stays allocated on every idle connection.
-const READ_BUFFER: usize = 1024;
+/// The read buffer of the upgrade (tungstenite's, freed with the upgrade).
+const UPGRADE_READ_BUFFER: usize = 1024;
+
+/// The scratch buffer a connection is read into, on the stack while a
+/// read is polled: what TLS has decrypted or TCP has received, at most.
+const READ_SCRATCH: usize = 4096;
+
+/// How long the closing frame may take to be written.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why an upgrade without the `sip` subprotocol is refused (the body of
 /// the 400).
@@ -148,26 +162,32 @@ fn choose_subprotocol(
 }
 
 /// The WebSocket upgrade of `stream` (messages up to `max` bytes), within
-/// `handshake_timeout`; `None` when refused, failed or timed out. Boxed:
-/// see the module comment.
+/// `handshake_timeout`: the stream, upgraded, or `None` when refused,
+/// failed or timed out. Boxed: the TLS stream is about 1.2 KB, and a
+/// stream held inline would take its space in the connection's future
+/// once for each place it passes through (the accept task's local, the
+/// serving future's argument).
 async fn upgrade<S>(
     stream: S,
     peer: SocketAddr,
     max: usize,
     handshake_timeout: Duration,
-) -> Option<Box<WebSocketStream<S>>>
+) -> Option<Box<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(UPGRADE_READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(stream, choose_subprotocol, Some(config));
     match tokio::time::timeout(handshake_timeout, upgrade).await {
-        Ok(Ok(ws)) => Some(Box::new(ws)),
+        // Nothing of the stream is left in tungstenite: its handshake
+        // refuses bytes after the request (no frame can come before the
+        // 101), and it has buffered no frame.
+        Ok(Ok(ws)) => Some(Box::new(ws.into_inner())),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "WebSocket upgrade refused or failed");
             None
@@ -180,9 +200,55 @@ where
     }
 }
 
-/// Serves SIP on the upgraded `ws` until the peer closes it, it stays idle
-/// for the configured time, it breaks the protocol or a limit, or the node
-/// shuts down.
+/// How a connection ends, and what is written before it closes.
+enum Ending {
+    /// The peer sent a close: answer it.
+    PeerClosed(Option<u16>),
+    /// The peer broke the protocol or a limit: close with its code.
+    Refused(FrameError),
+    /// Idle, shutdown (the close code to send), or the peer went away:
+    /// write what is queued and the replies still in flight first.
+    Drain(u16),
+}
+
+/// What one read of a connection gave.
+enum Read {
+    /// The events of the frames the bytes completed (maybe none), and the
+    /// error that ends the connection after them.
+    Frames(Vec<Event>, Option<FrameError>),
+    /// End of stream, or the stream failed.
+    Closed,
+}
+
+/// Reads what the connection has and frames it: into a scratch buffer on
+/// the stack of this poll, so that an idle connection's task keeps no read
+/// buffer. Cancel-safe: bytes read are framed in the same poll.
+fn read_frames<'a, S>(
+    stream: &'a mut S,
+    deframer: &'a mut Deframer,
+) -> impl std::future::Future<Output = Read> + 'a
+where
+    S: AsyncRead + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        let mut scratch = [0u8; READ_SCRATCH];
+        let mut buf = ReadBuf::new(&mut scratch);
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(Read::Closed),
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Read::Closed),
+            Poll::Ready(Ok(())) => {
+                let mut events = Vec::new();
+                let error = deframer.push(buf.filled(), &mut events).err();
+                Poll::Ready(Read::Frames(events, error))
+            }
+        }
+    })
+}
+
+/// Serves SIP on the upgraded `stream` until the peer closes it, it stays
+/// idle for the configured time, it breaks the protocol or a limit, or the
+/// node shuts down.
 ///
 /// One task reads and writes (see the module comment). It never waits on
 /// its own send queue: what is answered at once is written at once, and
@@ -194,7 +260,7 @@ async fn serve_websocket<S>(
     transport: Transport,
     peer: SocketAddr,
     local: SocketAddr,
-    mut ws: Box<WebSocketStream<S>>,
+    mut stream: Box<S>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -214,131 +280,142 @@ async fn serve_websocket<S>(
     transports.connection_opened(transport, peer, id, tx.clone());
     let flow = Flow::received(transport, peer, local, Some(id));
     let idle = core.config().tcp_idle_timeout;
+    let mut deframer = Deframer::new(core.config().max_message_size);
     let permits = Arc::new(Semaphore::new(
         core.config().max_tcp_in_flight_per_connection.max(1),
     ));
-    // The idle time counts from the last message read; writes do not
+    // The idle time counts from the last frame read; writes do not
     // restart it.
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
-    let mut close = None;
-    'conn: loop {
-        let next = tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = &mut idle_timer => break,
+    let ending = 'conn: loop {
+        let read = tokio::select! {
+            _ = shutdown.changed() => break Ending::Drain(CLOSE_GOING_AWAY),
+            _ = &mut idle_timer => break Ending::Drain(CLOSE_NORMAL),
             queued = rx.recv() => {
                 // `None` cannot come while `tx` is held here.
-                let Some(bytes) = queued else { break };
-                if !write(&mut ws, bytes, idle_timer.as_mut(), &mut shutdown).await {
-                    break;
+                let Some(bytes) = queued else { break Ending::Drain(CLOSE_NORMAL) };
+                let frame = encode_message(&bytes);
+                if !write(&mut stream, &frame, idle_timer.as_mut(), &mut shutdown).await {
+                    break Ending::Drain(CLOSE_NORMAL);
                 }
                 continue;
             }
-            next = ws.next() => next,
+            read = read_frames(&mut stream, &mut deframer) => read,
         };
-        idle_timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + idle);
-        let data: Bytes = match next {
-            None => break,
-            Some(Ok(Message::Text(text))) => text.into(),
-            Some(Ok(Message::Binary(data))) => data,
-            // Pings are answered by the codec; a close is answered by it
-            // too, and the stream then ends.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_)))
-            | Some(Ok(Message::Frame(_))) => continue,
-            Some(Err(WsError::Capacity(e))) => {
-                metrics::counter!(metric::PARSE_ERRORS).increment(1);
-                metrics::counter!(metric::DROPPED, "reason" => "ws_too_large").increment(1);
-                tracing::debug!(%peer, error = %e, "WebSocket message over the size limit");
-                close = Some(CloseFrame {
-                    code: CloseCode::Size,
-                    reason: Utf8Bytes::from_static("message too big"),
-                });
-                break;
-            }
-            Some(Err(e)) => {
-                metrics::counter!(metric::DROPPED, "reason" => "ws_protocol").increment(1);
-                tracing::debug!(%peer, error = %e, "WebSocket protocol error");
-                break;
-            }
+        let (events, error) = match read {
+            Read::Closed => break Ending::Drain(CLOSE_NORMAL),
+            Read::Frames(events, error) => (events, error),
         };
-        // A message of white space only is a keep-alive of some clients.
-        if data.iter().all(u8::is_ascii_whitespace) {
-            continue;
+        if !events.is_empty() {
+            idle_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + idle);
         }
-        // As for TCP: backpressure by permits, what completes at once is
-        // answered here, the rest in its own task.
-        let permit = loop {
-            tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => break permit,
-                    Err(_) => break 'conn,
-                },
-                queued = rx.recv() => {
-                    let Some(bytes) = queued else { break 'conn };
-                    if !write(&mut ws, bytes, idle_timer.as_mut(), &mut shutdown).await {
-                        break 'conn;
+        for event in events {
+            let data = match event {
+                Event::Text(data) | Event::Binary(data) => data,
+                Event::Ping(payload) => {
+                    let pong = encode(OpCode::Pong, &payload);
+                    if !write(&mut stream, &pong, idle_timer.as_mut(), &mut shutdown).await {
+                        break 'conn Ending::Drain(CLOSE_NORMAL);
+                    }
+                    continue;
+                }
+                Event::Pong(_) => continue,
+                Event::Close { code, .. } => break 'conn Ending::PeerClosed(code),
+            };
+            // A message of white space only is a keep-alive of some clients.
+            if data.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            // As for TCP: backpressure by permits, what completes at once is
+            // answered here, the rest in its own task.
+            let permit = loop {
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => break permit,
+                        Err(_) => break 'conn Ending::Drain(CLOSE_NORMAL),
+                    },
+                    queued = rx.recv() => {
+                        let Some(bytes) = queued else { break 'conn Ending::Drain(CLOSE_NORMAL) };
+                        let frame = encode_message(&bytes);
+                        if !write(&mut stream, &frame, idle_timer.as_mut(), &mut shutdown).await {
+                            break 'conn Ending::Drain(CLOSE_NORMAL);
+                        }
                     }
                 }
-            }
-        };
-        if let Some(reply) = dispatch(&core, data, flow, permit, &tx, &in_flight) {
-            // After what was queued before it, as if it went through the
-            // queue too.
-            while let Some(bytes) = rx.try_recv() {
-                if !write(&mut ws, bytes, idle_timer.as_mut(), &mut shutdown).await {
-                    break 'conn;
+            };
+            if let Some(reply) = dispatch(&core, data, flow, permit, &tx, &in_flight) {
+                // After what was queued before it, as if it went through the
+                // queue too.
+                while let Some(bytes) = rx.try_recv() {
+                    let frame = encode_message(&bytes);
+                    if !write(&mut stream, &frame, idle_timer.as_mut(), &mut shutdown).await {
+                        break 'conn Ending::Drain(CLOSE_NORMAL);
+                    }
+                }
+                let frame = encode_message(&reply);
+                if !write(&mut stream, &frame, idle_timer.as_mut(), &mut shutdown).await {
+                    break 'conn Ending::Drain(CLOSE_NORMAL);
                 }
             }
-            if !write(&mut ws, reply, idle_timer.as_mut(), &mut shutdown).await {
-                break;
-            }
         }
-    }
+        if let Some(error) = error {
+            if let FrameError::TooBig { .. } = error {
+                metrics::counter!(metric::PARSE_ERRORS).increment(1);
+                metrics::counter!(metric::DROPPED, "reason" => "ws_too_large").increment(1);
+            } else {
+                metrics::counter!(metric::DROPPED, "reason" => "ws_protocol").increment(1);
+            }
+            tracing::debug!(%peer, %error, "WebSocket connection refused");
+            break Ending::Refused(error);
+        }
+    };
     transports.connection_closed(transport, peer, id);
     drop(tx);
-    match close {
-        Some(frame) => {
-            let _ = ws.send(Message::Close(Some(frame))).await;
-        }
-        // Ended without a close of ours: write what is queued, and the
-        // replies of the messages still in flight.
-        None => {
+    let close = match ending {
+        Ending::PeerClosed(code) => encode_close_reply(code),
+        Ending::Refused(error) => encode_close(error.close_code(), error.close_reason()),
+        Ending::Drain(code) => {
+            // What is queued, and the replies of the messages still in
+            // flight, before the close.
             while let Some(bytes) = rx.recv().await {
-                if ws.send(message_of(bytes)).await.is_err() {
+                if stream.write_all(&encode_message(&bytes)).await.is_err() {
                     break;
                 }
             }
+            encode_close(code, "")
         }
-    }
+    };
     drop(rx);
-    let _ = SinkExt::close(&mut *ws).await;
+    // The close, then the end of the stream (for TLS its close_notify):
+    // bounded, for a peer that reads nothing any more.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        stream.write_all(&close).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
-/// A SIP message as a WebSocket message: text, but binary when a body is
-/// not UTF-8.
-fn message_of(bytes: Bytes) -> Message {
-    match Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => Message::Text(text),
-        Err(_) => Message::Binary(bytes),
-    }
-}
-
-/// Writes one SIP message on `ws`; `false` when the connection is done:
-/// the write failed, or the peer took nothing until the connection went
-/// idle or the node shut down.
+/// Writes one frame on `stream`; `false` when the connection is done: the
+/// write failed, or the peer took nothing until the connection went idle
+/// or the node shut down.
 async fn write<S>(
-    ws: &mut WebSocketStream<S>,
-    bytes: Bytes,
+    stream: &mut S,
+    frame: &[u8],
     idle_timer: std::pin::Pin<&mut tokio::time::Sleep>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
 {
+    let send = async {
+        stream.write_all(frame).await?;
+        stream.flush().await
+    };
     tokio::select! {
-        sent = ws.send(message_of(bytes)) => sent.is_ok(),
+        sent = send => sent.is_ok(),
         _ = idle_timer => false,
         _ = shutdown.changed() => false,
     }
