@@ -130,6 +130,9 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("CallForwardSkipped", EventCategory::Call),
     ("CallTransferred", EventCategory::Call),
     ("SourceLockedOut", EventCategory::Security),
+    ("ConferencePinRejected", EventCategory::Security),
+    ("ConferencePinAccepted", EventCategory::Security),
+    ("ConferencePinLockoutsCleared", EventCategory::Security),
     ("TokenCreated", EventCategory::Security),
     ("TokenRevoked", EventCategory::Security),
     ("MailboxPinAccepted", EventCategory::Security),
@@ -153,6 +156,7 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("ConferenceUnlocked", EventCategory::Conference),
     ("ConferenceRecordingStarted", EventCategory::Conference),
     ("ConferenceRecordingStopped", EventCategory::Conference),
+    ("ConferenceRecordingRequested", EventCategory::Conference),
     ("ConferenceEnded", EventCategory::Conference),
 ];
 
@@ -174,6 +178,9 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "ConferenceRoomCreated",
     "ConferenceRoomUpdated",
     "ConferenceRoomDeleted",
+    "ConferencePinRejected",
+    "ConferencePinAccepted",
+    "ConferencePinLockoutsCleared",
 ];
 
 /// The event types of the token stream ([`token::STREAM`]).
@@ -191,6 +198,7 @@ pub const CONFERENCE_EVENT_TYPES: &[&str] = &[
     "ConferenceUnlocked",
     "ConferenceRecordingStarted",
     "ConferenceRecordingStopped",
+    "ConferenceRecordingRequested",
     "ConferenceEnded",
 ];
 
@@ -431,6 +439,11 @@ impl Event {
                 domain::Event::ConferenceRoomCreated { .. } => "ConferenceRoomCreated",
                 domain::Event::ConferenceRoomUpdated { .. } => "ConferenceRoomUpdated",
                 domain::Event::ConferenceRoomDeleted { .. } => "ConferenceRoomDeleted",
+                domain::Event::ConferencePinRejected { .. } => "ConferencePinRejected",
+                domain::Event::ConferencePinAccepted { .. } => "ConferencePinAccepted",
+                domain::Event::ConferencePinLockoutsCleared { .. } => {
+                    "ConferencePinLockoutsCleared"
+                }
             },
             Event::User(e) => match e {
                 user::Event::UserCreated { .. } => "UserCreated",
@@ -484,6 +497,9 @@ impl Event {
                 }
                 conference::Event::ConferenceRecordingStopped { .. } => {
                     "ConferenceRecordingStopped"
+                }
+                conference::Event::ConferenceRecordingRequested { .. } => {
+                    "ConferenceRecordingRequested"
                 }
                 conference::Event::ConferenceEnded { .. } => "ConferenceEnded",
             },
