@@ -993,7 +993,7 @@ async fn count_events(node: &TestNode, ty: &str) -> usize {
 /// Waits until the conference's stream holds `n` events `ty`.
 async fn wait_for_count(node: &TestNode, ty: &str, n: usize) {
     eventually(STEP, ty, || async {
-        Ok((count_events(node).await >= n).then_some(()))
+        Ok((count_events(node, ty).await >= n).then_some(()))
     })
     .await
     .unwrap();
