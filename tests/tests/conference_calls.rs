@@ -980,3 +980,426 @@ async fn a_conference_left_running_by_a_crash_is_ended_at_the_next_start() {
     })
     .await
 }
+
+/// How many events `ty` the conference's stream holds.
+async fn count_events(node: &TestNode, ty: &str) -> usize {
+    conference_events(node)
+        .await
+        .iter()
+        .filter(|e| e.r#type == ty)
+        .count()
+}
+
+/// Waits until the conference's stream holds `n` events `ty`.
+async fn wait_for_count(node: &TestNode, ty: &str, n: usize) {
+    eventually(STEP, ty, || async {
+        Ok((count_events(node, ty).await >= n).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+fn control(conference: &str, request_id: &str) -> dialtone_api::pb::ConferenceControlRequest {
+    dialtone_api::pb::ConferenceControlRequest {
+        conference: conference.into(),
+        request_id: request_id.into(),
+    }
+}
+
+/// The stored WAV of a recording, over `GetRecordingAudio`.
+async fn recording_samples(node: &TestNode, conference: &str, audio_id: &str) -> Vec<i16> {
+    let mut stream = conferences(node)
+        .await
+        .get_recording_audio(dialtone_api::pb::GetRecordingAudioRequest {
+            conference: conference.into(),
+            audio_id: audio_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut wav = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        wav.extend_from_slice(&chunk.data);
+    }
+    dialtone_media::wav::read_wav(
+        &wav,
+        dialtone_media::wav::WavLimits {
+            max_duration_ms: 60_000,
+        },
+    )
+    .unwrap()
+}
+
+/// An operator starts a live room's recording over gRPC and stops it with
+/// the CLI: each answers once the node running the room acted (started;
+/// stored, then recorded as stopped), so the recording is listed and
+/// downloads at once, as long as it ran and with both phones' tones in
+/// it. Starting twice, stopping what is not recording and either on an
+/// ended conference are FAILED_PRECONDITION; a retried request id writes
+/// nothing. A moderator's `*2` and the API switch the same recording.
+#[tokio::test]
+async fn an_operator_starts_and_stops_a_rooms_recording_over_grpc_and_the_cli() {
+    bounded(120, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let people = users(&node, &["alice", "bob"]).await;
+        create_room(
+            &node,
+            "rec",
+            RoomChange {
+                moderator_pin: Some("1357".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut phones = Vec::new();
+        for (user, hz) in people.iter().zip(TONES) {
+            let mut phone = Phone::baresip_with_tone(user, &node, Transport::Udp, hz)
+                .await
+                .unwrap();
+            phone.registered(&node, Transport::Udp).await.unwrap();
+            phones.push(phone);
+        }
+        // alice the moderator (440 Hz), bob a participant (660 Hz).
+        for (phone, (keys, name)) in phones.iter_mut().zip([("1357#", "alice@"), ("#", "bob@")]) {
+            dial(phone, "rec").await;
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            phone.command(&format!("sndcode {keys}")).await.unwrap();
+            wait_for_event(&node, "ParticipantJoined", |d| {
+                d["caller"].as_str().unwrap_or("").starts_with(name)
+            })
+            .await;
+        }
+        let room = format!("rec@{DOMAIN}");
+        let mut api = conferences(&node).await;
+        let e = api.stop_recording(control(&room, "")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("is not being recorded"), "{e:?}");
+
+        // Started over gRPC: running when the reply comes.
+        let asked = std::time::Instant::now();
+        let started = api
+            .start_recording(control(&room, "record-1"))
+            .await
+            .unwrap()
+            .into_inner();
+        let start_ms = asked.elapsed().as_millis();
+        assert!(started.recording, "{started:?}");
+        let order = types(&conference_events(&node).await)
+            .into_iter()
+            .filter(|t| t.starts_with("ConferenceRecording"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        assert_eq!(
+            order,
+            ["ConferenceRecordingRequested", "ConferenceRecordingStarted"]
+        );
+        let e = api.start_recording(control(&room, "")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("is being recorded already"), "{e:?}");
+        // The first request again (a client's retry): the same outcome,
+        // nothing written.
+        let written = conference_events(&node).await.len();
+        let again = api
+            .start_recording(control(&room, "record-1"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(again.recording);
+        assert_eq!(conference_events(&node).await.len(), written);
+
+        // Stopped with the CLI: stored and listed when it returns.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let asked = std::time::Instant::now();
+        let out = node
+            .cli(&["conference", "stop-recording", &room])
+            .await
+            .unwrap();
+        let stop_ms = asked.elapsed().as_millis();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let found = api
+            .get_conference(dialtone_api::pb::GetConferenceRequest {
+                conference: room.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!found.recording);
+        assert_eq!(found.recordings.len(), 1, "{found:?}");
+        let first = found.recordings[0].clone();
+        assert!(
+            (2_900..4_500).contains(&first.duration_ms),
+            "{} ms recorded",
+            first.duration_ms
+        );
+        let samples = recording_samples(&node, &found.conference_id, &first.audio_id).await;
+        let stored_ms = samples.len() as u64 / 8;
+        assert!(
+            stored_ms.abs_diff(u64::from(first.duration_ms)) <= 40,
+            "{stored_ms} ms stored for a recording of {} ms",
+            first.duration_ms
+        );
+        for hz in [440, 660] {
+            let ms = heard_ms(&samples, hz);
+            assert!(ms >= 2_000, "the recording holds {hz} Hz for {ms} ms");
+        }
+        eprintln!(
+            "start answered in {start_ms} ms, stop (CLI, with its process) in {stop_ms} ms; \
+             {} ms recorded, {stored_ms} ms stored",
+            first.duration_ms
+        );
+
+        // Started over the API, stopped by the moderator's *2 ...
+        api.start_recording(control(&room, "")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        phones[0].command("sndcode *2").await.unwrap();
+        wait_for_count(&node, "ConferenceRecordingStopped", 2).await;
+        // ... and started by *2, stopped over the API.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        phones[0].command("sndcode *2").await.unwrap();
+        wait_for_count(&node, "ConferenceRecordingStarted", 3).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopped = api
+            .stop_recording(control(&room, ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!stopped.recording);
+        assert_eq!(stopped.recordings.len(), 3, "{stopped:?}");
+        assert!(stopped.recordings.iter().all(|r| r.duration_ms >= 500));
+
+        // Over: both hang up, the conference ends.
+        for phone in phones.iter_mut() {
+            hang_up(phone).await;
+        }
+        wait_for_event(&node, "ConferenceEnded", |_| true).await;
+        for e in [
+            api.start_recording(control(&found.conference_id, ""))
+                .await
+                .unwrap_err(),
+            api.stop_recording(control(&found.conference_id, ""))
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().contains("has ended"), "{e:?}");
+        }
+        let e = api
+            .start_recording(control("0191d3c6-0000-7000-8000-000000000000", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        let e = api.start_recording(control(&room, "")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        for phone in phones {
+            phone.quit().await;
+        }
+        node.stop().await.unwrap();
+    })
+    .await
+}
+
+/// The data of every event `ty` in the log, any stream.
+async fn all_of(node: &TestNode, ty: &str) -> Vec<serde_json::Value> {
+    read_all(node)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.r#type == ty)
+        .map(data)
+        .collect()
+}
+
+/// Waits until an event `ty` of any conference names a caller starting
+/// with `caller`.
+async fn wait_for_any(node: &TestNode, ty: &str, caller: &str) {
+    eventually(STEP, ty, || async {
+        Ok(all_of(node, ty)
+            .await
+            .iter()
+            .any(|d| d["caller"].as_str().unwrap_or("").starts_with(caller))
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// Wrong PINs count across calls: alice (authenticated) gets three tries
+/// on her first call and two on her second, whose fifth wrong PIN locks
+/// her out (she hears so and is hung up on); her next call is refused
+/// (403) before any PIN, so not even the right one gets in; the room
+/// shows the lock-out over gRPC; an operator clears it with the CLI and
+/// the right PIN then joins. bob, another caller, is never locked out.
+#[tokio::test]
+async fn wrong_pins_over_several_calls_lock_the_caller_out_until_an_operator_resets_it() {
+    bounded(120, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let people = users(&node, &["alice", "bob"]).await;
+        create_room(
+            &node,
+            "board",
+            RoomChange {
+                pin: Some("2468".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let room = format!("board@{DOMAIN}");
+        let alice_key = format!("alice@{DOMAIN}");
+        let mut alice = Phone::baresip(&people[0], &node, Transport::Udp)
+            .await
+            .unwrap();
+        alice.registered(&node, Transport::Udp).await.unwrap();
+        // Call 1: three wrong PINs, hung up on.
+        let over = alice.calls_over();
+        dial(&mut alice, "board").await;
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            alice.command("sndcode 1111#").await.unwrap();
+        }
+        ended(&alice, over).await;
+        // Call 2: the second wrong PIN is her fifth: locked out.
+        let over = alice.calls_over();
+        dial(&mut alice, "board").await;
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            alice.command("sndcode 9999#").await.unwrap();
+        }
+        ended(&alice, over).await;
+        let strikes = all_of(&node, "ConferencePinRejected").await;
+        assert_eq!(strikes.len(), 5, "{strikes:?}");
+        assert!(strikes.iter().all(|s| s["caller"] == alice_key.as_str()));
+        assert!(strikes.iter().all(|s| s["authenticated"] == true));
+        let failures: Vec<u64> = strikes
+            .iter()
+            .map(|s| s["strikes"]["failures"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            failures,
+            [1, 2, 3, 4, 0],
+            "the fifth locks (and restarts the count)"
+        );
+        let locked_until = strikes[4]["strikes"]["locked_until"].as_i64().unwrap();
+        let rejected_at = strikes[4]["rejected_at"].as_i64().unwrap();
+        assert_eq!(locked_until - rejected_at, 15 * 60 * 1_000_000);
+        assert!(strikes[..4]
+            .iter()
+            .all(|s| s["strikes"].get("locked_until").is_none()));
+        // What she heard on call 2 ends with the lock-out prompt (4.3 s of
+        // speech), not the "three times" one (call 2 had only two tries).
+        let heard = recording(&alice);
+        let loud = heard.iter().filter(|s| s.unsigned_abs() > 2000).count();
+        assert!(
+            loud > 8_000,
+            "alice heard the prompts ({loud} loud samples)"
+        );
+        // Only the two turned-away calls are in conferences: each
+        // `wrong_pin`.
+        let turned: Vec<_> = all_of(&node, "ParticipantLeft")
+            .await
+            .iter()
+            .map(|d| d["reason"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(turned, ["wrong_pin", "wrong_pin"]);
+
+        // Call 3: refused before any PIN (403), nothing written.
+        let conferences_held = all_of(&node, "ConferenceStarted").await.len();
+        alice
+            .command(&format!("dial board@{DOMAIN}"))
+            .await
+            .unwrap();
+        eventually(STEP, "the call to be refused", || async {
+            Ok(alice.output.text().contains("403").then_some(()))
+        })
+        .await
+        .map_err(|e| alice.fail(e))
+        .unwrap();
+        // No conference started for it, no strike written.
+        assert_eq!(
+            all_of(&node, "ConferenceStarted").await.len(),
+            conferences_held
+        );
+        assert_eq!(all_of(&node, "ConferencePinRejected").await.len(), 5);
+
+        // The room shows it.
+        let mut api = conferences(&node).await;
+        let shown = api
+            .get_room(dialtone_api::pb::GetRoomRequest {
+                address: room.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(shown.pin_lockouts.len(), 1, "{shown:?}");
+        assert_eq!(shown.pin_lockouts[0].caller, alice_key);
+        let strikes = shown.pin_lockouts[0].strikes.clone().unwrap();
+        assert_eq!(strikes.lockouts, 1);
+        assert!(strikes.locked_until.is_some());
+        assert!(shown.room_pin_strikes.is_none(), "alice authenticated");
+        let out = node.cli(&["conference", "get", &room]).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&alice_key) && text.contains("locked until"),
+            "{text}"
+        );
+
+        // bob, another caller, is not locked out: the right PIN joins.
+        let mut bob = Phone::baresip_with_tone(&people[1], &node, Transport::Udp, 660)
+            .await
+            .unwrap();
+        bob.registered(&node, Transport::Udp).await.unwrap();
+        dial(&mut bob, "board").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        bob.command("sndcode 2468#").await.unwrap();
+        wait_for_any(&node, "ParticipantJoined", "bob@").await;
+
+        // An operator clears alice's lock-out; the right PIN gets her in.
+        let out = node
+            .cli(&[
+                "conference",
+                "reset-pin-lockouts",
+                &room,
+                "--caller",
+                &alice_key,
+            ])
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cleared = all_of(&node, "ConferencePinLockoutsCleared").await;
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0]["caller"], alice_key.as_str());
+        let shown = api
+            .get_room(dialtone_api::pb::GetRoomRequest {
+                address: room.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(shown.pin_lockouts.is_empty(), "{shown:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let over = alice.calls_over();
+        dial(&mut alice, "board").await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        alice.command("sndcode 2468#").await.unwrap();
+        wait_for_any(&node, "ParticipantJoined", "alice@").await;
+        // A right PIN after no strikes writes nothing more.
+        assert_eq!(all_of(&node, "ConferencePinRejected").await.len(), 5);
+        hang_up(&mut alice).await;
+        assert!(alice.calls_over() > over);
+        alice.quit().await;
+        bob.quit().await;
+        node.stop().await.unwrap();
+    })
+    .await
+}

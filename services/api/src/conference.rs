@@ -9,7 +9,10 @@
 //! (mute, unmute, kick, mute all, kick all, lock, unlock) through the
 //! conference's actor, each control durable before the reply. The API
 //! never touches media: the node's conference application follows the
-//! conference's events and applies them. A conference belongs to its
+//! conference's events and applies them. Starting and stopping the
+//! recording are requests the node running the room acts on (only it has
+//! the audio, and a stop is written after the audio is stored): the reply
+//! waits for its answer on the conference, at most `RECORDING_WAIT`. A conference belongs to its
 //! room's domain: another domain's token gets NOT_FOUND, as for an id
 //! nobody used. A conference's stopped recordings are listed with it and
 //! streamed from the blob store (`GetRecordingAudio`).
@@ -34,6 +37,11 @@ use crate::pb::conference_service_server::ConferenceService;
 use crate::pb::*;
 use crate::provisioning::{domain_ref, meta};
 use crate::{convert, status};
+
+/// How long `StartRecording` / `StopRecording` wait for the node running
+/// the room to act on the request (it does within tens of milliseconds;
+/// this bounds a node that is gone or failing).
+const RECORDING_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a read waits for the conference index to fold in what the log
 /// held when the request came (it follows the log's head within
@@ -180,6 +188,47 @@ impl ConferenceApi {
                 .map_err(status::from_actor)
         })
         .await
+    }
+
+    /// Writes an operator's recording request, then waits for the node
+    /// running the room to act on it: the conference after.
+    async fn recording_control(
+        &self,
+        request: Request<ConferenceControlRequest>,
+        control: Control,
+    ) -> Result<Response<Conference>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, None)?;
+        let (current, address) = self.resolve(access, &req.conference).await?;
+        let requested = self
+            .provisioning
+            .control_conference(&current, control, meta)
+            .await
+            .map_err(status::from_actor)?;
+        let acted = self
+            .provisioning
+            .await_recording(requested.id, RECORDING_WAIT)
+            .await
+            .map_err(status::from_actor)?;
+        let Some(after) = acted else {
+            return Err(Status::deadline_exceeded(format!(
+                "no node acted on the recording request of conference {} within {} s \
+                 (is the node running its room up?); the request stays pending",
+                requested.id,
+                RECORDING_WAIT.as_secs()
+            )));
+        };
+        if control == Control::StartRecording
+            && after.conference.recording.is_none()
+            && after.conference.status == dialtone_domain::conference::Status::Ended
+        {
+            return Err(Status::failed_precondition(format!(
+                "conference {} ended before its recording started",
+                after.id
+            )));
+        }
+        Ok(Response::new(conference_pb(&after, &address)))
     }
 
     async fn conference_control(
@@ -371,6 +420,23 @@ impl ConferenceService for ConferenceApi {
         Ok(Response::new(convert::conference_room(&info)))
     }
 
+    async fn reset_pin_lockouts(
+        &self,
+        request: Request<ResetPinLockoutsRequest>,
+    ) -> Result<Response<ConferenceRoom>, Status> {
+        let access = auth::access(&request);
+        let req = request.into_inner();
+        let meta = meta(&req.request_id, None)?;
+        let address = room_address(&req.address, &access)?;
+        let caller = Some(req.caller.trim().to_owned()).filter(|c| !c.is_empty());
+        let info = self
+            .provisioning
+            .reset_conference_pin_lockouts(&address, caller, meta)
+            .await
+            .map_err(status::from_actor)?;
+        Ok(Response::new(convert::conference_room(&info)))
+    }
+
     async fn list_conferences(
         &self,
         request: Request<ListConferencesRequest>,
@@ -502,5 +568,21 @@ impl ConferenceService for ConferenceApi {
         request: Request<ConferenceControlRequest>,
     ) -> Result<Response<Conference>, Status> {
         self.conference_control(request, Control::Unlock).await
+    }
+
+    async fn start_recording(
+        &self,
+        request: Request<ConferenceControlRequest>,
+    ) -> Result<Response<Conference>, Status> {
+        self.recording_control(request, Control::StartRecording)
+            .await
+    }
+
+    async fn stop_recording(
+        &self,
+        request: Request<ConferenceControlRequest>,
+    ) -> Result<Response<Conference>, Status> {
+        self.recording_control(request, Control::StopRecording)
+            .await
     }
 }

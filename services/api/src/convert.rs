@@ -126,9 +126,20 @@ pub fn ring_group_settings(g: &dialtone_domain::ring_group::RingGroup) -> pb::Ri
 
 /// A conference room as the API shows it.
 pub fn conference_room(info: &dialtone_actors::ConferenceRoomInfo) -> pb::ConferenceRoom {
+    let guard = &info.pin_guard;
     pb::ConferenceRoom {
         address: info.address.to_string(),
         version: info.version.unwrap_or_default(),
+        pin_lockouts: guard
+            .callers
+            .iter()
+            .map(|(caller, strikes)| pb::PinLockout {
+                caller: caller.clone(),
+                strikes: Some(crate::payload::pin_strikes(strikes)),
+            })
+            .collect(),
+        room_pin_strikes: (guard.room != Default::default())
+            .then(|| crate::payload::pin_strikes(&guard.room)),
         ..room_settings(&info.room)
     }
 }
@@ -147,6 +158,8 @@ pub fn room_settings(r: &dialtone_domain::conference_room::Room) -> pb::Conferen
         record: r.record,
         muted_on_entry: r.muted_on_entry,
         version: 0,
+        pin_lockouts: Vec::new(),
+        room_pin_strikes: None,
     }
 }
 

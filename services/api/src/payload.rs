@@ -187,6 +187,36 @@ fn domain_payload(e: domain::Event) -> P {
         E::DialPlanChanged { plan } => P::DialPlanChanged(pb::DialPlanChanged {
             plan: Some(dial_plan(&plan)),
         }),
+        E::ConferencePinRejected {
+            name,
+            caller,
+            authenticated,
+            strikes,
+            room_strikes,
+            rejected_at,
+        } => P::ConferencePinRejected(pb::ConferencePinRejected {
+            name: name.to_string(),
+            caller,
+            authenticated,
+            strikes: Some(pin_strikes(&strikes)),
+            room_strikes: room_strikes.as_ref().map(pin_strikes),
+            rejected_at: timestamp(rejected_at),
+        }),
+        E::ConferencePinAccepted { name, caller } => {
+            P::ConferencePinAccepted(pb::ConferencePinAccepted {
+                name: name.to_string(),
+                caller,
+            })
+        }
+        E::ConferencePinLockoutsCleared {
+            name,
+            caller,
+            cleared_at,
+        } => P::ConferencePinLockoutsCleared(pb::ConferencePinLockoutsCleared {
+            name: name.to_string(),
+            caller: caller.unwrap_or_default(),
+            cleared_at: timestamp(cleared_at),
+        }),
     }
 }
 
@@ -286,6 +316,16 @@ fn number_payload(e: number::Event) -> P {
             number: number.to_string(),
             domain_id: domain_id.to_string(),
         }),
+    }
+}
+
+/// A room's or a caller's wrong PINs as the API shows them.
+pub fn pin_strikes(s: &dialtone_domain::conference_pin::Strikes) -> pb::PinStrikes {
+    pb::PinStrikes {
+        failures: s.failures,
+        last_failure_at: timestamp(s.last_failure_at),
+        locked_until: s.locked_until.and_then(timestamp),
+        lockouts: s.lockouts,
     }
 }
 
@@ -397,6 +437,13 @@ fn conference_payload(e: conference::Event) -> P {
             audio: audio.to_string(),
             duration_ms,
             stopped_at: timestamp(stopped_at),
+        }),
+        E::ConferenceRecordingRequested {
+            action,
+            requested_at,
+        } => P::ConferenceRecordingRequested(pb::ConferenceRecordingRequested {
+            action: action.as_str().to_owned(),
+            requested_at: timestamp(requested_at),
         }),
         E::ConferenceEnded { reason, ended_at } => P::ConferenceEnded(pb::ConferenceEnded {
             reason: end_reason(reason) as i32,
@@ -818,6 +865,9 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::ConferenceRoomCreated(_) => "ConferenceRoomCreated",
         P::ConferenceRoomUpdated(_) => "ConferenceRoomUpdated",
         P::ConferenceRoomDeleted(_) => "ConferenceRoomDeleted",
+        P::ConferencePinRejected(_) => "ConferencePinRejected",
+        P::ConferencePinAccepted(_) => "ConferencePinAccepted",
+        P::ConferencePinLockoutsCleared(_) => "ConferencePinLockoutsCleared",
         P::ConferenceStarted(_) => "ConferenceStarted",
         P::ParticipantJoined(_) => "ParticipantJoined",
         P::ParticipantLeft(_) => "ParticipantLeft",
@@ -828,6 +878,7 @@ pub fn type_name(payload: &pb::EventPayload) -> Option<&'static str> {
         P::ConferenceUnlocked(_) => "ConferenceUnlocked",
         P::ConferenceRecordingStarted(_) => "ConferenceRecordingStarted",
         P::ConferenceRecordingStopped(_) => "ConferenceRecordingStopped",
+        P::ConferenceRecordingRequested(_) => "ConferenceRecordingRequested",
         P::ConferenceEnded(_) => "ConferenceEnded",
         P::TrunkCreated(_) => "TrunkCreated",
         P::TrunkUpdated(_) => "TrunkUpdated",

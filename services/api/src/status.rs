@@ -29,7 +29,10 @@ pub fn from_domain(error: DomainError) -> Status {
         DomainError::NotFound(_) => Status::not_found(error.to_string()),
         DomainError::FailedPrecondition(_)
         | DomainError::OutOfOrder(_)
-        | DomainError::Mailbox(_) => Status::failed_precondition(error.to_string()),
+        | DomainError::Mailbox(_)
+        | DomainError::ConferencePinLockedOut { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
     }
 }
 

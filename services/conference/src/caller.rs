@@ -56,6 +56,10 @@ pub struct Settings {
     pub moderator_pin: Option<PinHash>,
     pub wait_for_moderator: bool,
     pub tones: bool,
+    /// Each PIN entered (some digits) is checked against the room's
+    /// lock-out across calls ([`Action::CheckPin`]) before it counts:
+    /// the node's rooms do; `false` decides on the hashes alone.
+    pub pin_lockout: bool,
 }
 
 impl Settings {
@@ -66,6 +70,7 @@ impl Settings {
             moderator_pin: room.moderator_pin.clone(),
             wait_for_moderator: room.wait_for_moderator,
             tones: room.tones,
+            pin_lockout: true,
         }
     }
 }
@@ -119,6 +124,21 @@ pub enum Refusal {
     Unavailable,
 }
 
+/// The room's lock-out on a PIN entered ([`Action::CheckPin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinVerdict {
+    /// The right PIN, and the caller is not locked out.
+    Accepted,
+    /// A wrong PIN, counted; the caller may try again (up to
+    /// [`MAX_PIN_TRIES`] this call).
+    Rejected,
+    /// The caller is locked out (by this wrong PIN or before it): told so,
+    /// turned away.
+    LockedOut,
+    /// The lock-out could not be checked (the log failing).
+    Unavailable,
+}
+
 /// What happened on the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -138,6 +158,8 @@ pub enum Input {
     Refused(Refusal),
     /// A moderator joined while this caller waited.
     ModeratorArrived,
+    /// The answer to [`Action::CheckPin`].
+    PinChecked(PinVerdict),
     /// The answer to [`Action::Moderate`]: what it did, or `None` when it
     /// could not be done.
     Moderated(Option<Outcome>),
@@ -164,6 +186,11 @@ pub enum Action {
     Join {
         moderator: bool,
     },
+    /// Record a PIN entered (right or wrong) against the room's lock-out
+    /// across calls; [`Input::PinChecked`] answers.
+    CheckPin {
+        right: bool,
+    },
     /// The caller hears the room, and is heard unless muted.
     EnterRoom,
     /// Record the caller as turned away for this reason (it never
@@ -186,6 +213,12 @@ enum State {
     Pin {
         digits: String,
         tries: u32,
+    },
+    /// Waiting for [`Input::PinChecked`]: `moderator` is what a right PIN
+    /// makes of the caller.
+    PinCheck {
+        tries: u32,
+        moderator: bool,
     },
     Joining,
     Waiting,
@@ -295,6 +328,27 @@ impl Caller {
                 self.timer = None;
                 self.submit_pin()
             }
+            (State::PinCheck { tries, moderator }, Input::PinChecked(verdict)) => {
+                let (tries, moderator) = (*tries, *moderator);
+                match verdict {
+                    PinVerdict::Accepted => {
+                        self.state = State::Joining;
+                        vec![Action::Join { moderator }]
+                    }
+                    PinVerdict::Rejected => self.wrong_pin(tries),
+                    PinVerdict::LockedOut => {
+                        self.state = State::Leaving;
+                        vec![
+                            Action::Play(vec![Prompt::PinLockedOut]),
+                            Action::TurnAway(LeaveReason::WrongPin),
+                        ]
+                    }
+                    PinVerdict::Unavailable => {
+                        self.state = State::Leaving;
+                        vec![Action::Play(vec![Prompt::NotAvailable])]
+                    }
+                }
+            }
             (
                 State::Joining,
                 Input::Joined {
@@ -387,13 +441,31 @@ impl Caller {
             Some(pin) => !entered.is_empty() && pin.matches(&entered),
             None => entered.is_empty(),
         };
+        let tries = *tries;
+        if self.settings.pin_lockout && !entered.is_empty() {
+            // Counted (or refused) across calls before it counts here.
+            self.timer = None;
+            self.state = State::PinCheck { tries, moderator };
+            return vec![
+                Action::StopPlayback,
+                Action::CheckPin {
+                    right: moderator || participant,
+                },
+            ];
+        }
         if moderator || participant {
             self.timer = None;
             self.state = State::Joining;
             return vec![Action::StopPlayback, Action::Join { moderator }];
         }
-        *tries += 1;
-        if *tries >= MAX_PIN_TRIES {
+        self.wrong_pin(tries)
+    }
+
+    /// A wrong entry, the caller's `tries`th before it: told and asked
+    /// again, or turned away after [`MAX_PIN_TRIES`].
+    fn wrong_pin(&mut self, tries: u32) -> Vec<Action> {
+        let tries = tries + 1;
+        if tries >= MAX_PIN_TRIES {
             self.timer = None;
             self.state = State::Leaving;
             return vec![
@@ -402,6 +474,10 @@ impl Caller {
                 Action::TurnAway(LeaveReason::WrongPin),
             ];
         }
+        self.state = State::Pin {
+            digits: String::new(),
+            tries,
+        };
         vec![
             Action::StopPlayback,
             Action::Play(vec![Prompt::WrongPin, Prompt::EnterPin]),
@@ -462,6 +538,76 @@ mod tests {
             muted: false,
             moderator_present: moderator,
         }
+    }
+
+    fn guarded_room() -> Settings {
+        Settings {
+            pin_lockout: true,
+            ..pin_room()
+        }
+    }
+
+    #[test]
+    fn with_the_lock_out_every_entry_is_checked_before_it_counts() {
+        let mut caller = Caller::new(guarded_room());
+        caller.on(Input::Answered);
+        // Wrong: checked, then counted as a try when the room says so.
+        assert_eq!(
+            keys(&mut caller, "1111#").last(),
+            Some(&Action::CheckPin { right: false })
+        );
+        // Keys while it is checked are ignored.
+        assert!(keys(&mut caller, "2468#").is_empty());
+        let actions = caller.on(Input::PinChecked(PinVerdict::Rejected));
+        assert!(actions.contains(&Action::Play(vec![Prompt::WrongPin, Prompt::EnterPin])));
+        // The moderator PIN, accepted: joins as a moderator.
+        assert_eq!(
+            keys(&mut caller, "1357#").last(),
+            Some(&Action::CheckPin { right: true })
+        );
+        assert_eq!(
+            caller.on(Input::PinChecked(PinVerdict::Accepted)),
+            vec![Action::Join { moderator: true }]
+        );
+    }
+
+    #[test]
+    fn a_locked_out_caller_is_told_and_turned_away_even_with_the_right_pin() {
+        let mut caller = Caller::new(guarded_room());
+        caller.on(Input::Answered);
+        assert_eq!(
+            keys(&mut caller, "2468#").last(),
+            Some(&Action::CheckPin { right: true })
+        );
+        assert_eq!(
+            caller.on(Input::PinChecked(PinVerdict::LockedOut)),
+            vec![
+                Action::Play(vec![Prompt::PinLockedOut]),
+                Action::TurnAway(LeaveReason::WrongPin),
+            ]
+        );
+        assert_eq!(caller.on(Input::PlaybackDone), vec![Action::HangUp]);
+        assert!(caller.is_done());
+    }
+
+    #[test]
+    fn three_rejected_entries_still_end_the_call_and_an_empty_one_is_not_checked() {
+        let mut caller = Caller::new(guarded_room());
+        caller.on(Input::Answered);
+        // An empty entry is no guess: a try, but nothing to check.
+        let actions = keys(&mut caller, "#");
+        assert!(!actions.iter().any(|a| matches!(a, Action::CheckPin { .. })));
+        keys(&mut caller, "1111#");
+        caller.on(Input::PinChecked(PinVerdict::Rejected));
+        keys(&mut caller, "2222#");
+        assert_eq!(
+            caller.on(Input::PinChecked(PinVerdict::Rejected)),
+            vec![
+                Action::StopPlayback,
+                Action::Play(vec![Prompt::TooManyTries]),
+                Action::TurnAway(LeaveReason::WrongPin),
+            ]
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ prompts! {
     AllMuted => "all_muted", "All participants are muted.";
     ModeratorsOnly => "moderators_only", "Only a moderator can do that.";
     NotAvailable => "not_available", "Sorry, that is not possible now.";
+    PinLockedOut => "pin_locked_out", "Too many wrong PINs. Please try again later. Goodbye.";
 }
 
 /// A tone a room plays.

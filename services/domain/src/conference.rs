@@ -171,6 +171,25 @@ pub struct Participant {
     pub joined_at: Timestamp,
 }
 
+/// What an operator asked of the room's recording: the node that runs the
+/// room acts on it (it alone holds the audio) and writes
+/// `ConferenceRecordingStarted` or `ConferenceRecordingStopped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingAction {
+    Start,
+    Stop,
+}
+
+impl RecordingAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingAction::Start => "start",
+            RecordingAction::Stop => "stop",
+        }
+    }
+}
+
 /// A recording in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recording {
@@ -201,6 +220,12 @@ pub struct Conference {
     pub locked: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<Recording>,
+    /// An operator's request to start or stop the recording that the node
+    /// running the room has not acted on yet: cleared by the next
+    /// `ConferenceRecordingStarted`, `ConferenceRecordingStopped` (whoever
+    /// wrote it: a moderator's `*2` answers it as well) or the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_requested: Option<RecordingAction>,
     /// The recordings made in it, in the order they stopped (read with a
     /// default from snapshots taken before they were kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -269,6 +294,14 @@ pub enum Command {
     Unlock,
     StartRecording {
         audio: AudioId,
+    },
+    /// An operator asks the node running the room to start or stop the
+    /// recording (only that node has the audio, and the stop must be
+    /// written after the audio is stored): refused when the recording
+    /// already is what is asked; a request like the one pending writes
+    /// nothing.
+    RequestRecording {
+        action: RecordingAction,
     },
     /// The recording stopped; `duration_ms` is the length of the audio
     /// stored.
@@ -340,6 +373,13 @@ pub enum Event {
         audio: AudioId,
         duration_ms: u32,
         stopped_at: Timestamp,
+    },
+    /// An operator asked for the recording to start or stop; the node that
+    /// runs the room answers with `ConferenceRecordingStarted` or
+    /// `ConferenceRecordingStopped`.
+    ConferenceRecordingRequested {
+        action: RecordingAction,
+        requested_at: Timestamp,
     },
     ConferenceEnded {
         reason: EndReason,
@@ -538,6 +578,25 @@ pub fn decide(
                 started_at: now,
             }])
         }
+        C::RequestRecording { action } => {
+            match action {
+                RecordingAction::Start if state.recording.is_some() => {
+                    return Err(Refusal::AlreadyRecording)
+                }
+                RecordingAction::Stop if state.recording.is_none() => {
+                    return Err(Refusal::NotRecording)
+                }
+                _ => {}
+            }
+            Ok(if state.recording_requested == Some(*action) {
+                vec![]
+            } else {
+                vec![Event::ConferenceRecordingRequested {
+                    action: *action,
+                    requested_at: now,
+                }]
+            })
+        }
         C::StopRecording { duration_ms } => {
             let recording = state.recording.as_ref().ok_or(Refusal::NotRecording)?;
             Ok(vec![Event::ConferenceRecordingStopped {
@@ -717,7 +776,11 @@ pub fn evolve(mut state: Conference, event: &Event) -> Conference {
         }
         Event::ConferenceLocked { .. } => state.locked = true,
         Event::ConferenceUnlocked { .. } => state.locked = false,
+        Event::ConferenceRecordingRequested { action, .. } => {
+            state.recording_requested = Some(*action);
+        }
         Event::ConferenceRecordingStarted { audio, started_at } => {
+            state.recording_requested = None;
             state.recording = Some(Recording {
                 audio: audio.clone(),
                 started_at: *started_at,
@@ -726,6 +789,7 @@ pub fn evolve(mut state: Conference, event: &Event) -> Conference {
         Event::ConferenceRecordingStopped {
             audio, duration_ms, ..
         } => {
+            state.recording_requested = None;
             let started_at = state
                 .recording
                 .take()
@@ -738,6 +802,7 @@ pub fn evolve(mut state: Conference, event: &Event) -> Conference {
             });
         }
         Event::ConferenceEnded { ended_at, .. } => {
+            state.recording_requested = None;
             state.status = Status::Ended;
             state.ended_at = Some(*ended_at);
         }
@@ -1124,6 +1189,85 @@ mod tests {
             decide(&state, &Command::StartRecording { audio }, T0),
             Err(Refusal::AlreadyRecording)
         );
+    }
+
+    #[test]
+    fn an_operators_recording_request_waits_for_the_room_and_any_start_or_stop_answers_it() {
+        let audio = AudioId::from_random([3; 16]);
+        let start_request = Command::RequestRecording {
+            action: RecordingAction::Start,
+        };
+        let stop_request = Command::RequestRecording {
+            action: RecordingAction::Stop,
+        };
+        let (state, events) = run(&[start(10, false, false), join(1, false)]);
+        assert!(events.len() == 2 && state.recording_requested.is_none());
+        assert_eq!(
+            decide(&state, &stop_request, T0),
+            Err(Refusal::NotRecording)
+        );
+        let requested = decide(&state, &start_request, T0 + 5).unwrap();
+        assert_eq!(
+            requested,
+            vec![Event::ConferenceRecordingRequested {
+                action: RecordingAction::Start,
+                requested_at: T0 + 5
+            }]
+        );
+        let state = requested.iter().fold(state, evolve);
+        assert_eq!(state.recording_requested, Some(RecordingAction::Start));
+        assert!(state.recording.is_none(), "nothing records before the node");
+        // A second request while the first waits writes nothing.
+        assert_eq!(decide(&state, &start_request, T0 + 6), Ok(vec![]));
+        // The node starts it: the request is answered.
+        let started = decide(
+            &state,
+            &Command::StartRecording {
+                audio: audio.clone(),
+            },
+            T0 + 7,
+        )
+        .unwrap();
+        let state = started.iter().fold(state, evolve);
+        assert!(state.recording_requested.is_none());
+        assert_eq!(
+            decide(&state, &start_request, T0 + 8),
+            Err(Refusal::AlreadyRecording)
+        );
+        let state = decide(&state, &stop_request, T0 + 9)
+            .unwrap()
+            .iter()
+            .fold(state, evolve);
+        assert_eq!(state.recording_requested, Some(RecordingAction::Stop));
+        assert!(state.recording.is_some(), "still recording until stored");
+        let state = decide(
+            &state,
+            &Command::StopRecording { duration_ms: 1_500 },
+            T0 + 10,
+        )
+        .unwrap()
+        .iter()
+        .fold(state, evolve);
+        assert!(state.recording_requested.is_none() && state.recording.is_none());
+        assert_eq!(state.recordings.len(), 1);
+        assert_eq!(state.recordings[0].duration_ms, 1_500);
+        // A request pending when the conference ends is dropped with it.
+        let state = decide(&state, &start_request, T0 + 11)
+            .unwrap()
+            .iter()
+            .fold(state, evolve);
+        let state = decide(
+            &state,
+            &Command::End {
+                reason: EndReason::Requested,
+            },
+            T0 + 12,
+        )
+        .unwrap()
+        .iter()
+        .fold(state, evolve);
+        assert!(state.recording_requested.is_none());
+        assert_eq!(decide(&state, &start_request, T0 + 13), Err(Refusal::Ended));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conference_pin::{self, PinGuard, Strikes};
 use crate::conference_room::{Room, RoomPatch};
 use crate::dial_plan::DialPlan;
 use crate::feature_codes::{self, FeatureCodes};
@@ -422,6 +423,10 @@ pub struct Domain {
     /// Which trunk what the users dial leaves by ([`crate::dial_plan`]).
     #[serde(default, skip_serializing_if = "is_empty_plan")]
     pub dial_plan: DialPlan,
+    /// Wrong PINs entered by phone, per room with any
+    /// ([`crate::conference_pin`]). (`default`: snapshots from before.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conference_pin_guards: BTreeMap<UserName, PinGuard>,
 }
 
 fn is_empty_plan(plan: &DialPlan) -> bool {
@@ -525,6 +530,12 @@ pub enum Command {
     /// it names must be a user of the domain).
     SetDialPlan {
         plan: DialPlan,
+    },
+    /// A PIN entered by phone in the room `name`, or an operator clearing
+    /// its lock-outs ([`crate::conference_pin`]).
+    ConferencePin {
+        name: UserName,
+        command: conference_pin::Command,
     },
 }
 
@@ -634,6 +645,32 @@ pub enum Event {
     /// The dial plan after the change (all of it).
     DialPlanChanged {
         plan: Box<DialPlan>,
+    },
+    /// A wrong PIN entered by phone in the room `name` (category
+    /// `security`): the caller's strikes after it and, for a caller not
+    /// authenticated, the room's.
+    ConferencePinRejected {
+        name: UserName,
+        /// `user@domain` when authenticated, else the source IP address.
+        caller: String,
+        authenticated: bool,
+        strikes: Strikes,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_strikes: Option<Strikes>,
+        rejected_at: Timestamp,
+    },
+    /// The right PIN from a caller with strikes: they are cleared.
+    ConferencePinAccepted {
+        name: UserName,
+        caller: String,
+    },
+    /// An operator cleared a caller's strikes, or (no `caller`) all of the
+    /// room's.
+    ConferencePinLockoutsCleared {
+        name: UserName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller: Option<String>,
+        cleared_at: Timestamp,
     },
 }
 
@@ -923,6 +960,29 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
                 plan: Box::new(plan.clone()),
             }])
         }
+        C::ConferencePin { name, command } => {
+            require_exists(state)?;
+            if !state.conference_rooms.contains_key(name) {
+                return Err(Error::NotFound(format!(
+                    "conference room {}",
+                    state.address_of(name)
+                )));
+            }
+            let guard = state
+                .conference_pin_guards
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
+            let change = conference_pin::decide(&guard, command, now).map_err(|locked| {
+                Error::ConferencePinLockedOut {
+                    until: locked.until,
+                }
+            })?;
+            Ok(change
+                .map(|change| pin_event(name, change))
+                .into_iter()
+                .collect())
+        }
         C::RecordLockout(lockout) => {
             require_exists(state)?;
             if lockout.source.parse::<std::net::IpAddr>().is_err() {
@@ -946,6 +1006,76 @@ pub fn decide(state: &Domain, command: &Command, now: Timestamp) -> Result<Vec<E
             }])
         }
     }
+}
+
+/// A room's guard change as the domain's event.
+fn pin_event(name: &UserName, change: conference_pin::Change) -> Event {
+    let name = name.clone();
+    match change {
+        conference_pin::Change::Rejected {
+            caller,
+            authenticated,
+            strikes,
+            room,
+            at,
+        } => Event::ConferencePinRejected {
+            name,
+            caller,
+            authenticated,
+            strikes,
+            room_strikes: room,
+            rejected_at: at,
+        },
+        conference_pin::Change::Accepted { caller } => {
+            Event::ConferencePinAccepted { name, caller }
+        }
+        conference_pin::Change::Cleared { caller, at } => Event::ConferencePinLockoutsCleared {
+            name,
+            caller,
+            cleared_at: at,
+        },
+    }
+}
+
+/// The guard change a domain event is, if it is one.
+fn pin_change(event: &Event) -> Option<(&UserName, conference_pin::Change)> {
+    Some(match event {
+        Event::ConferencePinRejected {
+            name,
+            caller,
+            authenticated,
+            strikes,
+            room_strikes,
+            rejected_at,
+        } => (
+            name,
+            conference_pin::Change::Rejected {
+                caller: caller.clone(),
+                authenticated: *authenticated,
+                strikes: strikes.clone(),
+                room: room_strikes.clone(),
+                at: *rejected_at,
+            },
+        ),
+        Event::ConferencePinAccepted { name, caller } => (
+            name,
+            conference_pin::Change::Accepted {
+                caller: caller.clone(),
+            },
+        ),
+        Event::ConferencePinLockoutsCleared {
+            name,
+            caller,
+            cleared_at,
+        } => (
+            name,
+            conference_pin::Change::Cleared {
+                caller: caller.clone(),
+                at: *cleared_at,
+            },
+        ),
+        _ => return None,
+    })
 }
 
 fn require_active(state: &Domain) -> Result<()> {
@@ -1015,6 +1145,7 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
             state.conference_rooms.clear();
             state.trunks.clear();
             state.dial_plan = DialPlan::default();
+            state.conference_pin_guards.clear();
             state.created_at = *created_at;
         }
         Event::DomainUpdated { settings } => state.settings = settings.clone(),
@@ -1047,14 +1178,32 @@ pub fn evolve(mut state: Domain, event: &Event) -> Domain {
         Event::RingGroupDeleted { name } => {
             state.ring_groups.remove(name);
         }
-        Event::ConferenceRoomCreated { name, room }
-        | Event::ConferenceRoomUpdated { name, room } => {
+        Event::ConferenceRoomCreated { name, room } => {
+            // A new room starts without strikes.
+            state.conference_pin_guards.remove(name);
+            state
+                .conference_rooms
+                .insert(name.clone(), (**room).clone());
+        }
+        Event::ConferenceRoomUpdated { name, room } => {
             state
                 .conference_rooms
                 .insert(name.clone(), (**room).clone());
         }
         Event::ConferenceRoomDeleted { name } => {
             state.conference_rooms.remove(name);
+            state.conference_pin_guards.remove(name);
+        }
+        Event::ConferencePinRejected { .. }
+        | Event::ConferencePinAccepted { .. }
+        | Event::ConferencePinLockoutsCleared { .. } => {
+            if let Some((name, change)) = pin_change(event) {
+                let guard = state.conference_pin_guards.remove(name).unwrap_or_default();
+                let guard = conference_pin::evolve(guard, &change);
+                if !guard.is_empty() {
+                    state.conference_pin_guards.insert(name.clone(), guard);
+                }
+            }
         }
         Event::TrunkCreated { name, trunk } | Event::TrunkUpdated { name, trunk } => {
             state.trunks.insert(name.clone(), (**trunk).clone());

@@ -131,6 +131,9 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("CallForwardSkipped", EventCategory::Call),
     ("CallTransferred", EventCategory::Call),
     ("SourceLockedOut", EventCategory::Security),
+    ("ConferencePinRejected", EventCategory::Security),
+    ("ConferencePinAccepted", EventCategory::Security),
+    ("ConferencePinLockoutsCleared", EventCategory::Security),
     ("TokenCreated", EventCategory::Security),
     ("TokenRevoked", EventCategory::Security),
     ("MailboxPinAccepted", EventCategory::Security),
@@ -154,6 +157,7 @@ pub const EVENT_TYPES: &[(&str, EventCategory)] = &[
     ("ConferenceUnlocked", EventCategory::Conference),
     ("ConferenceRecordingStarted", EventCategory::Conference),
     ("ConferenceRecordingStopped", EventCategory::Conference),
+    ("ConferenceRecordingRequested", EventCategory::Conference),
     ("ConferenceEnded", EventCategory::Conference),
     ("TrunkCreated", EventCategory::Provisioning),
     ("TrunkUpdated", EventCategory::Provisioning),
@@ -187,6 +191,9 @@ pub const DOMAIN_EVENT_TYPES: &[&str] = &[
     "TrunkUpdated",
     "TrunkDeleted",
     "DialPlanChanged",
+    "ConferencePinRejected",
+    "ConferencePinAccepted",
+    "ConferencePinLockoutsCleared",
 ];
 
 /// The event types of the token stream ([`token::STREAM`]).
@@ -204,6 +211,7 @@ pub const CONFERENCE_EVENT_TYPES: &[&str] = &[
     "ConferenceUnlocked",
     "ConferenceRecordingStarted",
     "ConferenceRecordingStopped",
+    "ConferenceRecordingRequested",
     "ConferenceEnded",
 ];
 
@@ -460,6 +468,11 @@ impl Event {
                 domain::Event::TrunkUpdated { .. } => "TrunkUpdated",
                 domain::Event::TrunkDeleted { .. } => "TrunkDeleted",
                 domain::Event::DialPlanChanged { .. } => "DialPlanChanged",
+                domain::Event::ConferencePinRejected { .. } => "ConferencePinRejected",
+                domain::Event::ConferencePinAccepted { .. } => "ConferencePinAccepted",
+                domain::Event::ConferencePinLockoutsCleared { .. } => {
+                    "ConferencePinLockoutsCleared"
+                }
             },
             Event::User(e) => match e {
                 user::Event::UserCreated { .. } => "UserCreated",
@@ -513,6 +526,9 @@ impl Event {
                 }
                 conference::Event::ConferenceRecordingStopped { .. } => {
                     "ConferenceRecordingStopped"
+                }
+                conference::Event::ConferenceRecordingRequested { .. } => {
+                    "ConferenceRecordingRequested"
                 }
                 conference::Event::ConferenceEnded { .. } => "ConferenceEnded",
             },

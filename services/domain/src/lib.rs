@@ -41,6 +41,7 @@
 
 pub mod call;
 pub mod conference;
+pub mod conference_pin;
 pub mod conference_room;
 pub mod credentials;
 pub mod dial_plan;
@@ -93,6 +94,11 @@ pub enum Error {
     /// a precondition, typed so that the caller can act on it.
     #[error(transparent)]
     Mailbox(#[from] mailbox::Refusal),
+    /// A caller may not enter a conference room's PIN until `until`
+    /// (too many wrong PINs: `conference_pin`): typed so that the
+    /// conference application can tell the caller.
+    #[error("PIN entry is locked after too many wrong PINs; try again later")]
+    ConferencePinLockedOut { until: Timestamp },
 }
 
 impl Error {

@@ -549,6 +549,17 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                         .is_none_or(|holder| holder == user_id)
             }
             C::ReleaseUserName { .. } => true,
+            C::ConferencePin { name, command } => {
+                state.exists()
+                    && state.conference_rooms.contains_key(name)
+                    && match command {
+                        dialtone_domain::conference_pin::Command::Entered { caller, .. } => state
+                            .conference_pin_guards
+                            .get(name)
+                            .is_none_or(|g| g.locked_until(caller, *now).is_none()),
+                        dialtone_domain::conference_pin::Command::Clear { .. } => true,
+                    }
+            }
             C::RecordLockout(lockout) => {
                 state.exists() && lockout.source.parse::<std::net::IpAddr>().is_ok()
             }
@@ -712,7 +723,13 @@ fn run_domain(commands: &[(domain::Command, i64)]) -> (Domain, Vec<domain::Event
                 );
             }
             C::DeleteConferenceRoom { name } => {
-                assert!(!state.conference_rooms.contains_key(name))
+                assert!(!state.conference_rooms.contains_key(name));
+                assert!(!state.conference_pin_guards.contains_key(name));
+            }
+            C::ConferencePin { .. } => {
+                // Only the room's strikes change.
+                assert_eq!(state.conference_rooms, before.conference_rooms);
+                assert_eq!(state.users, before.users);
             }
             C::CreateTrunk { .. }
             | C::UpdateTrunk { .. }
@@ -2128,6 +2145,141 @@ fn regression_bare_plus_is_not_a_caller_id() {
     let (state, events) = run_user(&commands);
     assert_eq!(state.caller_id, "");
     assert_eq!(events.len(), 1);
+}
+
+// ================================================================ conference PIN lock-out
+
+/// One step of PIN entry in a room: who (one of four authenticated users
+/// or eight addresses), right or wrong, or an operator's clear.
+#[derive(Debug, Clone)]
+enum PinStep {
+    Entered { caller: u8, right: bool },
+    ClearAll,
+}
+
+fn pin_step() -> impl Strategy<Value = PinStep> {
+    prop_oneof![
+        12 => (0u8..12, prop::bool::weighted(0.15))
+            .prop_map(|(caller, right)| PinStep::Entered { caller, right }),
+        1 => Just(PinStep::ClearAll),
+    ]
+}
+
+fn pin_caller(n: u8) -> dialtone_domain::conference_pin::PinCaller {
+    if n < 4 {
+        dialtone_domain::conference_pin::PinCaller {
+            key: format!("user{n}@example.com"),
+            authenticated: true,
+        }
+    } else {
+        dialtone_domain::conference_pin::PinCaller {
+            key: format!("192.0.2.{n}"),
+            authenticated: false,
+        }
+    }
+}
+
+proptest! {
+    /// Through the domain aggregate, at any pace (steps 0 to 40 minutes
+    /// apart): a locked-out caller's entry is refused and writes nothing,
+    /// the right PIN included; no caller and no room ever holds as many
+    /// strikes as lock it without being locked; a lock-out lasts from 15
+    /// minutes to a day; an authenticated caller is only ever refused for
+    /// its own strikes; the events replay (through their stored JSON) to
+    /// the same state.
+    #[test]
+    fn pin_lockouts_hold_across_calls_and_spare_authenticated_callers(
+        steps in vec((pin_step(), 0i64..2_400_000_000), 1..120)
+    ) {
+        use dialtone_domain::conference_pin::{
+            CALLER_FAILURES_BEFORE_LOCKOUT, LOCKOUT_US, MAX_LOCKOUT_US,
+            ROOM_FAILURES_BEFORE_LOCKOUT,
+        };
+        let room = UserName::parse("standup").unwrap();
+        let (mut state, mut events) = run_domain(&[
+            (
+                domain::Command::Create {
+                    name: DomainName::parse("example.com").unwrap(),
+                    settings: Settings::default(),
+                },
+                T0,
+            ),
+            (
+                domain::Command::CreateConferenceRoom {
+                    name: room.clone(),
+                    patch: RoomPatch::default(),
+                },
+                T0,
+            ),
+        ]);
+        let mut now = T0;
+        for (step, delta) in steps {
+            now += delta;
+            let command = match &step {
+                PinStep::Entered { caller, right } => {
+                    dialtone_domain::conference_pin::Command::Entered {
+                        caller: pin_caller(*caller),
+                        right: *right,
+                    }
+                }
+                PinStep::ClearAll => dialtone_domain::conference_pin::Command::Clear { caller: None },
+            };
+            let guard = state.conference_pin_guards.get(&room).cloned().unwrap_or_default();
+            let locked = match &step {
+                PinStep::Entered { caller, .. } => guard.locked_until(&pin_caller(*caller), now),
+                PinStep::ClearAll => None,
+            };
+            let decided = domain::decide(
+                &state,
+                &domain::Command::ConferencePin { name: room.clone(), command },
+                now,
+            );
+            match (locked, decided) {
+                (Some(until), Err(Error::ConferencePinLockedOut { until: refused })) => {
+                    prop_assert_eq!(until, refused);
+                    if let PinStep::Entered { caller, .. } = step {
+                        let own = guard
+                            .callers
+                            .get(&pin_caller(caller).key)
+                            .is_some_and(|s| s.is_locked(now));
+                        prop_assert!(caller >= 4 || own, "an authenticated caller refused for the room's strikes");
+                    }
+                }
+                (None, Ok(new)) => {
+                    for event in &new {
+                        state = domain::evolve(state, event);
+                    }
+                    events.extend(new);
+                }
+                (locked, decided) => {
+                    prop_assert!(false, "locked {:?} but decided {:?}", locked, decided);
+                }
+            }
+            if let Some(guard) = state.conference_pin_guards.get(&room) {
+                prop_assert!(guard.room.failures < ROOM_FAILURES_BEFORE_LOCKOUT);
+                for strikes in guard.callers.values().chain([&guard.room]) {
+                    prop_assert!(strikes.failures < CALLER_FAILURES_BEFORE_LOCKOUT.max(ROOM_FAILURES_BEFORE_LOCKOUT));
+                    // A lock-out set by the last wrong PIN (an older one
+                    // stays as history, ended before that PIN).
+                    if let Some(until) = strikes.locked_until.filter(|u| *u > strikes.last_failure_at) {
+                        let length = until - strikes.last_failure_at;
+                        prop_assert!((LOCKOUT_US..=MAX_LOCKOUT_US).contains(&length), "{length}");
+                    }
+                }
+                for (key, strikes) in &guard.callers {
+                    prop_assert!(strikes.failures < CALLER_FAILURES_BEFORE_LOCKOUT, "{key}");
+                }
+            }
+        }
+        let replayed = events
+            .iter()
+            .map(|e| stored_round_trip(&Event::from(e.clone())))
+            .fold(Domain::default(), |s, e| match e {
+                Event::Domain(e) => domain::evolve(s, &e),
+                _ => s,
+            });
+        prop_assert_eq!(replayed.conference_pin_guards, state.conference_pin_guards);
+    }
 }
 
 /// proptest: deleting a suspended domain left its `suspend_reason` behind in

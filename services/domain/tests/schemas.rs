@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use dialtone_domain::call::{CallStep, Cause, Direction, ForwardReason, HangupSide, TransferKind};
-use dialtone_domain::conference::{self, Conference, EndReason, LeaveReason, ParticipantId};
+use dialtone_domain::conference::{
+    self, Conference, EndReason, LeaveReason, ParticipantId, RecordingAction,
+};
+use dialtone_domain::conference_pin::Strikes;
 use dialtone_domain::conference_room::{Room, RoomPatch};
 use dialtone_domain::credentials::{Credentials, PasswordPolicy};
 use dialtone_domain::domain::{self, Domain, Settings, SettingsPatch};
@@ -353,6 +356,40 @@ fn domain_events_from_decide() -> Vec<Event> {
                 end_with_moderator: Some(true),
                 ..Default::default()
             },
+        },
+        C::ConferencePin {
+            name: un("standup"),
+            command: dialtone_domain::conference_pin::Command::Entered {
+                caller: dialtone_domain::conference_pin::PinCaller {
+                    key: "192.0.2.7".into(),
+                    authenticated: false,
+                },
+                right: false,
+            },
+        },
+        C::ConferencePin {
+            name: un("standup"),
+            command: dialtone_domain::conference_pin::Command::Entered {
+                caller: dialtone_domain::conference_pin::PinCaller {
+                    key: "192.0.2.7".into(),
+                    authenticated: false,
+                },
+                right: true,
+            },
+        },
+        C::ConferencePin {
+            name: un("standup"),
+            command: dialtone_domain::conference_pin::Command::Entered {
+                caller: dialtone_domain::conference_pin::PinCaller {
+                    key: "alice\u{7}@example.com".into(),
+                    authenticated: true,
+                },
+                right: false,
+            },
+        },
+        C::ConferencePin {
+            name: un("standup"),
+            command: dialtone_domain::conference_pin::Command::Clear { caller: None },
         },
         C::DeleteConferenceRoom {
             name: un("standup"),
@@ -1426,6 +1463,51 @@ fn hand_made_conference_events() -> Vec<Event> {
         }
         .into(),
         D::ConferenceRoomDeleted { name: un("9") }.into(),
+        D::ConferencePinRejected {
+            name: un("standup"),
+            caller: "2001:db8::7".into(),
+            authenticated: false,
+            strikes: Strikes {
+                failures: 0,
+                last_failure_at: T0,
+                locked_until: Some(T0 + 900_000_000),
+                lockouts: 1,
+            },
+            room_strikes: Some(Strikes {
+                failures: u32::MAX,
+                last_failure_at: i64::MAX,
+                locked_until: None,
+                lockouts: u32::MAX,
+            }),
+            rejected_at: T0,
+        }
+        .into(),
+        D::ConferencePinRejected {
+            name: un("standup"),
+            caller: "ß".repeat(256),
+            authenticated: true,
+            strikes: Strikes::default(),
+            room_strikes: None,
+            rejected_at: 0,
+        }
+        .into(),
+        D::ConferencePinAccepted {
+            name: un("x%41y"),
+            caller: "alice@example.com".into(),
+        }
+        .into(),
+        D::ConferencePinLockoutsCleared {
+            name: un("standup"),
+            caller: None,
+            cleared_at: 0,
+        }
+        .into(),
+        D::ConferencePinLockoutsCleared {
+            name: un("standup"),
+            caller: Some("192.0.2.1".into()),
+            cleared_at: i64::MAX,
+        }
+        .into(),
         C::ConferenceStarted {
             domain_id: DomainId(Uuid::nil()),
             room: un("standup"),
@@ -1490,6 +1572,16 @@ fn hand_made_conference_events() -> Vec<Event> {
             stopped_at: 0,
         }
         .into(),
+        C::ConferenceRecordingRequested {
+            action: RecordingAction::Start,
+            requested_at: 0,
+        }
+        .into(),
+        C::ConferenceRecordingRequested {
+            action: RecordingAction::Stop,
+            requested_at: i64::MAX,
+        }
+        .into(),
     ]
     .into_iter()
     .chain(EndReason::ALL.into_iter().map(|reason| {
@@ -1546,7 +1638,13 @@ fn conference_events_from_decide() -> Vec<Event> {
         C::Mute { participant: p(2) },
         C::Lock,
         C::Unlock,
+        C::RequestRecording {
+            action: RecordingAction::Start,
+        },
         C::StartRecording { audio: audio_id(7) },
+        C::RequestRecording {
+            action: RecordingAction::Stop,
+        },
         C::StopRecording {
             duration_ms: 12_345,
         },
@@ -1638,6 +1736,14 @@ fn malformed_conference_values_are_rejected() {
             sample("ConferenceRecordingStopped"),
             "/duration_ms",
             json!(-1),
+        ),
+    );
+    assert_rejected(
+        "ConferenceRecordingRequested",
+        with(
+            sample("ConferenceRecordingRequested"),
+            "/action",
+            json!("pause"),
         ),
     );
 }
@@ -1878,6 +1984,9 @@ fn missing_required_fields_are_rejected() {
         ("ConferenceRoomCreated", "room"),
         ("ConferenceRoomUpdated", "name"),
         ("ConferenceRoomDeleted", "name"),
+        ("ConferencePinRejected", "strikes"),
+        ("ConferencePinAccepted", "caller"),
+        ("ConferencePinLockoutsCleared", "cleared_at"),
         ("ConferenceStarted", "domain_id"),
         ("ConferenceStarted", "max_participants"),
         ("ParticipantJoined", "caller"),
@@ -1890,6 +1999,7 @@ fn missing_required_fields_are_rejected() {
         ("ConferenceUnlocked", "unlocked_at"),
         ("ConferenceRecordingStarted", "audio"),
         ("ConferenceRecordingStopped", "duration_ms"),
+        ("ConferenceRecordingRequested", "action"),
         ("ConferenceEnded", "reason"),
         ("UserCreated", "credentials"),
         ("UserCreated", "enabled"),

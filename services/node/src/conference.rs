@@ -26,7 +26,10 @@
 //! writer changed its conference; the task reads the conference and
 //! applies it: a muted participant is muted in the mix (and told), a
 //! kicked one hung up on, a recording started or stopped, an ended
-//! conference closed.
+//! conference closed. An operator's start or stop of the recording is a
+//! request (`ConferenceRecordingRequested`) that this node, running the
+//! room and holding its audio, carries out and answers itself: started,
+//! or stored then recorded as stopped (durable before the API replies).
 //!
 //! # It ends
 //! The last participant out ends the conference (the aggregate writes
@@ -41,11 +44,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dialtone_actors::{Meta, Provisioning};
-use dialtone_conference::caller::{self, Action, Caller, Input, Op, Outcome, Settings};
+use dialtone_conference::caller::{self, Action, Caller, Input, Op, Outcome, PinVerdict, Settings};
 use dialtone_conference::prompts::{Prompts, Tone};
 use dialtone_domain::conference::{
-    self, Command, Conference, EndReason, LeaveReason, ParticipantId, Start, Status,
+    self, Command, Conference, EndReason, LeaveReason, ParticipantId, RecordingAction, Start,
+    Status,
 };
+use dialtone_domain::conference_pin::{self, PinCaller};
 use dialtone_domain::conference_room::Room;
 use dialtone_domain::mailbox::AudioId;
 use dialtone_domain::{ConferenceId, DomainId, DomainName, UserName};
@@ -114,6 +119,7 @@ enum RoomMsg {
     Join {
         offer: Box<SessionDescription>,
         caller: String,
+        pin_caller: PinCaller,
         control: AppControl,
         reply: oneshot::Sender<Result<Joined, AppStart>>,
     },
@@ -246,6 +252,20 @@ impl Conferences {
             Err(e) => return Ok(refuse(488, format!("Not Acceptable Here ({e})"))),
         };
         let caller = caller_of(&call);
+        let pin_caller = pin_caller_of(&call);
+        // A caller locked out of the room's PIN entry is refused before it
+        // costs a media session (and an attacker's redial costs nothing).
+        if room.pin.is_some() || room.moderator_pin.is_some() {
+            if let Some(until) = self.pin_locked_until(domain, &name, &pin_caller).await? {
+                let minutes = (until - dialtone_actors::now_us()).max(0) / 60_000_000 + 1;
+                return Ok(refuse(
+                    403,
+                    format!(
+                        "Forbidden (too many wrong PINs for this room: try again in {minutes} min)"
+                    ),
+                ));
+            }
+        }
         // The caller's call record names what answered (ADR 0024).
         let answered_by = format!("conference:{}@{}", name.as_str(), domain_name.as_str());
         // A room's task that is ending may drop the message: the next try
@@ -257,6 +277,7 @@ impl Conferences {
                 .send(RoomMsg::Join {
                     offer: Box::new(offer.clone()),
                     caller: caller.clone(),
+                    pin_caller: pin_caller.clone(),
                     control: control.clone(),
                     reply,
                 })
@@ -284,6 +305,80 @@ impl Conferences {
             503,
             "Service Unavailable (the conference is ending)",
         ))
+    }
+
+    /// Until when `caller` may not enter the PIN of the room `name`, if it
+    /// is locked out now.
+    async fn pin_locked_until(
+        &self,
+        domain: DomainId,
+        name: &UserName,
+        caller: &PinCaller,
+    ) -> Result<Option<i64>, BackendError> {
+        let name = name.clone();
+        let caller = caller.clone();
+        let now = dialtone_actors::now_us();
+        match self
+            .inner
+            .provisioning
+            .directory()
+            .query_domain(domain, move |r| {
+                r.state
+                    .conference_pin_guards
+                    .get(&name)
+                    .and_then(|guard| guard.locked_until(&caller, now))
+            })
+            .await
+        {
+            Ok(until) => Ok(until),
+            Err(dialtone_actors::Error::Domain(_)) => Ok(None),
+            Err(e) => Err(BackendError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Records a PIN entered in the room (`right` or not) against its
+    /// lock-out: what the caller is told.
+    async fn check_pin(
+        &self,
+        domain: DomainId,
+        name: &UserName,
+        caller: &PinCaller,
+        right: bool,
+    ) -> PinVerdict {
+        let command = dialtone_domain::domain::Command::ConferencePin {
+            name: name.clone(),
+            command: conference_pin::Command::Entered {
+                caller: caller.clone(),
+                right,
+            },
+        };
+        let now = dialtone_actors::now_us();
+        let query = name.clone();
+        let probe = caller.clone();
+        let result = self
+            .inner
+            .provisioning
+            .directory()
+            .execute_domain(domain, command, Meta::default(), move |r| {
+                r.state
+                    .conference_pin_guards
+                    .get(&query)
+                    .and_then(|guard| guard.locked_until(&probe, now))
+            })
+            .await;
+        match result {
+            Err(dialtone_actors::Error::Domain(
+                dialtone_domain::Error::ConferencePinLockedOut { .. },
+            )) => PinVerdict::LockedOut,
+            // This wrong PIN locked the caller out.
+            Ok(Some(_)) if !right => PinVerdict::LockedOut,
+            Ok(_) if right => PinVerdict::Accepted,
+            Ok(_) => PinVerdict::Rejected,
+            Err(e) => {
+                tracing::warn!(error = %e, "conference PIN not checked");
+                PinVerdict::Unavailable
+            }
+        }
     }
 
     /// The task of the live room, started if there is none.
@@ -468,10 +563,27 @@ fn caller_of(call: &AppCall<'_>) -> String {
         .collect()
 }
 
+/// Who enters a PIN, for the room's lock-out: the authenticated user, or
+/// the source IP address (not the port: a redial may come from another;
+/// not the From header, which the caller writes).
+fn pin_caller_of(call: &AppCall<'_>) -> PinCaller {
+    match call.caller {
+        Some((user, domain)) => PinCaller {
+            key: format!("{user}@{domain}"),
+            authenticated: true,
+        },
+        None => PinCaller {
+            key: call.source.ip().to_canonical().to_string(),
+            authenticated: false,
+        },
+    }
+}
+
 /// One call in a room.
 struct Member {
     id: ParticipantId,
     caller: String,
+    pin_caller: PinCaller,
     app: Caller,
     control: AppControl,
     /// In the conference (its join recorded, its leave not yet).
@@ -689,6 +801,7 @@ impl RoomTask {
             RoomMsg::Join {
                 offer,
                 caller,
+                pin_caller,
                 control,
                 reply,
             } => {
@@ -715,6 +828,7 @@ impl RoomTask {
                 let member = Member {
                     id: ParticipantId(uuid::Uuid::now_v7()),
                     caller,
+                    pin_caller,
                     app: Caller::new(self.settings.clone()),
                     control,
                     joined: false,
@@ -933,6 +1047,15 @@ impl RoomTask {
                 None
             }
             Action::Moderate(op) => Some(Input::Moderated(self.moderate(pid, op).await)),
+            Action::CheckPin { right } => {
+                let caller = self.members.get(&pid)?.pin_caller.clone();
+                let (domain, name) = &self.key;
+                let verdict = self
+                    .conferences
+                    .check_pin(*domain, name, &caller, right)
+                    .await;
+                Some(Input::PinChecked(verdict))
+            }
         }
     }
 
@@ -1178,6 +1301,22 @@ impl RoomTask {
                         .map(|r| r.samples)
                         .unwrap_or_default();
                     self.store_blob(&audio, samples).await;
+                }
+            }
+            _ => {}
+        }
+        // An operator's request (the API): this node runs the room, so it
+        // acts, and its `ConferenceRecordingStarted` / `...Stopped` (the
+        // latter after the audio is stored) answers the request.
+        match state.recording_requested {
+            Some(RecordingAction::Start) if self.recording.is_none() => {
+                if !self.start_recording().await {
+                    tracing::warn!("requested recording not started");
+                }
+            }
+            Some(RecordingAction::Stop) if self.recording.is_some() => {
+                if !self.stop_recording().await {
+                    tracing::warn!("requested recording stop not recorded");
                 }
             }
             _ => {}

@@ -10,6 +10,7 @@
 //! 4 to 12, the field named) before it is hashed, and is never printed.
 
 use dialtone_domain::conference::{self, Conference, ParticipantId};
+use dialtone_domain::conference_pin::{self, PinGuard};
 use dialtone_domain::conference_room::{check_pin, Room, RoomPatch};
 use dialtone_domain::domain;
 use dialtone_domain::mailbox::PinHash;
@@ -57,6 +58,10 @@ impl std::fmt::Debug for RoomChange {
 pub struct ConferenceRoomInfo {
     pub address: UserAddress,
     pub room: Room,
+    /// Wrong PINs entered by phone and lock-outs (read by
+    /// [`Provisioning::get_conference_room`] and the commands; empty in
+    /// listings).
+    pub pin_guard: PinGuard,
     /// The domain stream's version (`None`: empty stream).
     pub version: Option<u64>,
 }
@@ -124,6 +129,13 @@ pub enum Control {
     KickAll,
     Lock,
     Unlock,
+    /// Asks the node running the room to start recording its mix
+    /// (`ConferenceRecordingRequested`): durable when it returns, acted on
+    /// by that node (see [`Provisioning::await_recording`]).
+    StartRecording,
+    /// Asks the node running the room to stop the recording, store it and
+    /// then record it as stopped.
+    StopRecording,
 }
 
 /// A PIN as a patch takes it: `None` keeps it, `""` removes it, digits are
@@ -198,11 +210,39 @@ impl Provisioning {
         let (room, version) = self
             .domain_extension(address, |d| &d.conference_rooms, || not_found_room(address))
             .await?;
+        let name = address.username.clone();
+        let pin_guard = self
+            .directory
+            .query_domain(DomainId::for_name(&address.domain), move |r| {
+                r.state
+                    .conference_pin_guards
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .await?;
         Ok(ConferenceRoomInfo {
             address: address.clone(),
             room,
+            pin_guard,
             version,
         })
+    }
+
+    /// Clears the PIN lock-out of one caller of the room `address` (its
+    /// key: `user@domain` or an IP address), or (`None`) every caller's and
+    /// the room's. Clearing what is not there writes nothing.
+    pub async fn reset_conference_pin_lockouts(
+        &self,
+        address: &UserAddress,
+        caller: Option<String>,
+        meta: Meta,
+    ) -> Result<ConferenceRoomInfo> {
+        let command = domain::Command::ConferencePin {
+            name: address.username.clone(),
+            command: conference_pin::Command::Clear { caller },
+        };
+        self.room_command(address, command, meta).await
     }
 
     /// The conference rooms of a domain, by name.
@@ -218,6 +258,7 @@ impl Provisioning {
             .map(|(address, room, version)| ConferenceRoomInfo {
                 address,
                 room,
+                pin_guard: PinGuard::default(),
                 version,
             })
             .collect())
@@ -271,18 +312,20 @@ impl Provisioning {
                 command,
                 meta,
                 move |r| {
+                    let guard = r.state.conference_pin_guards.get(&name).cloned();
                     r.state
                         .conference_rooms
                         .get(&name)
                         .cloned()
-                        .map(|room| (room, r.version))
+                        .map(|room| (room, guard.unwrap_or_default(), r.version))
                 },
             )
             .await?;
-        let (room, version) = found.ok_or_else(|| not_found_room(address))?;
+        let (room, pin_guard, version) = found.ok_or_else(|| not_found_room(address))?;
         Ok(ConferenceRoomInfo {
             address: address.clone(),
             room,
+            pin_guard,
             version,
         })
     }
@@ -348,6 +391,12 @@ impl Provisioning {
             Control::MuteAll => conference::Command::MuteAll,
             Control::Lock => conference::Command::Lock,
             Control::Unlock => conference::Command::Unlock,
+            Control::StartRecording => conference::Command::RequestRecording {
+                action: conference::RecordingAction::Start,
+            },
+            Control::StopRecording => conference::Command::RequestRecording {
+                action: conference::RecordingAction::Stop,
+            },
             Control::KickAll => return self.kick_all(current, meta).await,
         };
         let participant = match control {
@@ -357,6 +406,33 @@ impl Provisioning {
         self.conference_command(id, command, meta)
             .await
             .map_err(|e| named(e, id, participant))
+    }
+
+    /// Waits until the node running the conference has acted on the
+    /// recording request pending in it (it wrote the recording's start, or
+    /// its stop after storing the audio, or the conference ended): the
+    /// conference then, or `None` when `deadline` passed first (no node
+    /// acted: none runs the room, or it failed to). The request stays
+    /// pending then, for the node to act on if it can.
+    pub async fn await_recording(
+        &self,
+        id: ConferenceId,
+        deadline: std::time::Duration,
+    ) -> Result<Option<ConferenceInfo>> {
+        // The node acts within a log round trip and, for a stop, one
+        // fsync of the audio: tens of milliseconds. Polling the actor
+        // (in memory) every 20 ms costs nothing beside that.
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let info = self.get_conference(id).await?;
+            if info.conference.recording_requested.is_none() {
+                return Ok(Some(info));
+            }
+            if tokio::time::Instant::now() >= until {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     async fn kick_all(&self, current: &ConferenceInfo, meta: Meta) -> Result<ConferenceInfo> {
@@ -408,6 +484,15 @@ fn named(error: Error, id: ConferenceId, participant: Option<ParticipantId>) -> 
             ))),
             None => not_found_conference(id),
         },
+        Error::Domain(DomainError::FailedPrecondition(reason))
+            if reason != conference::Refusal::Ended.to_string() =>
+        {
+            // "is being recorded already", "is not being recorded".
+            let what = reason.strip_prefix("the conference ").unwrap_or(&reason);
+            Error::Domain(DomainError::FailedPrecondition(format!(
+                "conference {id} {what}"
+            )))
+        }
         Error::Domain(DomainError::FailedPrecondition(_)) => ended_conference(id),
         other => other,
     }

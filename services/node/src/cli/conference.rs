@@ -2,7 +2,7 @@
 //! conference rooms (ADR 0025). PINs are sent as typed and never shown:
 //! the server answers whether a room has them. And the conferences in
 //! progress: `list-live`, `participants`, `mute`, `unmute`, `kick`,
-//! `lock`, `unlock`; each control is durable when the command returns,
+//! `lock`, `unlock`, `start-recording`, `stop-recording`; each control is durable when the command returns,
 //! and the node's conference application applies it to the call; and a
 //! conference's recordings (`recordings`, `get-recording`).
 
@@ -43,6 +43,14 @@ pub enum ConferenceCommand {
     },
     /// Delete a conference room.
     Delete { room: String },
+    /// Clear a room's PIN lock-outs: one caller's (`--caller`, as `get`
+    /// shows it: user@domain or an IP address), or every caller's and the
+    /// room's.
+    ResetPinLockouts {
+        room: String,
+        #[arg(long)]
+        caller: Option<String>,
+    },
     /// The conferences in progress of a domain (every domain's for an
     /// admin token, the token's own domain's for a domain token), or of a
     /// room (name@domain).
@@ -104,6 +112,23 @@ pub enum ConferenceCommand {
     Unlock {
         /// A room's address (its conference in progress) or a conference id
         conference: String,
+    },
+    /// Start recording a conference's mix (the same recording a
+    /// moderator's *2 starts and stops); returns once the node running
+    /// the room has started it.
+    StartRecording {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Stop a conference's recording; returns once the node running the
+    /// room has stored it (then listed by `recordings`).
+    StopRecording {
+        /// A room's address (its conference in progress) or a conference id
+        conference: String,
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
 }
 
@@ -244,6 +269,14 @@ pub(super) async fn run(
             })
             .await
         }
+        ConferenceCommand::ResetPinLockouts { room, caller } => {
+            api.reset_pin_lockouts(pb::ResetPinLockoutsRequest {
+                address: room,
+                caller: caller.unwrap_or_default(),
+                request_id: String::new(),
+            })
+            .await
+        }
         ConferenceCommand::ListLive { domain } => {
             let list = api
                 .list_conferences(pb::ListConferencesRequest {
@@ -346,6 +379,30 @@ pub(super) async fn run(
         }
         ConferenceCommand::Unlock { conference } => {
             let found = api.unlock_conference(control_request(conference)).await;
+            return print_conference(out, found);
+        }
+        ConferenceCommand::StartRecording {
+            conference,
+            request_id,
+        } => {
+            let found = api
+                .start_recording(pb::ConferenceControlRequest {
+                    conference,
+                    request_id,
+                })
+                .await;
+            return print_conference(out, found);
+        }
+        ConferenceCommand::StopRecording {
+            conference,
+            request_id,
+        } => {
+            let found = api
+                .stop_recording(pb::ConferenceControlRequest {
+                    conference,
+                    request_id,
+                })
+                .await;
             return print_conference(out, found);
         }
     };
@@ -507,7 +564,33 @@ pub(super) fn room_json(r: &pb::ConferenceRoom) -> Value {
         "record": r.record,
         "muted_on_entry": r.muted_on_entry,
         "version": r.version,
+        "pin_lockouts": r.pin_lockouts.iter().map(|l| json!({
+            "caller": l.caller,
+            "strikes": strikes_json(l.strikes.as_ref()),
+        })).collect::<Vec<_>>(),
+        "room_pin_strikes": strikes_json(r.room_pin_strikes.as_ref()),
     })
+}
+
+fn strikes_json(s: Option<&pb::PinStrikes>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(s) => json!({
+            "failures": s.failures,
+            "last_failure_at": time(&s.last_failure_at),
+            "locked_until": time(&s.locked_until),
+            "lockouts": s.lockouts,
+        }),
+    }
+}
+
+/// `3 wrong, locked until 2026-12-08T02:00:00Z` for a caller or the room.
+fn strikes_line(v: &Value) -> String {
+    let mut line = format!("{} wrong", s(v, "failures"));
+    if !v["locked_until"].is_null() {
+        line.push_str(&format!(", locked until {}", s(v, "locked_until")));
+    }
+    line
 }
 
 fn yes_no(v: &Value, key: &str) -> &'static str {
@@ -541,6 +624,25 @@ pub(super) fn room_line(v: &Value) -> String {
 }
 
 fn room_details(v: &Value) -> String {
+    let mut lockouts = String::new();
+    if !v["room_pin_strikes"].is_null() {
+        lockouts.push_str(&format!(
+            "\nPIN strikes (room)  {}",
+            strikes_line(&v["room_pin_strikes"])
+        ));
+    }
+    for l in v["pin_lockouts"].as_array().into_iter().flatten() {
+        lockouts.push_str(&format!(
+            "\nPIN strikes         {}: {}",
+            s(l, "caller"),
+            strikes_line(&l["strikes"])
+        ));
+    }
+    lockouts.insert_str(0, &room_summary(v));
+    lockouts
+}
+
+fn room_summary(v: &Value) -> String {
     format!(
         "conference room     {}\nPIN                 {}\nmoderator PIN       {}\nmax participants    {}\nwait for moderator  {}\nend with moderator  {}\ntones               {}\nrecord              {}\nmuted on entry      {}\nversion             {}",
         s(v, "address"),
