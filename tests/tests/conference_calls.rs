@@ -382,6 +382,81 @@ async fn three_phones_in_a_room_hear_the_others_and_not_themselves() {
     .await
 }
 
+/// One phone speaks A-law (it offers PCMA only), two µ-law: the room
+/// mixes them together, and each hears the other two and not itself,
+/// the A-law phone included (the mixer's unit tests mix both laws; this
+/// is a real PCMA phone's RTP, decoded and encoded by the room).
+#[tokio::test]
+async fn an_a_law_phone_and_two_mu_law_phones_hear_each_other() {
+    bounded(60, async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path(), &[]).await.unwrap();
+        create_domain(&node, DOMAIN).await.unwrap();
+        let people = users(&node, &["alice", "bob", "carol"]).await;
+        create_room(&node, "standup", RoomChange::default()).await;
+        let mut phones = Vec::new();
+        for ((user, hz), codec) in people.iter().zip(TONES).zip(["PCMA", "PCMU", "PCMU"]) {
+            let mut phone =
+                Phone::baresip_with_tone_and_codec(user, &node, Transport::Udp, hz, codec)
+                    .await
+                    .unwrap();
+            phone.registered(&node, Transport::Udp).await.unwrap();
+            phones.push(phone);
+        }
+        for phone in &mut phones {
+            dial(phone, "standup").await;
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        // alice's call is A-law both ways and the others' µ-law, as
+        // baresip says when each call's audio starts.
+        for (phone, codec) in phones.iter().zip(["PCMA", "PCMU", "PCMU"]) {
+            let log = phone.output.text();
+            for way in ["decoder", "encoder"] {
+                let line = format!("Set audio {way}: {codec} 8000Hz");
+                assert!(
+                    log.contains(&line),
+                    "{}: no '{line}':\n{log}",
+                    phone.label()
+                );
+            }
+        }
+        for phone in &mut phones {
+            hang_up(phone).await;
+        }
+        wait_for_event(&node, "ConferenceEnded", |d| d["reason"] == "empty").await;
+        for (phone, own) in phones.iter().zip(TONES) {
+            let heard = recording(phone);
+            let length_ms = heard.len() as u32 / 8;
+            eprintln!(
+                "{}: {length_ms} ms heard; 440/660/880 Hz heard {:?} ms, present {:?} ms",
+                phone.label(),
+                TONES.map(|hz| heard_ms(&heard, hz)),
+                TONES.map(|hz| present_ms(&heard, hz)),
+            );
+            assert!(length_ms >= 5_000, "{}: {length_ms} ms", phone.label());
+            assert!(
+                present_ms(&heard, own) <= 300,
+                "{} heard its own {own} Hz for {} ms",
+                phone.label(),
+                present_ms(&heard, own)
+            );
+            for other in TONES.into_iter().filter(|&hz| hz != own) {
+                let ms = heard_ms(&heard, other);
+                assert!(
+                    ms >= 4_000,
+                    "{} heard {other} Hz for {ms} ms of {length_ms}",
+                    phone.label()
+                );
+            }
+        }
+        for phone in phones {
+            phone.quit().await;
+        }
+        node.stop().await.unwrap();
+    })
+    .await
+}
+
 /// The value of the metric line `name` (with its labels) in a scrape of
 /// the node's metrics endpoint at `addr` (0 when it is not there yet).
 async fn scrape_metric(addr: &str, name: &str) -> f64 {

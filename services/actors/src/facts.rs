@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use dialtone_domain::conference_room::Room;
 use dialtone_domain::ring_group::RingGroup;
 use dialtone_domain::schedule::TimeZone;
 use dialtone_domain::token::{self, Scope};
@@ -34,6 +35,11 @@ pub struct DomainFacts {
     pub users: HashMap<UserName, UserId>,
     /// The domain's ring groups, by name.
     pub ring_groups: HashMap<UserName, Arc<RingGroup>>,
+    /// The domain's conference rooms, by name: a dialled name that is no
+    /// user's or group's is found to be a room (or nothing) without a
+    /// message to the domain's actor, and a room created or deleted is
+    /// routed so as soon as its command is answered.
+    pub conference_rooms: HashMap<UserName, Arc<Room>>,
 }
 
 /// What the SIP path needs of a user. One is kept for every user loaded
@@ -189,6 +195,14 @@ fn leaves_facts_alone(event: &user::Event) -> bool {
     )
 }
 
+fn rooms_of(state: &domain::Domain) -> HashMap<UserName, Arc<Room>> {
+    state
+        .conference_rooms
+        .iter()
+        .map(|(n, r)| (n.clone(), Arc::new(r.clone())))
+        .collect()
+}
+
 fn groups_of(state: &domain::Domain) -> HashMap<UserName, Arc<RingGroup>> {
     state
         .ring_groups
@@ -275,6 +289,7 @@ impl Facts {
             time_zone: zone_of(&state.settings),
             users: state.users.iter().map(|(n, u)| (n.clone(), *u)).collect(),
             ring_groups: groups_of(state),
+            conference_rooms: rooms_of(state),
         };
         self.domains
             .write()
@@ -314,6 +329,7 @@ impl Facts {
                 domain::Event::DomainCreated { .. } => {
                     facts.users.clear();
                     facts.ring_groups.clear();
+                    facts.conference_rooms.clear();
                 }
                 domain::Event::RingGroupCreated { name, group }
                 | domain::Event::RingGroupUpdated { name, group } => {
@@ -323,6 +339,15 @@ impl Facts {
                 }
                 domain::Event::RingGroupDeleted { name } => {
                     facts.ring_groups.remove(name);
+                }
+                domain::Event::ConferenceRoomCreated { name, room }
+                | domain::Event::ConferenceRoomUpdated { name, room } => {
+                    facts
+                        .conference_rooms
+                        .insert(name.clone(), Arc::new((**room).clone()));
+                }
+                domain::Event::ConferenceRoomDeleted { name } => {
+                    facts.conference_rooms.remove(name);
                 }
                 _ => {}
             }
@@ -392,6 +417,13 @@ impl Facts {
     pub fn ring_group(&self, id: DomainId, name: &UserName) -> Option<Arc<RingGroup>> {
         let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
         domains.get(&id)?.ring_groups.get(name).cloned()
+    }
+
+    /// The conference room `name` of a domain, if it is one (and the
+    /// domain is loaded).
+    pub fn conference_room(&self, id: DomainId, name: &UserName) -> Option<Arc<Room>> {
+        let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        domains.get(&id)?.conference_rooms.get(name).cloned()
     }
 
     /// The time zone of a domain's schedules; `None`: UTC, or a domain
@@ -567,6 +599,75 @@ mod tests {
         assert_eq!(facts.token(Uuid::from_u128(3)), None);
         assert_eq!(sha256_from_hex(&hash.to_uppercase()), None);
         assert_eq!(sha256_from_hex(&hash[1..]), None);
+    }
+
+    /// Rooms are published with the domain and follow its commits: the
+    /// router finds a room (or finds that a name is none) without asking
+    /// the domain's actor, and sees a room created or deleted at once.
+    #[test]
+    fn conference_rooms_are_published_and_follow_the_domains_commits() {
+        let name = DomainName::parse("example.com").unwrap();
+        let id = DomainId::for_name(&name);
+        let standup = UserName::parse("standup").unwrap();
+        let retro = UserName::parse("retro").unwrap();
+        let facts = Facts::default();
+        let mut state = domain::Domain::default();
+        let commit = |state: &mut domain::Domain, command: domain::Command| {
+            let events = domain::decide(state, &command, 1).unwrap();
+            *state = events.iter().fold(state.clone(), domain::evolve);
+            facts.apply_domain_events(id, state, &events);
+        };
+        commit(
+            &mut state,
+            domain::Command::Create {
+                name: name.clone(),
+                settings: domain::Settings::default(),
+            },
+        );
+        commit(
+            &mut state,
+            domain::Command::CreateConferenceRoom {
+                name: standup.clone(),
+                patch: Default::default(),
+            },
+        );
+        let room = facts.conference_room(id, &standup).expect("published");
+        assert_eq!(room.max_participants, 50);
+        assert!(facts.conference_room(id, &retro).is_none());
+        commit(
+            &mut state,
+            domain::Command::UpdateConferenceRoom {
+                name: standup.clone(),
+                patch: dialtone_domain::conference_room::RoomPatch {
+                    max_participants: Some(7),
+                    ..Default::default()
+                },
+            },
+        );
+        assert_eq!(
+            facts
+                .conference_room(id, &standup)
+                .unwrap()
+                .max_participants,
+            7
+        );
+        // A node that loads the domain later publishes its rooms whole.
+        let loaded = Facts::default();
+        loaded.publish_domain(id, &state);
+        assert_eq!(
+            loaded
+                .conference_room(id, &standup)
+                .unwrap()
+                .max_participants,
+            7
+        );
+        commit(
+            &mut state,
+            domain::Command::DeleteConferenceRoom {
+                name: standup.clone(),
+            },
+        );
+        assert!(facts.conference_room(id, &standup).is_none());
     }
 
     /// A commit of only voicemail-box events keeps the user's published

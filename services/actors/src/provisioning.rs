@@ -693,7 +693,7 @@ impl Provisioning {
             for target in targets {
                 if !matches!(target, ForwardTarget::User(_)) {
                     return Err(Error::Domain(DomainError::FailedPrecondition(format!(
-                        "cannot follow me to {target}: follow-me rings users' phones (numbers, voicemail and groups are not follow-me targets)"
+                        "cannot follow me to {target}: follow-me rings users' phones (numbers, voicemail, groups and conference rooms are not follow-me targets)"
                     ))));
                 }
                 self.check_forward_target(owner, target).await?;
@@ -720,14 +720,20 @@ impl Provisioning {
             // forward only while the box is enabled, ADR 0022).
             ForwardTarget::Voicemail(address) => address,
             ForwardTarget::Group(address) => address,
+            // The room must exist now; routing takes the forward only while
+            // it does (a room deleted later is a forward not taken).
+            ForwardTarget::Conference(address) => address,
         };
         let name = address.username.clone();
         let group = matches!(target, ForwardTarget::Group(_));
+        let room = matches!(target, ForwardTarget::Conference(_));
         let found = self
             .directory
             .query_domain(DomainId::for_name(&address.domain), move |r| {
                 let exists = if group {
                     r.state.ring_groups.contains_key(&name)
+                } else if room {
+                    r.state.conference_rooms.contains_key(&name)
                 } else {
                     r.state.users.contains_key(&name)
                 };
@@ -736,6 +742,13 @@ impl Provisioning {
             .await?;
         match found {
             (domain::Status::Active, true) => {}
+            (domain::Status::Active, false) if room => {
+                return refused(format!(
+                    "cannot forward to {target}: {} has no conference room {} \
+                     (create it first: dialtone conference create {address})",
+                    address.domain, address.username
+                ))
+            }
             (domain::Status::Active, false) if group => {
                 return Err(Error::Domain(DomainError::NotFound(format!(
                     "forwarding target ring group {address}"

@@ -6,20 +6,24 @@
 //!
 //! Written the same way everywhere (API, CLI, stored events):
 //!
-//! | written             | meaning                                           |
-//! |---------------------|---------------------------------------------------|
-//! | `bob`               | the user `bob` of the forwarding user's domain     |
-//! | `bob@other.example` | a user of another domain                          |
-//! | `+15551234567`      | an external number (E.164: `+`, 2 to 15 digits)    |
-//! | `voicemail`         | the forwarding user's own voicemail box            |
-//! | `voicemail:bob`     | another user's voicemail box                      |
-//! | `group:sales`       | a ring group of the forwarding user's domain       |
+//! | written              | meaning                                          |
+//! |----------------------|--------------------------------------------------|
+//! | `bob`                | the user `bob` of the forwarding user's domain    |
+//! | `bob@other.example`  | a user of another domain                         |
+//! | `+15551234567`       | an external number (E.164: `+`, 2 to 15 digits)   |
+//! | `voicemail`          | the forwarding user's own voicemail box          |
+//! | `voicemail:bob`      | another user's voicemail box                     |
+//! | `group:sales`        | a ring group of the forwarding user's domain      |
+//! | `conference:standup` | a conference room of the forwarding user's domain |
+//!
+//! `group:` and `conference:` take another domain's names as users do
+//! (`conference:standup@other.example`).
 //!
 //! A target is stored in its complete form ([`ForwardTarget`]'s
 //! `Display`): `bob` set by `alice@example.com` is stored as
 //! `bob@example.com`, so a stored rule never depends on where it is read.
-//! `voicemail` and `group:` are reserved words: a user actually named
-//! `voicemail` is written `voicemail@example.com`.
+//! `voicemail`, `group:` and `conference:` are reserved words: a user
+//! actually named `voicemail` is written `voicemail@example.com`.
 //!
 //! Only the form is checked here. Whether a target can be called (the user
 //! exists, its domain is active and the forwarding user's domain may call
@@ -55,6 +59,9 @@ pub enum ForwardTarget {
     Voicemail(UserAddress),
     /// A ring group: `name` in `domain`.
     Group(UserAddress),
+    /// A conference room: `name` in `domain` (ADR 0025). The forwarded
+    /// caller joins the room as if it had dialled it (its PIN included).
+    Conference(UserAddress),
 }
 
 impl ForwardTarget {
@@ -93,6 +100,9 @@ impl ForwardTarget {
         if let Some(rest) = strip_prefix_ignore_case(text, "group:") {
             return Ok(ForwardTarget::Group(address(rest)?));
         }
+        if let Some(rest) = strip_prefix_ignore_case(text, "conference:") {
+            return Ok(ForwardTarget::Conference(address(rest)?));
+        }
         if let Some(digits) = text.strip_prefix('+') {
             if !digits.contains('@') {
                 if !(2..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit())
@@ -112,7 +122,7 @@ impl ForwardTarget {
                 field,
                 format!(
                     "'{text}' is not a target (a user, user@domain, +E.164 number, \
-                     voicemail[:user] or group:name): {reason}"
+                     voicemail[:user], group:name or conference:room): {reason}"
                 ),
             ),
             other => other,
@@ -141,6 +151,7 @@ impl fmt::Display for ForwardTarget {
             ForwardTarget::Number(n) => f.write_str(n),
             ForwardTarget::Voicemail(a) => write!(f, "voicemail:{a}"),
             ForwardTarget::Group(a) => write!(f, "group:{a}"),
+            ForwardTarget::Conference(a) => write!(f, "conference:{a}"),
         }
     }
 }
@@ -155,6 +166,9 @@ impl TryFrom<String> for ForwardTarget {
         }
         if let Some(rest) = value.strip_prefix("group:") {
             return complete(rest).map(ForwardTarget::Group);
+        }
+        if let Some(rest) = value.strip_prefix("conference:") {
+            return complete(rest).map(ForwardTarget::Conference);
         }
         if value.starts_with('+') && !value.contains('@') {
             // Re-validated with any owner: a number does not use it.
@@ -615,6 +629,11 @@ mod tests {
             ("voicemail", "voicemail:alice@example.com"),
             ("VoiceMail:bob", "voicemail:bob@example.com"),
             ("group:sales", "group:sales@example.com"),
+            ("conference:standup", "conference:standup@example.com"),
+            (
+                "Conference:standup@Other.Example",
+                "conference:standup@other.example",
+            ),
             ("+4930@example.com", "+4930@example.com"),
         ] {
             let target = parse(written).unwrap();
@@ -637,6 +656,8 @@ mod tests {
             "a b",
             "bob@",
             "group:",
+            "conference:",
+            "conference:a b",
             "@x",
         ] {
             let err = parse(bad).unwrap_err();

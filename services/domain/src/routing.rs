@@ -63,9 +63,9 @@
 //!    until the call's own no-answer timeout); its outcome busy, no answer
 //!    or unavailable moves the call to that rule's target, if any.
 //!
-//! A forward is taken only when its target can be rung: a user (numbers,
-//! voicemail and ring groups are not routed yet) of an active domain that
-//! the forwarding user's domain may call, that exists, is enabled, is not
+//! A forward is taken only when its target can be rung: a user, a ring
+//! group, a voicemail box or a conference room (numbers are not routed
+//! yet) of an active domain that the forwarding user's domain may call, that exists, is enabled, is not
 //! already on the chain that led here (a loop) and is at most
 //! [`Limits::max_forward_hops`] forwards away from the dialled user. A
 //! forward that cannot be taken is as if its rule did not exist, so a chain
@@ -175,6 +175,10 @@ pub struct Callee<'a, R> {
     /// The ring group of that name, when the name is a group's (then
     /// `user` is `None`): its members are read through [`Users`].
     pub group: Option<CalleeGroup<'a>>,
+    /// The name is a conference room's (then `user` and `group` are
+    /// `None`) and the node answers calls to rooms: a `conference:`
+    /// forward to it is taken.
+    pub room: bool,
 }
 
 /// A ring group being called.
@@ -344,7 +348,8 @@ pub struct Diversion<'a> {
 /// for that outcome. `T` is a target ([`Target`] for what [`route`] plans).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan<'a, T> {
-    /// Never empty, and no step is without targets but a voicemail step: a
+    /// Never empty, and no step is without targets but a voicemail or a
+    /// conference step: a
     /// callee with nothing to ring is refused instead. At most
     /// [`MAX_PLAN_STEPS`].
     pub steps: Vec<Step<'a, T>>,
@@ -363,6 +368,7 @@ impl<'a, T> Plan<'a, T> {
                 owner,
                 group: None,
                 voicemail: false,
+                conference: false,
                 diversions: Vec::new(),
                 skipped: Vec::new(),
             }],
@@ -389,6 +395,10 @@ pub struct Step<'a, T> {
     /// The step is `owner`'s voicemail box (ADR 0022): it has no targets;
     /// the node answers the call itself. Always the last step it leads to.
     pub voicemail: bool,
+    /// The step is the conference room `owner` (ADR 0025): it has no
+    /// targets; the node answers the call and the caller joins the room.
+    /// Always the last step it leads to.
+    pub conference: bool,
     /// The forwards that led from the dialled user to this step, oldest
     /// first (empty for the dialled user's own phones).
     pub diversions: Vec<Diversion<'a>>,
@@ -419,7 +429,8 @@ pub enum SkipReason {
     PlanLimit,
     /// A number: not routed yet.
     NotRoutable,
-    /// The target user or its domain does not exist.
+    /// The target user, ring group or conference room, or its domain,
+    /// does not exist.
     UnknownTarget,
     /// The target's domain is suspended, or the target user disabled, or
     /// its voicemail box is off.
@@ -663,6 +674,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
                 owner: party,
                 group: None,
                 voicemail: false,
+                conference: false,
                 diversions: via.to_vec(),
                 skipped: Vec::new(),
             });
@@ -700,6 +712,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
                     owner: party,
                     group: None,
                     voicemail: false,
+                    conference: false,
                     diversions: via.to_vec(),
                     skipped: Vec::new(),
                 });
@@ -827,8 +840,30 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         reason: ForwardReason,
         via: &[Diversion<'a>],
     ) -> Result<Result<usize, SkipReason>, Unrouted> {
-        if let ForwardTarget::Voicemail(address) = target {
-            return self.voicemail(from, from_callee, address, target, reason, via);
+        match target {
+            ForwardTarget::Voicemail(address) => {
+                return self.app(
+                    from,
+                    from_callee,
+                    address,
+                    target,
+                    reason,
+                    via,
+                    App::Voicemail,
+                )
+            }
+            ForwardTarget::Conference(address) => {
+                return self.app(
+                    from,
+                    from_callee,
+                    address,
+                    target,
+                    reason,
+                    via,
+                    App::Conference,
+                )
+            }
+            _ => {}
         }
         // Numbers are not routed yet.
         let Some(address) = rung(target) else {
@@ -873,10 +908,13 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         Ok(planned.map_err(SkipReason::of))
     }
 
-    /// Takes `from`'s forward to the voicemail box of `address`: a last
-    /// step that the node answers (ADR 0022), when the box's user can be
-    /// called from here and has the box enabled.
-    fn voicemail(
+    /// Takes `from`'s forward to an application of the node at `address`:
+    /// a last step that the node answers, when `address` can be called
+    /// from here and is, now, what the target names: the user's voicemail
+    /// box, enabled (ADR 0022), or a conference room (ADR 0025). Neither
+    /// can loop: nothing is forwarded on from there.
+    #[allow(clippy::too_many_arguments)]
+    fn app(
         &mut self,
         from: Party<'a>,
         from_callee: &Callee<'a, R>,
@@ -884,6 +922,7 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         target: &'a ForwardTarget,
         reason: ForwardReason,
         via: &[Diversion<'a>],
+        app: App,
     ) -> Result<Result<usize, SkipReason>, Unrouted> {
         if via.len() >= self.limits.max_forward_hops {
             return Ok(Err(SkipReason::HopLimit));
@@ -899,10 +938,12 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
         if let Err(refusal) = admit(&hop, callee.domain) {
             return Ok(Err(SkipReason::of(refusal)));
         }
-        match &callee.user {
-            Some(user) if user.enabled && user.voicemail => {}
-            Some(_) => return Ok(Err(SkipReason::TargetUnavailable)),
-            None => return Ok(Err(SkipReason::UnknownTarget)),
+        match (app, &callee.user) {
+            (App::Voicemail, Some(user)) if user.enabled && user.voicemail => {}
+            (App::Voicemail, Some(_)) => return Ok(Err(SkipReason::TargetUnavailable)),
+            (App::Voicemail, None) => return Ok(Err(SkipReason::UnknownTarget)),
+            (App::Conference, _) if callee.room => {}
+            (App::Conference, _) => return Ok(Err(SkipReason::UnknownTarget)),
         }
         let mut diversions = Vec::with_capacity(via.len() + 1);
         diversions.extend_from_slice(via);
@@ -917,7 +958,8 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             next: Next::NONE,
             owner: to,
             group: None,
-            voicemail: true,
+            voicemail: app == App::Voicemail,
+            conference: app == App::Conference,
             diversions,
             skipped: Vec::new(),
         });
@@ -1077,10 +1119,18 @@ impl<'a, R: Clone, U: Users<'a, R>> Planner<'_, 'a, R, U> {
             owner: group,
             group: Some(group),
             voicemail: false,
+            conference: false,
             diversions: via.to_vec(),
             skipped: Vec::new(),
         });
     }
+}
+
+/// The node's applications a forward can end at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum App {
+    Voicemail,
+    Conference,
 }
 
 /// A ring group member that can ring now: who, its settings in the group,

@@ -73,6 +73,7 @@ impl Setup {
                 voicemail: false,
             }),
             group: None,
+            room: false,
         }
     }
 

@@ -82,6 +82,7 @@ impl Directory {
             domain_calls_out: spec.domain_calls_out,
             time_zone: self.zone.as_ref(),
             group: None,
+            room: false,
             user: spec.exists.then(|| CalleeUser {
                 enabled: spec.enabled,
                 presence: None,
@@ -118,6 +119,7 @@ impl Directory {
                 domain_calls_out: self.users[1].domain_calls_out,
                 time_zone: self.zone.as_ref(),
                 group: None,
+                room: false,
                 user: None,
             },
         );

@@ -103,6 +103,7 @@ impl Setup {
                 voicemail: false,
             }),
             group: None,
+            room: false,
         }
     }
 
@@ -136,6 +137,7 @@ impl Setup {
                         voicemail: false,
                     }),
                     group: None,
+                    room: false,
                 },
             );
         }
@@ -163,6 +165,7 @@ impl Setup {
                 group: &self.group,
                 rotation: self.rotation,
             }),
+            room: false,
         };
         route(&call, &callee, &self.directory(), NOW, Limits::default())
     }
@@ -327,6 +330,7 @@ fn members_are_looked_up_one_by_one() {
             group: &setup.group,
             rotation: 0,
         }),
+        room: false,
     };
     let none: HashMap<UserAddress, Callee<'_, usize>> = HashMap::new();
     assert_eq!(

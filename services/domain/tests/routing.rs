@@ -85,6 +85,7 @@ fn callee(status: Status, user: Option<&UserSpec>) -> Callee<'_, usize> {
         domain_calls_out: false,
         time_zone: None,
         group: None,
+        room: false,
         user: user.map(|u| CalleeUser {
             enabled: u.enabled,
             presence: u.presence,

@@ -157,6 +157,25 @@ impl ActorBackend {
         })
     }
 
+    /// The target of a conference step for the room `room` (a forward to
+    /// `conference:room`): the node itself, at a signed URI naming the
+    /// room, as for a voicemail box. `None` without conferences (the step
+    /// then ends at once, as unavailable).
+    fn conference_target(&self, room: routing::Party<'_>) -> Option<RouteTarget> {
+        self.conferences.as_ref()?;
+        let addr = *self.app_loop.get()?;
+        let uri = dialtone_sip::app_uri::app_uri(
+            &self.app_secret,
+            &forwarded_room_route(room.domain, room.user),
+            &addr.to_string(),
+        )?;
+        Some(RouteTarget {
+            uri,
+            flow: Flow::new(dialtone_sip::Transport::Udp, addr),
+            member: None,
+        })
+    }
+
     /// Bounds call forwarding (the longest chain of forwards).
     pub fn with_routing_limits(mut self, limits: routing::Limits) -> Self {
         self.routing_limits = limits;
@@ -230,6 +249,14 @@ impl ActorBackend {
             None => self.ring_group(&address.domain, &address.username),
             Some(_) => None,
         };
+        let room = user.is_none()
+            && group.is_none()
+            && self
+                .provisioning
+                .directory()
+                .facts()
+                .conference_room(DomainId::for_name(&address.domain), &address.username)
+                .is_some();
         let timed = user.as_ref().is_some_and(|(u, _)| has_timed_rules(u))
             || group
                 .as_ref()
@@ -245,6 +272,7 @@ impl ActorBackend {
             user,
             calls,
             group,
+            room,
         })
     }
 
@@ -721,11 +749,20 @@ struct Looked {
     /// The ring group of that name (when no user has it), and its
     /// round-robin rotation.
     group: Option<(Arc<dialtone_domain::ring_group::RingGroup>, usize)>,
+    /// The name is a conference room's (read for forward targets only: a
+    /// dialled room is answered before routing).
+    room: bool,
 }
 
 impl Looked {
-    /// `voicemail`: this node runs voicemail (forwards to boxes are taken).
-    fn callee<'a>(&'a self, flows: &'a Flows, voicemail: bool) -> routing::Callee<'a, Reach<'a>> {
+    /// `voicemail`: this node runs voicemail (forwards to boxes are taken);
+    /// `conferences`: it runs conference rooms (forwards to rooms are).
+    fn callee<'a>(
+        &'a self,
+        flows: &'a Flows,
+        voicemail: bool,
+        conferences: bool,
+    ) -> routing::Callee<'a, Reach<'a>> {
         routing::Callee {
             domain: self.status,
             domain_calls_out: self.calls_out,
@@ -762,6 +799,7 @@ impl Looked {
                     group,
                     rotation: *rotation,
                 }),
+            room: conferences && self.room,
         }
     }
 }
@@ -826,6 +864,7 @@ fn flow_of(reach: &Reach<'_>) -> Option<Flow> {
 fn route_plan(
     plan: routing::Plan<routing::Target<'_, Reach<'_>>>,
     voicemail: impl Fn(routing::Party<'_>) -> Option<RouteTarget>,
+    conference: impl Fn(routing::Party<'_>) -> Option<RouteTarget>,
 ) -> RoutePlan {
     let party = |p: routing::Party<'_>| (p.domain.to_owned(), p.user.to_owned());
     RoutePlan {
@@ -851,11 +890,18 @@ fn route_plan(
                             d.to,
                             dialtone_domain::forwarding::ForwardTarget::Voicemail(_)
                         ),
+                        to_conference: matches!(
+                            d.to,
+                            dialtone_domain::forwarding::ForwardTarget::Conference(_)
+                        ),
                     })
                     .collect();
                 // A voicemail step rings the node itself (ADR 0022).
                 let targets = if step.voicemail {
                     voicemail(step.owner).into_iter().collect()
+                } else if step.conference {
+                    // So does a conference room's (ADR 0025).
+                    conference(step.owner).into_iter().collect()
                 } else {
                     // A binding registered over a transport this node does
                     // not serve cannot be rung (it is not taken for UDP).
@@ -893,6 +939,43 @@ fn route_plan(
             .collect(),
         dialled_group: false,
     }
+}
+
+/// The application name of the room `name` of `domain` reached by a
+/// forward (a signed URI's `dt-app`): `conf-fwd.<room name in hex>.<domain>`.
+/// A room's own name (`conf.standup@example.com`) does not fit in a URI
+/// parameter (`@`, and a name may hold `;` or `%`); the hex does, and a
+/// domain name is letters, digits, `-` and `.` already.
+fn forwarded_room_route(domain: &str, name: &str) -> String {
+    use std::fmt::Write as _;
+    let mut route = String::with_capacity(FORWARDED_ROOM.len() + 2 * name.len() + 1 + domain.len());
+    route.push_str(FORWARDED_ROOM);
+    for b in name.bytes() {
+        let _ = write!(route, "{b:02x}");
+    }
+    route.push('.');
+    route.push_str(&domain.to_ascii_lowercase());
+    route
+}
+
+/// The prefix of [`forwarded_room_route`].
+const FORWARDED_ROOM: &str = "conf-fwd.";
+
+/// The room application (`conf.<room>@<domain>`) a forwarded room's route
+/// names, if it is one.
+fn room_of_forwarded_route(app: &str) -> Option<String> {
+    let rest = app.strip_prefix(FORWARDED_ROOM)?;
+    let (hex, domain) = rest.split_once('.')?;
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    let name = UserName::parse(std::str::from_utf8(&bytes).ok()?).ok()?;
+    let domain = DomainName::parse(domain).ok()?;
+    Some(crate::conference::room_route(&domain, &name))
 }
 
 fn forward_reason(reason: DiversionReason) -> call::ForwardReason {
@@ -1152,17 +1235,19 @@ impl SipBackend for ActorBackend {
             _ => None,
         };
         // A name that is neither a user's nor a group's may be a room's:
-        // the node answers it (the domain's actor says, as rooms are not
-        // among the facts).
-        if let (None, None, None, Some(conferences)) = (&user, id, &group, &self.conferences) {
+        // the node answers it. Rooms are among the domain's published
+        // facts, so a name that is nothing costs no message to its actor.
+        if let (None, None, None, Some(_)) = (&user, id, &group, &self.conferences) {
             if routing::admit(&call, status).is_ok() {
                 if let (Ok(domain), Ok(name)) = (
                     DomainName::parse(callee_domain),
                     UserName::parse(callee_user),
                 ) {
-                    if conferences
-                        .room(DomainId::for_name(&domain), &name)
-                        .await?
+                    if self
+                        .provisioning
+                        .directory()
+                        .facts()
+                        .conference_room(DomainId::for_name(&domain), &name)
                         .is_some()
                     {
                         return Ok(CallRoute::App(dialtone_sip::AppRoute(
@@ -1189,6 +1274,8 @@ impl SipBackend for ActorBackend {
             // Only ring group members' calls are read.
             calls: dialtone_actors::CallState::default(),
             group,
+            // A dialled room was answered above.
+            room: false,
         };
         // Forward targets are looked up as routing asks for them: route,
         // look up the user it needs, route again (once per forward).
@@ -1197,13 +1284,15 @@ impl SipBackend for ActorBackend {
         loop {
             let needed = {
                 let flows = self.provisioning.directory().facts().flows();
-                let callee = dialled.callee(flows, self.voicemail.is_some());
+                let (voicemail, conferences) =
+                    (self.voicemail.is_some(), self.conferences.is_some());
+                let callee = dialled.callee(flows, voicemail, conferences);
                 let others: HashMap<UserAddress, routing::Callee<'_, Reach<'_>>> = forwarded
                     .iter()
                     .map(|(address, looked)| {
                         (
                             address.clone(),
-                            looked.callee(flows, self.voicemail.is_some()),
+                            looked.callee(flows, voicemail, conferences),
                         )
                     })
                     .collect();
@@ -1225,9 +1314,11 @@ impl SipBackend for ActorBackend {
                                 .find(|(a, _)| same(a))
                                 .and_then(|(_, l)| l.user.as_ref().map(|(_, id)| *id))
                         };
-                        let mut plan = route_plan(plan, |owner| {
-                            id_of(owner).and_then(|id| self.voicemail_target(id))
-                        });
+                        let mut plan = route_plan(
+                            plan,
+                            |owner| id_of(owner).and_then(|id| self.voicemail_target(id)),
+                            |room| self.conference_target(room),
+                        );
                         plan.dialled_group = dialled_group;
                         return Ok(CallRoute::Plan(plan));
                     }
@@ -1392,6 +1483,11 @@ impl SipBackend for ActorBackend {
             if crate::conference::Conferences::serves(&route.0) {
                 return conferences.start(&route.0, call, control).await;
             }
+            // A call forwarded to a room comes back to the node at a
+            // signed URI naming the room in a form a URI parameter holds.
+            if let Some(room) = room_of_forwarded_route(&route.0) {
+                return conferences.start(&room, call, control).await;
+            }
         }
         match &self.voicemail {
             Some(vm) if crate::voicemail::Voicemail::serves(&route.0) => {
@@ -1435,5 +1531,35 @@ impl SipBackend for ActorBackend {
             .query_user(id, |r| contacts_of(r.state, micros(SystemTime::now())))
             .await
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_rooms_route_fits_a_uri_parameter_and_names_the_room() {
+        for (domain, name) in [
+            ("example.com", "standup"),
+            ("Example.COM", "a;b%41=c"),
+            ("x.example", &"r".repeat(UserName::MAX_LEN)),
+        ] {
+            let route = forwarded_room_route(domain, name);
+            let uri = dialtone_sip::app_uri::app_uri(b"k", &route, "127.0.0.1:5060");
+            assert!(uri.is_some(), "{route}");
+            assert_eq!(
+                room_of_forwarded_route(&route),
+                Some(format!("conf.{name}@{}", domain.to_ascii_lowercase()))
+            );
+        }
+        for bad in [
+            "conf-fwd.",
+            "conf-fwd.7.example.com",
+            "conf-fwd.zz.example.com",
+            "conf.x@y",
+        ] {
+            assert_eq!(room_of_forwarded_route(bad), None, "{bad}");
+        }
     }
 }

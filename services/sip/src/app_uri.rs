@@ -17,8 +17,9 @@ use subtle::ConstantTimeEq;
 
 use crate::wire::message::{param, Uri};
 
-/// Longest application name: it travels in a URI parameter.
-pub const MAX_APP_LEN: usize = 128;
+/// Longest application name: it travels in a URI parameter. Long enough
+/// for a conference room's name (64 bytes, in hex) and its domain (253).
+pub const MAX_APP_LEN: usize = 512;
 
 /// The Request-URI that reaches application `app` (letters, digits, `-`,
 /// `_`, `.`; at most [`MAX_APP_LEN`]) at `host_port`, or `None` for a

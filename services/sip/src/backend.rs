@@ -439,6 +439,10 @@ pub struct Diversion {
     /// ADR 0022): `to` gets no leg; the forwarding leg ends `Forwarded` to
     /// `voicemail:to`.
     pub to_voicemail: bool,
+    /// The forward went to the conference room `to` (ADR 0025), which the
+    /// node answers: `to` gets no leg; the forwarding leg ends `Forwarded`
+    /// to `conference:to`.
+    pub to_conference: bool,
 }
 
 /// Why a call was forwarded (the forwarding rule that fired).

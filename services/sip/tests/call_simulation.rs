@@ -1328,6 +1328,7 @@ fn build(seed: u64) -> Sim {
                 reason: reasons[rng.below(3) as usize],
                 to_group: false,
                 to_voicemail: false,
+                to_conference: false,
             };
             let to_fwd2 = Diversion {
                 from: fwd1,
@@ -1335,6 +1336,7 @@ fn build(seed: u64) -> Sim {
                 reason: reasons[rng.below(3) as usize],
                 to_group: false,
                 to_voicemail: false,
+                to_conference: false,
             };
             RoutePlan {
                 steps: vec![

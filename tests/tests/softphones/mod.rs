@@ -222,6 +222,18 @@ impl Phone {
         transport: Transport,
         tone_hz: u32,
     ) -> anyhow::Result<Phone> {
+        Self::baresip_with_tone_and_codec(user, node, transport, tone_hz, "PCMU").await
+    }
+
+    /// [`Phone::baresip_with_tone`] that offers and accepts only `codec`
+    /// (baresip's name: `PCMU` or `PCMA`, both of its `g711` module).
+    pub async fn baresip_with_tone_and_codec(
+        user: &User,
+        node: &TestNode,
+        transport: Transport,
+        tone_hz: u32,
+        codec: &str,
+    ) -> anyhow::Result<Phone> {
         let dir = tempfile::tempdir()?;
         let path = dir.path();
         std::fs::create_dir_all(path.join("rec"))?;
@@ -259,7 +271,7 @@ impl Phone {
             format!(
                 "<sip:{}@{};transport={t}>;auth_pass={PASSWORD};\
                  outbound=\"sip:{sip};transport={t}\";regint=600;answermode=auto;\
-                 audio_codecs=PCMU\n",
+                 audio_codecs={codec}\n",
                 user.username, user.domain
             ),
         )?;

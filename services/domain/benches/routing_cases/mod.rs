@@ -546,6 +546,7 @@ impl Directory {
                     domain_calls_out: false,
                     time_zone: Some(&self.zone),
                     group: None,
+                    room: false,
                     user: Some(CalleeUser {
                         enabled: true,
                         presence: None,
@@ -584,6 +585,7 @@ impl Directory {
                     time_zone: Some(&self.zone),
                     user: None,
                     group: Some(CalleeGroup { group, rotation: 0 }),
+                    room: false,
                 };
                 (self.addresses[USERS + g].clone(), callee)
             }))

@@ -57,9 +57,9 @@ pub enum UserCommand {
     /// Set a user's call forwarding rules:
     /// `dialtone user forward alice@example.com --busy bob --no-answer carol --after 15`.
     /// A target is `bob` (same domain), `bob@other.example`, `+15551234567`,
-    /// `voicemail[:user]` or `group:name`; `none` removes that rule. Rules
-    /// not given are kept. `--when` limits the rules given with it to a
-    /// schedule in the domain's time zone:
+    /// `voicemail[:user]`, `group:name` or `conference:room`; `none` removes
+    /// that rule. Rules not given are kept. `--when` limits the rules given
+    /// with it to a schedule in the domain's time zone:
     /// `dialtone user forward alice@example.com --always bob --when "outside mon-fri 09:00-17:00"`.
     Forward {
         user: String,

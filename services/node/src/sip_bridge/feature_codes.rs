@@ -71,7 +71,7 @@ pub(super) async fn apply(
         }
         Feature::ForwardAlways(target) => {
             let written = WrittenForwarding {
-                always: Some(target.clone()),
+                always: Some(unescape_colons(target)),
                 // Forward *always*: a time condition the rule had is gone.
                 always_when: Some(String::new()),
                 ..WrittenForwarding::default()
@@ -168,9 +168,43 @@ fn refused(status: u16, reason: &str) -> FeatureOutcome {
     }
 }
 
+/// A dialled target with its escaped colons as colons: the `:` of
+/// `conference:standup` or `group:sales` is sent escaped (`%3A`) in a SIP
+/// URI's user part, where a bare one would start a password (RFC 3261
+/// s.19.1.1). Other escapes are left to the target's own parsing.
+fn unescape_colons(target: &str) -> String {
+    let mut out = String::with_capacity(target.len());
+    let mut rest = target;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let escape = rest.get(at..at + 3);
+        if escape.is_some_and(|e| e.eq_ignore_ascii_case("%3a")) {
+            out.push(':');
+            rest = &rest[at + 3..];
+        } else {
+            out.push('%');
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_colons_of_a_dialled_target_are_colons() {
+        assert_eq!(
+            unescape_colons("conference%3Astandup"),
+            "conference:standup"
+        );
+        assert_eq!(unescape_colons("group%3asales"), "group:sales");
+        assert_eq!(unescape_colons("bob%41%"), "bob%41%");
+        assert_eq!(unescape_colons("%3A%3a"), "::");
+        assert_eq!(unescape_colons("bob"), "bob");
+    }
 
     #[test]
     fn refusals_say_why_on_one_line() {

@@ -418,6 +418,7 @@ v=0\n";
             reason,
             to_group: false,
             to_voicemail: false,
+            to_conference: false,
         }
     }
 

@@ -43,7 +43,8 @@ pub struct Legs {
     /// The legs of the members the current step rings.
     pub members: Vec<MemberLeg>,
     /// The node's own application the call is at (ADR 0022, 0024): the
-    /// voicemail box a forward led to (`voicemail:bob@example.com`), or
+    /// voicemail box a forward led to (`voicemail:bob@example.com`), the
+    /// conference room one led to (`conference:standup@example.com`), or
     /// the mailbox menu a feature code dialled. It has no leg; its answer
     /// is recorded on the caller's leg with this as the contact (not the
     /// signed URI the proxy reached it at).
@@ -121,6 +122,8 @@ impl Legs {
                     format!("group:{to}")
                 } else if d.to_voicemail {
                     format!("voicemail:{to}")
+                } else if d.to_conference {
+                    format!("conference:{to}")
                 } else {
                     to.clone()
                 };
@@ -142,6 +145,13 @@ impl Legs {
                 self.group = None;
                 self.callee = None;
                 self.app = Some(format!("voicemail:{to}"));
+                continue;
+            }
+            if d.to_conference {
+                // Nor has a room: the caller joins it.
+                self.group = None;
+                self.callee = None;
+                self.app = Some(format!("conference:{to}"));
                 continue;
             }
             out.push(self.record(
@@ -367,6 +377,7 @@ mod tests {
             reason: DiversionReason::NoAnswer,
             to_group: false,
             to_voicemail: false,
+            to_conference: false,
         }
     }
 
@@ -501,6 +512,7 @@ mod tests {
         let mut legs = legs();
         let to_box = Diversion {
             to_voicemail: true,
+            to_conference: false,
             ..diversion("bob", "bob")
         };
         let records = legs.forward(std::slice::from_ref(&to_box));
@@ -525,12 +537,41 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_to_a_conference_room_ends_the_leg_and_the_room_answers() {
+        let mut legs = legs();
+        let to_room = Diversion {
+            to_conference: true,
+            ..diversion("bob", "standup")
+        };
+        let records = legs.forward(std::slice::from_ref(&to_room));
+        assert_eq!(
+            steps(&records),
+            [(
+                "bob".into(),
+                "forwarded conference:standup@example.com".into()
+            )]
+        );
+        assert_eq!(legs.callee, None, "a room has no leg");
+        assert_eq!(
+            legs.answered_contact("sip:app@127.0.0.1:5060;dt-app=conf-fwd.x;dt-sig=y"),
+            "conference:standup@example.com"
+        );
+        let users: Vec<String> = legs
+            .end(CallCause::NormalClearing, HangupSide::Caller)
+            .into_iter()
+            .map(|r| r.user)
+            .collect();
+        assert_eq!(users, ["alice"]);
+    }
+
+    #[test]
     fn a_group_forwards_without_a_leg_of_its_own() {
         let mut legs = legs();
         // bob forwards to the group; the group's no-answer target is carol.
         let to_group = Diversion {
             to_group: true,
             to_voicemail: false,
+            to_conference: false,
             ..diversion("bob", "sales")
         };
         let records = legs.forward(std::slice::from_ref(&to_group));
