@@ -1414,7 +1414,7 @@ async fn wrong_pins_over_several_calls_lock_the_caller_out_until_an_operator_res
             .into_inner();
         assert_eq!(shown.pin_lockouts.len(), 1, "{shown:?}");
         assert_eq!(shown.pin_lockouts[0].caller, alice_key);
-        let strikes = shown.pin_lockouts[0].strikes.clone().unwrap();
+        let strikes = shown.pin_lockouts[0].strikes.unwrap();
         assert_eq!(strikes.lockouts, 1);
         assert!(strikes.locked_until.is_some());
         assert!(shown.room_pin_strikes.is_none(), "alice authenticated");

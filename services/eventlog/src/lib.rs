@@ -281,7 +281,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<(Vec<RecordedEvent>, Position)> {
         let events = self.read_all(from_position, max_count).await?;
         let last = events.last().map_or(0, |e| e.position);
-        Ok((events.into_iter().filter(|e| keep(e)).collect(), last))
+        Ok((events.into_iter().filter(keep).collect(), last))
     }
 
     /// The stream's last version, `None` if it has no events.

@@ -452,7 +452,7 @@ impl EventStore for SqliteStore {
         }
         let events = self.read_all(from_position, max_count).await?;
         let last = events.last().map_or(0, |e| e.position);
-        Ok((events.into_iter().filter(|e| keep(e)).collect(), last))
+        Ok((events.into_iter().filter(keep).collect(), last))
     }
 
     async fn read_all(

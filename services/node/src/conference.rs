@@ -1308,18 +1308,17 @@ impl RoomTask {
         // An operator's request (the API): this node runs the room, so it
         // acts, and its `ConferenceRecordingStarted` / `...Stopped` (the
         // latter after the audio is stored) answers the request.
-        match state.recording_requested {
+        let failed = match state.recording_requested {
             Some(RecordingAction::Start) if self.recording.is_none() => {
-                if !self.start_recording().await {
-                    tracing::warn!("requested recording not started");
-                }
+                (!self.start_recording().await).then_some("requested recording not started")
             }
             Some(RecordingAction::Stop) if self.recording.is_some() => {
-                if !self.stop_recording().await {
-                    tracing::warn!("requested recording stop not recorded");
-                }
+                (!self.stop_recording().await).then_some("requested recording stop not recorded")
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(failed) = failed {
+            tracing::warn!("{failed}");
         }
     }
 
