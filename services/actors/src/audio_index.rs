@@ -155,16 +155,8 @@ impl AudioIndex {
     /// Waits until the index has folded in every event up to `position`;
     /// false if that takes longer than `timeout`.
     pub async fn caught_up(&self, position: Position, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.position() >= position {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let poll = Duration::from_millis(20);
+        crate::projection::caught_up(&self.state, position, timeout, poll).await
     }
 
     /// Saves a checkpoint now (at shutdown, so that the next start reads

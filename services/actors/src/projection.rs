@@ -130,6 +130,28 @@ pub(crate) fn follow<S: Projected>(state: Arc<RwLock<S>>, store: SharedStore) {
     });
 }
 
+/// Waits until `state` has folded in (or read past) every event up to
+/// `position`, looking every `poll`; false if that takes longer than
+/// `timeout`. What an API call that wrote an event waits for before it
+/// answers from the projection.
+pub(crate) async fn caught_up<S: Projected>(
+    state: &RwLock<S>,
+    position: Position,
+    timeout: Duration,
+    poll: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if state.read().unwrap_or_else(|p| p.into_inner()).position() >= position {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// Saves `state` as the projection's checkpoint (failures are logged: a
 /// lost checkpoint only makes the next start-up read more of the log).
 pub(crate) async fn save_checkpoint<S: Projected>(store: &SharedStore, state: &S) {
