@@ -50,5 +50,15 @@ async fn metrics_endpoint_reports_event_log_and_actor_figures() {
     ] {
         assert!(text.contains(metric), "missing {metric} in:\n{text}");
     }
+    // Each projection says how far behind the log's head it is, once it
+    // read the domain's event: caught up, nothing else written.
+    let caught_up = "dialtone_projection_lag_events{projection=\"calls\"} 0";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut text = scrape(&addr).await;
+    while !text.contains(caught_up) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        text = scrape(&addr).await;
+    }
+    assert!(text.contains(caught_up), "missing {caught_up} in:\n{text}");
     node.stop().await.unwrap();
 }

@@ -110,6 +110,10 @@ pub(crate) fn follow<S: Projected>(state: Arc<RwLock<S>>, store: SharedStore) {
             }
             since_checkpoint += last + 1 - next;
             next = last + 1;
+            // How far behind the head this follower is: one that falls out
+            // of the writer's recent events reads the database instead.
+            metrics::gauge!("dialtone_projection_lag_events", "projection" => S::NAME)
+                .set(store.head_position().saturating_sub(last) as f64);
             let due_state = {
                 let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
                 for event in &events {
