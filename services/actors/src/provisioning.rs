@@ -879,13 +879,25 @@ impl Provisioning {
         of: fn(&domain::Domain) -> &std::collections::BTreeMap<UserName, T>,
         missing: impl FnOnce() -> Error,
     ) -> Result<(T, Option<u64>)> {
+        self.domain_extension_with(address, move |d, name| of(d).get(name).cloned(), missing)
+            .await
+    }
+
+    /// As [`domain_extension`](Self::domain_extension), with what `pick`
+    /// reads of the extension (and anything beside it) in the same query.
+    pub(crate) async fn domain_extension_with<T: Send + 'static>(
+        &self,
+        address: &UserAddress,
+        pick: impl Fn(&domain::Domain, &UserName) -> Option<T> + Clone + Send + Sync + 'static,
+        missing: impl FnOnce() -> Error,
+    ) -> Result<(T, Option<u64>)> {
         let name = address.username.clone();
         let found = self
             .directory
             .query_domain(DomainId::for_name(&address.domain), move |r| {
                 r.state
                     .exists()
-                    .then(|| of(r.state).get(&name).cloned().map(|x| (x, r.version)))
+                    .then(|| pick(r.state, &name).map(|x| (x, r.version)))
             })
             .await?;
         match found {

@@ -207,19 +207,17 @@ impl Provisioning {
     }
 
     pub async fn get_conference_room(&self, address: &UserAddress) -> Result<ConferenceRoomInfo> {
-        let (room, version) = self
-            .domain_extension(address, |d| &d.conference_rooms, || not_found_room(address))
-            .await?;
-        let name = address.username.clone();
-        let pin_guard = self
-            .directory
-            .query_domain(DomainId::for_name(&address.domain), move |r| {
-                r.state
-                    .conference_pin_guards
-                    .get(&name)
-                    .cloned()
-                    .unwrap_or_default()
-            })
+        // The room and its wrong-PIN counts in one query: one version.
+        let ((room, pin_guard), version) = self
+            .domain_extension_with(
+                address,
+                |d, name| {
+                    let room = d.conference_rooms.get(name)?.clone();
+                    let guard = d.conference_pin_guards.get(name).cloned();
+                    Some((room, guard.unwrap_or_default()))
+                },
+                || not_found_room(address),
+            )
             .await?;
         Ok(ConferenceRoomInfo {
             address: address.clone(),
